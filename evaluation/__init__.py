@@ -1,0 +1,1 @@
+"""Evaluation metrics of the suite: likelihood (IWAE), FID, KID, IS, precision/recall, PPL."""

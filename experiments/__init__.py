@@ -1,0 +1,1 @@
+"""Experiment scripts (one per published table), the shared training harness and data loaders."""

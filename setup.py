@@ -1,0 +1,30 @@
+"""Install: pip install -e .[test]   (GPU: pip install -e .[gpu])."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="genmodels-tf",
+    version="0.1.0",
+    description="NVAE, VampPrior/HVAE, RealNVP, DDPM and their evaluation metrics in TensorFlow 2 / Keras 3",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["nvae_tf*", "vampprior_tf*", "diffusion_tf*", "evaluation*",
+                                    "experiments*"]),
+    install_requires=[
+        "tensorflow>=2.16",  # Keras 3
+        "tensorflow-probability>=0.24",
+        "tf-keras>=2.16",  # only because `import tensorflow_probability` needs it with TF >= 2.16
+        "tensorboard",  # TensorBoard summaries (hparams plugin); not a TF dependency since 2.20
+        "tensorflow-datasets",
+        "numpy",
+        "scipy",
+        "absl-py",
+        "pillow",
+        "matplotlib",
+    ],
+    extras_require={
+        "test": ["pytest"],
+        "gpu": ["tensorflow[and-cuda]>=2.16"],
+    },
+)

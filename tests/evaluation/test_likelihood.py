@@ -1,0 +1,101 @@
+"""The shared importance-weighted estimator on a linear-Gaussian model with a closed-form p(x).
+
+Model: z ~ N(0, 1), x | z ~ N(z, s^2)  =>  p(x) = N(0, 1 + s^2),
+posterior p(z | x) = N(x / (1 + s^2), s^2 / (1 + s^2)).
+"""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from evaluation import likelihood
+
+S2 = 0.5  # observation variance s^2
+
+
+def log_normal(x, mean, var):
+  return -0.5 * (tf.math.log(2 * math.pi * var) + tf.square(x - mean) / var)
+
+
+def exact_log_px(x):
+  return log_normal(x, 0.0, 1.0 + S2)
+
+
+def make_log_weight_fn(q_mean_fn, q_var, seed=0):
+  gen = tf.random.Generator.from_seed(seed)
+
+  def log_weight_fn(x, k):  # x: [B] -> [k, B]
+    mean = q_mean_fn(x)
+    z = mean + tf.sqrt(q_var) * gen.normal([k, tf.shape(x)[0]])
+    return log_normal(z, 0.0, 1.0) + log_normal(x, z, S2) - log_normal(z, mean, q_var)
+  return log_weight_fn
+
+
+X = tf.constant(np.linspace(-2.5, 2.5, 64), tf.float32)
+
+
+def test_exact_when_proposal_is_true_posterior():
+  fn = make_log_weight_fn(lambda x: x / (1 + S2), S2 / (1 + S2))
+  for k in (1, 7, 100):
+    est = likelihood.importance_weighted_log_likelihood(fn, X, num_samples=k, chunk_size=3)
+    np.testing.assert_allclose(est.log_likelihood.numpy(), exact_log_px(X).numpy(), atol=1e-5)
+    np.testing.assert_allclose(est.elbo.numpy(), exact_log_px(X).numpy(), atol=1e-5)
+
+
+def test_iwae_at_least_elbo_and_increasing_in_k():
+  fn = make_log_weight_fn(lambda x: 0.0 * x, 1.0)  # prior as proposal: loose ELBO
+  means = {}
+  for k in (1, 10, 100, 1000):
+    est = likelihood.importance_weighted_log_likelihood(fn, X, num_samples=k, chunk_size=64)
+    assert np.all(est.log_likelihood.numpy() >= est.elbo.numpy() - 1e-6)
+    means[k] = float(tf.reduce_mean(est.log_likelihood))
+  assert means[1] < means[10] < means[100] < means[1000]
+  assert means[1000] <= float(tf.reduce_mean(exact_log_px(X))) + 0.02
+  assert means[1000] == pytest.approx(float(tf.reduce_mean(exact_log_px(X))), abs=0.05)
+
+
+def test_chunking_equals_one_pass_for_the_same_samples():
+  # A log-weight stream whose values depend only on how many samples were drawn so far.
+  def stream(seed):
+    counter = tf.Variable(0)
+
+    def fn(x, k):
+      rows = tf.range(counter, counter + k)
+      counter.assign_add(k)
+      return tf.sin(tf.cast(rows, tf.float32)[:, None] * 7.0 + x[None, :]) * 40.0 + seed
+    return fn
+
+  one = likelihood.importance_weighted_log_likelihood(stream(0), X, num_samples=50)
+  chunked = likelihood.importance_weighted_log_likelihood(stream(0), X, num_samples=50, chunk_size=8)
+  np.testing.assert_allclose(one.log_likelihood.numpy(), chunked.log_likelihood.numpy(), rtol=1e-10)
+  np.testing.assert_allclose(one.elbo.numpy(), chunked.elbo.numpy(), rtol=1e-10)
+  direct = likelihood.iwae_bound(stream(0)(X, 50))
+  np.testing.assert_allclose(one.log_likelihood.numpy(), direct.numpy(), rtol=1e-5)
+
+
+def test_logsumexp_is_over_samples_not_batch():
+  log_w = tf.constant([[0.0, -10.0], [math.log(3.0), -10.0]])  # [K=2, B=2]
+  np.testing.assert_allclose(likelihood.iwae_bound(log_w).numpy(), [math.log(2.0), -10.0], atol=1e-6)
+
+
+def test_evaluate_over_batches_and_compiled():
+  fn = make_log_weight_fn(lambda x: x / (1 + S2), S2 / (1 + S2))
+  batches = tf.data.Dataset.from_tensor_slices(X).batch(16)
+  summary = likelihood.evaluate_log_likelihood(fn, batches, num_samples=20, chunk_size=6,
+                                               num_dims=1, progress=False)
+  assert summary.num_examples == 64
+  assert summary.nll == pytest.approx(-float(tf.reduce_mean(exact_log_px(X))), abs=1e-4)
+  assert summary.negative_elbo == pytest.approx(summary.nll, abs=1e-4)
+  assert summary.bits_per_dim == pytest.approx(summary.nll / math.log(2), rel=1e-9)
+
+
+def test_bits_per_dim_and_errors():
+  assert likelihood.bits_per_dim(784 * math.log(2), 784) == pytest.approx(1.0)
+  assert likelihood.bits_per_dim(0.0, 10, offset_bits=8.0) == 8.0
+  with pytest.raises(ValueError):
+    likelihood.importance_weighted_log_likelihood(lambda x, k: x, X, num_samples=0)
+  with pytest.raises(ValueError, match="no data"):
+    likelihood.evaluate_log_likelihood(lambda x, k: x[None], [], num_samples=1, num_dims=1,
+                                       progress=False)

@@ -1,0 +1,154 @@
+"""Training harness: exact resume, replica-count invariance, NaN guard, early stopping."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from experiments import harness
+
+DIM = 6
+
+
+class TinyModel(keras.Model):
+  """A linear-Gaussian model with sampling noise from a SeedGenerator (so resume must restore it)."""
+
+  def __init__(self, *, seed=0):
+    super().__init__()
+    self.hidden = keras.layers.Dense(8, activation="tanh")
+    self.out = keras.layers.Dense(DIM)
+    self.seed_generator = keras.random.SeedGenerator(seed)
+
+  def call(self, x, training=False):
+    noise = keras.random.normal(tf.shape(x), stddev=0.1, seed=self.seed_generator)
+    return self.out(self.hidden(x + noise))
+
+
+def tiny_loss(model, batch, ctx):
+  pred = model(batch, training=True)
+  per_example = tf.reduce_sum(tf.square(pred - batch), axis=-1)
+  weight_decay = 1e-3 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in model.trainable_variables])
+  beta = tf.cast(ctx.step, tf.float32) / ctx.total_steps
+  return harness.LossOutput(per_example=per_example, regularizer=weight_decay,
+                            metrics={"beta": beta})
+
+
+def make_data(n=64):
+  rng = np.random.RandomState(0)
+  return tf.data.Dataset.from_tensor_slices(rng.randn(n, DIM).astype(np.float32))
+
+
+def make_trainer(logdir, *, strategy=None, epochs=3, max_steps=None, loss_fn=tiny_loss, **cfg):
+  strategy = strategy or tf.distribute.get_strategy()
+  keras.utils.set_random_seed(1)
+  with strategy.scope():
+    model = TinyModel()
+    model(tf.zeros((1, DIM)))
+    optimizer = keras.optimizers.Adam(1e-2)
+  config = harness.TrainConfig(logdir=str(logdir), batch_size=16, epochs=epochs, max_steps=max_steps,
+                               seed=3, log_every=2, progress=False, **cfg)
+  return harness.Trainer(config=config, strategy=strategy, model=model, optimizer=optimizer,
+                         loss_fn=loss_fn, train_data=make_data())
+
+
+def weights(model):
+  return [v.numpy() for v in model.weights]
+
+
+def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path):
+  full = make_trainer(tmp_path / "full")
+  full.fit()
+  # Interrupt mid-epoch (step 5 of 4 steps/epoch), then resume in a fresh process-like state.
+  first = make_trainer(tmp_path / "resumed", max_steps=5)
+  first.fit()
+  assert int(first.step.numpy()) == 5
+  second = make_trainer(tmp_path / "resumed")
+  assert second.restore() == 5
+  second.fit()
+  assert int(second.step.numpy()) == full.total_steps == 12
+  for a, b in zip(weights(full.model), weights(second.model)):
+    np.testing.assert_array_equal(a, b)
+  # Optimizer state came back too (its iteration counter equals the step).
+  assert int(second.optimizer.iterations.numpy()) == 12
+
+
+def test_replica_count_gives_same_loss_and_gradients(tmp_path):
+  """MirroredStrategy over 2 logical CPUs == one device, for the same global batch."""
+  devices = tf.config.list_logical_devices("CPU")
+  assert len(devices) >= 2, "conftest must create two logical CPUs"
+
+  def deterministic_loss(model, batch, ctx):
+    pred = model.out(model.hidden(batch))  # no sampling noise: replicas would draw differently
+    per_example = tf.reduce_sum(tf.square(pred - batch), axis=-1)
+    reg = 1e-2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in model.trainable_variables])
+    return harness.LossOutput(per_example=per_example, regularizer=reg)
+
+  one = make_trainer(tmp_path / "one", epochs=1, loss_fn=deterministic_loss)
+  two = make_trainer(tmp_path / "two", epochs=1, loss_fn=deterministic_loss,
+                     strategy=tf.distribute.MirroredStrategy([d.name for d in devices[:2]]))
+  for a, b in zip(weights(one.model), weights(two.model)):
+    np.testing.assert_array_equal(a, b)
+  batch = next(iter(make_data().batch(16)))
+  out_one = one._train_step(batch)  # pylint: disable=protected-access
+  out_two = two._train_step(two.strategy.experimental_distribute_values_from_function(
+      lambda ctx: batch[ctx.replica_id_in_sync_group * 8:(ctx.replica_id_in_sync_group + 1) * 8]))
+  np.testing.assert_allclose(out_one["loss"].numpy(), out_two["loss"].numpy(), rtol=1e-5)
+  np.testing.assert_allclose(out_one["grad_norm"].numpy(), out_two["grad_norm"].numpy(), rtol=1e-5)
+  for a, b in zip(weights(one.model), weights(two.model)):  # same update applied
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
+  def nan_after_step_6(model, batch, ctx):
+    out = tiny_loss(model, batch, ctx)
+    poison = tf.where(ctx.step >= 6, np.nan, 0.0)
+    return harness.LossOutput(per_example=out.per_example + poison, regularizer=out.regularizer)
+
+  trainer = make_trainer(tmp_path, loss_fn=nan_after_step_6, checkpoint_every=4)
+  with pytest.raises(harness.NonFiniteLossError, match="step 7"):
+    trainer.fit()
+  ckpt_dir = tmp_path / "checkpoints"
+  assert tf.train.latest_checkpoint(str(ckpt_dir)).endswith("ckpt-4")
+  resumed = make_trainer(tmp_path)
+  assert resumed.restore() == 4
+  assert all(np.all(np.isfinite(w)) for w in weights(resumed.model))
+
+
+def test_early_stopping_and_best_checkpoint(tmp_path):
+  values = iter([5.0, 3.0, 4.0, 4.0, 4.0, 4.0])
+
+  def epoch_end(model, epoch):
+    return {"val_loss": next(values)}
+
+  trainer = make_trainer(tmp_path, epochs=6, early_stopping_metric="val_loss",
+                         early_stopping_patience=2)
+  trainer.epoch_end_fn = epoch_end
+  trainer.fit()
+  assert int(trainer.step.numpy()) == 4 * 4  # stopped after epoch 4 (epochs 3, 4 did not improve)
+  assert trainer.best_manager.latest_checkpoint.endswith("ckpt-8")
+  assert trainer.restore_best().endswith("ckpt-8")
+
+
+def test_tensorboard_events_written(tmp_path):
+  trainer = make_trainer(tmp_path, epochs=1, hparams={"lr": 1e-2, "name": "tiny"})
+  trainer.fit()
+  events = [f for f in os.listdir(tmp_path) if f.startswith("events.out")]
+  assert events
+  tags = set()
+  for e in tf.compat.v1.train.summary_iterator(str(tmp_path / events[0])):
+    tags.update(v.tag for v in e.summary.value)
+  assert {"train/loss", "train/beta", "train/grad_norm", "train/examples_per_s"} <= tags
+
+
+def test_bad_runtime_settings():
+  with pytest.raises(ValueError, match="precision"):
+    harness.setup_runtime(precision="float8")
+  with pytest.raises(ValueError, match="strategy"):
+    harness.setup_runtime(strategy="tpu_pod")
+  with pytest.raises(ValueError, match="fewer than one batch"):
+    make_trainer("/tmp/unused", epochs=1).__class__(
+        config=harness.TrainConfig(logdir="/tmp/unused", batch_size=1000, epochs=1),
+        strategy=tf.distribute.get_strategy(), model=TinyModel(), optimizer=keras.optimizers.Adam(),
+        loss_fn=tiny_loss, train_data=make_data())
