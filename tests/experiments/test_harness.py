@@ -18,11 +18,11 @@ class TinyModel(keras.Model):
   def __init__(self, *, seed=0):
     super().__init__()
     self.hidden = keras.layers.Dense(8, activation="tanh")
-    self.out = keras.layers.Dense(DIM)
+    self.out = keras.layers.Dense(DIM, dtype="float32")  # float32 output under mixed precision
     self.seed_generator = keras.random.SeedGenerator(seed)
 
   def call(self, x, training=False):
-    noise = keras.random.normal(tf.shape(x), stddev=0.1, seed=self.seed_generator)
+    noise = keras.random.normal(tf.shape(x), stddev=0.1, dtype=x.dtype, seed=self.seed_generator)
     return self.out(self.hidden(x + noise))
 
 
@@ -152,3 +152,25 @@ def test_bad_runtime_settings():
         config=harness.TrainConfig(logdir="/tmp/unused", batch_size=1000, epochs=1),
         strategy=tf.distribute.get_strategy(), model=TinyModel(), optimizer=keras.optimizers.Adam(),
         loss_fn=tiny_loss, train_data=make_data())
+
+
+def test_xla_and_mixed_precision_steps_run(tmp_path):
+  """The compiled (XLA) step and the bfloat16 policy both train; the policy is restored after."""
+  xla = make_trainer(tmp_path / "xla", epochs=1, jit_compile=True)
+  xla.fit()
+  assert np.isfinite(weights(xla.model)[0]).all() and int(xla.step.numpy()) == 4
+  try:
+    harness.setup_runtime(precision="mixed_bfloat16")
+    mixed = make_trainer(tmp_path / "bf16", epochs=1)
+    assert mixed.model.hidden.compute_dtype == "bfloat16"
+    assert mixed.model.hidden.kernel.dtype == "float32"
+    out = mixed.fit()
+    assert np.isfinite(out["loss"])
+  finally:
+    harness.setup_runtime(precision="float32")
+
+
+def test_multi_worker_needs_tf_config(monkeypatch):
+  monkeypatch.delenv("TF_CONFIG", raising=False)
+  with pytest.raises(ValueError, match="TF_CONFIG"):
+    harness.setup_runtime(strategy="multi_worker")
