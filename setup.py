@@ -21,6 +21,7 @@ setup(
         "scipy",
         "absl-py",
         "pillow",
+        "h5py",  # VGG-16 weights file (Keras .h5)
         "matplotlib",
     ],
     extras_require={

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 from absl import app
 from absl import flags
 
+from evaluation.networks import WeightsUnavailableError
 from experiments import data
 from experiments import harness
 
@@ -43,7 +44,8 @@ flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard scalars, progre
 FLAGS = flags.FLAGS
 
 # Errors that mean "bad input or bad state", reported as one line and exit code 2.
-USER_ERRORS = (data.DataError, harness.NonFiniteLossError, ValueError, FileNotFoundError)
+USER_ERRORS = (data.DataError, harness.NonFiniteLossError, WeightsUnavailableError, ValueError,
+               FileNotFoundError)
 
 
 def command_line() -> str:

@@ -1,0 +1,113 @@
+"""Frechet Inception Distance (Heusel et al. 2017, TTUR).
+
+    mu1, s1 = feature_statistics(pool3_fake); mu2, s2 = feature_statistics(pool3_real)
+    fid = frechet_distance(mu1, s1, mu2, s2)
+
+Command line (prints `FID: <value>`):
+    python -m evaluation.fid --samples DIR_OR_NPY --reference DIR_OR_NPZ [--save_stats OUT.npz]
+`--reference` may be images, or a TTUR statistics file (.npz with `mu`, `sigma`). See --help.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+
+def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and covariance of [N, D] features in float64, covariance with N - 1 (as TTUR's np.cov).
+
+  Raises:
+    ValueError: not a 2-D array, fewer than 2 samples, or non-finite values.
+  """
+  features = np.asarray(features, dtype=np.float64)
+  if features.ndim != 2:
+    raise ValueError(f"features must be [N, D], got shape {features.shape}")
+  if features.shape[0] < 2:
+    raise ValueError(f"FID statistics need at least 2 samples, got {features.shape[0]}")
+  if not np.isfinite(features).all():
+    raise ValueError("features contain NaN or inf")
+  mu = features.mean(axis=0)  # [D]
+  sigma = np.cov(features, rowvar=False)  # [D, D], divides by N - 1
+  return mu, np.atleast_2d(sigma)
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+  """Symmetric square root of a symmetric PSD matrix (negative rounding eigenvalues -> 0)."""
+  eigenvalues, eigenvectors = np.linalg.eigh((matrix + matrix.T) / 2)
+  return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+  """tr(sqrt(sigma1 sigma2)) for covariance matrices, in the symmetric form.
+
+  sigma1 sigma2 is similar to A = sqrt(s1) s2 sqrt(s1) (symmetric PSD), so
+  tr(sqrt(s1 s2)) = sum_i sqrt(lambda_i(A)), real and finite even for singular covariances (no
+  complex intermediate as with `scipy.linalg.sqrtm(s1 @ s2)`, no eps retry needed).
+  """
+  root1 = _psd_sqrt(sigma1)
+  product = root1 @ sigma2 @ root1
+  eigenvalues = np.linalg.eigvalsh((product + product.T) / 2)
+  return float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+  """FID = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2)), in float64.
+
+  Raises:
+    ValueError: mismatched or non-square shapes, or non-finite statistics.
+  """
+  mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+  sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
+  sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
+  d = mu1.shape[0]
+  if mu1.ndim != 1 or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+    raise ValueError(f"mismatched statistics: mu1 {mu1.shape}, sigma1 {sigma1.shape}, "
+                     f"mu2 {mu2.shape}, sigma2 {sigma2.shape}")
+  for name, value in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
+    if not np.isfinite(value).all():
+      raise ValueError(f"{name} contains NaN or inf")
+  diff = mu1 - mu2
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
+               - 2.0 * trace_sqrt_product(sigma1, sigma2))
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def _define_flags(fv) -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("save_stats", None, "Write the reference statistics (TTUR format: .npz with "
+                      "'mu' and 'sigma') to this file, for later use as --reference.",
+                      flag_values=fv)
+
+
+def _run(fv) -> None:
+  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  cli.check_output_path(fv.save_stats)
+  samples = cli.open_source(fv.samples, "--samples", kind="pool_3", min_count=2)
+  reference = cli.open_source(fv.reference, "--reference", kind="pool_3", min_count=2,
+                              allow_stats=True, cacheable=fv.cache)
+  network = cli.feature_network(fv, "inception", [samples, reference])
+  mu1, sigma1 = feature_statistics(cli.features_of(samples, network, fv))
+  if reference.stats is not None:
+    mu2, sigma2 = reference.stats
+  else:
+    mu2, sigma2 = feature_statistics(cli.features_of(reference, network, fv))
+  value = frechet_distance(mu1, sigma1, mu2, sigma2)
+  cli.commit_cache(network)
+  if fv.save_stats:
+    np.savez(fv.save_stats, mu=mu2, sigma=sigma2)
+  print(f"FID: {value:.6f}")
+
+
+def main(argv=None) -> int:
+  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  return cli.run(argv, doc=__doc__, network="inception", define_flags=_define_flags, body=_run,
+                 reference=True)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

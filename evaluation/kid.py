@@ -1,0 +1,97 @@
+"""Kernel Inception Distance (Binkowski et al. 2018), as clean-fid / stylegan2-ada compute it.
+
+    mean, std = kernel_inception_distance(pool3_real, pool3_fake, num_subsets=100, subset_size=1000)
+
+Command line (prints `KID: <mean> +- <std>`):
+    python -m evaluation.kid --samples DIR_OR_NPY --reference DIR_OR_NPZ [--num_subsets 100]
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+
+def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """k(x, y) = (x . y / d + 1)^3 for rows of x [m, d] and y [n, d] -> [m, n] (float64)."""
+  d = x.shape[1]
+  return (x @ y.T / d + 1.0) ** 3
+
+
+def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+  """Unbiased MMD^2 of two equal-size samples [m, d] with the cubic polynomial kernel.
+
+  MMD^2_u = sum_{i != j} [k(x_i, x_j) + k(y_i, y_j)] / (m (m - 1)) - 2 sum_{i, j} k(x_i, y_j) / m^2
+  """
+  m = x.shape[0]
+  kxx, kyy, kxy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
+  within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+  return float(within - 2.0 * kxy.sum() / (m * m))
+
+
+def kernel_inception_distance(real_features, fake_features, *, num_subsets: int = 100,
+                              subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+  """Mean and standard deviation of `mmd2_unbiased` over random subsets.
+
+  Each subset draws `subset_size` rows without replacement from each set (numpy Generator with
+  `seed`); `subset_size` is clipped to the smaller set, as clean-fid does. Features in float64.
+
+  Raises:
+    ValueError: non-2-D or mismatched features, fewer than 2 samples, bad subset settings.
+  """
+  real = np.asarray(real_features, np.float64)
+  fake = np.asarray(fake_features, np.float64)
+  if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+    raise ValueError(f"features must be [N, D] with equal D, got {real.shape} and {fake.shape}")
+  if num_subsets < 1 or subset_size < 2:
+    raise ValueError(f"need num_subsets >= 1 and subset_size >= 2, got {num_subsets}, {subset_size}")
+  m = min(real.shape[0], fake.shape[0], subset_size)
+  if m < 2:
+    raise ValueError(f"KID needs at least 2 samples per set, got {real.shape[0]} and {fake.shape[0]}")
+  if not (np.isfinite(real).all() and np.isfinite(fake).all()):
+    raise ValueError("features contain NaN or inf")
+  rng = np.random.default_rng(seed)
+  estimates = np.empty(num_subsets)
+  for i in range(num_subsets):
+    x = real[rng.choice(real.shape[0], m, replace=False)]
+    y = fake[rng.choice(fake.shape[0], m, replace=False)]
+    estimates[i] = mmd2_unbiased(x, y)
+  return float(estimates.mean()), float(estimates.std())
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def _define_flags(fv) -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_integer("num_subsets", 100, "Number of random subsets.", lower_bound=1,
+                       flag_values=fv)
+  flags.DEFINE_integer("subset_size", 1000, "Samples per subset (clipped to the smaller set).",
+                       lower_bound=2, flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Seed of the subset sampling.", flag_values=fv)
+
+
+def _run(fv) -> None:
+  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  samples = cli.open_source(fv.samples, "--samples", kind="pool_3", min_count=2)
+  reference = cli.open_source(fv.reference, "--reference", kind="pool_3", min_count=2,
+                              cacheable=fv.cache)
+  network = cli.feature_network(fv, "inception", [samples, reference])
+  fake = cli.features_of(samples, network, fv)
+  real = cli.features_of(reference, network, fv)
+  mean, std = kernel_inception_distance(real, fake, num_subsets=fv.num_subsets,
+                                        subset_size=fv.subset_size, seed=fv.seed)
+  cli.commit_cache(network)
+  print(f"KID: {mean:.6g} +- {std:.6g}")
+
+
+def main(argv=None) -> int:
+  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  return cli.run(argv, doc=__doc__, network="inception", define_flags=_define_flags, body=_run,
+                 reference=True)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

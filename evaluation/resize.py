@@ -1,0 +1,74 @@
+"""Bilinear resize with TensorFlow 1 semantics (`align_corners=False`, `half_pixel_centers=False`).
+
+The 2015 Inception graph of TTUR resizes its input with the TF1 `ResizeBilinear` kernel, whose
+sampling grid is *not* the half-pixel grid of TF2's `tf.image.resize`: output pixel `i` reads the
+input at `src = i * (in_size / out_size)` (no +0.5 / -0.5), so the image is shifted by up to half a
+pixel compared with TF2/PIL/OpenCV. FID values are sensitive to this, hence this module.
+
+The kernel is written with gathers and lerps in exactly the order of TensorFlow's CPU kernel
+(`tensorflow/core/kernels/image/resize_bilinear_op.cc`):
+
+    top    = top_left    + (top_right    - top_left)    * x_lerp
+    bottom = bottom_left + (bottom_right - bottom_left) * x_lerp
+    out    = top + (bottom - top) * y_lerp
+
+so it agrees with `tf.compat.v1.image.resize_bilinear` to float rounding, and it compiles under
+XLA (plain gathers, no resize op) on every backend.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+def tf1_interpolation_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Source indices and weights of TF1's legacy bilinear scaler along one axis.
+
+  `scale = in_size / out_size` (float32), `src_i = float32(i) * scale`, `lower = floor(src_i)`,
+  `upper = min(ceil(src_i), in_size - 1)`, `lerp = src_i - floor(src_i)` (TF's `LegacyScaler` and
+  `compute_interpolation_weights`, computed in float32 as the kernel does).
+
+  Returns:
+    (lower [out_size] int32, upper [out_size] int32, lerp [out_size] float32).
+  """
+  if in_size < 1 or out_size < 1:
+    raise ValueError(f"resize sizes must be positive, got in_size={in_size}, out_size={out_size}")
+  scale = np.float32(in_size) / np.float32(out_size)
+  src = np.arange(out_size, dtype=np.float32) * scale  # [out_size]
+  floor = np.floor(src)
+  lower = np.maximum(floor.astype(np.int64), 0)
+  upper = np.minimum(np.ceil(src).astype(np.int64), in_size - 1)
+  lerp = (src - floor).astype(np.float32)
+  return lower.astype(np.int32), upper.astype(np.int32), lerp
+
+
+def resize_bilinear_tf1(images: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+  """Resizes `[B, H, W, C]` images to `size = (out_h, out_w)` like TF1 `ResizeBilinear`.
+
+  Equivalent to `tf.compat.v1.image.resize_bilinear(images, size, align_corners=False,
+  half_pixel_centers=False)`. H and W must be static (they are whenever a feature step is traced
+  for a concrete batch). Output dtype float32. An identity-size resize returns the input values.
+  """
+  images = tf.convert_to_tensor(images)
+  images = tf.cast(images, tf.float32)  # [B, H, W, C]
+  in_h, in_w = images.shape[1], images.shape[2]
+  if in_h is None or in_w is None:
+    raise ValueError("resize_bilinear_tf1 needs static image height and width, got shape "
+                     f"{images.shape}")
+  out_h, out_w = int(size[0]), int(size[1])
+  if (in_h, in_w) == (out_h, out_w):
+    return images
+  y_lo, y_hi, y_lerp = tf1_interpolation_weights(in_h, out_h)
+  x_lo, x_hi, x_lerp = tf1_interpolation_weights(in_w, out_w)
+  x_lerp = tf.constant(x_lerp)[None, None, :, None]  # [1, 1, out_w, 1]
+  y_lerp = tf.constant(y_lerp)[None, :, None, None]  # [1, out_h, 1, 1]
+
+  def horizontal(rows):  # [B, out_h, W, C] -> [B, out_h, out_w, C]
+    left = tf.gather(rows, x_lo, axis=2)
+    right = tf.gather(rows, x_hi, axis=2)
+    return left + (right - left) * x_lerp
+
+  top = horizontal(tf.gather(images, y_lo, axis=1))
+  bottom = horizontal(tf.gather(images, y_hi, axis=1))
+  return top + (bottom - top) * y_lerp

@@ -1,0 +1,88 @@
+"""Perceptual path length against closed forms for a linear generator."""
+
+import numpy as np
+import pytest
+
+from evaluation import ppl
+
+LATENT, H, W = 6, 4, 5
+
+
+def _linear_generator(rng):
+  a = rng.normal(size=(LATENT, H * W)).astype(np.float32) * 0.1
+  def generate(z):  # images = z A + 0.5, [B, H, W, 1]
+    return (np.asarray(z, np.float32) @ a + 0.5).reshape(-1, H, W, 1)
+  return generate, a.astype(np.float64)
+
+
+def _recording_sampler(rng, record):
+  def sample(n):
+    z = rng.normal(size=(n, LATENT))
+    record.append(z)
+    return z
+  return sample
+
+
+def _squared_pixel_distance(x, y):
+  return ((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2).reshape(len(x), -1).sum(1)
+
+
+def test_lerp_path_length_of_a_linear_generator_is_closed_form():
+  rng = np.random.default_rng(0)
+  generate, a = _linear_generator(rng)
+  drawn = []
+  values = ppl.path_length_samples(generate, latent_sampler=_recording_sampler(rng, drawn),
+                                   num_samples=300, distance=_squared_pixel_distance,
+                                   interpolation="lerp", batch_size=64, epsilon=1e-2)
+  # G(z(t + eps)) - G(z(t)) = eps (z1 - z0) A exactly, so d / eps^2 = |(z1 - z0) A|^2 per sample.
+  z0 = np.concatenate(drawn[0::2])
+  z1 = np.concatenate(drawn[1::2])
+  want = (((z1 - z0) @ a) ** 2).sum(1)
+  np.testing.assert_allclose(values, want, rtol=2e-3)
+  # Filtering: mean of values within the [1st lower, 99th higher] percentiles.
+  low, high = np.percentile(values, 1, method="lower"), np.percentile(values, 99, method="higher")
+  kept = values[(values >= low) & (values <= high)]
+  assert len(kept) == len(values) - 4  # 2 smallest and 2 largest of 300 dropped
+  assert ppl.filtered_mean(values) == pytest.approx(kept.mean())
+
+
+def test_slerp_path_length_is_the_squared_path_speed():
+  rng = np.random.default_rng(1)
+  generate, a = _linear_generator(rng)
+  drawn = []
+  values = ppl.path_length_samples(generate, latent_sampler=_recording_sampler(rng, drawn),
+                                   num_samples=8, distance=_squared_pixel_distance,
+                                   interpolation="slerp", epsilon=1e-3, seed=7)
+  z0, z1 = drawn
+  t = np.random.default_rng(7).uniform(0.0, 1.0, size=8)
+  # Derivative of z(t) = r(t) u(t) by central differences in float64 (independent of float32).
+  h = 1e-6
+  speed = (ppl.slerp(z0, z1, t + h) - ppl.slerp(z0, z1, t - h)) / (2 * h)
+  np.testing.assert_allclose(values, ((speed @ a) ** 2).sum(1), rtol=2e-2)
+  # Endpoints and norms of the interpolation.
+  np.testing.assert_allclose(ppl.slerp(z0, z1, np.zeros(8)), z0, atol=1e-12)
+  np.testing.assert_allclose(ppl.slerp(z0, z1, np.ones(8)), z1, atol=1e-12)
+
+
+def test_images_are_not_quantised_before_the_distance():
+  # A generator whose outputs move by far less than 1/255 over eps: quantising to 8 bits first
+  # would give exactly 0.
+  def generate(z):
+    return np.broadcast_to((0.5 + 1e-3 * np.asarray(z)[:, :1])[:, :, None, None], (len(z), 1, 4, 1))
+  value = ppl.perceptual_path_length(generate, latent_sampler=lambda n: np.ones((n, 2)),
+                                     num_samples=4, distance=_squared_pixel_distance,
+                                     interpolation="lerp")
+  assert value == 0.0  # z0 == z1: no movement
+  rng = np.random.default_rng(0)
+  value = ppl.perceptual_path_length(
+      generate, latent_sampler=lambda n: rng.normal(size=(n, 2)),
+      num_samples=4, distance=_squared_pixel_distance, interpolation="lerp")
+  assert value > 0.0
+
+
+def test_crop_and_bad_arguments():
+  images = np.arange(2 * 16 * 16).reshape(2, 16, 16, 1)
+  np.testing.assert_array_equal(ppl.crop_face(images), images[:, 6:14, 4:12])
+  with pytest.raises(ValueError, match="interpolation"):
+    ppl.perceptual_path_length(lambda z: z, latent_sampler=np.ones, num_samples=2,
+                               distance=_squared_pixel_distance, interpolation="cubic")
