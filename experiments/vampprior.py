@@ -1,0 +1,391 @@
+"""Train and evaluate one VAE / HVAE with a standard, MoG, VampPrior or flow prior (Tomczak & Welling
+2018, official code jmtomczak/vae_vampprior), then estimate the test log-likelihood with
+importance sampling.
+
+  python -m experiments.vampprior --model=vae --prior=vampprior --dataset=static_mnist --preset=quick
+
+Writes to --logdir: checkpoints (resumable), TensorBoard (ELBO terms, beta, validation -ELBO,
+pseudo-inputs, samples, reconstructions), `samples.png` / `samples.npz`, and `results.json`
+(one row, also appended to `runs/vampprior/results.json`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+from absl import flags
+import keras
+import numpy as np
+import tensorflow as tf
+
+from evaluation import likelihood
+from experiments import data
+from experiments import flags as common
+from experiments import harness
+from experiments import results
+from vampprior_tf import distributions
+from vampprior_tf import model as models
+from vampprior_tf import priors
+
+MODELS = {"vae": models.VAE, "hvae_2level": models.HVAE2Level,
+          "convhvae_2level": models.ConvHVAE2Level, "pixelhvae_2level": models.PixelHVAE2Level}
+PRIORS = ("standard", "mog", "vampprior", "flow")
+
+flags.DEFINE_enum("model", "vae", list(MODELS), "vae: 2 gated layers of 300, one latent of 40; "
+                  "hvae_2level: two latents (z1, z2), the prior on z2; convhvae_2level: gated "
+                  "convolutions; pixelhvae_2level: convolutional encoder + PixelCNN decoder.")
+flags.DEFINE_enum("prior", "vampprior", list(PRIORS), "Prior over the (top) latent: standard "
+                  "N(0, I); mog (learnable mixture of --num_components Gaussians); vampprior "
+                  "(--num_components pseudo-inputs); flow (RealNVP coupling flow).")
+flags.DEFINE_enum("dataset", "static_mnist", ["static_mnist", "dynamic_mnist", "frey_faces",
+                                              "fashion_mnist"],
+                  "static_mnist: Larochelle's binarized MNIST (50k/10k/10k); dynamic_mnist: grey "
+                  "MNIST binarized afresh each epoch (train 50k / valid 10k of the train set); "
+                  "frey_faces: 1565/200/200 fixed-seed split, grey; fashion_mnist: grey.")
+flags.DEFINE_enum("likelihood", None, list(distributions.OBSERVATION_MODELS),
+                  "Decoder distribution. Default: bernoulli for binary sets, discretized_logistic "
+                  "(256 bins) for grey ones; continuous_bernoulli is an option for grey data.")
+flags.DEFINE_integer("num_components", None, "K: pseudo-inputs (vampprior) or Gaussians (mog). "
+                     "Default: the preset's (paper: 500, official default).")
+flags.DEFINE_bool("learn_prior_weights", False, "VampPrior: learn the mixture weights (official: "
+                  "uniform 1/K).")
+flags.DEFINE_integer("warmup", None, "KL warm-up epochs: beta = min(epoch / warmup, 1). Default: "
+                     "the preset's (paper: 100).")
+flags.DEFINE_float("lr", None, "AdamNormGrad learning rate. Default: the preset's (paper: 5e-4).")
+flags.DEFINE_integer("early_stopping", None, "Patience in epochs on the validation -ELBO (counted "
+                     "after warm-up); 0 disables. Default: the preset's (paper: 50).")
+flags.DEFINE_integer("test_samples", None, "Importance samples per test example for log p(x). "
+                     "Default: the preset's (paper: 5000).")
+flags.DEFINE_integer("train_examples", None, "Use a random subset of this many training "
+                     "examples (default: the preset's; paper: all).")
+flags.DEFINE_integer("eval_examples", None, "Use random subsets of this many validation and test "
+                     "examples (default: the preset's; paper: all).")
+flags.DEFINE_integer("z1_dim", 40, "Size of z1 (the only latent of the VAE).")
+flags.DEFINE_integer("z2_dim", 40, "Size of z2 (HVAEs; the prior acts on it).")
+flags.DEFINE_integer("hidden_units", 300, "Width of the gated dense layers.")
+flags.DEFINE_integer("flow_couplings", 8, "Flow prior: number of RealNVP couplings.")
+flags.DEFINE_integer("flow_hidden_units", 128, "Flow prior: hidden units of each coupling net.")
+flags.DEFINE_integer("ll_batch_size", 20, "Test examples per compiled likelihood call.")
+flags.DEFINE_integer("ll_chunk", 250, "Importance samples drawn at once per example (memory).")
+
+FLAGS = flags.FLAGS
+
+# AdamNormGrad (official utils/optimizer.py): grad / (||grad||_2 + 1e-7) per parameter tensor.
+NORM_GRAD_EPSILON = 1e-7
+# Official experiment.py: batch 100, lr 5e-4, warm-up 100 epochs, early stopping 50, K = 500
+# pseudo-inputs, 5000 importance samples, up to 2000 epochs.
+NUM_SAMPLE_IMAGES = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  epochs: int
+  batch_size: int
+  lr: float
+  warmup: int
+  early_stopping: int          # 0 = off
+  num_components: int
+  test_samples: int
+  train_examples: int | None   # None = all
+  eval_examples: int | None
+  image_every: int             # epochs between TensorBoard images
+
+
+PRESETS = {
+    "paper": Preset(epochs=2000, batch_size=100, lr=5e-4, warmup=100, early_stopping=50,
+                    num_components=500, test_samples=5000, train_examples=None,
+                    eval_examples=None, image_every=10),
+    # CPU in about a minute per model: a 10k-example subset, 5 epochs, short warm-up.
+    "quick": Preset(epochs=5, batch_size=100, lr=5e-4, warmup=2, early_stopping=0,
+                    num_components=100, test_samples=500, train_examples=10000,
+                    eval_examples=500, image_every=1000),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  source: str                 # experiments.data name
+  binary: bool                # binary data (Bernoulli decoder by default)
+  dynamic: bool               # binarize the grey training images afresh every epoch
+  pseudo_mean: float          # VampPrior pseudo-input initialisation N(mean, std^2)
+  pseudo_std: float
+
+
+DATASETS = {
+    # Official load_data.py: static / dynamic MNIST pseudo-inputs N(0.05, 0.01^2).
+    "static_mnist": DatasetSpec("binarized_mnist", True, False, 0.05, 0.01),
+    "dynamic_mnist": DatasetSpec("mnist", True, True, 0.05, 0.01),
+    # Frey Faces N(0.5, 0.02^2) as issue 5 specifies (the official versions in the index use
+    # 0.2/0.05 and 0.8/0.01; see README). Fashion-MNIST is not in the official code: same as Frey.
+    "frey_faces": DatasetSpec("frey_faces", False, False, 0.5, 0.02),
+    "fashion_mnist": DatasetSpec("fashion_mnist", False, False, 0.5, 0.02),
+}
+DYNAMIC_EVAL_SEED = 777        # official: np.random.seed(777) before binarizing valid / test
+MNIST_NUM_VALID = 10000        # official: the last 10k training images are the validation set
+SUBSET_SEED = 1234             # fixed choice of the quick preset's example subsets
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+  """Everything that defines one run besides the harness `TrainConfig`."""
+  model: str
+  prior: str
+  dataset: str
+  likelihood: str
+  num_components: int
+  learn_prior_weights: bool
+  warmup: int
+  lr: float
+  early_stopping: int
+  test_samples: int
+  train_examples: int | None
+  eval_examples: int | None
+  image_every: int
+  z1_dim: int = 40
+  z2_dim: int = 40
+  hidden_units: int = 300
+  flow_couplings: int = 8
+  flow_hidden_units: int = 128
+  ll_batch_size: int = 20
+  ll_chunk: int = 250
+
+
+def settings_from_flags(*, model=None, prior=None, dataset=None) -> RunSettings:
+  """RunSettings from the flags and the preset (explicit arguments override the flags)."""
+  preset = PRESETS[FLAGS.preset]
+  dataset = dataset or FLAGS.dataset
+  pick = lambda flag, default: default if flag is None else flag  # noqa: E731
+  return RunSettings(
+      model=model or FLAGS.model, prior=prior or FLAGS.prior, dataset=dataset,
+      likelihood=FLAGS.likelihood or default_likelihood(dataset),
+      num_components=pick(FLAGS.num_components, preset.num_components),
+      learn_prior_weights=FLAGS.learn_prior_weights, warmup=pick(FLAGS.warmup, preset.warmup),
+      lr=pick(FLAGS.lr, preset.lr), early_stopping=pick(FLAGS.early_stopping, preset.early_stopping),
+      test_samples=pick(FLAGS.test_samples, preset.test_samples),
+      train_examples=pick(FLAGS.train_examples, preset.train_examples),
+      eval_examples=pick(FLAGS.eval_examples, preset.eval_examples),
+      image_every=preset.image_every, z1_dim=FLAGS.z1_dim, z2_dim=FLAGS.z2_dim,
+      hidden_units=FLAGS.hidden_units, flow_couplings=FLAGS.flow_couplings,
+      flow_hidden_units=FLAGS.flow_hidden_units, ll_batch_size=FLAGS.ll_batch_size,
+      ll_chunk=FLAGS.ll_chunk)
+
+
+def default_likelihood(dataset: str) -> str:
+  return "bernoulli" if DATASETS[dataset].binary else "discretized_logistic"
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _subset(images, n, seed):
+  if n is None or n >= len(images):
+    return images
+  return images[np.sort(np.random.RandomState(seed).permutation(len(images))[:n])]
+
+
+def _binarize_once(images, seed):
+  return (np.random.RandomState(seed).uniform(size=images.shape) < images).astype(np.float32)
+
+
+def load_splits(dataset: str, *, data_dir=None, train_examples=None, eval_examples=None):
+  """(train tf.data of images, valid array, test array, epoch_transform or None)."""
+  spec = DATASETS[dataset]
+  if spec.source in ("mnist", "fashion_mnist"):
+    train_all, _ = data.load_arrays(spec.source, "train", data_dir)
+    train, valid = train_all[:-MNIST_NUM_VALID], train_all[-MNIST_NUM_VALID:]
+    test, _ = data.load_arrays(spec.source, "test", data_dir)
+  else:
+    train = data.load_arrays(spec.source, "train", data_dir)[0]
+    valid = data.load_arrays(spec.source, "valid", data_dir)[0]
+    test = data.load_arrays(spec.source, "test", data_dir)[0]
+  train = _subset(train, train_examples, SUBSET_SEED)
+  valid = _subset(valid, eval_examples, SUBSET_SEED + 1)
+  test = _subset(test, eval_examples, SUBSET_SEED + 2)
+  epoch_transform = None
+  if spec.dynamic:
+    valid = _binarize_once(valid, DYNAMIC_EVAL_SEED)
+    test = _binarize_once(test, DYNAMIC_EVAL_SEED + 1)
+    epoch_transform = lambda ds, seed: data.dynamic_binarization(ds, seed=seed)  # noqa: E731
+  return tf.data.Dataset.from_tensor_slices(train), valid, test, epoch_transform
+
+
+# ----------------------------------------------------------------------------- model and loss
+
+
+def build_prior(s: RunSettings, *, latent_dim: int, image_shape):
+  if s.prior == "standard":
+    return priors.StandardPrior(latent_dim)
+  if s.prior == "mog":
+    return priors.MixtureOfGaussiansPrior(latent_dim, s.num_components)
+  if s.prior == "vampprior":
+    spec = DATASETS[s.dataset]
+    return priors.VampPrior(num_components=s.num_components, image_shape=image_shape,
+                            init_mean=spec.pseudo_mean, init_std=spec.pseudo_std,
+                            learn_weights=s.learn_prior_weights)
+  if s.prior == "flow":
+    return priors.FlowPrior(latent_dim, num_couplings=s.flow_couplings,
+                            hidden_units=s.flow_hidden_units)
+  raise ValueError(f"unknown prior {s.prior!r}; known: {', '.join(PRIORS)}")
+
+
+def build_model(s: RunSettings, *, image_shape, seed: int):
+  observation = distributions.OBSERVATION_MODELS[s.likelihood]()
+  if s.model == "vae":
+    prior = build_prior(s, latent_dim=s.z1_dim, image_shape=image_shape)
+    return models.VAE(image_shape=image_shape, observation=observation, prior=prior,
+                      latent_dim=s.z1_dim, hidden_units=s.hidden_units, seed=seed)
+  if s.model not in MODELS:
+    raise ValueError(f"unknown model {s.model!r}; known: {', '.join(MODELS)}")
+  prior = build_prior(s, latent_dim=s.z2_dim, image_shape=image_shape)
+  return MODELS[s.model](image_shape=image_shape, observation=observation, prior=prior,
+                         z1_dim=s.z1_dim, z2_dim=s.z2_dim, hidden_units=s.hidden_units, seed=seed)
+
+
+def kl_warmup_beta(epoch, warmup: int):
+  """beta = min(epoch / warmup, 1) (official training.py; epoch 0-based here, 1-based there)."""
+  if warmup <= 0:
+    return tf.constant(1.0)
+  return tf.minimum(tf.cast(epoch, tf.float32) / float(warmup), 1.0)
+
+
+def make_loss_fn(warmup: int):
+  """loss = -log p(x|z) + beta * KL per example (one posterior sample)."""
+  def loss_fn(model, batch, ctx: harness.StepContext) -> harness.LossOutput:
+    beta = kl_warmup_beta(ctx.epoch, warmup)
+    terms = model(batch, training=True)
+    metrics = {"beta": beta, "log_px": tf.reduce_mean(terms.log_px),
+               "kl": tf.reduce_mean(terms.kl), "negative_elbo": -tf.reduce_mean(terms.elbo)}
+    for i, kl in enumerate(terms.kl_levels):
+      metrics[f"kl_z{i + 1}"] = tf.reduce_mean(kl)
+    return harness.LossOutput(per_example=terms.loss(beta), metrics=metrics)
+  return loss_fn
+
+
+def normalize_gradients(grads, variables):
+  """AdamNormGrad's gradient step (official utils/optimizer.py): g <- g / (||g||_2 + 1e-7) for
+  every parameter tensor separately; Adam then runs on the normalised gradients."""
+  del variables
+  return [g / (tf.norm(g) + NORM_GRAD_EPSILON) for g in grads]
+
+
+def negative_elbo_fn(model):
+  """Compiled x -> -ELBO(x) [B] at beta = 1 with one posterior sample (official lower bound)."""
+  return tf.function(lambda x: -model(x, training=False).elbo, reduce_retracing=True)
+
+
+def negative_elbo(fn, images, batch_size: int = 500) -> float:
+  """Mean over `images` of `fn` = `negative_elbo_fn(model)`."""
+  values = [fn(tf.constant(images[i:i + batch_size])).numpy()
+            for i in range(0, len(images), batch_size)]
+  return float(np.mean(np.concatenate(values)))
+
+
+def image_grid(images, columns: int = 8) -> np.ndarray:
+  """[N, H, W, C] in [0, 1] -> uint8 [rows * H, columns * W, C] grid."""
+  images = np.asarray(images)
+  n, h, w, c = images.shape
+  rows = -(-n // columns)
+  grid = np.zeros((rows * h, columns * w, c), np.float32)
+  for i in range(n):
+    r, col = divmod(i, columns)
+    grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = images[i]
+  return (np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def save_images(path: str, images):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  grid = image_grid(images)
+  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+
+
+def make_epoch_end_fn(s: RunSettings, valid, total_epochs: int):
+  """Validation -ELBO (beta = 1) each epoch; images every `image_every` epochs and at the end."""
+  compiled = {}
+
+  def epoch_end_fn(model, epoch):
+    if "fn" not in compiled:
+      compiled["fn"] = negative_elbo_fn(model)
+    val = negative_elbo(compiled["fn"], valid)
+    if (epoch + 1) % s.image_every == 0 or epoch + 1 == total_epochs:
+      tf.summary.image("samples", model.sample(16), max_outputs=16)
+      tf.summary.image("reconstructions", model.reconstruct(valid[:16]), max_outputs=16)
+      if isinstance(model.prior, priors.VampPrior):
+        tf.summary.image("pseudo_inputs", model.prior.pseudo_inputs()[:16], max_outputs=16)
+    return {"val_loss": val}
+  return epoch_end_fn
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
+                       data_dir=None) -> dict:
+  """Trains (resuming from config.logdir), restores the best checkpoint, estimates test log p(x)."""
+  train, valid, test, epoch_transform = load_splits(
+      s.dataset, data_dir=data_dir, train_examples=s.train_examples, eval_examples=s.eval_examples)
+  image_shape = valid.shape[1:]
+  keras.utils.set_random_seed(config.seed)
+  with strategy.scope():
+    model = build_model(s, image_shape=image_shape, seed=config.seed)
+    model(tf.constant(valid[:2]))
+    optimizer = harness.wrap_optimizer(keras.optimizers.Adam(s.lr))
+  trainer = harness.Trainer(
+      config=config, strategy=strategy, model=model, optimizer=optimizer,
+      loss_fn=make_loss_fn(s.warmup), train_data=train, epoch_transform=epoch_transform,
+      epoch_end_fn=make_epoch_end_fn(s, valid, config.epochs),
+      grad_transform=normalize_gradients)
+  start = time.perf_counter()
+  trainer.fit()
+  train_time = time.perf_counter() - start
+  best = trainer.restore_best()
+  epochs_run = int(trainer.step.numpy()) // trainer.steps_per_epoch
+
+  start = time.perf_counter()
+  summary = likelihood.evaluate_log_likelihood(
+      lambda x, k: model.log_weights(x, k, training=False),
+      tf.data.Dataset.from_tensor_slices(test).batch(s.ll_batch_size),
+      num_samples=s.test_samples, num_dims=int(np.prod(image_shape)), chunk_size=s.ll_chunk,
+      progress=config.progress)
+  eval_time = time.perf_counter() - start
+  samples = model.sample(NUM_SAMPLE_IMAGES).numpy()
+  np.savez_compressed(os.path.join(config.logdir, "samples.npz"), samples=samples)
+  save_images(os.path.join(config.logdir, "samples.png"), samples)
+  row = dict(dataclasses.asdict(s), epochs_run=epochs_run, best_checkpoint=best,
+             best_val_negative_elbo=float(trainer.best_metric.numpy()),
+             test_nll=summary.nll, test_nll_sem=summary.nll_sem,
+             test_negative_elbo=summary.negative_elbo, test_examples=summary.num_examples,
+             train_time_s=train_time, eval_time_s=eval_time, seed=config.seed,
+             batch_size=config.batch_size, epochs=config.epochs, logdir=config.logdir)
+  results.write_json(os.path.join(config.logdir, "results.json"), row)
+  return row
+
+
+def run_config(s: RunSettings, logdir: str) -> harness.TrainConfig:
+  """The harness config of a run from the common flags and the preset."""
+  preset = PRESETS[FLAGS.preset]
+  return common.train_config(
+      logdir=logdir, batch_size=preset.batch_size, epochs=preset.epochs,
+      early_stopping_metric="val_loss",
+      early_stopping_patience=s.early_stopping or None,
+      early_stopping_start_epoch=s.warmup, hparams=dataclasses.asdict(s))
+
+
+def main(argv):
+  del argv
+  s = settings_from_flags()
+  strategy = harness.setup_runtime(strategy=FLAGS.strategy, precision=FLAGS.precision)
+  logdir = common.default_logdir("vampprior", dataset=s.dataset, model=s.model, prior=s.prior,
+                                 preset=FLAGS.preset, seed=FLAGS.seed)
+  row = train_and_evaluate(s, run_config(s, logdir), strategy=strategy, data_dir=FLAGS.data_dir)
+  row["command"] = common.command_line()
+  results.append_row(os.path.join("runs", "vampprior", "results.json"), row)
+  print(f"{s.dataset} {s.model} {s.prior}: test NLL {row['test_nll']:.2f} +- "
+        f"{row['test_nll_sem']:.2f} nats (K={s.test_samples}), test -ELBO "
+        f"{row['test_negative_elbo']:.2f}, {row['epochs_run']} epochs", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  common.run(main)

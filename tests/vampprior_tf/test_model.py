@@ -1,0 +1,169 @@
+"""Models: IWAE bounds on a trained tiny model vs the exact log p(x), sample/example layout, HVAE
+KL terms vs Monte Carlo, PixelCNN causality, shapes and bad input."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from evaluation import likelihood
+from vampprior_tf import distributions
+from vampprior_tf import model as models
+from vampprior_tf import priors
+
+SHAPE = (6, 6, 1)
+
+
+def toy_binary_images(n, seed=0):
+  """Three 6x6 binary prototypes with 5% flipped pixels."""
+  protos = (np.random.RandomState(0).rand(3, *SHAPE) > 0.5).astype(np.float32)
+  rng = np.random.RandomState(seed)
+  x = protos[rng.randint(0, 3, n)]
+  flip = rng.rand(*x.shape) < 0.05
+  return np.where(flip, 1 - x, x).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def trained_vae():
+  """A VAE with a 2-D latent and a VampPrior, trained for a few hundred steps."""
+  keras.utils.set_random_seed(0)
+  prior = priors.VampPrior(num_components=5, image_shape=SHAPE, init_mean=0.5, init_std=0.1)
+  model = models.VAE(image_shape=SHAPE, observation=distributions.Bernoulli(), prior=prior,
+                     latent_dim=2, hidden_units=32, seed=0)
+  data = toy_binary_images(512)
+  model(data[:2])
+  optimizer = keras.optimizers.Adam(3e-3)
+
+  @tf.function
+  def step(x):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(model(x, training=True).loss(1.0))
+    optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                                  model.trainable_variables))
+    return loss
+
+  for i in range(400):
+    step(data[(i % 8) * 64:(i % 8 + 1) * 64])
+  return model, toy_binary_images(64, seed=1)
+
+
+def exact_log_px(model, x, extent=7.0, n=301):
+  """log p(x) = log sum_z p(x | z) p(z) dz on a 2-D grid (the latent is 2-D)."""
+  u = np.linspace(-extent, extent, n, dtype=np.float32)
+  z = tf.constant(np.stack(np.meshgrid(u, u), -1).reshape(-1, 2))
+  log_pz = model.log_prior(z).numpy().astype(np.float64)
+  params = model.decode(z)
+  out = []
+  for image in x:
+    log_px_z = model.observation.log_prob(tf.repeat(image[None], len(z), 0), params).numpy()
+    out.append(np.logaddexp.reduce(log_px_z + log_pz) + 2 * np.log(u[1] - u[0]))
+  return np.array(out)
+
+
+def test_iwae_between_elbo_and_exact_log_px_and_increasing_in_k(trained_vae):
+  model, x = trained_vae
+  fn = lambda images, k: model.log_weights(images, k)  # noqa: E731
+  exact = exact_log_px(model, x)
+  bounds = {}
+  for k in (1, 10, 100, 2000):
+    est = likelihood.importance_weighted_log_likelihood(fn, tf.constant(x), num_samples=k,
+                                                        chunk_size=500)
+    bounds[k] = est.log_likelihood.numpy().mean()
+    elbo = est.elbo.numpy().mean()
+    assert bounds[k] >= elbo - 1e-4
+  assert bounds[1] < bounds[10] < bounds[100] <= bounds[2000] + 0.02
+  assert bounds[2000] <= exact.mean() + 0.05          # a lower bound of log p(x) ...
+  gap_1, gap_2000 = exact.mean() - bounds[1], exact.mean() - bounds[2000]
+  assert gap_1 > 0.05 and gap_2000 < 0.5 * gap_1      # ... that closes the ELBO's gap with K
+
+
+def test_log_weights_keep_examples_and_samples_apart(trained_vae):
+  model, x = trained_vae
+  k = np.arange(3 * 4, dtype=np.float32).reshape(3, 4)  # layout of the helpers
+  flat = models.repeat_examples(tf.constant(np.arange(4, dtype=np.float32)), 3)
+  np.testing.assert_array_equal(models.split_samples(flat, 3).numpy(), np.tile(np.arange(4), (3, 1)))
+  np.testing.assert_array_equal(models.split_samples(tf.reshape(k, [-1]), 3).numpy(), k)
+  # Column b of the [K, B] weights is example b: compare with each example evaluated alone.
+  batch = np.concatenate([x[:1], 1 - x[:1], x[1:2]])
+  together = model.log_weights(batch, 1500).numpy()
+  assert together.shape == (1500, 3)
+  for b in range(3):
+    alone = model.log_weights(batch[b:b + 1], 1500).numpy()[:, 0]
+    se = np.sqrt(together[:, b].var() / 1500 + alone.var() / 1500)
+    assert abs(together[:, b].mean() - alone.mean()) < 5 * se + 1e-3
+  # The inverted image is far less likely: mixing columns would blur this difference.
+  assert together[:, 1].mean() < together[:, 0].mean() - 10
+  assert together[:, 1].mean() < together[:, 2].mean() - 10
+
+
+def tiny_hvae(cls=models.HVAE2Level, prior=None, observation=None, shape=SHAPE, seed=0):
+  keras.utils.set_random_seed(seed)
+  return cls(image_shape=shape, observation=observation or distributions.Bernoulli(),
+             prior=prior or priors.StandardPrior(5), z1_dim=3, z2_dim=5, hidden_units=16,
+             seed=seed)
+
+
+def test_hvae_kl_terms_match_monte_carlo_of_closed_forms():
+  model = tiny_hvae()
+  x = toy_binary_images(1)
+  n = 20000
+  terms = model(models.repeat_examples(tf.constant(x), n))
+  kl_z1, kl_z2 = (t.numpy() for t in terms.kl_levels)
+  np.testing.assert_allclose(terms.kl.numpy(), kl_z1 + kl_z2, rtol=1e-5, atol=1e-4)
+  # KL(q(z2|x) || N(0, I)) in closed form: the one-sample terms average to it.
+  mean, log_var = model.encode_top(tf.constant(x))
+  analytic_z2 = float(distributions.gaussian_kl(mean, log_var, 0 * mean, 0 * log_var)[0])
+  assert abs(kl_z2.mean() - analytic_z2) < 4 * kl_z2.std() / np.sqrt(n) + 1e-3
+  # E_{z2 ~ q} KL(q(z1|x,z2) || p(z1|z2)): closed form per z2, averaged over fresh z2 draws.
+  f = model.forward(models.repeat_examples(tf.constant(x), n))
+  analytic_z1 = distributions.gaussian_kl(*f.q_z1, *f.p_z1).numpy()
+  se = np.sqrt(kl_z1.var() / n + analytic_z1.var() / n)
+  assert abs(kl_z1.mean() - analytic_z1.mean()) < 4 * se + 1e-3
+
+
+def test_vampprior_on_hvae_acts_on_z2():
+  prior = priors.VampPrior(num_components=4, image_shape=SHAPE, init_mean=0.05, init_std=0.01)
+  model = tiny_hvae(prior=prior)
+  x = tf.constant(toy_binary_images(4))
+  terms = model(x)
+  assert terms.kl.shape == (4,) and np.all(np.isfinite(terms.kl.numpy()))
+  means, _ = prior.components(model.encode_top)
+  assert means.shape == (4, 5)  # components live in z2's space (z2_dim = 5, z1_dim = 3)
+
+
+@pytest.mark.parametrize("cls", [models.HVAE2Level, models.ConvHVAE2Level, models.PixelHVAE2Level])
+def test_models_sample_and_reconstruct_images_in_range(cls):
+  shape = (4, 4, 1)
+  model = tiny_hvae(cls, observation=distributions.DiscretizedLogistic(), shape=shape)
+  x = np.random.RandomState(0).randint(0, 256, (3,) + shape).astype(np.float32) / 255
+  for images in (model.sample(2), model.reconstruct(x)):
+    images = images.numpy()
+    assert images.shape[1:] == shape and images.min() >= 0 and images.max() <= 1
+  assert model.log_weights(x, 4).shape == (4, 3)
+
+
+def test_conv_feature_sizes_follow_the_official_models():
+  assert tiny_hvae(models.ConvHVAE2Level, shape=(28, 28, 1))._x_feature_units() == 294
+  assert tiny_hvae(models.ConvHVAE2Level, shape=(28, 20, 1))._x_feature_units() == 210
+
+
+def test_pixelcnn_decoder_is_autoregressive_in_raster_order():
+  shape = (4, 3, 1)
+  model = tiny_hvae(models.PixelHVAE2Level, shape=shape)
+  z1, z2 = tf.random.normal((1, 3)), tf.random.normal((1, 5))
+  x = tf.Variable(tf.random.uniform((1,) + shape))
+  model.decode(x, z1, z2)
+  for i, j in [(0, 0), (1, 1), (3, 2)]:
+    with tf.GradientTape() as tape:
+      out = model.decode(x, z1, z2, training=False)[0, i, j, 0]
+    grad = np.abs(tape.gradient(out, x).numpy()[0, :, :, 0])
+    order = np.arange(grad.size).reshape(grad.shape)
+    assert np.all(grad[order >= i * shape[1] + j] == 0)
+    if (i, j) != (0, 0):
+      assert grad[order < i * shape[1] + j].sum() > 0
+
+
+def test_bad_image_shape_is_a_clear_error():
+  model = tiny_hvae()
+  with pytest.raises(ValueError, match="expected images"):
+    model.log_weights(tf.zeros((2, 5, 5, 1)), 3)
