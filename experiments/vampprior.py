@@ -25,6 +25,7 @@ from evaluation import likelihood
 from experiments import data
 from experiments import flags as common
 from experiments import harness
+from experiments.images import save_grid
 from experiments import results
 from vampprior_tf import distributions
 from vampprior_tf import model as models
@@ -283,24 +284,6 @@ def negative_elbo(fn, images, batch_size: int = 500) -> float:
   return float(np.mean(np.concatenate(values)))
 
 
-def image_grid(images, columns: int = 8) -> np.ndarray:
-  """[N, H, W, C] in [0, 1] -> uint8 [rows * H, columns * W, C] grid."""
-  images = np.asarray(images)
-  n, h, w, c = images.shape
-  rows = -(-n // columns)
-  grid = np.zeros((rows * h, columns * w, c), np.float32)
-  for i in range(n):
-    r, col = divmod(i, columns)
-    grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = images[i]
-  return (np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def save_images(path: str, images):
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  grid = image_grid(images)
-  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
-
-
 def make_epoch_end_fn(s: RunSettings, valid, total_epochs: int):
   """Validation -ELBO (beta = 1) each epoch; images every `image_every` epochs and at the end."""
   compiled = {}
@@ -352,7 +335,7 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
   eval_time = time.perf_counter() - start
   samples = model.sample(NUM_SAMPLE_IMAGES).numpy()
   np.savez_compressed(os.path.join(config.logdir, "samples.npz"), samples=samples)
-  save_images(os.path.join(config.logdir, "samples.png"), samples)
+  save_grid(os.path.join(config.logdir, "samples.png"), samples)
   row = dict(dataclasses.asdict(s), epochs_run=epochs_run, best_checkpoint=best,
              best_val_negative_elbo=float(trainer.best_metric.numpy()),
              test_nll=summary.nll, test_nll_sem=summary.nll_sem,
