@@ -10,8 +10,8 @@ where each replica returns the per-example losses of its shard and its (replicat
 regularizer is divided by the replica count before the gradients are summed across replicas, so any
 replica count gives the gradients of one device on the same global batch.
 
-Resume is exact: the step counter, optimizer slots, early-stopping state, the model's Keras
-`SeedGenerator` states and the data position (epoch order from `seed + epoch`, batches already
+Resume is exact: the step counter, optimizer slots, early-stopping state, every variable in
+`model.variables` (including layers kept in lists and Keras `SeedGenerator` states) and the data position (epoch order from `seed + epoch`, batches already
 consumed are skipped) all come back from the latest checkpoint in `logdir`.
 """
 
@@ -157,11 +157,12 @@ class Trainer:
       self.best_metric = tf.Variable(math.inf, dtype=tf.float64, trainable=False, name="best")
       self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_epochs")
       optimizer.build(model.trainable_variables)
-    # Keras SeedGenerator states are not tracked by tf.train.Checkpoint: add them by hand.
-    seed_states = [v.value for v in model.variables if "seed_generator_state" in v.path]
+    # Keras 3 layers held in Python lists, and SeedGenerator states, are in `model.variables`
+    # but not in TF's object graph: checkpoint that ordered list explicitly (its order is fixed
+    # by the model's code, unlike the auto-generated layer names in variable paths).
     self.checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, step=self.step, best_metric=self.best_metric,
-        bad_epochs=self.bad_epochs, seed_states=seed_states)
+        model=model, model_variables=[v.value for v in model.variables], optimizer=optimizer,
+        step=self.step, best_metric=self.best_metric, bad_epochs=self.bad_epochs)
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, os.path.join(config.logdir, "checkpoints"), config.keep_checkpoints)
     self.best_manager = tf.train.CheckpointManager(
@@ -228,16 +229,24 @@ class Trainer:
 
   def restore(self) -> int:
     """Restores the latest checkpoint in logdir (if any); returns the step reached."""
-    path = self.manager.restore_or_initialize()
+    path = self.manager.latest_checkpoint
     if path:
+      self._restore(path)
       print(f"Resumed from {path} at step {int(self.step.numpy())}", file=sys.stderr)
     return int(self.step.numpy())
+
+  def _restore(self, path: str):
+    try:
+      self.checkpoint.restore(path).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+      raise ValueError(f"checkpoint {path} does not match this model/optimizer (was --logdir "
+                       f"used by another configuration?): {str(e).splitlines()[0][:300]}") from e
 
   def restore_best(self) -> str | None:
     """Loads the best checkpoint (early stopping) if one was written; returns its path."""
     path = self.best_manager.latest_checkpoint
     if path:
-      self.checkpoint.restore(path).expect_partial()
+      self._restore(path)
     return path
 
   def _save(self, step: int):

@@ -13,17 +13,22 @@ DIM = 6
 
 
 class TinyModel(keras.Model):
-  """A linear-Gaussian model with sampling noise from a SeedGenerator (so resume must restore it)."""
+  """An MLP with sampling noise from a SeedGenerator (so resume must restore it) and a BatchNorm
+  and a Dense kept in a Python list (Keras 3 does not put those in TF's checkpoint object graph)."""
 
   def __init__(self, *, seed=0):
     super().__init__()
     self.hidden = keras.layers.Dense(8, activation="tanh")
+    self.blocks = [keras.layers.BatchNormalization(), keras.layers.Dense(8, activation="tanh")]
     self.out = keras.layers.Dense(DIM, dtype="float32")  # float32 output under mixed precision
     self.seed_generator = keras.random.SeedGenerator(seed)
 
   def call(self, x, training=False):
     noise = keras.random.normal(tf.shape(x), stddev=0.1, dtype=x.dtype, seed=self.seed_generator)
-    return self.out(self.hidden(x + noise))
+    h = self.hidden(x + noise)
+    for block in self.blocks:
+      h = block(h, training=training) if isinstance(block, keras.layers.BatchNormalization) else block(h)
+    return self.out(h)
 
 
 def tiny_loss(model, batch, ctx):
@@ -80,7 +85,7 @@ def test_replica_count_gives_same_loss_and_gradients(tmp_path):
   assert len(devices) >= 2, "conftest must create two logical CPUs"
 
   def deterministic_loss(model, batch, ctx):
-    pred = model.out(model.hidden(batch))  # no sampling noise: replicas would draw differently
+    pred = model.out(model.blocks[1](model.hidden(batch)))  # no noise / BN: replicas would differ
     per_example = tf.reduce_sum(tf.square(pred - batch), axis=-1)
     reg = 1e-2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in model.trainable_variables])
     return harness.LossOutput(per_example=per_example, regularizer=reg)
@@ -174,3 +179,31 @@ def test_multi_worker_needs_tf_config(monkeypatch):
   monkeypatch.delenv("TF_CONFIG", raising=False)
   with pytest.raises(ValueError, match="TF_CONFIG"):
     harness.setup_runtime(strategy="multi_worker")
+
+
+def test_checkpoint_holds_listed_layers_and_rejects_other_models(tmp_path):
+  trainer = make_trainer(tmp_path, epochs=1)
+  trainer.fit()
+  names = [name for name, _ in tf.train.list_variables(trainer.manager.latest_checkpoint)]
+  stored = {tuple(tf.train.load_variable(trainer.manager.latest_checkpoint, n).shape)
+            for n in names if n.startswith("model_variables/")}
+  assert len([n for n in names if n.startswith("model_variables/")]) == len(trainer.model.variables)
+  assert (8, 8) in stored  # the Dense inside the list
+  moving_mean = trainer.model.blocks[0].moving_mean.numpy()
+  assert not np.allclose(moving_mean, 0.0)  # BN statistics moved ...
+  fresh = make_trainer(tmp_path, epochs=2)
+  fresh.restore()
+  np.testing.assert_array_equal(fresh.model.blocks[0].moving_mean.numpy(), moving_mean)  # ... and came back
+
+  class Wider(TinyModel):
+    def __init__(self):
+      super().__init__()
+      self.hidden = keras.layers.Dense(9, activation="tanh")
+
+  with tf.distribute.get_strategy().scope():
+    model = Wider()
+    model(tf.zeros((1, DIM)))
+  other = harness.Trainer(config=fresh.config, strategy=tf.distribute.get_strategy(), model=model,
+                          optimizer=keras.optimizers.Adam(), loss_fn=tiny_loss, train_data=make_data())
+  with pytest.raises(ValueError, match="does not match"):
+    other.restore()
