@@ -1,0 +1,182 @@
+"""GaussianDiffusion maths against closed forms (no network: analytic epsilon functions)."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from diffusion_tf import diffusion
+from diffusion_tf import distributions
+from evaluation.likelihood import bits_per_dim
+
+SEED = tf.constant([3, 4], tf.int32)
+
+
+def _small(variance=diffusion.Variance.FIXED_LARGE, num_timesteps=12):
+  return diffusion.GaussianDiffusion(betas=np.linspace(1e-3, 0.3, num_timesteps), variance=variance)
+
+
+def _x0(shape=(3, 4, 4, 1), seed=0):
+  """8-bit-valued data in [-1, 1]."""
+  k = np.random.default_rng(seed).integers(0, 256, shape)
+  return tf.constant(k / 127.5 - 1.0, tf.float32)
+
+
+def test_schedules():
+  betas = diffusion.linear_beta_schedule()
+  assert betas.dtype == np.float64 and betas.shape == (1000,)
+  assert betas[0] == pytest.approx(1e-4) and betas[-1] == pytest.approx(0.02)
+  cos = diffusion.cosine_beta_schedule(100)
+  abar = np.cumprod(1 - cos)
+  f = lambda t: np.cos((t / 100 + 0.008) / 1.008 * np.pi / 2) ** 2
+  # Before the 0.999 clip binds (last step only), abar_t = f(t) / f(0) exactly.
+  assert cos[-1] == 0.999 and np.all(cos[:-1] < 0.999)
+  np.testing.assert_allclose(abar[:-1], f(np.arange(1, 100)) / f(0), rtol=1e-6)
+  with pytest.raises(ValueError):
+    diffusion.GaussianDiffusion(betas=np.array([0.1, 1.5]))
+
+
+def test_q_sample_matches_closed_form_mean_and_variance():
+  d = _small()
+  x0 = _x0((1, 2, 2, 1))
+  t = tf.constant([7])
+  n = 20000
+  noise = tf.random.stateless_normal((n, 2, 2, 1), seed=SEED)
+  xt = d.q_sample(tf.repeat(x0, n, axis=0), tf.fill([n], 7), noise).numpy()
+  abar = np.prod(1 - d.betas[:8])
+  np.testing.assert_allclose(xt.mean(0), np.sqrt(abar) * x0.numpy()[0], atol=0.03)
+  np.testing.assert_allclose(xt.var(0), 1 - abar, rtol=0.05)
+  mean, var, log_var = d.q_mean_variance(x0, t)
+  np.testing.assert_allclose(mean.numpy(), np.sqrt(abar) * x0.numpy(), rtol=1e-5)
+  np.testing.assert_allclose(var.numpy(), 1 - abar, rtol=1e-5)
+  np.testing.assert_allclose(log_var.numpy(), np.log(1 - abar), rtol=1e-5)
+
+
+def test_posterior_matches_gaussian_algebra():
+  """q(x_{t-1}|x_t,x_0) ∝ N(x_{t-1}; sqrt(abar_{t-1}) x_0, 1-abar_{t-1}) N(x_t; sqrt(alpha_t) x_{t-1}, beta_t)."""
+  d = _small()
+  x0, xt = _x0(seed=1), tf.random.stateless_normal((3, 4, 4, 1), seed=SEED)
+  t = np.array([1, 5, 11])
+  mean, var, _ = d.q_posterior_mean_variance(x0, xt, tf.constant(t))
+  abar = np.cumprod(1 - d.betas)
+  a_prev, alpha, beta = abar[t - 1], 1 - d.betas[t], d.betas[t]
+  precision = 1 / (1 - a_prev) + alpha / beta
+  expected_var = 1 / precision
+  b = lambda v: v[:, None, None, None]
+  expected_mean = b(expected_var) * (b(np.sqrt(a_prev) / (1 - a_prev)) * x0.numpy()
+                                     + b(np.sqrt(alpha) / beta) * xt.numpy())
+  np.testing.assert_allclose(var.numpy(), np.broadcast_to(b(expected_var), var.shape), rtol=1e-5)
+  np.testing.assert_allclose(mean.numpy(), expected_mean, rtol=1e-4, atol=1e-6)
+
+
+def test_normal_kl_and_discretized_gaussian_against_references():
+  m1, l1, m2, l2 = 0.3, -1.2, -0.5, 0.4
+  expected = tfp.distributions.kl_divergence(
+      tfp.distributions.Normal(m1, math.exp(0.5 * l1)), tfp.distributions.Normal(m2, math.exp(0.5 * l2)))
+  assert float(distributions.normal_kl(m1, l1, m2, l2)) == pytest.approx(float(expected), rel=1e-5)
+  x = tf.constant([-1.0, -0.2 + 1 / 255, 1.0])
+  mu, s = 0.1, 0.6
+  got = distributions.discretized_gaussian_log_likelihood(x, means=mu, log_scales=math.log(s)).numpy()
+  cdf = lambda v: scipy.stats.norm.cdf(v, mu, s)
+  exact = np.log([cdf(-1 + 1 / 255), cdf(x[1] + 1 / 255) - cdf(x[1] - 1 / 255), 1 - cdf(1 - 1 / 255)])
+  np.testing.assert_allclose(got, exact, rtol=5e-3)  # the tanh CDF approximation
+
+
+def test_bits_per_dim_of_a_known_gaussian():
+  """Data = one point x*; the exact epsilon of q makes every KL term 0 under fixed-small
+  variances, so the bound is prior KL + the decoder's discretized N(x*, beta~_1) mass: closed form."""
+  d = _small(diffusion.Variance.FIXED_SMALL)
+  x_star = _x0((1, 3, 3, 1), seed=2)
+  sqrt_abar = np.sqrt(np.cumprod(1 - d.betas))
+  sqrt_1m = np.sqrt(1 - np.cumprod(1 - d.betas))
+
+  def exact_eps(x_t, t):
+    a = tf.gather(tf.constant(sqrt_abar, tf.float32), t)[:, None, None, None]
+    s = tf.gather(tf.constant(sqrt_1m, tf.float32), t)[:, None, None, None]
+    return (x_t - a * x_star) / s
+
+  x0 = tf.repeat(x_star, 2, axis=0)
+  vlb = d.variational_bound(exact_eps, x0, seed=SEED)
+  np.testing.assert_allclose(vlb.diffusion.numpy(), 0.0, atol=5e-3)
+  abar_last = np.prod(1 - d.betas)
+  prior = 9 * 0.5 * (-1 - np.log(1 - abar_last) + (1 - abar_last)) + 0.5 * abar_last * np.sum(
+      x_star.numpy() ** 2)
+  np.testing.assert_allclose(vlb.prior.numpy(), prior, rtol=1e-4)
+  std = math.sqrt(d.posterior_variance[1])
+  x = x_star.numpy().ravel()
+  upper = np.where(x > 0.999, np.inf, x + 1 / 255)
+  lower = np.where(x < -0.999, -np.inf, x - 1 / 255)
+  decoder = -np.sum(np.log(scipy.stats.norm.cdf(upper, x, std) - scipy.stats.norm.cdf(lower, x, std)))
+  np.testing.assert_allclose(vlb.decoder.numpy(), decoder, rtol=2e-3)
+  expected_bpd = bits_per_dim(prior + decoder, 9)
+  np.testing.assert_allclose(bits_per_dim(vlb.total.numpy(), 9), expected_bpd, rtol=2e-3)
+
+
+def test_vlb_terms_are_positive_for_a_wrong_model():
+  d = _small()
+  vlb = d.variational_bound(lambda x, t: tf.zeros_like(x), _x0(), seed=SEED)
+  assert np.all(vlb.diffusion.numpy() > 0) and np.all(vlb.decoder.numpy() > 0)
+  np.testing.assert_allclose(vlb.total.numpy(),
+                             (vlb.prior + vlb.diffusion + vlb.decoder).numpy(), rtol=1e-6)
+
+
+def _toy_eps(x, t):
+  return 0.5 * tf.tanh(x) + 0.01 * tf.cast(t, tf.float32)[:, None, None, None]
+
+
+def test_compiled_loop_equals_stepwise_loop_for_a_fixed_seed():
+  d = _small()
+  shape = (2, 4, 4, 1)
+  # XLA draws other normals than the CPU kernel from the same seed: compare like with like.
+  for jit in (True, False):
+    compiled = tf.function(lambda: d.p_sample_loop(_toy_eps, shape, seed=SEED), jit_compile=jit)
+    step = tf.function(lambda x, i, s: d.ancestral_step(_toy_eps, x, i, s), jit_compile=jit)
+    a = compiled().numpy()
+    x_T = tf.function(d.initial_noise, jit_compile=jit)(shape, SEED)
+    b = d.p_sample_loop_stepwise(step, x_T, seed=SEED).numpy()
+    assert a.shape == shape and np.all(np.isfinite(a))
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  other = d.p_sample_loop(_toy_eps, shape, seed=tf.constant([5, 6])).numpy()
+  assert not np.allclose(a, other)
+
+
+def test_ddim_eta_one_over_all_steps_matches_ancestral_fixed_small():
+  d = _small(diffusion.Variance.FIXED_SMALL)
+  x_t = tf.random.stateless_normal((12, 4, 4, 1), seed=SEED)
+  t = tf.range(12)
+  mean, std = d.ddim_mean_std(_toy_eps, x_t, t, t - 1, eta=1.0, clip_denoised=False)
+  p = d.p_mean_variance(_toy_eps, x_t, t, clip_denoised=False)
+  np.testing.assert_allclose(mean.numpy(), p.mean.numpy(), atol=1e-4)
+  # t = 0 is the noiseless last step of both samplers; t >= 1: sigma^2 = beta~_t.
+  np.testing.assert_allclose(std.numpy()[1:, 0, 0, 0] ** 2, d.posterior_variance[1:], rtol=1e-4)
+  assert std.numpy()[0, 0, 0, 0] == 0.0
+  # eta = 0: the deterministic DDIM step (no noise at any t).
+  _, std0 = d.ddim_mean_std(_toy_eps, x_t, t, t - 1, eta=0.0, clip_denoised=False)
+  np.testing.assert_array_equal(std0.numpy(), 0.0)
+  samples = tf.function(lambda: d.ddim_sample_loop(_toy_eps, (2, 4, 4, 1), seed=SEED, num_steps=4),
+                        jit_compile=True)()
+  assert samples.shape == (2, 4, 4, 1) and np.all(np.abs(samples.numpy()) <= 1.0 + 1e-6)
+
+
+def test_ddim_timesteps_respacing():
+  d = diffusion.GaussianDiffusion.linear()
+  steps = d.ddim_timesteps(50)
+  assert len(steps) == 50 and steps[0] == 0 and steps[-1] == 980
+  with pytest.raises(ValueError):
+    d.ddim_timesteps(0)
+
+
+def test_simple_loss_is_zero_for_the_true_noise_and_positive_otherwise():
+  d = _small()
+  x0, noise = _x0(), tf.random.stateless_normal((3, 4, 4, 1), seed=SEED)
+  t = tf.constant([0, 4, 11])
+  x_t = d.q_sample(x0, t, noise)
+  oracle = lambda x, tt: (x - d._extract(d.sqrt_alphas_cumprod, tt, x) * x0) / d._extract(
+      d.sqrt_one_minus_alphas_cumprod, tt, x)
+  np.testing.assert_allclose(d.simple_loss(oracle, x0, t, noise).numpy(), 0.0, atol=1e-4)
+  loss = d.simple_loss(lambda x, tt: tf.zeros_like(x), x0, t, noise).numpy()
+  np.testing.assert_allclose(loss, np.mean(noise.numpy() ** 2, axis=(1, 2, 3)), rtol=1e-5)
+  del x_t

@@ -1,0 +1,227 @@
+"""DDPM / U-Net / EMA, the image flow and the VAE with a flow prior, on tiny configurations."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from diffusion_tf import diffusion
+from diffusion_tf import layers
+from diffusion_tf import model as model_lib
+from evaluation import likelihood
+from experiments import harness
+
+TINY_UNET = layers.UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                              attention_resolutions=(4,), dropout=0.1, num_groups=2)
+
+
+def _ddpm(num_timesteps=6, **kwargs):
+  d = diffusion.GaussianDiffusion(betas=np.linspace(1e-3, 0.2, num_timesteps))
+  return model_lib.DDPM(image_shape=(6, 6, 1), unet=TINY_UNET, diffusion=d, padded_size=8, **kwargs)
+
+
+def _randomize(model, seed=0, scale=0.3):
+  rng = np.random.default_rng(seed)
+  for v in model.trainable_variables:
+    v.assign(scale * rng.standard_normal(v.shape).astype(np.float32))
+
+
+def _images(n=4, shape=(6, 6, 1), seed=0):
+  return tf.constant(np.random.default_rng(seed).integers(0, 256, (n,) + shape) / 255.0, tf.float32)
+
+
+# ----------------------------------------------------------------------------- U-Net
+
+
+def test_timestep_embedding_closed_form():
+  emb = layers.timestep_embedding(tf.constant([0, 7]), 8).numpy()
+  freqs = np.exp(-np.log(10000.0) * np.arange(4) / 3)
+  np.testing.assert_allclose(emb[1], np.concatenate([np.sin(7 * freqs), np.cos(7 * freqs)]), rtol=1e-5)
+  np.testing.assert_allclose(emb[0], [0, 0, 0, 0, 1, 1, 1, 1])
+  with pytest.raises(ValueError):
+    layers.timestep_embedding(tf.constant([1]), 5)
+
+
+def test_unet_shapes_attention_placement_and_bad_size():
+  config = layers.UNetConfig(channels=8, channel_mult=(1, 2, 2, 2), num_res_blocks=1,
+                             attention_resolutions=(8,), dropout=0.0, num_groups=2)
+  unet = layers.UNet(config=config, image_size=32, out_channels=1)
+  out = unet(tf.zeros([2, 32, 32, 1]), tf.constant([0, 999]))
+  assert out.shape == (2, 32, 32, 1)
+  np.testing.assert_array_equal(out.numpy(), 0.0)  # zero-initialised output convolution
+  with_attention = [b.name for b in unet.down_blocks + unet.up_blocks
+                    if isinstance(b, layers.ResAttnBlock) and b.attn is not None]
+  assert with_attention == ["down_2_block_0", "up_2_block_0", "up_2_block_1"]  # 32/2^2 = 8
+  with pytest.raises(ValueError, match="divisible"):
+    layers.UNet(config=config, image_size=28, out_channels=1)
+
+
+def test_unet_mixed_precision_keeps_norms_and_output_float32():
+  keras.mixed_precision.set_global_policy("mixed_float16")
+  try:
+    m = _ddpm()
+    _randomize(m)
+    block = m.unet.down_blocks[0].res
+    assert block.norm1.compute_dtype == "float32" and block.conv1.compute_dtype == "float16"
+    eps = m.eps(tf.random.normal([2, 8, 8, 1]), tf.constant([1, 3]))
+    assert eps.dtype == tf.float32 and np.all(np.isfinite(eps.numpy()))
+    assert m.loss_terms(_images(2)).simple.dtype == tf.float32
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+
+
+# ----------------------------------------------------------------------------- DDPM
+
+
+def test_ddpm_boundary_padding_round_trip():
+  m = _ddpm()
+  x = _images()
+  padded = m.to_model_space(x)
+  assert padded.shape == (4, 8, 8, 1)
+  np.testing.assert_array_equal(padded.numpy()[:, 0], -1.0)
+  np.testing.assert_allclose(m.to_image_space(padded).numpy(), x.numpy(), atol=1e-6)
+
+
+def test_compiled_ddpm_sampler_is_finite_and_equals_the_stepwise_loop():
+  m = _ddpm()
+  _randomize(m, scale=0.1)
+  samples = m.sample(3, seed=5)
+  assert samples.shape == (3, 6, 6, 1)
+  assert np.all(np.isfinite(samples.numpy())) and samples.numpy().min() >= 0 and samples.numpy().max() <= 1
+  d, seed = m.diffusion, tf.constant([5, 0], tf.int32)
+  step = tf.function(lambda x, i, s: d.ancestral_step(m._eps_fn, x, i, s), jit_compile=True)
+  x_T = tf.function(d.initial_noise, jit_compile=True)((3, 8, 8, 1), seed)
+  stepwise = m.to_image_space(d.p_sample_loop_stepwise(step, x_T, seed=seed))
+  np.testing.assert_allclose(samples.numpy(), stepwise.numpy(), atol=1e-5)
+  ddim = m.sample_ddim(3, seed=5, num_steps=3, eta=0.5)
+  assert ddim.shape == (3, 6, 6, 1) and np.all(np.isfinite(ddim.numpy()))
+
+
+def test_ddpm_loss_and_variational_bound():
+  m = _ddpm()
+  _randomize(m, scale=0.1)
+  with tf.GradientTape() as tape:
+    loss = m.loss_terms(_images()).simple
+  grads = tape.gradient(loss, m.trainable_variables)
+  assert loss.shape == (4,) and np.all(np.isfinite(loss.numpy()))
+  assert sum(g is not None for g in grads) == len(grads)
+  vb = m.variational_bound(_images(2))
+  assert np.all(vb.total.numpy() > 0) and np.all(np.isfinite(vb.total.numpy()))
+  np.testing.assert_allclose(vb.total.numpy(), (vb.prior + vb.diffusion + vb.decoder).numpy(), rtol=1e-5)
+
+
+def test_ema_follows_the_weights_and_leaves_schedule_constants_alone(tmp_path):
+  m = _ddpm()
+  tables = {k: v.copy() for k, v in vars(m.diffusion).items() if isinstance(v, np.ndarray)}
+  optimizer = keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=0.5)
+  data = tf.data.Dataset.from_tensor_slices(_images(8))
+  config = harness.TrainConfig(logdir=str(tmp_path), batch_size=4, epochs=1, progress=False)
+  loss_fn = lambda model, batch, ctx: harness.LossOutput(per_example=model.loss_terms(batch).simple)
+  trainer = harness.Trainer(config=config, strategy=tf.distribute.get_strategy(), model=m,
+                            optimizer=optimizer, loss_fn=loss_fn, train_data=data)
+  variables = m.trainable_variables
+  w0 = [v.numpy() for v in variables]
+  trainer._train_step(next(iter(trainer.epoch_dataset(0))))
+  w1 = [v.numpy() for v in variables]
+  trainer._train_step(next(iter(trainer.epoch_dataset(0))))
+  w2 = [v.numpy() for v in variables]
+  assert any(not np.allclose(a, b) for a, b in zip(w0, w1))
+  with model_lib.ema_weights(optimizer, variables):
+    # Keras EMA: the first average is the weights after step 1, then 0.5 avg + 0.5 w.
+    for v, a, b in zip(variables, w1, w2):
+      np.testing.assert_allclose(v.numpy(), 0.5 * a + 0.5 * b, rtol=1e-5, atol=1e-6)
+  for v, b in zip(variables, w2):
+    np.testing.assert_array_equal(v.numpy(), b)  # raw weights back
+  # The schedule is NumPy float64, untouched, and no model variable holds it.
+  for k, v in tables.items():
+    assert getattr(m.diffusion, k).dtype == np.float64
+    np.testing.assert_array_equal(getattr(m.diffusion, k), v)
+  assert not any(v.shape == (6,) and "unet" not in v.path for v in m.variables)
+  # The averages are checkpointed with the optimizer by the harness.
+  path = trainer.manager.save(checkpoint_number=2)
+  names = [n for n, _ in tf.train.list_variables(path)]
+  assert sum(n.startswith("optimizer/_variables/") for n in names) == 3 * len(variables)
+
+
+def test_ema_weights_needs_an_ema_optimizer():
+  with pytest.raises(ValueError, match="use_ema"):
+    with model_lib.ema_weights(keras.optimizers.Adam(), []):
+      pass
+
+
+# ----------------------------------------------------------------------------- flow
+
+
+def test_flow_model_log_prob_counts_the_logit_jacobian_and_bits_per_dim():
+  alpha = 0.05
+  m = model_lib.FlowModel(image_shape=(4, 4, 1), num_couplings=4, hidden_units=8, logit_alpha=alpha)
+  _randomize(m, scale=0.2)
+  x = tf.constant(np.random.default_rng(1).uniform(0.01, 0.99, (3, 4, 4, 1)), tf.float32)
+  density = m.log_prob(x)
+  p = alpha + (1 - 2 * alpha) * x.numpy().reshape(3, 16)
+  y = np.log(p / (1 - p))
+  logit_log_det = np.sum(np.log((1 - 2 * alpha) / (p * (1 - p))), axis=1)
+  np.testing.assert_allclose(density.logit_log_det.numpy(), logit_log_det, rtol=1e-5)
+  np.testing.assert_allclose(density.log_prob_logit_space.numpy(),
+                             m.flow.log_prob(tf.constant(y, tf.float32)).numpy(), rtol=1e-4)
+  np.testing.assert_allclose(density.log_prob.numpy(),
+                             density.log_prob_logit_space.numpy() + logit_log_det, rtol=1e-5)
+  loss = m.loss_terms(_images(3, (4, 4, 1)))
+  np.testing.assert_allclose(loss.bits_per_dim.numpy(),
+                             likelihood.bits_per_dim(loss.nll.numpy(), 16, offset_bits=8.0), rtol=1e-6)
+  np.testing.assert_allclose(loss.bits_per_dim.numpy(), loss.nll.numpy() / (16 * math.log(2)) + 8, rtol=1e-6)
+  samples = m.sample(5, seed=3)
+  assert samples.shape == (5, 4, 4, 1) and samples.numpy().min() >= 0 and samples.numpy().max() <= 1
+
+
+def test_flow_model_learns_under_the_harness(tmp_path):
+  m = model_lib.FlowModel(image_shape=(4, 4, 1), num_couplings=2, hidden_units=16, logit_alpha=0.05)
+  x = np.clip(np.random.default_rng(2).normal(0.7, 0.05, (64, 4, 4, 1)), 0, 1)
+  data = tf.data.Dataset.from_tensor_slices(tf.constant(np.round(x * 255) / 255, tf.float32))
+  before = float(tf.reduce_mean(m.loss_terms(tf.constant(x, tf.float32)).nll))
+  config = harness.TrainConfig(logdir=str(tmp_path), batch_size=16, epochs=15, progress=False,
+                               log_every=1000)
+  harness.Trainer(config=config, strategy=tf.distribute.get_strategy(), model=m,
+                  optimizer=keras.optimizers.Adam(1e-2),
+                  loss_fn=lambda model, b, ctx: harness.LossOutput(per_example=model.loss_terms(b).nll),
+                  train_data=data).fit()
+  after = float(tf.reduce_mean(m.loss_terms(tf.constant(x, tf.float32)).nll))
+  assert after < before - 5.0
+
+
+# ----------------------------------------------------------------------------- VAE
+
+
+def _vae():
+  return model_lib.FlowPriorVAE(image_shape=(4, 4, 1), latent_dim=3, hidden_units=(16,),
+                                prior_couplings=2, prior_hidden_units=8)
+
+
+def test_vae_loss_pieces_and_iwae_bound_above_elbo():
+  m = _vae()
+  _randomize(m, scale=0.2)
+  x = _images(5, (4, 4, 1))
+  loss = m.loss_terms(x)
+  np.testing.assert_allclose(loss.negative_elbo.numpy(), (loss.reconstruction + loss.kl).numpy(), rtol=1e-6)
+  log_w = m.log_weights(tf.reshape(x, [5, 16]), 7)
+  assert log_w.shape == (7, 5)
+  est = likelihood.importance_weighted_log_likelihood(lambda xx, k: m.log_weights(xx, k), x,
+                                                      num_samples=200, chunk_size=50)
+  assert np.all(est.log_likelihood.numpy() >= est.elbo.numpy())
+  # The continuous Bernoulli decoder is normalised on [0, 1]: its density integrates to 1.
+  z = tf.zeros([1, 3])
+  grid = np.linspace(0.0005, 0.9995, 1000)
+  marginal = m.decode(z).distribution[0, 0]
+  np.testing.assert_allclose(np.sum(np.exp(marginal.log_prob(grid).numpy())) / 1000, 1.0, atol=1e-3)
+  samples = m.sample(4, seed=1)
+  assert samples.shape == (4, 4, 4, 1) and samples.numpy().min() >= 0 and samples.numpy().max() <= 1
+
+
+def test_vae_prior_is_the_shared_realnvp_flow():
+  from diffusion_tf import flows
+  m = _vae()
+  assert isinstance(m.prior, flows.RealNVPFlow)
+  prior_vars = {id(v) for v in m.prior.trainable_variables}
+  assert prior_vars <= {id(v) for v in m.trainable_variables}
