@@ -12,7 +12,12 @@ Distances (callables `(images_a, images_b) -> [B]` squared perceptual distances,
 [B, H, W, C] in [0, 1]):
   * `vgg16_feature_distance(network)`: |phi(a) - phi(b)|^2 summed over the feature axis, phi =
     VGG-16 fc2 (the simplification used in the seed report);
-  * any other callable, e.g. LPIPS-VGG when its weights are available.
+  * `lpips_distance(network)`: LPIPS-VGG v0.1 (`evaluation.lpips.lpips_vgg_network()`), StyleGAN's
+    distance. LPIPS is itself a weighted sum of squared (unit-normalised) feature differences, so
+    it is used as is and divided by eps^2, never squared again -- exactly as StyleGAN does
+    (`distance_measure.get_output_for(img_e0, img_e1) * (1 / self.epsilon**2)`);
+  * any other callable with that contract.
+Both built-in distances run in one `tf.function(jit_compile=True)` per image shape.
 """
 
 from __future__ import annotations
@@ -65,7 +70,27 @@ def vgg16_feature_distance(network, *, feature: str = "fc2") -> Callable:
     features = tf.cast(network(both, training=False)[feature], tf.float32)
     fa, fb = tf.split(features, 2, axis=0)
     return tf.reduce_sum(tf.square(fa - fb), axis=1)  # [B]
-  return lambda a, b: np.asarray(distance(tf.convert_to_tensor(a, tf.float32),
+  return _numpy_distance(distance)
+
+
+def lpips_distance(network) -> Callable:
+  """LPIPS-VGG distance per sample, d = LPIPS(a, b) (already a squared-difference sum; not squared).
+
+  `network` is `evaluation.lpips.lpips_vgg_network()` ((images_a, images_b) float [B, H, W, C] in
+  [0, 1] -> [B]). No resizing: apply `crop` / resize policy before, as for any distance.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  @tf.function(jit_compile=True)
+  def distance(images_a, images_b):
+    return tf.cast(network((images_a, images_b), training=False), tf.float32)  # [B]
+  return _numpy_distance(distance)
+
+
+def _numpy_distance(compiled: Callable) -> Callable:
+  """Wraps a compiled `(a, b) -> [B]` TF distance as a numpy float32-in, numpy-out callable."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return lambda a, b: np.asarray(compiled(tf.convert_to_tensor(a, tf.float32),
                                           tf.convert_to_tensor(b, tf.float32)))
 
 

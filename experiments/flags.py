@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from evaluation.networks import WeightsUnavailableError
 from experiments import data
@@ -79,6 +80,8 @@ def train_config(*, logdir: str, batch_size: int, epochs: int,
 def run(main: Callable[[list[str]], Any]):
   """`absl.app.run(main)`, printing expected errors as one line and exiting with code 2."""
   def wrapped(argv):
+    if not FLAGS["verbosity"].present:  # absl defaults to INFO: keep TF's info chatter off stderr
+      logging.set_verbosity(logging.WARNING)
     try:
       return main(argv)
     except USER_ERRORS as e:

@@ -34,12 +34,15 @@ from vampprior_tf import priors
 
 PRIORS = ("gaussian", "mog", "flow", "vampprior")
 
-flags.DEFINE_integer("seeds", 10, "Number of seeds (0 .. seeds-1, offset by --seed) per prior.")
-flags.DEFINE_list("compare_priors", list(PRIORS), f"Priors to compare ({', '.join(PRIORS)}).")
-flags.DEFINE_integer("iw_samples", None, "Importance samples for the test IWAE. Default: the "
-                     "preset's (paper 1000, quick 200).")
-flags.DEFINE_string("study_output", "results/priors_2d.md", "Markdown results page; PNGs "
-                    "(<output stem>_<prior>.png) and JSON rows go beside it.")
+def define_flags():
+  """Defines this script's flags: called when it runs (not at import, so experiment modules
+  with flags of the same name can be imported together, e.g. by the tests)."""
+  flags.DEFINE_integer("seeds", 10, "Number of seeds (0 .. seeds-1, offset by --seed) per prior.")
+  flags.DEFINE_list("compare_priors", list(PRIORS), f"Priors to compare ({', '.join(PRIORS)}).")
+  flags.DEFINE_integer("iw_samples", None, "Importance samples for the test IWAE. Default: the "
+                       "preset's (paper 1000, quick 200).")
+  flags.DEFINE_string("study_output", "results/priors_2d.md", "Markdown results page; PNGs "
+                      "(<output stem>_<prior>.png) and JSON rows go beside it.")
 
 FLAGS = flags.FLAGS
 
@@ -225,4 +228,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   common.run(main)

@@ -44,26 +44,29 @@ from experiments.images import save_grid
 
 MODELS = ("vae", "flow", "ddpm")
 
-flags.DEFINE_list("models", list(MODELS), f"Models to train/evaluate, any of {MODELS}.")
-flags.DEFINE_string("inception_path", None, "Inception-2015 weights for FID/KID "
-                    "(classify_image_graph_def.pb, the TTUR .tgz, or a folder with either). "
-                    "Default: $GENMODELS_INCEPTION_PATH, then the cache.")
-flags.DEFINE_bool("download_inception", False, "Download the Inception weights if not found "
-                  "(needs a network).")
-flags.DEFINE_integer("fid_samples", None, "Generated samples per model and sampler for FID/KID "
-                     "against the evaluation images. Default: the preset's (paper: 10000).")
-flags.DEFINE_integer("grid_samples", 64, "Samples in each PNG grid.")
-flags.DEFINE_integer("num_timesteps", diffusion_lib.NUM_TIMESTEPS, "DDPM diffusion steps T "
-                     "(DDPM: 1000; smaller only for smoke tests).")
-flags.DEFINE_enum("beta_schedule", "linear", ["linear", "cosine"], "DDPM noise schedule: linear "
-                  "1e-4..0.02 (DDPM) or cosine (Nichol & Dhariwal 2021).")
-flags.DEFINE_integer("ddim_steps", 50, "DDIM respaced steps.")
-flags.DEFINE_float("ddim_eta", 0.0, "DDIM eta (0: deterministic; 1: ancestral-like variances).")
-flags.DEFINE_integer("vlb_examples", None, "Evaluation images for the DDPM variational bound "
-                     "(T network calls each). Default: the preset's.")
-flags.DEFINE_integer("iw_samples", None, "Importance samples per image for the VAE's log p(x). "
-                     "Default: the preset's.")
-flags.DEFINE_string("results_dir", "results", "Where sample_quality.md and the PNG grids go.")
+def define_flags():
+  """Defines this script's flags: called when it runs (not at import, so experiment modules
+  with flags of the same name can be imported together, e.g. by the tests)."""
+  flags.DEFINE_list("models", list(MODELS), f"Models to train/evaluate, any of {MODELS}.")
+  flags.DEFINE_string("inception_path", None, "Inception-2015 weights for FID/KID "
+                      "(classify_image_graph_def.pb, the TTUR .tgz, or a folder with either). "
+                      "Default: $GENMODELS_INCEPTION_PATH, then the cache.")
+  flags.DEFINE_bool("download_inception", False, "Download the Inception weights if not found "
+                    "(needs a network).")
+  flags.DEFINE_integer("fid_samples", None, "Generated samples per model and sampler for FID/KID "
+                       "against the evaluation images. Default: the preset's (paper: 10000).")
+  flags.DEFINE_integer("grid_samples", 64, "Samples in each PNG grid.")
+  flags.DEFINE_integer("num_timesteps", diffusion_lib.NUM_TIMESTEPS, "DDPM diffusion steps T "
+                       "(DDPM: 1000; smaller only for smoke tests).")
+  flags.DEFINE_enum("beta_schedule", "linear", ["linear", "cosine"], "DDPM noise schedule: linear "
+                    "1e-4..0.02 (DDPM) or cosine (Nichol & Dhariwal 2021).")
+  flags.DEFINE_integer("ddim_steps", 50, "DDIM respaced steps.")
+  flags.DEFINE_float("ddim_eta", 0.0, "DDIM eta (0: deterministic; 1: ancestral-like variances).")
+  flags.DEFINE_integer("vlb_examples", None, "Evaluation images for the DDPM variational bound "
+                       "(T network calls each). Default: the preset's.")
+  flags.DEFINE_integer("iw_samples", None, "Importance samples per image for the VAE's log p(x). "
+                       "Default: the preset's.")
+  flags.DEFINE_string("results_dir", "results", "Where sample_quality.md and the PNG grids go.")
 
 FLAGS = flags.FLAGS
 
@@ -426,4 +429,5 @@ DDPM {dataclasses.asdict(preset.ddpm)}, T = {FLAGS.num_timesteps}, {FLAGS.beta_s
 
 
 if __name__ == "__main__":
+  define_flags()
   common.run(main)

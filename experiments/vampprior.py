@@ -25,7 +25,7 @@ from evaluation import likelihood
 from experiments import data
 from experiments import flags as common
 from experiments import harness
-from experiments.images import save_grid
+from experiments.images import save_grid, save_samples
 from experiments import results
 from vampprior_tf import distributions
 from vampprior_tf import model as models
@@ -35,42 +35,45 @@ MODELS = {"vae": models.VAE, "hvae_2level": models.HVAE2Level,
           "convhvae_2level": models.ConvHVAE2Level, "pixelhvae_2level": models.PixelHVAE2Level}
 PRIORS = ("standard", "mog", "vampprior", "flow")
 
-flags.DEFINE_enum("model", "vae", list(MODELS), "vae: 2 gated layers of 300, one latent of 40; "
-                  "hvae_2level: two latents (z1, z2), the prior on z2; convhvae_2level: gated "
-                  "convolutions; pixelhvae_2level: convolutional encoder + PixelCNN decoder.")
-flags.DEFINE_enum("prior", "vampprior", list(PRIORS), "Prior over the (top) latent: standard "
-                  "N(0, I); mog (learnable mixture of --num_components Gaussians); vampprior "
-                  "(--num_components pseudo-inputs); flow (RealNVP coupling flow).")
-flags.DEFINE_enum("dataset", "static_mnist", ["static_mnist", "dynamic_mnist", "frey_faces",
-                                              "fashion_mnist"],
-                  "static_mnist: Larochelle's binarized MNIST (50k/10k/10k); dynamic_mnist: grey "
-                  "MNIST binarized afresh each epoch (train 50k / valid 10k of the train set); "
-                  "frey_faces: 1565/200/200 fixed-seed split, grey; fashion_mnist: grey.")
-flags.DEFINE_enum("likelihood", None, list(distributions.OBSERVATION_MODELS),
-                  "Decoder distribution. Default: bernoulli for binary sets, discretized_logistic "
-                  "(256 bins) for grey ones; continuous_bernoulli is an option for grey data.")
-flags.DEFINE_integer("num_components", None, "K: pseudo-inputs (vampprior) or Gaussians (mog). "
-                     "Default: the preset's (paper: 500, official default).")
-flags.DEFINE_bool("learn_prior_weights", False, "VampPrior: learn the mixture weights (official: "
-                  "uniform 1/K).")
-flags.DEFINE_integer("warmup", None, "KL warm-up epochs: beta = min(epoch / warmup, 1). Default: "
-                     "the preset's (paper: 100).")
-flags.DEFINE_float("lr", None, "AdamNormGrad learning rate. Default: the preset's (paper: 5e-4).")
-flags.DEFINE_integer("early_stopping", None, "Patience in epochs on the validation -ELBO (counted "
-                     "after warm-up); 0 disables. Default: the preset's (paper: 50).")
-flags.DEFINE_integer("test_samples", None, "Importance samples per test example for log p(x). "
-                     "Default: the preset's (paper: 5000).")
-flags.DEFINE_integer("train_examples", None, "Use a random subset of this many training "
-                     "examples (default: the preset's; paper: all).")
-flags.DEFINE_integer("eval_examples", None, "Use random subsets of this many validation and test "
-                     "examples (default: the preset's; paper: all).")
-flags.DEFINE_integer("z1_dim", 40, "Size of z1 (the only latent of the VAE).")
-flags.DEFINE_integer("z2_dim", 40, "Size of z2 (HVAEs; the prior acts on it).")
-flags.DEFINE_integer("hidden_units", 300, "Width of the gated dense layers.")
-flags.DEFINE_integer("flow_couplings", 8, "Flow prior: number of RealNVP couplings.")
-flags.DEFINE_integer("flow_hidden_units", 128, "Flow prior: hidden units of each coupling net.")
-flags.DEFINE_integer("ll_batch_size", 20, "Test examples per compiled likelihood call.")
-flags.DEFINE_integer("ll_chunk", 250, "Importance samples drawn at once per example (memory).")
+def define_flags():
+  """Defines this script's flags: called when it runs (not at import, so experiment modules
+  with flags of the same name can be imported together, e.g. by the tests)."""
+  flags.DEFINE_enum("model", "vae", list(MODELS), "vae: 2 gated layers of 300, one latent of 40; "
+                    "hvae_2level: two latents (z1, z2), the prior on z2; convhvae_2level: gated "
+                    "convolutions; pixelhvae_2level: convolutional encoder + PixelCNN decoder.")
+  flags.DEFINE_enum("prior", "vampprior", list(PRIORS), "Prior over the (top) latent: standard "
+                    "N(0, I); mog (learnable mixture of --num_components Gaussians); vampprior "
+                    "(--num_components pseudo-inputs); flow (RealNVP coupling flow).")
+  flags.DEFINE_enum("dataset", "static_mnist", ["static_mnist", "dynamic_mnist", "frey_faces",
+                                                "fashion_mnist"],
+                    "static_mnist: Larochelle's binarized MNIST (50k/10k/10k); dynamic_mnist: grey "
+                    "MNIST binarized afresh each epoch (train 50k / valid 10k of the train set); "
+                    "frey_faces: 1565/200/200 fixed-seed split, grey; fashion_mnist: grey.")
+  flags.DEFINE_enum("likelihood", None, list(distributions.OBSERVATION_MODELS),
+                    "Decoder distribution. Default: bernoulli for binary sets, discretized_logistic "
+                    "(256 bins) for grey ones; continuous_bernoulli is an option for grey data.")
+  flags.DEFINE_integer("num_components", None, "K: pseudo-inputs (vampprior) or Gaussians (mog). "
+                       "Default: the preset's (paper: 500, official default).")
+  flags.DEFINE_bool("learn_prior_weights", False, "VampPrior: learn the mixture weights (official: "
+                    "uniform 1/K).")
+  flags.DEFINE_integer("warmup", None, "KL warm-up epochs: beta = min(epoch / warmup, 1). Default: "
+                       "the preset's (paper: 100).")
+  flags.DEFINE_float("lr", None, "AdamNormGrad learning rate. Default: the preset's (paper: 5e-4).")
+  flags.DEFINE_integer("early_stopping", None, "Patience in epochs on the validation -ELBO (counted "
+                       "after warm-up); 0 disables. Default: the preset's (paper: 50).")
+  flags.DEFINE_integer("test_samples", None, "Importance samples per test example for log p(x). "
+                       "Default: the preset's (paper: 5000).")
+  flags.DEFINE_integer("train_examples", None, "Use a random subset of this many training "
+                       "examples (default: the preset's; paper: all).")
+  flags.DEFINE_integer("eval_examples", None, "Use random subsets of this many validation and test "
+                       "examples (default: the preset's; paper: all).")
+  flags.DEFINE_integer("z1_dim", 40, "Size of z1 (the only latent of the VAE).")
+  flags.DEFINE_integer("z2_dim", 40, "Size of z2 (HVAEs; the prior acts on it).")
+  flags.DEFINE_integer("hidden_units", 300, "Width of the gated dense layers.")
+  flags.DEFINE_integer("flow_couplings", 8, "Flow prior: number of RealNVP couplings.")
+  flags.DEFINE_integer("flow_hidden_units", 128, "Flow prior: hidden units of each coupling net.")
+  flags.DEFINE_integer("ll_batch_size", 20, "Test examples per compiled likelihood call.")
+  flags.DEFINE_integer("ll_chunk", 250, "Importance samples drawn at once per example (memory).")
 
 FLAGS = flags.FLAGS
 
@@ -334,7 +337,7 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
       progress=config.progress)
   eval_time = time.perf_counter() - start
   samples = model.sample(NUM_SAMPLE_IMAGES).numpy()
-  np.savez_compressed(os.path.join(config.logdir, "samples.npz"), samples=samples)
+  save_samples(os.path.join(config.logdir, "samples.npz"), samples)
   save_grid(os.path.join(config.logdir, "samples.png"), samples)
   row = dict(dataclasses.asdict(s), epochs_run=epochs_run, best_checkpoint=best,
              best_val_negative_elbo=float(trainer.best_metric.numpy()),
@@ -371,4 +374,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   common.run(main)

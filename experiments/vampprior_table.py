@@ -21,15 +21,19 @@ from absl import flags
 from experiments import flags as common
 from experiments import harness
 from experiments import results
-from experiments import vampprior  # defines the per-run flags (--num_components, --warmup, ...)
+from experiments import vampprior  # its flags (--num_components, --warmup, ...) are reused
 
-flags.DEFINE_list("datasets", None, "Data sets of the grid. Default: quick static_mnist,frey_faces; "
-                  "paper static_mnist,dynamic_mnist,frey_faces.")
-flags.DEFINE_list("models", None, "Models of the grid. Default: quick vae,hvae_2level; paper all "
-                  f"four ({','.join(vampprior.MODELS)}).")
-flags.DEFINE_list("priors", None, f"Priors of the grid. Default: all ({','.join(vampprior.PRIORS)}).")
-flags.DEFINE_string("table_output", "results/vampprior_table.md", "Markdown table to write; the JSON "
-                    "rows go to the same path with .json.")
+def define_flags():
+  """Defines this script's flags: called when it runs (not at import, so experiment modules
+  with flags of the same name can be imported together, e.g. by the tests)."""
+  vampprior.define_flags()
+  flags.DEFINE_list("datasets", None, "Data sets of the grid. Default: quick static_mnist,frey_faces; "
+                    "paper static_mnist,dynamic_mnist,frey_faces.")
+  flags.DEFINE_list("models", None, "Models of the grid. Default: quick vae,hvae_2level; paper all "
+                    f"four ({','.join(vampprior.MODELS)}).")
+  flags.DEFINE_list("priors", None, f"Priors of the grid. Default: all ({','.join(vampprior.PRIORS)}).")
+  flags.DEFINE_string("table_output", "results/vampprior_table.md", "Markdown table to write; the JSON "
+                      "rows go to the same path with .json.")
 
 FLAGS = flags.FLAGS
 
@@ -105,4 +109,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   common.run(main)

@@ -12,6 +12,8 @@ from absl import flags
 from diffusion_tf import layers
 from experiments import sample_quality as sq
 
+sq.define_flags()  # this module parses the script's flags in-process
+
 TINY = sq.Preset(
     flow=sq.FlowPreset(batch_size=32, epochs=1, learning_rate=1e-4, num_couplings=2, hidden_units=8),
     vae=sq.VAEPreset(batch_size=32, epochs=1, learning_rate=1e-3, latent_dim=2, hidden_units=(8,),

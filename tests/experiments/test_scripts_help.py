@@ -8,7 +8,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SHARED_MODULES = {"__init__", "data", "flags", "harness", "results"}
+SHARED_MODULES = {"__init__", "data", "flags", "harness", "images", "results"}
 SCRIPTS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
                  if os.path.basename(p)[:-3] not in SHARED_MODULES)
 
@@ -18,6 +18,7 @@ import importlib, sys
 from absl import flags
 module = importlib.import_module("experiments." + sys.argv[1])
 assert callable(getattr(module, "main", None)), "no main()"
+module.define_flags()  # scripts define their flags when they run, not at import
 by_module = flags.FLAGS.flags_by_module_dict()
 bad = [f.name for m, fs in by_module.items() if m.startswith("experiments.") for f in fs
        if len((f.help or "").strip()) < 15]

@@ -1,0 +1,43 @@
+"""experiments.nvae_table2: the PPL columns (VGG-16 and LPIPS-VGG) with and without weights,
+with a tiny NVAE and a narrow random LPIPS network (never used for reported numbers)."""
+
+import numpy as np
+import pytest
+
+from evaluation import lpips
+from evaluation import ppl
+from experiments import nvae_table2
+from nvae_tf import NVAE
+from tests.nvae_tf.conftest import tiny_config
+
+
+def _random_lpips_file(path, *, width_divisor=16, seed=0):
+  rng = np.random.default_rng(seed)
+  weights = {key: (rng.uniform(0, 1, shape) if key.startswith("lin") else
+                   rng.normal(0, 0.3, shape)).astype(np.float32)
+             for key, shape in lpips.weight_shapes(width_divisor).items()}
+  lpips.save_weights(path, weights)
+
+
+def test_ppl_lpips_column_is_unavailable_without_weights_and_a_number_with_them(tmp_path,
+                                                                              monkeypatch):
+  monkeypatch.delenv(lpips.LPIPS_PATH_ENV, raising=False)
+  model = NVAE(tiny_config())
+  missing = nvae_table2.load_lpips(None)
+  assert missing[0] is None and "--lpips_path" in missing[1]
+  value = nvae_table2.path_length(model, missing, make_distance=ppl.lpips_distance,
+                                  missing="no LPIPS-VGG weights: pass --lpips_path",
+                                  num_samples=4, temperature=1.0, seed=0)
+  assert value == "unavailable (no LPIPS-VGG weights: pass --lpips_path)"
+
+  _random_lpips_file(tmp_path / "lpips.npz")
+  network = nvae_table2.load_lpips(str(tmp_path / "lpips.npz"))
+  assert network[1] is None
+  value = nvae_table2.path_length(model, network, make_distance=ppl.lpips_distance,
+                                  missing="unused", num_samples=4, temperature=1.0, seed=0)
+  assert isinstance(value, float) and np.isfinite(value) and value >= 0.0
+
+  # A malformed file is an error (exit 2 through experiments.flags.run), not "unavailable".
+  (tmp_path / "bad.npz").write_bytes(b"not an npz")
+  with pytest.raises(ValueError, match="not a readable .npz"):
+    nvae_table2.load_lpips(str(tmp_path / "bad.npz"))
