@@ -90,6 +90,18 @@ def test_batch_norm_moving_statistics_change_in_training_only(digits):
   assert sum(not np.allclose(a[0], b[0], atol=1e-6) for a, b in zip(before, stats())) > len(moved) // 2
 
 
+def test_readjust_bn_moves_decoder_statistics_only(digits):
+  """Official `set_bn`: sampling in training mode re-estimates BN statistics; weights stay put."""
+  model = NVAE(tiny_config())
+  model(tf.constant(digits[:8]), training=False)
+  weights = [w.numpy().copy() for w in model.trainable_weights]
+  variances = [bn.moving_variance.numpy().copy() for bn in model.bn_layers]
+  model.readjust_bn(num_iterations=2, batch_size=4, temperature=0.8)
+  moved = [not np.allclose(v, bn.moving_variance.numpy()) for v, bn in zip(variances, model.bn_layers)]
+  assert any(moved) and not all(moved)  # decoder-side BN layers move; encoder ones see no data
+  assert all(np.array_equal(w, v.numpy()) for w, v in zip(weights, model.trainable_weights))
+
+
 def test_flows_use_the_single_sample_kl(digits):
   model = NVAE(tiny_config(num_flows=1), seed=3)
   assert len(model.flows[0]) == 1
