@@ -15,6 +15,7 @@ Everything is in nats per example, summed over data dimensions; `bits_per_dim` c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable, Iterable
 
@@ -95,6 +96,18 @@ class LikelihoodSummary:
   per_example_log_likelihood: np.ndarray  # [N]
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled_estimator(log_weight_fn: LogWeightFn, num_samples: int, chunk_size: int | None,
+                        jit_compile: bool):
+  """One compiled batch estimator per (function, settings): repeated test passes do not retrace."""
+  @tf.function(jit_compile=jit_compile)
+  def estimate(x):
+    result = importance_weighted_log_likelihood(log_weight_fn, x, num_samples=num_samples,
+                                                chunk_size=chunk_size)
+    return result.log_likelihood, result.elbo
+  return estimate
+
+
 def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, num_samples: int,
                             num_dims: int, chunk_size: int | None = None,
                             progress: bool = True, jit_compile: bool = False) -> LikelihoodSummary:
@@ -102,12 +115,7 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
 
   Each batch is one compiled call; `num_dims` is D of one example, for bits/dim.
   """
-  @tf.function(jit_compile=jit_compile)
-  def estimate(x):
-    result = importance_weighted_log_likelihood(log_weight_fn, x, num_samples=num_samples,
-                                                chunk_size=chunk_size)
-    return result.log_likelihood, result.elbo
-
+  estimate = _compiled_estimator(log_weight_fn, num_samples, chunk_size, jit_compile)
   batches = list(batches) if not isinstance(batches, tf.data.Dataset) else batches
   total = len(batches) if isinstance(batches, list) else int(batches.cardinality())
   bar = None

@@ -89,6 +89,11 @@ def test_evaluate_over_batches_and_compiled():
   assert summary.nll == pytest.approx(-float(tf.reduce_mean(exact_log_px(X))), abs=1e-4)
   assert summary.negative_elbo == pytest.approx(summary.nll, abs=1e-4)
   assert summary.bits_per_dim == pytest.approx(summary.nll / math.log(2), rel=1e-9)
+  again = likelihood.evaluate_log_likelihood(fn, batches, num_samples=20, chunk_size=6,
+                                             num_dims=1, progress=False)
+  assert again.nll == pytest.approx(summary.nll, abs=1e-4)
+  compiled = likelihood._compiled_estimator(fn, 20, 6, False)  # pylint: disable=protected-access
+  assert compiled.experimental_get_tracing_count() == 1  # the second pass reused the first trace
 
 
 def test_bits_per_dim_and_errors():
