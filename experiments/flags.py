@@ -7,6 +7,7 @@ Importing this module defines the flags once; a script adds its own flags and ca
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
@@ -25,13 +26,21 @@ flags.DEFINE_string("logdir", None, "Directory for checkpoints, TensorBoard logs
                     "Default: runs/<script>/<settings>.")
 flags.DEFINE_string("data_dir", None, "Folder with the standard data files (see README, 'Data'); "
                     f"default ${data.DATA_DIR_ENV}, else tfds / download (needs a network).")
-flags.DEFINE_integer("seed", 0, "Random seed: weight init, data order, binarization, sampling.")
+flags.DEFINE_integer("seed", 0, "Random seed: weight init, data order, binarization, sampling.",
+                     lower_bound=0)
 flags.DEFINE_integer("batch_size", None, "Global batch size (split over replicas). "
-                     "Default: the preset's.")
+                     "Default: the preset's.", lower_bound=1)
 flags.DEFINE_integer("epochs", None, "Number of training epochs (schedules are laid out over them). "
-                     "Default: the preset's.")
+                     "Default: the preset's.", lower_bound=1)
 flags.DEFINE_integer("max_steps", None, "Stop after this many optimizer steps (smoke runs); the "
-                     "schedules still assume --epochs.")
+                     "schedules still assume --epochs. A smoke run writes its results pages under "
+                     "<logdir>/results unless --results_dir is given.", lower_bound=1)
+flags.DEFINE_string("results_dir", None, "Folder for results pages (Markdown) and their PNGs. "
+                    "Default: results/ for full runs; <logdir>/results for --max_steps smoke runs, "
+                    "so a smoke run never rewrites the committed results.")
+flags.DEFINE_bool("deterministic", False, "Deterministic kernels "
+                  "(tf.config.experimental.enable_op_determinism) and seeded Python/NumPy/TF: two runs "
+                  "with the same flags, and an interrupted-and-resumed run, end bit-identical. Slower.")
 flags.DEFINE_enum("preset", "quick", ["quick", "paper"], "'quick' fits a CPU in minutes; 'paper' is "
                   "the published configuration.")
 flags.DEFINE_enum("strategy", "default", list(harness.STRATEGIES), "tf.distribute strategy: default "
@@ -40,13 +49,16 @@ flags.DEFINE_enum("precision", "float32", list(harness.PRECISIONS), "Keras mixed
                   "losses, softmax and normalisation statistics stay float32.")
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
 flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard scalars, progress-bar updates and "
-                     "NaN checks.")
+                     "NaN checks.", lower_bound=1)
+flags.DEFINE_bool("allow_tf32", True, "Allow TensorFloat-32 matmuls/convolutions on Ampere+ GPUs "
+                  "during training (faster, ~1e-3 relative error; no effect on CPUs). Evaluation "
+                  "metrics always run in exact float32.")
 
 FLAGS = flags.FLAGS
 
 # Errors that mean "bad input or bad state", reported as one line and exit code 2.
 USER_ERRORS = (data.DataError, harness.NonFiniteLossError, WeightsUnavailableError, ValueError,
-               FileNotFoundError)
+               FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
 def command_line() -> str:
@@ -61,13 +73,49 @@ def default_logdir(script: str, **settings: Any) -> str:
   return os.path.join("runs", script, name)
 
 
+def flag_or(name: str, preset_value: Any) -> Any:
+  """The flag's value when it was set (even to 0 or False), else the preset's value."""
+  value = FLAGS[name].value
+  return preset_value if value is None else value
+
+
+def setup_runtime() -> "tf.distribute.Strategy":
+  """`harness.setup_runtime` from the common flags (strategy, precision, determinism, TF32)."""
+  return harness.setup_runtime(strategy=FLAGS.strategy, precision=FLAGS.precision,
+                               deterministic=FLAGS.deterministic, seed=FLAGS.seed,
+                               allow_tf32=FLAGS.allow_tf32)
+
+
+def is_smoke_run() -> bool:
+  """True for `--max_steps` runs: their results pages stay out of the committed results/."""
+  return FLAGS.max_steps is not None
+
+
+def results_dir(logdir: str) -> str:
+  """Folder for results pages: --results_dir; else results/, or <logdir>/results for smoke runs."""
+  if FLAGS.results_dir:
+    return FLAGS.results_dir
+  return os.path.join(logdir, "results") if is_smoke_run() else "results"
+
+
+def results_file(flag_name: str, *, logdir: str) -> str:
+  """Where the page named by the script flag `flag_name` goes.
+
+  The flag's value when it was given explicitly; otherwise its default file name inside
+  `results_dir(logdir)` (results/ for full runs, <logdir>/results for smoke runs).
+  """
+  if FLAGS[flag_name].present:
+    return FLAGS[flag_name].value
+  return os.path.join(results_dir(logdir), os.path.basename(FLAGS[flag_name].value))
+
+
 def train_config(*, logdir: str, batch_size: int, epochs: int,
                  hparams: Mapping[str, Any] | None = None, **overrides) -> harness.TrainConfig:
   """A `TrainConfig` from the common flags; the preset supplies batch size and epochs defaults."""
   return harness.TrainConfig(
       logdir=FLAGS.logdir or logdir,
-      batch_size=FLAGS.batch_size or batch_size,
-      epochs=FLAGS.epochs or epochs,
+      batch_size=flag_or("batch_size", batch_size),
+      epochs=flag_or("epochs", epochs),
       max_steps=FLAGS.max_steps,
       seed=FLAGS.seed,
       jit_compile=FLAGS.jit_compile,
@@ -77,14 +125,46 @@ def train_config(*, logdir: str, batch_size: int, epochs: int,
       **overrides)
 
 
+def _check_numeric_flags():
+  """Every numeric flag of the experiment scripts: finite, and no negative counts."""
+  for name in FLAGS:
+    flag = FLAGS[name]
+    module = FLAGS.find_module_defining_flag(name, default="")
+    if not (module.startswith("experiments") or module == "__main__") or flag.value is None:
+      continue
+    if isinstance(flag.value, float) and not math.isfinite(flag.value):
+      raise ValueError(f"--{name} must be a finite number, got {flag.value}")
+    if isinstance(flag.value, int) and not isinstance(flag.value, bool) and flag.value < 0:
+      raise ValueError(f"--{name} must be >= 0, got {flag.value}")
+  if FLAGS.logdir and os.path.exists(FLAGS.logdir) and not os.path.isdir(FLAGS.logdir):
+    raise ValueError(f"--logdir {FLAGS.logdir} is a file, not a directory")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with bad values reported as one `error:` line and exit code 2."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
 def run(main: Callable[[list[str]], Any]):
-  """`absl.app.run(main)`, printing expected errors as one line and exiting with code 2."""
+  """`absl.app.run(main)`, printing expected errors as one line and exiting with code 2.
+
+  A preempted training run (SIGTERM/SIGINT, see `harness.Preempted`) prints one line and exits
+  with 128 + the signal number, after its checkpoint was written.
+  """
   def wrapped(argv):
     if not FLAGS["verbosity"].present:  # absl defaults to INFO: keep TF's info chatter off stderr
       logging.set_verbosity(logging.WARNING)
     try:
+      _check_numeric_flags()
       return main(argv)
+    except harness.Preempted as e:
+      print(str(e), file=sys.stderr)
+      sys.exit(128 + e.signum)
     except USER_ERRORS as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=_parse_flags)

@@ -1,26 +1,59 @@
 """The training harness every experiment uses: one compiled step under a `tf.distribute` strategy,
-checkpoints with automatic resume, TensorBoard, a progress bar, a NaN/Inf guard and early stopping.
+checkpoints with automatic resume, TensorBoard, a progress bar, a NaN/Inf guard, loss scaling,
+preemption handling and early stopping.
 
-A task plugs in a model and a `loss_fn(model, batch, ctx) -> LossOutput`. Global-batch semantics:
-the harness minimises
+A task plugs in a model and a `loss_fn(model, batch, ctx) -> LossOutput`. The guarantees:
+
+**Global batch, whoever runs it.** The harness minimises
 
     loss = sum(per_example over the global batch) / global_batch_size + regularizer
 
-where each replica returns the per-example losses of its shard and its (replicated) regularizer; the
-regularizer is divided by the replica count before the gradients are summed across replicas, so any
-replica count gives the gradients of one device on the same global batch.
+Each replica returns the per-example losses of its shard and its (replicated) regularizer; the
+regularizer is divided by the replica count. **The harness aggregates the gradients**: one
+cross-replica SUM of every replica's share, then (in this order) un-scaling of the float16 loss
+scale, the finiteness check, `grad_transform` (clipping, AdamNormGrad, ...) on the global gradient,
+and the optimizer update. The Keras 3 optimizer's own cross-replica sum (TF backend,
+`_all_reduce_sum_gradients`) is switched off for the optimizer the Trainer drives, so nothing is
+summed twice: any replica or worker count gives the update of one device on the same global batch
+(tested with SGD, which is sensitive to the gradient scale, on 2 logical CPUs and on 2 worker
+processes).
 
-Resume is exact: the step counter, optimizer slots, early-stopping state, every variable in
-`model.variables` (including layers kept in lists and Keras `SeedGenerator` states) and the data position (epoch order from `seed + epoch`, batches already
-consumed are skipped) all come back from the latest checkpoint in `logdir`.
+**Mixed precision.** `mixed_bfloat16` needs no loss scaling. Under `mixed_float16` the harness keeps
+a dynamic loss scale (initial 2^15, doubled after 2000 finite steps, halved on overflow, as Keras'
+`LossScaleOptimizer`); a step whose gradients overflow is skipped and counted
+(`train/overflow_steps`); `grad_transform` and the logged `grad_norm` see unscaled gradients.
+
+**NaN guard.** A step whose loss or gradient norm is not finite is never applied; the run stops at
+the next log point naming the step (float16 overflow steps excepted, see above). Non-finite weights
+(e.g. BatchNorm statistics of a bad batch) are never written to a checkpoint.
+
+**Exact resume.** The step counter, optimizer slots, loss scale, early-stopping state, every
+variable in `model.variables` (including layers kept in lists and Keras `SeedGenerator` states) and
+the data position (epoch order from `seed + epoch`, batches already consumed are skipped) come back
+from the newest readable checkpoint in `logdir`; a damaged newer checkpoint is skipped with a
+warning. A checkpoint at an epoch end is written after `epoch_end_fn` ran, so random numbers drawn
+there (sample grids) are replayed identically. With `setup_runtime(deterministic=True)` a resumed
+run ends bit-identical to an uninterrupted one.
+
+**Preemption.** SIGTERM or SIGINT during `fit` finishes the current step, writes a checkpoint and
+raises `Preempted` (scripts print one line and exit 128 + signal); rerunning the command resumes.
+Under `multi_worker` each process handles its own signal; a lost worker makes the others fail in
+their next collective, and restarting all of them resumes from the chief's newest checkpoint.
+
+**Multi-worker.** The chief (task 0) writes checkpoints and TensorBoard logs to `logdir`; other
+workers write their (identical) checkpoints to `logdir/.worker-<id>` and no logs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Mapping
 
@@ -31,9 +64,21 @@ import tensorflow as tf
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
+# Keras' LossScaleOptimizer defaults.
+INITIAL_LOSS_SCALE = 2.0 ** 15
+LOSS_SCALE_GROWTH_STEPS = 2000
+
 
 class NonFiniteLossError(RuntimeError):
-  """The loss became NaN/Inf; training stopped and the last good checkpoint was kept."""
+  """The loss or the gradients became NaN/Inf; training stopped and the last good checkpoint was kept."""
+
+
+class Preempted(RuntimeError):
+  """SIGTERM/SIGINT arrived during `fit`; a checkpoint was written. Rerun the command to resume."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,36 +119,111 @@ class TrainConfig:
   checkpoint_every: int | None = None  # steps; None = at the end of every epoch
   keep_checkpoints: int = 3
   early_stopping_metric: str | None = None  # a key returned by `epoch_end_fn`, lower is better
-  early_stopping_patience: int | None = None
+  early_stopping_patience: int | None = None  # stop once MORE than this many epochs did not improve
   early_stopping_start_epoch: int = 0       # epochs before this do not count (e.g. KL warm-up)
   progress: bool = True
   hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
+  def __post_init__(self):
+    for name in ("batch_size", "epochs", "log_every", "keep_checkpoints"):
+      check_positive(name, getattr(self, name))
+    for name in ("max_steps", "checkpoint_every", "early_stopping_patience"):
+      if getattr(self, name) is not None:
+        check_positive(name, getattr(self, name), minimum=0 if name == "early_stopping_patience" else 1)
+    if self.seed < 0:
+      raise ValueError(f"--seed must be >= 0, got {self.seed}")
+    if not self.logdir:
+      raise ValueError("--logdir must name a directory")
+    if os.path.exists(self.logdir) and not os.path.isdir(self.logdir):
+      raise ValueError(f"--logdir {self.logdir} is a file, not a directory")
 
-def setup_runtime(*, strategy: str = "default", precision: str = "float32") -> tf.distribute.Strategy:
-  """Sets the Keras mixed-precision policy and returns the `tf.distribute` strategy.
 
-  `multi_worker` reads the cluster from TF_CONFIG. Call before building models.
+def check_positive(name: str, value, *, minimum: int = 1):
+  """Raises a one-line ValueError naming the flag unless `value >= minimum`."""
+  if value is None or value < minimum:
+    raise ValueError(f"--{name} must be >= {minimum}, got {value}")
+
+
+def setup_runtime(*, strategy: str = "default", precision: str = "float32",
+                  deterministic: bool = False, seed: int | None = None,
+                  allow_tf32: bool = True) -> tf.distribute.Strategy:
+  """Sets the Keras mixed-precision policy, determinism and TF32; returns the strategy.
+
+  `multi_worker` reads the cluster from TF_CONFIG. `deterministic` turns on
+  `tf.config.experimental.enable_op_determinism()` (and seeds Python, NumPy and TF with `seed`):
+  two runs with the same flags, and a killed-and-resumed run, then end bit-identical.
+  `allow_tf32=False` keeps float32 matmuls/convolutions exact on Ampere+ GPUs (no effect on CPUs).
+  Call before building models.
   """
   if precision not in PRECISIONS:
     raise ValueError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
+  if strategy not in STRATEGIES:
+    raise ValueError(f"--strategy must be one of {STRATEGIES}, got {strategy!r}")
+  if strategy == "multi_worker" and "TF_CONFIG" not in os.environ:
+    raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable")
   keras.mixed_precision.set_global_policy(precision)
-  if strategy == "default":
-    return tf.distribute.get_strategy()
+  tf.config.experimental.enable_tensor_float_32_execution(allow_tf32)
+  if deterministic:
+    tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(seed or 0)
   if strategy == "mirrored":
     return tf.distribute.MirroredStrategy()
   if strategy == "multi_worker":
-    if "TF_CONFIG" not in os.environ:
-      raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable")
     return tf.distribute.MultiWorkerMirroredStrategy()
-  raise ValueError(f"--strategy must be one of {STRATEGIES}, got {strategy!r}")
+  return tf.distribute.get_strategy()
 
 
-def wrap_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
-  """Adds dynamic loss scaling when the global policy is mixed_float16."""
-  if keras.mixed_precision.global_policy().name == "mixed_float16":
-    return keras.optimizers.LossScaleOptimizer(optimizer)
-  return optimizer
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """True unless this process is a non-chief worker of a multi-worker cluster."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.cluster_spec().as_dict():
+    return True
+  jobs = resolver.cluster_spec().as_dict()
+  if "chief" in jobs:
+    return resolver.task_type == "chief"
+  return resolver.task_type in (None, "worker") and (resolver.task_id or 0) == 0
+
+
+def _worker_id(strategy) -> int:
+  resolver = getattr(strategy, "cluster_resolver", None)
+  return int(getattr(resolver, "task_id", 0) or 0)
+
+
+class _LossScale:
+  """Dynamic float16 loss scale (Keras LossScaleOptimizer's rule); state lives in checkpoints."""
+
+  def __init__(self, enabled: bool):
+    self.enabled = enabled
+    agg = tf.VariableAggregation.ONLY_FIRST_REPLICA
+    self.scale = tf.Variable(INITIAL_LOSS_SCALE if enabled else 1.0, dtype=tf.float32,
+                             trainable=False, name="loss_scale", aggregation=agg)
+    self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="loss_scale_good_steps",
+                                  aggregation=agg)
+    self.overflow_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="overflow_steps",
+                                      aggregation=agg)
+
+  def after_finite_step(self):
+    if not self.enabled:
+      return
+    grow = self.good_steps >= LOSS_SCALE_GROWTH_STEPS - 1
+    self.scale.assign(tf.where(grow, self.scale * 2.0, self.scale))
+    self.good_steps.assign(tf.where(grow, tf.constant(0, tf.int64), self.good_steps + 1))
+
+  def after_overflow(self):
+    self.overflow_steps.assign_add(1)
+    if self.enabled:
+      self.scale.assign(self.scale * 0.5)
+      self.good_steps.assign(0)
+
+
+def _disable_optimizer_all_reduce(optimizer: keras.optimizers.Optimizer):
+  """The harness sums gradients across replicas itself; stop Keras 3 from summing them again."""
+  if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+    raise ValueError("pass the plain optimizer: the Trainer does float16 loss scaling itself")
+  if not hasattr(optimizer, "_all_reduce_sum_gradients"):
+    raise RuntimeError(f"{type(optimizer).__name__} has no _all_reduce_sum_gradients: this Keras "
+                       "version aggregates gradients differently; update experiments/harness.py")
+  optimizer._all_reduce_sum_gradients = lambda grads_and_vars: grads_and_vars  # pylint: disable=protected-access
 
 
 class Trainer:
@@ -113,14 +233,17 @@ class Trainer:
     config: the run's `TrainConfig`.
     strategy: from `setup_runtime`; model and optimizer must be built inside `strategy.scope()`.
     model: a built Keras model (its variables exist).
-    optimizer: a Keras optimizer (learning-rate schedules are evaluated on its iteration counter).
+    optimizer: a plain Keras optimizer (no LossScaleOptimizer: the harness scales float16 losses);
+      learning-rate schedules are evaluated on its iteration counter, which counts applied updates.
     loss_fn: `(model, batch, ctx: StepContext) -> LossOutput`, called in replica context.
     train_data: unbatched, finite training set; the harness shuffles it per epoch with
       `seed + epoch`, applies `epoch_transform(dataset, seed)` and batches by the global batch.
     epoch_transform: per-epoch transform with a fresh seed (e.g. dynamic binarization).
     epoch_end_fn: `(model, epoch) -> dict of floats`, called at each epoch end inside the
       TensorBoard writer (write images there); the values are logged and drive early stopping.
-    grad_transform: `(grads, variables) -> grads` applied after the cross-replica sum.
+      It may draw random numbers: the epoch-end checkpoint is written after it.
+    grad_transform: `(grads, variables) -> grads` applied to the global (cross-replica summed,
+      unscaled) gradient, in replica context (identical on every replica).
   """
 
   def __init__(self, *, config: TrainConfig, strategy: tf.distribute.Strategy, model: keras.Model,
@@ -140,6 +263,7 @@ class Trainer:
     self.epoch_end_fn = epoch_end_fn
     self.grad_transform = grad_transform
     self.num_replicas = strategy.num_replicas_in_sync
+    self.is_chief = is_chief(strategy)
     if config.batch_size % self.num_replicas:
       raise ValueError(f"global batch {config.batch_size} is not divisible by "
                        f"{self.num_replicas} replicas")
@@ -151,32 +275,44 @@ class Trainer:
       raise ValueError(f"{num_train} training examples are fewer than one batch of {config.batch_size}")
     self.total_steps = self.steps_per_epoch * config.epochs
     self.stop_step = min(self.total_steps, config.max_steps or self.total_steps)
+    self.float16 = keras.mixed_precision.global_policy().name == "mixed_float16"
+    _disable_optimizer_all_reduce(optimizer)
 
     with strategy.scope():
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
       self.best_metric = tf.Variable(math.inf, dtype=tf.float64, trainable=False, name="best")
       self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_epochs")
+      self.loss_scale = _LossScale(self.float16)
       optimizer.build(model.trainable_variables)
     # Keras 3 layers held in Python lists, and SeedGenerator states, are in `model.variables`
     # but not in TF's object graph: checkpoint that ordered list explicitly (its order is fixed
     # by the model's code, unlike the auto-generated layer names in variable paths).
     self.checkpoint = tf.train.Checkpoint(
         model=model, model_variables=[v.value for v in model.variables], optimizer=optimizer,
-        step=self.step, best_metric=self.best_metric, bad_epochs=self.bad_epochs)
+        step=self.step, best_metric=self.best_metric, bad_epochs=self.bad_epochs,
+        loss_scale=self.loss_scale.scale, loss_scale_good_steps=self.loss_scale.good_steps,
+        overflow_steps=self.loss_scale.overflow_steps)
+    # Every worker saves (saving may run collectives); only the chief's copy is the run's.
+    own_dir = config.logdir if self.is_chief else os.path.join(
+        config.logdir, f".worker-{_worker_id(strategy)}")
     self.manager = tf.train.CheckpointManager(
-        self.checkpoint, os.path.join(config.logdir, "checkpoints"), config.keep_checkpoints)
+        self.checkpoint, os.path.join(own_dir, "checkpoints"), config.keep_checkpoints)
     self.best_manager = tf.train.CheckpointManager(
-        self.checkpoint, os.path.join(config.logdir, "best"), max_to_keep=1)
-    self.writer = tf.summary.create_file_writer(config.logdir)
+        self.checkpoint, os.path.join(own_dir, "best"), max_to_keep=1)
+    self._restore_dir = os.path.join(config.logdir, "checkpoints")
+    self._best_dir = os.path.join(config.logdir, "best")
+    self.writer = (tf.summary.create_file_writer(config.logdir) if self.is_chief
+                   else tf.summary.create_noop_writer())
+    self._preempt_signal: int | None = None
     self._train_step = self._make_train_step()
 
   # --------------------------------------------------------------------------- compiled step
 
   def _make_train_step(self):
-    cfg, model, optimizer = self.config, self.model, self.optimizer
+    cfg, model, optimizer, strategy = self.config, self.model, self.optimizer, self.strategy
     variables = model.trainable_variables
 
-    def replica_step(batch, step, epoch):
+    def replica_step(batch, step, epoch, scale):
       ctx = StepContext(step=step, epoch=epoch, steps_per_epoch=self.steps_per_epoch,
                         total_steps=self.total_steps, total_epochs=cfg.epochs,
                         global_batch_size=cfg.batch_size, num_replicas=self.num_replicas)
@@ -185,30 +321,52 @@ class Trainer:
         per_example = tf.cast(out.per_example, tf.float32)
         regularizer = tf.cast(out.regularizer, tf.float32)
         loss = tf.reduce_sum(per_example) / cfg.batch_size + regularizer / self.num_replicas
-        scaled = optimizer.scale_loss(loss)
+        scaled = loss * scale if self.float16 else loss
       grads = tape.gradient(scaled, variables)
-      grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+      grads = [tf.zeros_like(v) if g is None else tf.cast(g, v.dtype) for g, v in zip(grads, variables)]
       replica_ctx = tf.distribute.get_replica_context()
-      if self.num_replicas > 1:
+      if self.num_replicas > 1:  # the one cross-replica sum (see module docstring)
         grads = replica_ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        total_loss = replica_ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss)
+      else:
+        total_loss = loss
+      if self.float16:
+        grads = [g / scale for g in grads]  # exact: the scale is a power of two
+      grad_norm = tf.linalg.global_norm(grads)
+      finite = tf.logical_and(tf.math.is_finite(grad_norm), tf.math.is_finite(total_loss))
       if self.grad_transform is not None:
         grads = self.grad_transform(grads, variables)
-      grad_norm = tf.linalg.global_norm([tf.cast(g, tf.float32) for g in grads])
-      optimizer.apply_gradients(zip(grads, variables))
       metrics = {k: tf.cast(v, tf.float32) for k, v in out.metrics.items()}
-      # Replica means; the loss is already this replica's share of the global mean.
       metrics = {k: replica_ctx.all_reduce(tf.distribute.ReduceOp.MEAN, v) for k, v in metrics.items()}
-      metrics["loss"] = replica_ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss)
+      metrics["loss"] = total_loss
       metrics["grad_norm"] = grad_norm
-      return metrics
+      return grads, finite, metrics
+
+    def apply(*grads):
+      optimizer.apply(list(grads), variables)
 
     def train_step(batch):
       step = self.step.read_value()
       epoch = step // self.steps_per_epoch
-      per_replica = self.strategy.run(replica_step, args=(batch, step, epoch))
-      self.step.assign_add(1)
+      scale = self.loss_scale.scale.read_value()
+      grads, finite, metrics = strategy.run(replica_step, args=(batch, step, epoch, scale))
       # Every replica holds the same all-reduced values: take the first.
-      return {k: self.strategy.experimental_local_results(v)[0] for k, v in per_replica.items()}
+      finite = strategy.experimental_local_results(finite)[0]
+      metrics = {k: strategy.experimental_local_results(v)[0] for k, v in metrics.items()}
+
+      def apply_update():
+        strategy.run(apply, args=tuple(grads))
+        self.loss_scale.after_finite_step()
+        return tf.constant(0.0)
+
+      def skip_update():  # overflow (float16) or a NaN/Inf step: weights and slots untouched
+        self.loss_scale.after_overflow()
+        return tf.constant(1.0)
+
+      metrics["skipped"] = tf.cond(finite, apply_update, skip_update)
+      metrics["loss_scale"] = scale
+      self.step.assign_add(1)
+      return metrics
 
     return tf.function(train_step, jit_compile=cfg.jit_compile if self.num_replicas == 1 else None)
 
@@ -225,17 +383,40 @@ class Trainer:
     ds = ds.prefetch(tf.data.AUTOTUNE)
     return self.strategy.experimental_distribute_dataset(ds)
 
-  # --------------------------------------------------------------------------- loop
+  # --------------------------------------------------------------------------- checkpoints
 
   def restore(self) -> int:
-    """Restores the latest checkpoint in logdir (if any); returns the step reached."""
-    path = self.manager.latest_checkpoint
-    if path:
-      self._restore(path)
+    """Restores the newest readable checkpoint in logdir (if any); returns the step reached.
+
+    A checkpoint that cannot be read (truncated or corrupt files) is skipped with a warning and the
+    previous one is tried; one that does not match the model is an error.
+    """
+    state = tf.train.get_checkpoint_state(self._restore_dir)
+    paths = list(state.all_model_checkpoint_paths) if state else []
+    if state and state.model_checkpoint_path and state.model_checkpoint_path not in paths:
+      paths.append(state.model_checkpoint_path)
+    for path in reversed(paths):
+      if not tf.io.gfile.exists(path + ".index"):
+        print(f"warning: checkpoint {path} is missing; trying the previous one", file=sys.stderr)
+        continue
+      try:
+        self._restore(path)
+      except _DamagedCheckpoint as e:
+        print(f"warning: checkpoint {path} is damaged ({e}); trying the previous one", file=sys.stderr)
+        continue
       print(f"Resumed from {path} at step {int(self.step.numpy())}", file=sys.stderr)
+      return int(self.step.numpy())
+    if paths:
+      print("warning: no readable checkpoint; starting from scratch", file=sys.stderr)
     return int(self.step.numpy())
 
   def _restore(self, path: str):
+    try:
+      reader = tf.train.load_checkpoint(path)
+      for name in reader.get_variable_to_shape_map():  # read everything: finds truncated data files
+        reader.get_tensor(name)
+    except (IndexError, tf.errors.OpError, ValueError, OSError) as e:
+      raise _DamagedCheckpoint(str(e).splitlines()[0][:200]) from e
     try:
       self.checkpoint.restore(path).assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as e:
@@ -244,21 +425,51 @@ class Trainer:
 
   def restore_best(self) -> str | None:
     """Loads the best checkpoint (early stopping) if one was written; returns its path."""
-    path = self.best_manager.latest_checkpoint
+    path = tf.train.latest_checkpoint(self._best_dir)
     if path:
       self._restore(path)
     return path
 
-  def _save(self, step: int):
-    self.manager.save(checkpoint_number=step)
+  def _check_finite_weights(self, step: int):
+    values = [v for v in self.model.variables if v.value.dtype.is_floating]
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v.value)) for v in values])
+    if not bool(finite):
+      bad = [v.path for v in values if not np.all(np.isfinite(v.value.numpy()))]
+      raise NonFiniteLossError(
+          f"non-finite weights at step {step} ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
+          f"not saved; last good checkpoint kept: {self.manager.latest_checkpoint or 'none written yet'}")
+
+  def _save(self, step: int, manager=None):
+    self._check_finite_weights(step)
+    (manager or self.manager).save(checkpoint_number=step)
 
   def _log_hparams(self):
     from tensorboard.plugins.hparams import api as hp  # pylint: disable=g-import-not-at-top
     values = {k: (v if isinstance(v, (bool, int, float, str)) else str(v))
               for k, v in dict(self.config.hparams).items()}
-    if values:
+    if values and self.is_chief:
       with self.writer.as_default():
         hp.hparams(values)
+    if self.is_chief:
+      with open(os.path.join(self.config.logdir, "hparams.json"), "w") as f:
+        json.dump(values, f, indent=2, sort_keys=True)
+
+  # --------------------------------------------------------------------------- loop
+
+  @contextlib.contextmanager
+  def _preemption_handler(self):
+    """SIGTERM/SIGINT set a flag; the loop checkpoints and stops after the current step."""
+    if threading.current_thread() is not threading.main_thread():
+      yield
+      return
+    def handler(signum, frame):  # pylint: disable=unused-argument
+      self._preempt_signal = signum
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+      yield
+    finally:
+      for s, h in previous.items():
+        signal.signal(s, h)
 
   def fit(self) -> dict[str, float]:
     """Trains until `epochs` (or `max_steps`); returns the last logged scalars."""
@@ -276,23 +487,34 @@ class Trainer:
     window, window_start, window_time = [], start, time.perf_counter()
     step = start
     stopped_early = False
-    while step < self.stop_step and not stopped_early:
-      epoch = step // self.steps_per_epoch
-      for batch in self.epoch_dataset(epoch, skip=step % self.steps_per_epoch):
-        window.append(self._train_step(batch))
-        step += 1
-        at_epoch_end = step % self.steps_per_epoch == 0
-        at_checkpoint = (step % cfg.checkpoint_every == 0) if cfg.checkpoint_every else at_epoch_end
-        if step % cfg.log_every == 0 or at_checkpoint or at_epoch_end or step == self.stop_step:
-          last = self._flush(window, step, window_start, window_time)
-          progbar.update(step - start, [(k, last[k]) for k in ("loss", "examples_per_s")])
-          window, window_start, window_time = [], step, time.perf_counter()
-        if at_checkpoint or step == self.stop_step:
-          self._save(step)
-        if at_epoch_end:
-          stopped_early = self._end_epoch(epoch, step)
-        if step >= self.stop_step or stopped_early:
-          break
+    self._preempt_signal = None
+    with self._preemption_handler():
+      while step < self.stop_step and not stopped_early:
+        epoch = step // self.steps_per_epoch
+        for batch in self.epoch_dataset(epoch, skip=step % self.steps_per_epoch):
+          window.append(self._train_step(batch))
+          step += 1
+          at_epoch_end = step % self.steps_per_epoch == 0
+          at_checkpoint = (step % cfg.checkpoint_every == 0) if cfg.checkpoint_every else at_epoch_end
+          preempted = self._preempt_signal is not None
+          if (step % cfg.log_every == 0 or at_checkpoint or at_epoch_end or step == self.stop_step
+              or preempted):
+            last = self._flush(window, step, window_start, window_time)
+            progbar.update(step - start, [(k, last[k]) for k in ("loss", "examples_per_s")])
+            window, window_start, window_time = [], step, time.perf_counter()
+          if at_epoch_end:  # before the checkpoint: the hook's random draws are part of the state
+            stopped_early = self._end_epoch(epoch, step)
+          if at_checkpoint or step == self.stop_step or stopped_early or preempted or (
+              at_epoch_end and cfg.early_stopping_metric is not None):
+            self._save(step)
+          if preempted:
+            self.writer.flush()
+            name = signal.Signals(self._preempt_signal).name
+            raise Preempted(f"preempted by {name} at step {step}: checkpoint written to "
+                            f"{self.manager.latest_checkpoint}; rerun the same command to resume",
+                            self._preempt_signal)
+          if step >= self.stop_step or stopped_early:
+            break
     self.writer.flush()
     return last
 
@@ -300,16 +522,25 @@ class Trainer:
     """Host-side NaN guard and TensorBoard scalars for the steps since the last flush."""
     values = {k: np.array([m[k].numpy() for m in window]) for k in window[0]}
     bad = ~np.isfinite(values["loss"])
+    if not self.float16:  # under float16 a non-finite gradient is an overflow: skipped and counted
+      bad |= ~np.isfinite(values["grad_norm"])
     if bad.any():
       first_bad = window_start + int(np.argmax(bad)) + 1
+      what = "loss" if not np.isfinite(values["loss"][bad][0]) else "gradient norm"
+      value = values["loss" if what == "loss" else "grad_norm"][bad][0]
       kept = self.manager.latest_checkpoint or "none written yet"
       raise NonFiniteLossError(
-          f"non-finite loss ({values['loss'][bad][0]}) at step {first_bad}; training stopped, "
-          f"last good checkpoint kept: {kept}")
+          f"non-finite {what} ({value}) at step {first_bad}; the step was not applied and training "
+          f"stopped; last good checkpoint kept: {kept}")
+    if self.float16 and float(values["loss_scale"][-1]) < 1.0:
+      raise NonFiniteLossError(f"float16 gradients overflow even at loss scale "
+                               f"{values['loss_scale'][-1]} (step {step}); try mixed_bfloat16")
     elapsed = max(time.perf_counter() - window_time, 1e-9)
-    means = {k: float(v.mean()) for k, v in values.items()}
+    means = {k: float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
+             for k, v in values.items()}
     means["examples_per_s"] = len(window) * self.config.batch_size / elapsed
     means["learning_rate"] = float(np.asarray(keras.ops.convert_to_numpy(self.optimizer.learning_rate)))
+    means["overflow_steps"] = float(self.loss_scale.overflow_steps.numpy())
     with self.writer.as_default(step=step):
       for k, v in means.items():
         tf.summary.scalar(f"train/{k}", v)
@@ -332,13 +563,16 @@ class Trainer:
     if value < float(self.best_metric.numpy()):
       self.best_metric.assign(value)
       self.bad_epochs.assign(0)
-      self.best_manager.save(checkpoint_number=step)
+      self._save(step, self.best_manager)
     elif epoch + 1 > cfg.early_stopping_start_epoch:
       self.bad_epochs.assign_add(1)
-    self._save(step)  # keep the early-stopping counters with the weights
-    if cfg.early_stopping_patience is not None and self.bad_epochs.numpy() >= cfg.early_stopping_patience:
+    patience = cfg.early_stopping_patience
+    if patience is not None and self.bad_epochs.numpy() > patience:
       print(f"Early stopping after epoch {epoch + 1}: no improvement of {cfg.early_stopping_metric} "
-            f"for {cfg.early_stopping_patience} epochs", file=sys.stderr)
+            f"for more than {patience} epochs", file=sys.stderr)
       return True
     return False
 
+
+class _DamagedCheckpoint(Exception):
+  """A checkpoint whose files cannot be read."""

@@ -1,5 +1,6 @@
 """Training harness: exact resume, replica-count invariance, NaN guard, early stopping."""
 
+import functools
 import os
 
 import keras
@@ -81,9 +82,6 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path):
 
 def test_replica_count_gives_same_loss_and_gradients(tmp_path):
   """MirroredStrategy over 2 logical CPUs == one device, for the same global batch."""
-  devices = tf.config.list_logical_devices("CPU")
-  assert len(devices) >= 2, "conftest must create two logical CPUs"
-
   def deterministic_loss(model, batch, ctx):
     pred = model.out(model.blocks[1](model.hidden(batch)))  # no noise / BN: replicas would differ
     per_example = tf.reduce_sum(tf.square(pred - batch), axis=-1)
@@ -92,7 +90,7 @@ def test_replica_count_gives_same_loss_and_gradients(tmp_path):
 
   one = make_trainer(tmp_path / "one", epochs=1, loss_fn=deterministic_loss)
   two = make_trainer(tmp_path / "two", epochs=1, loss_fn=deterministic_loss,
-                     strategy=tf.distribute.MirroredStrategy([d.name for d in devices[:2]]))
+                     strategy=_two_cpus())
   for a, b in zip(weights(one.model), weights(two.model)):
     np.testing.assert_array_equal(a, b)
   batch = next(iter(make_data().batch(16)))
@@ -131,7 +129,8 @@ def test_early_stopping_and_best_checkpoint(tmp_path):
                          early_stopping_patience=2)
   trainer.epoch_end_fn = epoch_end
   trainer.fit()
-  assert int(trainer.step.numpy()) == 4 * 4  # stopped after epoch 4 (epochs 3, 4 did not improve)
+  # Official VampPrior rule: stop once MORE than `patience` epochs did not improve: epochs 3, 4, 5.
+  assert int(trainer.step.numpy()) == 5 * 4
   assert trainer.best_manager.latest_checkpoint.endswith("ckpt-8")
   assert trainer.restore_best().endswith("ckpt-8")
 
@@ -207,3 +206,209 @@ def test_checkpoint_holds_listed_layers_and_rejects_other_models(tmp_path):
                           optimizer=keras.optimizers.Adam(), loss_fn=tiny_loss, train_data=make_data())
   with pytest.raises(ValueError, match="does not match"):
     other.restore()
+
+
+# --------------------------------------------------------------------------- issue 9: at scale
+
+
+def _sgd_trainer(logdir, *, strategy=None, loss_fn, grad_transform=None, batch_size=16, lr=1.0,
+                 num_examples=None, **cfg):
+  """One scalar weight w = 1 trained by plain SGD: every gradient-scale error shows in w."""
+  strategy = strategy or tf.distribute.get_strategy()
+
+  class Scalar(keras.Model):
+    def __init__(self):
+      super().__init__()
+      self.w = self.add_weight(shape=(), initializer="ones", name="w")
+
+    def call(self, x):
+      return self.w * x
+
+  with strategy.scope():
+    model = Scalar()
+    optimizer = keras.optimizers.SGD(lr)
+  config = harness.TrainConfig(logdir=str(logdir), batch_size=batch_size, epochs=1,
+                               seed=3, log_every=1, progress=False, **cfg)
+  data = tf.data.Dataset.from_tensor_slices(np.ones((num_examples or batch_size, 1), np.float32))
+  return harness.Trainer(config=config, strategy=strategy, model=model, optimizer=optimizer,
+                         loss_fn=loss_fn, train_data=data, grad_transform=grad_transform)
+
+
+def _half_square(model, batch, ctx):
+  """Per example 0.5 * (w x)^2 with x = 1: the global-mean gradient is w."""
+  return harness.LossOutput(per_example=0.5 * tf.square(model(batch)[:, 0]))
+
+
+@functools.lru_cache(maxsize=None)
+def _two_cpus():
+  """One MirroredStrategy per process: two on the same devices collide in their collective keys."""
+  devices = tf.config.list_logical_devices("CPU")
+  assert len(devices) >= 2, "conftest must create two logical CPUs"
+  return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+
+
+def test_sgd_step_moves_the_same_on_one_and_two_replicas(tmp_path):
+  """The double all-reduce bug: on 2 replicas w went 1 -> -1 instead of 1 -> 0."""
+  for name, strategy in (("one", None), ("two", _two_cpus())):
+    trainer = _sgd_trainer(tmp_path / name, strategy=strategy, loss_fn=_half_square)
+    trainer.fit()
+    assert float(trainer.model.w.numpy()) == 0.0, name
+    assert int(trainer.optimizer.iterations.numpy()) == 1
+
+
+def test_grad_transform_sees_the_global_gradient_on_two_replicas(tmp_path):
+  """Clipping to norm 0.25 of the global gradient (w = 1): w -> 0.75 on any replica count."""
+  seen = []
+
+  def clip(grads, variables):
+    seen.append(None)
+    return [tf.clip_by_norm(g, 0.25) for g in grads]
+
+  for name, strategy in (("one", None), ("two", _two_cpus())):
+    trainer = _sgd_trainer(tmp_path / name, strategy=strategy, loss_fn=_half_square,
+                           grad_transform=clip)
+    out = trainer.fit()
+    assert float(trainer.model.w.numpy()) == 0.75, name
+    assert out["grad_norm"] == 1.0  # logged before the transform, global (not per replica)
+
+
+def test_float16_gradients_are_unscaled_before_grad_transform_and_overflow_is_skipped(tmp_path):
+  norms = []
+
+  def record(grads, variables):
+    norms.append(None)
+    return [tf.clip_by_norm(g, 0.5) for g in grads]  # would be a no-op on loss-scaled gradients
+
+  def overflow_at_step_1(model, batch, ctx):
+    y = model(batch)[:, 0]
+    blow = tf.where(tf.equal(ctx.step, 1), np.inf, 0.0)  # finite loss, infinite gradient at step 1
+    return harness.LossOutput(per_example=0.5 * tf.square(tf.cast(y, tf.float32)) + _inf_grad(
+        tf.cast(y, tf.float32), blow))
+
+  try:
+    harness.setup_runtime(precision="mixed_float16")
+    trainer = _sgd_trainer(tmp_path, loss_fn=overflow_at_step_1, grad_transform=record, lr=1.0,
+                           batch_size=4, num_examples=12)
+    out = trainer.fit()
+  finally:
+    harness.setup_runtime(precision="float32")
+  # Step 0: g = w = 1 (unscaled), clipped to 0.5 -> w = 0.5. Step 1: overflow, skipped.
+  # Step 2: g = 0.5, not clipped -> w = 0.
+  assert float(trainer.model.w.numpy()) == 0.0
+  assert int(trainer.loss_scale.overflow_steps.numpy()) == 1
+  assert float(trainer.loss_scale.scale.numpy()) == harness.INITIAL_LOSS_SCALE / 2
+  assert int(trainer.optimizer.iterations.numpy()) == 2  # the skipped step left the slots alone
+  assert out["overflow_steps"] == 1
+
+
+@tf.custom_gradient
+def _inf_grad(y, blow):
+  """Value 0; gradient `blow` (inf at the chosen step) with respect to y."""
+  def grad(upstream):
+    return upstream * blow, tf.zeros_like(blow)
+  return tf.zeros_like(y), grad
+
+
+def _sampling_hook(model, epoch):
+  """An epoch-end hook that draws from the model's SeedGenerator (like the sample grids)."""
+  keras.random.normal((3,), seed=model.seed_generator)
+  return {"epoch_value": float(epoch)}
+
+
+def test_resume_is_exact_when_the_epoch_end_hook_draws_random_numbers(tmp_path):
+  full = make_trainer(tmp_path / "full")
+  full.epoch_end_fn = _sampling_hook
+  full.fit()
+  first = make_trainer(tmp_path / "resumed", max_steps=8)  # stops at an epoch end (4 steps/epoch)
+  first.epoch_end_fn = _sampling_hook
+  first.fit()
+  second = make_trainer(tmp_path / "resumed")
+  second.epoch_end_fn = _sampling_hook
+  second.fit()
+  for a, b in zip(weights(full.model), weights(second.model)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+  full = make_trainer(tmp_path / "full")
+  full.fit()
+  first = make_trainer(tmp_path / "run", max_steps=8)
+  first.fit()  # checkpoints at steps 4 and 8
+  data_file = [f for f in os.listdir(tmp_path / "run" / "checkpoints") if f.startswith("ckpt-8.data")][0]
+  path = tmp_path / "run" / "checkpoints" / data_file
+  path.write_bytes(path.read_bytes()[:100])  # truncated, as by a full disk or a kill mid-write
+  second = make_trainer(tmp_path / "run")
+  assert second.restore() == 4
+  assert "ckpt-8 is damaged" in capsys.readouterr().err
+  second.fit()
+  for a, b in zip(weights(full.model), weights(second.model)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_nan_gradient_with_finite_loss_is_never_applied_nor_saved(tmp_path):
+  def nan_gradient_from_step_5(model, batch, ctx):
+    out = tiny_loss(model, batch, ctx)
+    pred = model.out(model.hidden(batch))
+    blow = tf.where(ctx.step >= 5, np.nan, 0.0)
+    return harness.LossOutput(per_example=out.per_example + _inf_grad(pred[:, 0], blow),
+                              regularizer=out.regularizer)
+
+  trainer = make_trainer(tmp_path, loss_fn=nan_gradient_from_step_5, checkpoint_every=4)
+  with pytest.raises(harness.NonFiniteLossError, match="gradient norm.*step 6"):
+    trainer.fit()
+  assert all(np.all(np.isfinite(w)) for w in weights(trainer.model))
+  assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-4")
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path):
+  trainer = make_trainer(tmp_path, epochs=1)
+  trainer.model.blocks[0].moving_mean.assign(np.full(8, np.nan, np.float32))
+  with pytest.raises(harness.NonFiniteLossError, match="non-finite weights.*moving_mean"):
+    trainer.fit()
+  assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) is None
+
+
+def test_sigterm_writes_a_checkpoint_and_the_resumed_run_is_exact(tmp_path):
+  import signal  # pylint: disable=g-import-not-at-top
+  full = make_trainer(tmp_path / "full")
+  full.fit()
+
+  def terminate_at_step_6(model, batch, ctx):
+    out = tiny_loss(model, batch, ctx)
+    def maybe_kill(step):
+      if int(step) == 5:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return step
+    tf.py_function(maybe_kill, [ctx.step], tf.int64)
+    return out
+
+  first = make_trainer(tmp_path / "run", loss_fn=terminate_at_step_6)
+  with pytest.raises(harness.Preempted, match="SIGTERM at step 6") as caught:
+    first.fit()
+  assert caught.value.signum == signal.SIGTERM
+  assert first.manager.latest_checkpoint.endswith("ckpt-6")
+  second = make_trainer(tmp_path / "run")
+  assert second.restore() == 6
+  second.fit()
+  for a, b in zip(weights(full.model), weights(second.model)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("batch_size", 0, "--batch_size must be >= 1, got 0"),
+    ("epochs", -1, "--epochs must be >= 1"),
+    ("max_steps", 0, "--max_steps must be >= 1"),
+    ("log_every", 0, "--log_every must be >= 1"),
+])
+def test_bad_train_config_is_one_clear_error(tmp_path, field, value, message):
+  settings = dict(logdir=str(tmp_path), batch_size=16, epochs=1)
+  settings[field] = value
+  with pytest.raises(ValueError, match=message):
+    harness.TrainConfig(**settings)
+
+
+def test_logdir_naming_a_file_is_one_clear_error(tmp_path):
+  path = tmp_path / "a_file"
+  path.write_text("x")
+  with pytest.raises(ValueError, match="is a file, not a directory"):
+    harness.TrainConfig(logdir=str(path), batch_size=16, epochs=1)

@@ -1,0 +1,97 @@
+"""One training process for the distributed tests (run as `python -m tests.experiments.distributed_worker`).
+
+Without TF_CONFIG it trains on one device; with TF_CONFIG it is one worker of a
+`MultiWorkerMirroredStrategy` cluster. Each task trains with plain SGD (sensitive to the gradient
+scale) through `experiments.harness.Trainer` and the chief writes the final weights to
+`<logdir>/<task>/weights.npz`. `--kill_at_step N` makes this process SIGKILL itself right after
+update N (a lost machine: no checkpoint of its own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # pylint: disable=g-import-not-at-top
+import numpy as np
+import tensorflow as tf
+
+from experiments import harness
+
+GLOBAL_BATCH = 16
+NUM_EXAMPLES = 64
+
+
+class SyncBNNet(keras.Model):
+  """An MLP with a synchronised BatchNorm: its batch statistics are global-batch statistics."""
+
+  def __init__(self):
+    super().__init__()
+    self.hidden = keras.layers.Dense(8, activation="tanh")
+    self.norm = keras.layers.BatchNormalization(synchronized=True)
+    self.out = keras.layers.Dense(6)
+
+  def call(self, x, training=False):
+    return self.out(self.norm(self.hidden(x), training=training))
+
+
+def toy_task():
+  """Model, loss and data of the toy task (squared error, L2 regulariser, clipped gradients)."""
+  model = SyncBNNet()
+  model(tf.zeros((2, 6)))
+
+  def loss_fn(model, batch, ctx):
+    pred = model(batch, training=True)
+    reg = 1e-2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in model.trainable_variables])
+    return harness.LossOutput(per_example=tf.reduce_sum(tf.square(pred - batch), axis=-1),
+                              regularizer=reg)
+
+  def clip(grads, variables):
+    return tf.clip_by_global_norm(grads, 1.0)[0]
+
+  data = np.random.RandomState(0).randn(NUM_EXAMPLES, 6).astype(np.float32)
+  return model, loss_fn, clip, tf.data.Dataset.from_tensor_slices(data)
+
+
+TASKS = {"toy": toy_task}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--logdir", required=True)
+  parser.add_argument("--tasks", default="toy")
+  parser.add_argument("--epochs", type=int, default=2)
+  parser.add_argument("--kill_at_step", type=int, default=None)
+  parser.add_argument("--checkpoint_every", type=int, default=2)
+  args = parser.parse_args()
+  strategy = harness.setup_runtime(strategy="multi_worker" if "TF_CONFIG" in os.environ else "default",
+                                   deterministic=True, seed=1)
+  for task in args.tasks.split(","):
+    keras.utils.set_random_seed(1)
+    with strategy.scope():
+      model, loss_fn, grad_transform, data = TASKS[task]()
+      optimizer = keras.optimizers.SGD(0.1)
+    logdir = os.path.join(args.logdir, task)
+    config = harness.TrainConfig(logdir=logdir, batch_size=GLOBAL_BATCH, epochs=args.epochs, seed=5,
+                                 log_every=1, checkpoint_every=args.checkpoint_every, progress=False)
+    trainer = harness.Trainer(config=config, strategy=strategy, model=model, optimizer=optimizer,
+                              loss_fn=loss_fn, train_data=data, grad_transform=grad_transform)
+    if args.kill_at_step is not None:
+      step_fn = trainer._train_step  # pylint: disable=protected-access
+
+      def step_then_maybe_die(batch):
+        out = step_fn(batch)
+        if int(trainer.step.numpy()) == args.kill_at_step:
+          os.kill(os.getpid(), signal.SIGKILL)
+        return out
+      trainer._train_step = step_then_maybe_die  # pylint: disable=protected-access
+    trainer.fit()
+    if trainer.is_chief:
+      np.savez(os.path.join(logdir, "weights.npz"), *[v.numpy() for v in model.weights])
+
+
+if __name__ == "__main__":
+  main()
