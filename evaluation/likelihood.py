@@ -15,9 +15,9 @@ Everything is in nats per example, summed over data dimensions; `bits_per_dim` c
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from typing import Callable, Iterable
+import weakref
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import tensorflow as tf
@@ -47,6 +47,7 @@ class LikelihoodEstimate:
   """Per-example estimates [B] for one batch, in nats."""
   log_likelihood: tf.Tensor  # IWAE_K, the importance-weighted estimate of log p(x)
   elbo: tf.Tensor            # mean over the K samples of log w_k (unbiased ELBO estimate)
+  samples_drawn: tf.Tensor   # int32 scalar: how many log-weights `log_weight_fn` really returned
 
 
 def importance_weighted_log_likelihood(log_weight_fn: LogWeightFn, x, *, num_samples: int,
@@ -54,7 +55,9 @@ def importance_weighted_log_likelihood(log_weight_fn: LogWeightFn, x, *, num_sam
   """log p(x) ~= logsumexp_k(log w_k) - log K, drawing the K samples `chunk_size` at a time.
 
   Chunks are combined with a running (max, sum of exp) pair: memory grows with `chunk_size`,
-  not with `num_samples`. Call inside a `tf.function` for speed; works eagerly too.
+  not with `num_samples`. K in the formula is the number of log-weights actually returned
+  (`samples_drawn`), which callers compare with what they asked for. Call inside a
+  `tf.function` for speed; works eagerly too.
   """
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -62,26 +65,28 @@ def importance_weighted_log_likelihood(log_weight_fn: LogWeightFn, x, *, num_sam
   full_chunks, remainder = divmod(num_samples, chunk)
 
   def combine(state, log_w):  # log_w: [k, B]
-    running_max, running_sum, sum_log_w = state
+    running_max, running_sum, sum_log_w, drawn = state
     log_w = tf.cast(log_w, tf.float64)
     new_max = tf.maximum(running_max, tf.reduce_max(log_w, axis=0))
     # Guard -inf - -inf; a -inf weight contributes exp(-inf) = 0.
     safe_max = tf.where(tf.math.is_finite(new_max), new_max, tf.zeros_like(new_max))
     running_sum = (running_sum * tf.exp(running_max - safe_max)
                    + tf.reduce_sum(tf.exp(log_w - safe_max), axis=0))
-    return safe_max, running_sum, sum_log_w + tf.reduce_sum(log_w, axis=0)
+    return (safe_max, running_sum, sum_log_w + tf.reduce_sum(log_w, axis=0),
+            drawn + tf.shape(log_w)[0])
 
   first = tf.cast(log_weight_fn(x, chunk), tf.float64)  # [chunk, B]
   batch = tf.shape(first)[1:]
   state = combine((tf.fill(batch, tf.constant(-np.inf, tf.float64)), tf.zeros(batch, tf.float64),
-                   tf.zeros(batch, tf.float64)), first)
+                   tf.zeros(batch, tf.float64), tf.constant(0, tf.int32)), first)
   for _ in tf.range(full_chunks - 1):
     state = combine(state, log_weight_fn(x, chunk))
   if remainder:
     state = combine(state, log_weight_fn(x, remainder))
-  running_max, running_sum, sum_log_w = state
-  log_likelihood = running_max + tf.math.log(running_sum) - math.log(num_samples)
-  return LikelihoodEstimate(log_likelihood=log_likelihood, elbo=sum_log_w / num_samples)
+  running_max, running_sum, sum_log_w, drawn = state
+  k = tf.cast(drawn, tf.float64)
+  log_likelihood = running_max + tf.math.log(running_sum) - tf.math.log(k)
+  return LikelihoodEstimate(log_likelihood=log_likelihood, elbo=sum_log_w / k, samples_drawn=drawn)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,30 +97,72 @@ class LikelihoodSummary:
   negative_elbo: float       # mean of -ELBO
   bits_per_dim: float        # nll in bits/dim (no offset)
   num_examples: int
-  num_samples: int
+  num_samples: int           # K the estimator actually used (counted, equal to the request)
   per_example_log_likelihood: np.ndarray  # [N]
 
 
-@functools.lru_cache(maxsize=8)
+# Compiled estimators per owner of `log_weight_fn` (the model of a bound method): weakly keyed,
+# so the cache never keeps a model alive, and repeated test passes do not retrace.
+_ESTIMATORS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
 def _compiled_estimator(log_weight_fn: LogWeightFn, num_samples: int, chunk_size: int | None,
-                        jit_compile: bool):
-  """One compiled batch estimator per (function, settings): repeated test passes do not retrace."""
-  @tf.function(jit_compile=jit_compile)
+                        jit_compile: bool, strategy: tf.distribute.Strategy | None = None):
+  """`x [B, ...] -> (log_likelihood [B], elbo [B], samples_drawn)`, compiled once per settings.
+
+  Under a strategy with several replicas (or workers) each replica takes its contiguous slice of
+  the batch (B must be a multiple of the replica count) and the results are gathered back in
+  batch order, so they equal one device's whenever the log-weights do not depend on which device
+  drew them.
+  """
+  owner = getattr(log_weight_fn, "__self__", None)
+  if owner is None:
+    owner, ref = log_weight_fn, weakref.ref(log_weight_fn)
+  else:
+    ref = weakref.WeakMethod(log_weight_fn)
+  table = _ESTIMATORS.setdefault(owner, {})
+  key = (getattr(log_weight_fn, "__func__", None), num_samples, chunk_size, jit_compile,
+         id(strategy) if strategy is not None else None)
+  if key in table:
+    return table[key]
+
   def estimate(x):
-    result = importance_weighted_log_likelihood(log_weight_fn, x, num_samples=num_samples,
+    result = importance_weighted_log_likelihood(ref(), x, num_samples=num_samples,
                                                 chunk_size=chunk_size)
-    return result.log_likelihood, result.elbo
-  return estimate
+    return result.log_likelihood, result.elbo, result.samples_drawn
+
+  if strategy is None or strategy.num_replicas_in_sync == 1:
+    compiled = tf.function(estimate, jit_compile=jit_compile)
+  else:
+    replicas = strategy.num_replicas_in_sync
+
+    def replica_estimate(x):
+      ctx = tf.distribute.get_replica_context()
+      size = tf.shape(x)[0] // replicas
+      return estimate(x[ctx.replica_id_in_sync_group * size:(ctx.replica_id_in_sync_group + 1) * size])
+
+    @tf.function
+    def compiled(x):
+      log_px, elbo, drawn = strategy.run(replica_estimate, args=(x,))
+      return (strategy.gather(log_px, axis=0), strategy.gather(elbo, axis=0),
+              strategy.experimental_local_results(drawn)[0])
+  table[key] = compiled
+  return compiled
 
 
 def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, num_samples: int,
                             num_dims: int, chunk_size: int | None = None,
-                            progress: bool = True, jit_compile: bool = False) -> LikelihoodSummary:
+                            progress: bool = True, jit_compile: bool = False,
+                            strategy: tf.distribute.Strategy | None = None) -> LikelihoodSummary:
   """Runs `importance_weighted_log_likelihood` over batches of x (a tf.data dataset or arrays).
 
-  Each batch is one compiled call; `num_dims` is D of one example, for bits/dim.
+  Each batch is one compiled call; `num_dims` is D of one example, for bits/dim. With a
+  `strategy` of several replicas/workers each batch is split over them (padded with copies of
+  its last example to a multiple of the replica count; the copies are dropped). Raises if
+  `log_weight_fn` returned a different number of samples than `num_samples`.
   """
-  estimate = _compiled_estimator(log_weight_fn, num_samples, chunk_size, jit_compile)
+  estimate = _compiled_estimator(log_weight_fn, num_samples, chunk_size, jit_compile, strategy)
+  replicas = strategy.num_replicas_in_sync if strategy is not None else 1
   batches = list(batches) if not isinstance(batches, tf.data.Dataset) else batches
   total = len(batches) if isinstance(batches, list) else int(batches.cardinality())
   bar = None
@@ -124,9 +171,16 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
     bar = keras.utils.Progbar(total if total > 0 else None, unit_name="batch")
   log_px, elbo = [], []
   for i, x in enumerate(batches):
-    ll, e = estimate(x)
-    log_px.append(ll.numpy())
-    elbo.append(e.numpy())
+    x = tf.convert_to_tensor(x)
+    size = int(x.shape[0])
+    if size % replicas:
+      x = tf.concat([x, tf.repeat(x[-1:], replicas - size % replicas, axis=0)], axis=0)
+    ll, e, drawn = estimate(x)
+    if int(drawn) != num_samples:
+      raise ValueError(f"the log-weight function returned {int(drawn)} importance samples per "
+                       f"example, not the {num_samples} asked for")
+    log_px.append(ll.numpy()[:size])
+    elbo.append(e.numpy()[:size])
     if bar is not None:
       bar.update(i + 1, [("nll", -float(np.mean(log_px[-1])))])
   if not log_px:

@@ -1,5 +1,6 @@
 """Test-session setup: two logical CPU devices (for MirroredStrategy tests) and the offline data."""
 
+import functools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -13,3 +14,12 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+
+
+@functools.lru_cache(maxsize=None)
+def two_cpu_strategy() -> tf.distribute.MirroredStrategy:
+  """THE MirroredStrategy over the two logical CPUs, shared by every test of the session: two
+  strategies on the same devices in one process collide in their collective instance keys."""
+  devices = tf.config.list_logical_devices("CPU")
+  assert len(devices) >= 2, "conftest must create two logical CPUs"
+  return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])

@@ -1,6 +1,5 @@
 """Training harness: exact resume, replica-count invariance, NaN guard, early stopping."""
 
-import functools
 import os
 
 import keras
@@ -9,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from experiments import harness
+from tests.conftest import two_cpu_strategy
 
 DIM = 6
 
@@ -239,12 +239,7 @@ def _half_square(model, batch, ctx):
   return harness.LossOutput(per_example=0.5 * tf.square(model(batch)[:, 0]))
 
 
-@functools.lru_cache(maxsize=None)
-def _two_cpus():
-  """One MirroredStrategy per process: two on the same devices collide in their collective keys."""
-  devices = tf.config.list_logical_devices("CPU")
-  assert len(devices) >= 2, "conftest must create two logical CPUs"
-  return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+_two_cpus = two_cpu_strategy
 
 
 def test_sgd_step_moves_the_same_on_one_and_two_replicas(tmp_path):
