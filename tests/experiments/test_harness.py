@@ -407,3 +407,18 @@ def test_logdir_naming_a_file_is_one_clear_error(tmp_path):
   path.write_text("x")
   with pytest.raises(ValueError, match="is a file, not a directory"):
     harness.TrainConfig(logdir=str(path), batch_size=16, epochs=1)
+
+
+def test_status_file_says_how_far_the_run_got(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  values = iter([5.0, 3.0, 4.0, 4.0])
+
+  trainer = make_trainer(tmp_path, epochs=4, max_steps=14, early_stopping_metric="val_loss",
+                         early_stopping_patience=5)
+  trainer.epoch_end_fn = lambda model, epoch: {"val_loss": next(values)}
+  trainer.fit()
+  status = json.loads((tmp_path / "status.json").read_text())
+  assert status["step"] == 14 and status["epoch"] == 3.5 and not status["finished"]
+  assert status["best_epoch"] == 2 and status["best_metric"] == 3.0  # epochs counted from 1
+  assert status["total_epochs"] == 4 and status["train_seconds"] > 0
+  assert status["checkpoint"].endswith("ckpt-14") and status["cpu"]
