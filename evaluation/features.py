@@ -24,20 +24,41 @@ import numpy as np
 import tensorflow as tf
 
 from evaluation import image_io
+from evaluation import numerics
 
 _STEPS: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
 
 
-def feature_step(network: keras.Model, *, jit_compile: bool = True):
-  """The compiled `images [B, H, W, C] float32 in [0, 255] -> {name: [B, D] float32}` step."""
+def feature_step(network: keras.Model, *, jit_compile: bool = True,
+                 strategy: tf.distribute.Strategy | None = None):
+  """The compiled `images [B, H, W, C] float32 in [0, 255] -> {name: [B, D] float32}` step.
+
+  Under a strategy with several replicas (or workers) each replica takes its contiguous slice of
+  the batch (B a multiple of the replica count) and the features are gathered in batch order.
+  """
   steps = _STEPS.setdefault(network, {})
-  if jit_compile not in steps:
+  replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+  key = (jit_compile, id(strategy) if replicas > 1 else None)
+  if key not in steps:
     @tf.function(jit_compile=jit_compile)
     def step(images):
       outputs = network(images, training=False)
       return tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), outputs)
-    steps[jit_compile] = step
-  return steps[jit_compile]
+
+    if replicas > 1:
+      local_step = step
+
+      def replica_step(images):
+        i = tf.distribute.get_replica_context().replica_id_in_sync_group
+        size = tf.shape(images)[0] // replicas
+        return local_step(images[i * size:(i + 1) * size])
+
+      @tf.function
+      def step(images):  # pylint: disable=function-redefined
+        outputs = strategy.run(replica_step, args=(images,))
+        return tf.nest.map_structure(lambda t: strategy.gather(t, axis=0), outputs)
+    steps[key] = step
+  return steps[key]
 
 
 def _dataset_arrays(dataset: tf.data.Dataset) -> Iterator[np.ndarray]:
@@ -82,7 +103,8 @@ def _rebatch(chunks: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarr
 
 
 def extract(network: keras.Model, images, *, batch_size: int = 50, progress: bool = True,
-            jit_compile: bool = True) -> dict[str, np.ndarray]:
+            jit_compile: bool = True, strategy: tf.distribute.Strategy | None = None,
+            allow_tf32: bool = False) -> dict[str, np.ndarray]:
   """Features of every image, in input order.
 
   Args:
@@ -92,6 +114,9 @@ def extract(network: keras.Model, images, *, batch_size: int = 50, progress: boo
     batch_size: images per compiled step (memory bound); does not change the results.
     progress: print a progress bar.
     jit_compile: compile the step with XLA (default); False runs the plain TF graph.
+    strategy: a `tf.distribute` strategy to shard every batch over its replicas/workers (the
+      batch is rounded up to a multiple of the replica count); one device's features come back.
+    allow_tf32: let Ampere+ GPUs use TF32 (default: exact float32; no effect on CPUs).
 
   Returns:
     {output name: float32 [N, D]}.
@@ -101,8 +126,16 @@ def extract(network: keras.Model, images, *, batch_size: int = 50, progress: boo
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+  batch_size = -(-batch_size // replicas) * replicas
+  with numerics.exact_float32(not allow_tf32):
+    return _extract(network, images, batch_size=batch_size, progress=progress,
+                    step=feature_step(network, jit_compile=jit_compile, strategy=strategy))
+
+
+def _extract(network, images, *, batch_size, progress, step) -> dict[str, np.ndarray]:
+  del network
   chunks, total = _source_arrays(images, batch_size)
-  step = feature_step(network, jit_compile=jit_compile)
   bar = keras.utils.Progbar(total, unit_name="image") if progress else None
   outputs: dict[str, list[np.ndarray]] = {}
   seen = 0
