@@ -1,5 +1,6 @@
 # make demo  — the suite's main job: NVAE quick preset on MNIST (a few minutes on a CPU)
-# make test  — the test suite
+# make test  — the test suite, reference tier and slow end-to-end tests included (what CI runs)
+# make test-fast — the test suite without the tests marked slow
 # make bench — performance figures (ratios measured in one run)
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ SHARED_DATA := $(abspath ../shared/data)
 export GENMODELS_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-fast bench install clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,13 +17,21 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
+# The reference tier (PyTorch and the field's packages) only for the tests.
+$(VENV)/.reference: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test,reference]'
+	touch $@
+
 install: $(VENV)/.installed
 
 demo: install
 	$(PY) -m experiments.nvae_mnist --preset=quick --logdir=runs/demo
 
-test: install
-	$(PY) -m pytest tests -q
+test: $(VENV)/.reference
+	$(PY) -m pytest tests -q --durations=30
+
+test-fast: $(VENV)/.reference
+	$(PY) -m pytest tests -q -m "not slow" --durations=15
 
 bench: install
 	for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

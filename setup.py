@@ -1,4 +1,4 @@
-"""Install: pip install -e .[test]   (GPU: pip install -e .[gpu])."""
+"""Install: pip install -e .[test,reference]   (GPU: pip install -e .[gpu])."""
 
 from setuptools import find_packages, setup
 
@@ -26,6 +26,11 @@ setup(
     ],
     extras_require={
         "test": ["pytest"],
+        # The reference tier of the tests: the field's own packages, run side by side with ours
+        # (imported, never copied). torchvision must match torch; on CPU both work from the
+        # standard wheels.
+        "reference": ["torch>=2.9", "torchvision>=0.24", "pytorch-fid", "lpips", "clean-fid",
+                      "torch-fidelity", "diffusers"],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
     },
 )
