@@ -18,6 +18,7 @@ import hashlib
 import os
 import pathlib
 import sys
+import zipfile
 from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ logs off stderr
@@ -49,7 +50,9 @@ def define_common_flags(fv: flags.FlagValues, *, network: str, reference: bool) 
                        "not change the result).", lower_bound=1, flag_values=fv)
   if network == "inception":
     flags.DEFINE_string("inception_path", None, "TTUR's classify_image_graph_def.pb or "
-                        "inception-2015-12-05.tgz (or a folder with one). Default: "
+                        "inception-2015-12-05.tgz, or pytorch-fid's pt_inception-2015-12-05-"
+                        "6726825d.pth / torch-fidelity's weights-inception-2015-12-05-6726825d.pth "
+                        "(needs PyTorch once), or a folder with one. Default: "
                         f"${networks.INCEPTION_PATH_ENV}, then the cache folder, then a download.",
                         flag_values=fv)
   else:
@@ -157,7 +160,8 @@ def open_source(path: str, flag: str, *, kind: str, min_count: int, allow_stats:
   """Opens and checks an input: images, a features .npz (key `kind`) or TTUR statistics."""
   file = pathlib.Path(path)
   source = Source(flag=flag, kind=kind)
-  if file.suffix == ".npz" and file.exists():
+  # An .npz is a zip archive: recognised by content, so statistics saved under any name load.
+  if file.is_file() and (file.suffix == ".npz" or zipfile.is_zipfile(file)):
     try:
       with np.load(file, allow_pickle=False) as data:
         keys = set(data.files)

@@ -73,6 +73,17 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
                - 2.0 * trace_sqrt_product(sigma1, sigma2))
 
 
+def save_statistics(path, mu, sigma) -> None:
+  """Writes TTUR-format statistics (.npz with `mu`, `sigma`) to exactly `path`.
+
+  `np.savez(path)` would append ".npz" to a name without it; the file is written through a
+  handle instead, so `--save_stats out.stats` gives `out.stats`, which `--reference` reads back
+  (it recognises .npz files by their content, not their name).
+  """
+  with open(path, "wb") as f:
+    np.savez(f, mu=mu, sigma=sigma)
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line
 
@@ -80,7 +91,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 def _define_flags(fv) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("save_stats", None, "Write the reference statistics (TTUR format: .npz with "
-                      "'mu' and 'sigma') to this file, for later use as --reference.",
+                      "'mu' and 'sigma') to exactly this file (no suffix added), for later use as "
+                      "--reference.",
                       flag_values=fv)
 
 
@@ -99,7 +111,7 @@ def _run(fv) -> None:
   value = frechet_distance(mu1, sigma1, mu2, sigma2)
   cli.commit_cache(network)
   if fv.save_stats:
-    np.savez(fv.save_stats, mu=mu2, sigma=sigma2)
+    save_statistics(fv.save_stats, mu2, sigma2)
   print(f"FID: {value:.6f}")
 
 

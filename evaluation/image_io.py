@@ -3,6 +3,8 @@
 Accepted inputs:
   * a folder of .png/.jpg/.jpeg files (grey or RGB; palette/RGBA are converted to RGB; a folder
     mixing grey and RGB files is read as RGB), all of one size, read in sorted name order;
+    16-bit grey PNGs (PIL modes "I;16*" / "I") are read at full depth and scaled to [0, 1] by
+    1/65535 (a folder holding one is read as float [0, 1], 8-bit files by 1/255), never clipped;
   * a .npy file, or a .npz file with one array (or an array named "images"): uint8 [N, H, W, C]
     or float [N, H, W, C] in [0, 1], C in {1, 3}; [N, H, W] is read as grey.
 Every problem (missing or empty folder, unreadable/corrupt file, mixed sizes, wrong shape/dtype/
@@ -20,7 +22,10 @@ import numpy as np
 from PIL import Image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-_GREY_MODES = ("1", "L", "I", "I;16", "F")
+_GREY_MODES = ("1", "L", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+# 16-bit grey PNGs open as "I;16" (or "I" in older Pillow): full depth, scaled by 1/65535.
+_DEEP_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+_DEEP_MAX = 65535.0  # PNG 16-bit sample maximum
 
 
 class ImageInputError(ValueError):
@@ -66,6 +71,7 @@ class ImageFolder:
   height: int
   width: int
   channels: int
+  deep: bool = False  # some file is 16-bit: every image is read as float32 in [0, 1]
 
   def __len__(self) -> int:
     return len(self.files)
@@ -73,8 +79,15 @@ class ImageFolder:
   def _read(self, file: pathlib.Path) -> np.ndarray:
     try:
       with Image.open(file) as image:
-        image = image.convert("L" if self.channels == 1 else "RGB")
-        array = np.asarray(image, dtype=np.uint8)
+        if image.mode in _DEEP_MODES:
+          array = read_deep_grey(image)  # float32 [H, W] in [0, 1]
+          if self.channels == 3:
+            array = np.repeat(array[..., None], 3, axis=-1)
+        else:
+          image = image.convert("L" if self.channels == 1 else "RGB")
+          array = np.asarray(image, dtype=np.uint8)
+          if self.deep:
+            array = array.astype(np.float32) / np.float32(255.0)
     except (OSError, ValueError, SyntaxError) as e:
       raise ImageInputError(f"cannot decode image {file}: {e}") from e
     if array.shape[:2] != (self.height, self.width):
@@ -84,7 +97,20 @@ class ImageFolder:
 
   def batches(self, batch_size: int) -> Iterator[np.ndarray]:
     for start in range(0, len(self.files), batch_size):
-      yield np.stack([self._read(f) for f in self.files[start:start + batch_size]])  # uint8
+      # uint8, or float32 in [0, 1] when the folder holds 16-bit files
+      yield np.stack([self._read(f) for f in self.files[start:start + batch_size]])
+
+
+def read_deep_grey(image: Image.Image) -> np.ndarray:
+  """A 16-bit grey PIL image -> float32 [H, W] in [0, 1] (value / 65535), full depth.
+
+  Raises ValueError for values outside [0, 65535] (e.g. a 32-bit "I" image that is not a PNG).
+  """
+  array = np.asarray(image).astype(np.float64)
+  if array.size and (array.min() < 0 or array.max() > _DEEP_MAX):
+    raise ValueError(f"{image.mode} image values span [{array.min():.0f}, {array.max():.0f}], "
+                     "outside 16-bit [0, 65535]")
+  return (array / _DEEP_MAX).astype(np.float32)
 
 
 def open_image_folder(path: str | os.PathLike) -> ImageFolder:
@@ -98,7 +124,7 @@ def open_image_folder(path: str | os.PathLike) -> ImageFolder:
                  if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
   if not files:
     raise ImageInputError(f"image folder {folder} holds no {'/'.join(IMAGE_EXTENSIONS)} files")
-  size, channels = None, 1
+  size, channels, deep = None, 1, False
   for file in files:
     try:
       with Image.open(file) as image:
@@ -113,7 +139,8 @@ def open_image_folder(path: str | os.PathLike) -> ImageFolder:
                             f"{size[0]}x{size[1]}, {file.name} is {file_size[0]}x{file_size[1]}")
     if mode not in _GREY_MODES:
       channels = 3
-  return ImageFolder(folder, files, height=size[1], width=size[0], channels=channels)
+    deep = deep or mode in _DEEP_MODES
+  return ImageFolder(folder, files, height=size[1], width=size[0], channels=channels, deep=deep)
 
 
 def load_image_array(path: str | os.PathLike) -> np.ndarray:

@@ -416,3 +416,126 @@ def assign_weights(model: keras.Model, weights: Mapping[str, np.ndarray]) -> Non
   unused.discard(SOFTMAX_WEIGHTS)
   if unused:
     raise GraphDefMismatchError(f"tensors not used by the Keras model: {sorted(unused)[:5]}")
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch state dicts: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` and torch-fidelity's
+# `weights-inception-2015-12-05-6726825d.pth` (the same 2015 graph, ported; torchvision
+# `Inception3` module names: `Mixed_5b.branch1x1.conv.weight`, `...bn.running_var`, `fc.weight`).
+
+# Graph block scope -> torchvision module (pytorch_fid/inception.py `fid_inception_v3`).
+_TORCH_BLOCKS = {"mixed": "Mixed_5b", "mixed_1": "Mixed_5c", "mixed_2": "Mixed_5d",
+                 "mixed_3": "Mixed_6a", "mixed_4": "Mixed_6b", "mixed_5": "Mixed_6c",
+                 "mixed_6": "Mixed_6d", "mixed_7": "Mixed_6e", "mixed_8": "Mixed_7a",
+                 "mixed_9": "Mixed_7b", "mixed_10": "Mixed_7c"}
+_TORCH_STEM = {"conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3",
+               "conv_3": "Conv2d_3b_1x1", "conv_4": "Conv2d_4a_3x3"}
+# Unit scope inside a block -> torchvision branch, per block kind (torchvision InceptionA..E).
+_TORCH_BRANCHES = {
+    "A": {"conv": "branch1x1", "tower/conv": "branch5x5_1", "tower/conv_1": "branch5x5_2",
+          "tower_1/conv": "branch3x3dbl_1", "tower_1/conv_1": "branch3x3dbl_2",
+          "tower_1/conv_2": "branch3x3dbl_3", "tower_2/conv": "branch_pool"},
+    "B": {"conv": "branch3x3", "tower/conv": "branch3x3dbl_1", "tower/conv_1": "branch3x3dbl_2",
+          "tower/conv_2": "branch3x3dbl_3"},
+    "C": {"conv": "branch1x1", "tower/conv": "branch7x7_1", "tower/conv_1": "branch7x7_2",
+          "tower/conv_2": "branch7x7_3", "tower_1/conv": "branch7x7dbl_1",
+          "tower_1/conv_1": "branch7x7dbl_2", "tower_1/conv_2": "branch7x7dbl_3",
+          "tower_1/conv_3": "branch7x7dbl_4", "tower_1/conv_4": "branch7x7dbl_5",
+          "tower_2/conv": "branch_pool"},
+    "D": {"tower/conv": "branch3x3_1", "tower/conv_1": "branch3x3_2",
+          "tower_1/conv": "branch7x7x3_1", "tower_1/conv_1": "branch7x7x3_2",
+          "tower_1/conv_2": "branch7x7x3_3", "tower_1/conv_3": "branch7x7x3_4"},
+    "E": {"conv": "branch1x1", "tower/conv": "branch3x3_1", "tower/mixed/conv": "branch3x3_2a",
+          "tower/mixed/conv_1": "branch3x3_2b", "tower_1/conv": "branch3x3dbl_1",
+          "tower_1/conv_1": "branch3x3dbl_2", "tower_1/mixed/conv": "branch3x3dbl_3a",
+          "tower_1/mixed/conv_1": "branch3x3dbl_3b", "tower_2/conv": "branch_pool"},
+}
+_BLOCK_KIND = {"mixed": "A", "mixed_1": "A", "mixed_2": "A", "mixed_3": "B", "mixed_4": "C",
+               "mixed_5": "C", "mixed_6": "C", "mixed_7": "C", "mixed_8": "D", "mixed_9": "E",
+               "mixed_10": "E"}
+# Entries of the state dict that the features and the 1008 logits (no bias) do not use.
+_TORCH_UNUSED = ("fc.bias",)
+
+
+def torch_module_name(scope: str) -> str:
+  """torchvision `Inception3` module of a graph conv unit, e.g. "mixed_4/tower/conv_1" ->
+  "Mixed_6b.branch7x7_2"."""
+  if scope in _TORCH_STEM:
+    return _TORCH_STEM[scope]
+  block, _, unit = scope.partition("/")
+  return f"{_TORCH_BLOCKS[block]}.{_TORCH_BRANCHES[_BLOCK_KIND[block]][unit]}"
+
+
+def convert_torch_state_dict(state: Mapping[str, np.ndarray], *,
+                             source: str = "state dict") -> tuple[dict[str, np.ndarray], int]:
+  """pytorch-fid / torch-fidelity Inception state dict (numpy arrays) -> graph tensors.
+
+  Per conv unit: `<module>.conv.weight` [O, I, kh, kw] -> `<scope>/conv2d_params` [kh, kw, I, O];
+  `<module>.bn.{weight, bias, running_mean, running_var}` -> `<scope>/batchnorm/{gamma, beta,
+  moving_mean, moving_variance}`; `fc.weight` [1008, 2048] -> `softmax/weights` [2048, 1008].
+  `fc.bias` and `*.num_batches_tracked` are not used (the logits of the 2015 graph's IS are
+  `pool_3 @ W`, no bias, as torch-fidelity's `logits_unbiased`). Every other entry must be used
+  and every shape must match the architecture (a narrow file gives a narrow network).
+
+  Returns:
+    ({graph tensor name: float32 array}, width_divisor), for `assign_weights`.
+
+  Raises:
+    GraphDefMismatchError: missing/unexpected entries or wrong shapes (the message names one).
+  """
+  first = state.get("Conv2d_1a_3x3.conv.weight")
+  _check(first is not None and np.ndim(first) == 4 and first.shape[0] >= 1
+         and 32 % first.shape[0] == 0,
+         f"{source} has no Conv2d_1a_3x3.conv.weight [32, 3, 3, 3]: not a pytorch-fid / "
+         f"torch-fidelity Inception state dict (keys start {sorted(state)[:3]})")
+  width_divisor = 32 // first.shape[0]
+  weights: dict[str, np.ndarray] = {}
+  used = set(_TORCH_UNUSED)
+  for unit in conv_units():
+    module = torch_module_name(unit.scope)
+    filters = _scaled(unit.filters, width_divisor)
+    key = module + ".conv.weight"
+    _check(key in state, f"{source} has no {key!r}")
+    kernel = np.asarray(state[key], np.float32)
+    _check(kernel.ndim == 4 and kernel.shape[0] == filters and tuple(kernel.shape[2:]) == unit.kernel,
+           f"{source}: {key} has shape {kernel.shape}, expected [{filters}, C_in, "
+           f"{unit.kernel[0]}, {unit.kernel[1]}]")
+    weights[unit.scope + "/conv2d_params"] = kernel.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    used.add(key)
+    for ours, theirs in (("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean"),
+                         ("moving_variance", "running_var")):
+      key = f"{module}.bn.{theirs}"
+      _check(key in state, f"{source} has no {key!r}")
+      value = np.asarray(state[key], np.float32)
+      _check(value.shape == (filters,), f"{source}: {key} has shape {value.shape}, expected ({filters},)")
+      weights[f"{unit.scope}/batchnorm/{ours}"] = value
+      used.add(key)
+  _check("fc.weight" in state, f"{source} has no 'fc.weight' (the 1008-way head)")
+  fc = np.asarray(state["fc.weight"], np.float32)
+  pool3_dim = _scaled(POOL3_DIM, width_divisor)
+  _check(fc.shape == (NUM_LOGITS, pool3_dim),
+         f"{source}: fc.weight has shape {fc.shape}, expected ({NUM_LOGITS}, {pool3_dim})")
+  weights[SOFTMAX_WEIGHTS] = fc.T.copy()
+  used.add("fc.weight")
+  unexpected = sorted(k for k in state if k not in used and not k.endswith(".num_batches_tracked"))
+  _check(not unexpected, f"{source}: entries not in the FID Inception network: {unexpected[:5]}")
+  return weights, width_divisor
+
+
+def read_torch_weights(path: str) -> tuple[dict[str, np.ndarray], int]:
+  """Graph tensors of a pytorch-fid / torch-fidelity `.pth` file (needs PyTorch, imported here)."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  except ImportError as e:
+    raise GraphDefMismatchError(
+        f"{path} is a PyTorch file; reading it needs PyTorch (pip install torch --index-url "
+        "https://download.pytorch.org/whl/cpu), or pass TTUR's classify_image_graph_def.pb") from e
+  try:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except  # torch raises pickle/zip/runtime errors
+    raise GraphDefMismatchError(f"cannot read {path} with torch.load: {e}") from e
+  if not isinstance(state, Mapping):
+    raise GraphDefMismatchError(f"{path} does not hold a state dict (got {type(state).__name__})")
+  state = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
+           for k, v in state.items()}
+  return convert_torch_state_dict(state, source=path)

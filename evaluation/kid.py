@@ -31,11 +31,19 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def kernel_inception_distance(real_features, fake_features, *, num_subsets: int = 100,
-                              subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+                              subset_size: int = 1000, seed: int = 0,
+                              rng=None) -> tuple[float, float]:
   """Mean and standard deviation of `mmd2_unbiased` over random subsets.
 
-  Each subset draws `subset_size` rows without replacement from each set (numpy Generator with
-  `seed`); `subset_size` is clipped to the smaller set, as clean-fid does. Features in float64.
+  Each subset draws `subset_size` rows without replacement from each set, first from
+  `real_features`, then from `fake_features` (`rng.choice(n, m, replace=False)`, with `rng` a
+  numpy Generator seeded with `seed` unless given); `subset_size` is clipped to the smaller set,
+  as clean-fid does. Features in float64.
+
+  The reference implementations draw with a legacy `np.random.RandomState` stream; passing the
+  same stream reproduces their subsets exactly (checked in tests/reference/test_metrics_ref.py):
+    * torch-fidelity `kid_features_to_metric(f1, f2)`, rng_seed s: ours(f1, f2, rng=RandomState(s));
+    * clean-fid `kernel_distance(f1, f2)` after `np.random.seed(s)`: ours(f2, f1, rng=RandomState(s)).
 
   Raises:
     ValueError: non-2-D or mismatched features, fewer than 2 samples, bad subset settings.
@@ -51,7 +59,7 @@ def kernel_inception_distance(real_features, fake_features, *, num_subsets: int 
     raise ValueError(f"KID needs at least 2 samples per set, got {real.shape[0]} and {fake.shape[0]}")
   if not (np.isfinite(real).all() and np.isfinite(fake).all()):
     raise ValueError("features contain NaN or inf")
-  rng = np.random.default_rng(seed)
+  rng = np.random.default_rng(seed) if rng is None else rng
   estimates = np.empty(num_subsets)
   for i in range(num_subsets):
     x = real[rng.choice(real.shape[0], m, replace=False)]

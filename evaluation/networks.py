@@ -12,10 +12,14 @@ Lookup order for each network (first hit wins):
      `keras.utils.get_file` with Keras's MD5 check.
 If none works, `WeightsUnavailableError` says where to put the file. Nothing is ever faked.
 
-Inception: `weights_path` may be `classify_image_graph_def.pb`, `inception-2015-12-05.tgz`, or a
-folder holding either. The GraphDef is parsed and checked once (see `evaluation.inception`), and
-its tensors are cached as `inception_2015_<sha256[:16]>.npz` in the cache folder; later calls load
-that. The SHA-256 of the downloaded .tgz is compared with $GENMODELS_INCEPTION_SHA256 when set;
+Inception: `weights_path` may be `classify_image_graph_def.pb`, `inception-2015-12-05.tgz`,
+pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` / torch-fidelity's
+`weights-inception-2015-12-05-6726825d.pth` (the same graph ported to PyTorch; reading it needs
+PyTorch), or a folder holding one. Step 3 also looks in PyTorch's hub cache
+($TORCH_HOME/hub/checkpoints, default ~/.cache/torch), where pytorch-fid / torch-fidelity keep
+their download. The file is parsed and checked once (see `evaluation.inception`), and its tensors
+are cached as `inception_2015_<sha256[:16]>.npz` in the cache folder; later calls load that (so a
+.pth needs PyTorch only the first time). The SHA-256 of the downloaded .tgz is compared with $GENMODELS_INCEPTION_SHA256 when set;
 the structural check of `read_graph_def_weights` (every tensor, shape, stride, padding, pool type,
 concat order, constant) runs on every .pb regardless.
 """
@@ -42,6 +46,10 @@ CACHE_DIR_ENV = "GENMODELS_CACHE_DIR"
 INCEPTION_SHA256_ENV = "GENMODELS_INCEPTION_SHA256"
 INCEPTION_URL = "http://download.tensorflow.org/models/image/imagenet/inception-2015-12-05.tgz"  # TTUR fid.py
 INCEPTION_PB = "classify_image_graph_def.pb"
+# pytorch_fid/inception.py FID_WEIGHTS_URL; torch_fidelity/feature_extractor_inceptionv3.py
+INCEPTION_TORCH_FILES = ("pt_inception-2015-12-05-6726825d.pth",
+                         "weights-inception-2015-12-05-6726825d.pth")
+TORCH_SUFFIXES = (".pth", ".pt")
 VGG16_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
              "vgg16_weights_tf_dim_ordering_tf_kernels.h5")  # keras/src/applications/vgg16.py
 VGG16_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
@@ -86,13 +94,22 @@ def _local_inception_pb(path: pathlib.Path) -> pathlib.Path:
         f"Inception weights not found at {path}: expected {INCEPTION_PB} or "
         f"inception-2015-12-05.tgz (from {INCEPTION_URL})")
   if path.is_dir():
-    for candidate in (path / INCEPTION_PB, path / "inception-2015-12-05.tgz"):
+    for candidate in (path / INCEPTION_PB, path / "inception-2015-12-05.tgz",
+                      *(path / name for name in INCEPTION_TORCH_FILES)):
       if candidate.exists():
         return _local_inception_pb(candidate)
-    raise WeightsUnavailableError(f"{path} holds neither {INCEPTION_PB} nor inception-2015-12-05.tgz")
+    raise WeightsUnavailableError(f"{path} holds neither {INCEPTION_PB}, inception-2015-12-05.tgz "
+                                  f"nor {' / '.join(INCEPTION_TORCH_FILES)}")
   if path.suffix in (".tgz", ".gz", ".tar"):
     return _extract_pb(path, cache_dir() / "inception-2015-12-05")
   return path
+
+
+def torch_hub_checkpoints() -> pathlib.Path:
+  """PyTorch's download cache: $TORCH_HOME/hub/checkpoints (torch.hub default ~/.cache/torch)."""
+  torch_home = os.environ.get("TORCH_HOME") or pathlib.Path(
+      os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "torch"
+  return pathlib.Path(torch_home).expanduser() / "hub" / "checkpoints"
 
 
 def _download_inception(target_dir: pathlib.Path) -> pathlib.Path:
@@ -120,6 +137,10 @@ def resolve_inception_graph_def(weights_path: str | os.PathLike | None = None, *
   cached = cache_dir() / "inception-2015-12-05" / INCEPTION_PB
   if cached.exists():
     return cached
+  torch_hub = torch_hub_checkpoints()
+  for name in INCEPTION_TORCH_FILES:
+    if (torch_hub / name).exists():
+      return torch_hub / name
   hint = (f"Put {INCEPTION_PB} (inside {INCEPTION_URL}) at {cached}, or set "
           f"${INCEPTION_PATH_ENV} / pass --inception_path to the .pb or .tgz")
   if not download:
@@ -132,7 +153,7 @@ def resolve_inception_graph_def(weights_path: str | os.PathLike | None = None, *
 
 
 def load_inception_weights(pb_path: pathlib.Path) -> tuple[dict[str, np.ndarray], int]:
-  """Checked graph tensors of a .pb, converted once and cached as .npz."""
+  """Checked graph tensors of a .pb (or a PyTorch .pth), converted once and cached as .npz."""
   from evaluation import inception  # pylint: disable=g-import-not-at-top
   digest = _sha256(pb_path)
   converted = cache_dir() / f"inception_2015_{digest[:16]}.npz"
@@ -140,7 +161,10 @@ def load_inception_weights(pb_path: pathlib.Path) -> tuple[dict[str, np.ndarray]
     with np.load(converted) as data:
       weights = {key: data[key] for key in data.files if key != "__width_divisor__"}
       return weights, int(data["__width_divisor__"])
-  weights, width_divisor = inception.read_graph_def_weights(str(pb_path))
+  if pb_path.suffix in TORCH_SUFFIXES:
+    weights, width_divisor = inception.read_torch_weights(str(pb_path))
+  else:
+    weights, width_divisor = inception.read_graph_def_weights(str(pb_path))
   try:
     converted.parent.mkdir(parents=True, exist_ok=True)
     tmp = converted.with_suffix(".tmp.npz")

@@ -7,8 +7,14 @@ random weights and every width divided by `width_divisor`.
 
 `evaluate_graph_def` runs such a graph node by node with plain TensorFlow ops, following the
 GraphDef's own edges (TensorFlow >= 2.x refuses to execute BatchNormWithGlobalNormalization, so
-that one op is written out by its documented formula). It shares no code with
-`evaluation.inception`, so it checks the Keras model's structure and the weight mapping.
+that one op is written out by its documented formula).
+
+What this can and cannot check: the writer lays the graph out from `inception.STEM` / `BLOCKS`,
+so comparing the Keras model with `evaluate_graph_def` checks the .pb reader and the weight
+mapping (a swapped gamma/beta, a transposed kernel, a wrong concat order in the reader), NOT the
+architecture itself -- a wrong kernel size or pool type in STEM/BLOCKS would be in both. The
+architecture is checked independently in tests/reference/test_fid_inception.py against
+pytorch-fid's and torch-fidelity's networks (written by other people), to 1e-4.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from evaluation import features
 from evaluation import fid
+from evaluation import image_io
 from evaluation import inception_score
 from evaluation import kid
 from evaluation import networks
@@ -56,14 +58,14 @@ def test_fid_command_end_to_end(tmp_path, graph_pb, capsys):
   inputs.mkdir()
   samples = _folder(inputs / "samples", _images(6, seed=1))
   reference = _folder(inputs / "reference", _images(6, seed=2))
-  stats = str(tmp_path / "stats.npz")
+  stats = str(tmp_path / "reference.stats")  # any name: written exactly there, read back
   args = ["--samples", samples, "--reference", reference, "--inception_path", graph_pb,
           "--noprogress", "--batch_size", "4"]
   assert fid.main(args + ["--save_stats", stats]) == 0
   first = float(capsys.readouterr().out.strip().splitlines()[-1].split("FID:")[1])
   assert first > 0
   cached = list((tmp_path / "cache" / "reference_features").glob("*.npz"))
-  assert len(cached) == 1 and os.path.exists(stats)
+  assert len(cached) == 1 and os.path.exists(stats) and not os.path.exists(stats + ".npz")
   # The cached reference features and the saved statistics both reproduce the value.
   assert fid.main(args + ["--nojit_compile"]) == 0
   assert float(capsys.readouterr().out.split("FID:")[1]) == pytest.approx(first, rel=1e-6)
@@ -75,18 +77,58 @@ def test_fid_command_end_to_end(tmp_path, graph_pb, capsys):
   assert abs(float(capsys.readouterr().out.split("FID:")[1])) < 1e-6
 
 
+def _numpy_kid(real, fake, subsets):
+  """KID from the definition (Binkowski et al. 2018, Eq. 4 with k(x, y) = (x.y / d + 1)^3), per
+  subset of row indices (real_idx, fake_idx), in float64; mean and std over subsets."""
+  values = []
+  for real_idx, fake_idx in subsets:
+    x, y = real[real_idx].astype(np.float64), fake[fake_idx].astype(np.float64)
+    m, d = x.shape
+    k = lambda a, b: (a @ b.T / d + 1.0) ** 3
+    kxx, kyy = k(x, x), k(y, y)
+    values.append((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+                  - 2 * k(x, y).mean())
+  return np.mean(values), np.std(values)
+
+
+def _numpy_inception_score(logits, splits):
+  """exp(mean_x KL(p(y|x) || p(y))) per consecutive split, p(y) the split's mean prediction."""
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  scores = []
+  for part in np.array_split(p, splits):
+    scores.append(np.exp(np.mean(np.sum(part * (np.log(part) - np.log(part.mean(0))), 1))))
+  return np.mean(scores), np.std(scores)
+
+
 def test_kid_and_inception_score_commands(tmp_path, graph_pb, capsys):
-  np.save(tmp_path / "a.npy", _images(8, seed=3))
-  np.savez(tmp_path / "b.npz", images=_images(8, seed=4).astype(np.float32) / 255.0)
+  fake_images = _images(8, seed=3)
+  real_images = _images(8, seed=4).astype(np.float32) / 255.0
+  np.save(tmp_path / "a.npy", fake_images)
+  np.savez(tmp_path / "b.npz", images=real_images)
   assert kid.main(["--samples", str(tmp_path / "a.npy"), "--reference", str(tmp_path / "b.npz"),
                    "--inception_path", graph_pb, "--noprogress", "--num_subsets", "3",
-                   "--nojit_compile"]) == 0
-  assert capsys.readouterr().out.strip().splitlines()[-1].startswith("KID: ")
-  assert inception_score.main(["--samples", str(tmp_path / "a.npy"), "--splits", "2",
-                               "--inception_path", graph_pb, "--noprogress",
-                               "--nojit_compile"]) == 0
-  value = float(capsys.readouterr().out.split("IS:")[1].split("+-")[0])
-  assert 1.0 <= value <= 1008
+                   "--subset_size", "5", "--seed", "7", "--nojit_compile"]) == 0
+  line = capsys.readouterr().out.strip().splitlines()[-1]
+  mean, std = (float(v) for v in line.split("KID:")[1].split("+-"))
+  # The same value from the network's features, with the subsets drawn as documented (numpy
+  # Generator(seed): real rows, then fake rows, per subset).
+  model = networks.inception_network(graph_pb, download=False)
+  extract = lambda images: features.extract(model, images, batch_size=50, progress=False,
+                                            jit_compile=False)  # as the command runs it
+  fake, real = extract(fake_images)["pool_3"], extract(real_images)["pool_3"]
+  rng = np.random.default_rng(7)
+  subsets = [(rng.choice(8, 5, replace=False), rng.choice(8, 5, replace=False)) for _ in range(3)]
+  want_mean, want_std = _numpy_kid(real, fake, subsets)
+  assert mean == pytest.approx(want_mean, rel=1e-4) and std == pytest.approx(want_std, rel=1e-4)
+  # IS from given logits (the narrow test graph's logits are nearly uniform, IS ~ 1).
+  logits = np.random.default_rng(5).normal(0, 3, (20, 1008))
+  np.savez(tmp_path / "logits.npz", logits=logits)
+  assert inception_score.main(["--samples", str(tmp_path / "logits.npz"), "--splits", "2"]) == 0
+  mean, std = (float(v) for v in capsys.readouterr().out.split("IS:")[1].split("+-"))
+  want_mean, want_std = _numpy_inception_score(logits, 2)
+  assert mean == pytest.approx(want_mean, abs=1e-6) and std == pytest.approx(want_std, abs=1e-6)
+  assert mean > 1.0 + 1e-3  # not the degenerate value of identical predictions
 
 
 def test_precision_recall_command_on_cached_features(tmp_path, capsys):
@@ -164,3 +206,29 @@ def test_help_and_subprocess_exit_code(tmp_path):
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines() == [f"error: --samples: image folder {tmp_path / 'x'} "
                                              "does not exist"]
+
+
+def test_16_bit_grey_pngs_are_read_at_full_depth(tmp_path, graph_pb, capsys):
+  values = np.random.default_rng(0).integers(0, 65536, (4, 16, 16)).astype(np.uint16)
+  values[0, 0, :4] = [0, 255, 256, 65535]  # 8-bit clipping would make the last two 255
+  folder = tmp_path / "inputs" / "deep"
+  folder.mkdir(parents=True)
+  for i, image in enumerate(values):
+    Image.fromarray(image).save(folder / f"{i}.png")  # PIL mode I;16
+  with Image.open(folder / "0.png") as image:
+    assert image.mode in ("I;16", "I")
+  read = next(image_io.open_images(folder).batches(4))
+  assert read.dtype == np.float32 and read.shape == (4, 16, 16, 1)
+  np.testing.assert_array_equal(read[..., 0], values.astype(np.float32) / np.float32(65535.0))
+  # 8-bit files next to a 16-bit one are read as float [0, 1] too (x / 255).
+  Image.fromarray(np.full((16, 16), 51, np.uint8)).save(folder / "9.png")
+  mixed = next(image_io.open_images(folder).batches(5))
+  assert mixed.dtype == np.float32 and np.all(mixed[4] == np.float32(51 / 255))
+  # The metric sees the same values as the equivalent float array.
+  np.save(tmp_path / "inputs" / "deep.npy", mixed)
+  outputs = []
+  for source in (str(folder), str(tmp_path / "inputs" / "deep.npy")):
+    assert inception_score.main(["--samples", source, "--splits", "1", "--inception_path",
+                                 graph_pb, "--noprogress", "--nojit_compile"]) == 0
+    outputs.append(capsys.readouterr().out)
+  assert outputs[0] == outputs[1]

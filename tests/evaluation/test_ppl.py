@@ -54,11 +54,32 @@ def test_slerp_path_length_is_the_squared_path_speed():
                                    num_samples=8, distance=_squared_pixel_distance,
                                    interpolation="slerp", epsilon=1e-3, seed=7)
   z0, z1 = drawn
-  t = np.random.default_rng(7).uniform(0.0, 1.0, size=8)
-  # Derivative of z(t) = r(t) u(t) by central differences in float64 (independent of float32).
-  h = 1e-6
-  speed = (ppl.slerp(z0, z1, t + h) - ppl.slerp(z0, z1, t - h)) / (2 * h)
-  np.testing.assert_allclose(values, ((speed @ a) ** 2).sum(1), rtol=2e-2)
+  t = np.random.default_rng(7).uniform(0.0, 1.0, size=8)[:, None]
+  # Closed form of the path's velocity: z(t) = r(t) u(t), r = (1 - t)|z0| + t|z1|,
+  # u = cos(t theta) a + sin(t theta) c (a, c orthonormal, theta the angle between z0 and z1):
+  # dz/dt = (|z1| - |z0|) u + r theta (-sin(t theta) a + cos(t theta) c).
+  n0, n1 = np.linalg.norm(z0, axis=1, keepdims=True), np.linalg.norm(z1, axis=1, keepdims=True)
+  unit_a, unit_b = z0 / n0, z1 / n1
+  theta = np.arccos(np.sum(unit_a * unit_b, axis=1, keepdims=True))
+  c = unit_b - np.cos(theta) * unit_a
+  c /= np.linalg.norm(c, axis=1, keepdims=True)
+  u = np.cos(t * theta) * unit_a + np.sin(t * theta) * c
+  velocity = (n1 - n0) * u + ((1 - t) * n0 + t * n1) * theta * (
+      -np.sin(t * theta) * unit_a + np.cos(t * theta) * c)
+  np.testing.assert_allclose(values, ((velocity @ a) ** 2).sum(1), rtol=2e-2)
+  # On the unit sphere it is StyleGAN's slerp (metrics/perceptual_path_length.py), written out.
+  def stylegan_slerp(a, b, t):
+    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+    d = np.sum(a * b, axis=-1, keepdims=True)
+    p = t * np.arccos(d)
+    c = b - d * a
+    c = c / np.linalg.norm(c, axis=-1, keepdims=True)
+    d = a * np.cos(p) + c * np.sin(p)
+    return d / np.linalg.norm(d, axis=-1, keepdims=True)
+  np.testing.assert_allclose(ppl.slerp(unit_a, unit_b, t[:, 0]), stylegan_slerp(unit_a, unit_b, t),
+                             rtol=1e-10, atol=1e-12)
+  t = t[:, 0]
   # Endpoints and norms of the interpolation.
   np.testing.assert_allclose(ppl.slerp(z0, z1, np.zeros(8)), z0, atol=1e-12)
   np.testing.assert_allclose(ppl.slerp(z0, z1, np.ones(8)), z1, atol=1e-12)
