@@ -24,6 +24,7 @@ import tensorflow as tf  # noqa: E402
 
 from experiments import harness  # noqa: E402
 from experiments import vampprior  # noqa: E402
+from vampprior_tf import optim  # noqa: E402
 
 flags.DEFINE_integer("steps", 20, "Timed steps per configuration (after as many untimed steps, which include compilation).")
 flags.DEFINE_list("configs", ["vae:standard", "vae:vampprior", "hvae_2level:vampprior",
@@ -55,7 +56,7 @@ def time_config(model_name, prior, images):
     trainer = harness.Trainer(config=config, strategy=strategy, model=model, optimizer=optimizer,
                               loss_fn=vampprior.make_loss_fn(settings.warmup),
                               train_data=tf.data.Dataset.from_tensor_slices(images),
-                              grad_transform=vampprior.normalize_gradients)
+                              grad_transform=optim.normalize_gradients)
     last = trainer.fit()
   return BATCH / last["examples_per_s"]
 

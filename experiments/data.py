@@ -272,6 +272,12 @@ def dynamic_binarization(dataset: tf.data.Dataset, *, seed: int) -> tf.data.Data
       lambda s, e: binarize(s, e), num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def binarize_once(images: np.ndarray, *, seed: int) -> np.ndarray:
+  """x_bin = 1[u < x], u ~ U(0, 1) from NumPy RandomState(seed): one fixed binarization of grey
+  images (evaluation sets), float32 0/1, the same for the same seed."""
+  return (np.random.RandomState(seed).uniform(size=images.shape) < images).astype(np.float32)
+
+
 def num_examples(dataset: tf.data.Dataset) -> int:
   n = int(dataset.cardinality())
   if n < 0:

@@ -23,16 +23,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from evaluation import likelihood
 from experiments import data
 from experiments import flags as common
 from experiments import harness
 from experiments import results
 from vampprior_tf import distributions
+from vampprior_tf import likelihood
 from vampprior_tf import model as models
 from vampprior_tf import priors
 
-PRIORS = ("gaussian", "mog", "flow", "vampprior")
+PRIORS = ("standard", "mog", "flow", "vampprior")  # names of vampprior_tf.priors.PRIORS
 
 def define_flags():
   """Defines this script's flags: called when it runs (not at import, so experiment modules
@@ -74,22 +74,15 @@ def load_split(data_dir=None):
   images, labels = data.load_arrays("mnist", "test", data_dir)
   order = np.random.RandomState(SPLIT_SEED).permutation(len(images))
   train, test = order[:NUM_TRAIN], order[NUM_TRAIN:NUM_TRAIN + NUM_TEST]
-  rng = np.random.RandomState(TEST_BINARIZATION_SEED)
-  test_images = (rng.uniform(size=images[test].shape) < images[test]).astype(np.float32)
-  return images[train], test_images, labels[test]
+  return (images[train], data.binarize_once(images[test], seed=TEST_BINARIZATION_SEED),
+          labels[test])
 
 
 def build_prior(name: str):
-  if name == "gaussian":
-    return priors.StandardPrior(LATENT_DIM)
-  if name == "mog":
-    return priors.MixtureOfGaussiansPrior(LATENT_DIM, NUM_COMPONENTS)
-  if name == "flow":
-    return priors.FlowPrior(LATENT_DIM, num_couplings=FLOW_COUPLINGS, hidden_units=FLOW_HIDDEN_UNITS)
-  if name == "vampprior":
-    return priors.VampPrior(num_components=NUM_COMPONENTS, image_shape=(28, 28, 1),
-                            init_mean=PSEUDO_MEAN, init_std=PSEUDO_STD, learn_weights=True)
-  raise ValueError(f"unknown prior {name!r}; known: {', '.join(PRIORS)}")
+  return priors.build_prior(name, latent_dim=LATENT_DIM, image_shape=(28, 28, 1),
+                            num_components=NUM_COMPONENTS, pseudo_mean=PSEUDO_MEAN,
+                            pseudo_std=PSEUDO_STD, learn_weights=True,
+                            flow_couplings=FLOW_COUPLINGS, flow_hidden_units=FLOW_HIDDEN_UNITS)
 
 
 def relu_dense(units):
@@ -123,7 +116,7 @@ def train_one(prior_name: str, seed: int, *, train, test, preset: Preset, base_l
   with strategy.scope():
     model = build_model(prior_name, seed=seed)
     model(tf.constant(test[:2]))
-    optimizer = harness.wrap_optimizer(keras.optimizers.Adam(preset.lr))
+    optimizer = keras.optimizers.Adam(preset.lr)
   trainer = harness.Trainer(
       config=config, strategy=strategy, model=model, optimizer=optimizer, loss_fn=loss_fn,
       train_data=tf.data.Dataset.from_tensor_slices(train),
@@ -131,12 +124,12 @@ def train_one(prior_name: str, seed: int, *, train, test, preset: Preset, base_l
   start = time.perf_counter()
   trainer.fit()
   train_time = time.perf_counter() - start
-  summary = likelihood.evaluate_log_likelihood(
-      lambda x, k: model.log_weights(x, k, training=False),
-      tf.data.Dataset.from_tensor_slices(test).batch(100), num_samples=iw_samples,
-      num_dims=784, chunk_size=min(iw_samples, 200), progress=False)
+  counted = likelihood.evaluate_nll(model, test, num_samples=iw_samples, batch_size=100,
+                                    chunk_size=min(iw_samples, 200))
+  summary = counted.summary
   row = {"prior": prior_name, "seed": seed, "elbo": -summary.negative_elbo,
-         "iwae": -summary.nll, "iw_samples": iw_samples, "train_time_s": train_time}
+         "iwae": -summary.nll, "iw_samples": counted.importance_samples,
+         "train_time_s": train_time}
   print(f"{prior_name} seed {seed}: ELBO {row['elbo']:.2f} IWAE {row['iwae']:.2f} "
         f"({train_time:.0f} s)", file=sys.stderr)
   return row, model
@@ -175,24 +168,25 @@ def summarize(rows, prior_names):
     std = lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0  # noqa: E731
     table.append({"prior": name, "elbo": (float(elbo.mean()), std(elbo)),
                   "iwae": (float(iwae.mean()), std(iwae)), "seeds": len(r),
+                  "iw_samples": ",".join(str(k) for k in sorted({x["iw_samples"] for x in r})),
                   "train_time_s": float(np.mean([x["train_time_s"] for x in r]))})
   return table
 
 
 def main(argv):
   del argv
-  unknown = set(FLAGS.compare_priors) - set(PRIORS)
-  if unknown:
-    raise ValueError(f"unknown --compare_priors {sorted(unknown)}; known: {', '.join(PRIORS)}")
+  for name in FLAGS.compare_priors:
+    priors.check_prior_name(name)
   if FLAGS.seeds < 1:
     raise ValueError(f"--seeds must be >= 1, got {FLAGS.seeds}")
   preset = PRESETS[FLAGS.preset]
   iw_samples = FLAGS.iw_samples or preset.iw_samples
-  strategy = harness.setup_runtime(strategy=FLAGS.strategy, precision=FLAGS.precision)
+  strategy = common.setup_runtime()
   train, test, labels = load_split(FLAGS.data_dir)
   base = FLAGS.logdir or common.default_logdir("priors_2d", preset=FLAGS.preset)
-  stem = os.path.splitext(FLAGS.study_output)[0]
-  os.makedirs(os.path.dirname(FLAGS.study_output) or ".", exist_ok=True)
+  output = common.results_file("study_output", logdir=base)  # smoke runs: under the logdir
+  stem = os.path.splitext(output)[0]
+  os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
   rows = []
   for name in FLAGS.compare_priors:
     for seed in range(FLAGS.seed, FLAGS.seed + FLAGS.seeds):
@@ -206,12 +200,12 @@ def main(argv):
   table = results.markdown_table(
       summarize(rows, FLAGS.compare_priors),
       [("prior", "prior"), ("elbo", "test ELBO"), ("iwae", f"test IWAE (K={iw_samples})"),
-       ("seeds", "seeds"), ("train_time_s", "train s / seed")])
+       ("iw_samples", "K used"), ("seeds", "seeds"), ("train_time_s", "train s / seed")])
   epochs = FLAGS.epochs or preset.epochs
   notes = (
       f"2-D latent VAE: encoder 784-512-512-(2+2), decoder 2-512-512-784 (ReLU, Bernoulli), "
       f"{epochs} epochs, batch {FLAGS.batch_size or preset.batch_size}, Adam lr {preset.lr}, no "
-      f"KL warm-up. Priors: gaussian N(0, I); mog: {NUM_COMPONENTS} learnable Gaussians; flow: "
+      f"KL warm-up. Priors: standard N(0, I); mog: {NUM_COMPONENTS} learnable Gaussians; flow: "
       f"RealNVP ({FLOW_COUPLINGS} couplings, {FLOW_HIDDEN_UNITS} hidden units, "
       f"diffusion_tf.flows); vampprior: {NUM_COMPONENTS} pseudo-inputs, learnable weights. "
       "Values in nats per test image, mean ± std over seeds.\n\n"
@@ -222,9 +216,9 @@ def main(argv):
       "Aggregate posteriors (seed " f"{FLAGS.seed}; test posterior means coloured by digit over "
       "the prior's log-density, shaded over its top 10 nats): " + ", ".join(f"`{os.path.basename(stem)}_{n}.png`"
                                          for n in FLAGS.compare_priors) + ".")
-  results.write_markdown(FLAGS.study_output, title="Priors for a 2-D latent VAE (MNIST)",
+  results.write_markdown(output, title="Priors for a 2-D latent VAE (MNIST)",
                          command=common.command_line(), table=table, notes=notes)
-  print(f"wrote {FLAGS.study_output}", file=sys.stderr)
+  print(f"wrote {output}", file=sys.stderr)
 
 
 if __name__ == "__main__":

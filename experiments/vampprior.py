@@ -21,19 +21,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from evaluation import likelihood
 from experiments import data
 from experiments import flags as common
 from experiments import harness
 from experiments.images import save_grid, save_samples
 from experiments import results
 from vampprior_tf import distributions
+from vampprior_tf import likelihood
+from vampprior_tf import losses
 from vampprior_tf import model as models
+from vampprior_tf import optim
 from vampprior_tf import priors
 
 MODELS = {"vae": models.VAE, "hvae_2level": models.HVAE2Level,
           "convhvae_2level": models.ConvHVAE2Level, "pixelhvae_2level": models.PixelHVAE2Level}
-PRIORS = ("standard", "mog", "vampprior", "flow")
+PRIORS = priors.PRIORS
 
 def define_flags():
   """Defines this script's flags: called when it runs (not at import, so experiment modules
@@ -52,15 +54,22 @@ def define_flags():
   flags.DEFINE_enum("likelihood", None, list(distributions.OBSERVATION_MODELS),
                     "Decoder distribution. Default: bernoulli for binary sets, discretized_logistic "
                     "(256 bins) for grey ones; continuous_bernoulli is an option for grey data.")
+  flags.DEFINE_enum("logistic_edges", "official", list(distributions.LOGISTIC_EDGES),
+                    "discretized_logistic edge bins: official (as log_Logistic_256: the mass below "
+                    "pixel 0 and above 255 belongs to no bin, + 1e-7 inside the log; use for paper "
+                    "comparisons) or normalised (bins 0 / 255 take the tails, probabilities sum to 1).")
   flags.DEFINE_integer("num_components", None, "K: pseudo-inputs (vampprior) or Gaussians (mog). "
                        "Default: the preset's (paper: 500, official default).")
   flags.DEFINE_bool("learn_prior_weights", False, "VampPrior: learn the mixture weights (official: "
                     "uniform 1/K).")
-  flags.DEFINE_integer("warmup", None, "KL warm-up epochs: beta = min(epoch / warmup, 1). Default: "
-                       "the preset's (paper: 100).")
+  flags.DEFINE_integer("warmup", None, "KL warm-up epochs: beta = min(epoch / warmup, 1) for "
+                       "epoch = 1, 2, ... (official: the first epoch has beta = 1 / warmup); 0 = no "
+                       "warm-up. Default: the preset's (paper: 100).")
   flags.DEFINE_float("lr", None, "AdamNormGrad learning rate. Default: the preset's (paper: 5e-4).")
-  flags.DEFINE_integer("early_stopping", None, "Patience in epochs on the validation -ELBO (counted "
-                       "after warm-up); 0 disables. Default: the preset's (paper: 50).")
+  flags.DEFINE_integer("early_stopping", None, "Patience in epochs on the validation -ELBO: stop "
+                       "after MORE than this many consecutive epochs without improvement, counted "
+                       "from epoch --warmup on (official rule); 0 disables. Default: the preset's "
+                       "(paper: 50).")
   flags.DEFINE_integer("test_samples", None, "Importance samples per test example for log p(x). "
                        "Default: the preset's (paper: 5000).")
   flags.DEFINE_integer("train_examples", None, "Use a random subset of this many training "
@@ -77,8 +86,6 @@ def define_flags():
 
 FLAGS = flags.FLAGS
 
-# AdamNormGrad (official utils/optimizer.py): grad / (||grad||_2 + 1e-7) per parameter tensor.
-NORM_GRAD_EPSILON = 1e-7
 # Official experiment.py: batch 100, lr 5e-4, warm-up 100 epochs, early stopping 50, K = 500
 # pseudo-inputs, 5000 importance samples, up to 2000 epochs.
 NUM_SAMPLE_IMAGES = 64
@@ -122,8 +129,9 @@ DATASETS = {
     # Official load_data.py: static / dynamic MNIST pseudo-inputs N(0.05, 0.01^2).
     "static_mnist": DatasetSpec("binarized_mnist", True, False, 0.05, 0.01),
     "dynamic_mnist": DatasetSpec("mnist", True, True, 0.05, 0.01),
-    # Frey Faces N(0.5, 0.02^2) as issue 5 specifies (the official versions in the index use
-    # 0.2/0.05 and 0.8/0.01; see README). Fashion-MNIST is not in the official code: same as Frey.
+    # Frey Faces N(0.5, 0.02^2): official load_data.py at HEAD (since 7384e9e, 2017-10-13; earlier
+    # 0.8/0.01 from 9377c5a, and 0.2/0.05 from aa909ef, the oldest). Fashion-MNIST is not in the
+    # official code: same as Frey.
     "frey_faces": DatasetSpec("frey_faces", False, False, 0.5, 0.02),
     "fashion_mnist": DatasetSpec("fashion_mnist", False, False, 0.5, 0.02),
 }
@@ -155,6 +163,7 @@ class RunSettings:
   flow_hidden_units: int = 128
   ll_batch_size: int = 20
   ll_chunk: int = 250
+  logistic_edges: str = "official"
 
 
 def settings_from_flags(*, model=None, prior=None, dataset=None) -> RunSettings:
@@ -174,7 +183,7 @@ def settings_from_flags(*, model=None, prior=None, dataset=None) -> RunSettings:
       image_every=preset.image_every, z1_dim=FLAGS.z1_dim, z2_dim=FLAGS.z2_dim,
       hidden_units=FLAGS.hidden_units, flow_couplings=FLAGS.flow_couplings,
       flow_hidden_units=FLAGS.flow_hidden_units, ll_batch_size=FLAGS.ll_batch_size,
-      ll_chunk=FLAGS.ll_chunk)
+      ll_chunk=FLAGS.ll_chunk, logistic_edges=FLAGS.logistic_edges)
 
 
 def default_likelihood(dataset: str) -> str:
@@ -188,10 +197,6 @@ def _subset(images, n, seed):
   if n is None or n >= len(images):
     return images
   return images[np.sort(np.random.RandomState(seed).permutation(len(images))[:n])]
-
-
-def _binarize_once(images, seed):
-  return (np.random.RandomState(seed).uniform(size=images.shape) < images).astype(np.float32)
 
 
 def load_splits(dataset: str, *, data_dir=None, train_examples=None, eval_examples=None):
@@ -210,8 +215,8 @@ def load_splits(dataset: str, *, data_dir=None, train_examples=None, eval_exampl
   test = _subset(test, eval_examples, SUBSET_SEED + 2)
   epoch_transform = None
   if spec.dynamic:
-    valid = _binarize_once(valid, DYNAMIC_EVAL_SEED)
-    test = _binarize_once(test, DYNAMIC_EVAL_SEED + 1)
+    valid = data.binarize_once(valid, seed=DYNAMIC_EVAL_SEED)
+    test = data.binarize_once(test, seed=DYNAMIC_EVAL_SEED + 1)
     epoch_transform = lambda ds, seed: data.dynamic_binarization(ds, seed=seed)  # noqa: E731
   return tf.data.Dataset.from_tensor_slices(train), valid, test, epoch_transform
 
@@ -220,23 +225,19 @@ def load_splits(dataset: str, *, data_dir=None, train_examples=None, eval_exampl
 
 
 def build_prior(s: RunSettings, *, latent_dim: int, image_shape):
-  if s.prior == "standard":
-    return priors.StandardPrior(latent_dim)
-  if s.prior == "mog":
-    return priors.MixtureOfGaussiansPrior(latent_dim, s.num_components)
-  if s.prior == "vampprior":
-    spec = DATASETS[s.dataset]
-    return priors.VampPrior(num_components=s.num_components, image_shape=image_shape,
-                            init_mean=spec.pseudo_mean, init_std=spec.pseudo_std,
-                            learn_weights=s.learn_prior_weights)
-  if s.prior == "flow":
-    return priors.FlowPrior(latent_dim, num_couplings=s.flow_couplings,
-                            hidden_units=s.flow_hidden_units)
-  raise ValueError(f"unknown prior {s.prior!r}; known: {', '.join(PRIORS)}")
+  spec = DATASETS[s.dataset]
+  return priors.build_prior(s.prior, latent_dim=latent_dim, image_shape=image_shape,
+                            num_components=s.num_components, pseudo_mean=spec.pseudo_mean,
+                            pseudo_std=spec.pseudo_std, learn_weights=s.learn_prior_weights,
+                            flow_couplings=s.flow_couplings,
+                            flow_hidden_units=s.flow_hidden_units)
 
 
 def build_model(s: RunSettings, *, image_shape, seed: int):
-  observation = distributions.OBSERVATION_MODELS[s.likelihood]()
+  if s.likelihood == "discretized_logistic":
+    observation = distributions.DiscretizedLogistic(edges=s.logistic_edges)
+  else:
+    observation = distributions.OBSERVATION_MODELS[s.likelihood]()
   if s.model == "vae":
     prior = build_prior(s, latent_dim=s.z1_dim, image_shape=image_shape)
     return models.VAE(image_shape=image_shape, observation=observation, prior=prior,
@@ -248,31 +249,12 @@ def build_model(s: RunSettings, *, image_shape, seed: int):
                          z1_dim=s.z1_dim, z2_dim=s.z2_dim, hidden_units=s.hidden_units, seed=seed)
 
 
-def kl_warmup_beta(epoch, warmup: int):
-  """beta = min(epoch / warmup, 1) (official training.py; epoch 0-based here, 1-based there)."""
-  if warmup <= 0:
-    return tf.constant(1.0)
-  return tf.minimum(tf.cast(epoch, tf.float32) / float(warmup), 1.0)
-
-
 def make_loss_fn(warmup: int):
-  """loss = -log p(x|z) + beta * KL per example (one posterior sample)."""
+  """The harness loss: `vampprior_tf.losses.warmup_objective` at the step's epoch."""
   def loss_fn(model, batch, ctx: harness.StepContext) -> harness.LossOutput:
-    beta = kl_warmup_beta(ctx.epoch, warmup)
-    terms = model(batch, training=True)
-    metrics = {"beta": beta, "log_px": tf.reduce_mean(terms.log_px),
-               "kl": tf.reduce_mean(terms.kl), "negative_elbo": -tf.reduce_mean(terms.elbo)}
-    for i, kl in enumerate(terms.kl_levels):
-      metrics[f"kl_z{i + 1}"] = tf.reduce_mean(kl)
-    return harness.LossOutput(per_example=terms.loss(beta), metrics=metrics)
+    per_example, metrics = losses.warmup_objective(model, batch, epoch=ctx.epoch, warmup=warmup)
+    return harness.LossOutput(per_example=per_example, metrics=metrics)
   return loss_fn
-
-
-def normalize_gradients(grads, variables):
-  """AdamNormGrad's gradient step (official utils/optimizer.py): g <- g / (||g||_2 + 1e-7) for
-  every parameter tensor separately; Adam then runs on the normalised gradients."""
-  del variables
-  return [g / (tf.norm(g) + NORM_GRAD_EPSILON) for g in grads]
 
 
 def negative_elbo_fn(model):
@@ -317,12 +299,12 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
   with strategy.scope():
     model = build_model(s, image_shape=image_shape, seed=config.seed)
     model(tf.constant(valid[:2]))
-    optimizer = harness.wrap_optimizer(keras.optimizers.Adam(s.lr))
+    optimizer = keras.optimizers.Adam(s.lr)
   trainer = harness.Trainer(
       config=config, strategy=strategy, model=model, optimizer=optimizer,
       loss_fn=make_loss_fn(s.warmup), train_data=train, epoch_transform=epoch_transform,
       epoch_end_fn=make_epoch_end_fn(s, valid, config.epochs),
-      grad_transform=normalize_gradients)
+      grad_transform=optim.normalize_gradients)
   start = time.perf_counter()
   trainer.fit()
   train_time = time.perf_counter() - start
@@ -330,11 +312,10 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
   epochs_run = int(trainer.step.numpy()) // trainer.steps_per_epoch
 
   start = time.perf_counter()
-  summary = likelihood.evaluate_log_likelihood(
-      lambda x, k: model.log_weights(x, k, training=False),
-      tf.data.Dataset.from_tensor_slices(test).batch(s.ll_batch_size),
-      num_samples=s.test_samples, num_dims=int(np.prod(image_shape)), chunk_size=s.ll_chunk,
-      progress=config.progress)
+  counted = likelihood.evaluate_nll(model, test, num_samples=s.test_samples,
+                                    batch_size=s.ll_batch_size, chunk_size=s.ll_chunk,
+                                    progress=config.progress)
+  summary = counted.summary
   eval_time = time.perf_counter() - start
   samples = model.sample(NUM_SAMPLE_IMAGES).numpy()
   save_samples(os.path.join(config.logdir, "samples.npz"), samples)
@@ -343,6 +324,7 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
              best_val_negative_elbo=float(trainer.best_metric.numpy()),
              test_nll=summary.nll, test_nll_sem=summary.nll_sem,
              test_negative_elbo=summary.negative_elbo, test_examples=summary.num_examples,
+             importance_samples=counted.importance_samples,
              train_time_s=train_time, eval_time_s=eval_time, seed=config.seed,
              batch_size=config.batch_size, epochs=config.epochs, logdir=config.logdir)
   results.write_json(os.path.join(config.logdir, "results.json"), row)
@@ -350,26 +332,28 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
 
 
 def run_config(s: RunSettings, logdir: str) -> harness.TrainConfig:
-  """The harness config of a run from the common flags and the preset."""
+  """The harness config of a run from the common flags and the preset (official early stopping:
+  `vampprior_tf.losses.EarlyStopping`)."""
   preset = PRESETS[FLAGS.preset]
+  stopping = losses.EarlyStopping.official(patience=s.early_stopping, warmup=s.warmup)
   return common.train_config(
       logdir=logdir, batch_size=preset.batch_size, epochs=preset.epochs,
       early_stopping_metric="val_loss",
-      early_stopping_patience=s.early_stopping or None,
-      early_stopping_start_epoch=s.warmup, hparams=dataclasses.asdict(s))
+      early_stopping_patience=stopping.harness_patience,
+      early_stopping_start_epoch=stopping.start_epoch, hparams=dataclasses.asdict(s))
 
 
 def main(argv):
   del argv
   s = settings_from_flags()
-  strategy = harness.setup_runtime(strategy=FLAGS.strategy, precision=FLAGS.precision)
+  strategy = common.setup_runtime()
   logdir = common.default_logdir("vampprior", dataset=s.dataset, model=s.model, prior=s.prior,
                                  preset=FLAGS.preset, seed=FLAGS.seed)
   row = train_and_evaluate(s, run_config(s, logdir), strategy=strategy, data_dir=FLAGS.data_dir)
   row["command"] = common.command_line()
   results.append_row(os.path.join("runs", "vampprior", "results.json"), row)
   print(f"{s.dataset} {s.model} {s.prior}: test NLL {row['test_nll']:.2f} +- "
-        f"{row['test_nll_sem']:.2f} nats (K={s.test_samples}), test -ELBO "
+        f"{row['test_nll_sem']:.2f} nats (K={row['importance_samples']}), test -ELBO "
         f"{row['test_negative_elbo']:.2f}, {row['epochs_run']} epochs", file=sys.stderr)
 
 

@@ -58,27 +58,65 @@ def mixture_log_prob(z, means, log_vars, log_weights):
   return tf.reduce_logsumexp(per_component + log_weights[None, :], axis=1)
 
 
-def discretized_logistic_log_prob(x, mean, log_scale, *, num_bins: int = 256):
-  """log P(x) of a logistic(mean, exp(log_scale)) discretised into `num_bins` bins of [0, 1].
+# Official utils/distributions.py log_Logistic_256: -log(cdf_plus - cdf_minus + 1.e-7).
+OFFICIAL_LOGISTIC_EPSILON = 1e-7
+LOGISTIC_EDGES = ("official", "normalised")
 
-  Pixel value k in {0, ..., num_bins-1} (the suite's x = k / (num_bins-1)) owns the bin
-  [k / num_bins, (k+1) / num_bins], i.e. the official (x + 0.5) / 256 placement of the data at bin
-  centres; the first bin extends to -inf and the last to +inf, so the 256 probabilities sum to 1
-  (the official log_Logistic_256 leaves the mass outside [0, 1] unassigned). With u, l the bin's
-  standardised upper / lower edges,
 
-    P = sigma(u) - sigma(l) = sigma(u) sigma(-l) (1 - exp(l - u)),
-
-  which is evaluated in log space without cancellation. Returns per-element log-probabilities.
-  """
+def _logistic_bin_edges(x, mean, log_scale, num_bins):
+  """(k, l, u): bin index of x = k / (num_bins - 1) and the standardised bin edges
+  l = (k / num_bins - mean) / s, u = ((k + 1) / num_bins - mean) / s (official bin placement:
+  data (k + 0.5) / 256 floored to the bin k / 256)."""
   k = tf.round(x * (num_bins - 1))
   inv_scale = tf.exp(-log_scale)
-  lower = (k / num_bins - mean) * inv_scale
-  upper = ((k + 1.0) / num_bins - mean) * inv_scale
+  return k, (k / num_bins - mean) * inv_scale, ((k + 1.0) / num_bins - mean) * inv_scale
+
+
+def _log_cdf_difference(lower, upper):
+  """log(sigma(u) - sigma(l)) = log sigma(u) + log sigma(-l) + log(1 - exp(l - u)), no cancellation."""
+  return (-tf.nn.softplus(-upper) - tf.nn.softplus(lower)
+          + tf.math.log(-tf.math.expm1(lower - upper)))
+
+
+def discretized_logistic_log_prob_official(x, mean, log_scale, *, num_bins: int = 256):
+  """log P(x) = log(sigma(u) - sigma(l) + 1e-7) for EVERY bin, edge bins included (official
+  `log_Logistic_256`): the mass below 0 and above 1 belongs to no bin, so the 256 probabilities
+  sum to less than 1. u, l: the bin's standardised edges (`_logistic_bin_edges`). Per element.
+  """
+  _, lower, upper = _logistic_bin_edges(x, mean, log_scale, num_bins)
+  return tf.math.log(tf.exp(_log_cdf_difference(lower, upper)) + OFFICIAL_LOGISTIC_EPSILON)
+
+
+def discretized_logistic_log_prob_normalised(x, mean, log_scale, *, num_bins: int = 256):
+  """log P(x) with the first bin extended to -inf and the last to +inf, so the 256 bins sum to 1:
+
+    P = sigma(u)            for k = 0,
+    P = 1 - sigma(l)        for k = num_bins - 1,
+    P = sigma(u) - sigma(l) otherwise (PixelCNN++-style edges; not the official form).
+
+  A pixel at 0 or 255 scores up to ~1.8 nats more than under the official form (mean 1/512,
+  log-scale -4.5). Per element.
+  """
+  k, lower, upper = _logistic_bin_edges(x, mean, log_scale, num_bins)
   log_cdf_upper = -tf.nn.softplus(-upper)     # log sigma(u)
   log_sf_lower = -tf.nn.softplus(lower)       # log (1 - sigma(l)) = log sigma(-l)
-  log_mid = log_cdf_upper + log_sf_lower + tf.math.log(-tf.math.expm1(lower - upper))
-  return tf.where(k <= 0, log_cdf_upper, tf.where(k >= num_bins - 1, log_sf_lower, log_mid))
+  return tf.where(k <= 0, log_cdf_upper,
+                  tf.where(k >= num_bins - 1, log_sf_lower, _log_cdf_difference(lower, upper)))
+
+
+def discretized_logistic_log_prob(x, mean, log_scale, *, num_bins: int = 256,
+                                  edges: str = "official"):
+  """log P(x) of a logistic(mean, exp(log_scale)) discretised into `num_bins` bins of [0, 1];
+  pixel k (the suite's x = k / (num_bins - 1)) owns [k / num_bins, (k + 1) / num_bins].
+
+  edges='official' (default, for comparisons with the paper): `..._official`;
+  edges='normalised': `..._normalised`.
+  """
+  if edges == "official":
+    return discretized_logistic_log_prob_official(x, mean, log_scale, num_bins=num_bins)
+  if edges == "normalised":
+    return discretized_logistic_log_prob_normalised(x, mean, log_scale, num_bins=num_bins)
+  raise ValueError(f"edges must be one of {LOGISTIC_EDGES}, got {edges!r}")
 
 
 def sample_discretized_logistic(mean, log_scale, *, seed, num_bins: int = 256):
@@ -122,12 +160,20 @@ class Bernoulli:
 class DiscretizedLogistic:
   """256-bin discretised logistic per pixel for grey images (official gray/continuous decoder).
 
+  `edges`: 'official' (default; edge bins get no tail mass, + 1e-7 inside the log) or
+  'normalised' (edge bins get the tails); see `discretized_logistic_log_prob`.
+
   Raw parameters -> mean = clip(sigmoid(a), 1/512, 1 - 1/512), log-scale = hardtanh(b, -4.5, 0)
   (official models/*.py: `torch.clamp(x_mean, 1/512, 1-1/512)`, `Hardtanh(-4.5, 0)`).
   """
   num_params = 2
   MEAN_MARGIN = 1.0 / 512.0
   LOG_SCALE_MIN, LOG_SCALE_MAX = -4.5, 0.0
+
+  def __init__(self, *, edges: str = "official"):
+    if edges not in LOGISTIC_EDGES:
+      raise ValueError(f"edges must be one of {LOGISTIC_EDGES}, got {edges!r}")
+    self.edges = edges
 
   def split(self, params):
     raw_mean, raw_log_scale = tf.split(params, 2, axis=-1)
@@ -137,7 +183,7 @@ class DiscretizedLogistic:
 
   def log_prob(self, x, params):
     mean, log_scale = self.split(params)
-    return _sum_image(discretized_logistic_log_prob(x, mean, log_scale))
+    return _sum_image(discretized_logistic_log_prob(x, mean, log_scale, edges=self.edges))
 
   def mean(self, params):
     return self.split(params)[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -10,6 +12,15 @@ import tensorflow as tf
 def he_normal():
   """N(0, 2 / fan_in), untruncated: the official `he_init` of every nn.Linear (utils/nn.py)."""
   return keras.initializers.VarianceScaling(scale=2.0, mode="fan_in", distribution="untruncated_normal")
+
+
+def torch_default_uniform(fan_in: int):
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default init of nn.Conv2d weights AND biases
+  (`reset_parameters`: kaiming_uniform_(a=sqrt(5)) gives this bound for the weight, and the bias
+  bound is 1/sqrt(fan_in)); the official code keeps it for every convolution (its `he_init` only
+  touches nn.Linear). fan_in = in_channels * k * k."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return keras.initializers.RandomUniform(-bound, bound)
 
 
 def hardtanh(x, min_value: float, max_value: float):
@@ -31,16 +42,30 @@ class GatedDense(keras.layers.Layer):
 
 
 class GatedConv2d(keras.layers.Layer):
-  """out = h * g with h = conv_h(x), g = sigmoid(conv_g(x)); 'same' padding as the official
-  (k, stride, padding=k//2) convolutions (PyTorch default conv init in the official code: Keras
-  default here)."""
+  """out = h * g with h = conv_h(pad(x)), g = sigmoid(conv_g(pad(x))).
 
-  def __init__(self, filters: int, kernel_size: int, strides: int = 1, **kwargs):
+  Padding as the official `GatedConv2d(in, out, k, stride, padding)` (PyTorch): `padding` zeros on
+  EVERY side (default k // 2, what all official models pass), then a 'valid' convolution. For
+  stride 2 on an even size this differs from Keras 'same', which pads only the bottom/right and
+  so shifts every output by one input pixel. Weights and biases start as PyTorch's default
+  (`torch_default_uniform`).
+  """
+
+  def __init__(self, filters: int, kernel_size: int, strides: int = 1, *, padding: int | None = None,
+               **kwargs):
     super().__init__(**kwargs)
-    self.h = keras.layers.Conv2D(filters, kernel_size, strides, padding="same")
-    self.g = keras.layers.Conv2D(filters, kernel_size, strides, padding="same")
+    self.filters, self.kernel_size, self.strides = filters, kernel_size, strides
+    self.padding = kernel_size // 2 if padding is None else padding
 
-  def call(self, x):  # [B, H, W, C] -> [B, H / strides, W / strides, filters]
+  def build(self, input_shape):
+    init = torch_default_uniform(int(input_shape[-1]) * self.kernel_size ** 2)
+    self.h, self.g = (keras.layers.Conv2D(self.filters, self.kernel_size, self.strides,
+                                          padding="valid", kernel_initializer=init,
+                                          bias_initializer=init) for _ in range(2))
+
+  def call(self, x):  # [B, H, W, C] -> [B, (H + 2p - k) // s + 1, (W + 2p - k) // s + 1, filters]
+    p = self.padding
+    x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
     return self.h(x) * tf.sigmoid(self.g(x))
 
 
@@ -70,10 +95,11 @@ class MaskedConv2D(keras.layers.Layer):
 
   def build(self, input_shape):
     in_channels = int(input_shape[-1])
+    init = torch_default_uniform(in_channels * self.kernel_size ** 2)  # official: nn.Conv2d default
     self.kernel = self.add_weight(
         name="kernel", shape=(self.kernel_size, self.kernel_size, in_channels, self.filters),
-        initializer="glorot_uniform")
-    self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros") \
+        initializer=init)
+    self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer=init) \
         if self.use_bias else None
     self.mask = tf.constant(causal_mask(self.kernel_size, in_channels, self.filters, self.mask_type))
 

@@ -20,10 +20,14 @@ import numpy as np
 import tensorflow as tf
 
 from vampprior_tf import distributions
-from vampprior_tf.layers import GatedConv2d, GatedDense, MaskedConv2D, hardtanh, he_normal
+from vampprior_tf.layers import (GatedConv2d, GatedDense, MaskedConv2D, hardtanh, he_normal,
+                                 torch_default_uniform)
 
 # Official models/*.py: encoder / p(z1|z2) log-variances pass through Hardtanh(-6, 2).
 LOG_VAR_RANGE = (-6.0, 2.0)
+# Official PixelHVAE_2level.py uses nn.BatchNorm2d(64) defaults: running = 0.9 running + 0.1 batch
+# (PyTorch momentum 0.1 = Keras momentum 0.9) and eps 1e-5.
+BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,7 +329,9 @@ class ConvHVAE2Level(HVAE2Level):
     self.p_x_from_z2 = GatedDense(self.hidden_units)
     self.p_x_joint = GatedDense(self.num_pixels)
     self.p_x_convs = [GatedConv2d(64, 3) for _ in range(4)]
-    self.p_x = keras.layers.Conv2D(self.image_shape[-1] * self.observation.num_params, 1)
+    init = torch_default_uniform(64)  # official Conv2d(64, C, 1, 1, 0): PyTorch default init
+    self.p_x = keras.layers.Conv2D(self.image_shape[-1] * self.observation.num_params, 1,
+                                   kernel_initializer=init, bias_initializer=init)
 
   def decode(self, x, z1, z2, training=False):
     del x
@@ -341,8 +347,8 @@ class PixelHVAE2Level(ConvHVAE2Level):
   """ConvHVAE with a PixelCNN decoder (official models/PixelHVAE_2level.py):
 
   p(x | z1, z2) = prod_i p(x_i | x_<i, z1, z2). GatedDense(H*W*C) maps z1 and z2 to images that are
-  concatenated with x; a masked conv 'A' then 7 masked convs 'B' (64@3x3, no bias, BatchNorm,
-  ReLU) and a 1x1 conv give the parameters. Sampling runs the network once per pixel (raster order).
+  concatenated with x; a masked conv 'A' then 7 masked convs 'B' (64@3x3, no bias, BatchNorm with
+  PyTorch's momentum / eps, ReLU) and a 1x1 conv (bias only for binary data) give the parameters. Sampling runs the network once per pixel (raster order).
   """
 
   NUM_PIXELCNN_LAYERS = 8  # official: one 'A' + seven 'B' masked convolutions
@@ -353,8 +359,13 @@ class PixelHVAE2Level(ConvHVAE2Level):
     self.pixelcnn = []
     for i in range(self.NUM_PIXELCNN_LAYERS):
       self.pixelcnn += [MaskedConv2D(64, 3, mask_type="A" if i == 0 else "B"),
-                        keras.layers.BatchNormalization()]
-    self.p_x = keras.layers.Conv2D(self.image_shape[-1] * self.observation.num_params, 1)
+                        keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON)]
+    # Official output convs: binary `Conv2d(64, 1, 1, 1, 0)` with a bias; gray / continuous
+    # `p_x_mean`, `p_x_logvar` with bias=False.
+    init = torch_default_uniform(64)  # PyTorch default init of the official 1x1 conv(s)
+    self.p_x = keras.layers.Conv2D(self.image_shape[-1] * self.observation.num_params, 1,
+                                   use_bias=isinstance(self.observation, distributions.Bernoulli),
+                                   kernel_initializer=init, bias_initializer=init)
 
   def decode(self, x, z1, z2, training=False):
     shape = (-1,) + self.image_shape

@@ -118,3 +118,42 @@ class FlowPrior(keras.layers.Layer):
   def sample(self, n, *, encoder=None, seed=None, training=False):
     del encoder, training
     return self.flow.forward(keras.random.normal((n, self.latent_dim), seed=seed))
+
+
+# ----------------------------------------------------------------------------- registry
+
+PRIORS = ("standard", "mog", "vampprior", "flow")
+# Former names: a clear error instead of a silent second name for the same prior.
+RENAMED = {"gaussian": "standard"}
+
+
+def check_prior_name(name: str) -> str:
+  """`name` if it is in `PRIORS`, else a ValueError naming the known priors (and the new name of a
+  renamed one)."""
+  if name in RENAMED:
+    raise ValueError(f"prior {name!r} is called {RENAMED[name]!r} now (N(0, I)); known: "
+                     f"{', '.join(PRIORS)}")
+  if name not in PRIORS:
+    raise ValueError(f"unknown prior {name!r}; known: {', '.join(PRIORS)}")
+  return name
+
+
+def build_prior(name: str, *, latent_dim: int, image_shape=None, num_components: int | None = None,
+                pseudo_mean: float | None = None, pseudo_std: float | None = None,
+                learn_weights: bool = False, flow_couplings: int = 8,
+                flow_hidden_units: int = 128) -> keras.layers.Layer:
+  """The prior called `name` (one of `PRIORS`) over a `latent_dim` latent.
+
+  mog / vampprior need `num_components`; vampprior also `image_shape`, `pseudo_mean`,
+  `pseudo_std` (pseudo-input init N(mean, std^2)) and `learn_weights`; flow uses
+  `flow_couplings` RealNVP couplings of `flow_hidden_units`.
+  """
+  check_prior_name(name)
+  if name == "standard":
+    return StandardPrior(latent_dim)
+  if name == "mog":
+    return MixtureOfGaussiansPrior(latent_dim, num_components)
+  if name == "vampprior":
+    return VampPrior(num_components=num_components, image_shape=image_shape, init_mean=pseudo_mean,
+                     init_std=pseudo_std, learn_weights=learn_weights)
+  return FlowPrior(latent_dim, num_couplings=flow_couplings, hidden_units=flow_hidden_units)

@@ -1,10 +1,12 @@
-"""experiments.vampprior: end-to-end tiny runs, AdamNormGrad, warm-up, presets, bad input."""
+"""experiments.vampprior: end-to-end tiny runs, the importance-sample count in the results row,
+the official warm-up / early-stopping rule through the real harness, presets, bad input."""
 
 import json
 import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,6 +14,7 @@ import tensorflow as tf
 from experiments import data
 from experiments import harness
 from experiments import vampprior
+from vampprior_tf import losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -21,7 +24,7 @@ def tiny_settings(**overrides):
               num_components=10, learn_prior_weights=False, warmup=1, lr=3e-3, early_stopping=0,
               test_samples=30, train_examples=300, eval_examples=40, image_every=1, z1_dim=8,
               z2_dim=6, hidden_units=32, flow_couplings=2, flow_hidden_units=16,
-              ll_batch_size=20, ll_chunk=15)
+              ll_batch_size=20, ll_chunk=20)
   base.update(overrides)
   return vampprior.RunSettings(**base)
 
@@ -37,10 +40,11 @@ def test_vae_vampprior_static_mnist_end_to_end(tmp_path):
   assert row["epochs_run"] == 2 and row["test_examples"] == 40
   # Trained: better than 784 fair coin flips.
   assert np.isfinite(row["test_nll"]) and 0 < row["test_nll"] < 784 * np.log(2)
-  # IWAE >= ELBO  <=>  NLL <= -ELBO (same samples).
-  assert row["test_nll"] <= row["test_negative_elbo"] + 1e-6
+  # The "4 importance samples" trap: the row records the samples the estimator drew (30 = a chunk
+  # of 20 + a remainder of 10), which must be the setting's.
+  assert row["importance_samples"] == row["test_samples"] == 30
   saved = json.load(open(tmp_path / "results.json"))
-  assert saved["test_nll"] == pytest.approx(row["test_nll"])
+  assert saved["test_nll"] == pytest.approx(row["test_nll"]) and saved["importance_samples"] == 30
   assert (tmp_path / "samples.png").exists() and (tmp_path / "samples.npz").exists()
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
   assert row["best_checkpoint"] is not None
@@ -52,22 +56,76 @@ def test_hvae_flow_prior_frey_faces_grey_end_to_end(tmp_path):
                            test_samples=10, ll_chunk=10)
   row = vampprior.train_and_evaluate(settings, tiny_config(tmp_path, epochs=1),
                                      strategy=tf.distribute.get_strategy())
-  # Discretized logistic on 560 pixels: a proper probability, so NLL >= 0 and finite.
-  assert 0 < row["test_nll"] <= row["test_negative_elbo"] + 1e-6
+  # Discretized logistic on 560 pixels (official edges by default): probabilities <= 1, NLL > 0.
+  assert row["test_nll"] > 0 and row["logistic_edges"] == "official"
+  assert row["importance_samples"] == 10
 
 
-def test_normalize_gradients_gives_unit_norm_tensors():
-  grads = [tf.constant([3.0, 4.0]), tf.constant([[1e-3, 0.0], [0.0, 0.0]]), tf.constant(250.0)]
-  out = vampprior.normalize_gradients(grads, [None] * 3)
-  norms = np.array([5.0, 1e-3, 250.0])
-  np.testing.assert_allclose([float(tf.norm(g)) for g in out], norms / (norms + 1e-7), rtol=1e-5)
-  np.testing.assert_allclose(out[0].numpy(), [0.6, 0.8], rtol=1e-6)
+def test_loss_fn_uses_the_official_warmup_beta_from_the_first_epoch():
+  """Official first epoch: beta = 1 / warmup (not 0); the loss is -log p(x|z) + beta KL."""
+  keras.utils.set_random_seed(0)
+  s = tiny_settings(test_samples=2)
+  model = vampprior.build_model(s, image_shape=(28, 28, 1), seed=0)
+  x = tf.constant((np.random.RandomState(0).rand(4, 28, 28, 1) > 0.5).astype(np.float32))
+  ctx = harness.StepContext(step=tf.constant(0, tf.int64), epoch=tf.constant(0, tf.int64),
+                            steps_per_epoch=1, total_steps=1, total_epochs=1,
+                            global_batch_size=4, num_replicas=1)
+  out = vampprior.make_loss_fn(4)(model, x, ctx)
+  assert float(out.metrics["beta"]) == 0.25
+  log_px, kl = float(out.metrics["log_px"]), float(out.metrics["kl"])
+  np.testing.assert_allclose(float(tf.reduce_mean(out.per_example)), -log_px + 0.25 * kl,
+                             rtol=1e-5)
 
 
-def test_kl_warmup_beta_is_min_epoch_over_warmup_one():
-  betas = [float(vampprior.kl_warmup_beta(e, 100)) for e in (0, 25, 100, 150)]
-  assert betas == [0.0, 0.25, 1.0, 1.0]
-  assert float(vampprior.kl_warmup_beta(3, 0)) == 1.0
+def official_stop_epoch(val_losses, *, patience, warmup):
+  """The official early-stopping loop (utils/perform_experiment.py) on a list of validation
+  losses; returns the number of epochs trained."""
+  best, bad = 100000.0, 0
+  for epoch, value in enumerate(val_losses, 1):
+    if value < best:
+      best, bad = value, 0
+    else:
+      bad += 1
+      if epoch < warmup:
+        bad = 0
+      if bad > patience:
+        return epoch
+  return len(val_losses)
+
+
+class Linear(keras.Model):
+  def __init__(self):
+    super().__init__()
+    self.dense = keras.layers.Dense(1)
+
+  def call(self, x, training=False):
+    return self.dense(x)
+
+
+@pytest.mark.parametrize("val_losses,patience,warmup", [
+    ([9, 8, 8.5, 8.6, 8.7, 8.8, 8.9, 9, 9, 9], 2, 4),      # last improvement inside warm-up
+    ([9, 8, 7, 6, 5, 4.5, 5, 5, 5, 5, 5, 5], 2, 4),        # last improvement after warm-up
+    ([5, 4, 3, 3.5, 3.5, 3.5, 3.5, 3.5], 1, 0),            # no warm-up
+])
+def test_official_early_stopping_through_the_real_harness(tmp_path, val_losses, patience, warmup):
+  """The harness with `losses.EarlyStopping.official` stops after the epoch the official loop does."""
+  stopping = losses.EarlyStopping.official(patience=patience, warmup=warmup)
+  config = harness.TrainConfig(
+      logdir=str(tmp_path), batch_size=4, epochs=len(val_losses), seed=0, progress=False,
+      early_stopping_metric="val_loss", early_stopping_patience=stopping.harness_patience,
+      early_stopping_start_epoch=stopping.start_epoch)
+  model = Linear()
+  model(tf.zeros((1, 2)))
+  trainer = harness.Trainer(
+      config=config, strategy=tf.distribute.get_strategy(), model=model,
+      optimizer=keras.optimizers.SGD(0.0),
+      loss_fn=lambda m, b, ctx: harness.LossOutput(per_example=tf.reduce_sum(m(b), -1)),
+      train_data=tf.data.Dataset.from_tensor_slices(np.zeros((4, 2), np.float32)),
+      epoch_end_fn=lambda m, epoch: {"val_loss": float(val_losses[epoch])})
+  trainer.fit()
+  expected = official_stop_epoch(val_losses, patience=patience, warmup=warmup)
+  assert expected < len(val_losses)  # every case stops early
+  assert int(trainer.step.numpy()) // trainer.steps_per_epoch == expected
 
 
 def test_paper_preset_is_the_official_setting():
@@ -81,8 +139,8 @@ def test_paper_preset_is_the_official_setting():
 
 def test_dynamic_mnist_binarizes_eval_sets_once_and_needs_train_images(tmp_path):
   grey = np.random.RandomState(0).rand(50, 28, 28, 1).astype(np.float32)
-  once = vampprior._binarize_once(grey, 777)
-  np.testing.assert_array_equal(once, vampprior._binarize_once(grey, 777))
+  once = data.binarize_once(grey, seed=777)
+  np.testing.assert_array_equal(once, data.binarize_once(grey, seed=777))
   assert set(np.unique(once)) <= {0.0, 1.0}
   with pytest.raises(data.DataError, match="train"):
     vampprior.load_splits("dynamic_mnist", data_dir=str(tmp_path))

@@ -51,7 +51,16 @@ def test_mixture_log_prob_equals_brute_force_and_not_the_swapped_order():
   assert np.max(np.abs(got - wrong)) > 0.2
 
 
-def test_discretized_logistic_sums_to_one_over_256_bins():
+def official_log_logistic_256(x, mean, log_scale):
+  """The official log_Logistic_256 (utils/distributions.py) in float64 NumPy, on OUR pixel values
+  x = k / 255: official data are (k + 0.5) / 256, floored to the bin k / 256."""
+  x_official = (np.round(np.asarray(x, np.float64) * 255) + 0.5) / 256
+  scale = np.exp(np.float64(log_scale))
+  z = (np.floor(x_official / (1 / 256)) * (1 / 256) - mean) / scale
+  return np.log(special.expit(z + (1 / 256) / scale) - special.expit(z) + 1e-7)
+
+
+def test_normalised_discretized_logistic_sums_to_one_over_256_bins():
   rng = np.random.RandomState(3)
   n = 6
   mean = rng.uniform(1 / 512, 1 - 1 / 512, size=(n, 1)).astype(np.float32)
@@ -59,9 +68,45 @@ def test_discretized_logistic_sums_to_one_over_256_bins():
   mean[0], log_scale[0] = 1 / 512, -4.5      # extreme: all mass in the first bin
   mean[1], log_scale[1] = 1 - 1 / 512, -4.5  # and the last
   x = np.tile(np.arange(256, dtype=np.float32) / 255, (n, 1))  # every pixel value
-  log_p = distributions.discretized_logistic_log_prob(x, mean, log_scale).numpy()
+  log_p = distributions.discretized_logistic_log_prob(x, mean, log_scale,
+                                                      edges="normalised").numpy()
   assert np.all(np.isfinite(log_p)) and np.all(log_p <= 0)
   np.testing.assert_allclose(np.exp(log_p.astype(np.float64)).sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("mean,log_scale", [(1 / 512, -4.5), (0.3, -2.0), (1 - 1 / 512, -4.5),
+                                            (0.5, 0.0)])
+def test_official_discretized_logistic_equals_log_logistic_256_at_every_pixel(mean, log_scale):
+  x = np.arange(256, dtype=np.float32) / 255
+  got = distributions.discretized_logistic_log_prob(x, np.float32(mean), np.float32(log_scale))
+  np.testing.assert_allclose(got, official_log_logistic_256(x, mean, log_scale), rtol=1e-4,
+                             atol=1e-5)
+
+
+def test_edge_bins_differ_between_forms_by_the_tail_mass():
+  """Pixel 0 at mean 1/512, log-scale -4.5: the normalised form adds P(y < 0) to bin 0:
+  log sigma(u) - log(sigma(u) - sigma(l) + 1e-7) = 1.8249 nats (value computed by hand:
+  l = -(1/512) e^4.5, u = (1/512) e^4.5). Interior pixels are the same in both forms."""
+  mean, log_scale = np.float32(1 / 512), np.float32(-4.5)
+  x = np.array([0.0, 1 / 255, 1.0], np.float32)
+  official = distributions.discretized_logistic_log_prob(x, mean, log_scale).numpy()
+  normalised = distributions.discretized_logistic_log_prob(x, mean, log_scale,
+                                                           edges="normalised").numpy()
+  np.testing.assert_allclose(normalised[0] - official[0], 1.8249432, atol=2e-4)
+  np.testing.assert_allclose(official[0], -2.4340419, atol=2e-4)
+  np.testing.assert_allclose(normalised[1], official[1], rtol=1e-5)  # interior: 1e-7 negligible
+  # Pixel 255 is 640 scales away: the official floor log(1e-7), the normalised tail far below.
+  np.testing.assert_allclose(official[2], np.log(1e-7), rtol=1e-5)
+  # The observation model defaults to the official form; 'normalised' is the option.
+  params = tf.constant(np.array([[[[-60.0, -4.5]]]], np.float32))  # sigmoid -> clipped 1/512
+  zero = tf.zeros((1, 1, 1, 1))
+  np.testing.assert_allclose(distributions.DiscretizedLogistic().log_prob(zero, params),
+                             [-2.4340419], atol=2e-4)
+  np.testing.assert_allclose(
+      distributions.DiscretizedLogistic(edges="normalised").log_prob(zero, params),
+      [-0.6090987], atol=2e-4)
+  with pytest.raises(ValueError, match="edges"):
+    distributions.DiscretizedLogistic(edges="tails")
 
 
 def test_discretized_logistic_interior_bin_is_a_cdf_difference():
@@ -69,8 +114,10 @@ def test_discretized_logistic_interior_bin_is_a_cdf_difference():
   k = np.arange(1, 255)
   s = np.exp(np.float64(log_scale))
   expected = np.log(special.expit(((k + 1) / 256 - 0.3) / s) - special.expit((k / 256 - 0.3) / s))
-  got = distributions.discretized_logistic_log_prob((k / 255).astype(np.float32), mean, log_scale)
-  np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4)
+  for edges in distributions.LOGISTIC_EDGES:
+    got = distributions.discretized_logistic_log_prob((k / 255).astype(np.float32), mean,
+                                                      log_scale, edges=edges)
+    np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4)
 
 
 def test_bernoulli_scores_the_data_under_the_decoder_probabilities():
