@@ -520,6 +520,11 @@ class Trainer:
     if start >= self.stop_step:
       print(f"Nothing to do: step {start} already reached the target {self.stop_step}", file=sys.stderr)
       return {}
+    if self.stopped_early():
+      print(f"Nothing to do: the run stopped early at step {start} (no improvement of "
+            f"{cfg.early_stopping_metric} for more than {cfg.early_stopping_patience} epochs)",
+            file=sys.stderr)
+      return {}
     progbar = keras.utils.Progbar(self.stop_step - start, verbose=1 if cfg.progress else 0,
                                   unit_name="step")
     last = {}
@@ -588,6 +593,12 @@ class Trainer:
         tf.summary.scalar(f"train/{k}", v)
     return means
 
+  def stopped_early(self) -> bool:
+    """True when the restored state already met the early-stopping rule (a finished run)."""
+    patience = self.config.early_stopping_patience
+    return (self.config.early_stopping_metric is not None and patience is not None
+            and int(self.bad_epochs.numpy()) > patience)
+
   def _end_epoch(self, epoch: int, step: int) -> bool:
     """Runs `epoch_end_fn`; handles early stopping. Returns True to stop."""
     if self.epoch_end_fn is None:
@@ -609,10 +620,9 @@ class Trainer:
       self._save(step, self.best_manager)
     elif epoch + 1 > cfg.early_stopping_start_epoch:
       self.bad_epochs.assign_add(1)
-    patience = cfg.early_stopping_patience
-    if patience is not None and self.bad_epochs.numpy() > patience:
+    if self.stopped_early():
       print(f"Early stopping after epoch {epoch + 1}: no improvement of {cfg.early_stopping_metric} "
-            f"for more than {patience} epochs", file=sys.stderr)
+            f"for more than {cfg.early_stopping_patience} epochs", file=sys.stderr)
       return True
     return False
 

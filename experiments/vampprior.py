@@ -326,6 +326,7 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
              test_negative_elbo=summary.negative_elbo, test_examples=summary.num_examples,
              importance_samples=counted.importance_samples,
              train_time_s=train_time, eval_time_s=eval_time, seed=config.seed,
+             train_seconds_total=float(trainer.train_seconds.numpy()), cpu=harness.cpu_model(),
              batch_size=config.batch_size, epochs=config.epochs, logdir=config.logdir)
   results.write_json(os.path.join(config.logdir, "results.json"), row)
   return row

@@ -133,6 +133,10 @@ def test_early_stopping_and_best_checkpoint(tmp_path):
   assert int(trainer.step.numpy()) == 5 * 4
   assert trainer.best_manager.latest_checkpoint.endswith("ckpt-8")
   assert trainer.restore_best().endswith("ckpt-8")
+  rerun = make_trainer(tmp_path, epochs=6, early_stopping_metric="val_loss",
+                       early_stopping_patience=2)
+  rerun.epoch_end_fn = epoch_end
+  assert rerun.fit() == {} and int(rerun.step.numpy()) == 5 * 4  # a stopped run stays stopped
 
 
 def test_tensorboard_events_written(tmp_path):

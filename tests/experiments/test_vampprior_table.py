@@ -32,6 +32,31 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
   assert "K used" in text and all(" 8 |" in row for row in rows)
   assert os.path.isdir(tmp_path / "runs" / "frey_faces-vae-vampprior" / "checkpoints")
 
+  # --report_only: finished cells are read back (not retrained, not re-evaluated), an unfinished
+  # cell says how far it got, a cell never started says so; no test numbers are invented.
+  mog = tmp_path / "runs" / "frey_faces-vae-mog"
+  mog.mkdir()
+  (mog / "status.json").write_text(json.dumps(dict(
+      epoch=3.0, total_epochs=2000, best_epoch=2, best_metric=101.5, train_seconds=7.0,
+      cpu="test CPU", finished=False)))
+  report = tmp_path / "report.md"
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.vampprior_table", "--preset=quick", "--report_only",
+       "--datasets=frey_faces", "--models=vae", "--priors=standard,vampprior,mog,flow",
+       "--epochs=1", "--train_examples=100", "--eval_examples=10", "--test_samples=8",
+       "--ll_chunk=8", "--num_components=5", "--hidden_units=16", "--z1_dim=4",
+       f"--logdir={tmp_path / 'runs'}", f"--table_output={report}"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "Resumed from" not in proc.stderr
+  rows = json.load(open(tmp_path / "report.json"))
+  assert [r["status"] for r in rows] == [
+      "finished", "finished", "training: epoch 3 of at most 2000, best validation epoch 2",
+      "not started"]
+  assert [r.get("test_nll") for r in rows[:2]] == [r["test_nll"] for r in saved]
+  assert rows[2].get("test_nll") is None and rows[3].get("test_nll") is None
+  assert "**Not converged:**" in report.read_text()
+
 
 def test_paper_numbers_are_only_attached_to_published_cells():
   assert vampprior_table.PAPER_NLL[("static_mnist", "vae", "vampprior")] == 85.57
