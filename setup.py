@@ -9,8 +9,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["nvae_tf*", "vampprior_tf*", "diffusion_tf*", "evaluation*",
-                                    "experiments*"]),
+    packages=find_packages(include=["common_tf*", "nvae_tf*", "vampprior_tf*", "diffusion_tf*",
+                                    "evaluation*", "experiments*"]),
     install_requires=[
         "tensorflow>=2.16",  # Keras 3
         "tensorflow-probability>=0.24",

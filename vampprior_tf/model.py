@@ -19,6 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from common_tf import random as common_random
+
 from vampprior_tf import distributions
 from vampprior_tf.layers import (GatedConv2d, GatedDense, MaskedConv2D, hardtanh, he_normal,
                                  torch_default_uniform)
@@ -80,8 +82,10 @@ class GaussianHead(keras.layers.Layer):
 
 
 def reparameterize(mean, log_var, seed):
-  """z = mean + exp(log_var / 2) * eps, eps ~ N(0, I)."""
-  return mean + tf.exp(0.5 * log_var) * keras.random.normal(tf.shape(mean), seed=seed)
+  """z = mean + exp(log_var / 2) * eps, eps ~ N(0, I) (the same eps per example on any number of
+  replicas: `common_tf.random`)."""
+  return mean + tf.exp(0.5 * log_var) * common_random.normal(tf.shape(mean), seed=seed,
+                                                             dtype=mean.dtype)
 
 
 class LatentVariableModel(keras.Model):
