@@ -56,7 +56,22 @@ def toy_task():
   return model, loss_fn, clip, tf.data.Dataset.from_tensor_slices(data)
 
 
-TASKS = {"toy": toy_task}
+def vampprior_task():
+  """The VampPrior experiment's real loss (KL warm-up) and AdamNormGrad on a tiny HVAE."""
+  from experiments import vampprior as vampprior_experiment  # pylint: disable=g-import-not-at-top
+  from vampprior_tf import distributions, optim, priors  # pylint: disable=g-import-not-at-top
+  from vampprior_tf import model as models  # pylint: disable=g-import-not-at-top
+  shape = (4, 4, 1)
+  prior = priors.VampPrior(num_components=3, image_shape=shape, init_mean=0.05, init_std=0.01)
+  model = models.HVAE2Level(image_shape=shape, observation=distributions.Bernoulli(), prior=prior,
+                            z1_dim=2, z2_dim=2, hidden_units=8, seed=5)
+  model(tf.zeros((2,) + shape))
+  data = (np.random.RandomState(0).rand(NUM_EXAMPLES, *shape) > 0.5).astype(np.float32)
+  return (model, vampprior_experiment.make_loss_fn(warmup=2), optim.normalize_gradients,
+          tf.data.Dataset.from_tensor_slices(data))
+
+
+TASKS = {"toy": toy_task, "vampprior": vampprior_task}
 
 
 def main():

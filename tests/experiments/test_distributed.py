@@ -64,6 +64,7 @@ def _weights(logdir, task="toy"):
     return [f[k] for k in sorted(f.files, key=lambda k: int(k.split("_")[1]))]
 
 
+@pytest.mark.slow
 def test_two_workers_equal_one_process_and_resume_after_a_lost_worker(tmp_path):
   # One process, uninterrupted; and killed after update 5 (checkpoint at 4), then resumed.
   single = _start(tmp_path / "single")
@@ -75,11 +76,16 @@ def test_two_workers_equal_one_process_and_resume_after_a_lost_worker(tmp_path):
   for a, b in zip(_weights(tmp_path / "single"), _weights(tmp_path / "resumed")):
     np.testing.assert_array_equal(a, b)  # --deterministic: bit-identical
 
-  # Two workers x 1 CPU on the same global batch.
-  for proc in _cluster(tmp_path / "two"):
+  # Two workers x 1 CPU on the same global batch: the toy task (synchronised BatchNorm, clipping)
+  # and the VampPrior experiment's real loss with AdamNormGrad.
+  single_real = _start(tmp_path / "single_real", tasks="vampprior")
+  for proc in _cluster(tmp_path / "two", tasks="toy,vampprior"):
     _finish(proc)
+  _finish(single_real)
   for a, b in zip(_weights(tmp_path / "single"), _weights(tmp_path / "two")):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for a, b in zip(_weights(tmp_path / "single_real", "vampprior"), _weights(tmp_path / "two", "vampprior")):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
 
   # Worker 1 dies after update 5; the chief is then stopped too (as a cluster manager would);
   # both restart and resume from the chief's newest checkpoint.
@@ -91,5 +97,5 @@ def test_two_workers_equal_one_process_and_resume_after_a_lost_worker(tmp_path):
   chief.communicate(timeout=TIMEOUT)
   outputs = [_finish(proc) for proc in _cluster(tmp_path / "lost")]
   assert "Resumed from" in outputs[0]
-  for a, b in zip(_weights(tmp_path / "two"), _weights(tmp_path / "lost")):
+  for a, b in zip(_weights(tmp_path / "two"), _weights(tmp_path / "lost")):  # toy task
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
