@@ -59,30 +59,31 @@ def define_flags():
                     "pixel 0 and above 255 belongs to no bin, + 1e-7 inside the log; use for paper "
                     "comparisons) or normalised (bins 0 / 255 take the tails, probabilities sum to 1).")
   flags.DEFINE_integer("num_components", None, "K: pseudo-inputs (vampprior) or Gaussians (mog). "
-                       "Default: the preset's (paper: 500, official default).")
+                       "Default: the preset's (paper: 500, official default).", lower_bound=1)
   flags.DEFINE_bool("learn_prior_weights", False, "VampPrior: learn the mixture weights (official: "
                     "uniform 1/K).")
   flags.DEFINE_integer("warmup", None, "KL warm-up epochs: beta = min(epoch / warmup, 1) for "
                        "epoch = 1, 2, ... (official: the first epoch has beta = 1 / warmup); 0 = no "
-                       "warm-up. Default: the preset's (paper: 100).")
-  flags.DEFINE_float("lr", None, "AdamNormGrad learning rate. Default: the preset's (paper: 5e-4).")
+                       "warm-up. Default: the preset's (paper: 100).", lower_bound=0)
+  flags.DEFINE_float("lr", None, "AdamNormGrad learning rate. Default: the preset's (paper: 5e-4).",
+                     lower_bound=0.0)
   flags.DEFINE_integer("early_stopping", None, "Patience in epochs on the validation -ELBO: stop "
                        "after MORE than this many consecutive epochs without improvement, counted "
                        "from epoch --warmup on (official rule); 0 disables. Default: the preset's "
-                       "(paper: 50).")
+                       "(paper: 50).", lower_bound=0)
   flags.DEFINE_integer("test_samples", None, "Importance samples per test example for log p(x). "
-                       "Default: the preset's (paper: 5000).")
+                       "Default: the preset's (paper: 5000).", lower_bound=1)
   flags.DEFINE_integer("train_examples", None, "Use a random subset of this many training "
-                       "examples (default: the preset's; paper: all).")
+                       "examples (default: the preset's; paper: all).", lower_bound=1)
   flags.DEFINE_integer("eval_examples", None, "Use random subsets of this many validation and test "
-                       "examples (default: the preset's; paper: all).")
-  flags.DEFINE_integer("z1_dim", 40, "Size of z1 (the only latent of the VAE).")
-  flags.DEFINE_integer("z2_dim", 40, "Size of z2 (HVAEs; the prior acts on it).")
-  flags.DEFINE_integer("hidden_units", 300, "Width of the gated dense layers.")
-  flags.DEFINE_integer("flow_couplings", 8, "Flow prior: number of RealNVP couplings.")
-  flags.DEFINE_integer("flow_hidden_units", 128, "Flow prior: hidden units of each coupling net.")
-  flags.DEFINE_integer("ll_batch_size", 20, "Test examples per compiled likelihood call.")
-  flags.DEFINE_integer("ll_chunk", 250, "Importance samples drawn at once per example (memory).")
+                       "examples (default: the preset's; paper: all).", lower_bound=1)
+  flags.DEFINE_integer("z1_dim", 40, "Size of z1 (the only latent of the VAE).", lower_bound=1)
+  flags.DEFINE_integer("z2_dim", 40, "Size of z2 (HVAEs; the prior acts on it).", lower_bound=1)
+  flags.DEFINE_integer("hidden_units", 300, "Width of the gated dense layers.", lower_bound=1)
+  flags.DEFINE_integer("flow_couplings", 8, "Flow prior: number of RealNVP couplings.", lower_bound=1)
+  flags.DEFINE_integer("flow_hidden_units", 128, "Flow prior: hidden units of each coupling net.", lower_bound=1)
+  flags.DEFINE_integer("ll_batch_size", 20, "Test examples per compiled likelihood call.", lower_bound=1)
+  flags.DEFINE_integer("ll_chunk", 250, "Importance samples drawn at once per example (memory).", lower_bound=1)
 
 FLAGS = flags.FLAGS
 
