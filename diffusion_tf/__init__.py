@@ -7,6 +7,9 @@
 - `layers`: the DDPM U-Net and its blocks.
 - `distributions`: Gaussian KL, discretized Gaussian decoder, uniform dequantization.
 - `model`: `DDPM`, `FlowModel`, `FlowPriorVAE`, and `ema_weights`.
+- `optim`: the official DDPM optimizer (Adam epsilon 1e-8, `LinearWarmup` step / warmup).
+- `official_checkpoint`: loads the official DDPM TF1 checkpoints (`model.ckpt-*`) into the U-Net;
+  `OFFICIAL_CONFIGS` (cifar10, celebahq, lsun).
 """
 
 from diffusion_tf.flows import RealNVPFlow, alternating_masks, checkerboard_masks, logit_bijector

@@ -31,6 +31,8 @@ NUM_TIMESTEPS = 1000
 LINEAR_BETA_START, LINEAR_BETA_END = 1e-4, 0.02
 # Improved DDPM (Nichol & Dhariwal 2021, eq. 17): offset s = 0.008, betas clipped at 0.999.
 COSINE_OFFSET, COSINE_MAX_BETA = 0.008, 0.999
+# DDIM timestep respacings (see `GaussianDiffusion.ddim_timesteps`); "uniform" is the official one.
+DDIM_SPACINGS = ("uniform", "leading", "trailing", "linspace")
 
 
 def linear_beta_schedule(num_timesteps: int = NUM_TIMESTEPS, *, beta_start: float = LINEAR_BETA_START,
@@ -121,9 +123,9 @@ class GaussianDiffusion:
   # --------------------------------------------------------------------------- helpers
 
   @staticmethod
-  def _extract(table: np.ndarray, t, x):
-    """table[t] as float32 [B, 1, 1, 1] (broadcasts against x [B, H, W, C])."""
-    values = tf.gather(tf.constant(table, tf.float32), t)  # [B]
+  def _extract(table: np.ndarray, t, x, dtype=tf.float32):
+    """table[t] as `dtype` [B, 1, 1, 1] (broadcasts against x [B, H, W, C])."""
+    values = tf.gather(tf.constant(table, dtype), t)  # [B]
     return tf.reshape(values, tf.concat([tf.shape(t), tf.ones([tf.rank(x) - 1], tf.int32)], 0))
 
   # --------------------------------------------------------------------------- forward process
@@ -190,11 +192,14 @@ class GaussianDiffusion:
     mean, _, log_variance = self.q_mean_variance(x0, t)
     return distributions.sum_over_pixels(distributions.normal_kl(mean, log_variance, 0.0, 0.0))
 
-  def variational_bound(self, eps_fn: EpsFn, x0, *, seed, clip_denoised: bool = False
+  def variational_bound(self, eps_fn: EpsFn, x0, *, seed, clip_denoised: bool = True
                         ) -> VariationalBound:
     """-log p(x_0) <= L_T + sum_{t=1}^{T-1} L_t + L_0 (DDPM eq. 5), all T terms, one while loop.
 
     x0: 8-bit data in [-1, 1] [B, H, W, C]; seed: int32 [2] stateless seed for the x_t draws.
+    clip_denoised: clip x0_hat to [-1, 1] inside p(x_{t-1} | x_t), as the official evaluation
+    (`calc_bpd_loop(..., clip_denoised=True)` in diffusion_utils_2.py); False is the bound of the
+    unclipped model that the training loss (`_vb_terms_bpd(clip_denoised=False)`) optimises.
     """
     x0 = tf.convert_to_tensor(x0, tf.float32)
     batch = tf.shape(x0)[:1]
@@ -252,11 +257,31 @@ class GaussianDiffusion:
 
   # --------------------------------------------------------------------------- DDIM
 
-  def ddim_timesteps(self, num_steps: int) -> np.ndarray:
-    """Respaced timesteps 0, k, 2k, ... (k = T // num_steps), ascending (DDIM official 'uniform')."""
-    if not 1 <= num_steps <= self.num_timesteps:
-      raise ValueError(f"DDIM steps must be in [1, {self.num_timesteps}], got {num_steps}")
-    return np.arange(0, self.num_timesteps, self.num_timesteps // num_steps)[:num_steps]
+  def ddim_timesteps(self, num_steps: int, *, spacing: str = "uniform") -> np.ndarray:
+    """Respaced DDIM timesteps tau (ascending int64), by `spacing` (one of `DDIM_SPACINGS`):
+
+      uniform  (official DDIM, ermongroup/ddim `skip_type="uniform"`): range(0, T, T // S). It has
+               ceil(T / (T // S)) steps, i.e. more than S when T // S does not divide T
+               (T = 1000, S = 30 gives 31 steps 0, 33, ..., 990);
+      leading  (diffusers `timestep_spacing="leading"`, steps_offset 0): k (T // S), k = 0 .. S-1;
+               the same as uniform whenever S divides T;
+      trailing (diffusers "trailing"): round(T - k T / S) - 1, k = 0 .. S-1;
+      linspace (diffusers "linspace"): round(linspace(0, T - 1, S)).
+    """
+    T = self.num_timesteps
+    if not 1 <= num_steps <= T:
+      raise ValueError(f"DDIM steps must be in [1, {T}], got {num_steps}")
+    if spacing == "uniform":
+      steps = np.arange(0, T, T // num_steps)  # official ddim: range(0, T, T // S)
+    elif spacing == "leading":
+      steps = np.arange(num_steps) * (T // num_steps)
+    elif spacing == "trailing":
+      steps = np.round(np.arange(T, 0, -T / num_steps)).astype(np.int64) - 1
+    elif spacing == "linspace":
+      steps = np.round(np.linspace(0, T - 1, num_steps))
+    else:
+      raise ValueError(f"DDIM spacing must be one of {DDIM_SPACINGS}, got {spacing!r}")
+    return np.sort(np.asarray(steps, dtype=np.int64))
 
   def ddim_mean_std(self, eps_fn: EpsFn, x_t, t, t_prev, *, eta: float, clip_denoised: bool):
     """DDIM (Song et al. 2021, eq. 12) from t to t_prev (-1 = the data end, abar = 1):
@@ -265,22 +290,30 @@ class GaussianDiffusion:
         sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev).
     Returns (mean, std), [B, H, W, C] and [B, 1, 1, 1].
     """
+    # The per-step coefficients are computed in float64 and cast once: 1 - abar_prev - sigma^2
+    # cancels badly in float32 near t = 0 (1e-4 - 9.7e-5 at the last step of 50).
     abar = np.append(1.0, self.alphas_cumprod)  # index t + 1
-    a_t = self._extract(abar, t + 1, x_t)
-    a_prev = self._extract(abar, t_prev + 1, x_t)
+    a_t = self._extract(abar, t + 1, x_t, dtype=tf.float64)
+    a_prev = self._extract(abar, t_prev + 1, x_t, dtype=tf.float64)
+    f32 = lambda v: tf.cast(v, tf.float32)
     eps = tf.cast(eps_fn(x_t, t), tf.float32)
-    pred_x0 = (x_t - tf.sqrt(1.0 - a_t) * eps) / tf.sqrt(a_t)
+    pred_x0 = f32(tf.sqrt(1.0 / a_t)) * x_t - f32(tf.sqrt(1.0 / a_t - 1.0)) * eps
     if clip_denoised:
       pred_x0 = tf.clip_by_value(pred_x0, -1.0, 1.0)
-      eps = (x_t - tf.sqrt(a_t) * pred_x0) / tf.sqrt(1.0 - a_t)
+      eps = (x_t - f32(tf.sqrt(a_t)) * pred_x0) / f32(tf.sqrt(1.0 - a_t))
     sigma = eta * tf.sqrt((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev))
-    mean = tf.sqrt(a_prev) * pred_x0 + tf.sqrt(tf.maximum(1.0 - a_prev - sigma ** 2, 0.0)) * eps
-    return mean, sigma
+    mean = (f32(tf.sqrt(a_prev)) * pred_x0
+            + f32(tf.sqrt(tf.maximum(1.0 - a_prev - sigma ** 2, 0.0))) * eps)
+    return mean, f32(sigma)
 
   def ddim_sample_loop(self, eps_fn: EpsFn, shape, *, seed, num_steps: int, eta: float = 0.0,
-                       clip_denoised: bool = True):
-    """DDIM over `ddim_timesteps(num_steps)` as one `tf.while_loop`; eta = 0 is deterministic."""
-    steps = self.ddim_timesteps(num_steps)
+                       clip_denoised: bool = False, spacing: str = "uniform", x_T=None):
+    """DDIM over `ddim_timesteps(num_steps, spacing=spacing)` as one `tf.while_loop`; eta = 0 is
+    deterministic. `clip_denoised=False` is the official DDIM sampler (ermongroup
+    `generalized_steps` does not clip x0_hat); True clips x0_hat to [-1, 1] and recomputes eps_hat
+    from it (diffusers `clip_sample=True, use_clipped_model_output=True`). `x_T`: start from this
+    [B, H, W, C] instead of `initial_noise(shape, seed)`."""
+    steps = self.ddim_timesteps(num_steps, spacing=spacing)
     timesteps = tf.constant(steps, tf.int32)
     previous = tf.constant(np.append(-1, steps[:-1]), tf.int32)
 
@@ -291,8 +324,8 @@ class GaussianDiffusion:
       noise = _normal(tf.shape(x), seed=_fold_in(seed, timesteps[j]))
       return j - 1, mean + std * noise
 
-    _, x0 = tf.while_loop(lambda j, _: j >= 0, body,
-                          (tf.constant(len(steps) - 1), self.initial_noise(shape, seed)))
+    x_T = self.initial_noise(shape, seed) if x_T is None else tf.convert_to_tensor(x_T, tf.float32)
+    _, x0 = tf.while_loop(lambda j, _: j >= 0, body, (tf.constant(len(steps) - 1), x_T))
     return x0
 
 

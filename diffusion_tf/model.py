@@ -66,9 +66,10 @@ class DDPMLoss:
 class DDPM(keras.Model):
   """Denoising diffusion probabilistic model with an epsilon-predicting U-Net.
 
-  Images [B, H, W, C] in [0, 1] are uniformly dequantized (training), mapped to [-1, 1] and padded
-  with the background value -1 to `padded_size` (MNIST 28 -> 32: four U-Net levels need a size
-  divisible by 8). Samples are cropped back to [H, W].
+  Images [B, H, W, C] in [0, 1] (8-bit values k / 255) are mapped to k / 127.5 - 1 in [-1, 1], as
+  the official code trains (tpu_utils.normalize_data, no noise added), and padded with the
+  background value -1 to `padded_size` (MNIST 28 -> 32: four U-Net levels need a size divisible
+  by 8). Samples are cropped back to [H, W].
 
   Args:
     image_shape: [H, W, C] of the data.
@@ -77,13 +78,16 @@ class DDPM(keras.Model):
     padded_size: side of the square the U-Net sees (>= H, W).
     jit_sampling: compile the samplers and the bound with XLA.
     seed: seed of the model's training-noise generator (t, epsilon, dequantization).
+    dequantize: train on uniformly dequantized (k + u) / 256 instead (not the official protocol;
+      the bound is still scored on the 8-bit grid).
   """
 
   def __init__(self, *, image_shape: tuple[int, int, int], unet: UNetConfig,
                diffusion: GaussianDiffusion, padded_size: int = 32, jit_sampling: bool = True,
-               seed: int = 0, **kwargs):
+               seed: int = 0, dequantize: bool = False, **kwargs):
     super().__init__(**kwargs)
     h, w, c = image_shape
+    self.dequantize = bool(dequantize)
     if padded_size < max(h, w):
       raise ValueError(f"padded_size {padded_size} is smaller than the image {image_shape}")
     self.image_shape = tuple(image_shape)
@@ -125,9 +129,16 @@ class DDPM(keras.Model):
 
   # --------------------------------------------------------------------------- training
 
+  def training_data(self, x01):
+    """x_0 for training, [B, S, S, C]: k / 127.5 - 1 (official), or (k + u) / 256 mapped to [-1, 1]
+    with `dequantize`."""
+    if self.dequantize:
+      return self.to_model_space(distributions.uniform_dequantize(x01, seed=self.seed_generator))
+    return self.to_model_space(tf.round(tf.cast(x01, tf.float32) * 255.0) / 255.0)
+
   def loss_terms(self, x01, training=True) -> DDPMLoss:
-    """L_simple on dequantized data: t ~ U{0..T-1}, eps ~ N(0, I) from the model's seed generator."""
-    x0 = self.to_model_space(distributions.uniform_dequantize(x01, seed=self.seed_generator))
+    """L_simple (DDPM eq. 14): t ~ U{0..T-1}, eps ~ N(0, I) from the model's seed generator."""
+    x0 = self.training_data(x01)
     batch = tf.shape(x0)[0]
     t = keras.random.randint([batch], 0, self.diffusion.num_timesteps, seed=self.seed_generator,
                              dtype="int32")
@@ -145,30 +156,38 @@ class DDPM(keras.Model):
     shape = (num_samples,) + self.padded_shape
     return self.to_image_space(self.diffusion.p_sample_loop(self._eps_fn, shape, seed=seed))
 
-  def _ddim_impl(self, num_samples: int, seed, num_steps: int, eta: float):
+  def _ddim_impl(self, num_samples: int, seed, num_steps: int, eta: float, spacing: str,
+                 clip_denoised: bool):
     shape = (num_samples,) + self.padded_shape
     return self.to_image_space(self.diffusion.ddim_sample_loop(
-        self._eps_fn, shape, seed=seed, num_steps=num_steps, eta=eta))
+        self._eps_fn, shape, seed=seed, num_steps=num_steps, eta=eta, spacing=spacing,
+        clip_denoised=clip_denoised))
 
   def sample(self, num_samples: int, *, seed: int = 0):
     """Ancestral sampling, all T steps in one compiled while loop: [N, H, W, C] in [0, 1]."""
     return self._ancestral(num_samples, tf.constant([seed, 0], tf.int32))
 
-  def sample_ddim(self, num_samples: int, *, seed: int = 0, num_steps: int = 50, eta: float = 0.0):
-    """DDIM with `num_steps` respaced steps (one compiled while loop): [N, H, W, C] in [0, 1]."""
-    return self._ddim(num_samples, tf.constant([seed, 0], tf.int32), num_steps, float(eta))
+  def sample_ddim(self, num_samples: int, *, seed: int = 0, num_steps: int = 50, eta: float = 0.0,
+                  spacing: str = "uniform", clip_denoised: bool = False):
+    """DDIM over `diffusion.ddim_timesteps(num_steps, spacing=spacing)` (one compiled while loop):
+    [N, H, W, C] in [0, 1]. Defaults as the official DDIM code (uniform skip, x0_hat not clipped)."""
+    return self._ddim(num_samples, tf.constant([seed, 0], tf.int32), num_steps, float(eta), spacing,
+                      bool(clip_denoised))
 
   # --------------------------------------------------------------------------- likelihood
 
-  def _bound_impl(self, x01, seed):
+  def _bound_impl(self, x01, seed, clip_denoised: bool):
     x0 = self.to_model_space(tf.round(tf.cast(x01, tf.float32) * 255.0) / 255.0)
-    vb = self.diffusion.variational_bound(self._eps_fn, x0, seed=seed)
+    vb = self.diffusion.variational_bound(self._eps_fn, x0, seed=seed, clip_denoised=clip_denoised)
     return vb.total, vb.prior, vb.diffusion, vb.decoder
 
-  def variational_bound(self, x01, *, seed: int = 0) -> VariationalBound:
+  def variational_bound(self, x01, *, seed: int = 0, clip_denoised: bool = True
+                        ) -> VariationalBound:
     """The negative VLB (all T terms) of the padded 8-bit images, nats [B]. Since the padding is
-    known, it also bounds -log p(crop | padding) of the H*W*C real pixels."""
-    total, prior, kl, decoder = self._bound(x01, tf.constant([seed, 1], tf.int32))
+    known, it also bounds -log p(crop | padding) of the H*W*C real pixels. `clip_denoised`: as the
+    official `calc_bpd_loop` (True) or the unclipped bound (False)."""
+    total, prior, kl, decoder = self._bound(x01, tf.constant([seed, 1], tf.int32),
+                                            bool(clip_denoised))
     return VariationalBound(total=total, prior=prior, diffusion=kl, decoder=decoder)
 
 

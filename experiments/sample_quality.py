@@ -29,8 +29,10 @@ import numpy as np
 import tensorflow as tf
 
 from diffusion_tf import diffusion as diffusion_lib
+from diffusion_tf import distributions
 from diffusion_tf import layers
 from diffusion_tf import model as models
+from diffusion_tf import optim
 from evaluation import fid
 from evaluation import features
 from evaluation import kid
@@ -60,13 +62,22 @@ def define_flags():
                        "(DDPM: 1000; smaller only for smoke tests).")
   flags.DEFINE_enum("beta_schedule", "linear", ["linear", "cosine"], "DDPM noise schedule: linear "
                     "1e-4..0.02 (DDPM) or cosine (Nichol & Dhariwal 2021).")
-  flags.DEFINE_integer("ddim_steps", 50, "DDIM respaced steps.")
+  flags.DEFINE_integer("ddim_steps", 50, "DDIM respaced steps S.")
   flags.DEFINE_float("ddim_eta", 0.0, "DDIM eta (0: deterministic; 1: ancestral-like variances).")
-  flags.DEFINE_integer("vlb_examples", None, "Evaluation images for the DDPM variational bound "
-                       "(T network calls each). Default: the preset's.")
+  flags.DEFINE_enum("ddim_spacing", "uniform", list(diffusion_lib.DDIM_SPACINGS),
+                    "DDIM timesteps: uniform = official DDIM range(0, T, T // S) (more than S steps "
+                    "when T // S does not divide T); leading / trailing / linspace = diffusers' "
+                    "timestep_spacing options (see docs/diffusion.md).")
+  flags.DEFINE_bool("ddim_clip_x0", False, "Clip DDIM's x0 prediction to [-1, 1] (diffusers' "
+                    "clip_sample); the official DDIM sampler does not.")
+  flags.DEFINE_bool("ddpm_dequantize", False, "Train the DDPM on uniformly dequantized (k + u)/256 "
+                    "data; default: k/127.5 - 1 without noise, as the official code.")
+  flags.DEFINE_integer("vlb_examples", None, "Held-out images for the DDPM variational bound "
+                       "(T network calls each). Default: all evaluation images.", lower_bound=1)
+  flags.DEFINE_bool("vlb_unclipped", False, "Also report the DDPM bound without clipping x0_hat "
+                    "(the official calc_bpd_loop clips; this doubles the bound's cost).")
   flags.DEFINE_integer("iw_samples", None, "Importance samples per image for the VAE's log p(x). "
                        "Default: the preset's.")
-  flags.DEFINE_string("results_dir", "results", "Where sample_quality.md and the PNG grids go.")
 
 FLAGS = flags.FLAGS
 
@@ -105,7 +116,7 @@ class DDPMPreset:
   warmup_steps: int
   ema_decay: float
   unet: layers.UNetConfig
-  vlb_examples: int
+  vlb_examples: int | None = None  # None: all evaluation images
   grad_clip_norm: float = 1.0  # DDPM official: clip the global gradient norm at 1
 
 
@@ -128,8 +139,7 @@ PRESETS = {
                         ema_decay=0.99,
                         unet=layers.UNetConfig(channels=16, channel_mult=(1, 2, 2, 2),
                                                num_res_blocks=1, attention_resolutions=(8,),
-                                               dropout=0.1, num_groups=8),
-                        vlb_examples=16),
+                                               dropout=0.1, num_groups=8)),
         fid_samples=1000,
         data=(f"grey MNIST test images: train on test[:{QUICK_TRAIN_IMAGES}], evaluate on the "
               f"held-out test[{QUICK_TRAIN_IMAGES}:] (1,000 images); the MNIST train images are "
@@ -144,8 +154,7 @@ PRESETS = {
                       hidden_units=(512, 256), prior_couplings=8, prior_hidden_units=256,
                       iw_samples=5000),
         ddpm=DDPMPreset(batch_size=128, epochs=200, learning_rate=2e-4, warmup_steps=5000,
-                        ema_decay=models.DDPM_EMA_DECAY, unet=layers.UNetConfig(),
-                        vlb_examples=10000),
+                        ema_decay=models.DDPM_EMA_DECAY, unet=layers.UNetConfig()),
         fid_samples=10000,
         data="MNIST train (60,000 grey images) for training, the 10,000 test images for evaluation"),
 }
@@ -164,21 +173,6 @@ def load_images(preset_name: str, data_dir: str | None):
 
 
 # ============================================================================= training
-
-
-class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
-  """lr * min(1, (step + 1) / warmup_steps) (DDPM official: linear warm-up over 5000 steps)."""
-
-  def __init__(self, learning_rate: float, warmup_steps: int):
-    self.learning_rate = learning_rate
-    self.warmup_steps = max(1, warmup_steps)
-
-  def __call__(self, step):
-    frac = tf.minimum(1.0, tf.cast(step + 1, tf.float32) / self.warmup_steps)
-    return self.learning_rate * frac
-
-  def get_config(self):
-    return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
 
 
 def clip_by_global_norm(max_norm: float):
@@ -221,7 +215,7 @@ def run_flow(p: FlowPreset, *, strategy, train_images, eval_images, logdir):
   with strategy.scope():
     model = models.FlowModel(image_shape=(28, 28, 1), num_couplings=p.num_couplings,
                              hidden_units=p.hidden_units, seed=FLAGS.seed)
-    optimizer = harness.wrap_optimizer(keras.optimizers.Adam(p.learning_rate))
+    optimizer = keras.optimizers.Adam(p.learning_rate)
 
   def loss_fn(m, x, ctx):
     terms = m.loss_terms(x, training=True)
@@ -232,8 +226,7 @@ def run_flow(p: FlowPreset, *, strategy, train_images, eval_images, logdir):
                   strategy=strategy, logdir=logdir, hparams=dataclasses.asdict(p),
                   epoch_end_fn=image_summaries(lambda n: model.sample(n)))
   # Held-out bits/dim: one dequantization draw per image (fixed seed), + 8 bits for 8-bit data.
-  dequant = tf.random.stateless_uniform(eval_images.shape, seed=[FLAGS.seed, 7])
-  x = (np.round(eval_images * 255) + dequant.numpy()) / 256
+  x = distributions.uniform_dequantize(eval_images, seed=FLAGS.seed + 7).numpy()
   log_prob = tf.function(lambda b: model.log_prob(b).log_prob)
   nll = -np.concatenate([log_prob(tf.constant(x[i:i + EVAL_BATCH])).numpy()
                          for i in range(0, len(x), EVAL_BATCH)])
@@ -248,7 +241,7 @@ def run_vae(p: VAEPreset, *, strategy, train_images, eval_images, logdir):
     model = models.FlowPriorVAE(image_shape=(28, 28, 1), latent_dim=p.latent_dim,
                                 hidden_units=p.hidden_units, prior_couplings=p.prior_couplings,
                                 prior_hidden_units=p.prior_hidden_units, seed=FLAGS.seed)
-    optimizer = harness.wrap_optimizer(keras.optimizers.Adam(p.learning_rate))
+    optimizer = keras.optimizers.Adam(p.learning_rate)
 
   def loss_fn(m, x, ctx):
     lv = m.loss_terms(x, training=True)
@@ -259,8 +252,7 @@ def run_vae(p: VAEPreset, *, strategy, train_images, eval_images, logdir):
                   train_images=train_images, batch_size=p.batch_size, epochs=p.epochs,
                   strategy=strategy, logdir=logdir, hparams=dataclasses.asdict(p),
                   epoch_end_fn=image_summaries(lambda n: model.sample(n)))
-  dequant = tf.random.stateless_uniform(eval_images.shape, seed=[FLAGS.seed, 8])
-  x = ((np.round(eval_images * 255) + dequant.numpy()) / 256).reshape(-1, 784).astype(np.float32)
+  x = distributions.uniform_dequantize(eval_images, seed=FLAGS.seed + 8).numpy().reshape(-1, 784)
   iw = FLAGS.iw_samples or p.iw_samples
   summary = likelihood.evaluate_log_likelihood(
       lambda xb, k: model.log_weights(xb, k), [x[i:i + EVAL_BATCH] for i in range(0, len(x), EVAL_BATCH)],
@@ -277,46 +269,70 @@ def run_ddpm(p: DDPMPreset, *, strategy, train_images, eval_images, logdir):
   gd = diffusion_lib.GaussianDiffusion(betas=schedule(FLAGS.num_timesteps))
   with strategy.scope():
     model = models.DDPM(image_shape=(28, 28, 1), unet=p.unet, diffusion=gd, padded_size=32,
-                        seed=FLAGS.seed)
-    optimizer = harness.wrap_optimizer(keras.optimizers.Adam(
-        LinearWarmup(p.learning_rate, p.warmup_steps), use_ema=True, ema_momentum=p.ema_decay))
+                        seed=FLAGS.seed, dequantize=FLAGS.ddpm_dequantize)
+    # Official: Adam (epsilon 1e-8), lr * min(step / warmup, 1), EMA of the weights.
+    optimizer = optim.ddpm_adam(learning_rate=p.learning_rate, warmup_steps=p.warmup_steps,
+                                ema_decay=p.ema_decay)
   loss_fn = lambda m, x, ctx: harness.LossOutput(per_example=m.loss_terms(x, training=True).simple)
+
+  ddim_steps = min(FLAGS.ddim_steps, gd.num_timesteps)
+  ddim_kwargs = dict(num_steps=ddim_steps, eta=FLAGS.ddim_eta, spacing=FLAGS.ddim_spacing,
+                     clip_denoised=FLAGS.ddim_clip_x0)
 
   def ema_samples(n):
     with models.ema_weights(optimizer, model.trainable_variables):
-      return model.sample_ddim(n, seed=0, num_steps=min(FLAGS.ddim_steps, gd.num_timesteps),
-                               eta=FLAGS.ddim_eta)
+      return model.sample_ddim(n, seed=0, **ddim_kwargs)
   trainer = train("ddpm", model=model, optimizer=optimizer, loss_fn=loss_fn,
                   train_images=train_images, batch_size=p.batch_size, epochs=p.epochs,
                   strategy=strategy, logdir=logdir,
                   hparams=dict(dataclasses.asdict(p), num_timesteps=gd.num_timesteps,
-                               beta_schedule=FLAGS.beta_schedule),
+                               beta_schedule=FLAGS.beta_schedule,
+                               dequantize=FLAGS.ddpm_dequantize),
                   epoch_end_fn=image_summaries(ema_samples),
                   grad_transform=clip_by_global_norm(p.grad_clip_norm))
-  n_vlb = FLAGS.vlb_examples or p.vlb_examples
-  with models.ema_weights(optimizer, model.trainable_variables):
-    nats = np.concatenate([model.variational_bound(eval_images[i:i + EVAL_BATCH][:n_vlb - i],
-                                                   seed=FLAGS.seed).total.numpy()
-                           for i in range(0, n_vlb, EVAL_BATCH)])
-  # The bound is over the padded 32x32 image; the padding is known, so it also bounds
-  # -log p(28x28 crop | padding): report it per real pixel (784 dims). No offset: the decoder
-  # is discrete over 8-bit bins.
-  bpd = float(likelihood.bits_per_dim(nats.mean(), 784))
-
+  n_vlb = min(common.flag_or("vlb_examples", p.vlb_examples or len(eval_images)), len(eval_images))
+  vlb = {clip: vlb_bits_per_dim(model, optimizer, eval_images[:n_vlb], clip_denoised=clip)
+         for clip in ([True, False] if FLAGS.vlb_unclipped else [True])}
+  bpd, se = vlb[True]
+  unclipped = (f"; without clipping x0_hat {vlb[False][0]:.4f} ± {vlb[False][1]:.4f}"
+               if False in vlb else "")
   def sampler(kind):
     def fn(n, seed):
       with models.ema_weights(optimizer, model.trainable_variables):
         if kind == "ancestral":
           return model.sample(n, seed=seed)
-        return model.sample_ddim(n, seed=seed, num_steps=min(FLAGS.ddim_steps, gd.num_timesteps),
-                                 eta=FLAGS.ddim_eta)
+        return model.sample_ddim(n, seed=seed, **ddim_kwargs)
     return fn
-  ddim_name = f"ddim{min(FLAGS.ddim_steps, gd.num_timesteps)}_eta{FLAGS.ddim_eta:g}"
-  return {f"ddpm_ancestral{gd.num_timesteps}": sampler("ancestral"), f"ddpm_{ddim_name}": sampler("ddim")}, {
-      "bits_per_dim": bpd,
-      "bits_per_dim_kind": f"VLB (all {gd.num_timesteps} terms, EMA weights) on {len(nats)} images, "
-                           "upper bound per real pixel",
+  # Named by the steps actually taken (uniform spacing can take more than --ddim_steps).
+  ddim_name = (f"ddim{len(gd.ddim_timesteps(ddim_steps, spacing=FLAGS.ddim_spacing))}"
+               f"_eta{FLAGS.ddim_eta:g}")
+  info = {
+      "bits_per_dim": bpd, "bits_per_dim_se": se, "vlb_images": n_vlb,
+      "bits_per_dim_kind": f"VLB (all {gd.num_timesteps} terms, x0_hat clipped as official, EMA "
+                           f"weights), ± {se:.4f} standard error over {n_vlb} held-out images"
+                           f"{unclipped}; upper bound per real pixel",
       "train_steps": int(trainer.step.numpy())}
+  if False in vlb:
+    info.update(bits_per_dim_unclipped=vlb[False][0], bits_per_dim_unclipped_se=vlb[False][1])
+  return {f"ddpm_ancestral{gd.num_timesteps}": sampler("ancestral"),
+          f"ddpm_{ddim_name}": sampler("ddim")}, info
+
+
+def vlb_bits_per_dim(model, optimizer, images, *, clip_denoised: bool) -> tuple[float, float]:
+  """(mean, standard error over images) of the DDPM bound in bits per real pixel, EMA weights.
+
+  The bound is over the padded 32x32 image; the padding is known, so it also bounds
+  -log p(28x28 crop | padding): per real pixel (784 dims). No +8 offset: the decoder is discrete
+  over 8-bit bins. Each batch of EVAL_BATCH images draws its own x_t noise.
+  """
+  with models.ema_weights(optimizer, model.trainable_variables):
+    nats = np.concatenate([
+        model.variational_bound(images[i:i + EVAL_BATCH], seed=FLAGS.seed * 100_003 + i,
+                                clip_denoised=clip_denoised).total.numpy()
+        for i in range(0, len(images), EVAL_BATCH)])
+  bits = np.asarray(likelihood.bits_per_dim(nats, 784), np.float64)
+  se = float(bits.std(ddof=1) / np.sqrt(len(bits))) if len(bits) > 1 else float("nan")
+  return float(bits.mean()), se
 
 
 RUNNERS = {"flow": run_flow, "vae": run_vae, "ddpm": run_ddpm}
@@ -367,10 +383,11 @@ def main(argv):
     raise ValueError(f"--models must be a non-empty subset of {MODELS}, got {FLAGS.models}")
   preset = PRESETS[FLAGS.preset]
   keras.utils.set_random_seed(FLAGS.seed)  # weight initialisation
-  strategy = harness.setup_runtime(strategy=FLAGS.strategy, precision=FLAGS.precision)
+  strategy = common.setup_runtime()
   train_images, eval_images = load_images(FLAGS.preset, FLAGS.data_dir)
   base_logdir = FLAGS.logdir or common.default_logdir("sample_quality", preset=FLAGS.preset,
                                                       seed=FLAGS.seed)
+  out_dir = common.results_dir(base_logdir)  # results/, or <logdir>/results for smoke runs
   network, unavailable = inception_or_reason()
   fid_n = FLAGS.fid_samples or preset.fid_samples
   rows = []
@@ -383,7 +400,7 @@ def main(argv):
       start = time.perf_counter()
       grid = np.asarray(sample_fn(FLAGS.grid_samples, seed=FLAGS.seed))
       grid_seconds = time.perf_counter() - start
-      png = os.path.join(FLAGS.results_dir, f"sample_quality_{sampler_name}.png")
+      png = os.path.join(out_dir, f"sample_quality_{sampler_name}.png")
       save_grid(png, grid)
       row = dict(info, model=name, sampler=sampler_name, grid=png,
                  grid_seconds=round(grid_seconds, 1))
@@ -398,11 +415,12 @@ def main(argv):
       rows.append(row)
   results.write_json(os.path.join(base_logdir, "results.json"), rows)
   write_page(rows, preset=preset, fid_n=fid_n, num_eval=len(eval_images),
-             fid_available=network is not None)
+             fid_available=network is not None, out_dir=out_dir)
   return 0
 
 
-def write_page(rows, *, preset: Preset, fid_n: int, num_eval: int, fid_available: bool):
+def write_page(rows, *, preset: Preset, fid_n: int, num_eval: int, fid_available: bool,
+               out_dir: str):
   columns = [("model", "model"), ("sampler", "sampler"), ("bits_per_dim", "bits/dim"),
              ("bits_per_dim_kind", "bits/dim: what"),
              ("fid", f"FID ({fid_n} gen. vs {num_eval} eval.)"), ("kid", "KID (mean ± std)"),
@@ -423,7 +441,7 @@ DDPM {dataclasses.asdict(preset.ddpm)}, T = {FLAGS.num_timesteps}, {FLAGS.beta_s
   if not fid_available:
     notes += ("\nFID/KID: the Inception-2015 weights are not available on this machine, so no FID "
               "or KID was computed (none is shown). Rerun with --inception_path to fill them in.\n")
-  results.write_markdown(os.path.join(FLAGS.results_dir, "sample_quality.md"),
+  results.write_markdown(os.path.join(out_dir, "sample_quality.md"),
                          title=f"Sample quality on MNIST ({FLAGS.preset} preset)",
                          command=common.command_line(), table=table, notes=notes)
 

@@ -11,6 +11,7 @@ import tensorflow_probability as tfp
 from diffusion_tf import diffusion
 from diffusion_tf import distributions
 from evaluation.likelihood import bits_per_dim
+from tests.diffusion_tf import numpy_ddpm
 
 SEED = tf.constant([3, 4], tf.int32)
 
@@ -115,32 +116,131 @@ def test_bits_per_dim_of_a_known_gaussian():
   np.testing.assert_allclose(bits_per_dim(vlb.total.numpy(), 9), expected_bpd, rtol=2e-3)
 
 
-def test_vlb_terms_are_positive_for_a_wrong_model():
+@pytest.mark.parametrize("clip", [True, False])
+def test_vlb_of_a_wrong_model_equals_numpy_official_bound(clip):
+  """Every term of the bound against the NumPy float64 calc_bpd_loop, on the same x_t draws."""
   d = _small()
-  vlb = d.variational_bound(lambda x, t: tf.zeros_like(x), _x0(), seed=SEED)
-  assert np.all(vlb.diffusion.numpy() > 0) and np.all(vlb.decoder.numpy() > 0)
-  np.testing.assert_allclose(vlb.total.numpy(),
-                             (vlb.prior + vlb.diffusion + vlb.decoder).numpy(), rtol=1e-6)
+  x0 = _x0()
+  eps_np = lambda x, t: 0.3 * np.tanh(x) - 0.02 * t
+  eps_tf = lambda x, t: 0.3 * tf.tanh(x) - 0.02 * tf.cast(t, tf.float32)[:, None, None, None]
+  vlb = d.variational_bound(eps_tf, x0, seed=SEED, clip_denoised=clip)  # eager: CPU-kernel noise
+  noises = numpy_ddpm.draws(x0.shape, SEED, range(d.num_timesteps), jit=False)
+  total, prior, kl, decoder = numpy_ddpm.vlb(numpy_ddpm.Schedule(d.betas), eps_np,
+                                             x0.numpy().astype(np.float64), noises,
+                                             variance="fixed_large", clip=clip)
+  np.testing.assert_allclose(vlb.prior.numpy(), prior, rtol=1e-5)
+  np.testing.assert_allclose(vlb.diffusion.numpy(), kl, rtol=1e-4)
+  np.testing.assert_allclose(vlb.decoder.numpy(), decoder, rtol=1e-4)
+  np.testing.assert_allclose(vlb.total.numpy(), total, rtol=1e-4)
+
+
+def test_official_bound_clips_x0_by_default():
+  d = _small()
+  eps_tf = lambda x, t: 0.3 * tf.tanh(x) - 0.02 * tf.cast(t, tf.float32)[:, None, None, None]
+  default = d.variational_bound(eps_tf, _x0(), seed=SEED).total.numpy()
+  clipped = d.variational_bound(eps_tf, _x0(), seed=SEED, clip_denoised=True).total.numpy()
+  unclipped = d.variational_bound(eps_tf, _x0(), seed=SEED, clip_denoised=False).total.numpy()
+  np.testing.assert_array_equal(default, clipped)
+  assert np.all(np.abs(clipped - unclipped) > 1.0)  # this model's x0_hat leaves [-1, 1]
+
+
+def _oracle(d, x0):
+  """The true epsilon of any x_t built from x0: (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)."""
+  a = np.sqrt(d.alphas_cumprod)
+  s = np.sqrt(1.0 - d.alphas_cumprod)
+  def eps(x_t, t):
+    return ((x_t - tf.gather(tf.constant(a, tf.float32), t)[:, None, None, None] * x0)
+            / tf.gather(tf.constant(s, tf.float32), t)[:, None, None, None])
+  return eps
+
+
+@pytest.mark.parametrize("variance", list(diffusion.Variance))
+def test_true_epsilon_samplers_return_the_data_point(variance):
+  """Given the true noise, x0_hat = x0 at every step: the ancestral sampler's last step (noise-free,
+  coefficients 1 and 0) and DDIM's last step (abar_prev = 1, sigma = 0) return x0, and DDIM eta = 0
+  started from x_T = q_sample(x0, T-1, eps) stays on that path."""
+  d = _small(variance)
+  x0 = _x0(seed=4)
+  oracle = _oracle(d, x0)
+  shape = tuple(x0.shape)
+  ancestral = d.p_sample_loop(oracle, shape, seed=SEED).numpy()
+  np.testing.assert_allclose(ancestral, x0.numpy(), atol=2e-5)
+  for eta in (0.0, 1.0):
+    for num_steps in (12, 5):
+      out = d.ddim_sample_loop(oracle, shape, seed=SEED, num_steps=num_steps, eta=eta).numpy()
+      np.testing.assert_allclose(out, x0.numpy(), atol=2e-5, err_msg=f"eta={eta}")
+  noise = tf.random.stateless_normal(shape, seed=[9, 9])
+  x_T = d.q_sample(x0, tf.fill([shape[0]], d.num_timesteps - 1), noise)
+  path = tf.function(lambda: d.ddim_sample_loop(oracle, shape, seed=SEED, num_steps=12, x_T=x_T))()
+  np.testing.assert_allclose(path.numpy(), x0.numpy(), atol=2e-5)
+  # One step with the true epsilon: the posterior mean of q(x_{t-1} | x_t, x0), Gaussian algebra.
+  t = np.array([1, 6, 11])
+  x_t = d.q_sample(x0, tf.constant(t), noise)
+  p = d.p_mean_variance(oracle, x_t, tf.constant(t), clip_denoised=False)
+  sched = numpy_ddpm.Schedule(d.betas)
+  for i, ti in enumerate(t):
+    mean, _ = sched.posterior(x0.numpy()[i].astype(np.float64), x_t.numpy()[i].astype(np.float64), ti)
+    np.testing.assert_allclose(p.mean.numpy()[i], mean, rtol=1e-4, atol=1e-5)
+
+
+def test_fixed_large_and_small_variance_values():
+  betas = np.linspace(1e-3, 0.3, 12)
+  abar = np.cumprod(1 - betas)
+  abar_prev = np.concatenate([[1.0], abar[:-1]])
+  posterior = betas * (1 - abar_prev) / (1 - abar)
+  t = tf.constant([0, 1, 5, 11])
+  x = tf.zeros([4, 2, 2, 1])
+  eps0 = lambda x_, t_: tf.zeros_like(x_)
+  large = _small(diffusion.Variance.FIXED_LARGE).p_mean_variance(eps0, x, t, clip_denoised=False)
+  small = _small(diffusion.Variance.FIXED_SMALL).p_mean_variance(eps0, x, t, clip_denoised=False)
+  # Official: fixedlarge = (betas, log(append(posterior_variance[1], betas[1:]))).
+  np.testing.assert_allclose(large.variance.numpy()[:, 0, 0, 0], betas[[0, 1, 5, 11]], rtol=1e-6)
+  np.testing.assert_allclose(large.log_variance.numpy()[:, 0, 0, 0],
+                             np.log([posterior[1], betas[1], betas[5], betas[11]]), rtol=1e-6)
+  np.testing.assert_allclose(small.variance.numpy()[:, 0, 0, 0], posterior[[0, 1, 5, 11]],
+                             rtol=1e-6, atol=1e-12)
+  np.testing.assert_allclose(small.log_variance.numpy()[:, 0, 0, 0],
+                             np.log(posterior[[1, 1, 5, 11]]), rtol=1e-6)
 
 
 def _toy_eps(x, t):
   return 0.5 * tf.tanh(x) + 0.01 * tf.cast(t, tf.float32)[:, None, None, None]
 
 
-def test_compiled_loop_equals_stepwise_loop_for_a_fixed_seed():
+def _toy_eps_np(x, t):
+  return 0.5 * np.tanh(x) + 0.01 * t
+
+
+@pytest.mark.parametrize("jit", [True, False])
+@pytest.mark.parametrize("variance", list(diffusion.Variance))
+def test_compiled_ancestral_sampler_equals_numpy(jit, variance):
+  """The compiled while loop against the independent NumPy sampler on the same noise (XLA draws
+  other normals than the CPU kernel from one seed, so the noise is drawn the same way)."""
+  d = _small(variance)
+  shape = (2, 4, 4, 1)
+  got = tf.function(lambda: d.p_sample_loop(_toy_eps, shape, seed=SEED), jit_compile=jit)().numpy()
+  noises = numpy_ddpm.draws(shape, SEED, range(d.num_timesteps + 1), jit=jit)
+  x_T = noises[d.num_timesteps]
+  expected = numpy_ddpm.ancestral(numpy_ddpm.Schedule(d.betas), _toy_eps_np, x_T, noises,
+                                  variance=variance.value, clip=True)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+  other = d.p_sample_loop(_toy_eps, shape, seed=tf.constant([5, 6])).numpy()
+  assert np.abs(other - got).max() > 0.1
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_compiled_ddim_sampler_equals_numpy(clip):
   d = _small()
   shape = (2, 4, 4, 1)
-  # XLA draws other normals than the CPU kernel from the same seed: compare like with like.
-  for jit in (True, False):
-    compiled = tf.function(lambda: d.p_sample_loop(_toy_eps, shape, seed=SEED), jit_compile=jit)
-    step = tf.function(lambda x, i, s: d.ancestral_step(_toy_eps, x, i, s), jit_compile=jit)
-    a = compiled().numpy()
-    x_T = tf.function(d.initial_noise, jit_compile=jit)(shape, SEED)
-    b = d.p_sample_loop_stepwise(step, x_T, seed=SEED).numpy()
-    assert a.shape == shape and np.all(np.isfinite(a))
-    np.testing.assert_allclose(a, b, atol=1e-5)
-  other = d.p_sample_loop(_toy_eps, shape, seed=tf.constant([5, 6])).numpy()
-  assert not np.allclose(a, other)
+  steps = d.ddim_timesteps(5)  # 12 // 5 = 2: 0, 2, ..., 10 (six steps, official uniform skip)
+  np.testing.assert_array_equal(steps, [0, 2, 4, 6, 8, 10])
+  got = tf.function(lambda: d.ddim_sample_loop(_toy_eps, shape, seed=SEED, num_steps=5, eta=0.5,
+                                               clip_denoised=clip), jit_compile=True)().numpy()
+  noises = numpy_ddpm.draws(shape, SEED, list(steps) + [d.num_timesteps], jit=True)
+  x_T = noises[d.num_timesteps]
+  expected = numpy_ddpm.ddim(numpy_ddpm.Schedule(d.betas), _toy_eps_np, x_T, steps, noises,
+                             eta=0.5, clip=clip)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_ddim_eta_one_over_all_steps_matches_ancestral_fixed_small():
@@ -156,17 +256,21 @@ def test_ddim_eta_one_over_all_steps_matches_ancestral_fixed_small():
   # eta = 0: the deterministic DDIM step (no noise at any t).
   _, std0 = d.ddim_mean_std(_toy_eps, x_t, t, t - 1, eta=0.0, clip_denoised=False)
   np.testing.assert_array_equal(std0.numpy(), 0.0)
-  samples = tf.function(lambda: d.ddim_sample_loop(_toy_eps, (2, 4, 4, 1), seed=SEED, num_steps=4),
-                        jit_compile=True)()
-  assert samples.shape == (2, 4, 4, 1) and np.all(np.abs(samples.numpy()) <= 1.0 + 1e-6)
 
 
 def test_ddim_timesteps_respacing():
   d = diffusion.GaussianDiffusion.linear()
-  steps = d.ddim_timesteps(50)
-  assert len(steps) == 50 and steps[0] == 0 and steps[-1] == 980
+  np.testing.assert_array_equal(d.ddim_timesteps(50), np.arange(50) * 20)
+  # Official DDIM: range(0, T, T // S), 31 steps for S = 30 (diffusers "leading" stops at 30).
+  np.testing.assert_array_equal(d.ddim_timesteps(30), np.arange(31) * 33)
+  np.testing.assert_array_equal(d.ddim_timesteps(30, spacing="leading"), np.arange(30) * 33)
+  np.testing.assert_array_equal(d.ddim_timesteps(4, spacing="trailing"), [249, 499, 749, 999])
+  np.testing.assert_array_equal(d.ddim_timesteps(4, spacing="linspace"), [0, 333, 666, 999])
+  np.testing.assert_array_equal(d.ddim_timesteps(1000), np.arange(1000))
   with pytest.raises(ValueError):
     d.ddim_timesteps(0)
+  with pytest.raises(ValueError, match="spacing"):
+    d.ddim_timesteps(10, spacing="quad")
 
 
 def test_simple_loss_is_zero_for_the_true_noise_and_positive_otherwise():

@@ -12,6 +12,7 @@ from diffusion_tf import layers
 from diffusion_tf import model as model_lib
 from evaluation import likelihood
 from experiments import harness
+from tests.diffusion_tf import numpy_ddpm
 
 TINY_UNET = layers.UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1,
                               attention_resolutions=(4,), dropout=0.1, num_groups=2)
@@ -84,19 +85,38 @@ def test_ddpm_boundary_padding_round_trip():
   np.testing.assert_allclose(m.to_image_space(padded).numpy(), x.numpy(), atol=1e-6)
 
 
-def test_compiled_ddpm_sampler_is_finite_and_equals_the_stepwise_loop():
+def _np_eps(m):
+  """The model's epsilon network as a NumPy function (a black box for the NumPy samplers)."""
+  return lambda x, t: m.eps(tf.constant(x, tf.float32), tf.fill([x.shape[0]], int(t))).numpy()
+
+
+def test_compiled_ddpm_samplers_equal_numpy_samplers():
+  """DDPM.sample / sample_ddim (XLA while loops) against the NumPy samplers on the same noise,
+  with the U-Net as a black box; then the same crop and [0, 1] mapping."""
   m = _ddpm()
   _randomize(m, scale=0.1)
-  samples = m.sample(3, seed=5)
-  assert samples.shape == (3, 6, 6, 1)
-  assert np.all(np.isfinite(samples.numpy())) and samples.numpy().min() >= 0 and samples.numpy().max() <= 1
-  d, seed = m.diffusion, tf.constant([5, 0], tf.int32)
-  step = tf.function(lambda x, i, s: d.ancestral_step(m._eps_fn, x, i, s), jit_compile=True)
-  x_T = tf.function(d.initial_noise, jit_compile=True)((3, 8, 8, 1), seed)
-  stepwise = m.to_image_space(d.p_sample_loop_stepwise(step, x_T, seed=seed))
-  np.testing.assert_allclose(samples.numpy(), stepwise.numpy(), atol=1e-5)
-  ddim = m.sample_ddim(3, seed=5, num_steps=3, eta=0.5)
-  assert ddim.shape == (3, 6, 6, 1) and np.all(np.isfinite(ddim.numpy()))
+  samples = m.sample(3, seed=5).numpy()
+  shape, seed, d = (3, 8, 8, 1), [5, 0], m.diffusion
+  noises = numpy_ddpm.draws(shape, seed, range(d.num_timesteps + 1), jit=True)
+  x_T = noises[d.num_timesteps]
+  x0 = numpy_ddpm.ancestral(numpy_ddpm.Schedule(d.betas), _np_eps(m), x_T, noises,
+                            variance=d.variance.value, clip=True)
+  np.testing.assert_allclose(samples, np.clip((x0[:, 1:7, 1:7] + 1) / 2, 0, 1), atol=1e-4)
+  ddim = m.sample_ddim(3, seed=5, num_steps=3, eta=0.5).numpy()
+  steps = d.ddim_timesteps(3)
+  x0 = numpy_ddpm.ddim(numpy_ddpm.Schedule(d.betas), _np_eps(m), x_T, steps, noises, eta=0.5,
+                       clip=False)
+  np.testing.assert_allclose(ddim, np.clip((x0[:, 1:7, 1:7] + 1) / 2, 0, 1), atol=1e-4)
+
+
+def test_ddpm_trains_on_official_scaling_and_dequantizes_only_on_request():
+  x = _images(2)
+  k = np.round(x.numpy() * 255)
+  official = _ddpm().training_data(x).numpy()[:, 1:7, 1:7]
+  np.testing.assert_allclose(official, k / 127.5 - 1, atol=1e-6)  # tpu_utils.normalize_data
+  dequantized = _ddpm(dequantize=True).training_data(x).numpy()[:, 1:7, 1:7]
+  u = ((dequantized + 1) / 2) * 256 - k  # (k + u) / 256 mapped to [-1, 1]
+  assert u.min() >= -1e-4 and u.max() <= 1 + 1e-4 and u.std() > 0.2
 
 
 def test_ddpm_loss_and_variational_bound():
@@ -107,9 +127,20 @@ def test_ddpm_loss_and_variational_bound():
   grads = tape.gradient(loss, m.trainable_variables)
   assert loss.shape == (4,) and np.all(np.isfinite(loss.numpy()))
   assert sum(g is not None for g in grads) == len(grads)
-  vb = m.variational_bound(_images(2))
-  assert np.all(vb.total.numpy() > 0) and np.all(np.isfinite(vb.total.numpy()))
-  np.testing.assert_allclose(vb.total.numpy(), (vb.prior + vb.diffusion + vb.decoder).numpy(), rtol=1e-5)
+  # The model's bound (official: x0_hat clipped) against the NumPy calc_bpd_loop on the padded
+  # 8-bit images; graph mode, so the x_t draws are the CPU kernel's.
+  m = _ddpm(jit_sampling=False)
+  _randomize(m, scale=0.1)
+  x01 = _images(2)
+  x0 = m.to_model_space(x01).numpy().astype(np.float64)
+  noises = numpy_ddpm.draws(x0.shape, [0, 1], range(m.diffusion.num_timesteps), jit=False)
+  vb = m.variational_bound(x01, seed=0)
+  total, prior, kl, decoder = numpy_ddpm.vlb(numpy_ddpm.Schedule(m.diffusion.betas), _np_eps(m), x0,
+                                             noises, variance=m.diffusion.variance.value, clip=True)
+  np.testing.assert_allclose(vb.prior.numpy(), prior, rtol=1e-5)
+  np.testing.assert_allclose(vb.diffusion.numpy(), kl, rtol=1e-4)
+  np.testing.assert_allclose(vb.decoder.numpy(), decoder, rtol=1e-4)
+  np.testing.assert_allclose(vb.total.numpy(), total, rtol=1e-4)
 
 
 def test_ema_follows_the_weights_and_leaves_schedule_constants_alone(tmp_path):
