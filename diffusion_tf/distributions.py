@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 
-import keras
 import tensorflow as tf
+
+from common_tf import random as common_random
 
 # Official DDPM utils.py: 8-bit data in [-1, 1] have bins of half-width 1/255; the edge bins
 # extend to -inf / +inf, detected with the thresholds +-0.999; probabilities floored at 1e-12.
@@ -63,5 +64,5 @@ def uniform_dequantize(x01, *, seed):
   [0, 1]^D whose NLL in bits/dim + 8 bounds the discrete NLL (Theis et al. 2016). `seed`: a Keras
   SeedGenerator or int."""
   levels = tf.round(tf.cast(x01, tf.float32) * (NUM_LEVELS - 1))
-  u = keras.random.uniform(tf.shape(levels), dtype="float32", seed=seed)
+  u = common_random.uniform(tf.shape(levels), dtype="float32", seed=seed)  # replica-independent
   return (levels + u) / NUM_LEVELS

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from common_tf import random as common_random
 from diffusion_tf import distributions
 from diffusion_tf import flows
 from diffusion_tf.diffusion import GaussianDiffusion, VariationalBound
@@ -140,9 +141,10 @@ class DDPM(keras.Model):
     """L_simple (DDPM eq. 14): t ~ U{0..T-1}, eps ~ N(0, I) from the model's seed generator."""
     x0 = self.training_data(x01)
     batch = tf.shape(x0)[0]
-    t = keras.random.randint([batch], 0, self.diffusion.num_timesteps, seed=self.seed_generator,
-                             dtype="int32")
-    noise = keras.random.normal(tf.shape(x0), seed=self.seed_generator)
+    # common_tf.random: each example gets one device's t and eps on any number of replicas.
+    t = common_random.randint([batch], seed=self.seed_generator, minval=0,
+                              maxval=self.diffusion.num_timesteps, dtype="int32")
+    noise = common_random.normal(tf.shape(x0), seed=self.seed_generator)
     simple = self.diffusion.simple_loss(lambda x, tt: self.eps(x, tt, training=training), x0, t,
                                         noise)
     return DDPMLoss(simple=simple, t=t)
@@ -326,7 +328,7 @@ class FlowPriorVAE(keras.Model):
     x = tf.reshape(distributions.uniform_dequantize(x01, seed=self.seed_generator),
                    [-1, self.num_dims])
     q = self.encode(x, training=training)
-    eps = keras.random.normal(tf.shape(q.loc), seed=self.seed_generator)
+    eps = common_random.normal(tf.shape(q.loc), seed=self.seed_generator)
     z = q.loc + q.scale.diag * eps                                           # [B, L]
     reconstruction = -self.decode(z, training=training).log_prob(x)
     kl = q.log_prob(z) - self.prior.log_prob(z, training=training)

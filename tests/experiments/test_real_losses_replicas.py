@@ -58,3 +58,26 @@ def test_vampprior_hvae_loss_with_adamnormgrad(tmp_path):
   _same_on_one_and_two_devices(
       tmp_path, build=build, loss_fn=vampprior_experiment.make_loss_fn(warmup=2),
       grad_transform=vp_optim.normalize_gradients, data=data)
+
+
+def test_ddpm_loss_with_global_norm_clipping(tmp_path):
+  from diffusion_tf import diffusion, layers  # pylint: disable=g-import-not-at-top
+  from diffusion_tf import model as diffusion_models  # pylint: disable=g-import-not-at-top
+  from experiments import sample_quality  # pylint: disable=g-import-not-at-top
+  unet = layers.UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                           attention_resolutions=(4,), dropout=0.0, num_groups=2)
+
+  def build():
+    gd = diffusion.GaussianDiffusion(betas=np.linspace(1e-3, 0.2, 6))
+    model = diffusion_models.DDPM(image_shape=(6, 6, 1), unet=unet, diffusion=gd, padded_size=8,
+                                  seed=3, dequantize=True)
+    model.loss_terms(tf.zeros((2, 6, 6, 1)))
+    return model
+
+  def loss_fn(model, batch, ctx):  # the sample_quality DDPM objective: L_simple per example
+    return harness.LossOutput(per_example=model.loss_terms(batch, training=True).simple)
+
+  data = np.random.RandomState(0).randint(0, 256, (16, 6, 6, 1)).astype(np.float32) / 255.0
+  _same_on_one_and_two_devices(tmp_path, build=build, loss_fn=loss_fn,
+                               grad_transform=sample_quality.clip_by_global_norm(0.5), data=data,
+                               lr=0.5)
