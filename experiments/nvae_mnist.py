@@ -41,6 +41,7 @@ from nvae_tf.model import NVAE, NVAEConfig
 IMAGE_DIMS = 28 * 28
 SAMPLE_TEMPERATURES = (0.7, 1.0)  # official train.py logs grids at 0.7, 0.8, 0.9, 1.0
 NUM_GRID_IMAGES = 64
+SETTINGS_FILE = "settings.json"  # RunSettings of a run (read by experiments.nvae_evaluate)
 
 def define_flags():
   """Defines this script's flags (called when it runs, or by the table scripts that reuse it).
@@ -51,6 +52,11 @@ def define_flags():
   flags.DEFINE_enum("spectral", "sr", ["sr", "sn", "none"],
                     "sr: spectral regularisation lambda * sum of top singular values (official); "
                     "sn: spectral normalisation of every conv; none: neither (L_BN is kept).")
+  flags.DEFINE_enum("spectral_scope", "all", ["all", "cells"],
+                    "Convs that --spectral=sr|sn acts on: all (every conv, the official SR set: "
+                    "samplers, combiners, skips, stem, image head and IAF included) or cells (only "
+                    "the convs inside the residual cells' ops; the official code's commented-out "
+                    "alternative). See docs/nvae.md.")
   flags.DEFINE_enum("kl_warmup", "step", ["step", "epoch"],
                     "KL warm-up clock: beta = max(min((t - 1e-4 T) / (0.3 T), 1), 1e-4) on the step "
                     "counter (official) or on the epoch counter (constant within an epoch).")
@@ -81,6 +87,13 @@ def define_flags():
                        "importance samples, and a fresh binarization for --dataset=mnist); the mean "
                        "and std over passes are reported.")
   flags.DEFINE_float("temperature", 1.0, "Temperature of the saved sample grid (scales prior sigmas).")
+  flags.DEFINE_integer("val_every_epochs", None, "Validation NLL (K = --val_num_iw_samples importance "
+                       "samples on the test images) every this many epochs and after the last one, "
+                       "logged to TensorBoard as epoch/val_neg_log_p, epoch/val_nelbo, "
+                       "epoch/val_bpd_log_p. Default: the official rule, 1 if epochs <= 50 else 20; "
+                       "0 = off.")
+  flags.DEFINE_integer("val_num_iw_samples", 10, "Importance samples of the periodic validation NLL "
+                       "(official train.py: 10).")
   flags.DEFINE_integer("readjust_bn_steps", 0, "Before saving samples, re-estimate BN statistics from "
                        "this many sample batches in training mode (official --readjust_bn uses 500); "
                        "0 = off. Done after the NLL, which uses the training statistics.")
@@ -136,6 +149,8 @@ class RunSettings:
   num_test_passes: int = 1
   temperature: float = 1.0
   readjust_bn_steps: int = 0
+  val_every_epochs: int | None = None  # None: official rule (1 if epochs <= 50 else 20); 0 = off
+  val_num_iw_samples: int = 10         # official train.py: test(..., num_samples=10)
 
   def __post_init__(self):
     if self.kl_warmup not in ("step", "epoch"):
@@ -143,6 +158,10 @@ class RunSettings:
     for name in ("num_iw_samples", "iw_chunk", "eval_batch_size", "num_test_passes"):
       if getattr(self, name) < 1:
         raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+    if self.val_num_iw_samples < 1:
+      raise ValueError(f"--val_num_iw_samples must be >= 1, got {self.val_num_iw_samples}")
+    if self.val_every_epochs is not None and self.val_every_epochs < 0:
+      raise ValueError(f"--val_every_epochs must be >= 0, got {self.val_every_epochs}")
     if self.temperature <= 0:
       raise ValueError(f"--temperature must be > 0, got {self.temperature}")
 
@@ -161,6 +180,7 @@ def settings_from_flags(**overrides) -> RunSettings:
   if FLAGS.num_flows is not None:
     model_changes["num_flows"] = FLAGS.num_flows
   model_changes["spectral"] = overrides.pop("spectral", FLAGS.spectral)
+  model_changes["spectral_scope"] = FLAGS.spectral_scope
   values = dict(
       model=dataclasses.replace(preset.model, **model_changes), preset=FLAGS.preset,
       kl_warmup=FLAGS.kl_warmup,
@@ -171,7 +191,8 @@ def settings_from_flags(**overrides) -> RunSettings:
       iw_chunk=pick(FLAGS.iw_chunk, preset.iw_chunk),
       eval_batch_size=pick(FLAGS.eval_batch_size, preset.eval_batch_size),
       num_test_passes=FLAGS.num_test_passes, temperature=FLAGS.temperature,
-      readjust_bn_steps=FLAGS.readjust_bn_steps)
+      readjust_bn_steps=FLAGS.readjust_bn_steps, val_every_epochs=FLAGS.val_every_epochs,
+      val_num_iw_samples=FLAGS.val_num_iw_samples)
   values.update(overrides)
   return RunSettings(**values)
 
@@ -197,7 +218,7 @@ def _hparams(s: RunSettings) -> dict:
 class Splits:
   dataset: str                  # the data set actually used (auto resolved)
   dynamic: bool                 # dynamic binarization of grey images
-  train: tf.data.Dataset        # unbatched [28, 28, 1] float32 in [0, 1]
+  train: tf.data.Dataset | None  # unbatched [28, 28, 1] float32 in [0, 1]; None: evaluation only
   test: np.ndarray              # [N, 28, 28, 1] grey (dynamic) or binary (static)
 
   def epoch_transform(self):
@@ -249,48 +270,39 @@ def build(s: RunSettings, *, strategy, steps_per_epoch: int, epochs: int, seed: 
     model(tf.zeros((1, 28, 28, 1)), training=False)
     schedule = optim.WarmupCosine(steps_per_epoch=steps_per_epoch, epochs=epochs,
                                   warmup_epochs=s.warmup_epochs)
-    optimizer = harness.wrap_optimizer(optim.CoupledAdamax(schedule))
+    optimizer = optim.CoupledAdamax(schedule)  # the harness does float16 loss scaling itself
   return model, optimizer
 
 
 def make_loss_fn(s: RunSettings, model: NVAE):
-  """loss = recon + beta sum_l gamma_l KL_l  (per example) + lambda (L_SR + L_BN)  (regularizer)."""
-  alphas = tf.constant(model.kl_balance_alphas())
-  spectral = s.model.spectral
+  """Wires the harness to `NVAE.loss_terms` (the objective lives in nvae_tf) with the warm-up clock."""
+  del model  # the harness passes the model to every call
 
   def loss_fn(model, batch, ctx: harness.StepContext) -> harness.LossOutput:
-    if s.kl_warmup == "step":
-      beta = losses.kl_warmup_beta(ctx.step, ctx.total_steps)
-    else:
-      beta = losses.kl_warmup_beta(ctx.epoch, ctx.total_epochs)
-    out = model(batch, training=True)
-    weighted_kl, gammas = losses.balanced_kl(out.kl, alphas, beta)  # [B], [G]
-    recon = -out.recon_log_prob                                     # [B]
-    l_bn = model.batchnorm_loss()
-    l_sr = model.spectral_loss(training=True) if spectral == "sr" else tf.constant(0.0)
-    regularizer = losses.SPECTRAL_LAMBDA * (l_sr + l_bn)
-    kl_groups = tf.reduce_mean(out.kl, axis=0)                      # [G]
-    active = losses.active_units(out.kl_per_channel)                # [G]
-    metrics = {"recon": tf.reduce_mean(recon), "kl": tf.reduce_sum(kl_groups),
-               "neg_elbo": tf.reduce_mean(recon) + tf.reduce_sum(kl_groups), "beta": beta,
-               "lambda": tf.constant(losses.SPECTRAL_LAMBDA), "l_bn": l_bn,
-               "active_units/total": tf.reduce_sum(active)}
-    if spectral == "sr":
-      metrics["l_sr"] = l_sr
-    for g in range(model.num_groups):
-      metrics[f"kl/group_{g:02d}"] = kl_groups[g]
-      metrics[f"kl_gamma/group_{g:02d}"] = gammas[g]
-      metrics[f"active_units/group_{g:02d}"] = active[g]
-    return harness.LossOutput(per_example=recon + weighted_kl, regularizer=regularizer,
-                              metrics=metrics)
+    beta = losses.kl_warmup_beta_on_clock(s.kl_warmup, step=ctx.step, total_steps=ctx.total_steps,
+                                          epoch=ctx.epoch, total_epochs=ctx.total_epochs)
+    terms = model.loss_terms(batch, beta=beta)
+    return harness.LossOutput(per_example=terms.per_example, regularizer=terms.regularizer,
+                              metrics=terms.metrics())
   return loss_fn
 
 
 # ----------------------------------------------------------------------------- images
 
 
-def make_epoch_end_fn(test_batch: np.ndarray):
-  """Per epoch: sample grids, reconstructions of fixed test images, -ELBO on them (BN in eval)."""
+def validation_period(s: RunSettings, epochs: int) -> int:
+  """Epochs between validation NLLs: the flag, else official train.py's `1 if epochs <= 50 else 20`."""
+  if s.val_every_epochs is not None:
+    return s.val_every_epochs
+  return 1 if epochs <= 50 else 20
+
+
+def make_epoch_end_fn(test_batch: np.ndarray, *, val_images: np.ndarray | None = None,
+                      val_every: int = 0, val_num_iw_samples: int = 10, epochs: int = 1,
+                      eval_batch_size: int = 50):
+  """Per epoch: sample grids, reconstructions of fixed test images, -ELBO on them (BN in eval);
+  every `val_every` epochs and after the last one, the IW validation NLL with K = `val_num_iw_samples`
+  (official train.py: `test(valid_queue, num_samples=10)` logged as val/neg_log_p, val/nelbo)."""
   def epoch_end_fn(model, epoch):
     for t in SAMPLE_TEMPERATURES:
       tf.summary.image(f"samples/temperature_{t:.1f}", model.sample(16, temperature=t), max_outputs=16)
@@ -298,7 +310,14 @@ def make_epoch_end_fn(test_batch: np.ndarray):
     pairs = tf.concat([tf.constant(test_batch), model.probabilities(out.logits)], axis=2)
     tf.summary.image("reconstructions", pairs, max_outputs=8)
     neg_elbo = -tf.reduce_mean(out.recon_log_prob) + tf.reduce_mean(tf.reduce_sum(out.kl, axis=1))
-    return {"test_batch_neg_elbo": float(neg_elbo)}
+    values = {"test_batch_neg_elbo": float(neg_elbo)}
+    if val_images is not None and val_every and (epoch % val_every == 0 or epoch == epochs - 1):
+      batches = tf.data.Dataset.from_tensor_slices(val_images).batch(eval_batch_size)
+      r = likelihood.evaluate_log_likelihood(model.log_weights, batches, num_samples=val_num_iw_samples,
+                                             num_dims=IMAGE_DIMS, progress=False)
+      values.update(val_neg_log_p=float(r.nll), val_nelbo=float(r.negative_elbo),
+                    val_bpd_log_p=float(likelihood.bits_per_dim(r.nll, IMAGE_DIMS)))
+    return values
   return epoch_end_fn
 
 
@@ -322,11 +341,18 @@ def train(s: RunSettings, config: harness.TrainConfig, *, strategy, data_dir=Non
     raise ValueError(f"{num_train} training images are fewer than one batch of {config.batch_size}")
   model, optimizer = build(s, strategy=strategy, steps_per_epoch=steps_per_epoch,
                            epochs=config.epochs, seed=config.seed)
-  test_batch = splits.binary_test(config.seed)[:8]
+  test_images = splits.binary_test(config.seed)
+  test_batch = test_images[:8]
+  results.write_json(os.path.join(config.logdir, SETTINGS_FILE),
+                     json.loads(json.dumps(dataclasses.asdict(s), default=str)))
   trainer = harness.Trainer(config=config, strategy=strategy, model=model, optimizer=optimizer,
                             loss_fn=make_loss_fn(s, model), train_data=splits.train,
                             epoch_transform=splits.epoch_transform(),
-                            epoch_end_fn=make_epoch_end_fn(test_batch))
+                            epoch_end_fn=make_epoch_end_fn(
+                                test_batch, val_images=test_images,
+                                val_every=validation_period(s, config.epochs),
+                                val_num_iw_samples=s.val_num_iw_samples, epochs=config.epochs,
+                                eval_batch_size=s.eval_batch_size))
   time_file = os.path.join(config.logdir, "train_time.json")
   previous = results.read_json(time_file)["seconds"] if os.path.exists(time_file) else 0.0
   start = time.perf_counter()
@@ -364,7 +390,7 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
   model = trained.model
   nll = evaluate_nll(s, model, trained.splits, seed=config.seed, progress=config.progress)
   if s.readjust_bn_steps:
-    model.readjust_bn(num_iterations=s.readjust_bn_steps, batch_size=36, temperature=s.temperature)
+    model.readjust_bn(num_iterations=s.readjust_bn_steps, temperature=s.temperature)
   samples = model.sample(NUM_GRID_IMAGES, temperature=s.temperature).numpy()
   save_grid(os.path.join(config.logdir, "samples.png"), samples)
   save_samples(os.path.join(config.logdir, "samples.npz"), samples)
@@ -388,7 +414,7 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
 
 def main(argv):
   del argv
-  strategy = harness.setup_runtime(strategy=FLAGS.strategy, precision=FLAGS.precision)
+  strategy = common.setup_runtime()
   s = settings_from_flags()
   train_and_evaluate(s, train_config(s), strategy=strategy, data_dir=FLAGS.data_dir)
 

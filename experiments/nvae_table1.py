@@ -111,14 +111,16 @@ def load_network(kind: str):
     return None, str(e)
 
 
-def sample_metrics(model, reference: np.ndarray, *, num_samples: int, inception, vgg16) -> dict:
-  """FID / precision / recall as floats, or 'unavailable (...)' strings (reasons: `load_network`)."""
+def sample_metrics(model, reference: np.ndarray, *, num_samples: int, inception, vgg16,
+                   temperature: float = 1.0) -> dict:
+  """FID / precision / recall of samples at `temperature` as floats, or 'unavailable (...)' strings
+  (reasons: `load_network`)."""
   inception_net, vgg_net = inception[0], vgg16[0]
   out = {"fid": unavailable("no Inception weights: pass --inception_path")}
   out["precision"] = out["recall"] = unavailable("no VGG-16 weights: pass --vgg16_path")
   if inception_net is None and vgg_net is None:
     return out
-  samples = generate_samples(model, num_samples, temperature=1.0)
+  samples = generate_samples(model, num_samples, temperature=temperature)
   reference = reference[:num_samples]
   if inception_net is not None:
     out["fid"] = fid_from_features(inception_net, samples, reference)
@@ -167,7 +169,7 @@ def format_row(row: dict) -> dict:
 
 def main(argv):
   del argv
-  strategy = harness.setup_runtime(strategy=FLAGS.strategy, precision=FLAGS.precision)
+  strategy = common.setup_runtime()
   num_fid = FLAGS.fid_samples or FID_SAMPLES[FLAGS.preset]
   inception, vgg16 = load_network("inception"), load_network("vgg16")
   for name, (net, reason) in (("Inception", inception), ("VGG-16", vgg16)):
@@ -186,12 +188,13 @@ def main(argv):
     results.write_json(os.path.join(run_logdir(kl_warmup, spectral), "table1_row.json"), row)
     rows.append(row)
   results.write_json(os.path.join(table_logdir(), "table1.json"), rows)
+  output = common.results_file("table_output", logdir=table_logdir())
   results.write_markdown(
-      FLAGS.table_output, title=f"NVAE on binary MNIST: warm-up x spectral ablation ({FLAGS.preset} preset)",
+      output, title=f"NVAE on binary MNIST: warm-up x spectral ablation ({FLAGS.preset} preset)",
       command=common.command_line(),
       table=results.markdown_table([format_row(r) for r in rows], COLUMNS),
       notes=table_notes(rows, FLAGS.preset, [r for net, r in (inception, vgg16) if net is None]))
-  print(f"wrote {FLAGS.table_output}")
+  print(f"wrote {output}")
 
 
 if __name__ == "__main__":

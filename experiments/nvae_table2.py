@@ -96,7 +96,7 @@ COLUMNS = [("row", "Warm-up + spectral"), ("ppl", "PPL (VGG-16 fc2, slerp, eps 1
 
 def main(argv):
   del argv
-  strategy = harness.setup_runtime(strategy=FLAGS.strategy, precision=FLAGS.precision)
+  strategy = common.setup_runtime()
   num_samples = FLAGS.ppl_samples or PPL_SAMPLES[FLAGS.preset]
   vgg16 = nvae_table1.load_network("vgg16")
   if vgg16[0] is None:
@@ -136,11 +136,12 @@ def main(argv):
       + ("- PPL-LPIPS used a NARROW test network (1/{}): not LPIPS values.\n".format(
           lpips_net[0].width_divisor) if lpips_net[0] is not None and lpips_net[0].width_divisor != 1
          else ""))
-  results.write_markdown(FLAGS.table_output,
+  output = common.results_file("table_output", logdir=nvae_table1.table_logdir())
+  results.write_markdown(output,
                          title=f"NVAE on binary MNIST: perceptual path length ({FLAGS.preset} preset)",
                          command=common.command_line(),
                          table=results.markdown_table(rows, COLUMNS), notes=notes)
-  print(f"wrote {FLAGS.table_output}")
+  print(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -278,22 +278,33 @@ class Cell(keras.layers.Layer):
 
 
 def residual_cell(in_channels: int, *, downsample: bool = False, use_se: bool = True,
-                  spectral_norm: bool = False) -> Cell:
-  """Encoder / preprocess cell (`res_bnswish` x 2); a down cell doubles channels and halves H, W."""
+                  spectral_norm: bool = False, skip_spectral_norm: bool | None = None) -> Cell:
+  """Encoder / preprocess cell (`res_bnswish` x 2); a down cell doubles channels and halves H, W.
+
+  `spectral_norm` applies to the convs of the cell's ops, `skip_spectral_norm` (default: the same)
+  to the factorized-reduce skip.
+  """
+  skip_sn = spectral_norm if skip_spectral_norm is None else skip_spectral_norm
   out = 2 * in_channels if downsample else in_channels
   ops = [BNSwishConv(in_channels, out, stride=2 if downsample else 1, spectral_norm=spectral_norm),
          BNSwishConv(out, out, spectral_norm=spectral_norm)]
-  skip = FactorizedReduce(in_channels, out, spectral_norm=spectral_norm) if downsample else None
+  skip = FactorizedReduce(in_channels, out, spectral_norm=skip_sn) if downsample else None
   return Cell(ops, skip=skip, se_channels=out if use_se else None)
 
 
 def inverted_residual_cell(in_channels: int, *, expansion: int, upsample: bool = False,
-                           use_se: bool = True, spectral_norm: bool = False) -> Cell:
-  """Decoder / postprocess cell (`mconv_e{expansion}k5g0`); an up cell halves channels, doubles H, W."""
+                           use_se: bool = True, spectral_norm: bool = False,
+                           skip_spectral_norm: bool | None = None) -> Cell:
+  """Decoder / postprocess cell (`mconv_e{expansion}k5g0`); an up cell halves channels, doubles H, W.
+
+  `spectral_norm` applies to the convs of the cell's op, `skip_spectral_norm` (default: the same)
+  to the upsampling skip's 1x1 conv.
+  """
+  skip_sn = spectral_norm if skip_spectral_norm is None else skip_spectral_norm
   out = in_channels // 2 if upsample else in_channels
   ops = [InvertedResidual(in_channels, out, expansion=expansion, upsample=upsample,
                           spectral_norm=spectral_norm)]
-  skip = UpsampleSkip(in_channels, spectral_norm=spectral_norm) if upsample else None
+  skip = UpsampleSkip(in_channels, spectral_norm=skip_sn) if upsample else None
   return Cell(ops, skip=skip, se_channels=out if use_se else None)
 
 

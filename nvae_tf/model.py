@@ -9,8 +9,8 @@ residual Normal around the prior (NVAE eq. 2). Data flow (paper config, B images
   decoder: learned h0 [4,4,256] -> (cells, combiner with z_l) x 5 -> up -> x 10 at [8,8,128]
     -> postprocess [32,32,32] -> ELU, conv3x3 -> Bernoulli logits [32,32,1], cropped to 28x28.
 
-Reconstruction and KL terms are returned as `NVAEOutput`; the objective (warm-up, KL balancing,
-spectral and BN regularisers) is assembled by the experiment from `nvae_tf.losses`.
+Reconstruction and KL terms are returned as `NVAEOutput`; `NVAE.loss_terms` assembles the objective
+(KL balancing, spectral and BN regularisers) from `nvae_tf.losses` for a given warm-up beta.
 """
 
 from __future__ import annotations
@@ -22,13 +22,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from common_tf import random as common_random
+
 from nvae_tf import distributions as dists
 from nvae_tf import layers as L
 from nvae_tf import losses
 from nvae_tf import spectral
 
 CHANNEL_MULT = 2       # NVAE official: channels double at every down-sampling
+READJUST_BN_BATCH = 16  # NVAE official evaluate.py: set_bn(model, ..., num_samples=16, iter=500)
 SPECTRAL_MODES = ("sr", "sn", "none")
+# Which convs SR regularises / SN normalises. "all": every conv (official `all_conv_layers`: every
+# Conv2D and ARConv2d, samplers, combiners, skips, stem, image head and IAF included); "cells": only
+# the convs inside the residual cells' ops (the official model.py's commented-out alternative
+# `if isinstance(layer, Conv2D) and '_ops' in n:  # only chose those in cell`).
+SPECTRAL_SCOPES = ("all", "cells")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -51,6 +59,7 @@ class NVAEConfig:
   use_se: bool = True
   residual_posterior: bool = True  # official --res_dist
   spectral: str = "sr"             # sr: regulariser (loss term); sn: normalisation; none
+  spectral_scope: str = "all"      # the convs SR / SN act on: "all" (official SR set) or "cells"
   decoder_expansion: int = 6       # official arch 'res_mbconv': mconv_e6k5g0 decoder cells
   postprocess_expansion: int = 3   # mconv_e3k5g0 postprocess cells
   image_size: int = 28
@@ -60,6 +69,8 @@ class NVAEConfig:
   def __post_init__(self):
     if self.spectral not in SPECTRAL_MODES:
       raise ValueError(f"spectral must be one of {SPECTRAL_MODES}, got {self.spectral!r}")
+    if self.spectral_scope not in SPECTRAL_SCOPES:
+      raise ValueError(f"spectral_scope must be one of {SPECTRAL_SCOPES}, got {self.spectral_scope!r}")
     reduction = 2 ** (self.num_preprocess_blocks + self.num_latent_scales - 1)
     if self.padded_size % reduction:
       raise ValueError(f"padded size {self.padded_size} is not divisible by {reduction}")
@@ -114,20 +125,21 @@ class NVAE(keras.Model):
     super().__init__(name=name)
     self.config = cfg = config
     sn = cfg.spectral == "sn"
+    sn_all = sn and cfg.spectral_scope == "all"  # convs outside the cells' ops
     self.seed_generator = keras.random.SeedGenerator(seed)
     self.groups_enc = groups_per_scale(cfg)            # encoder order (finest first)
     self.groups_dec = list(reversed(self.groups_enc))  # decoder order (coarsest first)
     self.num_groups = sum(self.groups_enc)
     cz = cfg.num_latent_per_group
 
-    self.stem = L.Conv2D(cfg.image_channels, cfg.num_channels_enc, 3, spectral_norm=sn)
+    self.stem = L.Conv2D(cfg.image_channels, cfg.num_channels_enc, 3, spectral_norm=sn_all)
     mult = 1
     pre = []
     for _ in range(cfg.num_preprocess_blocks):
       for c in range(cfg.num_preprocess_cells):
         down = c == cfg.num_preprocess_cells - 1
         pre.append(L.residual_cell(cfg.num_channels_enc * mult, downsample=down, use_se=cfg.use_se,
-                                   spectral_norm=sn))
+                                   spectral_norm=sn, skip_spectral_norm=sn_all))
         mult *= CHANNEL_MULT if down else 1
     self.preprocess = pre
 
@@ -136,31 +148,31 @@ class NVAE(keras.Model):
     for s, num_groups in enumerate(self.groups_enc):
       for g in range(num_groups):
         enc_cells.append([L.residual_cell(cfg.num_channels_enc * mult, use_se=cfg.use_se,
-                                          spectral_norm=sn)
+                                          spectral_norm=sn, skip_spectral_norm=sn_all)
                           for _ in range(cfg.num_cell_per_cond_enc)])
         if not (s == cfg.num_latent_scales - 1 and g == num_groups - 1):
           enc_combiners.append(L.EncoderCombiner(cfg.num_channels_enc * mult,
-                                                 cfg.num_channels_dec * mult, spectral_norm=sn))
+                                                 cfg.num_channels_dec * mult, spectral_norm=sn_all))
       if s < cfg.num_latent_scales - 1:
         enc_down.append(L.residual_cell(cfg.num_channels_enc * mult, downsample=True,
-                                        use_se=cfg.use_se, spectral_norm=sn))
+                                        use_se=cfg.use_se, spectral_norm=sn, skip_spectral_norm=sn_all))
         mult *= CHANNEL_MULT
     self.encoder_cells = enc_cells
     self.encoder_combiners = enc_combiners
     self.encoder_down = enc_down
     self.top_channels_enc = cfg.num_channels_enc * mult
 
-    self.enc0 = L.ELUConv(self.top_channels_enc, self.top_channels_enc, 1, spectral_norm=sn)
+    self.enc0 = L.ELUConv(self.top_channels_enc, self.top_channels_enc, 1, spectral_norm=sn_all)
 
     # Samplers and flows, in decoder order.
     enc_samplers, dec_samplers, flows = [], [], []
     dec_mult = mult
     for s, num_groups in enumerate(self.groups_dec):
       for g in range(num_groups):
-        enc_samplers.append(L.Conv2D(cfg.num_channels_enc * dec_mult, 2 * cz, 3, spectral_norm=sn))
-        flows.append([L.PairedAutoregressiveFlow(cz, spectral_norm=sn) for _ in range(cfg.num_flows)])
+        enc_samplers.append(L.Conv2D(cfg.num_channels_enc * dec_mult, 2 * cz, 3, spectral_norm=sn_all))
+        flows.append([L.PairedAutoregressiveFlow(cz, spectral_norm=sn_all) for _ in range(cfg.num_flows)])
         if not (s == 0 and g == 0):
-          dec_samplers.append(L.ELUConv(cfg.num_channels_dec * dec_mult, 2 * cz, 1, spectral_norm=sn))
+          dec_samplers.append(L.ELUConv(cfg.num_channels_dec * dec_mult, 2 * cz, 1, spectral_norm=sn_all))
       dec_mult //= CHANNEL_MULT
     self.encoder_samplers = enc_samplers
     self.decoder_samplers = dec_samplers
@@ -180,11 +192,12 @@ class NVAE(keras.Model):
         first = s == 0 and g == 0
         dec_cells.append([] if first else [
             L.inverted_residual_cell(c, expansion=cfg.decoder_expansion, use_se=cfg.use_se,
-                                     spectral_norm=sn) for _ in range(cfg.num_cell_per_cond_dec)])
-        dec_combiners.append(L.DecoderCombiner(c, cz, spectral_norm=sn))
+                                     spectral_norm=sn, skip_spectral_norm=sn_all)
+            for _ in range(cfg.num_cell_per_cond_dec)])
+        dec_combiners.append(L.DecoderCombiner(c, cz, spectral_norm=sn_all))
       if s < cfg.num_latent_scales - 1:
         dec_up.append(L.inverted_residual_cell(c, expansion=cfg.decoder_expansion, upsample=True,
-                                               use_se=cfg.use_se, spectral_norm=sn))
+                                               use_se=cfg.use_se, spectral_norm=sn, skip_spectral_norm=sn_all))
         mult //= CHANNEL_MULT
     self.decoder_cells = dec_cells
     self.decoder_combiners = dec_combiners
@@ -196,10 +209,10 @@ class NVAE(keras.Model):
         up = c == 0
         post.append(L.inverted_residual_cell(cfg.num_channels_dec * mult,
                                              expansion=cfg.postprocess_expansion, upsample=up,
-                                             use_se=cfg.use_se, spectral_norm=sn))
+                                             use_se=cfg.use_se, spectral_norm=sn, skip_spectral_norm=sn_all))
         mult //= CHANNEL_MULT if up else 1
     self.postprocess = post
-    self.image_head = L.ELUConv(cfg.num_channels_dec * mult, cfg.image_channels, 3, spectral_norm=sn)
+    self.image_head = L.ELUConv(cfg.num_channels_dec * mult, cfg.image_channels, 3, spectral_norm=sn_all)
 
     self.conv_layers = [l for l in self._flatten_layers(include_self=False) if isinstance(l, L.Conv2D)]
     self.bn_layers = [l for l in self._flatten_layers(include_self=False)
@@ -209,13 +222,25 @@ class NVAE(keras.Model):
     self._sr_groups = []
     if cfg.spectral == "sr":
       by_shape = {}
-      for conv in self.conv_layers:
+      for conv in self.spectral_convs():
         by_shape.setdefault(tuple(conv.matrix().shape), []).append(conv)
       self._sr_groups = [(convs, spectral.PowerIterationState(
           tf.stack([c.matrix() for c in convs]), name=f"sr_state_{i}"))
                          for i, convs in enumerate(by_shape.values())]
       self.sr_states = [state for _, state in self._sr_groups]
     self.built = True
+
+  def cells(self) -> list:
+    """Every residual cell (pre/post-process, encoder, decoder, down/up), in construction order."""
+    return [l for l in self._flatten_layers(include_self=False) if isinstance(l, L.Cell)]
+
+  def spectral_convs(self) -> list:
+    """The convs SR regularises / SN normalises: all of them, or those in the cells' ops."""
+    if self.config.spectral_scope == "all":
+      return list(self.conv_layers)
+    inside = {id(c) for cell in self.cells() for op in cell.ops
+              for c in op._flatten_layers(include_self=True) if isinstance(c, L.Conv2D)}
+    return [c for c in self.conv_layers if id(c) in inside]
 
   # --------------------------------------------------------------------------- shapes
 
@@ -237,7 +262,9 @@ class NVAE(keras.Model):
     return y[:, p:p + self.config.image_size, p:p + self.config.image_size, :]
 
   def _noise(self, like):
-    return keras.random.normal(tf.shape(like), seed=self.seed_generator)
+    """eps ~ N(0, 1) shaped like `like`: [B, ...]; under n replicas every example gets the noise
+    one device would give it (`common_tf.random`), so the replica count does not change the result."""
+    return common_random.normal(tf.shape(like), seed=self.seed_generator)
 
   # --------------------------------------------------------------------------- inference
 
@@ -381,8 +408,10 @@ class NVAE(keras.Model):
     """Bernoulli means on the 28x28 region: [N, 28, 28, 1]."""
     return tf.sigmoid(self._crop(logits))
 
-  def readjust_bn(self, *, num_iterations: int, batch_size: int, temperature: float):
-    """Re-estimates BN moving statistics from samples (official `set_bn`, --readjust_bn)."""
+  def readjust_bn(self, *, num_iterations: int, temperature: float,
+                  batch_size: int = READJUST_BN_BATCH):
+    """Re-estimates BN moving statistics from samples (official `set_bn`, --readjust_bn):
+    `num_iterations` sampling passes of `batch_size` images in training mode."""
     step = tf.function(lambda: self.sample(batch_size, temperature=temperature, training=True))
     for _ in range(num_iterations):
       step()
@@ -406,6 +435,28 @@ class NVAE(keras.Model):
   def batchnorm_loss(self):
     """L_BN = sum over BN layers of max |gamma| (official `batchnorm_loss`)."""
     return tf.add_n([tf.reduce_max(tf.abs(bn.gamma)) for bn in self.bn_layers])
+
+  def loss_terms(self, x, *, beta, spectral_lambda: float = losses.SPECTRAL_LAMBDA,
+                 training: bool = True) -> losses.LossTerms:
+    """The NVAE objective (paper eq. 1 with the official warm-up, balancing and regularisers):
+
+        loss = recon + beta * sum_l gamma_l KL_l   (per example)   + lambda (L_SR + L_BN)
+
+    gamma_l = `losses.kl_balance` while beta < 1 (else 1), statistics over the global batch;
+    L_SR only when `config.spectral == 'sr'` (its power iteration advances when `training`);
+    L_BN = sum of max |gamma| over BN layers. x: [B, 28, 28, 1] binary.
+    """
+    out = self(x, training=training)
+    beta = tf.cast(beta, tf.float32)
+    weighted_kl, gammas = losses.balanced_kl(out.kl, tf.constant(self.kl_balance_alphas()), beta)
+    recon = -out.recon_log_prob
+    l_bn = self.batchnorm_loss()
+    l_sr = self.spectral_loss(training=training) if self.config.spectral == "sr" else None
+    regularizer = spectral_lambda * (l_bn if l_sr is None else l_sr + l_bn)
+    return losses.LossTerms(
+        per_example=recon + weighted_kl, regularizer=regularizer, recon=recon, kl=out.kl,
+        gammas=gammas, beta=beta, spectral_lambda=spectral_lambda, l_sr=l_sr, l_bn=l_bn,
+        active_units=losses.active_units(out.kl_per_channel), output=out)
 
   def kl_balance_alphas(self) -> np.ndarray:
     """KL-balancing alpha_l of this model's groups (decoder order), see `losses.kl_balance_alphas`."""

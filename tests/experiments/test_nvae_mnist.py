@@ -13,9 +13,11 @@ import tensorflow as tf
 
 from experiments import data
 from experiments import harness
+from experiments import nvae_evaluate
 from experiments import nvae_mnist
 from experiments import nvae_table1
 from nvae_tf import NVAE
+from nvae_tf import model as nvae_model
 from tests.nvae_tf.conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -59,6 +61,70 @@ def test_run_trains_evaluates_and_resumes(tmp_path):
       u_before[0], [v.numpy() for v in resumed.model.non_trainable_variables
                     if v.path.endswith("/u")][0])  # advanced by the third step
   assert json.load(open(tmp_path / "train_time.json"))["step"] == 3
+
+  # experiments.nvae_evaluate restores the run: the architecture from settings.json, the weights and
+  # BN statistics of the latest checkpoint (the harness checkpoint format).
+  restored_settings = nvae_evaluate.run_settings(str(tmp_path))
+  assert restored_settings == s
+  model, path = nvae_evaluate.restore_run(str(tmp_path), "latest", restored_settings, seed=0)
+  assert path.endswith("ckpt-3")
+  for ours, theirs in zip(model.variables, resumed.model.variables):
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
+
+
+def test_evaluate_readjusts_bn_per_temperature_from_the_trained_statistics(tmp_path, digits):
+  """nvae_evaluate.evaluate: NLL with the training BN statistics, then per temperature a fresh
+  re-estimation (official set_bn, 16-sample batches) starting from them, restored at the end."""
+  s = tiny_settings()
+  model = NVAE(s.model)
+  for bn in model.bn_layers:  # distinct "trained" statistics
+    bn.moving_variance.assign(bn.moving_variance + 0.5)
+  splits = nvae_mnist.Splits(dataset="binarized_mnist", dynamic=False, train=None, test=digits[:8])
+  trained_bn = nvae_evaluate.bn_statistics(model)
+  settings = nvae_evaluate.EvalSettings(temperatures=(0.6, 1.0), num_iw_samples=4, readjust_bn_steps=2,
+                                        num_grid_images=4, fid_samples=4)
+  seen = []
+  original = model.readjust_bn
+
+  def readjust(**kwargs):  # records the BN statistics each re-estimation starts from
+    seen.append((kwargs, nvae_evaluate.bn_statistics(model)))
+    original(**kwargs)
+  model.readjust_bn = readjust
+  out = nvae_evaluate.evaluate(model, s, splits, settings, output_dir=str(tmp_path / "ev"), seed=0,
+                               progress=False)
+  assert [k for k, _ in seen] == [dict(num_iterations=2, temperature=0.6),
+                                  dict(num_iterations=2, temperature=1.0)]
+  for stats in [start for _, start in seen] + [nvae_evaluate.bn_statistics(model)]:
+    for (mean, var), (mean0, var0) in zip(stats, trained_bn):
+      np.testing.assert_array_equal(mean, mean0)
+      np.testing.assert_array_equal(var, var0)
+  assert np.isfinite(out["nll"]) and out["num_iw_samples"] == 4 and out["test_examples"] == 8
+  assert sorted(out["temperatures"]) == ["0.6", "1"]
+  assert str(out["temperatures"]["1"]["fid"]).startswith("unavailable")
+  for t in ("0.6", "1"):
+    assert os.path.exists(tmp_path / "ev" / f"samples_t{t}.png")
+  assert nvae_model.READJUST_BN_BATCH == 16
+  assert nvae_evaluate.parse_temperatures(["0.6", "1"]) == (0.6, 1.0)
+  with pytest.raises(ValueError, match="> 0"):
+    nvae_evaluate.parse_temperatures(["0.6", "-1"])
+
+
+def test_validation_nll_period_and_values(digits):
+  """Official train.py: eval_freq = 1 if epochs <= 50 else 20, and after the last epoch; K = 10."""
+  s = tiny_settings()
+  assert [nvae_mnist.validation_period(s, e) for e in (50, 51)] == [1, 20]
+  assert nvae_mnist.validation_period(tiny_settings(val_every_epochs=0), 400) == 0
+  model = NVAE(s.model)
+  fn = nvae_mnist.make_epoch_end_fn(digits[:2], val_images=digits[:4], val_every=2,
+                                    val_num_iw_samples=3, epochs=4, eval_batch_size=4)
+  with tf.summary.create_noop_writer().as_default(step=0):
+    logged = [sorted(fn(model, epoch)) for epoch in range(4)]
+  with_val = sorted(["test_batch_neg_elbo", "val_bpd_log_p", "val_nelbo", "val_neg_log_p"])
+  assert logged == [with_val, ["test_batch_neg_elbo"], with_val, with_val]
+  with tf.summary.create_noop_writer().as_default(step=0):
+    values = fn(model, 3)
+  assert values["val_bpd_log_p"] == pytest.approx(values["val_neg_log_p"] / (784 * np.log(2)))
+  assert 0 < values["val_neg_log_p"] <= values["val_nelbo"] + 1e-3
 
 
 def fake_context(step, epoch):
