@@ -42,7 +42,7 @@ def define_flags():
   flags.DEFINE_integer("sample_batch", 64, "Samples per compiled sampler call (memory bound).",
                        lower_bound=1)
   flags.DEFINE_integer("ddim_steps", 50, "DDIM respaced steps S.", lower_bound=1)
-  flags.DEFINE_float("ddim_eta", 0.0, "DDIM eta (0: deterministic; 1: DDPM-like variances).")
+  flags.DEFINE_float("ddim_eta", 0.0, "DDIM eta (0: deterministic; 1: DDPM-like variances).", lower_bound=0.0)
   flags.DEFINE_enum("ddim_spacing", "uniform", list(diffusion_lib.DDIM_SPACINGS),
                     "DDIM timesteps: uniform = official DDIM range(0, T, T // S); leading / "
                     "trailing / linspace = diffusers' timestep_spacing (docs/diffusion.md).")

@@ -65,38 +65,38 @@ def define_flags():
                     "Larochelle-Murray binarization; auto: mnist if its training images are "
                     "available, else binarized_mnist.")
   flags.DEFINE_integer("num_flows", None, "Paired IAF cells per latent group (official --num_nf); "
-                       "the KL becomes a single-sample estimate when > 0. Default: preset's (0).")
+                       "the KL becomes a single-sample estimate when > 0. Default: preset's (0).", lower_bound=0)
   flags.DEFINE_integer("num_channels", None, "Channels of the encoder/decoder at 32x32 (official 32). "
-                       "Default: the preset's.")
+                       "Default: the preset's.", lower_bound=1)
   flags.DEFINE_integer("num_groups_per_scale", None, "Latent groups at the finest latent scale; "
-                       "halved at the coarser one (official 10 -> [10, 5]). Default: preset's.")
+                       "halved at the coarser one (official 10 -> [10, 5]). Default: preset's.", lower_bound=1)
   flags.DEFINE_integer("num_cells", None, "Residual cells per latent group in encoder and decoder "
-                       "(official 2). Default: the preset's.")
+                       "(official 2). Default: the preset's.", lower_bound=1)
   flags.DEFINE_integer("warmup_epochs", None, "Epochs of linear learning-rate warm-up before the "
-                       "cosine decay (official 5). Default: the preset's.")
+                       "cosine decay (official 5). Default: the preset's.", lower_bound=0)
   flags.DEFINE_integer("train_examples", None, "Use only the first N training images (0 = all). "
-                       "Default: the preset's.")
+                       "Default: the preset's.", lower_bound=0)
   flags.DEFINE_integer("test_examples", None, "Evaluate the NLL on the first N test images (0 = all "
-                       "10,000). Default: the preset's.")
+                       "10,000). Default: the preset's.", lower_bound=0)
   flags.DEFINE_integer("num_iw_samples", None, "Importance samples K of the test NLL "
-                       "(official 1000). Default: the preset's.")
+                       "(official 1000). Default: the preset's.", lower_bound=1)
   flags.DEFINE_integer("iw_chunk", None, "Importance samples drawn per network call (memory bound; "
-                       "does not change the estimate). Default: the preset's.")
-  flags.DEFINE_integer("eval_batch_size", None, "Test images per NLL batch. Default: the preset's.")
+                       "does not change the estimate). Default: the preset's.", lower_bound=1)
+  flags.DEFINE_integer("eval_batch_size", None, "Test images per NLL batch. Default: the preset's.", lower_bound=1)
   flags.DEFINE_integer("num_test_passes", 1, "Independent NLL passes over the test set (fresh "
                        "importance samples, and a fresh binarization for --dataset=mnist); the mean "
-                       "and std over passes are reported.")
-  flags.DEFINE_float("temperature", 1.0, "Temperature of the saved sample grid (scales prior sigmas).")
+                       "and std over passes are reported.", lower_bound=1)
+  flags.DEFINE_float("temperature", 1.0, "Temperature of the saved sample grid (scales prior sigmas).", lower_bound=0.0)
   flags.DEFINE_integer("val_every_epochs", None, "Validation NLL (K = --val_num_iw_samples importance "
                        "samples on the test images) every this many epochs and after the last one, "
                        "logged to TensorBoard as epoch/val_neg_log_p, epoch/val_nelbo, "
                        "epoch/val_bpd_log_p. Default: the official rule, 1 if epochs <= 50 else 20; "
-                       "0 = off.")
+                       "0 = off.", lower_bound=0)
   flags.DEFINE_integer("val_num_iw_samples", 10, "Importance samples of the periodic validation NLL "
-                       "(official train.py: 10).")
+                       "(official train.py: 10).", lower_bound=1)
   flags.DEFINE_integer("readjust_bn_steps", 0, "Before saving samples, re-estimate BN statistics from "
                        "this many sample batches in training mode (official --readjust_bn uses 500); "
-                       "0 = off. Done after the NLL, which uses the training statistics.")
+                       "0 = off. Done after the NLL, which uses the training statistics.", lower_bound=0)
 
 
 FLAGS = flags.FLAGS

@@ -39,7 +39,7 @@ def define_flags():
   flags.DEFINE_string("table_logdir", None, "Root of the runs of the table (one sub-folder per row; "
                       "reused, i.e. resumed, by nvae_table2). Default: runs/nvae_table1/<preset>.")
   flags.DEFINE_integer("fid_samples", None, "Samples for FID / precision / recall. Default: 10000 "
-                       "(paper), 500 (quick).")
+                       "(paper), 500 (quick).", lower_bound=1)
   flags.DEFINE_string("inception_path", None, "Inception-2015 weights (classify_image_graph_def.pb "
                       "or inception-2015-12-05.tgz) for FID; see evaluation/networks.py.")
   flags.DEFINE_string("vgg16_path", None, "VGG-16 Keras weights (vgg16_weights_tf_dim_ordering_tf_"

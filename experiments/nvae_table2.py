@@ -37,7 +37,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   nvae_table1.define_flags()
-  flags.DEFINE_integer("ppl_samples", None, "PPL path segments. Default: 100000 (paper), 200 (quick).")
+  flags.DEFINE_integer("ppl_samples", None, "PPL path segments. Default: 100000 (paper), 200 (quick).", lower_bound=1)
   flags.DEFINE_string("lpips_path", None, "LPIPS-VGG v0.1 weights (.npz made once with `python -m "
                       "evaluation.lpips --convert ...`, see evaluation/lpips.py) for the PPL-LPIPS "
                       "column; default $GENMODELS_LPIPS_PATH. Without them that column says "

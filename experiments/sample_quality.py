@@ -56,14 +56,14 @@ def define_flags():
   flags.DEFINE_bool("download_inception", False, "Download the Inception weights if not found "
                     "(needs a network).")
   flags.DEFINE_integer("fid_samples", None, "Generated samples per model and sampler for FID/KID "
-                       "against the evaluation images. Default: the preset's (paper: 10000).")
-  flags.DEFINE_integer("grid_samples", 64, "Samples in each PNG grid.")
+                       "against the evaluation images. Default: the preset's (paper: 10000).", lower_bound=1)
+  flags.DEFINE_integer("grid_samples", 64, "Samples in each PNG grid.", lower_bound=1)
   flags.DEFINE_integer("num_timesteps", diffusion_lib.NUM_TIMESTEPS, "DDPM diffusion steps T "
-                       "(DDPM: 1000; smaller only for smoke tests).")
+                       "(DDPM: 1000; smaller only for smoke tests).", lower_bound=1)
   flags.DEFINE_enum("beta_schedule", "linear", ["linear", "cosine"], "DDPM noise schedule: linear "
                     "1e-4..0.02 (DDPM) or cosine (Nichol & Dhariwal 2021).")
-  flags.DEFINE_integer("ddim_steps", 50, "DDIM respaced steps S.")
-  flags.DEFINE_float("ddim_eta", 0.0, "DDIM eta (0: deterministic; 1: ancestral-like variances).")
+  flags.DEFINE_integer("ddim_steps", 50, "DDIM respaced steps S.", lower_bound=1)
+  flags.DEFINE_float("ddim_eta", 0.0, "DDIM eta (0: deterministic; 1: ancestral-like variances).", lower_bound=0.0)
   flags.DEFINE_enum("ddim_spacing", "uniform", list(diffusion_lib.DDIM_SPACINGS),
                     "DDIM timesteps: uniform = official DDIM range(0, T, T // S) (more than S steps "
                     "when T // S does not divide T); leading / trailing / linspace = diffusers' "
@@ -77,7 +77,7 @@ def define_flags():
   flags.DEFINE_bool("vlb_unclipped", False, "Also report the DDPM bound without clipping x0_hat "
                     "(the official calc_bpd_loop clips; this doubles the bound's cost).")
   flags.DEFINE_integer("iw_samples", None, "Importance samples per image for the VAE's log p(x). "
-                       "Default: the preset's.")
+                       "Default: the preset's.", lower_bound=1)
 
 FLAGS = flags.FLAGS
 
