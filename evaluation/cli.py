@@ -7,8 +7,14 @@ and write outputs (reference-feature cache, --save_stats) only after everything 
 Bad input -> one line `error: ...` on stderr and exit code 2.
 
 Reference features are cached in $GENMODELS_CACHE_DIR/reference_features/<key>.npz (default
-~/.cache/genmodels), the key hashing the network's weights file (path, size, mtime), the feature
-name and the reference's files (names, sizes, mtimes), so a test set is processed once.
+~/.cache/genmodels), the key hashing the network's weights file (path, size, mtime), the VGG
+variant, resize mode and precision, the feature name and the reference's files (names, sizes,
+mtimes) or its data-set name, so a test set is processed once. The cache entry holds the
+protocol record (`evaluation.protocol`) next to the features.
+
+Every command prints its value(s), then `protocol: ...` (network, weights SHA-256, layer, resize,
+precision, image count and size per input, package version); inputs carrying records made under
+different protocols are refused (`--nostrict_protocol` turns that into a warning).
 """
 
 from __future__ import annotations
@@ -28,20 +34,47 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from evaluation import image_io  # pylint: disable=g-import-not-at-top,wrong-import-position
 from evaluation import networks  # pylint: disable=g-import-not-at-top,wrong-import-position
+from evaluation import protocol as protocol_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from evaluation import references  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 EXIT_BAD_INPUT = 2
 FEATURE_KIND = {"inception": ("pool_3", "logits"), "vgg16": ("fc2",)}
+PRECISIONS = {"float32": None, "bfloat16": "mixed_bfloat16"}  # --precision -> Keras dtype policy
+CACHE_VERSION = "2"  # bump when the cached content changes (2: protocol record, resize, precision)
+
+
+@dataclasses.dataclass
+class Options:
+  """The settings of a feature extraction (the common flags; the Python API builds one)."""
+  inception_path: str | None = None
+  vgg16_path: str | None = None
+  vgg: str = "keras"
+  download: bool = True
+  cache: bool = True
+  batch_size: int = 50
+  progress: bool = False
+  jit_compile: bool = True
+  resize: str = "tf1"
+  precision: str = "float32"
+  device: str | None = None
+  workers: int = image_io.DEFAULT_WORKERS
+  strict_protocol: bool = True
+  bootstrap: int = 0
+  bootstrap_seed: int = 0
+  confidence: float = 0.95
 
 
 def define_common_flags(fv: flags.FlagValues, *, network: str, reference: bool) -> None:
   """--samples, --reference, --batch_size, weights, cache, progress flags."""
-  flags.DEFINE_string("samples", None, "Generated images: a folder of PNG/JPEG files, a .npy array "
+  flags.DEFINE_string("samples", None, "Generated images: a folder (searched recursively) or a "
+                      ".zip of PNG/JPEG/WebP/BMP/TIFF files, a .npy array "
                       "or a .npz holding one array ('images'); uint8 [N,H,W,C] or float in [0,1], "
                       "C in {1,3}. A .npz of precomputed features (key 'pool_3', 'logits' or 'fc2' "
                       "as the metric needs) is accepted too.", flag_values=fv)
   if reference:
-    flags.DEFINE_string("reference", None, "Real images, same formats as --samples (or cached "
-                        "features / statistics). Their features are cached, see --cache.",
+    flags.DEFINE_string("reference", None, "Real images, same formats as --samples, or a data "
+                        "set by name (tfds:mnist/test), or cached features / statistics. Their "
+                        "features are cached, see --cache.",
                         flag_values=fv)
     flags.DEFINE_bool("cache", True, "Cache the reference features under "
                       "$GENMODELS_CACHE_DIR/reference_features (default ~/.cache/genmodels).",
@@ -64,6 +97,30 @@ def define_common_flags(fv: flags.FlagValues, *, network: str, reference: bool) 
   flags.DEFINE_bool("progress", True, "Show a progress bar while extracting features.",
                     flag_values=fv)
   flags.DEFINE_bool("jit_compile", True, "Compile the feature step with XLA.", flag_values=fv)
+  if network == "vgg16":
+    flags.DEFINE_enum("vgg", "keras", list(networks.VGG_VARIANTS), "VGG-16 for the features: "
+                      "'keras' (Keras' Caffe VGG-16 .h5, BGR mean-only input) or 'torch-fidelity' "
+                      "(torchvision's vgg16-397923af.pth as torch-fidelity uses it, RGB mean/std; "
+                      "PyTorch needed once to convert it). --vgg16_path points at the file of "
+                      "the chosen variant.", flag_values=fv)
+  flags.DEFINE_enum("resize", "tf1", ["tf1", "clean"], "Resize to the network's input size: "
+                    "'tf1' (TF1 legacy bilinear, as TTUR / torch-fidelity; default) or 'clean' "
+                    "(PIL bicubic antialias, as clean-fid).", flag_values=fv)
+  flags.DEFINE_enum("precision", "float32", list(PRECISIONS), "Compute dtype of the network "
+                    "('bfloat16' = Keras mixed_bfloat16; values differ from float32 ones and are "
+                    "recorded as such).", flag_values=fv)
+  flags.DEFINE_string("device", None, "TensorFlow device for the network, e.g. 'cpu', 'gpu:0' "
+                      "(default: TensorFlow's choice).", flag_values=fv)
+  flags.DEFINE_integer("workers", image_io.DEFAULT_WORKERS, "Threads decoding images.",
+                       lower_bound=1, flag_values=fv)
+  flags.DEFINE_bool("strict_protocol", True, "Refuse to compare inputs whose protocol records "
+                    "differ (network, weights, layer, resize, precision, image size).",
+                    flag_values=fv)
+  flags.DEFINE_integer("bootstrap", 0, "Bootstrap replicates for a confidence interval (0: "
+                       "none); printed as `value [lo, hi]`.", lower_bound=0, flag_values=fv)
+  flags.DEFINE_integer("bootstrap_seed", 0, "Seed of the bootstrap draws.", flag_values=fv)
+  flags.DEFINE_float("confidence", 0.95, "Confidence level of the bootstrap interval.",
+                     lower_bound=0.5, upper_bound=0.999, flag_values=fv)
 
 
 def import_tensorflow_quietly() -> None:
@@ -108,7 +165,7 @@ def run(argv: list[str] | None, *, doc: str, network: str, define_flags: Callabl
   from google.protobuf.message import DecodeError  # pylint: disable=g-import-not-at-top
   try:
     body(fv)
-  except (ValueError, OSError, networks.WeightsUnavailableError, DecodeError) as e:
+  except (ValueError, OSError, RuntimeError, DecodeError) as e:  # incl. WeightsUnavailableError
     return _fail(e)
   return 0
 
@@ -140,6 +197,8 @@ class Source:
   stats: tuple[np.ndarray, np.ndarray] | None = None
   fingerprint: str | None = None  # identifies the files, for the reference cache
   cache_file: pathlib.Path | None = None
+  protocol: dict | None = None  # how its features / statistics were made
+  num_samples: int | None = None  # for a generator function
 
   @property
   def needs_network(self) -> bool:
@@ -158,6 +217,10 @@ def _files_fingerprint(path: pathlib.Path, source) -> str:
 def open_source(path: str, flag: str, *, kind: str, min_count: int, allow_stats: bool = False,
                 cacheable: bool = False) -> Source:
   """Opens and checks an input: images, a features .npz (key `kind`) or TTUR statistics."""
+  if isinstance(path, str) and path.startswith(references.PREFIX):
+    source = Source(flag=flag, kind=kind, images=references.NamedReference(path),
+                    fingerprint=f"name|{path}")
+    return source
   file = pathlib.Path(path)
   source = Source(flag=flag, kind=kind)
   # An .npz is a zip archive: recognised by content, so statistics saved under any name load.
@@ -170,6 +233,7 @@ def open_source(path: str, flag: str, *, kind: str, min_count: int, allow_stats:
             raise image_io.ImageInputError(f"{flag} {file} holds FID statistics (mu, sigma); this "
                                            "metric needs images or features")
           source.stats = (data["mu"], data["sigma"])
+          source.protocol = protocol_lib.from_npz(data)
           return source
         if kind in keys:
           features = np.asarray(data[kind], np.float32)
@@ -177,6 +241,7 @@ def open_source(path: str, flag: str, *, kind: str, min_count: int, allow_stats:
             raise image_io.ImageInputError(f"{flag} {file}: features '{kind}' must be [N, D], got "
                                            f"shape {features.shape}")
           source.features = features
+          source.protocol = protocol_lib.with_feature(protocol_lib.from_npz(data), kind)
     except (OSError, ValueError) as e:
       if isinstance(e, image_io.ImageInputError):
         raise
@@ -194,11 +259,57 @@ def open_source(path: str, flag: str, *, kind: str, min_count: int, allow_stats:
   return source
 
 
+def source_from_object(obj, flag: str, *, kind: str, min_count: int, allow_stats: bool = False,
+                       num_samples: int | None = None, cacheable: bool = False) -> Source:
+  """A Source for the Python API: a path or `tfds:` name (as `open_source`), an image array, a
+  `tf.data.Dataset`, a generator function `fn(n) -> images` (with `num_samples`), or FID
+  statistics given as a (mu, sigma) tuple."""
+  if isinstance(obj, (str, os.PathLike)):
+    return open_source(str(obj), flag, kind=kind, min_count=min_count, allow_stats=allow_stats,
+                       cacheable=cacheable)
+  if isinstance(obj, tuple) and len(obj) == 2 and allow_stats:
+    return Source(flag=flag, kind=kind, stats=(np.asarray(obj[0]), np.asarray(obj[1])))
+  if callable(obj) and not hasattr(obj, "element_spec"):
+    if num_samples is None or num_samples < min_count:
+      raise image_io.ImageInputError(f"{flag}: a generator function needs num_samples >= "
+                                     f"{min_count}, got {num_samples}")
+    return Source(flag=flag, kind=kind, images=obj, num_samples=num_samples)
+  if hasattr(obj, "element_spec"):  # tf.data.Dataset (count known after extraction)
+    return Source(flag=flag, kind=kind, images=obj)
+  array = image_io.check_image_array(obj, what=flag)
+  if len(array) < min_count:
+    raise image_io.ImageInputError(f"{flag}: {len(array)} image(s), at least {min_count} needed")
+  return Source(flag=flag, kind=kind, images=array)
+
+
 @dataclasses.dataclass
 class Network:
   name: str
   model: object | None
   pending_cache: list[tuple[pathlib.Path, dict[str, np.ndarray]]]
+  label: str = ""  # protocol name, e.g. "inception-2015", "vgg16-torch-fidelity"
+  options: object | None = None
+
+
+def network_label(name: str, fv) -> str:
+  return "inception-2015" if name == "inception" else f"vgg16-{getattr(fv, 'vgg', 'keras')}"
+
+
+def _device_scope(device: str | None):
+  """tf.device(device) after checking that such a device exists (ValueError otherwise)."""
+  import contextlib  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  if not device:
+    return contextlib.nullcontext()
+  wanted = device.strip("/").lower().replace("device:", "")
+  kind, _, index = wanted.partition(":")
+  names = [d.name for d in tf.config.list_logical_devices()]
+  for name in names:
+    have = name.lower().split("device:")[-1]
+    have_kind, _, have_index = have.partition(":")
+    if have_kind == kind and (not index or index == have_index):
+      return tf.device(name)
+  raise ValueError(f"--device {device}: no such device here (available: {', '.join(names)})")
 
 
 def feature_network(fv, name: str, sources: list[Source]) -> Network:
@@ -206,16 +317,21 @@ def feature_network(fv, name: str, sources: list[Source]) -> Network:
 
   Also looks the cacheable sources up in the reference-feature cache.
   """
-  network = Network(name=name, model=None, pending_cache=[])
+  network = Network(name=name, model=None, pending_cache=[], label=network_label(name, fv),
+                    options=fv)
   needing = [s for s in sources if s.needs_network]
   if not needing:
     return network
+  variant = getattr(fv, "vgg", "keras")
   if name == "inception":
     weights = networks.resolve_inception_graph_def(fv.inception_path, download=fv.download)
+  elif variant == "torch-fidelity":
+    weights = networks.resolve_vgg16_torch_weights(fv.vgg16_path, download=fv.download)
   else:
     weights = networks.resolve_vgg16_weights(fv.vgg16_path, download=fv.download)
   stat = weights.stat()
-  weights_id = f"{name}|{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+  weights_id = (f"v{CACHE_VERSION}|{network.label}|{weights.resolve()}|{stat.st_size}|"
+                f"{stat.st_mtime_ns}|{fv.resize}|{fv.precision}")
   use_cache = getattr(fv, "cache", False)
   for source in needing:
     if use_cache and source.fingerprint is not None:
@@ -225,12 +341,31 @@ def feature_network(fv, name: str, sources: list[Source]) -> Network:
         with np.load(source.cache_file) as data:
           if source.kind in data.files:
             source.features = data[source.kind]
+            source.protocol = protocol_lib.with_feature(protocol_lib.from_npz(data), source.kind)
+  for source in needing:  # a named reference not cached must be loadable before any work
+    if source.needs_network and isinstance(source.images, references.NamedReference):
+      source.images.check(download=fv.download)
   if any(s.needs_network for s in needing):
-    if name == "inception":
-      network.model = networks.inception_network(weights, download=False)
-    else:
-      network.model = networks.vgg16_network(weights, download=False)
+    policy = PRECISIONS[fv.precision]
+    device = getattr(fv, "device", None)
+    key = (network.label, weights_id, policy, device)
+    network.model = _BUILT.get(key)
+    if network.model is None:
+      with _device_scope(device):
+        if name == "inception":
+          network.model = networks.inception_network(weights, download=False,
+                                                     dtype_policy=policy)
+        else:
+          network.model = networks.vgg16_network(weights, download=False, dtype_policy=policy,
+                                                 variant=variant)
+      _BUILT.clear()  # keep one network alive (VGG-16 is 0.5 GB)
+      _BUILT[key] = network.model
   return network
+
+
+# The last network built, by (label, weights file identity, dtype policy, device): repeated calls
+# in one process (the Python API, tests) reuse it and its compiled step.
+_BUILT: dict = {}
 
 
 def features_of(source: Source, network: Network, fv) -> np.ndarray:
@@ -238,12 +373,37 @@ def features_of(source: Source, network: Network, fv) -> np.ndarray:
   if source.features is not None:
     return source.features
   from evaluation import features as features_lib  # pylint: disable=g-import-not-at-top
-  outputs = features_lib.extract(network.model, source.images, batch_size=fv.batch_size,
-                                 progress=fv.progress, jit_compile=fv.jit_compile)
+  from evaluation import resize as resize_lib  # pylint: disable=g-import-not-at-top
+  images = source.images
+  if isinstance(images, references.NamedReference):
+    images = images.load(download=fv.download)
+  info: dict = {}
+  with _device_scope(getattr(fv, "device", None)):
+    outputs = features_lib.extract(network.model, images, batch_size=fv.batch_size,
+                                   progress=fv.progress, jit_compile=fv.jit_compile,
+                                   num_samples=source.num_samples, resize=fv.resize,
+                                   workers=getattr(fv, "workers", image_io.DEFAULT_WORKERS),
+                                   info=info)
+  record = protocol_lib.record(network=network.label,
+                               weights_sha=protocol_lib.weights_sha256(network.model),
+                               feature=source.kind, resize=resize_lib.describe_resize(fv.resize),
+                               precision=fv.precision, info=info)
   source.features = outputs[source.kind]
+  source.protocol = record
   if source.cache_file is not None:
-    network.pending_cache.append((source.cache_file, outputs))
+    network.pending_cache.append((source.cache_file, {
+        **outputs, protocol_lib.NPZ_KEY: np.str_(protocol_lib.to_json(
+            {k: v for k, v in record.items() if k != "feature"}))}))
   return source.features
+
+
+def check_protocols(first: Source, second: Source, fv) -> None:
+  protocol_lib.check_compatible(first.protocol, second.protocol, names=(first.flag, second.flag),
+                                strict=getattr(fv, "strict_protocol", True))
+
+
+def print_protocol(*sources: Source) -> None:
+  print(protocol_lib.describe({s.flag.lstrip("-"): s.protocol for s in sources}))
 
 
 def commit_cache(network: Network) -> None:

@@ -3,8 +3,16 @@
     feats = extract(network, images, batch_size=50)      # {"pool_3": [N, 2048], "logits": ...}
 
 `images` may be a numpy array (uint8 [N, H, W, C] in [0, 255] or float in [0, 1]), a folder /
-.npy / .npz path, an `evaluation.image_io.ImageFolder`, or a `tf.data.Dataset` of images or of
-batches (tuples/dicts: the first element / "image" is used). Every batch is converted to float32
+.zip / .npy / .npz path, an `evaluation.image_io.ImageFolder`, a `tf.data.Dataset` of images or of
+batches (tuples/dicts: the first element / "image" is used), or a generator function
+`generate_fn(n) -> images [n, H, W, C]` with `num_samples` (models scored without writing PNGs).
+
+Throughput: folder images are decoded by `workers` threads, and the whole input side (decode,
+resize, batching) runs in a background thread `prefetch` batches ahead of the compiled step.
+
+Resize modes (`resize=`): "tf1" (default; TTUR's TF1 legacy bilinear, inside the network) or
+"clean" (clean-fid's PIL bicubic antialias to the network's input size, on the host, per image;
+the network's own resize is then the identity). Every batch is converted to float32
 [0, 255] (float images are scaled, never quantised), padded to `batch_size` so the compiled step
 sees one shape per image size, and the padding rows are dropped again: results do not depend on
 `batch_size` (up to float rounding, checked to 1e-5 relative in tests).
@@ -16,8 +24,10 @@ Mixed precision: build the network with `dtype_policy="mixed_bfloat16"` (see
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import weakref
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import keras
 import numpy as np
@@ -25,6 +35,10 @@ import tensorflow as tf
 
 from evaluation import image_io
 from evaluation import numerics
+from evaluation import resize as resize_lib
+
+# Input size of each feature network (its model name), the target of the "clean" resize.
+NETWORK_INPUT_SIZES = {"inception_2015": 299, "vgg16_fc2": 224}  # TTUR graph; Keras/torchvision VGG
 
 _STEPS: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
 
@@ -73,16 +87,89 @@ def _dataset_arrays(dataset: tf.data.Dataset) -> Iterator[np.ndarray]:
     yield image_io.check_image_array(element, what="dataset element")
 
 
-def _source_arrays(images, batch_size: int) -> tuple[Iterator[np.ndarray], int | None]:
+def _generated_arrays(generate_fn: Callable, num_samples: int,
+                      batch_size: int) -> Iterator[np.ndarray]:
+  """generate_fn(n) for n = batch_size, ..., the remainder; each result checked."""
+  done = 0
+  while done < num_samples:
+    n = min(batch_size, num_samples - done)
+    images = generate_fn(n)
+    if isinstance(images, tf.Tensor):
+      images = images.numpy()
+    images = image_io.check_image_array(np.asarray(images), what="generate_fn output")
+    if len(images) != n:
+      raise image_io.ImageInputError(f"generate_fn({n}) returned {len(images)} images")
+    done += n
+    yield images
+
+
+def _source_arrays(images, batch_size: int, *, num_samples: int | None = None, workers: int = 1,
+                   transform: Callable | None = None) -> tuple[Iterator[np.ndarray], int | None]:
   """Chunks of images (any leading size) and the total count when known."""
   if isinstance(images, (str, os.PathLike)):
     images = image_io.open_images(images)
   if isinstance(images, image_io.ImageFolder):
-    return images.batches(batch_size), len(images)
+    return images.batches(batch_size, workers=workers, transform=transform), len(images)
   if isinstance(images, tf.data.Dataset):
-    return _dataset_arrays(images), None
-  array = image_io.check_image_array(images)
-  return (array[i:i + batch_size] for i in range(0, len(array), batch_size)), len(array)
+    chunks, total = _dataset_arrays(images), None
+  elif callable(images):
+    if num_samples is None or num_samples < 1:
+      raise ValueError(f"a generator function needs num_samples >= 1, got {num_samples}")
+    chunks, total = _generated_arrays(images, num_samples, batch_size), num_samples
+  else:
+    array = image_io.check_image_array(images)
+    chunks = (array[i:i + batch_size] for i in range(0, len(array), batch_size))
+    total = len(array)
+  if transform is not None:
+    chunks = (np.stack([transform(image) for image in chunk]) for chunk in chunks)
+  return chunks, total
+
+
+def _background(iterator: Iterator, prefetch: int) -> Iterator:
+  """Runs `iterator` in a daemon thread, `prefetch` items ahead; re-raises its errors here."""
+  if prefetch < 1:
+    yield from iterator
+    return
+  items: queue.Queue = queue.Queue(maxsize=prefetch)
+  stop = threading.Event()
+  done = object()
+
+  def produce():
+    try:
+      for item in iterator:
+        while not stop.is_set():
+          try:
+            items.put((item, None), timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if stop.is_set():
+          return
+      items.put((done, None))
+    except BaseException as e:  # pylint: disable=broad-except  # handed to the consumer
+      items.put((None, e))
+
+  thread = threading.Thread(target=produce, daemon=True)
+  thread.start()
+  try:
+    while True:
+      item, error = items.get()
+      if error is not None:
+        raise error
+      if item is done:
+        return
+      yield item
+  finally:
+    stop.set()
+
+
+def clean_resizer(network: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
+  """Per-image host-side "clean" resize to the network's input size."""
+  size = NETWORK_INPUT_SIZES.get(network.name)
+  if size is None:
+    raise ValueError(f"the clean resize needs the input size of network {network.name!r}; known: "
+                     f"{sorted(NETWORK_INPUT_SIZES)}")
+  return lambda image: resize_lib.resize_clean(image, size)
 
 
 def _rebatch(chunks: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
@@ -104,7 +191,9 @@ def _rebatch(chunks: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarr
 
 def extract(network: keras.Model, images, *, batch_size: int = 50, progress: bool = True,
             jit_compile: bool = True, strategy: tf.distribute.Strategy | None = None,
-            allow_tf32: bool = False) -> dict[str, np.ndarray]:
+            allow_tf32: bool = False, num_samples: int | None = None, resize: str = "tf1",
+            workers: int = image_io.DEFAULT_WORKERS, prefetch: int = 2,
+            info: dict | None = None) -> dict[str, np.ndarray]:
   """Features of every image, in input order.
 
   Args:
@@ -117,6 +206,12 @@ def extract(network: keras.Model, images, *, batch_size: int = 50, progress: boo
     strategy: a `tf.distribute` strategy to shard every batch over its replicas/workers (the
       batch is rounded up to a multiple of the replica count); one device's features come back.
     allow_tf32: let Ampere+ GPUs use TF32 (default: exact float32; no effect on CPUs).
+    num_samples: number of images to draw when `images` is a generator function.
+    resize: "tf1" (TTUR, default) or "clean" (clean-fid's PIL bicubic antialias), see above.
+    workers: image-decoding threads for folders / archives (and the clean resize).
+    prefetch: batches prepared ahead of the compiled step by a background thread (0: inline).
+    info: if given, filled with {"count", "height", "width", "channels", "input_dtype"} of the
+      images seen (for the protocol record).
 
   Returns:
     {output name: float32 [N, D]}.
@@ -126,26 +221,47 @@ def extract(network: keras.Model, images, *, batch_size: int = 50, progress: boo
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if resize not in resize_lib.RESIZE_MODES:
+    raise ValueError(f"resize must be one of {resize_lib.RESIZE_MODES}, got {resize!r}")
   replicas = strategy.num_replicas_in_sync if strategy is not None else 1
   batch_size = -(-batch_size // replicas) * replicas
+  info = {} if info is None else info
+  transform = clean_resizer(network) if resize == "clean" else None
+  if transform is not None:  # the original size is recorded, not the resized one
+    transform = _recording(transform, info)
+  chunks, total = _source_arrays(images, batch_size, num_samples=num_samples, workers=workers,
+                                 transform=transform)
+  if total is not None and 0 < total < batch_size:  # fewer images than a batch: no padding work
+    batch_size = -(-total // replicas) * replicas
   with numerics.exact_float32(not allow_tf32):
-    return _extract(network, images, batch_size=batch_size, progress=progress,
+    return _extract(_background(_rebatch(chunks, batch_size), prefetch), total,
+                    batch_size=batch_size, progress=progress, info=info,
+                    prescaled=transform is not None,
                     step=feature_step(network, jit_compile=jit_compile, strategy=strategy))
 
 
-def _extract(network, images, *, batch_size, progress, step) -> dict[str, np.ndarray]:
-  del network
-  chunks, total = _source_arrays(images, batch_size)
+def _recording(transform: Callable, info: dict) -> Callable:
+  def wrapped(image):
+    info.setdefault("original_shape", tuple(image.shape))
+    info.setdefault("input_dtype", str(image.dtype))
+    return transform(image)
+  return wrapped
+
+
+def _extract(batches, total, *, batch_size, progress, step, info,
+             prescaled: bool) -> dict[str, np.ndarray]:
   bar = keras.utils.Progbar(total, unit_name="image") if progress else None
   outputs: dict[str, list[np.ndarray]] = {}
   seen = 0
   shape = None
-  for batch in _rebatch(chunks, batch_size):
+  for batch in batches:
     if shape is not None and batch.shape[1:] != shape:
       raise image_io.ImageInputError(f"mixed image shapes: {shape} and {batch.shape[1:]}")
     shape = batch.shape[1:]
+    info.setdefault("input_dtype", str(batch.dtype))
     rows = len(batch)
-    batch = image_io.to_float255(batch)
+    if not prescaled:  # the clean resize already returns float32 [0, 255]
+      batch = image_io.to_float255(batch)
     if rows < batch_size:  # pad to the compiled shape; padded rows are dropped below
       batch = np.concatenate([batch, np.zeros((batch_size - rows,) + batch.shape[1:], np.float32)])
     result = step(tf.constant(batch))
@@ -158,4 +274,6 @@ def _extract(network, images, *, batch_size, progress, step) -> dict[str, np.nda
       bar.update(seen)
   if not outputs:
     raise image_io.ImageInputError("no images to extract features from")
+  height, width, channels = info.pop("original_shape", shape)
+  info.update(count=seen, height=int(height), width=int(width), channels=int(channels))
   return {name: np.concatenate(values) for name, values in outputs.items()}

@@ -3,9 +3,14 @@
     mu1, s1 = feature_statistics(pool3_fake); mu2, s2 = feature_statistics(pool3_real)
     fid = frechet_distance(mu1, s1, mu2, s2)
 
-Command line (prints `FID: <value>`):
-    python -m evaluation.fid --samples DIR_OR_NPY --reference DIR_OR_NPZ [--save_stats OUT.npz]
-`--reference` may be images, or a TTUR statistics file (.npz with `mu`, `sigma`). See --help.
+Command line (prints `FID: <value>` or, with --bootstrap N, `FID: <value> [<lo>, <hi>]`, then a
+`protocol: ...` line):
+    python -m evaluation.fid --samples DIR_ZIP_OR_NPY --reference DIR_NPZ_OR_tfds:mnist/test \
+        [--save_stats OUT.npz] [--resize tf1|clean] [--bootstrap 100] [--precision float32]
+`--reference` may be images (folder, searched recursively, .zip, .npy/.npz), a name
+`tfds:<name>/<split>`, or a statistics file (.npz with `mu`, `sigma`, and the protocol record
+when we wrote it). Python: `evaluation.api.compute_fid(generate_fn, num_samples, reference=...)`.
+See --help.
 """
 
 from __future__ import annotations
@@ -73,15 +78,61 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
                - 2.0 * trace_sqrt_product(sigma1, sigma2))
 
 
-def save_statistics(path, mu, sigma) -> None:
+def bootstrap_interval(samples, reference, *, reference_stats=None, num: int, seed: int = 0,
+                       confidence: float = 0.95) -> tuple[float, float]:
+  """Percentile bootstrap interval of FID: both feature sets drawn with replacement per
+  replicate (only the samples when the reference is given as statistics)."""
+  from evaluation import bootstrap  # pylint: disable=g-import-not-at-top
+  samples = np.asarray(samples, np.float64)
+  if reference_stats is not None:
+    mu2, sigma2 = reference_stats
+    statistic = lambda i: frechet_distance(*feature_statistics(samples[i]), mu2, sigma2)
+    sizes = (len(samples),)
+  else:
+    reference = np.asarray(reference, np.float64)
+    statistic = lambda i, j: frechet_distance(*feature_statistics(samples[i]),
+                                              *feature_statistics(reference[j]))
+    sizes = (len(samples), len(reference))
+  low, high = bootstrap.interval(statistic, sizes, num=num, seed=seed, confidence=confidence)
+  return float(low), float(high)
+
+
+def save_statistics(path, mu, sigma, protocol: dict | None = None) -> None:
   """Writes TTUR-format statistics (.npz with `mu`, `sigma`) to exactly `path`.
 
+  The protocol record (`evaluation.protocol`), when given, is stored as the key "protocol".
   `np.savez(path)` would append ".npz" to a name without it; the file is written through a
   handle instead, so `--save_stats out.stats` gives `out.stats`, which `--reference` reads back
   (it recognises .npz files by their content, not their name).
   """
+  extra = {}
+  if protocol is not None:
+    from evaluation import protocol as protocol_lib  # pylint: disable=g-import-not-at-top
+    extra[protocol_lib.NPZ_KEY] = np.str_(protocol_lib.to_json(protocol))
   with open(path, "wb") as f:
-    np.savez(f, mu=mu, sigma=sigma)
+    np.savez(f, mu=mu, sigma=sigma, **extra)
+
+
+def compute_from_sources(samples, reference, network, options) -> dict:
+  """FID of two checked `evaluation.cli.Source`s (shared by the command and `evaluation.api`).
+
+  Returns {"value", "interval" (None without bootstrap), "mu", "sigma" (the reference's),
+  "protocols"}; raises ProtocolMismatchError before computing if the records differ.
+  """
+  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  fake = cli.features_of(samples, network, options)
+  real = None if reference.stats is not None else cli.features_of(reference, network, options)
+  cli.check_protocols(samples, reference, options)
+  mu1, sigma1 = feature_statistics(fake)
+  mu2, sigma2 = reference.stats if real is None else feature_statistics(real)
+  value = frechet_distance(mu1, sigma1, mu2, sigma2)
+  interval = None
+  if options.bootstrap:
+    interval = bootstrap_interval(fake, real, reference_stats=reference.stats if real is None
+                                  else None, num=options.bootstrap, seed=options.bootstrap_seed,
+                                  confidence=options.confidence)
+  return {"value": value, "interval": interval, "mu": mu2, "sigma": sigma2,
+          "protocols": {"samples": samples.protocol, "reference": reference.protocol}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,16 +154,13 @@ def _run(fv) -> None:
   reference = cli.open_source(fv.reference, "--reference", kind="pool_3", min_count=2,
                               allow_stats=True, cacheable=fv.cache)
   network = cli.feature_network(fv, "inception", [samples, reference])
-  mu1, sigma1 = feature_statistics(cli.features_of(samples, network, fv))
-  if reference.stats is not None:
-    mu2, sigma2 = reference.stats
-  else:
-    mu2, sigma2 = feature_statistics(cli.features_of(reference, network, fv))
-  value = frechet_distance(mu1, sigma1, mu2, sigma2)
+  result = compute_from_sources(samples, reference, network, fv)
   cli.commit_cache(network)
   if fv.save_stats:
-    save_statistics(fv.save_stats, mu2, sigma2)
-  print(f"FID: {value:.6f}")
+    save_statistics(fv.save_stats, result["mu"], result["sigma"], protocol=reference.protocol)
+  from evaluation import bootstrap  # pylint: disable=g-import-not-at-top
+  print(f"FID: {bootstrap.format_value(result['value'], result['interval'])}")
+  cli.print_protocol(samples, reference)
 
 
 def main(argv=None) -> int:

@@ -57,8 +57,16 @@ def _run(fv) -> None:
   from evaluation import cli  # pylint: disable=g-import-not-at-top
   samples = cli.open_source(fv.samples, "--samples", kind="logits", min_count=max(2, fv.splits))
   network = cli.feature_network(fv, "inception", [samples])
-  mean, std = inception_score(cli.features_of(samples, network, fv), splits=fv.splits)
-  print(f"IS: {mean:.6f} +- {std:.6f}")
+  logits = cli.features_of(samples, network, fv)
+  mean, std = inception_score(logits, splits=fv.splits)
+  from evaluation import bootstrap  # pylint: disable=g-import-not-at-top
+  bounds = None
+  if fv.bootstrap:
+    bounds = bootstrap.interval(lambda i: inception_score(logits[i], splits=fv.splits)[0],
+                                (len(logits),), num=fv.bootstrap, seed=fv.bootstrap_seed,
+                                confidence=fv.confidence)
+  print(f"IS: {bootstrap.format_value(mean, bounds)} +- {std:.6f}")
+  cli.print_protocol(samples)
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,8 @@
 
     mean, std = kernel_inception_distance(pool3_real, pool3_fake, num_subsets=100, subset_size=1000)
 
-Command line (prints `KID: <mean> +- <std>`):
+Command line (prints `KID: <mean> +- <std>`, with --bootstrap N `KID: <mean> [<lo>, <hi>] +- <std>`,
+then a `protocol: ...` line):
     python -m evaluation.kid --samples DIR_OR_NPY --reference DIR_OR_NPZ [--num_subsets 100]
 """
 
@@ -87,12 +88,36 @@ def _run(fv) -> None:
   reference = cli.open_source(fv.reference, "--reference", kind="pool_3", min_count=2,
                               cacheable=fv.cache)
   network = cli.feature_network(fv, "inception", [samples, reference])
-  fake = cli.features_of(samples, network, fv)
-  real = cli.features_of(reference, network, fv)
-  mean, std = kernel_inception_distance(real, fake, num_subsets=fv.num_subsets,
-                                        subset_size=fv.subset_size, seed=fv.seed)
+  result = compute_from_sources(samples, reference, network, fv, num_subsets=fv.num_subsets,
+                                subset_size=fv.subset_size, seed=fv.seed)
   cli.commit_cache(network)
-  print(f"KID: {mean:.6g} +- {std:.6g}")
+  from evaluation import bootstrap  # pylint: disable=g-import-not-at-top
+  value = bootstrap.format_value(result["value"], result["interval"], digits=".6g")
+  print(f"KID: {value} +- {result['std']:.6g}")
+  cli.print_protocol(samples, reference)
+
+
+def compute_from_sources(samples, reference, network, options, *, num_subsets: int = 100,
+                         subset_size: int = 1000, seed: int = 0) -> dict:
+  """KID of two checked `evaluation.cli.Source`s: {"value" (mean), "std", "interval",
+  "protocols"}. The bootstrap draws both feature sets with replacement, then runs the same
+  subset estimator (seeded as the full run) on the drawn rows."""
+  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  fake = cli.features_of(samples, network, options)
+  real = cli.features_of(reference, network, options)
+  cli.check_protocols(samples, reference, options)
+  estimate = lambda r, f: kernel_inception_distance(r, f, num_subsets=num_subsets,
+                                                    subset_size=subset_size, seed=seed)
+  mean, std = estimate(real, fake)
+  interval = None
+  if options.bootstrap:
+    from evaluation import bootstrap  # pylint: disable=g-import-not-at-top
+    low, high = bootstrap.interval(lambda i, j: estimate(real[j], fake[i])[0],
+                                   (len(fake), len(real)), num=options.bootstrap,
+                                   seed=options.bootstrap_seed, confidence=options.confidence)
+    interval = (float(low), float(high))
+  return {"value": mean, "std": std, "interval": interval,
+          "protocols": {"samples": samples.protocol, "reference": reference.protocol}}
 
 
 def main(argv=None) -> int:

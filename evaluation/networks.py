@@ -54,6 +54,11 @@ VGG16_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg16
              "vgg16_weights_tf_dim_ordering_tf_kernels.h5")  # keras/src/applications/vgg16.py
 VGG16_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
 VGG16_MD5 = "64373286793e3c8b2b4e3219cbf3544b"  # file_hash in keras/src/applications/vgg16.py
+# torch-fidelity's VGG-16 = torchvision's IMAGENET1K_V1 weights (torchvision/models/vgg.py)
+VGG16_TORCH_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
+VGG16_TORCH_FILE = "vgg16-397923af.pth"
+VGG16_TORCH_PATH_ENV = "GENMODELS_VGG16_TORCH_PATH"
+VGG_VARIANTS = ("keras", "torch-fidelity")
 _DOWNLOAD_TIMEOUT_S = 60
 
 
@@ -222,20 +227,85 @@ def resolve_vgg16_weights(weights_path: str | os.PathLike | None = None, *,
     raise WeightsUnavailableError(f"VGG-16 weights unavailable (download failed: {e}). {hint}.") from e
 
 
-def vgg16_network(weights_path: str | os.PathLike | None = None, *, download: bool = True,
-                  dtype_policy: str | None = None) -> "keras.Model":
-  """VGG-16 fc2 with Keras's ImageNet weights, or `WeightsUnavailableError`.
+def resolve_vgg16_torch_weights(weights_path: str | os.PathLike | None = None, *,
+                                download: bool = True) -> pathlib.Path:
+  """Path of torchvision's `vgg16-397923af.pth` (torch-fidelity's VGG-16): the argument,
+  $GENMODELS_VGG16_TORCH_PATH, PyTorch's hub cache, then a download."""
+  given = weights_path or os.environ.get(VGG16_TORCH_PATH_ENV)
+  if given:
+    path = pathlib.Path(given).expanduser()
+    if path.is_dir():
+      path = path / VGG16_TORCH_FILE
+    if not path.exists():
+      raise WeightsUnavailableError(f"VGG-16 (torch-fidelity) weights not found at {path}: "
+                                    f"expected {VGG16_TORCH_FILE} (from {VGG16_TORCH_URL})")
+    return path
+  cached = torch_hub_checkpoints() / VGG16_TORCH_FILE
+  if cached.exists():
+    return cached
+  hint = (f"Put {VGG16_TORCH_FILE} ({VGG16_TORCH_URL}) at {cached}, or set "
+          f"${VGG16_TORCH_PATH_ENV} / pass --vgg16_path")
+  if not download:
+    raise WeightsUnavailableError(f"VGG-16 (torch-fidelity) weights unavailable offline. {hint}.")
+  try:
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".part")
+    with urllib.request.urlopen(VGG16_TORCH_URL, timeout=_DOWNLOAD_TIMEOUT_S) as response, \
+        open(tmp, "wb") as f:
+      shutil.copyfileobj(response, f)
+    os.replace(tmp, cached)
+  except OSError as e:
+    raise WeightsUnavailableError(f"VGG-16 (torch-fidelity) weights unavailable (download "
+                                  f"failed: {e}). {hint}.") from e
+  return cached
 
+
+def load_vgg16_torch_weights(path: pathlib.Path) -> dict[str, list[np.ndarray]]:
+  """Converted torchvision VGG-16 weights (PyTorch needed once; cached as .npz by SHA-256)."""
+  from evaluation import vgg  # pylint: disable=g-import-not-at-top
+  converted = cache_dir() / f"vgg16_torchvision_{_sha256(path)[:16]}.npz"
+  if converted.exists():
+    with np.load(converted) as data:
+      weights: dict[str, list[np.ndarray]] = {}
+      for key in data.files:  # "<layer>/<index>"
+        layer, index = key.rsplit("/", 1)
+        weights.setdefault(layer, []).insert(int(index), data[key])
+      return weights
+  weights = vgg.read_torchvision_weights(str(path))
+  try:
+    converted.parent.mkdir(parents=True, exist_ok=True)
+    tmp = converted.with_suffix(".tmp.npz")
+    np.savez(tmp, **{f"{layer}/{i}": a for layer, arrays in weights.items()
+                     for i, a in enumerate(arrays)})
+    os.replace(tmp, converted)
+  except OSError as e:
+    print(f"note: could not cache converted VGG-16 weights at {converted}: {e}", file=sys.stderr)
+  return weights
+
+
+def vgg16_network(weights_path: str | os.PathLike | None = None, *, download: bool = True,
+                  dtype_policy: str | None = None, variant: str = "keras") -> "keras.Model":
+  """VGG-16 fc2 with ImageNet weights, or `WeightsUnavailableError`.
+
+  variant "keras": Keras's Caffe VGG-16 (.h5; BGR, mean only); "torch-fidelity": torchvision's
+  `vgg16-397923af.pth` as torch-fidelity uses it (RGB, mean/std; features fc2_relu).
   Float [B, H, W, 1|3] in [0, 255] -> {"fc2": [B, 4096]} (after ReLU).
   """
   from evaluation import vgg  # pylint: disable=g-import-not-at-top
-  path = resolve_vgg16_weights(weights_path, download=download)
-  weights = vgg.read_keras_h5_weights(str(path))
+  if variant not in VGG_VARIANTS:
+    raise ValueError(f"VGG-16 variant must be one of {VGG_VARIANTS}, got {variant!r}")
+  if variant == "torch-fidelity":
+    path = resolve_vgg16_torch_weights(weights_path, download=download)
+    weights = load_vgg16_torch_weights(path)
+  else:
+    path = resolve_vgg16_weights(weights_path, download=download)
+    weights = vgg.read_keras_h5_weights(str(path))
   fc1 = weights.get("fc1")
   width_divisor = 1
   if fc1 is not None and fc1[0].shape[-1] != vgg.FC_WIDTH:
     width_divisor = vgg.FC_WIDTH // max(1, fc1[0].shape[-1])
     print(f"note: {path} is a narrow (1/{width_divisor}) VGG-16 variant.", file=sys.stderr)
-  model = vgg.build_vgg16_fc2(width_divisor=width_divisor, dtype_policy=dtype_policy)
+  model = vgg.build_vgg16_fc2(width_divisor=width_divisor, dtype_policy=dtype_policy,
+                              preprocessing="caffe" if variant == "keras" else "torchvision")
   vgg.load_vgg16_weights(model, weights, source=str(path))
   return model

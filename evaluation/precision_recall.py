@@ -16,8 +16,10 @@ precision (any over real columns) and recall (any over fake rows), so the work i
 squared-distance matrices (real-real, fake-fake, real-fake), as the NumPy floor in
 bench/bench_precision_recall.py.
 
-Command line (prints `precision: <p>` and `recall: <r>`):
-    python -m evaluation.precision_recall --samples DIR_OR_NPY --reference DIR_OR_NPZ [--k 3]
+Command line (prints `precision: <p>` and `recall: <r>`, each followed by `[<lo>, <hi>]` with
+--bootstrap N, then a `protocol: ...` line naming the VGG-16 used):
+    python -m evaluation.precision_recall --samples DIR_OR_NPY --reference DIR_OR_NPZ [--k 3] \
+        [--vgg keras|torch-fidelity]
 """
 
 from __future__ import annotations
@@ -67,15 +69,15 @@ class _Blocks:
       return tf.maximum(row_sqnorms[:, None] - 2.0 * products + column_sqnorms[None, :], 0.0)
 
     @tf.function(jit_compile=True)
-    def kth_neighbour(rows, row_start, columns, column_sqnorms, k):
-      """Squared distance from each row to its k-th nearest column, the row itself excluded."""
+    def kth_neighbour(rows, row_ids, columns, column_ids, column_sqnorms, k):
+      """Squared distance from each row to its k-th nearest column, columns with the row's own
+      id (itself, and its bootstrap copies) excluded."""
       d = squared_distances(rows, columns, column_sqnorms)  # [b, N]
-      column_ids = tf.range(tf.shape(columns)[0])[None, :]
-      row_ids = row_start + tf.range(tf.shape(rows)[0])[:, None]
-      d = tf.where(column_ids == row_ids, np.float32(np.inf), d)  # self excluded
+      d = tf.where(column_ids[None, :] == row_ids[:, None], np.float32(np.inf), d)  # self excluded
+      positions = tf.range(tf.shape(columns)[0])[None, :]
       for _ in range(k - 1):  # drop the k-1 nearest one at a time (ties count separately)
         nearest = tf.argmin(d, axis=1, output_type=tf.int32)[:, None]
-        d = tf.where(column_ids == nearest, np.float32(np.inf), d)
+        d = tf.where(positions == nearest, np.float32(np.inf), d)
       return tf.reduce_min(d, axis=1)  # [b]
 
     @tf.function(jit_compile=True)
@@ -115,26 +117,37 @@ def _row_blocks(rows: np.ndarray, batch_size: int, pad_value: float = 0.0):
     yield start, count, block
 
 
-def manifold_radii(features, *, k: int = 3, batch_size: int | None = None) -> np.ndarray:
+def manifold_radii(features, *, k: int = 3, batch_size: int | None = None,
+                   ids=None) -> np.ndarray:
   """Squared distance of every sample to its k-th nearest neighbour in the same set (self
-  excluded), float32 [N]; `batch_size` rows at a time against the whole set."""
+  excluded), float32 [N]; `batch_size` rows at a time against the whole set.
+
+  ids: optional [N] int identities (default: the row numbers); rows sharing an id (bootstrap
+  copies of one sample) are never each other's neighbours.
+  """
   tf = _tf()
   features = np.ascontiguousarray(features, np.float32)
   n = features.shape[0]
   if n <= k:
     raise ValueError(f"need more than k={k} samples, got {n}")
+  ids = np.arange(n, dtype=np.int32) if ids is None else np.asarray(ids, np.int32)
+  if ids.shape != (n,):
+    raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
   batch_size = min(n, batch_size or _default_batch_size(n))
   columns = tf.constant(features)
+  column_ids = tf.constant(ids)
   sqnorms = tf.reduce_sum(tf.square(columns), axis=1)
+  padded_ids = np.concatenate([ids, np.full(batch_size, -1, np.int32)])
   radii = np.empty(n, np.float32)
   for start, count, block in _row_blocks(features, batch_size):
     radii[start:start + count] = _blocks().kth_neighbour(
-        tf.constant(block), tf.constant(start, tf.int32), columns, sqnorms, k).numpy()[:count]
+        tf.constant(block), tf.constant(padded_ids[start:start + batch_size]), columns,
+        column_ids, sqnorms, k).numpy()[:count]
   return radii
 
 
-def precision_recall(real_features, fake_features, *, k: int = 3,
-                     batch_size: int | None = None) -> tuple[float, float]:
+def precision_recall(real_features, fake_features, *, k: int = 3, batch_size: int | None = None,
+                     real_ids=None, fake_ids=None) -> tuple[float, float]:
   """Improved precision and recall of generated features against real features.
 
   precision = (1/M) sum_i 1[exists j: |f_i - r_j|^2 <= R_k(r_j)^2]   (fake inside real manifold)
@@ -147,14 +160,15 @@ def precision_recall(real_features, fake_features, *, k: int = 3,
     k: neighbourhood size (paper: 3).
     batch_size: rows per block (memory ~ batch_size x max(N, M) floats); default keeps a block
       at 128 MiB. The result does not depend on it.
+    real_ids, fake_ids: optional sample identities (see `manifold_radii`; used by the bootstrap).
 
   Returns:
     (precision, recall) as Python floats.
   """
   tf = _tf()
   real, fake = _check_features(real_features, fake_features, k)
-  real_radii = manifold_radii(real, k=k, batch_size=batch_size)  # [N]
-  fake_radii = manifold_radii(fake, k=k, batch_size=batch_size)  # [M]
+  real_radii = manifold_radii(real, k=k, batch_size=batch_size, ids=real_ids)  # [N]
+  fake_radii = manifold_radii(fake, k=k, batch_size=batch_size, ids=fake_ids)  # [M]
   rows = min(fake.shape[0], batch_size or _default_batch_size(real.shape[0]))
   real_t = tf.constant(real)
   real_sqnorms = tf.reduce_sum(tf.square(real_t), axis=1)
@@ -218,12 +232,37 @@ def _run(fv) -> None:
   reference = cli.open_source(fv.reference, "--reference", kind="fc2", min_count=fv.k + 1,
                               cacheable=fv.cache)
   network = cli.feature_network(fv, "vgg16", [samples, reference])
-  fake = cli.features_of(samples, network, fv)
-  real = cli.features_of(reference, network, fv)
-  precision, recall = precision_recall(real, fake, k=fv.k, batch_size=fv.distance_batch_size)
+  result = compute_from_sources(samples, reference, network, fv, k=fv.k,
+                                batch_size=fv.distance_batch_size)
   cli.commit_cache(network)
-  print(f"precision: {precision:.6f}")
-  print(f"recall: {recall:.6f}")
+  from evaluation import bootstrap  # pylint: disable=g-import-not-at-top
+  for i, name in enumerate(("precision", "recall")):
+    bounds = None if result["interval"] is None else (result["interval"][0][i],
+                                                      result["interval"][1][i])
+    print(f"{name}: {bootstrap.format_value(result[name], bounds)}")
+  cli.print_protocol(samples, reference)
+
+
+def compute_from_sources(samples, reference, network, options, *, k: int = 3,
+                         batch_size: int | None = None) -> dict:
+  """Precision/recall of two checked `evaluation.cli.Source`s: {"precision", "recall",
+  "interval" (None or ([lo_p, lo_r], [hi_p, hi_r])), "protocols"}. Bootstrap replicates draw
+  both sets with replacement; copies of one sample are not each other's neighbours."""
+  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  fake = cli.features_of(samples, network, options)
+  real = cli.features_of(reference, network, options)
+  cli.check_protocols(samples, reference, options)
+  precision, recall = precision_recall(real, fake, k=k, batch_size=batch_size)
+  interval = None
+  if options.bootstrap:
+    from evaluation import bootstrap  # pylint: disable=g-import-not-at-top
+    statistic = lambda i, j: precision_recall(real[j], fake[i], k=k, batch_size=batch_size,
+                                              real_ids=j, fake_ids=i)
+    low, high = bootstrap.interval(statistic, (len(fake), len(real)), num=options.bootstrap,
+                                   seed=options.bootstrap_seed, confidence=options.confidence)
+    interval = (low.tolist(), high.tolist())
+  return {"precision": precision, "recall": recall, "interval": interval,
+          "protocols": {"samples": samples.protocol, "reference": reference.protocol}}
 
 
 def main(argv=None) -> int:

@@ -72,3 +72,27 @@ def resize_bilinear_tf1(images: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
   top = horizontal(tf.gather(images, y_lo, axis=1))
   bottom = horizontal(tf.gather(images, y_hi, axis=1))
   return top + (bottom - top) * y_lerp
+
+
+RESIZE_MODES = ("tf1", "clean")  # protocol names: see `describe_resize`
+
+
+def describe_resize(mode: str) -> str:
+  """The resize mode's name in the protocol record."""
+  return {"tf1": "tf1-legacy-bilinear", "clean": "clean-pil-bicubic-antialias"}[mode]
+
+
+def resize_clean(image: np.ndarray, size: int) -> np.ndarray:
+  """clean-fid's resize: each channel as a float32 PIL image ('F'), PIL bicubic (antialiased
+  when shrinking) to `size` x `size`, clipped to [0, 255] (cleanfid/resize.py, make_resizer("PIL",
+  quantize_after=False, "bicubic", (299, 299))).
+
+  image: [H, W, C] uint8 in [0, 255] or float in [0, 1] (scaled by 255) -> float32 [size, size, C].
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  image = np.asarray(image)
+  values = image.astype(np.float32) if image.dtype == np.uint8 else (
+      image.astype(np.float32) * np.float32(255.0))
+  channels = [np.asarray(Image.fromarray(values[..., c], mode="F").resize(
+      (size, size), resample=Image.BICUBIC)).clip(0, 255) for c in range(values.shape[-1])]
+  return np.stack(channels, axis=-1).astype(np.float32)

@@ -8,6 +8,13 @@ resize to 224x224 (the same kernel as the FID Inception input), then Keras's `ca
 are the `fc2` activations after ReLU, as in Kynkaanniemi et al. 2019 -- not the pooled 512-d conv
 features.
 
+A second option (`preprocessing="torchvision"`, CLI `--vgg=torch-fidelity`): torch-fidelity's
+reference VGG-16 (`torch_fidelity/feature_extractor_vgg16.py`), i.e. torchvision's
+`vgg16-397923af.pth` weights, the same TF1 bilinear resize to 224, then torchvision's ImageNet
+mean/std on RGB (no BGR swap), features `fc2_relu`. `convert_torchvision_state_dict` maps that
+state dict onto this network (conv OIHW -> HWIO; fc1's input axis permuted from PyTorch's
+NCHW flatten order to Keras' NHWC flatten order; fc kernels transposed).
+
 How this differs from NVIDIA's `vgg16.pkl` / `vgg16.pt` (kynkaat/improved-precision-and-recall-metric,
 stylegan2-ada): theirs is a torchvision-derived VGG-16 (different ImageNet training run, RGB input
 normalised by the torchvision mean/std) with its own resize to 224. The layer is the same (fc2
@@ -32,6 +39,11 @@ BLOCK_WIDTHS = (64, 128, 256, 512, 512)
 BLOCK_DEPTHS = (2, 2, 3, 3, 3)
 FC_WIDTH = 4096
 CLASSIFIER_LAYER = "predictions"  # in the weights file, not used for features
+# torch_fidelity/feature_extractor_vgg16.py: normalize(x, 255 * mean, 255 * std) on RGB [0, 255]
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+PREPROCESSING = ("caffe", "torchvision")
+POOLED_SIZE = 7  # 224 / 2^5; torchvision's AdaptiveAvgPool2d((7, 7)) is the identity at 224
 
 
 class VGGInput(keras.layers.Layer):
@@ -49,20 +61,45 @@ class VGGInput(keras.layers.Layer):
     return (input_shape[0], INPUT_SIZE, INPUT_SIZE, 3)
 
 
-def build_vgg16_fc2(*, width_divisor: int = 1, dtype_policy: str | None = None) -> keras.Model:
+class TorchvisionInput(VGGInput):
+  """Float [B, H, W, 1|3] in [0, 255] -> (x - 255 mean) / (255 std) RGB [B, 224, 224, 3].
+
+  x' = (x - 255 m_c) / (255 s_c), m = (0.485, 0.456, 0.406), s = (0.229, 0.224, 0.225)
+  (torch-fidelity's VGG-16 input: TF1 bilinear resize to 224, then torchvision normalize).
+  """
+
+  def call(self, images):
+    images = tf.cast(images, tf.float32)
+    images = tf.broadcast_to(images, tf.concat([tf.shape(images)[:-1], [3]], axis=0))
+    images = tf.ensure_shape(images, images.shape[:-1].concatenate([3]))
+    images = resize_bilinear_tf1(images, (INPUT_SIZE, INPUT_SIZE))
+    mean = tf.constant([255.0 * m for m in TORCHVISION_MEAN], tf.float32)
+    std = tf.constant([255.0 * s for s in TORCHVISION_STD], tf.float32)
+    return (images - mean) / std
+
+
+def build_vgg16_fc2(*, width_divisor: int = 1, dtype_policy: str | None = None,
+                    preprocessing: str = "caffe") -> keras.Model:
   """Builds the (randomly initialised) VGG-16 fc2 feature network.
 
   Args:
     width_divisor: 1 is VGG-16; larger values divide every width (narrow variant for tests).
     dtype_policy: Keras dtype policy of the layers (e.g. "mixed_bfloat16" on a GPU).
+    preprocessing: "caffe" (Keras' weights: BGR, mean only) or "torchvision" (torch-fidelity's
+      weights: RGB, mean/std).
 
   Returns:
     Keras model: float [B, H, W, 1|3] in [0, 255] -> {"fc2": [B, 4096] float32}.
   """
   if width_divisor < 1:
     raise ValueError(f"width_divisor must be >= 1, got {width_divisor}")
+  if preprocessing not in PREPROCESSING:
+    raise ValueError(f"preprocessing must be one of {PREPROCESSING}, got {preprocessing!r}")
   images = keras.Input(shape=(None, None, None), name="images")
-  x = VGGInput(name="caffe_input")(images)  # [B, 224, 224, 3]
+  if preprocessing == "caffe":
+    x = VGGInput(name="caffe_input")(images)  # [B, 224, 224, 3]
+  else:
+    x = TorchvisionInput(name="torchvision_input")(images)  # [B, 224, 224, 3]
   for block, (width, depth) in enumerate(zip(BLOCK_WIDTHS, BLOCK_DEPTHS), start=1):
     for i in range(1, depth + 1):
       x = keras.layers.Conv2D(max(1, width // width_divisor), 3, padding="same", activation="relu",
@@ -124,3 +161,59 @@ def load_vgg16_weights(model: keras.Model, weights: Mapping[str, list[np.ndarray
     unused.discard(layer.name)
   if unused:
     raise WeightsFileMismatchError(f"{source}: layers not in the model: {sorted(unused)}")
+
+
+def torchvision_fc1_kernel(weight: np.ndarray) -> np.ndarray:
+  """fc1 weight [O, C*7*7] (PyTorch flattens NCHW: index c*49 + h*7 + w) -> Keras kernel
+  [7*7*C, O] (Keras flattens NHWC: index h*7*C + w*C + c)."""
+  out_width, in_width = weight.shape
+  channels = in_width // (POOLED_SIZE * POOLED_SIZE)
+  if channels * POOLED_SIZE * POOLED_SIZE != in_width:
+    raise WeightsFileMismatchError(f"classifier.0.weight has {in_width} inputs, not a multiple "
+                                   f"of {POOLED_SIZE}x{POOLED_SIZE}")
+  kernel = weight.reshape(out_width, channels, POOLED_SIZE, POOLED_SIZE)  # [O, C, H, W]
+  return kernel.transpose(2, 3, 1, 0).reshape(in_width, out_width)  # [H, W, C, O] -> [HWC, O]
+
+
+def convert_torchvision_state_dict(state: Mapping[str, np.ndarray], *,
+                                   source: str = "state dict") -> dict[str, list[np.ndarray]]:
+  """torchvision VGG-16 state dict (`vgg16-397923af.pth`, numpy values) -> {Keras layer: [kernel,
+  bias]} in the layout of `read_keras_h5_weights`, for `load_vgg16_weights`.
+
+  features.{j} (j = 0, 2, 5, ..., 28) -> block{b}_conv{i} (OIHW -> HWIO); classifier.0 -> fc1
+  (NCHW -> NHWC flatten order, transposed); classifier.3 -> fc2 (transposed); classifier.6
+  (the 1000-way head) -> predictions (transposed; unused by the fc2 features).
+  """
+  weights: dict[str, list[np.ndarray]] = {}
+  names = [f"block{b}_conv{i}" for b, depth in enumerate(BLOCK_DEPTHS, start=1)
+           for i in range(1, depth + 1)]
+  position, index = 0, 0
+  for depth in BLOCK_DEPTHS:  # torchvision `features`: (Conv2d, ReLU) per conv, MaxPool per block
+    for _ in range(depth):
+      keys = (f"features.{position}.weight", f"features.{position}.bias")
+      for key in keys:
+        if key not in state:
+          raise WeightsFileMismatchError(f"{source} has no {key!r} (is it torchvision's "
+                                         f"vgg16-397923af.pth? keys start {sorted(state)[:3]})")
+      kernel = np.asarray(state[keys[0]], np.float32)
+      if kernel.ndim != 4:
+        raise WeightsFileMismatchError(f"{source}: {keys[0]} has shape {kernel.shape}, expected "
+                                       "4-d OIHW")
+      weights[names[index]] = [kernel.transpose(2, 3, 1, 0),
+                               np.asarray(state[keys[1]], np.float32)]
+      position, index = position + 2, index + 1
+    position += 1
+  for layer, j in (("fc1", 0), ("fc2", 3), (CLASSIFIER_LAYER, 6)):
+    key = f"classifier.{j}.weight"
+    if key not in state or f"classifier.{j}.bias" not in state:
+      raise WeightsFileMismatchError(f"{source} has no {key!r}")
+    weight = np.asarray(state[key], np.float32)  # [O, I]
+    kernel = torchvision_fc1_kernel(weight) if layer == "fc1" else weight.T
+    weights[layer] = [kernel, np.asarray(state[f"classifier.{j}.bias"], np.float32)]
+  return weights
+
+
+def read_torchvision_weights(path: str) -> dict[str, list[np.ndarray]]:
+  """Reads torchvision's `vgg16-397923af.pth` (needs PyTorch) and converts it."""
+  from evaluation import lpips  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  return convert_torchvision_state_dict(lpips.read_torch_state_dict(path), source=path)

@@ -47,6 +47,18 @@ def _images(n, size=16, channels=3, seed=0):
   return np.random.default_rng(seed).integers(0, 256, shape).astype(np.uint8)
 
 
+def _value(out: str, name: str) -> float:
+  """The first number of the `<name>: ...` line of a command's output."""
+  line = next(l for l in out.splitlines() if l.startswith(f"{name}:"))
+  return float(line.split(":", 1)[1].split()[0])
+
+
+def _protocol(out: str) -> dict:
+  """{key: value} of the `protocol: key=value ...` line."""
+  line = next(l for l in out.splitlines() if l.startswith("protocol:"))
+  return dict(item.split("=", 1) for item in line.split()[1:])
+
+
 def _written(tmp_path):
   """Files under tmp_path other than the inputs the test made."""
   return sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")
@@ -62,19 +74,19 @@ def test_fid_command_end_to_end(tmp_path, graph_pb, capsys):
   args = ["--samples", samples, "--reference", reference, "--inception_path", graph_pb,
           "--noprogress", "--batch_size", "4"]
   assert fid.main(args + ["--save_stats", stats]) == 0
-  first = float(capsys.readouterr().out.strip().splitlines()[-1].split("FID:")[1])
+  first = _value(capsys.readouterr().out, "FID")
   assert first > 0
   cached = list((tmp_path / "cache" / "reference_features").glob("*.npz"))
   assert len(cached) == 1 and os.path.exists(stats) and not os.path.exists(stats + ".npz")
   # The cached reference features and the saved statistics both reproduce the value.
   assert fid.main(args + ["--nojit_compile"]) == 0
-  assert float(capsys.readouterr().out.split("FID:")[1]) == pytest.approx(first, rel=1e-6)
+  assert _value(capsys.readouterr().out, "FID") == pytest.approx(first, rel=1e-6)
   assert fid.main(["--samples", samples, "--reference", stats, "--inception_path", graph_pb,
                    "--noprogress", "--nojit_compile"]) == 0
-  assert float(capsys.readouterr().out.split("FID:")[1]) == pytest.approx(first, rel=1e-4)
+  assert _value(capsys.readouterr().out, "FID") == pytest.approx(first, rel=1e-4)
   assert fid.main(["--samples", samples, "--reference", samples, "--inception_path", graph_pb,
                    "--noprogress", "--nocache", "--nojit_compile"]) == 0
-  assert abs(float(capsys.readouterr().out.split("FID:")[1])) < 1e-6
+  assert abs(_value(capsys.readouterr().out, "FID")) < 1e-6
 
 
 def _numpy_kid(real, fake, subsets):
@@ -109,7 +121,7 @@ def test_kid_and_inception_score_commands(tmp_path, graph_pb, capsys):
   assert kid.main(["--samples", str(tmp_path / "a.npy"), "--reference", str(tmp_path / "b.npz"),
                    "--inception_path", graph_pb, "--noprogress", "--num_subsets", "3",
                    "--subset_size", "5", "--seed", "7", "--nojit_compile"]) == 0
-  line = capsys.readouterr().out.strip().splitlines()[-1]
+  line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("KID:"))
   mean, std = (float(v) for v in line.split("KID:")[1].split("+-"))
   # The same value from the network's features, with the subsets drawn as documented (numpy
   # Generator(seed): real rows, then fake rows, per subset).
@@ -125,7 +137,8 @@ def test_kid_and_inception_score_commands(tmp_path, graph_pb, capsys):
   logits = np.random.default_rng(5).normal(0, 3, (20, 1008))
   np.savez(tmp_path / "logits.npz", logits=logits)
   assert inception_score.main(["--samples", str(tmp_path / "logits.npz"), "--splits", "2"]) == 0
-  mean, std = (float(v) for v in capsys.readouterr().out.split("IS:")[1].split("+-"))
+  line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("IS:"))
+  mean, std = (float(v) for v in line.split("IS:")[1].split("+-"))
   want_mean, want_std = _numpy_inception_score(logits, 2)
   assert mean == pytest.approx(want_mean, abs=1e-6) and std == pytest.approx(want_std, abs=1e-6)
   assert mean > 1.0 + 1e-3  # not the degenerate value of identical predictions

@@ -79,7 +79,7 @@ def test_fid_command_reads_a_pth(tmp_path, capsys):
   np.save(reference, rng.integers(0, 256, (3, 16, 16, 3)).astype(np.uint8))
   assert fid.main(["--samples", str(samples), "--reference", str(reference), "--inception_path",
                    str(pth), "--noprogress", "--nocache", "--batch_size", "3"]) == 0
-  got = float(capsys.readouterr().out.split("FID:")[1])
+  got = float(capsys.readouterr().out.split("FID:")[1].split()[0])  # then a protocol line
   model = networks.inception_network(str(pth), download=False)
   mu1, s1 = fid.feature_statistics(model(np.load(samples).astype(np.float32))["pool_3"].numpy())
   mu2, s2 = fid.feature_statistics(model(np.load(reference).astype(np.float32))["pool_3"].numpy())

@@ -1,0 +1,418 @@
+"""Issue 13: inputs (recursive folders, .zip, webp/bmp/tiff, generator functions, tf.data), the
+protocol record, bootstrap intervals, the clean resize, named references, device/precision flags.
+
+Tiny inputs and a 1/32-width Inception graph keep every test at seconds."""
+
+import gzip
+import json
+import os
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from evaluation import api
+from evaluation import features
+from evaluation import fid
+from evaluation import image_io
+from evaluation import kid
+from evaluation import networks
+from evaluation import precision_recall
+from evaluation import protocol
+from evaluation import resize
+from tests.evaluation import graphs
+
+
+@pytest.fixture(scope="module")
+def graph_pb(tmp_path_factory):
+  path = tmp_path_factory.mktemp("weights") / networks.INCEPTION_PB
+  graphs.write_inception_graph_def(path, width_divisor=32)
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def model(graph_pb):
+  return networks.inception_network(graph_pb, download=False)
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path, monkeypatch):
+  monkeypatch.setenv(networks.CACHE_DIR_ENV, str(tmp_path / "cache"))
+  monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+  monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+  for name in (networks.INCEPTION_PATH_ENV, networks.VGG16_PATH_ENV,
+               networks.VGG16_TORCH_PATH_ENV, "GENMODELS_DATA_DIR"):
+    monkeypatch.delenv(name, raising=False)
+
+
+def _images(n, size=16, channels=3, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (n, size, size, channels)).astype(np.uint8)
+
+
+def _pool3(model, images, **kwargs):
+  return features.extract(model, images, batch_size=4, progress=False, jit_compile=False,
+                          **kwargs)["pool_3"]
+
+
+def _value(out: str, name: str) -> tuple[float, list[float] | None]:
+  """(value, [lo, hi] or None) of the `<name>: v [lo, hi]` line."""
+  line = next(l for l in out.splitlines() if l.startswith(f"{name}:"))
+  rest = line.split(":", 1)[1].split("+-")[0]
+  value = float(rest.split()[0])
+  if "[" in rest:
+    return value, [float(v) for v in rest.split("[")[1].split("]")[0].split(",")]
+  return value, None
+
+
+def _protocol_line(out: str) -> dict:
+  line = next(l for l in out.splitlines() if l.startswith("protocol:"))
+  return dict(item.split("=", 1) for item in line.split()[1:])
+
+
+def _one_error_line(capsys) -> str:
+  """The one `error:` line (the narrow test graph's `note:` line aside)."""
+  err = [l for l in capsys.readouterr().err.strip().splitlines() if not l.startswith("note: ")]
+  assert len(err) == 1 and err[0].startswith("error: "), err
+  return err[0]
+
+
+# ------------------------------------------------------------------------------------- inputs
+
+
+def test_nested_folders_zip_and_other_formats_read_the_same_pixels(tmp_path):
+  images = _images(6, seed=1)
+  root = tmp_path / "nested"
+  names = ["a/0.png", "a/b/1.webp", "2.bmp", "c/3.tiff", "c/4.tif", "c/d/e/5.jpeg"]
+  for image, name in zip(images, names):
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {"lossless": True} if name.endswith(".webp") else (
+        {"quality": 100, "subsampling": 0} if name.endswith(".jpeg") else {})
+    Image.fromarray(image).save(root / name, **kwargs)
+  (root / "notes.txt").write_text("not an image")  # ignored
+  folder = image_io.open_images(root)
+  order = sorted(names)  # sorted relative paths
+  assert [f.relative_to(root).as_posix() for f in folder.files] == order
+  want = images[[names.index(n) for n in order]]
+  got = np.concatenate(list(folder.batches(4, workers=3)))
+  lossless = [not n.endswith(".jpeg") for n in order]
+  np.testing.assert_array_equal(got[lossless], want[lossless])
+  assert np.abs(got[~np.array(lossless)].astype(int) - want[~np.array(lossless)]).max() <= 8
+  # One thread and three threads (prefetching) give the same batches, in order.
+  np.testing.assert_array_equal(np.concatenate(list(folder.batches(4, workers=1))), got)
+  # The same files in a .zip archive (members in sub-folders).
+  archive = tmp_path / "images.zip"
+  with zipfile.ZipFile(archive, "w") as z:
+    for name in names:
+      z.write(root / name, arcname=f"top/{name}")
+  zipped = image_io.open_images(archive)
+  assert len(zipped) == 6
+  np.testing.assert_array_equal(np.concatenate(list(zipped.batches(5, workers=2))), got)
+
+
+def test_bad_archives_and_generators_give_one_line_errors(tmp_path, graph_pb, capsys):
+  empty = tmp_path / "empty.zip"
+  with zipfile.ZipFile(empty, "w") as z:
+    z.writestr("readme.txt", "no images")
+  corrupt = tmp_path / "corrupt.zip"
+  with zipfile.ZipFile(corrupt, "w") as z:
+    z.writestr("0.png", b"\x89PNG broken")
+  good = tmp_path / "good.npy"
+  np.save(good, _images(4))
+  for bad, words in ((empty, "holds no"), (corrupt, "cannot read image")):
+    assert fid.main(["--samples", str(good), "--reference", str(bad), "--inception_path",
+                     graph_pb, "--noprogress"]) == 2
+    assert words in _one_error_line(capsys)
+  with pytest.raises(image_io.ImageInputError, match="returned 3 images"):
+    api.compute_fid(lambda n: _images(3), 8, reference=str(good), inception_path=graph_pb)
+  with pytest.raises(image_io.ImageInputError, match="num_samples"):
+    api.compute_fid(lambda n: _images(n), None, reference=str(good), inception_path=graph_pb)
+  with pytest.raises(image_io.ImageInputError, match=r"\[0, 1\]"):
+    api.compute_fid(lambda n: np.full((n, 8, 8, 3), 2.0, np.float32), 4, reference=str(good),
+                    inception_path=graph_pb)
+
+
+def test_generator_function_and_dataset_equal_the_command_on_pngs(tmp_path, graph_pb, model,
+                                                                   capsys):
+  samples = _images(10, seed=2)
+  reference = _images(8, seed=3)
+  for folder, images in (("samples", samples), ("reference", reference)):
+    (tmp_path / folder).mkdir()
+    for i, image in enumerate(images):
+      Image.fromarray(image).save(tmp_path / folder / f"{i:02d}.png")
+  # The folders of PNGs, as the command reads them (the narrow random graph gives tiny FIDs,
+  # so compare full-precision values, not the printed 6 decimals).
+  command = api.compute_fid(str(tmp_path / "samples"), reference=str(tmp_path / "reference"),
+                            inception_path=graph_pb, batch_size=4, cache=False,
+                            jit_compile=False).value
+  want = fid.frechet_distance(*fid.feature_statistics(_pool3(model, samples)),
+                              *fid.feature_statistics(_pool3(model, reference)))
+  assert command == pytest.approx(want, rel=1e-4) and command > 0
+  calls = []
+
+  def generate(n):  # float [0, 1], as models return them; drawn in order
+    start = sum(calls)
+    calls.append(n)
+    return tf.constant(samples[start:start + n].astype(np.float32) / 255.0)
+
+  result = api.compute_fid(generate, 10, reference=str(tmp_path / "reference"),
+                           inception_path=graph_pb, batch_size=4, cache=False, jit_compile=False)
+  assert calls == [4, 4, 2]
+  assert result.value == pytest.approx(command, rel=1e-5)
+  dataset = tf.data.Dataset.from_tensor_slices(samples).batch(3)  # rebatched to 4
+  from_dataset = api.compute_fid(dataset, reference=reference, inception_path=graph_pb, batch_size=4,
+                                 cache=False, jit_compile=False)
+  assert from_dataset.value == pytest.approx(command, rel=1e-5)
+  assert from_dataset.protocols["samples"]["image_count"] == 10
+  assert str(from_dataset).startswith("FID: ")
+
+
+# ----------------------------------------------------------------------------------- protocol
+
+
+def test_protocol_is_stored_printed_and_checked(tmp_path, graph_pb, model, capsys):
+  samples, reference = tmp_path / "s.npy", tmp_path / "r.npy"
+  np.save(samples, _images(5, seed=4))
+  np.save(reference, _images(6, size=16, seed=5))
+  stats = tmp_path / "ref.stats"
+  base = ["--inception_path", graph_pb, "--noprogress", "--nojit_compile"]
+  assert fid.main(["--samples", str(samples), "--reference", str(reference),
+                   "--save_stats", str(stats)] + base) == 0
+  out = capsys.readouterr().out
+  printed = _protocol_line(out)
+  sha = protocol.weights_sha256(model)
+  assert printed["network"] == "inception-2015" and printed["weights_sha256"] == sha
+  assert printed["resize"] == "tf1-legacy-bilinear" and printed["precision"] == "float32"
+  assert printed["samples"] == "5x16x16x3:uint8" and printed["reference"] == "6x16x16x3:uint8"
+  with np.load(stats) as data:
+    stored = json.loads(str(data["protocol"]))
+  assert stored["weights_sha256"] == sha and stored["image_count"] == 6
+  assert stored["feature"] == "pool_3" and stored["resize"] == "tf1-legacy-bilinear"
+  # Statistics made with the clean resize cannot be compared with tf1-resized samples...
+  clean_stats = tmp_path / "clean.stats"
+  assert fid.main(["--samples", str(samples), "--reference", str(reference), "--resize", "clean",
+                   "--save_stats", str(clean_stats)] + base) == 0
+  assert _protocol_line(capsys.readouterr().out)["resize"] == "clean-pil-bicubic-antialias"
+  assert fid.main(["--samples", str(samples), "--reference", str(clean_stats)] + base) == 2
+  assert "different protocols: resize tf1-legacy-bilinear vs clean" in _one_error_line(capsys)
+  # ... nor with samples of another size, nor under another network's weights.
+  small = tmp_path / "small.npy"
+  np.save(small, _images(5, size=8, seed=6))
+  assert fid.main(["--samples", str(small), "--reference", str(stats)] + base) == 2
+  assert "image_size_hw 8x8 vs 16x16" in _one_error_line(capsys)
+  other = tmp_path / "other" / networks.INCEPTION_PB
+  other.parent.mkdir()
+  graphs.write_inception_graph_def(other, width_divisor=32, seed=1)
+  assert fid.main(["--samples", str(samples), "--reference", str(stats), "--inception_path",
+                   str(other), "--noprogress", "--nojit_compile"]) == 2
+  assert "weights_sha256" in _one_error_line(capsys)
+  # --nostrict_protocol compares anyway, with a warning; the same protocol compares silently.
+  assert fid.main(["--samples", str(samples), "--reference", str(clean_stats),
+                   "--nostrict_protocol"] + base) == 0
+  assert "warning: --samples and --reference were made under different" in capsys.readouterr().err
+  assert fid.main(["--samples", str(samples), "--reference", str(stats)] + base) == 0
+  assert _value(capsys.readouterr().out, "FID")[0] == pytest.approx(
+      _value(out, "FID")[0], rel=1e-6)
+  # TTUR's own statistics files carry no record: accepted with a note.
+  with np.load(stats) as data:
+    np.savez(tmp_path / "ttur.npz", mu=data["mu"], sigma=data["sigma"])
+  assert fid.main(["--samples", str(samples), "--reference", str(tmp_path / "ttur.npz")]
+                  + base) == 0
+  assert "carries no protocol record" in capsys.readouterr().err
+
+
+def test_reference_cache_keeps_the_protocol_and_depends_on_resize(tmp_path, graph_pb, capsys):
+  samples, reference = tmp_path / "s.npy", tmp_path / "r.npy"
+  np.save(samples, _images(4, seed=7))
+  np.save(reference, _images(4, seed=8))
+  args = ["--samples", str(samples), "--reference", str(reference), "--inception_path", graph_pb,
+          "--noprogress", "--nojit_compile"]
+  assert kid.main(args + ["--num_subsets", "2"]) == 0
+  first = capsys.readouterr().out
+  assert kid.main(args + ["--num_subsets", "2"]) == 0  # reference from the cache
+  second = capsys.readouterr().out
+  assert first == second
+  assert len(list((tmp_path / "cache" / "reference_features").glob("*.npz"))) == 1
+  assert kid.main(args + ["--num_subsets", "2", "--resize", "clean"]) == 0
+  assert len(list((tmp_path / "cache" / "reference_features").glob("*.npz"))) == 2
+  assert _protocol_line(capsys.readouterr().out)["resize"] == "clean-pil-bicubic-antialias"
+
+
+# ------------------------------------------------------------------------------------- resize
+
+
+def test_clean_resize_is_clean_fids_pil_bicubic_before_the_network(model):
+  images = _images(3, size=20, seed=9)
+  clean = _pool3(model, images, resize="clean")
+  # By hand: PIL bicubic per channel in float mode to 299, clipped, then the network (whose TF1
+  # resize is then the identity).
+  by_hand = np.stack([np.stack([np.asarray(Image.fromarray(
+      image[..., c].astype(np.float32), mode="F").resize((299, 299), Image.BICUBIC)).clip(0, 255)
+      for c in range(3)], -1) for image in images])
+  want = model(by_hand.astype(np.float32))["pool_3"].numpy()
+  np.testing.assert_allclose(clean, want, rtol=1e-4, atol=1e-5)
+  tf1 = _pool3(model, images)
+  assert np.abs(clean - tf1).max() > 1e-3 * np.abs(tf1).max()  # the modes do differ
+  with pytest.raises(ValueError, match="resize must be one of"):
+    _pool3(model, images, resize="bilinear")
+
+
+# ---------------------------------------------------------------------------------- bootstrap
+
+
+def test_fid_bootstrap_interval_equals_the_documented_draws(tmp_path, graph_pb, model, capsys):
+  fake_images, real_images = _images(8, seed=10), _images(9, seed=11)
+  np.save(tmp_path / "f.npy", fake_images)
+  np.save(tmp_path / "r.npy", real_images)
+  result = api.compute_fid(fake_images, reference=real_images, inception_path=graph_pb,
+                           batch_size=4, jit_compile=False, bootstrap=20, bootstrap_seed=3,
+                           confidence=0.9)
+  fake, real = _pool3(model, fake_images), _pool3(model, real_images)
+  rng = np.random.default_rng(3)
+  values = []
+  for _ in range(20):  # per replicate: sample rows, then reference rows, with replacement
+    i, j = rng.integers(0, 8, 8), rng.integers(0, 9, 9)
+    values.append(fid.frechet_distance(*fid.feature_statistics(fake[i]),
+                                       *fid.feature_statistics(real[j])))
+  low, high = result.interval
+  assert low == pytest.approx(np.percentile(values, 5), rel=1e-4)
+  assert high == pytest.approx(np.percentile(values, 95), rel=1e-4)
+  assert result.value == pytest.approx(fid.frechet_distance(
+      *fid.feature_statistics(fake), *fid.feature_statistics(real)), rel=1e-4)
+  # The command prints `value [lo, hi]` with the same numbers (6 decimals).
+  assert fid.main(["--samples", str(tmp_path / "f.npy"), "--reference", str(tmp_path / "r.npy"),
+                   "--inception_path", graph_pb, "--noprogress", "--nojit_compile",
+                   "--batch_size", "4", "--bootstrap", "20", "--bootstrap_seed", "3",
+                   "--confidence", "0.9"]) == 0
+  line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("FID:"))
+  assert line == f"FID: {result.value:.6f} [{low:.6f}, {high:.6f}]"
+
+
+def _numpy_precision_recall(real, fake, real_ids, fake_ids, k):
+  """kynkaat's equations with bootstrap copies (same id) excluded from each other's k-NN."""
+  def radii(x, ids):
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)
+    d[ids[:, None] == ids[None, :]] = np.inf
+    return np.sort(d, axis=1)[:, k - 1]
+  rr, rf = radii(real, real_ids), radii(fake, fake_ids)
+  d = ((fake[:, None] - real[None]) ** 2).sum(-1)  # [M, N]
+  return (d <= rr[None]).any(1).mean(), (d <= rf[:, None]).any(0).mean()
+
+
+def test_precision_recall_bootstrap_excludes_copies_of_a_sample(capsys, tmp_path):
+  rng = np.random.default_rng(0)
+  real = rng.normal(size=(30, 5)).astype(np.float32)
+  fake = (rng.normal(size=(25, 5)) * 0.8 + 0.3).astype(np.float32)
+  j, i = rng.integers(0, 30, 30), rng.integers(0, 25, 25)
+  assert len(set(j)) < 30  # copies present
+  got = precision_recall.precision_recall(real[j], fake[i], k=3, real_ids=j, fake_ids=i)
+  want = _numpy_precision_recall(real[j].astype(np.float64), fake[i].astype(np.float64), j, i, 3)
+  assert got == pytest.approx(want, abs=1e-12)
+  # Copies as neighbours would shrink the balls: with k=1 a copied sample's radius would be 0.
+  radii = precision_recall.manifold_radii(real[j], k=1, ids=j)
+  d = ((real[j][:, None].astype(np.float64) - real[j][None]) ** 2).sum(-1)
+  d[j[:, None] == j[None, :]] = np.inf
+  np.testing.assert_allclose(radii, d.min(1), rtol=1e-5)
+  assert radii.min() > 0 and precision_recall.manifold_radii(real[j], k=1).min() == 0
+  # The command prints both intervals; 0.95 percentile bounds of the replicate values.
+  np.savez(tmp_path / "real.npz", fc2=real)
+  np.savez(tmp_path / "fake.npz", fc2=fake)
+  assert precision_recall.main(["--samples", str(tmp_path / "fake.npz"), "--reference",
+                                str(tmp_path / "real.npz"), "--bootstrap", "10"]) == 0
+  out = capsys.readouterr().out
+  draws = np.random.default_rng(0)
+  values = []
+  for _ in range(10):
+    fi, rj = draws.integers(0, 25, 25), draws.integers(0, 30, 30)
+    values.append(_numpy_precision_recall(real[rj], fake[fi], rj, fi, 3))
+  for column, name in enumerate(("precision", "recall")):
+    value, (low, high) = _value(out, name)
+    column_values = [v[column] for v in values]
+    assert low == pytest.approx(np.percentile(column_values, 2.5), abs=6e-7)  # 6 decimals
+    assert high == pytest.approx(np.percentile(column_values, 97.5), abs=6e-7)
+  assert "protocol: unknown" in out  # features without a record
+
+
+def test_kid_bootstrap_interval(tmp_path, capsys):
+  rng = np.random.default_rng(1)
+  real, fake = rng.normal(size=(12, 4)), rng.normal(size=(10, 4)) + 0.5
+  np.savez(tmp_path / "real.npz", pool_3=real)
+  np.savez(tmp_path / "fake.npz", pool_3=fake)
+  assert kid.main(["--samples", str(tmp_path / "fake.npz"), "--reference",
+                   str(tmp_path / "real.npz"), "--bootstrap", "8", "--num_subsets", "3",
+                   "--subset_size", "5"]) == 0
+  value, (low, high) = _value(capsys.readouterr().out, "KID")
+  draws = np.random.default_rng(0)
+  values = []
+  for _ in range(8):
+    i, j = draws.integers(0, 10, 10), draws.integers(0, 12, 12)
+    values.append(kid.kernel_inception_distance(real[j], fake[i], num_subsets=3,
+                                                subset_size=5)[0])
+  assert (low, high) == pytest.approx((np.percentile(values, 2.5), np.percentile(values, 97.5)),
+                                      rel=1e-5)
+
+
+# --------------------------------------------------------------------------- named references
+
+
+def _write_idx(path, images):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with gzip.open(path, "wb") as f:
+    f.write(struct.pack(">4I", 2051, *images.shape[:3]) + images.tobytes())
+
+
+def test_tfds_reference_reads_the_local_copy_once_and_caches(tmp_path, graph_pb, model, capsys,
+                                                            monkeypatch):
+  digits = _images(6, size=28, channels=1, seed=12)
+  _write_idx(tmp_path / "data" / "mnist" / "t10k-images-idx3-ubyte.gz", digits[..., 0])
+  monkeypatch.setenv("GENMODELS_DATA_DIR", str(tmp_path / "data"))
+  samples = tmp_path / "s.npy"
+  np.save(samples, _images(5, size=28, channels=1, seed=13))
+  args = ["--samples", str(samples), "--reference", "tfds:mnist/test", "--inception_path",
+          graph_pb, "--noprogress", "--nojit_compile"]
+  result = api.compute_fid(str(samples), reference="tfds:mnist/test", inception_path=graph_pb,
+                           batch_size=4, jit_compile=False)
+  want = fid.frechet_distance(*fid.feature_statistics(_pool3(model, np.load(samples))),
+                              *fid.feature_statistics(_pool3(model, digits)))
+  assert result.value == pytest.approx(want, rel=1e-4)
+  assert result.protocols["reference"]["image_count"] == 6
+  os.remove(tmp_path / "data" / "mnist" / "t10k-images-idx3-ubyte.gz")
+  assert fid.main(args + ["--batch_size", "4", "--nodownload"]) == 0  # cached: not read again
+  out = capsys.readouterr().out
+  assert out.splitlines()[0] == f"FID: {result.value:.6f}"
+  assert _protocol_line(out)["reference"] == "6x28x28x1:uint8"
+  # Offline, nothing local, nothing prepared: one line, exit 2.
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+  assert fid.main(["--samples", str(samples), "--reference", "tfds:mnist/train", "--nodownload",
+                   "--inception_path", graph_pb, "--noprogress"]) == 2
+  assert "not available offline" in _one_error_line(capsys)
+  assert fid.main(["--samples", str(samples), "--reference", "tfds:mnist", "--inception_path",
+                   graph_pb]) == 2
+  assert "tfds:<name>/<split>" in _one_error_line(capsys)
+
+
+# ---------------------------------------------------------------------------- device/precision
+
+
+def test_device_precision_and_vgg_flags(tmp_path, graph_pb, capsys):
+  samples = tmp_path / "s.npy"
+  np.save(samples, _images(4, seed=14))
+  base = ["--samples", str(samples), "--reference", str(samples), "--inception_path", graph_pb,
+          "--noprogress", "--nocache", "--nojit_compile"]
+  assert fid.main(base + ["--device", "tpu:7"]) == 2
+  assert "--device tpu:7: no such device" in _one_error_line(capsys)
+  assert fid.main(base + ["--precision", "float16"]) == 2
+  _one_error_line(capsys)
+  assert fid.main(base + ["--device", "cpu:0", "--precision", "bfloat16"]) == 0
+  out = capsys.readouterr().out
+  assert _protocol_line(out)["precision"] == "bfloat16"
+  assert abs(_value(out, "FID")[0]) < 1e-3
+  # The torch-fidelity VGG-16 is looked up (and reported missing) on its own path.
+  assert precision_recall.main(["--samples", str(samples), "--reference", str(samples),
+                                "--vgg", "torch-fidelity", "--nodownload"]) == 2
+  assert "vgg16-397923af.pth" in _one_error_line(capsys)
+  assert precision_recall.main(["--samples", str(samples), "--reference", str(samples),
+                                "--vgg", "caffe"]) == 2
+  _one_error_line(capsys)
