@@ -24,6 +24,8 @@ Command line (prints `precision: <p>` and `recall: <r>`, each followed by `[<lo>
 
 from __future__ import annotations
 
+import functools
+
 import sys
 
 import numpy as np
@@ -106,6 +108,16 @@ def _blocks() -> _Blocks:
   return _BLOCKS
 
 
+def _exact_float32(fn):
+  """Runs `fn` with TF32 off (exact float32 distances on Ampere+ GPUs; see evaluation.numerics)."""
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    from evaluation import numerics  # pylint: disable=g-import-not-at-top
+    with numerics.exact_float32():
+      return fn(*args, **kwargs)
+  return wrapper
+
+
 def _row_blocks(rows: np.ndarray, batch_size: int, pad_value: float = 0.0):
   """(start, count, padded block [batch_size, ...]) so every block has one compiled shape."""
   for start in range(0, rows.shape[0], batch_size):
@@ -117,6 +129,7 @@ def _row_blocks(rows: np.ndarray, batch_size: int, pad_value: float = 0.0):
     yield start, count, block
 
 
+@_exact_float32
 def manifold_radii(features, *, k: int = 3, batch_size: int | None = None,
                    ids=None) -> np.ndarray:
   """Squared distance of every sample to its k-th nearest neighbour in the same set (self
@@ -146,6 +159,7 @@ def manifold_radii(features, *, k: int = 3, batch_size: int | None = None,
   return radii
 
 
+@_exact_float32
 def precision_recall(real_features, fake_features, *, k: int = 3, batch_size: int | None = None,
                      real_ids=None, fake_ids=None) -> tuple[float, float]:
   """Improved precision and recall of generated features against real features.
@@ -186,6 +200,7 @@ def precision_recall(real_features, fake_features, *, k: int = 3, batch_size: in
   return float(inside.mean()), float(covered.mean())
 
 
+@_exact_float32
 def realism_score(real_features, fake_features, *, k: int = 3,
                   radius_percentile: float = REALISM_RADIUS_PERCENTILE,
                   batch_size: int | None = None) -> np.ndarray:

@@ -12,3 +12,22 @@ def test_exact_float32_turns_tf32_off_and_restores_it():
   assert tf.config.experimental.tensor_float_32_execution_enabled()
   with numerics.exact_float32(enabled=False):  # the user opted in to TF32
     assert tf.config.experimental.tensor_float_32_execution_enabled()
+
+
+def test_precision_recall_distances_run_with_tf32_off(monkeypatch):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from evaluation import precision_recall  # pylint: disable=g-import-not-at-top
+  seen = []
+  blocks = precision_recall._blocks()  # pylint: disable=protected-access
+  original = blocks.kth_neighbour
+
+  def spy(*args):
+    seen.append(tf.config.experimental.tensor_float_32_execution_enabled())
+    return original(*args)
+
+  monkeypatch.setattr(blocks, "kth_neighbour", spy)
+  tf.config.experimental.enable_tensor_float_32_execution(True)
+  features = np.random.RandomState(0).randn(12, 4).astype(np.float32)
+  precision_recall.precision_recall(features, features + 0.1, k=3)
+  assert seen and not any(seen)
+  assert tf.config.experimental.tensor_float_32_execution_enabled()  # restored afterwards
