@@ -4,6 +4,7 @@ The script runs in a subprocess (its flags share names with experiments.sample_q
 other tests define in-process); a driver registers a tiny official configuration first.
 """
 
+import pytest
 import json
 import os
 import subprocess
@@ -28,6 +29,7 @@ common.run(ddpm_sample.main)
 """
 
 
+@pytest.mark.slow
 def test_samples_an_official_format_checkpoint(tmp_path):
   spec = official.official_spec()
   official.write_official_checkpoint(tmp_path / "ckpt", official.random_weights(spec, 0),

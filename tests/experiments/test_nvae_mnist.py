@@ -41,6 +41,7 @@ def tiny_train_config(logdir, max_steps):
                              seed=0, log_every=1, progress=False)
 
 
+@pytest.mark.slow
 def test_run_trains_evaluates_and_resumes(tmp_path):
   strategy = tf.distribute.get_strategy()
   s = tiny_settings()

@@ -1,15 +1,40 @@
-"""experiments.priors_2d: the study end to end (tiny), the data split and the summary."""
+"""experiments.priors_2d: the report preset, the data options, reuse of finished runs, the summary
+over finished seeds, the aggregate-posterior plot writer and --report_only through the real CLI."""
 
 import json
+import math
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
+import tensorflow as tf
 
 from experiments import priors_2d
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def write_amat_dir(root, *, num_train=256, num_test=40):
+  """A tiny binarized_mnist folder whose rows are grouped like the offline copy's: the first half
+  of each file is one 'class' (blank images), the second half another (full images)."""
+  folder = root / "binarized_mnist"
+  folder.mkdir(parents=True)
+  for split, n in (("train", num_train), ("valid", 4), ("test", num_test)):
+    rows = np.zeros((n, 784), np.int64)
+    rows[n // 2:] = 1
+    rows[:, 0] = np.arange(n) % 2  # makes rows distinguishable without changing the halves much
+    np.savetxt(folder / f"binarized_mnist_{split}.amat", rows, fmt="%d")
+  return root
+
+
+def test_paper_preset_is_the_report_protocol():
+  assert priors_2d.PRESETS["paper"] == priors_2d.Preset(
+      dataset="binarized_mnist", epochs=20, batch_size=128, lr=1e-3, iw_samples=1000, seeds=10)
+  assert priors_2d.PRESETS["quick"].dataset == "mnist_test"
+  assert (priors_2d.NUM_COMPONENTS, priors_2d.FLOW_COUPLINGS, priors_2d.FLOW_HIDDEN_UNITS) == (
+      16, 10, 8)
 
 
 def test_split_uses_disjoint_labelled_mnist_test_images():
@@ -22,30 +47,158 @@ def test_split_uses_disjoint_labelled_mnist_test_images():
   assert sum(t.tobytes() in train_flat for t in test.reshape(2000, -1)) < 20
 
 
-def test_summary_is_mean_and_std_over_seeds():
-  rows = [{"prior": "mog", "elbo": -100.0, "iwae": -98.0, "train_time_s": 1.0, "iw_samples": 4},
-          {"prior": "mog", "elbo": -102.0, "iwae": -99.0, "train_time_s": 3.0, "iw_samples": 4}]
-  (row,) = priors_2d.summarize(rows, ["mog"])
-  assert row["elbo"] == (-101.0, np.std([-100.0, -102.0], ddof=1)) and row["seeds"] == 2
-  assert row["iw_samples"] == "4"
+def test_static_mnist_data_and_subsets_mix_the_class_grouped_rows(tmp_path):
+  root = write_amat_dir(tmp_path)
+  full = priors_2d.load_study_data("binarized_mnist", str(root))
+  assert full.train.shape == (256, 28, 28, 1) and full.test.shape == (40, 28, 28, 1)
+  assert full.test_labels is None and full.binary_train
+  sub = priors_2d.load_study_data("binarized_mnist", str(root), train_examples=20, test_examples=10)
+  assert sub.train.shape == (20, 28, 28, 1) and sub.test.shape == (10, 28, 28, 1)
+  # A prefix would hold only the first (blank) group; the fixed random subset holds both.
+  assert 0 < sub.train[:, 5, 5, 0].sum() < 20 and 0 < sub.test[:, 5, 5, 0].sum() < 10
+  labelled = priors_2d.load_study_data("mnist_test", test_examples=100)
+  assert labelled.test_labels.shape == (100,) and not labelled.binary_train
+  with pytest.raises(ValueError, match="--dataset"):
+    priors_2d.load_study_data("cifar10")
 
 
-def test_study_cli_writes_table_and_aggregate_posterior_pngs(tmp_path):
-  # Two priors keep it fast (the 10-coupling flow alone compiles for ~20 s); the flow prior's
-  # density and sampling are tested in tests/vampprior_tf/test_priors.py.
-  out = tmp_path / "priors_2d.md"
+def row(prior, seed, elbo, iwae, status="finished"):
+  return {"prior": prior, "seed": seed, "elbo": elbo, "iwae": iwae, "status": status,
+          "iw_samples_used": 4, "train_seconds": 10.0 * (seed + 1), "eval_seconds": 1.0}
+
+
+def test_summary_is_mean_and_std_over_finished_seeds_only():
+  rows = [row("mog", 0, -100.0, -98.0), row("mog", 1, -102.0, -99.0),
+          {"prior": "mog", "seed": 2, "status": "training: epoch 3.0 of 20", "epochs_run": 3.0},
+          dict(row("mog", 3, -150.0, -140.0), status="smoke: stopped at epoch 0.10 of 20"),
+          {"prior": "flow", "seed": 0, "status": "not started"}]
+  mog, flow = priors_2d.summarize(rows, ["mog", "flow"])
+  assert mog["elbo"] == (-101.0, np.std([-100.0, -102.0], ddof=1))
+  assert mog["iwae"] == (-98.5, np.std([-98.0, -99.0], ddof=1))
+  assert mog["seeds"] == "2 of 4" and mog["iw_samples"] == "4" and mog["train_s"] == 15.0
+  assert flow["elbo"] is None and flow["seeds"] == "0 of 1"
+
+
+def tiny_settings(prior, seed, **kw):
+  return priors_2d.Settings(prior=prior, seed=seed, dataset="binarized_mnist", epochs=1,
+                            batch_size=16, lr=1e-3, iw_samples=3, **kw)
+
+
+def tiny_study():
+  rng = np.random.RandomState(0)
+  images = (rng.uniform(size=(52, 28, 28, 1)) < 0.3).astype(np.float32)
+  labels = np.arange(20) % 10
+  return priors_2d.StudyData(train=images[:32], test=images[32:], test_labels=labels,
+                             binary_train=True)
+
+
+def test_finished_runs_are_reused_not_retrained_or_reevaluated(tmp_path, monkeypatch):
+  settings = [tiny_settings("standard", 0)]
+  strategy = tf.distribute.get_strategy()
+  loads = []
+  data_fn = lambda: loads.append(1) or tiny_study()  # noqa: E731
+  (first,) = priors_2d.run_study(settings, base_logdir=str(tmp_path), data_fn=data_fn,
+                                 strategy=strategy)
+  logdir = tmp_path / "standard-seed0"
+  assert first["status"] == "finished" and first["epochs_run"] == 1.0
+  assert first["iw_samples_used"] == 3 and first["test_images"] == 20
+  assert json.load(open(logdir / "row.json")) == json.loads(json.dumps(first))
+  plot = np.load(logdir / "aggregate_posterior.npz")
+  assert plot["z"].shape == (20 * priors_2d.PLOT_SAMPLES_PER_IMAGE, 2)
+  assert plot["labels"].shape == (20 * priors_2d.PLOT_SAMPLES_PER_IMAGE,)
+
+  def fail(*args, **kwargs):
+    raise AssertionError("a finished, evaluated run was trained or evaluated again")
+  monkeypatch.setattr(priors_2d, "train_and_evaluate", fail)
+  (again,) = priors_2d.run_study(settings, base_logdir=str(tmp_path), data_fn=data_fn,
+                                 strategy=strategy)
+  assert again == json.loads(json.dumps(first)) and len(loads) == 1  # no data load either
+  # Other settings (here K) do not reuse the stored row: the run is evaluated again.
+  with pytest.raises(AssertionError, match="trained or evaluated again"):
+    priors_2d.run_study([priors_2d.Settings(**dict(vars(settings[0]), iw_samples=5))],
+                        base_logdir=str(tmp_path), data_fn=data_fn, strategy=strategy)
+  # A run whose training has not finished (status.json says so) is not reused.
+  status = json.load(open(logdir / "status.json"))
+  json.dump(dict(status, finished=False, epoch=0.5), open(logdir / "status.json", "w"))
+  (report,) = priors_2d.run_study(settings, base_logdir=str(tmp_path), data_fn=data_fn,
+                                  strategy=strategy, report_only=True)
+  assert report["status"] == "training: epoch 0.5 of 1" and "elbo" not in report
+
+
+def test_density_images_are_normalised_densities():
+  edges = np.linspace(-2.0, 2.0, priors_2d.PLOT_GRID + 1)
+  centres = 0.5 * (edges[1:] + edges[:-1])
+  u, v = np.meshgrid(centres, centres, indexing="ij")
+  log_p = -0.5 * (u ** 2 + v ** 2) - np.log(2 * np.pi)
+  # 3 samples in one histogram cell, 1 outside the window.
+  z = np.array([[0.01, 0.01], [0.02, 0.03], [0.03, 0.02], [5.0, 5.0]], np.float32)
+  prior, posterior = priors_2d.density_images(
+      dict(z=z, edges_x=edges, edges_y=edges, log_prior=log_p))
+  np.testing.assert_allclose(prior, np.exp(log_p))
+  cell = (4.0 / priors_2d.HIST_BINS) ** 2
+  assert posterior.shape == (priors_2d.HIST_BINS, priors_2d.HIST_BINS)
+  i = priors_2d.HIST_BINS // 2  # the cell [0, 0.08)^2
+  assert posterior[i, i] == pytest.approx(3 / (4 * cell))
+  assert posterior.sum() * cell == pytest.approx(0.75)  # mass inside the window
+  # N(0, I) mass in [-2, 2]^2 = erf(2 / sqrt 2)^2.
+  assert prior.sum() * (4.0 / priors_2d.PLOT_GRID) ** 2 == pytest.approx(
+      math.erf(2 / math.sqrt(2)) ** 2, abs=1e-3)
+
+
+def test_plot_writer_draws_prior_and_posterior_and_digits_when_labelled(tmp_path):
+  rng = np.random.RandomState(0)
+  z = rng.standard_normal((500, 2)).astype(np.float32)
+  lo, hi = priors_2d.plot_window(z, 2 * z)
+  assert np.all(lo < np.percentile(2 * z, 1, axis=0)) and np.all(hi > np.percentile(2 * z, 99, axis=0))
+  edges = np.linspace(-4, 4, priors_2d.PLOT_GRID + 1)
+  c = 0.5 * (edges[1:] + edges[:-1])
+  log_p = -0.5 * (c[:, None] ** 2 + c[None, :] ** 2)
+  plot = dict(z=z, edges_x=edges, edges_y=edges, log_prior=log_p)
+  assert priors_2d.write_aggregate_posterior_png(plot, str(tmp_path / "a.png"), "t") == 2
+  labelled = dict(plot, labels=np.arange(500) % 10)
+  assert priors_2d.write_aggregate_posterior_png(labelled, str(tmp_path / "b.png"), "t") == 3
+  assert (tmp_path / "a.png").stat().st_size > 5000 and (tmp_path / "b.png").stat().st_size > 5000
+
+
+def run_cli(args):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.priors_2d", "--seeds=1", "--epochs=1", "--max_steps=3",
-       "--compare_priors=standard,vampprior", "--iw_samples=4",
-       f"--logdir={tmp_path / 'runs'}", f"--study_output={out}"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  text = out.read_text()
-  for name in ("standard", "vampprior"):
-    assert f"| {name} |" in text
-    assert (tmp_path / f"priors_2d_{name}.png").stat().st_size > 1000
-  rows = json.load(open(tmp_path / "priors_2d.json"))
-  # The importance samples the estimator drew (counted) equal --iw_samples.
-  assert [r["iw_samples"] for r in rows] == [4, 4]
+  return subprocess.run([sys.executable, "-m", "experiments.priors_2d"] + args, cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
 
+
+def test_study_cli_and_report_only_page(tmp_path):
+  root = write_amat_dir(tmp_path / "data")
+  out, runs = tmp_path / "priors_2d.md", tmp_path / "runs"
+  common = ["--preset=paper", f"--data_dir={root}", "--epochs=1", "--batch_size=64",
+            "--iw_samples=4", f"--logdir={runs}"]
+  proc = run_cli(common + ["--seeds=1", "--compare_priors=standard", f"--study_output={out}"])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert (tmp_path / "priors_2d_standard.png").stat().st_size > 5000
+  rows = json.load(open(tmp_path / "priors_2d.json"))
+  assert [(r["prior"], r["status"], r["iw_samples_used"], r["train_images"]) for r in rows] == [
+      ("standard", "finished", 4, 256)]
+
+  # Seed 1 of standard part-trained (a status.json as the harness writes it); vampprior never
+  # started. A stale PNG of a prior without a finished run is removed.
+  (runs / "standard-seed1").mkdir()
+  (runs / "standard-seed1" / "status.json").write_text(json.dumps(dict(
+      epoch=3.0, total_epochs=20, finished=False, train_seconds=7.0, cpu="test CPU")))
+  (tmp_path / "report_vampprior.png").write_bytes(b"stale")
+  report = tmp_path / "report.md"
+  proc = run_cli(common + ["--seeds=2", "--compare_priors=standard,vampprior", "--report_only",
+                           f"--study_output={report}"])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "== " not in proc.stderr  # nothing trained or evaluated
+  rows2 = json.load(open(tmp_path / "report.json"))
+  assert [(r["prior"], r["seed"], r["status"]) for r in rows2] == [
+      ("standard", 0, "finished"), ("vampprior", 0, "not started"),
+      ("standard", 1, "training: epoch 3.0 of 20"), ("vampprior", 1, "not started")]
+  assert rows2[0]["iwae"] == rows[0]["iwae"]
+  text = report.read_text()
+  assert "--report_only" in text.split("```")[1]  # the page names the command that wrote it
+  assert text.startswith("# Priors for a 2-D latent VAE (binarized_mnist) — PARTIAL, 1 of 4 runs\n")
+  assert "**1 of 4 runs finished and evaluated**" in text
+  assert "| 1 of 2 |" in text and "| 0 of 2 |" in text
+  assert "no labels" in text and "git commit" in text and "Training command" in text
+  assert (tmp_path / "report_standard.png").stat().st_size > 5000
+  assert not (tmp_path / "report_vampprior.png").exists()

@@ -4,6 +4,7 @@ logical CPUs (MirroredStrategy), ends with the weights of one device on the same
 SGD, not Adam: a wrong gradient scale shows. The models draw their noise through
 `common_tf.random`, so every example gets the noise one device gives it."""
 
+import pytest
 import keras
 import numpy as np
 import tensorflow as tf
@@ -43,6 +44,7 @@ def _same_on_one_and_two_devices(tmp_path, **task):
   return one
 
 
+@pytest.mark.slow
 def test_vampprior_hvae_loss_with_adamnormgrad(tmp_path):
   image_shape = (4, 4, 1)
 
@@ -60,6 +62,7 @@ def test_vampprior_hvae_loss_with_adamnormgrad(tmp_path):
       grad_transform=vp_optim.normalize_gradients, data=data)
 
 
+@pytest.mark.slow
 def test_ddpm_loss_with_global_norm_clipping(tmp_path):
   from diffusion_tf import diffusion, layers  # pylint: disable=g-import-not-at-top
   from diffusion_tf import model as diffusion_models  # pylint: disable=g-import-not-at-top

@@ -40,6 +40,7 @@ def _run(tmp_path, monkeypatch, *args):
     flags.FLAGS.unparse_flags()
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_the_page_grids_and_rows_without_faking_fid(tmp_path, monkeypatch):
   assert _run(tmp_path, monkeypatch, "--models=vae,flow,ddpm") == 0
   page = (tmp_path / "res" / "sample_quality.md").read_text()

@@ -2,6 +2,7 @@
 objective (KL balancing while beta < 1, L_SR + L_BN), one SGD step through experiments.harness.Trainer.
 Covers SyncBN, global-batch KL-balancing statistics, power iterations and sampling noise."""
 
+import pytest
 import dataclasses
 
 import keras
@@ -43,6 +44,7 @@ def train_one_step(tmp_path, strategy, images, initial):
   return model, before, out
 
 
+@pytest.mark.slow
 def test_two_replicas_equal_one_device(tmp_path, digits):
   images = digits[:GLOBAL_BATCH]
   one, initial, out_one = train_one_step(tmp_path / "one", tf.distribute.get_strategy(), images, None)

@@ -120,6 +120,7 @@ def test_decode_noise_is_deterministic_and_checks_groups():
     model.decode_noise(noise[:-1])
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_64_digits(digits):
   keras.utils.set_random_seed(0)
   model = NVAE(tiny_config(), seed=0)
