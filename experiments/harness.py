@@ -188,6 +188,17 @@ def cpu_model() -> str:
   return f"{name}, {vector}, {os.cpu_count()} cores"
 
 
+def code_commit() -> str | None:
+  """The git commit of the code that is running (None outside a git checkout)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  try:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(__file__),
+                         capture_output=True, text=True, timeout=10)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return out.stdout.strip() or None if out.returncode == 0 else None
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
   """True unless this process is a non-chief worker of a multi-worker cluster."""
   resolver = getattr(strategy, "cluster_resolver", None)
@@ -478,6 +489,15 @@ class Trainer:
         checkpoint=self.manager.latest_checkpoint, cpu=cpu_model(),
         updated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), **extra)
     path = os.path.join(self.config.logdir, "status.json")
+    commits = []
+    if os.path.exists(path):
+      try:
+        with open(path) as f:
+          commits = list(json.load(f).get("code_commits", []))
+      except (OSError, ValueError):
+        pass
+    commit = code_commit()
+    status["code_commits"] = commits + ([commit] if commit and commit not in commits else [])
     with open(path + ".tmp", "w") as f:
       json.dump(status, f, indent=2, sort_keys=True)
     os.replace(path + ".tmp", path)

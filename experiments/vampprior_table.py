@@ -114,7 +114,8 @@ def unfinished_row(logdir: str, s) -> dict:
     row.update(status=(f"training: epoch {status['epoch']:.0f} of at most {status['total_epochs']}, "
                        f"best validation epoch {status['best_epoch']}"),
                epochs_run=int(status["epoch"]), best_val_negative_elbo=status["best_metric"],
-               train_seconds_total=status["train_seconds"], cpu=status["cpu"])
+               train_seconds_total=status["train_seconds"], cpu=status["cpu"],
+               code_commits=status.get("code_commits", []))
   return row
 
 
@@ -134,6 +135,10 @@ def write_table(rows, *, output: str, command: str, preset: str):
       "log-weights). 'logistic edges' applies to discretized_logistic rows only (official = "
       "log_Logistic_256, the paper's form). Paper NLLs: Tomczak & "
       "Welling 2018 with the paper preset (2000 epochs max, early stopping 50, K = 5000).")
+  commits = sorted({c for r in rows for c in r.get("code_commits") or []})
+  notes += (f"\n\nData: {', '.join(sorted({r['dataset'] for r in rows}))} from the standard files "
+            f"(offline copy). Code: this page at commit {harness.code_commit() or 'unknown'}"
+            + (f"; training ran at commit(s) {', '.join(commits)}" if commits else "") + ".")
   cpus = sorted({r["cpu"] for r in rows if r.get("cpu")})
   if cpus:
     notes += f"\n\nCPU: {'; '.join(cpus)}; 'train s' is the training time summed over resumed sessions."

@@ -426,3 +426,4 @@ def test_status_file_says_how_far_the_run_got(tmp_path):
   assert status["best_epoch"] == 2 and status["best_metric"] == 3.0  # epochs counted from 1
   assert status["total_epochs"] == 4 and status["train_seconds"] > 0
   assert status["checkpoint"].endswith("ckpt-14") and status["cpu"]
+  assert status["code_commits"] == [harness.code_commit()]

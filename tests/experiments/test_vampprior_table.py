@@ -38,7 +38,7 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
   mog.mkdir()
   (mog / "status.json").write_text(json.dumps(dict(
       epoch=3.0, total_epochs=2000, best_epoch=2, best_metric=101.5, train_seconds=7.0,
-      cpu="test CPU", finished=False)))
+      cpu="test CPU", finished=False, code_commits=["abc1234"])))
   report = tmp_path / "report.md"
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.vampprior_table", "--preset=quick", "--report_only",
@@ -56,6 +56,7 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
   assert [r.get("test_nll") for r in rows[:2]] == [r["test_nll"] for r in saved]
   assert rows[2].get("test_nll") is None and rows[3].get("test_nll") is None
   assert "**Not converged:**" in report.read_text()
+  assert "training ran at commit(s) abc1234" in report.read_text()
 
 
 def test_paper_numbers_are_only_attached_to_published_cells():
