@@ -1,20 +1,35 @@
 """Priors study with a 2-D latent: a VAE (2 hidden layers of 512, ReLU, Bernoulli decoder) trained
 with a Gaussian, a mixture of 16 Gaussians, a RealNVP flow (10 couplings, 8 hidden units) and a
 VampPrior (16 pseudo-inputs, learnable weights); test ELBO and IWAE (mean ± std over seeds) and,
-per prior, the aggregate posterior of the test set coloured by digit over the prior's density.
+per prior, the aggregate posterior (a density of z ~ q(z|x) over the whole test set) beside the
+prior's density on the same axes.
 
-  python -m experiments.priors_2d --seeds=10 --preset=paper
-  python -m experiments.priors_2d --seeds=2 --preset=quick
+  # the report's protocol: static binarized MNIST 50k / 10k, 20 epochs, 10 seeds, K = 1000
+  python -m experiments.priors_2d --preset=paper --logdir=runs/priors_2d_report
+  # the page from what the logdirs hold (finished runs, how far the others got); trains nothing
+  python -m experiments.priors_2d --preset=paper --logdir=runs/priors_2d_report --report_only
+  # CPU smoke test on the labelled grey MNIST test images
+  python -m experiments.priors_2d --preset=quick
 
-Data (offline): only MNIST's 10,000 grey TEST images carry labels here, so the study uses them:
-a fixed permutation (seed 2018) gives 8,000 training and 2,000 test images; training images are
-binarized afresh every epoch, test images once (seed 777).
+Data (`--dataset`, default the preset's):
+  binarized_mnist  static binarized MNIST (Larochelle & Murray 2011): 50,000 train / 10,000 test
+                   images, no labels (the plots cannot be coloured by digit).
+  mnist_test       the only labelled MNIST images offline, the 10,000 grey test images: a fixed
+                   permutation (seed 2018) gives 8,000 training images (binarized afresh every
+                   epoch) and 2,000 test images (binarized once, seed 777), with digit labels.
+
+Every (prior, seed) run lives in <logdir>/<prior>-seed<seed>: the harness's checkpoints and
+status.json, then `row.json` (its evaluated numbers) and `aggregate_posterior.npz` (the plot's
+data). A rerun resumes unfinished training and never re-trains or re-evaluates a finished,
+evaluated run with the same settings; runs go seed by seed (all priors of seed 0 first), so a
+partial study has every prior.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 import sys
 import time
 
@@ -33,14 +48,26 @@ from vampprior_tf import model as models
 from vampprior_tf import priors
 
 PRIORS = ("standard", "mog", "flow", "vampprior")  # names of vampprior_tf.priors.PRIORS
+DATASETS = ("binarized_mnist", "mnist_test")
+
 
 def define_flags():
   """Defines this script's flags: called when it runs (not at import, so experiment modules
   with flags of the same name can be imported together, e.g. by the tests)."""
-  flags.DEFINE_integer("seeds", 10, "Number of seeds (0 .. seeds-1, offset by --seed) per prior.")
+  flags.DEFINE_integer("seeds", None, "Number of seeds (--seed .. --seed + seeds - 1) per prior. "
+                       "Default: the preset's (paper 10, quick 2).")
   flags.DEFINE_list("compare_priors", list(PRIORS), f"Priors to compare ({', '.join(PRIORS)}).")
+  flags.DEFINE_enum("dataset", None, list(DATASETS), "Data. Default: the preset's (paper "
+                    "binarized_mnist, quick mnist_test). See the module docstring.")
   flags.DEFINE_integer("iw_samples", None, "Importance samples for the test IWAE. Default: the "
                        "preset's (paper 1000, quick 200).")
+  flags.DEFINE_integer("train_examples", None, "Use only this many training images (a fixed "
+                       "random subset; tests and smoke runs). Default: all.", lower_bound=1)
+  flags.DEFINE_integer("test_examples", None, "Use only this many test images (a fixed random "
+                       "subset). Default: all.", lower_bound=1)
+  flags.DEFINE_bool("report_only", False, "Train and evaluate nothing: write the page from what "
+                    "the runs' logdirs hold (evaluated runs, and how far unfinished runs got, "
+                    "from their status.json). For a study that spans several sessions.")
   flags.DEFINE_string("study_output", "results/priors_2d.md", "Markdown results page; PNGs "
                       "(<output stem>_<prior>.png) and JSON rows go beside it.")
 
@@ -51,31 +78,90 @@ HIDDEN_UNITS, NUM_HIDDEN_LAYERS = 512, 2
 NUM_COMPONENTS = 16                          # MoG components and VampPrior pseudo-inputs
 FLOW_COUPLINGS, FLOW_HIDDEN_UNITS = 10, 8
 PSEUDO_MEAN, PSEUDO_STD = 0.05, 0.01         # official MNIST pseudo-input initialisation
-NUM_TRAIN, NUM_TEST = 8000, 2000             # of MNIST's 10k labelled test images
+NUM_TRAIN, NUM_TEST = 8000, 2000             # mnist_test: of MNIST's 10k labelled test images
 SPLIT_SEED, TEST_BINARIZATION_SEED = 2018, 777
+PLOT_SAMPLES_PER_IMAGE = 5                   # z ~ q(z|x) drawn per test image for the plots
+PLOT_GRID = 200                              # prior density grid points per axis
+HIST_BINS = 50                               # aggregate-posterior histogram bins per axis
+EVAL_BATCH, EVAL_CHUNK = 100, 200            # test images per IWAE batch, samples per chunk
+ROW_FILE, PLOT_FILE = "row.json", "aggregate_posterior.npz"
 
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
+  dataset: str
   epochs: int
   batch_size: int
   lr: float
   iw_samples: int
+  seeds: int
 
 
 PRESETS = {
-    "paper": Preset(epochs=20, batch_size=128, lr=1e-3, iw_samples=1000),
-    "quick": Preset(epochs=10, batch_size=128, lr=1e-3, iw_samples=200),
+    # The report's protocol (issue 12): full static MNIST, 20 epochs, batch 128, lr 1e-3, 10 seeds,
+    # IWAE with K = 1000.
+    "paper": Preset(dataset="binarized_mnist", epochs=20, batch_size=128, lr=1e-3, iw_samples=1000,
+                    seeds=10),
+    "quick": Preset(dataset="mnist_test", epochs=10, batch_size=128, lr=1e-3, iw_samples=200,
+                    seeds=2),
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What one (prior, seed) run depends on; a stored row is reused only when all of it matches."""
+  prior: str
+  seed: int
+  dataset: str
+  epochs: int
+  batch_size: int
+  lr: float
+  iw_samples: int
+  train_examples: int | None = None
+  test_examples: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyData:
+  train: np.ndarray              # [N, 28, 28, 1] in [0, 1]
+  test: np.ndarray               # [M, 28, 28, 1] binary
+  test_labels: np.ndarray | None
+  binary_train: bool             # True: static binary training images (no re-binarization)
+
+
 def load_split(data_dir=None):
-  """(train images [8000, 28, 28, 1] grey, test images binarized [2000, ...], test labels)."""
+  """mnist_test: (train images [8000, 28, 28, 1] grey, test images binarized [2000, ...], test
+  labels)."""
   images, labels = data.load_arrays("mnist", "test", data_dir)
   order = np.random.RandomState(SPLIT_SEED).permutation(len(images))
   train, test = order[:NUM_TRAIN], order[NUM_TRAIN:NUM_TRAIN + NUM_TEST]
   return (images[train], data.binarize_once(images[test], seed=TEST_BINARIZATION_SEED),
           labels[test])
+
+
+def _subset(images, labels, n):
+  """A fixed random subset of `n` (all when None; the offline static MNIST is grouped by class,
+  so a prefix would hold one digit)."""
+  if n is None or n >= len(images):
+    return images, labels
+  keep = np.sort(np.random.RandomState(SPLIT_SEED).permutation(len(images))[:n])
+  return images[keep], (labels[keep] if labels is not None else None)
+
+
+def load_study_data(dataset: str, data_dir=None, *, train_examples=None,
+                    test_examples=None) -> StudyData:
+  if dataset == "binarized_mnist":
+    train, _ = data.load_arrays("binarized_mnist", "train", data_dir)
+    test, _ = data.load_arrays("binarized_mnist", "test", data_dir)
+    labels, binary = None, True
+  elif dataset == "mnist_test":
+    train, test, labels = load_split(data_dir)
+    binary = False
+  else:
+    raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+  train, _ = _subset(train, None, train_examples)
+  test, labels = _subset(test, labels, test_examples)
+  return StudyData(train=train, test=test, test_labels=labels, binary_train=binary)
 
 
 def build_prior(name: str):
@@ -97,127 +183,384 @@ def build_model(prior_name: str, *, seed: int):
                     hidden_block=relu_dense, log_var_range=None, seed=seed)
 
 
+# Not converted by AutoGraph (nothing here branches on tensors): AutoGraph re-reads the source file
+# when it traces, so a long run would break if this file were edited while it runs.
+@tf.autograph.experimental.do_not_convert
 def loss_fn(model, batch, ctx):
-  del ctx  # no warm-up: the plain negative ELBO
+  """-ELBO(x) = -E_q[log p(x|z)] + KL(q(z|x) || p(z)) (single-sample), no KL warm-up."""
+  del ctx
   terms = model(batch, training=True)
   return harness.LossOutput(per_example=terms.loss(1.0),
                             metrics={"log_px": tf.reduce_mean(terms.log_px),
                                      "kl": tf.reduce_mean(terms.kl)})
 
 
-def train_one(prior_name: str, seed: int, *, train, test, preset: Preset, base_logdir: str,
-              strategy, iw_samples: int) -> tuple[dict, keras.Model]:
+def run_logdir(base_logdir: str, prior: str, seed: int) -> str:
+  return os.path.join(base_logdir, f"{prior}-seed{seed}")
+
+
+def git_commit() -> str:
+  """`git rev-parse --short HEAD`, marked when tracked files have uncommitted changes."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                          text=True, timeout=30, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                           capture_output=True, text=True, timeout=30).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+  return f"{head} (+ uncommitted changes)" if dirty else head
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def finished_row(logdir: str, s: Settings) -> dict | None:
+  """The run's stored row when its training finished and it was evaluated with these settings."""
+  row_path, status_path = os.path.join(logdir, ROW_FILE), os.path.join(logdir, "status.json")
+  if not (os.path.exists(row_path) and os.path.exists(status_path)):
+    return None
+  row, status = results.read_json(row_path), results.read_json(status_path)
+  same = all(row.get(k) == v for k, v in dataclasses.asdict(s).items())
+  return row if status.get("finished") and row.get("status") == "finished" and same else None
+
+
+def unfinished_row(logdir: str, s: Settings) -> dict:
+  """How far an unfinished run got (from the harness's status.json); no test numbers."""
+  row = dict(dataclasses.asdict(s), status="not started", epochs_run=0)
+  status_path = os.path.join(logdir, "status.json")
+  if os.path.exists(status_path):
+    status = results.read_json(status_path)
+    done = "trained, not evaluated yet" if status.get("finished") else "training"
+    row.update(status=f"{done}: epoch {status['epoch']:.1f} of {status['total_epochs']}",
+               epochs_run=status["epoch"], train_seconds=status["train_seconds"],
+               cpu=status["cpu"])
+  return row
+
+
+def aggregate_posterior_data(model, images, labels, *, seed: int) -> dict:
+  """The plot's arrays: z ~ q(z|x), PLOT_SAMPLES_PER_IMAGE per test image; prior samples; the
+  window covering both; log p(z) on a PLOT_GRID x PLOT_GRID grid of that window."""
+  means, log_vars = [], []
+  for i in range(0, len(images), 500):
+    m, lv = model.encode_top(tf.constant(images[i:i + 500]))
+    means.append(m.numpy())
+    log_vars.append(lv.numpy())
+  means, log_vars = np.concatenate(means), np.concatenate(log_vars)
+  rng = np.random.RandomState(seed)
+  eps = rng.standard_normal((PLOT_SAMPLES_PER_IMAGE,) + means.shape)
+  z = (means + np.exp(0.5 * log_vars) * eps).reshape(-1, LATENT_DIM).astype(np.float32)
+  z_prior = model.prior.sample(len(z), encoder=model.encode_top,
+                               seed=keras.random.SeedGenerator(seed)).numpy()
+  lo, hi = plot_window(z, z_prior)
+  axes = [np.linspace(lo[d], hi[d], PLOT_GRID + 1) for d in range(LATENT_DIM)]  # cell edges
+  centres = [0.5 * (a[1:] + a[:-1]) for a in axes]
+  u, v = np.meshgrid(*centres, indexing="ij")
+  grid = np.stack([u.ravel(), v.ravel()], axis=1).astype(np.float32)
+  log_p = np.concatenate([model.log_prior(tf.constant(grid[i:i + 10000])).numpy()
+                          for i in range(0, len(grid), 10000)]).reshape(u.shape)
+  out = dict(z=z, edges_x=axes[0], edges_y=axes[1], log_prior=log_p)
+  if labels is not None:
+    out["labels"] = np.tile(labels, PLOT_SAMPLES_PER_IMAGE)  # z is sample-major
+  return out
+
+
+def plot_window(*point_sets, coverage=99.5, pad=0.1):
+  """(lo [2], hi [2]): the central `coverage` % of every point set, padded by `pad` of the span."""
+  points = [np.asarray(p) for p in point_sets]
+  lo = np.min([np.percentile(p, 100 - coverage, axis=0) for p in points], axis=0)
+  hi = np.max([np.percentile(p, coverage, axis=0) for p in points], axis=0)
+  span = np.maximum(hi - lo, 1e-3)
+  return lo - pad * span, hi + pad * span
+
+
+def train_and_evaluate(s: Settings, *, study: StudyData, logdir: str, strategy,
+                       max_steps: int | None = None, jit_compile: bool = False,
+                       log_every: int = 50) -> dict:
+  """Trains (resuming) and evaluates one run; writes its plot data and row into `logdir`."""
   config = harness.TrainConfig(
-      logdir=os.path.join(base_logdir, f"{prior_name}-seed{seed}"),
-      batch_size=FLAGS.batch_size or preset.batch_size, epochs=FLAGS.epochs or preset.epochs,
-      max_steps=FLAGS.max_steps, seed=seed, jit_compile=FLAGS.jit_compile,
-      log_every=FLAGS.log_every, progress=False)
-  keras.utils.set_random_seed(seed)
+      logdir=logdir, batch_size=s.batch_size, epochs=s.epochs, max_steps=max_steps,
+      seed=s.seed, jit_compile=jit_compile, log_every=log_every, progress=False)
+  keras.utils.set_random_seed(s.seed)
   with strategy.scope():
-    model = build_model(prior_name, seed=seed)
-    model(tf.constant(test[:2]))
-    optimizer = keras.optimizers.Adam(preset.lr)
+    model = build_model(s.prior, seed=s.seed)
+    model(tf.constant(study.test[:2]))
+    optimizer = keras.optimizers.Adam(s.lr)
   trainer = harness.Trainer(
       config=config, strategy=strategy, model=model, optimizer=optimizer, loss_fn=loss_fn,
-      train_data=tf.data.Dataset.from_tensor_slices(train),
-      epoch_transform=lambda ds, s: data.dynamic_binarization(ds, seed=s))
-  start = time.perf_counter()
+      train_data=tf.data.Dataset.from_tensor_slices(study.train),
+      # Static binarized MNIST is already 0/1; grey images are binarized afresh every epoch.
+      epoch_transform=(None if study.binary_train else
+                       lambda ds, seed: data.dynamic_binarization(ds, seed=seed)))
   trainer.fit()
-  train_time = time.perf_counter() - start
-  counted = likelihood.evaluate_nll(model, test, num_samples=iw_samples, batch_size=100,
-                                    chunk_size=min(iw_samples, 200))
+  status = results.read_json(os.path.join(logdir, "status.json"))
+  start = time.perf_counter()
+  counted = likelihood.evaluate_nll(model, study.test, num_samples=s.iw_samples,
+                                    batch_size=EVAL_BATCH, chunk_size=min(s.iw_samples, EVAL_CHUNK))
+  eval_seconds = time.perf_counter() - start
+  np.savez_compressed(os.path.join(logdir, PLOT_FILE),
+                      **aggregate_posterior_data(model, study.test, study.test_labels, seed=s.seed))
   summary = counted.summary
-  row = {"prior": prior_name, "seed": seed, "elbo": -summary.negative_elbo,
-         "iwae": -summary.nll, "iw_samples": counted.importance_samples,
-         "train_time_s": train_time}
-  print(f"{prior_name} seed {seed}: ELBO {row['elbo']:.2f} IWAE {row['iwae']:.2f} "
-        f"({train_time:.0f} s)", file=sys.stderr)
-  return row, model
+  finished = bool(status["finished"])
+  row = dict(dataclasses.asdict(s),
+             status="finished" if finished else
+             f"smoke: stopped at epoch {status['epoch']:.2f} of {s.epochs} (--max_steps)",
+             elbo=-summary.negative_elbo, iwae=-summary.nll, iwae_sem=summary.nll_sem,
+             iw_samples_used=counted.importance_samples, test_images=len(study.test),
+             train_images=len(study.train), epochs_run=status["epoch"],
+             train_seconds=status["train_seconds"], eval_seconds=eval_seconds,
+             cpu=harness.cpu_model(), git_commit=git_commit(),
+             evaluated=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+  results.write_json(os.path.join(logdir, ROW_FILE), row)  # last: a row implies its plot data
+  print(f"{s.prior} seed {s.seed}: ELBO {row['elbo']:.2f} IWAE {row['iwae']:.2f} "
+        f"(train {row['train_seconds']:.0f} s, eval {eval_seconds:.0f} s)", file=sys.stderr,
+        flush=True)
+  return row
 
 
-def plot_aggregate_posterior(model, images, labels, path: str, title: str):
-  """Posterior means of `images` coloured by label over the prior's log-density (shaded: the top
-  10 nats of log p(z) on the plotted window)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  means = np.concatenate([model.encode_top(tf.constant(images[i:i + 500]))[0].numpy()
-                          for i in range(0, len(images), 500)])
-  lo, hi = np.percentile(means, 0.5, axis=0), np.percentile(means, 99.5, axis=0)
-  pad = 0.25 * (hi - lo)
-  lo, hi = lo - pad, hi + pad
-  u, v = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
-  grid = np.stack([u.ravel(), v.ravel()], axis=1).astype(np.float32)
-  log_p = model.log_prior(tf.constant(grid)).numpy().reshape(u.shape)
-  fig, ax = plt.subplots(figsize=(6, 5.4))
-  ax.contourf(u, v, np.maximum(log_p, log_p.max() - 10.0), levels=20, cmap="Greys")
-  points = ax.scatter(means[:, 0], means[:, 1], c=labels, cmap="tab10", s=3, vmin=-0.5,
-                      vmax=9.5)
-  fig.colorbar(points, ax=ax, ticks=range(10), label="digit")
-  ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), xlabel="z1", ylabel="z2", title=title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+def run_study(settings: list[Settings], *, base_logdir: str, data_fn, strategy,
+              report_only: bool = False, **train_kwargs) -> list[dict]:
+  """Rows of every run in `settings` order: a finished, evaluated run's stored row; else (with
+  `report_only`) how far it got; else it is trained (resuming) and evaluated (`train_kwargs`:
+  max_steps, jit_compile, log_every). `data_fn()` loads the data once, only when a run needs it."""
+  rows, study = [], None
+  for s in settings:
+    logdir = run_logdir(base_logdir, s.prior, s.seed)
+    row = finished_row(logdir, s)
+    if row is None and report_only:
+      row = unfinished_row(logdir, s)
+    elif row is None:
+      print(f"== {s.prior} seed {s.seed}", file=sys.stderr, flush=True)
+      study = study or data_fn()
+      row = train_and_evaluate(s, study=study, logdir=logdir, strategy=strategy, **train_kwargs)
+    rows.append(row)
+  return rows
+
+
+# ----------------------------------------------------------------------------- the page
 
 
 def summarize(rows, prior_names):
+  """Per prior: mean ± std (ddof 1) of ELBO and IWAE over its FINISHED runs only."""
   table = []
   for name in prior_names:
-    r = [row for row in rows if row["prior"] == name]
+    r = [row for row in rows if row["prior"] == name and row.get("status") == "finished"]
+    all_runs = [row for row in rows if row["prior"] == name]
     elbo, iwae = np.array([x["elbo"] for x in r]), np.array([x["iwae"] for x in r])
-    std = lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0  # noqa: E731
-    table.append({"prior": name, "elbo": (float(elbo.mean()), std(elbo)),
-                  "iwae": (float(iwae.mean()), std(iwae)), "seeds": len(r),
-                  "iw_samples": ",".join(str(k) for k in sorted({x["iw_samples"] for x in r})),
-                  "train_time_s": float(np.mean([x["train_time_s"] for x in r]))})
+    mean = lambda a: float(a.mean()) if len(a) else None  # noqa: E731
+    std = lambda a: float(a.std(ddof=1)) if len(a) > 1 else None  # noqa: E731
+    table.append({
+        "prior": name, "elbo": (mean(elbo), std(elbo)) if len(r) > 1 else mean(elbo),
+        "iwae": (mean(iwae), std(iwae)) if len(r) > 1 else mean(iwae),
+        "seeds": f"{len(r)} of {len(all_runs)}",
+        "iw_samples": ",".join(str(k) for k in sorted({x["iw_samples_used"] for x in r})) or None,
+        "train_s": mean(np.array([x["train_seconds"] for x in r])),
+        "eval_s": mean(np.array([x["eval_seconds"] for x in r]))})
   return table
+
+
+def density_images(plot: dict):
+  """(prior density exp(log p(z)) on the PLOT_GRID grid, aggregate-posterior density q(z) on a
+  HIST_BINS grid of the same window). q(z) = (1/N) sum_n q(z | x_n) is estimated by the 2-D
+  histogram of the N z ~ q(z|x) samples, normalised by ALL samples and the cell area, so both
+  integrate to their mass inside the window. Arrays are indexed [x, y]."""
+  window = [np.linspace(e[0], e[-1], HIST_BINS + 1) for e in (plot["edges_x"], plot["edges_y"])]
+  counts, _, _ = np.histogram2d(plot["z"][:, 0], plot["z"][:, 1], bins=window)
+  area = np.diff(window[0])[:, None] * np.diff(window[1])[None, :]
+  return np.exp(plot["log_prior"]), counts / (len(plot["z"]) * area)
+
+
+def write_aggregate_posterior_png(plot: dict, path: str, title: str) -> int:
+  """Prior density | aggregate posterior density (same axes, same log colour scale, prior contours
+  over the posterior) [| the samples coloured by digit, when labels exist]. Returns the panels."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import colors  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  prior, posterior = density_images(plot)
+  labels = plot.get("labels")
+  panels = 3 if labels is not None else 2
+  vmax = max(prior.max(), posterior.max())
+  floor = vmax * 1e-4  # 4 decades of density shown
+  norm = colors.LogNorm(vmin=floor, vmax=vmax)
+  extent = (plot["edges_x"][0], plot["edges_x"][-1], plot["edges_y"][0], plot["edges_y"][-1])
+  fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels + 1.0, 4.6), squeeze=False)
+  axes = axes[0]
+  for ax, img in ((axes[0], prior), (axes[1], posterior)):
+    image = ax.imshow(np.maximum(img, floor).T, origin="lower", extent=extent, norm=norm,
+                      cmap="viridis", aspect="auto", interpolation="nearest")
+  axes[0].set_title("prior p(z)", fontsize=10)
+  centres = [0.5 * (e[1:] + e[:-1]) for e in (plot["edges_x"], plot["edges_y"])]
+  log_p = plot["log_prior"]
+  axes[1].contour(centres[0], centres[1], log_p.T, levels=sorted(log_p.max() - np.array([6., 3., 1.])),
+                  colors="white", linewidths=0.6)
+  axes[1].set_title(f"aggregate posterior q(z): histogram of\n{len(plot['z'])} z ~ q(z|x) over the "
+                    "test set\n(white: p(z) contours 1, 3, 6 nats below its peak)", fontsize=8)
+  if labels is not None:
+    points = axes[2].scatter(plot["z"][:, 0], plot["z"][:, 1], c=labels, cmap="tab10", s=1,
+                             alpha=0.4, vmin=-0.5, vmax=9.5, rasterized=True)
+    axes[2].set(xlim=extent[:2], ylim=extent[2:])
+    axes[2].set_title("the same samples, by digit", fontsize=10)
+    fig.colorbar(points, ax=axes[2], ticks=range(10), label="digit")
+  for ax in axes:
+    ax.set(xlabel="z1", ylabel="z2")
+  fig.suptitle(title, fontsize=11)
+  fig.tight_layout(rect=(0, 0, 1, 0.95))
+  fig.colorbar(image, ax=axes[:2].tolist(), label="density (log scale)", shrink=0.85, pad=0.02)
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return panels
+
+
+SUMMARY_COLUMNS = [("prior", "prior"), ("elbo", "test ELBO"), ("iwae", "test IWAE"),
+                   ("iw_samples", "K used"), ("seeds", "finished seeds"),
+                   ("train_s", "train s / seed"), ("eval_s", "eval s / seed")]
+RUN_COLUMNS = [("prior", "prior"), ("seed", "seed"), ("status", "status"),
+               ("epochs_run", "epochs"), ("elbo", "test ELBO"), ("iwae", "test IWAE"),
+               ("iwae_sem", "± s.e."), ("iw_samples_used", "K used"), ("train_seconds", "train s"),
+               ("eval_seconds", "eval s")]
+
+
+def write_page(rows, *, output: str, command: str, train_command: str | None,
+               prior_names, settings: list[Settings], base_logdir: str) -> list[str]:
+  """The results page, its JSON rows and one PNG per prior (from the lowest finished seed; a
+  prior without a finished run gets no PNG, and a stale one is removed). Returns the PNGs."""
+  stem = os.path.splitext(output)[0]
+  os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+  results.write_json(stem + ".json", rows)
+  s0 = settings[0]
+  finished = [r for r in rows if r.get("status") == "finished"]
+  pngs, plotted = [], []
+  for name in prior_names:
+    path = f"{stem}_{name}.png"
+    done = sorted((r for r in finished if r["prior"] == name), key=lambda r: r["seed"])
+    if not done:
+      if os.path.exists(path):
+        os.remove(path)
+      continue
+    plot = dict(np.load(os.path.join(run_logdir(base_logdir, name, done[0]["seed"]), PLOT_FILE)))
+    write_aggregate_posterior_png(plot, path, f"{name} prior (seed {done[0]['seed']}), "
+                                  f"{s0.dataset} test set")
+    pngs.append(path)
+    plotted.append(f"`{os.path.basename(path)}` (seed {done[0]['seed']})")
+
+  epochs = [float(r.get("epochs_run") or 0) for r in rows]
+  train_total = sum(float(r.get("train_seconds") or 0) for r in rows)
+  eval_total = sum(float(r.get("eval_seconds") or 0) for r in rows)
+  cpus = sorted({r["cpu"] for r in rows if r.get("cpu")})
+  commits = sorted({r["git_commit"] for r in finished if r.get("git_commit")})
+  state = (f"**{len(finished)} of {len(rows)} runs finished and evaluated**"
+           + ("" if len(finished) == len(rows) else
+              " — a partial study: the means are over the finished seeds only (their number is in "
+              "the table), and the unfinished runs are listed below with the epochs they reached. "
+              "Rerunning the training command resumes them from their newest checkpoints"))
+  if s0.dataset == "binarized_mnist":
+    data_note = (
+        "Data: static binarized MNIST (Larochelle & Murray 2011, the offline copy "
+        "`binarized_mnist_{train,test}.amat`): "
+        f"{finished[0]['train_images'] if finished else s0.train_examples or 50000} training images "
+        "(fixed 0/1 images, shuffled every epoch), "
+        f"{finished[0]['test_images'] if finished else s0.test_examples or 10000} test images; the "
+        "10,000 validation images are not used (fixed epoch budget, no early stopping). This data "
+        "set has **no labels**, so the plots cannot be coloured by digit.")
+  else:
+    data_note = (
+        f"Data: only MNIST's 10,000 labelled grey test images exist offline, so {NUM_TRAIN} of them "
+        f"(fixed permutation, seed {SPLIT_SEED}) train the models (binarized afresh each epoch) and "
+        f"the other {NUM_TEST} (binarized once, seed {TEST_BINARIZATION_SEED}) are the test set. "
+        "The numbers are not comparable with the static-MNIST literature.")
+  if s0.train_examples or s0.test_examples:
+    data_note += (f" Subsets used: {s0.train_examples or 'all'} training, "
+                  f"{s0.test_examples or 'all'} test images.")
+  notes = "\n\n".join([
+      state + ".",
+      f"Protocol: 2-D latent VAE, encoder 784-512-512-(2+2), decoder 2-512-512-784 (ReLU, "
+      f"Bernoulli), {s0.epochs} epochs, batch {s0.batch_size} (the last partial batch of each "
+      f"epoch dropped), Adam lr {s0.lr}, no KL warm-up, {len(settings) // max(len(prior_names), 1)} "
+      f"seeds ({settings[0].seed}..{settings[-1].seed}) per prior, run seed by seed. Priors: "
+      f"standard N(0, I); mog: {NUM_COMPONENTS} learnable Gaussians; flow: RealNVP "
+      f"({FLOW_COUPLINGS} couplings, {FLOW_HIDDEN_UNITS} hidden units, diffusion_tf.flows) on "
+      f"N(0, I); vampprior: {NUM_COMPONENTS} pseudo-inputs, learnable weights. Test IWAE = "
+      f"log-mean-exp of K = {s0.iw_samples} importance weights per test image; test ELBO = the "
+      "mean of the same K log-weights; both in nats per test image, mean ± std (ddof 1) over the "
+      "finished seeds; 'K used' is counted from the log-weights the estimator drew; '± s.e.' "
+      "(per run) is the standard error over test images.",
+      data_note,
+      "Differences from the report's protocol (issue 12, run 2): "
+      + ("none in data, epochs, batch, learning rate, seeds, priors or K. "
+         if s0.dataset == "binarized_mnist" and not (s0.train_examples or s0.test_examples)
+         else "**the data differ** (see Data). ")
+      + "Choices the protocol leaves open: Adam; the ELBO is the mean of the K log-weights (not a "
+      "single-sample estimate); each epoch drops its last partial batch (a different remainder "
+      "every epoch, as the order is reshuffled); the plots show the lowest finished seed only"
+      + ("; no digit colours, since the data have no labels" if labels_missing(s0) else "") + ". "
+      "FID, KID, precision/recall and PPL are not applicable here (a likelihood study of 2-D "
+      "latents; besides, no Inception/VGG weights are available offline).",
+      "Aggregate posteriors: for every test image, " f"{PLOT_SAMPLES_PER_IMAGE} samples "
+      "z ~ q(z|x); their 2-D histogram (normalised to a density) is drawn beside the prior's "
+      "density p(z) on the same axes and the same logarithmic colour scale (4 decades), with "
+      "p(z) contours over the posterior. " + (", ".join(plotted) if plotted else
+                                              "No run has finished yet: no plots") + ".",
+      f"Compute: CPU {'; '.join(cpus) or harness.cpu_model()}; wall time so far {train_total / 3600:.2f} "
+      f"h training (summed over resumed sessions) + {eval_total / 3600:.2f} h evaluation; epochs "
+      f"reached per run: min {min(epochs):.1f}, max {max(epochs):.1f} of {s0.epochs}.",
+      f"Code: git commit {git_commit()} when this page was written"
+      + (f"; the finished runs were evaluated at {', '.join(commits)}" if commits else "") + ".",
+      ("Training command (resumes unfinished runs; finished ones are reused, not redone):\n\n"
+       f"```\n{train_command}\n```" if train_command else ""),
+  ])
+  table = (results.markdown_table(summarize(rows, prior_names), SUMMARY_COLUMNS)
+           + "\nPer run:\n\n" + results.markdown_table(rows, RUN_COLUMNS))
+  partial = "" if len(finished) == len(rows) else f" — PARTIAL, {len(finished)} of {len(rows)} runs"
+  results.write_markdown(output, title=f"Priors for a 2-D latent VAE ({s0.dataset}){partial}",
+                         command=command, table=table, notes=notes)
+  return pngs
+
+
+def labels_missing(s: Settings) -> bool:
+  return s.dataset == "binarized_mnist"
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def study_settings(preset: Preset) -> list[Settings]:
+  """Every (prior, seed) run, seed-major: all priors of the first seed come first."""
+  seeds = common.flag_or("seeds", preset.seeds)
+  if seeds < 1:
+    raise ValueError(f"--seeds must be >= 1, got {seeds}")
+  for name in FLAGS.compare_priors:
+    priors.check_prior_name(name)
+  return [Settings(prior=name, seed=seed, dataset=FLAGS.dataset or preset.dataset,
+                   epochs=common.flag_or("epochs", preset.epochs),
+                   batch_size=common.flag_or("batch_size", preset.batch_size), lr=preset.lr,
+                   iw_samples=common.flag_or("iw_samples", preset.iw_samples),
+                   train_examples=FLAGS.train_examples, test_examples=FLAGS.test_examples)
+          for seed in range(FLAGS.seed, FLAGS.seed + seeds) for name in FLAGS.compare_priors]
 
 
 def main(argv):
   del argv
-  for name in FLAGS.compare_priors:
-    priors.check_prior_name(name)
-  if FLAGS.seeds < 1:
-    raise ValueError(f"--seeds must be >= 1, got {FLAGS.seeds}")
   preset = PRESETS[FLAGS.preset]
-  iw_samples = FLAGS.iw_samples or preset.iw_samples
+  settings = study_settings(preset)
   strategy = common.setup_runtime()
-  train, test, labels = load_split(FLAGS.data_dir)
   base = FLAGS.logdir or common.default_logdir("priors_2d", preset=FLAGS.preset)
+  os.makedirs(base, exist_ok=True)
+  command_path = os.path.join(base, "command.txt")
+  if not FLAGS.report_only:
+    with open(command_path, "w") as f:
+      f.write(common.command_line() + "\n")
+  train_command = open(command_path).read().strip() if os.path.exists(command_path) else None
+  s0 = settings[0]
+  data_fn = lambda: load_study_data(s0.dataset, FLAGS.data_dir,  # noqa: E731
+                                    train_examples=s0.train_examples,
+                                    test_examples=s0.test_examples)
+  rows = run_study(settings, base_logdir=base, data_fn=data_fn, strategy=strategy,
+                   report_only=FLAGS.report_only, max_steps=FLAGS.max_steps,
+                   jit_compile=FLAGS.jit_compile, log_every=FLAGS.log_every)
   output = common.results_file("study_output", logdir=base)  # smoke runs: under the logdir
-  stem = os.path.splitext(output)[0]
-  os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
-  rows = []
-  for name in FLAGS.compare_priors:
-    for seed in range(FLAGS.seed, FLAGS.seed + FLAGS.seeds):
-      row, model = train_one(name, seed, train=train, test=test, preset=preset, base_logdir=base,
-                             strategy=strategy, iw_samples=iw_samples)
-      rows.append(row)
-      if seed == FLAGS.seed:
-        plot_aggregate_posterior(model, test, labels, f"{stem}_{name}.png",
-                                 f"{name} prior (seed {seed}): test posterior means")
-  results.write_json(stem + ".json", rows)
-  table = results.markdown_table(
-      summarize(rows, FLAGS.compare_priors),
-      [("prior", "prior"), ("elbo", "test ELBO"), ("iwae", f"test IWAE (K={iw_samples})"),
-       ("iw_samples", "K used"), ("seeds", "seeds"), ("train_time_s", "train s / seed")])
-  epochs = FLAGS.epochs or preset.epochs
-  notes = (
-      f"2-D latent VAE: encoder 784-512-512-(2+2), decoder 2-512-512-784 (ReLU, Bernoulli), "
-      f"{epochs} epochs, batch {FLAGS.batch_size or preset.batch_size}, Adam lr {preset.lr}, no "
-      f"KL warm-up. Priors: standard N(0, I); mog: {NUM_COMPONENTS} learnable Gaussians; flow: "
-      f"RealNVP ({FLOW_COUPLINGS} couplings, {FLOW_HIDDEN_UNITS} hidden units, "
-      f"diffusion_tf.flows); vampprior: {NUM_COMPONENTS} pseudo-inputs, learnable weights. "
-      "Values in nats per test image, mean ± std over seeds.\n\n"
-      f"Data: only MNIST's 10,000 labelled grey test images exist offline, so {NUM_TRAIN} of them "
-      f"(fixed permutation, seed {SPLIT_SEED}) train the models (binarized afresh each epoch) and "
-      f"the other {NUM_TEST} (binarized once, seed {TEST_BINARIZATION_SEED}) are the test set. "
-      "The numbers are therefore not comparable with the 60k-image MNIST literature.\n\n"
-      "Aggregate posteriors (seed " f"{FLAGS.seed}; test posterior means coloured by digit over "
-      "the prior's log-density, shaded over its top 10 nats): " + ", ".join(f"`{os.path.basename(stem)}_{n}.png`"
-                                         for n in FLAGS.compare_priors) + ".")
-  results.write_markdown(output, title="Priors for a 2-D latent VAE (MNIST)",
-                         command=common.command_line(), table=table, notes=notes)
+  write_page(rows, output=output, command=common.command_line(), train_command=train_command,
+             prior_names=FLAGS.compare_priors, settings=settings, base_logdir=base)
   print(f"wrote {output}", file=sys.stderr)
 
 
