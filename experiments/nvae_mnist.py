@@ -228,7 +228,7 @@ class Splits:
     """The test images as {0, 1}: a fresh binarization per seed when dynamic."""
     if not self.dynamic:
       return self.test
-    return (np.random.RandomState(seed).uniform(size=self.test.shape) < self.test).astype(np.float32)
+    return data.binarize_once(self.test, seed=seed)
 
 
 def resolve_dataset(name: str, data_dir=None) -> str:
