@@ -38,7 +38,6 @@ def _same_on_one_and_two_devices(tmp_path, **task):
   one = _train(tmp_path / "one", tf.distribute.get_strategy(), **task)
   two = _train(tmp_path / "two", two_cpu_strategy(), **task)
   assert len(one) == len(two)
-  moved = 0
   for a, b in zip(one, two):
     np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6)
   return one
