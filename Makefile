@@ -27,11 +27,17 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m experiments.nvae_mnist --preset=quick --logdir=runs/demo
 
+# Test processes (pytest-xdist; whole files per process so module fixtures are built once).
+# TEST_WORKERS=0 runs in this process; TEST_ARGS narrows the run (test IDs, -k ...).
+TEST_WORKERS ?= 2
+TEST_ARGS ?= tests
+PYTEST := $(PY) -m pytest $(TEST_ARGS) -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: $(VENV)/.reference
-	$(PY) -m pytest tests -q --durations=30
+	$(PYTEST) --durations=30
 
 test-fast: $(VENV)/.reference
-	$(PY) -m pytest tests -q -m "not slow" --durations=15
+	$(PYTEST) -m "not slow" --durations=15
 
 bench: install
 	for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

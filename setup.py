@@ -25,7 +25,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "pytest-xdist"],
         # The reference tier of the tests: the field's own packages, run side by side with ours
         # (imported, never copied). torchvision must match torch; on CPU both work from the
         # standard wheels.

@@ -8,6 +8,8 @@ import math
 import keras
 import tensorflow as tf
 
+from common_tf import layers as common_layers
+
 
 # ----------------------------------------------------------------------------- DDPM U-Net
 # Architecture facts from the official DDPM code (hojonathanho/diffusion, models/unet.py): swish,
@@ -57,7 +59,7 @@ class ResBlock(keras.layers.Layer):
     self.conv1 = keras.layers.Conv2D(out_channels, 3, padding="same", name="conv1")
     self.temb_proj = keras.layers.Dense(out_channels, name="temb_proj")
     self.norm2 = _group_norm(num_groups, "norm2")
-    self.dropout = keras.layers.Dropout(dropout)
+    self.dropout = common_layers.Dropout(dropout)  # the same mask per example on any replica count
     self.conv2 = keras.layers.Conv2D(out_channels, 3, padding="same", kernel_initializer="zeros",
                                      name="conv2")
     self.skip = None
