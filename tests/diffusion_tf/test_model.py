@@ -18,9 +18,14 @@ TINY_UNET = layers.UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1,
                               attention_resolutions=(4,), dropout=0.1, num_groups=2)
 
 
-def _ddpm(num_timesteps=6, **kwargs):
+# One level, attention only in the middle block: for tests of what surrounds the U-Net.
+MICRO_UNET = layers.UNetConfig(channels=8, channel_mult=(1,), num_res_blocks=1,
+                               attention_resolutions=(), dropout=0.1, num_groups=2)
+
+
+def _ddpm(num_timesteps=6, unet=TINY_UNET, **kwargs):
   d = diffusion.GaussianDiffusion(betas=np.linspace(1e-3, 0.2, num_timesteps))
-  return model_lib.DDPM(image_shape=(6, 6, 1), unet=TINY_UNET, diffusion=d, padded_size=8, **kwargs)
+  return model_lib.DDPM(image_shape=(6, 6, 1), unet=unet, diffusion=d, padded_size=8, **kwargs)
 
 
 def _randomize(model, seed=0, scale=0.3):
@@ -93,7 +98,7 @@ def _np_eps(m):
 def test_compiled_ddpm_samplers_equal_numpy_samplers():
   """DDPM.sample / sample_ddim (XLA while loops) against the NumPy samplers on the same noise,
   with the U-Net as a black box; then the same crop and [0, 1] mapping."""
-  m = _ddpm()
+  m = _ddpm(unet=MICRO_UNET)
   _randomize(m, scale=0.1)
   samples = m.sample(3, seed=5).numpy()
   shape, seed, d = (3, 8, 8, 1), [5, 0], m.diffusion
@@ -120,7 +125,7 @@ def test_ddpm_trains_on_official_scaling_and_dequantizes_only_on_request():
 
 
 def test_ddpm_loss_and_variational_bound():
-  m = _ddpm()
+  m = _ddpm(unet=MICRO_UNET)
   _randomize(m, scale=0.1)
   with tf.GradientTape() as tape:
     loss = m.loss_terms(_images()).simple
@@ -129,7 +134,7 @@ def test_ddpm_loss_and_variational_bound():
   assert sum(g is not None for g in grads) == len(grads)
   # The model's bound (official: x0_hat clipped) against the NumPy calc_bpd_loop on the padded
   # 8-bit images; graph mode, so the x_t draws are the CPU kernel's.
-  m = _ddpm(jit_sampling=False)
+  m = _ddpm(unet=MICRO_UNET, jit_sampling=False)
   _randomize(m, scale=0.1)
   x01 = _images(2)
   x0 = m.to_model_space(x01).numpy().astype(np.float64)
@@ -144,7 +149,7 @@ def test_ddpm_loss_and_variational_bound():
 
 
 def test_ema_follows_the_weights_and_leaves_schedule_constants_alone(tmp_path):
-  m = _ddpm()
+  m = _ddpm(unet=MICRO_UNET)
   tables = {k: v.copy() for k, v in vars(m.diffusion).items() if isinstance(v, np.ndarray)}
   optimizer = keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=0.5)
   data = tf.data.Dataset.from_tensor_slices(_images(8))
