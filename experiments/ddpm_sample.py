@@ -13,6 +13,7 @@ samples.npz (uint8 [N, H, W, C], readable by the evaluation CLIs, e.g. python -m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -21,8 +22,8 @@ import time
 from absl import flags
 import numpy as np
 
-from diffusion_tf import diffusion as diffusion_lib
 from diffusion_tf import official_checkpoint
+from experiments import ddim_flags
 from experiments import flags as common
 from experiments.images import save_grid, save_samples
 
@@ -41,13 +42,7 @@ def define_flags():
   flags.DEFINE_integer("num_samples", 64, "Number of samples to draw.", lower_bound=1)
   flags.DEFINE_integer("sample_batch", 64, "Samples per compiled sampler call (memory bound).",
                        lower_bound=1)
-  flags.DEFINE_integer("ddim_steps", 50, "DDIM respaced steps S.", lower_bound=1)
-  flags.DEFINE_float("ddim_eta", 0.0, "DDIM eta (0: deterministic; 1: DDPM-like variances).", lower_bound=0.0)
-  flags.DEFINE_enum("ddim_spacing", "uniform", list(diffusion_lib.DDIM_SPACINGS),
-                    "DDIM timesteps: uniform = official DDIM range(0, T, T // S); leading / "
-                    "trailing / linspace = diffusers' timestep_spacing (docs/diffusion.md).")
-  flags.DEFINE_bool("ddim_clip_x0", False, "Clip DDIM's x0 prediction to [-1, 1] (diffusers' "
-                    "clip_sample); the official DDIM sampler does not.")
+  ddim_flags.define_ddim_flags()
   flags.DEFINE_string("output_dir", None, "Folder for samples.png / samples.npz / sample.json. "
                       "Default: <logdir>, else runs/ddpm_sample/<config>.")
 
@@ -63,38 +58,63 @@ def _checkpoint_path(path: str) -> str:
   return path
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Everything one run needs, read from the flags once in `main`."""
+  checkpoint: str     # a model.ckpt-N prefix or the folder holding it
+  config: str         # a key of official_checkpoint.OFFICIAL_CONFIGS
+  ema: bool
+  sampler: str        # ancestral | ddim
+  ddim: ddim_flags.DDIMSettings
+  num_samples: int
+  sample_batch: int
+  seed: int
+  output_dir: str
+  command: str        # recorded in sample.json
+
+
 def main(argv):
   del argv
   if not FLAGS.official_checkpoint:
     raise ValueError("--official_checkpoint is required (an official DDPM model.ckpt-N)")
-  path = _checkpoint_path(FLAGS.official_checkpoint)
-  model, report = official_checkpoint.build_official_ddpm(path, config=FLAGS.config, ema=FLAGS.ema)
-  out_dir = FLAGS.output_dir or FLAGS.logdir or os.path.join("runs", "ddpm_sample", FLAGS.config)
+  run(Settings(
+      checkpoint=FLAGS.official_checkpoint, config=FLAGS.config, ema=FLAGS.ema,
+      sampler=FLAGS.sampler, ddim=ddim_flags.DDIMSettings.from_flags(FLAGS),
+      num_samples=FLAGS.num_samples, sample_batch=FLAGS.sample_batch, seed=FLAGS.seed,
+      output_dir=FLAGS.output_dir or FLAGS.logdir or os.path.join("runs", "ddpm_sample", FLAGS.config),
+      command=common.command_line()))
+  return 0
+
+
+def run(s: Settings) -> dict:
+  """Samples the checkpoint; writes samples.png, samples.npz and sample.json; returns the JSON."""
+  path = _checkpoint_path(s.checkpoint)
+  model, report = official_checkpoint.build_official_ddpm(path, config=s.config, ema=s.ema)
   start = time.perf_counter()
   chunks = []
-  for i, first in enumerate(range(0, FLAGS.num_samples, FLAGS.sample_batch)):
-    n = min(FLAGS.sample_batch, FLAGS.num_samples - first)
-    seed = FLAGS.seed * 10_007 + i
-    if FLAGS.sampler == "ancestral":
+  for i, first in enumerate(range(0, s.num_samples, s.sample_batch)):
+    n = min(s.sample_batch, s.num_samples - first)
+    seed = s.seed * 10_007 + i
+    if s.sampler == "ancestral":
       chunks.append(model.sample(n, seed=seed).numpy())
     else:
-      chunks.append(model.sample_ddim(n, seed=seed, num_steps=FLAGS.ddim_steps, eta=FLAGS.ddim_eta,
-                                      spacing=FLAGS.ddim_spacing,
-                                      clip_denoised=FLAGS.ddim_clip_x0).numpy())
+      chunks.append(model.sample_ddim(n, seed=seed, **s.ddim.sampler_kwargs()).numpy())
   samples = np.concatenate(chunks)
   seconds = time.perf_counter() - start
-  save_grid(os.path.join(out_dir, "samples.png"), samples[:64])
-  save_samples(os.path.join(out_dir, "samples.npz"), samples)
-  steps = (model.diffusion.num_timesteps if FLAGS.sampler == "ancestral"
-           else len(model.diffusion.ddim_timesteps(FLAGS.ddim_steps, spacing=FLAGS.ddim_spacing)))
-  info = {"checkpoint": path, "config": FLAGS.config, "ema": report.ema, "sampler": FLAGS.sampler,
+  save_grid(os.path.join(s.output_dir, "samples.png"), samples[:64])
+  save_samples(os.path.join(s.output_dir, "samples.npz"), samples)
+  steps = (model.diffusion.num_timesteps if s.sampler == "ancestral"
+           else s.ddim.network_calls(model.diffusion))
+  info = {"checkpoint": path, "config": s.config, "ema": report.ema, "sampler": s.sampler,
           "network_calls_per_sample": steps, "num_samples": int(len(samples)),
-          "seconds": round(seconds, 1), "command": common.command_line()}
-  with open(os.path.join(out_dir, "sample.json"), "w") as f:
+          "seconds": round(seconds, 1), "command": s.command}
+  if s.sampler == "ddim":
+    info["ddim"] = dataclasses.asdict(s.ddim)
+  with open(os.path.join(s.output_dir, "sample.json"), "w") as f:
     json.dump(info, f, indent=2)
-  print(f"{len(samples)} samples ({FLAGS.sampler}, {steps} steps) in {seconds:.0f} s -> "
-        f"{os.path.join(out_dir, 'samples.png')}", file=sys.stderr)
-  return 0
+  print(f"{len(samples)} samples ({s.sampler}, {steps} steps) in {seconds:.0f} s -> "
+        f"{os.path.join(s.output_dir, 'samples.png')}", file=sys.stderr)
+  return info
 
 
 if __name__ == "__main__":

@@ -1,5 +1,10 @@
-"""experiments.sample_quality end to end on tiny presets (offline: FID/KID must say unavailable)."""
+"""experiments.sample_quality end to end on a tiny preset (offline: FID/KID must say unavailable).
 
+One tiny run of the three models (2 steps each, T = 4, 12x12 stand-in images) is shared by the
+module; the tests read what it wrote and the settings `main` resolved from the flags.
+"""
+
+import dataclasses
 import json
 import os
 
@@ -10,60 +15,156 @@ import tensorflow as tf
 from absl import flags
 
 from diffusion_tf import layers
+from experiments import harness
 from experiments import sample_quality as sq
 
 sq.define_flags()  # this module parses the script's flags in-process
+RUN = sq.run  # the real one; tests wrap it to see the settings `main` passes
 
+SIDE = 12  # stand-in images: not MNIST's 28, so a literal 784 / (28, 28, 1) anywhere breaks the run
+NUM_EVAL = 10
 TINY = sq.Preset(
     flow=sq.FlowPreset(batch_size=32, epochs=1, learning_rate=1e-4, num_couplings=2, hidden_units=8),
     vae=sq.VAEPreset(batch_size=32, epochs=1, learning_rate=1e-3, latent_dim=2, hidden_units=(8,),
                      prior_couplings=2, prior_hidden_units=4, iw_samples=3),
     ddpm=sq.DDPMPreset(batch_size=8, epochs=1, learning_rate=1e-4, warmup_steps=2, ema_decay=0.9,
-                       unet=layers.UNetConfig(channels=8, channel_mult=(1, 2),
-                                              num_res_blocks=1, attention_resolutions=(16,),
+                       unet=layers.UNetConfig(channels=8, channel_mult=(1,),
+                                              num_res_blocks=1, attention_resolutions=(8,),
                                               dropout=0.0, num_groups=2),
-                       vlb_examples=2),
-    fid_samples=8, data="test data")
+                       vlb_examples=2, padded_size=16),
+    fid_samples=8, data="test data", offline_split=True)
+ARGS = ["--max_steps=2", "--num_timesteps=4", "--grid_samples=4", "--ddim_steps=2",
+        "--vlb_examples=3", "--vlb_unclipped", "--ddpm_dequantize", "--ddim_spacing=trailing",
+        "--ddim_clip_x0", "--ddim_eta=0.5", "--iw_samples=2"]
 
 
-def _run(tmp_path, monkeypatch, *args):
+def _fake_mnist(name, split, data_dir=None):
+  assert (name, split) == ("mnist", "test")
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, size=(sq.OFFLINE_TRAIN_IMAGES + NUM_EVAL, SIDE, SIDE, 1)) / 255.0
+  return images.astype(np.float32), None
+
+
+def _main(monkeypatch, tmp_path, *args):
+  """Runs `main` on the tiny preset with `args`; returns the Settings it resolved."""
   monkeypatch.setitem(sq.PRESETS, "quick", TINY)
+  monkeypatch.setattr(sq.data, "load_arrays", _fake_mnist)
   monkeypatch.delenv("GENMODELS_INCEPTION_PATH", raising=False)
   monkeypatch.setenv("GENMODELS_CACHE_DIR", str(tmp_path / "cache"))
-  argv = ["sample_quality", f"--logdir={tmp_path / 'runs'}", f"--results_dir={tmp_path / 'res'}",
-          "--max_steps=2", "--num_timesteps=4", "--grid_samples=4", "--ddim_steps=2"] + list(args)
+  seen = {}
+  monkeypatch.setattr(sq, "run", lambda settings, **kw: seen.setdefault("rows", RUN(
+      seen.setdefault("settings", settings), **kw)))
   flags.FLAGS.unparse_flags()
-  flags.FLAGS(argv)
+  flags.FLAGS(["sample_quality", f"--logdir={tmp_path / 'runs'}"] + list(args))
   try:
-    return sq.main([])
+    assert sq.main([]) == 0
   finally:
     flags.FLAGS.unparse_flags()
+  return seen["settings"]
 
 
-@pytest.mark.slow
-def test_tiny_run_writes_the_page_grids_and_rows_without_faking_fid(tmp_path, monkeypatch):
-  assert _run(tmp_path, monkeypatch, "--models=vae,flow,ddpm") == 0
-  page = (tmp_path / "res" / "sample_quality.md").read_text()
-  rows = json.loads((tmp_path / "runs" / "results.json").read_text())
-  assert [r["sampler"] for r in rows] == ["vae", "flow", "ddpm_ancestral4", "ddpm_ddim2_eta0"]
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """The three models, 2 steps each, with every DDPM flag set; a spy records what the DDPM got."""
+  tmp_path = tmp_path_factory.mktemp("sample_quality")
+  seen = {}
+
+  class SpyDDPM(sq.models.DDPM):
+    def __init__(self, **kwargs):
+      seen["ddpm"] = kwargs
+      super().__init__(**dict(kwargs, jit_sampling=False))  # no XLA compiles: faster
+
+    def sample_ddim(self, *args, **kwargs):
+      seen["ddim"] = kwargs
+      return super().sample_ddim(*args, **kwargs)
+
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    monkeypatch.setattr(sq.models, "DDPM", SpyDDPM)
+    settings = _main(monkeypatch, tmp_path, "--models=vae,flow,ddpm", *ARGS)
+  return dict(tmp_path=tmp_path, settings=settings, seen=seen,
+              rows=json.loads((tmp_path / "runs" / "results.json").read_text()),
+              page=(tmp_path / "runs" / "results" / "sample_quality.md").read_text())
+
+
+def test_tiny_run_writes_the_page_grids_and_rows_without_faking_fid(tiny_run):
+  rows, page, tmp_path = tiny_run["rows"], tiny_run["page"], tiny_run["tmp_path"]
+  assert [r["sampler"] for r in rows] == ["vae", "flow", "ddpm_ancestral4", "ddpm_ddim2_eta0.5"]
   for row in rows:
     assert row["fid"].startswith("unavailable (no Inception weights")
     assert row["kid"].startswith("unavailable") and row["fid_256"].startswith("unavailable")
     assert np.isfinite(row["bits_per_dim"]) and row["bits_per_dim"] > 0
-    assert row["train_steps"] == 2
-    assert os.path.exists(row["grid"])
-  assert "Produced by:" in page and "unavailable (no Inception weights" in page
-  assert "| ddpm | ddpm_ancestral4 |" in page
-  for row in rows[2:]:  # the DDPM bound: the preset's 2 images, with a standard error
-    assert row["vlb_images"] == 2 and np.isfinite(row["bits_per_dim_se"])
-    assert "x0_hat clipped" in row["bits_per_dim_kind"] and "over 2 held-out" in row["bits_per_dim_kind"]
+    batch = getattr(TINY, row["model"]).batch_size
+    assert row["train_steps"] == 2 and row["train_epochs"] == round(2 / (9000 // batch), 2)
+    # A --max_steps smoke run: pages and grids under <logdir>/results, never results/.
+    assert row["grid"].startswith(str(tmp_path / "runs" / "results")) and os.path.exists(row["grid"])
+  # No FID/KID columns full of "unavailable": the page says why once.
+  assert "Produced by:" in page and page.count("unavailable (no Inception weights") == 1
+  assert "| FID" not in page and "| KID" not in page
+  assert "| ddpm | ddpm_ancestral4 |" in page and "CPU:" in page and f"D = {SIDE * SIDE} pixels" in page
+  assert "IWAE (K=2)" in rows[0]["bits_per_dim_kind"]  # --iw_samples overrides the preset's 3
   for name in ("vae", "flow", "ddpm"):
     assert (tmp_path / "runs" / name / "checkpoints").is_dir()
 
 
+def test_ddpm_flags_reach_the_model_the_sampler_and_the_bound(tiny_run):
+  seen, rows = tiny_run["seen"], tiny_run["rows"]
+  assert seen["ddpm"]["dequantize"] is True and seen["ddpm"]["image_shape"] == (SIDE, SIDE, 1)
+  assert seen["ddpm"]["diffusion"].num_timesteps == 4
+  assert {k: seen["ddim"][k] for k in ("num_steps", "eta", "spacing", "clip_denoised")} == {
+      "num_steps": 2, "eta": 0.5, "spacing": "trailing", "clip_denoised": True}
+  for row in rows[2:]:  # the DDPM bound: --vlb_examples=3 (the preset says 2), clipped and not
+    assert row["vlb_images"] == 3 and np.isfinite(row["bits_per_dim_se"])
+    assert "x0_hat clipped" in row["bits_per_dim_kind"] and "over 3 held-out" in row["bits_per_dim_kind"]
+    assert np.isfinite(row["bits_per_dim_unclipped"]) and np.isfinite(row["bits_per_dim_unclipped_se"])
+    assert row["bits_per_dim_unclipped"] != row["bits_per_dim"]
+
+
+def test_main_resolves_every_flag_once_into_the_settings(tiny_run):
+  s = tiny_run["settings"]
+  runs = str(tiny_run["tmp_path"] / "runs")
+  assert s.preset.ddpm == dataclasses.replace(TINY.ddpm, vlb_examples=3, num_timesteps=4,
+                                               dequantize=True)
+  assert s.preset.vae.iw_samples == 2 and s.preset.fid_samples == TINY.fid_samples
+  assert s.ddim == sq.ddim_flags.DDIMSettings(steps=2, eta=0.5, spacing="trailing", clip_x0=True)
+  assert s.models == ("vae", "flow", "ddpm") and s.vlb_unclipped is True and s.grid_samples == 4
+  assert s.results_dir == os.path.join(runs, "results")
+  assert {m: (c.logdir, c.batch_size, c.max_steps) for m, c in s.train.items()} == {
+      "vae": (os.path.join(runs, "vae"), 32, 2), "flow": (os.path.join(runs, "flow"), 32, 2),
+      "ddpm": (os.path.join(runs, "ddpm"), 8, 2)}
+
+
+def test_rerun_does_not_retrain_a_finished_model_and_resumes_a_longer_one(tiny_run, monkeypatch):
+  """The same command again: the flow restores step 2 and trains nothing; --max_steps=3 resumes."""
+  restored, fitted = [], []
+  restore, fit = harness.Trainer.restore, harness.Trainer.fit
+  monkeypatch.setattr(harness.Trainer, "restore", lambda self: restored.append(restore(self)) or restored[-1])
+  monkeypatch.setattr(harness.Trainer, "fit", lambda self: fitted.append(fit(self)) or fitted[-1])
+  tmp_path = tiny_run["tmp_path"]
+  flow_args = [a for a in ARGS if a != "--max_steps=2"]
+  _main(monkeypatch, tmp_path, "--models=flow", "--max_steps=2", *flow_args)
+  assert restored == [2] and fitted == [{}]  # fit returns {} when there is nothing to do
+  _main(monkeypatch, tmp_path, "--models=flow", "--max_steps=3", *flow_args)
+  assert restored[1] == 2 and fitted[1] != {}
+  rows = json.loads((tmp_path / "runs" / "results.json").read_text())
+  assert [(r["sampler"], r["train_steps"]) for r in rows] == [("flow", 3)]
+
+
 def test_unknown_model_is_a_clear_error(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match="--models"):
-    _run(tmp_path, monkeypatch, "--models=vae,gan")
+    _main(monkeypatch, tmp_path, "--models=vae,gan")
+
+
+def test_cpu_preset_is_selectable_and_bounds_all_held_out_images(tmp_path, monkeypatch):
+  """Issue 12 run 4: --preset=cpu (not in the shared enum), offline data, VLB over all 1,000
+  held-out images with all T = 1000 terms."""
+  flags.FLAGS.unparse_flags()
+  try:
+    flags.FLAGS(["sample_quality", "--preset=cpu"])
+    assert flags.FLAGS.preset == "cpu"
+  finally:
+    flags.FLAGS.unparse_flags()
+  cpu = sq.PRESETS["cpu"]
+  assert cpu.offline_split and cpu.ddpm.vlb_examples is None and cpu.ddpm.num_timesteps == 1000
 
 
 def test_fid_kid_on_features_of_a_small_network():
@@ -81,33 +182,7 @@ def test_fid_kid_on_features_of_a_small_network():
 def test_paper_preset_without_mnist_train_images_is_a_clear_data_error(tmp_path):
   (tmp_path / "mnist").mkdir()
   with pytest.raises(sq.data.DataError, match="not found"):
-    sq.load_images("paper", str(tmp_path))
-
-
-def test_ddpm_flags_reach_the_model_the_sampler_and_the_bound(tmp_path, monkeypatch):
-  seen = {}
-
-  class SpyDDPM(sq.models.DDPM):
-    def __init__(self, **kwargs):
-      seen["dequantize"] = kwargs["dequantize"]
-      super().__init__(**dict(kwargs, jit_sampling=False))  # no XLA compiles: faster
-
-    def sample_ddim(self, *args, **kwargs):
-      seen["ddim"] = kwargs
-      return super().sample_ddim(*args, **kwargs)
-
-  monkeypatch.setattr(sq.models, "DDPM", SpyDDPM)
-  assert _run(tmp_path, monkeypatch, "--models=ddpm", "--vlb_examples=3", "--vlb_unclipped",
-              "--ddpm_dequantize", "--ddim_spacing=trailing", "--ddim_clip_x0",
-              "--ddim_eta=0.5") == 0
-  rows = json.loads((tmp_path / "runs" / "results.json").read_text())
-  assert seen["dequantize"] is True
-  assert {k: seen["ddim"][k] for k in ("num_steps", "eta", "spacing", "clip_denoised")} == {
-      "num_steps": 2, "eta": 0.5, "spacing": "trailing", "clip_denoised": True}
-  for row in rows:
-    assert row["vlb_images"] == 3
-    assert np.isfinite(row["bits_per_dim_unclipped"]) and np.isfinite(row["bits_per_dim_unclipped_se"])
-    assert row["bits_per_dim_unclipped"] != row["bits_per_dim"]
+    sq.load_images(sq.PRESETS["paper"], str(tmp_path))
 
 
 def test_vlb_bits_per_dim_is_the_mean_and_standard_error_over_all_images():
@@ -124,14 +199,9 @@ def test_vlb_bits_per_dim_is_the_mean_and_standard_error_over_all_images():
       return sq.models.VariationalBound(total=tf.constant(nats_of(x)), prior=None, diffusion=None,
                                         decoder=None)
 
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(["sample_quality"])
-  try:
-    images = np.random.default_rng(0).uniform(size=(250, 28, 28, 1)).astype(np.float32)
-    optimizer = keras.optimizers.Adam(use_ema=True)
-    mean, se = sq.vlb_bits_per_dim(Model(), optimizer, images, clip_denoised=True)
-  finally:
-    flags.FLAGS.unparse_flags()
+  images = np.random.default_rng(0).uniform(size=(250, 28, 28, 1)).astype(np.float32)
+  optimizer = keras.optimizers.Adam(use_ema=True)
+  mean, se = sq.vlb_bits_per_dim(Model(), optimizer, images, clip_denoised=True, seed=0)
   bits = 1.0 + images[:, 0, 0, 0].astype(np.float64)
   assert mean == pytest.approx(bits.mean(), rel=1e-6)
   assert se == pytest.approx(bits.std(ddof=1) / np.sqrt(250), rel=1e-5)
