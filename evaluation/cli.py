@@ -148,6 +148,23 @@ def run(argv: list[str] | None, *, doc: str, network: str, define_flags: Callabl
   fv = flags.FlagValues()
   define_common_flags(fv, network=network, reference=reference)
   define_flags(fv)
+  code = parse_args(fv, args, doc=doc, required=("samples", "reference") if reference else
+                    ("samples",))
+  if code is not None:
+    return code
+  import_tensorflow_quietly()
+  from google.protobuf.message import DecodeError  # pylint: disable=g-import-not-at-top
+  try:
+    body(fv)
+  except (ValueError, OSError, RuntimeError, DecodeError) as e:  # incl. WeightsUnavailableError
+    return fail(e)
+  return 0
+
+
+def parse_args(fv: flags.FlagValues, args: list[str], *, doc: str,
+               required: tuple[str, ...] = ()) -> int | None:
+  """Parses `args` into `fv`. Returns 0 after printing the help (-h/--help), 2 after one `error:`
+  line (bad or missing flags), None when the command should run."""
   if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in args):
     print(doc.strip() + "\n\nFlags:\n" + fv.get_help(include_special_flags=False))
     return 0
@@ -155,22 +172,16 @@ def run(argv: list[str] | None, *, doc: str, network: str, define_flags: Callabl
     extra = fv(["evaluation"] + args)[1:]
     if extra:
       raise flags.Error(f"unexpected positional arguments {extra}")
-    if not fv.samples:
-      raise flags.Error("--samples is required")
-    if reference and not fv.reference:
-      raise flags.Error("--reference is required")
+    for name in required:
+      if not fv[name].value:
+        raise flags.Error(f"--{name} is required")
   except flags.Error as e:
-    return _fail(e)
-  import_tensorflow_quietly()
-  from google.protobuf.message import DecodeError  # pylint: disable=g-import-not-at-top
-  try:
-    body(fv)
-  except (ValueError, OSError, RuntimeError, DecodeError) as e:  # incl. WeightsUnavailableError
-    return _fail(e)
-  return 0
+    return fail(e)
+  return None
 
 
-def _fail(error: Exception) -> int:
+def fail(error: Exception) -> int:
+  """Prints `error: <message>` (one line) on stderr; returns the exit code for bad input."""
   message = " ".join(str(error).split()) or type(error).__name__
   print(f"error: {message}", file=sys.stderr)
   return EXIT_BAD_INPUT
@@ -330,8 +341,8 @@ def feature_network(fv, name: str, sources: list[Source]) -> Network:
   else:
     weights = networks.resolve_vgg16_weights(fv.vgg16_path, download=fv.download)
   stat = weights.stat()
-  weights_id = (f"v{CACHE_VERSION}|{network.label}|{weights.resolve()}|{stat.st_size}|"
-                f"{stat.st_mtime_ns}|{fv.resize}|{fv.precision}")
+  weights_file = f"{network.label}|{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+  weights_id = f"v{CACHE_VERSION}|{weights_file}|{fv.resize}|{fv.precision}"
   use_cache = getattr(fv, "cache", False)
   for source in needing:
     if use_cache and source.fingerprint is not None:
@@ -348,7 +359,7 @@ def feature_network(fv, name: str, sources: list[Source]) -> Network:
   if any(s.needs_network for s in needing):
     policy = PRECISIONS[fv.precision]
     device = getattr(fv, "device", None)
-    key = (network.label, weights_id, policy, device)
+    key = (weights_file, policy, device)  # the resize mode does not change the network
     network.model = _BUILT.get(key)
     if network.model is None:
       with _device_scope(device):
@@ -363,7 +374,7 @@ def feature_network(fv, name: str, sources: list[Source]) -> Network:
   return network
 
 
-# The last network built, by (label, weights file identity, dtype policy, device): repeated calls
+# The last network built, by (label + weights file identity, dtype policy, device): repeated calls
 # in one process (the Python API, tests) reuse it and its compiled step.
 _BUILT: dict = {}
 

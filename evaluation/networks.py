@@ -26,6 +26,7 @@ concat order, constant) runs on every .pb regardless.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pathlib
@@ -34,6 +35,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+from typing import Callable
 
 import numpy as np
 
@@ -199,65 +201,84 @@ def inception_network(weights_path: str | os.PathLike | None = None, *, download
   return model
 
 
-def resolve_vgg16_weights(weights_path: str | os.PathLike | None = None, *,
-                          download: bool = True) -> pathlib.Path:
-  """Path of `vgg16_weights_tf_dim_ordering_tf_kernels.h5`, following the lookup order above."""
-  given = weights_path or os.environ.get(VGG16_PATH_ENV)
+@dataclasses.dataclass(frozen=True)
+class _WeightsFile:
+  """One downloadable weights file and where it is looked for (see the module docstring)."""
+  label: str                                        # "VGG-16", "VGG-16 (torch-fidelity)"
+  file: str
+  url: str
+  env: str
+  cached: Callable[[], pathlib.Path]                # the cache location (step 3)
+  download: Callable[[pathlib.Path], pathlib.Path]  # cache location -> downloaded file
+
+
+def _resolve_weights_file(spec: _WeightsFile, weights_path, *, download: bool) -> pathlib.Path:
+  """The argument (a file or its folder), $env, the cache, then a download (if allowed)."""
+  given = weights_path or os.environ.get(spec.env)
   if given:
     path = pathlib.Path(given).expanduser()
     if path.is_dir():
-      path = path / VGG16_FILE
+      path = path / spec.file
     if not path.exists():
-      raise WeightsUnavailableError(f"VGG-16 weights not found at {path}: expected "
-                                    f"{VGG16_FILE} (from {VGG16_URL})")
+      raise WeightsUnavailableError(f"{spec.label} weights not found at {path}: expected "
+                                    f"{spec.file} (from {spec.url})")
     return path
-  keras_cache = pathlib.Path(os.environ.get("KERAS_HOME", pathlib.Path.home() / ".keras"))
-  cached = keras_cache / "models" / VGG16_FILE
+  cached = spec.cached()
   if cached.exists():
     return cached
-  hint = (f"Put {VGG16_FILE} ({VGG16_URL}) at {cached}, or set "
-          f"${VGG16_PATH_ENV} / pass --vgg16_path")
+  hint = f"Put {spec.file} ({spec.url}) at {cached}, or set ${spec.env} / pass --vgg16_path"
   if not download:
-    raise WeightsUnavailableError(f"VGG-16 weights unavailable offline. {hint}.")
-  import keras  # pylint: disable=g-import-not-at-top
+    raise WeightsUnavailableError(f"{spec.label} weights unavailable offline. {hint}.")
   try:
-    return pathlib.Path(keras.utils.get_file(VGG16_FILE, VGG16_URL,
-                                             cache_subdir="models", file_hash=VGG16_MD5))
-  except Exception as e:  # pylint: disable=broad-except  # get_file raises plain Exception
-    raise WeightsUnavailableError(f"VGG-16 weights unavailable (download failed: {e}). {hint}.") from e
+    return spec.download(cached)
+  except Exception as e:  # pylint: disable=broad-except  # keras' get_file raises plain Exception
+    raise WeightsUnavailableError(f"{spec.label} weights unavailable (download failed: {e}). "
+                                  f"{hint}.") from e
+
+
+def _keras_vgg16_cache() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("KERAS_HOME", pathlib.Path.home() / ".keras")) / "models" / VGG16_FILE
+
+
+def _download_keras_vgg16(cached: pathlib.Path) -> pathlib.Path:
+  del cached  # keras.utils.get_file keeps it in its own cache (the same place)
+  import keras  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  return pathlib.Path(keras.utils.get_file(VGG16_FILE, VGG16_URL, cache_subdir="models",
+                                           file_hash=VGG16_MD5))
+
+
+def _download_url(url: str) -> Callable[[pathlib.Path], pathlib.Path]:
+  def download(target: pathlib.Path) -> pathlib.Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".part")
+    with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response, \
+        open(tmp, "wb") as f:
+      shutil.copyfileobj(response, f)
+    os.replace(tmp, target)
+    return target
+  return download
+
+
+_VGG16_KERAS = _WeightsFile(label="VGG-16", file=VGG16_FILE, url=VGG16_URL, env=VGG16_PATH_ENV,
+                            cached=_keras_vgg16_cache, download=_download_keras_vgg16)
+_VGG16_TORCH = _WeightsFile(label="VGG-16 (torch-fidelity)", file=VGG16_TORCH_FILE,
+                            url=VGG16_TORCH_URL, env=VGG16_TORCH_PATH_ENV,
+                            cached=lambda: torch_hub_checkpoints() / VGG16_TORCH_FILE,
+                            download=_download_url(VGG16_TORCH_URL))
+
+
+def resolve_vgg16_weights(weights_path: str | os.PathLike | None = None, *,
+                          download: bool = True) -> pathlib.Path:
+  """Path of `vgg16_weights_tf_dim_ordering_tf_kernels.h5`: the argument, $GENMODELS_VGG16_PATH,
+  Keras' cache (~/.keras/models, $KERAS_HOME), then `keras.utils.get_file` with its MD5 check."""
+  return _resolve_weights_file(_VGG16_KERAS, weights_path, download=download)
 
 
 def resolve_vgg16_torch_weights(weights_path: str | os.PathLike | None = None, *,
                                 download: bool = True) -> pathlib.Path:
   """Path of torchvision's `vgg16-397923af.pth` (torch-fidelity's VGG-16): the argument,
   $GENMODELS_VGG16_TORCH_PATH, PyTorch's hub cache, then a download."""
-  given = weights_path or os.environ.get(VGG16_TORCH_PATH_ENV)
-  if given:
-    path = pathlib.Path(given).expanduser()
-    if path.is_dir():
-      path = path / VGG16_TORCH_FILE
-    if not path.exists():
-      raise WeightsUnavailableError(f"VGG-16 (torch-fidelity) weights not found at {path}: "
-                                    f"expected {VGG16_TORCH_FILE} (from {VGG16_TORCH_URL})")
-    return path
-  cached = torch_hub_checkpoints() / VGG16_TORCH_FILE
-  if cached.exists():
-    return cached
-  hint = (f"Put {VGG16_TORCH_FILE} ({VGG16_TORCH_URL}) at {cached}, or set "
-          f"${VGG16_TORCH_PATH_ENV} / pass --vgg16_path")
-  if not download:
-    raise WeightsUnavailableError(f"VGG-16 (torch-fidelity) weights unavailable offline. {hint}.")
-  try:
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".part")
-    with urllib.request.urlopen(VGG16_TORCH_URL, timeout=_DOWNLOAD_TIMEOUT_S) as response, \
-        open(tmp, "wb") as f:
-      shutil.copyfileobj(response, f)
-    os.replace(tmp, cached)
-  except OSError as e:
-    raise WeightsUnavailableError(f"VGG-16 (torch-fidelity) weights unavailable (download "
-                                  f"failed: {e}). {hint}.") from e
-  return cached
+  return _resolve_weights_file(_VGG16_TORCH, weights_path, download=download)
 
 
 def load_vgg16_torch_weights(path: pathlib.Path) -> dict[str, list[np.ndarray]]:

@@ -27,6 +27,14 @@ from typing import Callable
 import numpy as np
 
 PERCENTILE_LOW, PERCENTILE_HIGH = 1, 99  # StyleGAN: keep lo <= d <= hi
+# NVlabs/stylegan metrics/perceptual_path_length.py and run_metrics.py (ppl_zfull, ppl_wend, ...):
+# epsilon 1e-4, space 'z' (slerp) or 'w' (lerp), sampling 'full' (t ~ U(0, 1)) or 'end' (t = 0),
+# 100k path segments, minibatch 16 per GPU.
+STYLEGAN_EPSILON = 1e-4
+STYLEGAN_NUM_SAMPLES = 100_000
+STYLEGAN_BATCH_SIZE = 16
+SPACE_INTERPOLATION = {"z": "slerp", "w": "lerp"}  # StyleGAN: slerp in Z, lerp in W
+SAMPLINGS = ("full", "end")
 
 
 def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -94,6 +102,12 @@ def _numpy_distance(compiled: Callable) -> Callable:
                                           tf.convert_to_tensor(b, tf.float32)))
 
 
+def path_positions(rng: np.random.Generator, batch: int, sampling: str) -> np.ndarray:
+  """t per path segment: t ~ U(0, 1) for sampling 'full', t = 0 for 'end' (StyleGAN:
+  `lerp_t = uniform([B], 0.0, 1.0 if sampling == 'full' else 0.0)`). Draws from `rng` either way."""
+  return rng.uniform(0.0, 1.0 if sampling == "full" else 0.0, size=batch)
+
+
 def crop_face(images: np.ndarray) -> np.ndarray:
   """StyleGAN's FFHQ face crop: rows [3c, 7c), columns [2c, 6c) with c = H // 8; [B, H, W, C]."""
   c = images.shape[1] // 8
@@ -102,7 +116,8 @@ def crop_face(images: np.ndarray) -> np.ndarray:
 
 def path_length_samples(generate: Callable, *, latent_sampler: Callable, num_samples: int,
                         distance: Callable, epsilon: float = 1e-4, interpolation: str = "slerp",
-                        crop: bool = False, batch_size: int = 32, seed: int = 0) -> np.ndarray:
+                        crop: bool = False, batch_size: int = 32, seed: int = 0,
+                        sampling: str = "full") -> np.ndarray:
   """The unfiltered per-sample values d_i = distance(G(z(t_i)), G(z(t_i + eps))) / eps^2 [N].
 
   Args:
@@ -115,9 +130,12 @@ def path_length_samples(generate: Callable, *, latent_sampler: Callable, num_sam
     crop: apply StyleGAN's face crop before the distance.
     batch_size: path segments per generator call (2 x batch_size images).
     seed: seed of t ~ U(0, 1).
+    sampling: "full" (t ~ U(0, 1), StyleGAN's ppl_*full) or "end" (t = 0, ppl_*end).
   """
   if interpolation not in INTERPOLATIONS:
     raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {interpolation!r}")
+  if sampling not in SAMPLINGS:
+    raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
   if num_samples < 1 or epsilon <= 0:
     raise ValueError(f"need num_samples >= 1 and epsilon > 0, got {num_samples}, {epsilon}")
   interpolate = INTERPOLATIONS[interpolation]
@@ -126,7 +144,7 @@ def path_length_samples(generate: Callable, *, latent_sampler: Callable, num_sam
   for start in range(0, num_samples, batch_size):
     b = min(batch_size, num_samples - start)
     z0, z1 = np.asarray(latent_sampler(b)), np.asarray(latent_sampler(b))
-    t = rng.uniform(0.0, 1.0, size=b)
+    t = path_positions(rng, b, sampling)
     latents = np.concatenate([interpolate(z0, z1, t), interpolate(z0, z1, t + epsilon)])
     images = np.asarray(generate(latents.astype(np.float32)), np.float32)  # [2B, H, W, C]
     if crop:
@@ -146,8 +164,10 @@ def filtered_mean(values: np.ndarray) -> float:
 
 def perceptual_path_length(generate: Callable, *, latent_sampler: Callable, num_samples: int,
                            distance: Callable, epsilon: float = 1e-4, interpolation: str = "slerp",
-                           crop: bool = False, batch_size: int = 32, seed: int = 0) -> float:
+                           crop: bool = False, batch_size: int = 32, seed: int = 0,
+                           sampling: str = "full") -> float:
   """PPL = filtered_mean(path_length_samples(...)); arguments as `path_length_samples`."""
   return filtered_mean(path_length_samples(
       generate, latent_sampler=latent_sampler, num_samples=num_samples, distance=distance,
-      epsilon=epsilon, interpolation=interpolation, crop=crop, batch_size=batch_size, seed=seed))
+      epsilon=epsilon, interpolation=interpolation, crop=crop, batch_size=batch_size, seed=seed,
+      sampling=sampling))

@@ -13,6 +13,10 @@ record is a flat dict of strings/ints:
   image_count, image_size ("HxWxC"), input_dtype ("uint8" | "float32" | ...)
   version         "genmodels-tf <version>"
 
+A perceptual path length (`ppl_record`) carries, besides network / weights / feature / precision /
+image size, its path protocol: `metric` "ppl", `epsilon`, `space` ("z" | "w"), `interpolation`,
+`sampling` ("full" | "end"), `crop`, `num_samples`, `seed`; those are compared too.
+
 It is stored in every statistics `.npz` (key "protocol", a JSON string) and in the reference
 feature cache, and printed after the value (`protocol: key=value ...`). `check_compatible`
 raises `ProtocolMismatchError` (a ValueError: one `error:` line, exit 2 on the command line)
@@ -29,7 +33,8 @@ import weakref
 
 import numpy as np
 
-COMPARED = ("network", "weights_sha256", "feature", "resize", "precision", "image_size_hw")
+COMPARED = ("metric", "network", "weights_sha256", "feature", "resize", "precision", "image_size_hw",
+            "epsilon", "space", "interpolation", "sampling", "crop")  # absent on both sides = equal
 NPZ_KEY = "protocol"
 _SHA_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -73,6 +78,28 @@ def record(*, network: str, weights_sha: str, feature: str, resize: str, precisi
       "image_size_hw": f"{info['height']}x{info['width']}",
       "input_dtype": str(info.get("input_dtype", "unknown")), "version": package_version(),
   }
+
+
+def ppl_record(*, network: str, weights_sha: str, feature: str, image_shape, epsilon: float,
+               space: str, interpolation: str, sampling: str, crop: bool, num_samples: int,
+               seed: int, precision: str = "float32") -> dict:
+  """The record of a perceptual path length (`evaluation.ppl`); image_shape (H, W, C) as scored."""
+  height, width, channels = (int(v) for v in image_shape)
+  return {
+      "metric": "ppl", "network": network, "weights_sha256": weights_sha, "feature": feature,
+      "resize": "none", "precision": precision, "image_size": f"{height}x{width}x{channels}",
+      "image_size_hw": f"{height}x{width}", "epsilon": float(epsilon), "space": space,
+      "interpolation": interpolation, "sampling": sampling, "crop": bool(crop),
+      "num_samples": int(num_samples), "seed": int(seed), "version": package_version(),
+  }
+
+
+def describe_record(protocol: dict | None) -> str:
+  """One line `protocol: key=value ...` of a single record, every field (sorted), or unknown."""
+  if not protocol:
+    return "protocol: unknown"
+  return "protocol: " + " ".join(f"{key}={protocol[key]}" for key in sorted(protocol)
+                                 if key != "image_size_hw")
 
 
 def with_feature(protocol: dict | None, feature: str) -> dict | None:

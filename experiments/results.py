@@ -1,6 +1,14 @@
 """Results writer: JSON rows (one file per run) and Markdown tables for `results/`.
 
 Every write is atomic (temp file + rename): an interrupted run never truncates earlier results.
+
+A metric value (FID, KID, IS, precision/recall, PPL) is stored with the protocol record it was made
+under (`evaluation.protocol`): `row["fid"] = metric(value, record)` gives
+`{"value": v, "protocol": {...}}` (plus `"interval": [lo, hi]` from a bootstrap). `markdown_table`
+prints the value with a marker `(p1)` and, under the table, one `protocol:` line per distinct
+record; a column whose values were made under different protocols (network, weights, resize,
+epsilon, ...: `evaluation.protocol.COMPARED`) is refused with `ProtocolMismatchError`.
+`require_protocols(rows)` refuses bare numbers under metric keys.
 """
 
 from __future__ import annotations
@@ -9,6 +17,11 @@ import json
 import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
+
+from evaluation import protocol as protocol_lib
+
+# Row keys holding metric values that need a protocol record ("fid", "fid_256", "ppl_lpips", ...).
+METRIC_PREFIXES = ("fid", "kid", "is", "inception_score", "precision", "recall", "ppl")
 
 
 def write_json(path: str, data: Any):
@@ -31,6 +44,35 @@ def append_row(path: str, row: Mapping[str, Any]):
   write_json(path, rows)
 
 
+def metric(value: float, protocol: Mapping[str, Any], *, interval: Sequence[float] | None = None
+           ) -> dict:
+  """A metric value with its protocol record: {"value", "protocol"[, "interval"]}."""
+  if not isinstance(protocol, Mapping) or not protocol:
+    raise ValueError("a metric value needs its protocol record (evaluation.protocol), got "
+                     f"{protocol!r}")
+  out = {"value": float(value), "protocol": dict(protocol)}
+  if interval is not None:
+    out["interval"] = [float(interval[0]), float(interval[1])]
+  return out
+
+
+def is_metric(value: Any) -> bool:
+  return isinstance(value, Mapping) and "value" in value and "protocol" in value
+
+
+def is_metric_key(key: str) -> bool:
+  return any(key == p or key.startswith(p + "_") for p in METRIC_PREFIXES)
+
+
+def require_protocols(rows: Iterable[Mapping[str, Any]]) -> None:
+  """ValueError if a metric key (METRIC_PREFIXES) holds a number without its protocol record."""
+  for i, row in enumerate(rows):
+    for key, value in row.items():
+      if (is_metric_key(key) and isinstance(value, (int, float)) and not isinstance(value, bool)):
+        raise ValueError(f"row {i}: {key} = {value} carries no protocol record; store it as "
+                         "results.metric(value, protocol)")
+
+
 def _jsonable(value):
   try:
     return float(value)
@@ -42,6 +84,12 @@ def format_value(value: Any, digits: int = 2) -> str:
   """Numbers with `digits` decimals; (mean, std) pairs as `mean ± std`; None as `n/a`."""
   if value is None:
     return "n/a"
+  if is_metric(value):
+    text = format_value(value["value"], digits)
+    if value.get("interval") is not None:
+      lo, hi = value["interval"]
+      text += f" [{format_value(float(lo), digits)}, {format_value(float(hi), digits)}]"
+    return text
   if isinstance(value, (tuple, list)) and len(value) == 2:
     return f"{format_value(value[0], digits)} ± {format_value(value[1], digits)}"
   if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -53,12 +101,39 @@ def format_value(value: Any, digits: int = 2) -> str:
 
 def markdown_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[tuple[str, str]],
                    *, digits: int = 2) -> str:
-  """A Markdown table; `columns` are (row key, header) pairs; missing keys show as `n/a`."""
+  """A Markdown table; `columns` are (row key, header) pairs; missing keys show as `n/a`.
+
+  Metric cells (`metric(...)`) show `value (pN)`; the distinct protocol records follow the table as
+  `- (pN) protocol: ...` lines. Values of one column made under different protocols are an error
+  (`evaluation.protocol.ProtocolMismatchError`).
+  """
+  rows = list(rows)
   lines = ["| " + " | ".join(h for _, h in columns) + " |",
            "| " + " | ".join("---" for _ in columns) + " |"]
+  markers: dict[str, int] = {}
+  for key, header in columns:
+    cells = [(i, row[key]) for i, row in enumerate(rows, 1) if is_metric(row.get(key))]
+    for i, cell in cells[1:]:
+      try:
+        protocol_lib.check_compatible(cells[0][1]["protocol"], cell["protocol"],
+                                      names=(f"{header!r} of row {cells[0][0]}",
+                                             f"{header!r} of row {i}"))
+      except protocol_lib.ProtocolMismatchError as e:  # no --nostrict_protocol for a table
+        raise protocol_lib.ProtocolMismatchError(str(e).split(" (pass --")[0]) from None
   for row in rows:
-    lines.append("| " + " | ".join(format_value(row.get(k), digits) for k, _ in columns) + " |")
-  return "\n".join(lines) + "\n"
+    texts = []
+    for key, _ in columns:
+      cell = row.get(key)
+      text = format_value(cell, digits)
+      if is_metric(cell):
+        line = protocol_lib.describe_record(cell["protocol"])
+        text += f" (p{markers.setdefault(line, len(markers) + 1)})"
+      texts.append(text)
+    lines.append("| " + " | ".join(texts) + " |")
+  table = "\n".join(lines) + "\n"
+  if markers:
+    table += "\n" + "".join(f"- (p{n}) {line}\n" for line, n in markers.items())
+  return table
 
 
 def write_markdown(path: str, *, title: str, command: str, table: str, notes: str = ""):

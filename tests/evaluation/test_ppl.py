@@ -27,13 +27,19 @@ def _squared_pixel_distance(x, y):
   return ((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2).reshape(len(x), -1).sum(1)
 
 
-def test_lerp_path_length_of_a_linear_generator_is_closed_form():
-  rng = np.random.default_rng(0)
+def _linear_path_values(rng_seed, **kwargs):
+  """(d values, drawn latents [z0, z1, ...], A) of the linear generator, squared pixel distance."""
+  rng = np.random.default_rng(rng_seed)
   generate, a = _linear_generator(rng)
   drawn = []
   values = ppl.path_length_samples(generate, latent_sampler=_recording_sampler(rng, drawn),
-                                   num_samples=300, distance=_squared_pixel_distance,
-                                   interpolation="lerp", batch_size=64, epsilon=1e-2)
+                                   distance=_squared_pixel_distance, **kwargs)
+  return values, drawn, a
+
+
+def test_lerp_path_length_of_a_linear_generator_is_closed_form():
+  values, drawn, a = _linear_path_values(0, num_samples=300, interpolation="lerp", batch_size=64,
+                                         epsilon=1e-2)
   # G(z(t + eps)) - G(z(t)) = eps (z1 - z0) A exactly, so d / eps^2 = |(z1 - z0) A|^2 per sample.
   z0 = np.concatenate(drawn[0::2])
   z1 = np.concatenate(drawn[1::2])
@@ -47,12 +53,8 @@ def test_lerp_path_length_of_a_linear_generator_is_closed_form():
 
 
 def test_slerp_path_length_is_the_squared_path_speed():
-  rng = np.random.default_rng(1)
-  generate, a = _linear_generator(rng)
-  drawn = []
-  values = ppl.path_length_samples(generate, latent_sampler=_recording_sampler(rng, drawn),
-                                   num_samples=8, distance=_squared_pixel_distance,
-                                   interpolation="slerp", epsilon=1e-3, seed=7)
+  values, drawn, a = _linear_path_values(1, num_samples=8, interpolation="slerp", epsilon=1e-3,
+                                         seed=7)
   z0, z1 = drawn
   t = np.random.default_rng(7).uniform(0.0, 1.0, size=8)[:, None]
   # Closed form of the path's velocity: z(t) = r(t) u(t), r = (1 - t)|z0| + t|z1|,
@@ -107,3 +109,16 @@ def test_crop_and_bad_arguments():
   with pytest.raises(ValueError, match="interpolation"):
     ppl.perceptual_path_length(lambda z: z, latent_sampler=np.ones, num_samples=2,
                                distance=_squared_pixel_distance, interpolation="cubic")
+
+
+def test_sampling_end_puts_every_segment_at_the_path_start():
+  """StyleGAN's ppl_*end: t = 0 (`uniform(0, 0)`), so each segment is z0 -> z(eps)."""
+  values, drawn, a = _linear_path_values(2, num_samples=5, interpolation="slerp", epsilon=1e-2,
+                                         sampling="end")
+  z0, z1 = drawn
+  step = ppl.slerp(z0, z1, np.full(5, 1e-2)) - z0  # G is linear: G(z(eps)) - G(z0) = step A
+  np.testing.assert_allclose(values, ((step @ a) ** 2).sum(1) / 1e-4, rtol=1e-4)
+  assert ppl.SPACE_INTERPOLATION == {"z": "slerp", "w": "lerp"}
+  with pytest.raises(ValueError, match="sampling"):
+    ppl.path_length_samples(lambda z: z, latent_sampler=np.ones, num_samples=2,
+                            distance=_squared_pixel_distance, sampling="middle")

@@ -177,7 +177,8 @@ def test_protocol_is_stored_printed_and_checked(tmp_path, graph_pb, model, capsy
   np.save(samples, _images(5, seed=4))
   np.save(reference, _images(6, size=16, seed=5))
   stats = tmp_path / "ref.stats"
-  base = ["--inception_path", graph_pb, "--noprogress", "--nojit_compile"]
+  # Batches of 3 (the last padded): one traced shape per image size for 5 and 6 images.
+  base = ["--inception_path", graph_pb, "--noprogress", "--nojit_compile", "--batch_size", "3"]
   assert fid.main(["--samples", str(samples), "--reference", str(reference),
                    "--save_stats", str(stats)] + base) == 0
   out = capsys.readouterr().out
@@ -206,7 +207,7 @@ def test_protocol_is_stored_printed_and_checked(tmp_path, graph_pb, model, capsy
   other.parent.mkdir()
   graphs.write_inception_graph_def(other, width_divisor=32, seed=1)
   assert fid.main(["--samples", str(samples), "--reference", str(stats), "--inception_path",
-                   str(other), "--noprogress", "--nojit_compile"]) == 2
+                   str(other), "--noprogress", "--nojit_compile", "--batch_size", "3"]) == 2
   assert "weights_sha256" in _one_error_line(capsys)
   # --nostrict_protocol compares anyway, with a warning; the same protocol compares silently.
   assert fid.main(["--samples", str(samples), "--reference", str(clean_stats),

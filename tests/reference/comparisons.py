@@ -109,7 +109,8 @@ def tf1_resize(images: np.ndarray, size: int) -> np.ndarray:
                                             align_corners=False, half_pixel_centers=False).numpy()
 
 
-def inception_cross_check(pth_path, *, sizes=INCEPTION_SIZES, count: int = 1) -> list[dict]:
+def inception_cross_check(pth_path, *, sizes=INCEPTION_SIZES, count: int = 1,
+                          ours=None) -> list[dict]:
   """Our Keras Inception (weights converted from the .pth) vs torch-fidelity's and pytorch-fid's.
 
   * torch-fidelity `FeatureExtractorInceptionV3` (its full TTUR protocol: uint8 in, TF1 resize,
@@ -120,12 +121,13 @@ def inception_cross_check(pth_path, *, sizes=INCEPTION_SIZES, count: int = 1) ->
     from TTUR's (see `pytorch_fid_protocol_difference`), so it is compared at equal input.
   Ours gets grey images as [B, H, W, 1] (it replicates them), the references get them as RGB.
 
-  Returns rows {reference, size, channels, output, max_rel_diff}.
+  Returns rows {reference, size, channels, output, max_rel_diff}. `ours`: our network of
+  `pth_path` when already built.
   """
   import pytorch_fid.inception as pf  # pylint: disable=import-outside-toplevel
   from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3  # pylint: disable=import-outside-toplevel
   from evaluation import networks  # pylint: disable=import-outside-toplevel
-  ours = networks.inception_network(str(pth_path), download=False)
+  ours = ours or networks.inception_network(str(pth_path), download=False)
   fidelity = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                          feature_extractor_weights_path=str(pth_path))
   with pytorch_fid_with_weights(pth_path):
@@ -152,7 +154,8 @@ def inception_cross_check(pth_path, *, sizes=INCEPTION_SIZES, count: int = 1) ->
   return rows
 
 
-def pytorch_fid_protocol_difference(pth_path, *, size: int = 64, count: int = 2) -> dict:
+def pytorch_fid_protocol_difference(pth_path, *, size: int = 64, count: int = 2,
+                                    ours=None) -> dict:
   """How far pytorch-fid's own input pipeline is from TTUR's (which ours reproduces).
 
   pytorch-fid: `F.interpolate(bilinear, align_corners=False)` = half-pixel centres, and
@@ -173,7 +176,8 @@ def pytorch_fid_protocol_difference(pth_path, *, size: int = 64, count: int = 2)
     model = pf.InceptionV3([3]).eval()  # its defaults: resize_input=True, normalize_input=True
   with torch.no_grad():
     theirs = model(x / 255.0)[0].reshape(count, -1).numpy()
-  ours = networks.inception_network(str(pth_path), download=False)(images.astype(np.float32))
+  ours = (ours or networks.inception_network(str(pth_path), download=False))(
+      images.astype(np.float32))
   return {
       "resize_vs_tf1_legacy": max_relative_difference(theirs_resized, legacy),
       "resize_vs_tf1_half_pixel": max_relative_difference(theirs_resized, half_pixel),
@@ -184,12 +188,18 @@ def pytorch_fid_protocol_difference(pth_path, *, size: int = 64, count: int = 2)
 # ------------------------------------------------------------------------------ LPIPS
 
 
-def write_random_vgg16_pth(path, seed: int = 0) -> dict[str, torch.Tensor]:
+def write_random_vgg16_pth(path, seed: int = 0, *, features_only: bool = False
+                           ) -> dict[str, torch.Tensor]:
   """torchvision `vgg16(weights=None)` with its default random init, saved like
-  `vgg16-397923af.pth` (the file LPIPS and torch-fidelity load)."""
+  `vgg16-397923af.pth` (the file LPIPS and torch-fidelity load). features_only: only the conv
+  part `features.*` (all LPIPS reads; 59 MB instead of 528 MB)."""
   import torchvision  # pylint: disable=import-outside-toplevel
   torch.manual_seed(seed)
-  state = torchvision.models.vgg16(weights=None).state_dict()
+  if features_only:
+    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])  # vgg16's
+    state = {f"features.{k}": v for k, v in features.state_dict().items()}  # PyTorch default init
+  else:
+    state = torchvision.models.vgg16(weights=None).state_dict()
   torch.save(state, path)
   return state
 
@@ -208,7 +218,7 @@ def lpips_cross_check(tmp_dir, *, shape=(3, 32, 48, 3), seed: int = 0) -> dict:
   from evaluation import lpips as ours_lpips  # pylint: disable=import-outside-toplevel
   tmp_dir = pathlib.Path(tmp_dir)
   vgg_path = tmp_dir / "vgg16-random.pth"
-  vgg_state = write_random_vgg16_pth(vgg_path, seed)
+  vgg_state = write_random_vgg16_pth(vgg_path, seed, features_only=True)
   out = tmp_dir / "lpips_vgg.npz"
   with contextlib.redirect_stdout(io.StringIO()):  # its "wrote <file>" line
     code = ours_lpips.main(["--convert", "--lin_weights", str(lpips_lin_weights_file()),

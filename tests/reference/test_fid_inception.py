@@ -18,9 +18,15 @@ from tests.reference import comparisons  # pylint: disable=wrong-import-position
 TOLERANCE = 1e-4  # issue 10: max |ours - theirs| / max |theirs|
 
 
+@pytest.fixture(scope="module")
+def _module_cache(tmp_path_factory):
+  """One conversion cache for the module (the .pth is converted once, then read from it)."""
+  return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-  monkeypatch.setenv(networks.CACHE_DIR_ENV, str(tmp_path / "cache"))
+def _isolated_cache(tmp_path, monkeypatch, _module_cache):
+  monkeypatch.setenv(networks.CACHE_DIR_ENV, str(_module_cache))
   monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
   monkeypatch.delenv(networks.INCEPTION_PATH_ENV, raising=False)
 
@@ -32,18 +38,26 @@ def pth(tmp_path_factory):
   return path
 
 
-def test_pool3_and_logits_equal_pytorch_fid_and_torch_fidelity(pth):
-  rows = comparisons.inception_cross_check(pth, sizes=comparisons.INCEPTION_SIZES)
+@pytest.fixture(scope="module")
+def ours(pth, _module_cache):
+  """Our full-width network of `pth`, built once (through the converter and its cache)."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv(networks.CACHE_DIR_ENV, str(_module_cache))
+    return networks.inception_network(str(pth), download=False)
+
+
+def test_pool3_and_logits_equal_pytorch_fid_and_torch_fidelity(pth, ours):
+  rows = comparisons.inception_cross_check(pth, sizes=comparisons.INCEPTION_SIZES, ours=ours)
   assert len(rows) == 3 * 2 * 4  # sizes x {grey, RGB} x {2 references x 2 outputs}
   worst = max(rows, key=lambda row: row["max_rel_diff"])
   assert worst["max_rel_diff"] <= TOLERANCE, worst
 
 
-def test_pytorch_fid_default_input_pipeline_is_not_ttur(pth):
+def test_pytorch_fid_default_input_pipeline_is_not_ttur(pth, ours):
   """pytorch-fid resizes with half-pixel centres (= TF1 `half_pixel_centers=True`, TF2's
   `tf.image.resize`) and scales x / 255 * 2 - 1; TTUR's graph uses TF1's legacy resize and
   (x - 128) / 128, which ours reproduces (and torch-fidelity too, see the test above)."""
-  diff = comparisons.pytorch_fid_protocol_difference(pth, size=64)
+  diff = comparisons.pytorch_fid_protocol_difference(pth, size=64, ours=ours)
   assert diff["resize_vs_tf1_half_pixel"] < 1e-5
   assert diff["resize_vs_tf1_legacy"] > 1e-2
   assert diff["pool_3_vs_ours"] > 1e-3
@@ -78,7 +92,8 @@ def test_fid_command_reads_a_pth(tmp_path, capsys):
   np.save(samples, rng.integers(0, 256, (3, 16, 16, 3)).astype(np.uint8))
   np.save(reference, rng.integers(0, 256, (3, 16, 16, 3)).astype(np.uint8))
   assert fid.main(["--samples", str(samples), "--reference", str(reference), "--inception_path",
-                   str(pth), "--noprogress", "--nocache", "--batch_size", "3"]) == 0
+                   str(pth), "--noprogress", "--nocache", "--batch_size", "3",
+                   "--nojit_compile"]) == 0
   got = float(capsys.readouterr().out.split("FID:")[1].split()[0])  # then a protocol line
   model = networks.inception_network(str(pth), download=False)
   mu1, s1 = fid.feature_statistics(model(np.load(samples).astype(np.float32))["pool_3"].numpy())

@@ -26,15 +26,21 @@ def max_relative_difference(ours, theirs) -> float:
 
 
 def write_random_vgg16_pth(path, seed: int = 0) -> dict:
-  """torchvision's VGG-16 with its own random init (kaiming conv, N(0, 0.01) linear), biases
-  made non-zero so that their conversion is checked too."""
-  torch.manual_seed(seed)
-  model = torchvision.models.vgg16(weights=None)
-  state = model.state_dict()
-  generator = torch.Generator().manual_seed(seed + 1)
-  for name, value in state.items():
+  """torchvision's VGG-16 layout with its init's distributions (conv kaiming-normal fan_out,
+  linear N(0, 0.01)), drawn directly (the module is built on the meta device: no 138M-parameter
+  init pass), and non-zero biases so that their conversion is checked too."""
+  with torch.device("meta"):
+    shapes = {k: v.shape for k, v in torchvision.models.vgg16(weights=None).state_dict().items()}
+  generator = torch.Generator().manual_seed(seed)
+  state = {}
+  for name, shape in shapes.items():
     if name.endswith("bias"):
-      state[name] = 0.05 * torch.randn(value.shape, generator=generator)
+      std = 0.05
+    elif len(shape) == 4:  # [O, I, 3, 3]: torchvision kaiming_normal_(mode="fan_out", relu)
+      std = (2.0 / (shape[0] * shape[2] * shape[3])) ** 0.5
+    else:
+      std = 0.01  # torchvision: nn.init.normal_(linear.weight, 0, 0.01)
+    state[name] = std * torch.randn(shape, generator=generator)
   torch.save(state, path)
   return state
 
@@ -64,7 +70,8 @@ def networks_pair(tmp_path_factory):
 def test_fc2_relu_equals_torch_fidelity(networks_pair, shape):
   ours_net, theirs_net = networks_pair
   images = np.random.default_rng(sum(shape)).integers(0, 256, shape).astype(np.uint8)
-  ours = features.extract(ours_net, images, batch_size=4, progress=False)["fc2"]
+  ours = features.extract(ours_net, images, batch_size=4, progress=False,
+                          jit_compile=False)["fc2"]  # the network, not XLA, is under test
   theirs = torch_fidelity_features(theirs_net, images)
   assert (theirs > 0).mean() > 0.2  # the ReLU output is not degenerate
   assert max_relative_difference(ours, theirs) <= 1e-4
