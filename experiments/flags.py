@@ -73,6 +73,18 @@ def default_logdir(script: str, **settings: Any) -> str:
   return os.path.join("runs", script, name)
 
 
+def allow_presets(names, *, note: str = "") -> None:
+  """Lets the common `--preset` (quick | paper) also take this script's own presets (e.g. `cpu`),
+  before the command line is parsed; `note` is added to the flag's help. Scripts without such a
+  preset keep rejecting the name."""
+  flag = FLAGS["preset"]
+  old = "<" + "|".join(flag.parser.enum_values) + ">"
+  flag.parser.enum_values = list(dict.fromkeys([*flag.parser.enum_values, *names]))
+  flag.help = flag.help.replace(old, "<" + "|".join(flag.parser.enum_values) + ">")
+  if note:
+    flag.help += " " + note
+
+
 def flag_or(name: str, preset_value: Any) -> Any:
   """The flag's value when it was set (even to 0 or False), else the preset's value."""
   value = FLAGS[name].value

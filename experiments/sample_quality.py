@@ -52,14 +52,15 @@ from experiments.images import save_grid
 MODELS = ("vae", "flow", "ddpm")
 BETA_SCHEDULES = {"linear": diffusion_lib.linear_beta_schedule,
                   "cosine": diffusion_lib.cosine_beta_schedule}
-# The presets of this script; experiments.flags' --preset enum lists quick|paper (see _allow_presets).
+# The presets of this script (experiments.flags.allow_presets adds cpu to the common --preset).
 PRESET_NAMES = ("quick", "cpu", "paper")
 
 
 def define_flags():
   """Defines this script's flags: called when it runs (not at import, so experiment modules
   with flags of the same name can be imported together, e.g. by the tests)."""
-  _allow_presets(PRESET_NAMES)
+  common.allow_presets(PRESET_NAMES, note="sample_quality: 'cpu' is about two CPU-hours of "
+                       "training on the offline grey MNIST (docs/diffusion.md).")
   flags.DEFINE_list("models", list(MODELS), f"Models to train/evaluate, any of {MODELS}.")
   flags.DEFINE_string("inception_path", None, "Inception-2015 weights for FID/KID "
                       "(classify_image_graph_def.pb, the TTUR .tgz, or a folder with either). "
@@ -82,15 +83,6 @@ def define_flags():
                     "(the official calc_bpd_loop clips; this doubles the bound's cost).")
   flags.DEFINE_integer("iw_samples", None, "Importance samples per image for the VAE's log p(x). "
                        "Default: the preset's.", lower_bound=1)
-
-
-def _allow_presets(names):
-  """Lets the shared --preset flag (experiments.flags: quick|paper) accept this script's presets.
-
-  Remove once experiments/flags.py lists them (it could not be edited while runs were using it).
-  """
-  parser = flags.FLAGS["preset"].parser
-  parser.enum_values = list(dict.fromkeys(list(parser.enum_values) + list(names)))
 
 
 FLAGS = flags.FLAGS
