@@ -24,11 +24,9 @@ import sys
 
 from absl import flags
 import numpy as np
-import tensorflow as tf
 
-from experiments import data
 from experiments import flags as common
-from experiments import nvae_mnist
+from experiments import nvae_train
 from experiments import results
 from experiments.images import save_grid, save_samples
 
@@ -42,7 +40,7 @@ def define_flags():
                     "latest, or the best one kept by early stopping.")
   flags.DEFINE_string("output_dir", None, "Folder for evaluate.json and the sample grids. Default: "
                       "<logdir>/evaluate, or evaluate/ next to --official_checkpoint.")
-  flags.DEFINE_enum("dataset", "auto", ["auto", "mnist", "binarized_mnist"], "Test images: as in "
+  flags.DEFINE_enum("dataset", "auto", list(nvae_train.DATASETS), "Test images: as in "
                     "experiments.nvae_mnist. Default: the run's data set (auto for official checkpoints).")
   flags.DEFINE_integer("num_iw_samples", 1000, "Importance samples K of the test NLL (official 1000); "
                        "0 = skip the NLL.")
@@ -83,45 +81,11 @@ def parse_temperatures(values) -> tuple[float, ...]:
   return temps
 
 
-# ----------------------------------------------------------------------------- models
-
-
-def run_settings(logdir: str) -> nvae_mnist.RunSettings:
-  """The RunSettings a nvae_mnist run recorded in <logdir>/settings.json."""
-  from nvae_tf import NVAEConfig  # pylint: disable=g-import-not-at-top
-  path = os.path.join(logdir, nvae_mnist.SETTINGS_FILE)
-  older = os.path.join(logdir, "results.json")  # runs from before settings.json: flattened settings
-  if os.path.exists(path):
-    values = results.read_json(path)
-  elif os.path.exists(older):
-    flat = results.read_json(older)["settings"]
-    values = {k: v for k, v in flat.items() if not k.startswith("model.")}
-    values["model"] = {k[len("model."):]: v for k, v in flat.items() if k.startswith("model.")}
-  else:
-    raise FileNotFoundError(f"{path} not found: --logdir must be a run of experiments.nvae_mnist")
-  fields = {f.name for f in dataclasses.fields(nvae_mnist.RunSettings)}
-  values = {k: v for k, v in values.items() if k in fields}
-  model_fields = {f.name for f in dataclasses.fields(NVAEConfig)}
-  values["model"] = NVAEConfig(**{k: v for k, v in values["model"].items() if k in model_fields})
-  return nvae_mnist.RunSettings(**values)
-
-
-def restore_run(logdir: str, which: str, s: nvae_mnist.RunSettings, *, seed: int):
-  """The run's NVAE with the weights (and BN statistics) of its latest / best checkpoint."""
-  from nvae_tf import NVAE  # pylint: disable=g-import-not-at-top
-  folder = os.path.join(logdir, "checkpoints" if which == "latest" else "best")
-  path = tf.train.latest_checkpoint(folder)
-  if not path:
-    raise FileNotFoundError(f"no checkpoint in {folder}")
-  model = NVAE(s.model, seed=seed)
-  # The harness saves the ordered `model.variables` list as `model_variables`; restore only that.
-  checkpoint = tf.train.Checkpoint(model_variables=[v.value for v in model.variables])
-  try:
-    checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
-  except (AssertionError, ValueError, tf.errors.OpError) as e:
-    raise ValueError(f"checkpoint {path} does not match the architecture in settings.json: "
-                     f"{str(e).splitlines()[0][:300]}") from e
-  return model, path
+# Old names of the settings.json reader and the model rebuilding (now in experiments.nvae_train),
+# kept for scripts written against them.
+run_settings = nvae_train.load_run_settings
+restore_run = nvae_train.restore_run
+test_splits = nvae_train.test_splits
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -137,27 +101,24 @@ def set_bn_statistics(model, stats) -> None:
     bn.moving_variance.assign(var)
 
 
-def feature_networks():
+def feature_networks(*, inception_path: str | None, vgg16_path: str | None, download: bool):
   """((inception, None) or (None, reason), same for VGG-16); one line per missing network."""
-  from evaluation import networks  # pylint: disable=g-import-not-at-top
   out = []
-  for kind, path, loader in (("Inception", FLAGS.inception_path, networks.inception_network),
-                             ("VGG-16", FLAGS.vgg16_path, networks.vgg16_network)):
-    try:
-      out.append((loader(path, download=FLAGS.download_weights), None))
-    except networks.WeightsUnavailableError as e:
-      print(f"note: {kind} weights unavailable, its metrics are marked unavailable: {e}", file=sys.stderr)
-      out.append((None, str(e)))
+  for kind, name, path in (("inception", "Inception", inception_path), ("vgg16", "VGG-16", vgg16_path)):
+    network, reason = nvae_train.load_network(kind, path=path, download=download)
+    if network is None:
+      print(f"note: {name} weights unavailable, its metrics are marked unavailable: {reason}",
+            file=sys.stderr)
+    out.append((network, reason))
   return tuple(out)
 
 
-def evaluate(model, s: nvae_mnist.RunSettings, splits: nvae_mnist.Splits, settings: EvalSettings, *,
+def evaluate(model, s: nvae_train.RunSettings, splits: nvae_train.Splits, settings: EvalSettings, *,
              output_dir: str, seed: int, networks=None, progress: bool = True) -> dict:
   """NLL (training BN statistics), then per temperature: BN re-estimation, grid, FID / PR."""
-  from experiments import nvae_table1  # pylint: disable=g-import-not-at-top
   row = {}
   if settings.num_iw_samples:
-    row.update(nvae_mnist.evaluate_nll(s, model, splits, seed=seed, progress=progress))
+    row.update(nvae_train.evaluate_nll(s, model, splits, seed=seed, progress=progress))
   trained_bn = bn_statistics(model)
   inception, vgg16 = networks if networks is not None else ((None, "not requested"),) * 2
   reference = splits.test  # as experiments.nvae_table1 (grey images when binarization is dynamic)
@@ -166,26 +127,18 @@ def evaluate(model, s: nvae_mnist.RunSettings, splits: nvae_mnist.Splits, settin
     set_bn_statistics(model, trained_bn)
     if settings.readjust_bn_steps:
       model.readjust_bn(num_iterations=settings.readjust_bn_steps, temperature=t)
-    samples = nvae_table1.generate_samples(model, settings.num_grid_images, temperature=t)
+    samples = nvae_train.generate_samples(model, settings.num_grid_images, temperature=t)
     stem = os.path.join(output_dir, f"samples_t{t:g}")
     save_grid(stem + ".png", samples)
     save_samples(stem + ".npz", samples)
     num = min(settings.fid_samples, len(reference))
-    metrics = nvae_table1.sample_metrics(model, reference, num_samples=num, inception=inception,
-                                         vgg16=vgg16, temperature=t)
+    metrics = nvae_train.sample_metrics(model, reference, num_samples=num, inception=inception,
+                                        vgg16=vgg16, temperature=t)
     per_temperature[f"{t:g}"] = dict(metrics, samples=stem + ".png", fid_samples=num)
   set_bn_statistics(model, trained_bn)
   row["temperatures"] = per_temperature
   row["readjust_bn_steps"] = settings.readjust_bn_steps
   return row
-
-
-def test_splits(dataset: str, test_examples: int, data_dir) -> nvae_mnist.Splits:
-  name = nvae_mnist.resolve_dataset(dataset, data_dir)
-  test, _ = data.load_arrays(name, "test", data_dir)
-  if test_examples:
-    test = test[:test_examples]
-  return nvae_mnist.Splits(dataset=name, dynamic=name == "mnist", train=None, test=test)
 
 
 def main(argv):
@@ -197,8 +150,8 @@ def main(argv):
                           num_grid_images=FLAGS.num_grid_images, fid_samples=FLAGS.fid_samples)
   common.setup_runtime()
   if FLAGS.logdir:
-    s = run_settings(FLAGS.logdir)
-    model, source = restore_run(FLAGS.logdir, FLAGS.checkpoint, s, seed=FLAGS.seed)
+    s = nvae_train.load_run_settings(FLAGS.logdir)
+    model, source = nvae_train.restore_run(FLAGS.logdir, FLAGS.checkpoint, s, seed=FLAGS.seed)
     output_dir = FLAGS.output_dir or os.path.join(FLAGS.logdir, "evaluate")
     dataset = s.dataset if not FLAGS["dataset"].present else FLAGS.dataset
   else:
@@ -207,7 +160,7 @@ def main(argv):
       model, info = official.load_checkpoint(FLAGS.official_checkpoint, seed=FLAGS.seed)
     except official.CheckpointError as e:
       raise ValueError(str(e)) from e
-    s = nvae_mnist.RunSettings(model=model.config, preset="official")
+    s = nvae_train.RunSettings(model=model.config, preset="official")
     source = f"{FLAGS.official_checkpoint} (official, epoch {info['epoch']})"
     output_dir = FLAGS.output_dir or os.path.join(
         os.path.dirname(os.path.abspath(FLAGS.official_checkpoint)), "evaluate")
@@ -216,9 +169,11 @@ def main(argv):
     raise ValueError(f"--output_dir {output_dir} is a file, not a directory")
   s = dataclasses.replace(s, num_iw_samples=max(FLAGS.num_iw_samples, 1), iw_chunk=FLAGS.iw_chunk,
                           eval_batch_size=FLAGS.eval_batch_size, num_test_passes=FLAGS.num_test_passes)
-  splits = test_splits(dataset, FLAGS.test_examples, FLAGS.data_dir)
+  splits = nvae_train.test_splits(dataset, FLAGS.test_examples, FLAGS.data_dir)
+  networks = feature_networks(inception_path=FLAGS.inception_path, vgg16_path=FLAGS.vgg16_path,
+                              download=FLAGS.download_weights)
   row = evaluate(model, s, splits, settings, output_dir=output_dir, seed=FLAGS.seed,
-                 networks=feature_networks(), progress=True)
+                 networks=networks, progress=True)
   row.update(script="nvae_evaluate", command=common.command_line(), checkpoint=source,
              dataset=splits.dataset, test_examples=len(splits.test), seed=FLAGS.seed)
   results.write_json(os.path.join(output_dir, "evaluate.json"), row)

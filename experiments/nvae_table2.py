@@ -2,8 +2,9 @@
 
   python -m experiments.nvae_table2 --preset=quick        # results/nvae_table2.md
 
-Uses the runs of `experiments.nvae_table1` (same `--table_logdir`; a finished run is only
-restored, a missing or unfinished one is trained / resumed first). PPL (Karras et al. 2019) via
+Uses the runs of `experiments.nvae_table1` (same `--table_logdir` and `--table_rows`; a finished
+run is only restored, a missing or unfinished one is trained / resumed first, by
+`experiments.nvae_train`). PPL (Karras et al. 2019) via
 `evaluation.ppl`: the latent of NVAE is the standard-normal noise of all groups (flattened,
 D = sum_l h_l w_l C_z), interpolated by slerp; images are Bernoulli means at `--temperature`;
 distance = squared VGG-16 fc2 feature distance, epsilon = 1e-4, 1st-99th percentile filtered mean.
@@ -19,47 +20,28 @@ import sys
 from typing import Callable
 
 from absl import flags
-import numpy as np
-import tensorflow as tf
 
 from evaluation import ppl
 from experiments import flags as common
-from experiments import harness
-from experiments import nvae_mnist
-from experiments import nvae_table1
+from experiments import nvae_flags
+from experiments import nvae_train
 from experiments import results
 
-PPL_SAMPLES = {"paper": 100_000, "quick": 200}  # StyleGAN: 100k path segments
+PPL_SAMPLES = {"paper": 100_000, "quick": 200, "cpu": 10_000}  # StyleGAN: 100k path segments
 PPL_EPSILON = 1e-4                              # StyleGAN metrics/perceptual_path_length.py
 
 FLAGS = flags.FLAGS
 
 
 def define_flags():
-  nvae_table1.define_flags()
-  flags.DEFINE_integer("ppl_samples", None, "PPL path segments. Default: 100000 (paper), 200 (quick).", lower_bound=1)
+  nvae_flags.define_table_flags()
+  flags.DEFINE_integer("ppl_samples", None, "PPL path segments. Default: 100000 (paper), 10000 "
+                       "(cpu), 200 (quick).", lower_bound=1)
   flags.DEFINE_string("lpips_path", None, "LPIPS-VGG v0.1 weights (.npz made once with `python -m "
                       "evaluation.lpips --convert ...`, see evaluation/lpips.py) for the PPL-LPIPS "
                       "column; default $GENMODELS_LPIPS_PATH. Without them that column says "
                       "'unavailable'.")
   FLAGS.set_default("table_output", "results/nvae_table2.md")
-
-
-def make_generator(model, *, temperature: float):
-  """latents [B, D] (all groups' noise, flattened) -> images [B, 28, 28, 1] in [0, 1]."""
-  shapes = model.latent_shapes()
-  sizes = [int(np.prod(s)) for s in shapes]
-
-  @tf.function
-  def generate(latents):
-    parts = tf.split(latents, sizes, axis=1)
-    noise = [tf.reshape(p, (-1,) + s) for p, s in zip(parts, shapes)]
-    return model.probabilities(model.decode_noise(noise, temperature=temperature))
-
-  def latent_sampler(n):
-    return np.random.default_rng().standard_normal((n, sum(sizes))).astype(np.float32)
-
-  return lambda z: generate(tf.convert_to_tensor(z)).numpy(), latent_sampler, sum(sizes)
 
 
 def load_lpips(weights_path: str | None):
@@ -76,14 +58,14 @@ def path_length(model, network, *, make_distance: Callable, missing: str, num_sa
                 temperature: float, seed: int):
   """PPL as a float, or 'unavailable (<missing>)' when the distance's network is missing.
 
-  network: the (network, reason) pair of `nvae_table1.load_network` / `load_lpips`;
+  network: the (network, reason) pair of `nvae_train.load_network` / `load_lpips`;
   make_distance: `ppl.vgg16_feature_distance` (squared fc2 feature distance) or
   `ppl.lpips_distance` (LPIPS-VGG, not squared again).
   """
   net, _ = network
   if net is None:
-    return nvae_table1.unavailable(missing)
-  generate, latent_sampler, _ = make_generator(model, temperature=temperature)
+    return nvae_train.unavailable(missing)
+  generate, latent_sampler, _ = nvae_train.make_generator(model, temperature=temperature)
   return ppl.perceptual_path_length(generate, latent_sampler=latent_sampler, num_samples=num_samples,
                                     distance=make_distance(net), epsilon=PPL_EPSILON,
                                     interpolation="slerp", seed=seed)
@@ -97,8 +79,10 @@ COLUMNS = [("row", "Warm-up + spectral"), ("ppl", "PPL (VGG-16 fc2, slerp, eps 1
 def main(argv):
   del argv
   strategy = common.setup_runtime()
-  num_samples = FLAGS.ppl_samples or PPL_SAMPLES[FLAGS.preset]
-  vgg16 = nvae_table1.load_network("vgg16")
+  table = nvae_flags.table_settings_from_flags()
+  preset = table.base.preset
+  num_samples = FLAGS.ppl_samples or PPL_SAMPLES[preset]
+  vgg16 = nvae_train.load_network("vgg16", path=table.vgg16_path, download=table.download_weights)
   if vgg16[0] is None:
     print(f"note: VGG-16 weights unavailable, PPL will be marked so: {vgg16[1]}", file=sys.stderr)
   lpips_net = load_lpips(FLAGS.lpips_path)
@@ -106,14 +90,13 @@ def main(argv):
     print(f"note: LPIPS-VGG weights unavailable, PPL-LPIPS will be marked so: {lpips_net[1]}",
           file=sys.stderr)
   rows = []
-  for kl_warmup, spectral in nvae_table1.CONFIGS:
-    s = nvae_table1.row_settings(kl_warmup, spectral)
-    config = nvae_table1.row_config(s)
-    trained = nvae_mnist.train(s, config, strategy=strategy, data_dir=FLAGS.data_dir)
+  for kl_warmup, spectral in table.rows:
+    s, config = table.row(kl_warmup, spectral)
+    trained = nvae_train.train(s, config, strategy=strategy, data_dir=FLAGS.data_dir)
     table1_row = os.path.join(config.logdir, "results.json")
     nll = results.read_json(table1_row)["nll"] if os.path.exists(table1_row) else None
     rows.append({
-        "row": f"{kl_warmup.capitalize()} + {spectral.upper()}", "nll": nll,
+        "row": nvae_train.table_row_label(kl_warmup, spectral), "nll": nll,
         "steps": int(trained.trainer.step.numpy()),
         "ppl": path_length(trained.model, vgg16, make_distance=ppl.vgg16_feature_distance,
                            missing="no VGG-16 weights: pass --vgg16_path", num_samples=num_samples,
@@ -122,26 +105,25 @@ def main(argv):
                                  missing="no LPIPS-VGG weights: pass --lpips_path",
                                  num_samples=num_samples, temperature=s.temperature,
                                  seed=config.seed)})
-  results.write_json(os.path.join(nvae_table1.table_logdir(), "table2.json"), rows)
-  notes = (f"**{FLAGS.preset} preset.**" + (
-      " Quick-preset models (small CPU runs); not comparable with the paper." if FLAGS.preset == "quick"
-      else "") + f"\n- PPL over {num_samples} path segments at temperature {FLAGS.temperature}. "
+  results.write_json(os.path.join(table.root, "table2.json"), rows)
+  notes = (f"**{preset} preset.**" + (
+      " Quick-preset models (small CPU runs); not comparable with the paper." if preset == "quick"
+      else "") + f"\n- PPL over {num_samples} path segments at temperature {table.base.temperature}. "
       "Unavailable entries need VGG-16 weights: pass --vgg16_path (or set GENMODELS_VGG16_PATH, or "
       "--download_weights with a network); PPL-LPIPS needs LPIPS-VGG weights: pass --lpips_path "
       "(or set GENMODELS_LPIPS_PATH; the .npz is made by `python -m evaluation.lpips --convert`). "
-      "LPIPS runs at 28x28 (no crop, no resize).\n- Models: the Table 1 runs in "
-      f"{nvae_table1.table_logdir()} (restored, trained first if missing).\n"
+      "LPIPS runs at the native image size (no crop, no resize).\n- Models: the Table 1 runs in "
+      f"{table.root} (restored, trained first if missing).\n"
       + (f"- {vgg16[1]}\n" if vgg16[0] is None else "")
       + (f"- {lpips_net[1]}\n" if lpips_net[0] is None else "")
       + ("- PPL-LPIPS used a NARROW test network (1/{}): not LPIPS values.\n".format(
           lpips_net[0].width_divisor) if lpips_net[0] is not None and lpips_net[0].width_divisor != 1
          else ""))
-  output = common.results_file("table_output", logdir=nvae_table1.table_logdir())
-  results.write_markdown(output,
-                         title=f"NVAE on binary MNIST: perceptual path length ({FLAGS.preset} preset)",
+  results.write_markdown(table.output,
+                         title=f"NVAE on binary MNIST: perceptual path length ({preset} preset)",
                          command=common.command_line(),
                          table=results.markdown_table(rows, COLUMNS), notes=notes)
-  print(f"wrote {output}")
+  print(f"wrote {table.output}")
 
 
 if __name__ == "__main__":

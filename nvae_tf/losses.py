@@ -9,6 +9,7 @@ only while beta < 1. `NVAE.loss_terms` assembles the objective and returns a `Lo
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Any
 
 import numpy as np
@@ -33,14 +34,20 @@ def kl_warmup_beta(progress, total):
   return tf.maximum(tf.minimum(beta, 1.0), KL_CONST_COEFF)
 
 
-WARMUP_CLOCKS = ("step", "epoch")
+class WarmupClock(enum.StrEnum):
+  """The counter the KL warm-up runs on: STEP (official) or EPOCH (constant within an epoch)."""
+  STEP = "step"
+  EPOCH = "epoch"
+
+
+WARMUP_CLOCKS = tuple(c.value for c in WarmupClock)
 
 
 def kl_warmup_beta_on_clock(clock: str, *, step, total_steps, epoch, total_epochs):
   """`kl_warmup_beta` on the chosen clock: (step, total steps) or (epoch, total epochs)."""
-  if clock == "step":
+  if clock == WarmupClock.STEP:
     return kl_warmup_beta(step, total_steps)
-  if clock == "epoch":
+  if clock == WarmupClock.EPOCH:
     return kl_warmup_beta(epoch, total_epochs)
   raise ValueError(f"kl warm-up clock must be one of {WARMUP_CLOCKS}, got {clock!r}")
 

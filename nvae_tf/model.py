@@ -16,6 +16,7 @@ Reconstruction and KL terms are returned as `NVAEOutput`; `NVAE.loss_terms` asse
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 
 import keras
@@ -31,12 +32,26 @@ from nvae_tf import spectral
 
 CHANNEL_MULT = 2       # NVAE official: channels double at every down-sampling
 READJUST_BN_BATCH = 16  # NVAE official evaluate.py: set_bn(model, ..., num_samples=16, iter=500)
-SPECTRAL_MODES = ("sr", "sn", "none")
-# Which convs SR regularises / SN normalises. "all": every conv (official `all_conv_layers`: every
-# Conv2D and ARConv2d, samplers, combiners, skips, stem, image head and IAF included); "cells": only
-# the convs inside the residual cells' ops (the official model.py's commented-out alternative
-# `if isinstance(layer, Conv2D) and '_ops' in n:  # only chose those in cell`).
-SPECTRAL_SCOPES = ("all", "cells")
+
+
+class Spectral(enum.StrEnum):
+  """sr: spectral regularisation (a loss term, official); sn: spectral normalisation; none."""
+  SR = "sr"
+  SN = "sn"
+  NONE = "none"
+
+
+class SpectralScope(enum.StrEnum):
+  """Which convs SR regularises / SN normalises. ALL: every conv (official `all_conv_layers`: every
+  Conv2D and ARConv2d, samplers, combiners, skips, stem, image head and IAF included); CELLS: only
+  the convs inside the residual cells' ops (the official model.py's commented-out alternative
+  `if isinstance(layer, Conv2D) and '_ops' in n:  # only chose those in cell`)."""
+  ALL = "all"
+  CELLS = "cells"
+
+
+SPECTRAL_MODES = tuple(m.value for m in Spectral)
+SPECTRAL_SCOPES = tuple(m.value for m in SpectralScope)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,8 +73,8 @@ class NVAEConfig:
   num_flows: int = 0               # paired IAF cells per group (official --num_nf); 0 for MNIST
   use_se: bool = True
   residual_posterior: bool = True  # official --res_dist
-  spectral: str = "sr"             # sr: regulariser (loss term); sn: normalisation; none
-  spectral_scope: str = "all"      # the convs SR / SN act on: "all" (official SR set) or "cells"
+  spectral: Spectral = Spectral.SR  # sr: regulariser (loss term); sn: normalisation; none
+  spectral_scope: SpectralScope = SpectralScope.ALL  # the convs SR / SN act on (official: all)
   decoder_expansion: int = 6       # official arch 'res_mbconv': mconv_e6k5g0 decoder cells
   postprocess_expansion: int = 3   # mconv_e3k5g0 postprocess cells
   image_size: int = 28
@@ -71,6 +86,9 @@ class NVAEConfig:
       raise ValueError(f"spectral must be one of {SPECTRAL_MODES}, got {self.spectral!r}")
     if self.spectral_scope not in SPECTRAL_SCOPES:
       raise ValueError(f"spectral_scope must be one of {SPECTRAL_SCOPES}, got {self.spectral_scope!r}")
+    # Plain strings (flags, settings.json) become the enums; frozen, hence object.__setattr__.
+    object.__setattr__(self, "spectral", Spectral(self.spectral))
+    object.__setattr__(self, "spectral_scope", SpectralScope(self.spectral_scope))
     reduction = 2 ** (self.num_preprocess_blocks + self.num_latent_scales - 1)
     if self.padded_size % reduction:
       raise ValueError(f"padded size {self.padded_size} is not divisible by {reduction}")
@@ -124,8 +142,8 @@ class NVAE(keras.Model):
   def __init__(self, config: NVAEConfig = NVAEConfig(), *, seed: int = 0, name="nvae"):
     super().__init__(name=name)
     self.config = cfg = config
-    sn = cfg.spectral == "sn"
-    sn_all = sn and cfg.spectral_scope == "all"  # convs outside the cells' ops
+    sn = cfg.spectral == Spectral.SN
+    sn_all = sn and cfg.spectral_scope == SpectralScope.ALL  # convs outside the cells' ops
     self.seed_generator = keras.random.SeedGenerator(seed)
     self.groups_enc = groups_per_scale(cfg)            # encoder order (finest first)
     self.groups_dec = list(reversed(self.groups_enc))  # decoder order (coarsest first)
@@ -220,7 +238,7 @@ class NVAE(keras.Model):
     # Spectral regularisation: one persistent (u, v) stack per weight-matrix shape, as the
     # official `spectral_norm_parallel` (warm-started with 40 iterations on the initial weights).
     self._sr_groups = []
-    if cfg.spectral == "sr":
+    if cfg.spectral == Spectral.SR:
       by_shape = {}
       for conv in self.spectral_convs():
         by_shape.setdefault(tuple(conv.matrix().shape), []).append(conv)
@@ -236,7 +254,7 @@ class NVAE(keras.Model):
 
   def spectral_convs(self) -> list:
     """The convs SR regularises / SN normalises: all of them, or those in the cells' ops."""
-    if self.config.spectral_scope == "all":
+    if self.config.spectral_scope == SpectralScope.ALL:
       return list(self.conv_layers)
     inside = {id(c) for cell in self.cells() for op in cell.ops
               for c in op._flatten_layers(include_self=True) if isinstance(c, L.Conv2D)}
@@ -451,7 +469,7 @@ class NVAE(keras.Model):
     weighted_kl, gammas = losses.balanced_kl(out.kl, tf.constant(self.kl_balance_alphas()), beta)
     recon = -out.recon_log_prob
     l_bn = self.batchnorm_loss()
-    l_sr = self.spectral_loss(training=training) if self.config.spectral == "sr" else None
+    l_sr = self.spectral_loss(training=training) if self.config.spectral == Spectral.SR else None
     regularizer = spectral_lambda * (l_bn if l_sr is None else l_sr + l_bn)
     return losses.LossTerms(
         per_example=recon + weighted_kl, regularizer=regularizer, recon=recon, kl=out.kl,

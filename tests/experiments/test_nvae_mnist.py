@@ -1,6 +1,9 @@
-"""experiments.nvae_mnist / nvae_table1: smoke run with resume, the loss function's warm-up clocks,
-bad data directories, and the table's metric plumbing (with small stand-in networks)."""
+"""experiments.nvae_train (the NVAE experiment library) and its scripts: one tiny trained run shared
+by the module (results row, validation history, resume restores every variable, nvae_evaluate
+restores the run), the loss function's warm-up clocks, bad data directories, the table rows and the
+table's metric plumbing (with small stand-in networks)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,26 +17,39 @@ import tensorflow as tf
 from experiments import data
 from experiments import harness
 from experiments import nvae_evaluate
-from experiments import nvae_mnist
-from experiments import nvae_table1
-from nvae_tf import NVAE
+from experiments import nvae_train
+from nvae_tf import NVAE, Spectral, WarmupClock
 from nvae_tf import model as nvae_model
-from tests.nvae_tf.conftest import tiny_config
+from tests.nvae_tf.conftest import one_scale_config, write_binarized_mnist_head
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+IMAGE_SHAPE = data.image_shape("binarized_mnist")
+NUM_DIMS = int(np.prod(IMAGE_SHAPE))
 
 
 @pytest.fixture(scope="module")
-def digits():
-  return data.load_arrays("binarized_mnist", "test")[0][:8]
+def data_dir(tmp_path_factory):
+  """The first 64 training and 8 test images of static binarized MNIST (fast to load)."""
+  return write_binarized_mnist_head(tmp_path_factory.mktemp("data"), train=64, test=8)
+
+
+@pytest.fixture(scope="module")
+def digits(data_dir):
+  return data.load_arrays("binarized_mnist", "test", data_dir)[0]
+
+
+@pytest.fixture(scope="module")
+def untrained():
+  """A tiny untrained NVAE (no SR) for tests that only call it."""
+  return NVAE(one_scale_config(), seed=0)
 
 
 def tiny_settings(**changes):
-  values = dict(model=tiny_config(spectral="sr"), dataset="binarized_mnist", warmup_epochs=1,
+  values = dict(model=one_scale_config(spectral="sr"), dataset="binarized_mnist", warmup_epochs=1,
                 train_examples=64, test_examples=8, num_iw_samples=4, iw_chunk=4, eval_batch_size=8,
                 num_test_passes=1)
   values.update(changes)
-  return nvae_mnist.RunSettings(**values)
+  return nvae_train.RunSettings(**values)
 
 
 def tiny_train_config(logdir, max_steps):
@@ -41,36 +57,96 @@ def tiny_train_config(logdir, max_steps):
                              seed=0, log_every=1, progress=False)
 
 
-@pytest.mark.slow
-def test_run_trains_evaluates_and_resumes(tmp_path):
-  strategy = tf.distribute.get_strategy()
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data_dir):
+  """train_and_evaluate for 2 steps (= 1 epoch of 64 images, so one validation NLL): the logdir,
+  settings, results row and Trained."""
+  logdir = tmp_path_factory.mktemp("nvae_run")
   s = tiny_settings()
-  row, trained = nvae_mnist.train_and_evaluate(s, tiny_train_config(tmp_path, 2), strategy=strategy)
-  assert row["steps"] == 2 and np.isfinite(row["nll"]) and row["nll"] > 0
-  assert row["bits_per_dim"] == pytest.approx(row["nll"] / (784 * np.log(2)))
+  row, trained = nvae_train.train_and_evaluate(s, tiny_train_config(logdir, 2), data_dir=data_dir,
+                                               strategy=tf.distribute.get_strategy(), command="cmd")
+  return logdir, s, row, trained, data_dir
+
+
+def test_run_writes_the_results_row_samples_and_settings(run):
+  logdir, s, row, _, _ = run
+  assert row["steps"] == 2 and row["epochs_reached"] == 1.0 and not row["finished"]
+  assert np.isfinite(row["nll"]) and row["nll"] > 0 and row["command"] == "cmd"
+  assert row["bits_per_dim"] == pytest.approx(row["nll"] / (NUM_DIMS * np.log(2)))
+  assert row["num_dims"] == NUM_DIMS
   assert len(row["nll_passes"]) == 1 and row["test_examples"] == 8
   assert row["dataset"] == "binarized_mnist" and row["binarization"] == "static"
-  for name in ("samples.png", "samples.npz", "results.json"):
-    assert os.path.exists(tmp_path / name)
-  assert json.load(open(tmp_path / "results.json"))["nll"] == pytest.approx(row["nll"])
-  # A second invocation resumes at step 2 (optimizer and SR power-iteration state restored).
-  u_before = [v.numpy() for v in trained.model.non_trainable_variables if v.path.endswith("/u")]
-  resumed = nvae_mnist.train(s, tiny_train_config(tmp_path, 3), strategy=strategy)
-  assert int(resumed.trainer.step.numpy()) == 3
-  assert int(resumed.trainer.optimizer.iterations.numpy()) == 3
-  assert u_before and not np.allclose(
-      u_before[0], [v.numpy() for v in resumed.model.non_trainable_variables
-                    if v.path.endswith("/u")][0])  # advanced by the third step
-  assert json.load(open(tmp_path / "train_time.json"))["step"] == 3
+  for name in ("samples.png", "samples.npz", "results.json", "settings.json", "validation.json"):
+    assert os.path.exists(logdir / name), name
+  saved = json.load(open(logdir / "results.json"))
+  assert saved["nll"] == pytest.approx(row["nll"]) and saved["kl_warmup"] == "step"
+  assert saved["cpu"] == harness.cpu_model()
+  # experiments.nvae_evaluate reads the settings back, enums included.
+  restored = nvae_evaluate.run_settings(str(logdir))
+  assert restored == s and restored.kl_warmup is WarmupClock.STEP
+  assert restored.model.spectral is Spectral.SR
 
-  # experiments.nvae_evaluate restores the run: the architecture from settings.json, the weights and
-  # BN statistics of the latest checkpoint (the harness checkpoint format).
-  restored_settings = nvae_evaluate.run_settings(str(tmp_path))
-  assert restored_settings == s
-  model, path = nvae_evaluate.restore_run(str(tmp_path), "latest", restored_settings, seed=0)
-  assert path.endswith("ckpt-3")
-  for ours, theirs in zip(model.variables, resumed.model.variables):
-    np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
+
+def test_validation_history_has_the_nll_and_training_time(run):
+  """One row per validation NLL (after epoch 1 here) with the harness's cumulative training time."""
+  logdir, s, row, trained, _ = run
+  history = json.load(open(logdir / "validation.json"))
+  assert row["validation"] == history
+  assert [(h["epoch"], h["step"]) for h in history] == [(1, 2)]
+  h = history[0]
+  assert 0 < h["val_neg_log_p"] <= h["val_nelbo"] + 1e-3
+  assert h["val_bpd_log_p"] == pytest.approx(h["val_neg_log_p"] / (NUM_DIMS * np.log(2)))
+  assert 0 < h["val_seconds"] and 0 < h["train_seconds"] == h["train_seconds_no_val"]
+  assert h["train_seconds"] <= float(trained.trainer.train_seconds.numpy())
+  assert s.val_num_iw_samples == 10
+
+
+def test_resumed_run_restores_every_variable_and_nvae_evaluate_restores_the_weights(run, monkeypatch):
+  """A second invocation restores step, optimizer, weights, BN statistics and the SR power-iteration
+  vectors (the harness checkpoint) and reuses the test NLL of results.json (nothing changed);
+  nvae_evaluate.restore_run rebuilds the same model from settings.json + the latest checkpoint.
+  (Continuing after a resume is exact: test_harness.)"""
+  logdir, s, first_row, trained, data_dir = run
+
+  def no_evaluation(*args, **kwargs):
+    raise AssertionError("the NLL of an unchanged finished run must be reused")
+  monkeypatch.setattr(nvae_train, "evaluate_nll", no_evaluation)
+  row, resumed = nvae_train.train_and_evaluate(s, tiny_train_config(logdir, 2), data_dir=data_dir,
+                                               strategy=tf.distribute.get_strategy(), command="cmd")
+  assert row["nll"] == first_row["nll"] and row["nll_passes"] == first_row["nll_passes"]
+  assert nvae_train.previous_nll(str(logdir), s, steps=2, seed=0)["nll"] == first_row["nll"]
+  for changed, steps, seed in ((dataclasses.replace(s, num_iw_samples=5), 2, 0), (s, 3, 0), (s, 2, 1),
+                               (dataclasses.replace(s, num_test_passes=2), 2, 0)):
+    assert nvae_train.previous_nll(str(logdir), changed, steps=steps, seed=seed) is None
+  assert int(resumed.trainer.step.numpy()) == 2
+  assert int(resumed.trainer.optimizer.iterations.numpy()) == 2
+  model, path = nvae_evaluate.restore_run(str(logdir), "latest", s, seed=0)
+  assert path.endswith("ckpt-2")
+  fresh = NVAE(s.model, seed=0)
+  names = [v.path for v in model.variables]
+  assert any("sr_state" in n and n.endswith("/u") for n in names)
+  reader = tf.train.load_checkpoint(path)  # the harness saves the ordered model.variables list
+  moved = 0
+  for i, (ours, theirs, trained_v, init) in enumerate(zip(
+      model.variables, resumed.model.variables, trained.model.variables, fresh.variables)):
+    saved = reader.get_tensor(f"model_variables/{i}/.ATTRIBUTES/VARIABLE_VALUE")
+    np.testing.assert_array_equal(ours.numpy(), saved, err_msg=ours.path)  # seed states included
+    if "seed_generator" not in ours.path:  # sampling after training advanced those
+      np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
+      np.testing.assert_array_equal(ours.numpy(), trained_v.numpy(), err_msg=ours.path)
+    moved += int(not np.array_equal(ours.numpy(), init.numpy()))
+  assert moved > len(model.trainable_variables)  # weights, BN statistics and SR vectors
+
+
+def test_validation_history_logs_a_repeated_epoch_once(tmp_path):
+  history = nvae_train.ValidationHistory(str(tmp_path / "validation.json"))
+  history(0, {"val_neg_log_p": 3.0}, val_seconds=2.0)
+  history(1, {"val_neg_log_p": 2.0}, val_seconds=2.0)
+  history(1, {"val_neg_log_p": 1.5}, val_seconds=2.0)  # epoch 2 again after an interruption
+  rows = history.rows()
+  assert [(r["epoch"], r["val_neg_log_p"]) for r in rows] == [(1, 3.0), (2, 1.5)]
+  history(0, {"val_neg_log_p": 4.0}, val_seconds=2.0)  # resumed from before epoch 1
+  assert [r["epoch"] for r in history.rows()] == [1]
 
 
 def test_evaluate_readjusts_bn_per_temperature_from_the_trained_statistics(tmp_path, digits):
@@ -80,7 +156,7 @@ def test_evaluate_readjusts_bn_per_temperature_from_the_trained_statistics(tmp_p
   model = NVAE(s.model)
   for bn in model.bn_layers:  # distinct "trained" statistics
     bn.moving_variance.assign(bn.moving_variance + 0.5)
-  splits = nvae_mnist.Splits(dataset="binarized_mnist", dynamic=False, train=None, test=digits[:8])
+  splits = nvae_train.Splits(dataset="binarized_mnist", dynamic=False, train=None, test=digits[:8])
   trained_bn = nvae_evaluate.bn_statistics(model)
   settings = nvae_evaluate.EvalSettings(temperatures=(0.6, 1.0), num_iw_samples=4, readjust_bn_steps=2,
                                         num_grid_images=4, fid_samples=4)
@@ -110,21 +186,24 @@ def test_evaluate_readjusts_bn_per_temperature_from_the_trained_statistics(tmp_p
     nvae_evaluate.parse_temperatures(["0.6", "-1"])
 
 
-def test_validation_nll_period_and_values(digits):
+def test_validation_nll_period_and_values(digits, untrained):
   """Official train.py: eval_freq = 1 if epochs <= 50 else 20, and after the last epoch; K = 10."""
   s = tiny_settings()
-  assert [nvae_mnist.validation_period(s, e) for e in (50, 51)] == [1, 20]
-  assert nvae_mnist.validation_period(tiny_settings(val_every_epochs=0), 400) == 0
-  model = NVAE(s.model)
-  fn = nvae_mnist.make_epoch_end_fn(digits[:2], val_images=digits[:4], val_every=2,
-                                    val_num_iw_samples=3, epochs=4, eval_batch_size=4)
+  assert [nvae_train.validation_period(s, e) for e in (50, 51)] == [1, 20]
+  assert nvae_train.validation_period(tiny_settings(val_every_epochs=0), 400) == 0
+  assert nvae_train.PRESETS["cpu"].val_every_epochs == 2
+  calls = []
+  fn = nvae_train.make_epoch_end_fn(digits[:2], val_images=digits[:4], val_every=2,
+                                    val_num_iw_samples=3, epochs=4, eval_batch_size=4,
+                                    on_validation=lambda e, v, val_seconds: calls.append((e, v)))
   with tf.summary.create_noop_writer().as_default(step=0):
-    logged = [sorted(fn(model, epoch)) for epoch in range(4)]
+    logged = [fn(untrained, epoch) for epoch in range(4)]
   with_val = sorted(["test_batch_neg_elbo", "val_bpd_log_p", "val_nelbo", "val_neg_log_p"])
-  assert logged == [with_val, ["test_batch_neg_elbo"], with_val, with_val]
-  with tf.summary.create_noop_writer().as_default(step=0):
-    values = fn(model, 3)
-  assert values["val_bpd_log_p"] == pytest.approx(values["val_neg_log_p"] / (784 * np.log(2)))
+  assert [sorted(v) for v in logged] == [with_val, ["test_batch_neg_elbo"], with_val, with_val]
+  assert [e for e, _ in calls] == [0, 2, 3]
+  assert calls[2][1]["val_neg_log_p"] == logged[3]["val_neg_log_p"]
+  values = logged[3]
+  assert values["val_bpd_log_p"] == pytest.approx(values["val_neg_log_p"] / (NUM_DIMS * np.log(2)))
   assert 0 < values["val_neg_log_p"] <= values["val_nelbo"] + 1e-3
 
 
@@ -135,53 +214,87 @@ def fake_context(step, epoch):
 
 
 @pytest.mark.parametrize("clock", ["step", "epoch"])
-def test_loss_fn_warmup_clock(clock, digits):
-  s = tiny_settings(kl_warmup=clock, model=tiny_config())
-  model = NVAE(s.model)
-  loss_fn = nvae_mnist.make_loss_fn(s, model)
+def test_loss_fn_warmup_clock(clock, digits, untrained):
+  s = tiny_settings(kl_warmup=clock, model=untrained.config)
+  assert s.kl_warmup is WarmupClock(clock)
+  loss_fn = nvae_train.make_loss_fn(s)
   x = tf.constant(digits[:4])
-  betas = [float(loss_fn(model, x, fake_context(step, step // 10)).metrics["beta"])
+  betas = [float(loss_fn(untrained, x, fake_context(step, step // 10)).metrics["beta"])
            for step in (21, 28, 99)]
   if clock == "step":   # (t - 0.01) / 30 on the step counter
     assert betas[0] == pytest.approx((21 - 0.01) / 30) and betas[1] > betas[0]
   else:                 # (e - 0.001) / 3 on the epoch counter: constant within epoch 2
     assert betas[0] == betas[1] == pytest.approx((2 - 0.001) / 3)
   assert betas[2] == 1.0
-  out = loss_fn(model, x, fake_context(0, 0))
+  out = loss_fn(untrained, x, fake_context(0, 0))
   assert out.per_example.shape == (4,)
-  assert float(out.regularizer) == pytest.approx(1e-2 * float(model.batchnorm_loss()), rel=1e-5)
+  assert float(out.regularizer) == pytest.approx(1e-2 * float(untrained.batchnorm_loss()), rel=1e-5)
   np.testing.assert_allclose(np.mean([float(out.metrics[f"kl_gamma/group_{g:02d}"])
-                                      for g in range(model.num_groups)]), 1.0, rtol=1e-5)
+                                      for g in range(untrained.num_groups)]), 1.0, rtol=1e-5)
+
+
+def test_bad_settings_are_value_errors():
+  with pytest.raises(ValueError, match="kl_warmup"):
+    tiny_settings(kl_warmup="linear")
+  with pytest.raises(ValueError, match="dataset"):
+    tiny_settings(dataset="cifar10")
 
 
 def test_bad_data_dir_is_a_data_error(tmp_path):
   with pytest.raises(data.DataError, match="does not exist"):
-    nvae_mnist.load_splits(tiny_settings(), data_dir=str(tmp_path / "missing"))
+    nvae_train.load_splits(tiny_settings(), data_dir=str(tmp_path / "missing"))
 
 
-def test_command_line_reports_bad_data_dir_in_one_line(tmp_path):
+def test_command_line_accepts_the_cpu_preset_and_reports_bad_data_dir_in_one_line(tmp_path):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.nvae_mnist", f"--data_dir={tmp_path / 'missing'}",
-       "--dataset=binarized_mnist", f"--logdir={tmp_path / 'run'}"],
+      [sys.executable, "-m", "experiments.nvae_mnist", "--preset=cpu",
+       f"--data_dir={tmp_path / 'missing'}", "--dataset=binarized_mnist",
+       f"--logdir={tmp_path / 'run'}"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
-  assert len(errors) == 1 and "does not exist" in errors[0]
+  assert len(errors) == 1 and "does not exist" in errors[0], proc.stderr[-2000:]
 
 
-def test_table_metrics_are_unavailable_without_weights_and_computed_with_a_network():
-  model = NVAE(tiny_config())
-  reference = np.random.RandomState(0).uniform(size=(20, 28, 28, 1)).astype(np.float32)
+def test_table_rows_names_settings_and_validation_table():
+  rows = nvae_train.parse_table_rows(["step_sr", "epoch_sr"])
+  assert rows == ((WarmupClock.STEP, Spectral.SR), (WarmupClock.EPOCH, Spectral.SR))
+  assert [nvae_train.row_name(*r) for r in nvae_train.TABLE_ROWS] == ["step_sn", "step_sr", "epoch_sn"]
+  with pytest.raises(ValueError, match="table_rows"):
+    nvae_train.parse_table_rows(["step_sx"])
+  s = nvae_train.row_settings(tiny_settings(), "epoch", "sn")
+  assert s.kl_warmup is WarmupClock.EPOCH and s.model.spectral is Spectral.SN
+  assert nvae_train.table_row_label("epoch", "sn") == "Epoch + SN"
+  history = [dict(epoch=2, step=20, train_seconds=130.0, val_seconds=10.0, train_seconds_no_val=120.0,
+                  val_neg_log_p=95.25, val_nelbo=99.0),
+             dict(epoch=4, step=40, train_seconds=250.0, val_seconds=10.0, train_seconds_no_val=230.0,
+                  val_neg_log_p=90.5, val_nelbo=94.0)]
+  text = nvae_train.validation_table([dict(row="Step + SR", validation=history, test_examples=10000,
+                                           settings={"val_num_iw_samples": 10})])
+  assert "**Step + SR**" in text and "K = 10" in text
+  assert "| 2 | 20 | 2.00 | 95.25 | 99.00 |" in text and "| 4 | 40 | 3.83 | 90.50 | 94.00 |" in text
+
+
+def test_table_metrics_are_unavailable_without_weights_and_computed_with_a_network(untrained):
+  reference = np.random.RandomState(0).uniform(size=(20,) + IMAGE_SHAPE).astype(np.float32)
   missing = (None, "no weights here")
-  out = nvae_table1.sample_metrics(model, reference, num_samples=20, inception=missing,
-                                   vgg16=missing)
+  out = nvae_train.sample_metrics(untrained, reference, num_samples=20, inception=missing,
+                                  vgg16=missing)
   assert all(str(out[k]).startswith("unavailable (no ") for k in ("fid", "precision", "recall"))
 
   # A small stand-in feature network exercises the FID path (never used for reported numbers).
   inputs = keras.Input((None, None, 1))
   pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(6, 3)(inputs / 255.0))
   network = keras.Model(inputs, {"pool_3": pooled})
-  assert nvae_table1.fid_from_features(network, reference, reference) == pytest.approx(0.0, abs=1e-6)
-  shifted = nvae_table1.fid_from_features(network, np.clip(reference * 0.3, 0, 1), reference)
+  assert nvae_train.fid_from_features(network, reference, reference) == pytest.approx(0.0, abs=1e-6)
+  shifted = nvae_train.fid_from_features(network, np.clip(reference * 0.3, 0, 1), reference)
   assert shifted > 1e-4
+
+
+def test_old_import_paths_still_work():
+  """experiments.nvae_mnist keeps the names other scripts imported from it (this session)."""
+  from experiments import nvae_mnist  # pylint: disable=g-import-not-at-top
+  assert nvae_mnist.RunSettings is nvae_train.RunSettings
+  assert nvae_mnist.SETTINGS_FILE == "settings.json" and "cpu" in nvae_mnist.PRESETS
+  assert nvae_evaluate.restore_run is nvae_train.restore_run

@@ -8,7 +8,7 @@ from evaluation import lpips
 from evaluation import ppl
 from experiments import nvae_table2
 from nvae_tf import NVAE
-from tests.nvae_tf.conftest import tiny_config
+from tests.nvae_tf.conftest import one_scale_config
 
 
 def _random_lpips_file(path, *, width_divisor=16, seed=0):
@@ -22,7 +22,7 @@ def _random_lpips_file(path, *, width_divisor=16, seed=0):
 def test_ppl_lpips_column_is_unavailable_without_weights_and_a_number_with_them(tmp_path,
                                                                               monkeypatch):
   monkeypatch.delenv(lpips.LPIPS_PATH_ENV, raising=False)
-  model = NVAE(tiny_config())
+  model = NVAE(one_scale_config())
   missing = nvae_table2.load_lpips(None)
   assert missing[0] is None and "--lpips_path" in missing[1]
   value = nvae_table2.path_length(model, missing, make_distance=ppl.lpips_distance,

@@ -3,7 +3,6 @@ objective (KL balancing while beta < 1, L_SR + L_BN), one SGD step through exper
 Covers SyncBN, global-batch KL-balancing statistics, power iterations and sampling noise."""
 
 import pytest
-import dataclasses
 
 import keras
 import numpy as np
@@ -12,7 +11,7 @@ import tensorflow as tf
 from experiments import harness
 from nvae_tf import NVAE
 from tests.conftest import two_cpu_strategy
-from tests.nvae_tf.conftest import tiny_config
+from tests.nvae_tf.conftest import one_scale_config
 
 GLOBAL_BATCH = 8
 BETA = 0.5  # inside the warm-up, so the balancing coefficients gamma_l are used
@@ -26,8 +25,7 @@ def loss_fn(model, batch, ctx):
 
 
 def train_one_step(tmp_path, strategy, images, initial):
-  config = dataclasses.replace(tiny_config(spectral="sr"), num_latent_scales=1, num_groups_per_scale=2,
-                               num_preprocess_blocks=1, num_postprocess_blocks=1)
+  config = one_scale_config(spectral="sr")
   with strategy.scope():
     model = NVAE(config, seed=0)
     optimizer = keras.optimizers.SGD(learning_rate=0.01)  # float32 roundoff of the gradient x lr << 1e-5

@@ -8,7 +8,7 @@ import tensorflow as tf
 from evaluation import likelihood
 from nvae_tf import NVAE, groups_per_scale
 from nvae_tf import optim
-from tests.nvae_tf.conftest import tiny_config
+from tests.nvae_tf.conftest import one_scale_config, tiny_config
 
 
 def test_paper_structure_shapes_at_every_scale():
@@ -123,7 +123,7 @@ def test_decode_noise_is_deterministic_and_checks_groups():
 @pytest.mark.slow
 def test_tiny_model_overfits_64_digits(digits):
   keras.utils.set_random_seed(0)
-  model = NVAE(tiny_config(), seed=0)
+  model = NVAE(one_scale_config(), seed=0)
   optimizer = optim.CoupledAdamax(learning_rate=1e-2)
   x = tf.constant(digits)
 
@@ -136,6 +136,6 @@ def test_tiny_model_overfits_64_digits(digits):
                                   model.trainable_variables))
     return loss
 
-  losses = [float(step()) for _ in range(60)]  # ~540 -> ~175 nats on this setup
+  losses = [float(step()) for _ in range(30)]  # ~716 -> ~313 nats on this setup
   start, end = np.mean(losses[:3]), np.mean(losses[-5:])
-  assert end < 0.5 * start, (start, end)
+  assert end < 0.55 * start, (start, end)
