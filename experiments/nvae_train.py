@@ -354,15 +354,29 @@ def train(s: RunSettings, config: harness.TrainConfig, *, strategy, data_dir=Non
                  validation=history.rows())
 
 
-def evaluate_nll(s: RunSettings, model: NVAE, splits: Splits, *, seed: int, progress: bool = True):
-  """Importance-weighted test NLL (evaluation.likelihood), `num_test_passes` independent passes."""
+def evaluate_nll(s: RunSettings, model: NVAE, splits: Splits, *, seed: int, progress: bool = True,
+                 resume_dir: str | None = None, checkpoint: str | None = None):
+  """Importance-weighted test NLL (evaluation.likelihood), `num_test_passes` independent passes.
+
+  With `resume_dir`, each pass saves its partial results after every batch in
+  `<resume_dir>/nll_partial_pass<p>.npz` (keyed by `checkpoint`, K, test images and seed), so an
+  interrupted K = 1000 evaluation over 10,000 images continues where it stopped.
+  """
   passes = []
+  rng_variables = [v for v in model.variables if "seed_generator_state" in v.path]
   for p in range(s.num_test_passes):
     images = splits.binary_test(seed * 1000 + p)
     batches = tf.data.Dataset.from_tensor_slices(images).batch(s.eval_batch_size)
+    resume = dict(resume_path=None)
+    if resume_dir is not None:
+      resume = dict(resume_path=os.path.join(resume_dir, f"nll_partial_pass{p}.npz"),
+                    resume_key=dict(checkpoint=checkpoint, num_iw_samples=s.num_iw_samples,
+                                    test_examples=len(images), seed=seed, test_pass=p,
+                                    eval_batch_size=s.eval_batch_size),
+                    rng_variables=rng_variables)
     passes.append(likelihood.evaluate_log_likelihood(
         model.log_weights, batches, num_samples=s.num_iw_samples, num_dims=splits.num_dims,
-        chunk_size=s.iw_chunk, progress=progress))
+        chunk_size=s.iw_chunk, progress=progress, **resume))
   nll = np.array([r.nll for r in passes])
   return {
       "nll": float(nll.mean()),
@@ -406,7 +420,8 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
     print(f"test NLL of step {steps} reused from {os.path.join(config.logdir, 'results.json')} "
           "(same K, test images, passes and seed)", file=sys.stderr)
   else:
-    nll = evaluate_nll(s, model, trained.splits, seed=config.seed, progress=config.progress)
+    nll = evaluate_nll(s, model, trained.splits, seed=config.seed, progress=config.progress,
+                       resume_dir=config.logdir, checkpoint=f"step {steps}")
   if s.readjust_bn_steps:
     model.readjust_bn(num_iterations=s.readjust_bn_steps, temperature=s.temperature)
   samples = model.sample(NUM_GRID_IMAGES, temperature=s.temperature).numpy()

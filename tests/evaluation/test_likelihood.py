@@ -122,3 +122,53 @@ def test_bits_per_dim_and_errors():
   with pytest.raises(ValueError, match="no data"):
     likelihood.evaluate_log_likelihood(lambda x, k: x[None], [], num_samples=1, num_dims=1,
                                        progress=False)
+
+
+def test_interrupted_evaluation_resumes_to_the_uninterrupted_numbers(tmp_path, capsys):
+  """resume_path: per-example results and the generator state are saved after every batch; a
+  rerun with the same key skips the finished batches and draws what an uninterrupted run draws."""
+  def run(batches, path=None, key="k1"):
+    gen = tf.random.Generator.from_seed(3)  # a fresh model: the generator starts from its seed
+
+    def log_weight_fn(x, k):  # the prior as proposal: every draw changes the estimate
+      z = gen.normal([k, tf.shape(x)[0]])
+      return log_normal(x, z, S2)
+    return likelihood.evaluate_log_likelihood(log_weight_fn, batches, num_samples=5, num_dims=1,
+                                              progress=False, resume_path=path, resume_key=key,
+                                              rng_variables=[gen.state])
+
+  batches = [X[i:i + 16] for i in range(0, 64, 16)]
+  full = run(batches).per_example_log_likelihood
+
+  path = str(tmp_path / "nll_partial.npz")
+  savez = np.savez
+
+  def interrupt_at_third_save(monkeypatch):  # e.g. the session ends during the third batch
+    calls = []
+
+    def save(*args, **kwargs):
+      calls.append(1)
+      if len(calls) == 3:
+        raise KeyboardInterrupt
+      savez(*args, **kwargs)
+    monkeypatch.setattr(np, "savez", save)
+
+  with pytest.MonkeyPatch.context() as mp:
+    interrupt_at_third_save(mp)
+    with pytest.raises(KeyboardInterrupt):
+      run(batches, path)
+  with np.load(path) as f:
+    assert int(f["batches_done"]) == 2 and f["log_px"].shape == (32,)
+  resumed = run(batches, path).per_example_log_likelihood
+  assert "Resumed the likelihood evaluation" in capsys.readouterr().out
+  np.testing.assert_array_equal(resumed, full)
+  assert not (tmp_path / "nll_partial.npz").exists()  # removed once complete
+
+  # Partial results of another evaluation (other checkpoint / K / data) are never mixed in.
+  with pytest.MonkeyPatch.context() as mp:
+    interrupt_at_third_save(mp)
+    with pytest.raises(KeyboardInterrupt):
+      run(batches, path, key="other checkpoint")
+  again = run(batches, path).per_example_log_likelihood
+  assert "belongs to another evaluation" in capsys.readouterr().out
+  np.testing.assert_array_equal(again, full)

@@ -138,6 +138,43 @@ def test_resumed_run_restores_every_variable_and_nvae_evaluate_restores_the_weig
   assert moved > len(model.trainable_variables)  # weights, BN statistics and SR vectors
 
 
+def test_interrupted_test_nll_resumes_to_the_uninterrupted_numbers(run, tmp_path, monkeypatch):
+  """evaluate_nll(resume_dir=...): a K-sample evaluation interrupted after its first batch and rerun
+  from the same checkpoint state gives the uninterrupted per-pass NLL exactly (the partial file
+  holds the finished batches and the model's generator states)."""
+  _, s, _, trained, _ = run
+  s = dataclasses.replace(s, eval_batch_size=4, num_iw_samples=3)  # 8 test images: 2 batches
+  model = trained.model
+  seeds = [v for v in model.variables if "seed_generator_state" in v.path]
+  assert seeds
+  at_checkpoint = [v.numpy() for v in seeds]
+
+  def restore_checkpoint_state():
+    for v, value in zip(seeds, at_checkpoint):
+      v.assign(value)
+
+  full = nvae_train.evaluate_nll(s, model, trained.splits, seed=0, progress=False)
+  restore_checkpoint_state()
+  savez, calls = np.savez, []
+
+  def save_then_stop(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    savez(*args, **kwargs)
+  monkeypatch.setattr(np, "savez", save_then_stop)
+  with pytest.raises(KeyboardInterrupt):
+    nvae_train.evaluate_nll(s, model, trained.splits, seed=0, progress=False,
+                            resume_dir=str(tmp_path), checkpoint="step 2")
+  monkeypatch.setattr(np, "savez", savez)
+  assert (tmp_path / "nll_partial_pass0.npz").exists()
+  restore_checkpoint_state()  # a new process restores the checkpoint
+  resumed = nvae_train.evaluate_nll(s, model, trained.splits, seed=0, progress=False,
+                                    resume_dir=str(tmp_path), checkpoint="step 2")
+  assert resumed["nll_passes"] == full["nll_passes"] and resumed["neg_elbo"] == full["neg_elbo"]
+  assert not (tmp_path / "nll_partial_pass0.npz").exists()
+
+
 def test_validation_history_logs_a_repeated_epoch_once(tmp_path):
   history = nvae_train.ValidationHistory(str(tmp_path / "validation.json"))
   history(0, {"val_neg_log_p": 3.0}, val_seconds=2.0)
