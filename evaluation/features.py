@@ -277,3 +277,18 @@ def _extract(batches, total, *, batch_size, progress, step, info,
   height, width, channels = info.pop("original_shape", shape)
   info.update(count=seen, height=int(height), width=int(width), channels=int(channels))
   return {name: np.concatenate(values) for name, values in outputs.items()}
+
+
+def extract_with_record(network: keras.Model, images, *, label: str, feature: str,
+                        resize: str = "tf1", precision: str = "float32",
+                        **kwargs) -> tuple[np.ndarray, dict]:
+  """(`extract(network, images, ...)[feature]`, its protocol record): for scripts that store a
+  metric value with `experiments.results.metric(value, record)`. `label` names the network as the
+  metric commands do ("inception-2015", "vgg16-keras", "vgg16-torch-fidelity")."""
+  from evaluation import protocol  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  info: dict = {}
+  out = extract(network, images, resize=resize, info=info, **kwargs)[feature]
+  record = protocol.record(network=label, weights_sha=protocol.weights_sha256(network),
+                           feature=feature, resize=resize_lib.describe_resize(resize),
+                           precision=precision, info=info)
+  return out, record

@@ -25,6 +25,7 @@ import sys
 from absl import flags
 import numpy as np
 
+from evaluation import protocol
 from experiments import flags as common
 from experiments import nvae_train
 from experiments import results
@@ -181,8 +182,12 @@ def main(argv):
     print(f"test NLL {row['nll']:.2f} nats ({row['bits_per_dim']:.4f} bits/dim), -ELBO "
           f"{row['neg_elbo']:.2f}, K={s.num_iw_samples}, {row['test_examples']} images")
   for t, m in row["temperatures"].items():
-    print(f"temperature {t}: FID {m['fid']}, precision {m['precision']}, recall {m['recall']}; "
+    fid, precision, recall = (results.format_value(m[k], 4) for k in ("fid", "precision", "recall"))
+    print(f"temperature {t}: FID {fid}, precision {precision}, recall {recall}; "
           f"samples {m['samples']}")
+    for k in ("fid", "precision"):
+      if results.is_metric(m[k]):
+        print(f"  {k} {protocol.describe_record(m[k]['protocol'])}")
   print(f"wrote {os.path.join(output_dir, 'evaluate.json')} (checkpoint: {source})")
 
 

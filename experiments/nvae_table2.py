@@ -22,6 +22,7 @@ from typing import Callable
 from absl import flags
 
 from evaluation import ppl
+from evaluation import protocol
 from experiments import flags as common
 from experiments import nvae_flags
 from experiments import nvae_train
@@ -55,20 +56,27 @@ def load_lpips(weights_path: str | None):
 
 
 def path_length(model, network, *, make_distance: Callable, missing: str, num_samples: int,
-                temperature: float, seed: int):
-  """PPL as a float, or 'unavailable (<missing>)' when the distance's network is missing.
+                temperature: float, seed: int, label: str, feature: str):
+  """PPL as `results.metric(value, its protocol record)`, or 'unavailable (<missing>)' when the
+  distance's network is missing.
 
   network: the (network, reason) pair of `nvae_train.load_network` / `load_lpips`;
   make_distance: `ppl.vgg16_feature_distance` (squared fc2 feature distance) or
-  `ppl.lpips_distance` (LPIPS-VGG, not squared again).
+  `ppl.lpips_distance` (LPIPS-VGG, not squared again); label / feature: the network's name and
+  feature in the record (as `experiments.ppl`).
   """
   net, _ = network
   if net is None:
     return nvae_train.unavailable(missing)
   generate, latent_sampler, _ = nvae_train.make_generator(model, temperature=temperature)
-  return ppl.perceptual_path_length(generate, latent_sampler=latent_sampler, num_samples=num_samples,
-                                    distance=make_distance(net), epsilon=PPL_EPSILON,
-                                    interpolation="slerp", seed=seed)
+  value = ppl.perceptual_path_length(generate, latent_sampler=latent_sampler,
+                                     num_samples=num_samples, distance=make_distance(net),
+                                     epsilon=PPL_EPSILON, interpolation="slerp", seed=seed)
+  record = protocol.ppl_record(
+      network=label, weights_sha=protocol.weights_sha256(net), feature=feature,
+      image_shape=generate(latent_sampler(1)).shape[1:], epsilon=PPL_EPSILON, space="z",
+      interpolation="slerp", sampling="full", crop=False, num_samples=num_samples, seed=seed)
+  return results.metric(value, record)
 
 
 COLUMNS = [("row", "Warm-up + spectral"), ("ppl", "PPL (VGG-16 fc2, slerp, eps 1e-4)"),
@@ -100,11 +108,12 @@ def main(argv):
         "steps": int(trained.trainer.step.numpy()),
         "ppl": path_length(trained.model, vgg16, make_distance=ppl.vgg16_feature_distance,
                            missing="no VGG-16 weights: pass --vgg16_path", num_samples=num_samples,
-                           temperature=s.temperature, seed=config.seed),
+                           temperature=s.temperature, seed=config.seed, label="vgg16-keras",
+                           feature="fc2"),
         "ppl_lpips": path_length(trained.model, lpips_net, make_distance=ppl.lpips_distance,
                                  missing="no LPIPS-VGG weights: pass --lpips_path",
                                  num_samples=num_samples, temperature=s.temperature,
-                                 seed=config.seed)})
+                                 seed=config.seed, label="lpips-vgg-v0.1", feature="lpips")})
   results.write_json(os.path.join(table.root, "table2.json"), rows)
   notes = (f"**{preset} preset.**" + (
       " Quick-preset models (small CPU runs); not comparable with the paper." if preset == "quick"

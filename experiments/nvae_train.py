@@ -483,20 +483,36 @@ def generate_samples(model, num_samples: int, *, temperature: float = 1.0) -> np
   return np.concatenate(chunks)
 
 
-def fid_from_features(network, samples, reference) -> float:
-  """FID between [N, H, W, C] images in [0, 1] through `network` ({'pool_3': [B, 2048]})."""
-  from evaluation import features, fid  # pylint: disable=g-import-not-at-top
-  fake = features.extract(network, samples, progress=False)["pool_3"]
-  real = features.extract(network, reference, progress=False)["pool_3"]
-  return fid.frechet_distance(*fid.feature_statistics(fake), *fid.feature_statistics(real))
+def _features_and_record(network, samples, reference, *, label: str, feature: str):
+  """Features of samples and reference with their protocol records (checked to agree)."""
+  from evaluation import features, protocol  # pylint: disable=g-import-not-at-top
+  fake, record = features.extract_with_record(network, samples, label=label, feature=feature,
+                                              progress=False)
+  real, real_record = features.extract_with_record(network, reference, label=label,
+                                                   feature=feature, progress=False)
+  protocol.check_compatible(record, real_record)
+  return fake, real, record
 
 
-def precision_recall_from_features(network, samples, reference) -> tuple[float, float]:
-  """Improved precision / recall (k = 3) of images in [0, 1] through `network` ({'fc2': ...})."""
-  from evaluation import features, precision_recall  # pylint: disable=g-import-not-at-top
-  fake = features.extract(network, samples, progress=False)["fc2"]
-  real = features.extract(network, reference, progress=False)["fc2"]
-  return precision_recall.precision_recall(real, fake, k=3)
+def fid_from_features(network, samples, reference, *, label: str = "inception-2015") -> dict:
+  """FID between [N, H, W, C] images in [0, 1] through `network` ({'pool_3': [B, 2048]}), as
+  `results.metric(value, protocol record of the samples)`."""
+  from evaluation import fid  # pylint: disable=g-import-not-at-top
+  fake, real, record = _features_and_record(network, samples, reference, label=label,
+                                            feature="pool_3")
+  value = fid.frechet_distance(*fid.feature_statistics(fake), *fid.feature_statistics(real))
+  return results.metric(value, record)
+
+
+def precision_recall_from_features(network, samples, reference, *,
+                                   label: str = "vgg16-keras") -> tuple[dict, dict]:
+  """Improved precision / recall (k = 3) of images in [0, 1] through `network` ({'fc2': ...}), each
+  as `results.metric(value, protocol record)`."""
+  from evaluation import precision_recall  # pylint: disable=g-import-not-at-top
+  fake, real, record = _features_and_record(network, samples, reference, label=label,
+                                            feature="fc2")
+  precision, recall = precision_recall.precision_recall(real, fake, k=3)
+  return results.metric(precision, record), results.metric(recall, record)
 
 
 def load_network(kind: str, *, path: str | None, download: bool):
@@ -511,8 +527,8 @@ def load_network(kind: str, *, path: str | None, download: bool):
 
 def sample_metrics(model, reference: np.ndarray, *, num_samples: int, inception, vgg16,
                    temperature: float = 1.0) -> dict:
-  """FID / precision / recall of samples at `temperature` as floats, or 'unavailable (...)' strings
-  (reasons: `load_network`)."""
+  """FID / precision / recall of samples at `temperature` as `results.metric` values (with their
+  protocol records), or 'unavailable (...)' strings (reasons: `load_network`)."""
   inception_net, vgg_net = inception[0], vgg16[0]
   out = {"fid": unavailable("no Inception weights: pass --inception_path")}
   out["precision"] = out["recall"] = unavailable("no VGG-16 weights: pass --vgg16_path")

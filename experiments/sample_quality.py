@@ -42,6 +42,7 @@ from evaluation import features
 from evaluation import kid
 from evaluation import likelihood
 from evaluation import networks
+from evaluation import protocol
 from experiments import data
 from experiments import ddim_flags
 from experiments import flags as common
@@ -392,19 +393,25 @@ def generate(sample_fn, total: int, *, seed: int, batch: int = 500) -> np.ndarra
 
 
 def fid_kid(network, generated, reference, *, seed: int = 0) -> dict:
-  """FID and KID of `generated` against `reference` (all images, and the first 256 of each)."""
-  feats_g = features.extract(network, generated, progress=False)["pool_3"]
-  feats_r = features.extract(network, reference, progress=False)["pool_3"]
-  mu_g, s_g = fid.feature_statistics(feats_g)
-  mu_r, s_r = fid.feature_statistics(feats_r)
+  """FID and KID (mean, std) of `generated` against `reference` (all images, and the first 256 of
+  each), every value as `results.metric(value, protocol record of the generated images)`."""
+  feats_g, record = features.extract_with_record(network, generated, label="inception-2015",
+                                                 feature="pool_3", progress=False)
+  feats_r, real_record = features.extract_with_record(network, reference, label="inception-2015",
+                                                      feature="pool_3", progress=False)
+  protocol.check_compatible(record, real_record)
+  small = dict(record, image_count=min(SMALL_PROTOCOL, len(feats_g)))
   small_g, small_r = feats_g[:SMALL_PROTOCOL], feats_r[:SMALL_PROTOCOL]
+  kid_all = kid.kernel_inception_distance(feats_r, feats_g, seed=seed)
+  kid_small = kid.kernel_inception_distance(small_r, small_g, subset_size=SMALL_PROTOCOL, seed=seed)
   return {
-      "fid": fid.frechet_distance(mu_g, s_g, mu_r, s_r),
-      "kid": kid.kernel_inception_distance(feats_r, feats_g, seed=seed),
-      "fid_256": fid.frechet_distance(*fid.feature_statistics(small_g),
-                                      *fid.feature_statistics(small_r)),
-      "kid_256": kid.kernel_inception_distance(small_r, small_g, subset_size=SMALL_PROTOCOL,
-                                               seed=seed),
+      "fid": results.metric(fid.frechet_distance(*fid.feature_statistics(feats_g),
+                                                 *fid.feature_statistics(feats_r)), record),
+      "kid": results.metric(kid_all[0], record), "kid_std": results.metric(kid_all[1], record),
+      "fid_256": results.metric(fid.frechet_distance(*fid.feature_statistics(small_g),
+                                                     *fid.feature_statistics(small_r)), small),
+      "kid_256": results.metric(kid_small[0], small),
+      "kid_256_std": results.metric(kid_small[1], small),
   }
 
 
@@ -483,8 +490,9 @@ def write_page(rows, *, settings: Settings, num_eval: int, num_dims: int,
   says why once."""
   preset = settings.preset
   fid_columns = [("fid", f"FID ({preset.fid_samples} gen. vs {num_eval} eval.)"),
-                 ("kid", "KID (mean ± std)"), ("fid_256", "FID 256 vs 256 (seed protocol)"),
-                 ("kid_256", "KID 256 vs 256")]
+                 ("kid", "KID mean"), ("kid_std", "KID std"),
+                 ("fid_256", "FID 256 vs 256 (seed protocol)"), ("kid_256", "KID 256 vs 256"),
+                 ("kid_256_std", "KID 256 std")]
   columns = ([("model", "model"), ("sampler", "sampler"), ("bits_per_dim", "bits/dim"),
               ("bits_per_dim_kind", "bits/dim: what")]
              + (fid_columns if fid_unavailable is None else [])

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from evaluation import protocol
 from experiments import data
 from experiments import harness
 from experiments import nvae_evaluate
 from experiments import nvae_train
+from experiments import results
 from nvae_tf import NVAE, Spectral, WarmupClock
 from nvae_tf import model as nvae_model
 from tests.nvae_tf.conftest import one_scale_config, write_binarized_mnist_head
@@ -324,9 +326,18 @@ def test_table_metrics_are_unavailable_without_weights_and_computed_with_a_netwo
   inputs = keras.Input((None, None, 1))
   pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(6, 3)(inputs / 255.0))
   network = keras.Model(inputs, {"pool_3": pooled})
-  assert nvae_train.fid_from_features(network, reference, reference) == pytest.approx(0.0, abs=1e-6)
+  same = nvae_train.fid_from_features(network, reference, reference)
+  assert same["value"] == pytest.approx(0.0, abs=1e-6)
   shifted = nvae_train.fid_from_features(network, np.clip(reference * 0.3, 0, 1), reference)
-  assert shifted > 1e-4
+  assert shifted["value"] > 1e-4
+  # The value carries its protocol record (network, weights hash, feature, resize, image count).
+  record = shifted["protocol"]
+  assert (record["network"], record["feature"], record["resize"]) == (
+      "inception-2015", "pool_3", "tf1-legacy-bilinear")
+  assert record["image_count"] == 20 and record["image_size"] == "28x28x1"
+  assert record["weights_sha256"] == protocol.weights_sha256(network)
+  results.require_protocols([{"fid": shifted}])
+  assert "(p1)" in results.markdown_table([{"fid": shifted}], [("fid", "FID")])
 
 
 def test_old_import_paths_still_work():

@@ -27,15 +27,21 @@ def test_ppl_lpips_column_is_unavailable_without_weights_and_a_number_with_them(
   assert missing[0] is None and "--lpips_path" in missing[1]
   value = nvae_table2.path_length(model, missing, make_distance=ppl.lpips_distance,
                                   missing="no LPIPS-VGG weights: pass --lpips_path",
-                                  num_samples=4, temperature=1.0, seed=0)
+                                  num_samples=4, temperature=1.0, seed=0, label="lpips-vgg-v0.1",
+                                  feature="lpips")
   assert value == "unavailable (no LPIPS-VGG weights: pass --lpips_path)"
 
   _random_lpips_file(tmp_path / "lpips.npz")
   network = nvae_table2.load_lpips(str(tmp_path / "lpips.npz"))
   assert network[1] is None
   value = nvae_table2.path_length(model, network, make_distance=ppl.lpips_distance,
-                                  missing="unused", num_samples=4, temperature=1.0, seed=0)
-  assert isinstance(value, float) and np.isfinite(value) and value >= 0.0
+                                  missing="unused", num_samples=4, temperature=1.0, seed=0,
+                                  label="lpips-vgg-v0.1", feature="lpips")
+  assert np.isfinite(value["value"]) and value["value"] >= 0.0
+  record = value["protocol"]  # the value carries the protocol it was made under
+  assert (record["metric"], record["network"], record["feature"], record["epsilon"]) == (
+      "ppl", "lpips-vgg-v0.1", "lpips", 1e-4)
+  assert (record["num_samples"], record["image_size"], record["space"]) == (4, "28x28x1", "z")
 
   # A malformed file is an error (exit 2 through experiments.flags.run), not "unavailable".
   (tmp_path / "bad.npz").write_bytes(b"not an npz")

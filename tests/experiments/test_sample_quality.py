@@ -174,9 +174,15 @@ def test_fid_kid_on_features_of_a_small_network():
   rng = np.random.default_rng(0)
   real = rng.uniform(size=(300, 28, 28, 1)).astype(np.float32)
   same = sq.fid_kid(network, real, real)
-  assert same["fid"] == pytest.approx(0.0, abs=1e-3) and same["fid_256"] == pytest.approx(0.0, abs=1e-3)
+  assert same["fid"]["value"] == pytest.approx(0.0, abs=1e-3)
+  assert same["fid_256"]["value"] == pytest.approx(0.0, abs=1e-3)
   other = sq.fid_kid(network, np.clip(real + 0.3, 0, 1), real)
-  assert other["fid"] > 1e-3 and other["kid"][0] > same["kid"][0]
+  assert other["fid"]["value"] > 1e-3 and other["kid"]["value"] > same["kid"]["value"]
+  # Every value carries the protocol it was made under; the 256 protocol says 256 images.
+  assert other["fid"]["protocol"]["image_count"] == 300
+  assert other["kid_256"]["protocol"]["image_count"] == 256
+  assert other["fid"]["protocol"]["weights_sha256"] == sq.protocol.weights_sha256(network)
+  sq.results.require_protocols([other])
 
 
 def test_paper_preset_without_mnist_train_images_is_a_clear_data_error(tmp_path):
