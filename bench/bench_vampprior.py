@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from experiments import harness  # noqa: E402
-from experiments import vampprior  # noqa: E402
+from experiments import vampprior_train  # noqa: E402
 from vampprior_tf import optim  # noqa: E402
 
 flags.DEFINE_integer("steps", 20, "Timed steps per configuration (after as many untimed steps, which include compilation).")
@@ -39,14 +39,14 @@ BATCH, STEPS_PER_EPOCH = 100, 500  # static MNIST: 50,000 training images, batch
 def time_config(model_name, prior, images):
   """Seconds per step of the harness's compiled train step (the one experiments.vampprior trains
   with: its loss_fn and AdamNormGrad), over the last `--steps` steps (compilation excluded)."""
-  settings = vampprior.RunSettings(
+  settings = vampprior_train.RunSettings(
       model=model_name, prior=prior, dataset="static_mnist", likelihood="bernoulli",
       num_components=500, learn_prior_weights=False, warmup=100, lr=5e-4, early_stopping=50,
       test_samples=5000, train_examples=None, eval_examples=None, image_every=10)
   keras.utils.set_random_seed(0)
   strategy = tf.distribute.get_strategy()
   with strategy.scope():
-    model = vampprior.build_model(settings, image_shape=(28, 28, 1), seed=0)
+    model = vampprior_train.build_model(settings, image_shape=(28, 28, 1), seed=0)
     model(images[:2])
     optimizer = keras.optimizers.Adam(settings.lr)
   with tempfile.TemporaryDirectory() as logdir:
@@ -54,7 +54,7 @@ def time_config(model_name, prior, images):
                                  max_steps=2 * FLAGS.steps, jit_compile=FLAGS.jit,
                                  log_every=FLAGS.steps, progress=False)
     trainer = harness.Trainer(config=config, strategy=strategy, model=model, optimizer=optimizer,
-                              loss_fn=vampprior.make_loss_fn(settings.warmup),
+                              loss_fn=vampprior_train.make_loss_fn(settings.warmup),
                               train_data=tf.data.Dataset.from_tensor_slices(images),
                               grad_transform=optim.normalize_gradients)
     last = trainer.fit()

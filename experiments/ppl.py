@@ -115,15 +115,14 @@ def vae_generator(logdir: str, which: str, *, seed: int, data_dir: str | None) -
   import keras  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from experiments import data  # pylint: disable=import-outside-toplevel
-  from experiments import vampprior  # pylint: disable=import-outside-toplevel
+  from experiments import vampprior_train  # pylint: disable=import-outside-toplevel
   row = results.read_json(os.path.join(logdir, "results.json"))
-  fields = {f.name for f in dataclasses.fields(vampprior.RunSettings)}
-  s = vampprior.RunSettings(**{k: v for k, v in row.items() if k in fields})
+  s = vampprior_train.settings_from_row(row)
   if s.model != "vae":
     raise ValueError(f"--logdir {logdir} is a {s.model} run: PPL needs a decoder of one latent "
                      "(--model=vae); the hierarchical models draw z1 given z2 at random")
-  images = data.load_arrays(vampprior.DATASETS[s.dataset].source, "test", data_dir)[0][:2]
-  model = vampprior.build_model(s, image_shape=images.shape[1:], seed=seed)
+  images = data.load_arrays(vampprior_train.DATASETS[s.dataset].source, "test", data_dir)[0][:2]
+  model = vampprior_train.build_model(s, image_shape=images.shape[1:], seed=seed)
   model(tf.constant(images, tf.float32))  # creates every variable (harness checkpoint order)
   folder = os.path.join(logdir, "best" if which in ("auto", "best") else "checkpoints")
   path = tf.train.latest_checkpoint(folder)

@@ -6,8 +6,9 @@
       --models=vae,hvae_2level,convhvae_2level,pixelhvae_2level --priors=standard,vampprior
 
 Each cell trains in <logdir>/<dataset>-<model>-<prior> (resumable: re-running a finished grid only
-re-evaluates) and the table is written to --output (default results/vampprior_table.md) with its
-JSON rows beside it.
+re-evaluates) and the table is written to --table_output (default results/vampprior_table.md) with its
+JSON rows beside it. The work is done by `experiments.vampprior_train`; the flags are defined and
+read once by `experiments.vampprior_flags` (`table_settings_from_flags`).
 """
 
 from __future__ import annotations
@@ -21,30 +22,16 @@ from absl import flags
 from experiments import flags as common
 from experiments import harness
 from experiments import results
-from experiments import vampprior  # its flags (--num_components, --warmup, ...) are reused
+from experiments import vampprior_flags
+from experiments import vampprior_train
+
 
 def define_flags():
-  """Defines this script's flags: called when it runs (not at import, so experiment modules
-  with flags of the same name can be imported together, e.g. by the tests)."""
-  vampprior.define_flags()
-  flags.DEFINE_list("datasets", None, "Data sets of the grid. Default: quick static_mnist,frey_faces; "
-                    "paper static_mnist,dynamic_mnist,frey_faces.")
-  flags.DEFINE_list("models", None, "Models of the grid. Default: quick vae,hvae_2level; paper all "
-                    f"four ({','.join(vampprior.MODELS)}).")
-  flags.DEFINE_list("priors", None, f"Priors of the grid. Default: all ({','.join(vampprior.PRIORS)}).")
-  flags.DEFINE_bool("report_only", False, "Train nothing: write the table from what the cells' "
-                    "logdirs hold (evaluated rows, or how far an unfinished cell's training got, "
-                    "from its status.json). For long runs that span several sessions.")
-  flags.DEFINE_string("table_output", "results/vampprior_table.md", "Markdown table to write; the JSON "
-                      "rows go to the same path with .json.")
+  """Defines this script's flags (`vampprior_flags.define_table_flags`) and shows them in --help."""
+  vampprior_flags.define_table_flags()
+  flags.adopt_module_key_flags(vampprior_flags)
 
-FLAGS = flags.FLAGS
 
-GRIDS = {
-    "quick": (("static_mnist", "frey_faces"), ("vae", "hvae_2level"), vampprior.PRIORS),
-    "paper": (("static_mnist", "dynamic_mnist", "frey_faces"), tuple(vampprior.MODELS),
-              vampprior.PRIORS),
-}
 # Published test NLL (nats) of Tomczak & Welling 2018 for static MNIST, as quoted in issue 5
 # (VAE + VampPrior 85.57; HVAE + VampPrior "about 83.2", i.e. 83.19 in the paper's Table 2).
 # The standard-prior rows (88.56, 86.05) as quoted in issue 12 from the same table.
@@ -60,36 +47,19 @@ COLUMNS = [("dataset", "data set"), ("model", "model"), ("prior", "prior"),
            ("train_seconds_total", "train s"), ("eval_time_s", "eval s"), ("status", "status")]
 
 
-def grid():
-  """(datasets, models, priors) from the flags, else the preset's grid."""
-  datasets, models, priors = GRIDS[FLAGS.preset]
-  return (tuple(FLAGS.datasets or datasets), tuple(FLAGS.models or models),
-          tuple(FLAGS.priors or priors))
-
-
-def cell_logdir(base_logdir: str, dataset: str, model: str, prior: str) -> str:
-  """--logdir names the grid's folder, not one run's: each cell gets its own sub-folder."""
-  return os.path.join(base_logdir, f"{dataset}-{model}-{prior}")
-
-
-def run_grid(*, datasets, models, priors, base_logdir: str, strategy,
-             report_only: bool = False) -> list[dict]:
-  """Trains and evaluates every cell (resuming; a finished, evaluated cell is not redone), or with
-  `report_only` reads what each cell's logdir holds."""
+def run_grid(cells, *, strategy, data_dir=None, report_only: bool = False) -> list[dict]:
+  """Trains and evaluates every cell ((RunSettings, TrainConfig) pairs, e.g.
+  `vampprior_flags.TableSettings.cells`; resuming, a finished, evaluated cell is not redone), or
+  with `report_only` reads what each cell's logdir holds."""
   rows = []
-  for dataset in datasets:
-    for model in models:
-      for prior in priors:
-        print(f"== {dataset} {model} {prior}", file=sys.stderr)
-        s = vampprior.settings_from_flags(model=model, prior=prior, dataset=dataset)
-        config = dataclasses.replace(vampprior.run_config(s, base_logdir),
-                                     logdir=cell_logdir(base_logdir, dataset, model, prior))
-        row = finished_row(config.logdir, s)
-        if row is None:
-          row = (unfinished_row(config.logdir, s) if report_only else
-                 vampprior.train_and_evaluate(s, config, strategy=strategy, data_dir=FLAGS.data_dir))
-        row["paper_nll"] = PAPER_NLL.get((dataset, model, prior))
-        rows.append(row)
+  for s, config in cells:
+    print(f"== {s.dataset} {s.model} {s.prior}", file=sys.stderr)
+    row = finished_row(config.logdir, s)
+    if row is None:
+      row = (unfinished_row(config.logdir, s) if report_only else
+             vampprior_train.train_and_evaluate(s, config, strategy=strategy, data_dir=data_dir))
+    row["paper_nll"] = PAPER_NLL.get((s.dataset, s.model, s.prior))
+    rows.append(row)
   return rows
 
 
@@ -123,8 +93,8 @@ def write_table(rows, *, output: str, command: str, preset: str):
   results.write_json(os.path.splitext(output)[0] + ".json", rows)
   first = rows[0]
   notes = (
-      f"Preset `{preset}`: {vampprior.PRESETS[preset].epochs} epochs max, batch "
-      f"{vampprior.PRESETS[preset].batch_size}, "
+      f"Preset `{preset}`: {vampprior_train.PRESETS[preset].epochs} epochs max, batch "
+      f"{vampprior_train.PRESETS[preset].batch_size}, "
       f"AdamNormGrad lr {first['lr']}, KL warm-up {first['warmup']} epochs, "
       f"K = {first['num_components']} pseudo-inputs / mixture components, "
       f"training subset {first['train_examples'] or 'all'}, validation / test subsets "
@@ -157,14 +127,10 @@ def write_table(rows, *, output: str, command: str, preset: str):
 def main(argv):
   del argv
   strategy = common.setup_runtime()
-  datasets, models, priors = grid()
-  base = FLAGS.logdir or common.default_logdir("vampprior_table", preset=FLAGS.preset,
-                                               seed=FLAGS.seed)
-  rows = run_grid(datasets=datasets, models=models, priors=priors, base_logdir=base,
-                  strategy=strategy, report_only=FLAGS.report_only)
-  output = common.results_file("table_output", logdir=base)  # smoke runs: under the logdir
-  write_table(rows, output=output, command=common.command_line(), preset=FLAGS.preset)
-  print(f"wrote {output}", file=sys.stderr)
+  t = vampprior_flags.table_settings_from_flags()
+  rows = run_grid(t.cells, strategy=strategy, data_dir=t.data_dir, report_only=t.report_only)
+  write_table(rows, output=t.output, command=common.command_line(), preset=t.preset)
+  print(f"wrote {t.output}", file=sys.stderr)
 
 
 if __name__ == "__main__":

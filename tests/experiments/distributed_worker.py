@@ -58,7 +58,7 @@ def toy_task():
 
 def vampprior_task():
   """The VampPrior experiment's real loss (KL warm-up) and AdamNormGrad on a tiny HVAE."""
-  from experiments import vampprior as vampprior_experiment  # pylint: disable=g-import-not-at-top
+  from experiments import vampprior_train as vampprior_experiment  # pylint: disable=g-import-not-at-top
   from vampprior_tf import distributions, optim, priors  # pylint: disable=g-import-not-at-top
   from vampprior_tf import model as models  # pylint: disable=g-import-not-at-top
   shape = (4, 4, 1)

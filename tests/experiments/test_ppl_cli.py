@@ -135,15 +135,15 @@ def test_ppl_defaults_are_stylegans_and_the_vgg16_distance(nvae_run, tmp_path, c
 def test_ppl_of_a_vampprior_vae_run(tmp_path, lpips_file, capsys):
   """A finished experiments.vampprior --model=vae run: results.json settings + best/ checkpoint."""
   from experiments import data  # pylint: disable=import-outside-toplevel
-  from experiments import vampprior  # pylint: disable=import-outside-toplevel
-  s = vampprior.RunSettings(model="vae", prior="standard", dataset="static_mnist",
-                            likelihood="bernoulli", num_components=2, learn_prior_weights=False,
-                            warmup=1, lr=1e-3, early_stopping=0, test_samples=2,
-                            train_examples=None, eval_examples=None, image_every=1, z1_dim=3,
-                            hidden_units=8)
+  from experiments import vampprior_train  # pylint: disable=import-outside-toplevel
+  s = vampprior_train.RunSettings(model="vae", prior="standard", dataset="static_mnist",
+                                  likelihood="bernoulli", num_components=2,
+                                  learn_prior_weights=False, warmup=1, lr=1e-3, early_stopping=0,
+                                  test_samples=2, train_examples=None, eval_examples=None,
+                                  image_every=1, z1_dim=3, hidden_units=8)
   results.write_json(str(tmp_path / "results.json"), dict(dataclasses.asdict(s), test_nll=90.0))
   images = data.load_arrays("binarized_mnist", "test")[0][:2]
-  model = vampprior.build_model(s, image_shape=images.shape[1:], seed=4)
+  model = vampprior_train.build_model(s, image_shape=images.shape[1:], seed=4)
   model(tf.constant(images))
   tf.train.Checkpoint(model_variables=[v.value for v in model.variables]).save(
       str(tmp_path / "best" / "ckpt"))

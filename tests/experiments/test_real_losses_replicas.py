@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from experiments import harness
-from experiments import vampprior as vampprior_experiment
+from experiments import vampprior_train as vampprior_experiment
 from tests.conftest import two_cpu_strategy
 from vampprior_tf import distributions as vp_distributions
 from vampprior_tf import model as vp_models

@@ -1,5 +1,6 @@
-"""experiments.vampprior: end-to-end tiny runs, the importance-sample count in the results row,
-the official warm-up / early-stopping rule through the real harness, presets, bad input."""
+"""experiments.vampprior_train (and the experiments.vampprior CLI): end-to-end tiny runs, the
+importance-sample count in the results row, the official warm-up / early-stopping rule through the
+real harness, presets, bad input."""
 
 import json
 import os
@@ -13,7 +14,7 @@ import tensorflow as tf
 
 from experiments import data
 from experiments import harness
-from experiments import vampprior
+from experiments import vampprior_train
 from vampprior_tf import losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,7 +27,7 @@ def tiny_settings(**overrides):
               z2_dim=6, hidden_units=32, flow_couplings=2, flow_hidden_units=16,
               ll_batch_size=20, ll_chunk=20)
   base.update(overrides)
-  return vampprior.RunSettings(**base)
+  return vampprior_train.RunSettings(**base)
 
 
 def tiny_config(logdir, epochs=2, **overrides):
@@ -35,8 +36,8 @@ def tiny_config(logdir, epochs=2, **overrides):
 
 
 def test_vae_vampprior_static_mnist_end_to_end(tmp_path):
-  row = vampprior.train_and_evaluate(tiny_settings(), tiny_config(tmp_path),
-                                     strategy=tf.distribute.get_strategy())
+  row = vampprior_train.train_and_evaluate(tiny_settings(), tiny_config(tmp_path),
+                                           strategy=tf.distribute.get_strategy())
   assert row["epochs_run"] == 2 and row["test_examples"] == 40
   # Trained: better than 784 fair coin flips.
   assert np.isfinite(row["test_nll"]) and 0 < row["test_nll"] < 784 * np.log(2)
@@ -54,8 +55,8 @@ def test_hvae_flow_prior_frey_faces_grey_end_to_end(tmp_path):
   settings = tiny_settings(model="hvae_2level", prior="flow", dataset="frey_faces",
                            likelihood="discretized_logistic", train_examples=100, eval_examples=20,
                            test_samples=10, ll_chunk=10)
-  row = vampprior.train_and_evaluate(settings, tiny_config(tmp_path, epochs=1),
-                                     strategy=tf.distribute.get_strategy())
+  row = vampprior_train.train_and_evaluate(settings, tiny_config(tmp_path, epochs=1),
+                                           strategy=tf.distribute.get_strategy())
   # Discretized logistic on 560 pixels (official edges by default): probabilities <= 1, NLL > 0.
   assert row["test_nll"] > 0 and row["logistic_edges"] == "official"
   assert row["importance_samples"] == 10
@@ -65,12 +66,12 @@ def test_loss_fn_uses_the_official_warmup_beta_from_the_first_epoch():
   """Official first epoch: beta = 1 / warmup (not 0); the loss is -log p(x|z) + beta KL."""
   keras.utils.set_random_seed(0)
   s = tiny_settings(test_samples=2)
-  model = vampprior.build_model(s, image_shape=(28, 28, 1), seed=0)
+  model = vampprior_train.build_model(s, image_shape=(28, 28, 1), seed=0)
   x = tf.constant((np.random.RandomState(0).rand(4, 28, 28, 1) > 0.5).astype(np.float32))
   ctx = harness.StepContext(step=tf.constant(0, tf.int64), epoch=tf.constant(0, tf.int64),
                             steps_per_epoch=1, total_steps=1, total_epochs=1,
                             global_batch_size=4, num_replicas=1)
-  out = vampprior.make_loss_fn(4)(model, x, ctx)
+  out = vampprior_train.make_loss_fn(4)(model, x, ctx)
   assert float(out.metrics["beta"]) == 0.25
   log_px, kl = float(out.metrics["log_px"]), float(out.metrics["kl"])
   np.testing.assert_allclose(float(tf.reduce_mean(out.per_example)), -log_px + 0.25 * kl,
@@ -129,12 +130,12 @@ def test_official_early_stopping_through_the_real_harness(tmp_path, val_losses, 
 
 
 def test_paper_preset_is_the_official_setting():
-  p = vampprior.PRESETS["paper"]
+  p = vampprior_train.PRESETS["paper"]
   assert (p.batch_size, p.lr, p.warmup, p.early_stopping, p.num_components, p.test_samples) == (
       100, 5e-4, 100, 50, 500, 5000)
   assert (p.train_examples, p.eval_examples) == (None, None)
-  assert vampprior.DATASETS["static_mnist"].pseudo_mean == 0.05
-  assert vampprior.default_likelihood("frey_faces") == "discretized_logistic"
+  assert vampprior_train.DATASETS["static_mnist"].pseudo_mean == 0.05
+  assert vampprior_train.default_likelihood("frey_faces") == "discretized_logistic"
 
 
 def test_dynamic_mnist_binarizes_eval_sets_once_and_needs_train_images(tmp_path):
@@ -143,7 +144,7 @@ def test_dynamic_mnist_binarizes_eval_sets_once_and_needs_train_images(tmp_path)
   np.testing.assert_array_equal(once, data.binarize_once(grey, seed=777))
   assert set(np.unique(once)) <= {0.0, 1.0}
   with pytest.raises(data.DataError, match="train"):
-    vampprior.load_splits("dynamic_mnist", data_dir=str(tmp_path))
+    vampprior_train.load_splits("dynamic_mnist", data_dir=str(tmp_path))
 
 
 def test_cli_reports_missing_data_in_one_line(tmp_path):
