@@ -36,7 +36,13 @@ from nvae_tf.model import NVAE  # pylint: disable=unused-import
 
 FLAGS = flags.FLAGS
 
-define_flags = nvae_flags.define_run_flags
+
+def define_flags():
+  """Defines this script's flags (`nvae_flags.define_run_flags`) and shows them in --help."""
+  nvae_flags.define_run_flags()
+  flags.adopt_module_key_flags(nvae_flags)
+
+
 settings_from_flags = nvae_flags.settings_from_flags
 
 
