@@ -29,7 +29,11 @@ from experiments import results
 
 FLAGS = flags.FLAGS
 
-define_flags = nvae_flags.define_table_flags
+
+def define_flags():
+  """The table flags (`nvae_flags.define_table_flags`), shown in --help."""
+  nvae_flags.define_table_flags()
+  flags.adopt_module_key_flags(nvae_flags)
 
 
 COLUMNS = [("row", "Warm-up + spectral"), ("nll_mean_std", "NLL (nats), mean ± std over passes"),

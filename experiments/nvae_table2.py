@@ -36,6 +36,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   nvae_flags.define_table_flags()
+  flags.adopt_module_key_flags(nvae_flags)
   flags.DEFINE_integer("ppl_samples", None, "PPL path segments. Default: 100000 (paper), 10000 "
                        "(cpu), 200 (quick).", lower_bound=1)
   flags.DEFINE_string("lpips_path", None, "LPIPS-VGG v0.1 weights (.npz made once with `python -m "
