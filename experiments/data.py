@@ -106,7 +106,30 @@ def read_idx(path: str, *, expect_magic: int) -> np.ndarray:
 
 
 def read_amat(path: str) -> np.ndarray:
-  """Reads a binarized-MNIST `.amat` file: one image per line, 784 space-separated 0/1 values."""
+  """Reads a binarized-MNIST `.amat` file: one image per line, 784 space-separated 0/1 values.
+
+  Vectorised over the file's bytes when every value is one character (the standard files: 70k
+  lines in well under a second); any other layout goes through the line-by-line reader, which
+  names the first bad line.
+  """
+  with open(path, "rb") as f:
+    raw = np.frombuffer(f.read(), np.uint8)
+  lines = raw[raw != ord("\r")]
+  value = (lines != ord(" ")) & (lines != ord("\t")) & (lines != ord("\n"))
+  single_chars = not np.any(value[1:] & value[:-1])
+  chars = lines[value]
+  if single_chars and chars.size and chars.size % 784 == 0:
+    ends = np.flatnonzero(lines == ord("\n"))
+    per_line = np.diff(np.concatenate([[0], np.cumsum(value)[ends], [chars.size]]))
+    if np.all((per_line == 784) | (per_line == 0)):
+      if not np.all((chars == ord("0")) | (chars == ord("1"))):
+        raise DataError(f"corrupt .amat file {path}: values other than 0 and 1")
+      return (chars == ord("1")).astype(np.float32).reshape(-1, 28, 28, 1)
+  return _read_amat_lines(path)
+
+
+def _read_amat_lines(path: str) -> np.ndarray:
+  """The line-by-line `.amat` reader: any whitespace-separated numbers, exact error messages."""
   rows = []
   with open(path) as f:
     for line_no, line in enumerate(f, 1):

@@ -63,6 +63,26 @@ def test_binarized_mnist_amat(data_dir):
     data.load("binarized_mnist", "train", data_dir=str(data_dir), with_labels=True)
 
 
+def test_amat_reader_values_and_layouts(data_dir, tmp_path):
+  """The vectorised reader against NumPy's text parser, and the other layouts it hands over to
+  the line reader (multi-character values, CRLF line ends, a missing final newline)."""
+  path = data_dir / "binarized_mnist" / "binarized_mnist_train.amat"
+  expected = np.loadtxt(path, dtype=np.float32).reshape(-1, 28, 28, 1)
+  np.testing.assert_array_equal(data.read_amat(str(path)), expected)
+  text = path.read_text()
+  for name, variant in (("crlf", text.replace("\n", "\r\n")), ("no_final_newline", text.rstrip()),
+                        ("floats", text.replace("1", "1.0"))):
+    (tmp_path / name).write_text(variant)
+    np.testing.assert_array_equal(data.read_amat(str(tmp_path / name)), expected, err_msg=name)
+  (tmp_path / "two").write_text(text.replace("1", "2"))
+  with pytest.raises(data.DataError, match="values other than 0 and 1"):
+    data.read_amat(str(tmp_path / "two"))
+  lines = text.splitlines()
+  (tmp_path / "short").write_text("\n".join([lines[0][:-2]] + lines[1:] + [lines[0][-1]]))
+  with pytest.raises(data.DataError, match="line 1 has 783 values"):
+    data.read_amat(str(tmp_path / "short"))
+
+
 def test_frey_faces_fixed_split(data_dir):
   splits = {s: as_array(data.load("frey_faces", s, data_dir=str(data_dir)))
             for s in ("train", "valid", "test")}
