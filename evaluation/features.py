@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from evaluation import image_io
 from evaluation import numerics
+from evaluation import protocol
 from evaluation import resize as resize_lib
 
 # Input size of each feature network (its model name), the target of the "clean" resize.
@@ -285,10 +286,20 @@ def extract_with_record(network: keras.Model, images, *, label: str, feature: st
   """(`extract(network, images, ...)[feature]`, its protocol record): for scripts that store a
   metric value with `experiments.results.metric(value, record)`. `label` names the network as the
   metric commands do ("inception-2015", "vgg16-keras", "vgg16-torch-fidelity")."""
-  from evaluation import protocol  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   info: dict = {}
   out = extract(network, images, resize=resize, info=info, **kwargs)[feature]
   record = protocol.record(network=label, weights_sha=protocol.weights_sha256(network),
                            feature=feature, resize=resize_lib.describe_resize(resize),
                            precision=precision, info=info)
   return out, record
+
+
+def extract_samples_and_reference(network: keras.Model, samples, reference, *, label: str,
+                                  feature: str, **kwargs) -> tuple[np.ndarray, np.ndarray, dict]:
+  """(sample features, reference features, the samples' protocol record), the two records checked
+  to agree (`protocol.check_compatible`); what a script needs for one FID / KID / PR value."""
+  fake, record = extract_with_record(network, samples, label=label, feature=feature, **kwargs)
+  real, real_record = extract_with_record(network, reference, label=label, feature=feature,
+                                          **kwargs)
+  protocol.check_compatible(record, real_record)
+  return fake, real, record

@@ -15,7 +15,9 @@ Everything is in nats per example, summed over data dimensions; `bits_per_dim` c
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import weakref
 from typing import Any, Callable, Iterable
 
@@ -171,8 +173,6 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
   resumed evaluation gives the uninterrupted one's numbers. A file with another key is ignored
   (and replaced); the file is deleted when the evaluation completes.
   """
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   estimate = _compiled_estimator(log_weight_fn, num_samples, chunk_size, jit_compile, strategy)
   replicas = strategy.num_replicas_in_sync if strategy is not None else 1
   batches = list(batches) if not isinstance(batches, tf.data.Dataset) else batches

@@ -82,13 +82,6 @@ def parse_temperatures(values) -> tuple[float, ...]:
   return temps
 
 
-# Old names of the settings.json reader and the model rebuilding (now in experiments.nvae_train),
-# kept for scripts written against them.
-run_settings = nvae_train.load_run_settings
-restore_run = nvae_train.restore_run
-test_splits = nvae_train.test_splits
-
-
 # ----------------------------------------------------------------------------- evaluation
 
 

@@ -27,12 +27,6 @@ from absl import flags
 from experiments import flags as common
 from experiments import nvae_flags
 from experiments import nvae_train
-# Old import paths (experiments.nvae_mnist.RunSettings, PRESETS, SETTINGS_FILE, Splits, build, ...),
-# kept for scripts written against them; new code imports experiments.nvae_train.
-from experiments.nvae_train import (PRESETS, SETTINGS_FILE, Preset, RunSettings, Splits, Trained,  # pylint: disable=unused-import
-                                    build, evaluate_nll, load_splits, make_epoch_end_fn,
-                                    resolve_dataset, train, train_and_evaluate, validation_period)
-from nvae_tf.model import NVAE  # pylint: disable=unused-import
 
 FLAGS = flags.FLAGS
 
@@ -43,13 +37,10 @@ def define_flags():
   flags.adopt_module_key_flags(nvae_flags)
 
 
-settings_from_flags = nvae_flags.settings_from_flags
-
-
 def main(argv):
   del argv
   strategy = common.setup_runtime()
-  s = settings_from_flags()
+  s = nvae_flags.settings_from_flags()
   nvae_train.train_and_evaluate(s, nvae_flags.train_config(s), strategy=strategy,
                                 data_dir=FLAGS.data_dir, command=common.command_line())
 

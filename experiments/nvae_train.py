@@ -367,16 +367,14 @@ def evaluate_nll(s: RunSettings, model: NVAE, splits: Splits, *, seed: int, prog
   for p in range(s.num_test_passes):
     images = splits.binary_test(seed * 1000 + p)
     batches = tf.data.Dataset.from_tensor_slices(images).batch(s.eval_batch_size)
-    resume = dict(resume_path=None)
-    if resume_dir is not None:
-      resume = dict(resume_path=os.path.join(resume_dir, f"nll_partial_pass{p}.npz"),
-                    resume_key=dict(checkpoint=checkpoint, num_iw_samples=s.num_iw_samples,
-                                    test_examples=len(images), seed=seed, test_pass=p,
-                                    eval_batch_size=s.eval_batch_size),
-                    rng_variables=rng_variables)
     passes.append(likelihood.evaluate_log_likelihood(
         model.log_weights, batches, num_samples=s.num_iw_samples, num_dims=splits.num_dims,
-        chunk_size=s.iw_chunk, progress=progress, **resume))
+        chunk_size=s.iw_chunk, progress=progress,
+        resume_path=resume_dir and os.path.join(resume_dir, f"nll_partial_pass{p}.npz"),
+        resume_key=dict(checkpoint=checkpoint, num_iw_samples=s.num_iw_samples,
+                        test_examples=len(images), seed=seed, test_pass=p,
+                        eval_batch_size=s.eval_batch_size),
+        rng_variables=rng_variables))
   nll = np.array([r.nll for r in passes])
   return {
       "nll": float(nll.mean()),
@@ -483,23 +481,12 @@ def generate_samples(model, num_samples: int, *, temperature: float = 1.0) -> np
   return np.concatenate(chunks)
 
 
-def _features_and_record(network, samples, reference, *, label: str, feature: str):
-  """Features of samples and reference with their protocol records (checked to agree)."""
-  from evaluation import features, protocol  # pylint: disable=g-import-not-at-top
-  fake, record = features.extract_with_record(network, samples, label=label, feature=feature,
-                                              progress=False)
-  real, real_record = features.extract_with_record(network, reference, label=label,
-                                                   feature=feature, progress=False)
-  protocol.check_compatible(record, real_record)
-  return fake, real, record
-
-
 def fid_from_features(network, samples, reference, *, label: str = "inception-2015") -> dict:
   """FID between [N, H, W, C] images in [0, 1] through `network` ({'pool_3': [B, 2048]}), as
   `results.metric(value, protocol record of the samples)`."""
-  from evaluation import fid  # pylint: disable=g-import-not-at-top
-  fake, real, record = _features_and_record(network, samples, reference, label=label,
-                                            feature="pool_3")
+  from evaluation import features, fid  # pylint: disable=g-import-not-at-top
+  fake, real, record = features.extract_samples_and_reference(
+      network, samples, reference, label=label, feature="pool_3", progress=False)
   value = fid.frechet_distance(*fid.feature_statistics(fake), *fid.feature_statistics(real))
   return results.metric(value, record)
 
@@ -508,9 +495,9 @@ def precision_recall_from_features(network, samples, reference, *,
                                    label: str = "vgg16-keras") -> tuple[dict, dict]:
   """Improved precision / recall (k = 3) of images in [0, 1] through `network` ({'fc2': ...}), each
   as `results.metric(value, protocol record)`."""
-  from evaluation import precision_recall  # pylint: disable=g-import-not-at-top
-  fake, real, record = _features_and_record(network, samples, reference, label=label,
-                                            feature="fc2")
+  from evaluation import features, precision_recall  # pylint: disable=g-import-not-at-top
+  fake, real, record = features.extract_samples_and_reference(
+      network, samples, reference, label=label, feature="fc2", progress=False)
   precision, recall = precision_recall.precision_recall(real, fake, k=3)
   return results.metric(precision, record), results.metric(recall, record)
 

@@ -42,7 +42,6 @@ from evaluation import features
 from evaluation import kid
 from evaluation import likelihood
 from evaluation import networks
-from evaluation import protocol
 from experiments import data
 from experiments import ddim_flags
 from experiments import flags as common
@@ -395,11 +394,8 @@ def generate(sample_fn, total: int, *, seed: int, batch: int = 500) -> np.ndarra
 def fid_kid(network, generated, reference, *, seed: int = 0) -> dict:
   """FID and KID (mean, std) of `generated` against `reference` (all images, and the first 256 of
   each), every value as `results.metric(value, protocol record of the generated images)`."""
-  feats_g, record = features.extract_with_record(network, generated, label="inception-2015",
-                                                 feature="pool_3", progress=False)
-  feats_r, real_record = features.extract_with_record(network, reference, label="inception-2015",
-                                                      feature="pool_3", progress=False)
-  protocol.check_compatible(record, real_record)
+  feats_g, feats_r, record = features.extract_samples_and_reference(
+      network, generated, reference, label="inception-2015", feature="pool_3", progress=False)
   small = dict(record, image_count=min(SMALL_PROTOCOL, len(feats_g)))
   small_g, small_r = feats_g[:SMALL_PROTOCOL], feats_r[:SMALL_PROTOCOL]
   kid_all = kid.kernel_inception_distance(feats_r, feats_g, seed=seed)

@@ -23,12 +23,6 @@ from experiments import flags as common
 from experiments import results
 from experiments import vampprior_flags
 from experiments import vampprior_train
-# Old import paths (experiments.vampprior.RunSettings, PRESETS, build_model, make_loss_fn, ...) that
-# tests and tools used before the split, kept for scripts written against them; new code imports
-# experiments.vampprior_train.
-from experiments.vampprior_train import (DATASETS, MODELS, PRESETS, PRIORS, RunSettings,  # pylint: disable=unused-import
-                                         build_model, default_likelihood, load_splits,
-                                         make_loss_fn, train_and_evaluate)
 
 FLAGS = flags.FLAGS
 
@@ -39,15 +33,11 @@ def define_flags():
   flags.adopt_module_key_flags(vampprior_flags)
 
 
-settings_from_flags = vampprior_flags.settings_from_flags
-run_config = vampprior_flags.run_config
-
-
 def main(argv):
   del argv
-  s = settings_from_flags()
+  s = vampprior_flags.settings_from_flags()
   strategy = common.setup_runtime()
-  row = vampprior_train.train_and_evaluate(s, run_config(s), strategy=strategy,
+  row = vampprior_train.train_and_evaluate(s, vampprior_flags.run_config(s), strategy=strategy,
                                            data_dir=FLAGS.data_dir)
   row["command"] = common.command_line()
   results.append_row(os.path.join("runs", "vampprior", "results.json"), row)

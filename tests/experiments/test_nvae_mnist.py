@@ -84,7 +84,7 @@ def test_run_writes_the_results_row_samples_and_settings(run):
   assert saved["nll"] == pytest.approx(row["nll"]) and saved["kl_warmup"] == "step"
   assert saved["cpu"] == harness.cpu_model()
   # experiments.nvae_evaluate reads the settings back, enums included.
-  restored = nvae_evaluate.run_settings(str(logdir))
+  restored = nvae_train.load_run_settings(str(logdir))
   assert restored == s and restored.kl_warmup is WarmupClock.STEP
   assert restored.model.spectral is Spectral.SR
 
@@ -106,7 +106,7 @@ def test_validation_history_has_the_nll_and_training_time(run):
 def test_resumed_run_restores_every_variable_and_nvae_evaluate_restores_the_weights(run, monkeypatch):
   """A second invocation restores step, optimizer, weights, BN statistics and the SR power-iteration
   vectors (the harness checkpoint) and reuses the test NLL of results.json (nothing changed);
-  nvae_evaluate.restore_run rebuilds the same model from settings.json + the latest checkpoint.
+  nvae_train.restore_run rebuilds the same model from settings.json + the latest checkpoint.
   (Continuing after a resume is exact: test_harness.)"""
   logdir, s, first_row, trained, data_dir = run
 
@@ -122,7 +122,7 @@ def test_resumed_run_restores_every_variable_and_nvae_evaluate_restores_the_weig
     assert nvae_train.previous_nll(str(logdir), changed, steps=steps, seed=seed) is None
   assert int(resumed.trainer.step.numpy()) == 2
   assert int(resumed.trainer.optimizer.iterations.numpy()) == 2
-  model, path = nvae_evaluate.restore_run(str(logdir), "latest", s, seed=0)
+  model, path = nvae_train.restore_run(str(logdir), "latest", s, seed=0)
   assert path.endswith("ckpt-2")
   fresh = NVAE(s.model, seed=0)
   names = [v.path for v in model.variables]
@@ -338,11 +338,3 @@ def test_table_metrics_are_unavailable_without_weights_and_computed_with_a_netwo
   assert record["weights_sha256"] == protocol.weights_sha256(network)
   results.require_protocols([{"fid": shifted}])
   assert "(p1)" in results.markdown_table([{"fid": shifted}], [("fid", "FID")])
-
-
-def test_old_import_paths_still_work():
-  """experiments.nvae_mnist keeps the names other scripts imported from it (this session)."""
-  from experiments import nvae_mnist  # pylint: disable=g-import-not-at-top
-  assert nvae_mnist.RunSettings is nvae_train.RunSettings
-  assert nvae_mnist.SETTINGS_FILE == "settings.json" and "cpu" in nvae_mnist.PRESETS
-  assert nvae_evaluate.restore_run is nvae_train.restore_run

@@ -15,6 +15,7 @@ import tensorflow as tf
 from absl import flags
 
 from diffusion_tf import layers
+from evaluation import protocol
 from experiments import harness
 from experiments import sample_quality as sq
 
@@ -181,7 +182,7 @@ def test_fid_kid_on_features_of_a_small_network():
   # Every value carries the protocol it was made under; the 256 protocol says 256 images.
   assert other["fid"]["protocol"]["image_count"] == 300
   assert other["kid_256"]["protocol"]["image_count"] == 256
-  assert other["fid"]["protocol"]["weights_sha256"] == sq.protocol.weights_sha256(network)
+  assert other["fid"]["protocol"]["weights_sha256"] == protocol.weights_sha256(network)
   sq.results.require_protocols([other])
 
 
