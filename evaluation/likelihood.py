@@ -101,6 +101,7 @@ class LikelihoodSummary:
   num_examples: int
   num_samples: int           # K the estimator actually used (counted, equal to the request)
   per_example_log_likelihood: np.ndarray  # [N]
+  batches_evaluated: int = 0  # batches computed by this call (the others were read from a resume file)
 
 
 # Compiled estimators per owner of `log_weight_fn` (the model of a bound method): weakly keyed,
@@ -152,6 +153,12 @@ def _compiled_estimator(log_weight_fn: LogWeightFn, num_samples: int, chunk_size
   return compiled
 
 
+def seed_generator_states(model) -> list:
+  """The state variables of the `keras.random.SeedGenerator`s a model owns: the `rng_variables` of
+  `evaluate_log_likelihood`, so a resumed evaluation continues their random streams."""
+  return [v for v in model.variables if "seed_generator_state" in v.path]
+
+
 def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, num_samples: int,
                             num_dims: int, chunk_size: int | None = None,
                             progress: bool = True, jit_compile: bool = False,
@@ -179,7 +186,7 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
   total = len(batches) if isinstance(batches, list) else int(batches.cardinality())
   rng_variables = list(rng_variables)
   key = json.dumps(resume_key, sort_keys=True, default=str)
-  log_px, elbo, done = [], [], 0
+  log_px, elbo, done, evaluated = [], [], 0, 0
   if resume_path is not None and os.path.exists(resume_path):
     with np.load(resume_path) as f:
       if str(f["key"]) == key and int(f["num_rng"]) == len(rng_variables):
@@ -208,6 +215,7 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
                        f"example, not the {num_samples} asked for")
     log_px.append(ll.numpy()[:size])
     elbo.append(e.numpy()[:size])
+    evaluated += 1
     if resume_path is not None:
       log_px, elbo = [np.concatenate(log_px)], [np.concatenate(elbo)]
       tmp = resume_path + ".tmp.npz"
@@ -225,7 +233,7 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
   if resume_path is not None and os.path.exists(resume_path):
     os.remove(resume_path)
   nll = float(-log_px.mean())
-  return LikelihoodSummary(
+  return LikelihoodSummary(batches_evaluated=evaluated,
       nll=nll, nll_sem=float(log_px.std(ddof=1) / np.sqrt(len(log_px))) if len(log_px) > 1 else 0.0,
       negative_elbo=float(-elbo.mean()), bits_per_dim=float(bits_per_dim(nll, num_dims)),
       num_examples=len(log_px), num_samples=num_samples, per_example_log_likelihood=log_px)

@@ -467,6 +467,11 @@ class Trainer:
           f"non-finite weights at step {step} ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
           f"not saved; last good checkpoint kept: {self.manager.latest_checkpoint or 'none written yet'}")
 
+  def elapsed_train_seconds(self) -> float:
+    """Training seconds so far: the checkpointed `train_seconds` (which spans resumed invocations)
+    plus the time since the last save in this one. Only meaningful inside `fit` (e.g. from hooks)."""
+    return float(self.train_seconds.numpy()) + time.perf_counter() - self._clock
+
   def _save(self, step: int, manager=None):
     self._check_finite_weights(step)
     now = time.perf_counter()
@@ -552,7 +557,7 @@ class Trainer:
     step = start
     stopped_early = False
     self._preempt_signal = None
-    self._clock = time.perf_counter()
+    self._clock = time.perf_counter()  # elapsed_train_seconds() counts from here
     with self._preemption_handler():
       while step < self.stop_step and not stopped_early:
         epoch = step // self.steps_per_epoch

@@ -302,9 +302,8 @@ class ValidationHistory:
       return
     earlier = [r for r in self.rows() if r["epoch"] < epoch + 1]
     seconds = step = None
-    if trainer is not None:  # saved seconds + time since the last save (the harness's own clock)
-      seconds = (float(trainer.train_seconds.numpy()) + time.perf_counter()
-                 - trainer._clock - val_seconds)  # pylint: disable=protected-access
+    if trainer is not None:  # the harness's own clock, without this validation pass
+      seconds = trainer.elapsed_train_seconds() - val_seconds
       step = int(trainer.step.numpy())
     row = dict(epoch=epoch + 1, step=step, train_seconds=seconds, val_seconds=val_seconds,
                train_seconds_no_val=None if seconds is None else
@@ -363,7 +362,7 @@ def evaluate_nll(s: RunSettings, model: NVAE, splits: Splits, *, seed: int, prog
   interrupted K = 1000 evaluation over 10,000 images continues where it stopped.
   """
   passes = []
-  rng_variables = [v for v in model.variables if "seed_generator_state" in v.path]
+  rng_variables = likelihood.seed_generator_states(model)
   for p in range(s.num_test_passes):
     images = splits.binary_test(seed * 1000 + p)
     batches = tf.data.Dataset.from_tensor_slices(images).batch(s.eval_batch_size)

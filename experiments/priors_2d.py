@@ -295,8 +295,11 @@ def train_and_evaluate(s: Settings, *, study: StudyData, logdir: str, strategy,
   trainer.fit()
   status = results.read_json(os.path.join(logdir, "status.json"))
   start = time.perf_counter()
-  counted = likelihood.evaluate_nll(model, study.test, num_samples=s.iw_samples,
-                                    batch_size=EVAL_BATCH, chunk_size=min(s.iw_samples, EVAL_CHUNK))
+  counted = likelihood.evaluate_nll(
+      model, study.test, num_samples=s.iw_samples, batch_size=EVAL_BATCH,
+      chunk_size=min(s.iw_samples, EVAL_CHUNK), resume_path=os.path.join(logdir, "nll_partial.npz"),
+      resume_key=dict(checkpoint=status.get("checkpoint"), num_samples=s.iw_samples,
+                      test_examples=len(study.test), seed=s.seed))
   eval_seconds = time.perf_counter() - start
   np.savez_compressed(os.path.join(logdir, PLOT_FILE),
                       **aggregate_posterior_data(model, study.test, study.test_labels, seed=s.seed))

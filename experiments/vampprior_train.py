@@ -253,7 +253,11 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
   start = time.perf_counter()
   counted = likelihood.evaluate_nll(model, test, num_samples=s.test_samples,
                                     batch_size=s.ll_batch_size, chunk_size=s.ll_chunk,
-                                    progress=config.progress)
+                                    progress=config.progress,
+                                    resume_path=os.path.join(config.logdir, "nll_partial.npz"),
+                                    resume_key=dict(checkpoint=best, num_samples=s.test_samples,
+                                                    test_examples=len(test), seed=config.seed,
+                                                    batch_size=s.ll_batch_size))
   summary = counted.summary
   eval_time = time.perf_counter() - start
   samples = model.sample(NUM_SAMPLE_IMAGES).numpy()

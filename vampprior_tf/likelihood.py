@@ -5,7 +5,6 @@ counted from the shapes of the log-weights (so a results row can say which K it 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import tensorflow as tf
@@ -20,11 +19,14 @@ class CountedLikelihood:
 
 
 def evaluate_nll(model, images, *, num_samples: int, batch_size: int, chunk_size: int | None = None,
-                 progress: bool = False) -> CountedLikelihood:
+                 progress: bool = False, resume_path: str | None = None,
+                 resume_key=None) -> CountedLikelihood:
   """-IWAE_K over `images` [N, H, W, C] (K = `num_samples`, `chunk_size` at a time) with
   `model.log_weights`; counts the [k, B] log-weight rows every call returns.
 
-  `evaluation.likelihood` raises a ValueError when a batch got another K than asked for.
+  `evaluation.likelihood` raises a ValueError when a batch got another K than asked for. With
+  `resume_path` (and a `resume_key` naming checkpoint, K and data) the evaluation saves its partial
+  results after every batch and a rerun continues from them, with the model's random streams.
   """
   drawn = tf.Variable(0, dtype=tf.int64, trainable=False)
 
@@ -37,9 +39,10 @@ def evaluate_nll(model, images, *, num_samples: int, batch_size: int, chunk_size
   summary = likelihood.evaluate_log_likelihood(
       log_weight_fn, tf.data.Dataset.from_tensor_slices(images).batch(batch_size),
       num_samples=num_samples, num_dims=int(np.prod(images.shape[1:])), chunk_size=chunk_size,
-      progress=progress)
-  num_batches = math.ceil(len(images) / batch_size)
-  per_example = int(drawn.numpy()) / num_batches
+      progress=progress, resume_path=resume_path, resume_key=resume_key,
+      rng_variables=likelihood.seed_generator_states(model))
+  # Batches read back from a resume file drew nothing in this call.
+  per_example = int(drawn.numpy()) / max(summary.batches_evaluated, 1)
   # The shared estimator raises when a batch got another K than asked for; the count recorded
   # here is ours, from the log-weight shapes, so a row never just echoes its flag.
   return CountedLikelihood(summary=summary,

@@ -99,3 +99,30 @@ def test_evaluate_nll_counts_the_samples_the_estimator_drew():
   with pytest.raises(ValueError, match="4 importance samples per example, not the 7"):
     likelihood.evaluate_nll(KnownWeights(rows=4), images, num_samples=7, batch_size=2,
                             chunk_size=7)
+
+
+def test_evaluate_nll_resumed_counts_only_the_batches_it_ran(tmp_path):
+  """With `resume_path`, a rerun reads the finished batches back: the count of samples drawn per
+  example is taken over the batches this call ran, and the numbers equal an uninterrupted run."""
+  images = np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1)
+  full = likelihood.evaluate_nll(KnownWeights(), images, num_samples=7, batch_size=2, chunk_size=3)
+  path = str(tmp_path / "partial.npz")
+  # Interrupt after the first two batches: evaluate 4 images under the same key, keep the file.
+  key = {"checkpoint": "ckpt-1", "K": 7}
+  with pytest.raises(ValueError):  # the 5th image makes the third batch of the first call fail
+    likelihood.evaluate_nll(_FailOnThirdBatch(), images, num_samples=7, batch_size=2,
+                            chunk_size=3, resume_path=path, resume_key=key)
+  resumed = likelihood.evaluate_nll(KnownWeights(), images, num_samples=7, batch_size=2,
+                                    chunk_size=3, resume_path=path, resume_key=key)
+  assert resumed.summary.batches_evaluated == 1
+  assert resumed.importance_samples == 7
+  np.testing.assert_array_equal(resumed.summary.per_example_log_likelihood,
+                                full.summary.per_example_log_likelihood)
+
+
+class _FailOnThirdBatch(KnownWeights):
+  """KnownWeights that returns too few rows for a batch of one example (the last of five)."""
+
+  def log_weights(self, x, num_samples, training=False):
+    log_w = super().log_weights(x, num_samples, training=training)
+    return tf.cond(tf.shape(x)[0] < 2, lambda: log_w[:1], lambda: log_w)
