@@ -4,17 +4,13 @@ over finished seeds, the aggregate-posterior plot writer and --report_only throu
 import json
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from experiments import priors_2d
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from tests import scripts
 
 def write_amat_dir(root, *, num_train=256, num_test=40):
   """A tiny binarized_mnist folder whose rows are grouped like the offline copy's: the first half
@@ -161,9 +157,7 @@ def test_plot_writer_draws_prior_and_posterior_and_digits_when_labelled(tmp_path
 
 
 def run_cli(args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  return subprocess.run([sys.executable, "-m", "experiments.priors_2d"] + args, cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return scripts.run_script("priors_2d", args)
 
 
 def test_study_cli_and_report_only_page(tmp_path):

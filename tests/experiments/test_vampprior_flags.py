@@ -1,43 +1,33 @@
 """experiments.vampprior_flags: the flags are read once into frozen settings (preset value unless the
 flag is set, even to 0), every table cell resolved before training, unknown grid names rejected."""
 
-import json
+import dataclasses
 import os
-import subprocess
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pytest
 
-# One process (the flags live on the global FLAGS): parse a command line, print what it resolves to.
-RESOLVE = """
-import dataclasses, json, sys
-from absl import flags
-from experiments import flags as common, vampprior_flags
-vampprior_flags.define_table_flags()
-flags.FLAGS(["prog"] + sys.argv[1:])
-t = vampprior_flags.table_settings_from_flags()
-cells = [dict(dataclasses.asdict(s), logdir=c.logdir, batch_size=c.batch_size, epochs=c.epochs,
-              patience=c.early_stopping_patience, start=c.early_stopping_start_epoch,
-              same_hparams=dict(c.hparams) == dataclasses.asdict(s)) for s, c in t.cells]
-try:
-  flags.FLAGS.priors = ["standard", "gaussian"]
-  vampprior_flags.table_settings_from_flags()
-  error = None
-except ValueError as e:
-  error = str(e)
-print(json.dumps(dict(cells=cells, output=t.output, report_only=t.report_only, error=error)))
-"""
+from experiments import vampprior_flags
+from tests import scripts
+
+
+def resolve(args):
+  """Parses a vampprior_table command line; returns what it resolves to (cells, output, errors)."""
+  with scripts.defined_flags(vampprior_flags.define_table_flags) as fv:
+    fv(["prog", *args])
+    t = vampprior_flags.table_settings_from_flags()
+    cells = [dict(dataclasses.asdict(s), logdir=c.logdir, batch_size=c.batch_size, epochs=c.epochs,
+                  patience=c.early_stopping_patience, start=c.early_stopping_start_epoch,
+                  same_hparams=dict(c.hparams) == dataclasses.asdict(s)) for s, c in t.cells]
+    fv.priors = ["standard", "gaussian"]
+    with pytest.raises(ValueError) as error:
+      vampprior_flags.table_settings_from_flags()
+  return dict(cells=cells, output=t.output, report_only=t.report_only, error=str(error.value))
 
 
 def test_table_settings_resolve_every_cell_once_from_flags_and_preset(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, "-c", RESOLVE, "--preset=paper", "--datasets=static_mnist,frey_faces",
-       "--models=vae", "--priors=standard,vampprior", "--early_stopping=0", "--warmup=7",
-       "--likelihood=continuous_bernoulli", f"--logdir={tmp_path}", "--report_only"],
-      cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True,
-      timeout=120)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  out = json.loads(proc.stdout.splitlines()[-1])
+  out = resolve(["--preset=paper", "--datasets=static_mnist,frey_faces",
+                 "--models=vae", "--priors=standard,vampprior", "--early_stopping=0", "--warmup=7",
+                 "--likelihood=continuous_bernoulli", f"--logdir={tmp_path}", "--report_only"])
   cells = out["cells"]
   assert [(c["dataset"], c["prior"]) for c in cells] == [
       ("static_mnist", "standard"), ("static_mnist", "vampprior"),

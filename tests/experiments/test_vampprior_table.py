@@ -2,24 +2,18 @@
 
 import json
 import os
-import subprocess
-import sys
 
 from experiments import vampprior_table
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from tests import scripts
 
 def test_table_cli_runs_a_tiny_grid(tmp_path):
   out = tmp_path / "table.md"
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.vampprior_table", "--preset=quick",
+  proc = scripts.run_script("vampprior_table", [
+       "--preset=quick",
        "--datasets=frey_faces", "--models=vae", "--priors=standard,vampprior", "--epochs=1",
        "--train_examples=100", "--eval_examples=10", "--test_samples=8", "--ll_chunk=8",
        "--num_components=5", "--hidden_units=16", "--z1_dim=4", f"--logdir={tmp_path / 'runs'}",
-       f"--table_output={out}"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+       f"--table_output={out}"])
   assert proc.returncode == 0, proc.stderr[-2000:]
   text = out.read_text()
   assert "python -m experiments.vampprior_table" in text
@@ -40,13 +34,12 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
       epoch=3.0, total_epochs=2000, best_epoch=2, best_metric=101.5, train_seconds=7.0,
       cpu="test CPU", finished=False, code_commits=["abc1234"])))
   report = tmp_path / "report.md"
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.vampprior_table", "--preset=quick", "--report_only",
+  proc = scripts.run_script("vampprior_table", [
+       "--preset=quick", "--report_only",
        "--datasets=frey_faces", "--models=vae", "--priors=standard,vampprior,mog,flow",
        "--epochs=1", "--train_examples=100", "--eval_examples=10", "--test_samples=8",
        "--ll_chunk=8", "--num_components=5", "--hidden_units=16", "--z1_dim=4",
-       f"--logdir={tmp_path / 'runs'}", f"--table_output={report}"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+       f"--logdir={tmp_path / 'runs'}", f"--table_output={report}"])
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "Resumed from" not in proc.stderr
   rows = json.load(open(tmp_path / "report.json"))

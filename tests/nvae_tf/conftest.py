@@ -35,11 +35,13 @@ def _amat_path(split: str) -> str | None:
   return path if path and os.path.isfile(path) else None
 
 
-def write_binarized_mnist_head(folder, *, train: int, test: int) -> str:
-  """A data folder for `data.load_arrays` holding the first `train` / `test` lines of the binarized
-  MNIST .amat files (parsing the whole 50k-line file takes seconds); returns the folder."""
+def write_binarized_mnist_head(folder, *, train: int, test: int, valid: int = 0) -> str:
+  """A data folder for `data.load_arrays` holding the first `train` / `test` (/ `valid`) lines of
+  the binarized MNIST .amat files (parsing the whole 50k-line file takes seconds); returns it."""
   os.makedirs(os.path.join(folder, "binarized_mnist"), exist_ok=True)
-  for split, n in (("train", train), ("test", test)):
+  for split, n in (("train", train), ("test", test), ("valid", valid)):
+    if not n:
+      continue
     out = os.path.join(folder, "binarized_mnist", f"binarized_mnist_{split}.amat")
     source = _amat_path(split)
     if source is None:  # no local copy: through the loader (tfds / download)
