@@ -74,6 +74,7 @@ def define_flags():
 FLAGS = flags.FLAGS
 
 LATENT_DIM = 2
+IMAGE_SHAPE = data.image_shape("binarized_mnist")  # both data sets are 28x28 MNIST digits
 HIDDEN_UNITS, NUM_HIDDEN_LAYERS = 512, 2
 NUM_COMPONENTS = 16                          # MoG components and VampPrior pseudo-inputs
 FLOW_COUPLINGS, FLOW_HIDDEN_UNITS = 10, 8
@@ -165,7 +166,7 @@ def load_study_data(dataset: str, data_dir=None, *, train_examples=None,
 
 
 def build_prior(name: str):
-  return priors.build_prior(name, latent_dim=LATENT_DIM, image_shape=(28, 28, 1),
+  return priors.build_prior(name, latent_dim=LATENT_DIM, image_shape=IMAGE_SHAPE,
                             num_components=NUM_COMPONENTS, pseudo_mean=PSEUDO_MEAN,
                             pseudo_std=PSEUDO_STD, learn_weights=True,
                             flow_couplings=FLOW_COUPLINGS, flow_hidden_units=FLOW_HIDDEN_UNITS)
@@ -177,7 +178,7 @@ def relu_dense(units):
 
 def build_model(prior_name: str, *, seed: int):
   """784-512-512-2 encoder, 2-512-512-784 Bernoulli decoder, unclamped log-variance."""
-  return models.VAE(image_shape=(28, 28, 1), observation=distributions.Bernoulli(),
+  return models.VAE(image_shape=IMAGE_SHAPE, observation=distributions.Bernoulli(),
                     prior=build_prior(prior_name), latent_dim=LATENT_DIM,
                     hidden_units=HIDDEN_UNITS, num_hidden_layers=NUM_HIDDEN_LAYERS,
                     hidden_block=relu_dense, log_var_range=None, seed=seed)

@@ -452,7 +452,7 @@ def run(settings: Settings, *, strategy) -> list[dict]:
   train_images, eval_images = load_images(preset, settings.data_dir)
   network, unavailable = inception_or_reason(settings.inception_path,
                                              download=settings.download_inception)
-  rows = []
+  rows, grids = [], {}
   for name in settings.models:
     logdir = settings.train[name].logdir
     samplers, info = RUNNERS[name](getattr(preset, name), settings=settings, strategy=strategy,
@@ -462,7 +462,7 @@ def run(settings: Settings, *, strategy) -> list[dict]:
       grid = np.asarray(sample_fn(settings.grid_samples, seed=settings.seed))
       grid_seconds = time.perf_counter() - start
       png = os.path.join(settings.results_dir, f"sample_quality_{sampler_name}.png")
-      save_grid(png, grid)
+      grids[png] = grid  # written with the page, so an interrupted run leaves results/ as it was
       row = dict(info, model=name, sampler=sampler_name, grid=png,
                  grid_seconds=round(grid_seconds, 1))
       if network is None:
@@ -475,6 +475,8 @@ def run(settings: Settings, *, strategy) -> list[dict]:
       print(f"[{sampler_name}] {row}", file=sys.stderr)
       rows.append(row)
   results.write_json(os.path.join(settings.logdir, "results.json"), rows)
+  for png, grid in grids.items():
+    save_grid(png, grid)
   write_page(rows, settings=settings, num_eval=len(eval_images),
              num_dims=int(np.prod(eval_images.shape[1:])), fid_unavailable=unavailable)
   return rows
