@@ -16,6 +16,7 @@ from evaluation import kid
 from evaluation import networks
 from evaluation import precision_recall
 from tests.evaluation import graphs
+from tests.evaluation.test_tool import one_network_per_weights_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,6 +26,16 @@ def graph_pb(tmp_path_factory):
   path = tmp_path_factory.mktemp("weights") / networks.INCEPTION_PB
   graphs.write_inception_graph_def(path, width_divisor=32)
   return str(path)
+
+
+@pytest.fixture(scope="module")
+def _built_networks():
+  return {}
+
+
+@pytest.fixture(autouse=True)
+def _one_network_per_weights_file(monkeypatch, _built_networks):
+  one_network_per_weights_file(monkeypatch, _built_networks)
 
 
 @pytest.fixture(autouse=True)
@@ -120,13 +131,14 @@ def test_kid_and_inception_score_commands(tmp_path, graph_pb, capsys):
   np.savez(tmp_path / "b.npz", images=real_images)
   assert kid.main(["--samples", str(tmp_path / "a.npy"), "--reference", str(tmp_path / "b.npz"),
                    "--inception_path", graph_pb, "--noprogress", "--num_subsets", "3",
-                   "--subset_size", "5", "--seed", "7", "--nojit_compile"]) == 0
+                   "--subset_size", "5", "--seed", "7", "--nojit_compile", "--batch_size",
+                   "4"]) == 0
   line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("KID:"))
   mean, std = (float(v) for v in line.split("KID:")[1].split("+-"))
   # The same value from the network's features, with the subsets drawn as documented (numpy
   # Generator(seed): real rows, then fake rows, per subset).
   model = networks.inception_network(graph_pb, download=False)
-  extract = lambda images: features.extract(model, images, batch_size=50, progress=False,
+  extract = lambda images: features.extract(model, images, batch_size=4, progress=False,
                                             jit_compile=False)  # as the command runs it
   fake, real = extract(fake_images)["pool_3"], extract(real_images)["pool_3"]
   rng = np.random.default_rng(7)
@@ -206,12 +218,11 @@ def test_bad_input_gives_one_line_exit_2_and_writes_nothing(command, tmp_path, g
   assert _written(tmp_path) == []
 
 
-def test_help_and_subprocess_exit_code(tmp_path):
-  out = subprocess.run([sys.executable, "-m", "evaluation.fid", "--help"], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0
+def test_help_and_subprocess_exit_code(tmp_path, capsys):
+  assert fid.main(["--help"]) == 0  # in-process; the process boundary is checked below
+  out = capsys.readouterr().out
   for flag in ("--samples", "--reference", "--save_stats", "--inception_path", "--batch_size"):
-    assert flag in out.stdout
+    assert flag in out
   bad = subprocess.run([sys.executable, "-m", "evaluation.fid", "--samples", str(tmp_path / "x"),
                         "--reference", str(tmp_path / "y")], cwd=REPO, capture_output=True,
                        text=True, timeout=300,

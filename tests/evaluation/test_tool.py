@@ -38,6 +38,35 @@ def model(graph_pb):
   return networks.inception_network(graph_pb, download=False)
 
 
+@pytest.fixture(scope="module")
+def _built_networks(graph_pb, model):
+  """{(weights file, dtype policy): network} of this module, seeded with `model`."""
+  return {(os.path.realpath(graph_pb), None): model}
+
+
+def one_network_per_weights_file(monkeypatch, built: dict) -> None:
+  """Makes the commands and the API load each weights file's network once per module (the real
+  `networks.inception_network` builds it the first time, into `built`): they then share one model
+  and its traced feature steps, where a 94-layer trace per call would dominate the module. The
+  weights are still told apart per file (another file, or a dtype policy, builds its own)."""
+  real = networks.inception_network
+
+  def inception_network(weights_path=None, *, download=True, dtype_policy=None):
+    if weights_path is None:
+      return real(weights_path, download=download, dtype_policy=dtype_policy)
+    key = (os.path.realpath(weights_path), dtype_policy)
+    if key not in built:
+      built[key] = real(weights_path, download=download, dtype_policy=dtype_policy)
+    return built[key]
+
+  monkeypatch.setattr(networks, "inception_network", inception_network)
+
+
+@pytest.fixture(autouse=True)
+def _one_network_per_weights_file(monkeypatch, _built_networks):
+  one_network_per_weights_file(monkeypatch, _built_networks)
+
+
 @pytest.fixture(autouse=True)
 def _env(tmp_path, monkeypatch):
   monkeypatch.setenv(networks.CACHE_DIR_ENV, str(tmp_path / "cache"))
@@ -126,12 +155,14 @@ def test_bad_archives_and_generators_give_one_line_errors(tmp_path, graph_pb, ca
                      graph_pb, "--noprogress"]) == 2
     assert words in _one_error_line(capsys)
   with pytest.raises(image_io.ImageInputError, match="returned 3 images"):
-    api.compute_fid(lambda n: _images(3), 8, reference=str(good), inception_path=graph_pb)
+    api.compute_fid(lambda n: _images(3), 8, reference=str(good), inception_path=graph_pb,
+                    batch_size=4, jit_compile=False)
   with pytest.raises(image_io.ImageInputError, match="num_samples"):
-    api.compute_fid(lambda n: _images(n), None, reference=str(good), inception_path=graph_pb)
+    api.compute_fid(lambda n: _images(n), None, reference=str(good), inception_path=graph_pb,
+                    batch_size=4, jit_compile=False)
   with pytest.raises(image_io.ImageInputError, match=r"\[0, 1\]"):
     api.compute_fid(lambda n: np.full((n, 8, 8, 3), 2.0, np.float32), 4, reference=str(good),
-                    inception_path=graph_pb)
+                    inception_path=graph_pb, batch_size=4, jit_compile=False)
 
 
 def test_generator_function_and_dataset_equal_the_command_on_pngs(tmp_path, graph_pb, model,
@@ -177,8 +208,8 @@ def test_protocol_is_stored_printed_and_checked(tmp_path, graph_pb, model, capsy
   np.save(samples, _images(5, seed=4))
   np.save(reference, _images(6, size=16, seed=5))
   stats = tmp_path / "ref.stats"
-  # Batches of 3 (the last padded): one traced shape per image size for 5 and 6 images.
-  base = ["--inception_path", graph_pb, "--noprogress", "--nojit_compile", "--batch_size", "3"]
+  # Batches of 4 (the last padded): one traced shape per image size for 5 and 6 images.
+  base = ["--inception_path", graph_pb, "--noprogress", "--nojit_compile", "--batch_size", "4"]
   assert fid.main(["--samples", str(samples), "--reference", str(reference),
                    "--save_stats", str(stats)] + base) == 0
   out = capsys.readouterr().out
@@ -207,7 +238,7 @@ def test_protocol_is_stored_printed_and_checked(tmp_path, graph_pb, model, capsy
   other.parent.mkdir()
   graphs.write_inception_graph_def(other, width_divisor=32, seed=1)
   assert fid.main(["--samples", str(samples), "--reference", str(stats), "--inception_path",
-                   str(other), "--noprogress", "--nojit_compile", "--batch_size", "3"]) == 2
+                   str(other), "--noprogress", "--nojit_compile", "--batch_size", "4"]) == 2
   assert "weights_sha256" in _one_error_line(capsys)
   # --nostrict_protocol compares anyway, with a warning; the same protocol compares silently.
   assert fid.main(["--samples", str(samples), "--reference", str(clean_stats),
@@ -245,7 +276,7 @@ def test_reference_cache_keeps_the_protocol_and_depends_on_resize(tmp_path, grap
 
 
 def test_clean_resize_is_clean_fids_pil_bicubic_before_the_network(model):
-  images = _images(3, size=20, seed=9)
+  images = _images(4, size=20, seed=9)  # 4 images: the clean resize shares a traced shape
   clean = _pool3(model, images, resize="clean")
   # By hand: PIL bicubic per channel in float mode to 299, clipped, then the network (whose TF1
   # resize is then the identity).
