@@ -90,13 +90,14 @@ def test_fid_command_end_to_end(tmp_path, graph_pb, capsys):
   cached = list((tmp_path / "cache" / "reference_features").glob("*.npz"))
   assert len(cached) == 1 and os.path.exists(stats) and not os.path.exists(stats + ".npz")
   # The cached reference features and the saved statistics both reproduce the value.
-  assert fid.main(args + ["--nojit_compile"]) == 0
+  # (All with the default XLA step of batch 4, compiled once for the module.)
+  assert fid.main(args) == 0
   assert _value(capsys.readouterr().out, "FID") == pytest.approx(first, rel=1e-6)
   assert fid.main(["--samples", samples, "--reference", stats, "--inception_path", graph_pb,
-                   "--noprogress", "--nojit_compile"]) == 0
+                   "--noprogress", "--batch_size", "4"]) == 0
   assert _value(capsys.readouterr().out, "FID") == pytest.approx(first, rel=1e-4)
   assert fid.main(["--samples", samples, "--reference", samples, "--inception_path", graph_pb,
-                   "--noprogress", "--nocache", "--nojit_compile"]) == 0
+                   "--noprogress", "--nocache", "--batch_size", "4"]) == 0
   assert abs(_value(capsys.readouterr().out, "FID")) < 1e-6
 
 
@@ -131,15 +132,14 @@ def test_kid_and_inception_score_commands(tmp_path, graph_pb, capsys):
   np.savez(tmp_path / "b.npz", images=real_images)
   assert kid.main(["--samples", str(tmp_path / "a.npy"), "--reference", str(tmp_path / "b.npz"),
                    "--inception_path", graph_pb, "--noprogress", "--num_subsets", "3",
-                   "--subset_size", "5", "--seed", "7", "--nojit_compile", "--batch_size",
-                   "4"]) == 0
+                   "--subset_size", "5", "--seed", "7", "--batch_size", "4"]) == 0
   line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("KID:"))
   mean, std = (float(v) for v in line.split("KID:")[1].split("+-"))
   # The same value from the network's features, with the subsets drawn as documented (numpy
   # Generator(seed): real rows, then fake rows, per subset).
   model = networks.inception_network(graph_pb, download=False)
-  extract = lambda images: features.extract(model, images, batch_size=4, progress=False,
-                                            jit_compile=False)  # as the command runs it
+  extract = lambda images: features.extract(model, images, batch_size=4,
+                                            progress=False)  # as the command runs it
   fake, real = extract(fake_images)["pool_3"], extract(real_images)["pool_3"]
   rng = np.random.default_rng(7)
   subsets = [(rng.choice(8, 5, replace=False), rng.choice(8, 5, replace=False)) for _ in range(3)]

@@ -103,35 +103,6 @@ def test_ppl_of_an_nvae_run_with_lpips(nvae_run, lpips_file, tmp_path, capsys):
   assert "(p1)" in table and "- (p1) protocol: crop=False epsilon=0.01" in table
 
 
-def test_ppl_defaults_are_stylegans_and_the_vgg16_distance(nvae_run, tmp_path, capsys):
-  fv = ppl_cli.flags.FlagValues()
-  ppl_cli.define_flags(fv)
-  fv(["experiments.ppl"])
-  # NVlabs/stylegan run_metrics.py ppl_zfull: epsilon 1e-4, space z, sampling full, 100k, 16.
-  assert (fv.epsilon, fv.space, fv.sampling, fv.num_samples, fv.batch_size, fv.crop,
-          fv.distance) == (1e-4, "z", "full", 100_000, 16, False, "lpips")
-  logdir, model = nvae_run
-  path = tmp_path / networks.VGG16_FILE
-  vgg_body = _keras_style_vgg_file(path, width_divisor=32)
-  assert ppl_cli.main(["--logdir", logdir, "--distance", "vgg16", "--vgg16_path", str(path),
-                       "--num_samples", "4", "--batch_size", "4", "--epsilon", "0.5"]) == 0
-  out = capsys.readouterr().out
-  generate, dim = _eager_generator(model, 1.0)
-  rng = np.random.default_rng([0, 1])
-  # Squared fc2 distance of the file's network, by hand; slerp (space z), t ~ U(0, 1) (full).
-  z0, z1 = rng.standard_normal((4, dim)), rng.standard_normal((4, dim))
-  t = np.random.default_rng(0).uniform(0, 1, 4)
-  images = generate(np.concatenate([ppl.slerp(z0, z1, t), ppl.slerp(z0, z1, t + 0.5)]
-                                   ).astype(np.float32))
-  fc2 = vgg_body(tf.constant(images * 255.0))["fc2"].numpy().astype(np.float64)
-  want = ppl.filtered_mean(((fc2[:4] - fc2[4:]) ** 2).sum(1) / 0.25)
-  assert want > 0
-  assert float(out.split("PPL:")[1].split()[0]) == pytest.approx(want, rel=1e-3)
-  printed = _protocol_line(out)
-  assert (printed["network"], printed["feature"], printed["space"], printed["sampling"]) == (
-      "vgg16-keras", "fc2", "z", "full")
-
-
 def test_ppl_of_a_vampprior_vae_run(tmp_path, lpips_file, capsys):
   """A finished experiments.vampprior --model=vae run: results.json settings + best/ checkpoint."""
   from experiments import data  # pylint: disable=import-outside-toplevel
@@ -161,6 +132,37 @@ def test_ppl_of_a_vampprior_vae_run(tmp_path, lpips_file, capsys):
       num_samples=4, distance=_eager_lpips(network), epsilon=1e-2, interpolation="lerp",
       batch_size=4, seed=0)
   assert value == pytest.approx(want, rel=1e-4)
+
+
+# (After the two LPIPS tests: experiments.ppl keeps the last distance network and its XLA-compiled
+# distance, so the LPIPS ones share a compile.)
+def test_ppl_defaults_are_stylegans_and_the_vgg16_distance(nvae_run, tmp_path, capsys):
+  fv = ppl_cli.flags.FlagValues()
+  ppl_cli.define_flags(fv)
+  fv(["experiments.ppl"])
+  # NVlabs/stylegan run_metrics.py ppl_zfull: epsilon 1e-4, space z, sampling full, 100k, 16.
+  assert (fv.epsilon, fv.space, fv.sampling, fv.num_samples, fv.batch_size, fv.crop,
+          fv.distance) == (1e-4, "z", "full", 100_000, 16, False, "lpips")
+  logdir, model = nvae_run
+  path = tmp_path / networks.VGG16_FILE
+  vgg_body = _keras_style_vgg_file(path, width_divisor=32)
+  assert ppl_cli.main(["--logdir", logdir, "--distance", "vgg16", "--vgg16_path", str(path),
+                       "--num_samples", "4", "--batch_size", "4", "--epsilon", "0.5"]) == 0
+  out = capsys.readouterr().out
+  generate, dim = _eager_generator(model, 1.0)
+  rng = np.random.default_rng([0, 1])
+  # Squared fc2 distance of the file's network, by hand; slerp (space z), t ~ U(0, 1) (full).
+  z0, z1 = rng.standard_normal((4, dim)), rng.standard_normal((4, dim))
+  t = np.random.default_rng(0).uniform(0, 1, 4)
+  images = generate(np.concatenate([ppl.slerp(z0, z1, t), ppl.slerp(z0, z1, t + 0.5)]
+                                   ).astype(np.float32))
+  fc2 = vgg_body(tf.constant(images * 255.0))["fc2"].numpy().astype(np.float64)
+  want = ppl.filtered_mean(((fc2[:4] - fc2[4:]) ** 2).sum(1) / 0.25)
+  assert want > 0
+  assert float(out.split("PPL:")[1].split()[0]) == pytest.approx(want, rel=1e-3)
+  printed = _protocol_line(out)
+  assert (printed["network"], printed["feature"], printed["space"], printed["sampling"]) == (
+      "vgg16-keras", "fc2", "z", "full")
 
 
 def test_bad_input_is_one_error_line(nvae_run, lpips_file, tmp_path, capsys):
