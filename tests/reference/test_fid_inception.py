@@ -19,17 +19,6 @@ import torch  # pylint: disable=g-import-not-at-top,wrong-import-position,wrong-
 TOLERANCE = 1e-4  # issue 10: max |ours - theirs| / max |theirs|
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-  """PyTorch's OpenMP threads busy-wait for each other when they outnumber the free cores (as
-  under pytest-xdist's two workers on two cores): one thread runs these forward passes several
-  times faster there. The kernels and tolerances are unchanged."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def _module_cache(tmp_path_factory):
   """One conversion cache for the module (the .pth is converted once, then read from it)."""

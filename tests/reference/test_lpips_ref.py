@@ -11,17 +11,6 @@ from tests.reference import comparisons  # pylint: disable=g-import-not-at-top,w
 import torch  # pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-  """PyTorch's OpenMP threads busy-wait for each other when they outnumber the free cores (as
-  under pytest-xdist's two workers on two cores): one thread runs these forward passes several
-  times faster there. The kernels and tolerances are unchanged."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
-
-
 def test_lpips_distances_equal_the_lpips_package(tmp_path):
   diffs = comparisons.lpips_cross_check(tmp_path, shape=(3, 32, 48, 3))
   assert max(diffs.values()) <= 1e-4, diffs

@@ -19,17 +19,6 @@ from evaluation import networks  # pylint: disable=g-import-not-at-top,wrong-imp
 from evaluation import vgg  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-  """PyTorch's OpenMP threads busy-wait for each other when they outnumber the free cores (as
-  under pytest-xdist's two workers on two cores): one thread runs these forward passes several
-  times faster there. The kernels and tolerances are unchanged."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
-
-
 def max_relative_difference(ours, theirs) -> float:
   ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
   assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
