@@ -63,9 +63,25 @@ def weights(model):
   return [v.numpy() for v in model.weights]
 
 
-def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path):
-  full = make_trainer(tmp_path / "full")
+@pytest.fixture(scope="module")
+def full_weights(tmp_path_factory):
+  """The weights after an uninterrupted 3-epoch run (12 steps): the reference of the resume tests."""
+  full = make_trainer(tmp_path_factory.mktemp("full"))
   full.fit()
+  assert int(full.step.numpy()) == full.total_steps == 12
+  return weights(full.model)
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+  """One epoch (4 steps) with hyper-parameters logged; the tests below only read it."""
+  logdir = tmp_path_factory.mktemp("one_epoch")
+  trainer = make_trainer(logdir, epochs=1, hparams={"lr": 1e-2, "name": "tiny"})
+  trainer.fit()
+  return logdir, trainer
+
+
+def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path, full_weights):
   # Interrupt mid-epoch (step 5 of 4 steps/epoch), then resume in a fresh process-like state.
   first = make_trainer(tmp_path / "resumed", max_steps=5)
   first.fit()
@@ -73,8 +89,8 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path):
   second = make_trainer(tmp_path / "resumed")
   assert second.restore() == 5
   second.fit()
-  assert int(second.step.numpy()) == full.total_steps == 12
-  for a, b in zip(weights(full.model), weights(second.model)):
+  assert int(second.step.numpy()) == second.total_steps == 12
+  for a, b in zip(full_weights, weights(second.model), strict=True):
     np.testing.assert_array_equal(a, b)
   # Optimizer state came back too (its iteration counter equals the step).
   assert int(second.optimizer.iterations.numpy()) == 12
@@ -139,9 +155,8 @@ def test_early_stopping_and_best_checkpoint(tmp_path):
   assert rerun.fit() == {} and int(rerun.step.numpy()) == 5 * 4  # a stopped run stays stopped
 
 
-def test_tensorboard_events_written(tmp_path):
-  trainer = make_trainer(tmp_path, epochs=1, hparams={"lr": 1e-2, "name": "tiny"})
-  trainer.fit()
+def test_tensorboard_events_written(one_epoch_run):
+  tmp_path, _ = one_epoch_run
   events = [f for f in os.listdir(tmp_path) if f.startswith("events.out")]
   assert events
   tags = set()
@@ -184,9 +199,8 @@ def test_multi_worker_needs_tf_config(monkeypatch):
     harness.setup_runtime(strategy="multi_worker")
 
 
-def test_checkpoint_holds_listed_layers_and_rejects_other_models(tmp_path):
-  trainer = make_trainer(tmp_path, epochs=1)
-  trainer.fit()
+def test_checkpoint_holds_listed_layers_and_rejects_other_models(one_epoch_run):
+  tmp_path, trainer = one_epoch_run
   names = [name for name, _ in tf.train.list_variables(trainer.manager.latest_checkpoint)]
   stored = {tuple(tf.train.load_variable(trainer.manager.latest_checkpoint, n).shape)
             for n in names if n.startswith("model_variables/")}
@@ -324,9 +338,7 @@ def test_resume_is_exact_when_the_epoch_end_hook_draws_random_numbers(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
-  full = make_trainer(tmp_path / "full")
-  full.fit()
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, full_weights):
   first = make_trainer(tmp_path / "run", max_steps=8)
   first.fit()  # checkpoints at steps 4 and 8
   data_file = [f for f in os.listdir(tmp_path / "run" / "checkpoints") if f.startswith("ckpt-8.data")][0]
@@ -336,7 +348,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
   assert second.restore() == 4
   assert "ckpt-8 is damaged" in capsys.readouterr().err
   second.fit()
-  for a, b in zip(weights(full.model), weights(second.model)):
+  for a, b in zip(full_weights, weights(second.model), strict=True):
     np.testing.assert_array_equal(a, b)
 
 
@@ -363,10 +375,8 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
   assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) is None
 
 
-def test_sigterm_writes_a_checkpoint_and_the_resumed_run_is_exact(tmp_path):
+def test_sigterm_writes_a_checkpoint_and_the_resumed_run_is_exact(tmp_path, full_weights):
   import signal  # pylint: disable=g-import-not-at-top
-  full = make_trainer(tmp_path / "full")
-  full.fit()
 
   def terminate_at_step_6(model, batch, ctx):
     out = tiny_loss(model, batch, ctx)
@@ -385,7 +395,7 @@ def test_sigterm_writes_a_checkpoint_and_the_resumed_run_is_exact(tmp_path):
   second = make_trainer(tmp_path / "run")
   assert second.restore() == 6
   second.fit()
-  for a, b in zip(weights(full.model), weights(second.model)):
+  for a, b in zip(full_weights, weights(second.model), strict=True):
     np.testing.assert_array_equal(a, b)
 
 
