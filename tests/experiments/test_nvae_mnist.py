@@ -188,29 +188,37 @@ def test_validation_history_logs_a_repeated_epoch_once(tmp_path):
   assert [r["epoch"] for r in history.rows()] == [1]
 
 
-def test_evaluate_readjusts_bn_per_temperature_from_the_trained_statistics(tmp_path, digits):
+def test_evaluate_readjusts_bn_per_temperature_from_the_trained_statistics(run, tmp_path, digits,
+                                                                           monkeypatch):
   """nvae_evaluate.evaluate: NLL with the training BN statistics, then per temperature a fresh
-  re-estimation (official set_bn, 16-sample batches) starting from them, restored at the end."""
-  s = tiny_settings()
-  model = NVAE(s.model)
-  for bn in model.bn_layers:  # distinct "trained" statistics
-    bn.moving_variance.assign(bn.moving_variance + 0.5)
-  splits = nvae_train.Splits(dataset="binarized_mnist", dynamic=False, train=None, test=digits[:8])
-  trained_bn = nvae_evaluate.bn_statistics(model)
-  settings = nvae_evaluate.EvalSettings(temperatures=(0.6, 1.0), num_iw_samples=4, readjust_bn_steps=2,
-                                        num_grid_images=4, fid_samples=4)
-  seen = []
-  original = model.readjust_bn
+  re-estimation (official set_bn, 16-sample batches) starting from them, restored at the end.
+  On the module's trained model (its NLL estimator is already compiled); the last user of `run`
+  in this file, and its BN statistics are put back afterwards all the same."""
+  _, s, _, trained, _ = run
+  model = trained.model
+  before = nvae_evaluate.bn_statistics(model)
+  try:
+    for bn in model.bn_layers:  # distinct "trained" statistics
+      bn.moving_variance.assign(bn.moving_variance + 0.5)
+    splits = nvae_train.Splits(dataset="binarized_mnist", dynamic=False, train=None, test=digits[:8])
+    trained_bn = nvae_evaluate.bn_statistics(model)
+    settings = nvae_evaluate.EvalSettings(temperatures=(0.6, 1.0), num_iw_samples=4,
+                                          readjust_bn_steps=2, num_grid_images=4, fid_samples=4)
+    seen = []
+    original = model.readjust_bn
 
-  def readjust(**kwargs):  # records the BN statistics each re-estimation starts from
-    seen.append((kwargs, nvae_evaluate.bn_statistics(model)))
-    original(**kwargs)
-  model.readjust_bn = readjust
-  out = nvae_evaluate.evaluate(model, s, splits, settings, output_dir=str(tmp_path / "ev"), seed=0,
-                               progress=False)
+    def readjust(**kwargs):  # records the BN statistics each re-estimation starts from
+      seen.append((kwargs, nvae_evaluate.bn_statistics(model)))
+      original(**kwargs)
+    monkeypatch.setattr(model, "readjust_bn", readjust)
+    out = nvae_evaluate.evaluate(model, s, splits, settings, output_dir=str(tmp_path / "ev"), seed=0,
+                                 progress=False)
+    after = nvae_evaluate.bn_statistics(model)
+  finally:
+    nvae_evaluate.set_bn_statistics(model, before)
   assert [k for k, _ in seen] == [dict(num_iterations=2, temperature=0.6),
                                   dict(num_iterations=2, temperature=1.0)]
-  for stats in [start for _, start in seen] + [nvae_evaluate.bn_statistics(model)]:
+  for stats in [start for _, start in seen] + [after]:
     for (mean, var), (mean0, var0) in zip(stats, trained_bn):
       np.testing.assert_array_equal(mean, mean0)
       np.testing.assert_array_equal(var, var0)
