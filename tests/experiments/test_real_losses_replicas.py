@@ -1,7 +1,8 @@
 """Each experiment's real loss and gradient transform, trained by SGD through the harness on 2
 logical CPUs (MirroredStrategy), ends with the weights of one device on the same global batch.
 
-SGD, not Adam: a wrong gradient scale shows. The models draw their noise through
+SGD, not Adam: a wrong gradient scale shows (in the DDPM test; AdamNormGrad divides every gradient
+by its norm, so the VampPrior test checks the loss, its noise and the normalisation, not the scale). The models draw their noise through
 `common_tf.random`, so every example gets the noise one device gives it."""
 
 import pytest
@@ -80,6 +81,10 @@ def test_ddpm_loss_with_global_norm_clipping(tmp_path):
     return harness.LossOutput(per_example=model.loss_terms(batch, training=True).simple)
 
   data = np.random.RandomState(0).randint(0, 256, (16, 6, 6, 1)).astype(np.float32) / 255.0
+  # The experiment's clipping transform with a norm these gradients stay below: an active clip
+  # rescales any gradient to the same norm and so hides a wrong global-batch scale (seen: gradients
+  # divided by the per-replica batch passed with a norm of 0.5). Active clipping under replicas:
+  # test_harness (clip values on 2 replicas) and test_distributed (2 workers).
   _same_on_one_and_two_devices(tmp_path, build=build, loss_fn=loss_fn,
-                               grad_transform=sample_quality.clip_by_global_norm(0.5), data=data,
+                               grad_transform=sample_quality.clip_by_global_norm(1e3), data=data,
                                lr=0.5)
