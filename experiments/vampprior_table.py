@@ -81,8 +81,11 @@ def unfinished_row(logdir: str, s) -> dict:
   status_path = os.path.join(logdir, "status.json")
   if os.path.exists(status_path):
     status = results.read_json(status_path)
-    row.update(status=(f"training: epoch {status['epoch']:.0f} of at most {status['total_epochs']}, "
-                       f"best validation epoch {status['best_epoch']}"),
+    progress = (f"trained: stopped early at epoch {status['epoch']:.0f}, best validation epoch "
+                f"{status['best_epoch']}; test evaluation not finished" if status.get("stopped_early")
+                else f"training: epoch {status['epoch']:.0f} of at most {status['total_epochs']}, "
+                f"best validation epoch {status['best_epoch']}")
+    row.update(status=progress,
                epochs_run=int(status["epoch"]), best_val_negative_elbo=status["best_metric"],
                train_seconds_total=status["train_seconds"], cpu=status["cpu"],
                code_commits=status.get("code_commits", []))

@@ -33,6 +33,11 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
   (mog / "status.json").write_text(json.dumps(dict(
       epoch=3.0, total_epochs=2000, best_epoch=2, best_metric=101.5, train_seconds=7.0,
       cpu="test CPU", finished=False, code_commits=["abc1234"])))
+  flow = tmp_path / "runs" / "frey_faces-vae-flow"  # early-stopped, its evaluation interrupted
+  flow.mkdir()
+  (flow / "status.json").write_text(json.dumps(dict(
+      epoch=9.0, total_epochs=2000, best_epoch=4, best_metric=99.0, train_seconds=9.0,
+      cpu="test CPU", finished=False, stopped_early=True)))
   report = tmp_path / "report.md"
   proc = scripts.run_script("vampprior_table", [
        "--preset=quick", "--report_only",
@@ -45,7 +50,7 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
   rows = json.load(open(tmp_path / "report.json"))
   assert [r["status"] for r in rows] == [
       "finished", "finished", "training: epoch 3 of at most 2000, best validation epoch 2",
-      "not started"]
+      "trained: stopped early at epoch 9, best validation epoch 4; test evaluation not finished"]
   assert [r.get("test_nll") for r in rows[:2]] == [r["test_nll"] for r in saved]
   assert rows[2].get("test_nll") is None and rows[3].get("test_nll") is None
   assert "**Not converged:**" in report.read_text()
