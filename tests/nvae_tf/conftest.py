@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from experiments import data
 from nvae_tf import NVAEConfig
@@ -68,17 +67,3 @@ def digits(small_data_dir) -> np.ndarray:
   images, _ = data.load_arrays("binarized_mnist", "test", small_data_dir)
   return images
 
-
-@pytest.fixture
-def without_grappler():
-  """Turns TensorFlow's graph optimiser (grappler) off while the test runs, then restores the
-  previous options. Grappler rewrites a traced NVAE train step for tens of seconds (several times
-  longer under MirroredStrategy) and buys nothing for a step that runs once or a few times; it
-  changes how a graph executes, not what it computes."""
-  before = tf.config.optimizer.get_experimental_options()
-  tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-  try:
-    yield
-  finally:
-    tf.config.optimizer.set_experimental_options(
-        {"disable_meta_optimizer": before.get("disable_meta_optimizer", False)})

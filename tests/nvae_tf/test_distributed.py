@@ -5,7 +5,7 @@ Covers SyncBN, global-batch KL-balancing statistics, power iterations and sampli
 The model is the smallest NVAE that still has every part this concerns: one latent scale with two
 groups (so the balancing coefficients differ), residual cells with BN and SE, combiners, samplers,
 SR power-iteration state; 2 channels, 2 latents per group, 8x8 digit crops padded to 12x12. The
-cost is tracing (two replica graphs), not arithmetic, so grappler is off (`without_grappler`)."""
+cost is tracing (two replica graphs), not arithmetic (grappler is off in the tests: tests/conftest.py)."""
 
 import dataclasses
 
@@ -55,7 +55,7 @@ def train_one_step(tmp_path, strategy, images, initial):
 
 
 @pytest.mark.slow
-def test_two_replicas_equal_one_device(tmp_path, digits, without_grappler):
+def test_two_replicas_equal_one_device(tmp_path, digits):
   images = digits[:GLOBAL_BATCH, 10:18, 10:18]  # the digits' centres: 8x8, binary
   one, initial, out_one = train_one_step(tmp_path / "one", tf.distribute.get_strategy(), images, None)
   two, before_two, out_two = train_one_step(tmp_path / "two", two_cpu_strategy(), images, initial)
