@@ -1,5 +1,6 @@
 """GaussianDiffusion maths against closed forms (no network: analytic epsilon functions)."""
 
+import functools
 import math
 
 import numpy as np
@@ -14,6 +15,18 @@ from evaluation.likelihood import bits_per_dim
 from tests.diffusion_tf import numpy_ddpm
 
 SEED = tf.constant([3, 4], tf.int32)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_draws(shape, seed, indices, jit):
+  return numpy_ddpm.draws(shape, list(seed), indices, jit=jit)
+
+
+def _draws(shape, seed, indices, *, jit):
+  """numpy_ddpm.draws, computed once per (shape, seed, indices, jit) for the module: the noise of
+  a seed does not depend on the variance or clipping a parametrised case tests (one compile)."""
+  key = tuple(int(v) for v in np.asarray(seed))
+  return _cached_draws(tuple(int(v) for v in shape), key, tuple(int(i) for i in indices), jit)
 
 
 def _small(variance=diffusion.Variance.FIXED_LARGE, num_timesteps=12):
@@ -124,7 +137,7 @@ def test_vlb_of_a_wrong_model_equals_numpy_official_bound(clip):
   eps_np = lambda x, t: 0.3 * np.tanh(x) - 0.02 * t
   eps_tf = lambda x, t: 0.3 * tf.tanh(x) - 0.02 * tf.cast(t, tf.float32)[:, None, None, None]
   vlb = d.variational_bound(eps_tf, x0, seed=SEED, clip_denoised=clip)  # eager: CPU-kernel noise
-  noises = numpy_ddpm.draws(x0.shape, SEED, range(d.num_timesteps), jit=False)
+  noises = _draws(x0.shape, SEED, range(d.num_timesteps), jit=False)
   total, prior, kl, decoder = numpy_ddpm.vlb(numpy_ddpm.Schedule(d.betas), eps_np,
                                              x0.numpy().astype(np.float64), noises,
                                              variance="fixed_large", clip=clip)
@@ -218,13 +231,14 @@ def test_compiled_ancestral_sampler_equals_numpy(jit, variance):
   other normals than the CPU kernel from one seed, so the noise is drawn the same way)."""
   d = _small(variance)
   shape = (2, 4, 4, 1)
-  got = tf.function(lambda: d.p_sample_loop(_toy_eps, shape, seed=SEED), jit_compile=jit)().numpy()
-  noises = numpy_ddpm.draws(shape, SEED, range(d.num_timesteps + 1), jit=jit)
+  sampler = tf.function(lambda seed: d.p_sample_loop(_toy_eps, shape, seed=seed), jit_compile=jit)
+  got = sampler(SEED).numpy()
+  noises = _draws(shape, SEED, range(d.num_timesteps + 1), jit=jit)
   x_T = noises[d.num_timesteps]
   expected = numpy_ddpm.ancestral(numpy_ddpm.Schedule(d.betas), _toy_eps_np, x_T, noises,
                                   variance=variance.value, clip=True)
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
-  other = d.p_sample_loop(_toy_eps, shape, seed=tf.constant([5, 6])).numpy()
+  other = sampler(tf.constant([5, 6])).numpy()  # the same compiled loop, another seed
   assert np.abs(other - got).max() > 0.1
 
 
@@ -236,7 +250,7 @@ def test_compiled_ddim_sampler_equals_numpy(clip):
   np.testing.assert_array_equal(steps, [0, 2, 4, 6, 8, 10])
   got = tf.function(lambda: d.ddim_sample_loop(_toy_eps, shape, seed=SEED, num_steps=5, eta=0.5,
                                                clip_denoised=clip), jit_compile=True)().numpy()
-  noises = numpy_ddpm.draws(shape, SEED, list(steps) + [d.num_timesteps], jit=True)
+  noises = _draws(shape, SEED, list(steps) + [d.num_timesteps], jit=True)
   x_T = noises[d.num_timesteps]
   expected = numpy_ddpm.ddim(numpy_ddpm.Schedule(d.betas), _toy_eps_np, x_T, steps, noises,
                              eta=0.5, clip=clip)

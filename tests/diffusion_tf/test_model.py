@@ -14,16 +14,13 @@ from evaluation import likelihood
 from experiments import harness
 from tests.diffusion_tf import numpy_ddpm
 
-TINY_UNET = layers.UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1,
-                              attention_resolutions=(4,), dropout=0.1, num_groups=2)
-
-
-# One level, attention only in the middle block: for tests of what surrounds the U-Net.
+# One level, attention only in the middle block: for tests of what surrounds the U-Net (the
+# U-Net's levels and attention placement are tested on their own below).
 MICRO_UNET = layers.UNetConfig(channels=8, channel_mult=(1,), num_res_blocks=1,
                                attention_resolutions=(), dropout=0.1, num_groups=2)
 
 
-def _ddpm(num_timesteps=6, unet=TINY_UNET, **kwargs):
+def _ddpm(num_timesteps=6, unet=MICRO_UNET, **kwargs):
   d = diffusion.GaussianDiffusion(betas=np.linspace(1e-3, 0.2, num_timesteps))
   return model_lib.DDPM(image_shape=(6, 6, 1), unet=unet, diffusion=d, padded_size=8, **kwargs)
 
@@ -51,23 +48,24 @@ def test_timestep_embedding_closed_form():
 
 
 def test_unet_shapes_attention_placement_and_bad_size():
+  # Four levels at 16x16 (resolutions 16, 8, 4, 2): attention at 4 is the third level.
   config = layers.UNetConfig(channels=8, channel_mult=(1, 2, 2, 2), num_res_blocks=1,
-                             attention_resolutions=(8,), dropout=0.0, num_groups=2)
-  unet = layers.UNet(config=config, image_size=32, out_channels=1)
-  out = unet(tf.zeros([2, 32, 32, 1]), tf.constant([0, 999]))
-  assert out.shape == (2, 32, 32, 1)
+                             attention_resolutions=(4,), dropout=0.0, num_groups=2)
+  unet = layers.UNet(config=config, image_size=16, out_channels=1)
+  out = unet(tf.zeros([2, 16, 16, 1]), tf.constant([0, 999]))
+  assert out.shape == (2, 16, 16, 1)
   np.testing.assert_array_equal(out.numpy(), 0.0)  # zero-initialised output convolution
   with_attention = [b.name for b in unet.down_blocks + unet.up_blocks
                     if isinstance(b, layers.ResAttnBlock) and b.attn is not None]
-  assert with_attention == ["down_2_block_0", "up_2_block_0", "up_2_block_1"]  # 32/2^2 = 8
+  assert with_attention == ["down_2_block_0", "up_2_block_0", "up_2_block_1"]  # 16/2^2 = 4
   with pytest.raises(ValueError, match="divisible"):
-    layers.UNet(config=config, image_size=28, out_channels=1)
+    layers.UNet(config=config, image_size=20, out_channels=1)  # not divisible by 2^3
 
 
 def test_unet_mixed_precision_keeps_norms_and_output_float32():
   keras.mixed_precision.set_global_policy("mixed_float16")
   try:
-    m = _ddpm()
+    m = _ddpm(unet=MICRO_UNET)  # res blocks, the middle attention, the output conv: every layer kind
     _randomize(m)
     block = m.unet.down_blocks[0].res
     assert block.norm1.compute_dtype == "float32" and block.conv1.compute_dtype == "float16"
@@ -82,7 +80,7 @@ def test_unet_mixed_precision_keeps_norms_and_output_float32():
 
 
 def test_ddpm_boundary_padding_round_trip():
-  m = _ddpm()
+  m = _ddpm(unet=MICRO_UNET)
   x = _images()
   padded = m.to_model_space(x)
   assert padded.shape == (4, 8, 8, 1)
@@ -117,15 +115,17 @@ def test_compiled_ddpm_samplers_equal_numpy_samplers():
 def test_ddpm_trains_on_official_scaling_and_dequantizes_only_on_request():
   x = _images(2)
   k = np.round(x.numpy() * 255)
-  official = _ddpm().training_data(x).numpy()[:, 1:7, 1:7]
+  official = _ddpm(unet=MICRO_UNET).training_data(x).numpy()[:, 1:7, 1:7]
   np.testing.assert_allclose(official, k / 127.5 - 1, atol=1e-6)  # tpu_utils.normalize_data
-  dequantized = _ddpm(dequantize=True).training_data(x).numpy()[:, 1:7, 1:7]
+  dequantized = _ddpm(unet=MICRO_UNET, dequantize=True).training_data(x).numpy()[:, 1:7, 1:7]
   u = ((dequantized + 1) / 2) * 256 - k  # (k + u) / 256 mapped to [-1, 1]
   assert u.min() >= -1e-4 and u.max() <= 1 + 1e-4 and u.std() > 0.2
 
 
 def test_ddpm_loss_and_variational_bound():
-  m = _ddpm(unet=MICRO_UNET)
+  # One model for both parts: jit_sampling only switches XLA off for the bound (graph mode, so
+  # the x_t draws are the CPU kernel's); the loss and its gradients are eager either way.
+  m = _ddpm(unet=MICRO_UNET, jit_sampling=False)
   _randomize(m, scale=0.1)
   with tf.GradientTape() as tape:
     loss = m.loss_terms(_images()).simple
@@ -134,8 +134,6 @@ def test_ddpm_loss_and_variational_bound():
   assert sum(g is not None for g in grads) == len(grads)
   # The model's bound (official: x0_hat clipped) against the NumPy calc_bpd_loop on the padded
   # 8-bit images; graph mode, so the x_t draws are the CPU kernel's.
-  m = _ddpm(unet=MICRO_UNET, jit_sampling=False)
-  _randomize(m, scale=0.1)
   x01 = _images(2)
   x0 = m.to_model_space(x01).numpy().astype(np.float64)
   noises = numpy_ddpm.draws(x0.shape, [0, 1], range(m.diffusion.num_timesteps), jit=False)
@@ -217,8 +215,9 @@ def test_flow_model_learns_under_the_harness(tmp_path):
   x = np.clip(np.random.default_rng(2).normal(0.7, 0.05, (64, 4, 4, 1)), 0, 1)
   data = tf.data.Dataset.from_tensor_slices(tf.constant(np.round(x * 255) / 255, tf.float32))
   before = float(tf.reduce_mean(m.loss_terms(tf.constant(x, tf.float32)).nll))
+  # One checkpoint, at the last of the 60 steps (not one per epoch: saving is not under test).
   config = harness.TrainConfig(logdir=str(tmp_path), batch_size=16, epochs=15, progress=False,
-                               log_every=1000)
+                               log_every=1000, checkpoint_every=1000)
   harness.Trainer(config=config, strategy=tf.distribute.get_strategy(), model=m,
                   optimizer=keras.optimizers.Adam(1e-2),
                   loss_fn=lambda model, b, ctx: harness.LossOutput(per_example=model.loss_terms(b).nll),

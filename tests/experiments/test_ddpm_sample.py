@@ -1,7 +1,10 @@
 """experiments.ddpm_sample on a tiny checkpoint in the official TF1 format.
 
-The script runs in a subprocess (its flags share names with experiments.nvae_evaluate's), where a
-driver registers a tiny official configuration and turns XLA off (compiling dominates otherwise).
+The script runs in a subprocess (its flags share names with experiments.nvae_evaluate's, and the
+recorded command line is tested), where a driver registers a tiny official configuration and turns
+XLA off (compiling dominates otherwise). The network is the smallest official one, a single level
+without attention outside the middle block: tests/diffusion_tf/test_official_checkpoint.py checks
+the mapping of every official tensor kind; here the CLI around it is under test.
 """
 
 import json
@@ -16,13 +19,14 @@ from tests.diffusion_tf import test_official_checkpoint as official
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 T = 6
+CH_MULT, ATTN = (1,), ()  # one level: no down/upsampling, attention only in the middle block
 
 DRIVER = f"""
 import functools
 from diffusion_tf import diffusion, layers, official_checkpoint as oc
 oc.OFFICIAL_CONFIGS["tiny"] = oc.OfficialConfig(
-    unet=layers.UNetConfig(channels={official.CH}, channel_mult={official.CH_MULT},
-                           num_res_blocks={official.NUM_RES}, attention_resolutions={official.ATTN},
+    unet=layers.UNetConfig(channels={official.CH}, channel_mult={CH_MULT},
+                           num_res_blocks={official.NUM_RES}, attention_resolutions={ATTN},
                            dropout=0.0, num_groups=32),
     image_size={official.SIZE}, variance=diffusion.Variance.FIXED_SMALL, num_timesteps={T})
 oc.build_official_ddpm = functools.partial(oc.build_official_ddpm, jit_sampling=False)  # faster
@@ -34,8 +38,9 @@ common.run(ddpm_sample.main)
 
 @pytest.mark.slow
 def test_samples_an_official_format_checkpoint(tmp_path):
-  official.write_official_checkpoint(tmp_path, official.random_weights(official.official_spec(), 0),
-                                     official.random_weights(official.official_spec(), 1), step=7)
+  spec = official.official_spec(CH_MULT, ATTN)
+  official.write_official_checkpoint(tmp_path, official.random_weights(spec, 0),
+                                     official.random_weights(spec, 1), step=7)
   out = subprocess.run(
       [sys.executable, "-c", DRIVER, f"--official_checkpoint={tmp_path}", "--config=tiny",
        f"--output_dir={tmp_path / 'out'}", "--num_samples=4", "--sample_batch=2", "--ddim_steps=4",
