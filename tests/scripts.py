@@ -37,15 +37,22 @@ class Completed:
 
 @contextlib.contextmanager
 def defined_flags(define: Callable[[], None]):
-  """Defines a script's flags on the global FLAGS for the `with` block, then deletes them and
-  unparses every flag (and resets the global Keras policy to float32)."""
+  """Defines a script's flags on the global FLAGS for the `with` block, then deletes them, undoes
+  its changes to the common flags, unparses every flag and resets the global Keras policy."""
   before = set(FLAGS)
+  # A script may widen a common flag (`experiments.flags.allow_presets` adds its own presets).
+  widened = {name: (FLAGS[name].help, list(getattr(FLAGS[name].parser, "enum_values", None) or []))
+             for name in before}
   try:
     define()
     yield FLAGS
   finally:
     for name in set(FLAGS) - before:
       delattr(FLAGS, name)
+    for name, (help_text, enum_values) in widened.items():
+      FLAGS[name].help = help_text
+      if enum_values:
+        FLAGS[name].parser.enum_values = enum_values
     FLAGS.unparse_flags()
     keras.mixed_precision.set_global_policy("float32")
 

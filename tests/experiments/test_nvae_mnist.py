@@ -6,8 +6,6 @@ table's metric plumbing (with small stand-in networks)."""
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -22,9 +20,9 @@ from experiments import nvae_train
 from experiments import results
 from nvae_tf import NVAE, Spectral, WarmupClock
 from nvae_tf import model as nvae_model
+from tests import scripts
 from tests.nvae_tf.conftest import one_scale_config, write_binarized_mnist_head
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGE_SHAPE = data.image_shape("binarized_mnist")
 NUM_DIMS = int(np.prod(IMAGE_SHAPE))
 
@@ -293,12 +291,9 @@ def test_bad_data_dir_is_a_data_error(tmp_path):
 
 
 def test_command_line_accepts_the_cpu_preset_and_reports_bad_data_dir_in_one_line(tmp_path):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.nvae_mnist", "--preset=cpu",
-       f"--data_dir={tmp_path / 'missing'}", "--dataset=binarized_mnist",
-       f"--logdir={tmp_path / 'run'}"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  proc = scripts.run_script("nvae_mnist", [
+      "--preset=cpu", f"--data_dir={tmp_path / 'missing'}", "--dataset=binarized_mnist",
+      f"--logdir={tmp_path / 'run'}"])
   assert proc.returncode == 2
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "does not exist" in errors[0], proc.stderr[-2000:]

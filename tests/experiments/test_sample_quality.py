@@ -18,8 +18,8 @@ from diffusion_tf import layers
 from evaluation import protocol
 from experiments import harness
 from experiments import sample_quality as sq
+from tests import scripts
 
-sq.define_flags()  # this module parses the script's flags in-process
 RUN = sq.run  # the real one; tests wrap it to see the settings `main` passes
 
 SIDE = 12  # stand-in images: not MNIST's 28, so a literal 784 / (28, 28, 1) anywhere breaks the run
@@ -55,12 +55,9 @@ def _main(monkeypatch, tmp_path, *args):
   seen = {}
   monkeypatch.setattr(sq, "run", lambda settings, **kw: seen.setdefault("rows", RUN(
       seen.setdefault("settings", settings), **kw)))
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(["sample_quality", f"--logdir={tmp_path / 'runs'}"] + list(args))
-  try:
+  with scripts.defined_flags(sq.define_flags) as fv:  # the script's flags, in this process
+    fv(["sample_quality", f"--logdir={tmp_path / 'runs'}"] + list(args))
     assert sq.main([]) == 0
-  finally:
-    flags.FLAGS.unparse_flags()
   return seen["settings"]
 
 
@@ -158,12 +155,12 @@ def test_unknown_model_is_a_clear_error(tmp_path, monkeypatch):
 def test_cpu_preset_is_selectable_and_bounds_all_held_out_images(tmp_path, monkeypatch):
   """Issue 12 run 4: --preset=cpu (not in the shared enum), offline data, VLB over all 1,000
   held-out images with all T = 1000 terms."""
+  with scripts.defined_flags(sq.define_flags) as fv:
+    fv(["sample_quality", "--preset=cpu"])
+    assert fv.preset == "cpu"
+  with pytest.raises(flags.IllegalFlagValueError):  # other scripts keep rejecting it
+    flags.FLAGS(["vampprior", "--preset=cpu"])
   flags.FLAGS.unparse_flags()
-  try:
-    flags.FLAGS(["sample_quality", "--preset=cpu"])
-    assert flags.FLAGS.preset == "cpu"
-  finally:
-    flags.FLAGS.unparse_flags()
   cpu = sq.PRESETS["cpu"]
   assert cpu.offline_split and cpu.ddpm.vlb_examples is None and cpu.ddpm.num_timesteps == 1000
 
@@ -213,3 +210,22 @@ def test_vlb_bits_per_dim_is_the_mean_and_standard_error_over_all_images():
   assert mean == pytest.approx(bits.mean(), rel=1e-6)
   assert se == pytest.approx(bits.std(ddof=1) / np.sqrt(250), rel=1e-5)
   assert len(seeds) == 3 and len(set(seeds)) == 3  # every batch draws its own x_t noise
+
+
+def test_an_interrupted_run_writes_no_grid_into_the_results_folder(tmp_path, monkeypatch):
+  """Grids are written with the page: a run that fails at its second model leaves the results
+  folder as it was (a finished first model's grid would otherwise replace the published one)."""
+  results_dir = tmp_path / "results"
+
+  def flow_runner(preset, *, settings, **kwargs):  # a finished model, no training
+    os.makedirs(settings.train["flow"].logdir, exist_ok=True)
+    return {"flow": lambda n, seed: np.zeros((n, SIDE, SIDE, 1), np.float32)}, {}
+
+  def failing_runner(preset, **kwargs):
+    raise RuntimeError("interrupted")
+
+  monkeypatch.setitem(sq.RUNNERS, "flow", flow_runner)
+  monkeypatch.setitem(sq.RUNNERS, "vae", failing_runner)
+  with pytest.raises(RuntimeError, match="interrupted"):
+    _main(monkeypatch, tmp_path, "--models=flow,vae", f"--results_dir={results_dir}")
+  assert not results_dir.exists() or os.listdir(results_dir) == []

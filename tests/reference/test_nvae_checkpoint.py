@@ -173,20 +173,15 @@ def test_loaded_model_runs_and_bad_checkpoints_fail_clearly(checkpoint, tmp_path
 
 
 def test_nvae_evaluate_runs_on_an_official_checkpoint(checkpoint, tmp_path):
+  """The nvae_evaluate command line (in this process: tests/scripts.py) on the official file."""
   import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
+  from tests import scripts  # pylint: disable=g-import-not-at-top
   path = checkpoint[0]
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   out = tmp_path / "ev"
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.nvae_evaluate", f"--official_checkpoint={path}",
-       "--num_iw_samples=2", "--iw_chunk=2", "--temperature=0.8,1.0", "--readjust_bn_steps=1",
-       "--test_examples=4", "--eval_batch_size=4", "--num_grid_images=4", "--fid_samples=4",
-       "--dataset=binarized_mnist", f"--output_dir={out}"],
-      cwd=root, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True,
-      timeout=300)
+  proc = scripts.run_script("nvae_evaluate", [
+      f"--official_checkpoint={path}", "--num_iw_samples=2", "--iw_chunk=2",
+      "--temperature=0.8,1.0", "--readjust_bn_steps=1", "--test_examples=4", "--eval_batch_size=4",
+      "--num_grid_images=4", "--fid_samples=4", "--dataset=binarized_mnist", f"--output_dir={out}"])
   assert proc.returncode == 0, proc.stderr[-2000:]
   row = json.load(open(out / "evaluate.json"))
   assert row["checkpoint"].endswith("(official, epoch 3)") and row["test_examples"] == 4
