@@ -40,7 +40,8 @@ PAPER_NLL = {("static_mnist", "vae", "standard"): 88.56,
              ("static_mnist", "hvae_2level", "standard"): 86.05,
              ("static_mnist", "hvae_2level", "vampprior"): 83.19}
 COLUMNS = [("dataset", "data set"), ("model", "model"), ("prior", "prior"),
-           ("likelihood", "p(x|z)"), ("logistic_edges", "logistic edges"), ("epochs_run", "epochs"),
+           ("likelihood", "p(x|z)"), ("logistic_edges", "logistic edges"),
+           ("epochs_trained", "epochs trained"), ("best_epoch", "best epoch"),
            ("test_negative_elbo", "test -ELBO"), ("test_nll", "test NLL"),
            ("test_nll_sem", "± s.e."), ("importance_samples", "K used"),
            ("paper_nll", "paper NLL"), ("best_val_negative_elbo", "best val -ELBO"),
@@ -58,6 +59,7 @@ def run_grid(cells, *, strategy, data_dir=None, report_only: bool = False) -> li
     if row is None:
       row = (unfinished_row(config.logdir, s) if report_only else
              vampprior_train.train_and_evaluate(s, config, strategy=strategy, data_dir=data_dir))
+      row.update(training_progress(config.logdir))
     row["paper_nll"] = PAPER_NLL.get((s.dataset, s.model, s.prior))
     rows.append(row)
   return rows
@@ -72,7 +74,17 @@ def finished_row(logdir: str, s) -> dict | None:
   row, status = results.read_json(row_path), results.read_json(status_path)
   done = status.get("finished") or status.get("stopped_early")
   same = all(row.get(k) == v for k, v in dataclasses.asdict(s).items())
-  return dict(row, status="finished") if done and same else None
+  return dict(row, status="finished", **training_progress(logdir)) if done and same else None
+
+
+def training_progress(logdir: str) -> dict:
+  """Epochs trained and the best validation epoch (whose checkpoint is evaluated), from the
+  harness's status.json (`epochs_run` of a results row is the restored best checkpoint's epoch)."""
+  path = os.path.join(logdir, "status.json")
+  if not os.path.exists(path):
+    return {}
+  status = results.read_json(path)
+  return dict(epochs_trained=int(status["epoch"]), best_epoch=status.get("best_epoch"))
 
 
 def unfinished_row(logdir: str, s) -> dict:
@@ -86,7 +98,7 @@ def unfinished_row(logdir: str, s) -> dict:
                 else f"training: epoch {status['epoch']:.0f} of at most {status['total_epochs']}, "
                 f"best validation epoch {status['best_epoch']}")
     row.update(status=progress,
-               epochs_run=int(status["epoch"]), best_val_negative_elbo=status["best_metric"],
+               best_val_negative_elbo=status["best_metric"],
                train_seconds_total=status["train_seconds"], cpu=status["cpu"],
                code_commits=status.get("code_commits", []))
   return row

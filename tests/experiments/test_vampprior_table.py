@@ -53,6 +53,10 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
       "trained: stopped early at epoch 9, best validation epoch 4; test evaluation not finished"]
   assert [r.get("test_nll") for r in rows[:2]] == [r["test_nll"] for r in saved]
   assert rows[2].get("test_nll") is None and rows[3].get("test_nll") is None
+  # Epochs trained and the best (evaluated) epoch come from status.json, for every kind of row.
+  assert [(r.get("epochs_trained"), r.get("best_epoch")) for r in rows] == [
+      (1, 1), (1, 1), (3, 2), (9, 4)]
+  assert "| epochs trained | best epoch |" in report.read_text()
   assert "**Not converged:**" in report.read_text()
   assert "training ran at commit(s) abc1234" in report.read_text()
 
