@@ -1,0 +1,107 @@
+"""How far long runs got: a results page from the harness's `status.json` files.
+
+    python -m experiments.run_status --logdir ../runs/nvae_cpu,../runs/sample_quality_cpu \
+        --output results/runs_in_progress.md
+
+Each `--logdir` is a run directory (holding the `status.json` that `experiments.harness.Trainer`
+writes at every checkpoint) or a folder whose sub-folders are run directories (searched two levels
+deep). One row per run: finished, stopped early or how far training got (epoch and step of the
+total), the best validation epoch where early stopping is on, the training time summed over resumed
+sessions, the CPU, and the commits the training ran at. No test numbers: those are on each
+experiment's own page once its run is finished and evaluated. Reads files only (no TensorFlow).
+
+Bad input (no such folder, no status.json found, bad flags) -> one `error:` line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import flags
+
+from evaluation import cli
+from experiments import results
+
+STATUS_FILE = "status.json"
+COLUMNS = [("run", "run"), ("state", "training"), ("epoch", "epoch"), ("step", "step"),
+           ("best_epoch", "best epoch"), ("train_hours", "train h"), ("cpu", "CPU"),
+           ("updated", "updated"), ("code_commits", "training commits")]
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_list("logdir", None, "Run directories (comma-separated) holding status.json, or "
+                    "folders whose sub-folders (two levels deep) are run directories.",
+                    flag_values=fv)
+  flags.DEFINE_string("output", None, "Markdown page to write (its folder must exist); without "
+                      "it the table is printed only.", flag_values=fv)
+
+
+def find_runs(root: str) -> list[str]:
+  """`root` itself if it holds status.json, else its sub-folders (two levels) that do; sorted."""
+  if not os.path.isdir(root):
+    raise ValueError(f"--logdir {root} is not a folder")
+  if os.path.isfile(os.path.join(root, STATUS_FILE)):
+    return [root]
+  found = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    depth = os.path.relpath(dirpath, root).count(os.sep) + (dirpath != root)
+    if STATUS_FILE in filenames and dirpath != root:
+      found.append(dirpath)
+      dirnames[:] = []  # a run's own sub-folders (checkpoints, best) hold no runs
+    if depth >= 2:
+      dirnames[:] = []
+  return sorted(found)
+
+
+def status_row(logdir: str) -> dict:
+  """One page row from a run's status.json."""
+  s = results.read_json(os.path.join(logdir, STATUS_FILE))
+  if s.get("finished"):
+    state = "finished"
+  elif s.get("stopped_early"):
+    state = "stopped early (training done)"
+  else:
+    state = "training (resume: rerun its command)"
+  total_epochs, total_steps = s.get("total_epochs"), s.get("total_steps")
+  return dict(
+      run=logdir, state=state,
+      epoch=f"{s['epoch']:.2f} of {total_epochs}" if total_epochs else f"{s['epoch']:.2f}",
+      step=f"{s['step']} of {total_steps}" if total_steps else str(s["step"]),
+      best_epoch=s.get("best_epoch"), train_hours=round(s.get("train_seconds", 0.0) / 3600, 2),
+      cpu=s.get("cpu"), updated=s.get("updated"),
+      code_commits=", ".join(s.get("code_commits") or []) or None)
+
+
+def main(argv: list[str] | None = None) -> int:
+  """`python -m experiments.run_status ...`; returns the exit code (2 on bad input)."""
+  args = list(sys.argv[1:] if argv is None else argv)
+  fv = flags.FlagValues()
+  define_flags(fv)
+  code = cli.parse_args(fv, args, doc=__doc__, required=("logdir",))
+  if code is not None:
+    return code
+  try:
+    cli.check_output_path(fv.output)
+    runs = [run for root in fv.logdir for run in find_runs(root)]
+    if not runs:
+      raise ValueError(f"no {STATUS_FILE} under {', '.join(fv.logdir)}")
+    rows = [status_row(run) for run in runs]
+  except (ValueError, OSError, KeyError) as e:
+    return cli.fail(e)
+  table = results.markdown_table(rows, COLUMNS)
+  print(table)
+  if fv.output:
+    command = "python -m experiments.run_status " + " ".join(args)
+    results.write_markdown(
+        fv.output, title="Long runs: how far they got", command=command, table=table,
+        notes="From each run's status.json (written by experiments.harness at every checkpoint). "
+              "'train h' is the training time summed over resumed sessions. This page says how far "
+              "training got; whether a trained run has been evaluated, and its test numbers, are "
+              "on its experiment's own page. Rerunning a run's command resumes it from its newest "
+              "checkpoint.")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
