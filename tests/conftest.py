@@ -15,6 +15,13 @@ _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
 
+# One TensorFlow thread pool per core: pytest-xdist runs several worker processes, and pools as
+# wide as the machine in each of them spin-wait for each other (whole suite, 2 workers on 2 cores:
+# 261 s -> 211 s with 1 intra-op thread per worker).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+  tf.config.threading.set_intra_op_parallelism_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 # Grappler (TF's graph optimiser) off: the tests check what graphs compute, and optimising every
 # traced train step, sampler and estimator is a large part of their time (an HVAE end-to-end test:
 # 29 s -> 15 s on a loaded 2-core host). Runs and bench/ keep the default. GENMODELS_TEST_GRAPPLER=1
