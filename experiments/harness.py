@@ -61,6 +61,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from experiments import results
+
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -493,7 +495,7 @@ class Trainer:
                     if self.config.early_stopping_metric else None),
         checkpoint=self.manager.latest_checkpoint, cpu=cpu_model(),
         updated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), **extra)
-    path = os.path.join(self.config.logdir, "status.json")
+    path = os.path.join(self.config.logdir, results.STATUS_FILE)
     commits = []
     if os.path.exists(path):
       try:

@@ -424,8 +424,7 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
   samples = model.sample(NUM_GRID_IMAGES, temperature=s.temperature).numpy()
   save_grid(os.path.join(config.logdir, "samples.png"), samples)
   save_samples(os.path.join(config.logdir, "samples.npz"), samples)
-  status_file = os.path.join(config.logdir, "status.json")
-  status = results.read_json(status_file) if os.path.exists(status_file) else {}
+  status = results.read_status(config.logdir) or {}
   row = {
       "script": "nvae_mnist", "command": command, "preset": s.preset,
       "dataset": trained.splits.dataset,

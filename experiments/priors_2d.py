@@ -218,10 +218,10 @@ def git_commit() -> str:
 
 def finished_row(logdir: str, s: Settings) -> dict | None:
   """The run's stored row when its training finished and it was evaluated with these settings."""
-  row_path, status_path = os.path.join(logdir, ROW_FILE), os.path.join(logdir, "status.json")
-  if not (os.path.exists(row_path) and os.path.exists(status_path)):
+  row_path, status = os.path.join(logdir, ROW_FILE), results.read_status(logdir)
+  if not (os.path.exists(row_path) and status):
     return None
-  row, status = results.read_json(row_path), results.read_json(status_path)
+  row = results.read_json(row_path)
   same = all(row.get(k) == v for k, v in dataclasses.asdict(s).items())
   return row if status.get("finished") and row.get("status") == "finished" and same else None
 
@@ -229,9 +229,8 @@ def finished_row(logdir: str, s: Settings) -> dict | None:
 def unfinished_row(logdir: str, s: Settings) -> dict:
   """How far an unfinished run got (from the harness's status.json); no test numbers."""
   row = dict(dataclasses.asdict(s), status="not started", epochs_run=0)
-  status_path = os.path.join(logdir, "status.json")
-  if os.path.exists(status_path):
-    status = results.read_json(status_path)
+  status = results.read_status(logdir)
+  if status:
     done = "trained, not evaluated yet" if status.get("finished") else "training"
     row.update(status=f"{done}: epoch {status['epoch']:.1f} of {status['total_epochs']}",
                epochs_run=status["epoch"], train_seconds=status["train_seconds"],
@@ -294,7 +293,7 @@ def train_and_evaluate(s: Settings, *, study: StudyData, logdir: str, strategy,
       epoch_transform=(None if study.binary_train else
                        lambda ds, seed: data.dynamic_binarization(ds, seed=seed)))
   trainer.fit()
-  status = results.read_json(os.path.join(logdir, "status.json"))
+  status = results.read_status(logdir)
   start = time.perf_counter()
   counted = likelihood.evaluate_nll(
       model, study.test, num_samples=s.iw_samples, batch_size=EVAL_BATCH,

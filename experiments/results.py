@@ -20,6 +20,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from evaluation import protocol as protocol_lib
 
+STATUS_FILE = "status.json"  # how far a run got: `harness.Trainer` writes it at every checkpoint
+
 # Row keys holding metric values that need a protocol record ("fid", "fid_256", "ppl_lpips", ...).
 METRIC_PREFIXES = ("fid", "kid", "is", "inception_score", "precision", "recall", "ppl")
 
@@ -143,3 +145,10 @@ def write_markdown(path: str, *, title: str, command: str, table: str, notes: st
   with open(path + ".tmp", "w") as f:
     f.write(text)
   os.replace(path + ".tmp", path)
+
+
+def read_status(logdir: str) -> dict | None:
+  """The `status.json` a `harness.Trainer` keeps in `logdir` (step, epoch, totals, finished, best
+  epoch, training seconds, CPU, commits), or None when the run never reached a checkpoint."""
+  path = os.path.join(logdir, STATUS_FILE)
+  return read_json(path) if os.path.exists(path) else None

@@ -23,7 +23,7 @@ from absl import flags
 from evaluation import cli
 from experiments import results
 
-STATUS_FILE = "status.json"
+
 COLUMNS = [("run", "run"), ("state", "training"), ("epoch", "epoch"), ("step", "step"),
            ("best_epoch", "best epoch"), ("train_hours", "train h"), ("cpu", "CPU"),
            ("updated", "updated"), ("code_commits", "training commits")]
@@ -41,12 +41,12 @@ def find_runs(root: str) -> list[str]:
   """`root` itself if it holds status.json, else its sub-folders (two levels) that do; sorted."""
   if not os.path.isdir(root):
     raise ValueError(f"--logdir {root} is not a folder")
-  if os.path.isfile(os.path.join(root, STATUS_FILE)):
+  if os.path.isfile(os.path.join(root, results.STATUS_FILE)):
     return [root]
   found = []
   for dirpath, dirnames, filenames in os.walk(root):
     depth = os.path.relpath(dirpath, root).count(os.sep) + (dirpath != root)
-    if STATUS_FILE in filenames and dirpath != root:
+    if results.STATUS_FILE in filenames and dirpath != root:
       found.append(dirpath)
       dirnames[:] = []  # a run's own sub-folders (checkpoints, best) hold no runs
     if depth >= 2:
@@ -56,7 +56,7 @@ def find_runs(root: str) -> list[str]:
 
 def status_row(logdir: str) -> dict:
   """One page row from a run's status.json."""
-  s = results.read_json(os.path.join(logdir, STATUS_FILE))
+  s = results.read_status(logdir)
   if s.get("finished"):
     state = "finished"
   elif s.get("stopped_early"):
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.check_output_path(fv.output)
     runs = [run for root in fv.logdir for run in find_runs(root)]
     if not runs:
-      raise ValueError(f"no {STATUS_FILE} under {', '.join(fv.logdir)}")
+      raise ValueError(f"no {results.STATUS_FILE} under {', '.join(fv.logdir)}")
     rows = [status_row(run) for run in runs]
   except (ValueError, OSError, KeyError) as e:
     return cli.fail(e)

@@ -59,7 +59,7 @@ def run_grid(cells, *, strategy, data_dir=None, report_only: bool = False) -> li
     if row is None:
       row = (unfinished_row(config.logdir, s) if report_only else
              vampprior_train.train_and_evaluate(s, config, strategy=strategy, data_dir=data_dir))
-      row.update(training_progress(config.logdir))
+      row.update(training_progress(results.read_status(config.logdir)))
     row["paper_nll"] = PAPER_NLL.get((s.dataset, s.model, s.prior))
     rows.append(row)
   return rows
@@ -68,31 +68,28 @@ def run_grid(cells, *, strategy, data_dir=None, report_only: bool = False) -> li
 def finished_row(logdir: str, s) -> dict | None:
   """The cell's evaluated row when its training had finished (or stopped early) and the row was
   made with these settings; None otherwise."""
-  row_path, status_path = os.path.join(logdir, "results.json"), os.path.join(logdir, "status.json")
-  if not (os.path.exists(row_path) and os.path.exists(status_path)):
+  row_path, status = os.path.join(logdir, "results.json"), results.read_status(logdir)
+  if not (os.path.exists(row_path) and status):
     return None
-  row, status = results.read_json(row_path), results.read_json(status_path)
+  row = results.read_json(row_path)
   done = status.get("finished") or status.get("stopped_early")
   same = all(row.get(k) == v for k, v in dataclasses.asdict(s).items())
-  return dict(row, status="finished", **training_progress(logdir)) if done and same else None
+  return dict(row, status="finished", **training_progress(status)) if done and same else None
 
 
-def training_progress(logdir: str) -> dict:
+def training_progress(status: dict | None) -> dict:
   """Epochs trained and the best validation epoch (whose checkpoint is evaluated), from the
-  harness's status.json (`epochs_run` of a results row is the restored best checkpoint's epoch)."""
-  path = os.path.join(logdir, "status.json")
-  if not os.path.exists(path):
+  harness's status (`epochs_run` of a results row is the restored best checkpoint's epoch)."""
+  if not status:
     return {}
-  status = results.read_json(path)
   return dict(epochs_trained=int(status["epoch"]), best_epoch=status.get("best_epoch"))
 
 
 def unfinished_row(logdir: str, s) -> dict:
   """How far an unfinished cell got (from the harness's status.json); no test numbers."""
   row = dict(dataclasses.asdict(s), status="not started")
-  status_path = os.path.join(logdir, "status.json")
-  if os.path.exists(status_path):
-    status = results.read_json(status_path)
+  status = results.read_status(logdir)
+  if status:
     progress = (f"trained: stopped early at epoch {status['epoch']:.0f}, best validation epoch "
                 f"{status['best_epoch']}; test evaluation not finished" if status.get("stopped_early")
                 else f"training: epoch {status['epoch']:.0f} of at most {status['total_epochs']}, "

@@ -14,7 +14,6 @@ from evaluation import fid  # pylint: disable=wrong-import-position
 from evaluation import inception  # pylint: disable=wrong-import-position
 from evaluation import networks  # pylint: disable=wrong-import-position
 from tests.reference import comparisons  # pylint: disable=wrong-import-position
-import torch  # pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
 
 TOLERANCE = 1e-4  # issue 10: max |ours - theirs| / max |theirs|
 

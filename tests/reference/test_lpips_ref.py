@@ -8,7 +8,6 @@ pytest.importorskip("torchvision")
 pytest.importorskip("lpips")
 
 from tests.reference import comparisons  # pylint: disable=g-import-not-at-top,wrong-import-position
-import torch  # pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
 
 
 def test_lpips_distances_equal_the_lpips_package(tmp_path):

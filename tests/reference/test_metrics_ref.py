@@ -8,7 +8,6 @@ pytest.importorskip("torch_fidelity")
 pytest.importorskip("cleanfid")
 
 from tests.reference import comparisons  # pylint: disable=g-import-not-at-top,wrong-import-position
-import torch  # pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
 
 
 def test_kid_equals_clean_fid_and_torch_fidelity_on_the_same_subsets():
