@@ -37,3 +37,14 @@ def two_cpu_strategy() -> tf.distribute.MirroredStrategy:
   devices = tf.config.list_logical_devices("CPU")
   assert len(devices) >= 2, "conftest must create two logical CPUs"
   return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+
+
+def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+  """Files holding a test marked `slow` are collected first, the rest keep their order.
+
+  pytest-xdist (`--dist loadfile`) hands whole files to its workers in collection order; a long
+  file handed out last keeps one worker busy while the other has nothing left (measured: one
+  worker finished 38 s before the other in a 218 s run). Longest first is the usual fix for that.
+  """
+  slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+  items.sort(key=lambda item: item.path not in slow_files)  # stable: ties keep their order

@@ -68,6 +68,7 @@ def run(tmp_path_factory, data_dir):
   return logdir, s, row, trained, data_dir
 
 
+@pytest.mark.slow
 def test_run_writes_the_results_row_samples_and_settings(run):
   logdir, s, row, _, _ = run
   assert row["steps"] == 2 and row["epochs_reached"] == 1.0 and not row["finished"]
@@ -87,6 +88,7 @@ def test_run_writes_the_results_row_samples_and_settings(run):
   assert restored.model.spectral is Spectral.SR
 
 
+@pytest.mark.slow
 def test_validation_history_has_the_nll_and_training_time(run):
   """One row per validation NLL (after epoch 1 here) with the harness's cumulative training time."""
   logdir, s, row, trained, _ = run
@@ -101,6 +103,7 @@ def test_validation_history_has_the_nll_and_training_time(run):
   assert s.val_num_iw_samples == 10
 
 
+@pytest.mark.slow
 def test_resumed_run_restores_every_variable_and_nvae_evaluate_restores_the_weights(run, monkeypatch):
   """A second invocation restores step, optimizer, weights, BN statistics and the SR power-iteration
   vectors (the harness checkpoint) and reuses the test NLL of results.json (nothing changed);
@@ -138,6 +141,7 @@ def test_resumed_run_restores_every_variable_and_nvae_evaluate_restores_the_weig
   assert moved > len(model.trainable_variables)  # weights, BN statistics and SR vectors
 
 
+@pytest.mark.slow
 def test_interrupted_test_nll_resumes_to_the_uninterrupted_numbers(run, tmp_path, monkeypatch):
   """evaluate_nll(resume_dir=...): a K-sample evaluation interrupted after its first batch and rerun
   from the same checkpoint state gives the uninterrupted per-pass NLL exactly (the partial file
@@ -186,6 +190,7 @@ def test_validation_history_logs_a_repeated_epoch_once(tmp_path):
   assert [r["epoch"] for r in history.rows()] == [1]
 
 
+@pytest.mark.slow
 def test_evaluate_readjusts_bn_per_temperature_from_the_trained_statistics(run, tmp_path, digits,
                                                                            monkeypatch):
   """nvae_evaluate.evaluate: NLL with the training BN statistics, then per temperature a fresh

@@ -84,6 +84,7 @@ def tiny_run(tmp_path_factory):
               page=(tmp_path / "runs" / "results" / "sample_quality.md").read_text())
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_the_page_grids_and_rows_without_faking_fid(tiny_run):
   rows, page, tmp_path = tiny_run["rows"], tiny_run["page"], tiny_run["tmp_path"]
   assert [r["sampler"] for r in rows] == ["vae", "flow", "ddpm_ancestral4", "ddpm_ddim2_eta0.5"]
@@ -104,6 +105,7 @@ def test_tiny_run_writes_the_page_grids_and_rows_without_faking_fid(tiny_run):
     assert (tmp_path / "runs" / name / "checkpoints").is_dir()
 
 
+@pytest.mark.slow
 def test_ddpm_flags_reach_the_model_the_sampler_and_the_bound(tiny_run):
   seen, rows = tiny_run["seen"], tiny_run["rows"]
   assert seen["ddpm"]["dequantize"] is True and seen["ddpm"]["image_shape"] == (SIDE, SIDE, 1)
@@ -117,6 +119,7 @@ def test_ddpm_flags_reach_the_model_the_sampler_and_the_bound(tiny_run):
     assert row["bits_per_dim_unclipped"] != row["bits_per_dim"]
 
 
+@pytest.mark.slow
 def test_main_resolves_every_flag_once_into_the_settings(tiny_run):
   s = tiny_run["settings"]
   runs = str(tiny_run["tmp_path"] / "runs")
@@ -131,6 +134,7 @@ def test_main_resolves_every_flag_once_into_the_settings(tiny_run):
       "ddpm": (os.path.join(runs, "ddpm"), 8, 2)}
 
 
+@pytest.mark.slow
 def test_rerun_does_not_retrain_a_finished_model_and_resumes_a_longer_one(tiny_run, monkeypatch):
   """The same command again: the flow restores step 2 and trains nothing; --max_steps=3 resumes."""
   restored, fitted = [], []
