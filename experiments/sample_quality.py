@@ -350,21 +350,26 @@ def run_ddpm(p: DDPMPreset, *, settings: Settings, strategy, train_images, eval_
           f"ddpm_ddim{ddim.network_calls(gd)}_eta{ddim.eta:g}": sampler("ddim")}, info
 
 
-def vlb_bits_per_dim(model, optimizer, images, *, clip_denoised: bool, seed: int
-                     ) -> tuple[float, float]:
+def vlb_bits_per_dim(model, optimizer, images, *, clip_denoised: bool, seed: int,
+                     progress: bool = True) -> tuple[float, float]:
   """(mean, standard error over images) of the DDPM bound in bits per real pixel, EMA weights:
 
       bits/dim = L_vlb / (D ln 2),  SE = std_images(bits/dim) / sqrt(N),  D = H W C real pixels.
 
   The bound is over the padded image; the padding is known, so it also bounds
   -log p(H x W crop | padding): per real pixel. No +8 offset: the decoder is discrete
-  over 8-bit bins. Each batch of EVAL_BATCH images draws its own x_t noise.
+  over 8-bit bins. Each batch of EVAL_BATCH images draws its own x_t noise. `progress`: a bar
+  over the images (each batch runs all T terms: minutes per batch on a CPU).
   """
+  bar = keras.utils.Progbar(len(images), unit_name="image") if progress else None
+  nats = []
   with models.ema_weights(optimizer, model.trainable_variables):
-    nats = np.concatenate([
-        model.variational_bound(b, seed=seed * 100_003 + i * EVAL_BATCH,
-                                clip_denoised=clip_denoised).total.numpy()
-        for i, b in enumerate(batches(images))])
+    for i, b in enumerate(batches(images)):
+      nats.append(model.variational_bound(b, seed=seed * 100_003 + i * EVAL_BATCH,
+                                          clip_denoised=clip_denoised).total.numpy())
+      if bar is not None:
+        bar.add(len(b))
+  nats = np.concatenate(nats)
   bits = np.asarray(likelihood.bits_per_dim(nats, int(np.prod(images.shape[1:]))), np.float64)
   se = float(bits.std(ddof=1) / np.sqrt(len(bits))) if len(bits) > 1 else float("nan")
   return float(bits.mean()), se
