@@ -144,12 +144,11 @@ def import_tensorflow_quietly() -> None:
 def run(argv: list[str] | None, *, doc: str, network: str, define_flags: Callable, body: Callable,
         reference: bool) -> int:
   """Parses `argv` (without the program name), runs `body(flag_values)`, maps errors to exit 2."""
-  args = list(sys.argv[1:] if argv is None else argv)
-  fv = flags.FlagValues()
-  define_common_flags(fv, network=network, reference=reference)
-  define_flags(fv)
-  code = parse_args(fv, args, doc=doc, required=("samples", "reference") if reference else
-                    ("samples",))
+  def define_all(fv):
+    define_common_flags(fv, network=network, reference=reference)
+    define_flags(fv)
+  fv, _, code = parse_command(argv, doc=doc, define_flags=define_all,
+                              required=("samples", "reference") if reference else ("samples",))
   if code is not None:
     return code
   import_tensorflow_quietly()
@@ -159,6 +158,16 @@ def run(argv: list[str] | None, *, doc: str, network: str, define_flags: Callabl
   except (ValueError, OSError, RuntimeError, DecodeError) as e:  # incl. WeightsUnavailableError
     return fail(e)
   return 0
+
+
+def parse_command(argv: list[str] | None, *, doc: str, define_flags: Callable,
+                  required: tuple[str, ...] = ()) -> tuple[flags.FlagValues, list[str], int | None]:
+  """A command's flags: `define_flags(fv)` on fresh FlagValues, parsed from `argv` (None:
+  sys.argv[1:]). Returns (the flag values, the arguments, `parse_args`'s code: None to run)."""
+  args = list(sys.argv[1:] if argv is None else argv)
+  fv = flags.FlagValues()
+  define_flags(fv)
+  return fv, args, parse_args(fv, args, doc=doc, required=required)
 
 
 def parse_args(fv: flags.FlagValues, args: list[str], *, doc: str,

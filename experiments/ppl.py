@@ -216,10 +216,8 @@ def measure(fv) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
   """`python -m experiments.ppl ...`; returns the exit code (2 on bad input)."""
-  args = list(sys.argv[1:] if argv is None else argv)
-  fv = flags.FlagValues()
-  define_flags(fv)
-  code = cli.parse_args(fv, args, doc=__doc__, required=("logdir",))
+  fv, _, code = cli.parse_command(argv, doc=__doc__, define_flags=define_flags,
+                                 required=("logdir",))
   if code is not None:
     return code
   try:

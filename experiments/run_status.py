@@ -75,10 +75,8 @@ def status_row(logdir: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
   """`python -m experiments.run_status ...`; returns the exit code (2 on bad input)."""
-  args = list(sys.argv[1:] if argv is None else argv)
-  fv = flags.FlagValues()
-  define_flags(fv)
-  code = cli.parse_args(fv, args, doc=__doc__, required=("logdir",))
+  fv, args, code = cli.parse_command(argv, doc=__doc__, define_flags=define_flags,
+                                 required=("logdir",))
   if code is not None:
     return code
   try:
