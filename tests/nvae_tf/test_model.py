@@ -127,6 +127,8 @@ def test_tiny_model_overfits_64_digits(digits):
   model = NVAE(one_scale_config(), seed=0)
   optimizer = optim.CoupledAdamax(learning_rate=1e-2)
   x = tf.constant(digits)
+  model(x[:2])  # variables (model, then optimizer) before tracing: one trace instead of two
+  optimizer.build(model.trainable_variables)
 
   @tf.function
   def step():

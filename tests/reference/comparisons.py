@@ -21,8 +21,9 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-import tests.reference  # pylint: disable=unused-import  # hides Triton before torch loads (see there)
-import torch  # pylint: disable=g-import-not-at-top,wrong-import-order
+from tests.reference import lazy  # also hides Triton before torch loads (see there)
+
+torch = lazy("torch")
 
 INCEPTION_SIZES = (28, 64, 299)
 

@@ -14,17 +14,15 @@ formulas rather than float32 rounding, each scheduler is handed our float64 abar
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("diffusers")
+import numpy as np
+import tensorflow as tf
 
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-import tensorflow as tf  # pylint: disable=wrong-import-position
+from diffusion_tf import diffusion
+from tests.reference import lazy, requires
 
-import tests.reference  # pylint: disable=unused-import,wrong-import-position  # before torch
-import torch  # pylint: disable=wrong-import-position,wrong-import-order
-from diffusers import DDIMScheduler, DDPMScheduler  # pylint: disable=wrong-import-position
-
-from diffusion_tf import diffusion  # pylint: disable=wrong-import-position
+pytestmark = requires("torch", "diffusers")
+torch = lazy("torch")
+diffusers = lazy("diffusers")
 
 TOLERANCE = 1e-6  # issue 10
 T = 1000
@@ -51,7 +49,7 @@ def _exact(scheduler):
 
 
 def test_diffusers_float32_schedule_equals_ours():
-  theirs = DDPMScheduler(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02,
+  theirs = diffusers.DDPMScheduler(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02,
                          beta_schedule="linear").alphas_cumprod.numpy()
   ours = _ours(diffusion.Variance.FIXED_SMALL).alphas_cumprod
   np.testing.assert_allclose(theirs, ours, rtol=2e-5)  # float32 cumprod over 1000 factors
@@ -80,7 +78,7 @@ def _t(t):
 @pytest.mark.parametrize("clip", [False, True])
 def test_ddpm_step_equals_diffusers(variance, clip):
   ours = _ours(diffusion.Variance(variance))
-  theirs = _exact(DDPMScheduler(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02,
+  theirs = _exact(diffusers.DDPMScheduler(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02,
                                 beta_schedule="linear", variance_type=variance, clip_sample=clip,
                                 prediction_type="epsilon"))
   for i, t in enumerate(TIMESTEPS):
@@ -103,8 +101,8 @@ def test_ddpm_step_equals_diffusers(variance, clip):
 
 def test_fixed_small_and_large_variances_differ_as_diffusers_says():
   """A guard that the two variance types are not accidentally the same table."""
-  small = _exact(DDPMScheduler(num_train_timesteps=T, variance_type="fixed_small"))
-  large = _exact(DDPMScheduler(num_train_timesteps=T, variance_type="fixed_large"))
+  small = _exact(diffusers.DDPMScheduler(num_train_timesteps=T, variance_type="fixed_small"))
+  large = _exact(diffusers.DDPMScheduler(num_train_timesteps=T, variance_type="fixed_large"))
   t = 1
   ratio = float(large._get_variance(t)) / float(small._get_variance(t))  # pylint: disable=protected-access
   ours = _ours(diffusion.Variance.FIXED_LARGE).model_variance[t] / _ours(
@@ -116,7 +114,7 @@ def test_fixed_small_and_large_variances_differ_as_diffusers_says():
 
 
 def _ddim(num_steps, spacing, clip=False):
-  scheduler = DDIMScheduler(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02,
+  scheduler = diffusers.DDIMScheduler(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02,
                             beta_schedule="linear", clip_sample=clip, set_alpha_to_one=True,
                             steps_offset=0, timestep_spacing=spacing, prediction_type="epsilon")
   scheduler.set_timesteps(num_steps)
@@ -189,7 +187,7 @@ def report() -> list[tuple[str, float]]:
   rows = []
   for variance in ("fixed_small", "fixed_large"):
     ours = _ours(diffusion.Variance(variance))
-    theirs = _exact(DDPMScheduler(num_train_timesteps=T, variance_type=variance, clip_sample=False))
+    theirs = _exact(diffusers.DDPMScheduler(num_train_timesteps=T, variance_type=variance, clip_sample=False))
     err = 0.0
     for i, t in enumerate(TIMESTEPS):
       x_t, eps, _ = _arrays(i)

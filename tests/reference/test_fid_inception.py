@@ -3,17 +3,15 @@ torch-fidelity's networks built from the same random file: pool_3 and the 1008 l
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("torchvision")
-pytest.importorskip("pytorch_fid")
-pytest.importorskip("torch_fidelity")
+import numpy as np
 
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+from evaluation import fid
+from evaluation import inception
+from evaluation import networks
+from tests.reference import comparisons
+from tests.reference import requires
 
-from evaluation import fid  # pylint: disable=wrong-import-position
-from evaluation import inception  # pylint: disable=wrong-import-position
-from evaluation import networks  # pylint: disable=wrong-import-position
-from tests.reference import comparisons  # pylint: disable=wrong-import-position
+pytestmark = requires("torch", "torchvision", "pytorch_fid", "torch_fidelity")
 
 TOLERANCE = 1e-4  # issue 10: max |ours - theirs| / max |theirs|
 

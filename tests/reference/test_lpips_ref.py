@@ -1,13 +1,10 @@
 """Our LPIPS-VGG vs the `lpips` package: the wheel's real v0.1 lin weights and one random
 torchvision VGG-16 file, converted by our converter command, distances within 1e-4."""
 
-import pytest
+from tests.reference import comparisons
+from tests.reference import requires
 
-pytest.importorskip("torch")
-pytest.importorskip("torchvision")
-pytest.importorskip("lpips")
-
-from tests.reference import comparisons  # pylint: disable=g-import-not-at-top,wrong-import-position
+pytestmark = requires("torch", "torchvision", "lpips")
 
 
 def test_lpips_distances_equal_the_lpips_package(tmp_path):

@@ -1,13 +1,10 @@
 """KID, Inception Score and precision/recall formulas against clean-fid, torch-fidelity and a
 NumPy port of kynkaat's equations, on the same random features (same subsets, same splits)."""
 
-import pytest
+from tests.reference import comparisons
+from tests.reference import requires
 
-pytest.importorskip("torch")
-pytest.importorskip("torch_fidelity")
-pytest.importorskip("cleanfid")
-
-from tests.reference import comparisons  # pylint: disable=g-import-not-at-top,wrong-import-position
+pytestmark = requires("torch", "torch_fidelity", "cleanfid")
 
 
 def test_kid_equals_clean_fid_and_torch_fidelity_on_the_same_subsets():

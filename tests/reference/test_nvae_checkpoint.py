@@ -7,13 +7,15 @@ import argparse
 
 import pytest
 
-torch = pytest.importorskip("torch")
+import numpy as np
+import tensorflow as tf
 
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+from nvae_tf import official
+from tests.nvae_tf import official_tiny
+from tests.reference import lazy, requires
 
-from nvae_tf import official  # pylint: disable=wrong-import-position
-from tests.nvae_tf import official_tiny  # pylint: disable=wrong-import-position
+pytestmark = requires("torch")
+torch = lazy("torch")
 
 ATOL = 2e-5
 

@@ -8,17 +8,16 @@
 
 import pytest
 
-pytest.importorskip("torch")
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
-import tensorflow as tf  # pylint: disable=wrong-import-position
+from tests.reference import lazy, requires
+from vampprior_tf import layers
+from vampprior_tf import model as models
 
-import tests.reference  # pylint: disable=unused-import,wrong-import-position  # before torch
-import torch  # pylint: disable=wrong-import-position,wrong-import-order
-
-from vampprior_tf import layers  # pylint: disable=wrong-import-position
-from vampprior_tf import model as models  # pylint: disable=wrong-import-position
+pytestmark = requires("torch")
+torch = lazy("torch")
 
 
 def to_keras_kernel(weight):

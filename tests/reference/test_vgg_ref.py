@@ -6,17 +6,14 @@ within 1e-4 relative on uint8 images of several sizes (its TF1 resize to 224, RG
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("torchvision")
-pytest.importorskip("torch_fidelity")
+from evaluation import features
+from evaluation import networks
+from evaluation import vgg
+from tests.reference import lazy, requires
 
-import tests.reference  # pylint: disable=unused-import,g-import-not-at-top,wrong-import-position  # hides Triton
-import torch  # pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
-import torchvision  # pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
-
-from evaluation import features  # pylint: disable=g-import-not-at-top,wrong-import-position
-from evaluation import networks  # pylint: disable=g-import-not-at-top,wrong-import-position
-from evaluation import vgg  # pylint: disable=g-import-not-at-top,wrong-import-position
+pytestmark = requires("torch", "torchvision", "torch_fidelity")
+torch = lazy("torch")
+torchvision = lazy("torchvision")
 
 
 def max_relative_difference(ours, theirs) -> float:

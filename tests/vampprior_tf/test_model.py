@@ -33,6 +33,7 @@ def trained_vae():
   data = toy_binary_images(512)
   model(data[:2])
   optimizer = keras.optimizers.Adam(3e-3)
+  optimizer.build(model.trainable_variables)  # before tracing: one trace instead of two
 
   @tf.function
   def step(x):
