@@ -23,6 +23,21 @@ def test_power_iteration_matches_svd():
   np.testing.assert_allclose(sigma, [top_sv(m) for m in w], rtol=1e-4)
 
 
+def test_new_state_is_warm_started_with_the_official_40_iterations():
+  """Singular values (1, 0.9, 0.9, ...): after k iterations from a random u0 the error of u shrinks
+  like 0.9^(2k); 40 iterations (1e-4) align u and v with the top singular pair, 4 (0.4) do not."""
+  rng = np.random.RandomState(3)
+  left, _ = np.linalg.qr(rng.randn(6, 6))
+  right, _ = np.linalg.qr(rng.randn(9, 9))
+  w = (left @ np.diag([1.0] + [0.9] * 5) @ right[:6]).astype(np.float32)  # [6, 9]
+  keras.utils.set_random_seed(0)
+  state = spectral.PowerIterationState(np.stack([w, 2.0 * w]))  # N = 2 matrices of one shape
+  for n in range(2):
+    assert abs(float(np.dot(state.u.numpy()[n], left[:, 0]))) > 0.9999
+    assert abs(float(np.dot(state.v.numpy()[n], right[0]))) > 0.9999
+  assert spectral.NUM_INITIAL_POWER_ITERATIONS == 40  # NVAE official: 10 * num_power_iter
+
+
 def test_kernel_matrix_has_the_singular_values_of_pytorch_layout():
   rng = np.random.RandomState(1)
   kernel = rng.randn(3, 3, 5, 7).astype(np.float32)   # Keras [kh, kw, C_in, C_out]
