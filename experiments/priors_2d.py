@@ -201,12 +201,14 @@ def run_logdir(base_logdir: str, prior: str, seed: int) -> str:
 
 
 def git_commit() -> str:
-  """`git rev-parse --short HEAD`, marked when tracked files have uncommitted changes."""
+  """`git rev-parse --short HEAD`, marked when tracked files have uncommitted changes (results/ aside:
+  the pages this script is writing are outputs, not code)."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   try:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                           text=True, timeout=30, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":(exclude)results"], cwd=root,
                            capture_output=True, text=True, timeout=30).stdout.strip()
   except (OSError, subprocess.SubprocessError):
     return "unknown"
