@@ -1,4 +1,5 @@
-"""One training process for the distributed tests (run as `python -m tests.experiments.distributed_worker`).
+"""One training process for the distributed tests (`python -m tests.experiments.distributed_worker`,
+or `child(argv, env, log_path)` as the target of a forked process: see `start`).
 
 Without TF_CONFIG it trains on one device; with TF_CONFIG it is one worker of a
 `MultiWorkerMirroredStrategy` cluster. Each task trains with plain SGD (sensitive to the gradient
@@ -74,14 +75,14 @@ def vampprior_task():
 TASKS = {"toy": toy_task, "vampprior": vampprior_task}
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--logdir", required=True)
   parser.add_argument("--tasks", default="toy")
   parser.add_argument("--epochs", type=int, default=2)
   parser.add_argument("--kill_at_step", type=int, default=None)
   parser.add_argument("--checkpoint_every", type=int, default=2)
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   strategy = harness.setup_runtime(strategy="multi_worker" if "TF_CONFIG" in os.environ else "default",
                                    deterministic=True, seed=1)
   for task in args.tasks.split(","):
@@ -106,6 +107,34 @@ def main():
     trainer.fit()
     if trainer.is_chief:
       np.savez(os.path.join(logdir, "weights.npz"), *[v.numpy() for v in model.weights])
+
+
+def child(argv, env, log_path):
+  """A process's whole life as `python -m` would run it, in a process forked from a server that
+  has imported TensorFlow and this module once (`start`): `env` is applied, stdout and stderr
+  (TensorFlow's C++ logging too) go to `log_path`, then `main(argv)`."""
+  os.environ.pop("TF_CONFIG", None)
+  os.environ.update(env)
+  fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+  os.dup2(fd, 1)
+  os.dup2(fd, 2)
+  main(argv)
+
+
+# What the fork server imports once: this module (TensorFlow, Keras, the harness) and the VampPrior
+# task's modules. Every process forked from it still builds its own TensorFlow runtime, cluster and
+# model; only the 3 s interpreter start and import per process are shared.
+PRELOAD = ["tests.experiments.distributed_worker", "experiments.vampprior_train", "vampprior_tf.model"]
+
+
+def start(argv, *, env, log_path):
+  """Starts `child` in a new process forked from a server that has imported `PRELOAD` once."""
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  context = multiprocessing.get_context("forkserver")
+  context.set_forkserver_preload(PRELOAD)
+  process = context.Process(target=child, args=(argv, env, str(log_path)))
+  process.start()
+  return process
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The real distributed engine, in separate processes: 2 workers on localhost (TF_CONFIG,
+"""The real distributed engine, in separate processes (forked from
+one server that imported TensorFlow once: `distributed_worker.start`): 2 workers on localhost (TF_CONFIG,
 MultiWorkerMirroredStrategy) give the weights of 1 process on the same global batch; a killed
 worker, both restarted, resumes; under --deterministic a killed-and-resumed run is bit-identical
 to an uninterrupted one. SGD throughout (a wrong gradient scale shows)."""
@@ -6,14 +7,13 @@ to an uninterrupted one. SGD throughout (a wrong gradient scale shows)."""
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.experiments import distributed_worker
+
 TIMEOUT = 300
 
 
@@ -27,27 +27,43 @@ def _free_ports(n):
   return ports
 
 
-def _env(tf_config=None):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-  env.pop("TF_CONFIG", None)
-  if tf_config is not None:
-    env["TF_CONFIG"] = json.dumps(tf_config)
-  return env
+class _Process:
+  """A worker process (see `distributed_worker.start`) and the file its output goes to."""
+
+  def __init__(self, logdir, *, tf_config=None, kill_at_step=None, tasks="toy"):
+    argv = ["--logdir", str(logdir), "--tasks", tasks]
+    if kill_at_step is not None:
+      argv += ["--kill_at_step", str(kill_at_step)]
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    if tf_config is not None:
+      env["TF_CONFIG"] = json.dumps(tf_config)
+    os.makedirs(logdir, exist_ok=True)
+    self.log = os.path.join(os.path.dirname(logdir), f"{os.path.basename(logdir)}-{_Process.count}.log")
+    _Process.count += 1
+    self.process = distributed_worker.start(argv, env=env, log_path=self.log)
+
+  count = 0
+
+  def wait(self) -> int:
+    self.process.join(TIMEOUT)
+    assert self.process.exitcode is not None, f"still running after {TIMEOUT} s: {self.output()}"
+    return self.process.exitcode
+
+  def kill(self):
+    self.process.kill()
+
+  def output(self) -> str:
+    with open(self.log) as f:
+      return f.read()
 
 
-def _start(logdir, *, tf_config=None, kill_at_step=None, tasks="toy"):
-  cmd = [sys.executable, "-m", "tests.experiments.distributed_worker", "--logdir", str(logdir),
-         "--tasks", tasks]
-  if kill_at_step is not None:
-    cmd += ["--kill_at_step", str(kill_at_step)]
-  return subprocess.Popen(cmd, cwd=ROOT, env=_env(tf_config), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+def _start(logdir, **kwargs):
+  return _Process(logdir, **kwargs)
 
 
 def _finish(proc):
-  out, _ = proc.communicate(timeout=TIMEOUT)
-  assert proc.returncode == 0, out[-3000:]
-  return out
+  assert proc.wait() == 0, proc.output()[-3000:]
+  return proc.output()
 
 
 def _cluster(logdir, *, kill_worker_at_step=None, tasks="toy"):
@@ -76,14 +92,12 @@ def test_two_workers_equal_one_process_and_resume_after_a_lost_worker(tmp_path):
   single = _start(tmp_path / "single", tasks="toy,vampprior")
   killed = _start(tmp_path / "resumed", kill_at_step=5)
   chief, worker = _cluster(tmp_path / "two", kill_worker_at_step=5, tasks="toy,vampprior")
-  killed.communicate(timeout=TIMEOUT)
-  assert killed.returncode == -9
+  assert killed.wait() == -9
   resumed = _start(tmp_path / "resumed")
-  worker.communicate(timeout=TIMEOUT)
-  assert worker.returncode == -9
+  assert worker.wait() == -9
   time.sleep(1)
   chief.kill()
-  chief.communicate(timeout=TIMEOUT)
+  chief.wait()
   assert not os.path.exists(tmp_path / "two" / "toy" / "weights.npz")  # the cluster did not finish
   outputs = [_finish(proc) for proc in _cluster(tmp_path / "two", tasks="toy,vampprior")]
   assert "Resumed from" in outputs[0]
