@@ -22,6 +22,7 @@ FID/KID need the Inception-2015 weights (`--inception_path`, $GENMODELS_INCEPTIO
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -332,8 +333,10 @@ def run_ddpm(p: DDPMPreset, *, settings: Settings, strategy, train_images, eval_
                   epoch_end_fn=image_summaries(lambda n: sampler("ddim")(n, seed=0)),
                   grad_transform=clip_by_global_norm(p.grad_clip_norm))
   n_vlb = min(p.vlb_examples or len(eval_images), len(eval_images))
-  vlb = {clip: vlb_bits_per_dim(model, optimizer, eval_images[:n_vlb], clip_denoised=clip,
-                                seed=settings.seed)
+  vlb = {clip: vlb_bits_per_dim(
+      model, optimizer, eval_images[:n_vlb], clip_denoised=clip, seed=settings.seed,
+      cache_path=os.path.join(settings.train["ddpm"].logdir, f"vlb_clip{int(clip)}.npz"),
+      cache_key={"step": trained["train_steps"], "num_timesteps": gd.num_timesteps})
          for clip in ([True, False] if settings.vlb_unclipped else [True])}
   bpd, se = vlb[True]
   unclipped = (f"; without clipping x0_hat {vlb[False][0]:.4f} ± {vlb[False][1]:.4f}"
@@ -351,24 +354,47 @@ def run_ddpm(p: DDPMPreset, *, settings: Settings, strategy, train_images, eval_
 
 
 def vlb_bits_per_dim(model, optimizer, images, *, clip_denoised: bool, seed: int,
-                     progress: bool = True) -> tuple[float, float]:
+                     progress: bool = True, cache_path: str | None = None,
+                     cache_key: dict | None = None) -> tuple[float, float]:
   """(mean, standard error over images) of the DDPM bound in bits per real pixel, EMA weights:
 
       bits/dim = L_vlb / (D ln 2),  SE = std_images(bits/dim) / sqrt(N),  D = H W C real pixels.
 
   The bound is over the padded image; the padding is known, so it also bounds
   -log p(H x W crop | padding): per real pixel. No +8 offset: the decoder is discrete
-  over 8-bit bins. Each batch of EVAL_BATCH images draws its own x_t noise. `progress`: a bar
-  over the images (each batch runs all T terms: minutes per batch on a CPU).
+  over 8-bit bins. Each batch of EVAL_BATCH images draws its own x_t noise, from `seed` and the
+  batch's index only. `progress`: a bar over the images (each batch runs all T terms: minutes
+  per batch on a CPU).
+
+  `cache_path`: the per-image bounds (nats) of the finished batches are written there after
+  every batch, under `cache_key` (JSON-able: checkpoint step, clipping, seed, images...). A call
+  with the same key computes only the batches still missing, so an interrupted bound resumes and
+  rerunning a finished run (to rewrite its page) costs nothing; since a batch's noise depends
+  only on its index, the numbers equal an uninterrupted call's. A file with another key is
+  replaced.
   """
-  bar = keras.utils.Progbar(len(images), unit_name="image") if progress else None
+  key = json.dumps(dict(cache_key or {}, clip_denoised=bool(clip_denoised), seed=seed,
+                        num_images=len(images), eval_batch=EVAL_BATCH), sort_keys=True)
   nats = []
+  if cache_path is not None and os.path.exists(cache_path):
+    with np.load(cache_path) as f:
+      if str(f["key"]) == key:
+        nats = [f["nats"][i:i + EVAL_BATCH] for i in range(0, len(f["nats"]), EVAL_BATCH)]
+        print(f"The bound's first {len(f['nats'])} images come from {cache_path}", file=sys.stderr)
+      else:
+        print(f"warning: {cache_path} holds another bound; computing afresh", file=sys.stderr)
+  todo = batches(images)[len(nats):]
+  bar = keras.utils.Progbar(len(images), unit_name="image") if progress and todo else None
   with models.ema_weights(optimizer, model.trainable_variables):
-    for i, b in enumerate(batches(images)):
+    for i, b in enumerate(todo, start=len(nats)):
       nats.append(model.variational_bound(b, seed=seed * 100_003 + i * EVAL_BATCH,
                                           clip_denoised=clip_denoised).total.numpy())
+      if cache_path is not None:
+        tmp = cache_path + ".tmp.npz"
+        np.savez(tmp, key=key, nats=np.concatenate(nats))
+        os.replace(tmp, cache_path)
       if bar is not None:
-        bar.add(len(b))
+        bar.update(min((i + 1) * EVAL_BATCH, len(images)))
   nats = np.concatenate(nats)
   bits = np.asarray(likelihood.bits_per_dim(nats, int(np.prod(images.shape[1:]))), np.float64)
   se = float(bits.std(ddof=1) / np.sqrt(len(bits))) if len(bits) > 1 else float("nan")

@@ -216,6 +216,47 @@ def test_vlb_bits_per_dim_is_the_mean_and_standard_error_over_all_images():
   assert len(seeds) == 3 and len(set(seeds)) == 3  # every batch draws its own x_t noise
 
 
+def test_vlb_cache_resumes_an_interrupted_bound_and_skips_a_finished_one(tmp_path):
+  """A bound stopped after its first batch, then called again, gives the uninterrupted numbers and
+  computes only the two missing batches; a third call computes none; another checkpoint step
+  computes all three again. The stand-in bound depends on the batch's noise seed."""
+  calls = []
+
+  class Model:
+    trainable_variables = []
+    fail_after = None
+
+    def variational_bound(self, x, *, seed, clip_denoised):
+      if self.fail_after is not None and len(calls) == self.fail_after:
+        raise KeyboardInterrupt
+      calls.append(seed)
+      nats = 784 * np.log(2) * (1.0 + x.reshape(len(x), -1)[:, 0] + seed * 1e-4)
+      return sq.models.VariationalBound(total=tf.constant(nats), prior=None, diffusion=None,
+                                        decoder=None)
+
+  images = np.random.default_rng(0).uniform(size=(250, 28, 28, 1)).astype(np.float32)
+  optimizer = keras.optimizers.Adam(use_ema=True)
+  cache = str(tmp_path / "vlb.npz")
+  bound = lambda model, step=7: sq.vlb_bits_per_dim(
+      model, optimizer, images, clip_denoised=True, seed=3, progress=False, cache_path=cache,
+      cache_key={"step": step})
+  want = sq.vlb_bits_per_dim(Model(), optimizer, images, clip_denoised=True, seed=3, progress=False)
+  seeds = list(calls)
+  calls.clear()
+  interrupted = Model()
+  interrupted.fail_after = 1
+  with pytest.raises(KeyboardInterrupt):
+    bound(interrupted)
+  assert calls == seeds[:1]
+  calls.clear()
+  assert bound(Model()) == want  # bit for bit
+  assert calls == seeds[1:]
+  calls.clear()
+  assert bound(Model()) == want and calls == []
+  bound(Model(), step=8)
+  assert calls == seeds
+
+
 def test_an_interrupted_run_writes_no_grid_into_the_results_folder(tmp_path, monkeypatch):
   """Grids are written with the page: a run that fails at its second model leaves the results
   folder as it was (a finished first model's grid would otherwise replace the published one)."""
