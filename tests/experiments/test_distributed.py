@@ -30,6 +30,8 @@ def _free_ports(n):
 class _Process:
   """A worker process (see `distributed_worker.start`) and the file its output goes to."""
 
+  count = 0  # numbers the log files (a logdir is run more than once)
+
   def __init__(self, logdir, *, tf_config=None, kill_at_step=None, tasks="toy"):
     argv = ["--logdir", str(logdir), "--tasks", tasks]
     if kill_at_step is not None:
@@ -41,8 +43,6 @@ class _Process:
     self.log = os.path.join(os.path.dirname(logdir), f"{os.path.basename(logdir)}-{_Process.count}.log")
     _Process.count += 1
     self.process = distributed_worker.start(argv, env=env, log_path=self.log)
-
-  count = 0
 
   def wait(self) -> int:
     self.process.join(TIMEOUT)
@@ -57,10 +57,6 @@ class _Process:
       return f.read()
 
 
-def _start(logdir, **kwargs):
-  return _Process(logdir, **kwargs)
-
-
 def _finish(proc):
   assert proc.wait() == 0, proc.output()[-3000:]
   return proc.output()
@@ -69,7 +65,7 @@ def _finish(proc):
 def _cluster(logdir, *, kill_worker_at_step=None, tasks="toy"):
   ports = _free_ports(2)
   workers = [f"127.0.0.1:{p}" for p in ports]
-  procs = [_start(logdir, tasks=tasks,
+  procs = [_Process(logdir, tasks=tasks,
                   tf_config={"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}},
                   kill_at_step=kill_worker_at_step if i == 1 else None) for i in range(2)]
   return procs
@@ -89,11 +85,11 @@ def test_two_workers_equal_one_process_and_resume_after_a_lost_worker(tmp_path):
   # - two workers x 1 CPU on the same global batch: worker 1 dies after update 5 of the toy task,
   #   the chief is then stopped too (as a cluster manager would); both restart, resume the toy task
   #   from the chief's newest checkpoint and then train the VampPrior task uninterrupted.
-  single = _start(tmp_path / "single", tasks="toy,vampprior")
-  killed = _start(tmp_path / "resumed", kill_at_step=5)
+  single = _Process(tmp_path / "single", tasks="toy,vampprior")
+  killed = _Process(tmp_path / "resumed", kill_at_step=5)
   chief, worker = _cluster(tmp_path / "two", kill_worker_at_step=5, tasks="toy,vampprior")
   assert killed.wait() == -9
-  resumed = _start(tmp_path / "resumed")
+  resumed = _Process(tmp_path / "resumed")
   assert worker.wait() == -9
   time.sleep(1)
   chief.kill()
