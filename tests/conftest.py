@@ -1,6 +1,7 @@
 """Test-session setup: two logical CPU devices (for MirroredStrategy tests) and the offline data."""
 
 import functools
+import gc
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -49,3 +50,19 @@ def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argu
   """
   slow_files = {item.path for item in items if item.get_closest_marker("slow")}
   items.sort(key=lambda item: item.path not in slow_files)  # stable: ties keep their order
+
+
+def pytest_collection_finish(session):  # pylint: disable=unused-argument
+  """Python's cyclic GC, tuned for a process that builds and traces hundreds of models.
+
+  After collection every module (TensorFlow, Keras, PyTorch) is imported: `gc.freeze()`
+  moves those objects out of the collector's generations, so a collection no longer scans them, and
+  a higher first threshold runs collections less often while tracing allocates millions of short-
+  lived objects. Garbage cycles are still collected, later. Whole suite, 2 workers, background
+  paused, time inside the collector read with `gc.callbacks`: 22.7 s -> 10.9 s summed over both
+  workers (~3 % of the suite's CPU time; whole-suite wall times, 184-197 s either way, differ by
+  less than their run-to-run spread).
+  """
+  gc.collect()
+  gc.freeze()
+  gc.set_threshold(100_000, 50, 1000)
