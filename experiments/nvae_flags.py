@@ -153,6 +153,7 @@ class TableSettings:
   vgg16_path: str | None
   download_weights: bool
   output: str                    # the Markdown page
+  report_only: bool = False      # write the page from the rows' folders; train nothing
 
   def row(self, kl_warmup, spectral) -> tuple[nvae_train.RunSettings, harness.TrainConfig]:
     """(settings, TrainConfig with logdir <root>/<warmup>_<spectral>) of one table row."""
@@ -170,5 +171,6 @@ def table_settings_from_flags() -> TableSettings:
       root=root, fid_samples=FLAGS.fid_samples or FID_SAMPLES[FLAGS.preset],
       inception_path=FLAGS.inception_path, vgg16_path=FLAGS.vgg16_path,
       download_weights=FLAGS.download_weights,
-      output=common.results_file("table_output", logdir=root))
+      output=common.results_file("table_output", logdir=root), 
+      report_only="report_only" in FLAGS and FLAGS.report_only)  # nvae_table1 only
 

@@ -5,6 +5,7 @@
 
   python -m experiments.nvae_table1 --preset=cpu --table_rows=step_sr,epoch_sr \
       --table_logdir=../runs/nvae_cpu --table_output=results/nvae_cpu.md   # warm-up clocks, CPU
+  ... the same command with --report_only    # the page now, from the rows' folders; trains nothing
 
 Trains the `--table_rows` (default Step+SN, Step+SR and Epoch+SN) with `experiments.nvae_train`
 (each run resumable in `<table_logdir>/<warmup>_<spectral>`), then reports per run: test NLL
@@ -12,7 +13,9 @@ Trains the `--table_rows` (default Step+SN, Step+SR and Epoch+SN) with `experime
 temperature 1 against the test set (Inception-2015), improved precision / recall (VGG-16 fc2,
 k = 3), the training time and epochs reached, and the validation NLL against training time.
 Metrics whose network weights are not on the machine are written as "unavailable (...)" with the
-way to provide them; nothing is estimated without them.
+way to provide them; nothing is estimated without them. With `--report_only` nothing is trained or
+evaluated: an evaluated row is read back, any other says how far its training got, with its
+validation NLL so far, and has no test numbers.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sys
 from absl import flags
 
 from experiments import flags as common
+from experiments import harness
 from experiments import nvae_flags
 from experiments import nvae_train
 from experiments import results
@@ -34,6 +38,9 @@ def define_flags():
   """The table flags (`nvae_flags.define_table_flags`), shown in --help."""
   nvae_flags.define_table_flags()
   flags.adopt_module_key_flags(nvae_flags)
+  flags.DEFINE_bool("report_only", False, "Train and evaluate nothing: write the page from what the "
+                    "rows' folders hold (an evaluated row's numbers; else how far its training got "
+                    "and its validation NLL so far).")
 
 
 COLUMNS = [("row", "Warm-up + spectral"), ("nll_mean_std", "NLL (nats), mean ± std over passes"),
@@ -68,13 +75,71 @@ def table_notes(rows: list[dict], preset: str, missing: list[str]) -> str:
   return "\n".join(lines) + "\n"
 
 
+ROW_FILE = "table1_row.json"  # <row logdir>/table1_row.json: the evaluated row with its sample metrics
+
+
 def format_row(row: dict) -> dict:
+  """Cells of a row; those of a row not yet evaluated (no test NLL) stay missing (`n/a`)."""
   out = dict(row)
   out["row"] = nvae_train.table_row_label(row["kl_warmup"], row["spectral"])
-  out["nll_mean_std"] = (row["nll"], row["nll_std_over_passes"])
-  out["train_minutes"] = row["train_seconds"] / 60.0
-  out["bits_per_dim"] = f"{row['bits_per_dim']:.4f}"
+  if "nll" in row:
+    out["nll_mean_std"] = (row["nll"], row["nll_std_over_passes"])
+    out["bits_per_dim"] = f"{row['bits_per_dim']:.4f}"
+  if row.get("train_seconds") is not None:
+    out["train_minutes"] = row["train_seconds"] / 60.0
   return out
+
+
+def report_row(s: nvae_train.RunSettings, logdir: str, *, epochs: int) -> dict:
+  """A row as its folder holds it, nothing trained or evaluated: its `ROW_FILE` when that was made
+  with these settings at the newest checkpoint; else how far training got (the harness's
+  status.json) with the validation NLL so far (validation.json), and no test numbers."""
+  settings = nvae_train.jsonable(nvae_train.hparams(s))
+  status = results.read_status(logdir)
+  path = os.path.join(logdir, ROW_FILE)
+  if status and os.path.exists(path):
+    row = results.read_json(path)
+    if row.get("steps") == status["step"] and row.get("settings") == settings:
+      return dict(row, status="evaluated")
+  row = dict(kl_warmup=s.kl_warmup, spectral=s.model.spectral, epochs=epochs, settings=settings,
+             test_examples=s.test_examples, status="not started",
+             validation=nvae_train.ValidationHistory(
+                 os.path.join(logdir, nvae_train.VALIDATION_FILE)).rows())
+  if status:
+    row.update(steps=status["step"], epochs_reached=status["epoch"],
+               train_seconds=status["train_seconds"], cpu=status["cpu"],
+               code_commits=status.get("code_commits", []),
+               status=("trained, test NLL not evaluated yet" if status["finished"] else
+                       f"training: epoch {status['epoch']:.2f} of {status['total_epochs']}"))
+  return row
+
+
+def write_report(rows: list[dict], *, table: nvae_flags.TableSettings, command: str) -> None:
+  """The page of `--report_only` (and its rows beside it as .json): every row's status, test
+  numbers only where evaluated."""
+  s = table.base
+  commits = sorted({c for r in rows for c in r.get("code_commits") or []})
+  cpus = sorted({r["cpu"] for r in rows if r.get("cpu")})
+  notes = [
+      f"**{s.preset} preset, written with --report_only: runs in progress.** A row whose status is "
+      "not 'evaluated' has no test numbers and is not converged; rerunning the command without "
+      f"--report_only resumes it (training, then the K = {s.num_iw_samples} test NLL, both resume).",
+      f"- Test NLL when a row is evaluated: importance-weighted bound with K = {s.num_iw_samples} on "
+      f"{s.test_examples or 'all'} test images, {s.num_test_passes} pass(es). FID / precision / "
+      "recall need the Inception / VGG-16 weights (--inception_path / --vgg16_path); without them "
+      "an evaluated row shows them as unavailable.",
+      "- Train time: wall clock of training only, summed over resumed invocations; on a shared "
+      "host it includes the time the process waited for the CPU or was paused.",
+      f"- Host: {'; '.join(cpus) or 'n/a'}; training ran at commit(s) {', '.join(commits) or 'n/a'}; "
+      f"this page at commit {harness.code_commit() or 'unknown'}.",
+  ]
+  results.write_json(os.path.splitext(table.output)[0] + ".json", rows)
+  formatted = [format_row(r) for r in rows]
+  results.write_markdown(
+      table.output,
+      title=f"NVAE on binary MNIST: warm-up x spectral ablation ({s.preset} preset, in progress)",
+      command=command, table=results.markdown_table(formatted, COLUMNS + [("status", "Status")]),
+      notes="\n".join(notes) + "\n\n" + nvae_train.validation_table(formatted))
 
 
 def main(argv):
@@ -82,6 +147,14 @@ def main(argv):
   strategy = common.setup_runtime()
   table = nvae_flags.table_settings_from_flags()
   command = common.command_line()
+  if table.report_only:
+    rows = []
+    for kl_warmup, spectral in table.rows:
+      s, config = table.row(kl_warmup, spectral)
+      rows.append(report_row(s, config.logdir, epochs=config.epochs))
+    write_report(rows, table=table, command=command)
+    print(f"wrote {table.output}")
+    return
   inception = nvae_train.load_network("inception", path=table.inception_path,
                                       download=table.download_weights)
   vgg16 = nvae_train.load_network("vgg16", path=table.vgg16_path, download=table.download_weights)
@@ -99,7 +172,7 @@ def main(argv):
     row.update(nvae_train.sample_metrics(trained.model, reference, num_samples=num_fid,
                                          inception=inception, vgg16=vgg16))
     row["fid_samples"] = num_fid
-    results.write_json(os.path.join(config.logdir, "table1_row.json"), row)
+    results.write_json(os.path.join(config.logdir, ROW_FILE), row)
     rows.append(row)
   results.write_json(os.path.join(table.root, "table1.json"), rows)
   formatted = [format_row(r) for r in rows]

@@ -570,8 +570,8 @@ def validation_table(rows: list[dict]) -> str:
     if not history:
       continue
     lines.append(f"**{row['row']}** (validation NLL with K = {row['settings']['val_num_iw_samples']} "
-                 f"on the {row['test_examples']} test images, training minutes excluding the "
-                 "validation passes):\n")
+                 f"on {row.get('test_examples') or 'all'} test images, training minutes excluding "
+                 "the validation passes):\n")
     lines.append(results.markdown_table(
         [dict(epoch=h["epoch"], step=h["step"], nll=h["val_neg_log_p"], nelbo=h["val_nelbo"],
               minutes=None if h["train_seconds_no_val"] is None else h["train_seconds_no_val"] / 60.0)

@@ -1,0 +1,65 @@
+"""experiments.nvae_table1 --report_only: the page of runs in progress, from the rows' folders.
+
+Nothing is trained or evaluated: a row evaluated at its newest checkpoint is read back with its
+numbers, a row still training says how far it got with its validation NLL so far and has no test
+numbers, a row never started says so. The folders are written here as the harness and
+nvae_train write them (status.json, validation.json, table1_row.json)."""
+
+import json
+import os
+
+from experiments import nvae_table1
+from tests import scripts
+
+ARGS = ["--preset=cpu", "--table_rows=step_sr,epoch_sr,step_sn", "--num_test_passes=1", "--report_only"]
+
+
+def write(path, value):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(value, f)
+
+
+def status(step, *, finished, commits):
+  return dict(step=step, epoch=step / 500, steps_per_epoch=500, total_steps=8000, total_epochs=16,
+              finished=finished, train_seconds=60.0 * step / 100, cpu="test CPU",
+              code_commits=commits, best_metric=None, best_epoch=None)
+
+
+def test_report_only_reads_the_rows_folders_and_trains_nothing(tmp_path):
+  root, page = tmp_path / "runs", tmp_path / "page.md"
+  args = ARGS + [f"--table_logdir={root}", f"--table_output={page}"]
+  write(root / "step_sr" / "status.json", status(1500, finished=False, commits=["abc1234"]))
+  write(root / "step_sr" / "validation.json", [
+      dict(epoch=1, step=500, train_seconds=300.0, train_seconds_no_val=300.0, val_seconds=20.0,
+           val_neg_log_p=128.99, val_nelbo=140.41),
+      dict(epoch=3, step=1500, train_seconds=920.0, train_seconds_no_val=900.0, val_seconds=20.0,
+           val_neg_log_p=91.95, val_nelbo=96.20)])
+  write(root / "step_sn" / "status.json", status(8000, finished=True, commits=["def5678"]))
+
+  first = scripts.run_script("nvae_table1", args)
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert not os.path.exists(root / "step_sr" / "checkpoints")  # nothing trained
+  rows = json.load(open(tmp_path / "page.json"))
+  assert [r["status"] for r in rows] == ["training: epoch 3.00 of 16", "not started",
+                                         "trained, test NLL not evaluated yet"]
+  assert all("nll" not in r for r in rows)
+
+  # step_sn evaluated at its newest step (its row as nvae_table1 writes it), step_sr's row file
+  # stale (made at an older step): only step_sn shows test numbers.
+  evaluated = dict(rows[2], steps=8000, epochs_reached=16.0, finished=True, nll=84.25,
+                   nll_std_over_passes=0.0, bits_per_dim=0.155, neg_elbo=87.5, fid="unavailable (x)")
+  del evaluated["status"]
+  write(root / "step_sn" / nvae_table1.ROW_FILE, evaluated)
+  write(root / "step_sr" / nvae_table1.ROW_FILE, dict(rows[0], steps=1000, nll=99.0))
+  second = scripts.run_script("nvae_table1", args)
+  assert second.returncode == 0, second.stderr[-2000:]
+  rows = json.load(open(tmp_path / "page.json"))
+  assert [r["status"] for r in rows] == ["training: epoch 3.00 of 16", "not started", "evaluated"]
+  assert [r.get("nll") for r in rows] == [None, None, 84.25]
+  text = page.read_text()
+  assert "| Step + SR | n/a | n/a | n/a | n/a | n/a | n/a | 15.00 | 1500 | 3.00 | training: epoch 3.00 of 16 |" in text
+  assert "| Step + SN | 84.25 ± 0.00 | 0.1550 |" in text
+  assert "| 3 | 1500 | 15.00 | 91.95 | 96.20 |" in text  # the validation curve so far
+  assert "training ran at commit(s) abc1234, def5678" in text
+  assert "without\n--report_only resumes it" in text or "without --report_only resumes it" in text
