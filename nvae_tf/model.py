@@ -319,8 +319,13 @@ class NVAE(keras.Model):
 
   def call(self, x, training=False) -> NVAEOutput:
     """x: [B, 28, 28, 1] binary images -> NVAEOutput with one posterior sample per example."""
-    cfg = self.config
     top, features = self._encode(x, training)
+    return self._top_down(x, top, features, training)
+
+  def _top_down(self, x, top, features, training) -> NVAEOutput:
+    """Top-down pass from the bottom-up pass's outputs (`_encode` of x): posterior samples group
+    by group, the decoder, and the terms of the bound for x [B, 28, 28, 1]."""
+    cfg = self.config
     ftr = self.enc0(top, training=training)
     ftr = tf.nn.elu(ftr)
     q = dists.normal(*self._split(self.encoder_samplers[0](ftr, training=training)))
@@ -376,11 +381,15 @@ class NVAE(keras.Model):
   def log_weights(self, x, num_samples: int):
     """log w_k = log p(x, z_k) - log q(z_k | x), z_k ~ q(z | x): [K, B] (inference-mode BN).
 
-    The K copies of the batch go through the network as one batch of K * B.
+    The bottom-up pass is deterministic in inference mode: it runs once per image and its outputs
+    are tiled; the K copies of the top-down pass go through the network as one batch of K * B,
+    sample-major. The same as `self(tf.tile(x, [K, 1, 1, 1]))` with the same noise, 1.27x faster
+    for the cpu preset (bench/bench_nvae_log_weights.py).
     """
     batch = tf.shape(x)[0]
-    tiled = tf.tile(x, [num_samples, 1, 1, 1])  # [K * B, 28, 28, 1], sample-major
-    out = self(tiled, training=False)
+    top, features = self._encode(x, training=False)
+    tile = lambda t: tf.tile(t, [num_samples, 1, 1, 1])  # [B, h, w, c] -> [K * B, h, w, c]
+    out = self._top_down(tile(x), tile(top), [tile(f) for f in features], training=False)  # K * B
     return tf.reshape(out.log_weight, [num_samples, batch])
 
   # --------------------------------------------------------------------------- generation

@@ -65,6 +65,22 @@ def test_importance_weighted_bound_is_at_least_the_elbo(digits):
   assert np.all(iwae >= mean_log_w) and np.all(iwae >= elbos.mean(0))
 
 
+def test_log_weights_run_the_encoder_once_and_equal_the_tiled_forward_pass(digits):
+  """log_weights tiles the bottom-up pass's outputs instead of the images: the same log-weights as
+  the whole network on the batch tiled K times, from the same noise-generator state."""
+  model = NVAE(tiny_config(), seed=3)
+  x = tf.constant(digits[:3])
+  model(x)  # built; the BN moving statistics are those of a trained model in what follows
+  for bn in (v for v in model.variables if "moving_mean" in v.path):
+    bn.assign(tf.random.stateless_normal(bn.shape, [0, 1]) * 0.1)  # not the identity: x-dependent
+  state = model.seed_generator.state.numpy()
+  log_w = model.log_weights(x, 4).numpy()  # [K, B]
+  model.seed_generator.state.assign(state)
+  want = tf.reshape(model(tf.tile(x, [4, 1, 1, 1])).log_weight, [4, 3]).numpy()
+  np.testing.assert_allclose(log_w, want, rtol=1e-5, atol=1e-3)
+  assert np.std(log_w, axis=0).min() > 1e-3  # the K samples differ (the noise is not shared)
+
+
 def test_log_weights_keep_examples_apart(digits):
   model = NVAE(tiny_config(), seed=2)
   model.image_head.conv.bias.assign(tf.fill([1], -5.0))  # the decoder now favours black pixels
