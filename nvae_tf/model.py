@@ -383,8 +383,8 @@ class NVAE(keras.Model):
 
     The bottom-up pass is deterministic in inference mode: it runs once per image and its outputs
     are tiled; the K copies of the top-down pass go through the network as one batch of K * B,
-    sample-major. The same as `self(tf.tile(x, [K, 1, 1, 1]))` with the same noise, 1.27x faster
-    for the cpu preset (bench/bench_nvae_log_weights.py).
+    sample-major. The same as `self(tf.tile(x, [K, 1, 1, 1]))` with the same noise, 1.33x faster
+    for the cpu preset, 1.45x for the paper architecture (bench/bench_log_weights.py).
     """
     batch = tf.shape(x)[0]
     top, features = self._encode(x, training=False)

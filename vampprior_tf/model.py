@@ -113,10 +113,29 @@ class LatentVariableModel(keras.Model):
     """log p(z) of the top latent under `self.prior` [B]."""
     return self.prior.log_prob(z, encoder=self.encode_top, training=training)
 
-  def log_weights(self, x, num_samples: int, training=False):
-    """log w_k = log p(x, z_k) - log q(z_k | x), z_k ~ q(z | x): [K, B] (samples on axis 0)."""
+  def call(self, x, training=False):
     x = self._check_images(x)
-    terms = self(repeat_examples(x, num_samples), training=training)
+    return self._terms(x, self._encode_x(x, training=training), training=training)
+
+  def _encode_x(self, x, training=False) -> tuple:
+    """What q computes from x alone (deterministic; no latent sample involved) [B, ...] each."""
+    raise NotImplementedError
+
+  def _terms(self, x, x_parts, training=False) -> ELBOTerms:
+    """One-sample ELBO terms of x [B, H, W, C] from `_encode_x(x)`'s outputs."""
+    raise NotImplementedError
+
+  def log_weights(self, x, num_samples: int, training=False):
+    """log w_k = log p(x, z_k) - log q(z_k | x), z_k ~ q(z | x): [K, B] (samples on axis 0).
+
+    q's networks on x alone (`_encode_x`) run once per image and their outputs are repeated; the
+    K samples of the rest go through as one batch of K * B. The same as
+    `self(repeat_examples(x, K))` with the same noise.
+    """
+    x = self._check_images(x)
+    x_parts = tf.nest.map_structure(lambda t: repeat_examples(t, num_samples),
+                                    self._encode_x(x, training=training))
+    terms = self._terms(repeat_examples(x, num_samples), x_parts, training=training)
     return split_samples(terms.elbo, num_samples)
 
   def encode_top(self, x, training=False):
@@ -169,9 +188,11 @@ class VAE(LatentVariableModel):
       h = layer(h, training=training)
     return self._image_params(self.p_x(h, training=training))
 
-  def call(self, x, training=False):
-    x = self._check_images(x)
-    mean, log_var = self.encode_top(x, training=training)
+  def _encode_x(self, x, training=False):
+    return self.encode_top(x, training=training)
+
+  def _terms(self, x, x_parts, training=False):
+    mean, log_var = x_parts  # q(z | x)
     z = reparameterize(mean, log_var, self.seed_generator)
     log_px = self.observation.log_prob(x, self.decode(z, training=training))
     kl = distributions.log_normal_diag(z, mean, log_var) - self.log_prior(z, training=training)
@@ -260,8 +281,11 @@ class HVAE2Level(LatentVariableModel):
 
   def encode_z1(self, x, z2, training=False):
     """q(z1 | x, z2): (mean, log_var) [B, z1_dim]."""
-    h = tf.concat([self._features(self.q_z1_features, x, training),
-                   self.q_z1_from_z2(z2, training=training)], axis=-1)
+    return self._q_z1(self._features(self.q_z1_features, x, training), z2, training)
+
+  def _q_z1(self, x_features, z2, training):
+    """q(z1 | x, z2) from the x branch's features [B, F] and z2."""
+    h = tf.concat([x_features, self.q_z1_from_z2(z2, training=training)], axis=-1)
     return self.q_z1(self.q_z1_joint(h, training=training), training=training)
 
   def prior_z1(self, z2, training=False):
@@ -271,20 +295,28 @@ class HVAE2Level(LatentVariableModel):
       h = layer(h, training=training)
     return self.p_z1(h, training=training)
 
+  def _encode_x(self, x, training=False):
+    """(q(z2 | x) as (mean, log_var), the x branch's features of q(z1 | x, z2))."""
+    return (self.encode_top(x, training=training),
+            self._features(self.q_z1_features, x, training))
+
   def forward(self, x, training=False) -> HVAEForward:
     """z2 ~ q(z2|x), z1 ~ q(z1|x,z2), and the parameters of p(z1|z2) and p(x|z1,z2)."""
     x = self._check_images(x)
-    q_z2 = self.encode_top(x, training=training)
+    return self._forward(x, self._encode_x(x, training=training), training)
+
+  def _forward(self, x, x_parts, training) -> HVAEForward:
+    q_z2, x_features = x_parts
     z2 = reparameterize(*q_z2, self.seed_generator)
-    q_z1 = self.encode_z1(x, z2, training=training)
+    q_z1 = self._q_z1(x_features, z2, training)
     z1 = reparameterize(*q_z1, self.seed_generator)
     p_z1 = self.prior_z1(z2, training=training)
     return HVAEForward(z1=z1, z2=z2, q_z1=q_z1, q_z2=q_z2, p_z1=p_z1,
                        x_params=self.decode(x, z1, z2, training=training))
 
-  def call(self, x, training=False):
-    f = self.forward(x, training=training)
-    log_px = self.observation.log_prob(tf.convert_to_tensor(x, tf.float32), f.x_params)
+  def _terms(self, x, x_parts, training=False):
+    f = self._forward(x, x_parts, training)
+    log_px = self.observation.log_prob(x, f.x_params)
     kl_z1 = distributions.log_normal_diag(f.z1, *f.q_z1) - distributions.log_normal_diag(f.z1, *f.p_z1)
     kl_z2 = distributions.log_normal_diag(f.z2, *f.q_z2) - self.log_prior(f.z2, training=training)
     return ELBOTerms(log_px=log_px, kl=kl_z1 + kl_z2, kl_levels=(kl_z1, kl_z2))

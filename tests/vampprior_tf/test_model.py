@@ -103,6 +103,48 @@ def tiny_hvae(cls=models.HVAE2Level, prior=None, observation=None, shape=SHAPE, 
              seed=seed)
 
 
+@pytest.mark.parametrize("cls", [models.VAE, models.HVAE2Level, models.ConvHVAE2Level,
+                                 models.PixelHVAE2Level])
+def test_log_weights_encode_x_once_and_equal_the_model_on_repeated_images(cls):
+  """log_weights runs q's networks on x once and repeats their outputs: the same log-weights as
+  the whole model on the images repeated K times, from the same noise-generator state."""
+  prior = priors.VampPrior(num_components=3, image_shape=SHAPE, init_mean=0.5, init_std=0.1)
+  if cls is models.VAE:
+    keras.utils.set_random_seed(0)
+    model = models.VAE(image_shape=SHAPE, observation=distributions.Bernoulli(), prior=prior,
+                       latent_dim=4, hidden_units=16, seed=0)
+  else:
+    model = tiny_hvae(cls, prior=prior)
+  x = toy_binary_images(3)
+  model(x)
+  state = model.seed_generator.state.numpy()
+  log_w = model.log_weights(x, 4).numpy()  # [K, B]
+  model.seed_generator.state.assign(state)
+  want = models.split_samples(model(models.repeat_examples(tf.constant(x), 4)).elbo, 4).numpy()
+  np.testing.assert_allclose(log_w, want, rtol=1e-5, atol=1e-4)
+  assert np.std(log_w, axis=0).min() > 1e-4  # the K samples differ (the noise is not shared)
+
+
+def test_hvae_posteriors_equal_the_official_networks_in_numpy():
+  """q(z2 | x) = head(GD(GD(x))) and q(z1 | x, z2) = head(GD([GD(x), GD(z2)])) with GD(v) =
+  (W_h v + b_h) * sigmoid(W_g v + b_g) and log-variances clipped to [-6, 2] (official
+  HVAE_2level.py: q_z2_layers, q_z1_layers_x, q_z1_layers_z2, q_z1_layers_joint), in NumPy from
+  the layers' weights; and forward() samples z1 from that q(z1 | x, z2)."""
+  model = tiny_hvae()
+  x = toy_binary_images(4)
+  f = model.forward(x)
+  dense = lambda layer, v: v @ layer.kernel.numpy() + layer.bias.numpy()
+  gated = lambda layer, v: dense(layer.h, v) * (1.0 / (1.0 + np.exp(-dense(layer.g, v))))
+  head = lambda layer, v: (dense(layer.mean, v), np.clip(dense(layer.log_var, v), -6.0, 2.0))
+  flat = x.reshape(4, -1)
+  want_z2 = head(model.q_z2, gated(model.q_z2_features[1], gated(model.q_z2_features[0], flat)))
+  z2 = f.z2.numpy()
+  joint = np.concatenate([gated(model.q_z1_features[0], flat), gated(model.q_z1_from_z2, z2)], -1)
+  want_z1 = head(model.q_z1, gated(model.q_z1_joint, joint))
+  for got, want in zip(f.q_z2 + f.q_z1, want_z2 + want_z1):
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
 def test_hvae_kl_terms_match_monte_carlo_of_closed_forms():
   model = tiny_hvae()
   x = toy_binary_images(1)
