@@ -24,6 +24,7 @@ import os
 import sys
 
 from absl import flags
+import numpy as np
 
 from experiments import flags as common
 from experiments import harness
@@ -109,9 +110,21 @@ def report_row(s: nvae_train.RunSettings, logdir: str, *, epochs: int) -> dict:
     row.update(steps=status["step"], epochs_reached=status["epoch"],
                train_seconds=status["train_seconds"], cpu=status["cpu"],
                code_commits=status.get("code_commits", []),
-               status=("trained, test NLL not evaluated yet" if status["finished"] else
-                       f"training: epoch {status['epoch']:.2f} of {status['total_epochs']}"))
+               status=(f"training: epoch {status['epoch']:.2f} of {status['total_epochs']}"
+                       if not status["finished"] else evaluation_progress(logdir, s)))
   return row
+
+
+def evaluation_progress(logdir: str, s: nvae_train.RunSettings) -> str:
+  """Status of a trained row whose test NLL is not finished: how many test images the first
+  pass has done (its resumable partial file, `nvae_train.evaluate_nll`); no partial numbers."""
+  path = nvae_train.partial_nll_path(logdir, 0)
+  if not os.path.exists(path):
+    return "trained, test NLL not evaluated yet"
+  with np.load(path) as f:
+    done = len(f["log_px"])
+  return (f"trained; test NLL (K = {s.num_iw_samples}) in progress: {done:,} test images done "
+          "(rerun to resume)")
 
 
 def write_report(rows: list[dict], *, table: nvae_flags.TableSettings, command: str) -> None:

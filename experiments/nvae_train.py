@@ -353,6 +353,11 @@ def train(s: RunSettings, config: harness.TrainConfig, *, strategy, data_dir=Non
                  validation=history.rows())
 
 
+def partial_nll_path(logdir: str, test_pass: int) -> str:
+  """The resumable partial results of one test-NLL pass (`evaluate_nll`)."""
+  return os.path.join(logdir, f"nll_partial_pass{test_pass}.npz")
+
+
 def evaluate_nll(s: RunSettings, model: NVAE, splits: Splits, *, seed: int, progress: bool = True,
                  resume_dir: str | None = None, checkpoint: str | None = None):
   """Importance-weighted test NLL (evaluation.likelihood), `num_test_passes` independent passes.
@@ -369,7 +374,7 @@ def evaluate_nll(s: RunSettings, model: NVAE, splits: Splits, *, seed: int, prog
     passes.append(likelihood.evaluate_log_likelihood(
         model.log_weights, batches, num_samples=s.num_iw_samples, num_dims=splits.num_dims,
         chunk_size=s.iw_chunk, progress=progress,
-        resume_path=resume_dir and os.path.join(resume_dir, f"nll_partial_pass{p}.npz"),
+        resume_path=resume_dir and partial_nll_path(resume_dir, p),
         resume_key=dict(checkpoint=checkpoint, num_iw_samples=s.num_iw_samples,
                         test_examples=len(images), seed=seed, test_pass=p,
                         eval_batch_size=s.eval_batch_size),
