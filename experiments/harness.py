@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -190,8 +191,11 @@ def cpu_model() -> str:
   return f"{name}, {vector}, {os.cpu_count()} cores"
 
 
+@functools.lru_cache(maxsize=1)
 def code_commit() -> str | None:
-  """The git commit of the code that is running (None outside a git checkout)."""
+  """The git commit of the code that is running (None outside a git checkout): read once per
+  process (a `Trainer` reads it when built), so a checkout updated under a long run does not
+  relabel the code that run has loaded."""
   import subprocess  # pylint: disable=g-import-not-at-top
   try:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(__file__),
@@ -304,6 +308,7 @@ class Trainer:
     self.total_steps = self.steps_per_epoch * config.epochs
     self.stop_step = min(self.total_steps, config.max_steps or self.total_steps)
     self.float16 = keras.mixed_precision.global_policy().name == "mixed_float16"
+    code_commit()  # the commit of the code this process loaded, before any checkout changes
     _disable_optimizer_all_reduce(optimizer)
 
     with strategy.scope():

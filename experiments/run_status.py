@@ -7,8 +7,10 @@ Each `--logdir` is a run directory (holding the `status.json` that `experiments.
 writes at every checkpoint) or a folder whose sub-folders are run directories (searched two levels
 deep). One row per run: finished, stopped early or how far training got (epoch and step of the
 total), the best validation epoch where early stopping is on, the training time summed over resumed
-sessions, the CPU, and the commits the training ran at. No test numbers: those are on each
-experiment's own page once its run is finished and evaluated. Reads files only (no TensorFlow).
+sessions, the CPU, the commits the training ran at, and how far a resumable test-NLL evaluation
+has got (the test images its `nll_partial*.npz` files hold, `evaluation.likelihood`). No test
+numbers: those are on each experiment's own page once its run is finished and evaluated. Reads
+files only (no TensorFlow).
 
 Bad input (no such folder, no status.json found, bad flags) -> one `error:` line, exit code 2.
 """
@@ -19,6 +21,7 @@ import os
 import sys
 
 from absl import flags
+import numpy as np
 
 from evaluation import cli
 from experiments import results
@@ -26,7 +29,8 @@ from experiments import results
 
 COLUMNS = [("run", "run"), ("state", "training"), ("epoch", "epoch"), ("step", "step"),
            ("best_epoch", "best epoch"), ("train_hours", "train h"), ("cpu", "CPU"),
-           ("updated", "updated"), ("code_commits", "training commits")]
+           ("updated", "updated"), ("code_commits", "training commits"),
+           ("evaluation", "test NLL evaluation")]
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -70,7 +74,20 @@ def status_row(logdir: str) -> dict:
       step=f"{s['step']} of {total_steps}" if total_steps else str(s["step"]),
       best_epoch=s.get("best_epoch"), train_hours=round(s.get("train_seconds", 0.0) / 3600, 2),
       cpu=s.get("cpu"), updated=s.get("updated"),
-      code_commits=", ".join(s.get("code_commits") or []) or None)
+      code_commits=", ".join(s.get("code_commits") or []) or None,
+      evaluation=evaluation_progress(logdir))
+
+
+def evaluation_progress(logdir: str) -> str | None:
+  """'<n> test images done' per partial test-NLL file in the run (`evaluate_log_likelihood`'s
+  resume files, deleted when the evaluation completes), or None when there is none."""
+  names = sorted(n for n in os.listdir(logdir)
+                 if n.startswith("nll_partial") and n.endswith(".npz") and not n.endswith(".tmp.npz"))
+  done = []
+  for name in names:
+    with np.load(os.path.join(logdir, name)) as f:
+      done.append(f"{len(f['log_px']):,} test images done ({name})")
+  return "; ".join(done) or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         fv.output, title="Long runs: how far they got", command=command, table=table,
         notes="From each run's status.json (written by experiments.harness at every checkpoint). "
               "'train h' is the training time summed over resumed sessions. This page says how far "
-              "training got; whether a trained run has been evaluated, and its test numbers, are "
-              "on its experiment's own page. Rerunning a run's command resumes it from its newest "
+              "training got, and how many test images a resumable test-NLL evaluation has done "
+              "while it is part way; whether a trained run has been evaluated, and its test "
+              "numbers, are on its experiment's own page. Rerunning a run's command resumes it from its newest "
               "checkpoint.")
   return 0
 

@@ -419,12 +419,18 @@ def test_logdir_naming_a_file_is_one_clear_error(tmp_path):
     harness.TrainConfig(logdir=str(path), batch_size=16, epochs=1)
 
 
-def test_status_file_says_how_far_the_run_got(tmp_path):
+def test_status_file_says_how_far_the_run_got(tmp_path, monkeypatch):
   import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
   values = iter([5.0, 3.0, 4.0, 4.0])
 
+  harness.code_commit.cache_clear()
   trainer = make_trainer(tmp_path, epochs=4, max_steps=14, early_stopping_metric="val_loss",
                          early_stopping_patience=5)
+  # The checkout moves on while the run trains (`git pull` beside a long run): its status keeps
+  # the commit of the code it loaded.
+  monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+      a, 0, stdout="fffffff\n", stderr=""))
   trainer.epoch_end_fn = lambda model, epoch: {"val_loss": next(values)}
   trainer.fit()
   status = json.loads((tmp_path / "status.json").read_text())
@@ -432,4 +438,7 @@ def test_status_file_says_how_far_the_run_got(tmp_path):
   assert status["best_epoch"] == 2 and status["best_metric"] == 3.0  # epochs counted from 1
   assert status["total_epochs"] == 4 and status["train_seconds"] > 0
   assert status["checkpoint"].endswith("ckpt-14") and status["cpu"]
-  assert status["code_commits"] == [harness.code_commit()]
+  monkeypatch.undo()
+  head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(harness.__file__),
+                        capture_output=True, text=True, check=True).stdout.strip()
+  assert status["code_commits"] == [head]

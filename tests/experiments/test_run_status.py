@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 from experiments import run_status
 
 
@@ -16,6 +18,7 @@ def _status(folder, **values):
 def test_page_lists_finished_stopped_and_training_runs(tmp_path, capsys):
   runs = tmp_path / "runs"
   _status(runs / "table" / "vae", step=800, epoch=16.0, train_seconds=7200.0, finished=True)
+  np.savez(runs / "table" / "vae" / "nll_partial.npz", log_px=np.zeros(1200), elbo=np.zeros(1200))
   _status(runs / "table" / "hvae", step=300, epoch=6.0, train_seconds=1800.0, finished=False,
           stopped_early=True, best_epoch=3)
   _status(runs / "nvae", step=66, epoch=1.32, train_seconds=90.0, finished=False)
@@ -29,11 +32,11 @@ def test_page_lists_finished_stopped_and_training_runs(tmp_path, capsys):
   rows = [l for l in text.splitlines() if l.startswith(f"| {runs}")]
   assert rows == [
       f"| {runs}/nvae | training (resume: rerun its command) | 1.32 of 16 | 66 of 800 | n/a | 0.03 "
-      "| test CPU | 2026-11-30 12:00:00 UTC | abc1234 |",
+      "| test CPU | 2026-11-30 12:00:00 UTC | abc1234 | n/a |",
       f"| {runs}/table/hvae | stopped early (training done) | 6.00 of 16 | 300 of 800 | 3 | 0.50 "
-      "| test CPU | 2026-11-30 12:00:00 UTC | abc1234 |",
+      "| test CPU | 2026-11-30 12:00:00 UTC | abc1234 | n/a |",
       f"| {runs}/table/vae | finished | 16.00 of 16 | 800 of 800 | n/a | 2.00 | test CPU "
-      "| 2026-11-30 12:00:00 UTC | abc1234 |"]
+      "| 2026-11-30 12:00:00 UTC | abc1234 | 1,200 test images done (nll_partial.npz) |"]
   assert f"python -m experiments.run_status --logdir={runs}" in text
   # One run directory named directly is that run alone.
   assert run_status.find_runs(str(runs / "nvae")) == [str(runs / "nvae")]
