@@ -24,7 +24,6 @@ import os
 import sys
 
 from absl import flags
-import numpy as np
 
 from experiments import flags as common
 from experiments import harness
@@ -118,11 +117,9 @@ def report_row(s: nvae_train.RunSettings, logdir: str, *, epochs: int) -> dict:
 def evaluation_progress(logdir: str, s: nvae_train.RunSettings) -> str:
   """Status of a trained row whose test NLL is not finished: how many test images the first
   pass has done (its resumable partial file, `nvae_train.evaluate_nll`); no partial numbers."""
-  path = nvae_train.partial_nll_path(logdir, 0)
-  if not os.path.exists(path):
+  done = results.partial_evaluations(logdir).get(os.path.basename(nvae_train.partial_nll_path(logdir, 0)))
+  if done is None:
     return "trained, test NLL not evaluated yet"
-  with np.load(path) as f:
-    done = len(f["log_px"])
   return (f"trained; test NLL (K = {s.num_iw_samples}) in progress: {done:,} test images done "
           "(rerun to resume)")
 

@@ -18,6 +18,8 @@ import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from evaluation import protocol as protocol_lib
 
 STATUS_FILE = "status.json"  # how far a run got: `harness.Trainer` writes it at every checkpoint
@@ -152,3 +154,16 @@ def read_status(logdir: str) -> dict | None:
   epoch, training seconds, CPU, commits), or None when the run never reached a checkpoint."""
   path = os.path.join(logdir, STATUS_FILE)
   return read_json(path) if os.path.exists(path) else None
+
+
+def partial_evaluations(logdir: str) -> dict[str, int]:
+  """{file name: test examples done} of the resumable test-NLL evaluations part way in `logdir`
+  (`evaluation.likelihood.evaluate_log_likelihood`'s `nll_partial*.npz`, deleted when one
+  completes); empty when there is none."""
+  names = sorted(n for n in os.listdir(logdir) if n.startswith("nll_partial")
+                 and n.endswith(".npz") and not n.endswith(".tmp.npz"))
+  done = {}
+  for name in names:
+    with np.load(os.path.join(logdir, name)) as f:
+      done[name] = len(f["log_px"])
+  return done

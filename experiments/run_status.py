@@ -21,7 +21,6 @@ import os
 import sys
 
 from absl import flags
-import numpy as np
 
 from evaluation import cli
 from experiments import results
@@ -79,15 +78,9 @@ def status_row(logdir: str) -> dict:
 
 
 def evaluation_progress(logdir: str) -> str | None:
-  """'<n> test images done' per partial test-NLL file in the run (`evaluate_log_likelihood`'s
-  resume files, deleted when the evaluation completes), or None when there is none."""
-  names = sorted(n for n in os.listdir(logdir)
-                 if n.startswith("nll_partial") and n.endswith(".npz") and not n.endswith(".tmp.npz"))
-  done = []
-  for name in names:
-    with np.load(os.path.join(logdir, name)) as f:
-      done.append(f"{len(f['log_px']):,} test images done ({name})")
-  return "; ".join(done) or None
+  """'<n> test images done (<file>)' per partial test-NLL evaluation in the run, or None."""
+  return "; ".join(f"{n:,} test images done ({name})"
+                   for name, n in results.partial_evaluations(logdir).items()) or None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,8 +90,11 @@ def unfinished_row(logdir: str, s) -> dict:
   row = dict(dataclasses.asdict(s), status="not started")
   status = results.read_status(logdir)
   if status:
+    done = sum(results.partial_evaluations(logdir).values())
+    evaluation = (f"test evaluation in progress: {done:,} test images done" if done else
+                  "test evaluation not finished")
     progress = (f"trained: stopped early at epoch {status['epoch']:.0f}, best validation epoch "
-                f"{status['best_epoch']}; test evaluation not finished" if status.get("stopped_early")
+                f"{status['best_epoch']}; {evaluation}" if status.get("stopped_early")
                 else f"training: epoch {status['epoch']:.0f} of at most {status['total_epochs']}, "
                 f"best validation epoch {status['best_epoch']}")
     row.update(status=progress,

@@ -3,8 +3,11 @@
 import json
 import os
 
+import numpy as np
+
 from experiments import vampprior_table
 from tests import scripts
+
 
 def test_table_cli_runs_a_tiny_grid(tmp_path):
   out = tmp_path / "table.md"
@@ -38,6 +41,7 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
   (flow / "status.json").write_text(json.dumps(dict(
       epoch=9.0, total_epochs=2000, best_epoch=4, best_metric=99.0, train_seconds=9.0,
       cpu="test CPU", finished=False, stopped_early=True)))
+  np.savez(flow / "nll_partial.npz", log_px=np.zeros(6), elbo=np.zeros(6))  # 6 images evaluated
   report = tmp_path / "report.md"
   proc = scripts.run_script("vampprior_table", [
        "--preset=quick", "--report_only",
@@ -50,7 +54,8 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
   rows = json.load(open(tmp_path / "report.json"))
   assert [r["status"] for r in rows] == [
       "finished", "finished", "training: epoch 3 of at most 2000, best validation epoch 2",
-      "trained: stopped early at epoch 9, best validation epoch 4; test evaluation not finished"]
+      "trained: stopped early at epoch 9, best validation epoch 4; test evaluation in progress: "
+      "6 test images done"]
   assert [r.get("test_nll") for r in rows[:2]] == [r["test_nll"] for r in saved]
   assert rows[2].get("test_nll") is None and rows[3].get("test_nll") is None
   # Epochs trained and the best (evaluated) epoch come from status.json, for every kind of row.
