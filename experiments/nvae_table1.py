@@ -124,6 +124,15 @@ def evaluation_progress(logdir: str, s: nvae_train.RunSettings) -> str:
           "(rerun to resume)")
 
 
+def curve_figure(formatted_rows: list[dict], page: str) -> str:
+  """Writes <page stem>_validation.png beside the page (`nvae_train.plot_validation_curves`) and
+  returns its Markdown image line ("" when no row has a validation history)."""
+  path = os.path.splitext(page)[0] + "_validation.png"
+  if not nvae_train.plot_validation_curves(formatted_rows, path):
+    return ""
+  return f"![validation NLL against training time and steps]({os.path.basename(path)})\n\n"
+
+
 def write_report(rows: list[dict], *, table: nvae_flags.TableSettings, command: str) -> None:
   """The page of `--report_only` (and its rows beside it as .json): every row's status, test
   numbers only where evaluated."""
@@ -149,7 +158,8 @@ def write_report(rows: list[dict], *, table: nvae_flags.TableSettings, command: 
       table.output,
       title=f"NVAE on binary MNIST: warm-up x spectral ablation ({s.preset} preset, in progress)",
       command=command, table=results.markdown_table(formatted, COLUMNS + [("status", "Status")]),
-      notes="\n".join(notes) + "\n\n" + nvae_train.validation_table(formatted))
+      notes="\n".join(notes) + "\n\n" + curve_figure(formatted, table.output)
+      + nvae_train.validation_table(formatted))
 
 
 def main(argv):
@@ -191,7 +201,7 @@ def main(argv):
       title=f"NVAE on binary MNIST: warm-up x spectral ablation ({table.base.preset} preset)",
       command=command, table=results.markdown_table(formatted, COLUMNS),
       notes=table_notes(rows, table.base.preset, [r for net, r in (inception, vgg16) if net is None])
-      + "\n" + nvae_train.validation_table(formatted))
+      + "\n" + curve_figure(formatted, table.output) + nvae_train.validation_table(formatted))
   print(f"wrote {table.output}")
 
 

@@ -586,6 +586,43 @@ def validation_table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def validation_curves(rows: list[dict]) -> dict[str, dict[str, list]]:
+  """{row label: {"step", "minutes", "nll"}}: each formatted row's validation history as columns
+  (minutes: training minutes excluding the validation passes); rows without one are left out."""
+  curves = {}
+  for row in rows:
+    history = [h for h in row.get("validation") or [] if h["train_seconds_no_val"] is not None]
+    if history:
+      curves[row["row"]] = dict(step=[h["step"] for h in history],
+                                minutes=[h["train_seconds_no_val"] / 60.0 for h in history],
+                                nll=[h["val_neg_log_p"] for h in history])
+  return curves
+
+
+def plot_validation_curves(rows: list[dict], path: str) -> bool:
+  """PNG at `path`: validation NLL against training minutes and against steps, one line per row
+  (`validation_curves`); False (nothing written) when no row has a validation history."""
+  curves = validation_curves(rows)
+  if not curves:
+    return False
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, (by_time, by_step) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+  for label, c in curves.items():
+    by_time.plot(c["minutes"], c["nll"], "o-", label=label)
+    by_step.plot(c["step"], c["nll"], "o-", label=label)
+  k = rows[0]["settings"]["val_num_iw_samples"]
+  by_time.set(xlabel="training minutes (wall clock, validation passes excluded)",
+              ylabel=f"validation NLL, K = {k} (nats)")
+  by_step.set(xlabel="training step")
+  by_time.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return True
+
+
 def make_generator(model, *, temperature: float):
   """latents [B, D] (all groups' noise, flattened) -> images [B, H, W, C] in [0, 1]."""
   shapes = model.latent_shapes()

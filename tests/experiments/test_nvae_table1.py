@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from experiments import nvae_table1
+from experiments import nvae_train
 from tests import scripts
 
 ARGS = ["--preset=cpu", "--table_rows=step_sr,epoch_sr,step_sn,epoch_sn", "--num_test_passes=1", "--report_only"]
@@ -50,6 +51,11 @@ def test_report_only_reads_the_rows_folders_and_trains_nothing(tmp_path):
       "trained; test NLL (K = 1000) in progress: 150 test images done (rerun to resume)",
       "trained, test NLL not evaluated yet", "not started"]
   assert all("nll" not in r for r in rows)
+  # The validation curve so far: as columns for the plot, and the PNG beside the page.
+  curves = nvae_train.validation_curves([nvae_table1.format_row(r) for r in rows])
+  assert curves == {"Step + SR": dict(step=[500, 1500], minutes=[5.0, 15.0], nll=[128.99, 91.95])}
+  assert "![validation NLL against training time and steps](page_validation.png)" in page.read_text()
+  assert (tmp_path / "page_validation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
   # step_sn evaluated at its newest step (its row as nvae_table1 writes it), step_sr's row file
   # stale (made at an older step): only step_sn shows test numbers.
