@@ -171,6 +171,6 @@ def table_settings_from_flags() -> TableSettings:
       root=root, fid_samples=FLAGS.fid_samples or FID_SAMPLES[FLAGS.preset],
       inception_path=FLAGS.inception_path, vgg16_path=FLAGS.vgg16_path,
       download_weights=FLAGS.download_weights,
-      output=common.results_file("table_output", logdir=root), 
+      output=common.results_file("table_output", logdir=root),
       report_only="report_only" in FLAGS and FLAGS.report_only)  # nvae_table1 only
 

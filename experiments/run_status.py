@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
               "'train h' is the training time summed over resumed sessions. This page says how far "
               "training got, and how many test images a resumable test-NLL evaluation has done "
               "while it is part way; whether a trained run has been evaluated, and its test "
-              "numbers, are on its experiment's own page. Rerunning a run's command resumes it from its newest "
-              "checkpoint.")
+              "numbers, are on its experiment's own page. Rerunning a run's command resumes it "
+              "from its newest checkpoint.")
   return 0
 
 
