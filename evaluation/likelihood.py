@@ -201,7 +201,10 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
   bar = None
   if progress:
     import keras  # pylint: disable=g-import-not-at-top
-    bar = keras.utils.Progbar(total if total > 0 else None, unit_name="batch")
+    # "nll" is the running -mean log p(x) over every example done, resumed ones included (as a
+    # Progbar average it weighted the first batch after a resume by the batches skipped).
+    bar = keras.utils.Progbar(total if total > 0 else None, unit_name="batch",
+                              stateful_metrics=["nll"])
   for i, x in enumerate(batches):
     if i < done:
       continue
@@ -224,7 +227,7 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
                **{f"rng_{j}": v.numpy() for j, v in enumerate(rng_variables)})
       os.replace(tmp, resume_path)
     if bar is not None:
-      bar.update(i + 1, [("nll", -float(np.mean(ll.numpy()[:size])))])
+      bar.update(i + 1, [("nll", -float(np.mean(np.concatenate(log_px))))])
   if not log_px:
     raise ValueError("no data to evaluate the likelihood on")
   log_px, elbo = np.concatenate(log_px), np.concatenate(elbo)

@@ -5,6 +5,7 @@ posterior p(z | x) = N(x / (1 + s^2), s^2 / (1 + s^2)).
 """
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -127,14 +128,14 @@ def test_bits_per_dim_and_errors():
 def test_interrupted_evaluation_resumes_to_the_uninterrupted_numbers(tmp_path, capsys):
   """resume_path: per-example results and the generator state are saved after every batch; a
   rerun with the same key skips the finished batches and draws what an uninterrupted run draws."""
-  def run(batches, path=None, key="k1"):
+  def run(batches, path=None, key="k1", progress=False):
     gen = tf.random.Generator.from_seed(3)  # a fresh model: the generator starts from its seed
 
     def log_weight_fn(x, k):  # the prior as proposal: every draw changes the estimate
       z = gen.normal([k, tf.shape(x)[0]])
       return log_normal(x, z, S2)
     return likelihood.evaluate_log_likelihood(log_weight_fn, batches, num_samples=5, num_dims=1,
-                                              progress=False, resume_path=path, resume_key=key,
+                                              progress=progress, resume_path=path, resume_key=key,
                                               rng_variables=[gen.state])
 
   batches = [X[i:i + 16] for i in range(0, 64, 16)]
@@ -159,9 +160,13 @@ def test_interrupted_evaluation_resumes_to_the_uninterrupted_numbers(tmp_path, c
       run(batches, path)
   with np.load(path) as f:
     assert int(f["batches_done"]) == 2 and f["log_px"].shape == (32,)
-  resumed = run(batches, path).per_example_log_likelihood
-  assert "Resumed the likelihood evaluation" in capsys.readouterr().out
+  resumed = run(batches, path, progress=True).per_example_log_likelihood
+  out = capsys.readouterr().out
+  assert "Resumed the likelihood evaluation" in out
   np.testing.assert_array_equal(resumed, full)
+  # The progress bar's nll is the running mean over all 64 examples, the 32 resumed ones included.
+  shown = re.findall(r"nll: (-?[0-9.]+)", out)
+  assert shown and float(shown[-1]) == pytest.approx(-full.mean(), abs=1e-4), (shown, -full.mean())
   assert not (tmp_path / "nll_partial.npz").exists()  # removed once complete
 
   # Partial results of another evaluation (other checkpoint / K / data) are never mixed in.
