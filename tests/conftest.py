@@ -58,10 +58,10 @@ def pytest_collection_finish(session):  # pylint: disable=unused-argument
   After collection TensorFlow, Keras and every test module are imported (PyTorch only later, by
   the reference tier): `gc.freeze()` moves those objects out of the collector's generations, so a
   collection no longer scans them, and a higher first threshold runs collections less often while
-  tracing allocates millions of short-lived objects. Garbage cycles are still collected, later. Whole suite, 2 workers, background
-  paused, time inside the collector read with `gc.callbacks`: 22.7 s -> 10.9 s summed over both
-  workers (~3 % of the suite's CPU time; whole-suite wall times, 184-197 s either way, differ by
-  less than their run-to-run spread).
+  tracing allocates millions of short-lived objects. Garbage cycles are still collected, later.
+  Whole suite, 2 workers, background paused, time inside the collector read with `gc.callbacks`:
+  22.7 s -> 10.9 s summed over both workers (~3 % of the suite's CPU time; whole-suite wall times,
+  184-197 s either way, differ by less than their run-to-run spread).
   """
   gc.collect()
   gc.freeze()
