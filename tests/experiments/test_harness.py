@@ -442,3 +442,36 @@ def test_status_file_says_how_far_the_run_got(tmp_path, monkeypatch):
   head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(harness.__file__),
                         capture_output=True, text=True, check=True).stdout.strip()
   assert status["code_commits"] == [head]
+
+
+def test_carried_state_resumes_on_another_machine_to_the_uninterrupted_weights(tmp_path, full_weights):
+  """`experiments.carry`: the packed state (newest checkpoint, JSON files) is all a resume needs."""
+  from experiments import carry  # pylint: disable=g-import-not-at-top
+  first = make_trainer(tmp_path / "runs" / "row", max_steps=5)
+  first.fit()  # checkpoints at steps 4 (epoch end) and 5
+  (tmp_path / "runs" / "row" / "samples.png").write_bytes(b"png")
+  assert carry.main([f"--logdir={tmp_path / 'runs'}", f"--carry_dir={tmp_path / 'carried'}"]) == 0
+  packed = sorted(str(p.relative_to(tmp_path / "carried")) for p in (tmp_path / "carried").rglob("*")
+                  if p.is_file())
+  assert [p for p in packed if p.startswith("row/checkpoints/")] == [
+      "row/checkpoints/checkpoint", "row/checkpoints/ckpt-5.data-00000-of-00001",
+      "row/checkpoints/ckpt-5.index"]
+  assert "row/status.json" in packed and "row/hparams.json" in packed
+  assert not [p for p in packed if p.endswith(".png") or "tfevents" in p]
+  # A new machine: nothing but the carried folder.
+  assert carry.main([f"--logdir={tmp_path / 'new_runs'}", f"--carry_dir={tmp_path / 'carried'}",
+                     "--unpack"]) == 0
+  second = make_trainer(tmp_path / "new_runs" / "row")
+  assert second.restore() == 5
+  second.fit()
+  assert int(second.step.numpy()) == 12
+  for a, b in zip(full_weights, weights(second.model), strict=True):
+    np.testing.assert_array_equal(a, b)
+  # Packing the finished run replaces the carried state; its older checkpoints stay behind.
+  assert carry.main([f"--logdir={tmp_path / 'new_runs'}", f"--carry_dir={tmp_path / 'carried'}"]) == 0
+  assert sorted(p.name for p in (tmp_path / "carried" / "row" / "checkpoints").iterdir()) == [
+      "checkpoint", "ckpt-12.data-00000-of-00001", "ckpt-12.index"]
+  # Never backwards: the step-5 run packed again leaves the carried step-12 state alone.
+  assert carry.carry(str(tmp_path / "runs"), str(tmp_path / "carried"), unpack=False) == [
+      f"{tmp_path / 'carried' / 'row'}: kept (it is at step 12, {tmp_path / 'runs' / 'row'} at step 5)"]
+  assert (tmp_path / "carried" / "row" / "checkpoints" / "ckpt-12.index").exists()

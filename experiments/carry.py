@@ -1,0 +1,140 @@
+"""Carry long runs to another machine: the resume state of run directories, small enough for git.
+
+    python -m experiments.carry --logdir=../runs/nvae_cpu --carry_dir=carry/nvae_cpu            # pack
+    python -m experiments.carry --logdir=../runs/nvae_cpu --carry_dir=carry/nvae_cpu --unpack   # restore
+
+A run directory (one holding the `status.json` that `experiments.harness.Trainer` writes at every
+checkpoint; `--logdir` may also be a folder of them, two levels deep) is mostly history: older
+checkpoints, TensorBoard event files, sample images. To resume, a run needs only its newest
+checkpoint (and the newest of `best/` where early stopping keeps one), its JSON files
+(status, settings, validation history) and any partial test-NLL file (`nll_partial*.npz`). Packing
+copies exactly those into `--carry_dir`, replacing what that folder held for the run; unpacking
+copies them back, after which rerunning the run's own command resumes it.
+
+Neither direction goes backwards: a run whose destination already holds a state at the same or a
+later step is skipped with a line saying so, so a restarted-from-scratch run cannot overwrite a
+longer carried one, nor an unpack a longer local one.
+
+Bad input (no such folder, no status.json found, bad flags) -> one `error:` line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+
+from absl import flags
+
+from evaluation import cli
+from experiments import results
+from experiments import run_status
+
+CHECKPOINT_STATE = "checkpoint"  # tf.train.CheckpointManager's state file (a text CheckpointState)
+_SKIPPED_SUFFIXES = (".png",)    # sample grids: outputs, not state
+_SKIPPED_PREFIXES = ("events.out.tfevents.",)  # TensorBoard history
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("logdir", None, "Run directory, or a folder whose sub-folders (two levels "
+                      "deep) are run directories, as the runs' own commands name it.",
+                      flag_values=fv)
+  flags.DEFINE_string("carry_dir", None, "Folder that holds the carried state (created when "
+                      "packing), one sub-folder per run, mirroring --logdir.", flag_values=fv)
+  flags.DEFINE_boolean("unpack", False, "Copy the carried state back into --logdir (default: "
+                       "pack --logdir into --carry_dir).", flag_values=fv)
+
+
+def newest_checkpoint(folder: str) -> str | None:
+  """The prefix (e.g. 'ckpt-16') named by `model_checkpoint_path` in the folder's state file."""
+  path = os.path.join(folder, CHECKPOINT_STATE)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    match = re.search(r'^model_checkpoint_path:\s*"([^"]+)"', f.read(), re.MULTILINE)
+  return os.path.basename(match.group(1)) if match else None
+
+
+def state_files(run: str) -> list[str]:
+  """Paths, relative to `run`, of what resuming it needs (see the module docstring)."""
+  keep = []
+  for dirpath, dirnames, filenames in os.walk(run):
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # .worker-N: not the chief's
+    newest = newest_checkpoint(dirpath)
+    for name in sorted(filenames):
+      if name.endswith(_SKIPPED_SUFFIXES) or name.startswith(_SKIPPED_PREFIXES):
+        continue
+      if newest is not None and name != CHECKPOINT_STATE and not (
+          name.startswith(newest + ".")):
+        continue  # an older checkpoint's index/data shard
+      keep.append(os.path.relpath(os.path.join(dirpath, name), run))
+  return keep
+
+
+def _step(run: str) -> int:
+  status = results.read_status(run)
+  return -1 if status is None else int(status["step"])
+
+
+def copy_run(source: str, destination: str, *, replace: bool) -> int:
+  """Copies `source`'s state into `destination`; returns the bytes copied. `replace`: delete
+  `destination` first (a carried folder holds nothing else); otherwise only its checkpoint folders
+  are replaced (a local run keeps its history: event files, sample images)."""
+  files = state_files(source)
+  if replace:
+    shutil.rmtree(destination, ignore_errors=True)
+  elif os.path.isdir(destination):
+    # Checkpoint folders are replaced whole: no shard may outlive the state file naming it.
+    for name in {os.path.dirname(f) for f in files if os.path.basename(f) == CHECKPOINT_STATE}:
+      shutil.rmtree(os.path.join(destination, name), ignore_errors=True)
+  size = 0
+  for name in files:
+    target = os.path.join(destination, name)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.copy2(os.path.join(source, name), target)
+    size += os.path.getsize(target)
+  for folder in {os.path.dirname(f) for f in files if os.path.basename(f) == CHECKPOINT_STATE}:
+    newest = newest_checkpoint(os.path.join(source, folder))
+    with open(os.path.join(destination, folder, CHECKPOINT_STATE), "w") as f:
+      f.write(f'model_checkpoint_path: "{newest}"\nall_model_checkpoint_paths: "{newest}"\n')
+  return size
+
+
+def carry(logdir: str, carry_dir: str, *, unpack: bool) -> list[str]:
+  """Packs (or unpacks) every run under `logdir`; returns one line per run saying what happened."""
+  source_root, dest_root = (carry_dir, logdir) if unpack else (logdir, carry_dir)
+  runs = run_status.find_runs(source_root)
+  if not runs:
+    raise ValueError(f"no {results.STATUS_FILE} under {source_root}")
+  lines = []
+  for source in runs:
+    relative = os.path.relpath(source, source_root)
+    destination = os.path.normpath(os.path.join(dest_root, relative))
+    have, carried = _step(destination), _step(source)
+    if have >= carried:
+      lines.append(f"{destination}: kept (it is at step {have}, {source} at step {carried})")
+      continue
+    size = copy_run(source, destination, replace=not unpack)
+    lines.append(f"{destination}: step {carried} from {source} ({size / 2**20:.1f} MiB)")
+  return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+  """`python -m experiments.carry ...`; returns the exit code (2 on bad input)."""
+  fv, _, code = cli.parse_command(argv, doc=__doc__, define_flags=define_flags,
+                                  required=("logdir", "carry_dir"))
+  if code is not None:
+    return code
+  try:
+    if not fv.unpack and os.path.exists(fv.carry_dir) and not os.path.isdir(fv.carry_dir):
+      raise ValueError(f"--carry_dir {fv.carry_dir} is a file")
+    lines = carry(fv.logdir, fv.carry_dir, unpack=fv.unpack)
+  except (ValueError, OSError, KeyError) as e:
+    return cli.fail(e)
+  print("\n".join(lines))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
