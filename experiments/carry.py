@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
   try:
     if not fv.unpack and os.path.exists(fv.carry_dir) and not os.path.isdir(fv.carry_dir):
       raise ValueError(f"--carry_dir {fv.carry_dir} is a file")
+    a, b = os.path.realpath(fv.logdir), os.path.realpath(fv.carry_dir)
+    if os.path.commonpath([a, b]) in (a, b):  # packing replaces folders in --carry_dir
+      raise ValueError(f"--logdir {fv.logdir} and --carry_dir {fv.carry_dir} must not contain each other")
     lines = carry(fv.logdir, fv.carry_dir, unpack=fv.unpack)
   except (ValueError, OSError, KeyError) as e:
     return cli.fail(e)

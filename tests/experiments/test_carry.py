@@ -5,15 +5,22 @@ from experiments import carry
 
 
 def test_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys):
-  assert carry.main([f"--logdir={tmp_path / 'missing'}", f"--carry_dir={tmp_path / 'c'}"]) == 2
-  assert capsys.readouterr().err.strip().splitlines() == [
-      f"error: --logdir {tmp_path / 'missing'} is not a folder"]
-  assert carry.main([f"--logdir={tmp_path}", f"--carry_dir={tmp_path / 'c'}"]) == 2  # no runs
-  assert capsys.readouterr().err.strip() == f"error: no status.json under {tmp_path}"
+  runs, carried = tmp_path / "runs", tmp_path / "carried"
+  assert carry.main([f"--logdir={runs}", f"--carry_dir={carried}"]) == 2
+  assert capsys.readouterr().err.strip().splitlines() == [f"error: --logdir {runs} is not a folder"]
+  runs.mkdir()
+  assert carry.main([f"--logdir={runs}", f"--carry_dir={carried}"]) == 2  # no runs in it
+  assert capsys.readouterr().err.strip() == f"error: no status.json under {runs}"
+  (runs / "row").mkdir()
+  (runs / "row" / "status.json").write_text('{"step": 3}')
   (tmp_path / "file").write_text("")
-  (tmp_path / "run").mkdir()
-  (tmp_path / "run" / "status.json").write_text('{"step": 3}')
-  assert carry.main([f"--logdir={tmp_path / 'run'}", f"--carry_dir={tmp_path / 'file'}"]) == 2
+  assert carry.main([f"--logdir={runs}", f"--carry_dir={tmp_path / 'file'}"]) == 2
   assert capsys.readouterr().err.strip() == f"error: --carry_dir {tmp_path / 'file'} is a file"
-  assert carry.main([f"--logdir={tmp_path}"]) == 2  # --carry_dir is required
+  # Packing replaces the run's folder in --carry_dir: the two folders must be apart.
+  for logdir, carry_dir in [(runs, runs), (runs, runs / "carried"), (runs / "row", runs)]:
+    assert carry.main([f"--logdir={logdir}", f"--carry_dir={carry_dir}"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --logdir {logdir} and --carry_dir {carry_dir} must not contain each other")
+  assert (runs / "row" / "status.json").exists()
+  assert carry.main([f"--logdir={runs}"]) == 2  # --carry_dir is required
   assert capsys.readouterr().err.strip() == "error: --carry_dir is required"
