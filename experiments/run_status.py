@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
               "training got, and how many test images a resumable test-NLL evaluation has done "
               "while it is part way; whether a trained run has been evaluated, and its test "
               "numbers, are on its experiment's own page. Rerunning a run's command resumes it "
-              "from its newest checkpoint.")
+              "from its newest checkpoint on a machine that holds its folder; on another machine, "
+              "first `python -m experiments.carry --unpack` its packed state (docs/harness.md).")
   return 0
 
 
