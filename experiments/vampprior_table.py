@@ -78,8 +78,10 @@ def finished_row(logdir: str, s) -> dict | None:
 
 
 def training_progress(status: dict | None) -> dict:
-  """Epochs trained and the best validation epoch (whose checkpoint is evaluated), from the
-  harness's status (`epochs_run` of a results row is the restored best checkpoint's epoch)."""
+  """Completed epochs and the best validation epoch (whose checkpoint is evaluated), from the
+  harness's status (`epochs_run` of a results row is the restored best checkpoint's epoch). A run
+  stopped part way through an epoch counts the epochs it completed; its status line gives the
+  fractional epoch (290.62 of a run 62% through its 291st epoch)."""
   if not status:
     return {}
   return dict(epochs_trained=int(status["epoch"]), best_epoch=status.get("best_epoch"))
@@ -95,7 +97,7 @@ def unfinished_row(logdir: str, s) -> dict:
                   "test evaluation not finished")
     progress = (f"trained: stopped early at epoch {status['epoch']:.0f}, best validation epoch "
                 f"{status['best_epoch']}; {evaluation}" if status.get("stopped_early")
-                else f"training: epoch {status['epoch']:.0f} of at most {status['total_epochs']}, "
+                else f"training: epoch {status['epoch']:.2f} of at most {status['total_epochs']}, "
                 f"best validation epoch {status['best_epoch']}")
     row.update(status=progress,
                best_val_negative_elbo=status["best_metric"],

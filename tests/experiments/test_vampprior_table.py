@@ -34,7 +34,7 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
   mog = tmp_path / "runs" / "frey_faces-vae-mog"
   mog.mkdir()
   (mog / "status.json").write_text(json.dumps(dict(
-      epoch=3.0, total_epochs=2000, best_epoch=2, best_metric=101.5, train_seconds=7.0,
+      epoch=3.5, total_epochs=2000, best_epoch=2, best_metric=101.5, train_seconds=7.0,
       cpu="test CPU", finished=False, code_commits=["abc1234"])))
   flow = tmp_path / "runs" / "frey_faces-vae-flow"  # early-stopped, its evaluation interrupted
   flow.mkdir()
@@ -53,12 +53,13 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
   assert "Resumed from" not in proc.stderr
   rows = json.load(open(tmp_path / "report.json"))
   assert [r["status"] for r in rows] == [
-      "finished", "finished", "training: epoch 3 of at most 2000, best validation epoch 2",
+      "finished", "finished", "training: epoch 3.50 of at most 2000, best validation epoch 2",
       "trained: stopped early at epoch 9, best validation epoch 4; test evaluation in progress: "
       "6 test images done"]
   assert [r.get("test_nll") for r in rows[:2]] == [r["test_nll"] for r in saved]
   assert rows[2].get("test_nll") is None and rows[3].get("test_nll") is None
-  # Epochs trained and the best (evaluated) epoch come from status.json, for every kind of row.
+  # Completed epochs and the best (evaluated) epoch come from status.json, for every kind of row
+  # (the mog run is half way through its 4th epoch: 3 completed, its status says 3.50).
   assert [(r.get("epochs_trained"), r.get("best_epoch")) for r in rows] == [
       (1, 1), (1, 1), (3, 2), (9, 4)]
   assert "| epochs trained | best epoch |" in report.read_text()
