@@ -371,6 +371,13 @@ def evaluate_nll(s: RunSettings, model: NVAE, splits: Splits, *, seed: int, prog
   rng_variables = likelihood.seed_generator_states(model)
   for p in range(s.num_test_passes):
     images = splits.binary_test(seed * 1000 + p)
+    # Said before it starts: at the paper and cpu presets' K = 1000 this takes hours on a CPU,
+    # --max_steps or not.
+    where = (f", resumable (partial results: {partial_nll_path(resume_dir, p)})"
+             if resume_dir else "")
+    print(f"test NLL, pass {p + 1} of {s.num_test_passes}: K = {s.num_iw_samples} importance "
+          f"samples on {len(images):,} test images{where}; --num_iw_samples / --test_examples make "
+          "it smaller", file=sys.stderr)
     batches = tf.data.Dataset.from_tensor_slices(images).batch(s.eval_batch_size)
     passes.append(likelihood.evaluate_log_likelihood(
         model.log_weights, batches, num_samples=s.num_iw_samples, num_dims=splits.num_dims,

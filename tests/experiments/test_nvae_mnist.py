@@ -142,7 +142,8 @@ def test_resumed_run_restores_every_variable_and_nvae_evaluate_restores_the_weig
 
 
 @pytest.mark.slow
-def test_interrupted_test_nll_resumes_to_the_uninterrupted_numbers(run, tmp_path, monkeypatch):
+def test_interrupted_test_nll_resumes_to_the_uninterrupted_numbers(run, tmp_path, monkeypatch,
+                                                                   capsys):
   """evaluate_nll(resume_dir=...): a K-sample evaluation interrupted after its first batch and rerun
   from the same checkpoint state gives the uninterrupted per-pass NLL exactly (the partial file
   holds the finished batches and the model's generator states)."""
@@ -173,8 +174,14 @@ def test_interrupted_test_nll_resumes_to_the_uninterrupted_numbers(run, tmp_path
   monkeypatch.setattr(np, "savez", savez)
   assert (tmp_path / "nll_partial_pass0.npz").exists()
   restore_checkpoint_state()  # a new process restores the checkpoint
+  capsys.readouterr()
   resumed = nvae_train.evaluate_nll(s, model, trained.splits, seed=0, progress=False,
                                     resume_dir=str(tmp_path), checkpoint="step 2")
+  # Its size is said before it starts (a smoke run of a preset still evaluates at the preset's K).
+  assert capsys.readouterr().err.splitlines()[0] == (
+      f"test NLL, pass 1 of 1: K = 3 importance samples on 8 test images, resumable (partial "
+      f"results: {tmp_path / 'nll_partial_pass0.npz'}); --num_iw_samples / --test_examples make "
+      "it smaller")
   assert resumed["nll_passes"] == full["nll_passes"] and resumed["neg_elbo"] == full["neg_elbo"]
   assert not (tmp_path / "nll_partial_pass0.npz").exists()
 
