@@ -13,7 +13,8 @@ copies them back, after which rerunning the run's own command resumes it.
 
 Neither direction goes backwards: a run whose destination already holds a state at the same or a
 later step is skipped with a line saying so, so a restarted-from-scratch run cannot overwrite a
-longer carried one, nor an unpack a longer local one.
+longer carried one, nor an unpack a longer local one. At the same step (training done, its test
+NLL part way), only partial test-NLL files further on than the destination's are copied.
 
 Bad input (no such folder, no status.json found, bad flags) -> one `error:` line, exit code 2.
 """
@@ -101,6 +102,19 @@ def copy_run(source: str, destination: str, *, replace: bool) -> int:
   return size
 
 
+def _newer_partial_evaluations(source: str, destination: str) -> dict[str, int]:
+  """Copies each partial test-NLL file of `source` that is further on than `destination`'s (same
+  run, same training step: the files' own keys decide whether a resume may use them); returns
+  {file name: test examples done} of those copied."""
+  have = results.partial_evaluations(destination)
+  copied = {}
+  for name, done in results.partial_evaluations(source).items():
+    if done > have.get(name, 0):
+      shutil.copy2(os.path.join(source, name), os.path.join(destination, name))
+      copied[name] = done
+  return copied
+
+
 def carry(logdir: str, carry_dir: str, *, unpack: bool) -> list[str]:
   """Packs (or unpacks) every run under `logdir`; returns one line per run saying what happened."""
   source_root, dest_root = (carry_dir, logdir) if unpack else (logdir, carry_dir)
@@ -112,6 +126,12 @@ def carry(logdir: str, carry_dir: str, *, unpack: bool) -> list[str]:
     relative = os.path.relpath(source, source_root)
     destination = os.path.normpath(os.path.join(dest_root, relative))
     have, carried = _step(destination), _step(source)
+    if have == carried and os.path.isdir(source) and os.path.isdir(destination):
+      newer = _newer_partial_evaluations(source, destination)
+      if newer:  # same training step, its test-NLL evaluation further on
+        lines.append(f"{destination}: step {have} kept, partial test NLL from {source}: "
+                     + ", ".join(f"{n} ({done:,} test examples)" for n, done in newer.items()))
+        continue
     if have >= carried:
       lines.append(f"{destination}: kept (it is at step {have}, {source} at step {carried})")
       continue

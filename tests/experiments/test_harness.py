@@ -475,3 +475,16 @@ def test_carried_state_resumes_on_another_machine_to_the_uninterrupted_weights(t
   assert carry.carry(str(tmp_path / "runs"), str(tmp_path / "carried"), unpack=False) == [
       f"{tmp_path / 'carried' / 'row'}: kept (it is at step 12, {tmp_path / 'runs' / 'row'} at step 5)"]
   assert (tmp_path / "carried" / "row" / "checkpoints" / "ckpt-12.index").exists()
+  # Same step, its test-NLL evaluation further on: the partial file is carried, never a shorter one.
+  def partial(run, done):
+    np.savez(tmp_path / run / "row" / "nll_partial_pass0.npz", log_px=np.zeros(done),
+             elbo=np.zeros(done))
+  partial("new_runs", 8)
+  assert carry.carry(str(tmp_path / "new_runs"), str(tmp_path / "carried"), unpack=False) == [
+      f"{tmp_path / 'carried' / 'row'}: step 12 kept, partial test NLL from "
+      f"{tmp_path / 'new_runs' / 'row'}: nll_partial_pass0.npz (8 test examples)"]
+  partial("new_runs", 4)
+  kept = carry.carry(str(tmp_path / "new_runs"), str(tmp_path / "carried"), unpack=False)
+  assert kept == [f"{tmp_path / 'carried' / 'row'}: kept (it is at step 12, "
+                  f"{tmp_path / 'new_runs' / 'row'} at step 12)"]
+  assert len(np.load(tmp_path / "carried" / "row" / "nll_partial_pass0.npz")["log_px"]) == 8
