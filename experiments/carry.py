@@ -126,7 +126,7 @@ def carry(logdir: str, carry_dir: str, *, unpack: bool) -> list[str]:
     relative = os.path.relpath(source, source_root)
     destination = os.path.normpath(os.path.join(dest_root, relative))
     have, carried = _step(destination), _step(source)
-    if have == carried and os.path.isdir(source) and os.path.isdir(destination):
+    if have == carried:  # both hold a status.json: the run is at the same training step
       newer = _newer_partial_evaluations(source, destination)
       if newer:  # same training step, its test-NLL evaluation further on
         lines.append(f"{destination}: step {have} kept, partial test NLL from {source}: "
