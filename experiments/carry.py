@@ -14,7 +14,9 @@ copies them back, after which rerunning the run's own command resumes it.
 Neither direction goes backwards: a run whose destination already holds a state at the same or a
 later step is skipped with a line saying so, so a restarted-from-scratch run cannot overwrite a
 longer carried one, nor an unpack a longer local one. At the same step (training done, its test
-NLL part way), only partial test-NLL files further on than the destination's are copied.
+NLL part way), only partial test-NLL files further on than the destination's are copied, or,
+when the evaluation completed in the source (it wrote files such as `results.json` that the
+destination lacks), the whole state, the destination's partial files removed.
 
 Bad input (no such folder, no status.json found, bad flags) -> one `error:` line, exit code 2.
 """
@@ -115,6 +117,19 @@ def _newer_partial_evaluations(source: str, destination: str) -> dict[str, int]:
   return copied
 
 
+def _finished_outputs(source: str, destination: str) -> list[str]:
+  """At the same training step: the files (besides partial test-NLL files) that `source` holds and
+  `destination` lacks, when `destination` holds nothing `source` lacks and `source` no partial
+  file: what an evaluation writes when it completes (`results.json`, a table's row), its partial
+  files deleted. Empty when `source` is not further on in this sense."""
+  if results.partial_evaluations(source):
+    return []
+  is_partial = lambda name: os.path.basename(name).startswith("nll_partial")
+  have = {f for f in state_files(destination) if not is_partial(f)}
+  carried = {f for f in state_files(source) if not is_partial(f)}
+  return sorted(carried - have) if have <= carried else []
+
+
 def carry(logdir: str, carry_dir: str, *, unpack: bool) -> list[str]:
   """Packs (or unpacks) every run under `logdir`; returns one line per run saying what happened."""
   source_root, dest_root = (carry_dir, logdir) if unpack else (logdir, carry_dir)
@@ -127,6 +142,14 @@ def carry(logdir: str, carry_dir: str, *, unpack: bool) -> list[str]:
     destination = os.path.normpath(os.path.join(dest_root, relative))
     have, carried = _step(destination), _step(source)
     if have == carried:  # both hold a status.json: the run is at the same training step
+      finished = _finished_outputs(source, destination)
+      if finished:  # its test NLL completed in `source`: the whole state, partial files gone
+        for name in results.partial_evaluations(destination):
+          os.remove(os.path.join(destination, name))
+        size = copy_run(source, destination, replace=not unpack)
+        lines.append(f"{destination}: step {have} from {source}, evaluated ("
+                     + ", ".join(finished) + f"; {size / 2**20:.1f} MiB)")
+        continue
       newer = _newer_partial_evaluations(source, destination)
       if newer:  # same training step, its test-NLL evaluation further on
         lines.append(f"{destination}: step {have} kept, partial test NLL from {source}: "

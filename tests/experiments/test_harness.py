@@ -488,3 +488,21 @@ def test_carried_state_resumes_on_another_machine_to_the_uninterrupted_weights(t
   assert kept == [f"{tmp_path / 'carried' / 'row'}: kept (it is at step 12, "
                   f"{tmp_path / 'new_runs' / 'row'} at step 12)"]
   assert len(np.load(tmp_path / "carried" / "row" / "nll_partial_pass0.npz")["log_px"]) == 8
+  # A third machine resumes that evaluation; the first finishes it (partial file gone, results
+  # written): packing then carries the results, and unpacking them on the third replaces its partial.
+  assert carry.main([f"--logdir={tmp_path / 'third'}", f"--carry_dir={tmp_path / 'carried'}",
+                     "--unpack"]) == 0
+  assert len(np.load(tmp_path / "third" / "row" / "nll_partial_pass0.npz")["log_px"]) == 8
+  (tmp_path / "new_runs" / "row" / "nll_partial_pass0.npz").unlink()
+  (tmp_path / "new_runs" / "row" / "results.json").write_text('{"nll": 80.0}')
+  assert carry.carry(str(tmp_path / "new_runs"), str(tmp_path / "carried"), unpack=False) == [
+      f"{tmp_path / 'carried' / 'row'}: step 12 from {tmp_path / 'new_runs' / 'row'}, evaluated "
+      "(results.json; 0.0 MiB)"]
+  assert not (tmp_path / "carried" / "row" / "nll_partial_pass0.npz").exists()
+  assert carry.main([f"--logdir={tmp_path / 'third'}", f"--carry_dir={tmp_path / 'carried'}",
+                     "--unpack"]) == 0
+  assert (tmp_path / "third" / "row" / "results.json").read_text() == '{"nll": 80.0}'
+  assert not (tmp_path / "third" / "row" / "nll_partial_pass0.npz").exists()
+  # Nothing further on either way now.
+  assert carry.carry(str(tmp_path / "third"), str(tmp_path / "carried"), unpack=False) == [
+      f"{tmp_path / 'carried' / 'row'}: kept (it is at step 12, {tmp_path / 'third' / 'row'} at step 12)"]
