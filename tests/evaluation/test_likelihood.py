@@ -162,8 +162,11 @@ def test_interrupted_evaluation_resumes_to_the_uninterrupted_numbers(tmp_path, c
     assert int(f["batches_done"]) == 2 and f["log_px"].shape == (32,)
   resumed = run(batches, path, progress=True).per_example_log_likelihood
   out = capsys.readouterr().out
-  assert "Resumed the likelihood evaluation" in out
+  assert "Resumed the likelihood evaluation" in out and "2 batches (32 examples) done, 2 to go" in out
   np.testing.assert_array_equal(resumed, full)
+  # The bar counts the 2 batches computed now, not 4: its time per batch is elapsed / count.
+  counts = re.findall(r"(\d+)/(\d+)\b", re.sub(r"\x1b\[[0-9;]*m", "", out))
+  assert counts and counts[-1] == ("2", "2"), counts
   # The progress bar's nll is the running mean over all 64 examples, the 32 resumed ones included.
   shown = re.findall(r"nll: (-?[0-9.]+)", out)
   assert shown and float(shown[-1]) == pytest.approx(-full.mean(), abs=1e-4), (shown, -full.mean())
