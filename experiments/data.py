@@ -301,6 +301,19 @@ def binarize_once(images: np.ndarray, *, seed: int) -> np.ndarray:
   return (np.random.RandomState(seed).uniform(size=images.shape) < images).astype(np.float32)
 
 
+def subset(images: np.ndarray, n: int | None, *, seed: int) -> np.ndarray:
+  """A fixed random subset of `n` examples, kept in file order; all of them when `n` is None, 0 or
+  at least their number.
+
+  Never the first `n`: the static binarized MNIST test file (Larochelle & Murray) is sorted by
+  class (its 980 zeros first, then the ones...; `test_binarized_mnist_test_file_is_sorted_by_class`),
+  so its first 500 images are all zeros, whose NLL is about twice the ones'.
+  """
+  if not n or n >= len(images):
+    return images
+  return images[np.sort(np.random.RandomState(seed).permutation(len(images))[:n])]
+
+
 def num_examples(dataset: tf.data.Dataset) -> int:
   n = int(dataset.cardinality())
   if n < 0:

@@ -48,7 +48,7 @@ def define_flags():
   flags.DEFINE_integer("iw_chunk", 100, "Importance samples per network call (memory bound only).",
                        lower_bound=1)
   flags.DEFINE_integer("eval_batch_size", 50, "Test images per NLL batch.", lower_bound=1)
-  flags.DEFINE_integer("test_examples", 0, "Evaluate on the first N test images (0 = all).", lower_bound=0)
+  flags.DEFINE_integer("test_examples", 0, "Evaluate on a fixed random subset of N test images (0 = all).", lower_bound=0)
   flags.DEFINE_integer("num_test_passes", 1, "Independent NLL passes (mean and std reported).",
                        lower_bound=1)
   flags.DEFINE_list("temperature", ["0.6", "0.8", "1.0"], "Sampling temperatures (comma-separated).")

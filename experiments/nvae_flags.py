@@ -53,8 +53,8 @@ def define_run_flags():
                        "cosine decay (official 5). Default: the preset's.", lower_bound=0)
   flags.DEFINE_integer("train_examples", None, "Use only the first N training images (0 = all). "
                        "Default: the preset's.", lower_bound=0)
-  flags.DEFINE_integer("test_examples", None, "Evaluate the NLL on the first N test images (0 = all "
-                       "10,000). Default: the preset's.", lower_bound=0)
+  flags.DEFINE_integer("test_examples", None, "Evaluate the NLL on a fixed random subset of N test images "
+                       "(0 = all 10,000). Default: the preset's.", lower_bound=0)
   flags.DEFINE_integer("num_iw_samples", None, "Importance samples K of the test NLL "
                        "(official 1000). Default: the preset's.", lower_bound=1)
   flags.DEFINE_integer("iw_chunk", None, "Importance samples drawn per network call (memory bound; "

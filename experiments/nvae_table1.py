@@ -60,7 +60,7 @@ def table_notes(rows: list[dict], preset: str, missing: list[str]) -> str:
       f"{r['global_batch_size']}, {r['epochs']} epochs, {r['parameters']:,} parameters; precision "
       f"{r['precision_policy']}.",
       f"- NLL: importance-weighted bound with K = {r['num_iw_samples']} on {r['test_examples']} test "
-      f"images, {len(r['nll_passes'])} independent passes (mean ± std over passes); bits/dim = "
+      f"images ({r.get('test_subset', 'the first ones of the file')}), {len(r['nll_passes'])} independent passes (mean ± std over passes); bits/dim = "
       f"nats / ({r['num_dims']} ln 2), no offset (binary data).",
       f"- FID / precision / recall: {r['fid_samples']} samples at temperature 1 against the same "
       "number of test images. A metric shown as unavailable could not be computed because its "
@@ -144,7 +144,8 @@ def write_report(rows: list[dict], *, table: nvae_flags.TableSettings, command: 
       "not 'evaluated' has no test numbers and is not converged; rerunning the command without "
       f"--report_only resumes it (training, then the K = {s.num_iw_samples} test NLL, both resume).",
       f"- Test NLL when a row is evaluated: importance-weighted bound with K = {s.num_iw_samples} on "
-      f"{s.test_examples or 'all'} test images, {s.num_test_passes} pass(es). FID / precision / "
+      f"{s.test_examples or 'all'} test images{' (a fixed random subset)' if s.test_examples else ''}, "
+      f"{s.num_test_passes} pass(es). FID / precision / "
       "recall need the Inception / VGG-16 weights (--inception_path / --vgg16_path); without them "
       "an evaluated row shows them as unavailable.",
       "- Train time: wall clock of training only, summed over resumed invocations; on a shared "

@@ -36,6 +36,7 @@ SETTINGS_FILE = "settings.json"        # RunSettings of a run (read by `load_run
 TRAIN_TIME_FILE = "train_time.json"    # cumulative training seconds over resumed invocations
 VALIDATION_FILE = "validation.json"    # [{epoch, step, train_seconds, val_neg_log_p, ...}] per validation
 DATASETS = ("auto", "mnist", "binarized_mnist")
+TEST_SUBSET_SEED = 2020  # the fixed random choice of --test_examples images (`data.subset`)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -156,6 +157,7 @@ class Splits:
   dynamic: bool                 # dynamic binarization of grey images
   train: tf.data.Dataset | None  # unbatched [H, W, C] float32 in [0, 1]; None: evaluation only
   test: np.ndarray              # [N, H, W, C] grey (dynamic) or binary (static)
+  test_subset: str = "all"      # which test images: "all" or "random N of M (seed S)"
 
   @property
   def image_shape(self) -> tuple[int, ...]:
@@ -191,12 +193,14 @@ def resolve_dataset(name: str, data_dir=None) -> str:
 
 
 def test_splits(dataset: str, test_examples: int, data_dir=None) -> Splits:
-  """The first `test_examples` (0 = all) test images of `dataset`, no training set."""
+  """`test_examples` (0 = all) test images of `dataset`, a fixed random subset
+  (`data.subset`: the static binarized MNIST test file is sorted by class), no training set."""
   name = resolve_dataset(dataset, data_dir)
   test, _ = data.load_arrays(name, "test", data_dir)
-  if test_examples:
-    test = test[:test_examples]
-  return Splits(dataset=name, dynamic=name == "mnist", train=None, test=test)
+  chosen = data.subset(test, test_examples, seed=TEST_SUBSET_SEED)
+  return Splits(dataset=name, dynamic=name == "mnist", train=None, test=chosen,
+                test_subset="all" if len(chosen) == len(test) else
+                f"random {len(chosen)} of {len(test)} (seed {TEST_SUBSET_SEED})")
 
 
 def load_splits(s: RunSettings, data_dir=None) -> Splits:
@@ -385,7 +389,10 @@ def evaluate_nll(s: RunSettings, model: NVAE, splits: Splits, *, seed: int, prog
         resume_path=resume_dir and partial_nll_path(resume_dir, p),
         resume_key=dict(checkpoint=checkpoint, num_iw_samples=s.num_iw_samples,
                         test_examples=len(images), seed=seed, test_pass=p,
-                        eval_batch_size=s.eval_batch_size),
+                        eval_batch_size=s.eval_batch_size,
+                        # which images, when not all (a key without it: the whole test set)
+                        **({} if splits.test_subset == "all" else
+                           {"test_subset": splits.test_subset})),
         rng_variables=rng_variables))
   nll = np.array([r.nll for r in passes])
   return {
@@ -395,22 +402,28 @@ def evaluate_nll(s: RunSettings, model: NVAE, splits: Splits, *, seed: int, prog
       "neg_elbo": float(np.mean([r.negative_elbo for r in passes])),
       "bits_per_dim": float(likelihood.bits_per_dim(nll.mean(), splits.num_dims)),
       "nll_passes": nll.tolist(), "test_examples": passes[0].num_examples,
+      "test_subset": splits.test_subset,
       "num_iw_samples": s.num_iw_samples, "num_dims": splits.num_dims,
   }
 
 
 NLL_KEYS = ("nll", "nll_std_over_passes", "nll_sem", "neg_elbo", "bits_per_dim", "nll_passes",
-            "test_examples", "num_iw_samples", "num_dims")
+            "test_examples", "test_subset", "num_iw_samples", "num_dims")
 
 
-def previous_nll(logdir: str, s: RunSettings, *, steps: int, seed: int) -> dict | None:
+def previous_nll(logdir: str, s: RunSettings, *, steps: int, seed: int,
+                 test_subset: str = "all") -> dict | None:
   """The test NLL of <logdir>/results.json when it was made at the same step with the same K, test
-  images, passes and seed (a rerun of a finished run then skips the K = 1000 evaluation)."""
+  images, passes and seed (a rerun of a finished run then skips the K = 1000 evaluation).
+  `test_subset`: `Splits.test_subset`; a row without one was made on the first N images (all of
+  them when its test_examples setting is 0)."""
   path = os.path.join(logdir, "results.json")
   if not os.path.exists(path):
     return None
   row = results.read_json(path)
-  same = (row.get("steps") == steps and row.get("seed") == seed
+  recorded = row.get("test_subset",
+                     "all" if not row.get("settings", {}).get("test_examples") else "first N")
+  same = (row.get("steps") == steps and row.get("seed") == seed and recorded == test_subset
           and row.get("num_iw_samples") == s.num_iw_samples
           and len(row.get("nll_passes", [])) == s.num_test_passes
           and row.get("settings", {}).get("test_examples") == s.test_examples
@@ -425,7 +438,8 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
   trained = train(s, config, strategy=strategy, data_dir=data_dir)
   model = trained.model
   steps = int(trained.trainer.step.numpy())
-  nll = previous_nll(config.logdir, s, steps=steps, seed=config.seed)
+  nll = previous_nll(config.logdir, s, steps=steps, seed=config.seed,
+                     test_subset=trained.splits.test_subset)
   if nll is not None:
     print(f"test NLL of step {steps} reused from {os.path.join(config.logdir, 'results.json')} "
           "(same K, test images, passes and seed)", file=sys.stderr)

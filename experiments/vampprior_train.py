@@ -132,12 +132,6 @@ def default_likelihood(dataset: str) -> str:
 # ----------------------------------------------------------------------------- data
 
 
-def _subset(images, n, seed):
-  if n is None or n >= len(images):
-    return images
-  return images[np.sort(np.random.RandomState(seed).permutation(len(images))[:n])]
-
-
 def load_splits(dataset: str, *, data_dir=None, train_examples=None, eval_examples=None):
   """(train tf.data of images, valid array, test array, epoch_transform or None)."""
   spec = DATASETS[dataset]
@@ -149,9 +143,9 @@ def load_splits(dataset: str, *, data_dir=None, train_examples=None, eval_exampl
     train = data.load_arrays(spec.source, "train", data_dir)[0]
     valid = data.load_arrays(spec.source, "valid", data_dir)[0]
     test = data.load_arrays(spec.source, "test", data_dir)[0]
-  train = _subset(train, train_examples, SUBSET_SEED)
-  valid = _subset(valid, eval_examples, SUBSET_SEED + 1)
-  test = _subset(test, eval_examples, SUBSET_SEED + 2)
+  train = data.subset(train, train_examples, seed=SUBSET_SEED)
+  valid = data.subset(valid, eval_examples, seed=SUBSET_SEED + 1)
+  test = data.subset(test, eval_examples, seed=SUBSET_SEED + 2)
   epoch_transform = None
   if spec.dynamic:
     valid = data.binarize_once(valid, seed=DYNAMIC_EVAL_SEED)

@@ -97,6 +97,17 @@ def test_frey_faces_fixed_split(data_dir):
   np.testing.assert_array_equal(again, splits["test"])
 
 
+def test_subset_is_a_fixed_random_choice_in_file_order():
+  images = np.arange(100).reshape(100, 1, 1, 1)  # sorted, as the binarized MNIST test file is
+  chosen = data.subset(images, 10, seed=3).ravel()
+  assert len(set(chosen)) == 10 and np.all(np.diff(chosen) > 0)  # distinct, in file order
+  assert chosen.max() >= 50 and chosen.tolist() != list(range(10))  # not the first ten
+  np.testing.assert_array_equal(data.subset(images, 10, seed=3).ravel(), chosen)
+  assert data.subset(images, 10, seed=4).ravel().tolist() != chosen.tolist()
+  for everything in (None, 0, 100, 500):
+    assert data.subset(images, everything, seed=3) is images
+
+
 def test_dynamic_binarization_fresh_and_reproducible():
   images = tf.data.Dataset.from_tensor_slices(np.full((200, 4, 4, 1), 0.3, np.float32))
   a = as_array(data.dynamic_binarization(images, seed=1))
@@ -157,3 +168,25 @@ def test_real_offline_files():
     assert 8 / 255 - 1e-6 <= faces.min() and faces.max() <= 238 / 255 + 1e-6
   with pytest.raises(data.DataError, match="train-images-idx3-ubyte.gz"):
     data.load("mnist", "train")  # not in the offline copy: clear error
+
+
+@pytest.mark.skipif(not SHARED or not os.path.isdir(os.path.join(SHARED or "", "binarized_mnist"))
+                    or not os.path.isdir(os.path.join(SHARED or "", "mnist")),
+                    reason="offline data copy not present (set GENMODELS_DATA_DIR)")
+def test_binarized_mnist_test_file_is_sorted_by_class():
+  """Why test subsets are random (`data.subset`), never the first N: the label of every 100th image
+  of the static binarized MNIST test file, read off its nearest grey MNIST test image (Hamming
+  distance after thresholding at 0.5), never decreases, and its classes start where MNIST's class
+  counts say. The first 500 images are all zeros; a random 500 hold every digit."""
+  binary, _ = data.load_arrays("binarized_mnist", "test")
+  grey, labels = data.load_arrays("mnist", "test")
+  grey = grey.reshape(len(grey), -1) > 0.5
+  def label(image):
+    return int(labels[np.argmin((grey != (image.ravel() > 0.5)).sum(axis=1))])
+  every_100th = [label(binary[i]) for i in range(0, 10_000, 100)]
+  assert every_100th == sorted(every_100th)
+  starts = np.concatenate([[0], np.cumsum(np.bincount(labels))[:-1]])  # 0, 980, 2115, ...
+  assert [label(binary[i]) for i in starts] == list(range(10))
+  assert {label(x) for x in binary[:500:25]} == {0}
+  random_500 = data.subset(binary, 500, seed=2020)
+  assert {label(x) for x in random_500[::5]} == set(range(10))

@@ -121,6 +121,9 @@ def test_resumed_run_restores_every_variable_and_nvae_evaluate_restores_the_weig
   for changed, steps, seed in ((dataclasses.replace(s, num_iw_samples=5), 2, 0), (s, 3, 0), (s, 2, 1),
                                (dataclasses.replace(s, num_test_passes=2), 2, 0)):
     assert nvae_train.previous_nll(str(logdir), changed, steps=steps, seed=seed) is None
+  # Another choice of test images (results.json holds all 8: the test_subset "all").
+  assert nvae_train.previous_nll(str(logdir), s, steps=2, seed=0,
+                                 test_subset="random 4 of 8 (seed 2020)") is None
   assert int(resumed.trainer.step.numpy()) == 2
   assert int(resumed.trainer.optimizer.iterations.numpy()) == 2
   model, path = nvae_train.restore_run(str(logdir), "latest", s, seed=0)
@@ -288,6 +291,16 @@ def test_loss_fn_warmup_clock(clock, digits, untrained):
   assert float(out.regularizer) == pytest.approx(1e-2 * float(untrained.batchnorm_loss()), rel=1e-5)
   np.testing.assert_allclose(np.mean([float(out.metrics[f"kl_gamma/group_{g:02d}"])
                                       for g in range(untrained.num_groups)]), 1.0, rtol=1e-5)
+
+
+def test_test_examples_are_a_fixed_random_subset(data_dir, digits):
+  """--test_examples N picks N test images at random (seed TEST_SUBSET_SEED), in file order: the
+  static binarized MNIST test file is sorted by class, its first N would be one digit."""
+  splits = nvae_train.test_splits("binarized_mnist", 4, data_dir)
+  assert splits.test_subset == "random 4 of 8 (seed 2020)"
+  np.testing.assert_array_equal(splits.test, digits[[1, 2, 4, 6]])  # RandomState(2020)'s choice
+  whole = nvae_train.test_splits("binarized_mnist", 0, data_dir)
+  assert whole.test_subset == "all" and len(whole.test) == 8
 
 
 def test_bad_settings_are_value_errors():
