@@ -143,9 +143,7 @@ def load_split(data_dir=None):
 def _subset(images, labels, n):
   """A fixed random subset of `n` (all when None; the offline static MNIST is grouped by class,
   so a prefix would hold one digit)."""
-  if n is None or n >= len(images):
-    return images, labels
-  keep = np.sort(np.random.RandomState(SPLIT_SEED).permutation(len(images))[:n])
+  keep = data.subset(np.arange(len(images)), n, seed=SPLIT_SEED)
   return images[keep], (labels[keep] if labels is not None else None)
 
 

@@ -366,3 +366,17 @@ def test_table_metrics_are_unavailable_without_weights_and_computed_with_a_netwo
   assert record["weights_sha256"] == protocol.weights_sha256(network)
   results.require_protocols([{"fid": shifted}])
   assert "(p1)" in results.markdown_table([{"fid": shifted}], [("fid", "FID")])
+
+
+def test_fewer_samples_than_test_images_compare_with_a_random_subset(untrained, monkeypatch):
+  """FID with N samples uses N test images chosen at random, not the first N (one digit)."""
+  seen = []
+  monkeypatch.setattr(nvae_train, "fid_from_features",
+                      lambda network, samples, reference: seen.append(reference) or 0.0)
+  reference = np.arange(20, dtype=np.float32)[:, None, None, None] * np.ones((1,) + IMAGE_SHAPE,
+                                                                          np.float32)
+  nvae_train.sample_metrics(untrained, reference, num_samples=5, inception=("network", ""),
+                            vgg16=(None, "no weights here"))
+  chosen = seen[0][:, 0, 0, 0]
+  assert len(chosen) == 5 and chosen.tolist() != [0, 1, 2, 3, 4] and chosen.max() >= 10
+  assert np.all(np.diff(chosen) > 0)
