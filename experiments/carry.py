@@ -16,7 +16,7 @@ later step is skipped with a line saying so, so a restarted-from-scratch run can
 longer carried one, nor an unpack a longer local one. At the same step (training done, its test
 NLL part way), only partial test-NLL files further on than the destination's are copied, or,
 when the evaluation completed in the source (it wrote files such as `results.json` that the
-destination lacks), the whole state, the destination's partial files removed.
+destination lacks), those files, the destination's partial files removed.
 
 Bad input (no such folder, no status.json found, bad flags) -> one `error:` line, exit code 2.
 """
@@ -143,12 +143,14 @@ def carry(logdir: str, carry_dir: str, *, unpack: bool) -> list[str]:
     have, carried = _step(destination), _step(source)
     if have == carried:  # both hold a status.json: the run is at the same training step
       finished = _finished_outputs(source, destination)
-      if finished:  # its test NLL completed in `source`: the whole state, partial files gone
+      if finished:  # its test NLL completed in `source`: its outputs, the partial files gone
         for name in results.partial_evaluations(destination):
           os.remove(os.path.join(destination, name))
-        size = copy_run(source, destination, replace=not unpack)
-        lines.append(f"{destination}: step {have} from {source}, evaluated ("
-                     + ", ".join(finished) + f"; {size / 2**20:.1f} MiB)")
+        for name in finished:  # the checkpoint is the same one (same step): not copied again
+          os.makedirs(os.path.dirname(os.path.join(destination, name)), exist_ok=True)
+          shutil.copy2(os.path.join(source, name), os.path.join(destination, name))
+        lines.append(f"{destination}: step {have} kept, evaluated in {source}: "
+                     + ", ".join(finished))
         continue
       newer = _newer_partial_evaluations(source, destination)
       if newer:  # same training step, its test-NLL evaluation further on

@@ -60,7 +60,8 @@ def table_notes(rows: list[dict], preset: str, missing: list[str]) -> str:
       f"{r['global_batch_size']}, {r['epochs']} epochs, {r['parameters']:,} parameters; precision "
       f"{r['precision_policy']}.",
       f"- NLL: importance-weighted bound with K = {r['num_iw_samples']} on {r['test_examples']} test "
-      f"images ({r.get('test_subset', 'the first ones of the file')}), {len(r['nll_passes'])} independent passes (mean ± std over passes); bits/dim = "
+      f"images ({r.get('test_subset', 'the first ones of the file')}), {len(r['nll_passes'])} "
+      "independent passes (mean ± std over passes); bits/dim = "
       f"nats / ({r['num_dims']} ln 2), no offset (binary data).",
       f"- FID / precision / recall: {r['fid_samples']} samples at temperature 1 against the same "
       "number of test images. A metric shown as unavailable could not be computed because its "

@@ -496,8 +496,8 @@ def test_carried_state_resumes_on_another_machine_to_the_uninterrupted_weights(t
   (tmp_path / "new_runs" / "row" / "nll_partial_pass0.npz").unlink()
   (tmp_path / "new_runs" / "row" / "results.json").write_text('{"nll": 80.0}')
   assert carry.carry(str(tmp_path / "new_runs"), str(tmp_path / "carried"), unpack=False) == [
-      f"{tmp_path / 'carried' / 'row'}: step 12 from {tmp_path / 'new_runs' / 'row'}, evaluated "
-      "(results.json; 0.0 MiB)"]
+      f"{tmp_path / 'carried' / 'row'}: step 12 kept, evaluated in {tmp_path / 'new_runs' / 'row'}: "
+      "results.json"]
   assert not (tmp_path / "carried" / "row" / "nll_partial_pass0.npz").exists()
   assert carry.main([f"--logdir={tmp_path / 'third'}", f"--carry_dir={tmp_path / 'carried'}",
                      "--unpack"]) == 0
