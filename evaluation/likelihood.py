@@ -14,6 +14,7 @@ Everything is in nats per example, summed over data dimensions; `bits_per_dim` c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -23,6 +24,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import tensorflow as tf
+
+from common_tf import preemption
 
 # `log_weight_fn(x, k)` returns log p(x, z) - log q(z | x) for k fresh samples: [k, B].
 LogWeightFn = Callable[[tf.Tensor, int], tf.Tensor]
@@ -178,7 +181,9 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
   after every batch. A later call with the same `resume_key` (JSON-able: checkpoint, K, data,
   seed...) skips the finished batches and restores the generator states, so an interrupted and
   resumed evaluation gives the uninterrupted one's numbers. A file with another key is ignored
-  (and replaced); the file is deleted when the evaluation completes.
+  (and replaced); the file is deleted when the evaluation completes. With `resume_path`, SIGTERM /
+  SIGINT finish the batch in hand (a second signal stops at once), write it and raise
+  `common_tf.preemption.Preempted`: the scripts print one line and exit with 128 + the signal.
   """
   estimate = _compiled_estimator(log_weight_fn, num_samples, chunk_size, jit_compile, strategy)
   replicas = strategy.num_replicas_in_sync if strategy is not None else 1
@@ -208,29 +213,37 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
     # Progbar average it weighted the first batch after a resume by the batches skipped).
     bar = keras.utils.Progbar(total - done if total > 0 else None, unit_name="batch",
                               stateful_metrics=["nll"])
-  for i, x in enumerate(batches):
-    if i < done:
-      continue
-    x = tf.convert_to_tensor(x)
-    size = int(x.shape[0])
-    if size % replicas:
-      x = tf.concat([x, tf.repeat(x[-1:], replicas - size % replicas, axis=0)], axis=0)
-    ll, e, drawn = estimate(x)
-    if int(drawn) != num_samples:
-      raise ValueError(f"the log-weight function returned {int(drawn)} importance samples per "
-                       f"example, not the {num_samples} asked for")
-    log_px.append(ll.numpy()[:size])
-    elbo.append(e.numpy()[:size])
-    evaluated += 1
-    if resume_path is not None:
-      log_px, elbo = [np.concatenate(log_px)], [np.concatenate(elbo)]
-      tmp = resume_path + ".tmp.npz"
-      np.savez(tmp, key=key, batches_done=i + 1, log_px=log_px[0], elbo=elbo[0],
-               num_rng=len(rng_variables),
-               **{f"rng_{j}": v.numpy() for j, v in enumerate(rng_variables)})
-      os.replace(tmp, resume_path)
-    if bar is not None:
-      bar.update(i + 1 - done, [("nll", -float(np.mean(np.concatenate(log_px))))])
+  stops = preemption.deferred_signals() if resume_path is not None else contextlib.nullcontext(
+      preemption.StopRequest())
+  with stops as stop_request:  # with a resume file: finish and save the batch in hand, then stop
+    for i, x in enumerate(batches):
+      if i < done:
+        continue
+      if stop_request.signum is not None:  # the batches before i are in the resume file
+        raise preemption.Preempted(
+            f"preempted by {stop_request.name} after {i} batches of the likelihood evaluation "
+            f"({sum(len(a) for a in log_px)} examples): saved to {resume_path}; rerun the same "
+            "command to resume", stop_request.signum)
+      x = tf.convert_to_tensor(x)
+      size = int(x.shape[0])
+      if size % replicas:
+        x = tf.concat([x, tf.repeat(x[-1:], replicas - size % replicas, axis=0)], axis=0)
+      ll, e, drawn = estimate(x)
+      if int(drawn) != num_samples:
+        raise ValueError(f"the log-weight function returned {int(drawn)} importance samples per "
+                         f"example, not the {num_samples} asked for")
+      log_px.append(ll.numpy()[:size])
+      elbo.append(e.numpy()[:size])
+      evaluated += 1
+      if resume_path is not None:
+        log_px, elbo = [np.concatenate(log_px)], [np.concatenate(elbo)]
+        tmp = resume_path + ".tmp.npz"
+        np.savez(tmp, key=key, batches_done=i + 1, log_px=log_px[0], elbo=elbo[0],
+                 num_rng=len(rng_variables),
+                 **{f"rng_{j}": v.numpy() for j, v in enumerate(rng_variables)})
+        os.replace(tmp, resume_path)
+      if bar is not None:
+        bar.update(i + 1 - done, [("nll", -float(np.mean(np.concatenate(log_px))))])
   if not log_px:
     raise ValueError("no data to evaluate the likelihood on")
   log_px, elbo = np.concatenate(log_px), np.concatenate(elbo)

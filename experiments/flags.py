@@ -164,8 +164,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def run(main: Callable[[list[str]], Any]):
   """`absl.app.run(main)`, printing expected errors as one line and exiting with code 2.
 
-  A preempted training run (SIGTERM/SIGINT, see `harness.Preempted`) prints one line and exits
-  with 128 + the signal number, after its checkpoint was written.
+  A preempted training run or resumable likelihood evaluation (SIGTERM/SIGINT, see
+  `common_tf.preemption`) prints one line and exits with 128 + the signal number, after its
+  checkpoint / partial results were written.
   """
   def wrapped(argv):
     if not FLAGS["verbosity"].present:  # absl defaults to INFO: keep TF's info chatter off stderr

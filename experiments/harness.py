@@ -37,6 +37,7 @@ run ends bit-identical to an uninterrupted one.
 
 **Preemption.** SIGTERM or SIGINT during `fit` finishes the current step, writes a checkpoint and
 raises `Preempted` (scripts print one line and exit 128 + signal); rerunning the command resumes.
+A second signal acts as it would without the harness (`common_tf.preemption.deferred_signals`).
 Under `multi_worker` each process handles its own signal; a lost worker makes the others fail in
 their next collective, and restarting all of them resumes from the chief's newest checkpoint.
 
@@ -46,15 +47,12 @@ workers write their (identical) checkpoints to `logdir/.worker-<id>` and no logs
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from typing import Any, Callable, Mapping
 
@@ -62,6 +60,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from common_tf import preemption
 from experiments import results
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -76,12 +75,8 @@ class NonFiniteLossError(RuntimeError):
   """The loss or the gradients became NaN/Inf; training stopped and the last good checkpoint was kept."""
 
 
-class Preempted(RuntimeError):
-  """SIGTERM/SIGINT arrived during `fit`; a checkpoint was written. Rerun the command to resume."""
-
-  def __init__(self, message: str, signum: int):
-    super().__init__(message)
-    self.signum = signum
+# SIGTERM/SIGINT arrived during `fit`; a checkpoint was written. Rerun the command to resume.
+Preempted = preemption.Preempted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,7 +333,6 @@ class Trainer:
     self._best_dir = os.path.join(config.logdir, "best")
     self.writer = (tf.summary.create_file_writer(config.logdir) if self.is_chief
                    else tf.summary.create_noop_writer())
-    self._preempt_signal: int | None = None
     self._train_step = self._make_train_step()
 
   # --------------------------------------------------------------------------- compiled step
@@ -527,21 +521,6 @@ class Trainer:
 
   # --------------------------------------------------------------------------- loop
 
-  @contextlib.contextmanager
-  def _preemption_handler(self):
-    """SIGTERM/SIGINT set a flag; the loop checkpoints and stops after the current step."""
-    if threading.current_thread() is not threading.main_thread():
-      yield
-      return
-    def handler(signum, frame):  # pylint: disable=unused-argument
-      self._preempt_signal = signum
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-      yield
-    finally:
-      for s, h in previous.items():
-        signal.signal(s, h)
-
   def fit(self) -> dict[str, float]:
     """Trains until `epochs` (or `max_steps`); returns the last logged scalars."""
     cfg = self.config
@@ -563,9 +542,8 @@ class Trainer:
     window, window_start, window_time = [], start, time.perf_counter()
     step = start
     stopped_early = False
-    self._preempt_signal = None
     self._clock = time.perf_counter()  # elapsed_train_seconds() counts from here
-    with self._preemption_handler():
+    with preemption.deferred_signals() as stop_request:  # checkpoint and stop after the current step
       while step < self.stop_step and not stopped_early:
         epoch = step // self.steps_per_epoch
         for batch in self.epoch_dataset(epoch, skip=step % self.steps_per_epoch):
@@ -573,7 +551,7 @@ class Trainer:
           step += 1
           at_epoch_end = step % self.steps_per_epoch == 0
           at_checkpoint = (step % cfg.checkpoint_every == 0) if cfg.checkpoint_every else at_epoch_end
-          preempted = self._preempt_signal is not None
+          preempted = stop_request.signum is not None
           if (step % cfg.log_every == 0 or at_checkpoint or at_epoch_end or step == self.stop_step
               or preempted):
             last = self._flush(window, step, window_start, window_time)
@@ -586,10 +564,9 @@ class Trainer:
             self._save(step)
           if preempted:
             self.writer.flush()
-            name = signal.Signals(self._preempt_signal).name
-            raise Preempted(f"preempted by {name} at step {step}: checkpoint written to "
-                            f"{self.manager.latest_checkpoint}; rerun the same command to resume",
-                            self._preempt_signal)
+            raise Preempted(f"preempted by {stop_request.name} at step {step}: checkpoint written "
+                            f"to {self.manager.latest_checkpoint}; rerun the same command to resume",
+                            stop_request.signum)
           if step >= self.stop_step or stopped_early:
             break
     if stopped_early and self.is_chief:
