@@ -93,22 +93,23 @@ def format_row(row: dict) -> dict:
 
 def report_row(s: nvae_train.RunSettings, logdir: str, *, epochs: int) -> dict:
   """A row as its folder holds it, nothing trained or evaluated: its `ROW_FILE` when that was made
-  with these settings at the newest checkpoint; else how far training got (the harness's
+  with these settings (memory-only ones aside, e.g. --iw_chunk) at the newest checkpoint; else how far training got (the harness's
   status.json) with the validation NLL so far (validation.json), and no test numbers."""
   settings = nvae_train.jsonable(nvae_train.hparams(s))
   status = results.read_status(logdir)
   path = os.path.join(logdir, ROW_FILE)
   if status and os.path.exists(path):
     row = results.read_json(path)
-    if row.get("steps") == status["step"] and row.get("settings") == settings:
+    if row.get("steps") == status["step"] and nvae_train.same_measurement(row.get("settings"),
+                                                                          settings):
       return dict(row, status="evaluated")
+  validation = nvae_train.ValidationHistory(os.path.join(logdir, nvae_train.VALIDATION_FILE)).rows()
   row = dict(kl_warmup=s.kl_warmup, spectral=s.model.spectral, epochs=epochs, settings=settings,
-             test_examples=s.test_examples, status="not started",
-             validation=nvae_train.ValidationHistory(
-                 os.path.join(logdir, nvae_train.VALIDATION_FILE)).rows())
+             test_examples=s.test_examples, status="not started", validation=validation)
   if status:
     row.update(steps=status["step"], epochs_reached=status["epoch"],
-               train_seconds=status["train_seconds"], cpu=status["cpu"],
+               train_seconds=nvae_train.training_seconds(status["train_seconds"], validation),
+               cpu=status["cpu"],
                code_commits=status.get("code_commits", []),
                status=(f"training: epoch {status['epoch']:.2f} of {status['total_epochs']}"
                        if not status["finished"] else evaluation_progress(logdir, s)))

@@ -33,7 +33,6 @@ SAMPLE_TEMPERATURES = (0.7, 1.0)  # official train.py logs grids at 0.7, 0.8, 0.
 NUM_GRID_IMAGES = 64
 SAMPLE_BATCH = 100
 SETTINGS_FILE = "settings.json"        # RunSettings of a run (read by `load_run_settings`)
-TRAIN_TIME_FILE = "train_time.json"    # cumulative training seconds over resumed invocations
 VALIDATION_FILE = "validation.json"    # [{epoch, step, train_seconds, val_neg_log_p, ...}] per validation
 DATASETS = ("auto", "mnist", "binarized_mnist")
 TEST_SUBSET_SEED = 2020  # the fixed random choice of --test_examples images (`data.subset`)
@@ -122,6 +121,19 @@ def hparams(s: RunSettings) -> dict:
   flat = {f"model.{k}": v for k, v in dataclasses.asdict(s.model).items()}
   flat.update({k: v for k, v in dataclasses.asdict(s).items() if k != "model"})
   return flat
+
+
+# Settings that bound memory only: a row made with another value is the same measurement (the
+# likelihood resume key and `previous_nll` leave them out too).
+MEMORY_ONLY_SETTINGS = ("iw_chunk",)
+
+
+def same_measurement(recorded: dict | None, settings: dict) -> bool:
+  """Whether a row's recorded `settings` (its `hparams`, as JSON) describe the run `settings` do,
+  ignoring `MEMORY_ONLY_SETTINGS`."""
+  def drop(d):
+    return {k: v for k, v in (d or {}).items() if k not in MEMORY_ONLY_SETTINGS}
+  return recorded is not None and drop(recorded) == drop(settings)
 
 
 def jsonable(value):
@@ -324,7 +336,7 @@ class Trained:
   model: NVAE
   splits: Splits
   trainer: harness.Trainer
-  train_seconds: float  # cumulative over resumed invocations
+  train_seconds: float  # `training_seconds`: over resumed invocations, validation passes excluded
   validation: list      # rows of <logdir>/validation.json
 
 
@@ -348,14 +360,17 @@ def train(s: RunSettings, config: harness.TrainConfig, *, strategy, data_dir=Non
                             loss_fn=make_loss_fn(s), train_data=splits.train,
                             epoch_transform=splits.epoch_transform(), epoch_end_fn=epoch_end)
   history.trainer = trainer
-  time_file = os.path.join(config.logdir, TRAIN_TIME_FILE)
-  previous = results.read_json(time_file)["seconds"] if os.path.exists(time_file) else 0.0
-  start = time.perf_counter()
   trainer.fit()
-  total = previous + time.perf_counter() - start
-  results.write_json(time_file, {"seconds": total, "step": int(trainer.step.numpy())})
-  return Trained(model=model, splits=splits, trainer=trainer, train_seconds=total,
-                 validation=history.rows())
+  validation = history.rows()
+  return Trained(model=model, splits=splits, trainer=trainer, validation=validation,
+                 train_seconds=training_seconds(float(trainer.train_seconds.numpy()), validation))
+
+
+def training_seconds(clock_seconds: float, validation: list[dict]) -> float:
+  """Training time without the validation passes: the harness clock at the newest checkpoint
+  (`Trainer.train_seconds` / status.json, which spans resumed, preempted and killed invocations and
+  includes the epoch-end hooks) minus the `val_seconds` of the validation rows."""
+  return clock_seconds - sum(r["val_seconds"] for r in validation)
 
 
 def partial_nll_path(logdir: str, test_pass: int) -> str:

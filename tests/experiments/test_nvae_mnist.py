@@ -100,6 +100,10 @@ def test_validation_history_has_the_nll_and_training_time(run):
   assert h["val_bpd_log_p"] == pytest.approx(h["val_neg_log_p"] / (NUM_DIMS * np.log(2)))
   assert 0 < h["val_seconds"] and 0 < h["train_seconds"] == h["train_seconds_no_val"]
   assert h["train_seconds"] <= float(trained.trainer.train_seconds.numpy())
+  # The row's training time is the checkpointed harness clock (so it spans preempted invocations)
+  # without the validation pass.
+  assert row["train_seconds"] == pytest.approx(
+      float(trained.trainer.train_seconds.numpy()) - h["val_seconds"], rel=1e-12)
   assert s.val_num_iw_samples == 10
 
 

@@ -62,15 +62,24 @@ def test_report_only_reads_the_rows_folders_and_trains_nothing(tmp_path):
   evaluated = dict(rows[2], steps=8000, epochs_reached=16.0, finished=True, nll=84.25,
                    nll_std_over_passes=0.0, bits_per_dim=0.155, neg_elbo=87.5, fid="unavailable (x)")
   del evaluated["status"]
-  write(root / "step_sn" / nvae_table1.ROW_FILE, evaluated)
+  # Evaluated with --iw_chunk=50 (memory only) where this command has the preset's 100: the same row.
+  assert evaluated["settings"]["iw_chunk"] == 100
+  write(root / "step_sn" / nvae_table1.ROW_FILE,
+        dict(evaluated, settings=dict(evaluated["settings"], iw_chunk=50)))
   write(root / "step_sr" / nvae_table1.ROW_FILE, dict(rows[0], steps=1000, nll=99.0))
+  # epoch_sr's row file at the newest step but with another K: another measurement, not this row.
+  write(root / "epoch_sr" / nvae_table1.ROW_FILE,
+        dict(evaluated, settings=dict(rows[1]["settings"], num_iw_samples=50), nll=90.0))
   second = scripts.run_script("nvae_table1", args)
   assert second.returncode == 0, second.stderr[-2000:]
   rows = json.load(open(tmp_path / "page.json"))
-  assert [r["status"] for r in rows][::2] == ["training: epoch 3.00 of 16", "evaluated"]
+  assert [r["status"] for r in rows][:3] == [
+      "training: epoch 3.00 of 16",
+      "trained; test NLL (K = 1000) in progress: 150 test images done (rerun to resume)", "evaluated"]
   assert [r.get("nll") for r in rows] == [None, None, 84.25, None]
   text = page.read_text()
-  assert "| Step + SR | n/a | n/a | n/a | n/a | n/a | n/a | 15.00 | 1500 | 3.00 | training: epoch 3.00 of 16 |" in text
+  # Training minutes: the harness clock (900 s) without the two validation passes (2 x 20 s).
+  assert "| Step + SR | n/a | n/a | n/a | n/a | n/a | n/a | 14.33 | 1500 | 3.00 | training: epoch 3.00 of 16 |" in text
   assert "| Step + SN | 84.25 ± 0.00 | 0.1550 |" in text
   assert "| 3 | 1500 | 15.00 | 91.95 | 96.20 |" in text  # the validation curve so far
   assert "training ran at commit(s) abc1234, def5678" in text
