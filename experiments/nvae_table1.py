@@ -44,7 +44,7 @@ def define_flags():
 
 
 COLUMNS = [("row", "Warm-up + spectral"), ("nll_mean_std", "NLL (nats), mean ± std over passes"),
-           ("bits_per_dim", "bits/dim"), ("neg_elbo", "-ELBO (nats)"), ("fid", "FID"),
+           ("nll_sem", "NLL s.e. over test images"), ("bits_per_dim", "bits/dim"), ("neg_elbo", "-ELBO (nats)"), ("fid", "FID"),
            ("precision", "Precision"), ("recall", "Recall"), ("train_minutes", "Train time (min)"),
            ("steps", "Steps"), ("epochs_reached", "Epochs reached")]
 

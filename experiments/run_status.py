@@ -104,9 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     results.write_markdown(
         fv.output, title="Long runs: how far they got", command=command, table=table,
         notes="From each run's status.json (written by experiments.harness at every checkpoint). "
-              "'train h' is the training time summed over resumed sessions. This page says how far "
-              "training got, and how many test images a resumable test-NLL evaluation has done "
-              "while it is part way; whether a trained run has been evaluated, and its test "
+              "'train h' is the harness's training clock summed over resumed sessions (epoch-end "
+              "hooks such as validation passes included). This page says how far training got, "
+              "and how many test images a resumable test-NLL evaluation has done while it is "
+              "part way; whether a trained run has been evaluated, and its test "
               "numbers, are on its experiment's own page. Rerunning a run's command resumes it "
               "from its newest checkpoint on a machine that holds its folder; on another machine, "
               "first `python -m experiments.carry --unpack` its packed state (docs/harness.md).")

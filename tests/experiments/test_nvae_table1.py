@@ -60,7 +60,7 @@ def test_report_only_reads_the_rows_folders_and_trains_nothing(tmp_path):
   # step_sn evaluated at its newest step (its row as nvae_table1 writes it), step_sr's row file
   # stale (made at an older step): only step_sn shows test numbers.
   evaluated = dict(rows[2], steps=8000, epochs_reached=16.0, finished=True, nll=84.25,
-                   nll_std_over_passes=0.0, bits_per_dim=0.155, neg_elbo=87.5, fid="unavailable (x)")
+                   nll_std_over_passes=0.0, nll_sem=0.31, bits_per_dim=0.155, neg_elbo=87.5, fid="unavailable (x)")
   del evaluated["status"]
   # Evaluated with --iw_chunk=50 (memory only) where this command has the preset's 100: the same row.
   assert evaluated["settings"]["iw_chunk"] == 100
@@ -79,8 +79,8 @@ def test_report_only_reads_the_rows_folders_and_trains_nothing(tmp_path):
   assert [r.get("nll") for r in rows] == [None, None, 84.25, None]
   text = page.read_text()
   # Training minutes: the harness clock (900 s) without the two validation passes (2 x 20 s).
-  assert "| Step + SR | n/a | n/a | n/a | n/a | n/a | n/a | 14.33 | 1500 | 3.00 | training: epoch 3.00 of 16 |" in text
-  assert "| Step + SN | 84.25 ± 0.00 | 0.1550 |" in text
+  assert "| Step + SR | n/a | n/a | n/a | n/a | n/a | n/a | n/a | 14.33 | 1500 | 3.00 | training: epoch 3.00 of 16 |" in text
+  assert "| Step + SN | 84.25 ± 0.00 | 0.31 | 0.1550 |" in text
   assert "| 3 | 1500 | 15.00 | 91.95 | 96.20 |" in text  # the validation curve so far
   assert "training ran at commit(s) abc1234, def5678" in text
   assert "without --report_only resumes it" in text
