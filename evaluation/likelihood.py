@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 import weakref
 from typing import Any, Callable, Iterable
 
@@ -105,6 +106,7 @@ class LikelihoodSummary:
   num_samples: int           # K the estimator actually used (counted, equal to the request)
   per_example_log_likelihood: np.ndarray  # [N]
   batches_evaluated: int = 0  # batches computed by this call (the others were read from a resume file)
+  seconds: float = 0.0       # wall time of the batches, summed over resumed calls (kept in the resume file)
 
 
 # Compiled estimators per owner of `log_weight_fn` (the model of a bound method): weakly keyed,
@@ -191,12 +193,13 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
   total = len(batches) if isinstance(batches, list) else int(batches.cardinality())
   rng_variables = list(rng_variables)
   key = json.dumps(resume_key, sort_keys=True, default=str)
-  log_px, elbo, done, evaluated = [], [], 0, 0
+  log_px, elbo, done, evaluated, seconds = [], [], 0, 0, 0.0
   if resume_path is not None and os.path.exists(resume_path):
     with np.load(resume_path) as f:
       if str(f["key"]) == key and int(f["num_rng"]) == len(rng_variables):
         done = int(f["batches_done"])
         log_px, elbo = [f["log_px"]], [f["elbo"]]
+        seconds = float(f["seconds"]) if "seconds" in f.files else 0.0  # files of before 2026-12-01
         for i, v in enumerate(rng_variables):
           v.assign(f[f"rng_{i}"])
         left = f", {total - done} to go (the progress bar counts these)" if total > 0 else ""
@@ -224,6 +227,7 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
             f"preempted by {stop_request.name} after {i} batches of the likelihood evaluation "
             f"({sum(len(a) for a in log_px)} examples): saved to {resume_path}; rerun the same "
             "command to resume", stop_request.signum)
+      start = time.perf_counter()
       x = tf.convert_to_tensor(x)
       size = int(x.shape[0])
       if size % replicas:
@@ -235,11 +239,12 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
       log_px.append(ll.numpy()[:size])
       elbo.append(e.numpy()[:size])
       evaluated += 1
+      seconds += time.perf_counter() - start
       if resume_path is not None:
         log_px, elbo = [np.concatenate(log_px)], [np.concatenate(elbo)]
         tmp = resume_path + ".tmp.npz"
         np.savez(tmp, key=key, batches_done=i + 1, log_px=log_px[0], elbo=elbo[0],
-                 num_rng=len(rng_variables),
+                 num_rng=len(rng_variables), seconds=seconds,
                  **{f"rng_{j}": v.numpy() for j, v in enumerate(rng_variables)})
         os.replace(tmp, resume_path)
       if bar is not None:
@@ -252,7 +257,7 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
   if resume_path is not None and os.path.exists(resume_path):
     os.remove(resume_path)
   nll = float(-log_px.mean())
-  return LikelihoodSummary(batches_evaluated=evaluated,
+  return LikelihoodSummary(batches_evaluated=evaluated, seconds=seconds,
       nll=nll, nll_sem=float(log_px.std(ddof=1) / np.sqrt(len(log_px))) if len(log_px) > 1 else 0.0,
       negative_elbo=float(-elbo.mean()), bits_per_dim=float(bits_per_dim(nll, num_dims)),
       num_examples=len(log_px), num_samples=num_samples, per_example_log_likelihood=log_px)

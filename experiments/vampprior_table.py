@@ -128,7 +128,9 @@ def write_table(rows, *, output: str, command: str, preset: str):
             + (f"; training ran at commit(s) {', '.join(commits)}" if commits else "") + ".")
   cpus = sorted({r["cpu"] for r in rows if r.get("cpu")})
   if cpus:
-    notes += f"\n\nCPU: {'; '.join(cpus)}; 'train s' is the training time summed over resumed sessions."
+    notes += (f"\n\nCPU: {'; '.join(cpus)}; 'train s' is the training time summed over resumed "
+              "sessions (the harness clock, validation passes included), 'eval s' the time of the "
+              "test-NLL batches, also summed over resumed invocations.")
   if any(r.get("status") != "finished" for r in rows):
     notes += ("\n\n**Not converged:** a row whose status says 'training' or 'not started' has no test "
               "numbers yet; rerunning the command without --report_only resumes it from its newest "

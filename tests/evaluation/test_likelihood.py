@@ -182,13 +182,18 @@ def test_interrupted_evaluation_resumes_to_the_uninterrupted_numbers(tmp_path, c
   np.testing.assert_array_equal(again, full)
 
 
-def test_sigterm_finishes_and_saves_the_batch_in_hand_then_resumes_exactly(tmp_path):
+def test_sigterm_finishes_and_saves_the_batch_in_hand_then_resumes_exactly(tmp_path, monkeypatch):
   """A scheduler's SIGTERM during batch 3 of 4: that batch is completed and written, the call raises
   `Preempted` (the scripts' one line, exit 143) instead of dying, and the rerun gives the
-  uninterrupted numbers. Without a resume file the signal is not intercepted."""
+  uninterrupted numbers. Without a resume file the signal is not intercepted. The evaluation time
+  is summed over the two calls (a clock that advances 1 s per reading: 1 s per batch)."""
+  import itertools  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
   import signal  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
   from common_tf import preemption  # pylint: disable=g-import-not-at-top
+  clock = itertools.count()
+  monkeypatch.setattr(likelihood, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
 
   def run(path=None, kill_at_call=None):
     gen = tf.random.Generator.from_seed(3)
@@ -209,14 +214,18 @@ def test_sigterm_finishes_and_saves_the_batch_in_hand_then_resumes_exactly(tmp_p
                                               rng_variables=[gen.state])
 
   batches = [X[i:i + 16] for i in range(0, 64, 16)]
-  full = run().per_example_log_likelihood
+  uninterrupted = run()
+  full = uninterrupted.per_example_log_likelihood
+  assert uninterrupted.seconds == 4.0
   path = str(tmp_path / "nll_partial.npz")
   with pytest.raises(preemption.Preempted, match="SIGTERM after 3 batches .*48 examples") as caught:
     run(path, kill_at_call=3)
   assert caught.value.signum == signal.SIGTERM
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was removed
   with np.load(path) as f:
-    assert int(f["batches_done"]) == 3 and f["log_px"].shape == (48,)
-  np.testing.assert_array_equal(run(path).per_example_log_likelihood, full)
+    assert int(f["batches_done"]) == 3 and f["log_px"].shape == (48,) and float(f["seconds"]) == 3.0
+  resumed = run(path)
+  np.testing.assert_array_equal(resumed.per_example_log_likelihood, full)
+  assert resumed.batches_evaluated == 1 and resumed.seconds == 4.0  # 3 s before the signal + 1 s
   assert not os.path.exists(path)
 
