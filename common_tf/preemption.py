@@ -47,7 +47,7 @@ class StopRequest:
 
 @contextlib.contextmanager
 def deferred_signals(signals=(signal.SIGTERM, signal.SIGINT)) -> Iterator[StopRequest]:
-  """Within the block the first of `signals` only sets `request.signum`; handlers are restored after.
+  """In the block the first of `signals` only sets `request.signum`; old handlers come back after.
 
   Outside the main thread (where Python cannot install handlers) the block runs unchanged and
   `request.signum` stays None.

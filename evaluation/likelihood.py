@@ -106,7 +106,7 @@ class LikelihoodSummary:
   num_samples: int           # K the estimator actually used (counted, equal to the request)
   per_example_log_likelihood: np.ndarray  # [N]
   batches_evaluated: int = 0  # batches computed by this call (the others were read from a resume file)
-  seconds: float = 0.0       # wall time of the batches, summed over resumed calls (kept in the resume file)
+  seconds: float = 0.0       # wall time of the batches, over resumed calls too (in the resume file)
 
 
 # Compiled estimators per owner of `log_weight_fn` (the model of a bound method): weakly keyed,

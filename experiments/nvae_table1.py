@@ -44,7 +44,8 @@ def define_flags():
 
 
 COLUMNS = [("row", "Warm-up + spectral"), ("nll_mean_std", "NLL (nats), mean ± std over passes"),
-           ("nll_sem", "NLL s.e. over test images"), ("bits_per_dim", "bits/dim"), ("neg_elbo", "-ELBO (nats)"), ("fid", "FID"),
+           ("nll_sem", "NLL s.e. over test images"), ("bits_per_dim", "bits/dim"),
+           ("neg_elbo", "-ELBO (nats)"), ("fid", "FID"),
            ("precision", "Precision"), ("recall", "Recall"), ("train_minutes", "Train time (min)"),
            ("steps", "Steps"), ("epochs_reached", "Epochs reached")]
 
@@ -93,8 +94,9 @@ def format_row(row: dict) -> dict:
 
 def report_row(s: nvae_train.RunSettings, logdir: str, *, epochs: int) -> dict:
   """A row as its folder holds it, nothing trained or evaluated: its `ROW_FILE` when that was made
-  with these settings (memory-only ones aside, e.g. --iw_chunk) at the newest checkpoint; else how far training got (the harness's
-  status.json) with the validation NLL so far (validation.json), and no test numbers."""
+  with these settings (memory-only ones aside, e.g. --iw_chunk) at the newest checkpoint; else how
+  far training got (the harness's status.json) with the validation NLL so far (validation.json),
+  and no test numbers."""
   settings = nvae_train.jsonable(nvae_train.hparams(s))
   status = results.read_status(logdir)
   path = os.path.join(logdir, ROW_FILE)
