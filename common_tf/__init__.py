@@ -1,1 +1,3 @@
-"""Small pieces shared by the model packages (nvae_tf, vampprior_tf, diffusion_tf)."""
+"""Small pieces shared below the scripts: replica-independent randomness for the model packages
+(`random`, `layers`; nvae_tf, vampprior_tf, diffusion_tf) and preemption handling for the long loops
+of `experiments.harness` and `evaluation.likelihood` (`preemption`). Imports only TF / Keras."""
