@@ -318,13 +318,13 @@ class ValidationHistory:
     if trainer is not None and not harness.is_chief(trainer.strategy):
       return
     earlier = [r for r in self.rows() if r["epoch"] < epoch + 1]
-    seconds = step = None
+    seconds = no_val = step = None
     if trainer is not None:  # the harness's own clock, without this validation pass
       seconds = trainer.elapsed_train_seconds() - val_seconds
+      no_val = training_seconds(seconds, earlier)  # nor the earlier ones
       step = int(trainer.step.numpy())
     row = dict(epoch=epoch + 1, step=step, train_seconds=seconds, val_seconds=val_seconds,
-               train_seconds_no_val=None if seconds is None else
-               seconds - sum(r["val_seconds"] for r in earlier), **values)
+               train_seconds_no_val=no_val, **values)
     results.write_json(self.path, earlier + [row])
 
 

@@ -185,8 +185,8 @@ def test_interrupted_evaluation_resumes_to_the_uninterrupted_numbers(tmp_path, c
 def test_sigterm_finishes_and_saves_the_batch_in_hand_then_resumes_exactly(tmp_path, monkeypatch):
   """A scheduler's SIGTERM during batch 3 of 4: that batch is completed and written, the call raises
   `Preempted` (the scripts' one line, exit 143) instead of dying, and the rerun gives the
-  uninterrupted numbers. Without a resume file the signal is not intercepted. The evaluation time
-  is summed over the two calls (a clock that advances 1 s per reading: 1 s per batch)."""
+  uninterrupted numbers. The evaluation time is summed over the two calls (a clock that advances
+  1 s per reading: 1 s per batch)."""
   import itertools  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
   import signal  # pylint: disable=g-import-not-at-top
@@ -228,4 +228,3 @@ def test_sigterm_finishes_and_saves_the_batch_in_hand_then_resumes_exactly(tmp_p
   np.testing.assert_array_equal(resumed.per_example_log_likelihood, full)
   assert resumed.batches_evaluated == 1 and resumed.seconds == 4.0  # 3 s before the signal + 1 s
   assert not os.path.exists(path)
-

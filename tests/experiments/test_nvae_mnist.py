@@ -6,6 +6,7 @@ table's metric plumbing (with small stand-in networks)."""
 import dataclasses
 import json
 import os
+import types
 
 import keras
 import numpy as np
@@ -345,6 +346,24 @@ def test_table_rows_names_settings_and_validation_table():
                                            settings={"val_num_iw_samples": 10})])
   assert "**Step + SR**" in text and "K = 10" in text
   assert "| 2 | 20 | 2.00 | 95.25 | 99.00 |" in text and "| 4 | 40 | 3.83 | 90.50 | 94.00 |" in text
+
+
+def test_validation_times_leave_out_every_validation_pass(tmp_path):
+  """Two validations on a harness clock at 100 s (pass of 10 s) and 250 s (pass of 20 s): the
+  training time without the passes is 90 s, then 250 - 20 - 10 = 220 s; `training_seconds` of the
+  status clock (270 s after the second pass) gives the same 240 s the row reports."""
+  clock = {"now": 100.0}
+  history = nvae_train.ValidationHistory(str(tmp_path / "validation.json"))
+  history.trainer = types.SimpleNamespace(strategy=tf.distribute.get_strategy(),
+                                          elapsed_train_seconds=lambda: clock["now"],
+                                          step=tf.constant(10))
+  history(0, {"val_neg_log_p": 100.0}, val_seconds=10.0)
+  clock["now"] = 250.0
+  history(2, {"val_neg_log_p": 90.0}, val_seconds=20.0)
+  rows = history.rows()
+  assert [(r["train_seconds"], r["train_seconds_no_val"]) for r in rows] == [(90.0, 90.0),
+                                                                            (230.0, 220.0)]
+  assert nvae_train.training_seconds(270.0, rows) == 240.0
 
 
 def test_table_metrics_are_unavailable_without_weights_and_computed_with_a_network(untrained):

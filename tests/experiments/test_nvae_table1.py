@@ -60,7 +60,8 @@ def test_report_only_reads_the_rows_folders_and_trains_nothing(tmp_path):
   # step_sn evaluated at its newest step (its row as nvae_table1 writes it), step_sr's row file
   # stale (made at an older step): only step_sn shows test numbers.
   evaluated = dict(rows[2], steps=8000, epochs_reached=16.0, finished=True, nll=84.25,
-                   nll_std_over_passes=0.0, nll_sem=0.31, bits_per_dim=0.155, neg_elbo=87.5, fid="unavailable (x)")
+                   nll_std_over_passes=0.0, nll_sem=0.31, bits_per_dim=0.155, neg_elbo=87.5,
+                   fid="unavailable (x)")
   del evaluated["status"]
   # Evaluated with --iw_chunk=50 (memory only) where this command has the preset's 100: the same row.
   assert evaluated["settings"]["iw_chunk"] == 100
