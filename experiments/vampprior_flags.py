@@ -11,7 +11,6 @@ the same name (e.g. --dataset). Each script's `main` calls `settings_from_flags`
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from absl import flags
 
