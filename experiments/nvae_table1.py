@@ -157,7 +157,7 @@ def write_report(rows: list[dict], *, table: nvae_flags.TableSettings, command: 
       f"- Host: {'; '.join(cpus) or 'n/a'}; training ran at commit(s) {', '.join(commits) or 'n/a'}; "
       f"this page at commit {harness.code_commit() or 'unknown'}.",
   ]
-  results.write_json(os.path.splitext(table.output)[0] + ".json", rows)
+  results.write_json(results.rows_path(table.output), rows)
   formatted = [format_row(r) for r in rows]
   results.write_markdown(
       table.output,

@@ -41,6 +41,17 @@ def read_json(path: str) -> Any:
     return json.load(f)
 
 
+def rows_path(page: str) -> str:
+  """The JSON rows written beside a table page (`results/x.md` -> `results/x.json`)."""
+  return os.path.splitext(page)[0] + ".json"
+
+
+def read_rows(page: str) -> list[dict]:
+  """The JSON rows of the table page at `page` as last written; [] when there are none."""
+  path = rows_path(page)
+  return read_json(path) if os.path.exists(path) else []
+
+
 def append_row(path: str, row: Mapping[str, Any]):
   """Appends one row to a JSON list file (created if missing)."""
   rows = read_json(path) if os.path.exists(path) else []

@@ -39,6 +39,8 @@ PAPER_NLL = {("static_mnist", "vae", "standard"): 88.56,
              ("static_mnist", "vae", "vampprior"): 85.57,
              ("static_mnist", "hvae_2level", "standard"): 86.05,
              ("static_mnist", "hvae_2level", "vampprior"): 83.19}
+EVALUATED_PART_WAY = "evaluated before training finished (--max_steps)"
+FINISHED_ELSEWHERE = "finished; run folder not on this machine"
 COLUMNS = [("dataset", "data set"), ("model", "model"), ("prior", "prior"),
            ("likelihood", "p(x|z)"), ("logistic_edges", "logistic edges"),
            ("epochs_trained", "epochs trained"), ("best_epoch", "best epoch"),
@@ -48,18 +50,25 @@ COLUMNS = [("dataset", "data set"), ("model", "model"), ("prior", "prior"),
            ("train_seconds_total", "train s"), ("eval_time_s", "eval s"), ("status", "status")]
 
 
-def run_grid(cells, *, strategy, data_dir=None, report_only: bool = False) -> list[dict]:
+def run_grid(cells, *, strategy, data_dir=None, report_only: bool = False,
+             earlier_rows: list[dict] = ()) -> list[dict]:
   """Trains and evaluates every cell ((RunSettings, TrainConfig) pairs, e.g.
   `vampprior_flags.TableSettings.cells`; resuming, a finished, evaluated cell is not redone), or
-  with `report_only` reads what each cell's logdir holds."""
+  with `report_only` reads what each cell's logdir holds. A cell whose logdir is not on this
+  machine keeps its finished row from `earlier_rows` (the page's own JSON) instead of training
+  again (`kept_row`)."""
   rows = []
   for s, config in cells:
     print(f"== {s.dataset} {s.model} {s.prior}", file=sys.stderr)
-    row = finished_row(config.logdir, s)
+    row = finished_row(config.logdir, s) or kept_row(earlier_rows, config.logdir, s)
+    if row is None and not report_only:
+      evaluated = vampprior_train.train_and_evaluate(s, config, strategy=strategy,
+                                                     data_dir=data_dir)
+      # Evaluated after training stopped short of its end (--max_steps): no 'finished' status.
+      row = finished_row(config.logdir, s) or dict(evaluated, status=EVALUATED_PART_WAY)
     if row is None:
-      row = (unfinished_row(config.logdir, s) if report_only else
-             vampprior_train.train_and_evaluate(s, config, strategy=strategy, data_dir=data_dir))
-      row.update(training_progress(results.read_status(config.logdir)))
+      row = unfinished_row(config.logdir, s)
+    row.update(training_progress(results.read_status(config.logdir)))
     row["paper_nll"] = PAPER_NLL.get((s.dataset, s.model, s.prior))
     rows.append(row)
   return rows
@@ -73,8 +82,31 @@ def finished_row(logdir: str, s) -> dict | None:
     return None
   row = results.read_json(row_path)
   done = status.get("finished") or status.get("stopped_early")
-  same = all(row.get(k) == v for k, v in dataclasses.asdict(s).items())
-  return dict(row, status="finished", **training_progress(status)) if done and same else None
+  return (dict(row, status="finished", **training_progress(status))
+          if done and same_settings(row, s) else None)
+
+
+def same_settings(row: dict, s) -> bool:
+  """Whether a results row was made with the run settings `s` (every RunSettings field equal)."""
+  return all(row.get(k) == v for k, v in dataclasses.asdict(s).items())
+
+
+def kept_row(earlier_rows: list[dict], logdir: str, s) -> dict | None:
+  """The finished row, made with these settings, of an earlier writing of the page
+  (`earlier_rows`, its JSON) for a cell with no run on this machine (no status.json in `logdir`);
+  None otherwise.
+
+  A finished cell's numbers are on the page, but its run folder stays on the machine that ran
+  it: on a new machine the folder is gone and the grid would otherwise train and evaluate the
+  cell again (hours each at the paper preset) before reaching the unfinished ones. A row kept
+  this way says so in its status; a local run of the cell, started or finished, replaces it.
+  """
+  if results.read_status(logdir):
+    return None
+  for row in earlier_rows:
+    if row.get("status", "").startswith("finished") and same_settings(row, s):
+      return dict(row, status=f"{FINISHED_ELSEWHERE} (row kept from the page's JSON)")
+  return None
 
 
 def training_progress(status: dict | None) -> dict:
@@ -107,7 +139,7 @@ def unfinished_row(logdir: str, s) -> dict:
 
 
 def write_table(rows, *, output: str, command: str, preset: str):
-  results.write_json(os.path.splitext(output)[0] + ".json", rows)
+  results.write_json(results.rows_path(output), rows)
   first = rows[0]
   notes = (
       f"Preset `{preset}`: {vampprior_train.PRESETS[preset].epochs} epochs max, batch "
@@ -131,7 +163,12 @@ def write_table(rows, *, output: str, command: str, preset: str):
     notes += (f"\n\nCPU: {'; '.join(cpus)}; 'train s' is the training time summed over resumed "
               "sessions (the harness clock, validation passes included), 'eval s' the time of the "
               "test-NLL batches, also summed over resumed invocations.")
-  if any(r.get("status") != "finished" for r in rows):
+  if any(r.get("status", "").startswith(FINISHED_ELSEWHERE) for r in rows):
+    notes += (f"\n\nA row whose status says '{FINISHED_ELSEWHERE}' was trained and evaluated "
+              "on another machine, at the commits and CPU it names; its numbers are kept from "
+              "this page's JSON and the command does not train it again (to redo it, remove its "
+              "row from the JSON).")
+  if any(not r.get("status", "").startswith("finished") for r in rows):
     notes += ("\n\n**Not converged:** a row whose status says 'training' or 'not started' has no test "
               "numbers yet; rerunning the command without --report_only resumes it from its newest "
               "checkpoint.")
@@ -147,7 +184,8 @@ def main(argv):
   del argv
   strategy = common.setup_runtime()
   t = vampprior_flags.table_settings_from_flags()
-  rows = run_grid(t.cells, strategy=strategy, data_dir=t.data_dir, report_only=t.report_only)
+  rows = run_grid(t.cells, strategy=strategy, data_dir=t.data_dir, report_only=t.report_only,
+                  earlier_rows=results.read_rows(t.output))
   write_table(rows, output=t.output, command=common.command_line(), preset=t.preset)
   print(f"wrote {t.output}", file=sys.stderr)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 
@@ -24,6 +25,9 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
   assert len(rows) == 2 and "vampprior" in rows[1]
   saved = json.load(open(tmp_path / "table.json"))
   assert [r["prior"] for r in saved] == ["standard", "vampprior"]
+  # Trained and evaluated in this run: finished, and the page does not call them unconverged.
+  assert [r["status"] for r in saved] == ["finished", "finished"]
+  assert "**Not converged:**" not in text
   # The importance samples the estimator drew, per row and in the table's "K used" column.
   assert [r["importance_samples"] for r in saved] == [8, 8]
   assert "K used" in text and all(" 8 |" in row for row in rows)
@@ -65,6 +69,35 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
   assert "| epochs trained | best epoch |" in report.read_text()
   assert "**Not converged:**" in report.read_text()
   assert "training ran at commit(s) abc1234" in report.read_text()
+
+  # A finished cell whose run folder is not on this machine (a new machine, the folder gone)
+  # keeps its row from the page's JSON and is not trained again; the page says so.
+  shutil.rmtree(tmp_path / "runs" / "frey_faces-vae-standard")
+  proc = scripts.run_script("vampprior_table", [
+       "--preset=quick", "--datasets=frey_faces", "--models=vae", "--priors=standard",
+       "--epochs=1", "--train_examples=100", "--eval_examples=10", "--test_samples=8",
+       "--ll_chunk=8", "--num_components=5", "--hidden_units=16", "--z1_dim=4",
+       f"--logdir={tmp_path / 'runs'}", f"--table_output={out}"])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "runs" / "frey_faces-vae-standard")
+  kept = json.load(open(tmp_path / "table.json"))
+  assert [r["status"] for r in kept] == [
+      "finished; run folder not on this machine (row kept from the page's JSON)"]
+  assert kept[0]["test_nll"] == saved[0]["test_nll"]
+  assert "was trained and evaluated on another machine" in out.read_text()
+  assert "**Not converged:**" not in out.read_text()
+
+  # A smoke run (--max_steps) is evaluated part way through its training: never 'finished'.
+  smoke = tmp_path / "smoke.md"
+  proc = scripts.run_script("vampprior_table", [
+       "--preset=quick", "--datasets=frey_faces", "--models=vae", "--priors=standard",
+       "--epochs=2", "--max_steps=1", "--train_examples=100", "--eval_examples=10",
+       "--test_samples=8", "--ll_chunk=8", "--num_components=5", "--hidden_units=16",
+       "--z1_dim=4", f"--logdir={tmp_path / 'smoke'}", f"--table_output={smoke}"])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert [r["status"] for r in json.load(open(tmp_path / "smoke.json"))] == [
+      "evaluated before training finished (--max_steps)"]
+  assert "**Not converged:**" in smoke.read_text()
 
 
 def test_paper_numbers_are_only_attached_to_published_cells():
