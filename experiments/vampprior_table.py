@@ -110,13 +110,14 @@ def kept_row(earlier_rows: list[dict], logdir: str, s) -> dict | None:
 
 
 def training_progress(status: dict | None) -> dict:
-  """Completed epochs and the best validation epoch (whose checkpoint is evaluated), from the
-  harness's status (`epochs_run` of a results row is the restored best checkpoint's epoch). A run
+  """Completed epochs, the best validation epoch (whose checkpoint is evaluated) and the commits
+  the training ran at, from the harness's status (`epochs_run` of a results row is the restored best checkpoint's epoch). A run
   stopped part way through an epoch counts the epochs it completed; its status line gives the
   fractional epoch (290.62 of a run 62% through its 291st epoch)."""
   if not status:
     return {}
-  return dict(epochs_trained=int(status["epoch"]), best_epoch=status.get("best_epoch"))
+  return dict(epochs_trained=int(status["epoch"]), best_epoch=status.get("best_epoch"),
+              code_commits=status.get("code_commits", []))
 
 
 def unfinished_row(logdir: str, s) -> dict:
@@ -133,8 +134,7 @@ def unfinished_row(logdir: str, s) -> dict:
                 f"best validation epoch {status['best_epoch']}")
     row.update(status=progress,
                best_val_negative_elbo=status["best_metric"],
-               train_seconds_total=status["train_seconds"], cpu=status["cpu"],
-               code_commits=status.get("code_commits", []))
+               train_seconds_total=status["train_seconds"], cpu=status["cpu"])
   return row
 
 
@@ -171,7 +171,7 @@ def write_table(rows, *, output: str, command: str, preset: str):
   if any(not r.get("status", "").startswith("finished") for r in rows):
     notes += ("\n\n**Not converged:** a row whose status says 'training' or 'not started' has no test "
               "numbers yet; rerunning the command without --report_only resumes it from its newest "
-              "checkpoint.")
+              "checkpoint (or starts it).")
   if preset == "quick":
     notes += ("\n\nThe quick preset is a CPU smoke test of the whole pipeline (minutes, a few "
               "epochs on a subset): its numbers are far from converged and NOT comparable with "

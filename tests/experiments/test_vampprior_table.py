@@ -28,6 +28,10 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
   # Trained and evaluated in this run: finished, and the page does not call them unconverged.
   assert [r["status"] for r in saved] == ["finished", "finished"]
   assert "**Not converged:**" not in text
+  # A finished row names the commits its training ran at (from its run's status.json).
+  status = json.load(open(tmp_path / "runs" / "frey_faces-vae-standard" / "status.json"))
+  assert saved[0]["code_commits"] == status["code_commits"]
+  assert all(c in text for c in status["code_commits"])
   # The importance samples the estimator drew, per row and in the table's "K used" column.
   assert [r["importance_samples"] for r in saved] == [8, 8]
   assert "K used" in text and all(" 8 |" in row for row in rows)
@@ -68,7 +72,8 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
       (1, 1), (1, 1), (3, 2), (9, 4)]
   assert "| epochs trained | best epoch |" in report.read_text()
   assert "**Not converged:**" in report.read_text()
-  assert "training ran at commit(s) abc1234" in report.read_text()
+  commits_line = next(l for l in report.read_text().splitlines() if "training ran at commit(s)" in l)
+  assert "abc1234" in commits_line  # the unfinished mog run's status, beside the finished rows'
 
   # A finished cell whose run folder is not on this machine (a new machine, the folder gone)
   # keeps its row from the page's JSON and is not trained again; the page says so.
