@@ -111,9 +111,10 @@ def kept_row(earlier_rows: list[dict], logdir: str, s) -> dict | None:
 
 def training_progress(status: dict | None) -> dict:
   """Completed epochs, the best validation epoch (whose checkpoint is evaluated) and the commits
-  the training ran at, from the harness's status (`epochs_run` of a results row is the restored best checkpoint's epoch). A run
-  stopped part way through an epoch counts the epochs it completed; its status line gives the
-  fractional epoch (290.62 of a run 62% through its 291st epoch)."""
+  the training ran at, from the harness's status (`epochs_run` of a results row is the restored
+  best checkpoint's epoch). A run stopped part way through an epoch counts the epochs it
+  completed; its status line gives the fractional epoch (290.62 of a run 62% through its 291st
+  epoch)."""
   if not status:
     return {}
   return dict(epochs_trained=int(status["epoch"]), best_epoch=status.get("best_epoch"),
@@ -165,7 +166,7 @@ def write_table(rows, *, output: str, command: str, preset: str):
               "test-NLL batches, also summed over resumed invocations.")
   if any(r.get("status", "").startswith(FINISHED_ELSEWHERE) for r in rows):
     notes += (f"\n\nA row whose status says '{FINISHED_ELSEWHERE}' was trained and evaluated "
-              "on another machine, at the commits and CPU it names; its numbers are kept from "
+              "on another machine (the CPU it names); its numbers are kept from "
               "this page's JSON and the command does not train it again (to redo it, remove its "
               "row from the JSON).")
   if any(not r.get("status", "").startswith("finished") for r in rows):
