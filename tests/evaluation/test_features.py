@@ -60,10 +60,16 @@ def test_extract_sources_agree(small_vgg, tmp_path):
 
 
 def test_float_images_are_not_quantised(small_vgg):
-  base = np.full((2, 16, 16, 3), 0.5, np.float32)
-  nudged = base + np.float32(1e-3)  # far below one 8-bit level
+  # A textured image on exact 8-bit levels, nudged by a quarter level: quantising would give back
+  # the same levels. (The constant image 0.5 used before gave identical features once, in a
+  # `make test-fast` run on an AVX2 host: likely every fc2 unit of that random narrow VGG at zero.)
+  levels = np.random.default_rng(2).integers(50, 200, (2, 16, 16, 3))
+  base = (levels / 255.0).astype(np.float32)
+  nudged = base + np.float32(1e-3)  # 0.26 of one 8-bit level
+  np.testing.assert_array_equal(np.round(nudged * 255.0), levels)
   a = features.extract(small_vgg, base, batch_size=2, progress=False)["fc2"]
   b = features.extract(small_vgg, nudged, batch_size=2, progress=False)["fc2"]
+  assert np.abs(a).max() > 0, "the random test VGG's fc2 is all zero for this image"
   assert np.abs(a - b).max() > 0
   distance = ppl.vgg16_feature_distance(small_vgg)
   d = distance(base, nudged)
