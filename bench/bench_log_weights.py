@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # pylint: disable=wrong-import-position
 import tensorflow as tf  # pylint: disable=wrong-import-position
 
-from experiments import harness  # pylint: disable=wrong-import-position
+from common_tf import host  # pylint: disable=wrong-import-position
 from experiments import nvae_train  # pylint: disable=wrong-import-position
 from experiments import vampprior_train  # pylint: disable=wrong-import-position
 from nvae_tf import NVAE  # pylint: disable=wrong-import-position
@@ -55,7 +55,7 @@ def main():
                       "each with the VampPrior; empty for none.")
   parser.add_argument("--repeats", type=int, default=3, help="Timed calls per method.")
   args = parser.parse_args()
-  print(f"host: {harness.cpu_model()}; {platform.python_version()}, TensorFlow {tf.__version__}; "
+  print(f"host: {host.cpu_model()}; {platform.python_version()}, TensorFlow {tf.__version__}; "
         f"load average {os.getloadavg()[0]:.1f}")
   binary = lambda n, shape: tf.constant((np.random.default_rng(0).random((n,) + shape) < 0.2)
                                         .astype(np.float32))

@@ -50,8 +50,8 @@ def main():
   if args.one is not None:
     one_chunk(args.preset, args.images, args.one)
     return
-  from experiments import harness  # pylint: disable=g-import-not-at-top
-  print(f"host: {harness.cpu_model()}", flush=True)
+  from common_tf import host  # pylint: disable=g-import-not-at-top
+  print(f"host: {host.cpu_model()}", flush=True)
   for chunk in (int(c) for c in args.chunks.split(",")):
     subprocess.run([sys.executable, __file__, f"--preset={args.preset}", f"--images={args.images}",
                     f"--one={chunk}"], check=True)

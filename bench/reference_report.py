@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import platform
 import sys
 import tempfile
 import time
@@ -22,17 +21,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
 
+from common_tf import host  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tests.reference import comparisons  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-
-def _cpu_model() -> str:
-  try:
-    for line in open("/proc/cpuinfo"):
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def main() -> int:
@@ -78,7 +68,7 @@ def main() -> int:
   print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
   for row in rows:
     print(line(row))
-  print(f"\nCPU: {_cpu_model()}; {time.time() - start:.0f} s")
+  print(f"\nCPU: {host.cpu_model()}; {time.time() - start:.0f} s")
   return 0
 
 

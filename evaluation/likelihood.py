@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import tensorflow as tf
 
-from common_tf import preemption
+from common_tf import host, preemption
 
 # `log_weight_fn(x, k)` returns log p(x, z) - log q(z | x) for k fresh samples: [k, B].
 LogWeightFn = Callable[[tf.Tensor, int], tf.Tensor]
@@ -107,6 +107,25 @@ class LikelihoodSummary:
   per_example_log_likelihood: np.ndarray  # [N]
   batches_evaluated: int = 0  # batches computed by this call (the others were read from a resume file)
   seconds: float = 0.0       # wall time of the batches, over resumed calls too (in the resume file)
+  # {host (`common_tf.host.cpu_model`): batches it computed}, over resumed calls too
+  hosts: dict = dataclasses.field(default_factory=dict)
+
+
+# The host of batches read from a resume file written before hosts were recorded (2026-12-02).
+UNRECORDED_HOST = "host not recorded (resume files of before 2026-12-02)"
+
+
+def _read_hosts(f, batches_done: int) -> dict[str, int]:
+  """{host: batches} of an open resume file (`evaluate_log_likelihood`)."""
+  if "hosts" in f.files:
+    return json.loads(str(f["hosts"]))
+  return {UNRECORDED_HOST: batches_done} if batches_done else {}
+
+
+def resume_file_hosts(path: str) -> list[str]:
+  """The hosts that computed the batches of a resume file of `evaluate_log_likelihood`."""
+  with np.load(path) as f:
+    return list(_read_hosts(f, int(f["batches_done"]) if "batches_done" in f.files else 0))
 
 
 # Compiled estimators per owner of `log_weight_fn` (the model of a bound method): weakly keyed,
@@ -178,9 +197,9 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
   `log_weight_fn` returned a different number of samples than `num_samples`.
 
   Resumable (for K = 1000-5000 over 10,000 images, hours on a CPU): with `resume_path`, the
-  per-example results so far, the number of batches done and the values of `rng_variables` (the
-  model's `SeedGenerator` states, whose draws the estimator consumes) are written atomically
-  after every batch. A later call with the same `resume_key` (JSON-able: checkpoint, K, data,
+  per-example results so far, the number of batches done, the values of `rng_variables` (the
+  model's `SeedGenerator` states, whose draws the estimator consumes) and the time and host of the
+  batches (`LikelihoodSummary.seconds`, `.hosts`) are written atomically after every batch. A later call with the same `resume_key` (JSON-able: checkpoint, K, data,
   seed...) skips the finished batches and restores the generator states, so an interrupted and
   resumed evaluation gives the uninterrupted one's numbers. A file with another key is ignored
   (and replaced); the file is deleted when the evaluation completes. With `resume_path`, SIGTERM /
@@ -193,13 +212,15 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
   total = len(batches) if isinstance(batches, list) else int(batches.cardinality())
   rng_variables = list(rng_variables)
   key = json.dumps(resume_key, sort_keys=True, default=str)
-  log_px, elbo, done, evaluated, seconds = [], [], 0, 0, 0.0
+  log_px, elbo, done, evaluated, seconds, hosts = [], [], 0, 0, 0.0, {}
+  this_host = host.cpu_model()
   if resume_path is not None and os.path.exists(resume_path):
     with np.load(resume_path) as f:
       if str(f["key"]) == key and int(f["num_rng"]) == len(rng_variables):
         done = int(f["batches_done"])
         log_px, elbo = [f["log_px"]], [f["elbo"]]
         seconds = float(f["seconds"]) if "seconds" in f.files else 0.0  # files of before 2026-12-01
+        hosts = _read_hosts(f, done)
         for i, v in enumerate(rng_variables):
           v.assign(f[f"rng_{i}"])
         left = f", {total - done} to go (the progress bar counts these)" if total > 0 else ""
@@ -240,11 +261,12 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
       elbo.append(e.numpy()[:size])
       evaluated += 1
       seconds += time.perf_counter() - start
+      hosts[this_host] = hosts.get(this_host, 0) + 1
       if resume_path is not None:
         log_px, elbo = [np.concatenate(log_px)], [np.concatenate(elbo)]
         tmp = resume_path + ".tmp.npz"
         np.savez(tmp, key=key, batches_done=i + 1, log_px=log_px[0], elbo=elbo[0],
-                 num_rng=len(rng_variables), seconds=seconds,
+                 num_rng=len(rng_variables), seconds=seconds, hosts=json.dumps(hosts),
                  **{f"rng_{j}": v.numpy() for j, v in enumerate(rng_variables)})
         os.replace(tmp, resume_path)
       if bar is not None:
@@ -257,7 +279,7 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
   if resume_path is not None and os.path.exists(resume_path):
     os.remove(resume_path)
   nll = float(-log_px.mean())
-  return LikelihoodSummary(batches_evaluated=evaluated, seconds=seconds,
+  return LikelihoodSummary(batches_evaluated=evaluated, seconds=seconds, hosts=hosts,
       nll=nll, nll_sem=float(log_px.std(ddof=1) / np.sqrt(len(log_px))) if len(log_px) > 1 else 0.0,
       negative_elbo=float(-elbo.mean()), bits_per_dim=float(bits_per_dim(nll, num_dims)),
       num_examples=len(log_px), num_samples=num_samples, per_example_log_likelihood=log_px)

@@ -60,7 +60,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common_tf import preemption
+from common_tf import host, preemption
 from experiments import results
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -169,21 +169,6 @@ def setup_runtime(*, strategy: str = "default", precision: str = "float32",
   if strategy == "multi_worker":
     return tf.distribute.MultiWorkerMirroredStrategy()
   return tf.distribute.get_strategy()
-
-
-def cpu_model() -> str:
-  """The CPU's model name and its widest vector extension (timings differ ~4x AVX-512 vs AVX2)."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      info = f.read()
-  except OSError:
-    import platform  # pylint: disable=g-import-not-at-top
-    return platform.processor() or "unknown"
-  name = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")),
-              "unknown")
-  flags = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
-  vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-  return f"{name}, {vector}, {os.cpu_count()} cores"
 
 
 @functools.lru_cache(maxsize=1)
@@ -492,18 +477,20 @@ class Trainer:
                      if math.isfinite(float(self.best_metric.numpy())) else None),
         best_epoch=(int(self.best_step.numpy()) // self.steps_per_epoch
                     if self.config.early_stopping_metric else None),
-        checkpoint=self.manager.latest_checkpoint, cpu=cpu_model(),
+        checkpoint=self.manager.latest_checkpoint, cpu=host.cpu_model(),
         updated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), **extra)
     path = os.path.join(self.config.logdir, results.STATUS_FILE)
-    commits = []
+    earlier = {}
     if os.path.exists(path):
       try:
         with open(path) as f:
-          commits = list(json.load(f).get("code_commits", []))
+          earlier = json.load(f)
       except (OSError, ValueError):
         pass
-    commit = code_commit()
-    status["code_commits"] = commits + ([commit] if commit and commit not in commits else [])
+    # Accumulated over resumed invocations: every commit the run trained at and every CPU it
+    # trained on (`cpu` is this invocation's; a file without `cpus` kept only its newest `cpu`).
+    status["code_commits"] = host.merge_in_order(earlier.get("code_commits", []), [code_commit()])
+    status["cpus"] = host.merge_in_order(results.status_cpus(earlier), [status["cpu"]])
     with open(path + ".tmp", "w") as f:
       json.dump(status, f, indent=2, sort_keys=True)
     os.replace(path + ".tmp", path)

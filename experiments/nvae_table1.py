@@ -25,6 +25,7 @@ import sys
 
 from absl import flags
 
+from common_tf import host
 from experiments import flags as common
 from experiments import harness
 from experiments import nvae_flags
@@ -70,7 +71,10 @@ def table_notes(rows: list[dict], preset: str, missing: list[str]) -> str:
       "GENMODELS_INCEPTION_PATH / GENMODELS_VGG16_PATH, or --download_weights with a network).",
       "- Train time: wall-clock of training only, summed over resumed invocations (this machine's "
       "CPU/GPU, shared with other jobs when run here).",
-      f"- Host: {r['cpu']}; code commit(s): {', '.join(r['code_commits']) or 'unknown'}.",
+      f"- Host(s) that trained or evaluated the rows: {'; '.join(results.row_cpus(rows)) or 'unknown'} "
+      "(per row in `<row logdir>/table1_row.json`: `cpus`, and `eval_hosts`, the test-NLL "
+      "batches per host); training ran at commit(s) "
+      f"{', '.join(sorted({c for u in rows for c in u.get('code_commits') or []})) or 'unknown'}.",
   ] + [f"- {format_row(u)['row']} is a partial run ({u['epochs_reached']:.2f} of {u['epochs']} "
        "epochs): rerun the command to resume it." for u in rows if not u["finished"]] + [
       f"- {reason}" for reason in missing]
@@ -111,7 +115,8 @@ def report_row(s: nvae_train.RunSettings, logdir: str, *, epochs: int) -> dict:
   if status:
     row.update(steps=status["step"], epochs_reached=status["epoch"],
                train_seconds=nvae_train.training_seconds(status["train_seconds"], validation),
-               cpu=status["cpu"],
+               cpus=host.merge_in_order(results.status_cpus(status),
+                                        results.partial_evaluation_hosts(logdir)),
                code_commits=status.get("code_commits", []),
                status=(f"training: epoch {status['epoch']:.2f} of {status['total_epochs']}"
                        if not status["finished"] else evaluation_progress(logdir, s)))
@@ -142,7 +147,7 @@ def write_report(rows: list[dict], *, table: nvae_flags.TableSettings, command: 
   numbers only where evaluated."""
   s = table.base
   commits = sorted({c for r in rows for c in r.get("code_commits") or []})
-  cpus = sorted({r["cpu"] for r in rows if r.get("cpu")})
+  cpus = results.row_cpus(rows)
   notes = [
       f"**{s.preset} preset, written with --report_only: runs in progress.** A row whose status is "
       "not 'evaluated' has no test numbers and is not converged; rerunning the command without "

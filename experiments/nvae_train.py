@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from common_tf import host
 from evaluation import likelihood
 from experiments import data
 from experiments import harness
@@ -419,11 +420,13 @@ def evaluate_nll(s: RunSettings, model: NVAE, splits: Splits, *, seed: int, prog
       "nll_passes": nll.tolist(), "test_examples": passes[0].num_examples,
       "test_subset": splits.test_subset,
       "num_iw_samples": s.num_iw_samples, "num_dims": splits.num_dims,
+      "eval_hosts": {h: sum(r.hosts.get(h, 0) for r in passes)  # {host: test-NLL batches}
+                     for h in host.merge_in_order(*(r.hosts for r in passes))},
   }
 
 
 NLL_KEYS = ("nll", "nll_std_over_passes", "nll_sem", "neg_elbo", "bits_per_dim", "nll_passes",
-            "test_examples", "test_subset", "num_iw_samples", "num_dims")
+            "test_examples", "test_subset", "num_iw_samples", "num_dims", "eval_hosts")
 
 
 def previous_nll(logdir: str, s: RunSettings, *, steps: int, seed: int,
@@ -475,7 +478,10 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
       "global_batch_size": config.batch_size, "epochs": config.epochs, "steps": steps,
       "epochs_reached": steps / trained.trainer.steps_per_epoch,
       "finished": steps >= trained.trainer.total_steps,
-      "train_seconds": trained.train_seconds, "cpu": status.get("cpu", harness.cpu_model()),
+      "train_seconds": trained.train_seconds,
+      # the CPUs that trained the row, then those of its test-NLL batches
+      "cpus": host.merge_in_order(results.status_cpus(status) or [host.cpu_model()],
+                                  nll.get("eval_hosts", {})),
       "code_commits": status.get("code_commits", []),
       "parameters": model.count_params(), "precision_policy": keras.mixed_precision.global_policy().name,
       "seed": config.seed, "logdir": config.logdir, **nll, "validation": trained.validation,

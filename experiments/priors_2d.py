@@ -38,6 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from common_tf import host
 from experiments import data
 from experiments import flags as common
 from experiments import harness
@@ -234,7 +235,8 @@ def unfinished_row(logdir: str, s: Settings) -> dict:
     done = "trained, not evaluated yet" if status.get("finished") else "training"
     row.update(status=f"{done}: epoch {status['epoch']:.1f} of {status['total_epochs']}",
                epochs_run=status["epoch"], train_seconds=status["train_seconds"],
-               cpu=status["cpu"])
+               cpus=host.merge_in_order(results.status_cpus(status),
+                                        results.partial_evaluation_hosts(logdir)))
   return row
 
 
@@ -311,7 +313,8 @@ def train_and_evaluate(s: Settings, *, study: StudyData, logdir: str, strategy,
              iw_samples_used=counted.importance_samples, test_images=len(study.test),
              train_images=len(study.train), epochs_run=status["epoch"],
              train_seconds=status["train_seconds"], eval_seconds=eval_seconds,
-             cpu=harness.cpu_model(), git_commit=git_commit(),
+             cpus=host.merge_in_order(results.status_cpus(status), summary.hosts),
+             git_commit=git_commit(),
              evaluated=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
   results.write_json(os.path.join(logdir, ROW_FILE), row)  # last: a row implies its plot data
   print(f"{s.prior} seed {s.seed}: ELBO {row['elbo']:.2f} IWAE {row['iwae']:.2f} "
@@ -449,7 +452,7 @@ def write_page(rows, *, output: str, command: str, train_command: str | None,
   epochs = [float(r.get("epochs_run") or 0) for r in rows]
   train_total = sum(float(r.get("train_seconds") or 0) for r in rows)
   eval_total = sum(float(r.get("eval_seconds") or 0) for r in rows)
-  cpus = sorted({r["cpu"] for r in rows if r.get("cpu")})
+  cpus = results.row_cpus(rows)
   commits = sorted({r["git_commit"] for r in finished if r.get("git_commit")})
   state = (f"**{len(finished)} of {len(rows)} runs finished and evaluated**"
            + ("" if len(finished) == len(rows) else
@@ -503,7 +506,7 @@ def write_page(rows, *, output: str, command: str, train_command: str | None,
       "density p(z) on the same axes and the same logarithmic colour scale (4 decades), with "
       "p(z) contours over the posterior. " + (", ".join(plotted) if plotted else
                                               "No run has finished yet: no plots") + ".",
-      f"Compute: CPU {'; '.join(cpus) or harness.cpu_model()}; wall time so far {train_total / 3600:.2f} "
+      f"Compute: CPU {'; '.join(cpus) or host.cpu_model()}; wall time so far {train_total / 3600:.2f} "
       f"h training (summed over resumed sessions) + {eval_total / 3600:.2f} h evaluation; epochs "
       f"reached per run: min {min(epochs):.1f}, max {max(epochs):.1f} of {s0.epochs}.",
       f"Code: git commit {git_commit()} when this page was written"

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from common_tf import host
 from evaluation import protocol as protocol_lib
 
 STATUS_FILE = "status.json"  # how far a run got: `harness.Trainer` writes it at every checkpoint
@@ -165,6 +166,31 @@ def read_status(logdir: str) -> dict | None:
   epoch, training seconds, CPU, commits), or None when the run never reached a checkpoint."""
   path = os.path.join(logdir, STATUS_FILE)
   return read_json(path) if os.path.exists(path) else None
+
+
+def status_cpus(status: Mapping[str, Any] | None) -> list[str]:
+  """The CPUs a run trained on, oldest first: its status.json's `cpus` (accumulated over resumed
+  invocations), or the single `cpu` of a file written before that list existed (2026-12-02; such a
+  file names only its newest invocation's CPU)."""
+  if not status:
+    return []
+  return list(status.get("cpus") or ([status["cpu"]] if status.get("cpu") else []))
+
+
+def row_cpus(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+  """Every CPU the rows name (their `cpus`, or the `cpu` of rows written before 2026-12-02), each
+  once, sorted: the host line of a results page."""
+  return sorted(set(host.merge_in_order(*(status_cpus(r) for r in rows))))
+
+
+def partial_evaluation_hosts(logdir: str) -> list[str]:
+  """The hosts that ran the batches of the partial test-NLL evaluations in `logdir` (the resume
+  files of `evaluation.likelihood`; `likelihood.UNRECORDED_HOST` for batches of older files)."""
+  from evaluation import likelihood  # pylint: disable=g-import-not-at-top  (TensorFlow: only here)
+  hosts = []
+  for name in partial_evaluations(logdir):
+    hosts = host.merge_in_order(hosts, likelihood.resume_file_hosts(os.path.join(logdir, name)))
+  return hosts
 
 
 def partial_evaluations(logdir: str) -> dict[str, int]:

@@ -22,6 +22,7 @@ import sys
 
 from absl import flags
 
+from common_tf import host
 from evaluation import cli
 from experiments import results
 
@@ -72,7 +73,9 @@ def status_row(logdir: str) -> dict:
       epoch=f"{s['epoch']:.2f} of {total_epochs}" if total_epochs else f"{s['epoch']:.2f}",
       step=f"{s['step']} of {total_steps}" if total_steps else str(s["step"]),
       best_epoch=s.get("best_epoch"), train_hours=round(s.get("train_seconds", 0.0) / 3600, 2),
-      cpu=s.get("cpu"), updated=s.get("updated"),
+      cpu="; ".join(host.merge_in_order(results.status_cpus(s),
+                                        results.partial_evaluation_hosts(logdir))) or None,
+      updated=s.get("updated"),
       code_commits=", ".join(s.get("code_commits") or []) or None,
       evaluation=evaluation_progress(logdir))
 

@@ -33,6 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from common_tf import host
 from diffusion_tf import diffusion as diffusion_lib
 from diffusion_tf import distributions
 from diffusion_tf import layers
@@ -540,7 +541,7 @@ weights, both by the {ddpm.num_timesteps}-step ancestral sampler (one compiled X
 and by DDIM ({dataclasses.asdict(settings.ddim)}).
 Settings: flow {dataclasses.asdict(preset.flow)}; VAE {dataclasses.asdict(preset.vae)};
 DDPM {dataclasses.asdict(ddpm)}.
-Training: `train s` is the training wall time summed over resumed sessions; CPU: {harness.cpu_model()};
+Training: `train s` is the training wall time summed over resumed sessions; CPU: {host.cpu_model()};
 code commit: {harness.code_commit() or 'unknown'}.
 """
   if fid_unavailable is not None:

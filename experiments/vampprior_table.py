@@ -19,6 +19,7 @@ import sys
 
 from absl import flags
 
+from common_tf import host
 from experiments import flags as common
 from experiments import harness
 from experiments import results
@@ -135,7 +136,9 @@ def unfinished_row(logdir: str, s) -> dict:
                 f"best validation epoch {status['best_epoch']}")
     row.update(status=progress,
                best_val_negative_elbo=status["best_metric"],
-               train_seconds_total=status["train_seconds"], cpu=status["cpu"])
+               train_seconds_total=status["train_seconds"],
+               cpus=host.merge_in_order(results.status_cpus(status),
+                                        results.partial_evaluation_hosts(logdir)))
   return row
 
 
@@ -159,7 +162,7 @@ def write_table(rows, *, output: str, command: str, preset: str):
   notes += (f"\n\nData: {', '.join(sorted({r['dataset'] for r in rows}))} from the standard files "
             f"(offline copy). Code: this page at commit {harness.code_commit() or 'unknown'}"
             + (f"; training ran at commit(s) {', '.join(commits)}" if commits else "") + ".")
-  cpus = sorted({r["cpu"] for r in rows if r.get("cpu")})
+  cpus = results.row_cpus(rows)
   if cpus:
     notes += (f"\n\nCPU: {'; '.join(cpus)}; 'train s' is the training time summed over resumed "
               "sessions (the harness clock, validation passes included), 'eval s' the time of the "

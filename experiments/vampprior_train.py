@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from common_tf import host
 from experiments import data
 from experiments import harness
 from experiments.images import save_grid, save_samples
@@ -259,7 +260,9 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
              test_negative_elbo=summary.negative_elbo, test_examples=summary.num_examples,
              importance_samples=counted.importance_samples,
              eval_time_s=eval_time, seed=config.seed,
-             train_seconds_total=float(trainer.train_seconds.numpy()), cpu=harness.cpu_model(),
+             train_seconds_total=float(trainer.train_seconds.numpy()),
+             cpus=host.merge_in_order(results.status_cpus(results.read_status(config.logdir)),
+                                      summary.hosts),  # trained on, then evaluated on
              batch_size=config.batch_size, epochs=config.epochs, logdir=config.logdir)
   results.write_json(os.path.join(config.logdir, "results.json"), row)
   return row

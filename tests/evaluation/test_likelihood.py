@@ -228,3 +228,43 @@ def test_sigterm_finishes_and_saves_the_batch_in_hand_then_resumes_exactly(tmp_p
   np.testing.assert_array_equal(resumed.per_example_log_likelihood, full)
   assert resumed.batches_evaluated == 1 and resumed.seconds == 4.0  # 3 s before the signal + 1 s
   assert not os.path.exists(path)
+
+
+def test_resumed_evaluation_names_the_host_of_every_batch(tmp_path, monkeypatch):
+  """Batches computed on one machine and resumed on another (a carried resume file): the summary
+  counts the batches of each host, also through a second resume; a resume file written before
+  hosts were recorded counts its batches under `UNRECORDED_HOST`."""
+  from common_tf import host  # pylint: disable=g-import-not-at-top
+  batches = [X[i:i + 16] for i in range(0, 64, 16)]
+  path = str(tmp_path / "nll_partial.npz")
+
+  def run(cpu, stop_after=None):
+    monkeypatch.setattr(host, "cpu_model", lambda: cpu)
+    calls = []
+
+    def log_weight_fn(x, k):
+      calls.append(1)
+      if len(calls) == stop_after:  # eager (py_function), once per batch: the session ends here
+        raise ValueError("stop")
+      return log_normal(x, tf.zeros([k, tf.shape(x)[0]]), S2)
+    return likelihood.evaluate_log_likelihood(
+        lambda x, k: tf.py_function(lambda x: log_weight_fn(x, k), [x], tf.float32),
+        batches, num_samples=5, num_dims=1, progress=False, resume_path=path, resume_key="k")
+
+  with pytest.raises(Exception, match="stop"):
+    run("Xeon, AVX-512", stop_after=2)
+  assert likelihood.resume_file_hosts(path) == ["Xeon, AVX-512"]
+  with pytest.raises(Exception, match="stop"):
+    run("EPYC, AVX2", stop_after=2)
+  assert likelihood.resume_file_hosts(path) == ["Xeon, AVX-512", "EPYC, AVX2"]
+  summary = run("Xeon, AVX-512")
+  assert summary.hosts == {"Xeon, AVX-512": 3, "EPYC, AVX2": 1} and summary.batches_evaluated == 2
+  assert run("EPYC, AVX2").hosts == {"EPYC, AVX2": 4}  # no resume file: all batches here
+
+  with pytest.raises(Exception, match="stop"):
+    run("Xeon, AVX-512", stop_after=3)
+  with np.load(path) as f:  # rewritten as a file of before 2026-12-02: no host record
+    old = {k: f[k] for k in f.files if k != "hosts"}
+  np.savez(path, **old)
+  assert likelihood.resume_file_hosts(path) == [likelihood.UNRECORDED_HOST]
+  assert run("EPYC, AVX2").hosts == {likelihood.UNRECORDED_HOST: 2, "EPYC, AVX2": 2}

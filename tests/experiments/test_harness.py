@@ -444,6 +444,30 @@ def test_status_file_says_how_far_the_run_got(tmp_path, monkeypatch):
   assert status["code_commits"] == [head]
 
 
+def test_status_file_names_every_cpu_the_run_trained_on(tmp_path, monkeypatch):
+  """A run resumed on other machines (a carried checkpoint): status.json's `cpus` names each CPU
+  once, oldest first, and `cpu` the newest; a file written before `cpus` existed contributes its
+  single `cpu`."""
+  import json  # pylint: disable=g-import-not-at-top
+  from common_tf import host  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "status.json"
+  monkeypatch.setattr(host, "cpu_model", lambda: "Xeon, AVX-512")
+  make_trainer(tmp_path, max_steps=2).fit()
+  status = json.loads(path.read_text())
+  assert status["cpus"] == ["Xeon, AVX-512"] and status["step"] == 2
+  del status["cpus"]  # as written before 2026-12-02
+  path.write_text(json.dumps(status))
+  monkeypatch.setattr(host, "cpu_model", lambda: "EPYC, AVX2")
+  make_trainer(tmp_path, max_steps=4).fit()
+  status = json.loads(path.read_text())
+  assert status["cpus"] == ["Xeon, AVX-512", "EPYC, AVX2"] and status["cpu"] == "EPYC, AVX2"
+  monkeypatch.setattr(host, "cpu_model", lambda: "Xeon, AVX-512")
+  make_trainer(tmp_path, max_steps=6).fit()
+  status = json.loads(path.read_text())
+  assert status["step"] == 6 and status["cpus"] == ["Xeon, AVX-512", "EPYC, AVX2"]
+  assert status["cpu"] == "Xeon, AVX-512"
+
+
 def test_carried_state_resumes_on_another_machine_to_the_uninterrupted_weights(tmp_path, full_weights):
   """`experiments.carry`: the packed state (newest checkpoint, JSON files) is all a resume needs."""
   from experiments import carry  # pylint: disable=g-import-not-at-top

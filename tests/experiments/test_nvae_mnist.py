@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from common_tf import host
 from evaluation import protocol
 from experiments import data
 from experiments import harness
@@ -82,7 +83,8 @@ def test_run_writes_the_results_row_samples_and_settings(run):
     assert os.path.exists(logdir / name), name
   saved = json.load(open(logdir / "results.json"))
   assert saved["nll"] == pytest.approx(row["nll"]) and saved["kl_warmup"] == "step"
-  assert saved["cpu"] == harness.cpu_model()
+  assert saved["cpus"] == [host.cpu_model()]  # trained and evaluated here
+  assert saved["eval_hosts"] == {host.cpu_model(): 1}  # batches of the test NLL
   # experiments.nvae_evaluate reads the settings back, enums included.
   restored = nvae_train.load_run_settings(str(logdir))
   assert restored == s and restored.kl_warmup is WarmupClock.STEP

@@ -39,8 +39,11 @@ def test_report_only_reads_the_rows_folders_and_trains_nothing(tmp_path):
       dict(epoch=3, step=1500, train_seconds=920.0, train_seconds_no_val=900.0, val_seconds=20.0,
            val_neg_log_p=91.95, val_nelbo=96.20)])
   write(root / "step_sn" / "status.json", status(8000, finished=True, commits=["def5678"]))
-  write(root / "epoch_sr" / "status.json", status(8000, finished=True, commits=[]))
-  np.savez(root / "epoch_sr" / "nll_partial_pass0.npz", log_px=np.zeros(150), elbo=np.zeros(150))
+  # epoch_sr trained on a Xeon and is evaluated part way, on the Xeon and then an AVX2 host.
+  write(root / "epoch_sr" / "status.json",
+        dict(status(8000, finished=True, commits=[]), cpu="Xeon, AVX-512", cpus=["Xeon, AVX-512"]))
+  np.savez(root / "epoch_sr" / "nll_partial_pass0.npz", log_px=np.zeros(150), elbo=np.zeros(150),
+           batches_done=3, hosts=json.dumps({"Xeon, AVX-512": 2, "EPYC, AVX2": 1}))
 
   first = scripts.run_script("nvae_table1", args)
   assert first.returncode == 0, first.stderr[-2000:]
@@ -51,6 +54,8 @@ def test_report_only_reads_the_rows_folders_and_trains_nothing(tmp_path):
       "trained; test NLL (K = 1000) in progress: 150 test images done (rerun to resume)",
       "trained, test NLL not evaluated yet", "not started"]
   assert all("nll" not in r for r in rows)
+  assert rows[1]["cpus"] == ["Xeon, AVX-512", "EPYC, AVX2"] and rows[0]["cpus"] == ["test CPU"]
+  assert "- Host: EPYC, AVX2; Xeon, AVX-512; test CPU; training ran at" in page.read_text()
   # The validation curve so far: as columns for the plot, and the PNG beside the page.
   curves = nvae_train.validation_curves([nvae_table1.format_row(r) for r in rows])
   assert curves == {"Step + SR": dict(step=[500, 1500], minutes=[5.0, 15.0], nll=[128.99, 91.95])}
@@ -85,3 +90,18 @@ def test_report_only_reads_the_rows_folders_and_trains_nothing(tmp_path):
   assert "| 3 | 1500 | 15.00 | 91.95 | 96.20 |" in text  # the validation curve so far
   assert "training ran at commit(s) abc1234, def5678" in text
   assert "without --report_only resumes it" in text
+
+
+def test_table_notes_name_every_host_and_commit_of_the_rows():
+  """The evaluated table's notes: the CPUs of all rows (`cpus`, or the `cpu` of rows written
+  before 2026-12-02) and the union of their training commits, not the first row's alone."""
+  common = dict(dataset="binarized_mnist", binarization="static", global_batch_size=32, epochs=16,
+                parameters=1000, precision_policy="float32", num_iw_samples=1000,
+                test_examples=10000, nll_passes=[82.1], num_dims=784, fid_samples=1000,
+                finished=True, kl_warmup="step", spectral="sr")
+  rows = [dict(common, cpu="Xeon, AVX-512", code_commits=["abc1234"]),
+          dict(common, kl_warmup="epoch", cpus=["Xeon, AVX-512", "EPYC, AVX2"],
+               code_commits=["abc1234", "def5678"])]
+  notes = nvae_table1.table_notes(rows, "cpu", [])
+  assert ("- Host(s) that trained or evaluated the rows: EPYC, AVX2; Xeon, AVX-512 (per row" in notes)
+  assert "training ran at commit(s) abc1234, def5678." in notes

@@ -51,3 +51,14 @@ def test_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys):
   assert "no status.json under" in capsys.readouterr().err
   assert run_status.main([]) == 2  # --logdir is required
   assert capsys.readouterr().err.startswith("error:")
+
+
+def test_cpu_cell_names_every_host_that_trained_or_evaluated_the_run(tmp_path):
+  """status.json's `cpus` (training, oldest first), then the hosts of the partial test-NLL batches
+  (a resume file of `evaluation.likelihood`), each once."""
+  run = tmp_path / "runs" / "row"
+  _status(run, step=800, epoch=16.0, train_seconds=1.0, finished=True,
+          cpus=["Xeon, AVX-512", "test CPU"])
+  np.savez(run / "nll_partial_pass0.npz", log_px=np.zeros(100), elbo=np.zeros(100), batches_done=2,
+           hosts=json.dumps({"test CPU": 1, "EPYC, AVX2": 1}))
+  assert run_status.status_row(str(run))["cpu"] == "Xeon, AVX-512; test CPU; EPYC, AVX2"
