@@ -1,4 +1,5 @@
-"""The machine that ran a piece of work, for the results pages of long runs that span sessions.
+"""The machine a piece of work runs on: what it is (for the results pages of long runs that span
+sessions) and one setting of TensorFlow's host memory that the scripts and tests use on it.
 
 Timings differ about 4x between the AVX-512 and the AVX2 hosts this suite runs on, and one run can
 train and be evaluated on several of them (resumed from a carried checkpoint). The training loop
@@ -35,3 +36,19 @@ def merge_in_order(*groups: Iterable[str | None]) -> list[str]:
   for group in groups:
     merged += [h for h in group if h and h not in merged]
   return merged
+
+
+def prefer_bfc_cpu_allocator() -> None:
+  """Sets TF_CPU_ALLOCATOR_USE_BFC=true unless the environment already sets it.
+
+  TensorFlow's default host allocator is malloc, and glibc returns every block over 32 MiB (its
+  largest mmap threshold) to the kernel when the tensor is freed, so the next tensor of that size
+  page-faults its memory in again, 4 KiB at a time. NVAE's test-NLL calls (K x B samples through the
+  network) allocate hundreds of such tensors: on a 2-core AVX2 host more than half of that
+  process's CPU time was kernel time (~350,000 minor faults per second). The BFC allocator
+  (tensorflow/core/common_runtime/process_state.cc reads this variable, default false) keeps
+  freed blocks for reuse; the numbers do not change (`bench/bench_cpu_allocator.py` measures both).
+  Takes effect if it runs before TensorFlow's first op (the allocator is made then; importing
+  TensorFlow is fine): `experiments` and `evaluation` call it when imported, and tests/conftest.py.
+  """
+  os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")

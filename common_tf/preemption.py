@@ -12,16 +12,22 @@ raise `Preempted`; the scripts print its one line and exit with 128 + the signal
         if request.signum is not None:
           raise preemption.Preempted(f"... {request.name} ...; rerun to resume", request.signum)
 
-Only the first signal is deferred: the handlers in place before are reinstalled as soon as it
-arrives, so a second Ctrl-C / SIGTERM acts as it would have (useful when the unit of work is long).
-Python runs signal handlers between bytecodes of the main thread, so a signal that arrives during a
-long TensorFlow call is seen when that call returns.
+Only the first signal is deferred. Python runs signal handlers between bytecodes of the main
+thread, so a signal that arrives during a long TensorFlow call (an NVAE test-NLL batch: minutes) is
+seen when that call returns; the first one is meant to wait for it. A second one stops the process
+at once, also in the middle of such a call: Python's C-level handler writes every signal number to
+the wakeup file descriptor (`signal.set_wakeup_fd`) whatever the main thread is doing, and a
+watcher thread that reads it ends the process with `os._exit(128 + signal)` on the second. (Before
+2026-12-02 the handlers in place before the block were reinstalled by the first handler, which runs
+only after the call: a second SIGTERM during a batch waited for it too.) Nothing saved is lost:
+checkpoints and resume files are written atomically, and the interrupted unit is done again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
 import threading
 from typing import Iterator
@@ -57,17 +63,42 @@ def deferred_signals(signals=(signal.SIGTERM, signal.SIGINT)) -> Iterator[StopRe
     yield request
     return
   previous = {}
+  read_fd, write_fd = os.pipe()
+  os.set_blocking(write_fd, False)
+  watched = {int(s) for s in signals}
+  watching = []  # [the wakeup fd in place before the block] while the watcher runs
 
   def restore():
+    """Handlers and wakeup fd as before the block; ends the watcher (main thread only)."""
+    if watching:
+      signal.set_wakeup_fd(watching.pop())
+      os.write(write_fd, b"\0")
     for s, h in previous.items():
       signal.signal(s, h)
 
   def handler(signum, frame):  # pylint: disable=unused-argument
     request.signum = signum
-    restore()  # a second signal acts as it did before the block
+    restore()  # handled between two units of work: a second signal acts as before the block
+
+  def watch():  # sees each signal as it arrives, even while the main thread is inside a C call
+    seen = 0
+    while True:
+      data = os.read(read_fd, 64)
+      if not data or 0 in data:  # `restore` ran
+        return
+      for signum in data:
+        seen += signum in watched
+        if seen == 2:  # the first is still pending behind a long C call: stop now
+          os._exit(128 + signum)  # pylint: disable=protected-access
 
   previous.update({s: signal.signal(s, handler) for s in signals})
+  watching.append(signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False))
+  watcher = threading.Thread(target=watch, name="second-signal-watcher", daemon=True)
+  watcher.start()
   try:
     yield request
   finally:
     restore()
+    watcher.join()
+    os.close(read_fd)
+    os.close(write_fd)

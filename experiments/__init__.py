@@ -1,1 +1,5 @@
 """Experiment scripts (one per published table), the shared training harness and data loaders."""
+
+from common_tf import host as _host
+
+_host.prefer_bfc_cpu_allocator()  # before any TensorFlow op of a script (common_tf/host.py)

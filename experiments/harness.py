@@ -37,7 +37,8 @@ run ends bit-identical to an uninterrupted one.
 
 **Preemption.** SIGTERM or SIGINT during `fit` finishes the current step, writes a checkpoint and
 raises `Preempted` (scripts print one line and exit 128 + signal); rerunning the command resumes.
-A second signal acts as it would without the harness (`common_tf.preemption.deferred_signals`).
+A second signal stops the process at once with 128 + signal, also in the middle of a long TensorFlow
+call (`common_tf.preemption.deferred_signals`).
 Under `multi_worker` each process handles its own signal; a lost worker makes the others fail in
 their next collective, and restarting all of them resumes from the chief's newest checkpoint.
 

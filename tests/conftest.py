@@ -9,6 +9,9 @@ _SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..
 if "GENMODELS_DATA_DIR" not in os.environ and os.path.isdir(_SHARED_DATA):
   os.environ["GENMODELS_DATA_DIR"] = _SHARED_DATA
 
+from common_tf import host  # pylint: disable=g-import-not-at-top
+host.prefer_bfc_cpu_allocator()  # TensorFlow's BFC host allocator, as the scripts use
+
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 # Must run before TensorFlow initialises its devices, hence here, at collection time.

@@ -1,0 +1,43 @@
+"""common_tf.host: the CPU description the pages record, and the host allocator the scripts use."""
+
+import os
+import subprocess
+import sys
+
+from common_tf import host
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# In a fresh process: import a package, run one op, say whether TensorFlow's host allocator keeps
+# statistics (only its BFC allocator does; malloc's raises "Allocator stats not available").
+PROBE = """
+import {package}, tensorflow as tf
+tf.zeros([256, 256]).numpy()
+try:
+  tf.config.experimental.get_memory_info("CPU:0")
+  print("bfc")
+except ValueError:
+  print("malloc")
+"""
+
+
+def allocator_after_import(package: str, env_value: str | None) -> str:
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
+  if env_value is not None:
+    env["TF_CPU_ALLOCATOR_USE_BFC"] = env_value
+  out = subprocess.run([sys.executable, "-c", PROBE.format(package=package)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300, check=True)
+  return out.stdout.split()[-1]
+
+
+def test_scripts_and_the_evaluation_cli_use_the_bfc_host_allocator_unless_told_otherwise():
+  assert allocator_after_import("experiments", None) == "bfc"
+  assert allocator_after_import("evaluation", None) == "bfc"
+  # The user's setting stands (and TensorFlow's default, malloc, is what the probe sees then).
+  assert allocator_after_import("experiments", "false") == "malloc"
+
+
+def test_cpu_model_names_the_vector_extension_and_merge_keeps_first_appearances():
+  assert host.cpu_model().split(", ")[-2:][0] in ("AVX-512", "AVX2", "no AVX2")
+  assert host.cpu_model().endswith(f", {os.cpu_count()} cores")
+  assert host.merge_in_order(["a", "b"], [None, "b", "c", ""], ["a"]) == ["a", "b", "c"]
