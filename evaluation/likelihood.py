@@ -199,9 +199,10 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
   Resumable (for K = 1000-5000 over 10,000 images, hours on a CPU): with `resume_path`, the
   per-example results so far, the number of batches done, the values of `rng_variables` (the
   model's `SeedGenerator` states, whose draws the estimator consumes) and the time and host of the
-  batches (`LikelihoodSummary.seconds`, `.hosts`) are written atomically after every batch. A later call with the same `resume_key` (JSON-able: checkpoint, K, data,
-  seed...) skips the finished batches and restores the generator states, so an interrupted and
-  resumed evaluation gives the uninterrupted one's numbers. A file with another key is ignored
+  batches (`LikelihoodSummary.seconds`, `.hosts`) are written atomically after every batch. A
+  later call with the same `resume_key` (JSON-able: checkpoint, K, data, seed...) skips the
+  finished batches and restores the generator states, so an interrupted and resumed evaluation
+  gives the uninterrupted one's numbers. A file with another key is ignored
   (and replaced); the file is deleted when the evaluation completes. With `resume_path`, SIGTERM /
   SIGINT finish the batch in hand (a second signal stops at once), write it and raise
   `common_tf.preemption.Preempted`: the scripts print one line and exit with 128 + the signal.

@@ -71,7 +71,8 @@ def table_notes(rows: list[dict], preset: str, missing: list[str]) -> str:
       "GENMODELS_INCEPTION_PATH / GENMODELS_VGG16_PATH, or --download_weights with a network).",
       "- Train time: wall-clock of training only, summed over resumed invocations (this machine's "
       "CPU/GPU, shared with other jobs when run here).",
-      f"- Host(s) that trained or evaluated the rows: {'; '.join(results.row_cpus(rows)) or 'unknown'} "
+      "- Host(s) that trained or evaluated the rows: "
+      f"{'; '.join(results.row_cpus(rows)) or 'unknown'} "
       "(per row in `<row logdir>/table1_row.json`: `cpus`, and `eval_hosts`, the test-NLL "
       "batches per host); training ran at commit(s) "
       f"{', '.join(sorted({c for u in rows for c in u.get('code_commits') or []})) or 'unknown'}.",

@@ -37,7 +37,5 @@ def test_scripts_and_the_evaluation_cli_use_the_bfc_host_allocator_unless_told_o
   assert allocator_after_import("experiments", "false") == "malloc"
 
 
-def test_cpu_model_names_the_vector_extension_and_merge_keeps_first_appearances():
-  assert host.cpu_model().split(", ")[-2:][0] in ("AVX-512", "AVX2", "no AVX2")
-  assert host.cpu_model().endswith(f", {os.cpu_count()} cores")
+def test_merge_keeps_first_appearances_once():
   assert host.merge_in_order(["a", "b"], [None, "b", "c", ""], ["a"]) == ["a", "b", "c"]
