@@ -47,7 +47,8 @@ COLUMNS = [("dataset", "data set"), ("model", "model"), ("prior", "prior"),
            ("epochs_trained", "epochs trained"), ("best_epoch", "best epoch"),
            ("test_negative_elbo", "test -ELBO"), ("test_nll", "test NLL"),
            ("test_nll_sem", "± s.e."), ("importance_samples", "K used"),
-           ("paper_nll", "paper NLL"), ("best_val_negative_elbo", "best val -ELBO"),
+           ("paper_nll", "paper NLL"), ("adam_epsilon", "Adam ε"),
+           ("best_val_negative_elbo", "best val -ELBO"),
            ("train_seconds_total", "train s"), ("eval_time_s", "eval s"), ("status", "status")]
 
 
@@ -134,7 +135,7 @@ def unfinished_row(logdir: str, s) -> dict:
                 f"{status['best_epoch']}; {evaluation}" if status.get("stopped_early")
                 else f"training: epoch {status['epoch']:.2f} of at most {status['total_epochs']}, "
                 f"best validation epoch {status['best_epoch']}")
-    row.update(status=progress,
+    row.update(status=progress, adam_epsilon=vampprior_train.adam_epsilon(logdir),
                best_val_negative_elbo=status["best_metric"],
                train_seconds_total=status["train_seconds"],
                cpus=host.merge_in_order(results.status_cpus(status),
@@ -158,6 +159,11 @@ def write_table(rows, *, output: str, command: str, preset: str):
       "log-weights). 'logistic edges' applies to discretized_logistic rows only (official = "
       "log_Logistic_256, the paper's form). Paper NLLs: Tomczak & "
       "Welling 2018 with the paper preset (2000 epochs max, early stopping 50, K = 5000).")
+  if any(r.get("adam_epsilon") is None and r.get("status", "").startswith("finished")
+         for r in rows):
+    notes += (" Adam ε: the official AdamNormGrad's 1e-8; a row without one was trained before "
+              f"the suite recorded it, with Keras's default {vampprior_train.KERAS_DEFAULT_ADAM_EPSILON:g} "
+              "(as is a run resumed from then on).")
   commits = sorted({c for r in rows for c in r.get("code_commits") or []})
   notes += (f"\n\nData: {', '.join(sorted({r['dataset'] for r in rows}))} from the standard files "
             f"(offline copy). Code: this page at commit {harness.code_commit() or 'unknown'}"

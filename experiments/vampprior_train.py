@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import keras
 import numpy as np
@@ -94,6 +95,12 @@ DATASETS = {
     "frey_faces": DatasetSpec("frey_faces", False, False, 0.5, 0.02),
     "fashion_mnist": DatasetSpec("fashion_mnist", False, False, 0.5, 0.02),
 }
+# Adam's epsilon: the official AdamNormGrad (utils/optimizer.py) defaults to eps=1e-8, as
+# torch.optim.Adam, with the same denominator sqrt(v) + eps as Keras. Runs whose hparams.json was
+# written before the suite recorded it were trained with Keras's default, 1e-7, and keep it when
+# resumed so that they continue exactly (`adam_epsilon`).
+ADAM_EPSILON = 1e-8
+KERAS_DEFAULT_ADAM_EPSILON = 1e-7
 DYNAMIC_EVAL_SEED = 777        # official: np.random.seed(777) before binarizing valid / test
 MNIST_NUM_VALID = 10000        # official: the last 10k training images are the validation set
 SUBSET_SEED = 1234             # fixed choice of the quick preset's example subsets
@@ -228,11 +235,13 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
   train, valid, test, epoch_transform = load_splits(
       s.dataset, data_dir=data_dir, train_examples=s.train_examples, eval_examples=s.eval_examples)
   image_shape = valid.shape[1:]
+  epsilon = adam_epsilon(config.logdir)
+  config = dataclasses.replace(config, hparams=dict(config.hparams, adam_epsilon=epsilon))
   keras.utils.set_random_seed(config.seed)
   with strategy.scope():
     model = build_model(s, image_shape=image_shape, seed=config.seed)
     model(tf.constant(valid[:2]))
-    optimizer = keras.optimizers.Adam(s.lr)
+    optimizer = keras.optimizers.Adam(s.lr, epsilon=epsilon)
   trainer = harness.Trainer(
       config=config, strategy=strategy, model=model, optimizer=optimizer,
       loss_fn=make_loss_fn(s.warmup), train_data=train, epoch_transform=epoch_transform,
@@ -240,6 +249,14 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
       grad_transform=optim.normalize_gradients)
   trainer.fit()
   best = trainer.restore_best()
+  if best is None:
+    # The best-validation checkpoint is the one the protocol evaluates; only a smoke run cut
+    # short by --max_steps before its first validation may fall back to its last weights.
+    if config.max_steps is None:
+      raise ValueError(f"{config.logdir}: training ended without a best-validation checkpoint "
+                       f"(best/ is empty), so there are no weights the protocol evaluates")
+    print(f"warning: --max_steps={config.max_steps} stopped before the first validation; "
+          "evaluating the last weights (no best-validation checkpoint)", file=sys.stderr)
   epochs_run = int(trainer.step.numpy()) // trainer.steps_per_epoch
 
   counted = likelihood.evaluate_nll(model, test, num_samples=s.test_samples,
@@ -259,13 +276,23 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
              test_nll=summary.nll, test_nll_sem=summary.nll_sem,
              test_negative_elbo=summary.negative_elbo, test_examples=summary.num_examples,
              importance_samples=counted.importance_samples,
-             eval_time_s=eval_time, seed=config.seed,
+             eval_time_s=eval_time, seed=config.seed, adam_epsilon=epsilon,
              train_seconds_total=float(trainer.train_seconds.numpy()),
              cpus=host.merge_in_order(results.status_cpus(results.read_status(config.logdir)),
                                       summary.hosts),  # trained on, then evaluated on
              batch_size=config.batch_size, epochs=config.epochs, logdir=config.logdir)
   results.write_json(os.path.join(config.logdir, "results.json"), row)
   return row
+
+
+def adam_epsilon(logdir: str) -> float:
+  """Adam's epsilon for the run in `logdir`: `ADAM_EPSILON` (the official code's), except for a
+  run started before the suite recorded it (an hparams.json without `adam_epsilon`), which keeps
+  the Keras default it was trained with so that it resumes exactly."""
+  path = os.path.join(logdir, "hparams.json")
+  if os.path.exists(path) and "adam_epsilon" not in results.read_json(path):
+    return KERAS_DEFAULT_ADAM_EPSILON
+  return ADAM_EPSILON
 
 
 def stopping_config(s: RunSettings) -> dict:

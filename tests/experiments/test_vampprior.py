@@ -50,6 +50,34 @@ def test_vae_vampprior_static_mnist_end_to_end(tmp_path):
   assert (run / "samples.png").exists() and (run / "samples.npz").exists()
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(run))
   assert row["best_checkpoint"] is not None
+  # Adam's epsilon is the official AdamNormGrad's 1e-8 (Keras's default is 1e-7), recorded in the
+  # row and in hparams.json, so that a resumed run keeps it.
+  assert row["adam_epsilon"] == 1e-8
+  assert json.load(open(run / "hparams.json"))["adam_epsilon"] == 1e-8
+
+
+def test_adam_epsilon_of_a_run_started_before_it_was_recorded_stays_the_keras_default(tmp_path):
+  assert vampprior_train.adam_epsilon(str(tmp_path)) == 1e-8        # a new run
+  (tmp_path / "hparams.json").write_text(json.dumps({"model": "vae"}))
+  assert vampprior_train.adam_epsilon(str(tmp_path)) == 1e-7        # resumes as it was trained
+  (tmp_path / "hparams.json").write_text(json.dumps({"model": "vae", "adam_epsilon": 1e-8}))
+  assert vampprior_train.adam_epsilon(str(tmp_path)) == 1e-8
+
+
+def test_evaluating_without_a_best_checkpoint_is_an_error(tmp_path):
+  """Training that ends with an empty best/ (here: no early-stopping metric, so nothing is ever
+  written there) must not evaluate its last weights in silence."""
+  data_dir = write_binarized_mnist_head(tmp_path / "data", train=100, valid=20, test=20)
+  config = harness.TrainConfig(logdir=str(tmp_path / "run"), batch_size=50, epochs=1, seed=0,
+                               progress=False)
+  with pytest.raises(ValueError) as e:
+    vampprior_train.train_and_evaluate(tiny_settings(train_examples=100, eval_examples=20),
+                                       config, strategy=tf.distribute.get_strategy(),
+                                       data_dir=data_dir)
+  assert str(e.value) == (f"{tmp_path / 'run'}: training ended without a best-validation "
+                          "checkpoint (best/ is empty), so there are no weights the protocol "
+                          "evaluates")
+  assert not (tmp_path / "run" / "results.json").exists()
 
 
 def test_hvae_flow_prior_frey_faces_grey_end_to_end(tmp_path):
