@@ -1,82 +1,136 @@
-"""Training-step speed of the VampPrior models (batch 100, 28x28 binary images, AdamNormGrad).
+"""Training-step time of the VampPrior models (batch 100, binary 28x28 images, K = 500
+pseudo-inputs, AdamNormGrad), ours against the official PyTorch code (jmtomczak/vae_vampprior).
 
-Prints seconds per step, the implied epoch time on static MNIST (50,000 images = 500 steps) and
-each configuration's ratio to VAE + standard prior, all measured in this one run:
+  python bench/bench_vampprior.py --official_path=PATH/TO/vae_vampprior [--cores=0] [--threads=1]
+  GENMODELS_VAMPPRIOR_OFFICIAL=PATH/TO/vae_vampprior make bench
 
-  python bench/bench_vampprior.py [--steps=20] [--configs=vae:standard,hvae_2level:vampprior,...] [--jit]
+Ours is the harness's compiled train step, the one `experiments.vampprior` trains with (its loss,
+AdamNormGrad, the step counter), called on a fixed batch. The peer is the official model class and
+its AdamNormGrad (`utils/optimizer.py`), built from a checkout the user gives (never vendored),
+stepped as its `utils/training.py` does (zero_grad, calculate_loss(average=True), backward, step).
+Both run in this process on the same cores and thread counts, alternately (bench/peer.py); the
+ratio ours / peer is printed in wall and CPU time. Without --official_path only our times print.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-import tempfile
+import types
+import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peer  # noqa: E402
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from experiments import harness  # noqa: E402
-from experiments import vampprior_train  # noqa: E402
-from vampprior_tf import optim  # noqa: E402
-
-flags.DEFINE_integer("steps", 20, "Timed steps per configuration (after as many untimed steps, which include compilation).")
-flags.DEFINE_list("configs", ["vae:standard", "vae:vampprior", "hvae_2level:vampprior",
-                              "convhvae_2level:vampprior", "pixelhvae_2level:vampprior"],
-                  "model:prior pairs to time.")
-flags.DEFINE_bool("jit", False, "Compile the step with XLA.")
-FLAGS = flags.FLAGS
-
-BATCH, STEPS_PER_EPOCH = 100, 500  # static MNIST: 50,000 training images, batch 100 (official)
+BATCH, COMPONENTS = 100, 500  # official experiment.py: batch 100, K = 500 pseudo-inputs
+# The official model modules (all define `class VAE(Model)`) of the table's models.
+OFFICIAL_MODULES = {"vae": "VAE", "hvae_2level": "HVAE_2level"}
 
 
-def time_config(model_name, prior, images):
-  """Seconds per step of the harness's compiled train step (the one experiments.vampprior trains
-  with: its loss_fn and AdamNormGrad), over the last `--steps` steps (compilation excluded)."""
+def batch():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return (np.random.RandomState(0).rand(BATCH, 28, 28) > 0.8).astype(np.float32)
+
+
+def ours(model_name: str, threads: int):
+  """A no-argument function running one of our training steps, as `experiments.vampprior`
+  trains (the harness's compiled step with the loss and AdamNormGrad of vampprior_train)."""
+  del threads  # TensorFlow's: set by peer.pin through the environment
+  images = batch()
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from experiments import harness, vampprior_train  # pylint: disable=g-import-not-at-top
+  from vampprior_tf import optim  # pylint: disable=g-import-not-at-top
   settings = vampprior_train.RunSettings(
-      model=model_name, prior=prior, dataset="static_mnist", likelihood="bernoulli",
-      num_components=500, learn_prior_weights=False, warmup=100, lr=5e-4, early_stopping=50,
-      test_samples=5000, train_examples=None, eval_examples=None, image_every=10)
+      model=model_name, prior="vampprior", dataset="static_mnist", likelihood="bernoulli",
+      num_components=COMPONENTS, learn_prior_weights=False, warmup=100, lr=5e-4,
+      early_stopping=50, test_samples=5000, train_examples=None, eval_examples=None,
+      image_every=10)
   keras.utils.set_random_seed(0)
-  strategy = tf.distribute.get_strategy()
-  with strategy.scope():
-    model = vampprior_train.build_model(settings, image_shape=(28, 28, 1), seed=0)
-    model(images[:2])
-    optimizer = keras.optimizers.Adam(settings.lr)
-  with tempfile.TemporaryDirectory() as logdir:
-    config = harness.TrainConfig(logdir=logdir, batch_size=BATCH, epochs=1000,
-                                 max_steps=2 * FLAGS.steps, jit_compile=FLAGS.jit,
-                                 log_every=FLAGS.steps, progress=False)
-    trainer = harness.Trainer(config=config, strategy=strategy, model=model, optimizer=optimizer,
-                              loss_fn=vampprior_train.make_loss_fn(settings.warmup),
-                              train_data=tf.data.Dataset.from_tensor_slices(images),
-                              grad_transform=optim.normalize_gradients)
-    last = trainer.fit()
-  return BATCH / last["examples_per_s"]
+  model = vampprior_train.build_model(settings, image_shape=(28, 28, 1), seed=0)
+  x = tf.constant(images.reshape(-1, 28, 28, 1))
+  model(x[:2])
+  logdir = tempfile.mkdtemp()
+  trainer = harness.Trainer(
+      config=harness.TrainConfig(logdir=logdir, batch_size=BATCH, epochs=1000, progress=False),
+      strategy=tf.distribute.get_strategy(), model=model,
+      optimizer=keras.optimizers.Adam(settings.lr, epsilon=vampprior_train.ADAM_EPSILON),
+      loss_fn=vampprior_train.make_loss_fn(settings.warmup),
+      train_data=tf.data.Dataset.from_tensor_slices(images[:BATCH]),
+      grad_transform=optim.normalize_gradients)
+  return lambda: trainer._train_step(x)["loss"].numpy()  # pylint: disable=protected-access
 
 
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)  # keep TF's checkpoint INFO lines out of the table
-  # 20 batches of random binary images: one epoch of the harness pipeline spans 20 steps.
-  images = (np.random.RandomState(0).rand(20 * BATCH, 28, 28, 1) > 0.8).astype(np.float32)
-  print(f"TF {tf.__version__}, devices: {[d.device_type for d in tf.config.list_logical_devices()]}"
-        f", {FLAGS.steps} timed steps, batch {BATCH}, K = 500 pseudo-inputs")
-  base = None
-  for config in FLAGS.configs:
-    model_name, prior = config.split(":")
-    seconds = time_config(model_name, prior, images)
-    base = base or seconds
-    print(f"{model_name:18s} {prior:10s} {seconds * 1e3:8.1f} ms/step  "
-          f"epoch (500 steps) {seconds * STEPS_PER_EPOCH:7.1f} s  x{seconds / base:5.2f} vs first",
-          flush=True)
+def official(model_name: str, threads: int, path: str):
+  """One step of the official code from a checkout at `path`: its model and AdamNormGrad."""
+  images = batch()
+  import importlib  # pylint: disable=g-import-not-at-top
+  import scipy.special  # pylint: disable=g-import-not-at-top
+  import scipy.misc  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  # The official code imports scipy.misc.logsumexp (moved to scipy.special in SciPy 1.0) and
+  # matplotlib plots it does not call while training; both are shimmed here, at run time.
+  scipy.misc.logsumexp = scipy.special.logsumexp
+  sys.modules.setdefault("utils.visual_evaluation",
+                         types.SimpleNamespace(plot_histogram=None, plot_images=None))
+  sys.path[:0] = [path, os.path.join(path, "models")]  # HVAE_2level.py: `from Model import Model`
+  module = importlib.import_module(f"models.{OFFICIAL_MODULES[model_name]}")
+  optimizer_module = importlib.import_module("utils.optimizer")
+  args = argparse.Namespace(  # official experiment.py's defaults for static MNIST + VampPrior
+      input_size=[1, 28, 28], z1_size=40, z2_size=40, prior="vampprior",
+      number_components=COMPONENTS, input_type="binary", cuda=False,
+      use_training_data_init=False, pseudoinputs_mean=0.05, pseudoinputs_std=0.01)
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  model = module.VAE(args)
+  model.train()
+  optimizer = optimizer_module.AdamNormGrad(model.parameters(), lr=5e-4)
+  x = torch.from_numpy(images.reshape(len(images), -1))
+  warnings.filterwarnings("ignore", category=UserWarning)  # its deprecated Tensor.add_ overload
+
+  def step():
+    optimizer.zero_grad()
+    loss, _, _ = model.calculate_loss(x, 0.5, average=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss)
+  return step
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--official_path", default=os.environ.get("GENMODELS_VAMPPRIOR_OFFICIAL"),
+                      help="a checkout of github.com/jmtomczak/vae_vampprior (needs torch; "
+                      "default $GENMODELS_VAMPPRIOR_OFFICIAL); without it only our step is timed")
+  parser.add_argument("--models", default="vae,hvae_2level", help="comma-separated: vae, hvae_2level")
+  parser.add_argument("--cores", default="0", help="cores to pin both sides to, e.g. 0 or 0,1; "
+                      "'all' leaves the affinity as it is")
+  parser.add_argument("--threads", type=int, default=1, help="threads of each side (TensorFlow "
+                      "intra/inter-op, torch.set_num_threads)")
+  parser.add_argument("--steps", type=int, default=20, help="steps per timed round")
+  parser.add_argument("--rounds", type=int, default=5, help="timed rounds per side (alternating)")
+  parser.add_argument("--warmup", type=int, default=10, help="untimed steps per side first")
+  args = parser.parse_args()
+  cores = None if args.cores == "all" else [int(c) for c in args.cores.split(",")]
+  print(f"batch {BATCH}, K = {COMPONENTS} pseudo-inputs, static MNIST shapes, {args.rounds} rounds "
+        f"of {args.steps} steps per side after {args.warmup} warm-up steps, each side in its own "
+        "process")
+  for name in args.models.split(","):
+    sides = {f"ours ({name})": (ours, (name, args.threads))}
+    if args.official_path:
+      sides[f"official PyTorch ({name})"] = (official, (name, args.threads, args.official_path))
+    timings = peer.alternate(sides, cores=cores, threads=args.threads, steps=args.steps,
+                             rounds=args.rounds, warmup=args.warmup)
+    if args.official_path:
+      print(peer.report(f"{name} + VampPrior train step", timings, ours=f"ours ({name})",
+                        peer=f"official PyTorch ({name})"), flush=True)
+    else:
+      wall, cpu = timings[f"ours ({name})"].median_ms()
+      print(f"{name} + VampPrior train step: wall {wall:.1f} ms/step, CPU {cpu:.1f} ms/step",
+            flush=True)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

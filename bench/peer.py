@@ -1,0 +1,117 @@
+"""Timing ours against the code users would otherwise run, as every peer bench prints it.
+
+Each side runs in a child process of its own (TensorFlow and PyTorch in one process can crash
+each other's native libraries), both pinned to the same cores with the same thread counts; the
+parent makes them run alternately (A B A B ...: a slow phase of a shared host hits both) and
+each round is timed in wall time and in the child's CPU time. The ratio printed is ours / peer
+of the median per-step time: below 1 means ours is faster.
+
+A side is a function returning a no-argument step function; it is called in the child after the
+child is pinned (`pin`: before TensorFlow or PyTorch is imported, so the threads they create
+inherit the affinity and TensorFlow reads its thread counts from the environment).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from typing import Callable
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common_tf import host  # noqa: E402  (stdlib only)
+
+
+def pin(cores: list[int] | None, threads: int) -> None:
+  """Restricts this process to `cores` (None: as it is) and sets TensorFlow's intra- and
+  inter-op thread counts to `threads`, via the environment, before TensorFlow is imported."""
+  if "tensorflow" in sys.modules:
+    raise RuntimeError("bench.peer.pin must run before TensorFlow is imported")
+  if cores:
+    os.sched_setaffinity(0, cores)
+  os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
+  os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def header(threads: int) -> str:
+  """One line: CPU model, the cores this process may run on, thread counts, load average."""
+  torch = sys.modules.get("torch")
+  torch_threads = f", torch threads {torch.get_num_threads()}" if torch is not None else ""
+  return (f"CPU: {host.cpu_model()}; affinity {sorted(os.sched_getaffinity(0))} "
+          f"({len(os.sched_getaffinity(0))} of {os.cpu_count()} cores); TensorFlow intra/inter-op "
+          f"threads {threads}/{threads}{torch_threads}; load average {os.getloadavg()[0]:.1f}")
+
+
+@dataclasses.dataclass
+class Timing:
+  """Per-step seconds of each timed round."""
+  wall: list[float] = dataclasses.field(default_factory=list)
+  cpu: list[float] = dataclasses.field(default_factory=list)
+
+  def median_ms(self) -> tuple[float, float]:
+    return 1e3 * statistics.median(self.wall), 1e3 * statistics.median(self.cpu)
+
+
+def _serve(conn, factory, args, cores, threads):
+  """Child process: pin, build the side's step, then run `n` steps per request, replying with
+  (wall, CPU) seconds per step; None ends it."""
+  pin(cores, threads)
+  step = factory(*args)
+  conn.send(header(threads))
+  while (n := conn.recv()) is not None:
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(n):
+      step()
+    conn.send(((time.perf_counter() - wall) / n, (time.process_time() - cpu) / n))
+
+
+def alternate(sides: dict[str, tuple[Callable, tuple]], *, cores: list[int] | None,
+              threads: int, steps: int, rounds: int, warmup: int) -> dict[str, Timing]:
+  """Starts one child per side (`{name: (factory, args)}`), runs each side's step `warmup` times
+  (compilation, allocator), then `rounds` rounds of `steps` steps per side, the sides
+  alternating; returns the per-step times of every round. Prints each child's `header`."""
+  context = multiprocessing.get_context("spawn")
+  children = {}
+  try:
+    for name, (factory, args) in sides.items():
+      parent, child = context.Pipe()
+      process = context.Process(target=_serve, args=(child, factory, args, cores, threads),
+                                daemon=True)
+      process.start()
+      children[name] = (process, parent)
+      print(f"  {name}: {parent.recv()}", flush=True)  # built: its host line
+    for _, conn in children.values():
+      conn.send(warmup)
+      conn.recv()
+    timings = {name: Timing() for name in sides}
+    for _ in range(rounds):
+      for name, (_, conn) in children.items():
+        conn.send(steps)
+        wall, cpu = conn.recv()
+        timings[name].wall.append(wall)
+        timings[name].cpu.append(cpu)
+    return timings
+  finally:
+    for process, conn in children.values():
+      if process.is_alive():
+        conn.send(None)
+        process.join(timeout=30)
+
+
+def report(title: str, timings: dict[str, Timing], *, ours: str, peer: str) -> str:
+  """Lines: each side's median wall and CPU ms per step (with the rounds' range), then the
+  ratios ours / peer."""
+  lines = [title]
+  for name, t in timings.items():
+    wall, cpu = t.median_ms()
+    lines.append(f"  {name:34s} wall {wall:8.1f} ms/step ({1e3 * min(t.wall):.1f}-"
+                 f"{1e3 * max(t.wall):.1f})   CPU {cpu:8.1f} ms/step ({1e3 * min(t.cpu):.1f}-"
+                 f"{1e3 * max(t.cpu):.1f})")
+  (ow, oc), (pw, pc) = timings[ours].median_ms(), timings[peer].median_ms()
+  lines.append(f"  ours / peer: wall {ow / pw:.2f}x, CPU {oc / pc:.2f}x")
+  return "\n".join(lines)
