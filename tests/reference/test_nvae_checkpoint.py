@@ -24,7 +24,9 @@ def random_state_dict(seed=0):
   rng = np.random.RandomState(seed)
   out = {}
   for key, shape in official_tiny.state_dict_shapes().items():
-    if key.endswith("num_batches_tracked"):
+    if key.endswith(official.ALIAS_SUFFIX):  # the official alias is the weight Parameter itself
+      out[key] = out[key[:-len(official.ALIAS_SUFFIX)] + ".weight"]
+    elif key.endswith("num_batches_tracked"):
       out[key] = torch.tensor(7, dtype=torch.int64)
     elif key.endswith("running_var") or (key.endswith(".weight") and len(shape) == 1):
       out[key] = torch.tensor(rng.uniform(0.5, 1.5, shape).astype(np.float32))   # BN var / gamma
@@ -92,7 +94,8 @@ def test_every_tensor_lands_in_its_variable(checkpoint):
   assert info["epoch"] == 3 and info["global_step"] == 12
   assert model.config.num_flows == 1 and model.groups_enc == [3]
   params = official.official_parameters(model)
-  assert set(params) == {k for k in sd if not k.endswith("num_batches_tracked")}
+  assert set(params) == {k for k in sd if not k.endswith(("num_batches_tracked",
+                                                          official.ALIAS_SUFFIX))}
   for key, p in params.items():
     np.testing.assert_array_equal(p.variable.numpy(), p.convert(sd[key]), err_msg=key)
   np.testing.assert_array_equal(model.prior_ftr0.numpy(), sd["prior_ftr0"].transpose(1, 2, 0))
