@@ -332,6 +332,8 @@ def test_official_ddpm_samples_with_our_sampler(checkpoint, monkeypatch):
       unet=TINY, image_size=SIZE, variance=diffusion.Variance.FIXED_LARGE, num_timesteps=5))
   model, report = oc.build_official_ddpm(path, config="tiny", jit_sampling=False)
   assert report.ema and model.diffusion.variance is diffusion.Variance.FIXED_LARGE
+  # Official scripts train with randflip=1 (run_cifar.py, run_celebahq.py, run_lsun.py).
+  assert model.random_flip and all(c.random_flip for c in oc.OFFICIAL_CONFIGS.values())
   samples = model.sample_ddim(2, seed=1, num_steps=5).numpy()
   assert samples.shape == (2, SIZE, SIZE, IN_CH) and np.all(np.isfinite(samples))
   assert oc.OFFICIAL_CONFIGS["cifar10"].unet == layers.UNetConfig(
