@@ -186,9 +186,12 @@ def test_nvae_evaluate_runs_on_an_official_checkpoint(checkpoint, tmp_path):
   proc = scripts.run_script("nvae_evaluate", [
       f"--official_checkpoint={path}", "--num_iw_samples=2", "--iw_chunk=2",
       "--temperature=0.8,1.0", "--readjust_bn_steps=1", "--test_examples=4", "--eval_batch_size=4",
-      "--num_grid_images=4", "--fid_samples=4", "--dataset=binarized_mnist", f"--output_dir={out}"])
+      "--num_grid_images=4", "--fid_samples=4", "--dataset=mnist", f"--output_dir={out}"])
   assert proc.returncode == 0, proc.stderr[-2000:]
   row = json.load(open(out / "evaluate.json"))
+  # The official data: grey MNIST test images, a Bernoulli draw per pass (datasets.py Binarize).
+  assert row["dataset"] == "mnist" and row["binarization"] == "dynamic"
+  assert "4 images of mnist (dynamic binarization)" in proc.stdout
   assert row["checkpoint"].endswith("(official, epoch 3)") and row["test_examples"] == 4
   assert np.isfinite(row["nll"]) and sorted(row["temperatures"]) == ["0.8", "1"]
   assert (out / "samples_t0.8.png").exists() and (out / "samples_t1.npz").exists()
