@@ -174,11 +174,13 @@ def main(argv=None):
       "log q": np.abs(log_q.numpy() - out.log_q.numpy()),
       "log p": np.abs(log_p.numpy() - out.log_p.numpy()),
   }
-  print(f"forward pass on {flags.batch} random binary images, {len(kl_all)} groups "
-        f"(max |KL| {float(torch.stack(kl_all).abs().max()):.4g}, "
-        f"max |logit| {float(logits.abs().max()):.4g}):")
+  magnitudes = {"decoder logits": logits.abs().max(), "per-group KL": torch.stack(kl_all).abs().max(),
+                "log q": log_q.abs().max(), "log p": log_p.abs().max()}
+  print(f"forward pass on {flags.batch} random binary images, {len(kl_all)} groups, "
+        f"{sum(int(np.prod(n.shape[1:])) for n in noises)} latent elements per image:")
   for name, d in diffs.items():
-    print(f"  max |official - ours| {name}: {d.max():.3g}")
+    print(f"  max |official - ours| {name}: {d.max():.3g} (max |official| "
+          f"{float(magnitudes[name]):.4g})")
 
 
 if __name__ == "__main__":
