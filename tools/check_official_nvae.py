@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import subprocess
+import sys
 import tempfile
 import types
 
