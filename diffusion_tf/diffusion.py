@@ -32,7 +32,9 @@ LINEAR_BETA_START, LINEAR_BETA_END = 1e-4, 0.02
 # Improved DDPM (Nichol & Dhariwal 2021, eq. 17): offset s = 0.008, betas clipped at 0.999.
 COSINE_OFFSET, COSINE_MAX_BETA = 0.008, 0.999
 # DDIM timestep respacings (see `GaussianDiffusion.ddim_timesteps`); "uniform" is the official one.
-DDIM_SPACINGS = ("uniform", "leading", "trailing", "linspace")
+DDIM_SPACINGS = ("uniform", "quad", "leading", "trailing", "linspace")
+# ermongroup/ddim runners/diffusion.py skip_type "quad": int(linspace(0, sqrt(0.8 T), S)^2).
+DDIM_QUAD_FRACTION = 0.8
 
 
 def linear_beta_schedule(num_timesteps: int = NUM_TIMESTEPS, *, beta_start: float = LINEAR_BETA_START,
@@ -263,6 +265,11 @@ class GaussianDiffusion:
       uniform  (official DDIM, ermongroup/ddim `skip_type="uniform"`): range(0, T, T // S). It has
                ceil(T / (T // S)) steps, i.e. more than S when T // S does not divide T
                (T = 1000, S = 30 gives 31 steps 0, 33, ..., 990);
+      quad     (official DDIM `skip_type="quad"`, its CIFAR-10 choice): int(linspace(0, sqrt(0.8 T),
+               S) ** 2), truncated as the official `int(s)`: S steps from 0 to 0.8 T (800 for
+               T = 1000), dense near the data end; small S / T ratios repeat early steps (S = 100:
+               0, 0, 0, 0, 1, ...), kept as the official list keeps them (a repeated step is a
+               network call whose DDIM update leaves x unchanged);
       leading  (diffusers `timestep_spacing="leading"`, steps_offset 0): k (T // S), k = 0 .. S-1;
                the same as uniform whenever S divides T;
       trailing (diffusers "trailing"): round(T - k T / S) - 1, k = 0 .. S-1;
@@ -273,6 +280,8 @@ class GaussianDiffusion:
       raise ValueError(f"DDIM steps must be in [1, {T}], got {num_steps}")
     if spacing == "uniform":
       steps = np.arange(0, T, T // num_steps)  # official ddim: range(0, T, T // S)
+    elif spacing == "quad":
+      steps = np.trunc(np.linspace(0, np.sqrt(T * DDIM_QUAD_FRACTION), num_steps) ** 2)
     elif spacing == "leading":
       steps = np.arange(num_steps) * (T // num_steps)
     elif spacing == "trailing":

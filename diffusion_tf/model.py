@@ -81,14 +81,18 @@ class DDPM(keras.Model):
     seed: seed of the model's training-noise generator (t, epsilon, dequantization).
     dequantize: train on uniformly dequantized (k + u) / 256 instead (not the official protocol;
       the bound is still scored on the 8-bit grid).
+    random_flip: flip each training image left-right with probability 1/2 (official
+      `tf.image.random_flip_left_right` under `randflip=1`, the default of run_cifar.py,
+      run_celebahq.py and run_lsun.py); off by default (digits are not mirror-symmetric).
   """
 
   def __init__(self, *, image_shape: tuple[int, int, int], unet: UNetConfig,
                diffusion: GaussianDiffusion, padded_size: int = 32, jit_sampling: bool = True,
-               seed: int = 0, dequantize: bool = False, **kwargs):
+               seed: int = 0, dequantize: bool = False, random_flip: bool = False, **kwargs):
     super().__init__(**kwargs)
     h, w, c = image_shape
     self.dequantize = bool(dequantize)
+    self.random_flip = bool(random_flip)
     if padded_size < max(h, w):
       raise ValueError(f"padded_size {padded_size} is smaller than the image {image_shape}")
     self.image_shape = tuple(image_shape)
@@ -132,7 +136,12 @@ class DDPM(keras.Model):
 
   def training_data(self, x01):
     """x_0 for training, [B, S, S, C]: k / 127.5 - 1 (official), or (k + u) / 256 mapped to [-1, 1]
-    with `dequantize`."""
+    with `dequantize`; each image mirrored left-right with probability 1/2 with `random_flip`
+    (before padding, so an asymmetric pad does not move the image)."""
+    if self.random_flip:
+      # common_tf.random: each example gets one device's draw on any number of replicas.
+      flip = common_random.uniform([tf.shape(x01)[0]], seed=self.seed_generator) < 0.5
+      x01 = tf.where(flip[:, None, None, None], tf.reverse(x01, axis=[2]), x01)
     if self.dequantize:
       return self.to_model_space(distributions.uniform_dequantize(x01, seed=self.seed_generator))
     return self.to_model_space(tf.round(tf.cast(x01, tf.float32) * 255.0) / 255.0)

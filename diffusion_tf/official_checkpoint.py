@@ -45,6 +45,7 @@ class OfficialConfig:
   image_size: int
   variance: diffusion_lib.Variance
   num_timesteps: int = diffusion_lib.NUM_TIMESTEPS  # linear betas 1e-4 .. 0.02 in every script
+  random_flip: bool = True  # randflip=1 in run_cifar.py, run_celebahq.py and run_lsun.py train()
 
 
 # scripts/run_cifar.py (model 'unet2d16b2', GaussianDiffusion2 'fixedlarge', dropout 0.1);
@@ -180,7 +181,8 @@ def build_official_ddpm(path: str, *, config: str = "cifar10", ema: bool | None 
   gd = diffusion_lib.GaussianDiffusion(betas=diffusion_lib.linear_beta_schedule(c.num_timesteps),
                                        variance=c.variance)
   model = model_lib.DDPM(image_shape=(c.image_size, c.image_size, 3), unet=c.unet, diffusion=gd,
-                         padded_size=c.image_size, jit_sampling=jit_sampling)
+                         padded_size=c.image_size, jit_sampling=jit_sampling,
+                         random_flip=c.random_flip)
   return model, load_into_unet(model.unet, path, ema=ema)
 
 

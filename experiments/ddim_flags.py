@@ -57,7 +57,9 @@ def define_ddim_flags():
                      "variances).", lower_bound=0.0)
   flags.DEFINE_enum("ddim_spacing", defaults.spacing, list(diffusion_lib.DDIM_SPACINGS),
                     "DDIM timesteps: uniform = official DDIM range(0, T, T // S) (more than S steps "
-                    "when T // S does not divide T); leading / trailing / linspace = diffusers' "
-                    "timestep_spacing options (see docs/diffusion.md).")
+                    "when T // S does not divide T); quad = official DDIM skip_type 'quad', "
+                    "int(linspace(0, sqrt(0.8 T), S)^2), S steps from 0 to 0.8 T dense near the "
+                    "data (early steps may repeat, as in the official list); leading / trailing / "
+                    "linspace = diffusers' timestep_spacing options (see docs/diffusion.md).")
   flags.DEFINE_bool("ddim_clip_x0", defaults.clip_x0, "Clip DDIM's x0 prediction to [-1, 1] "
                     "(diffusers' clip_sample); the official DDIM sampler does not.")

@@ -41,8 +41,10 @@ def define_flags():
                     "latest, or the best one kept by early stopping.")
   flags.DEFINE_string("output_dir", None, "Folder for evaluate.json and the sample grids. Default: "
                       "<logdir>/evaluate, or evaluate/ next to --official_checkpoint.")
-  flags.DEFINE_enum("dataset", "auto", list(nvae_train.DATASETS), "Test images: as in "
-                    "experiments.nvae_mnist. Default: the run's data set (auto for official checkpoints).")
+  flags.DEFINE_enum("dataset", "auto", list(nvae_train.DATASETS), "Test images and their "
+                    "binarization, as in experiments.nvae_mnist (mnist: grey, a fresh Bernoulli draw "
+                    "per pass; binarized_mnist: static). Default: the run's data set (auto for "
+                    "official checkpoints).")
   flags.DEFINE_integer("num_iw_samples", 1000, "Importance samples K of the test NLL (official 1000); "
                        "0 = skip the NLL.")
   flags.DEFINE_integer("iw_chunk", 100, "Importance samples per network call (memory bound only).",
@@ -169,11 +171,13 @@ def main(argv):
   row = evaluate(model, s, splits, settings, output_dir=output_dir, seed=FLAGS.seed,
                  networks=networks, progress=True)
   row.update(script="nvae_evaluate", command=common.command_line(), checkpoint=source,
-             dataset=splits.dataset, test_examples=len(splits.test), seed=FLAGS.seed)
+             dataset=splits.dataset, binarization=splits.binarization,
+             test_examples=len(splits.test), seed=FLAGS.seed)
   results.write_json(os.path.join(output_dir, "evaluate.json"), row)
   if "nll" in row:
     print(f"test NLL {row['nll']:.2f} nats ({row['bits_per_dim']:.4f} bits/dim), -ELBO "
-          f"{row['neg_elbo']:.2f}, K={s.num_iw_samples}, {row['test_examples']} images")
+          f"{row['neg_elbo']:.2f}, K={s.num_iw_samples}, {row['test_examples']} images of "
+          f"{nvae_train.data_description(splits.dataset)}")
   for t, m in row["temperatures"].items():
     fid, precision, recall = (results.format_value(m[k], 4) for k in ("fid", "precision", "recall"))
     print(f"temperature {t}: FID {fid}, precision {precision}, recall {recall}; "

@@ -38,9 +38,12 @@ def define_run_flags():
                     "KL warm-up clock: beta = max(min((t - 1e-4 T) / (0.3 T), 1), 1e-4) on the step "
                     "counter (official) or on the epoch counter (constant within an epoch).")
   flags.DEFINE_enum("dataset", "auto", list(nvae_train.DATASETS),
-                    "mnist: dynamic binarization of grey MNIST (official); binarized_mnist: static "
-                    "Larochelle-Murray binarization; auto: mnist if its training images are "
-                    "available, else binarized_mnist.")
+                    "Data set, which fixes the binarization (recorded in every results row and "
+                    "page): mnist = grey MNIST binarized dynamically, a fresh Bernoulli draw of each "
+                    "training image every epoch and of the test images every evaluation pass "
+                    "(official datasets.py); binarized_mnist = the static Larochelle-Murray "
+                    "binarization; auto = mnist if the grey MNIST training images are available, "
+                    "else binarized_mnist.")
   flags.DEFINE_integer("num_flows", None, "Paired IAF cells per latent group (official --num_nf); "
                        "the KL becomes a single-sample estimate when > 0. Default: preset's (0).", lower_bound=0)
   flags.DEFINE_integer("num_channels", None, "Channels of the encoder/decoder at 32x32 (official 32). "

@@ -58,7 +58,7 @@ def table_notes(rows: list[dict], preset: str, missing: list[str]) -> str:
                                  "architecture, a few hundred steps, a test subset and few importance "
                                  "samples): they check the pipeline and are not comparable with the "
                                  "paper." if preset == "quick" else ""),
-      f"- Data: {r['dataset']} ({r['binarization']} binarization); global batch "
+      f"- Data: {nvae_train.data_description(r['dataset'])}; global batch "
       f"{r['global_batch_size']}, {r['epochs']} epochs, {r['parameters']:,} parameters; precision "
       f"{r['precision_policy']}.",
       f"- NLL: importance-weighted bound with K = {r['num_iw_samples']} on {r['test_examples']} test "
@@ -160,6 +160,8 @@ def write_report(rows: list[dict], *, table: nvae_flags.TableSettings, command: 
       "an evaluated row shows them as unavailable.",
       "- Train time: wall clock of training only, summed over resumed invocations; on a shared "
       "host it includes the time the process waited for the CPU or was paused.",
+      f"- Data: {nvae_train.data_description(rows[0]['dataset'])}"
+      + (" (--dataset=auto as it resolves on this host)" if s.dataset == "auto" else "") + ".",
       f"- Host: {'; '.join(cpus) or 'n/a'}; training ran at commit(s) {', '.join(commits) or 'n/a'}; "
       f"this page at commit {harness.code_commit() or 'unknown'}.",
   ]
@@ -180,9 +182,13 @@ def main(argv):
   command = common.command_line()
   if table.report_only:
     rows = []
+    dataset = nvae_train.resolve_dataset(table.base.dataset, FLAGS.data_dir)
     for kl_warmup, spectral in table.rows:
       s, config = table.row(kl_warmup, spectral)
-      rows.append(report_row(s, config.logdir, epochs=config.epochs))
+      row = report_row(s, config.logdir, epochs=config.epochs)
+      if "dataset" not in row:  # an evaluated row keeps the data set it was trained on
+        row.update(dataset=dataset, binarization=nvae_train.binarization(dataset))
+      rows.append(row)
     write_report(rows, table=table, command=command)
     print(f"wrote {table.output}")
     return

@@ -106,6 +106,7 @@ def main(argv):
     nll = results.read_json(table1_row)["nll"] if os.path.exists(table1_row) else None
     rows.append({
         "row": nvae_train.table_row_label(kl_warmup, spectral), "nll": nll,
+        "dataset": trained.splits.dataset, "binarization": trained.splits.binarization,
         "steps": int(trained.trainer.step.numpy()),
         "ppl": path_length(trained.model, vgg16, make_distance=ppl.vgg16_feature_distance,
                            missing="no VGG-16 weights: pass --vgg16_path", num_samples=num_samples,
@@ -123,7 +124,8 @@ def main(argv):
       "--download_weights with a network); PPL-LPIPS needs LPIPS-VGG weights: pass --lpips_path "
       "(or set GENMODELS_LPIPS_PATH; the .npz is made by `python -m evaluation.lpips --convert`). "
       "LPIPS runs at the native image size (no crop, no resize).\n- Models: the Table 1 runs in "
-      f"{table.root} (restored, trained first if missing).\n"
+      f"{table.root} (restored, trained first if missing), trained on "
+      f"{nvae_train.data_description(rows[0]['dataset'])}.\n"
       + (f"- {vgg16[1]}\n" if vgg16[0] is None else "")
       + (f"- {lpips_net[1]}\n" if lpips_net[0] is None else "")
       + ("- PPL-LPIPS used a NARROW test network (1/{}): not LPIPS values.\n".format(

@@ -181,6 +181,10 @@ class Splits:
     """D of bits/dim = nats / (D ln 2)."""
     return int(np.prod(self.image_shape))
 
+  @property
+  def binarization(self) -> str:
+    return binarization(self.dataset)
+
   def epoch_transform(self):
     return (lambda ds, seed: data.dynamic_binarization(ds, seed=seed)) if self.dynamic else None
 
@@ -189,6 +193,21 @@ class Splits:
     if not self.dynamic:
       return self.test
     return data.binarize_once(self.test, seed=seed)
+
+
+def binarization(dataset: str) -> str:
+  """How the images of a resolved data set are binarized, as results rows and pages record it:
+  'dynamic' for mnist (a fresh Bernoulli draw of the grey images, training images each epoch and
+  test images per evaluation pass; official datasets.py `Binarize` on train and valid), 'static'
+  for binarized_mnist (the fixed Larochelle & Murray binarization)."""
+  if dataset not in ("mnist", "binarized_mnist"):
+    raise ValueError(f"binarization of {dataset!r} is unknown: resolve 'auto' first")
+  return "dynamic" if dataset == "mnist" else "static"
+
+
+def data_description(dataset: str) -> str:
+  """'binarized_mnist (static binarization)': the data line of the NVAE pages."""
+  return f"{dataset} ({binarization(dataset)} binarization)"
 
 
 def resolve_dataset(name: str, data_dir=None) -> str:
@@ -473,7 +492,7 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
   row = {
       "script": "nvae_mnist", "command": command, "preset": s.preset,
       "dataset": trained.splits.dataset,
-      "binarization": "dynamic" if trained.splits.dynamic else "static",
+      "binarization": trained.splits.binarization,
       "spectral": s.model.spectral, "kl_warmup": s.kl_warmup, "num_flows": s.model.num_flows,
       "global_batch_size": config.batch_size, "epochs": config.epochs, "steps": steps,
       "epochs_reached": steps / trained.trainer.steps_per_epoch,

@@ -79,6 +79,9 @@ def define_flags():
   ddim_flags.define_ddim_flags()
   flags.DEFINE_bool("ddpm_dequantize", None, "Train the DDPM on uniformly dequantized (k + u)/256 "
                     "data. Default: the preset's (no: k/127.5 - 1 without noise, as the official code).")
+  flags.DEFINE_bool("ddpm_random_flip", None, "Mirror each DDPM training image left-right with "
+                    "probability 1/2 (official randflip=1 of run_cifar.py). Default: the preset's "
+                    "(no: digits are not mirror-symmetric).")
   flags.DEFINE_integer("vlb_examples", None, "Held-out images for the DDPM variational bound "
                        "(T network calls each). Default: all evaluation images.", lower_bound=1)
   flags.DEFINE_bool("vlb_unclipped", False, "Also report the DDPM bound without clipping x0_hat "
@@ -129,6 +132,7 @@ class DDPMPreset:
   num_timesteps: int = diffusion_lib.NUM_TIMESTEPS
   beta_schedule: str = "linear"
   dequantize: bool = False     # official: k / 127.5 - 1, no noise
+  random_flip: bool = False    # official CIFAR-10 randflip=1; off for MNIST digits
   padded_size: int = 32        # MNIST 28 -> 32: four U-Net levels need a side divisible by 8
 
 
@@ -314,7 +318,8 @@ def run_ddpm(p: DDPMPreset, *, settings: Settings, strategy, train_images, eval_
   gd = diffusion_lib.GaussianDiffusion(betas=BETA_SCHEDULES[p.beta_schedule](p.num_timesteps))
   with strategy.scope():
     model = models.DDPM(image_shape=tuple(train_images.shape[1:]), unet=p.unet, diffusion=gd,
-                        padded_size=p.padded_size, seed=settings.seed, dequantize=p.dequantize)
+                        padded_size=p.padded_size, seed=settings.seed, dequantize=p.dequantize,
+                        random_flip=p.random_flip)
     # Official: Adam (epsilon 1e-8), lr * min(step / warmup, 1), EMA of the weights.
     optimizer = optim.ddpm_adam(learning_rate=p.learning_rate, warmup_steps=p.warmup_steps,
                                 ema_decay=p.ema_decay)
@@ -459,7 +464,8 @@ def main(argv):
           preset.ddpm, vlb_examples=common.flag_or("vlb_examples", preset.ddpm.vlb_examples),
           num_timesteps=common.flag_or("num_timesteps", preset.ddpm.num_timesteps),
           beta_schedule=common.flag_or("beta_schedule", preset.ddpm.beta_schedule),
-          dequantize=common.flag_or("ddpm_dequantize", preset.ddpm.dequantize)))
+          dequantize=common.flag_or("ddpm_dequantize", preset.ddpm.dequantize),
+          random_flip=common.flag_or("ddpm_random_flip", preset.ddpm.random_flip)))
   logdir = FLAGS.logdir or common.default_logdir("sample_quality", preset=FLAGS.preset, seed=FLAGS.seed)
   # Each model trains in its own folder under the run's logdir.
   train_configs = {name: dataclasses.replace(

@@ -25,6 +25,11 @@ from nvae_tf.model import NVAE, NVAEConfig
 SUPPORTED_DATASETS = ("mnist", "omniglot")  # Bernoulli decoder, 28x28 padded to 32 (official crop)
 SUPPORTED_ARCH = "res_mbconv"               # BN-Swish encoder cells, mconv_e6k5g0 / e3k5g0 decoder
 IGNORED_SUFFIXES = (".num_batches_tracked",)  # PyTorch BN step counters (no Keras counterpart)
+# The official Conv2D (neural_operations.py) assigns `self.weight_normalized = self.normalize_weight()`
+# in __init__; without weight norm that is the `weight` Parameter itself, so `state_dict()` holds it
+# a second time as `<conv>.weight_normalized` (why the official evaluate.py loads with strict=False).
+ALIAS_SUFFIX = ".weight_normalized"
+ALIAS_RTOL, ALIAS_ATOL = 1e-5, 1e-6  # float32 recomputation of the weight norm
 
 
 class CheckpointError(ValueError):
@@ -229,18 +234,50 @@ def official_parameters(model: NVAE) -> dict[str, Parameter]:
   return out
 
 
+def normalized_weight(weight: np.ndarray, log_weight_norm: np.ndarray | None) -> np.ndarray:
+  """Official `normalize_weight`: exp(log_n) * w / (||w|| + 1e-5) per output channel; w without norm."""
+  if log_weight_norm is None:
+    return weight
+  norm = np.sqrt(np.sum(weight * weight, axis=(1, 2, 3), keepdims=True))
+  return np.exp(log_weight_norm.reshape(-1, 1, 1, 1)) * weight / (norm + 1e-5)
+
+
+def _check_aliases(aliases: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray]) -> None:
+  """Each `<conv>.weight_normalized` must equal the normalised `<conv>.weight` it aliases."""
+  for key, value in aliases.items():
+    conv = key[:-len(ALIAS_SUFFIX)]
+    weight = state[f"{conv}.weight"].astype(np.float32)
+    log_norm = state.get(f"{conv}.log_weight_norm")
+    expected = normalized_weight(weight, None if log_norm is None else log_norm.astype(np.float32))
+    if tuple(value.shape) != tuple(expected.shape):
+      raise CheckpointError(f"{key}: shape {tuple(value.shape)}, but {conv}.weight has "
+                            f"{tuple(expected.shape)}")
+    if not np.allclose(value, expected, rtol=ALIAS_RTOL, atol=ALIAS_ATOL):
+      diff = float(np.max(np.abs(value.astype(np.float64) - expected)))
+      raise CheckpointError(f"{key} is not the normalised {conv}.weight it aliases "
+                            f"(max difference {diff:.3g})")
+
+
 def load_state_dict(model: NVAE, state_dict: Mapping[str, Any]) -> None:
   """Assigns an official state dict (name -> array / tensor) to `model`; every key must match.
 
-  Raises CheckpointError listing missing / unexpected keys or a shape mismatch.
+  The official `<conv>.weight_normalized` aliases (see ALIAS_SUFFIX) are accepted beside a conv
+  weight when they equal its weight-normalised value; they carry no weight of their own.
+  Raises CheckpointError listing missing / unexpected keys, a shape mismatch or a wrong alias.
   """
   params = official_parameters(model)
-  state = {}
+  state, aliases = {}, {}
   for key, value in state_dict.items():
     key = key[len("module."):] if key.startswith("module.") else key
     if key.endswith(IGNORED_SUFFIXES):
       continue
-    state[key] = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+    value = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+    conv_weight = f"{key[:-len(ALIAS_SUFFIX)]}.weight"
+    if (key.endswith(ALIAS_SUFFIX) and conv_weight in params
+        and len(params[conv_weight].torch_shape) == 4):
+      aliases[key] = value
+    else:
+      state[key] = value
   missing = sorted(set(params) - set(state))
   unexpected = sorted(set(state) - set(params))
   if missing or unexpected:
@@ -252,7 +289,9 @@ def load_state_dict(model: NVAE, state_dict: Mapping[str, Any]) -> None:
     if tuple(value.shape) != param.torch_shape:
       raise CheckpointError(f"{key}: shape {tuple(value.shape)} in the checkpoint, "
                             f"{param.torch_shape} expected")
-    param.variable.assign(param.convert(value.astype(np.float32)))
+  _check_aliases(aliases, state)
+  for key, param in params.items():
+    param.variable.assign(param.convert(state[key].astype(np.float32)))
 
 
 def read_checkpoint(path: str) -> dict:

@@ -284,7 +284,37 @@ def test_ddim_timesteps_respacing():
   with pytest.raises(ValueError):
     d.ddim_timesteps(0)
   with pytest.raises(ValueError, match="spacing"):
-    d.ddim_timesteps(10, spacing="quad")
+    d.ddim_timesteps(10, spacing="quadratic")
+
+
+def official_quad(num_timesteps, num_steps):
+  """ermongroup/ddim runners/diffusion.py, skip_type == "quad" (in NumPy, as written there)."""
+  seq = np.linspace(0, np.sqrt(num_timesteps * 0.8), num_steps) ** 2
+  return [int(s) for s in list(seq)]
+
+
+def test_ddim_quad_spacing_is_the_official_formula():
+  d = diffusion.GaussianDiffusion.linear()
+  for num_steps in (1, 7, 10, 20, 50, 100, 333, 1000):
+    np.testing.assert_array_equal(d.ddim_timesteps(num_steps, spacing="quad"),
+                                  official_quad(1000, num_steps), err_msg=str(num_steps))
+  np.testing.assert_array_equal(d.ddim_timesteps(10, spacing="quad"),
+                                [0, 9, 39, 88, 158, 246, 355, 483, 632, 800])
+  assert list(d.ddim_timesteps(100, spacing="quad")[:6]) == [0, 0, 0, 0, 1, 2]  # repeats kept
+
+
+def test_compiled_ddim_sampler_follows_the_quad_steps_with_repeats():
+  d = _small()
+  shape = (2, 4, 4, 1)
+  steps = d.ddim_timesteps(5, spacing="quad")
+  np.testing.assert_array_equal(steps, official_quad(12, 5))
+  np.testing.assert_array_equal(steps, [0, 0, 2, 5, 9])
+  got = tf.function(lambda: d.ddim_sample_loop(_toy_eps, shape, seed=SEED, num_steps=5, eta=0.5,
+                                               spacing="quad"), jit_compile=True)().numpy()
+  noises = _draws(shape, SEED, list(steps) + [d.num_timesteps], jit=True)
+  expected = numpy_ddpm.ddim(numpy_ddpm.Schedule(d.betas), _toy_eps_np, noises[d.num_timesteps],
+                             steps, noises, eta=0.5)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_simple_loss_is_zero_for_the_true_noise_and_positive_otherwise():

@@ -122,6 +122,27 @@ def test_ddpm_trains_on_official_scaling_and_dequantizes_only_on_request():
   assert u.min() >= -1e-4 and u.max() <= 1 + 1e-4 and u.std() > 0.2
 
 
+def test_random_flip_mirrors_about_half_the_images_in_place_and_only_on_request():
+  n, shape = 64, (6, 5, 1)  # padded to 8x8: 1 column left, 2 right (the flip is before padding)
+  x = _images(n, shape)
+  k = np.round(x.numpy() * 255) / 127.5 - 1
+  d = diffusion.GaussianDiffusion(betas=np.linspace(1e-3, 0.2, 6))
+  make = lambda **kw: model_lib.DDPM(image_shape=shape, unet=MICRO_UNET, diffusion=d,
+                                     padded_size=8, **kw)
+  plain = make().training_data(x).numpy()
+  flipping = make(random_flip=True)
+  got = flipping.training_data(x).numpy()
+  np.testing.assert_array_equal(plain[:, 1:7, 1:6], k)  # official scaling, no flip by default
+  np.testing.assert_array_equal(got[:, :, 0], -1.0)      # the padding stays where it was
+  np.testing.assert_array_equal(got[:, :, 6:], -1.0)
+  same = np.all(got[:, 1:7, 1:6] == k, axis=(1, 2, 3))
+  mirrored = np.all(got[:, 1:7, 1:6] == k[:, :, ::-1], axis=(1, 2, 3))
+  assert np.all(same | mirrored) and not np.any(same & mirrored)  # no image is its own mirror
+  assert 20 <= mirrored.sum() <= 44  # Binomial(64, 1/2): outside with probability < 0.01
+  again = flipping.training_data(x).numpy()  # a new draw per batch
+  assert not np.array_equal(np.all(again[:, 1:7, 1:6] == k[:, :, ::-1], axis=(1, 2, 3)), mirrored)
+
+
 def test_ddpm_loss_and_variational_bound():
   # One model for both parts: jit_sampling only switches XLA off for the bound (graph mode, so
   # the x_t draws are the CPU kernel's); the loss and its gradients are eager either way.

@@ -2,13 +2,20 @@
 
 The test writes a checkpoint in the official format with TF's own v1 machinery (variable scopes,
 `tf.compat.v1.train.ExponentialMovingAverage`, Adam slots, `Saver`): names and shapes are spelled out
-here from the official diffusion_tf/models/unet.py and nn.py, not taken from the importer. Then
-every tensor must land in the Keras variable the test expects, and the whole network's output must
-equal a NumPy float64 implementation of the official U-Net that reads the checkpoint directly.
+here from the official diffusion_tf/models/unet.py and nn.py, not taken from the importer, and are
+checked against official_variables_{tiny,cifar10}.json, the variable list of a checkpoint of the
+official graph itself (built by running the official `unet.model` under tf.compat.v1 with the
+training variables of its `run_training`: `python tools/check_official_ddpm.py --official_path
+<hojonathanho/diffusion checkout at 1e0dceb> --config {tiny,cifar10} --dump_names ...`; each file's
+"source" field says so). Then every tensor must land in the Keras variable the test expects, and
+the whole network's output must equal a NumPy float64 implementation of the official U-Net that
+reads the checkpoint directly.
 """
 
 import dataclasses
+import json
 import math
+import os
 import re
 
 import numpy as np
@@ -84,6 +91,19 @@ def official_spec(ch_mult=CH_MULT, attn_resolutions=ATTN):
   norm("model/norm_out", cur)
   conv("model/conv_out", cur, IN_CH)
   return spec
+
+
+def official_variables(name):
+  """{checkpoint variable: shape} of the official graph (official_variables_<name>.json) and its config."""
+  with open(os.path.join(os.path.dirname(__file__), f"official_variables_{name}.json")) as f:
+    dumped = json.load(f)
+  return {k: tuple(v) for k, v in dumped["variables"].items()}, dumped["config"]
+
+
+def official_weights(variables):
+  """The U-Net weights among the checkpoint variables (no EMA shadows, optimizer slots, counters)."""
+  return {k: v for k, v in variables.items()
+          if k.startswith("model/") and not re.search(r"/(ExponentialMovingAverage|Adam|Adam_1)$", k)}
 
 
 def random_weights(spec, seed):
@@ -265,15 +285,20 @@ def unet(built_unet):
   return built_unet
 
 
+def test_hand_written_names_are_the_official_graphs():
+  variables, config = official_variables("tiny")
+  assert config == dict(ch=CH, ch_mult=list(CH_MULT), num_res_blocks=NUM_RES,
+                        attn_resolutions=list(ATTN), size=SIZE)
+  assert official_spec() == official_weights(variables)
+  assert len(official_spec()) == 144
+
+
 def test_checkpoint_has_the_official_layout(checkpoint):
-  path, raw, _ = checkpoint
-  shapes = dict(tf.train.list_variables(path))
+  """Every variable of a checkpoint of the official training graph, no more: the weights, their
+  EMA shadows, the Adam slots, beta1/2_power and global_step."""
+  path, _, _ = checkpoint
   assert path.endswith("model.ckpt-1234")
-  for name, value in raw.items():
-    assert shapes[name] == list(value.shape)
-    assert shapes[name + "/ExponentialMovingAverage"] == list(value.shape)
-    assert name + "/Adam" in shapes and name + "/Adam_1" in shapes
-  assert "global_step" in shapes
+  assert {k: tuple(v) for k, v in tf.train.list_variables(path)} == official_variables("tiny")[0]
 
 
 def test_every_tensor_lands_in_its_place_ema_by_default(checkpoint, unet):
@@ -307,6 +332,8 @@ def test_official_ddpm_samples_with_our_sampler(checkpoint, monkeypatch):
       unet=TINY, image_size=SIZE, variance=diffusion.Variance.FIXED_LARGE, num_timesteps=5))
   model, report = oc.build_official_ddpm(path, config="tiny", jit_sampling=False)
   assert report.ema and model.diffusion.variance is diffusion.Variance.FIXED_LARGE
+  # Official scripts train with randflip=1 (run_cifar.py, run_celebahq.py, run_lsun.py).
+  assert model.random_flip and all(c.random_flip for c in oc.OFFICIAL_CONFIGS.values())
   samples = model.sample_ddim(2, seed=1, num_steps=5).numpy()
   assert samples.shape == (2, SIZE, SIZE, IN_CH) and np.all(np.isfinite(samples))
   assert oc.OFFICIAL_CONFIGS["cifar10"].unet == layers.UNetConfig(
@@ -314,14 +341,19 @@ def test_official_ddpm_samples_with_our_sampler(checkpoint, monkeypatch):
       dropout=0.1, num_groups=32)
 
 
-def test_cifar10_preset_has_the_official_parameter_count():
-  # The official CIFAR-10 model 'unet2d16b2' is "35.7M" (scripts/run_cifar.py).
+def test_cifar10_preset_names_every_official_weight_with_its_shape():
+  # The official CIFAR-10 model 'unet2d16b2' ("35.7M", scripts/run_cifar.py), from its graph.
+  variables, config = official_variables("cifar10")
+  weights = official_weights(variables)
+  assert len(weights) == 328 and sum(int(np.prod(s)) for s in weights.values()) == 35_746_307
+  assert all(variables[f"{k}/ExponentialMovingAverage"] == s for k, s in weights.items())
   c = oc.OFFICIAL_CONFIGS["cifar10"]
+  assert c.image_size == config["size"] == 32
   unet = layers.UNet(config=c.unet, image_size=32, out_channels=3)  # attention placed for 32x32
   # Built by a forward pass on 8x8 (convolution kernels do not depend on the input size; 8 is
   # divisible by the 2^3 of the four levels): the weights of the 32x32 network, 1/16 of the work.
   unet(tf.zeros([1, 8, 8, 3]), tf.zeros([1], tf.int32))
-  assert round(sum(int(np.prod(v.shape)) for v in unet.weights) / 1e6, 1) == 35.7
+  assert {k: tuple(v.shape) for k, v in oc.variable_map(unet).items()} == weights
 
 
 def test_wrong_configuration_or_path_is_a_clear_error(checkpoint, unet, tmp_path):

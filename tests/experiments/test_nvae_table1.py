@@ -9,6 +9,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from experiments import nvae_table1
 from experiments import nvae_train
@@ -31,7 +32,8 @@ def status(step, *, finished, commits):
 
 def test_report_only_reads_the_rows_folders_and_trains_nothing(tmp_path):
   root, page = tmp_path / "runs", tmp_path / "page.md"
-  args = ARGS + [f"--table_logdir={root}", f"--table_output={page}"]
+  # No grey MNIST training images in this data folder: --dataset=auto is the static binarized_mnist.
+  args = ARGS + [f"--table_logdir={root}", f"--table_output={page}", f"--data_dir={tmp_path}"]
   write(root / "step_sr" / "status.json", status(1500, finished=False, commits=["abc1234"]))
   write(root / "step_sr" / "validation.json", [
       dict(epoch=1, step=500, train_seconds=300.0, train_seconds_no_val=300.0, val_seconds=20.0,
@@ -54,6 +56,9 @@ def test_report_only_reads_the_rows_folders_and_trains_nothing(tmp_path):
       "trained; test NLL (K = 1000) in progress: 150 test images done (rerun to resume)",
       "trained, test NLL not evaluated yet", "not started"]
   assert all("nll" not in r for r in rows)
+  assert {(r["dataset"], r["binarization"]) for r in rows} == {("binarized_mnist", "static")}
+  assert ("- Data: binarized_mnist (static binarization) (--dataset=auto as it resolves on this "
+          "host).") in page.read_text()
   assert rows[1]["cpus"] == ["Xeon, AVX-512", "EPYC, AVX2"] and rows[0]["cpus"] == ["test CPU"]
   assert "- Host: EPYC, AVX2; Xeon, AVX-512; test CPU; training ran at" in page.read_text()
   # The validation curve so far: as columns for the plot, and the PNG beside the page.
@@ -92,6 +97,14 @@ def test_report_only_reads_the_rows_folders_and_trains_nothing(tmp_path):
   assert "without --report_only resumes it" in text
 
 
+def test_binarization_is_dynamic_for_grey_mnist_and_static_for_the_binarized_file():
+  assert nvae_train.binarization("mnist") == "dynamic"
+  assert nvae_train.binarization("binarized_mnist") == "static"
+  assert nvae_train.data_description("mnist") == "mnist (dynamic binarization)"
+  with pytest.raises(ValueError, match="resolve 'auto' first"):
+    nvae_train.binarization("auto")
+
+
 def test_table_notes_name_every_host_and_commit_of_the_rows():
   """The evaluated table's notes: the CPUs of all rows (`cpus`, or the `cpu` of rows written
   before 2026-12-02) and the union of their training commits, not the first row's alone."""
@@ -105,3 +118,4 @@ def test_table_notes_name_every_host_and_commit_of_the_rows():
   notes = nvae_table1.table_notes(rows, "cpu", [])
   assert ("- Host(s) that trained or evaluated the rows: EPYC, AVX2; Xeon, AVX-512 (per row" in notes)
   assert "training ran at commit(s) abc1234, def5678." in notes
+  assert "- Data: binarized_mnist (static binarization); global batch 32" in notes

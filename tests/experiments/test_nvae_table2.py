@@ -47,3 +47,28 @@ def test_ppl_lpips_column_is_unavailable_without_weights_and_a_number_with_them(
   (tmp_path / "bad.npz").write_bytes(b"not an npz")
   with pytest.raises(ValueError, match="not a readable .npz"):
     nvae_table2.load_lpips(str(tmp_path / "bad.npz"))
+
+
+def test_rows_and_page_record_the_data_set_and_its_binarization(tmp_path, monkeypatch):
+  """main() without feature weights: nothing is measured, the rows and page say which data the
+  Table 1 models were trained on (training itself is stubbed out: the Splits it would return)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from experiments import nvae_train  # pylint: disable=g-import-not-at-top
+  from tests import scripts  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv(lpips.LPIPS_PATH_ENV, raising=False)
+  monkeypatch.setattr(nvae_train, "load_network", lambda kind, **kw: (None, f"no {kind} (test)"))
+  splits = nvae_train.Splits(dataset="mnist", dynamic=True, train=None,
+                             test=np.zeros((2, 28, 28, 1), np.float32))
+  monkeypatch.setattr(nvae_train, "train", lambda s, config, **kw: types.SimpleNamespace(
+      splits=splits, model=None, trainer=types.SimpleNamespace(step=tf.constant(7))))
+  page = tmp_path / "table2.md"
+  proc = scripts.run_script("nvae_table2", [
+      "--preset=quick", "--table_rows=step_sr", f"--table_logdir={tmp_path / 'runs'}",
+      f"--table_output={page}"])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = json.load(open(tmp_path / "runs" / "table2.json"))
+  assert [(r["dataset"], r["binarization"], r["steps"]) for r in rows] == [("mnist", "dynamic", 7)]
+  assert "(restored, trained first if missing), trained on mnist (dynamic binarization)." in (
+      page.read_text())

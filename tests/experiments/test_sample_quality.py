@@ -35,7 +35,8 @@ TINY = sq.Preset(
                        vlb_examples=2, padded_size=16),
     fid_samples=8, data="test data", offline_split=True)
 ARGS = ["--max_steps=2", "--num_timesteps=4", "--grid_samples=4", "--ddim_steps=2",
-        "--vlb_examples=3", "--vlb_unclipped", "--ddpm_dequantize", "--ddim_spacing=trailing",
+        "--vlb_examples=3", "--vlb_unclipped", "--ddpm_dequantize", "--ddpm_random_flip",
+        "--ddim_spacing=trailing",
         "--ddim_clip_x0", "--ddim_eta=0.5", "--iw_samples=2"]
 
 
@@ -109,6 +110,7 @@ def test_tiny_run_writes_the_page_grids_and_rows_without_faking_fid(tiny_run):
 def test_ddpm_flags_reach_the_model_the_sampler_and_the_bound(tiny_run):
   seen, rows = tiny_run["seen"], tiny_run["rows"]
   assert seen["ddpm"]["dequantize"] is True and seen["ddpm"]["image_shape"] == (SIDE, SIDE, 1)
+  assert seen["ddpm"]["random_flip"] is True
   assert seen["ddpm"]["diffusion"].num_timesteps == 4
   assert {k: seen["ddim"][k] for k in ("num_steps", "eta", "spacing", "clip_denoised")} == {
       "num_steps": 2, "eta": 0.5, "spacing": "trailing", "clip_denoised": True}
@@ -124,7 +126,7 @@ def test_main_resolves_every_flag_once_into_the_settings(tiny_run):
   s = tiny_run["settings"]
   runs = str(tiny_run["tmp_path"] / "runs")
   assert s.preset.ddpm == dataclasses.replace(TINY.ddpm, vlb_examples=3, num_timesteps=4,
-                                               dequantize=True)
+                                               dequantize=True, random_flip=True)
   assert s.preset.vae.iw_samples == 2 and s.preset.fid_samples == TINY.fid_samples
   assert s.ddim == sq.ddim_flags.DDIMSettings(steps=2, eta=0.5, spacing="trailing", clip_x0=True)
   assert s.models == ("vae", "flow", "ddpm") and s.vlb_unclipped is True and s.grid_samples == 4

@@ -4,6 +4,12 @@ Parameter names and PyTorch shapes follow model.py / neural_operations.py / neur
 of NVlabs/NVAE for the `args` below (1 latent scale with 3 groups, 4 channels at 32x32, 1
 preprocess / postprocess block of 1 cell, 1 cell per group, 2 latents per group, 1 paired IAF
 cell per group, SE, residual posterior, arch 'res_mbconv'). Nothing here is derived from nvae_tf.
+
+The key set and shapes equal those of the official `state_dict()` (the `weight_normalized` aliases
+included), which tests/nvae_tf/official_state_dict_tiny.json records: that file was written by
+running the official code, `python tools/check_official_nvae.py --official_path <NVlabs/NVAE
+checkout at 9fc1a28> --config tiny --dump_keys tests/nvae_tf/official_state_dict_tiny.json`
+(its "source" field says so), and test_official_architecture.py compares the two.
 """
 
 import argparse
@@ -21,12 +27,19 @@ def args() -> argparse.Namespace:
 
 
 def conv(name, c_out, c_in, k, *, bias=True, weight_norm=True, groups=1):
-  """Official Conv2D / ARConv2d: weight [O, I / groups, k, k], bias [O], log_weight_norm [O, 1, 1, 1]."""
+  """Official Conv2D / ARConv2d: weight [O, I / groups, k, k], bias [O], log_weight_norm [O, 1, 1, 1].
+
+  A Conv2D without weight norm also has `weight_normalized`: its __init__ assigns
+  `self.weight_normalized = self.normalize_weight()`, which is then the `weight` Parameter itself,
+  registered a second time under that name.
+  """
   out = {f"{name}.weight": (c_out, c_in // groups, k, k)}
   if bias:
     out[f"{name}.bias"] = (c_out,)
   if weight_norm:
     out[f"{name}.log_weight_norm"] = (c_out, 1, 1, 1)
+  else:
+    out[f"{name}.weight_normalized"] = out[f"{name}.weight"]
   return out
 
 

@@ -24,7 +24,9 @@ def random_state_dict(seed=0):
   rng = np.random.RandomState(seed)
   out = {}
   for key, shape in official_tiny.state_dict_shapes().items():
-    if key.endswith("num_batches_tracked"):
+    if key.endswith(official.ALIAS_SUFFIX):  # the official alias is the weight Parameter itself
+      out[key] = out[key[:-len(official.ALIAS_SUFFIX)] + ".weight"]
+    elif key.endswith("num_batches_tracked"):
       out[key] = torch.tensor(7, dtype=torch.int64)
     elif key.endswith("running_var") or (key.endswith(".weight") and len(shape) == 1):
       out[key] = torch.tensor(rng.uniform(0.5, 1.5, shape).astype(np.float32))   # BN var / gamma
@@ -92,7 +94,8 @@ def test_every_tensor_lands_in_its_variable(checkpoint):
   assert info["epoch"] == 3 and info["global_step"] == 12
   assert model.config.num_flows == 1 and model.groups_enc == [3]
   params = official.official_parameters(model)
-  assert set(params) == {k for k in sd if not k.endswith("num_batches_tracked")}
+  assert set(params) == {k for k in sd if not k.endswith(("num_batches_tracked",
+                                                          official.ALIAS_SUFFIX))}
   for key, p in params.items():
     np.testing.assert_array_equal(p.variable.numpy(), p.convert(sd[key]), err_msg=key)
   np.testing.assert_array_equal(model.prior_ftr0.numpy(), sd["prior_ftr0"].transpose(1, 2, 0))
@@ -183,9 +186,12 @@ def test_nvae_evaluate_runs_on_an_official_checkpoint(checkpoint, tmp_path):
   proc = scripts.run_script("nvae_evaluate", [
       f"--official_checkpoint={path}", "--num_iw_samples=2", "--iw_chunk=2",
       "--temperature=0.8,1.0", "--readjust_bn_steps=1", "--test_examples=4", "--eval_batch_size=4",
-      "--num_grid_images=4", "--fid_samples=4", "--dataset=binarized_mnist", f"--output_dir={out}"])
+      "--num_grid_images=4", "--fid_samples=4", "--dataset=mnist", f"--output_dir={out}"])
   assert proc.returncode == 0, proc.stderr[-2000:]
   row = json.load(open(out / "evaluate.json"))
+  # The official data: grey MNIST test images, a Bernoulli draw per pass (datasets.py Binarize).
+  assert row["dataset"] == "mnist" and row["binarization"] == "dynamic"
+  assert "4 images of mnist (dynamic binarization)" in proc.stdout
   assert row["checkpoint"].endswith("(official, epoch 3)") and row["test_examples"] == 4
   assert np.isfinite(row["nll"]) and sorted(row["temperatures"]) == ["0.8", "1"]
   assert (out / "samples_t0.8.png").exists() and (out / "samples_t1.npz").exists()
