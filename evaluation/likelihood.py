@@ -105,6 +105,7 @@ class LikelihoodSummary:
   num_examples: int
   num_samples: int           # K the estimator actually used (counted, equal to the request)
   per_example_log_likelihood: np.ndarray  # [N]
+  per_example_elbo: np.ndarray | None = None  # [N]
   batches_evaluated: int = 0  # batches computed by this call (the others were read from a resume file)
   seconds: float = 0.0       # wall time of the batches, over resumed calls too (in the resume file)
   # {host (`common_tf.host.cpu_model`): batches it computed}, over resumed calls too
@@ -283,4 +284,5 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
   return LikelihoodSummary(batches_evaluated=evaluated, seconds=seconds, hosts=hosts,
       nll=nll, nll_sem=float(log_px.std(ddof=1) / np.sqrt(len(log_px))) if len(log_px) > 1 else 0.0,
       negative_elbo=float(-elbo.mean()), bits_per_dim=float(bits_per_dim(nll, num_dims)),
-      num_examples=len(log_px), num_samples=num_samples, per_example_log_likelihood=log_px)
+      num_examples=len(log_px), num_samples=num_samples, per_example_log_likelihood=log_px,
+      per_example_elbo=elbo)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
+
 from absl import flags
 
 from common_tf import host
@@ -44,14 +46,55 @@ def define_flags():
                     "and its validation NLL so far).")
 
 
-COLUMNS = [("row", "Warm-up + spectral"), ("nll_mean_std", "NLL (nats), mean ± std over passes"),
-           ("nll_sem", "NLL s.e. over test images"), ("bits_per_dim", "bits/dim"),
+COLUMNS = [("row", "Warm-up + spectral"), ("nll", "NLL (nats)"),
+           ("nll_sem", "± s.e. over test images"), ("passes_cell", "std over passes"),
+           ("bits_per_dim", "bits/dim"),
            ("neg_elbo", "-ELBO (nats)"), ("fid", "FID"),
            ("precision", "Precision"), ("recall", "Recall"), ("train_minutes", "Train time (min)"),
-           ("steps", "Steps"), ("epochs_reached", "Epochs reached")]
+           ("steps", "Steps"), ("epochs_reached", "Epochs reached"),
+           ("per_example", "per-image values")]
 
 
-def table_notes(rows: list[dict], preset: str, missing: list[str]) -> str:
+# The paired comparisons of the ablation: (row a, row b, what a - b measures).
+PAIRS = (("step_sr", "step_sn", "SR - SN, per-step warm-up"),
+         ("epoch_sr", "epoch_sn", "SR - SN, per-epoch warm-up"),
+         ("step_sr", "epoch_sr", "per-step - per-epoch warm-up, SR"),
+         ("step_sn", "epoch_sn", "per-step - per-epoch warm-up, SN"))
+# NVAE paper (Vahdat & Kautz 2020), Table 1: MNIST test NLL 78.01 nats, dynamically binarized;
+# official README's MNIST command: 400 epochs, batch 200, no flows; 33,363,134 parameters when
+# its model is built with those arguments (tools/check_official_nvae.py --config mnist).
+PAPER_MNIST_NLL, PAPER_EPOCHS, PAPER_PARAMETERS = 78.01, 400, 33_363_134
+
+
+def paired_differences(rows: list[dict], page: str) -> list[str]:
+  """Lines "a - b: d ± s.e." for the `PAIRS` whose two rows both have per-image values beside the
+  page (`results.paired_difference`: over the same test images, the paired standard error)."""
+  names = {nvae_train.row_name(r["kl_warmup"], r["spectral"]) for r in rows if r.get("per_example")}
+  lines = []
+  for a, b, what in PAIRS:
+    if a in names and b in names:
+      d, se = results.paired_difference(results.published_per_example_path(page, a),
+                                        results.published_per_example_path(page, b))
+      lines.append(f"- {what}: test NLL difference {d:+.2f} ± {se:.2f} nats (paired standard "
+                   "error over the same test images; negative: the first is better).")
+  return lines
+
+
+def comparability(rows: list[dict], preset: str) -> str:
+  """What the page's numbers can be compared with: the paper's MNIST number and how this preset
+  differs from its setting (data, binarization, model size, epochs)."""
+  if preset == "paper":
+    return ""
+  r = next((u for u in rows if "parameters" in u), rows[0])
+  size = f"a {r['parameters'] / 1e6:.1f}M-parameter model" if "parameters" in r else "a small model"
+  return (f"- Not comparable with the paper's {PAPER_MNIST_NLL} nats (NVAE Table 1, MNIST): here "
+          f"{nvae_train.data_description(r['dataset'])}, {size} trained {r['epochs']} epochs; the "
+          f"paper binarizes the grey images dynamically (a Bernoulli draw, test set included) "
+          f"and trains {PAPER_PARAMETERS / 1e6:.1f}M parameters for {PAPER_EPOCHS} epochs. The "
+          "rows compare with each other: same data, model, schedule and test images.")
+
+
+def table_notes(rows: list[dict], preset: str, missing: list[str], page: str) -> str:
   r = rows[0]
   lines = [
       f"**{preset} preset.**" + (" These are quick-preset numbers from a small CPU run (a reduced "
@@ -63,8 +106,10 @@ def table_notes(rows: list[dict], preset: str, missing: list[str]) -> str:
       f"{r['precision_policy']}.",
       f"- NLL: importance-weighted bound with K = {r['num_iw_samples']} on {r['test_examples']} test "
       f"images ({r.get('test_subset', 'the first ones of the file')}), {len(r['nll_passes'])} "
-      "independent passes (mean ± std over passes); bits/dim = "
-      f"nats / ({r['num_dims']} ln 2), no offset (binary data).",
+      "independent pass(es): the mean, its standard error over the test images and, with several "
+      f"passes, the std of the pass means; bits/dim = nats / ({r['num_dims']} ln 2), no offset "
+      "(binary data). Where a row's per-image values are kept (last column, float32 IWAE_K and "
+      "ELBO per test image and pass), its numbers are the ones these arrays give.",
       f"- FID / precision / recall: {r['fid_samples']} samples at temperature 1 against the same "
       "number of test images. A metric shown as unavailable could not be computed because its "
       "network weights are not on this machine; pass --inception_path / --vgg16_path (or set "
@@ -78,7 +123,8 @@ def table_notes(rows: list[dict], preset: str, missing: list[str]) -> str:
       f"{', '.join(sorted({c for u in rows for c in u.get('code_commits') or []})) or 'unknown'}.",
   ] + [f"- {format_row(u)['row']} is a partial run ({u['epochs_reached']:.2f} of {u['epochs']} "
        "epochs): rerun the command to resume it." for u in rows if not u["finished"]] + [
-      f"- {reason}" for reason in missing]
+      f"- {reason}" for reason in missing] + [comparability(rows, preset)] + paired_differences(
+          rows, page)
   return "\n".join(lines) + "\n"
 
 
@@ -90,11 +136,28 @@ def format_row(row: dict) -> dict:
   out = dict(row)
   out["row"] = nvae_train.table_row_label(row["kl_warmup"], row["spectral"])
   if "nll" in row:
-    out["nll_mean_std"] = (row["nll"], row["nll_std_over_passes"])
+    passes = len(row.get("nll_passes") or [row["nll"]])
+    out["passes_cell"] = (f"{row['nll_std_over_passes']:.2f} ({passes} passes)" if passes > 1
+                          else "one pass")
     out["bits_per_dim"] = f"{row['bits_per_dim']:.4f}"
+    out["per_example"] = (f"[{row['per_example']}]({row['per_example']})" if row.get("per_example")
+                          else "not kept")
   if row.get("train_seconds") is not None:
     out["train_minutes"] = row["train_seconds"] / 60.0
   return out
+
+
+def with_per_example_numbers(row: dict, page: str) -> dict:
+  """An evaluated row with its test numbers as its per-image values under the page's folder give
+  them (`results.with_per_example_numbers`); a row without such values keeps its recorded ones."""
+  if "nll" not in row:
+    return row
+  row = results.with_per_example_numbers(
+      row, page, nvae_train.row_name(row["kl_warmup"], row["spectral"]),
+      num_dims=row.get("num_dims"))
+  if row["per_example"] and len(row["nll_passes"]) > 1:
+    row["nll_std_over_passes"] = float(np.std(row["nll_passes"], ddof=1))
+  return row
 
 
 def report_row(s: nvae_train.RunSettings, logdir: str, *, epochs: int) -> dict:
@@ -164,7 +227,8 @@ def write_report(rows: list[dict], *, table: nvae_flags.TableSettings, command: 
       + (" (--dataset=auto as it resolves on this host)" if s.dataset == "auto" else "") + ".",
       f"- Host: {'; '.join(cpus) or 'n/a'}; training ran at commit(s) {', '.join(commits) or 'n/a'}; "
       f"this page at commit {harness.code_commit() or 'unknown'}.",
-  ]
+      comparability(rows, s.preset),
+  ] + paired_differences(rows, table.output)
   results.write_json(results.rows_path(table.output), rows)
   formatted = [format_row(r) for r in rows]
   results.write_markdown(
@@ -188,7 +252,7 @@ def main(argv):
       row = report_row(s, config.logdir, epochs=config.epochs)
       if "dataset" not in row:  # an evaluated row keeps the data set it was trained on
         row.update(dataset=dataset, binarization=nvae_train.binarization(dataset))
-      rows.append(row)
+      rows.append(with_per_example_numbers(row, table.output))
     write_report(rows, table=table, command=command)
     print(f"wrote {table.output}")
     return
@@ -210,14 +274,16 @@ def main(argv):
                                          inception=inception, vgg16=vgg16))
     row["fid_samples"] = num_fid
     results.write_json(os.path.join(config.logdir, ROW_FILE), row)
-    rows.append(row)
+    results.publish_per_example(config.logdir, table.output, nvae_train.row_name(kl_warmup, spectral))
+    rows.append(with_per_example_numbers(row, table.output))
   results.write_json(os.path.join(table.root, "table1.json"), rows)
   formatted = [format_row(r) for r in rows]
   results.write_markdown(
       table.output,
       title=f"NVAE on binary MNIST: warm-up x spectral ablation ({table.base.preset} preset)",
       command=command, table=results.markdown_table(formatted, COLUMNS),
-      notes=table_notes(rows, table.base.preset, [r for net, r in (inception, vgg16) if net is None])
+      notes=table_notes(rows, table.base.preset, [r for net, r in (inception, vgg16) if net is None],
+                        table.output)
       + "\n" + curve_figure(formatted, table.output) + nvae_train.validation_table(formatted))
   print(f"wrote {table.output}")
 

@@ -399,12 +399,15 @@ def partial_nll_path(logdir: str, test_pass: int) -> str:
 
 
 def evaluate_nll(s: RunSettings, model: NVAE, splits: Splits, *, seed: int, progress: bool = True,
-                 resume_dir: str | None = None, checkpoint: str | None = None):
+                 resume_dir: str | None = None, checkpoint: str | None = None,
+                 per_example_path: str | None = None):
   """Importance-weighted test NLL (evaluation.likelihood), `num_test_passes` independent passes.
 
   With `resume_dir`, each pass saves its partial results after every batch in
   `<resume_dir>/nll_partial_pass<p>.npz` (keyed by `checkpoint`, K, test images and seed), so an
-  interrupted K = 1000 evaluation over 10,000 images continues where it stopped.
+  interrupted K = 1000 evaluation over 10,000 images continues where it stopped. With
+  `per_example_path`, the per-image IWAE_K and ELBO of every pass ([passes, N]) are written there
+  (`results.write_per_example`) when the evaluation completes.
   """
   passes = []
   rng_variables = likelihood.seed_generator_states(model)
@@ -430,6 +433,13 @@ def evaluate_nll(s: RunSettings, model: NVAE, splits: Splits, *, seed: int, prog
                            {"test_subset": splits.test_subset})),
         rng_variables=rng_variables))
   nll = np.array([r.nll for r in passes])
+  if per_example_path:
+    results.write_per_example(
+        per_example_path, log_likelihood=[r.per_example_log_likelihood for r in passes],
+        elbo=[r.per_example_elbo for r in passes], what="NVAE test log p(x) (IWAE_K) and ELBO, "
+        "nats per image", num_iw_samples=s.num_iw_samples, checkpoint=checkpoint, seed=seed,
+        test_subset=splits.test_subset, dataset=splits.dataset,
+        binarization=splits.binarization)
   return {
       "nll": float(nll.mean()),
       "nll_std_over_passes": float(nll.std(ddof=1)) if len(nll) > 1 else 0.0,
@@ -439,13 +449,15 @@ def evaluate_nll(s: RunSettings, model: NVAE, splits: Splits, *, seed: int, prog
       "nll_passes": nll.tolist(), "test_examples": passes[0].num_examples,
       "test_subset": splits.test_subset,
       "num_iw_samples": s.num_iw_samples, "num_dims": splits.num_dims,
+      "iw_chunk_used": s.iw_chunk,  # memory only; settings.iw_chunk is the newest invocation's
       "eval_hosts": {h: sum(r.hosts.get(h, 0) for r in passes)  # {host: test-NLL batches}
                      for h in host.merge_in_order(*(r.hosts for r in passes))},
   }
 
 
 NLL_KEYS = ("nll", "nll_std_over_passes", "nll_sem", "neg_elbo", "bits_per_dim", "nll_passes",
-            "test_examples", "test_subset", "num_iw_samples", "num_dims", "eval_hosts")
+            "test_examples", "test_subset", "num_iw_samples", "num_dims", "iw_chunk_used",
+            "eval_hosts")
 
 
 def previous_nll(logdir: str, s: RunSettings, *, steps: int, seed: int,
@@ -482,7 +494,8 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
           "(same K, test images, passes and seed)", file=sys.stderr)
   else:
     nll = evaluate_nll(s, model, trained.splits, seed=config.seed, progress=config.progress,
-                       resume_dir=config.logdir, checkpoint=f"step {steps}")
+                       resume_dir=config.logdir, checkpoint=f"step {steps}",
+                       per_example_path=os.path.join(config.logdir, results.PER_EXAMPLE_FILE))
   if s.readjust_bn_steps:
     model.readjust_bn(num_iterations=s.readjust_bn_steps, temperature=s.temperature)
   samples = model.sample(NUM_GRID_IMAGES, temperature=s.temperature).numpy()

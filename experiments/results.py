@@ -204,3 +204,113 @@ def partial_evaluations(logdir: str) -> dict[str, int]:
     with np.load(os.path.join(logdir, name)) as f:
       done[name] = len(f["log_px"])
   return done
+
+
+# ----------------------------------------------------------------------------- per-image values
+#
+# Every published likelihood row keeps the per-example values it was computed from, so that anyone
+# can recompute the page's mean and standard error (and paired differences between rows on the
+# same test images): the run writes them to its folder (`PER_EXAMPLE_FILE`), and the page writer
+# copies them beside the page, `results/<page stem>/<row id>.npz`, and prints the numbers these
+# arrays give (`per_example_numbers`), also with --report_only.
+
+PER_EXAMPLE_FILE = "test_per_example.npz"  # <run folder>/test_per_example.npz
+
+
+def write_per_example(path: str, *, log_likelihood, elbo=None, **description) -> None:
+  """Writes per-example test values atomically as float32: `log_likelihood` (nats, [N], or
+  [passes, N] for several passes over the same images; IWAE_K or an exact log-density) and, when
+  given, `elbo` of the same shape; `description` (JSON-able: K, the checkpoint, what the values
+  are) is stored beside them."""
+  arrays = {"log_likelihood": np.asarray(log_likelihood, np.float32)}
+  if elbo is not None:
+    arrays["elbo"] = np.asarray(elbo, np.float32)
+    if arrays["elbo"].shape != arrays["log_likelihood"].shape:
+      raise ValueError(f"elbo {arrays['elbo'].shape} and log_likelihood "
+                       f"{arrays['log_likelihood'].shape} differ in shape")
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, description=json.dumps(description, sort_keys=True, default=_jsonable), **arrays)
+  os.replace(tmp, path)
+
+
+def read_per_example(path: str) -> dict[str, Any]:
+  """{"log_likelihood": float32 array, "elbo": array or None, "description": dict}."""
+  with np.load(path) as f:
+    return {"log_likelihood": f["log_likelihood"],
+            "elbo": f["elbo"] if "elbo" in f.files else None,
+            "description": json.loads(str(f["description"]))}
+
+
+def mean_and_sem(values) -> tuple[float, float | None]:
+  """Mean of `values` [N] (in float64) and its standard error over the N values (ddof = 1; None
+  for one value)."""
+  v = np.asarray(values, np.float64).ravel()
+  return float(v.mean()), (float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None)
+
+
+def per_example_numbers(path: str) -> dict[str, Any]:
+  """What a page prints of a likelihood row, from its per-example file: `nll` (mean of
+  -log_likelihood over examples and passes), `nll_sem` (standard error over the test examples,
+  averaged over passes), `neg_elbo`, `test_examples`, and `nll_passes` (one mean per pass)."""
+  values = read_per_example(path)
+  ll = np.atleast_2d(np.asarray(values["log_likelihood"], np.float64))  # [passes, N]
+  passes = [mean_and_sem(-p) for p in ll]
+  sems = [s for _, s in passes if s is not None]
+  out = {"nll": float(np.mean([m for m, _ in passes])),
+         "nll_sem": float(np.mean(sems)) if sems else None,
+         "test_examples": int(ll.shape[1]), "nll_passes": [m for m, _ in passes]}
+  if values["elbo"] is not None:
+    out["neg_elbo"] = float(-np.asarray(values["elbo"], np.float64).mean())
+  return out
+
+
+def published_per_example_path(page: str, row_id: str) -> str:
+  """Where a page keeps a row's per-example values: `results/<page stem>/<row id>.npz`."""
+  return os.path.join(os.path.splitext(page)[0], f"{row_id}.npz")
+
+
+def publish_per_example(run_dir: str, page: str, row_id: str) -> str | None:
+  """Copies the run's `PER_EXAMPLE_FILE` beside `page` (`published_per_example_path`) and returns
+  that path; None when the run has none (an evaluation made before they were kept, or none yet).
+  An already published file is replaced only by the run's (same row, newer evaluation)."""
+  source = os.path.join(run_dir, PER_EXAMPLE_FILE)
+  if not os.path.exists(source):
+    return None
+  target = published_per_example_path(page, row_id)
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  with open(source, "rb") as f:
+    data = f.read()
+  with open(target + ".tmp", "wb") as f:
+    f.write(data)
+  os.replace(target + ".tmp", target)
+  return target
+
+
+def with_per_example_numbers(row: Mapping[str, Any], page: str, row_id: str, *,
+                             num_dims: int | None = None) -> dict:
+  """`row` with its likelihood numbers replaced by what its published per-example file gives
+  (`per_example_numbers`; `bits_per_dim` too when `num_dims` is given), and `per_example` naming
+  that file relative to the page's folder; unchanged but for `per_example: None` when the page
+  has no such file."""
+  path = published_per_example_path(page, row_id)
+  if not os.path.exists(path):
+    return dict(row, per_example=None)
+  numbers = per_example_numbers(path)
+  if num_dims:
+    numbers["bits_per_dim"] = numbers["nll"] / (num_dims * math.log(2.0))
+  return dict(row, **numbers,
+              per_example=os.path.relpath(path, os.path.dirname(page) or "."))
+
+
+def paired_difference(path_a: str, path_b: str) -> tuple[float, float]:
+  """NLL(a) - NLL(b), averaged over the same test images, and its paired standard error (the
+  standard error of the per-image differences, passes averaged per image first): the two files
+  must hold values of the same images in the same order."""
+  a, b = (np.atleast_2d(np.asarray(read_per_example(p)["log_likelihood"], np.float64)).mean(0)
+          for p in (path_a, path_b))
+  if a.shape != b.shape:
+    raise ValueError(f"{path_a} and {path_b} hold {a.shape[0]} and {b.shape[0]} images: not the "
+                     "same test images")
+  mean, sem = mean_and_sem(b - a)  # -log p(x) of a minus that of b
+  return mean, sem

@@ -85,6 +85,16 @@ def test_run_writes_the_results_row_samples_and_settings(run):
   assert saved["nll"] == pytest.approx(row["nll"]) and saved["kl_warmup"] == "step"
   assert saved["cpus"] == [host.cpu_model()]  # trained and evaluated here
   assert saved["eval_hosts"] == {host.cpu_model(): 1}  # batches of the test NLL
+  # The per-image values stay in the run folder (float32 IWAE_K and ELBO, [passes, images]) and
+  # give the row's numbers.
+  values = results.read_per_example(str(logdir / results.PER_EXAMPLE_FILE))
+  assert values["log_likelihood"].shape == values["elbo"].shape == (1, 8)
+  assert values["log_likelihood"].dtype == np.float32
+  assert values["description"]["num_iw_samples"] == s.num_iw_samples
+  numbers = results.per_example_numbers(str(logdir / results.PER_EXAMPLE_FILE))
+  assert numbers["nll"] == pytest.approx(row["nll"], abs=1e-4)
+  assert numbers["neg_elbo"] == pytest.approx(row["neg_elbo"], abs=1e-4)
+  assert numbers["nll_sem"] == pytest.approx(row["nll_sem"], abs=1e-4)
   # experiments.nvae_evaluate reads the settings back, enums included.
   restored = nvae_train.load_run_settings(str(logdir))
   assert restored == s and restored.kl_warmup is WarmupClock.STEP

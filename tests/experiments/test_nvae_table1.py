@@ -13,6 +13,7 @@ import pytest
 
 from experiments import nvae_table1
 from experiments import nvae_train
+from experiments import results
 from tests import scripts
 
 ARGS = ["--preset=cpu", "--table_rows=step_sr,epoch_sr,step_sn,epoch_sn", "--num_test_passes=1", "--report_only"]
@@ -71,7 +72,7 @@ def test_report_only_reads_the_rows_folders_and_trains_nothing(tmp_path):
   # stale (made at an older step): only step_sn shows test numbers.
   evaluated = dict(rows[2], steps=8000, epochs_reached=16.0, finished=True, nll=84.25,
                    nll_std_over_passes=0.0, nll_sem=0.31, bits_per_dim=0.155, neg_elbo=87.5,
-                   fid="unavailable (x)")
+                   nll_passes=[84.25], num_dims=784, fid="unavailable (x)")
   del evaluated["status"]
   # Evaluated with --iw_chunk=50 (memory only) where this command has the preset's 100: the same row.
   assert evaluated["settings"]["iw_chunk"] == 100
@@ -90,11 +91,53 @@ def test_report_only_reads_the_rows_folders_and_trains_nothing(tmp_path):
   assert [r.get("nll") for r in rows] == [None, None, 84.25, None]
   text = page.read_text()
   # Training minutes: the harness clock (900 s) without the two validation passes (2 x 20 s).
-  assert "| Step + SR | n/a | n/a | n/a | n/a | n/a | n/a | n/a | 14.33 | 1500 | 3.00 | training: epoch 3.00 of 16 |" in text
-  assert "| Step + SN | 84.25 ± 0.00 | 0.31 | 0.1550 |" in text
+  assert ("| Step + SR | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a | 14.33 | 1500 | 3.00 | n/a | "
+          "training: epoch 3.00 of 16 |") in text
+  # One pass: no "± 0.00 over passes"; no per-image values beside the page: its recorded numbers.
+  assert "| Step + SN | 84.25 | 0.31 | one pass | 0.1550 | 87.50 |" in text
+  assert "| 16.00 | not kept | evaluated |" in text
   assert "| 3 | 1500 | 15.00 | 91.95 | 96.20 |" in text  # the validation curve so far
   assert "training ran at commit(s) abc1234, def5678" in text
   assert "without --report_only resumes it" in text
+
+  # Per-image values beside the page (results/<page>/<row>.npz): the page prints what they give.
+  log_px = -np.array([80.0, 82.5, 90.25, 84.0], np.float32)
+  elbo = log_px - np.float32(3.0)
+  results.write_per_example(str(tmp_path / "page" / "step_sn.npz"), log_likelihood=log_px,
+                            elbo=elbo)
+
+  def step_sn_cells():
+    assert scripts.run_script("nvae_table1", args).returncode == 0
+    return next(line for line in page.read_text().splitlines() if line.startswith("| Step + SN"))
+  nll = float(np.mean(-log_px.astype(np.float64)))
+  sem = float(np.std(-log_px.astype(np.float64), ddof=1) / 2)
+  assert step_sn_cells().startswith(
+      f"| Step + SN | {nll:.2f} | {sem:.2f} | one pass | {nll / (784 * np.log(2)):.4f} | "
+      f"{nll + 3:.2f} |")
+  assert "| [page/step_sn.npz](page/step_sn.npz) | evaluated |" in step_sn_cells()
+  assert json.load(open(tmp_path / "page.json"))[2]["nll"] == pytest.approx(84.1875, abs=1e-6)
+  log_px[2] = -100.0  # one value altered: the page follows
+  results.write_per_example(str(tmp_path / "page" / "step_sn.npz"), log_likelihood=log_px,
+                            elbo=elbo)
+  assert step_sn_cells().startswith("| Step + SN | 86.62 | 4.53 | one pass |")  # 84.19, 2.18 before
+
+
+def test_paired_differences_are_over_the_same_test_images(tmp_path):
+  page = str(tmp_path / "page.md")
+  rng = np.random.RandomState(0)
+  sr, sn = -80 - rng.rand(50).astype(np.float32), -81 - rng.rand(50).astype(np.float32)
+  results.write_per_example(results.published_per_example_path(page, "step_sr"), log_likelihood=sr)
+  results.write_per_example(results.published_per_example_path(page, "step_sn"), log_likelihood=sn)
+  rows = [dict(kl_warmup="step", spectral=sp, per_example=f"page/step_{sp}.npz") for sp in ("sr", "sn")]
+  d = (-sr.astype(np.float64)) - (-sn.astype(np.float64))
+  assert nvae_table1.paired_differences(rows, page) == [
+      f"- SR - SN, per-step warm-up: test NLL difference {d.mean():+.2f} ± "
+      f"{d.std(ddof=1) / np.sqrt(50):.2f} nats (paired standard error over the same test images; "
+      "negative: the first is better)."]
+  results.write_per_example(results.published_per_example_path(page, "step_sn"),
+                            log_likelihood=sn[:49])
+  with pytest.raises(ValueError, match="hold 50 and 49 images: not the same test images"):
+    nvae_table1.paired_differences(rows, page)
 
 
 def test_binarization_is_dynamic_for_grey_mnist_and_static_for_the_binarized_file():
@@ -105,7 +148,7 @@ def test_binarization_is_dynamic_for_grey_mnist_and_static_for_the_binarized_fil
     nvae_train.binarization("auto")
 
 
-def test_table_notes_name_every_host_and_commit_of_the_rows():
+def test_table_notes_name_every_host_and_commit_of_the_rows(tmp_path):
   """The evaluated table's notes: the CPUs of all rows (`cpus`, or the `cpu` of rows written
   before 2026-12-02) and the union of their training commits, not the first row's alone."""
   common = dict(dataset="binarized_mnist", binarization="static", global_batch_size=32, epochs=16,
@@ -115,7 +158,7 @@ def test_table_notes_name_every_host_and_commit_of_the_rows():
   rows = [dict(common, cpu="Xeon, AVX-512", code_commits=["abc1234"]),
           dict(common, kl_warmup="epoch", cpus=["Xeon, AVX-512", "EPYC, AVX2"],
                code_commits=["abc1234", "def5678"])]
-  notes = nvae_table1.table_notes(rows, "cpu", [])
+  notes = nvae_table1.table_notes(rows, "cpu", [], str(tmp_path / "page.md"))
   assert ("- Host(s) that trained or evaluated the rows: EPYC, AVX2; Xeon, AVX-512 (per row" in notes)
   assert "training ran at commit(s) abc1234, def5678." in notes
   assert "- Data: binarized_mnist (static binarization); global batch 32" in notes
