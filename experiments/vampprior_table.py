@@ -49,7 +49,8 @@ COLUMNS = [("dataset", "data set"), ("model", "model"), ("prior", "prior"),
            ("test_nll_sem", "± s.e."), ("importance_samples", "K used"),
            ("paper_nll", "paper NLL"), ("adam_epsilon", "Adam ε"),
            ("best_val_negative_elbo", "best val -ELBO"),
-           ("train_seconds_total", "train s"), ("eval_time_s", "eval s"), ("status", "status")]
+           ("train_seconds_total", "train s"), ("eval_time_s", "eval s"),
+           ("per_example_cell", "per-image values"), ("status", "status")]
 
 
 def run_grid(cells, *, strategy, data_dir=None, report_only: bool = False,
@@ -74,6 +75,33 @@ def run_grid(cells, *, strategy, data_dir=None, report_only: bool = False,
     row["paper_nll"] = PAPER_NLL.get((s.dataset, s.model, s.prior))
     rows.append(row)
   return rows
+
+
+def cell_id(row: dict) -> str:
+  """The name of a cell's per-image values beside the page: <dataset>-<model>-<prior>."""
+  return os.path.basename(vampprior_train.cell_logdir("", row["dataset"], row["model"],
+                                                      row["prior"]))
+
+
+def with_per_example_numbers(rows: list[dict], *, page: str, logdirs: list[str]) -> list[dict]:
+  """Each evaluated row (a test NLL) with its per-image values published beside the page
+  (`results.publish_per_example`, from the cell's run folder when it has them) and its test
+  numbers as those values give them; a row without values keeps its recorded numbers and says
+  they were not kept."""
+  out = []
+  for row, logdir in zip(rows, logdirs):
+    if row.get("test_nll") is None:
+      out.append(row)
+      continue
+    results.publish_per_example(logdir, page, cell_id(row))
+    row = results.with_per_example_numbers(row, page, cell_id(row))
+    if row["per_example"]:
+      row.update(test_nll=row["nll"], test_nll_sem=row["nll_sem"],
+                 test_negative_elbo=row["neg_elbo"], test_examples=row["test_examples"])
+      for key in ("nll", "nll_sem", "neg_elbo", "nll_passes"):
+        row.pop(key)
+    out.append(row)
+  return out
 
 
 def finished_row(logdir: str, s) -> dict | None:
@@ -143,8 +171,21 @@ def unfinished_row(logdir: str, s) -> dict:
   return row
 
 
+def test_counts(rows) -> str:
+  """The test examples each data set of the page was evaluated on ("all" where a subset was not
+  asked for and nothing is evaluated yet), e.g. "static_mnist 500, frey_faces 200"."""
+  counts = {}
+  for r in rows:
+    counts.setdefault(r["dataset"], r.get("test_examples") or r.get("eval_examples") or "all")
+  return ", ".join(f"{d} {n:,}" if isinstance(n, int) else f"{d} {n}" for d, n in counts.items())
+
+
 def write_table(rows, *, output: str, command: str, preset: str):
   results.write_json(results.rows_path(output), rows)
+  rows = [dict(r, per_example_cell=(f"[{r['per_example']}]({r['per_example']})"
+                                    if r.get("per_example") else
+                                    "not kept" if r.get("test_nll") is not None else None))
+          for r in rows]
   first = rows[0]
   notes = (
       f"Preset `{preset}`: {vampprior_train.PRESETS[preset].epochs} epochs max, batch "
@@ -152,7 +193,7 @@ def write_table(rows, *, output: str, command: str, preset: str):
       f"AdamNormGrad lr {first['lr']}, KL warm-up {first['warmup']} epochs, "
       f"K = {first['num_components']} pseudo-inputs / mixture components, "
       f"training subset {first['train_examples'] or 'all'}, validation / test subsets "
-      f"{first['eval_examples'] or 'all'}. Test NLL = -IWAE_K (importance-weighted, "
+      f"{test_counts(rows)}. Test NLL = -IWAE_K (importance-weighted, "
       "evaluation.likelihood), ± its standard error over test examples; test -ELBO is the mean "
       "over the same K samples of -log w. Both in nats per example. 'K used' is the number of "
       "importance samples per test example the estimator actually drew (counted from the "
@@ -178,6 +219,10 @@ def write_table(rows, *, output: str, command: str, preset: str):
               "on another machine (the CPU it names); its numbers are kept from "
               "this page's JSON and the command does not train it again (to redo it, remove its "
               "row from the JSON).")
+  notes += ("\n\nPer-image values: where a row links them (`results/<page>/<cell>.npz`, float32 "
+            "IWAE_K and ELBO per test example), its test numbers are the ones these arrays give; "
+            "a row marked 'not kept' was evaluated before the suite kept them (rerun its cell to "
+            "make them).")
   if any(not r.get("status", "").startswith("finished") for r in rows):
     notes += ("\n\n**Not converged:** a row whose status says 'training' or 'not started' has no test "
               "numbers yet; rerunning the command without --report_only resumes it from its newest "
@@ -196,6 +241,8 @@ def main(argv):
   t = vampprior_flags.table_settings_from_flags()
   rows = run_grid(t.cells, strategy=strategy, data_dir=t.data_dir, report_only=t.report_only,
                   earlier_rows=results.read_rows(t.output))
+  rows = with_per_example_numbers(rows, page=t.output,
+                                  logdirs=[config.logdir for _, config in t.cells])
   write_table(rows, output=t.output, command=common.command_line(), preset=t.preset)
   print(f"wrote {t.output}", file=sys.stderr)
 

@@ -267,6 +267,11 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
                                                     test_examples=len(test), seed=config.seed,
                                                     batch_size=s.ll_batch_size))
   summary = counted.summary
+  results.write_per_example(
+      os.path.join(config.logdir, results.PER_EXAMPLE_FILE),
+      log_likelihood=summary.per_example_log_likelihood, elbo=summary.per_example_elbo,
+      what="test log p(x) (IWAE_K) and ELBO, nats per example", num_samples=s.test_samples,
+      checkpoint=best, dataset=s.dataset, test_examples=len(test))
   eval_time = summary.seconds  # summed over resumed invocations
   samples = model.sample(NUM_SAMPLE_IMAGES).numpy()
   save_samples(os.path.join(config.logdir, "samples.npz"), samples)

@@ -5,8 +5,10 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 
 from experiments import vampprior_table
+from experiments import results
 from tests import scripts
 
 
@@ -36,6 +38,17 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
   assert [r["importance_samples"] for r in saved] == [8, 8]
   assert "K used" in text and all(" 8 |" in row for row in rows)
   assert os.path.isdir(tmp_path / "runs" / "frey_faces-vae-vampprior" / "checkpoints")
+  # Per-image values beside the page; the rows' numbers are what they give.
+  for row in saved:
+    values = results.read_per_example(str(tmp_path / "table" / f"frey_faces-vae-{row['prior']}.npz"))
+    nll = -values["log_likelihood"].astype(np.float64)
+    assert values["log_likelihood"].shape == (10,) and values["log_likelihood"].dtype == np.float32
+    assert row["test_nll"] == nll.mean() and row["test_examples"] == 10
+    assert row["test_nll_sem"] == nll.std(ddof=1) / np.sqrt(10)
+    assert row["test_negative_elbo"] == -values["elbo"].astype(np.float64).mean()
+    assert row["per_example"] == f"table/frey_faces-vae-{row['prior']}.npz"
+  assert "[table/frey_faces-vae-standard.npz](table/frey_faces-vae-standard.npz)" in text
+  assert "validation / test subsets frey_faces 10." in text
 
   # --report_only: finished cells are read back (not retrained, not re-evaluated), an unfinished
   # cell says how far it got, a cell never started says so; no test numbers are invented.
@@ -65,6 +78,21 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
       "trained: stopped early at epoch 9, best validation epoch 4; test evaluation in progress: "
       "6 test images done"]
   assert [r.get("test_nll") for r in rows[:2]] == [r["test_nll"] for r in saved]
+  # One value of a published array altered: --report_only prints what the arrays now give.
+  values = results.read_per_example(str(tmp_path / "report" / "frey_faces-vae-standard.npz"))
+  values["log_likelihood"][0] -= 100.0
+  altered = tmp_path / "altered.md"
+  results.write_per_example(str(tmp_path / "altered" / "frey_faces-vae-standard.npz"),
+                            log_likelihood=values["log_likelihood"], elbo=values["elbo"])
+  os.remove(tmp_path / "runs" / "frey_faces-vae-standard" / results.PER_EXAMPLE_FILE)
+  proc = scripts.run_script("vampprior_table", [
+       "--preset=quick", "--report_only", "--datasets=frey_faces", "--models=vae",
+       "--priors=standard", "--epochs=1", "--train_examples=100", "--eval_examples=10",
+       "--test_samples=8", "--ll_chunk=8", "--num_components=5", "--hidden_units=16",
+       "--z1_dim=4", f"--logdir={tmp_path / 'runs'}", f"--table_output={altered}"])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert json.load(open(tmp_path / "altered.json"))[0]["test_nll"] == pytest.approx(
+      saved[0]["test_nll"] + 10.0, abs=1e-4)
   assert rows[2].get("test_nll") is None and rows[3].get("test_nll") is None
   # Completed epochs and the best (evaluated) epoch come from status.json, for every kind of row
   # (the mog run is half way through its 4th epoch: 3 completed, its status says 3.50).
