@@ -40,7 +40,9 @@ raises `Preempted` (scripts print one line and exit 128 + signal); rerunning the
 A second signal stops the process at once with 128 + signal, also in the middle of a long TensorFlow
 call (`common_tf.preemption.deferred_signals`).
 Under `multi_worker` each process handles its own signal; a lost worker makes the others fail in
-their next collective, and restarting all of them resumes from the chief's newest checkpoint.
+their next collective: `fit` raises `WorkerLost` naming the peer (scripts print one line with the
+command to restart on every worker and exit with `EXIT_WORKER_LOST`, 75), and restarting all of
+them resumes from the chief's newest checkpoint.
 
 **Multi-worker.** The chief (task 0) writes checkpoints and TensorBoard logs to `logdir`; other
 workers write their (identical) checkpoints to `logdir/.worker-<id>` and no logs.
@@ -78,6 +80,20 @@ class NonFiniteLossError(RuntimeError):
 
 # SIGTERM/SIGINT arrived during `fit`; a checkpoint was written. Rerun the command to resume.
 Preempted = preemption.Preempted
+
+# Exit code of a script whose multi-worker cluster lost a worker (sysexits.h EX_TEMPFAIL: a
+# temporary failure, the same command is meant to be run again).
+EXIT_WORKER_LOST = 75
+
+
+class WorkerLost(RuntimeError):
+  """Another worker of a multi-worker cluster stopped (killed, crashed, its machine lost); this one
+  cannot go on (every step needs all workers). Restarting every worker with the same command
+  resumes from the chief's newest checkpoint."""
+
+  def __init__(self, message: str, peer: str):
+    super().__init__(message)
+    self.peer = peer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +216,36 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 def _worker_id(strategy) -> int:
   resolver = getattr(strategy, "cluster_resolver", None)
   return int(getattr(resolver, "task_id", 0) or 0)
+
+
+def _cluster(strategy) -> dict:
+  """{job: [addresses]} of a multi-worker strategy's cluster; {} for one process."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  return resolver.cluster_spec().as_dict() if resolver is not None else {}
+
+
+def lost_peer(error: Exception, cluster: Mapping[str, list] | None = None, *,
+              own: tuple[str, int] | None = None) -> str:
+  """The worker a collective error names as gone, e.g. "worker 1 (127.0.0.1:4242)".
+
+  TensorFlow's coordination service reports "The following tasks are unhealthy (stopped sending
+  heartbeats): /job:worker/replica:0/task:1"; other errors name the peer in
+  "Error reported from /job:worker/task:1" or only as an address. `own` (job, index) is skipped.
+  """
+  import re  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  text = str(getattr(error, "message", None) or error)
+  tail = text.split("unhealthy", 1)[1] if "unhealthy" in text else text
+  for job, index in re.findall(r"/job:(\w+)(?:/replica:\d+)?/task:(\d+)", tail):
+    if own is not None and (job, int(index)) == own:
+      continue
+    addresses = (cluster or {}).get(job, [])
+    address = f" ({addresses[int(index)]})" if int(index) < len(addresses) else ""
+    return f"{job} {index}{address}"
+  for addresses in (cluster or {}).values():
+    for address in addresses:
+      if address in text:
+        return address
+  return "a peer"
 
 
 class _LossScale:
@@ -510,7 +556,25 @@ class Trainer:
   # --------------------------------------------------------------------------- loop
 
   def fit(self) -> dict[str, float]:
-    """Trains until `epochs` (or `max_steps`); returns the last logged scalars."""
+    """Trains until `epochs` (or `max_steps`); returns the last logged scalars.
+
+    Under a multi-worker strategy a lost peer (TensorFlow's `UnavailableError` /
+    `DeadlineExceededError` from a collective) is raised as `WorkerLost`.
+    """
+    cluster = _cluster(self.strategy)
+    if sum(len(tasks) for tasks in cluster.values()) < 2:
+      return self._fit()
+    try:
+      return self._fit()
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
+      resolver = self.strategy.cluster_resolver
+      peer = lost_peer(e, cluster, own=(resolver.task_type, int(resolver.task_id or 0)))
+      raise WorkerLost(
+          f"lost {peer} of the multi-worker cluster at step {int(self.step.numpy())}; newest "
+          f"checkpoint: {tf.train.latest_checkpoint(self._restore_dir) or 'none written yet'}",
+          peer) from None
+
+  def _fit(self) -> dict[str, float]:
     cfg = self.config
     os.makedirs(cfg.logdir, exist_ok=True)
     start = self.restore()

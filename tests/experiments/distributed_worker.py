@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from experiments import harness  # first: TensorFlow starts up as in the scripts (experiments/__init__.py)
 
-import keras  # pylint: disable=g-import-not-at-top
-import numpy as np
-import tensorflow as tf
-
-from experiments import harness
+import keras  # pylint: disable=g-import-not-at-top,wrong-import-order
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-order
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-order
 
 GLOBAL_BATCH = 16
 NUM_EXAMPLES = 64
@@ -104,7 +103,13 @@ def main(argv=None):
           os.kill(os.getpid(), signal.SIGKILL)
         return out
       trainer._train_step = step_then_maybe_die  # pylint: disable=protected-access
-    trainer.fit()
+    try:
+      trainer.fit()
+    except harness.WorkerLost as e:  # as the scripts report it (experiments.flags.run)
+      from experiments import flags as common  # pylint: disable=g-import-not-at-top
+      command = " ".join(["python -m tests.experiments.distributed_worker",
+                          *(argv if argv is not None else sys.argv[1:])])
+      common.exit_now(common.report_worker_lost(e, command))
     if trainer.is_chief:
       np.savez(os.path.join(logdir, "weights.npz"), *[v.numpy() for v in model.weights])
 
