@@ -55,6 +55,7 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
 import time
 from typing import Any, Callable, Mapping
@@ -80,6 +81,27 @@ class NonFiniteLossError(RuntimeError):
 
 # SIGTERM/SIGINT arrived during `fit`; a checkpoint was written. Rerun the command to resume.
 Preempted = preemption.Preempted
+
+# Tests only: "<point>@<step>" makes the process SIGKILL itself at that point of `fit` (see
+# `CRASH_POINTS`, docs/harness.md "Crash points"), as a power cut or the OOM killer would.
+CRASH_ENV = "GENMODELS_CRASH_AT"
+CRASH_POINTS = (
+    "step",                   # an update applied in memory, nothing else done for it
+    "epoch_end_fn",           # the epoch-end hook ran (its random draws), no early-stopping update
+    "best_checkpoint_files",  # best/ checkpoint files written, best/checkpoint not yet naming them
+    "best_checkpoint",        # best/ checkpoint recorded, the regular checkpoint not yet written
+    "checkpoint_files",       # checkpoint files written, checkpoints/checkpoint not yet naming them
+    "checkpoint",             # checkpoint recorded, status.json not yet rewritten
+    "status",                 # status.json rewritten: the save is complete
+)
+
+
+def crash_point(point: str, step: int) -> None:
+  """SIGKILLs this process if $GENMODELS_CRASH_AT is `<point>@<step>` (crash-consistency tests)."""
+  if os.environ.get(CRASH_ENV) == f"{point}@{step}":
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
 
 # Exit code of a script whose multi-worker cluster lost a worker (sysexits.h EX_TEMPFAIL: a
 # temporary failure, the same command is meant to be run again).
@@ -447,15 +469,26 @@ class Trainer:
   # --------------------------------------------------------------------------- checkpoints
 
   def restore(self) -> int:
-    """Restores the newest readable checkpoint in logdir (if any); returns the step reached.
+    """Restores the checkpoint that logdir's status.json names (if any); returns the step reached.
 
-    A checkpoint that cannot be read (truncated or corrupt files) is skipped with a warning and the
-    previous one is tried; one that does not match the model is an error.
+    status.json is the run's manifest, written last in every save (write-then-rename): a checkpoint
+    newer than the one it names belongs to a save that was cut short, and is not used (the steps
+    since the named one are replayed, bit-identically under --deterministic). Without a manifest
+    (written before it named checkpoints for resuming) the newest checkpoint is used. A checkpoint
+    that cannot be read (truncated or corrupt files) is skipped with a warning and the previous one
+    is tried; one that does not match the model is an error.
     """
     state = tf.train.get_checkpoint_state(self._restore_dir)
     paths = list(state.all_model_checkpoint_paths) if state else []
     if state and state.model_checkpoint_path and state.model_checkpoint_path not in paths:
       paths.append(state.model_checkpoint_path)
+    named = self._manifest_checkpoint()
+    if named is not None:
+      newer = [p for p in paths if _checkpoint_number(p) > _checkpoint_number(named)]
+      if newer:
+        print(f"note: {', '.join(newer)} not used: written by a save that did not finish "
+              f"(status.json names {named})", file=sys.stderr)
+      paths = [p for p in paths if _checkpoint_number(p) < _checkpoint_number(named)] + [named]
     for path in reversed(paths):
       if not tf.io.gfile.exists(path + ".index"):
         print(f"warning: checkpoint {path} is missing; trying the previous one", file=sys.stderr)
@@ -470,6 +503,14 @@ class Trainer:
     if paths:
       print("warning: no readable checkpoint; starting from scratch", file=sys.stderr)
     return int(self.step.numpy())
+
+  def _manifest_checkpoint(self) -> str | None:
+    """The checkpoint (a path in the chief's checkpoints/) that the chief's status.json names, or
+    None (no status.json, or one without a checkpoint). By name: a carried run moves folders."""
+    status = results.read_status(self.config.logdir) if os.path.isfile(
+        os.path.join(self.config.logdir, results.STATUS_FILE)) else None
+    name = (status or {}).get("checkpoint")
+    return os.path.join(self._restore_dir, os.path.basename(name)) if name else None
 
   def _restore(self, path: str):
     try:
@@ -506,16 +547,32 @@ class Trainer:
     return float(self.train_seconds.numpy()) + time.perf_counter() - self._clock
 
   def _save(self, step: int, manager=None):
+    """Writes a checkpoint; a regular one (not `best_manager`'s) is then committed by status.json.
+
+    The order is what makes a kill at any point recoverable (docs/harness.md, "Crash points"):
+    checkpoint files, the manager's `checkpoint` file (both TensorFlow's, write-then-rename), then
+    status.json (write-then-rename) naming the checkpoint: `restore` uses the one it names. A best
+    checkpoint (early stopping) is written before the regular checkpoint of the same step and
+    does not touch status.json.
+    """
     self._check_finite_weights(step)
     now = time.perf_counter()
     self.train_seconds.assign_add(now - self._clock)
     self._clock = now
-    (manager or self.manager).save(checkpoint_number=step)
-    if self.is_chief:
-      self._write_status(step)
+    kind = "best_checkpoint" if manager is self.best_manager else "checkpoint"
+    # The manager records the checkpoint (its `checkpoint` file) in a write callback: ours runs first.
+    options = tf.train.CheckpointOptions(
+        experimental_write_callbacks=[lambda *_: crash_point(f"{kind}_files", step)])
+    path = (manager or self.manager).save(checkpoint_number=step, options=options)
+    crash_point(kind, step)
+    if kind == "checkpoint":
+      if self.is_chief:
+        self._write_status(step, checkpoint=path)
+      crash_point("status", step)
 
   def _write_status(self, step: int, **extra):
-    """`logdir/status.json`: how far the run got (for results pages of long, resumed runs)."""
+    """`logdir/status.json`: how far the run got (for results pages of long, resumed runs), and
+    the checkpoint a rerun resumes from (`restore`): written last, by rename, after an fsync."""
     status = dict(
         step=step, epoch=step / self.steps_per_epoch, steps_per_epoch=self.steps_per_epoch,
         total_steps=self.total_steps, total_epochs=self.config.epochs,
@@ -524,8 +581,8 @@ class Trainer:
                      if math.isfinite(float(self.best_metric.numpy())) else None),
         best_epoch=(int(self.best_step.numpy()) // self.steps_per_epoch
                     if self.config.early_stopping_metric else None),
-        checkpoint=self.manager.latest_checkpoint, cpu=host.cpu_model(),
-        updated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), **extra)
+        cpu=host.cpu_model(), updated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), **extra)
+    status.setdefault("checkpoint", self.manager.latest_checkpoint)
     path = os.path.join(self.config.logdir, results.STATUS_FILE)
     earlier = {}
     if os.path.exists(path):
@@ -540,6 +597,8 @@ class Trainer:
     status["cpus"] = host.merge_in_order(results.status_cpus(earlier), [status["cpu"]])
     with open(path + ".tmp", "w") as f:
       json.dump(status, f, indent=2, sort_keys=True)
+      f.flush()
+      os.fsync(f.fileno())  # a power cut must not leave a renamed but empty manifest
     os.replace(path + ".tmp", path)
 
   def _log_hparams(self):
@@ -571,7 +630,7 @@ class Trainer:
       peer = lost_peer(e, cluster, own=(resolver.task_type, int(resolver.task_id or 0)))
       raise WorkerLost(
           f"lost {peer} of the multi-worker cluster at step {int(self.step.numpy())}; newest "
-          f"checkpoint: {tf.train.latest_checkpoint(self._restore_dir) or 'none written yet'}",
+          f"checkpoint: {self._manifest_checkpoint() or 'none written yet'}",
           peer) from None
 
   def _fit(self) -> dict[str, float]:
@@ -601,6 +660,7 @@ class Trainer:
         for batch in self.epoch_dataset(epoch, skip=step % self.steps_per_epoch):
           window.append(self._train_step(batch))
           step += 1
+          crash_point("step", step)
           at_epoch_end = step % self.steps_per_epoch == 0
           at_checkpoint = (step % cfg.checkpoint_every == 0) if cfg.checkpoint_every else at_epoch_end
           preempted = stop_request.signum is not None
@@ -666,6 +726,7 @@ class Trainer:
       return False
     with self.writer.as_default(step=step):
       values = dict(self.epoch_end_fn(self.model, epoch))
+      crash_point("epoch_end_fn", step)
       for k, v in values.items():
         tf.summary.scalar(f"epoch/{k}", v)
     cfg = self.config
@@ -686,6 +747,11 @@ class Trainer:
             f"for more than {cfg.early_stopping_patience} epochs", file=sys.stderr)
       return True
     return False
+
+
+def _checkpoint_number(path: str) -> int:
+  """N of a CheckpointManager path `.../ckpt-N`."""
+  return int(path.rsplit("-", 1)[1])
 
 
 class _DamagedCheckpoint(Exception):
