@@ -473,8 +473,8 @@ class Trainer:
 
     status.json is the run's manifest, written last in every save (write-then-rename): a checkpoint
     newer than the one it names belongs to a save that was cut short, and is not used (the steps
-    since the named one are replayed, bit-identically under --deterministic). Without a manifest
-    (written before it named checkpoints for resuming) the newest checkpoint is used. A checkpoint
+    since the named one are replayed, bit-identically under --deterministic). Without a manifest,
+    or when the checkpoint it names is gone, the newest checkpoint is used. A checkpoint
     that cannot be read (truncated or corrupt files) is skipped with a warning and the previous one
     is tried; one that does not match the model is an error.
     """
@@ -483,7 +483,7 @@ class Trainer:
     if state and state.model_checkpoint_path and state.model_checkpoint_path not in paths:
       paths.append(state.model_checkpoint_path)
     named = self._manifest_checkpoint()
-    if named is not None:
+    if named is not None and tf.io.gfile.exists(named + ".index"):  # else: e.g. carried without it
       newer = [p for p in paths if _checkpoint_number(p) > _checkpoint_number(named)]
       if newer:
         print(f"note: {', '.join(newer)} not used: written by a save that did not finish "
