@@ -33,7 +33,9 @@ the data position (epoch order from `seed + epoch`, batches already consumed are
 from the newest readable checkpoint in `logdir`; a damaged newer checkpoint is skipped with a
 warning. A checkpoint at an epoch end is written after `epoch_end_fn` ran, so random numbers drawn
 there (sample grids) are replayed identically. With `setup_runtime(deterministic=True)` a resumed
-run ends bit-identical to an uninterrupted one.
+run ends bit-identical to an uninterrupted one, whatever instant it was killed at: `status.json`,
+written last in every save (write-then-rename), names the checkpoint a rerun resumes from
+(docs/harness.md, "Crash points"; `crash_point` and $GENMODELS_CRASH_AT test it).
 
 **Preemption.** SIGTERM or SIGINT during `fit` finishes the current step, writes a checkpoint and
 raises `Preempted` (scripts print one line and exit 128 + signal); rerunning the command resumes.
