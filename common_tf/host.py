@@ -63,8 +63,9 @@ def mute_tensorflow_start_up() -> None:
   muted after parsing its flags; the experiment scripts import it at module level, so instead this
   hooks the import itself (a `sys.meta_path` finder whose loader mutes fd 2 around TensorFlow's
   module code and its device probing, then restores it) and scripts that never import TensorFlow
-  do not pay for it. Python errors raised by the import still reach stderr (raised after fd 2 is
-  back). No-op when TensorFlow is already imported.
+  do not pay for it. If the import raises, what TensorFlow wrote is shown before the error; a
+  process that TensorFlow aborts while importing (e.g. a CPU without AVX) dies with it unseen. No-op
+  when TensorFlow is already imported.
   """
   import sys  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   if "tensorflow" in sys.modules or any(isinstance(f, _MutedTensorFlowFinder) for f in sys.meta_path):
@@ -99,17 +100,24 @@ class _MutedLoader:
 
   def exec_module(self, module):
     import sys  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    import tempfile  # pylint: disable=g-import-not-at-top,import-outside-toplevel
     sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-      self._loader.exec_module(module)
-      module.config.list_physical_devices()  # device probing logs (cuInit ...) happen here
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      os.close(devnull)
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:  # what TensorFlow wrote, shown if the import fails
+      os.dup2(held.fileno(), 2)
+      try:
+        self._loader.exec_module(module)
+        module.config.list_physical_devices()  # device probing logs (cuInit ...) happen here
+      except BaseException:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        held.seek(0)
+        sys.stderr.write(held.read().decode(errors="replace"))
+        raise
+      finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
   def __getattr__(self, name):  # get_resource_reader, is_package, ... of the wrapped loader
     return getattr(self._loader, name)

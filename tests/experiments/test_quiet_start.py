@@ -70,3 +70,17 @@ def test_bad_flags_and_values_are_one_stderr_line_and_exit_2(started):
 def test_importing_every_script_writes_nothing_to_stderr(started):
   """TensorFlow's C++ start-up logs (oneDNN, cudart_stub, cpu_feature_guard) included."""
   assert started[0][IMPORT_ALL] == (0, "", "")
+
+
+def test_a_failed_tensorflow_import_shows_what_tensorflow_wrote(capfd):
+  """Muting must not hide why an import failed: the held output comes back before the error."""
+  from common_tf import host  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
+  class Failing:
+    def exec_module(self, module):  # pylint: disable=unused-argument
+      os.write(2, b"F0000 cpu_feature_guard: this CPU lacks AVX\n")
+      raise ImportError("boom")
+
+  with pytest.raises(ImportError, match="boom"):
+    host._MutedLoader(Failing()).exec_module(None)  # pylint: disable=protected-access
+  assert capfd.readouterr().err == "F0000 cpu_feature_guard: this CPU lacks AVX\n"
