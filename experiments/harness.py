@@ -30,9 +30,9 @@ the next log point naming the step (float16 overflow steps excepted, see above).
 **Exact resume.** The step counter, optimizer slots, loss scale, early-stopping state, every
 variable in `model.variables` (including layers kept in lists and Keras `SeedGenerator` states) and
 the data position (epoch order from `seed + epoch`, batches already consumed are skipped) come back
-from the newest readable checkpoint in `logdir`; a damaged newer checkpoint is skipped with a
-warning. A checkpoint at an epoch end is written after `epoch_end_fn` ran, so random numbers drawn
-there (sample grids) are replayed identically. With `setup_runtime(deterministic=True)` a resumed
+from the checkpoint `logdir/status.json` names (else the newest readable one); a damaged one is
+skipped with a warning and the previous one used. A checkpoint at an epoch end is written after
+`epoch_end_fn` ran, so random numbers drawn there (sample grids) are replayed identically. With `setup_runtime(deterministic=True)` a resumed
 run ends bit-identical to an uninterrupted one, whatever instant it was killed at: `status.json`,
 written last in every save (write-then-rename), names the checkpoint a rerun resumes from
 (docs/harness.md, "Crash points"; `crash_point` and $GENMODELS_CRASH_AT test it).
