@@ -99,10 +99,12 @@ CRASH_POINTS = (
 
 
 def crash_point(point: str, step: int) -> None:
-  """SIGKILLs this process if $GENMODELS_CRASH_AT is `<point>@<step>` (crash-consistency tests)."""
-  if os.environ.get(CRASH_ENV) == f"{point}@{step}":
+  """SIGKILLs this process if $GENMODELS_CRASH_AT is `<point>@<step>` (crash-consistency tests);
+  `<point>@<step>:SIGTERM` sends that signal instead (a preemption arriving there)."""
+  spec = os.environ.get(CRASH_ENV)
+  if spec and spec.split(":")[0] == f"{point}@{step}":
     sys.stderr.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.Signals[spec.split(":")[1]] if ":" in spec else signal.SIGKILL)
 
 
 # Exit code of a script whose multi-worker cluster lost a worker (sysexits.h EX_TEMPFAIL: a

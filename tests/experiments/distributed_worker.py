@@ -150,7 +150,10 @@ def main(argv=None):
       trainer._train_step = step_then_maybe_die  # pylint: disable=protected-access
     try:
       trainer.fit()
-    except harness.WorkerLost as e:  # as the scripts report it (experiments.flags.run)
+    except harness.Preempted as e:  # as the scripts report it (experiments.flags.run)
+      print(str(e), file=sys.stderr)
+      sys.exit(128 + e.signum)
+    except harness.WorkerLost as e:
       from experiments import flags as common  # pylint: disable=g-import-not-at-top
       command = " ".join(["python -m tests.experiments.distributed_worker",
                           *(argv if argv is not None else sys.argv[1:])])

@@ -5,7 +5,8 @@ to an uninterrupted run: weights, Adam slots, the SeedGenerator counter the epoc
 from, the data position (a witness variable summing every batch by its step), the step, and the
 best checkpoint.
 
-The kill is injected deterministically: $GENMODELS_CRASH_AT=<point>@<step> makes the process SIGKILL
+Five of the cases send SIGTERM instead (a preemption: the run finishes the step in hand, saves
+and exits 128 + 15). The kill is injected deterministically: $GENMODELS_CRASH_AT=<point>@<step> makes the process SIGKILL
 itself there (`experiments.harness.crash_point`). The runs are the `hooked` task of
 `tests.experiments.distributed_worker` (3 epochs x 4 steps, early stopping so best checkpoints are
 written, an epoch-end hook drawing 15 random numbers), forked from a server that imported
@@ -33,6 +34,9 @@ CASES = [  # (point, step, --checkpoint_every; 0 = at epoch ends)
     ("checkpoint", 9, 3),
     ("epoch_end_fn", EPOCH_END, 3),  # at an epoch end that is no multiple of 3
 ]
+# A SIGTERM arriving at these points: the run saves after the step in hand and exits 128 + 15.
+TERM_CASES = [("step", 6, 0), ("epoch_end_fn", EPOCH_END, 0), ("best_checkpoint", EPOCH_END, 0),
+              ("checkpoint_files", EPOCH_END, 0), ("epoch_end_fn", EPOCH_END, 3)]
 
 
 def _run(logdir, *, checkpoint_every=0, crash_at=None):
@@ -56,27 +60,34 @@ def _arrays(path):
     return [f[k] for k in sorted(f.files, key=lambda k: int(k.split("_")[1]))]
 
 
+def _name(case) -> str:
+  point, step, every, *term = case
+  return f"{point}@{step}-every{every}" + ("-term" if term else "")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """{case: logdir} of the crashed-then-resumed runs, and the logdir of the uninterrupted one."""
+  """{case: logdir} of the crashed-then-resumed runs, the logdir of the uninterrupted one, and
+  {case: what was on disk after the crash}. A case of TERM_CASES is (point, step, every, "SIGTERM")."""
   root = tmp_path_factory.mktemp("crash")
+  cases = CASES + [(*case, "SIGTERM") for case in TERM_CASES]
   reference = _run(root / "reference")
-  crashed = {case: _run(root / f"{case[0]}@{case[1]}-every{case[2]}", checkpoint_every=case[2],
-                        crash_at=f"{case[0]}@{case[1]}") for case in CASES}
+  crashed = {case: _run(root / _name(case), checkpoint_every=case[2],
+                        crash_at=f"{case[0]}@{case[1]}" + (f":{case[3]}" if len(case) > 3 else ""))
+             for case in cases}
   after_crash = {}
   for case, started in crashed.items():
     code = _wait(started)
     with open(started[1]) as f:
-      assert code == -9, f"{case}: exit {code}\n{f.read()[-3000:]}"
-    after_crash[case] = _disk_state(root / f"{case[0]}@{case[1]}-every{case[2]}" / "hooked")
-  resumed = {case: _run(root / f"{case[0]}@{case[1]}-every{case[2]}", checkpoint_every=case[2])
-             for case in CASES}
+      assert code == (143 if len(case) > 3 else -9), f"{case}: exit {code}\n{f.read()[-3000:]}"
+    after_crash[case] = _disk_state(root / _name(case) / "hooked")
+  resumed = {case: _run(root / _name(case), checkpoint_every=case[2]) for case in cases}
   for started in [reference, *resumed.values()]:
     code = _wait(started)
     with open(started[1]) as f:
       assert code == 0, f.read()[-3000:]
-  return ({case: root / f"{case[0]}@{case[1]}-every{case[2]}" / "hooked" for case in CASES},
-          root / "reference" / "hooked", after_crash)
+  return ({case: root / _name(case) / "hooked" for case in cases}, root / "reference" / "hooked",
+          after_crash)
 
 
 def _disk_state(logdir):
@@ -109,6 +120,12 @@ AFTER_CRASH = {
     ("checkpoint_files", 6, 3): (4, 4),
     ("checkpoint", 9, 3): (EPOCH_END, 9),
     ("epoch_end_fn", EPOCH_END, 3): (6, 6),
+    # SIGTERM: the step in hand (and the epoch end's hook and checkpoint) done, then a save.
+    ("step", 6, 0, "SIGTERM"): (6, 6),
+    ("epoch_end_fn", EPOCH_END, 0, "SIGTERM"): (9, 9),
+    ("best_checkpoint", EPOCH_END, 0, "SIGTERM"): (9, 9),
+    ("checkpoint_files", EPOCH_END, 0, "SIGTERM"): (9, 9),
+    ("epoch_end_fn", EPOCH_END, 3, "SIGTERM"): (9, 9),
 }
 
 
@@ -116,14 +133,15 @@ def test_status_json_names_what_a_rerun_resumes_from(runs):
   """After a kill at any point status.json (step and checkpoint) describes exactly the state the
   rerun resumed from, never a step it did not reach nor a save cut short."""
   logdirs, _, after_crash = runs
-  assert set(AFTER_CRASH) == set(CASES)
+  assert set(AFTER_CRASH) == set(CASES + [(*c, "SIGTERM") for c in TERM_CASES])
   for case, (saved, newest) in AFTER_CRASH.items():
     assert after_crash[case] == dict(newest=newest, status=saved, manifest=f"ckpt-{saved}"), case
     assert _resumed_from(logdirs[case]).startswith(
         f"Resumed from {logdirs[case] / 'checkpoints' / f'ckpt-{saved}'} at step {saved}"), case
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{p}@{s}-every{e}" for p, s, e in CASES])
+@pytest.mark.parametrize("case", CASES + [(*c, "SIGTERM") for c in TERM_CASES],
+                         ids=_name)
 def test_killed_and_rerun_equals_uninterrupted(runs, case):
   logdirs, reference, _ = runs
   for name in ("state.npz", "best.npz"):
