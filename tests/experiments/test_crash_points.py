@@ -22,7 +22,7 @@ import pytest
 from experiments import harness
 from tests.experiments import distributed_worker
 
-pytestmark = pytest.mark.slow  # 23 training processes: ~65 s on a busy 2-core host
+pytestmark = pytest.mark.slow  # 33 small training processes: ~65 s on a busy 2-core host
 
 TIMEOUT = 300
 EPOCH_END = 8  # the end of epoch 2 (4 steps per epoch)
