@@ -37,6 +37,8 @@ def started(tmp_path_factory):
       ("vampprior", "--batch_size=0"): ["-m", "experiments.vampprior", "--batch_size=0"],
       ("vampprior", "--seed=-1"): ["-m", "experiments.vampprior", "--seed=-1"],
       ("nvae_mnist", "--logdir=<a file>"): ["-m", "experiments.nvae_mnist", f"--logdir={a_file}"],
+      ("vampprior", "--data_dir=<missing>"): [  # raised in main, after TensorFlow's runtime started
+          "-m", "experiments.vampprior", f"--data_dir={a_file}.missing", f"--logdir={a_file}.run"],
       ("ppl", "--no_such_flag=1"): ["-m", "experiments.ppl", "--no_such_flag=1"],
       ("run_status", "--no_such_flag=1"): ["-m", "experiments.run_status", "--no_such_flag=1"],
       IMPORT_ALL: ["-c", "import importlib\nfor s in %r: importlib.import_module('experiments.' + s)"
@@ -62,6 +64,9 @@ def test_bad_flags_and_values_are_one_stderr_line_and_exit_2(started):
       ("vampprior", "--seed=-1"): (2, "", "error: flag --seed=-1: -1 is not a non-negative integer\n"),
       ("nvae_mnist", "--logdir=<a file>"): (
           2, "", f"error: --logdir {a_file} is a file, not a directory\n"),
+      ("vampprior", "--data_dir=<missing>"): (
+          2, "", f"error: data directory {a_file}.missing does not exist (from --data_dir or "
+                 "$GENMODELS_DATA_DIR)\n"),
       ("ppl", "--no_such_flag=1"): (2, "", "error: Unknown command line flag 'no_such_flag'\n"),
       ("run_status", "--no_such_flag=1"): (2, "", "error: Unknown command line flag 'no_such_flag'\n"),
   }
