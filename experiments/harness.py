@@ -510,9 +510,12 @@ class Trainer:
 
   def _manifest_checkpoint(self) -> str | None:
     """The checkpoint (a path in the chief's checkpoints/) that the chief's status.json names, or
-    None (no status.json, or one without a checkpoint). By name: a carried run moves folders."""
-    status = results.read_status(self.config.logdir) if os.path.isfile(
-        os.path.join(self.config.logdir, results.STATUS_FILE)) else None
+    None (no status.json, an unreadable one, or one without a checkpoint). By name: a carried run
+    moves folders."""
+    try:
+      status = results.read_status(self.config.logdir)
+    except (OSError, ValueError):  # e.g. emptied by a power cut before status.json was fsynced
+      status = None
     name = (status or {}).get("checkpoint")
     return os.path.join(self._restore_dir, os.path.basename(name)) if name else None
 

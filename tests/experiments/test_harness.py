@@ -365,6 +365,8 @@ def test_restore_uses_the_checkpoint_status_json_names(tmp_path, capsys):
   assert "ckpt-8 not used: written by a save that did not finish" in capsys.readouterr().err
   status_path.write_text(json.dumps(dict(status, checkpoint="ckpt-3", step=3)))
   assert make_trainer(tmp_path).restore() == 8
+  status_path.write_text("")  # unreadable: no manifest
+  assert make_trainer(tmp_path).restore() == 8
 
 
 def test_nan_gradient_with_finite_loss_is_never_applied_nor_saved(tmp_path):
