@@ -52,3 +52,72 @@ def prefer_bfc_cpu_allocator() -> None:
   TensorFlow is fine): `experiments` and `evaluation` call it when imported, and tests/conftest.py.
   """
   os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+
+
+def mute_tensorflow_start_up() -> None:
+  """Makes the first `import tensorflow` of this process run with stderr (fd 2) muted.
+
+  TensorFlow >= 2.20 writes C++ start-up lines while it is imported (oneDNN, CUDA probing, CPU
+  features; each block twice, from two copies of absl) that TF_CPP_MIN_LOG_LEVEL does not silence:
+  a script's one-line `error:` would come after a dozen of them. `evaluation.cli` imports TensorFlow
+  muted after parsing its flags; the experiment scripts import it at module level, so instead this
+  hooks the import itself (a `sys.meta_path` finder whose loader mutes fd 2 around TensorFlow's
+  module code and its device probing, then restores it) and scripts that never import TensorFlow
+  do not pay for it. If the import raises, what TensorFlow wrote is shown before the error; a
+  process that TensorFlow aborts while importing (e.g. a CPU without AVX) dies with it unseen. No-op
+  when TensorFlow is already imported.
+  """
+  import sys  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  if "tensorflow" in sys.modules or any(isinstance(f, _MutedTensorFlowFinder) for f in sys.meta_path):
+    return
+  sys.meta_path.insert(0, _MutedTensorFlowFinder())
+
+
+class _MutedTensorFlowFinder:
+  """`sys.meta_path` finder for the top-level `tensorflow` package only (see
+  `mute_tensorflow_start_up`); it removes itself at its first use."""
+
+  def find_spec(self, name, path=None, target=None):  # pylint: disable=unused-argument
+    if name != "tensorflow":
+      return None
+    import importlib.util  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    import sys  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    sys.meta_path.remove(self)
+    spec = importlib.util.find_spec(name)
+    if spec is not None and spec.loader is not None:
+      spec.loader = _MutedLoader(spec.loader)
+    return spec
+
+
+class _MutedLoader:
+  """Runs the wrapped loader with fd 2 on /dev/null, then probes the devices (CUDA start-up logs)."""
+
+  def __init__(self, loader):
+    self._loader = loader
+
+  def create_module(self, spec):
+    return self._loader.create_module(spec)
+
+  def exec_module(self, module):
+    import sys  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    import tempfile  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:  # what TensorFlow wrote, shown if the import fails
+      os.dup2(held.fileno(), 2)
+      try:
+        self._loader.exec_module(module)
+        module.config.list_physical_devices()  # device probing logs (cuInit ...) happen here
+      except BaseException:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        held.seek(0)
+        sys.stderr.write(held.read().decode(errors="replace"))
+        raise
+      finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+  def __getattr__(self, name):  # get_resource_reader, is_package, ... of the wrapped loader
+    return getattr(self._loader, name)

@@ -152,6 +152,23 @@ def _check_numeric_flags():
     raise ValueError(f"--logdir {FLAGS.logdir} is a file, not a directory")
 
 
+def report_worker_lost(error: "harness.WorkerLost", command: str | None = None) -> int:
+  """Prints the one line of a lost multi-worker peer (with the command that resumes the run);
+  returns the exit code, `harness.EXIT_WORKER_LOST`."""
+  print(f"error: {error}; to resume, restart every worker with: {command or command_line()}",
+        file=sys.stderr)
+  return harness.EXIT_WORKER_LOST
+
+
+def exit_now(code: int):
+  """Ends the process with `code` without Python's shutdown: after a lost worker TensorFlow's
+  collective runtime is broken and its clean-up (thread pools, the coordination service's shutdown
+  barrier) would print tracebacks or wait for the peer that is gone."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with bad values reported as one `error:` line and exit code 2."""
   try:
@@ -166,7 +183,9 @@ def run(main: Callable[[list[str]], Any]):
 
   A preempted training run or resumable likelihood evaluation (SIGTERM/SIGINT, see
   `common_tf.preemption`) prints one line and exits with 128 + the signal number, after its
-  checkpoint / partial results were written.
+  checkpoint / partial results were written. A multi-worker run that lost a worker prints one line
+  naming it and the command to restart on every worker, and exits with 75
+  (`harness.EXIT_WORKER_LOST`).
   """
   def wrapped(argv):
     if not FLAGS["verbosity"].present:  # absl defaults to INFO: keep TF's info chatter off stderr
@@ -177,6 +196,8 @@ def run(main: Callable[[list[str]], Any]):
     except harness.Preempted as e:
       print(str(e), file=sys.stderr)
       sys.exit(128 + e.signum)
+    except harness.WorkerLost as e:
+      exit_now(report_worker_lost(e))
     except USER_ERRORS as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)

@@ -30,17 +30,21 @@ the next log point naming the step (float16 overflow steps excepted, see above).
 **Exact resume.** The step counter, optimizer slots, loss scale, early-stopping state, every
 variable in `model.variables` (including layers kept in lists and Keras `SeedGenerator` states) and
 the data position (epoch order from `seed + epoch`, batches already consumed are skipped) come back
-from the newest readable checkpoint in `logdir`; a damaged newer checkpoint is skipped with a
-warning. A checkpoint at an epoch end is written after `epoch_end_fn` ran, so random numbers drawn
-there (sample grids) are replayed identically. With `setup_runtime(deterministic=True)` a resumed
-run ends bit-identical to an uninterrupted one.
+from the checkpoint `logdir/status.json` names (else the newest readable one); a damaged one is
+skipped with a warning and the previous one used. A checkpoint at an epoch end is written after
+`epoch_end_fn` ran, so random numbers drawn there (sample grids) are replayed identically. With `setup_runtime(deterministic=True)` a resumed
+run ends bit-identical to an uninterrupted one, whatever instant it was killed at: `status.json`,
+written last in every save (write-then-rename), names the checkpoint a rerun resumes from
+(docs/harness.md, "Crash points"; `crash_point` and $GENMODELS_CRASH_AT test it).
 
 **Preemption.** SIGTERM or SIGINT during `fit` finishes the current step, writes a checkpoint and
 raises `Preempted` (scripts print one line and exit 128 + signal); rerunning the command resumes.
 A second signal stops the process at once with 128 + signal, also in the middle of a long TensorFlow
 call (`common_tf.preemption.deferred_signals`).
 Under `multi_worker` each process handles its own signal; a lost worker makes the others fail in
-their next collective, and restarting all of them resumes from the chief's newest checkpoint.
+their next collective: `fit` raises `WorkerLost` naming the peer (scripts print one line with the
+command to restart on every worker and exit with `EXIT_WORKER_LOST`, 75), and restarting all of
+them resumes from the chief's newest checkpoint.
 
 **Multi-worker.** The chief (task 0) writes checkpoints and TensorBoard logs to `logdir`; other
 workers write their (identical) checkpoints to `logdir/.worker-<id>` and no logs.
@@ -53,6 +57,7 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
 import time
 from typing import Any, Callable, Mapping
@@ -78,6 +83,43 @@ class NonFiniteLossError(RuntimeError):
 
 # SIGTERM/SIGINT arrived during `fit`; a checkpoint was written. Rerun the command to resume.
 Preempted = preemption.Preempted
+
+# Tests only: "<point>@<step>" makes the process SIGKILL itself at that point of `fit` (see
+# `CRASH_POINTS`, docs/harness.md "Crash points"), as a power cut or the OOM killer would.
+CRASH_ENV = "GENMODELS_CRASH_AT"
+CRASH_POINTS = (
+    "step",                   # an update applied in memory, nothing else done for it
+    "epoch_end_fn",           # the epoch-end hook ran (its random draws), no early-stopping update
+    "best_checkpoint_files",  # best/ checkpoint files written, best/checkpoint not yet naming them
+    "best_checkpoint",        # best/ checkpoint recorded, the regular checkpoint not yet written
+    "checkpoint_files",       # checkpoint files written, checkpoints/checkpoint not yet naming them
+    "checkpoint",             # checkpoint recorded, status.json not yet rewritten
+    "status",                 # status.json rewritten: the save is complete
+)
+
+
+def crash_point(point: str, step: int) -> None:
+  """SIGKILLs this process if $GENMODELS_CRASH_AT is `<point>@<step>` (crash-consistency tests);
+  `<point>@<step>:SIGTERM` sends that signal instead (a preemption arriving there)."""
+  spec = os.environ.get(CRASH_ENV)
+  if spec and spec.split(":")[0] == f"{point}@{step}":
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.Signals[spec.split(":")[1]] if ":" in spec else signal.SIGKILL)
+
+
+# Exit code of a script whose multi-worker cluster lost a worker (sysexits.h EX_TEMPFAIL: a
+# temporary failure, the same command is meant to be run again).
+EXIT_WORKER_LOST = 75
+
+
+class WorkerLost(RuntimeError):
+  """Another worker of a multi-worker cluster stopped (killed, crashed, its machine lost); this one
+  cannot go on (every step needs all workers). Restarting every worker with the same command
+  resumes from the chief's newest checkpoint."""
+
+  def __init__(self, message: str, peer: str):
+    super().__init__(message)
+    self.peer = peer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +242,36 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 def _worker_id(strategy) -> int:
   resolver = getattr(strategy, "cluster_resolver", None)
   return int(getattr(resolver, "task_id", 0) or 0)
+
+
+def _cluster(strategy) -> dict:
+  """{job: [addresses]} of a multi-worker strategy's cluster; {} for one process."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  return resolver.cluster_spec().as_dict() if resolver is not None else {}
+
+
+def lost_peer(error: Exception, cluster: Mapping[str, list] | None = None, *,
+              own: tuple[str, int] | None = None) -> str:
+  """The worker a collective error names as gone, e.g. "worker 1 (127.0.0.1:4242)".
+
+  TensorFlow's coordination service reports "The following tasks are unhealthy (stopped sending
+  heartbeats): /job:worker/replica:0/task:1"; other errors name the peer in
+  "Error reported from /job:worker/task:1" or only as an address. `own` (job, index) is skipped.
+  """
+  import re  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  text = str(getattr(error, "message", None) or error)
+  tail = text.split("unhealthy", 1)[1] if "unhealthy" in text else text
+  for job, index in re.findall(r"/job:(\w+)(?:/replica:\d+)?/task:(\d+)", tail):
+    if own is not None and (job, int(index)) == own:
+      continue
+    addresses = (cluster or {}).get(job, [])
+    address = f" ({addresses[int(index)]})" if int(index) < len(addresses) else ""
+    return f"{job} {index}{address}"
+  for addresses in (cluster or {}).values():
+    for address in addresses:
+      if address in text:
+        return address
+  return "a peer"
 
 
 class _LossScale:
@@ -401,15 +473,26 @@ class Trainer:
   # --------------------------------------------------------------------------- checkpoints
 
   def restore(self) -> int:
-    """Restores the newest readable checkpoint in logdir (if any); returns the step reached.
+    """Restores the checkpoint that logdir's status.json names (if any); returns the step reached.
 
-    A checkpoint that cannot be read (truncated or corrupt files) is skipped with a warning and the
-    previous one is tried; one that does not match the model is an error.
+    status.json is the run's manifest, written last in every save (write-then-rename): a checkpoint
+    newer than the one it names belongs to a save that was cut short, and is not used (the steps
+    since the named one are replayed, bit-identically under --deterministic). Without a manifest,
+    or when the checkpoint it names is gone, the newest checkpoint is used. A checkpoint
+    that cannot be read (truncated or corrupt files) is skipped with a warning and the previous one
+    is tried; one that does not match the model is an error.
     """
     state = tf.train.get_checkpoint_state(self._restore_dir)
     paths = list(state.all_model_checkpoint_paths) if state else []
     if state and state.model_checkpoint_path and state.model_checkpoint_path not in paths:
       paths.append(state.model_checkpoint_path)
+    named = self._manifest_checkpoint()
+    if named is not None and tf.io.gfile.exists(named + ".index"):  # else: e.g. carried without it
+      newer = [p for p in paths if _checkpoint_number(p) > _checkpoint_number(named)]
+      if newer:
+        print(f"note: {', '.join(newer)} not used: written by a save that did not finish "
+              f"(status.json names {named})", file=sys.stderr)
+      paths = [p for p in paths if _checkpoint_number(p) < _checkpoint_number(named)] + [named]
     for path in reversed(paths):
       if not tf.io.gfile.exists(path + ".index"):
         print(f"warning: checkpoint {path} is missing; trying the previous one", file=sys.stderr)
@@ -424,6 +507,17 @@ class Trainer:
     if paths:
       print("warning: no readable checkpoint; starting from scratch", file=sys.stderr)
     return int(self.step.numpy())
+
+  def _manifest_checkpoint(self) -> str | None:
+    """The checkpoint (a path in the chief's checkpoints/) that the chief's status.json names, or
+    None (no status.json, an unreadable one, or one without a checkpoint). By name: a carried run
+    moves folders."""
+    try:
+      status = results.read_status(self.config.logdir)
+    except (OSError, ValueError):  # e.g. emptied by a power cut before status.json was fsynced
+      status = None
+    name = (status or {}).get("checkpoint")
+    return os.path.join(self._restore_dir, os.path.basename(name)) if name else None
 
   def _restore(self, path: str):
     try:
@@ -460,16 +554,32 @@ class Trainer:
     return float(self.train_seconds.numpy()) + time.perf_counter() - self._clock
 
   def _save(self, step: int, manager=None):
+    """Writes a checkpoint; a regular one (not `best_manager`'s) is then committed by status.json.
+
+    The order is what makes a kill at any point recoverable (docs/harness.md, "Crash points"):
+    checkpoint files, the manager's `checkpoint` file (both TensorFlow's, write-then-rename), then
+    status.json (write-then-rename) naming the checkpoint: `restore` uses the one it names. A best
+    checkpoint (early stopping) is written before the regular checkpoint of the same step and
+    does not touch status.json.
+    """
     self._check_finite_weights(step)
     now = time.perf_counter()
     self.train_seconds.assign_add(now - self._clock)
     self._clock = now
-    (manager or self.manager).save(checkpoint_number=step)
-    if self.is_chief:
-      self._write_status(step)
+    kind = "best_checkpoint" if manager is self.best_manager else "checkpoint"
+    # The manager records the checkpoint (its `checkpoint` file) in a write callback: ours runs first.
+    options = tf.train.CheckpointOptions(
+        experimental_write_callbacks=[lambda *_: crash_point(f"{kind}_files", step)])
+    path = (manager or self.manager).save(checkpoint_number=step, options=options)
+    crash_point(kind, step)
+    if kind == "checkpoint":
+      if self.is_chief:
+        self._write_status(step, checkpoint=path)
+      crash_point("status", step)
 
   def _write_status(self, step: int, **extra):
-    """`logdir/status.json`: how far the run got (for results pages of long, resumed runs)."""
+    """`logdir/status.json`: how far the run got (for results pages of long, resumed runs), and
+    the checkpoint a rerun resumes from (`restore`): written last, by rename, after an fsync."""
     status = dict(
         step=step, epoch=step / self.steps_per_epoch, steps_per_epoch=self.steps_per_epoch,
         total_steps=self.total_steps, total_epochs=self.config.epochs,
@@ -478,8 +588,8 @@ class Trainer:
                      if math.isfinite(float(self.best_metric.numpy())) else None),
         best_epoch=(int(self.best_step.numpy()) // self.steps_per_epoch
                     if self.config.early_stopping_metric else None),
-        checkpoint=self.manager.latest_checkpoint, cpu=host.cpu_model(),
-        updated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), **extra)
+        cpu=host.cpu_model(), updated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), **extra)
+    status.setdefault("checkpoint", self.manager.latest_checkpoint)
     path = os.path.join(self.config.logdir, results.STATUS_FILE)
     earlier = {}
     if os.path.exists(path):
@@ -494,6 +604,8 @@ class Trainer:
     status["cpus"] = host.merge_in_order(results.status_cpus(earlier), [status["cpu"]])
     with open(path + ".tmp", "w") as f:
       json.dump(status, f, indent=2, sort_keys=True)
+      f.flush()
+      os.fsync(f.fileno())  # a power cut must not leave a renamed but empty manifest
     os.replace(path + ".tmp", path)
 
   def _log_hparams(self):
@@ -510,7 +622,25 @@ class Trainer:
   # --------------------------------------------------------------------------- loop
 
   def fit(self) -> dict[str, float]:
-    """Trains until `epochs` (or `max_steps`); returns the last logged scalars."""
+    """Trains until `epochs` (or `max_steps`); returns the last logged scalars.
+
+    Under a multi-worker strategy a lost peer (TensorFlow's `UnavailableError` /
+    `DeadlineExceededError` from a collective) is raised as `WorkerLost`.
+    """
+    cluster = _cluster(self.strategy)
+    if sum(len(tasks) for tasks in cluster.values()) < 2:
+      return self._fit()
+    try:
+      return self._fit()
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
+      resolver = self.strategy.cluster_resolver
+      peer = lost_peer(e, cluster, own=(resolver.task_type, int(resolver.task_id or 0)))
+      raise WorkerLost(
+          f"lost {peer} of the multi-worker cluster at step {int(self.step.numpy())}; newest "
+          f"checkpoint: {self._manifest_checkpoint() or 'none written yet'}",
+          peer) from None
+
+  def _fit(self) -> dict[str, float]:
     cfg = self.config
     os.makedirs(cfg.logdir, exist_ok=True)
     start = self.restore()
@@ -537,6 +667,7 @@ class Trainer:
         for batch in self.epoch_dataset(epoch, skip=step % self.steps_per_epoch):
           window.append(self._train_step(batch))
           step += 1
+          crash_point("step", step)
           at_epoch_end = step % self.steps_per_epoch == 0
           at_checkpoint = (step % cfg.checkpoint_every == 0) if cfg.checkpoint_every else at_epoch_end
           preempted = stop_request.signum is not None
@@ -602,6 +733,7 @@ class Trainer:
       return False
     with self.writer.as_default(step=step):
       values = dict(self.epoch_end_fn(self.model, epoch))
+      crash_point("epoch_end_fn", step)
       for k, v in values.items():
         tf.summary.scalar(f"epoch/{k}", v)
     cfg = self.config
@@ -622,6 +754,11 @@ class Trainer:
             f"for more than {cfg.early_stopping_patience} epochs", file=sys.stderr)
       return True
     return False
+
+
+def _checkpoint_number(path: str) -> int:
+  """N of a CheckpointManager path `.../ckpt-N`."""
+  return int(path.rsplit("-", 1)[1])
 
 
 class _DamagedCheckpoint(Exception):

@@ -5,7 +5,9 @@ in-process, `run_script("vampprior_table", [...])` goes through the same path as
 `python -m experiments.vampprior_table ...`: the script's `define_flags()`, absl parsing with
 `experiments.flags.run` (bad values: one `error:` line, exit code 2), `main`. What it cannot show
 is the process boundary itself (the `__main__` block, the interpreter's exit status):
-`tests/experiments/test_flags.py` keeps one real subprocess for that.
+`tests/experiments/test_flags.py` keeps one real subprocess for that, and
+`tests/experiments/test_quiet_start.py` checks the whole stderr of real subprocesses (TensorFlow's
+start-up logs, which no in-process test sees).
 
 Afterwards the flags the script defined are deleted, every flag is unparsed, and the global Keras
 policy is float32 again, so the next script starts from the common flags only.

@@ -5,7 +5,9 @@ Without TF_CONFIG it trains on one device; with TF_CONFIG it is one worker of a
 `MultiWorkerMirroredStrategy` cluster. Each task trains with plain SGD (sensitive to the gradient
 scale) through `experiments.harness.Trainer` and the chief writes the final weights to
 `<logdir>/<task>/weights.npz`. `--kill_at_step N` makes this process SIGKILL itself right after
-update N (a lost machine: no checkpoint of its own).
+update N (a lost machine: no checkpoint of its own). The `hooked` task (an epoch-end hook drawing
+random numbers, best checkpoints, Adam) also writes its whole final state to `state.npz` and that of
+its best checkpoint to `best.npz`: the crash-point tests kill it with $GENMODELS_CRASH_AT.
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from experiments import harness  # first: TensorFlow starts up as in the scripts (experiments/__init__.py)
 
-import keras  # pylint: disable=g-import-not-at-top
-import numpy as np
-import tensorflow as tf
-
-from experiments import harness
+import keras  # pylint: disable=g-import-not-at-top,wrong-import-order
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-order
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-order
 
 GLOBAL_BATCH = 16
 NUM_EXAMPLES = 64
@@ -72,7 +73,46 @@ def vampprior_task():
           tf.data.Dataset.from_tensor_slices(data))
 
 
-TASKS = {"toy": toy_task, "vampprior": vampprior_task}
+class NoisyNet(keras.Model):
+  """An MLP with input noise from a SeedGenerator and a data-position witness: `seen` accumulates
+  every training batch weighted by its step, so a skipped or repeated batch changes it."""
+
+  def __init__(self):
+    super().__init__()
+    self.hidden = keras.layers.Dense(8, activation="tanh")
+    self.out = keras.layers.Dense(6)
+    self.seed_generator = keras.random.SeedGenerator(7)
+    self.seen = self.add_weight(shape=(6,), initializer="zeros", trainable=False, name="seen")
+
+  def call(self, x, training=False):
+    return self.out(self.hidden(x + keras.random.normal(tf.shape(x), stddev=0.1,
+                                                        seed=self.seed_generator)))
+
+
+HOOK_DRAWS = 15  # random draws of the epoch-end hook (as NVAE's sample grids and reconstructions)
+
+
+def hooked_task():
+  """The crash-point task: an epoch-end hook that draws `HOOK_DRAWS` times from the model's
+  SeedGenerator and returns the validation metric that early stopping (best checkpoints) follows."""
+  model = NoisyNet()
+  model(tf.zeros((2, 6)))
+  data = np.random.RandomState(0).randn(NUM_EXAMPLES, 6).astype(np.float32)
+
+  def loss_fn(model, batch, ctx):
+    model.seen.assign_add(tf.reduce_sum(batch, axis=0) * tf.cast(ctx.step + 1, tf.float32))
+    pred = model(batch, training=True)
+    return harness.LossOutput(per_example=tf.reduce_sum(tf.square(pred - batch), axis=-1))
+
+  def epoch_end_fn(model, epoch):
+    noise = [keras.random.normal((16, 6), seed=model.seed_generator) for _ in range(HOOK_DRAWS)]
+    val = tf.reduce_mean(tf.square(model(data[:16] + 0.1 * noise[0]) - data[:16]))
+    return {"val": float(val), "epoch": float(epoch)}
+
+  return model, loss_fn, None, tf.data.Dataset.from_tensor_slices(data), epoch_end_fn
+
+
+TASKS = {"toy": toy_task, "vampprior": vampprior_task, "hooked": hooked_task}
 
 
 def main(argv=None):
@@ -81,20 +121,24 @@ def main(argv=None):
   parser.add_argument("--tasks", default="toy")
   parser.add_argument("--epochs", type=int, default=2)
   parser.add_argument("--kill_at_step", type=int, default=None)
-  parser.add_argument("--checkpoint_every", type=int, default=2)
+  parser.add_argument("--checkpoint_every", type=int, default=2, help="0: at epoch ends")
   args = parser.parse_args(argv)
   strategy = harness.setup_runtime(strategy="multi_worker" if "TF_CONFIG" in os.environ else "default",
                                    deterministic=True, seed=1)
   for task in args.tasks.split(","):
     keras.utils.set_random_seed(1)
     with strategy.scope():
-      model, loss_fn, grad_transform, data = TASKS[task]()
-      optimizer = keras.optimizers.SGD(0.1)
+      model, loss_fn, grad_transform, data, *hook = TASKS[task]()
+      optimizer = (keras.optimizers.Adam(0.01) if hook  # slots (moments) to compare too
+                   else keras.optimizers.SGD(0.1))
     logdir = os.path.join(args.logdir, task)
+    early = dict(early_stopping_metric="val", early_stopping_patience=100) if hook else {}
     config = harness.TrainConfig(logdir=logdir, batch_size=GLOBAL_BATCH, epochs=args.epochs, seed=5,
-                                 log_every=1, checkpoint_every=args.checkpoint_every, progress=False)
+                                 log_every=1, checkpoint_every=args.checkpoint_every or None,
+                                 progress=False, **early)
     trainer = harness.Trainer(config=config, strategy=strategy, model=model, optimizer=optimizer,
-                              loss_fn=loss_fn, train_data=data, grad_transform=grad_transform)
+                              loss_fn=loss_fn, train_data=data, grad_transform=grad_transform,
+                              epoch_end_fn=hook[0] if hook else None)
     if args.kill_at_step is not None:
       step_fn = trainer._train_step  # pylint: disable=protected-access
 
@@ -104,9 +148,23 @@ def main(argv=None):
           os.kill(os.getpid(), signal.SIGKILL)
         return out
       trainer._train_step = step_then_maybe_die  # pylint: disable=protected-access
-    trainer.fit()
+    try:
+      trainer.fit()
+    except harness.Preempted as e:  # as the scripts report it (experiments.flags.run)
+      print(str(e), file=sys.stderr)
+      sys.exit(128 + e.signum)
+    except harness.WorkerLost as e:
+      from experiments import flags as common  # pylint: disable=g-import-not-at-top
+      command = " ".join(["python -m tests.experiments.distributed_worker",
+                          *(argv if argv is not None else sys.argv[1:])])
+      common.exit_now(common.report_worker_lost(e, command))
     if trainer.is_chief:
       np.savez(os.path.join(logdir, "weights.npz"), *[v.numpy() for v in model.weights])
+      if hook:  # the whole resume state: model variables (RNG state, data witness), slots, step
+        state = lambda: [v.numpy() for v in [*model.variables, *optimizer.variables, trainer.step]]
+        np.savez(os.path.join(logdir, "state.npz"), *state())
+        trainer.restore_best()
+        np.savez(os.path.join(logdir, "best.npz"), *state())
 
 
 def child(argv, env, log_path):

@@ -352,6 +352,23 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
     np.testing.assert_array_equal(a, b)
 
 
+def test_restore_uses_the_checkpoint_status_json_names(tmp_path, capsys):
+  """status.json is written last in a save: a newer checkpoint is from a save cut short (not
+  used); a named checkpoint that is gone (a carried run holds only the newest) is no manifest."""
+  import json  # pylint: disable=g-import-not-at-top
+  make_trainer(tmp_path, max_steps=8).fit()  # checkpoints at steps 4 and 8
+  status_path = tmp_path / "status.json"
+  status = json.loads(status_path.read_text())
+  assert os.path.basename(status["checkpoint"]) == "ckpt-8" and status["step"] == 8
+  status_path.write_text(json.dumps(dict(status, checkpoint="elsewhere/ckpt-4", step=4)))
+  assert make_trainer(tmp_path).restore() == 4
+  assert "ckpt-8 not used: written by a save that did not finish" in capsys.readouterr().err
+  status_path.write_text(json.dumps(dict(status, checkpoint="ckpt-3", step=3)))
+  assert make_trainer(tmp_path).restore() == 8
+  status_path.write_text("")  # unreadable: no manifest
+  assert make_trainer(tmp_path).restore() == 8
+
+
 def test_nan_gradient_with_finite_loss_is_never_applied_nor_saved(tmp_path):
   def nan_gradient_from_step_5(model, batch, ctx):
     out = tiny_loss(model, batch, ctx)
