@@ -83,3 +83,21 @@ def test_paper_preset_on_fashion_mnist_through_the_cli(tmp_path, monkeypatch):
   assert images.shape[0] == vampprior_train.NUM_SAMPLE_IMAGES and images.shape[1:3] == (28, 28)
   assert (logdir / "samples.png").stat().st_size > 0
   assert (logdir / "checkpoints").is_dir()
+
+
+def test_files_in_the_wrong_folder_are_one_error_line(tmp_path, monkeypatch):
+  """The official repository keeps the files in data/fashion/: copied as that folder, they are not
+  found, and the one line says where they must go."""
+  data_dir = write_fashion_mnist(tmp_path / "data")
+  (data_dir / "fashion_mnist").rename(data_dir / "fashion")
+  monkeypatch.chdir(tmp_path)
+  proc = scripts.run_script("vampprior", [
+      "--dataset=fashion_mnist", "--preset=paper", f"--data_dir={data_dir}",
+      f"--logdir={tmp_path / 'run'}"])
+  assert proc.returncode == 2
+  assert proc.stderr == (
+      "error: data set 'fashion_mnist' split 'train' not found: expected "
+      "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz; looked in "
+      f"{data_dir / 'fashion_mnist'} and {data_dir}. Put the standard files in "
+      "<dir>/fashion_mnist/ and pass --data_dir=<dir> or set GENMODELS_DATA_DIR\n")
+  assert proc.stdout == "" and not (tmp_path / "runs").exists()
