@@ -71,9 +71,8 @@ def _tfds_builder(name: str, split: str, *, download: bool):
   if not prepared and not download:
     raise image_io.ImageInputError(
         f"{PREFIX}{name}/{split} is not available offline: no local copy (set ${DATA_DIR_ENV} to "
-        "the suite's data folder), and tensorflow_datasets has not "
-        f"prepared it under {builder.data_dir} (run once with --download where there is a "
-        "network)")
+        f"the suite's data folder), and tensorflow_datasets has not prepared it under "
+        f"{builder.data_dir} (run once with --download where there is a network)")
   return tfds, builder, prepared
 
 

@@ -24,7 +24,9 @@ import tensorflow as tf
 
 from common_tf import data_files
 
-DATA_DIR_ENV = data_files.DATA_DIR_ENV  # the folder's file layout and the IDX reader: common_tf/data_files.py
+# The folder's variable, where a set's files are looked for and the IDX reader are shared with the
+# metrics' named references (evaluation.references): common_tf/data_files.py.
+DATA_DIR_ENV = data_files.DATA_DIR_ENV
 
 # Frey Faces: S. Roweis' page; 1965 faces of 28x20 pixels.
 FREY_FACES_URL = "https://cs.nyu.edu/~roweis/data/frey_rawface.mat"

@@ -215,7 +215,8 @@ def test_named_reference_reads_the_loaders_files(data_dir, monkeypatch):
   np.testing.assert_array_equal(
       references.NamedReference("tfds:mnist/test").load(download=False), named)
   np.testing.assert_array_equal(data.load_arrays("mnist", "test")[0], images)
-  (data_dir / "mnist" / "t10k-images-idx3-ubyte").write_bytes(struct.pack(">II", 2049, 3) + bytes(3))
+  labels_header = struct.pack(">II", 2049, 3)  # a labels file under the images file's name
+  (data_dir / "mnist" / "t10k-images-idx3-ubyte").write_bytes(labels_header + bytes(3))
   with pytest.raises(data.DataError) as from_loader:
     data.load_arrays("mnist", "test")
   with pytest.raises(image_io.ImageInputError) as from_reference:

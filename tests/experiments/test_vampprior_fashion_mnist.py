@@ -75,7 +75,8 @@ def test_paper_preset_on_fashion_mnist_through_the_cli(tmp_path, monkeypatch):
   appended = json.load(open(tmp_path / "runs" / "vampprior" / "results.json"))
   assert len(appended) == 1 and appended[0]["dataset"] == "fashion_mnist"
   assert appended[0]["test_nll"] == row["test_nll"]
-  assert appended[0]["command"].startswith("python -m experiments.vampprior --dataset=fashion_mnist")
+  assert appended[0]["command"].startswith(
+      "python -m experiments.vampprior --dataset=fashion_mnist --preset=paper")
   hparams = json.load(open(logdir / "hparams.json"))
   assert hparams["dataset"] == "fashion_mnist" and hparams["likelihood"] == "discretized_logistic"
   with np.load(logdir / "samples.npz") as samples:
