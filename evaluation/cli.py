@@ -36,6 +36,7 @@ from evaluation import image_io  # pylint: disable=g-import-not-at-top,wrong-imp
 from evaluation import networks  # pylint: disable=g-import-not-at-top,wrong-import-position
 from evaluation import protocol as protocol_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from evaluation import references  # pylint: disable=g-import-not-at-top,wrong-import-position
+from evaluation.quiet_tf import import_tensorflow_quietly  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import  # also cli.import_tensorflow_quietly
 
 EXIT_BAD_INPUT = 2
 FEATURE_KIND = {"inception": ("pool_3", "logits"), "vgg16": ("fc2",)}
@@ -121,24 +122,6 @@ def define_common_flags(fv: flags.FlagValues, *, network: str, reference: bool) 
   flags.DEFINE_integer("bootstrap_seed", 0, "Seed of the bootstrap draws.", flag_values=fv)
   flags.DEFINE_float("confidence", 0.95, "Confidence level of the bootstrap interval.",
                      lower_bound=0.5, upper_bound=0.999, flag_values=fv)
-
-
-def import_tensorflow_quietly() -> None:
-  """Imports TensorFlow and probes devices with stderr (fd 2) muted: TF >= 2.20 prints C++
-  start-up lines (oneDNN, CUDA probing) that TF_CPP_MIN_LOG_LEVEL does not silence and that would
-  bury our one-line errors."""
-  if "tensorflow" in sys.modules:
-    return
-  sys.stderr.flush()
-  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 2)
-  try:
-    import tensorflow  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-    tensorflow.config.list_physical_devices()  # device probing logs (cuInit ...) happen here
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-    os.close(devnull)
 
 
 def run(argv: list[str] | None, *, doc: str, network: str, define_flags: Callable, body: Callable,

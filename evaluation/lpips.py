@@ -46,14 +46,15 @@ import zipfile
 from typing import Mapping, Sequence
 
 if __name__ == "__main__":  # the converter command: keep TensorFlow's start-up lines off stderr
-  from evaluation import cli  # pylint: disable=g-import-not-at-top
-  cli.import_tensorflow_quietly()
+  from evaluation import quiet_tf  # pylint: disable=g-import-not-at-top
+  quiet_tf.import_tensorflow_quietly()
 
 import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from evaluation.networks import WeightsUnavailableError  # pylint: disable=wrong-import-position
+from evaluation.torch_state import read_torch_state_dict  # pylint: disable=wrong-import-position
 from evaluation.vgg import BLOCK_DEPTHS, BLOCK_WIDTHS  # pylint: disable=wrong-import-position
 # (VGG-16 configuration "D": the same widths and depths in Keras and torchvision.)
 
@@ -337,23 +338,6 @@ def convert_state_dicts(lin_state: Mapping[str, np.ndarray],
     weights[f"lin{k}"] = np.asarray(lin_state[key]).reshape(-1)  # [1, C, 1, 1] -> [C]
   check_weights(weights, source="converted weights")
   return weights
-
-
-def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
-  """A PyTorch .pth state dict as {name: numpy array}; imports torch only here."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  except ImportError as e:
-    raise RuntimeError("the LPIPS converter reads the official .pth files with PyTorch, which is "
-                       "not installed here; run it where `import torch` works (pip install torch "
-                       "--index-url https://download.pytorch.org/whl/cpu) and copy the .npz back") from e
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} does not exist")
-  state = torch.load(path, map_location="cpu", weights_only=True)
-  if not isinstance(state, Mapping):
-    raise LPIPSWeightsError(f"{path} does not hold a state dict (got {type(state).__name__})")
-  return {key: (value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value))
-          for key, value in state.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

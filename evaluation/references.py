@@ -3,40 +3,30 @@
     tfds:<name>/<split>     e.g. tfds:mnist/test, tfds:fashion_mnist/train, tfds:cifar10/test
 
 Where the images come from, first hit wins:
-  1. a loader registered from Python: `register("mnist", fn)` with fn(split) -> images
-     (uint8 [N, H, W, C] or float [0, 1]); the suite's `experiments` can register its loaders
-     this way (evaluation never imports experiments);
-  2. the standard IDX files of MNIST / Fashion-MNIST in $GENMODELS_DATA_DIR/<name>/ (the layout
-     the suite's data loader reads; `t10k-*` is the test split);
-  3. tensorflow_datasets: an already prepared copy (in $TFDS_DATA_DIR or ~/tensorflow_datasets),
+  1. the standard IDX files of MNIST / Fashion-MNIST in $GENMODELS_DATA_DIR/<name>/ (or directly
+     in it): the suite's data folder, found and read by `common_tf.data_files` exactly as the
+     training data loader `experiments.data` does (`t10k-*` is the test split);
+  2. tensorflow_datasets: an already prepared copy (in $TFDS_DATA_DIR or ~/tensorflow_datasets),
      else a download when allowed (--download).
-Offline with nothing local: one clear error naming the three options.
+Offline with neither: one clear error naming both options. Other images (binarized MNIST, Frey
+Faces, a subset) are given as files: a .npy / .npz / folder of images.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import os
 import pathlib
-import struct
-from typing import Callable
 
 import numpy as np
 
+from common_tf import data_files
 from evaluation import image_io
 
 PREFIX = "tfds:"
-DATA_DIR_ENV = "GENMODELS_DATA_DIR"
-IDX_IMAGES_MAGIC = 2051  # LeCun's IDX format: 0x00000803 (uint8, 3 dims)
+DATA_DIR_ENV = data_files.DATA_DIR_ENV
 _IDX_FILES = {"train": "train-images-idx3-ubyte.gz", "test": "t10k-images-idx3-ubyte.gz"}
 _IDX_SETS = ("mnist", "fashion_mnist")
-_LOADERS: dict[str, Callable[[str], np.ndarray]] = {}
-
-
-def register(name: str, loader: Callable[[str], np.ndarray]) -> None:
-  """Makes `tfds:<name>/<split>` load `loader(split)` (images as the metrics accept them)."""
-  _LOADERS[name] = loader
 
 
 def parse(spec: str) -> tuple[str, str]:
@@ -51,30 +41,19 @@ def parse(spec: str) -> tuple[str, str]:
 
 def read_idx_images(path: pathlib.Path) -> np.ndarray:
   """uint8 [N, H, W, 1] from a (gzipped) IDX image file, magic number and size checked."""
-  opener = gzip.open if path.suffix == ".gz" else open
   try:
-    with opener(path, "rb") as f:
-      raw = f.read()
-  except (OSError, EOFError) as e:
-    raise image_io.ImageInputError(f"cannot read IDX file {path}: {e}") from e
-  if len(raw) < 16 or struct.unpack(">I", raw[:4])[0] != IDX_IMAGES_MAGIC:
-    raise image_io.ImageInputError(f"{path} is not an IDX image file")
-  count, height, width = struct.unpack(">3I", raw[4:16])
-  if len(raw) - 16 != count * height * width:
-    raise image_io.ImageInputError(f"corrupt IDX file {path}: header says {count}x{height}x"
-                                   f"{width}, file holds {len(raw) - 16} bytes")
-  return np.frombuffer(raw, np.uint8, offset=16).reshape(count, height, width, 1)
+    images = data_files.read_idx(path, expect_magic=data_files.IDX_IMAGES_MAGIC)
+  except data_files.IDXError as e:
+    raise image_io.ImageInputError(str(e)) from e
+  return images[..., None]
 
 
 def _local_idx_path(name: str, split: str) -> pathlib.Path | None:
   root = os.environ.get(DATA_DIR_ENV)
   if not root or name not in _IDX_SETS or split not in _IDX_FILES:
     return None
-  for folder in (pathlib.Path(root) / name, pathlib.Path(root)):
-    path = folder / _IDX_FILES[split]
-    if path.is_file():
-      return path
-  return None
+  path = data_files.find_file(name, _IDX_FILES[split], root)
+  return pathlib.Path(path) if path is not None else None
 
 
 def _tfds_builder(name: str, split: str, *, download: bool):
@@ -92,9 +71,8 @@ def _tfds_builder(name: str, split: str, *, download: bool):
   if not prepared and not download:
     raise image_io.ImageInputError(
         f"{PREFIX}{name}/{split} is not available offline: no local copy (set ${DATA_DIR_ENV} to "
-        "the suite's data folder, or register a loader), and tensorflow_datasets has not "
-        f"prepared it under {builder.data_dir} (run once with --download where there is a "
-        "network)")
+        f"the suite's data folder), and tensorflow_datasets has not prepared it under "
+        f"{builder.data_dir} (run once with --download where there is a network)")
   return tfds, builder, prepared
 
 
@@ -121,16 +99,13 @@ class NamedReference:
 
   def check(self, *, download: bool = True) -> None:
     """Raises ImageInputError now if `load` could not work (before any features are computed)."""
-    if self.name not in _LOADERS and _local_idx_path(self.name, self.split) is None:
+    if _local_idx_path(self.name, self.split) is None:
       _tfds_builder(self.name, self.split, download=download)
 
   def load(self, *, download: bool = True) -> np.ndarray:
-    if self.name in _LOADERS:
-      images = _LOADERS[self.name](self.split)
+    path = _local_idx_path(self.name, self.split)
+    if path is not None:
+      images = read_idx_images(path)
     else:
-      path = _local_idx_path(self.name, self.split)
-      if path is not None:
-        images = read_idx_images(path)
-      else:
-        images = _tfds(self.name, self.split, download=download)
+      images = _tfds(self.name, self.split, download=download)
     return image_io.check_image_array(np.asarray(images), what=self.spec)

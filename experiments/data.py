@@ -16,15 +16,17 @@ Layout of a data directory (each set in a sub-folder named after it, or directly
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import os
-import struct
 import urllib.request
 
 import numpy as np
 import tensorflow as tf
 
-DATA_DIR_ENV = "GENMODELS_DATA_DIR"
+from common_tf import data_files
+
+# The folder's variable, where a set's files are looked for and the IDX reader are shared with the
+# metrics' named references (evaluation.references): common_tf/data_files.py.
+DATA_DIR_ENV = data_files.DATA_DIR_ENV
 
 # Frey Faces: S. Roweis' page; 1965 faces of 28x20 pixels.
 FREY_FACES_URL = "https://cs.nyu.edu/~roweis/data/frey_rawface.mat"
@@ -32,8 +34,8 @@ FREY_SHAPE = (28, 20)
 FREY_NUM_TRAIN, FREY_NUM_VALID, FREY_NUM_TEST = 1565, 200, 200
 FREY_SPLIT_SEED = 2018  # fixed permutation seed of our train/valid/test split
 
-IDX_IMAGES_MAGIC = 2051  # LeCun's IDX format: 0x00000803 (uint8, 3 dims)
-IDX_LABELS_MAGIC = 2049  # 0x00000801 (uint8, 1 dim)
+IDX_IMAGES_MAGIC = data_files.IDX_IMAGES_MAGIC
+IDX_LABELS_MAGIC = data_files.IDX_LABELS_MAGIC
 
 
 class DataError(RuntimeError):
@@ -82,27 +84,10 @@ def _spec(name: str) -> _Spec:
 
 def read_idx(path: str, *, expect_magic: int) -> np.ndarray:
   """Reads a (optionally gzipped) IDX file of uint8 values; checks magic number and size."""
-  opener = gzip.open if path.endswith(".gz") else open
   try:
-    with opener(path, "rb") as f:
-      raw = f.read()
-  except (OSError, EOFError) as e:
-    raise DataError(f"cannot read IDX file {path}: {e}") from e
-  if len(raw) < 4:
-    raise DataError(f"corrupt IDX file {path}: only {len(raw)} bytes")
-  magic = struct.unpack(">I", raw[:4])[0]
-  if magic != expect_magic:
-    raise DataError(
-        f"corrupt IDX file {path}: magic number {magic:#010x}, expected {expect_magic:#010x}")
-  ndim = magic & 0xFF
-  header = 4 + 4 * ndim
-  dims = struct.unpack(f">{ndim}I", raw[4:header])
-  count = int(np.prod(dims))
-  if len(raw) - header != count:
-    raise DataError(
-        f"corrupt IDX file {path}: header says {dims} ({count} bytes), "
-        f"file holds {len(raw) - header}")
-  return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+    return data_files.read_idx(path, expect_magic=expect_magic)
+  except data_files.IDXError as e:
+    raise DataError(str(e)) from e
 
 
 def read_amat(path: str) -> np.ndarray:
@@ -168,14 +153,6 @@ def resolve_data_dir(data_dir: str | None) -> str | None:
   return data_dir or os.environ.get(DATA_DIR_ENV) or None
 
 
-def _find(name: str, filename: str, data_dir: str) -> str | None:
-  for folder in (os.path.join(data_dir, name), data_dir):
-    for candidate in (filename, filename[:-3] if filename.endswith(".gz") else None):
-      if candidate and os.path.isfile(os.path.join(folder, candidate)):
-        return os.path.join(folder, candidate)
-  return None
-
-
 def _missing_error(name: str, split: str, files, data_dir: str | None, cause=None) -> DataError:
   where = (f"looked in {os.path.join(data_dir, name)} and {data_dir}" if data_dir
            else f"no data directory given and ${DATA_DIR_ENV} is not set")
@@ -199,7 +176,7 @@ def load_arrays(name: str, split: str, data_dir: str | None = None):
   if root is not None:
     if not os.path.isdir(root):
       raise DataError(f"data directory {root} does not exist (from --data_dir or ${DATA_DIR_ENV})")
-    paths = [_find(name, f, root) for f in files]
+    paths = [data_files.find_file(name, f, root) for f in files]
     if paths[0] is None:
       raise _missing_error(name, split, files, root)
     return _read_local(name, split, paths)

@@ -143,6 +143,13 @@ def test_missing_and_corrupt_files(data_dir, tmp_path, monkeypatch):
     f.write(struct.pack(">IIII", 2051, 3, 28, 28) + bytes(100))
   with pytest.raises(data.DataError, match="header says"):
     data.load("mnist", "test", data_dir=str(data_dir))
+  with gzip.open(data_dir / "mnist" / "t10k-images-idx3-ubyte.gz", "wb") as f:
+    f.write(struct.pack(">III", 2051, 3, 28))  # cut inside the header
+  path = data_dir / "mnist" / "t10k-images-idx3-ubyte.gz"
+  with pytest.raises(data.DataError) as error:
+    data.load("mnist", "test", data_dir=str(data_dir))
+  assert str(error.value) == (f"corrupt IDX file {path}: only 12 bytes, the header of a "
+                              "3-dimensional array needs 16")
   (data_dir / "binarized_mnist" / "binarized_mnist_test.amat").write_text("0 1 0\n")
   with pytest.raises(data.DataError, match="line 1 has 3 values"):
     data.load("binarized_mnist", "test", data_dir=str(data_dir))
@@ -190,3 +197,30 @@ def test_binarized_mnist_test_file_is_sorted_by_class():
   assert {label(x) for x in binary[:500:25]} == {0}
   random_500 = data.subset(binary, 500, seed=2020)
   assert {label(x) for x in random_500[::5]} == set(range(10))
+
+
+def test_named_reference_reads_the_loaders_files(data_dir, monkeypatch):
+  """`--reference tfds:mnist/test` (evaluation.references) finds and reads the same files as the
+  training loader, with the same reader: same images, also unzipped, same error messages."""
+  from evaluation import image_io, references  # pylint: disable=import-outside-toplevel
+  assert references.DATA_DIR_ENV == data.DATA_DIR_ENV == "GENMODELS_DATA_DIR"
+  monkeypatch.setenv(data.DATA_DIR_ENV, str(data_dir))
+  images, _ = data.load_arrays("mnist", "test")
+  named = references.NamedReference("tfds:mnist/test").load(download=False)
+  assert named.dtype == np.uint8 and named.shape == (5, 28, 28, 1)
+  np.testing.assert_array_equal(named, np.round(images * 255))
+  gz = data_dir / "mnist" / "t10k-images-idx3-ubyte.gz"
+  (data_dir / "mnist" / "t10k-images-idx3-ubyte").write_bytes(gzip.open(gz).read())
+  gz.unlink()
+  np.testing.assert_array_equal(
+      references.NamedReference("tfds:mnist/test").load(download=False), named)
+  np.testing.assert_array_equal(data.load_arrays("mnist", "test")[0], images)
+  labels_header = struct.pack(">II", 2049, 3)  # a labels file under the images file's name
+  (data_dir / "mnist" / "t10k-images-idx3-ubyte").write_bytes(labels_header + bytes(3))
+  with pytest.raises(data.DataError) as from_loader:
+    data.load_arrays("mnist", "test")
+  with pytest.raises(image_io.ImageInputError) as from_reference:
+    references.NamedReference("tfds:mnist/test").load(download=False)
+  assert str(from_reference.value) == str(from_loader.value) == (
+      f"corrupt IDX file {data_dir / 'mnist' / 't10k-images-idx3-ubyte'}: magic number "
+      "0x00000801, expected 0x00000803")
