@@ -11,6 +11,10 @@ checkpoint (and the newest of `best/` where early stopping keeps one), its JSON 
 copies exactly those into `--carry_dir`, replacing what that folder held for the run; unpacking
 copies them back, after which rerunning the run's own command resumes it.
 
+A finished run (its training finished or stopped early, `results.json` written) is packed as its
+weights alone: `best/` (early stopping) or `final/` (`harness.Trainer.weights`: no optimizer
+slots), its JSON files and per-image test values; packing it replaces its carried resume state.
+
 Neither direction goes backwards: a run whose destination already holds a state at the same or a
 later step is skipped with a line saying so, so a restarted-from-scratch run cannot overwrite a
 longer carried one, nor an unpack a longer local one. At the same step (training done, its test
@@ -59,11 +63,40 @@ def newest_checkpoint(folder: str) -> str | None:
   return os.path.basename(match.group(1)) if match else None
 
 
+def finished_weights(run: str) -> str | None:
+  """The folder ("best" or "final") holding the weights a finished and evaluated run is kept as,
+  or None when the run is not such a run: its training finished or stopped early, its results.json
+  exists, and it has weights-only checkpoints (`harness.Trainer.weights`). The weights evaluated
+  are best/'s when early stopping kept one, else final/'s."""
+  status = results.read_status(run) or {}
+  if not ((status.get("finished") or status.get("stopped_early"))
+          and os.path.exists(os.path.join(run, "results.json"))):
+    return None
+  for name in (results.BEST_DIR, results.FINAL_DIR):
+    if newest_checkpoint(os.path.join(run, name)) and _weights_only(os.path.join(run, name)):
+      return name
+  return None
+
+
+def _weights_only(folder: str) -> bool:
+  """Whether the newest checkpoint in `folder` holds no optimizer state (best/ of runs written
+  before the harness kept weights only there held whole checkpoints)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only for finished runs)
+  path = os.path.join(folder, newest_checkpoint(folder))
+  return not any(name.startswith("optimizer/")
+                 for name in tf.train.load_checkpoint(path).get_variable_to_shape_map())
+
+
 def state_files(run: str) -> list[str]:
-  """Paths, relative to `run`, of what resuming it needs (see the module docstring)."""
+  """Paths, relative to `run`, of what resuming it needs (see the module docstring); for a
+  finished, evaluated run (`finished_weights`) only its weights, JSON files and per-image values:
+  no optimizer state, nothing to resume."""
   keep = []
+  weights = finished_weights(run)
   for dirpath, dirnames, filenames in os.walk(run):
     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # .worker-N: not the chief's
+    if weights and dirpath == run:
+      dirnames[:] = [weights]
     newest = newest_checkpoint(dirpath)
     for name in sorted(filenames):
       if name.endswith(_SKIPPED_SUFFIXES) or name.startswith(_SKIPPED_PREFIXES):
@@ -141,6 +174,17 @@ def carry(logdir: str, carry_dir: str, *, unpack: bool) -> list[str]:
     relative = os.path.relpath(source, source_root)
     destination = os.path.normpath(os.path.join(dest_root, relative))
     have, carried = _step(destination), _step(source)
+    if have == carried and finished_weights(source) and not finished_weights(destination):
+      # Finished and evaluated in `source`: packed, the carried resume state (optimizer slots
+      # included) gives way to the weights; unpacked, they join the local run, whose partial
+      # test-NLL files are done with.
+      for name in results.partial_evaluations(destination):
+        os.remove(os.path.join(destination, name))
+      size = copy_run(source, destination, replace=not unpack)
+      lines.append(f"{destination}: finished at step {carried}, its {finished_weights(source)}/ "
+                   f"weights and results from {source} ({size / 2**20:.1f} MiB"
+                   f"{'' if unpack else '; resume state removed'})")
+      continue
     if have == carried:  # both hold a status.json: the run is at the same training step
       finished = _finished_outputs(source, destination)
       if finished:  # its test NLL completed in `source`: its outputs, the partial files gone

@@ -385,10 +385,17 @@ class Trainer:
         config.logdir, f".worker-{_worker_id(strategy)}")
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, os.path.join(own_dir, "checkpoints"), config.keep_checkpoints)
+    # The weights alone (no optimizer slots, no counters): what is evaluated and kept of a run.
+    # best/ (early stopping) holds them, and final/ those of a finished run (`write_final`).
+    self.weights = tf.train.Checkpoint(model=model,
+                                       model_variables=[v.value for v in model.variables])
     self.best_manager = tf.train.CheckpointManager(
-        self.checkpoint, os.path.join(own_dir, "best"), max_to_keep=1)
+        self.weights, os.path.join(own_dir, BEST_DIR), max_to_keep=1)
+    self.final_manager = tf.train.CheckpointManager(
+        self.weights, os.path.join(own_dir, FINAL_DIR), max_to_keep=1)
     self._restore_dir = os.path.join(config.logdir, "checkpoints")
-    self._best_dir = os.path.join(config.logdir, "best")
+    self._best_dir = os.path.join(config.logdir, BEST_DIR)
+    self._final_dir = os.path.join(config.logdir, FINAL_DIR)
     self.writer = (tf.summary.create_file_writer(config.logdir) if self.is_chief
                    else tf.summary.create_noop_writer())
     self._train_step = self._make_train_step()
@@ -493,6 +500,8 @@ class Trainer:
         print(f"note: {', '.join(newer)} not used: written by a save that did not finish "
               f"(status.json names {named})", file=sys.stderr)
       paths = [p for p in paths if _checkpoint_number(p) < _checkpoint_number(named)] + [named]
+    if not paths:
+      return self._restore_finished()
     for path in reversed(paths):
       if not tf.io.gfile.exists(path + ".index"):
         print(f"warning: checkpoint {path} is missing; trying the previous one", file=sys.stderr)
@@ -507,6 +516,36 @@ class Trainer:
     if paths:
       print("warning: no readable checkpoint; starting from scratch", file=sys.stderr)
     return int(self.step.numpy())
+
+  def _restore_finished(self) -> int:
+    """A finished run kept as its weights alone (final/ or best/, no checkpoints/: how a finished
+    run travels, `experiments.carry`): restores those weights and the counters its status.json
+    records, so that `fit` has nothing to do and the run is evaluated as it ended. Returns the step
+    (0 when the folder holds no such run)."""
+    status = results.read_status(self.config.logdir) or {}
+    weights = (tf.train.latest_checkpoint(self._final_dir)
+               or tf.train.latest_checkpoint(self._best_dir))
+    if not (weights and (status.get("finished") or status.get("stopped_early"))):
+      return 0
+    self.weights.restore(weights).expect_partial()
+    self.step.assign(int(status["step"]))
+    if status.get("best_metric") is not None:
+      self.best_metric.assign(float(status["best_metric"]))
+    if status.get("best_epoch") is not None:
+      self.best_step.assign(int(status["best_epoch"]) * self.steps_per_epoch)
+    if status.get("stopped_early") and self.config.early_stopping_patience is not None:
+      self.bad_epochs.assign(self.config.early_stopping_patience + 1)
+    self.train_seconds.assign(float(status.get("train_seconds") or 0.0))
+    print(f"Restored the finished run's weights from {weights} (step {int(status['step'])}; no "
+          "optimizer state: nothing left to train)", file=sys.stderr)
+    return int(self.step.numpy())
+
+  def write_final(self) -> str | None:
+    """Writes final/: the weights of a finished run (no optimizer slots), unless it has them or
+    the run is not finished. Returns the path written, or None."""
+    if int(self.step.numpy()) < self.total_steps or self.final_manager.latest_checkpoint:
+      return None
+    return self.final_manager.save(checkpoint_number=int(self.step.numpy()))
 
   def _manifest_checkpoint(self) -> str | None:
     """The checkpoint (a path in the chief's checkpoints/) that the chief's status.json names, or
@@ -533,10 +572,16 @@ class Trainer:
                        f"used by another configuration?): {str(e).splitlines()[0][:300]}") from e
 
   def restore_best(self) -> str | None:
-    """Loads the best checkpoint (early stopping) if one was written; returns its path."""
+    """Loads the weights of the best checkpoint (early stopping) if one was written; returns its
+    path. Only the weights: best/ holds nothing else (runs written before it kept whole
+    checkpoints there, of which the weights are read)."""
     path = tf.train.latest_checkpoint(self._best_dir)
     if path:
-      self._restore(path)
+      try:
+        self.weights.restore(path).expect_partial().assert_existing_objects_matched()
+      except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise ValueError(f"checkpoint {path} does not match this model: "
+                         f"{str(e).splitlines()[0][:300]}") from e
     return path
 
   def _check_finite_weights(self, step: int):
@@ -648,6 +693,7 @@ class Trainer:
       self._log_hparams()
     if start >= self.stop_step:
       print(f"Nothing to do: step {start} already reached the target {self.stop_step}", file=sys.stderr)
+      self.write_final()  # a run finished before final/ was written
       return {}
     if self.stopped_early():
       print(f"Nothing to do: the run stopped early at step {start} (no improvement of "
@@ -690,6 +736,7 @@ class Trainer:
             break
     if stopped_early and self.is_chief:
       self._write_status(step, stopped_early=True)
+    self.write_final()  # every worker (a save may run collectives), each in its own folder
     self.writer.flush()
     return last
 
@@ -754,6 +801,9 @@ class Trainer:
             f"for more than {cfg.early_stopping_patience} epochs", file=sys.stderr)
       return True
     return False
+
+
+BEST_DIR, FINAL_DIR = results.BEST_DIR, results.FINAL_DIR
 
 
 def _checkpoint_number(path: str) -> int:

@@ -527,9 +527,14 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
 
 
 def restore_run(logdir: str, which: str, s: RunSettings, *, seed: int):
-  """The run's NVAE with the weights (and BN statistics) of its latest / best checkpoint."""
-  folder = os.path.join(logdir, "checkpoints" if which == "latest" else "best")
+  """The run's NVAE with the weights (and BN statistics) of its latest / best checkpoint. "latest"
+  of a finished run kept as its weights alone (final/, no checkpoints/: a pretrained run) reads
+  final/."""
+  folder = os.path.join(logdir, "checkpoints" if which == "latest" else harness.BEST_DIR)
   path = tf.train.latest_checkpoint(folder)
+  if not path and which == "latest":
+    folder = os.path.join(logdir, harness.FINAL_DIR)
+    path = tf.train.latest_checkpoint(folder)
   if not path:
     raise FileNotFoundError(f"no checkpoint in {folder}")
   model = NVAE(s.model, seed=seed)

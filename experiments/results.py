@@ -24,6 +24,9 @@ from common_tf import host
 from evaluation import protocol as protocol_lib
 
 STATUS_FILE = "status.json"  # how far a run got: `harness.Trainer` writes it at every checkpoint
+# A run's weights-only checkpoints (`harness.Trainer.weights`): the best validation (early
+# stopping), and those of a finished run.
+BEST_DIR, FINAL_DIR = "best", "final"
 
 # Row keys holding metric values that need a protocol record ("fid", "fid_256", "ppl_lpips", ...).
 METRIC_PREFIXES = ("fid", "kid", "is", "inception_score", "precision", "recall", "ppl")

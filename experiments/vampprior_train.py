@@ -257,7 +257,9 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
                        f"(best/ is empty), so there are no weights the protocol evaluates")
     print(f"warning: --max_steps={config.max_steps} stopped before the first validation; "
           "evaluating the last weights (no best-validation checkpoint)", file=sys.stderr)
-  epochs_run = int(trainer.step.numpy()) // trainer.steps_per_epoch
+  # The epochs behind the evaluated weights: the best checkpoint's step (ckpt-<step>).
+  epochs_run = (int(best.rsplit("-", 1)[1]) if best else int(trainer.step.numpy())
+                ) // trainer.steps_per_epoch
 
   counted = likelihood.evaluate_nll(model, test, num_samples=s.test_samples,
                                     batch_size=s.ll_batch_size, chunk_size=s.ll_chunk,

@@ -1,6 +1,7 @@
 """Training harness: exact resume, replica-count invariance, NaN guard, early stopping."""
 
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -148,11 +149,25 @@ def test_early_stopping_and_best_checkpoint(tmp_path):
   # Official VampPrior rule: stop once MORE than `patience` epochs did not improve: epochs 3, 4, 5.
   assert int(trainer.step.numpy()) == 5 * 4
   assert trainer.best_manager.latest_checkpoint.endswith("ckpt-8")
+  # best/ holds the weights alone: no optimizer slots, no counters.
+  best_keys = tf.train.load_checkpoint(trainer.best_manager.latest_checkpoint).get_variable_to_shape_map()
+  assert not [k for k in best_keys if k.startswith(("optimizer/", "step/", "best"))], best_keys
+  last = weights(trainer.model)
   assert trainer.restore_best().endswith("ckpt-8")
+  best = weights(trainer.model)
+  assert int(trainer.step.numpy()) == 20 and not all(np.array_equal(a, b) for a, b in zip(last, best))
   rerun = make_trainer(tmp_path, epochs=6, early_stopping_metric="val_loss",
                        early_stopping_patience=2)
   rerun.epoch_end_fn = epoch_end
   assert rerun.fit() == {} and int(rerun.step.numpy()) == 5 * 4  # a stopped run stays stopped
+  # Kept as its best weights alone (how a finished run travels): still stopped, the same weights.
+  shutil.rmtree(tmp_path / "checkpoints")
+  again = make_trainer(tmp_path, epochs=6, early_stopping_metric="val_loss",
+                       early_stopping_patience=2)
+  assert again.fit() == {} and int(again.step.numpy()) == 20
+  assert again.restore_best().endswith("ckpt-8")
+  for a, b in zip(best, weights(again.model), strict=True):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_tensorboard_events_written(one_epoch_run):
@@ -536,10 +551,17 @@ def test_carried_state_resumes_on_another_machine_to_the_uninterrupted_weights(t
   assert len(np.load(tmp_path / "third" / "row" / "nll_partial_pass0.npz")["log_px"]) == 8
   (tmp_path / "new_runs" / "row" / "nll_partial_pass0.npz").unlink()
   (tmp_path / "new_runs" / "row" / "results.json").write_text('{"nll": 80.0}')
-  assert carry.carry(str(tmp_path / "new_runs"), str(tmp_path / "carried"), unpack=False) == [
-      f"{tmp_path / 'carried' / 'row'}: step 12 kept, evaluated in {tmp_path / 'new_runs' / 'row'}: "
-      "results.json"]
-  assert not (tmp_path / "carried" / "row" / "nll_partial_pass0.npz").exists()
+  # Finished and evaluated: it travels as its weights (final/, no optimizer slots) and results;
+  # the carried resume state is removed.
+  assert carry.carry(str(tmp_path / "new_runs"), str(tmp_path / "carried"), unpack=False)[0].startswith(
+      f"{tmp_path / 'carried' / 'row'}: finished at step 12, its final/ weights and results from "
+      f"{tmp_path / 'new_runs' / 'row'} (")
+  packed = sorted(str(p.relative_to(tmp_path / "carried" / "row"))
+                  for p in (tmp_path / "carried" / "row").rglob("*") if p.is_file())
+  assert packed == ["final/checkpoint", "final/ckpt-12.data-00000-of-00001", "final/ckpt-12.index",
+                    "hparams.json", "results.json", "status.json"]
+  assert not [k for k in tf.train.load_checkpoint(str(tmp_path / "carried" / "row" / "final" / "ckpt-12"))
+              .get_variable_to_shape_map() if k.startswith("optimizer/")]
   assert carry.main([f"--logdir={tmp_path / 'third'}", f"--carry_dir={tmp_path / 'carried'}",
                      "--unpack"]) == 0
   assert (tmp_path / "third" / "row" / "results.json").read_text() == '{"nll": 80.0}'
@@ -547,3 +569,11 @@ def test_carried_state_resumes_on_another_machine_to_the_uninterrupted_weights(t
   # Nothing further on either way now.
   assert carry.carry(str(tmp_path / "third"), str(tmp_path / "carried"), unpack=False) == [
       f"{tmp_path / 'carried' / 'row'}: kept (it is at step 12, {tmp_path / 'third' / 'row'} at step 12)"]
+  # A machine with nothing but the finished run's weights: restored, nothing to train, the
+  # uninterrupted run's weights.
+  assert carry.main([f"--logdir={tmp_path / 'fourth'}", f"--carry_dir={tmp_path / 'carried'}",
+                     "--unpack"]) == 0
+  fourth = make_trainer(tmp_path / "fourth" / "row")
+  assert fourth.fit() == {} and int(fourth.step.numpy()) == 12
+  for a, b in zip(full_weights, weights(fourth.model), strict=True):
+    np.testing.assert_array_equal(a, b)
