@@ -11,7 +11,7 @@ or batches, an image array, a folder / .zip / .npy / .npz path, a `tfds:<name>/<
 (FID reference only) statistics as a path or a (mu, sigma) tuple. Settings are the command-line
 flags as keyword arguments (`evaluation.cli.Options`): inception_path, vgg16_path, vgg,
 download, cache, batch_size, progress, jit_compile, resize, precision, device, workers,
-strict_protocol, bootstrap, bootstrap_seed, confidence. Errors are `ValueError`s (bad input,
+strict_protocol, subsamples, subsample_rate, subsample_seed, confidence. Errors are `ValueError`s (bad input,
 protocol mismatch) or `WeightsUnavailableError`, with the same one-line messages as the commands.
 """
 
@@ -25,7 +25,7 @@ from evaluation import protocol as protocol_lib
 
 @dataclasses.dataclass
 class Result:
-  """A metric value, its bootstrap interval (or None) and the protocol records of its inputs."""
+  """A metric value, its --subsamples interval (or None) and the protocol records of its inputs."""
   name: str
   value: float | tuple
   interval: tuple | None
@@ -33,21 +33,26 @@ class Result:
   extra: dict = dataclasses.field(default_factory=dict)
 
   def __str__(self) -> str:
-    from evaluation import bootstrap  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    from evaluation import subsampling  # pylint: disable=g-import-not-at-top,import-outside-toplevel
     if isinstance(self.value, tuple):  # precision, recall
       lines = []
       for i, name in enumerate(("precision", "recall")):
         bounds = None if self.interval is None else (self.interval[0][i], self.interval[1][i])
-        lines.append(f"{name}: {bootstrap.format_value(self.value[i], bounds)}")
+        lines.append(f"{name}: {subsampling.format_value(self.value[i], bounds)}")
       text = "\n".join(lines)
     else:
-      text = f"{self.name}: {bootstrap.format_value(self.value, self.interval)}"
+      text = f"{self.name}: {subsampling.format_value(self.value, self.interval)}"
     return text + "\n" + protocol_lib.describe(self.protocols)
 
 
 def _options(kwargs) -> cli.Options:
   fields = {f.name for f in dataclasses.fields(cli.Options)}
   unknown = sorted(set(kwargs) - fields)
+  removed = [name for name in ("bootstrap", "bootstrap_seed") if name in unknown]
+  if removed:
+    raise TypeError(f"option {removed[0]} was removed: resampling with replacement biases FID and "
+                    "KID; use subsamples=N (subsample_rate, subsample_seed), see "
+                    "docs/evaluation.md")
   if unknown:
     raise TypeError(f"unknown options {unknown}; known: {sorted(fields)}")
   return cli.Options(**kwargs)

@@ -59,9 +59,11 @@ class Options:
   device: str | None = None
   workers: int = image_io.DEFAULT_WORKERS
   strict_protocol: bool = True
-  bootstrap: int = 0
-  bootstrap_seed: int = 0
+  subsamples: int = 0
+  subsample_rate: float = 0.5
+  subsample_seed: int = 0
   confidence: float = 0.95
+  json: bool = False
 
 
 def define_common_flags(fv: flags.FlagValues, *, network: str, reference: bool) -> None:
@@ -116,11 +118,40 @@ def define_common_flags(fv: flags.FlagValues, *, network: str, reference: bool) 
   flags.DEFINE_bool("strict_protocol", True, "Refuse to compare inputs whose protocol records "
                     "differ (network, weights, layer, resize, precision, image size).",
                     flag_values=fv)
-  flags.DEFINE_integer("bootstrap", 0, "Bootstrap replicates for a confidence interval (0: "
-                       "none); printed as `value [lo, hi]`.", lower_bound=0, flag_values=fv)
-  flags.DEFINE_integer("bootstrap_seed", 0, "Seed of the bootstrap draws.", flag_values=fv)
-  flags.DEFINE_float("confidence", 0.95, "Confidence level of the bootstrap interval.",
+  flags.DEFINE_integer("subsamples", 0, "Replicates of a confidence interval for the population "
+                       "value (0: none), printed as `value [lo, hi]`: each replicate recomputes the "
+                       "metric on round(rate * n) distinct rows of every set (subsampling without "
+                       "replacement, Politis-Romano-Wolf interval with finite-population factor "
+                       "sqrt(rate / (1 - rate)); valid for biased metrics such as FID, whose "
+                       "interval may lie below the finite-sample value). See docs/evaluation.md.",
+                       lower_bound=0, flag_values=fv)
+  flags.DEFINE_float("subsample_rate", 0.5, "Fraction of every set drawn per subsample replicate "
+                     "(0.5, half-sampling, also removes FID's O(1/n) bias; other rates are valid "
+                     "for unbiased metrics such as KID).", lower_bound=0.05, upper_bound=0.95,
+                     flag_values=fv)
+  flags.DEFINE_integer("subsample_seed", 0, "Seed of the subsample draws.", flag_values=fv)
+  flags.DEFINE_float("confidence", 0.95, "Confidence level of the --subsamples interval.",
                      lower_bound=0.5, upper_bound=0.999, flag_values=fv)
+  flags.DEFINE_integer("bootstrap", None, "Removed: resampling with replacement biases FID and "
+                       "KID; use --subsamples N.", flag_values=fv)
+  flags.DEFINE_integer("bootstrap_seed", None, "Removed: use --subsample_seed.", flag_values=fv)
+  flags.DEFINE_bool("json", False, "Print one JSON object (values, intervals, protocol records) "
+                    "instead of the text lines.", flag_values=fv)
+
+
+REMOVED_FLAGS = {
+    "bootstrap": "--bootstrap was removed: resampling with replacement duplicates images, which "
+                 "inflates FID and breaks KID's unbiased estimate; use --subsamples N "
+                 "(subsampling without replacement, see docs/evaluation.md)",
+    "bootstrap_seed": "--bootstrap_seed was removed; use --subsample_seed",
+}
+
+
+def check_removed_flags(fv) -> None:
+  """ValueError naming the replacement when a removed flag was given."""
+  for name, message in REMOVED_FLAGS.items():
+    if name in fv and fv[name].present:
+      raise ValueError(message)
 
 
 def import_tensorflow_quietly() -> None:
@@ -151,6 +182,10 @@ def run(argv: list[str] | None, *, doc: str, network: str, define_flags: Callabl
                               required=("samples", "reference") if reference else ("samples",))
   if code is not None:
     return code
+  try:
+    check_removed_flags(fv)
+  except ValueError as e:
+    return fail(e)
   import_tensorflow_quietly()
   from google.protobuf.message import DecodeError  # pylint: disable=g-import-not-at-top
   try:
@@ -437,3 +472,61 @@ def commit_cache(network: Network) -> None:
     except OSError as e:
       print(f"note: could not cache reference features at {path}: {e}", file=sys.stderr)
   network.pending_cache.clear()
+
+
+@dataclasses.dataclass
+class Value:
+  """One printed metric value: `name: value [lo, hi] +- std` (interval, std optional)."""
+  name: str  # as printed, e.g. "FID", "precision"
+  key: str  # JSON key, e.g. "fid"
+  value: float
+  interval: tuple | None = None
+  std: float | None = None
+  digits: str = ".6f"
+  extra: dict = dataclasses.field(default_factory=dict)
+
+  def text(self) -> str:
+    from evaluation import subsampling  # pylint: disable=g-import-not-at-top
+    line = f"{self.name}: {subsampling.format_value(self.value, self.interval, digits=self.digits)}"
+    if self.std is not None:
+      line += f" +- {self.std:{self.digits}}"
+    return line
+
+  def as_json(self) -> dict:
+    out = {"value": float(self.value),
+           "interval": None if self.interval is None else [float(v) for v in self.interval]}
+    if self.std is not None:
+      out["std"] = float(self.std)
+    out.update(self.extra)
+    return out
+
+
+def interval_record(fv) -> dict | None:
+  """How the intervals were made (JSON), None without --subsamples."""
+  if not getattr(fv, "subsamples", 0):
+    return None
+  return {"method": "subsampling without replacement (Politis-Romano-Wolf interval, "
+                    "finite-population factor sqrt(rate / (1 - rate)))",
+          "target": "population value", "replicates": int(fv.subsamples),
+          "rate": float(fv.subsample_rate), "seed": int(fv.subsample_seed),
+          "confidence": float(fv.confidence)}
+
+
+def print_results(fv, values: list[Value], sources: list[Source]) -> None:
+  """The metric lines, the `interval:` line (with --subsamples) and the protocol line; or, with
+  --json, one JSON object {"metrics": {key: {...}}, "interval": ..., "protocol": {...}}."""
+  from evaluation import subsampling  # pylint: disable=g-import-not-at-top
+  if getattr(fv, "json", False):
+    import json  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    payload = {"metrics": {v.key: v.as_json() for v in values},
+               "interval": interval_record(fv) if any(v.interval is not None for v in values)
+               else None,
+               "protocol": {s.flag.lstrip("-"): s.protocol for s in sources}}
+    print(json.dumps(payload, indent=2, sort_keys=True))
+    return
+  for v in values:
+    print(v.text())
+  line = subsampling.describe(fv)
+  if line and any(v.interval is not None for v in values):
+    print(line)
+  print_protocol(*sources)

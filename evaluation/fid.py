@@ -3,10 +3,10 @@
     mu1, s1 = feature_statistics(pool3_fake); mu2, s2 = feature_statistics(pool3_real)
     fid = frechet_distance(mu1, s1, mu2, s2)
 
-Command line (prints `FID: <value>` or, with --bootstrap N, `FID: <value> [<lo>, <hi>]`, then a
-`protocol: ...` line):
+Command line (prints `FID: <value>` or, with --subsamples N, `FID: <value> [<lo>, <hi>]` (an
+interval for the population FID, see evaluation/subsampling.py), then a `protocol: ...` line):
     python -m evaluation.fid --samples DIR_ZIP_OR_NPY --reference DIR_NPZ_OR_tfds:mnist/test \
-        [--save_stats OUT.npz] [--resize tf1|clean] [--bootstrap 100] [--precision float32]
+        [--save_stats OUT.npz] [--resize tf1|clean] [--subsamples 100] [--precision float32]
 `--reference` may be images (folder, searched recursively, .zip, .npy/.npz), a name
 `tfds:<name>/<split>`, or a statistics file (.npz with `mu`, `sigma`, and the protocol record
 when we wrote it). Python: `evaluation.api.compute_fid(generate_fn, num_samples, reference=...)`.
@@ -78,23 +78,41 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
                - 2.0 * trace_sqrt_product(sigma1, sigma2))
 
 
-def bootstrap_interval(samples, reference, *, reference_stats=None, num: int, seed: int = 0,
+def subsample_interval(samples, reference, *, reference_stats=None, num: int,
+                       rate: float = 0.5, seed: int = 0,
                        confidence: float = 0.95) -> tuple[float, float]:
-  """Percentile bootstrap interval of FID: both feature sets drawn with replacement per
-  replicate (only the samples when the reference is given as statistics)."""
-  from evaluation import bootstrap  # pylint: disable=g-import-not-at-top
+  """Subsampling interval of the population FID (`evaluation.subsampling`): both feature sets
+  subsampled without replacement per replicate (only the samples when the reference is given as
+  statistics, which are then taken as exact)."""
+  from evaluation import subsampling  # pylint: disable=g-import-not-at-top
   samples = np.asarray(samples, np.float64)
   if reference_stats is not None:
     mu2, sigma2 = reference_stats
-    statistic = lambda i: frechet_distance(*feature_statistics(samples[i]), mu2, sigma2)
+    mu2, sigma2 = np.asarray(mu2, np.float64), np.asarray(sigma2, np.float64)
+    root2 = _psd_sqrt(sigma2)  # tr sqrt(s2 s1) = tr sqrt(s1 s2): one eigendecomposition per draw
+    def statistic(i):
+      mu1, sigma1 = feature_statistics(samples[i])
+      return _frechet_with_root(mu2, sigma2, root2, mu1, sigma1)
     sizes = (len(samples),)
+    estimate = _frechet_with_root(mu2, sigma2, root2, *feature_statistics(samples))
   else:
     reference = np.asarray(reference, np.float64)
     statistic = lambda i, j: frechet_distance(*feature_statistics(samples[i]),
                                               *feature_statistics(reference[j]))
     sizes = (len(samples), len(reference))
-  low, high = bootstrap.interval(statistic, sizes, num=num, seed=seed, confidence=confidence)
+    estimate = frechet_distance(*feature_statistics(samples), *feature_statistics(reference))
+  low, high = subsampling.interval(statistic, sizes, estimate=estimate, num=num, rate=rate,
+                                   seed=seed, confidence=confidence)
   return float(low), float(high)
+
+
+def _frechet_with_root(mu1, sigma1, root1, mu2, sigma2) -> float:
+  """frechet_distance with sqrt(sigma1) given."""
+  product = root1 @ sigma2 @ root1
+  eigenvalues = np.linalg.eigvalsh((product + product.T) / 2)
+  diff = mu1 - mu2
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
+               - 2.0 * np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
 
 
 def save_statistics(path, mu, sigma, protocol: dict | None = None) -> None:
@@ -116,7 +134,7 @@ def save_statistics(path, mu, sigma, protocol: dict | None = None) -> None:
 def compute_from_sources(samples, reference, network, options) -> dict:
   """FID of two checked `evaluation.cli.Source`s (shared by the command and `evaluation.api`).
 
-  Returns {"value", "interval" (None without bootstrap), "mu", "sigma" (the reference's),
+  Returns {"value", "interval" (None without --subsamples), "mu", "sigma" (the reference's),
   "protocols"}; raises ProtocolMismatchError before computing if the records differ.
   """
   from evaluation import cli  # pylint: disable=g-import-not-at-top
@@ -127,10 +145,10 @@ def compute_from_sources(samples, reference, network, options) -> dict:
   mu2, sigma2 = reference.stats if real is None else feature_statistics(real)
   value = frechet_distance(mu1, sigma1, mu2, sigma2)
   interval = None
-  if options.bootstrap:
-    interval = bootstrap_interval(fake, real, reference_stats=reference.stats if real is None
-                                  else None, num=options.bootstrap, seed=options.bootstrap_seed,
-                                  confidence=options.confidence)
+  if options.subsamples:
+    interval = subsample_interval(fake, real, reference_stats=reference.stats if real is None
+                                  else None, num=options.subsamples, rate=options.subsample_rate,
+                                  seed=options.subsample_seed, confidence=options.confidence)
   return {"value": value, "interval": interval, "mu": mu2, "sigma": sigma2,
           "protocols": {"samples": samples.protocol, "reference": reference.protocol}}
 
@@ -158,9 +176,8 @@ def _run(fv) -> None:
   cli.commit_cache(network)
   if fv.save_stats:
     save_statistics(fv.save_stats, result["mu"], result["sigma"], protocol=reference.protocol)
-  from evaluation import bootstrap  # pylint: disable=g-import-not-at-top
-  print(f"FID: {bootstrap.format_value(result['value'], result['interval'])}")
-  cli.print_protocol(samples, reference)
+  cli.print_results(fv, [cli.Value("FID", "fid", result["value"], result["interval"])],
+                    [samples, reference])
 
 
 def main(argv=None) -> int:

@@ -59,14 +59,21 @@ def _run(fv) -> None:
   network = cli.feature_network(fv, "inception", [samples])
   logits = cli.features_of(samples, network, fv)
   mean, std = inception_score(logits, splits=fv.splits)
-  from evaluation import bootstrap  # pylint: disable=g-import-not-at-top
-  bounds = None
-  if fv.bootstrap:
-    bounds = bootstrap.interval(lambda i: inception_score(logits[i], splits=fv.splits)[0],
-                                (len(logits),), num=fv.bootstrap, seed=fv.bootstrap_seed,
-                                confidence=fv.confidence)
-  print(f"IS: {bootstrap.format_value(mean, bounds)} +- {std:.6f}")
-  cli.print_protocol(samples)
+  bounds = interval(logits, mean, splits=fv.splits, options=fv)
+  cli.print_results(fv, [cli.Value("IS", "is", mean, bounds, std=std)], [samples])
+
+
+def interval(logits, mean, *, splits: int, options):
+  """--subsamples interval of the IS mean (None without): rows drawn without replacement, in
+  their original order, cut into the same number of splits."""
+  if not options.subsamples:
+    return None
+  from evaluation import subsampling  # pylint: disable=g-import-not-at-top
+  low, high = subsampling.interval(
+      lambda i: inception_score(logits[np.sort(i)], splits=splits)[0], (len(logits),),
+      estimate=mean, num=options.subsamples, rate=options.subsample_rate,
+      seed=options.subsample_seed, confidence=options.confidence, min_size=max(2, splits))
+  return float(low), float(high)
 
 
 def main(argv=None) -> int:
