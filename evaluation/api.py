@@ -4,6 +4,8 @@
     result = api.compute_fid(generate_fn, 10000, reference="tfds:mnist/test")
     print(result)            # FID: 12.345678 [11.9, 12.8]  + protocol line
     result.value, result.interval, result.protocols
+    api.compute_kid(...), api.compute_inception_score(generate_fn, 10000, splits=10),
+    api.compute_precision_recall(...)
 
 `samples` (and `reference`) may be a generator function `fn(n) -> images [n, H, W, C]` (uint8, or
 float in [0, 1]; numpy or tf.Tensor) drawn `num_samples` times over, a `tf.data.Dataset` of images
@@ -97,6 +99,18 @@ def compute_kid(samples, num_samples: int | None = None, *, reference,
                                  subset_size=subset_size, seed=seed)
   cli.commit_cache(network)
   return Result("KID", out["value"], out["interval"], out["protocols"], {"std": out["std"]})
+
+
+def compute_inception_score(samples, num_samples: int | None = None, *, splits: int = 10,
+                            **options) -> Result:
+  """Inception Score (mean over `splits` consecutive parts; `extra["std"]`) of `samples`."""
+  from evaluation import inception_score  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  opts = _options(options)
+  fake = cli.source_from_object(samples, "samples", kind="logits", min_count=max(2, splits),
+                                num_samples=num_samples)
+  network = cli.feature_network(opts, "inception", [fake])
+  out = inception_score.compute_from_sources(fake, network, opts, splits=splits)
+  return Result("IS", out["value"], out["interval"], out["protocols"], {"std": out["std"]})
 
 
 def compute_precision_recall(samples, num_samples: int | None = None, *, reference,

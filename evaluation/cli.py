@@ -457,6 +457,45 @@ def check_protocols(first: Source, second: Source, fv) -> None:
                                 strict=getattr(fv, "strict_protocol", True))
 
 
+def expected_protocol(source: Source, network: Network, fv) -> dict | None:
+  """The record `source` has or will have once `features_of` extracts it (the fields known before
+  extraction: network, weights, feature, resize, precision); None if unknown."""
+  if source.protocol is not None or not source.needs_network:
+    return source.protocol
+  if network.model is None:
+    return None
+  from evaluation import resize as resize_lib  # pylint: disable=g-import-not-at-top
+  return {"network": network.label, "weights_sha256": protocol_lib.weights_sha256(network.model),
+          "feature": source.kind, "resize": resize_lib.describe_resize(fv.resize),
+          "precision": fv.precision}
+
+
+def check_protocols_early(first: Source, second: Source, network: Network, fv) -> None:
+  """Before any extraction: raises ProtocolMismatchError if the records known now (given
+  statistics / features / cached reference) and the record extraction would write differ in a
+  field both know. `check_protocols` after extraction still checks the image sizes."""
+  a, b = expected_protocol(first, network, fv), expected_protocol(second, network, fv)
+  if a is None or b is None:
+    return
+  if not (first.needs_network or second.needs_network):
+    return  # both complete: check_protocols decides (and prints its notes once)
+  common = set(a) & set(b)
+  if any(a.get(key) != b.get(key) for key in protocol_lib.COMPARED if key in common):
+    if getattr(fv, "strict_protocol", True):
+      protocol_lib.check_compatible({k: a[k] for k in common}, {k: b[k] for k in common},
+                                    names=(first.flag, second.flag), strict=True)
+
+
+def warn_singular(features: np.ndarray, flag: str, *, what: str = "FID") -> None:
+  """`warning:` on stderr when fewer rows than feature dimensions (singular covariance: FID is
+  then dominated by rounding in the null space; pytorch-fid warns too)."""
+  n, d = features.shape
+  if n < d:
+    print(f"warning: {flag.lstrip('-')} has {n} feature vectors for {d} dimensions: the covariance "
+          f"is singular and {what} unreliable (two identical sets can give a small negative "
+          f"value); use at least {d} images", file=sys.stderr)
+
+
 def print_protocol(*sources: Source) -> None:
   print(protocol_lib.describe({s.flag.lstrip("-"): s.protocol for s in sources}))
 

@@ -138,9 +138,19 @@ def compute_from_sources(samples, reference, network, options) -> dict:
   "protocols"}; raises ProtocolMismatchError before computing if the records differ.
   """
   from evaluation import cli  # pylint: disable=g-import-not-at-top
-  fake = cli.features_of(samples, network, options)
+  cli.check_protocols_early(samples, reference, network, options)
   real = None if reference.stats is not None else cli.features_of(reference, network, options)
+  cli.check_protocols_early(samples, reference, network, options)
+  fake = cli.features_of(samples, network, options)
   cli.check_protocols(samples, reference, options)
+  for features, source in ((fake, samples), (real, reference)):
+    if features is not None:
+      cli.warn_singular(np.asarray(features), source.flag)
+  if options.subsamples:
+    b = int(np.floor(options.subsample_rate * len(fake) + 0.5))
+    if b < fake.shape[1]:
+      print(f"warning: a subsample has {b} of {len(fake)} samples for {fake.shape[1]} "
+            "dimensions: singular covariances in every replicate", file=sys.stderr)
   mu1, sigma1 = feature_statistics(fake)
   mu2, sigma2 = reference.stats if real is None else feature_statistics(real)
   value = frechet_distance(mu1, sigma1, mu2, sigma2)

@@ -57,10 +57,20 @@ def _run(fv) -> None:
   from evaluation import cli  # pylint: disable=g-import-not-at-top
   samples = cli.open_source(fv.samples, "--samples", kind="logits", min_count=max(2, fv.splits))
   network = cli.feature_network(fv, "inception", [samples])
-  logits = cli.features_of(samples, network, fv)
-  mean, std = inception_score(logits, splits=fv.splits)
-  bounds = interval(logits, mean, splits=fv.splits, options=fv)
-  cli.print_results(fv, [cli.Value("IS", "is", mean, bounds, std=std)], [samples])
+  result = compute_from_sources(samples, network, fv, splits=fv.splits)
+  cli.print_results(fv, [cli.Value("IS", "is", result["value"], result["interval"],
+                                   std=result["std"])], [samples])
+
+
+def compute_from_sources(samples, network, options, *, splits: int = 10) -> dict:
+  """IS of a checked `evaluation.cli.Source` (logits): {"value" (mean over splits), "std",
+  "interval" (None without --subsamples), "protocols"}."""
+  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  logits = cli.features_of(samples, network, options)
+  mean, std = inception_score(logits, splits=splits)
+  return {"value": mean, "std": std, "interval": interval(logits, mean, splits=splits,
+                                                          options=options),
+          "protocols": {"samples": samples.protocol}}
 
 
 def interval(logits, mean, *, splits: int, options):

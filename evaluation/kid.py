@@ -118,8 +118,10 @@ def compute_from_sources(samples, reference, network, options, *, num_subsets: i
   (`evaluation.subsampling`), then runs the same subset estimator (seeded as the full run, subset
   size clipped to the drawn rows) on them."""
   from evaluation import cli  # pylint: disable=g-import-not-at-top
-  fake = cli.features_of(samples, network, options)
+  cli.check_protocols_early(samples, reference, network, options)
   real = cli.features_of(reference, network, options)
+  cli.check_protocols_early(samples, reference, network, options)
+  fake = cli.features_of(samples, network, options)
   cli.check_protocols(samples, reference, options)
   mean, std = kernel_inception_distance(real, fake, num_subsets=num_subsets,
                                         subset_size=subset_size, seed=seed)

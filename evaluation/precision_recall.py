@@ -272,8 +272,10 @@ def compute_from_sources(samples, reference, network, options, *, k: int = 3,
   of the smaller sets, so the interval extrapolates to large sets as for FID (not checked by
   simulation for precision/recall)."""
   from evaluation import cli  # pylint: disable=g-import-not-at-top
-  fake = cli.features_of(samples, network, options)
+  cli.check_protocols_early(samples, reference, network, options)
   real = cli.features_of(reference, network, options)
+  cli.check_protocols_early(samples, reference, network, options)
+  fake = cli.features_of(samples, network, options)
   cli.check_protocols(samples, reference, options)
   precision, recall = precision_recall(real, fake, k=k, batch_size=batch_size)
   interval = None

@@ -18,6 +18,7 @@ from evaluation import api
 from evaluation import features
 from evaluation import fid
 from evaluation import image_io
+from evaluation import inception_score
 from evaluation import kid
 from evaluation import networks
 from evaluation import precision_recall
@@ -253,6 +254,77 @@ def test_protocol_is_stored_printed_and_checked(tmp_path, graph_pb, model, capsy
   assert fid.main(["--samples", str(samples), "--reference", str(tmp_path / "ttur.npz")]
                   + base) == 0
   assert "carries no protocol record" in capsys.readouterr().err
+
+
+def test_protocol_mismatch_is_found_before_the_samples_are_extracted(tmp_path, graph_pb,
+                                                                     monkeypatch, capsys):
+  samples, reference = tmp_path / "s.npy", tmp_path / "r.npy"
+  np.save(samples, _images(5, seed=4))
+  np.save(reference, _images(6, seed=5))
+  base = ["--inception_path", graph_pb, "--noprogress", "--nojit_compile", "--batch_size", "4"]
+  clean_stats = tmp_path / "clean.stats"
+  assert fid.main(["--samples", str(reference), "--reference", str(reference), "--resize",
+                   "clean", "--save_stats", str(clean_stats)] + base) == 0
+  capsys.readouterr()
+  extracted = []
+  real_extract = features.extract
+  monkeypatch.setattr(features, "extract",
+                      lambda *a, **k: extracted.append(1) or real_extract(*a, **k))
+  assert fid.main(["--samples", str(samples), "--reference", str(clean_stats)] + base) == 2
+  assert _one_error_line(capsys) == (
+      "error: --samples and --reference were made under different protocols: resize "
+      "tf1-legacy-bilinear vs clean-pil-bicubic-antialias (pass --nostrict_protocol to compare "
+      "anyway)")
+  assert not extracted  # refused before any image went through the network
+  # Cached reference features of the clean resize against tf1 samples: the same, for KID too.
+  np.savez(tmp_path / "clean_features.npz", pool_3=np.zeros((6, 64), np.float32),
+           protocol=np.str_(json.dumps({**protocol.record(
+               network="inception-2015", weights_sha="x" * 64, feature="pool_3",
+               resize="clean-pil-bicubic-antialias", precision="float32",
+               info={"count": 6, "height": 16, "width": 16, "channels": 3})})))
+  assert kid.main(["--samples", str(samples), "--reference",
+                   str(tmp_path / "clean_features.npz")] + base) == 2
+  assert "different protocols: weights_sha256" in _one_error_line(capsys)
+  assert not extracted
+
+
+def test_fewer_samples_than_feature_dimensions_warn(tmp_path, graph_pb, capsys):
+  """The narrow graph's pool_3 has 64 dimensions: 10 images give a singular covariance."""
+  samples = tmp_path / "s.npy"
+  np.save(samples, _images(10, seed=4))
+  args = ["--samples", str(samples), "--reference", str(samples), "--inception_path", graph_pb,
+          "--noprogress", "--nojit_compile", "--batch_size", "5", "--nocache"]
+  assert fid.main(args) == 0
+  captured = capsys.readouterr()
+  assert captured.out.splitlines()[0].startswith("FID: ")
+  warning = ("warning: {} has 10 feature vectors for 64 dimensions: the covariance is singular "
+             "and FID unreliable (two identical sets can give a small negative value); use at "
+             "least 64 images")
+  err = [l for l in captured.err.splitlines() if not l.startswith("note: ")]
+  assert err == [warning.format("samples"), warning.format("reference")]
+
+
+def test_compute_inception_score_equals_the_command(tmp_path, graph_pb, model, capsys):
+  images = _images(12, seed=21)
+  np.save(tmp_path / "s.npy", images)
+  result = api.compute_inception_score(images, splits=3, inception_path=graph_pb, batch_size=4,
+                                       jit_compile=False)
+  logits = features.extract(model, images, batch_size=4, progress=False,
+                            jit_compile=False)["logits"].astype(np.float64)
+  # By hand: softmax, per consecutive third exp(mean KL(p(y|x) || mean p(y|x))).
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  scores = [np.exp((q * (np.log(q) - np.log(q.mean(0)))).sum(1).mean())
+            for q in np.split(p, 3)]
+  assert result.name == "IS"
+  assert result.value == pytest.approx(np.mean(scores), rel=1e-5)
+  assert result.extra["std"] == pytest.approx(np.std(scores), rel=1e-3, abs=1e-9)
+  assert result.protocols["samples"]["feature"] == "logits"
+  assert inception_score.main(["--samples", str(tmp_path / "s.npy"), "--splits", "3",
+                               "--inception_path", graph_pb, "--noprogress", "--nojit_compile",
+                               "--batch_size", "4"]) == 0
+  line = capsys.readouterr().out.splitlines()[0]
+  assert line == f"IS: {result.value:.6f} +- {result.extra['std']:.6f}"
 
 
 def test_reference_cache_keeps_the_protocol_and_depends_on_resize(tmp_path, graph_pb, capsys):
