@@ -83,14 +83,14 @@ def define_common_flags(fv: flags.FlagValues, *, network: str, reference: bool) 
                       flag_values=fv)
   flags.DEFINE_integer("batch_size", 50, "Images per XLA-compiled feature step (memory bound; does "
                        "not change the result).", lower_bound=1, flag_values=fv)
-  if network == "inception":
+  if network in ("inception", "both"):
     flags.DEFINE_string("inception_path", None, "TTUR's classify_image_graph_def.pb or "
                         "inception-2015-12-05.tgz, or pytorch-fid's pt_inception-2015-12-05-"
                         "6726825d.pth / torch-fidelity's weights-inception-2015-12-05-6726825d.pth "
                         "(needs PyTorch once), or a folder with one. Default: "
                         f"${networks.INCEPTION_PATH_ENV}, then the cache folder, then a download.",
                         flag_values=fv)
-  else:
+  if network in ("vgg16", "both"):
     flags.DEFINE_string("vgg16_path", None, "Keras's vgg16_weights_tf_dim_ordering_tf_kernels.h5 "
                         f"(or its folder). Default: ${networks.VGG16_PATH_ENV}, then "
                         "~/.keras/models, then a download.", flag_values=fv)
@@ -99,7 +99,7 @@ def define_common_flags(fv: flags.FlagValues, *, network: str, reference: bool) 
   flags.DEFINE_bool("progress", True, "Show a progress bar while extracting features.",
                     flag_values=fv)
   flags.DEFINE_bool("jit_compile", True, "Compile the feature step with XLA.", flag_values=fv)
-  if network == "vgg16":
+  if network in ("vgg16", "both"):
     flags.DEFINE_enum("vgg", "keras", list(networks.VGG_VARIANTS), "VGG-16 for the features: "
                       "'keras' (Keras' Caffe VGG-16 .h5, BGR mean-only input) or 'torch-fidelity' "
                       "(torchvision's vgg16-397923af.pth as torch-fidelity uses it, RGB mean/std; "
@@ -254,6 +254,13 @@ class Source:
   cache_file: pathlib.Path | None = None
   protocol: dict | None = None  # how its features / statistics were made
   num_samples: int | None = None  # for a generator function
+  outputs: dict | None = None  # every output of the network, once extracted here
+
+  def sibling(self, kind: str) -> "Source":
+    """The same input read for another output of the same network (e.g. logits next to
+    pool_3): shares the images; `features_of` on either fills both (`share_outputs`)."""
+    return dataclasses.replace(self, kind=kind, features=None, stats=None, cache_file=None,
+                               protocol=None, outputs=None)
 
   @property
   def needs_network(self) -> bool:
@@ -445,11 +452,19 @@ def features_of(source: Source, network: Network, fv) -> np.ndarray:
                                precision=fv.precision, info=info)
   source.features = outputs[source.kind]
   source.protocol = record
+  source.outputs = outputs
   if source.cache_file is not None:
     network.pending_cache.append((source.cache_file, {
         **outputs, protocol_lib.NPZ_KEY: np.str_(protocol_lib.to_json(
             {k: v for k, v in record.items() if k != "feature"}))}))
   return source.features
+
+
+def share_outputs(source: Source, sibling: Source) -> None:
+  """Fills `sibling` (same input, another output kind) from the outputs `source` extracted."""
+  if sibling.needs_network and source.outputs is not None:
+    sibling.features = source.outputs[sibling.kind]
+    sibling.protocol = protocol_lib.with_feature(source.protocol, sibling.kind)
 
 
 def check_protocols(first: Source, second: Source, fv) -> None:
@@ -551,16 +566,23 @@ def interval_record(fv) -> dict | None:
           "confidence": float(fv.confidence)}
 
 
-def print_results(fv, values: list[Value], sources: list[Source]) -> None:
+def print_results(fv, values: list[Value], sources: list, *, by_kind: bool = False) -> None:
   """The metric lines, the `interval:` line (with --subsamples) and the protocol line; or, with
-  --json, one JSON object {"metrics": {key: {...}}, "interval": ..., "protocol": {...}}."""
+  --json, one JSON object {"metrics": {key: {...}}, "interval": ..., "protocol": {...}}.
+
+  `sources`: the inputs, or (by_kind, as `python -m evaluation`) a list of groups of inputs, one
+  per feature kind: then one protocol line per group, and "protocol" maps each group's feature
+  kind to its records."""
   from evaluation import subsampling  # pylint: disable=g-import-not-at-top
+  groups = sources if by_kind else [sources]
+  records = lambda group: {s.flag.lstrip("-"): s.protocol for s in group}
   if getattr(fv, "json", False):
     import json  # pylint: disable=g-import-not-at-top,import-outside-toplevel
     payload = {"metrics": {v.key: v.as_json() for v in values},
                "interval": interval_record(fv) if any(v.interval is not None for v in values)
                else None,
-               "protocol": {s.flag.lstrip("-"): s.protocol for s in sources}}
+               "protocol": {group[0].kind: records(group) for group in groups} if by_kind
+                           else records(groups[0])}
     print(json.dumps(payload, indent=2, sort_keys=True))
     return
   for v in values:
@@ -568,4 +590,5 @@ def print_results(fv, values: list[Value], sources: list[Source]) -> None:
   line = subsampling.describe(fv)
   if line and any(v.interval is not None for v in values):
     print(line)
-  print_protocol(*sources)
+  for group in groups:
+    print_protocol(*group)

@@ -1,0 +1,196 @@
+"""`python -m evaluation --fid --kid --isc --prc`: one feature pass, the single commands' lines, and
+--json on every metric command. The whole stdout and stderr a user sees are asserted."""
+
+import importlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from evaluation import features
+from evaluation import fid
+from evaluation import inception_score
+from evaluation import kid
+from evaluation import networks
+from evaluation import precision_recall
+from tests.evaluation import graphs
+from tests.evaluation.test_tool import one_network_per_weights_file
+
+evaluation_main = importlib.import_module("evaluation.__main__")
+
+
+@pytest.fixture(scope="module")
+def graph_pb(tmp_path_factory):
+  path = tmp_path_factory.mktemp("weights") / networks.INCEPTION_PB
+  graphs.write_inception_graph_def(path, width_divisor=32)
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def _built_networks():
+  return {}
+
+
+@pytest.fixture(autouse=True)
+def _one_network_per_weights_file(monkeypatch, _built_networks):
+  one_network_per_weights_file(monkeypatch, _built_networks)
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path, monkeypatch):
+  monkeypatch.setenv(networks.CACHE_DIR_ENV, str(tmp_path / "cache"))
+  monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+  for name in (networks.INCEPTION_PATH_ENV, networks.VGG16_PATH_ENV,
+               networks.VGG16_TORCH_PATH_ENV):
+    monkeypatch.delenv(name, raising=False)
+
+
+def _run(fn, args, capsys):
+  code = fn(args)
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err
+
+
+NOTE = "note: --samples carries no protocol record; cannot check that both were made the same way"
+
+
+def _feature_files(tmp_path):
+  rng = np.random.default_rng(0)
+  for name, shift in (("fake", 0.4), ("real", 0.0)):
+    np.savez(tmp_path / f"{name}.npz", pool_3=rng.normal(size=(30, 6)) + shift,
+             logits=rng.normal(0, 3, size=(30, 10)), fc2=rng.normal(size=(30, 5)) + shift)
+  return str(tmp_path / "fake.npz"), str(tmp_path / "real.npz")
+
+
+def test_all_metrics_print_the_single_commands_lines(tmp_path, capsys):
+  fake, real = _feature_files(tmp_path)
+  io = ["--samples", fake, "--reference", real]
+  single = {}
+  for name, fn, extra in (("fid", fid.main, []), ("kid", kid.main, ["--subset_size", "20"]),
+                          ("isc", inception_score.main, ["--splits", "3"]),
+                          ("prc", precision_recall.main, [])):
+    code, out, err = _run(fn, (["--samples", fake] if name == "isc" else io) + extra, capsys)
+    assert code == 0
+    single[name] = out.splitlines()
+  code, out, err = _run(evaluation_main.main, io + ["--fid", "--kid", "--isc", "--prc",
+                                                    "--subset_size", "20", "--splits", "3"],
+                        capsys)
+  assert code == 0
+  # Values as the single commands print them; one protocol line per feature kind.
+  assert out.splitlines() == [single["fid"][0], single["kid"][0], single["isc"][0],
+                              single["prc"][0], single["prc"][1], "protocol: unknown",
+                              "protocol: unknown", "protocol: unknown"]
+  assert err.splitlines() == [NOTE] * 3  # FID, KID, precision/recall each check their inputs
+  # The values themselves, from NumPy here.
+  with np.load(fake) as f, np.load(real) as r:
+    x, y = f["pool_3"].astype(np.float32).astype(np.float64), r["pool_3"].astype(
+        np.float32).astype(np.float64)
+  want = (((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(np.cov(x, rowvar=False))
+          + np.trace(np.cov(y, rowvar=False)) - 2 * np.trace(
+              _sqrtm(np.cov(x, rowvar=False) @ np.cov(y, rowvar=False))))
+  assert float(out.splitlines()[0].split()[1]) == pytest.approx(want, abs=2e-6)
+
+
+def _sqrtm(matrix):
+  from scipy import linalg  # pylint: disable=g-import-not-at-top
+  return linalg.sqrtm(matrix).real
+
+
+def test_json_output_of_every_command(tmp_path, capsys):
+  fake, real = _feature_files(tmp_path)
+  io = ["--samples", fake, "--reference", real, "--json"]
+  code, out, err = _run(fid.main, io + ["--subsamples", "10"], capsys)
+  assert code == 0 and err == NOTE + "\n"
+  payload = json.loads(out)
+  assert sorted(payload) == ["interval", "metrics", "protocol"]
+  assert sorted(payload["metrics"]) == ["fid"]
+  assert payload["metrics"]["fid"]["interval"][0] < payload["metrics"]["fid"]["interval"][1]
+  assert payload["interval"] == {
+      "method": "subsampling without replacement (Politis-Romano-Wolf interval, "
+                "finite-population factor sqrt(rate / (1 - rate)))",
+      "target": "population value", "replicates": 10, "rate": 0.5, "seed": 0,
+      "confidence": 0.95}
+  assert payload["protocol"] == {"samples": None, "reference": None}
+  # The text value is the JSON value to 6 decimals.
+  _, text, _ = _run(fid.main, io[:-1], capsys)
+  assert text.splitlines()[0] == f"FID: {payload['metrics']['fid']['value']:.6f}"
+  code, out, _ = _run(kid.main, io + ["--subset_size", "20"], capsys)
+  assert code == 0 and sorted(json.loads(out)["metrics"]["kid"]) == ["interval", "std", "value"]
+  code, out, err = _run(inception_score.main, ["--samples", fake, "--splits", "3", "--json"],
+                        capsys)
+  assert code == 0 and err == ""
+  assert json.loads(out)["metrics"]["is"]["interval"] is None
+  code, out, _ = _run(precision_recall.main, io, capsys)
+  assert code == 0 and sorted(json.loads(out)["metrics"]) == ["precision", "recall"]
+  code, out, _ = _run(evaluation_main.main, io + ["--fid", "--isc", "--splits", "3"], capsys)
+  payload = json.loads(out)
+  assert code == 0 and sorted(payload["metrics"]) == ["fid", "is"]
+  assert payload["interval"] is None
+  assert payload["protocol"] == {"pool_3": {"samples": None, "reference": None},
+                                 "logits": {"samples": None}}
+
+
+def test_one_inception_pass_per_input(tmp_path, graph_pb, monkeypatch, capsys):
+  rng = np.random.default_rng(3)
+  np.save(tmp_path / "s.npy", rng.integers(0, 256, (6, 16, 16, 3)).astype(np.uint8))
+  np.save(tmp_path / "r.npy", rng.integers(0, 256, (7, 16, 16, 3)).astype(np.uint8))
+  args = ["--samples", str(tmp_path / "s.npy"), "--reference", str(tmp_path / "r.npy"),
+          "--inception_path", graph_pb, "--noprogress", "--nojit_compile", "--batch_size", "4",
+          "--nocache"]
+  single = []
+  for fn, extra in ((fid.main, []), (kid.main, []), (inception_score.main, ["--splits", "2"])):
+    own = args + extra if fn is not inception_score.main else args[:2] + args[4:-1] + extra
+    code, out, err = _run(fn, own, capsys)  # (IS has no reference and no --nocache)
+    assert code == 0
+    single.append(out.splitlines())
+  calls = []
+  real_extract = features.extract
+  monkeypatch.setattr(features, "extract",
+                      lambda *a, **k: calls.append(1) or real_extract(*a, **k))
+  code, out, err = _run(evaluation_main.main, args + ["--fid", "--kid", "--isc", "--splits", "2"],
+                        capsys)
+  assert code == 0
+  assert len(calls) == 2  # the reference once, the samples once (pool_3 and logits together)
+  assert out.splitlines() == [single[0][0], single[1][0], single[2][0], single[0][1],
+                              single[2][1]]
+  assert [l for l in err.splitlines() if not l.startswith("note: ")] == [
+      f"warning: {name} has {n} feature vectors for 64 dimensions: the covariance is singular "
+      f"and FID unreliable (two identical sets can give a small negative value); use at least "
+      f"64 images" for name, n in (("samples", 6), ("reference", 7))]
+  assert "feature=pool_3" in out.splitlines()[3] and "feature=logits" in out.splitlines()[4]
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "name at least one metric: --fid, --kid, --isc, --prc"),
+    (["--fid", "--samples", "x.npy"], "--reference is required for --fid, --kid and --prc"),
+    (["--isc"], "--samples is required"),
+    (["--fid", "--samples", "x.npy", "--reference", "y", "--bootstrap", "10"],
+     "--bootstrap was removed: resampling with replacement duplicates images, which inflates "
+     "FID and breaks KID's unbiased estimate; use --subsamples N (subsampling without "
+     "replacement, see docs/evaluation.md)"),
+])
+def test_bad_invocations_give_one_error_line(args, message, capsys):
+  code, out, err = _run(evaluation_main.main, args, capsys)
+  assert (code, out, err) == (2, "", f"error: {message}\n")
+
+
+def test_statistics_reference_serves_fid_only(tmp_path, capsys):
+  fake, _ = _feature_files(tmp_path)
+  np.savez(tmp_path / "stats.npz", mu=np.zeros(6), sigma=np.eye(6))
+  code, out, err = _run(evaluation_main.main, ["--fid", "--kid", "--samples", fake,
+                                               "--reference", str(tmp_path / "stats.npz")], capsys)
+  assert (code, out) == (2, "")
+  assert err == (f"error: --reference {tmp_path / 'stats.npz'} holds FID statistics (mu, sigma); "
+                 "this metric needs images or features\n")
+
+
+def test_python_dash_m_evaluation(tmp_path):
+  fake, real = _feature_files(tmp_path)
+  done = subprocess.run([sys.executable, "-m", "evaluation", "--fid", "--samples", fake,
+                         "--reference", real], capture_output=True, text=True, check=False)
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.splitlines()[0].startswith("FID: ")
+  assert done.stdout.splitlines()[1:] == ["protocol: unknown"]
+  assert done.stderr == NOTE + "\n"
