@@ -83,22 +83,20 @@ def subsample_interval(samples, reference, *, reference_stats=None, num: int,
                        confidence: float = 0.95) -> tuple[float, float]:
   """Subsampling interval of the population FID (`evaluation.subsampling`): both feature sets
   subsampled without replacement per replicate (only the samples when the reference is given as
-  statistics, which are then taken as exact)."""
+  statistics, which are then taken as exact). Replicates use `replicate_distance`."""
   from evaluation import subsampling  # pylint: disable=g-import-not-at-top
   samples = np.asarray(samples, np.float64)
   if reference_stats is not None:
-    mu2, sigma2 = reference_stats
-    mu2, sigma2 = np.asarray(mu2, np.float64), np.asarray(sigma2, np.float64)
-    root2 = _psd_sqrt(sigma2)  # tr sqrt(s2 s1) = tr sqrt(s1 s2): one eigendecomposition per draw
-    def statistic(i):
-      mu1, sigma1 = feature_statistics(samples[i])
-      return _frechet_with_root(mu2, sigma2, root2, mu1, sigma1)
+    mu2, sigma2 = (np.asarray(v, np.float64) for v in reference_stats)
+    factor2 = _factor(sigma2)  # once for all replicates
+    statistic = lambda i: replicate_distance(*feature_statistics(samples[i]), mu2, sigma2,
+                                             factor2=factor2)
     sizes = (len(samples),)
-    estimate = _frechet_with_root(mu2, sigma2, root2, *feature_statistics(samples))
+    estimate = frechet_distance(*feature_statistics(samples), mu2, sigma2)
   else:
     reference = np.asarray(reference, np.float64)
-    statistic = lambda i, j: frechet_distance(*feature_statistics(samples[i]),
-                                              *feature_statistics(reference[j]))
+    statistic = lambda i, j: replicate_distance(*feature_statistics(samples[i]),
+                                                *feature_statistics(reference[j]))
     sizes = (len(samples), len(reference))
     estimate = frechet_distance(*feature_statistics(samples), *feature_statistics(reference))
   low, high = subsampling.interval(statistic, sizes, estimate=estimate, num=num, rate=rate,
@@ -106,9 +104,20 @@ def subsample_interval(samples, reference, *, reference_stats=None, num: int,
   return float(low), float(high)
 
 
-def _frechet_with_root(mu1, sigma1, root1, mu2, sigma2) -> float:
-  """frechet_distance with sqrt(sigma1) given."""
-  product = root1 @ sigma2 @ root1
+def _factor(sigma: np.ndarray) -> np.ndarray:
+  """F with F F^T = sigma: the Cholesky factor, or sqrt(sigma) if sigma is singular."""
+  try:
+    return np.linalg.cholesky(sigma)
+  except np.linalg.LinAlgError:
+    return _psd_sqrt(sigma)
+
+
+def replicate_distance(mu1, sigma1, mu2, sigma2, *, factor2=None) -> float:
+  """`frechet_distance` for the subsample replicates, cheaper: tr sqrt(s1 s2) from the eigenvalues
+  of F^T s1 F with F F^T = s2 (F^T s1 F is similar to s1 s2); F is the Cholesky factor (no
+  eigenvectors needed) unless s2 is singular. Equal to frechet_distance up to rounding."""
+  factor2 = _factor(sigma2) if factor2 is None else factor2
+  product = factor2.T @ sigma1 @ factor2
   eigenvalues = np.linalg.eigvalsh((product + product.T) / 2)
   diff = mu1 - mu2
   return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)

@@ -157,3 +157,16 @@ def test_interval_formula_sizes_and_draws():
     subsampling.subsample_sizes([2], rate=0.5)
   with pytest.raises(ValueError, match=r"rate must lie in \(0, 1\)"):
     subsampling.subsample_sizes([10], rate=1.0)
+
+
+def test_replicate_distance_equals_frechet_distance():
+  """The replicates' Cholesky form against frechet_distance (and the singular fallback)."""
+  rng = np.random.default_rng(11)
+  for n2 in (40, 5):  # 5 rows in 8 dimensions: singular reference covariance
+    x, y = rng.normal(size=(30, 8)), rng.normal(size=(n2, 8)) * 2 + 1
+    stats = fid.feature_statistics(x) + fid.feature_statistics(y)
+    # (rounding in a singular covariance's null space is amplified by the square root)
+    assert fid.replicate_distance(*stats) == pytest.approx(
+        fid.frechet_distance(*stats), rel=1e-9 if n2 > 8 else 1e-7)
+    if n2 > 8:  # SciPy's sqrtm of a singular product is itself inexact
+      assert fid.replicate_distance(*stats) == pytest.approx(population_fid(*stats), rel=1e-6)
