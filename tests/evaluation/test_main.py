@@ -194,3 +194,56 @@ def test_python_dash_m_evaluation(tmp_path):
   assert done.stdout.splitlines()[0].startswith("FID: ")
   assert done.stdout.splitlines()[1:] == ["protocol: unknown"]
   assert done.stderr == NOTE + "\n"
+
+
+# ------------------------------------------------------------------------------ messages
+
+
+def test_messages_for_garbage_arrays_missing_weights_and_tfds_imports(tmp_path, monkeypatch,
+                                                                      capsys):
+  fake, _ = _feature_files(tmp_path)
+  garbage = tmp_path / "garbage.npy"
+  garbage.write_bytes(b"not an array at all " * 20)
+  objects = tmp_path / "objects.npy"
+  np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+  for path, reason in ((garbage, "no .npy header: the file is not a NumPy .npy file"),
+                       (objects, "it holds Python objects; uint8 or float images [N, H, W, C] "
+                                 "are needed")):
+    code, out, err = _run(fid.main, ["--samples", str(path), "--reference", fake], capsys)
+    assert (code, out) == (2, "")
+    assert err == f"error: --samples: {path} is not a valid image or feature array ({reason})\n"
+  # A missing PyTorch weights file: the message names the .pth files it would take.
+  missing = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+  images = tmp_path / "images.npy"
+  np.save(images, np.zeros((3, 8, 8, 3), np.uint8))
+  code, out, err = _run(fid.main, ["--samples", str(images), "--reference", str(images),
+                                   "--inception_path", str(missing)], capsys)
+  assert (code, out) == (2, "")
+  assert err == (
+      f"error: Inception weights not found at {missing}: expected TTUR's "
+      "classify_image_graph_def.pb or inception-2015-12-05.tgz (from "
+      "http://download.tensorflow.org/models/image/imagenet/inception-2015-12-05.tgz), or the "
+      "PyTorch port pt_inception-2015-12-05-6726825d.pth / "
+      "weights-inception-2015-12-05-6726825d.pth (pytorch-fid / torch-fidelity), or a folder "
+      "holding one\n")
+  # tensorflow_datasets failing on a module it imports lazily when preparing a data set.
+  from evaluation import references  # pylint: disable=g-import-not-at-top
+
+  class Builder:
+    data_dir = str(tmp_path / "tfds")
+
+    def download_and_prepare(self):
+      raise ModuleNotFoundError("No module named 'importlib_resources'",
+                                name="importlib_resources")
+
+  class Tfds:
+    builder = staticmethod(lambda name: Builder())
+
+  monkeypatch.delenv("GENMODELS_DATA_DIR", raising=False)  # no local IDX copy: tfds is asked
+  monkeypatch.setattr(references, "_tfds_builder", lambda *a, **k: (Tfds, Builder(), False))
+  with pytest.raises(references.image_io.ImageInputError) as error:
+    references.NamedReference("tfds:mnist/test").load(download=True)
+  assert str(error.value) == (
+      "tfds:mnist/test: tensorflow_datasets cannot prepare the data set: the Python package "
+      "importlib_resources is missing (pip install importlib_resources; setup.py requires it); "
+      "or set $GENMODELS_DATA_DIR to a folder with the data set's files")
