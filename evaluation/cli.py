@@ -105,9 +105,11 @@ def define_common_flags(fv: flags.FlagValues, *, network: str, reference: bool) 
                       "(torchvision's vgg16-397923af.pth as torch-fidelity uses it, RGB mean/std; "
                       "PyTorch needed once to convert it). --vgg16_path points at the file of "
                       "the chosen variant.", flag_values=fv)
-  flags.DEFINE_enum("resize", "tf1", ["tf1", "clean"], "Resize to the network's input size: "
-                    "'tf1' (TF1 legacy bilinear, as TTUR / torch-fidelity; default) or 'clean' "
-                    "(PIL bicubic antialias, as clean-fid).", flag_values=fv)
+  flags.DEFINE_enum("resize", "tf1", ["tf1", "clean", "pytorch-fid"], "Resize to the network's "
+                    "input size: 'tf1' (TF1 legacy bilinear, as TTUR / torch-fidelity; default), "
+                    "'clean' (PIL bicubic antialias, as clean-fid) or 'pytorch-fid' (pytorch-fid's "
+                    "own pipeline: x / 255, half-pixel bilinear to 299, 2 x - 1; Inception only).",
+                    flag_values=fv)
   flags.DEFINE_enum("precision", "float32", list(PRECISIONS), "Compute dtype of the network "
                     "('bfloat16' = Keras mixed_bfloat16; values differ from float32 ones and are "
                     "recorded as such).", flag_values=fv)

@@ -247,3 +247,23 @@ def test_messages_for_garbage_arrays_missing_weights_and_tfds_imports(tmp_path, 
       "tfds:mnist/test: tensorflow_datasets cannot prepare the data set: the Python package "
       "importlib_resources is missing (pip install importlib_resources; setup.py requires it); "
       "or set $GENMODELS_DATA_DIR to a folder with the data set's files")
+
+
+def test_resize_pytorch_fid_flag_is_recorded(tmp_path, graph_pb, capsys):
+  """--resize pytorch-fid: host-side resize to 299 (checked against pytorch-fid itself in
+  tests/reference/test_fid_inception.py), named in the protocol, not comparable with tf1."""
+  images = tmp_path / "s.npy"
+  np.save(images, np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3)).astype(np.uint8))
+  base = ["--samples", str(images), "--reference", str(images), "--inception_path", graph_pb,
+          "--noprogress", "--nojit_compile", "--nocache"]
+  stats = tmp_path / "torch.stats"
+  code, out, _ = _run(fid.main, base + ["--resize", "pytorch-fid", "--save_stats", str(stats)],
+                      capsys)
+  assert code == 0
+  assert "resize=pytorch-fid-bilinear-half-pixel" in out.splitlines()[1]
+  code, out, err = _run(fid.main, base[:2] + ["--reference", str(stats)] + base[4:], capsys)
+  assert (code, out) == (2, "")
+  assert err.splitlines()[-1] == (
+      "error: --samples and --reference were made under different protocols: resize "
+      "tf1-legacy-bilinear vs pytorch-fid-bilinear-half-pixel (pass --nostrict_protocol to "
+      "compare anyway)")
