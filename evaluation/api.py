@@ -73,11 +73,14 @@ def _sources(samples, reference, num_samples, reference_num_samples, *, kind, mi
 
 
 def compute_fid(samples, num_samples: int | None = None, *, reference,
-                reference_num_samples: int | None = None, **options) -> Result:
-  """FID of `samples` against `reference` (see the module docstring)."""
+                reference_num_samples: int | None = None, dims: int = 2048,
+                **options) -> Result:
+  """FID of `samples` against `reference` (see the module docstring); `dims` as pytorch-fid's
+  (2048: pool_3; 64, 192, 768: earlier blocks)."""
   from evaluation import fid  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   opts = _options(options)
-  fake, real = _sources(samples, reference, num_samples, reference_num_samples, kind="pool_3",
+  fake, real = _sources(samples, reference, num_samples, reference_num_samples,
+                        kind=fid.feature_for_dims(dims),
                         min_count=2, allow_stats=True, options=opts)
   network = cli.feature_network(opts, "inception", [fake, real])
   out = fid.compute_from_sources(fake, real, network, opts)

@@ -6,7 +6,7 @@
 Command line (prints `FID: <value>` or, with --subsamples N, `FID: <value> [<lo>, <hi>]` (an
 interval for the population FID, see evaluation/subsampling.py), then a `protocol: ...` line):
     python -m evaluation.fid --samples DIR_ZIP_OR_NPY --reference DIR_NPZ_OR_tfds:mnist/test \
-        [--save_stats OUT.npz] [--resize tf1|clean] [--subsamples 100] [--precision float32]
+        [--save_stats OUT.npz] [--resize tf1|clean|pytorch-fid] [--dims 2048] [--subsamples 100] [--precision float32]
 `--reference` may be images (folder, searched recursively, .zip, .npy/.npz), a name
 `tfds:<name>/<split>`, or a statistics file (.npz with `mu`, `sigma`, and the protocol record
 when we wrote it). Python: `evaluation.api.compute_fid(generate_fn, num_samples, reference=...)`.
@@ -176,8 +176,23 @@ def compute_from_sources(samples, reference, network, options) -> dict:
 # Command line
 
 
+DIMS_FEATURE = {64: "block_64", 192: "block_192", 768: "block_768", 2048: "pool_3"}
+
+
+def feature_for_dims(dims: int) -> str:
+  """pytorch-fid's `--dims` -> our Inception output (ValueError for other values)."""
+  if dims not in DIMS_FEATURE:
+    raise ValueError(f"dims must be one of {sorted(DIMS_FEATURE)} (pytorch-fid's blocks), got "
+                     f"{dims}")
+  return DIMS_FEATURE[dims]
+
+
 def _define_flags(fv) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_enum("dims", "2048", [str(d) for d in DIMS_FEATURE], "Inception features, as "
+                    "pytorch-fid's --dims: 2048 (pool_3, the standard FID), or 64 / 192 / 768 (the "
+                    "spatial mean after the stem's first / second max pool / after Mixed_6e). "
+                    "Recorded as the protocol's feature.", flag_values=fv)
   flags.DEFINE_string("save_stats", None, "Write the reference statistics (TTUR format: .npz with "
                       "'mu' and 'sigma') to exactly this file (no suffix added), for later use as "
                       "--reference.",
@@ -187,8 +202,9 @@ def _define_flags(fv) -> None:
 def _run(fv) -> None:
   from evaluation import cli  # pylint: disable=g-import-not-at-top
   cli.check_output_path(fv.save_stats)
-  samples = cli.open_source(fv.samples, "--samples", kind="pool_3", min_count=2)
-  reference = cli.open_source(fv.reference, "--reference", kind="pool_3", min_count=2,
+  kind = feature_for_dims(int(fv.dims))
+  samples = cli.open_source(fv.samples, "--samples", kind=kind, min_count=2)
+  reference = cli.open_source(fv.reference, "--reference", kind=kind, min_count=2,
                               allow_stats=True, cacheable=fv.cache)
   network = cli.feature_network(fv, "inception", [samples, reference])
   result = compute_from_sources(samples, reference, network, fv)

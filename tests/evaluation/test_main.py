@@ -267,3 +267,32 @@ def test_resize_pytorch_fid_flag_is_recorded(tmp_path, graph_pb, capsys):
       "error: --samples and --reference were made under different protocols: resize "
       "tf1-legacy-bilinear vs pytorch-fid-bilinear-half-pixel (pass --nostrict_protocol to "
       "compare anyway)")
+
+
+def test_dims_selects_pytorch_fids_block_features(tmp_path, graph_pb, capsys):
+  """--dims 768: FID of the Mixed_6e spatial means (checked against pytorch-fid's blocks in
+  tests/reference/test_fid_inception.py); the narrow test graph has 768 / 32 = 24 of them."""
+  rng = np.random.default_rng(5)
+  fake_images = rng.integers(0, 256, (30, 16, 16, 3)).astype(np.uint8)
+  real_images = rng.integers(0, 128, (30, 16, 16, 3)).astype(np.uint8)
+  np.save(tmp_path / "f.npy", fake_images)
+  np.save(tmp_path / "r.npy", real_images)
+  args = ["--samples", str(tmp_path / "f.npy"), "--reference", str(tmp_path / "r.npy"),
+          "--inception_path", graph_pb, "--noprogress", "--nojit_compile", "--nocache",
+          "--batch_size", "10"]
+  code, out, err = _run(fid.main, args + ["--dims", "768"], capsys)
+  assert code == 0, err
+  model = networks.inception_network(graph_pb, download=False)
+  extract = lambda images: features.extract(model, images, batch_size=10, progress=False,
+                                            jit_compile=False)["block_768"].astype(np.float64)
+  x, y = extract(fake_images), extract(real_images)
+  assert x.shape == (30, 24)
+  s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+  want = ((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * _sqrtm(s1 @ s2))
+  lines = out.splitlines()
+  assert lines[0] == f"FID: {want:.6f}" or abs(float(lines[0].split()[1]) - want) < 1e-4 * want
+  assert " feature=block_768 " in lines[1] and len(lines) == 2
+  assert [l for l in err.splitlines() if not l.startswith("note: ")] == []  # 30 >= 24: no warning
+  code, out, err = _run(fid.main, args + ["--dims", "100"], capsys)
+  assert (code, out) == (2, "")
+  assert err.startswith("error: flag --dims=100: value should be one of <64|192|768|2048>")

@@ -154,3 +154,25 @@ def test_resize_pytorch_fid_equals_pytorch_fids_own_path(pth, ours):
     assert comparisons.max_relative_difference(mine, theirs) <= TOLERANCE
     tf1 = features.extract(ours, images, batch_size=2, progress=False, jit_compile=False)["pool_3"]
     assert comparisons.max_relative_difference(tf1, theirs) > 1e-3  # the default differs
+
+
+def test_dims_features_equal_pytorch_fids_blocks(pth, ours):
+  """pytorch-fid `--dims 64/192/768/2048`: its blocks 0-3 with adaptive average pooling to 1x1
+  (`get_activations`) = our "block_64", "block_192", "block_768", "pool_3" (resize pytorch-fid)."""
+  import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import pytorch_fid.inception as pf  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from evaluation import features  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  dims = (64, 192, 768, 2048)
+  with comparisons.pytorch_fid_with_weights(pth):
+    model = pf.InceptionV3([pf.InceptionV3.BLOCK_INDEX_BY_DIM[d] for d in dims]).eval()
+  images = comparisons.inception_images(40, 3, count=2)
+  with torch.no_grad():
+    blocks = model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).float() / 255.0)
+  mine = features.extract(ours, images, batch_size=2, progress=False, jit_compile=False,
+                          resize="pytorch-fid")
+  for d, block in zip(dims, blocks):
+    theirs = F.adaptive_avg_pool2d(block, output_size=(1, 1)).reshape(len(images), -1).numpy()
+    assert theirs.shape == (2, d)
+    name = "pool_3" if d == 2048 else f"block_{d}"
+    assert comparisons.max_relative_difference(mine[name], theirs) <= TOLERANCE, d
