@@ -73,7 +73,7 @@ class _Blocks:
     @tf.function(jit_compile=True)
     def kth_neighbour(rows, row_ids, columns, column_ids, column_sqnorms, k):
       """Squared distance from each row to its k-th nearest column, columns with the row's own
-      id (itself, and its bootstrap copies) excluded."""
+      id (itself, and any copies of it) excluded."""
       d = squared_distances(rows, columns, column_sqnorms)  # [b, N]
       d = tf.where(column_ids[None, :] == row_ids[:, None], np.float32(np.inf), d)  # self excluded
       positions = tf.range(tf.shape(columns)[0])[None, :]
@@ -135,8 +135,8 @@ def manifold_radii(features, *, k: int = 3, batch_size: int | None = None,
   """Squared distance of every sample to its k-th nearest neighbour in the same set (self
   excluded), float32 [N]; `batch_size` rows at a time against the whole set.
 
-  ids: optional [N] int identities (default: the row numbers); rows sharing an id (bootstrap
-  copies of one sample) are never each other's neighbours.
+  ids: optional [N] int identities (default: the row numbers); rows sharing an id
+  (copies of one sample) are never each other's neighbours.
   """
   tf = _tf()
   features = np.ascontiguousarray(features, np.float32)
