@@ -74,14 +74,22 @@ def subsample_interval(real_features, fake_features, mean: float, *, num_subsets
                        subsample_seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
   """Subsampling interval of the population KID (`evaluation.subsampling`), `mean` being
   `kernel_inception_distance(real, fake, ...)`: per replicate, rows of the samples then of the
-  reference drawn without replacement, and the same subset estimator run on them."""
+  reference drawn without replacement, and the subset estimator run on them with the subsets
+  scaled by the rate (subset_size * rate rows, as the subsets' share of the set stays), unless a
+  subset is the whole set. KID is unbiased, so the deviations are taken from the replicates'
+  mean (`subsampling.interval(center="mean")`): the estimate's own random subsets do not shift
+  the interval."""
   from evaluation import subsampling  # pylint: disable=g-import-not-at-top
   real = np.asarray(real_features, np.float64)
   fake = np.asarray(fake_features, np.float64)
+  m = min(len(real), len(fake), subset_size)
+  if m < min(len(real), len(fake)):  # subsets keep their fraction of the smaller set
+    m = max(2, int(np.floor(m * rate + 0.5)))
   statistic = lambda i, j: kernel_inception_distance(real[j], fake[i], num_subsets=num_subsets,
-                                                     subset_size=subset_size, seed=seed)[0]
+                                                     subset_size=m, seed=seed)[0]
   low, high = subsampling.interval(statistic, (len(fake), len(real)), estimate=mean, num=num,
-                                   rate=rate, seed=subsample_seed, confidence=confidence)
+                                   rate=rate, seed=subsample_seed, confidence=confidence,
+                                   center="mean")
   return float(low), float(high)
 
 

@@ -99,21 +99,26 @@ def test_fid_interval_against_reference_statistics_covers_the_population_fid():
   assert 0.90 <= coverage <= 0.99
 
 
-def test_kid_interval_covers_the_population_kid():
+@pytest.mark.parametrize("num_subsets,subset_size", [(1, 150), (10, 50)])
+def test_kid_interval_covers_the_population_kid(num_subsets, subset_size):
+  """(1, 150): one subset of all rows, the plain unbiased MMD^2. (10, 50): the subset estimator
+  as KID is reported, whose random subsets add noise of their own to the estimate."""
   d, n = 8, 150
   mu1, s1, mu2, s2 = _gaussians(d, seed=5)
   target = population_kid(mu1, s1, mu2, s2)
 
   def simulate(rng, dataset):
     x, y = _draw(rng, mu1, s1, n), _draw(rng, mu2, s2, n)
-    # One subset of all rows: the plain unbiased MMD^2 (a subsample's subset is all its rows).
-    mean, _ = kid.kernel_inception_distance(x, y, num_subsets=1, subset_size=n)
-    return mean, kid.subsample_interval(x, y, mean, num_subsets=1, subset_size=n,
-                                        num=REPLICATES, subsample_seed=dataset)
+    mean, _ = kid.kernel_inception_distance(x, y, num_subsets=num_subsets,
+                                            subset_size=subset_size)
+    return mean, kid.subsample_interval(x, y, mean, num_subsets=num_subsets,
+                                        subset_size=subset_size, num=REPLICATES,
+                                        subsample_seed=dataset)
 
   coverage, own, mean_estimate = _coverage(simulate, target)
-  print(f"KID d={d} n={n}: population {target:.5f}, mean estimate {mean_estimate:.5f}, "
-        f"coverage {coverage:.3f}, holds own estimate {own:.3f}")
+  print(f"KID d={d} n={n} {num_subsets} subsets of {subset_size}: population {target:.5f}, "
+        f"mean estimate {mean_estimate:.5f}, coverage {coverage:.3f}, holds own estimate "
+        f"{own:.3f}")
   # The estimator is unbiased: its mean over the data sets checks the closed form too.
   assert mean_estimate == pytest.approx(target, rel=0.05)
   assert 0.90 <= coverage <= 0.99

@@ -366,11 +366,11 @@ def test_clean_resize_is_clean_fids_pil_bicubic_before_the_network(model):
 # ------------------------------------------------------------------------- subsample intervals
 
 
-def _subsample_interval(estimate, values, rates, confidence=0.95):
-  """[theta_n - k q_hi, theta_n - k q_lo] of the deviations values - theta_n, with
-  k = sqrt(r / (1 - r)), r the mean of the realised rates b_i / n_i."""
+def _subsample_interval(estimate, values, rates, confidence=0.95, center=None):
+  """[theta_n - k q_hi, theta_n - k q_lo] of the deviations values - theta_n (or values - center),
+  with k = sqrt(r / (1 - r)), r the mean of the realised rates b_i / n_i."""
   estimate = np.asarray(estimate)
-  low, high = np.quantile(np.asarray(values) - estimate,
+  low, high = np.quantile(np.asarray(values) - (estimate if center is None else center),
                           [(1 - confidence) / 2, (1 + confidence) / 2], axis=0)
   r = np.mean(rates)
   k = np.sqrt(r / (1 - r))
@@ -502,12 +502,13 @@ def test_kid_subsample_interval(tmp_path, capsys):
   assert value == pytest.approx(estimate, rel=1e-5)
   draws = np.random.default_rng(0)
   values = []
-  for _ in range(8):
+  for _ in range(8):  # subsets of 5 of >= 10 rows: of round(0.5 * 5) = 3 of the half-samples
     i, j = draws.choice(10, 5, replace=False), draws.choice(12, 6, replace=False)
     values.append(kid.kernel_inception_distance(real[j], fake[i], num_subsets=3,
-                                                subset_size=5)[0])
-  assert (low, high) == pytest.approx(_subsample_interval(estimate, values, (5 / 10, 6 / 12)),
-                                      rel=1e-5)
+                                                subset_size=3)[0])
+  # KID is unbiased: deviations from the replicates' mean (the estimate's own subsets aside).
+  assert (low, high) == pytest.approx(_subsample_interval(estimate, values, (5 / 10, 6 / 12),
+                                                          center=np.mean(values)), rel=1e-5)
 
 
 # --------------------------------------------------------------------------- named references
