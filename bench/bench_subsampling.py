@@ -6,9 +6,10 @@
 Per replicate, on random features: FID with both sets subsampled (two covariances of b x 2048
 rows, one Cholesky factorisation and one symmetric eigenvalue solve, 2048 x 2048:
 `fid.replicate_distance`), FID against a statistics file (one covariance, one eigenvalue solve),
-the same with `fid.frechet_distance` (a full eigendecomposition more), and KID's subset estimator (100 subsets
-of 1000 by default: 3 kernel matrices 1000 x 1000 each; timed on --kid_subsets subsets and
-scaled to 100). Prints seconds per replicate (median of the timed replicates) and the CPU.
+the same with `fid.frechet_distance` (a full eigendecomposition more), and KID's subset estimator
+as a replicate runs it (100 subsets of round(rate * 1000) rows: 3 kernel matrices each; timed on
+--kid_subsets subsets and scaled to 100). Prints seconds per replicate (median and fastest of the
+timed replicates, the cases interleaved) and the CPU.
 """
 
 from __future__ import annotations
@@ -35,12 +36,16 @@ def cpu_model() -> str:
 
 
 def median_time(fn, repeats: int) -> float:
+  return float(np.median(times_of(fn, repeats)))
+
+
+def times_of(fn, repeats: int) -> list[float]:
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return times
 
 
 def main() -> None:
@@ -67,15 +72,20 @@ def main() -> None:
           *fid.feature_statistics(xd[index()]), mu2, sigma2, factor2=factor2)),
       ("(FID by frechet_distance, for comparison)", lambda: fid.frechet_distance(
           *fid.feature_statistics(xd[index()]), *fid.feature_statistics(yd[index()]))))
-  for name, call in cases:
-    seconds = median_time(call, args.replicates)
-    print(f"{name}: {seconds:.3g} s per replicate (n={args.n}, b={b}, d={args.dims}; median of "
-          f"{args.replicates})")
+  times = {name: [] for name, _ in cases}
+  for _ in range(args.replicates):  # interleaved, so a change of load hits every case alike
+    for name, call in cases:
+      times[name] += times_of(call, 1)
+  for name, _ in cases:
+    print(f"{name}: {np.median(times[name]):.3g} s per replicate, fastest {min(times[name]):.3g} s "
+          f"(n={args.n}, b={b}, d={args.dims}; {args.replicates} replicates)")
   xs, ys = x[:b].astype(np.float64), y[:b].astype(np.float64)
+  # kid.subsample_interval: subsets of round(rate * 1000) rows when 1000 < n (else all b rows).
+  m = int(np.floor(args.rate * 1000 + 0.5)) if 1000 < args.n else b
   seconds = median_time(lambda: kid.kernel_inception_distance(
-      xs, ys, num_subsets=args.kid_subsets, subset_size=1000), 1)
-  print(f"KID (100 subsets of {min(b, 1000)}): {seconds * 100 / args.kid_subsets:.3g} s per replicate "
-        f"(timed on {args.kid_subsets} subsets)")
+      xs, ys, num_subsets=args.kid_subsets, subset_size=m), 1)
+  print(f"KID (100 subsets of {m} of the b rows): {seconds * 100 / args.kid_subsets:.3g} s per "
+        f"replicate (timed on {args.kid_subsets} subsets)")
   print(f"cpu: {cpu_model()}, {os.cpu_count()} logical CPUs, load average "
         f"{os.getloadavg()[0]:.1f} (other processes share the CPUs when it exceeds their count)")
 
