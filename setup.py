@@ -17,6 +17,9 @@ setup(
         "tf-keras>=2.16",  # only because `import tensorflow_probability` needs it with TF >= 2.16
         "tensorboard",  # TensorBoard summaries (hparams plugin); not a TF dependency since 2.20
         "tensorflow-datasets",
+        # tensorflow_datasets' download path imports etils.epath, which needs it; not always
+        # installed with tensorflow-datasets (`tfds:mnist/test` then failed to download).
+        "importlib_resources",
         "numpy",
         "scipy",
         "absl-py",

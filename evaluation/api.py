@@ -4,6 +4,8 @@
     result = api.compute_fid(generate_fn, 10000, reference="tfds:mnist/test")
     print(result)            # FID: 12.345678 [11.9, 12.8]  + protocol line
     result.value, result.interval, result.protocols
+    api.compute_kid(...), api.compute_inception_score(generate_fn, 10000, splits=10),
+    api.compute_precision_recall(...)
 
 `samples` (and `reference`) may be a generator function `fn(n) -> images [n, H, W, C]` (uint8, or
 float in [0, 1]; numpy or tf.Tensor) drawn `num_samples` times over, a `tf.data.Dataset` of images
@@ -11,7 +13,7 @@ or batches, an image array, a folder / .zip / .npy / .npz path, a `tfds:<name>/<
 (FID reference only) statistics as a path or a (mu, sigma) tuple. Settings are the command-line
 flags as keyword arguments (`evaluation.cli.Options`): inception_path, vgg16_path, vgg,
 download, cache, batch_size, progress, jit_compile, resize, precision, device, workers,
-strict_protocol, bootstrap, bootstrap_seed, confidence. Errors are `ValueError`s (bad input,
+strict_protocol, subsamples, subsample_rate, subsample_seed, confidence. Errors are `ValueError`s (bad input,
 protocol mismatch) or `WeightsUnavailableError`, with the same one-line messages as the commands.
 """
 
@@ -25,7 +27,7 @@ from evaluation import protocol as protocol_lib
 
 @dataclasses.dataclass
 class Result:
-  """A metric value, its bootstrap interval (or None) and the protocol records of its inputs."""
+  """A metric value, its --subsamples interval (or None) and the protocol records of its inputs."""
   name: str
   value: float | tuple
   interval: tuple | None
@@ -33,21 +35,26 @@ class Result:
   extra: dict = dataclasses.field(default_factory=dict)
 
   def __str__(self) -> str:
-    from evaluation import bootstrap  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    from evaluation import subsampling  # pylint: disable=g-import-not-at-top,import-outside-toplevel
     if isinstance(self.value, tuple):  # precision, recall
       lines = []
       for i, name in enumerate(("precision", "recall")):
         bounds = None if self.interval is None else (self.interval[0][i], self.interval[1][i])
-        lines.append(f"{name}: {bootstrap.format_value(self.value[i], bounds)}")
+        lines.append(f"{name}: {subsampling.format_value(self.value[i], bounds)}")
       text = "\n".join(lines)
     else:
-      text = f"{self.name}: {bootstrap.format_value(self.value, self.interval)}"
+      text = f"{self.name}: {subsampling.format_value(self.value, self.interval)}"
     return text + "\n" + protocol_lib.describe(self.protocols)
 
 
 def _options(kwargs) -> cli.Options:
   fields = {f.name for f in dataclasses.fields(cli.Options)}
   unknown = sorted(set(kwargs) - fields)
+  removed = [name for name in ("bootstrap", "bootstrap_seed") if name in unknown]
+  if removed:
+    raise TypeError(f"option {removed[0]} was removed: resampling with replacement biases FID and "
+                    "KID; use subsamples=N (subsample_rate, subsample_seed), see "
+                    "docs/evaluation.md")
   if unknown:
     raise TypeError(f"unknown options {unknown}; known: {sorted(fields)}")
   return cli.Options(**kwargs)
@@ -66,11 +73,14 @@ def _sources(samples, reference, num_samples, reference_num_samples, *, kind, mi
 
 
 def compute_fid(samples, num_samples: int | None = None, *, reference,
-                reference_num_samples: int | None = None, **options) -> Result:
-  """FID of `samples` against `reference` (see the module docstring)."""
+                reference_num_samples: int | None = None, dims: int = 2048,
+                **options) -> Result:
+  """FID of `samples` against `reference` (see the module docstring); `dims` as pytorch-fid's
+  (2048: pool_3; 64, 192, 768: earlier blocks)."""
   from evaluation import fid  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   opts = _options(options)
-  fake, real = _sources(samples, reference, num_samples, reference_num_samples, kind="pool_3",
+  fake, real = _sources(samples, reference, num_samples, reference_num_samples,
+                        kind=fid.feature_for_dims(dims),
                         min_count=2, allow_stats=True, options=opts)
   network = cli.feature_network(opts, "inception", [fake, real])
   out = fid.compute_from_sources(fake, real, network, opts)
@@ -92,6 +102,18 @@ def compute_kid(samples, num_samples: int | None = None, *, reference,
                                  subset_size=subset_size, seed=seed)
   cli.commit_cache(network)
   return Result("KID", out["value"], out["interval"], out["protocols"], {"std": out["std"]})
+
+
+def compute_inception_score(samples, num_samples: int | None = None, *, splits: int = 10,
+                            **options) -> Result:
+  """Inception Score (mean over `splits` consecutive parts; `extra["std"]`) of `samples`."""
+  from evaluation import inception_score  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  opts = _options(options)
+  fake = cli.source_from_object(samples, "samples", kind="logits", min_count=max(2, splits),
+                                num_samples=num_samples)
+  network = cli.feature_network(opts, "inception", [fake])
+  out = inception_score.compute_from_sources(fake, network, opts, splits=splits)
+  return Result("IS", out["value"], out["interval"], out["protocols"], {"std": out["std"]})
 
 
 def compute_precision_recall(samples, num_samples: int | None = None, *, reference,

@@ -60,9 +60,11 @@ class Options:
   device: str | None = None
   workers: int = image_io.DEFAULT_WORKERS
   strict_protocol: bool = True
-  bootstrap: int = 0
-  bootstrap_seed: int = 0
+  subsamples: int = 0
+  subsample_rate: float = 0.5
+  subsample_seed: int = 0
   confidence: float = 0.95
+  json: bool = False
 
 
 def define_common_flags(fv: flags.FlagValues, *, network: str, reference: bool) -> None:
@@ -82,14 +84,14 @@ def define_common_flags(fv: flags.FlagValues, *, network: str, reference: bool) 
                       flag_values=fv)
   flags.DEFINE_integer("batch_size", 50, "Images per XLA-compiled feature step (memory bound; does "
                        "not change the result).", lower_bound=1, flag_values=fv)
-  if network == "inception":
+  if network in ("inception", "both"):
     flags.DEFINE_string("inception_path", None, "TTUR's classify_image_graph_def.pb or "
                         "inception-2015-12-05.tgz, or pytorch-fid's pt_inception-2015-12-05-"
                         "6726825d.pth / torch-fidelity's weights-inception-2015-12-05-6726825d.pth "
                         "(needs PyTorch once), or a folder with one. Default: "
                         f"${networks.INCEPTION_PATH_ENV}, then the cache folder, then a download.",
                         flag_values=fv)
-  else:
+  if network in ("vgg16", "both"):
     flags.DEFINE_string("vgg16_path", None, "Keras's vgg16_weights_tf_dim_ordering_tf_kernels.h5 "
                         f"(or its folder). Default: ${networks.VGG16_PATH_ENV}, then "
                         "~/.keras/models, then a download.", flag_values=fv)
@@ -98,15 +100,17 @@ def define_common_flags(fv: flags.FlagValues, *, network: str, reference: bool) 
   flags.DEFINE_bool("progress", True, "Show a progress bar while extracting features.",
                     flag_values=fv)
   flags.DEFINE_bool("jit_compile", True, "Compile the feature step with XLA.", flag_values=fv)
-  if network == "vgg16":
+  if network in ("vgg16", "both"):
     flags.DEFINE_enum("vgg", "keras", list(networks.VGG_VARIANTS), "VGG-16 for the features: "
                       "'keras' (Keras' Caffe VGG-16 .h5, BGR mean-only input) or 'torch-fidelity' "
                       "(torchvision's vgg16-397923af.pth as torch-fidelity uses it, RGB mean/std; "
                       "PyTorch needed once to convert it). --vgg16_path points at the file of "
                       "the chosen variant.", flag_values=fv)
-  flags.DEFINE_enum("resize", "tf1", ["tf1", "clean"], "Resize to the network's input size: "
-                    "'tf1' (TF1 legacy bilinear, as TTUR / torch-fidelity; default) or 'clean' "
-                    "(PIL bicubic antialias, as clean-fid).", flag_values=fv)
+  flags.DEFINE_enum("resize", "tf1", ["tf1", "clean", "pytorch-fid"], "Resize to the network's "
+                    "input size: 'tf1' (TF1 legacy bilinear, as TTUR / torch-fidelity; default), "
+                    "'clean' (PIL bicubic antialias, as clean-fid) or 'pytorch-fid' (pytorch-fid's "
+                    "own pipeline: x / 255, half-pixel bilinear to 299, 2 x - 1; Inception only).",
+                    flag_values=fv)
   flags.DEFINE_enum("precision", "float32", list(PRECISIONS), "Compute dtype of the network "
                     "('bfloat16' = Keras mixed_bfloat16; values differ from float32 ones and are "
                     "recorded as such).", flag_values=fv)
@@ -117,11 +121,40 @@ def define_common_flags(fv: flags.FlagValues, *, network: str, reference: bool) 
   flags.DEFINE_bool("strict_protocol", True, "Refuse to compare inputs whose protocol records "
                     "differ (network, weights, layer, resize, precision, image size).",
                     flag_values=fv)
-  flags.DEFINE_integer("bootstrap", 0, "Bootstrap replicates for a confidence interval (0: "
-                       "none); printed as `value [lo, hi]`.", lower_bound=0, flag_values=fv)
-  flags.DEFINE_integer("bootstrap_seed", 0, "Seed of the bootstrap draws.", flag_values=fv)
-  flags.DEFINE_float("confidence", 0.95, "Confidence level of the bootstrap interval.",
+  flags.DEFINE_integer("subsamples", 0, "Replicates of a confidence interval for the population "
+                       "value (0: none), printed as `value [lo, hi]`: each replicate recomputes the "
+                       "metric on round(rate * n) distinct rows of every set (subsampling without "
+                       "replacement, Politis-Romano-Wolf interval with finite-population factor "
+                       "sqrt(rate / (1 - rate)); valid for biased metrics such as FID, whose "
+                       "interval may lie below the finite-sample value). See docs/evaluation.md.",
+                       lower_bound=0, flag_values=fv)
+  flags.DEFINE_float("subsample_rate", 0.5, "Fraction of every set drawn per subsample replicate "
+                     "(0.5, half-sampling, also removes FID's O(1/n) bias; other rates are valid "
+                     "for unbiased metrics such as KID).", lower_bound=0.05, upper_bound=0.95,
+                     flag_values=fv)
+  flags.DEFINE_integer("subsample_seed", 0, "Seed of the subsample draws.", flag_values=fv)
+  flags.DEFINE_float("confidence", 0.95, "Confidence level of the --subsamples interval.",
                      lower_bound=0.5, upper_bound=0.999, flag_values=fv)
+  flags.DEFINE_integer("bootstrap", None, "Removed: resampling with replacement biases FID and "
+                       "KID; use --subsamples N.", flag_values=fv)
+  flags.DEFINE_integer("bootstrap_seed", None, "Removed: use --subsample_seed.", flag_values=fv)
+  flags.DEFINE_bool("json", False, "Print one JSON object (values, intervals, protocol records) "
+                    "instead of the text lines.", flag_values=fv)
+
+
+REMOVED_FLAGS = {
+    "bootstrap": "--bootstrap was removed: resampling with replacement duplicates images, which "
+                 "inflates FID and breaks KID's unbiased estimate; use --subsamples N "
+                 "(subsampling without replacement, see docs/evaluation.md)",
+    "bootstrap_seed": "--bootstrap_seed was removed; use --subsample_seed",
+}
+
+
+def check_removed_flags(fv) -> None:
+  """ValueError naming the replacement when a removed flag was given."""
+  for name, message in REMOVED_FLAGS.items():
+    if name in fv and fv[name].present:
+      raise ValueError(message)
 
 
 def run(argv: list[str] | None, *, doc: str, network: str, define_flags: Callable, body: Callable,
@@ -134,6 +167,10 @@ def run(argv: list[str] | None, *, doc: str, network: str, define_flags: Callabl
                               required=("samples", "reference") if reference else ("samples",))
   if code is not None:
     return code
+  try:
+    check_removed_flags(fv)
+  except ValueError as e:
+    return fail(e)
   import_tensorflow_quietly()
   from google.protobuf.message import DecodeError  # pylint: disable=g-import-not-at-top
   try:
@@ -202,6 +239,13 @@ class Source:
   cache_file: pathlib.Path | None = None
   protocol: dict | None = None  # how its features / statistics were made
   num_samples: int | None = None  # for a generator function
+  outputs: dict | None = None  # every output of the network, once extracted here
+
+  def sibling(self, kind: str) -> "Source":
+    """The same input read for another output of the same network (e.g. logits next to
+    pool_3): shares the images; `features_of` on either fills both (`share_outputs`)."""
+    return dataclasses.replace(self, kind=kind, features=None, stats=None, cache_file=None,
+                               protocol=None, outputs=None)
 
   @property
   def needs_network(self) -> bool:
@@ -393,6 +437,7 @@ def features_of(source: Source, network: Network, fv) -> np.ndarray:
                                precision=fv.precision, info=info)
   source.features = outputs[source.kind]
   source.protocol = record
+  source.outputs = outputs
   if source.cache_file is not None:
     network.pending_cache.append((source.cache_file, {
         **outputs, protocol_lib.NPZ_KEY: np.str_(protocol_lib.to_json(
@@ -400,9 +445,55 @@ def features_of(source: Source, network: Network, fv) -> np.ndarray:
   return source.features
 
 
+def share_outputs(source: Source, sibling: Source) -> None:
+  """Fills `sibling` (same input, another output kind) from the outputs `source` extracted."""
+  if sibling.needs_network and source.outputs is not None:
+    sibling.features = source.outputs[sibling.kind]
+    sibling.protocol = protocol_lib.with_feature(source.protocol, sibling.kind)
+
+
 def check_protocols(first: Source, second: Source, fv) -> None:
   protocol_lib.check_compatible(first.protocol, second.protocol, names=(first.flag, second.flag),
                                 strict=getattr(fv, "strict_protocol", True))
+
+
+def expected_protocol(source: Source, network: Network, fv) -> dict | None:
+  """The record `source` has or will have once `features_of` extracts it (the fields known before
+  extraction: network, weights, feature, resize, precision); None if unknown."""
+  if source.protocol is not None or not source.needs_network:
+    return source.protocol
+  if network.model is None:
+    return None
+  from evaluation import resize as resize_lib  # pylint: disable=g-import-not-at-top
+  return {"network": network.label, "weights_sha256": protocol_lib.weights_sha256(network.model),
+          "feature": source.kind, "resize": resize_lib.describe_resize(fv.resize),
+          "precision": fv.precision}
+
+
+def check_protocols_early(first: Source, second: Source, network: Network, fv) -> None:
+  """Before any extraction: raises ProtocolMismatchError if the records known now (given
+  statistics / features / cached reference) and the record extraction would write differ in a
+  field both know. `check_protocols` after extraction still checks the image sizes."""
+  a, b = expected_protocol(first, network, fv), expected_protocol(second, network, fv)
+  if a is None or b is None:
+    return
+  if not (first.needs_network or second.needs_network):
+    return  # both complete: check_protocols decides (and prints its notes once)
+  common = set(a) & set(b)
+  if any(a.get(key) != b.get(key) for key in protocol_lib.COMPARED if key in common):
+    if getattr(fv, "strict_protocol", True):
+      protocol_lib.check_compatible({k: a[k] for k in common}, {k: b[k] for k in common},
+                                    names=(first.flag, second.flag), strict=True)
+
+
+def warn_singular(features: np.ndarray, flag: str, *, what: str = "FID") -> None:
+  """`warning:` on stderr when fewer rows than feature dimensions (singular covariance: FID is
+  then dominated by rounding in the null space; pytorch-fid warns too)."""
+  n, d = features.shape
+  if n < d:
+    print(f"warning: {flag.lstrip('-')} has {n} feature vectors for {d} dimensions: the covariance "
+          f"is singular and {what} unreliable (two identical sets can give a small negative "
+          f"value); use at least {d} images", file=sys.stderr)
 
 
 def print_protocol(*sources: Source) -> None:
@@ -420,3 +511,69 @@ def commit_cache(network: Network) -> None:
     except OSError as e:
       print(f"note: could not cache reference features at {path}: {e}", file=sys.stderr)
   network.pending_cache.clear()
+
+
+@dataclasses.dataclass
+class Value:
+  """One printed metric value: `name: value [lo, hi] +- std` (interval, std optional)."""
+  name: str  # as printed, e.g. "FID", "precision"
+  key: str  # JSON key, e.g. "fid"
+  value: float
+  interval: tuple | None = None
+  std: float | None = None
+  digits: str = ".6f"
+  extra: dict = dataclasses.field(default_factory=dict)
+
+  def text(self) -> str:
+    from evaluation import subsampling  # pylint: disable=g-import-not-at-top
+    line = f"{self.name}: {subsampling.format_value(self.value, self.interval, digits=self.digits)}"
+    if self.std is not None:
+      line += f" +- {self.std:{self.digits}}"
+    return line
+
+  def as_json(self) -> dict:
+    out = {"value": float(self.value),
+           "interval": None if self.interval is None else [float(v) for v in self.interval]}
+    if self.std is not None:
+      out["std"] = float(self.std)
+    out.update(self.extra)
+    return out
+
+
+def interval_record(fv) -> dict | None:
+  """How the intervals were made (JSON), None without --subsamples."""
+  if not getattr(fv, "subsamples", 0):
+    return None
+  return {"method": "subsampling without replacement (Politis-Romano-Wolf interval, "
+                    "finite-population factor sqrt(rate / (1 - rate)))",
+          "target": "population value", "replicates": int(fv.subsamples),
+          "rate": float(fv.subsample_rate), "seed": int(fv.subsample_seed),
+          "confidence": float(fv.confidence)}
+
+
+def print_results(fv, values: list[Value], sources: list, *, by_kind: bool = False) -> None:
+  """The metric lines, the `interval:` line (with --subsamples) and the protocol line; or, with
+  --json, one JSON object {"metrics": {key: {...}}, "interval": ..., "protocol": {...}}.
+
+  `sources`: the inputs, or (by_kind, as `python -m evaluation`) a list of groups of inputs, one
+  per feature kind: then one protocol line per group, and "protocol" maps each group's feature
+  kind to its records."""
+  from evaluation import subsampling  # pylint: disable=g-import-not-at-top
+  groups = sources if by_kind else [sources]
+  records = lambda group: {s.flag.lstrip("-"): s.protocol for s in group}
+  if getattr(fv, "json", False):
+    import json  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    payload = {"metrics": {v.key: v.as_json() for v in values},
+               "interval": interval_record(fv) if any(v.interval is not None for v in values)
+               else None,
+               "protocol": {group[0].kind: records(group) for group in groups} if by_kind
+                           else records(groups[0])}
+    print(json.dumps(payload, indent=2, sort_keys=True))
+    return
+  for v in values:
+    print(v.text())
+  line = subsampling.describe(fv)
+  if line and any(v.interval is not None for v in values):
+    print(line)
+  for group in groups:
+    print_protocol(*group)

@@ -10,7 +10,8 @@ batches (tuples/dicts: the first element / "image" is used), or a generator func
 Throughput: folder images are decoded by `workers` threads, and the whole input side (decode,
 resize, batching) runs in a background thread `prefetch` batches ahead of the compiled step.
 
-Resize modes (`resize=`): "tf1" (default; TTUR's TF1 legacy bilinear, inside the network) or
+Resize modes (`resize=`): "tf1" (default; TTUR's TF1 legacy bilinear, inside the network),
+"pytorch-fid" (pytorch-fid's half-pixel bilinear and x / 255 * 2 - 1, on the host) or
 "clean" (clean-fid's PIL bicubic antialias to the network's input size, on the host, per image;
 the network's own resize is then the identity). Every batch is converted to float32
 [0, 255] (float images are scaled, never quantised), padded to `batch_size` so the compiled step
@@ -164,12 +165,16 @@ def _background(iterator: Iterator, prefetch: int) -> Iterator:
     stop.set()
 
 
-def clean_resizer(network: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
-  """Per-image host-side "clean" resize to the network's input size."""
+def clean_resizer(network: keras.Model, mode: str = "clean") -> Callable[[np.ndarray], np.ndarray]:
+  """Per-image host-side "clean" (or "pytorch-fid") resize to the network's input size."""
   size = NETWORK_INPUT_SIZES.get(network.name)
   if size is None:
-    raise ValueError(f"the clean resize needs the input size of network {network.name!r}; known: "
-                     f"{sorted(NETWORK_INPUT_SIZES)}")
+    raise ValueError(f"the {mode} resize needs the input size of network {network.name!r}; "
+                     f"known: {sorted(NETWORK_INPUT_SIZES)}")
+  if mode == "pytorch-fid":
+    if size != 299:
+      raise ValueError("the pytorch-fid resize is for the Inception network (299 x 299 input)")
+    return lambda image: resize_lib.resize_pytorch_fid(image, size)
   return lambda image: resize_lib.resize_clean(image, size)
 
 
@@ -208,7 +213,8 @@ def extract(network: keras.Model, images, *, batch_size: int = 50, progress: boo
       batch is rounded up to a multiple of the replica count); one device's features come back.
     allow_tf32: let Ampere+ GPUs use TF32 (default: exact float32; no effect on CPUs).
     num_samples: number of images to draw when `images` is a generator function.
-    resize: "tf1" (TTUR, default) or "clean" (clean-fid's PIL bicubic antialias), see above.
+    resize: "tf1" (TTUR, default), "clean" (clean-fid's PIL bicubic antialias) or "pytorch-fid"
+      (pytorch-fid's half-pixel bilinear and x / 255 * 2 - 1 scaling; Inception only), see above.
     workers: image-decoding threads for folders / archives (and the clean resize).
     prefetch: batches prepared ahead of the compiled step by a background thread (0: inline).
     info: if given, filled with {"count", "height", "width", "channels", "input_dtype"} of the
@@ -227,7 +233,7 @@ def extract(network: keras.Model, images, *, batch_size: int = 50, progress: boo
   replicas = strategy.num_replicas_in_sync if strategy is not None else 1
   batch_size = -(-batch_size // replicas) * replicas
   info = {} if info is None else info
-  transform = clean_resizer(network) if resize == "clean" else None
+  transform = clean_resizer(network, resize) if resize in ("clean", "pytorch-fid") else None
   if transform is not None:  # the original size is recorded, not the resized one
     transform = _recording(transform, info)
   chunks, total = _source_arrays(images, batch_size, num_samples=num_samples, workers=workers,

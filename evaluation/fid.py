@@ -3,10 +3,10 @@
     mu1, s1 = feature_statistics(pool3_fake); mu2, s2 = feature_statistics(pool3_real)
     fid = frechet_distance(mu1, s1, mu2, s2)
 
-Command line (prints `FID: <value>` or, with --bootstrap N, `FID: <value> [<lo>, <hi>]`, then a
-`protocol: ...` line):
+Command line (prints `FID: <value>` or, with --subsamples N, `FID: <value> [<lo>, <hi>]` (an
+interval for the population FID, see evaluation/subsampling.py), then a `protocol: ...` line):
     python -m evaluation.fid --samples DIR_ZIP_OR_NPY --reference DIR_NPZ_OR_tfds:mnist/test \
-        [--save_stats OUT.npz] [--resize tf1|clean] [--bootstrap 100] [--precision float32]
+        [--save_stats OUT.npz] [--resize tf1|clean|pytorch-fid] [--dims 2048] [--subsamples 100] [--precision float32]
 `--reference` may be images (folder, searched recursively, .zip, .npy/.npz), a name
 `tfds:<name>/<split>`, or a statistics file (.npz with `mu`, `sigma`, and the protocol record
 when we wrote it). Python: `evaluation.api.compute_fid(generate_fn, num_samples, reference=...)`.
@@ -78,23 +78,50 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
                - 2.0 * trace_sqrt_product(sigma1, sigma2))
 
 
-def bootstrap_interval(samples, reference, *, reference_stats=None, num: int, seed: int = 0,
+def subsample_interval(samples, reference, *, reference_stats=None, num: int,
+                       rate: float = 0.5, seed: int = 0,
                        confidence: float = 0.95) -> tuple[float, float]:
-  """Percentile bootstrap interval of FID: both feature sets drawn with replacement per
-  replicate (only the samples when the reference is given as statistics)."""
-  from evaluation import bootstrap  # pylint: disable=g-import-not-at-top
+  """Subsampling interval of the population FID (`evaluation.subsampling`): both feature sets
+  subsampled without replacement per replicate (only the samples when the reference is given as
+  statistics, which are then taken as exact). Replicates use `replicate_distance`."""
+  from evaluation import subsampling  # pylint: disable=g-import-not-at-top
   samples = np.asarray(samples, np.float64)
   if reference_stats is not None:
-    mu2, sigma2 = reference_stats
-    statistic = lambda i: frechet_distance(*feature_statistics(samples[i]), mu2, sigma2)
+    mu2, sigma2 = (np.asarray(v, np.float64) for v in reference_stats)
+    factor2 = _factor(sigma2)  # once for all replicates
+    statistic = lambda i: replicate_distance(*feature_statistics(samples[i]), mu2, sigma2,
+                                             factor2=factor2)
     sizes = (len(samples),)
+    estimate = frechet_distance(*feature_statistics(samples), mu2, sigma2)
   else:
     reference = np.asarray(reference, np.float64)
-    statistic = lambda i, j: frechet_distance(*feature_statistics(samples[i]),
-                                              *feature_statistics(reference[j]))
+    statistic = lambda i, j: replicate_distance(*feature_statistics(samples[i]),
+                                                *feature_statistics(reference[j]))
     sizes = (len(samples), len(reference))
-  low, high = bootstrap.interval(statistic, sizes, num=num, seed=seed, confidence=confidence)
+    estimate = frechet_distance(*feature_statistics(samples), *feature_statistics(reference))
+  low, high = subsampling.interval(statistic, sizes, estimate=estimate, num=num, rate=rate,
+                                   seed=seed, confidence=confidence)
   return float(low), float(high)
+
+
+def _factor(sigma: np.ndarray) -> np.ndarray:
+  """F with F F^T = sigma: the Cholesky factor, or sqrt(sigma) if sigma is singular."""
+  try:
+    return np.linalg.cholesky(sigma)
+  except np.linalg.LinAlgError:
+    return _psd_sqrt(sigma)
+
+
+def replicate_distance(mu1, sigma1, mu2, sigma2, *, factor2=None) -> float:
+  """`frechet_distance` for the subsample replicates, cheaper: tr sqrt(s1 s2) from the eigenvalues
+  of F^T s1 F with F F^T = s2 (F^T s1 F is similar to s1 s2); F is the Cholesky factor (no
+  eigenvectors needed) unless s2 is singular. Equal to frechet_distance up to rounding."""
+  factor2 = _factor(sigma2) if factor2 is None else factor2
+  product = factor2.T @ sigma1 @ factor2
+  eigenvalues = np.linalg.eigvalsh((product + product.T) / 2)
+  diff = mu1 - mu2
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
+               - 2.0 * np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
 
 
 def save_statistics(path, mu, sigma, protocol: dict | None = None) -> None:
@@ -116,21 +143,31 @@ def save_statistics(path, mu, sigma, protocol: dict | None = None) -> None:
 def compute_from_sources(samples, reference, network, options) -> dict:
   """FID of two checked `evaluation.cli.Source`s (shared by the command and `evaluation.api`).
 
-  Returns {"value", "interval" (None without bootstrap), "mu", "sigma" (the reference's),
+  Returns {"value", "interval" (None without --subsamples), "mu", "sigma" (the reference's),
   "protocols"}; raises ProtocolMismatchError before computing if the records differ.
   """
   from evaluation import cli  # pylint: disable=g-import-not-at-top
-  fake = cli.features_of(samples, network, options)
+  cli.check_protocols_early(samples, reference, network, options)
   real = None if reference.stats is not None else cli.features_of(reference, network, options)
+  cli.check_protocols_early(samples, reference, network, options)
+  fake = cli.features_of(samples, network, options)
   cli.check_protocols(samples, reference, options)
+  for features, source in ((fake, samples), (real, reference)):
+    if features is not None:
+      cli.warn_singular(np.asarray(features), source.flag)
+  if options.subsamples:
+    b = int(np.floor(options.subsample_rate * len(fake) + 0.5))
+    if b < fake.shape[1]:
+      print(f"warning: a subsample has {b} of {len(fake)} samples for {fake.shape[1]} "
+            "dimensions: singular covariances in every replicate", file=sys.stderr)
   mu1, sigma1 = feature_statistics(fake)
   mu2, sigma2 = reference.stats if real is None else feature_statistics(real)
   value = frechet_distance(mu1, sigma1, mu2, sigma2)
   interval = None
-  if options.bootstrap:
-    interval = bootstrap_interval(fake, real, reference_stats=reference.stats if real is None
-                                  else None, num=options.bootstrap, seed=options.bootstrap_seed,
-                                  confidence=options.confidence)
+  if options.subsamples:
+    interval = subsample_interval(fake, real, reference_stats=reference.stats if real is None
+                                  else None, num=options.subsamples, rate=options.subsample_rate,
+                                  seed=options.subsample_seed, confidence=options.confidence)
   return {"value": value, "interval": interval, "mu": mu2, "sigma": sigma2,
           "protocols": {"samples": samples.protocol, "reference": reference.protocol}}
 
@@ -139,8 +176,23 @@ def compute_from_sources(samples, reference, network, options) -> dict:
 # Command line
 
 
+DIMS_FEATURE = {64: "block_64", 192: "block_192", 768: "block_768", 2048: "pool_3"}
+
+
+def feature_for_dims(dims: int) -> str:
+  """pytorch-fid's `--dims` -> our Inception output (ValueError for other values)."""
+  if dims not in DIMS_FEATURE:
+    raise ValueError(f"dims must be one of {sorted(DIMS_FEATURE)} (pytorch-fid's blocks), got "
+                     f"{dims}")
+  return DIMS_FEATURE[dims]
+
+
 def _define_flags(fv) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_enum("dims", "2048", [str(d) for d in DIMS_FEATURE], "Inception features, as "
+                    "pytorch-fid's --dims: 2048 (pool_3, the standard FID), or 64 / 192 / 768 (the "
+                    "spatial mean after the stem's first / second max pool / after Mixed_6e). "
+                    "Recorded as the protocol's feature.", flag_values=fv)
   flags.DEFINE_string("save_stats", None, "Write the reference statistics (TTUR format: .npz with "
                       "'mu' and 'sigma') to exactly this file (no suffix added), for later use as "
                       "--reference.",
@@ -150,17 +202,17 @@ def _define_flags(fv) -> None:
 def _run(fv) -> None:
   from evaluation import cli  # pylint: disable=g-import-not-at-top
   cli.check_output_path(fv.save_stats)
-  samples = cli.open_source(fv.samples, "--samples", kind="pool_3", min_count=2)
-  reference = cli.open_source(fv.reference, "--reference", kind="pool_3", min_count=2,
+  kind = feature_for_dims(int(fv.dims))
+  samples = cli.open_source(fv.samples, "--samples", kind=kind, min_count=2)
+  reference = cli.open_source(fv.reference, "--reference", kind=kind, min_count=2,
                               allow_stats=True, cacheable=fv.cache)
   network = cli.feature_network(fv, "inception", [samples, reference])
   result = compute_from_sources(samples, reference, network, fv)
   cli.commit_cache(network)
   if fv.save_stats:
     save_statistics(fv.save_stats, result["mu"], result["sigma"], protocol=reference.protocol)
-  from evaluation import bootstrap  # pylint: disable=g-import-not-at-top
-  print(f"FID: {bootstrap.format_value(result['value'], result['interval'])}")
-  cli.print_protocol(samples, reference)
+  cli.print_results(fv, [cli.Value("FID", "fid", result["value"], result["interval"])],
+                    [samples, reference])
 
 
 def main(argv=None) -> int:

@@ -250,8 +250,22 @@ def load_image_array(path: str | os.PathLike) -> np.ndarray:
   except (OSError, ValueError) as e:
     if isinstance(e, ImageInputError):
       raise
-    raise ImageInputError(f"cannot read {path}: {e}") from e
+    raise ImageInputError(f"{path} is not a valid image or feature array ({_npy_reason(path, e)})"
+                          ) from e
   return check_image_array(images, what=str(path))
+
+
+def _npy_reason(path: pathlib.Path, error: Exception) -> str:
+  """Why NumPy refused `path`: a file that is no .npy/.npz at all (NumPy then guesses "pickled
+  data"), or a real array of Python objects."""
+  with open(path, "rb") as f:
+    head = f.read(6)
+  if head == b"\x93NUMPY" or head.startswith(b"PK"):
+    if "pickle" in str(error) or "Python objects" in str(error):
+      return "it holds Python objects; uint8 or float images [N, H, W, C] are needed"
+    return " ".join(str(error).split())
+  kind = ".npy" if path.suffix == ".npy" else ".npz"
+  return f"no {kind} header: the file is not a NumPy {kind} file"
 
 
 def open_images(path: str | os.PathLike) -> ImageFolder | np.ndarray:

@@ -236,22 +236,33 @@ def build_inception_2015(*, width_divisor: int = 1, dtype_policy: str | None = N
 
   Returns:
     A Keras model: float [B, H, W, 1|3] in [0, 255] (any H, W) -> {"pool_3": [B, 2048] float32,
-    "logits": [B, 1008] float32} (2048 and the conv widths scale with `width_divisor`).
+    "logits": [B, 1008] float32, and pytorch-fid's `--dims` features "block_64", "block_192",
+    "block_768": spatial means [B, 64|192|768]} (the widths scale with `width_divisor`).
   """
   if width_divisor < 1:
     raise ValueError(f"width_divisor must be >= 1, got {width_divisor}")
   images = keras.Input(shape=(None, None, None), name="ExpandDims")
   x = InceptionInput(name="Mul")(images)  # [B, 299, 299, 3]
-  x = _apply_chain(x, STEM, width_divisor, dtype_policy)
+  blocks = {}
+  # pytorch-fid's `--dims` features: the spatial mean of the outputs of its blocks 0, 1 and 2
+  # (after the stem's first and second max pool, and after Mixed_6e = mixed_7).
+  mean = lambda name, t: keras.layers.GlobalAveragePooling2D(name=name, dtype="float32")(t)
+  x = _apply_chain(x, STEM[:4], width_divisor, dtype_policy)
+  blocks["block_64"] = mean("block_64", x)
+  x = _apply_chain(x, STEM[4:], width_divisor, dtype_policy)
+  blocks["block_192"] = mean("block_192", x)
   for block in BLOCKS:
     outputs = [_apply_chain(x, branch, width_divisor, dtype_policy) for branch in block.branches]
     x = keras.layers.Concatenate(axis=-1, name=layer_name(block.scope + "/join"),
                                  dtype=dtype_policy)(outputs)
+    if block.scope == "mixed_7":
+      blocks["block_768"] = mean("block_768", x)
   x = _apply_pool(x, POOL3, dtype_policy)  # [B, 1, 1, 2048]
   pool3 = keras.layers.Flatten(name="pool_3._reshape", dtype="float32")(x)  # [B, 2048]
   logits = keras.layers.Dense(NUM_LOGITS, use_bias=False, name="softmax.logits",
                               dtype="float32")(pool3)  # [B, 1008] = pool_3 @ W, no bias
-  return keras.Model(images, {"pool_3": pool3, "logits": logits}, name="inception_2015")
+  return keras.Model(images, {"pool_3": pool3, "logits": logits, **blocks},
+                     name="inception_2015")
 
 
 # ----------------------------------------------------------------------------------------------

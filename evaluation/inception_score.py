@@ -57,16 +57,33 @@ def _run(fv) -> None:
   from evaluation import cli  # pylint: disable=g-import-not-at-top
   samples = cli.open_source(fv.samples, "--samples", kind="logits", min_count=max(2, fv.splits))
   network = cli.feature_network(fv, "inception", [samples])
-  logits = cli.features_of(samples, network, fv)
-  mean, std = inception_score(logits, splits=fv.splits)
-  from evaluation import bootstrap  # pylint: disable=g-import-not-at-top
-  bounds = None
-  if fv.bootstrap:
-    bounds = bootstrap.interval(lambda i: inception_score(logits[i], splits=fv.splits)[0],
-                                (len(logits),), num=fv.bootstrap, seed=fv.bootstrap_seed,
-                                confidence=fv.confidence)
-  print(f"IS: {bootstrap.format_value(mean, bounds)} +- {std:.6f}")
-  cli.print_protocol(samples)
+  result = compute_from_sources(samples, network, fv, splits=fv.splits)
+  cli.print_results(fv, [cli.Value("IS", "is", result["value"], result["interval"],
+                                   std=result["std"])], [samples])
+
+
+def compute_from_sources(samples, network, options, *, splits: int = 10) -> dict:
+  """IS of a checked `evaluation.cli.Source` (logits): {"value" (mean over splits), "std",
+  "interval" (None without --subsamples), "protocols"}."""
+  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  logits = cli.features_of(samples, network, options)
+  mean, std = inception_score(logits, splits=splits)
+  return {"value": mean, "std": std, "interval": interval(logits, mean, splits=splits,
+                                                          options=options),
+          "protocols": {"samples": samples.protocol}}
+
+
+def interval(logits, mean, *, splits: int, options):
+  """--subsamples interval of the IS mean (None without): rows drawn without replacement, in
+  their original order, cut into the same number of splits."""
+  if not options.subsamples:
+    return None
+  from evaluation import subsampling  # pylint: disable=g-import-not-at-top
+  low, high = subsampling.interval(
+      lambda i: inception_score(logits[np.sort(i)], splits=splits)[0], (len(logits),),
+      estimate=mean, num=options.subsamples, rate=options.subsample_rate,
+      seed=options.subsample_seed, confidence=options.confidence, min_size=max(2, splits))
+  return float(low), float(high)
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,7 @@
 
     mean, std = kernel_inception_distance(pool3_real, pool3_fake, num_subsets=100, subset_size=1000)
 
-Command line (prints `KID: <mean> +- <std>`, with --bootstrap N `KID: <mean> [<lo>, <hi>] +- <std>`,
+Command line (prints `KID: <mean> +- <std>`, with --subsamples N `KID: <mean> [<lo>, <hi>] +- <std>`,
 then a `protocol: ...` line):
     python -m evaluation.kid --samples DIR_OR_NPY --reference DIR_OR_NPZ [--num_subsets 100]
 """
@@ -69,6 +69,30 @@ def kernel_inception_distance(real_features, fake_features, *, num_subsets: int 
   return float(estimates.mean()), float(estimates.std())
 
 
+def subsample_interval(real_features, fake_features, mean: float, *, num_subsets: int = 100,
+                       subset_size: int = 1000, seed: int = 0, num: int, rate: float = 0.5,
+                       subsample_seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
+  """Subsampling interval of the population KID (`evaluation.subsampling`), `mean` being
+  `kernel_inception_distance(real, fake, ...)`: per replicate, rows of the samples then of the
+  reference drawn without replacement, and the subset estimator run on them with the subsets
+  scaled by the rate (subset_size * rate rows, as the subsets' share of the set stays), unless a
+  subset is the whole set. KID is unbiased, so the deviations are taken from the replicates'
+  mean (`subsampling.interval(center="mean")`): the estimate's own random subsets do not shift
+  the interval."""
+  from evaluation import subsampling  # pylint: disable=g-import-not-at-top
+  real = np.asarray(real_features, np.float64)
+  fake = np.asarray(fake_features, np.float64)
+  m = min(len(real), len(fake), subset_size)
+  if m < min(len(real), len(fake)):  # subsets keep their fraction of the smaller set
+    m = max(2, int(np.floor(m * rate + 0.5)))
+  statistic = lambda i, j: kernel_inception_distance(real[j], fake[i], num_subsets=num_subsets,
+                                                     subset_size=m, seed=seed)[0]
+  low, high = subsampling.interval(statistic, (len(fake), len(real)), estimate=mean, num=num,
+                                   rate=rate, seed=subsample_seed, confidence=confidence,
+                                   center="mean")
+  return float(low), float(high)
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line
 
@@ -91,31 +115,30 @@ def _run(fv) -> None:
   result = compute_from_sources(samples, reference, network, fv, num_subsets=fv.num_subsets,
                                 subset_size=fv.subset_size, seed=fv.seed)
   cli.commit_cache(network)
-  from evaluation import bootstrap  # pylint: disable=g-import-not-at-top
-  value = bootstrap.format_value(result["value"], result["interval"], digits=".6g")
-  print(f"KID: {value} +- {result['std']:.6g}")
-  cli.print_protocol(samples, reference)
+  cli.print_results(fv, [cli.Value("KID", "kid", result["value"], result["interval"],
+                                   std=result["std"], digits=".6g")], [samples, reference])
 
 
 def compute_from_sources(samples, reference, network, options, *, num_subsets: int = 100,
                          subset_size: int = 1000, seed: int = 0) -> dict:
   """KID of two checked `evaluation.cli.Source`s: {"value" (mean), "std", "interval",
-  "protocols"}. The bootstrap draws both feature sets with replacement, then runs the same
-  subset estimator (seeded as the full run) on the drawn rows."""
+  "protocols"}. The --subsamples interval draws rows of both feature sets without replacement
+  (`evaluation.subsampling`), then runs the same subset estimator (seeded as the full run, subset
+  size clipped to the drawn rows) on them."""
   from evaluation import cli  # pylint: disable=g-import-not-at-top
-  fake = cli.features_of(samples, network, options)
+  cli.check_protocols_early(samples, reference, network, options)
   real = cli.features_of(reference, network, options)
+  cli.check_protocols_early(samples, reference, network, options)
+  fake = cli.features_of(samples, network, options)
   cli.check_protocols(samples, reference, options)
-  estimate = lambda r, f: kernel_inception_distance(r, f, num_subsets=num_subsets,
-                                                    subset_size=subset_size, seed=seed)
-  mean, std = estimate(real, fake)
+  mean, std = kernel_inception_distance(real, fake, num_subsets=num_subsets,
+                                        subset_size=subset_size, seed=seed)
   interval = None
-  if options.bootstrap:
-    from evaluation import bootstrap  # pylint: disable=g-import-not-at-top
-    low, high = bootstrap.interval(lambda i, j: estimate(real[j], fake[i])[0],
-                                   (len(fake), len(real)), num=options.bootstrap,
-                                   seed=options.bootstrap_seed, confidence=options.confidence)
-    interval = (float(low), float(high))
+  if options.subsamples:
+    interval = subsample_interval(real, fake, mean, num_subsets=num_subsets,
+                                  subset_size=subset_size, seed=seed, num=options.subsamples,
+                                  rate=options.subsample_rate, subsample_seed=options.subsample_seed,
+                                  confidence=options.confidence)
   return {"value": mean, "std": std, "interval": interval,
           "protocols": {"samples": samples.protocol, "reference": reference.protocol}}
 

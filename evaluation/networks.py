@@ -98,8 +98,10 @@ def _local_inception_pb(path: pathlib.Path) -> pathlib.Path:
   """A .pb for a user-given .pb / .tgz / folder path."""
   if not path.exists():
     raise WeightsUnavailableError(
-        f"Inception weights not found at {path}: expected {INCEPTION_PB} or "
-        f"inception-2015-12-05.tgz (from {INCEPTION_URL})")
+        f"Inception weights not found at {path}: expected TTUR's {INCEPTION_PB} or "
+        f"inception-2015-12-05.tgz (from {INCEPTION_URL}), or the PyTorch port "
+        f"{' / '.join(INCEPTION_TORCH_FILES)} (pytorch-fid / torch-fidelity), or a folder "
+        "holding one")
   if path.is_dir():
     for candidate in (path / INCEPTION_PB, path / "inception-2015-12-05.tgz",
                       *(path / name for name in INCEPTION_TORCH_FILES)):
@@ -149,7 +151,8 @@ def resolve_inception_graph_def(weights_path: str | os.PathLike | None = None, *
     if (torch_hub / name).exists():
       return torch_hub / name
   hint = (f"Put {INCEPTION_PB} (inside {INCEPTION_URL}) at {cached}, or set "
-          f"${INCEPTION_PATH_ENV} / pass --inception_path to the .pb or .tgz")
+          f"${INCEPTION_PATH_ENV} / pass --inception_path to the .pb, .tgz or "
+          f"{' / '.join(INCEPTION_TORCH_FILES)}")
   if not download:
     raise WeightsUnavailableError(f"Inception-2015 weights unavailable offline. {hint}.")
   try:

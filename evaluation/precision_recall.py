@@ -17,7 +17,7 @@ squared-distance matrices (real-real, fake-fake, real-fake), as the NumPy floor 
 bench/bench_precision_recall.py.
 
 Command line (prints `precision: <p>` and `recall: <r>`, each followed by `[<lo>, <hi>]` with
---bootstrap N, then a `protocol: ...` line naming the VGG-16 used):
+--subsamples N, then a `protocol: ...` line naming the VGG-16 used):
     python -m evaluation.precision_recall --samples DIR_OR_NPY --reference DIR_OR_NPZ [--k 3] \
         [--vgg keras|torch-fidelity]
 """
@@ -73,7 +73,7 @@ class _Blocks:
     @tf.function(jit_compile=True)
     def kth_neighbour(rows, row_ids, columns, column_ids, column_sqnorms, k):
       """Squared distance from each row to its k-th nearest column, columns with the row's own
-      id (itself, and its bootstrap copies) excluded."""
+      id (itself, and any copies of it) excluded."""
       d = squared_distances(rows, columns, column_sqnorms)  # [b, N]
       d = tf.where(column_ids[None, :] == row_ids[:, None], np.float32(np.inf), d)  # self excluded
       positions = tf.range(tf.shape(columns)[0])[None, :]
@@ -135,8 +135,8 @@ def manifold_radii(features, *, k: int = 3, batch_size: int | None = None,
   """Squared distance of every sample to its k-th nearest neighbour in the same set (self
   excluded), float32 [N]; `batch_size` rows at a time against the whole set.
 
-  ids: optional [N] int identities (default: the row numbers); rows sharing an id (bootstrap
-  copies of one sample) are never each other's neighbours.
+  ids: optional [N] int identities (default: the row numbers); rows sharing an id
+  (copies of one sample) are never each other's neighbours.
   """
   tf = _tf()
   features = np.ascontiguousarray(features, np.float32)
@@ -174,7 +174,7 @@ def precision_recall(real_features, fake_features, *, k: int = 3, batch_size: in
     k: neighbourhood size (paper: 3).
     batch_size: rows per block (memory ~ batch_size x max(N, M) floats); default keeps a block
       at 128 MiB. The result does not depend on it.
-    real_ids, fake_ids: optional sample identities (see `manifold_radii`; used by the bootstrap).
+    real_ids, fake_ids: optional sample identities (see `manifold_radii`; rows sharing an id are copies of one sample).
 
   Returns:
     (precision, recall) as Python floats.
@@ -250,31 +250,43 @@ def _run(fv) -> None:
   result = compute_from_sources(samples, reference, network, fv, k=fv.k,
                                 batch_size=fv.distance_batch_size)
   cli.commit_cache(network)
-  from evaluation import bootstrap  # pylint: disable=g-import-not-at-top
+  cli.print_results(fv, values(result), [samples, reference])
+
+
+def values(result: dict) -> list:
+  """The two printed values (`evaluation.cli.Value`) of a `compute_from_sources` result."""
+  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  out = []
   for i, name in enumerate(("precision", "recall")):
     bounds = None if result["interval"] is None else (result["interval"][0][i],
                                                       result["interval"][1][i])
-    print(f"{name}: {bootstrap.format_value(result[name], bounds)}")
-  cli.print_protocol(samples, reference)
+    out.append(cli.Value(name, name, result[name], bounds))
+  return out
 
 
 def compute_from_sources(samples, reference, network, options, *, k: int = 3,
                          batch_size: int | None = None) -> dict:
   """Precision/recall of two checked `evaluation.cli.Source`s: {"precision", "recall",
-  "interval" (None or ([lo_p, lo_r], [hi_p, hi_r])), "protocols"}. Bootstrap replicates draw
-  both sets with replacement; copies of one sample are not each other's neighbours."""
+  "interval" (None or ([lo_p, lo_r], [hi_p, hi_r])), "protocols"}. --subsamples replicates draw
+  rows of both sets without replacement (`evaluation.subsampling`); the k-NN radii are then those
+  of the smaller sets, so the interval extrapolates to large sets as for FID (not checked by
+  simulation for precision/recall)."""
   from evaluation import cli  # pylint: disable=g-import-not-at-top
-  fake = cli.features_of(samples, network, options)
+  cli.check_protocols_early(samples, reference, network, options)
   real = cli.features_of(reference, network, options)
+  cli.check_protocols_early(samples, reference, network, options)
+  fake = cli.features_of(samples, network, options)
   cli.check_protocols(samples, reference, options)
   precision, recall = precision_recall(real, fake, k=k, batch_size=batch_size)
   interval = None
-  if options.bootstrap:
-    from evaluation import bootstrap  # pylint: disable=g-import-not-at-top
-    statistic = lambda i, j: precision_recall(real[j], fake[i], k=k, batch_size=batch_size,
-                                              real_ids=j, fake_ids=i)
-    low, high = bootstrap.interval(statistic, (len(fake), len(real)), num=options.bootstrap,
-                                   seed=options.bootstrap_seed, confidence=options.confidence)
+  if options.subsamples:
+    from evaluation import subsampling  # pylint: disable=g-import-not-at-top
+    statistic = lambda i, j: precision_recall(real[j], fake[i], k=k, batch_size=batch_size)
+    low, high = subsampling.interval(statistic, (len(fake), len(real)),
+                                     estimate=np.array([precision, recall]),
+                                     num=options.subsamples, rate=options.subsample_rate,
+                                     seed=options.subsample_seed, confidence=options.confidence,
+                                     min_size=k + 1)
     interval = (low.tolist(), high.tolist())
   return {"precision": precision, "recall": recall, "interval": interval,
           "protocols": {"samples": samples.protocol, "reference": reference.protocol}}

@@ -82,6 +82,11 @@ def _tfds(name: str, split: str, *, download: bool) -> np.ndarray:
     if not prepared:
       builder.download_and_prepare()
     data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+  except ModuleNotFoundError as e:  # tfds imports its download helpers lazily
+    raise image_io.ImageInputError(
+        f"{PREFIX}{name}/{split}: tensorflow_datasets cannot prepare the data set: the Python "
+        f"package {e.name} is missing (pip install {e.name}; setup.py requires it); or set "
+        f"${DATA_DIR_ENV} to a folder with the data set's files") from e
   except Exception as e:  # pylint: disable=broad-except  # network / split errors of many kinds
     raise image_io.ImageInputError(f"{PREFIX}{name}/{split}: {' '.join(str(e).split())[:300]}") from e
   if not isinstance(data, dict) or "image" not in data:

@@ -74,12 +74,53 @@ def resize_bilinear_tf1(images: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
   return top + (bottom - top) * y_lerp
 
 
-RESIZE_MODES = ("tf1", "clean")  # protocol names: see `describe_resize`
+RESIZE_MODES = ("tf1", "clean", "pytorch-fid")  # protocol names: see `describe_resize`
 
 
 def describe_resize(mode: str) -> str:
   """The resize mode's name in the protocol record."""
-  return {"tf1": "tf1-legacy-bilinear", "clean": "clean-pil-bicubic-antialias"}[mode]
+  return {"tf1": "tf1-legacy-bilinear", "clean": "clean-pil-bicubic-antialias",
+          "pytorch-fid": "pytorch-fid-bilinear-half-pixel"}[mode]
+
+
+def half_pixel_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """PyTorch's `F.interpolate(mode="bilinear", align_corners=False)` along one axis (float32):
+  `src = max((i + 0.5) * in / out - 0.5, 0)`, `lower = floor(src)`,
+  `upper = min(lower + 1, in - 1)`, `lerp = src - lower` (ATen's `area_pixel_compute_source_index`
+  and `compute_indices_weights_linear`)."""
+  scale = np.float32(in_size) / np.float32(out_size)
+  src = np.maximum((np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale
+                   - np.float32(0.5), np.float32(0.0))
+  lower = np.floor(src).astype(np.int64)
+  lower = np.minimum(lower, in_size - 1)
+  upper = np.minimum(lower + 1, in_size - 1)
+  lerp = (src - lower).astype(np.float32)
+  return lower, upper, lerp
+
+
+def resize_pytorch_fid(image: np.ndarray, size: int) -> np.ndarray:
+  """pytorch-fid's input pipeline (`pytorch_fid.inception.InceptionV3`, resize_input=True,
+  normalize_input=True) on one image, in the input scale of our network.
+
+  pytorch-fid reads images as x / 255 in [0, 1] (torchvision `ToTensor`), resizes to 299 with
+  `F.interpolate(bilinear, align_corners=False)` (half-pixel centres, no antialias) and feeds
+  2 r - 1. Our Inception computes (y - 128) / 128 of its [0, 255]-scale input, so r is passed on
+  as y = 256 r, which gives the same network input 2 r - 1. The network's own TF1 resize is then
+  the identity.
+
+  image: [H, W, C] uint8, or float in [0, 1] -> float32 [size, size, C].
+  """
+  image = np.asarray(image)
+  r = image.astype(np.float32) / np.float32(255.0) if image.dtype == np.uint8 else (
+      image.astype(np.float32))
+  y_lo, y_hi, y_lerp = half_pixel_weights(r.shape[0], size)
+  x_lo, x_hi, x_lerp = half_pixel_weights(r.shape[1], size)
+  x_lerp, y_lerp = x_lerp[None, :, None], y_lerp[:, None, None]
+  rows_lo, rows_hi = r[y_lo], r[y_hi]  # [size, W, C]
+  top = rows_lo[:, x_lo] * (1 - x_lerp) + rows_lo[:, x_hi] * x_lerp
+  bottom = rows_hi[:, x_lo] * (1 - x_lerp) + rows_hi[:, x_hi] * x_lerp
+  resized = top * (1 - y_lerp) + bottom * y_lerp
+  return (resized * np.float32(256.0)).astype(np.float32)
 
 
 def resize_clean(image: np.ndarray, size: int) -> np.ndarray:

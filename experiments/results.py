@@ -4,7 +4,7 @@ Every write is atomic (temp file + rename): an interrupted run never truncates e
 
 A metric value (FID, KID, IS, precision/recall, PPL) is stored with the protocol record it was made
 under (`evaluation.protocol`): `row["fid"] = metric(value, record)` gives
-`{"value": v, "protocol": {...}}` (plus `"interval": [lo, hi]` from a bootstrap). `markdown_table`
+`{"value": v, "protocol": {...}}` (plus `"interval": [lo, hi]` from `--subsamples`). `markdown_table`
 prints the value with a marker `(p1)` and, under the table, one `protocol:` line per distinct
 record; a column whose values were made under different protocols (network, weights, resize,
 epsilon, ...: `evaluation.protocol.COMPARED`) is refused with `ProtocolMismatchError`.

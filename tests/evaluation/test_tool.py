@@ -1,5 +1,5 @@
 """Issue 13: inputs (recursive folders, .zip, webp/bmp/tiff, generator functions, tf.data), the
-protocol record, bootstrap intervals, the clean resize, named references, device/precision flags.
+protocol record, subsample intervals, the clean resize, named references, device/precision flags.
 
 Tiny inputs and a 1/32-width Inception graph keep every test at seconds."""
 
@@ -18,6 +18,7 @@ from evaluation import api
 from evaluation import features
 from evaluation import fid
 from evaluation import image_io
+from evaluation import inception_score
 from evaluation import kid
 from evaluation import networks
 from evaluation import precision_recall
@@ -255,6 +256,77 @@ def test_protocol_is_stored_printed_and_checked(tmp_path, graph_pb, model, capsy
   assert "carries no protocol record" in capsys.readouterr().err
 
 
+def test_protocol_mismatch_is_found_before_the_samples_are_extracted(tmp_path, graph_pb,
+                                                                     monkeypatch, capsys):
+  samples, reference = tmp_path / "s.npy", tmp_path / "r.npy"
+  np.save(samples, _images(5, seed=4))
+  np.save(reference, _images(6, seed=5))
+  base = ["--inception_path", graph_pb, "--noprogress", "--nojit_compile", "--batch_size", "4"]
+  clean_stats = tmp_path / "clean.stats"
+  assert fid.main(["--samples", str(reference), "--reference", str(reference), "--resize",
+                   "clean", "--save_stats", str(clean_stats)] + base) == 0
+  capsys.readouterr()
+  extracted = []
+  real_extract = features.extract
+  monkeypatch.setattr(features, "extract",
+                      lambda *a, **k: extracted.append(1) or real_extract(*a, **k))
+  assert fid.main(["--samples", str(samples), "--reference", str(clean_stats)] + base) == 2
+  assert _one_error_line(capsys) == (
+      "error: --samples and --reference were made under different protocols: resize "
+      "tf1-legacy-bilinear vs clean-pil-bicubic-antialias (pass --nostrict_protocol to compare "
+      "anyway)")
+  assert not extracted  # refused before any image went through the network
+  # Cached reference features of the clean resize against tf1 samples: the same, for KID too.
+  np.savez(tmp_path / "clean_features.npz", pool_3=np.zeros((6, 64), np.float32),
+           protocol=np.str_(json.dumps({**protocol.record(
+               network="inception-2015", weights_sha="x" * 64, feature="pool_3",
+               resize="clean-pil-bicubic-antialias", precision="float32",
+               info={"count": 6, "height": 16, "width": 16, "channels": 3})})))
+  assert kid.main(["--samples", str(samples), "--reference",
+                   str(tmp_path / "clean_features.npz")] + base) == 2
+  assert "different protocols: weights_sha256" in _one_error_line(capsys)
+  assert not extracted
+
+
+def test_fewer_samples_than_feature_dimensions_warn(tmp_path, graph_pb, capsys):
+  """The narrow graph's pool_3 has 64 dimensions: 10 images give a singular covariance."""
+  samples = tmp_path / "s.npy"
+  np.save(samples, _images(10, seed=4))
+  args = ["--samples", str(samples), "--reference", str(samples), "--inception_path", graph_pb,
+          "--noprogress", "--nojit_compile", "--batch_size", "5", "--nocache"]
+  assert fid.main(args) == 0
+  captured = capsys.readouterr()
+  assert captured.out.splitlines()[0].startswith("FID: ")
+  warning = ("warning: {} has 10 feature vectors for 64 dimensions: the covariance is singular "
+             "and FID unreliable (two identical sets can give a small negative value); use at "
+             "least 64 images")
+  err = [l for l in captured.err.splitlines() if not l.startswith("note: ")]
+  assert err == [warning.format("samples"), warning.format("reference")]
+
+
+def test_compute_inception_score_equals_the_command(tmp_path, graph_pb, model, capsys):
+  images = _images(12, seed=21)
+  np.save(tmp_path / "s.npy", images)
+  result = api.compute_inception_score(images, splits=3, inception_path=graph_pb, batch_size=4,
+                                       jit_compile=False)
+  logits = features.extract(model, images, batch_size=4, progress=False,
+                            jit_compile=False)["logits"].astype(np.float64)
+  # By hand: softmax, per consecutive third exp(mean KL(p(y|x) || mean p(y|x))).
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  scores = [np.exp((q * (np.log(q) - np.log(q.mean(0)))).sum(1).mean())
+            for q in np.split(p, 3)]
+  assert result.name == "IS"
+  assert result.value == pytest.approx(np.mean(scores), rel=1e-5)
+  assert result.extra["std"] == pytest.approx(np.std(scores), rel=1e-3, abs=1e-9)
+  assert result.protocols["samples"]["feature"] == "logits"
+  assert inception_score.main(["--samples", str(tmp_path / "s.npy"), "--splits", "3",
+                               "--inception_path", graph_pb, "--noprogress", "--nojit_compile",
+                               "--batch_size", "4"]) == 0
+  line = capsys.readouterr().out.splitlines()[0]
+  assert line == f"IS: {result.value:.6f} +- {result.extra['std']:.6f}"
+
+
 def test_reference_cache_keeps_the_protocol_and_depends_on_resize(tmp_path, graph_pb, capsys):
   samples, reference = tmp_path / "s.npy", tmp_path / "r.npy"
   np.save(samples, _images(4, seed=7))
@@ -291,35 +363,75 @@ def test_clean_resize_is_clean_fids_pil_bicubic_before_the_network(model):
     _pool3(model, images, resize="bilinear")
 
 
-# ---------------------------------------------------------------------------------- bootstrap
+# ------------------------------------------------------------------------- subsample intervals
 
 
-def test_fid_bootstrap_interval_equals_the_documented_draws(tmp_path, graph_pb, model, capsys):
-  fake_images, real_images = _images(8, seed=10), _images(9, seed=11)
-  np.save(tmp_path / "f.npy", fake_images)
-  np.save(tmp_path / "r.npy", real_images)
-  result = api.compute_fid(fake_images, reference=real_images, inception_path=graph_pb,
-                           batch_size=4, jit_compile=False, bootstrap=20, bootstrap_seed=3,
-                           confidence=0.9)
-  fake, real = _pool3(model, fake_images), _pool3(model, real_images)
-  rng = np.random.default_rng(3)
+def _subsample_interval(estimate, values, rates, confidence=0.95, center=None):
+  """[theta_n - k q_hi, theta_n - k q_lo] of the deviations values - theta_n (or values - center),
+  with k = sqrt(r / (1 - r)), r the mean of the realised rates b_i / n_i."""
+  estimate = np.asarray(estimate)
+  low, high = np.quantile(np.asarray(values) - (estimate if center is None else center),
+                          [(1 - confidence) / 2, (1 + confidence) / 2], axis=0)
+  r = np.mean(rates)
+  k = np.sqrt(r / (1 - r))
+  return estimate - k * high, estimate - k * low
+
+
+def test_fid_subsample_interval_equals_the_documented_draws(tmp_path, graph_pb, capsys):
+  rng = np.random.default_rng(10)
+  fake = rng.normal(size=(8, 3)).astype(np.float32)  # features are read as float32
+  real = (rng.normal(size=(9, 3)) * 1.5 + 0.5).astype(np.float32)
+  np.savez(tmp_path / "f.npz", pool_3=fake)
+  np.savez(tmp_path / "r.npz", pool_3=real)
+  result = api.compute_fid(str(tmp_path / "f.npz"), reference=str(tmp_path / "r.npz"),
+                           subsamples=20, subsample_seed=3, confidence=0.9)
+  draws = np.random.default_rng(3)
   values = []
-  for _ in range(20):  # per replicate: sample rows, then reference rows, with replacement
-    i, j = rng.integers(0, 8, 8), rng.integers(0, 9, 9)
+  for _ in range(20):  # per replicate: 4 of 8 sample rows, then 5 of 9 reference rows, distinct
+    i, j = draws.choice(8, 4, replace=False), draws.choice(9, 5, replace=False)
     values.append(fid.frechet_distance(*fid.feature_statistics(fake[i]),
                                        *fid.feature_statistics(real[j])))
+  estimate = fid.frechet_distance(*fid.feature_statistics(fake), *fid.feature_statistics(real))
+  assert result.value == pytest.approx(estimate, rel=1e-6)
   low, high = result.interval
-  assert low == pytest.approx(np.percentile(values, 5), rel=1e-4)
-  assert high == pytest.approx(np.percentile(values, 95), rel=1e-4)
-  assert result.value == pytest.approx(fid.frechet_distance(
-      *fid.feature_statistics(fake), *fid.feature_statistics(real)), rel=1e-4)
-  # The command prints `value [lo, hi]` with the same numbers (6 decimals).
-  assert fid.main(["--samples", str(tmp_path / "f.npy"), "--reference", str(tmp_path / "r.npy"),
-                   "--inception_path", graph_pb, "--noprogress", "--nojit_compile",
-                   "--batch_size", "4", "--bootstrap", "20", "--bootstrap_seed", "3",
-                   "--confidence", "0.9"]) == 0
-  line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("FID:"))
-  assert line == f"FID: {result.value:.6f} [{low:.6f}, {high:.6f}]"
+  assert (low, high) == pytest.approx(_subsample_interval(estimate, values, (4 / 8, 5 / 9), confidence=0.9),
+                                      rel=1e-6)
+  # The command prints `value [lo, hi]` with the same numbers (6 decimals) and the method.
+  args = ["--samples", str(tmp_path / "f.npz"), "--reference", str(tmp_path / "r.npz"),
+          "--inception_path", graph_pb, "--noprogress", "--nojit_compile", "--batch_size", "4"]
+  assert fid.main(args + ["--subsamples", "20", "--subsample_seed", "3",
+                          "--confidence", "0.9"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines == [
+      f"FID: {result.value:.6f} [{low:.6f}, {high:.6f}]",
+      "interval: 90% for the population value, 20 subsamples without replacement at rate 0.5 "
+      "(Politis-Romano-Wolf, finite-population corrected), seed 3",
+      "protocol: unknown"]
+  # The removed flag and option say what replaces them.
+  assert fid.main(args + ["--bootstrap", "20"]) == 2
+  assert _one_error_line(capsys) == (
+      "error: --bootstrap was removed: resampling with replacement duplicates images, which "
+      "inflates FID and breaks KID's unbiased estimate; use --subsamples N (subsampling without "
+      "replacement, see docs/evaluation.md)")
+  with pytest.raises(TypeError, match="bootstrap was removed.*subsamples=N"):
+    api.compute_fid(str(tmp_path / "f.npz"), reference=str(tmp_path / "r.npz"), bootstrap=20)
+
+
+def test_fid_subsample_interval_against_statistics(tmp_path):
+  """Reference statistics stay fixed; samples subsampled; the one-eigendecomposition path agrees
+  with frechet_distance."""
+  rng = np.random.default_rng(2)
+  fake = rng.normal(size=(12, 3))
+  mu, sigma = rng.normal(size=3), np.cov(rng.normal(size=(20, 3)), rowvar=False)
+  low, high = fid.subsample_interval(fake, None, reference_stats=(mu, sigma), num=15, seed=1,
+                                     rate=0.25)
+  draws = np.random.default_rng(1)
+  values = [fid.frechet_distance(*fid.feature_statistics(fake[draws.choice(12, 3, replace=False)]),
+                                 mu, sigma) for _ in range(15)]
+  estimate = fid.frechet_distance(*fid.feature_statistics(fake), mu, sigma)
+  q_lo, q_hi = np.quantile(np.asarray(values) - estimate, [0.025, 0.975])
+  k = np.sqrt(0.25 / 0.75)
+  assert (low, high) == pytest.approx((estimate - k * q_hi, estimate - k * q_lo), rel=1e-7)
 
 
 def _numpy_precision_recall(real, fake, real_ids, fake_ids, k):
@@ -333,7 +445,7 @@ def _numpy_precision_recall(real, fake, real_ids, fake_ids, k):
   return (d <= rr[None]).any(1).mean(), (d <= rf[:, None]).any(0).mean()
 
 
-def test_precision_recall_bootstrap_excludes_copies_of_a_sample(capsys, tmp_path):
+def test_precision_recall_ids_exclude_copies_of_a_sample():
   rng = np.random.default_rng(0)
   real = rng.normal(size=(30, 5)).astype(np.float32)
   fake = (rng.normal(size=(25, 5)) * 0.8 + 0.3).astype(np.float32)
@@ -348,42 +460,55 @@ def test_precision_recall_bootstrap_excludes_copies_of_a_sample(capsys, tmp_path
   d[j[:, None] == j[None, :]] = np.inf
   np.testing.assert_allclose(radii, d.min(1), rtol=1e-5)
   assert radii.min() > 0 and precision_recall.manifold_radii(real[j], k=1).min() == 0
-  # The command prints both intervals; 0.95 percentile bounds of the replicate values.
+
+
+def test_precision_recall_subsample_interval(capsys, tmp_path):
+  rng = np.random.default_rng(0)
+  real = rng.normal(size=(30, 5)).astype(np.float32)
+  fake = (rng.normal(size=(25, 5)) * 0.8 + 0.3).astype(np.float32)
   np.savez(tmp_path / "real.npz", fc2=real)
   np.savez(tmp_path / "fake.npz", fc2=fake)
   assert precision_recall.main(["--samples", str(tmp_path / "fake.npz"), "--reference",
-                                str(tmp_path / "real.npz"), "--bootstrap", "10"]) == 0
+                                str(tmp_path / "real.npz"), "--subsamples", "10"]) == 0
   out = capsys.readouterr().out
+  ids = lambda n: np.arange(n)
+  estimate = _numpy_precision_recall(real.astype(np.float64), fake.astype(np.float64), ids(30),
+                                     ids(25), 3)
   draws = np.random.default_rng(0)
   values = []
   for _ in range(10):
-    fi, rj = draws.integers(0, 25, 25), draws.integers(0, 30, 30)
-    values.append(_numpy_precision_recall(real[rj], fake[fi], rj, fi, 3))
+    fi, rj = draws.choice(25, 13, replace=False), draws.choice(30, 15, replace=False)
+    values.append(_numpy_precision_recall(real[rj].astype(np.float64),
+                                          fake[fi].astype(np.float64), rj, fi, 3))
+  want_low, want_high = _subsample_interval(estimate, values, (13 / 25, 15 / 30))
   for column, name in enumerate(("precision", "recall")):
     value, (low, high) = _value(out, name)
-    column_values = [v[column] for v in values]
-    assert low == pytest.approx(np.percentile(column_values, 2.5), abs=6e-7)  # 6 decimals
-    assert high == pytest.approx(np.percentile(column_values, 97.5), abs=6e-7)
+    assert value == pytest.approx(estimate[column], abs=6e-7)
+    assert low == pytest.approx(want_low[column], abs=6e-7)  # 6 decimals
+    assert high == pytest.approx(want_high[column], abs=6e-7)
   assert "protocol: unknown" in out  # features without a record
 
 
-def test_kid_bootstrap_interval(tmp_path, capsys):
+def test_kid_subsample_interval(tmp_path, capsys):
   rng = np.random.default_rng(1)
   real, fake = rng.normal(size=(12, 4)), rng.normal(size=(10, 4)) + 0.5
   np.savez(tmp_path / "real.npz", pool_3=real)
   np.savez(tmp_path / "fake.npz", pool_3=fake)
   assert kid.main(["--samples", str(tmp_path / "fake.npz"), "--reference",
-                   str(tmp_path / "real.npz"), "--bootstrap", "8", "--num_subsets", "3",
+                   str(tmp_path / "real.npz"), "--subsamples", "8", "--num_subsets", "3",
                    "--subset_size", "5"]) == 0
   value, (low, high) = _value(capsys.readouterr().out, "KID")
+  estimate = kid.kernel_inception_distance(real, fake, num_subsets=3, subset_size=5)[0]
+  assert value == pytest.approx(estimate, rel=1e-5)
   draws = np.random.default_rng(0)
   values = []
-  for _ in range(8):
-    i, j = draws.integers(0, 10, 10), draws.integers(0, 12, 12)
+  for _ in range(8):  # subsets of 5 of >= 10 rows: of round(0.5 * 5) = 3 of the half-samples
+    i, j = draws.choice(10, 5, replace=False), draws.choice(12, 6, replace=False)
     values.append(kid.kernel_inception_distance(real[j], fake[i], num_subsets=3,
-                                                subset_size=5)[0])
-  assert (low, high) == pytest.approx((np.percentile(values, 2.5), np.percentile(values, 97.5)),
-                                      rel=1e-5)
+                                                subset_size=3)[0])
+  # KID is unbiased: deviations from the replicates' mean (the estimate's own subsets aside).
+  assert (low, high) == pytest.approx(_subsample_interval(estimate, values, (5 / 10, 6 / 12),
+                                                          center=np.mean(values)), rel=1e-5)
 
 
 # --------------------------------------------------------------------------- named references

@@ -115,3 +115,64 @@ def test_a_damaged_pth_is_a_clear_error(tmp_path, pth):
   (tmp_path / "junk.pth").write_bytes(b"not a zip")
   with pytest.raises(inception.GraphDefMismatchError, match="torch.load"):
     networks.inception_network(str(tmp_path / "junk.pth"), download=False)
+
+
+def test_pytorch_fid_resize_equals_torch_interpolate():
+  """`resize_pytorch_fid` against `F.interpolate(bilinear, align_corners=False)` of x / 255, for
+  up- and downscaling, square and not, uint8 and float input."""
+  import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from evaluation import resize  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  rng = np.random.default_rng(0)
+  for shape in ((28, 28, 1), (64, 48, 3), (400, 333, 3), (299, 299, 3)):
+    image = rng.integers(0, 256, shape).astype(np.uint8)
+    x = torch.from_numpy(image.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
+    theirs = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+    theirs = (theirs * 2 - 1)[0].numpy().transpose(1, 2, 0)
+    ours = (resize.resize_pytorch_fid(image, 299) - 128.0) / 128.0  # what the network then sees
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)  # float32 rounding (weights in another order)
+    floats = resize.resize_pytorch_fid(image.astype(np.float32) / 255.0, 299)
+    np.testing.assert_allclose(floats, resize.resize_pytorch_fid(image, 299), atol=1e-4)
+
+
+def test_resize_pytorch_fid_equals_pytorch_fids_own_path(pth, ours):
+  """features.extract(resize="pytorch-fid") = pytorch-fid's InceptionV3([3]) on x / 255 (its
+  defaults resize_input=True, normalize_input=True), same random weights, pool_3."""
+  import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import pytorch_fid.inception as pf  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from evaluation import features  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  with comparisons.pytorch_fid_with_weights(pth):
+    model = pf.InceptionV3([3]).eval()
+  for size, channels in ((64, 3), (28, 1)):
+    images = comparisons.inception_images(size, channels, count=2)
+    rgb = np.broadcast_to(images, images.shape[:3] + (3,)).transpose(0, 3, 1, 2)
+    with torch.no_grad():
+      theirs = model(torch.from_numpy(np.ascontiguousarray(rgb)).float() / 255.0)[0]
+    theirs = theirs.reshape(len(images), -1).numpy()
+    mine = features.extract(ours, images, batch_size=2, progress=False, jit_compile=False,
+                            resize="pytorch-fid")["pool_3"]
+    assert comparisons.max_relative_difference(mine, theirs) <= TOLERANCE
+    tf1 = features.extract(ours, images, batch_size=2, progress=False, jit_compile=False)["pool_3"]
+    assert comparisons.max_relative_difference(tf1, theirs) > 1e-3  # the default differs
+
+
+def test_dims_features_equal_pytorch_fids_blocks(pth, ours):
+  """pytorch-fid `--dims 64/192/768/2048`: its blocks 0-3 with adaptive average pooling to 1x1
+  (`get_activations`) = our "block_64", "block_192", "block_768", "pool_3" (resize pytorch-fid)."""
+  import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import pytorch_fid.inception as pf  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from evaluation import features  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  dims = (64, 192, 768, 2048)
+  with comparisons.pytorch_fid_with_weights(pth):
+    model = pf.InceptionV3([pf.InceptionV3.BLOCK_INDEX_BY_DIM[d] for d in dims]).eval()
+  images = comparisons.inception_images(40, 3, count=2)
+  with torch.no_grad():
+    blocks = model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).float() / 255.0)
+  mine = features.extract(ours, images, batch_size=2, progress=False, jit_compile=False,
+                          resize="pytorch-fid")
+  for d, block in zip(dims, blocks):
+    theirs = F.adaptive_avg_pool2d(block, output_size=(1, 1)).reshape(len(images), -1).numpy()
+    assert theirs.shape == (2, d)
+    name = "pool_3" if d == 2048 else f"block_{d}"
+    assert comparisons.max_relative_difference(mine[name], theirs) <= TOLERANCE, d
