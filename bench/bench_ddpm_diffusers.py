@@ -5,8 +5,8 @@ the weight EMA) and a sampling step, with the same U-Net configuration and param
 
 Ours: `diffusion_tf.DDPM` with the paper's CIFAR-10 U-Net (ch 128, (1, 2, 2, 2), 2 residual
 blocks, attention at 16, dropout 0.1), stepped by the harness's compiled train step with the
-optimizer and clipping `experiments.sample_quality` trains with (`ddpm_adam`, EMA 0.9999). Peer:
-diffusers' `UNet2DModel` with the configuration of the converted official CIFAR-10 checkpoint
+optimizer and clipping `experiments.sample_quality_train` trains with (`ddpm_adam`, EMA 0.9999).
+Peer: diffusers' `UNet2DModel` with the configuration of the converted official CIFAR-10 checkpoint
 (google/ddpm-cifar10-32), stepped as diffusers' `train_unconditional.py` does (add_noise, MSE on
 epsilon, clip_grad_norm_(1), Adam, `EMAModel.step`). Sampling: one reverse step x_t -> x_(t-1)
 (ours: the compiled `p_sample` of `GaussianDiffusion`; diffusers: the U-Net under no_grad then
@@ -44,7 +44,7 @@ def ours_train(batch: int, precision: str):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from diffusion_tf import diffusion, layers, model as models, optim  # pylint: disable=g-import-not-at-top
   from experiments import harness  # pylint: disable=g-import-not-at-top
-  from experiments.sample_quality import clip_by_global_norm  # pylint: disable=g-import-not-at-top
+  from experiments.sample_quality_train import clip_by_global_norm  # pylint: disable=g-import-not-at-top
   keras.mixed_precision.set_global_policy(precision)
   ddpm = models.DDPM(image_shape=(32, 32, 3), unet=layers.UNetConfig(),
                      diffusion=diffusion.GaussianDiffusion.linear(), seed=0)

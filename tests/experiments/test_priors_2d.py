@@ -1,5 +1,6 @@
-"""experiments.priors_2d: the report preset, the data options, reuse of finished runs, the summary
-over finished seeds, the aggregate-posterior plot writer and --report_only through the real CLI."""
+"""experiments.priors_2d (the library experiments.priors_2d_train): the report preset, the data
+options, reuse of finished runs, the summary over finished seeds, the aggregate-posterior plot
+writer, --report_only and the per-image values through the real CLI."""
 
 import json
 import math
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments import priors_2d
+from experiments import priors_2d_train
+from experiments import results
 from tests import scripts
 
 def write_amat_dir(root, *, num_train=256, num_test=40):
@@ -26,15 +28,15 @@ def write_amat_dir(root, *, num_train=256, num_test=40):
 
 
 def test_paper_preset_is_the_report_protocol():
-  assert priors_2d.PRESETS["paper"] == priors_2d.Preset(
+  assert priors_2d_train.PRESETS["paper"] == priors_2d_train.Preset(
       dataset="binarized_mnist", epochs=20, batch_size=128, lr=1e-3, iw_samples=1000, seeds=10)
-  assert priors_2d.PRESETS["quick"].dataset == "mnist_test"
-  assert (priors_2d.NUM_COMPONENTS, priors_2d.FLOW_COUPLINGS, priors_2d.FLOW_HIDDEN_UNITS) == (
-      16, 10, 8)
+  assert priors_2d_train.PRESETS["quick"].dataset == "mnist_test"
+  assert (priors_2d_train.NUM_COMPONENTS, priors_2d_train.FLOW_COUPLINGS,
+          priors_2d_train.FLOW_HIDDEN_UNITS) == (16, 10, 8)
 
 
 def test_split_uses_disjoint_labelled_mnist_test_images():
-  train, test, labels = priors_2d.load_split()
+  train, test, labels = priors_2d_train.load_split()
   assert train.shape == (8000, 28, 28, 1) and test.shape == (2000, 28, 28, 1)
   assert labels.shape == (2000,) and set(np.unique(labels)) == set(range(10))
   assert set(np.unique(test)) == {0.0, 1.0} and 0 < train.mean() < 1
@@ -45,17 +47,17 @@ def test_split_uses_disjoint_labelled_mnist_test_images():
 
 def test_static_mnist_data_and_subsets_mix_the_class_grouped_rows(tmp_path):
   root = write_amat_dir(tmp_path)
-  full = priors_2d.load_study_data("binarized_mnist", str(root))
+  full = priors_2d_train.load_study_data("binarized_mnist", str(root))
   assert full.train.shape == (256, 28, 28, 1) and full.test.shape == (40, 28, 28, 1)
   assert full.test_labels is None and full.binary_train
-  sub = priors_2d.load_study_data("binarized_mnist", str(root), train_examples=20, test_examples=10)
+  sub = priors_2d_train.load_study_data("binarized_mnist", str(root), train_examples=20, test_examples=10)
   assert sub.train.shape == (20, 28, 28, 1) and sub.test.shape == (10, 28, 28, 1)
   # A prefix would hold only the first (blank) group; the fixed random subset holds both.
   assert 0 < sub.train[:, 5, 5, 0].sum() < 20 and 0 < sub.test[:, 5, 5, 0].sum() < 10
-  labelled = priors_2d.load_study_data("mnist_test", test_examples=100)
+  labelled = priors_2d_train.load_study_data("mnist_test", test_examples=100)
   assert labelled.test_labels.shape == (100,) and not labelled.binary_train
   with pytest.raises(ValueError, match="--dataset"):
-    priors_2d.load_study_data("cifar10")
+    priors_2d_train.load_study_data("cifar10")
 
 
 def row(prior, seed, elbo, iwae, status="finished"):
@@ -68,7 +70,7 @@ def test_summary_is_mean_and_std_over_finished_seeds_only():
           {"prior": "mog", "seed": 2, "status": "training: epoch 3.0 of 20", "epochs_run": 3.0},
           dict(row("mog", 3, -150.0, -140.0), status="smoke: stopped at epoch 0.10 of 20"),
           {"prior": "flow", "seed": 0, "status": "not started"}]
-  mog, flow = priors_2d.summarize(rows, ["mog", "flow"])
+  mog, flow = priors_2d_train.summarize(rows, ["mog", "flow"])
   assert mog["elbo"] == (-101.0, np.std([-100.0, -102.0], ddof=1))
   assert mog["iwae"] == (-98.5, np.std([-98.0, -99.0], ddof=1))
   assert mog["seeds"] == "2 of 4" and mog["iw_samples"] == "4" and mog["train_s"] == 15.0
@@ -76,7 +78,7 @@ def test_summary_is_mean_and_std_over_finished_seeds_only():
 
 
 def tiny_settings(prior, seed, **kw):
-  return priors_2d.Settings(prior=prior, seed=seed, dataset="binarized_mnist", epochs=1,
+  return priors_2d_train.Settings(prior=prior, seed=seed, dataset="binarized_mnist", epochs=1,
                             batch_size=16, lr=1e-3, iw_samples=3, **kw)
 
 
@@ -84,7 +86,7 @@ def tiny_study():
   rng = np.random.RandomState(0)
   images = (rng.uniform(size=(52, 28, 28, 1)) < 0.3).astype(np.float32)
   labels = np.arange(20) % 10
-  return priors_2d.StudyData(train=images[:32], test=images[32:], test_labels=labels,
+  return priors_2d_train.StudyData(train=images[:32], test=images[32:], test_labels=labels,
                              binary_train=True)
 
 
@@ -93,66 +95,66 @@ def test_finished_runs_are_reused_not_retrained_or_reevaluated(tmp_path, monkeyp
   strategy = tf.distribute.get_strategy()
   loads = []
   data_fn = lambda: loads.append(1) or tiny_study()  # noqa: E731
-  (first,) = priors_2d.run_study(settings, base_logdir=str(tmp_path), data_fn=data_fn,
+  (first,) = priors_2d_train.run_study(settings, base_logdir=str(tmp_path), data_fn=data_fn,
                                  strategy=strategy)
   logdir = tmp_path / "standard-seed0"
   assert first["status"] == "finished" and first["epochs_run"] == 1.0
   assert first["iw_samples_used"] == 3 and first["test_images"] == 20
   assert json.load(open(logdir / "row.json")) == json.loads(json.dumps(first))
   plot = np.load(logdir / "aggregate_posterior.npz")
-  assert plot["z"].shape == (20 * priors_2d.PLOT_SAMPLES_PER_IMAGE, 2)
-  assert plot["labels"].shape == (20 * priors_2d.PLOT_SAMPLES_PER_IMAGE,)
+  assert plot["z"].shape == (20 * priors_2d_train.PLOT_SAMPLES_PER_IMAGE, 2)
+  assert plot["labels"].shape == (20 * priors_2d_train.PLOT_SAMPLES_PER_IMAGE,)
 
   def fail(*args, **kwargs):
     raise AssertionError("a finished, evaluated run was trained or evaluated again")
-  monkeypatch.setattr(priors_2d, "train_and_evaluate", fail)
-  (again,) = priors_2d.run_study(settings, base_logdir=str(tmp_path), data_fn=data_fn,
+  monkeypatch.setattr(priors_2d_train, "train_and_evaluate", fail)
+  (again,) = priors_2d_train.run_study(settings, base_logdir=str(tmp_path), data_fn=data_fn,
                                  strategy=strategy)
   assert again == json.loads(json.dumps(first)) and len(loads) == 1  # no data load either
   # Other settings (here K) do not reuse the stored row: the run is evaluated again.
   with pytest.raises(AssertionError, match="trained or evaluated again"):
-    priors_2d.run_study([priors_2d.Settings(**dict(vars(settings[0]), iw_samples=5))],
+    priors_2d_train.run_study([priors_2d_train.Settings(**dict(vars(settings[0]), iw_samples=5))],
                         base_logdir=str(tmp_path), data_fn=data_fn, strategy=strategy)
   # A run whose training has not finished (status.json says so) is not reused.
   status = json.load(open(logdir / "status.json"))
   json.dump(dict(status, finished=False, epoch=0.5), open(logdir / "status.json", "w"))
-  (report,) = priors_2d.run_study(settings, base_logdir=str(tmp_path), data_fn=data_fn,
+  (report,) = priors_2d_train.run_study(settings, base_logdir=str(tmp_path), data_fn=data_fn,
                                   strategy=strategy, report_only=True)
   assert report["status"] == "training: epoch 0.5 of 1" and "elbo" not in report
 
 
 def test_density_images_are_normalised_densities():
-  edges = np.linspace(-2.0, 2.0, priors_2d.PLOT_GRID + 1)
+  edges = np.linspace(-2.0, 2.0, priors_2d_train.PLOT_GRID + 1)
   centres = 0.5 * (edges[1:] + edges[:-1])
   u, v = np.meshgrid(centres, centres, indexing="ij")
   log_p = -0.5 * (u ** 2 + v ** 2) - np.log(2 * np.pi)
   # 3 samples in one histogram cell, 1 outside the window.
   z = np.array([[0.01, 0.01], [0.02, 0.03], [0.03, 0.02], [5.0, 5.0]], np.float32)
-  prior, posterior = priors_2d.density_images(
+  prior, posterior = priors_2d_train.density_images(
       dict(z=z, edges_x=edges, edges_y=edges, log_prior=log_p))
   np.testing.assert_allclose(prior, np.exp(log_p))
-  cell = (4.0 / priors_2d.HIST_BINS) ** 2
-  assert posterior.shape == (priors_2d.HIST_BINS, priors_2d.HIST_BINS)
-  i = priors_2d.HIST_BINS // 2  # the cell [0, 0.08)^2
+  cell = (4.0 / priors_2d_train.HIST_BINS) ** 2
+  assert posterior.shape == (priors_2d_train.HIST_BINS, priors_2d_train.HIST_BINS)
+  i = priors_2d_train.HIST_BINS // 2  # the cell [0, 0.08)^2
   assert posterior[i, i] == pytest.approx(3 / (4 * cell))
   assert posterior.sum() * cell == pytest.approx(0.75)  # mass inside the window
   # N(0, I) mass in [-2, 2]^2 = erf(2 / sqrt 2)^2.
-  assert prior.sum() * (4.0 / priors_2d.PLOT_GRID) ** 2 == pytest.approx(
+  assert prior.sum() * (4.0 / priors_2d_train.PLOT_GRID) ** 2 == pytest.approx(
       math.erf(2 / math.sqrt(2)) ** 2, abs=1e-3)
 
 
 def test_plot_writer_draws_prior_and_posterior_and_digits_when_labelled(tmp_path):
   rng = np.random.RandomState(0)
   z = rng.standard_normal((500, 2)).astype(np.float32)
-  lo, hi = priors_2d.plot_window(z, 2 * z)
+  lo, hi = priors_2d_train.plot_window(z, 2 * z)
   assert np.all(lo < np.percentile(2 * z, 1, axis=0)) and np.all(hi > np.percentile(2 * z, 99, axis=0))
-  edges = np.linspace(-4, 4, priors_2d.PLOT_GRID + 1)
+  edges = np.linspace(-4, 4, priors_2d_train.PLOT_GRID + 1)
   c = 0.5 * (edges[1:] + edges[:-1])
   log_p = -0.5 * (c[:, None] ** 2 + c[None, :] ** 2)
   plot = dict(z=z, edges_x=edges, edges_y=edges, log_prior=log_p)
-  assert priors_2d.write_aggregate_posterior_png(plot, str(tmp_path / "a.png"), "t") == 2
+  assert priors_2d_train.write_aggregate_posterior_png(plot, str(tmp_path / "a.png"), "t") == 2
   labelled = dict(plot, labels=np.arange(500) % 10)
-  assert priors_2d.write_aggregate_posterior_png(labelled, str(tmp_path / "b.png"), "t") == 3
+  assert priors_2d_train.write_aggregate_posterior_png(labelled, str(tmp_path / "b.png"), "t") == 3
   assert (tmp_path / "a.png").stat().st_size > 5000 and (tmp_path / "b.png").stat().st_size > 5000
 
 
@@ -196,3 +198,64 @@ def test_study_cli_and_report_only_page(tmp_path):
   assert "no labels" in text and "git commit" in text and "Training command" in text
   assert (tmp_path / "report_standard.png").stat().st_size > 5000
   assert not (tmp_path / "report_vampprior.png").exists()
+
+
+def test_page_numbers_are_what_the_kept_per_image_values_give(tmp_path):
+  """Each run keeps its test IWAE / ELBO per image; the page copies them beside it and prints what
+  they give (per run, and mean ± std over seeds); --report_only recomputes from them, and a run
+  without them says so instead of inventing them."""
+  root = write_amat_dir(tmp_path / "data")
+  out, runs = tmp_path / "page.md", tmp_path / "runs"
+  args = ["--preset=paper", f"--data_dir={root}", "--epochs=1", "--batch_size=64",
+          "--iw_samples=4", f"--logdir={runs}", "--seeds=2", "--compare_priors=standard",
+          f"--study_output={out}"]
+  proc = run_cli(args)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+
+  def page_rows():
+    return json.load(open(tmp_path / "page.json"))
+
+  def published(seed):
+    return results.read_per_example(str(tmp_path / "page" / f"standard-seed{seed}.npz"))
+
+  rows = page_rows()
+  for r in rows:
+    values = published(r["seed"])
+    assert values["log_likelihood"].shape == values["elbo"].shape == (40,)
+    assert values["description"]["num_samples"] == 4
+    iwae, sem = results.mean_and_sem(values["log_likelihood"])
+    assert (r["iwae"], r["iwae_sem"]) == (iwae, sem)
+    assert r["elbo"] == results.mean_and_sem(values["elbo"])[0]
+    assert r["per_example"] == f"page/standard-seed{r['seed']}.npz"
+  iwaes = [r["iwae"] for r in rows]
+  summary = f"| {np.mean(iwaes):.2f} ± {np.std(iwaes, ddof=1):.2f} |"
+  text = out.read_text()
+  assert summary in text and "| kept (2 runs) |" in text
+  assert "[page/standard-seed0.npz](page/standard-seed0.npz)" in text
+
+  # One altered value in a run's file: the rebuilt page follows it.
+  path = str(runs / "standard-seed0" / results.PER_EXAMPLE_FILE)
+  values = results.read_per_example(path)
+  ll = values["log_likelihood"].copy()
+  ll[3] -= 400.0
+  results.write_per_example(path, log_likelihood=ll, elbo=values["elbo"], **values["description"])
+  proc = run_cli(args + ["--report_only"])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rebuilt = page_rows()
+  assert rebuilt[0]["iwae"] == results.mean_and_sem(ll)[0]
+  assert rebuilt[0]["iwae"] == pytest.approx(rows[0]["iwae"] - 10.0, abs=1e-3)
+  assert rebuilt[1]["iwae"] == rows[1]["iwae"]
+  iwaes = [r["iwae"] for r in rebuilt]
+  assert f"| {np.mean(iwaes):.2f} ± {np.std(iwaes, ddof=1):.2f} |" in out.read_text()
+  assert summary not in out.read_text()
+
+  # A run evaluated before per-image values were kept: its recorded numbers, marked as such.
+  os.remove(runs / "standard-seed1" / results.PER_EXAMPLE_FILE)
+  os.remove(tmp_path / "page" / "standard-seed1.npz")
+  proc = run_cli(args + ["--report_only"])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  old = page_rows()[1]
+  recorded = json.load(open(runs / "standard-seed1" / "row.json"))
+  assert old["per_example"] is None and old["iwae"] == recorded["iwae"]
+  text = out.read_text()
+  assert "| per-image values not kept |" in text and "| kept for 1 of 2 runs |" in text

@@ -66,7 +66,7 @@ def test_vampprior_hvae_loss_with_adamnormgrad(tmp_path):
 def test_ddpm_loss_with_global_norm_clipping(tmp_path):
   from diffusion_tf import diffusion, layers  # pylint: disable=g-import-not-at-top
   from diffusion_tf import model as diffusion_models  # pylint: disable=g-import-not-at-top
-  from experiments import sample_quality  # pylint: disable=g-import-not-at-top
+  from experiments import sample_quality_train  # pylint: disable=g-import-not-at-top
   # One level (attention in the middle block only), dropout on: every piece of the step, few ops.
   unet = layers.UNetConfig(channels=8, channel_mult=(1,), num_res_blocks=1,
                            attention_resolutions=(), dropout=0.2, num_groups=2)
@@ -86,5 +86,5 @@ def test_ddpm_loss_with_global_norm_clipping(tmp_path):
   # divided by the per-replica batch passed with a norm of 0.5). Active clipping under replicas:
   # test_harness (clip values on 2 replicas) and test_distributed (2 workers).
   _same_on_one_and_two_devices(tmp_path, build=build, loss_fn=loss_fn,
-                               grad_transform=sample_quality.clip_by_global_norm(1e3), data=data,
+                               grad_transform=sample_quality_train.clip_by_global_norm(1e3), data=data,
                                lr=0.5)

@@ -1,4 +1,5 @@
-"""experiments.sample_quality end to end on a tiny preset (offline: FID/KID must say unavailable).
+"""experiments.sample_quality (the library experiments.sample_quality_train) end to end on a tiny
+preset (offline: FID/KID must say unavailable).
 
 One tiny run of the three models (2 steps each, T = 4, 12x12 stand-in images) is shared by the
 module; the tests read what it wrote and the settings `main` resolved from the flags.
@@ -17,7 +18,9 @@ from absl import flags
 from diffusion_tf import layers
 from evaluation import protocol
 from experiments import harness
-from experiments import sample_quality as sq
+from experiments import results
+from experiments import sample_quality as script
+from experiments import sample_quality_train as sq
 from tests import scripts
 
 RUN = sq.run  # the real one; tests wrap it to see the settings `main` passes
@@ -56,9 +59,9 @@ def _main(monkeypatch, tmp_path, *args):
   seen = {}
   monkeypatch.setattr(sq, "run", lambda settings, **kw: seen.setdefault("rows", RUN(
       seen.setdefault("settings", settings), **kw)))
-  with scripts.defined_flags(sq.define_flags) as fv:  # the script's flags, in this process
+  with scripts.defined_flags(script.define_flags) as fv:  # the script's flags, in this process
     fv(["sample_quality", f"--logdir={tmp_path / 'runs'}"] + list(args))
-    assert sq.main([]) == 0
+    assert script.main([]) == 0
   return seen["settings"]
 
 
@@ -136,6 +139,60 @@ def test_main_resolves_every_flag_once_into_the_settings(tiny_run):
       "ddpm": (os.path.join(runs, "ddpm"), 8, 2)}
 
 
+def kept_bits(path):
+  """(bits/dim, its standard error, description) of a per-image file, computed here."""
+  values = results.read_per_example(str(path))
+  d = values["description"]
+  nll = -values["log_likelihood"].astype(np.float64)
+  scale = d["num_dims"] * np.log(2.0)
+  return nll.mean() / scale + d["offset_bits"], nll.std(ddof=1) / np.sqrt(len(nll)) / scale, d
+
+
+@pytest.mark.slow
+def test_page_bits_per_dim_are_what_the_kept_per_image_values_give(tiny_run):
+  rows, page, tmp_path = tiny_run["rows"], tiny_run["page"], tiny_run["tmp_path"]
+  folder = tmp_path / "runs" / "results" / "sample_quality"
+  for row in rows:
+    want, se, description = kept_bits(folder / f"{row['model']}.npz")
+    assert row["per_example"] == f"sample_quality/{row['model']}.npz"
+    assert row["bits_per_dim"] == pytest.approx(want, rel=1e-12)
+    assert row["bits_per_dim_se"] == pytest.approx(se, rel=1e-9)
+    assert f"| {row['model']} | {row['sampler']} | {want:.3f} | {se:.3f} |" in page
+    assert description["unit"] == "nats" and description["num_dims"] == SIDE * SIDE
+    assert description["offset_bits"] == (0.0 if row["model"] == "ddpm" else 8.0)
+    assert row["eval_images"] == (3 if row["model"] == "ddpm" else NUM_EVAL)
+  assert results.read_per_example(str(folder / "vae.npz"))["elbo"].shape == (NUM_EVAL,)
+  unclipped, _, description = kept_bits(folder / "ddpm_unclipped.npz")
+  assert "not clipped" in description["what"]
+  assert rows[2]["bits_per_dim_unclipped"] == pytest.approx(unclipped, rel=1e-12)
+  assert "[sample_quality/vae.npz](sample_quality/vae.npz)" in page
+
+
+@pytest.mark.slow
+def test_rerun_page_follows_an_altered_per_image_value_without_evaluating_again(tiny_run,
+                                                                                monkeypatch):
+  """The same command again finds the VAE finished and its values kept (same step, images, K):
+  it evaluates nothing and the page prints what the (here altered) values give."""
+  tmp_path = tiny_run["tmp_path"]
+  path = str(tmp_path / "runs" / "vae" / results.PER_EXAMPLE_FILE)
+  before = [r for r in tiny_run["rows"] if r["model"] == "vae"][0]["bits_per_dim"]
+  values = results.read_per_example(path)
+  ll = values["log_likelihood"].copy()
+  ll[0] -= 1000.0
+  results.write_per_example(path, log_likelihood=ll, elbo=values["elbo"], **values["description"])
+
+  def evaluate(*args, **kwargs):
+    raise AssertionError("a finished model with kept values was evaluated again")
+  monkeypatch.setattr(sq.likelihood, "evaluate_log_likelihood", evaluate)
+  _main(monkeypatch, tmp_path, "--models=vae", *ARGS)
+  (row,) = json.loads((tmp_path / "runs" / "results.json").read_text())
+  want = kept_bits(tmp_path / "runs" / "results" / "sample_quality" / "vae.npz")[0]
+  assert row["bits_per_dim"] == pytest.approx(want, rel=1e-12)
+  assert want == pytest.approx(before + 1000.0 / (NUM_EVAL * SIDE * SIDE * np.log(2.0)), rel=1e-5)
+  page = (tmp_path / "runs" / "results" / "sample_quality.md").read_text()
+  assert f"| vae | vae | {want:.3f} |" in page and f"| vae | vae | {before:.3f} |" not in page
+
+
 @pytest.mark.slow
 def test_rerun_does_not_retrain_a_finished_model_and_resumes_a_longer_one(tiny_run, monkeypatch):
   """The same command again: the flow restores step 2 and trains nothing; --max_steps=3 resumes."""
@@ -161,7 +218,7 @@ def test_unknown_model_is_a_clear_error(tmp_path, monkeypatch):
 def test_cpu_preset_is_selectable_and_bounds_all_held_out_images(tmp_path, monkeypatch):
   """Issue 12 run 4: --preset=cpu (not in the shared enum), offline data, VLB over all 1,000
   held-out images with all T = 1000 terms."""
-  with scripts.defined_flags(sq.define_flags) as fv:
+  with scripts.defined_flags(script.define_flags) as fv:
     fv(["sample_quality", "--preset=cpu"])
     assert fv.preset == "cpu"
   with pytest.raises(flags.IllegalFlagValueError):  # other scripts keep rejecting it

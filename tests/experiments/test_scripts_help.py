@@ -13,7 +13,9 @@ from tests import scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED_MODULES = {"__init__", "data", "ddim_flags", "flags", "harness", "images", "nvae_flags",
-                  "nvae_train", "results", "vampprior_flags", "vampprior_train"}
+                  "nvae_train", "priors_2d_flags", "priors_2d_train", "results",
+                  "sample_quality_flags", "sample_quality_train", "vampprior_flags",
+                  "vampprior_train"}
 SCRIPTS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
                  if os.path.basename(p)[:-3] not in SHARED_MODULES)
 
