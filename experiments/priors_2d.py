@@ -100,7 +100,7 @@ class Preset:
 
 
 PRESETS = {
-    # The report's protocol (issue 12): full static MNIST, 20 epochs, batch 128, lr 1e-3, 10 seeds,
+    # The report's protocol: full static MNIST, 20 epochs, batch 128, lr 1e-3, 10 seeds,
     # IWAE with K = 1000.
     "paper": Preset(dataset="binarized_mnist", epochs=20, batch_size=128, lr=1e-3, iw_samples=1000,
                     seeds=10),
