@@ -1,4 +1,4 @@
-"""Issue 13: inputs (recursive folders, .zip, webp/bmp/tiff, generator functions, tf.data), the
+"""Inputs (recursive folders, .zip, webp/bmp/tiff, generator functions, tf.data), the
 protocol record, subsample intervals, the clean resize, named references, device/precision flags.
 
 Tiny inputs and a 1/32-width Inception graph keep every test at seconds."""

@@ -241,7 +241,7 @@ def test_checkpoint_holds_listed_layers_and_rejects_other_models(one_epoch_run):
     other.restore()
 
 
-# --------------------------------------------------------------------------- issue 9: at scale
+# --------------------------------------------------------------------------- at scale
 
 
 def _sgd_trainer(logdir, *, strategy=None, loss_fn, grad_transform=None, batch_size=16, lr=1.0,

@@ -56,7 +56,7 @@ def _record(**changes):
 
 
 def test_metric_values_carry_their_protocol_and_the_table_prints_it(tmp_path):
-  """Issue 13: a protocol record next to every metric value, printed with the table; values of
+  """A protocol record next to every metric value, printed with the table; values of
   one column made under different protocols are refused, bare metric numbers detected."""
   import pytest  # pylint: disable=import-outside-toplevel
   from evaluation import protocol  # pylint: disable=import-outside-toplevel

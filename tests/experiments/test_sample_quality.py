@@ -216,7 +216,7 @@ def test_unknown_model_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_cpu_preset_is_selectable_and_bounds_all_held_out_images(tmp_path, monkeypatch):
-  """Issue 12 run 4: --preset=cpu (not in the shared enum), offline data, VLB over all 1,000
+  """--preset=cpu (not in the shared enum), offline data, VLB over all 1,000
   held-out images with all T = 1000 terms."""
   with scripts.defined_flags(script.define_flags) as fv:
     fv(["sample_quality", "--preset=cpu"])

@@ -1,4 +1,4 @@
-"""Our DDPM / DDIM maths against diffusers' `DDPMScheduler` and `DDIMScheduler` (issue 10).
+"""Our DDPM / DDIM maths against diffusers' `DDPMScheduler` and `DDIMScheduler`.
 
 Same model output (random arrays, no network), same x_t, same noise (handed to diffusers as
 `variance_noise`, or drawn from the torch generator we give it and re-drawn here): our predicted x0,
@@ -24,7 +24,7 @@ pytestmark = requires("torch", "diffusers")
 torch = lazy("torch")
 diffusers = lazy("diffusers")
 
-TOLERANCE = 1e-6  # issue 10
+TOLERANCE = 1e-6
 T = 1000
 SHAPE = (3, 4, 4, 2)  # NHWC for us; diffusers is layout-agnostic (elementwise maths)
 TIMESTEPS = (0, 1, 2, 17, 500, 998, 999)

@@ -13,7 +13,7 @@ from tests.reference import requires
 
 pytestmark = requires("torch", "torchvision", "pytorch_fid", "torch_fidelity")
 
-TOLERANCE = 1e-4  # issue 10: max |ours - theirs| / max |theirs|
+TOLERANCE = 1e-4  # max |ours - theirs| / max |theirs|
 
 
 @pytest.fixture(scope="module")
