@@ -63,7 +63,7 @@ class Preset:
 
 
 PRESETS = {
-    # The report's protocol (issue 12): full static MNIST, 20 epochs, batch 128, lr 1e-3, 10 seeds,
+    # The report's protocol: full static MNIST, 20 epochs, batch 128, lr 1e-3, 10 seeds,
     # IWAE with K = 1000.
     "paper": Preset(dataset="binarized_mnist", epochs=20, batch_size=128, lr=1e-3, iw_samples=1000,
                     seeds=10),
@@ -490,7 +490,7 @@ def write_page(rows, *, output: str, command: str, train_command: str | None,
       "from those arrays (a run evaluated before they were kept shows its recorded numbers and "
       "says 'per-image values not kept').",
       data_note,
-      "Differences from the report's protocol (issue 12, run 2): "
+      "Differences from the report's protocol: "
       + ("none in data, epochs, batch, learning rate, seeds, priors or K. "
          if s0.dataset == "binarized_mnist" and not (s0.train_examples or s0.test_examples)
          else "**the data differ** (see Data). ")
