@@ -25,7 +25,7 @@ FLAGS = flags.FLAGS
 def define_run_flags():
   """Flags of one NVAE run (experiments.nvae_mnist; the tables reuse them for every row)."""
   common.allow_presets(nvae_train.PRESETS, note="NVAE: 'cpu' is 16 epochs on the full static binarized "
-                 "MNIST, 2.5-3.3 h of training on a 2-core CPU (README).")
+                 "MNIST, 4-5 h of training on a 2-core CPU (results/nvae_cpu.md, Train time).")
   flags.DEFINE_enum("spectral", Spectral.SR.value, [m.value for m in Spectral],
                     "sr: spectral regularisation lambda * sum of top singular values (official); "
                     "sn: spectral normalisation of every conv; none: neither (L_BN is kept).")

@@ -1,7 +1,7 @@
 """Train NVAE on binary MNIST and estimate its test NLL (Vahdat & Kautz 2020; NVlabs/NVAE MNIST setup).
 
   python -m experiments.nvae_mnist --spectral=sr --kl_warmup=step --preset=quick
-  python -m experiments.nvae_mnist --preset=cpu --logdir=../runs/nvae_cpu/step_sr   # 2.5-3.3 h (README)
+  python -m experiments.nvae_mnist --preset=cpu --logdir=../runs/nvae_cpu/step_sr   # 4-5 h (results/nvae_cpu.md)
   python -m experiments.nvae_mnist --preset=paper --strategy=mirrored   # the official run
 
 Data (`--dataset`): `mnist` = grey MNIST with dynamic binarization (a fresh Bernoulli draw of every

@@ -68,8 +68,8 @@ PRESETS = {
                                      num_preprocess_cells=1, num_postprocess_cells=1),
                     batch_size=100, epochs=10, warmup_epochs=1, train_examples=4_000,
                     test_examples=500, num_iw_samples=50, iw_chunk=50, eval_batch_size=50),
-    # Meant as about two hours of training (measured since, alone on 2 cores: 2.5 h on AMD EPYC,
-    # 3.3 h on an Intel Xeon; README), full 50k static binarized MNIST: 16
+    # Meant as about two hours of training (measured since: 4.1 and 5.3 h per row on a 2-core
+    # Xeon, results/nvae_cpu.md), full 50k static binarized MNIST: 16
     # channels, groups [4, 2], 1 cell per group, 16 epochs of 500 steps; chosen from the
     # measured cost per step of candidate configs (docs/nvae.md, "The cpu preset").
     # K = 1000 on all 10k test images at the end (official evaluate.py); validation NLL (K = 10) on
