@@ -329,6 +329,8 @@ def write_plot(rows: list[dict], pairs: list[dict], path: str) -> None:
       shown = True
     if value == "difference" and shown:
       ax.axvline(0.0, color="grey", lw=0.8)
+    if not shown:  # no number: no axis to read one from
+      ax.set_xticks([])
     ax.set_title(title, fontsize=9)
     ax.set_ylim(-0.8, len(names) - 0.2)
   fig.suptitle("Static MNIST test set: per-image values of the results pages", fontsize=10)
