@@ -39,6 +39,8 @@ PAPER_NLL = {("static_mnist", "vae", "standard"): 88.56,
              ("static_mnist", "vae", "vampprior"): 85.57,
              ("static_mnist", "hvae_2level", "standard"): 86.05,
              ("static_mnist", "hvae_2level", "vampprior"): 83.19}
+# No Frey Faces entry: the paper's Frey numbers were not found verbatim in a source that can be
+# cited here (docs/vampprior.md, "Frey Faces at the paper protocol").
 EVALUATED_PART_WAY = "evaluated before training finished (--max_steps)"
 FINISHED_ELSEWHERE = "finished; run folder not on this machine"
 COLUMNS = [("dataset", "data set"), ("model", "model"), ("prior", "prior"),
