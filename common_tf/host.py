@@ -121,3 +121,10 @@ class _MutedLoader:
 
   def __getattr__(self, name):  # get_resource_reader, is_package, ... of the wrapped loader
     return getattr(self._loader, name)
+
+
+def peak_rss_gib() -> float:
+  """This process's peak resident memory so far, GiB (Linux `ru_maxrss`, KiB): what a results row
+  records of the memory its command needed (training and evaluation in one process)."""
+  import resource  # pylint: disable=g-import-not-at-top  (POSIX only)
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -52,7 +52,7 @@ COLUMNS = [("row", "Warm-up + spectral"), ("nll", "NLL (nats)"),
            ("neg_elbo", "-ELBO (nats)"), ("fid", "FID"),
            ("precision", "Precision"), ("recall", "Recall"), ("train_minutes", "Train time (min)"),
            ("steps", "Steps"), ("epochs_reached", "Epochs reached"),
-           ("per_example", "per-image values")]
+           ("peak_rss_gib", "Peak RSS (GiB)"), ("per_example", "per-image values")]
 
 
 # The paired comparisons of the ablation: (row a, row b, what a - b measures).
@@ -115,7 +115,9 @@ def table_notes(rows: list[dict], preset: str, missing: list[str], page: str) ->
       "network weights are not on this machine; pass --inception_path / --vgg16_path (or set "
       "GENMODELS_INCEPTION_PATH / GENMODELS_VGG16_PATH, or --download_weights with a network).",
       "- Train time: wall-clock of training only, summed over resumed invocations (this machine's "
-      "CPU/GPU, shared with other jobs when run here).",
+      "CPU/GPU, shared with other jobs when run here). Peak RSS: the resident memory peak of the "
+      "process that wrote the row (training and evaluation, `ru_maxrss`); n/a for rows written "
+      "before it was recorded.",
       "- Host(s) that trained or evaluated the rows: "
       f"{'; '.join(results.row_cpus(rows)) or 'unknown'} "
       "(per row in `<row logdir>/table1_row.json`: `cpus`, and `eval_hosts`, the test-NLL "

@@ -517,6 +517,7 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
       "code_commits": status.get("code_commits", []),
       "parameters": model.count_params(), "precision_policy": keras.mixed_precision.global_policy().name,
       "seed": config.seed, "logdir": config.logdir, **nll, "validation": trained.validation,
+      "peak_rss_gib": host.peak_rss_gib(),  # this invocation's process, evaluation included
       "settings": jsonable(hparams(s)),
   }
   results.write_json(os.path.join(config.logdir, "results.json"), jsonable(row))

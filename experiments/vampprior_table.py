@@ -51,6 +51,7 @@ COLUMNS = [("dataset", "data set"), ("model", "model"), ("prior", "prior"),
            ("paper_nll", "paper NLL"), ("adam_epsilon", "Adam ε"),
            ("best_val_negative_elbo", "best val -ELBO"),
            ("train_seconds_total", "train s"), ("eval_time_s", "eval s"),
+           ("peak_rss_gib", "peak RSS GiB"),
            ("per_example_cell", "per-image values"), ("status", "status")]
 
 

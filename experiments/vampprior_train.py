@@ -284,6 +284,7 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
              test_negative_elbo=summary.negative_elbo, test_examples=summary.num_examples,
              importance_samples=counted.importance_samples,
              eval_time_s=eval_time, seed=config.seed, adam_epsilon=epsilon,
+             peak_rss_gib=host.peak_rss_gib(),  # this invocation's process
              train_seconds_total=float(trainer.train_seconds.numpy()),
              cpus=host.merge_in_order(results.status_cpus(results.read_status(config.logdir)),
                                       summary.hosts),  # trained on, then evaluated on

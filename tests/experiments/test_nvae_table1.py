@@ -91,11 +91,11 @@ def test_report_only_reads_the_rows_folders_and_trains_nothing(tmp_path):
   assert [r.get("nll") for r in rows] == [None, None, 84.25, None]
   text = page.read_text()
   # Training minutes: the harness clock (900 s) without the two validation passes (2 x 20 s).
-  assert ("| Step + SR | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a | 14.33 | 1500 | 3.00 | n/a | "
+  assert ("| Step + SR | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a | 14.33 | 1500 | 3.00 | n/a | n/a | "
           "training: epoch 3.00 of 16 |") in text
   # One pass: no "± 0.00 over passes"; no per-image values beside the page: its recorded numbers.
   assert "| Step + SN | 84.25 | 0.31 | one pass | 0.1550 | 87.50 |" in text
-  assert "| 16.00 | not kept | evaluated |" in text
+  assert "| 16.00 | n/a | not kept | evaluated |" in text  # no peak RSS recorded in this row
   assert "| 3 | 1500 | 15.00 | 91.95 | 96.20 |" in text  # the validation curve so far
   assert "training ran at commit(s) abc1234, def5678" in text
   assert "without --report_only resumes it" in text
