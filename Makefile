@@ -1,6 +1,7 @@
 # make demo  — the suite's main job: NVAE quick preset on MNIST (a few minutes on a CPU)
-# make test  — the test suite, reference tier and slow end-to-end tests included (what CI runs)
+# make test  — lint, then the test suite, reference tier and slow end-to-end tests included (what CI runs)
 # make test-fast — the test suite without the tests marked slow
+# make lint  — ruff: lint rules and formatting (ruff.toml); `make test` runs it first
 # make bench — performance figures (ratios measured in one run)
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +10,7 @@ SHARED_DATA := $(abspath ../shared/data)
 export GENMODELS_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo lint test test-fast bench install clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +34,12 @@ TEST_WORKERS ?= 2
 TEST_ARGS ?= tests
 PYTEST := $(PY) -m pytest $(TEST_ARGS) -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
-test: $(VENV)/.reference
+# ruff (ruff.toml): fix with `ruff check --fix .` and `ruff format .`.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint $(VENV)/.reference
 	$(PYTEST) --durations=30
 
 test-fast: $(VENV)/.reference

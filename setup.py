@@ -28,7 +28,9 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist"],
+        # ruff: `make lint` (run first by `make test`); pinned to a minor release so that its
+        # formatter style and rule set do not change under the tree.
+        "test": ["pytest", "pytest-xdist", "ruff>=0.17.6,<0.18"],
         # The reference tier of the tests: the field's own packages, run side by side with ours
         # (imported, never copied). torchvision must match torch; on CPU both work from the
         # standard wheels.

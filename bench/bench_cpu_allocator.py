@@ -41,11 +41,11 @@ def timed(fn, x, repeats: int) -> dict:
 
 def child(args) -> None:
   """One allocator (the environment says which): the measurements as one JSON line."""
-  import keras  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from experiments import nvae_train, vampprior_train  # pylint: disable=g-import-not-at-top
-  from nvae_tf import NVAE  # pylint: disable=g-import-not-at-top
+  import keras
+  import numpy as np
+  import tensorflow as tf
+  from experiments import nvae_train, vampprior_train
+  from nvae_tf import NVAE
   keras.utils.set_random_seed(0)
   binary = lambda n: tf.constant((np.random.default_rng(0).random((n, 28, 28, 1)) < 0.2)
                                  .astype(np.float32))
@@ -85,7 +85,7 @@ def main():
   if args.child:
     child(args)
     return
-  from common_tf import host  # pylint: disable=g-import-not-at-top
+  from common_tf import host
   print(f"host: {host.cpu_model()}; load average {os.getloadavg()[0]:.1f}; NVAE {args.preset}: "
         f"{args.images} images x K = {args.samples} per call; VampPrior VAE (paper sizes, "
         "500 pseudo-inputs): a training step on 100 images", flush=True)
@@ -101,7 +101,7 @@ def main():
       print(f"{name:6s} {label}: {m['seconds']:.3f} s/call, kernel CPU {m['sys_seconds']:.3f} s/call, "
             f"{m['minor_faults']:,.0f} minor faults/call", flush=True)
     print(f"{name:6s} peak resident memory {r['max_rss_gib']:.2f} GiB", flush=True)
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
   a, b = np.array(runs["false"]["nvae_out"]), np.array(runs["true"]["nvae_out"])
   print(f"malloc / BFC time: NVAE log_weights {runs['false']['nvae']['seconds'] / runs['true']['nvae']['seconds']:.2f}, "
         f"VAE train step {runs['false']['vae_step']['seconds'] / runs['true']['vae_step']['seconds']:.2f}; "

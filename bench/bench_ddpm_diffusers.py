@@ -34,17 +34,17 @@ DIFFUSERS_CIFAR10 = dict(
 
 
 def images(batch: int):
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
   return np.random.RandomState(0).randint(0, 256, (batch, 32, 32, 3)).astype(np.float32) / 255.0
 
 
 def ours_train(batch: int, precision: str):
-  import tempfile  # pylint: disable=g-import-not-at-top
-  import keras  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from diffusion_tf import diffusion, layers, model as models, optim  # pylint: disable=g-import-not-at-top
-  from experiments import harness  # pylint: disable=g-import-not-at-top
-  from experiments.sample_quality_train import clip_by_global_norm  # pylint: disable=g-import-not-at-top
+  import tempfile
+  import keras
+  import tensorflow as tf
+  from diffusion_tf import diffusion, layers, model as models, optim
+  from experiments import harness
+  from experiments.sample_quality_train import clip_by_global_norm
   keras.mixed_precision.set_global_policy(precision)
   ddpm = models.DDPM(image_shape=(32, 32, 3), unet=layers.UNetConfig(),
                      diffusion=diffusion.GaussianDiffusion.linear(), seed=0)
@@ -58,12 +58,12 @@ def ours_train(batch: int, precision: str):
       train_data=tf.data.Dataset.from_tensor_slices(x), grad_transform=clip_by_global_norm(CLIP))
   print(f"    ours: {ddpm.unet.count_params():,} U-Net parameters", flush=True)
   x = tf.constant(x)
-  return lambda: trainer._train_step(x)["loss"].numpy()  # pylint: disable=protected-access
+  return lambda: trainer._train_step(x)["loss"].numpy()
 
 
 def ours_sample(batch: int):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from diffusion_tf import diffusion, layers, model as models  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from diffusion_tf import diffusion, layers, model as models
   ddpm = models.DDPM(image_shape=(32, 32, 3), unet=layers.UNetConfig(),
                      diffusion=diffusion.GaussianDiffusion.linear(), seed=0)
   gd = ddpm.diffusion
@@ -72,15 +72,15 @@ def ours_sample(batch: int):
 
   @tf.function
   def step(x_t, t):  # DDPM Algorithm 2, one step (the noise drawn here, as diffusers' step does)
-    return gd.p_sample(ddpm._eps_fn, x_t, t, tf.random.normal(tf.shape(x_t)))  # pylint: disable=protected-access
+    return gd.p_sample(ddpm._eps_fn, x_t, t, tf.random.normal(tf.shape(x_t)))
   return lambda: step(x, t).numpy()
 
 
 def diffusers_train(batch: int, threads: int, precision: str):
-  import copy  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
-  import diffusers  # pylint: disable=g-import-not-at-top
-  from diffusers.training_utils import EMAModel  # pylint: disable=g-import-not-at-top
+  import copy
+  import torch
+  import diffusers
+  from diffusers.training_utils import EMAModel
   torch.set_num_threads(threads)
   torch.manual_seed(0)
   unet = diffusers.UNet2DModel(**DIFFUSERS_CIFAR10)
@@ -110,8 +110,8 @@ def diffusers_train(batch: int, threads: int, precision: str):
 
 
 def diffusers_sample(batch: int, threads: int):
-  import torch  # pylint: disable=g-import-not-at-top
-  import diffusers  # pylint: disable=g-import-not-at-top
+  import torch
+  import diffusers
   torch.set_num_threads(threads)
   torch.manual_seed(0)
   unet = diffusers.UNet2DModel(**DIFFUSERS_CIFAR10).eval()

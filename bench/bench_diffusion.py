@@ -21,14 +21,14 @@ import time
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+import keras
+import numpy as np
+import tensorflow as tf
 
-from diffusion_tf import diffusion  # pylint: disable=g-import-not-at-top,wrong-import-position
-from diffusion_tf import layers  # pylint: disable=g-import-not-at-top,wrong-import-position
-from diffusion_tf import model as models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
+from diffusion_tf import diffusion
+from diffusion_tf import layers
+from diffusion_tf import model as models
+from experiments import harness
 
 
 def timed(fn, repeats: int = 1, warmup=None) -> float:
@@ -77,8 +77,8 @@ def main():
   for name, jit in (("Python loop of XLA steps", True), ("Python loop of graph steps", False)):
     step = tf.function(lambda x, i, s: gd.ancestral_step(ddpm._eps_fn, x, i, s), jit_compile=jit)
     x_T = gd.initial_noise(shape, seed)
-    results[f"ancestral, {name}"] = timed(lambda: gd.p_sample_loop_stepwise(step, x_T, seed=seed),
-                                          warmup=lambda: step(x_T, tf.constant(0), seed))
+    results[f"ancestral, {name}"] = timed(lambda step=step, x_T=x_T: gd.p_sample_loop_stepwise(step, x_T, seed=seed),
+                                          warmup=lambda step=step, x_T=x_T: step(x_T, tf.constant(0), seed))
   ddim = timed(lambda: ddpm.sample_ddim(args.batch, seed=0, num_steps=50), repeats=2)
   results["DDIM 50 steps, compiled (XLA)"] = ddim
 

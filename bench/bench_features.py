@@ -16,11 +16,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # pylint: disable=wrong-import-position
+import numpy as np
 
-from evaluation import features  # pylint: disable=wrong-import-position
-from evaluation import inception  # pylint: disable=wrong-import-position
-from evaluation import vgg  # pylint: disable=wrong-import-position
+from evaluation import features
+from evaluation import inception
+from evaluation import vgg
 
 
 def images_per_second(network, images, batch_size, jit_compile):

@@ -25,15 +25,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # pylint: disable=wrong-import-position
-from PIL import Image  # pylint: disable=wrong-import-position
+import numpy as np
+from PIL import Image
 
-from evaluation import cli  # pylint: disable=wrong-import-position
+from evaluation import cli
 
 cli.import_tensorflow_quietly()
-from evaluation import fid  # pylint: disable=wrong-import-position,g-import-not-at-top
-from evaluation import networks  # pylint: disable=wrong-import-position,g-import-not-at-top
-from tests.reference import comparisons  # pylint: disable=wrong-import-position,g-import-not-at-top  # hides Triton, imports torch
+from evaluation import fid
+from evaluation import networks
+from tests.reference import comparisons  # hides Triton, imports torch
 
 
 def write_folder(path: pathlib.Path, count: int, size: int, seed: int) -> None:
@@ -53,7 +53,7 @@ def ours(a, b, pth, batch_size, workers) -> float:
 
 
 def pytorch_fid(a, b, pth, batch_size, workers) -> float:
-  from pytorch_fid import fid_score  # pylint: disable=import-outside-toplevel
+  from pytorch_fid import fid_score
   start = time.perf_counter()
   with comparisons.pytorch_fid_with_weights(pth):
     value = fid_score.calculate_fid_given_paths([str(a), str(b)], batch_size, "cpu", 2048,
@@ -71,7 +71,7 @@ def main():
                       help="decoding threads (ours) / DataLoader workers (pytorch-fid)")
   parser.add_argument("--repeats", type=int, default=2)
   args = parser.parse_args()
-  import torch  # pylint: disable=import-outside-toplevel
+  import torch
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
     os.environ[networks.CACHE_DIR_ENV] = str(tmp / "cache")

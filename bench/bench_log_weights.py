@@ -26,14 +26,14 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # pylint: disable=wrong-import-position
-import tensorflow as tf  # pylint: disable=wrong-import-position
+import numpy as np
+import tensorflow as tf
 
-from common_tf import host  # pylint: disable=wrong-import-position
-from experiments import nvae_train  # pylint: disable=wrong-import-position
-from experiments import vampprior_train  # pylint: disable=wrong-import-position
-from nvae_tf import NVAE  # pylint: disable=wrong-import-position
-from vampprior_tf import model as vampprior_models  # pylint: disable=wrong-import-position
+from common_tf import host
+from experiments import nvae_train
+from experiments import vampprior_train
+from nvae_tf import NVAE
+from vampprior_tf import model as vampprior_models
 
 
 def seconds_per_call(fn, x, repeats: int) -> float:

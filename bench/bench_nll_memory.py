@@ -25,10 +25,10 @@ def peak_gib() -> float:
 
 
 def one_chunk(preset: str, images: int, chunk: int) -> None:
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from experiments import nvae_train  # pylint: disable=g-import-not-at-top
-  from nvae_tf import NVAE  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  import tensorflow as tf
+  from experiments import nvae_train
+  from nvae_tf import NVAE
   model = NVAE(nvae_train.PRESETS[preset].model, seed=0)
   x = tf.constant((np.random.default_rng(0).random((images, 28, 28, 1)) < 0.2).astype(np.float32))
   model(x[:2])
@@ -50,7 +50,7 @@ def main():
   if args.one is not None:
     one_chunk(args.preset, args.images, args.one)
     return
-  from common_tf import host  # pylint: disable=g-import-not-at-top
+  from common_tf import host
   print(f"host: {host.cpu_model()}", flush=True)
   for chunk in (int(c) for c in args.chunks.split(",")):
     subprocess.run([sys.executable, __file__, f"--preset={args.preset}", f"--images={args.images}",

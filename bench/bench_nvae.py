@@ -22,14 +22,14 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
-import tensorflow as tf  # pylint: disable=wrong-import-position
+import keras
+import numpy as np
+import tensorflow as tf
 
-from experiments import data  # pylint: disable=wrong-import-position
-from experiments import harness  # pylint: disable=wrong-import-position
-from experiments import nvae_train  # pylint: disable=wrong-import-position
-from nvae_tf import NVAE  # pylint: disable=wrong-import-position
+from experiments import data
+from experiments import harness
+from experiments import nvae_train
+from nvae_tf import NVAE
 
 IMAGE_SHAPE = data.image_shape("binarized_mnist")
 

@@ -17,9 +17,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # pylint: disable=wrong-import-position
+import numpy as np
 
-from evaluation import precision_recall  # pylint: disable=wrong-import-position
+from evaluation import precision_recall
 
 
 def numpy_floor(real, fake, k):

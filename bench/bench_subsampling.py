@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from evaluation import fid  # pylint: disable=wrong-import-position
-from evaluation import kid  # pylint: disable=wrong-import-position
+from evaluation import fid
+from evaluation import kid
 
 
 def cpu_model() -> str:
@@ -64,7 +64,7 @@ def main() -> None:
   index = lambda: draws.choice(args.n, b, replace=False)
   xd, yd = x.astype(np.float64), y.astype(np.float64)  # as fid.subsample_interval holds them
   mu2, sigma2 = fid.feature_statistics(yd)
-  factor2 = fid._factor(sigma2)  # pylint: disable=protected-access
+  factor2 = fid._factor(sigma2)
   cases = (
       ("FID, both sets subsampled", lambda: fid.replicate_distance(
           *fid.feature_statistics(xd[index()]), *fid.feature_statistics(yd[index()]))),

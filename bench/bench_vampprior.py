@@ -29,7 +29,7 @@ OFFICIAL_MODULES = {"vae": "VAE", "hvae_2level": "HVAE_2level"}
 
 
 def batch():
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
   return (np.random.RandomState(0).rand(BATCH, 28, 28) > 0.8).astype(np.float32)
 
 
@@ -38,11 +38,11 @@ def ours(model_name: str, threads: int):
   trains (the harness's compiled step with the loss and AdamNormGrad of vampprior_train)."""
   del threads  # TensorFlow's: set by peer.pin through the environment
   images = batch()
-  import tempfile  # pylint: disable=g-import-not-at-top
-  import keras  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from experiments import harness, vampprior_train  # pylint: disable=g-import-not-at-top
-  from vampprior_tf import optim  # pylint: disable=g-import-not-at-top
+  import tempfile
+  import keras
+  import tensorflow as tf
+  from experiments import harness, vampprior_train
+  from vampprior_tf import optim
   settings = vampprior_train.RunSettings(
       model=model_name, prior="vampprior", dataset="static_mnist", likelihood="bernoulli",
       num_components=COMPONENTS, learn_prior_weights=False, warmup=100, lr=5e-4,
@@ -60,16 +60,16 @@ def ours(model_name: str, threads: int):
       loss_fn=vampprior_train.make_loss_fn(settings.warmup),
       train_data=tf.data.Dataset.from_tensor_slices(images[:BATCH]),
       grad_transform=optim.normalize_gradients)
-  return lambda: trainer._train_step(x)["loss"].numpy()  # pylint: disable=protected-access
+  return lambda: trainer._train_step(x)["loss"].numpy()
 
 
 def official(model_name: str, threads: int, path: str):
   """One step of the official code from a checkout at `path`: its model and AdamNormGrad."""
   images = batch()
-  import importlib  # pylint: disable=g-import-not-at-top
-  import scipy.special  # pylint: disable=g-import-not-at-top
-  import scipy.misc  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
+  import importlib
+  import scipy.special
+  import scipy.misc
+  import torch
   # The official code imports scipy.misc.logsumexp (moved to scipy.special in SciPy 1.0) and
   # matplotlib plots it does not call while training; both are shimmed here, at run time.
   scipy.misc.logsumexp = scipy.special.logsumexp

@@ -19,10 +19,10 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
+import tensorflow  # noqa: F401  # TensorFlow loaded before torch (tests.reference.comparisons)
 
-from common_tf import host  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tests.reference import comparisons  # pylint: disable=g-import-not-at-top,wrong-import-position
+from common_tf import host
+from tests.reference import comparisons
 
 
 def main() -> int:

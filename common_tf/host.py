@@ -20,7 +20,7 @@ def cpu_model() -> str:
     with open("/proc/cpuinfo") as f:
       info = f.read()
   except OSError:
-    import platform  # pylint: disable=g-import-not-at-top
+    import platform
     return platform.processor() or "unknown"
   name = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")),
               "unknown")
@@ -67,7 +67,7 @@ def mute_tensorflow_start_up() -> None:
   process that TensorFlow aborts while importing (e.g. a CPU without AVX) dies with it unseen. No-op
   when TensorFlow is already imported.
   """
-  import sys  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import sys
   if "tensorflow" in sys.modules or any(isinstance(f, _MutedTensorFlowFinder) for f in sys.meta_path):
     return
   sys.meta_path.insert(0, _MutedTensorFlowFinder())
@@ -77,11 +77,11 @@ class _MutedTensorFlowFinder:
   """`sys.meta_path` finder for the top-level `tensorflow` package only (see
   `mute_tensorflow_start_up`); it removes itself at its first use."""
 
-  def find_spec(self, name, path=None, target=None):  # pylint: disable=unused-argument
+  def find_spec(self, name, path=None, target=None):
     if name != "tensorflow":
       return None
-    import importlib.util  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-    import sys  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    import importlib.util
+    import sys
     sys.meta_path.remove(self)
     spec = importlib.util.find_spec(name)
     if spec is not None and spec.loader is not None:
@@ -99,8 +99,8 @@ class _MutedLoader:
     return self._loader.create_module(spec)
 
   def exec_module(self, module):
-    import sys  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-    import tempfile  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    import sys
+    import tempfile
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as held:  # what TensorFlow wrote, shown if the import fails

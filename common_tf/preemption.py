@@ -76,7 +76,7 @@ def deferred_signals(signals=(signal.SIGTERM, signal.SIGINT)) -> Iterator[StopRe
     for s, h in previous.items():
       signal.signal(s, h)
 
-  def handler(signum, frame):  # pylint: disable=unused-argument
+  def handler(signum, frame):
     request.signum = signum
     restore()  # handled between two units of work: a second signal acts as before the block
 
@@ -89,7 +89,7 @@ def deferred_signals(signals=(signal.SIGTERM, signal.SIGINT)) -> Iterator[StopRe
       for signum in data:
         seen += signum in watched
         if seen == 2:  # the first is still pending behind a long C call: stop now
-          os._exit(128 + signum)  # pylint: disable=protected-access
+          os._exit(128 + signum)
 
   previous.update({s: signal.signal(s, handler) for s in signals})
   watching.append(signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False))

@@ -22,8 +22,8 @@ METRICS = ("fid", "kid", "isc", "prc")
 
 
 def _define_flags(fv) -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  from absl import flags
+  from evaluation import cli
   cli.define_common_flags(fv, network="both", reference=True)
   flags.DEFINE_bool("fid", False, "Frechet Inception Distance (pool_3).", flag_values=fv)
   flags.DEFINE_bool("kid", False, "Kernel Inception Distance (pool_3).", flag_values=fv)
@@ -42,7 +42,7 @@ def _define_flags(fv) -> None:
 
 
 def main(argv=None) -> int:
-  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  from evaluation import cli
   fv, _, code = cli.parse_command(argv, doc=__doc__, define_flags=_define_flags)
   if code is not None:
     return code
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
   except ValueError as e:
     return cli.fail(e)
   cli.import_tensorflow_quietly()
-  from google.protobuf.message import DecodeError  # pylint: disable=g-import-not-at-top
+  from google.protobuf.message import DecodeError
   try:
     _run(fv, wanted)
   except (ValueError, OSError, RuntimeError, DecodeError) as e:
@@ -70,7 +70,7 @@ def _open(fv, flag: str, kinds: list[str], opened: dict, *, min_count: int,
           allow_stats: bool = False, cacheable: bool = False) -> None:
   """Adds {kind: Source} of one input to `opened`: an image input is opened (and its files
   checked) once, its other kinds share its images; a features .npz is read once per key."""
-  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  from evaluation import cli
   path = getattr(fv, flag.lstrip("-"))
   for kind in kinds:
     images = next((s for s in opened.values() if s.images is not None), None)
@@ -82,11 +82,11 @@ def _open(fv, flag: str, kinds: list[str], opened: dict, *, min_count: int,
 
 
 def _run(fv, wanted: list[str]) -> None:
-  from evaluation import cli  # pylint: disable=g-import-not-at-top
-  from evaluation import fid  # pylint: disable=g-import-not-at-top
-  from evaluation import inception_score  # pylint: disable=g-import-not-at-top
-  from evaluation import kid  # pylint: disable=g-import-not-at-top
-  from evaluation import precision_recall  # pylint: disable=g-import-not-at-top
+  from evaluation import cli
+  from evaluation import fid
+  from evaluation import inception_score
+  from evaluation import kid
+  from evaluation import precision_recall
   inception_kinds = (["pool_3"] if {"fid", "kid"} & set(wanted) else []) + (
       ["logits"] if "isc" in wanted else [])
   # Open and check every input before any network work.

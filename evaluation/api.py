@@ -35,7 +35,7 @@ class Result:
   extra: dict = dataclasses.field(default_factory=dict)
 
   def __str__(self) -> str:
-    from evaluation import subsampling  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    from evaluation import subsampling
     if isinstance(self.value, tuple):  # precision, recall
       lines = []
       for i, name in enumerate(("precision", "recall")):
@@ -62,7 +62,7 @@ def _options(kwargs) -> cli.Options:
 
 def _sources(samples, reference, num_samples, reference_num_samples, *, kind, min_count,
              allow_stats, options):
-  from evaluation import image_io  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from evaluation import image_io
   del image_io
   fake = cli.source_from_object(samples, "samples", kind=kind, min_count=min_count,
                                 num_samples=num_samples)
@@ -77,7 +77,7 @@ def compute_fid(samples, num_samples: int | None = None, *, reference,
                 **options) -> Result:
   """FID of `samples` against `reference` (see the module docstring); `dims` as pytorch-fid's
   (2048: pool_3; 64, 192, 768: earlier blocks)."""
-  from evaluation import fid  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from evaluation import fid
   opts = _options(options)
   fake, real = _sources(samples, reference, num_samples, reference_num_samples,
                         kind=fid.feature_for_dims(dims),
@@ -93,7 +93,7 @@ def compute_kid(samples, num_samples: int | None = None, *, reference,
                 reference_num_samples: int | None = None, num_subsets: int = 100,
                 subset_size: int = 1000, seed: int = 0, **options) -> Result:
   """KID (mean over subsets; `extra["std"]`) of `samples` against `reference`."""
-  from evaluation import kid  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from evaluation import kid
   opts = _options(options)
   fake, real = _sources(samples, reference, num_samples, reference_num_samples, kind="pool_3",
                         min_count=2, allow_stats=False, options=opts)
@@ -107,7 +107,7 @@ def compute_kid(samples, num_samples: int | None = None, *, reference,
 def compute_inception_score(samples, num_samples: int | None = None, *, splits: int = 10,
                             **options) -> Result:
   """Inception Score (mean over `splits` consecutive parts; `extra["std"]`) of `samples`."""
-  from evaluation import inception_score  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from evaluation import inception_score
   opts = _options(options)
   fake = cli.source_from_object(samples, "samples", kind="logits", min_count=max(2, splits),
                                 num_samples=num_samples)
@@ -120,7 +120,7 @@ def compute_precision_recall(samples, num_samples: int | None = None, *, referen
                              reference_num_samples: int | None = None, k: int = 3,
                              **options) -> Result:
   """(precision, recall) of `samples` against `reference`; `vgg="keras"|"torch-fidelity"`."""
-  from evaluation import precision_recall  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from evaluation import precision_recall
   opts = _options(options)
   fake, real = _sources(samples, reference, num_samples, reference_num_samples, kind="fc2",
                         min_count=k + 1, allow_stats=False, options=opts)

@@ -29,14 +29,14 @@ from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ logs off stderr
 
-from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags
+import numpy as np
 
-from evaluation import image_io  # pylint: disable=g-import-not-at-top,wrong-import-position
-from evaluation import networks  # pylint: disable=g-import-not-at-top,wrong-import-position
-from evaluation import protocol as protocol_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from evaluation import references  # pylint: disable=g-import-not-at-top,wrong-import-position
-from evaluation.quiet_tf import import_tensorflow_quietly  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import  # also cli.import_tensorflow_quietly
+from evaluation import image_io
+from evaluation import networks
+from evaluation import protocol as protocol_lib
+from evaluation import references
+from evaluation.quiet_tf import import_tensorflow_quietly  # also cli.import_tensorflow_quietly
 
 EXIT_BAD_INPUT = 2
 FEATURE_KIND = {"inception": ("pool_3", "logits"), "vgg16": ("fc2",)}
@@ -172,7 +172,7 @@ def run(argv: list[str] | None, *, doc: str, network: str, define_flags: Callabl
   except ValueError as e:
     return fail(e)
   import_tensorflow_quietly()
-  from google.protobuf.message import DecodeError  # pylint: disable=g-import-not-at-top
+  from google.protobuf.message import DecodeError
   try:
     body(fv)
   except (ValueError, OSError, RuntimeError, DecodeError) as e:  # incl. WeightsUnavailableError
@@ -344,8 +344,8 @@ def network_label(name: str, fv) -> str:
 
 def _device_scope(device: str | None):
   """tf.device(device) after checking that such a device exists (ValueError otherwise)."""
-  import contextlib  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import contextlib
+  import tensorflow as tf
   if not device:
     return contextlib.nullcontext()
   wanted = device.strip("/").lower().replace("device:", "")
@@ -419,8 +419,8 @@ def features_of(source: Source, network: Network, fv) -> np.ndarray:
   """The source's `kind` features: given, cached, or extracted now (cache written at commit)."""
   if source.features is not None:
     return source.features
-  from evaluation import features as features_lib  # pylint: disable=g-import-not-at-top
-  from evaluation import resize as resize_lib  # pylint: disable=g-import-not-at-top
+  from evaluation import features as features_lib
+  from evaluation import resize as resize_lib
   images = source.images
   if isinstance(images, references.NamedReference):
     images = images.load(download=fv.download)
@@ -464,7 +464,7 @@ def expected_protocol(source: Source, network: Network, fv) -> dict | None:
     return source.protocol
   if network.model is None:
     return None
-  from evaluation import resize as resize_lib  # pylint: disable=g-import-not-at-top
+  from evaluation import resize as resize_lib
   return {"network": network.label, "weights_sha256": protocol_lib.weights_sha256(network.model),
           "feature": source.kind, "resize": resize_lib.describe_resize(fv.resize),
           "precision": fv.precision}
@@ -525,7 +525,7 @@ class Value:
   extra: dict = dataclasses.field(default_factory=dict)
 
   def text(self) -> str:
-    from evaluation import subsampling  # pylint: disable=g-import-not-at-top
+    from evaluation import subsampling
     line = f"{self.name}: {subsampling.format_value(self.value, self.interval, digits=self.digits)}"
     if self.std is not None:
       line += f" +- {self.std:{self.digits}}"
@@ -558,11 +558,11 @@ def print_results(fv, values: list[Value], sources: list, *, by_kind: bool = Fal
   `sources`: the inputs, or (by_kind, as `python -m evaluation`) a list of groups of inputs, one
   per feature kind: then one protocol line per group, and "protocol" maps each group's feature
   kind to its records."""
-  from evaluation import subsampling  # pylint: disable=g-import-not-at-top
+  from evaluation import subsampling
   groups = sources if by_kind else [sources]
   records = lambda group: {s.flag.lstrip("-"): s.protocol for s in group}
   if getattr(fv, "json", False):
-    import json  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    import json
     payload = {"metrics": {v.key: v.as_json() for v in values},
                "interval": interval_record(fv) if any(v.interval is not None for v in values)
                else None,

@@ -70,7 +70,7 @@ def feature_step(network: keras.Model, *, jit_compile: bool = True,
         return local_step(images[i * size:(i + 1) * size])
 
       @tf.function
-      def step(images):  # pylint: disable=function-redefined
+      def step(images):
         outputs = strategy.run(replica_step, args=(images,))
         return tf.nest.map_structure(lambda t: strategy.gather(t, axis=0), outputs)
     steps[key] = step
@@ -148,7 +148,7 @@ def _background(iterator: Iterator, prefetch: int) -> Iterator:
         if stop.is_set():
           return
       items.put((done, None))
-    except BaseException as e:  # pylint: disable=broad-except  # handed to the consumer
+    except BaseException as e:  # handed to the consumer
       items.put((None, e))
 
   thread = threading.Thread(target=produce, daemon=True)

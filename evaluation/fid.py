@@ -84,7 +84,7 @@ def subsample_interval(samples, reference, *, reference_stats=None, num: int,
   """Subsampling interval of the population FID (`evaluation.subsampling`): both feature sets
   subsampled without replacement per replicate (only the samples when the reference is given as
   statistics, which are then taken as exact). Replicates use `replicate_distance`."""
-  from evaluation import subsampling  # pylint: disable=g-import-not-at-top
+  from evaluation import subsampling
   samples = np.asarray(samples, np.float64)
   if reference_stats is not None:
     mu2, sigma2 = (np.asarray(v, np.float64) for v in reference_stats)
@@ -134,7 +134,7 @@ def save_statistics(path, mu, sigma, protocol: dict | None = None) -> None:
   """
   extra = {}
   if protocol is not None:
-    from evaluation import protocol as protocol_lib  # pylint: disable=g-import-not-at-top
+    from evaluation import protocol as protocol_lib
     extra[protocol_lib.NPZ_KEY] = np.str_(protocol_lib.to_json(protocol))
   with open(path, "wb") as f:
     np.savez(f, mu=mu, sigma=sigma, **extra)
@@ -146,7 +146,7 @@ def compute_from_sources(samples, reference, network, options) -> dict:
   Returns {"value", "interval" (None without --subsamples), "mu", "sigma" (the reference's),
   "protocols"}; raises ProtocolMismatchError before computing if the records differ.
   """
-  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  from evaluation import cli
   cli.check_protocols_early(samples, reference, network, options)
   real = None if reference.stats is not None else cli.features_of(reference, network, options)
   cli.check_protocols_early(samples, reference, network, options)
@@ -188,7 +188,7 @@ def feature_for_dims(dims: int) -> str:
 
 
 def _define_flags(fv) -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
   flags.DEFINE_enum("dims", "2048", [str(d) for d in DIMS_FEATURE], "Inception features, as "
                     "pytorch-fid's --dims: 2048 (pool_3, the standard FID), or 64 / 192 / 768 (the "
                     "spatial mean after the stem's first / second max pool / after Mixed_6e). "
@@ -200,7 +200,7 @@ def _define_flags(fv) -> None:
 
 
 def _run(fv) -> None:
-  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  from evaluation import cli
   cli.check_output_path(fv.save_stats)
   kind = feature_for_dims(int(fv.dims))
   samples = cli.open_source(fv.samples, "--samples", kind=kind, min_count=2)
@@ -216,7 +216,7 @@ def _run(fv) -> None:
 
 
 def main(argv=None) -> int:
-  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  from evaluation import cli
   return cli.run(argv, doc=__doc__, network="inception", define_flags=_define_flags, body=_run,
                  reference=True)
 

@@ -171,7 +171,7 @@ def _check_headers(folder: ImageFolder, *, workers: int = DEFAULT_WORKERS) -> Im
   def header(file):
     where = file if folder.archive is None else f"{folder.archive}:{file}"
     try:
-      with folder._open(file) as stream, Image.open(stream) as image:  # pylint: disable=protected-access
+      with folder._open(file) as stream, Image.open(stream) as image:
         image.verify()  # checks the file structure without decoding all pixels
         return image.size, image.mode
     except (OSError, ValueError, SyntaxError, zipfile.BadZipFile) as e:

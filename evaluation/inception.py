@@ -536,14 +536,14 @@ def convert_torch_state_dict(state: Mapping[str, np.ndarray], *,
 def read_torch_weights(path: str) -> tuple[dict[str, np.ndarray], int]:
   """Graph tensors of a pytorch-fid / torch-fidelity `.pth` file (needs PyTorch, imported here)."""
   try:
-    import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    import torch
   except ImportError as e:
     raise GraphDefMismatchError(
         f"{path} is a PyTorch file; reading it needs PyTorch (pip install torch --index-url "
         "https://download.pytorch.org/whl/cpu), or pass TTUR's classify_image_graph_def.pb") from e
   try:
     state = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # pylint: disable=broad-except  # torch raises pickle/zip/runtime errors
+  except Exception as e:  # torch raises pickle/zip/runtime errors
     raise GraphDefMismatchError(f"cannot read {path} with torch.load: {e}") from e
   if not isinstance(state, Mapping):
     raise GraphDefMismatchError(f"{path} does not hold a state dict (got {type(state).__name__})")

@@ -48,13 +48,13 @@ def inception_score(logits, *, splits: int = 10) -> tuple[float, float]:
 
 
 def _define_flags(fv) -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
   flags.DEFINE_integer("splits", 10, "Number of consecutive splits (original: 10).", lower_bound=1,
                        flag_values=fv)
 
 
 def _run(fv) -> None:
-  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  from evaluation import cli
   samples = cli.open_source(fv.samples, "--samples", kind="logits", min_count=max(2, fv.splits))
   network = cli.feature_network(fv, "inception", [samples])
   result = compute_from_sources(samples, network, fv, splits=fv.splits)
@@ -65,7 +65,7 @@ def _run(fv) -> None:
 def compute_from_sources(samples, network, options, *, splits: int = 10) -> dict:
   """IS of a checked `evaluation.cli.Source` (logits): {"value" (mean over splits), "std",
   "interval" (None without --subsamples), "protocols"}."""
-  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  from evaluation import cli
   logits = cli.features_of(samples, network, options)
   mean, std = inception_score(logits, splits=splits)
   return {"value": mean, "std": std, "interval": interval(logits, mean, splits=splits,
@@ -78,7 +78,7 @@ def interval(logits, mean, *, splits: int, options):
   their original order, cut into the same number of splits."""
   if not options.subsamples:
     return None
-  from evaluation import subsampling  # pylint: disable=g-import-not-at-top
+  from evaluation import subsampling
   low, high = subsampling.interval(
       lambda i: inception_score(logits[np.sort(i)], splits=splits)[0], (len(logits),),
       estimate=mean, num=options.subsamples, rate=options.subsample_rate,
@@ -87,7 +87,7 @@ def interval(logits, mean, *, splits: int, options):
 
 
 def main(argv=None) -> int:
-  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  from evaluation import cli
   return cli.run(argv, doc=__doc__, network="inception", define_flags=_define_flags, body=_run,
                  reference=False)
 

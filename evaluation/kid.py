@@ -79,7 +79,7 @@ def subsample_interval(real_features, fake_features, mean: float, *, num_subsets
   subset is the whole set. KID is unbiased, so the deviations are taken from the replicates'
   mean (`subsampling.interval(center="mean")`): the estimate's own random subsets do not shift
   the interval."""
-  from evaluation import subsampling  # pylint: disable=g-import-not-at-top
+  from evaluation import subsampling
   real = np.asarray(real_features, np.float64)
   fake = np.asarray(fake_features, np.float64)
   m = min(len(real), len(fake), subset_size)
@@ -98,7 +98,7 @@ def subsample_interval(real_features, fake_features, mean: float, *, num_subsets
 
 
 def _define_flags(fv) -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
   flags.DEFINE_integer("num_subsets", 100, "Number of random subsets.", lower_bound=1,
                        flag_values=fv)
   flags.DEFINE_integer("subset_size", 1000, "Samples per subset (clipped to the smaller set).",
@@ -107,7 +107,7 @@ def _define_flags(fv) -> None:
 
 
 def _run(fv) -> None:
-  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  from evaluation import cli
   samples = cli.open_source(fv.samples, "--samples", kind="pool_3", min_count=2)
   reference = cli.open_source(fv.reference, "--reference", kind="pool_3", min_count=2,
                               cacheable=fv.cache)
@@ -125,7 +125,7 @@ def compute_from_sources(samples, reference, network, options, *, num_subsets: i
   "protocols"}. The --subsamples interval draws rows of both feature sets without replacement
   (`evaluation.subsampling`), then runs the same subset estimator (seeded as the full run, subset
   size clipped to the drawn rows) on them."""
-  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  from evaluation import cli
   cli.check_protocols_early(samples, reference, network, options)
   real = cli.features_of(reference, network, options)
   cli.check_protocols_early(samples, reference, network, options)
@@ -144,7 +144,7 @@ def compute_from_sources(samples, reference, network, options, *, num_subsets: i
 
 
 def main(argv=None) -> int:
-  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  from evaluation import cli
   return cli.run(argv, doc=__doc__, network="inception", define_flags=_define_flags, body=_run,
                  reference=True)
 

@@ -232,7 +232,7 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
         print(f"warning: {resume_path} belongs to another evaluation; starting afresh")
   bar = None
   if progress:
-    import keras  # pylint: disable=g-import-not-at-top
+    import keras
     # The bar counts this call's batches only: Progbar's time per batch is its elapsed time over
     # its count, so counting the resumed batches too made it (and the ETA) look many times faster.
     # "nll" is the running -mean log p(x) over every example done, resumed ones included (as a

@@ -46,16 +46,16 @@ import zipfile
 from typing import Mapping, Sequence
 
 if __name__ == "__main__":  # the converter command: keep TensorFlow's start-up lines off stderr
-  from evaluation import quiet_tf  # pylint: disable=g-import-not-at-top
+  from evaluation import quiet_tf
   quiet_tf.import_tensorflow_quietly()
 
-import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+import keras
+import numpy as np
+import tensorflow as tf
 
-from evaluation.networks import WeightsUnavailableError  # pylint: disable=wrong-import-position
-from evaluation.torch_state import read_torch_state_dict  # pylint: disable=wrong-import-position
-from evaluation.vgg import BLOCK_DEPTHS, BLOCK_WIDTHS  # pylint: disable=wrong-import-position
+from evaluation.networks import WeightsUnavailableError
+from evaluation.torch_state import read_torch_state_dict
+from evaluation.vgg import BLOCK_DEPTHS, BLOCK_WIDTHS
 # (VGG-16 configuration "D": the same widths and depths in Keras and torchvision.)
 
 LPIPS_PATH_ENV = "GENMODELS_LPIPS_PATH"
@@ -342,7 +342,7 @@ def convert_state_dicts(lin_state: Mapping[str, np.ndarray],
 
 def main(argv: Sequence[str] | None = None) -> int:
   """`python -m evaluation.lpips --convert ...`: writes the .npz; errors -> one line, exit 2."""
-  from absl import flags  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from absl import flags
   fv = flags.FlagValues()
   flags.DEFINE_bool("convert", False, "Convert the official PyTorch files into the .npz format "
                     "read by lpips_vgg_network (needs PyTorch).", flag_values=fv)

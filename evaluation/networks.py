@@ -35,9 +35,12 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:  # for the annotations only
+  import keras
 
 # TensorFlow/Keras and the network modules are imported inside the functions that build networks,
 # so that resolving (or failing to find) weights does not import TensorFlow.
@@ -164,7 +167,7 @@ def resolve_inception_graph_def(weights_path: str | os.PathLike | None = None, *
 
 def load_inception_weights(pb_path: pathlib.Path) -> tuple[dict[str, np.ndarray], int]:
   """Checked graph tensors of a .pb (or a PyTorch .pth), converted once and cached as .npz."""
-  from evaluation import inception  # pylint: disable=g-import-not-at-top
+  from evaluation import inception
   digest = _sha256(pb_path)
   converted = cache_dir() / f"inception_2015_{digest[:16]}.npz"
   if converted.exists():
@@ -193,7 +196,7 @@ def inception_network(weights_path: str | os.PathLike | None = None, *, download
   [0, 255] -> {"pool_3": [B, 2048], "logits": [B, 1008]}. A file holding a narrow variant of the
   graph (tests) gives the matching narrow network, announced on stderr.
   """
-  from evaluation import inception  # pylint: disable=g-import-not-at-top
+  from evaluation import inception
   pb_path = resolve_inception_graph_def(weights_path, download=download)
   weights, width_divisor = load_inception_weights(pb_path)
   if width_divisor != 1:
@@ -234,7 +237,7 @@ def _resolve_weights_file(spec: _WeightsFile, weights_path, *, download: bool) -
     raise WeightsUnavailableError(f"{spec.label} weights unavailable offline. {hint}.")
   try:
     return spec.download(cached)
-  except Exception as e:  # pylint: disable=broad-except  # keras' get_file raises plain Exception
+  except Exception as e:  # keras' get_file raises plain Exception
     raise WeightsUnavailableError(f"{spec.label} weights unavailable (download failed: {e}). "
                                   f"{hint}.") from e
 
@@ -245,7 +248,7 @@ def _keras_vgg16_cache() -> pathlib.Path:
 
 def _download_keras_vgg16(cached: pathlib.Path) -> pathlib.Path:
   del cached  # keras.utils.get_file keeps it in its own cache (the same place)
-  import keras  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import keras
   return pathlib.Path(keras.utils.get_file(VGG16_FILE, VGG16_URL, cache_subdir="models",
                                            file_hash=VGG16_MD5))
 
@@ -286,7 +289,7 @@ def resolve_vgg16_torch_weights(weights_path: str | os.PathLike | None = None, *
 
 def load_vgg16_torch_weights(path: pathlib.Path) -> dict[str, list[np.ndarray]]:
   """Converted torchvision VGG-16 weights (PyTorch needed once; cached as .npz by SHA-256)."""
-  from evaluation import vgg  # pylint: disable=g-import-not-at-top
+  from evaluation import vgg
   converted = cache_dir() / f"vgg16_torchvision_{_sha256(path)[:16]}.npz"
   if converted.exists():
     with np.load(converted) as data:
@@ -315,7 +318,7 @@ def vgg16_network(weights_path: str | os.PathLike | None = None, *, download: bo
   `vgg16-397923af.pth` as torch-fidelity uses it (RGB, mean/std; features fc2_relu).
   Float [B, H, W, 1|3] in [0, 255] -> {"fc2": [B, 4096]} (after ReLU).
   """
-  from evaluation import vgg  # pylint: disable=g-import-not-at-top
+  from evaluation import vgg
   if variant not in VGG_VARIANTS:
     raise ValueError(f"VGG-16 variant must be one of {VGG_VARIANTS}, got {variant!r}")
   if variant == "torch-fidelity":

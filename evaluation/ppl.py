@@ -70,7 +70,7 @@ def vgg16_feature_distance(network, *, feature: str = "fc2") -> Callable:
 
   `network` is `evaluation.networks.vgg16_network()` (images float [0, 255] in, dict out).
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   @tf.function(jit_compile=True)
   def distance(images_a, images_b):
@@ -87,7 +87,7 @@ def lpips_distance(network) -> Callable:
   `network` is `evaluation.lpips.lpips_vgg_network()` ((images_a, images_b) float [B, H, W, C] in
   [0, 1] -> [B]). No resizing: apply `crop` / resize policy before, as for any distance.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
   @tf.function(jit_compile=True)
   def distance(images_a, images_b):
@@ -97,7 +97,7 @@ def lpips_distance(network) -> Callable:
 
 def _numpy_distance(compiled: Callable) -> Callable:
   """Wraps a compiled `(a, b) -> [B]` TF distance as a numpy float32-in, numpy-out callable."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   return lambda a, b: np.asarray(compiled(tf.convert_to_tensor(a, tf.float32),
                                           tf.convert_to_tensor(b, tf.float32)))
 

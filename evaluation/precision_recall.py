@@ -36,7 +36,7 @@ REALISM_RADIUS_PERCENTILE = 50.0  # official realism: radii above the median are
 
 
 def _tf():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   return tf
 
 
@@ -112,7 +112,7 @@ def _exact_float32(fn):
   """Runs `fn` with TF32 off (exact float32 distances on Ampere+ GPUs; see evaluation.numerics)."""
   @functools.wraps(fn)
   def wrapper(*args, **kwargs):
-    from evaluation import numerics  # pylint: disable=g-import-not-at-top
+    from evaluation import numerics
     with numerics.exact_float32():
       return fn(*args, **kwargs)
   return wrapper
@@ -234,7 +234,7 @@ def realism_score(real_features, fake_features, *, k: int = 3,
 
 
 def _define_flags(fv) -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
   flags.DEFINE_integer("k", 3, "Neighbourhood size of the manifold balls (paper: 3).",
                        lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("distance_batch_size", None, "Rows per distance block (default: blocks of "
@@ -242,7 +242,7 @@ def _define_flags(fv) -> None:
 
 
 def _run(fv) -> None:
-  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  from evaluation import cli
   samples = cli.open_source(fv.samples, "--samples", kind="fc2", min_count=fv.k + 1)
   reference = cli.open_source(fv.reference, "--reference", kind="fc2", min_count=fv.k + 1,
                               cacheable=fv.cache)
@@ -255,7 +255,7 @@ def _run(fv) -> None:
 
 def values(result: dict) -> list:
   """The two printed values (`evaluation.cli.Value`) of a `compute_from_sources` result."""
-  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  from evaluation import cli
   out = []
   for i, name in enumerate(("precision", "recall")):
     bounds = None if result["interval"] is None else (result["interval"][0][i],
@@ -271,7 +271,7 @@ def compute_from_sources(samples, reference, network, options, *, k: int = 3,
   rows of both sets without replacement (`evaluation.subsampling`); the k-NN radii are then those
   of the smaller sets, so the interval extrapolates to large sets as for FID (not checked by
   simulation for precision/recall)."""
-  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  from evaluation import cli
   cli.check_protocols_early(samples, reference, network, options)
   real = cli.features_of(reference, network, options)
   cli.check_protocols_early(samples, reference, network, options)
@@ -280,7 +280,7 @@ def compute_from_sources(samples, reference, network, options, *, k: int = 3,
   precision, recall = precision_recall(real, fake, k=k, batch_size=batch_size)
   interval = None
   if options.subsamples:
-    from evaluation import subsampling  # pylint: disable=g-import-not-at-top
+    from evaluation import subsampling
     statistic = lambda i, j: precision_recall(real[j], fake[i], k=k, batch_size=batch_size)
     low, high = subsampling.interval(statistic, (len(fake), len(real)),
                                      estimate=np.array([precision, recall]),
@@ -293,7 +293,7 @@ def compute_from_sources(samples, reference, network, options, *, k: int = 3,
 
 
 def main(argv=None) -> int:
-  from evaluation import cli  # pylint: disable=g-import-not-at-top
+  from evaluation import cli
   return cli.run(argv, doc=__doc__, network="vgg16", define_flags=_define_flags, body=_run,
                  reference=True)
 

@@ -45,9 +45,9 @@ class ProtocolMismatchError(ValueError):
 
 def package_version() -> str:
   try:
-    from importlib import metadata  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    from importlib import metadata
     return f"genmodels-tf=={metadata.version('genmodels-tf')}"
-  except Exception:  # pylint: disable=broad-except  # not installed as a distribution
+  except Exception:  # not installed as a distribution
     return "genmodels-tf==unknown"
 
 

@@ -20,7 +20,7 @@ def import_tensorflow_quietly() -> None:
   saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
   os.dup2(devnull, 2)
   try:
-    import tensorflow  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    import tensorflow
     tensorflow.config.list_physical_devices()  # device probing logs (cuInit ...) happen here
   finally:
     os.dup2(saved, 2)

@@ -59,13 +59,13 @@ def _local_idx_path(name: str, split: str) -> pathlib.Path | None:
 def _tfds_builder(name: str, split: str, *, download: bool):
   """(tfds module, builder, prepared); ImageInputError if unusable (checked before any work)."""
   try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    import tensorflow_datasets as tfds
   except ImportError as e:
     raise image_io.ImageInputError(f"{PREFIX}{name}/{split}: tensorflow_datasets is not "
                                    "installed") from e
   try:
     builder = tfds.builder(name)
-  except Exception as e:  # pylint: disable=broad-except  # tfds raises DatasetNotFoundError etc.
+  except Exception as e:  # tfds raises DatasetNotFoundError etc.
     raise image_io.ImageInputError(f"{PREFIX}{name}/{split}: unknown tfds data set ({e})") from e
   prepared = pathlib.Path(builder.data_dir, "dataset_info.json").exists()
   if not prepared and not download:
@@ -87,7 +87,7 @@ def _tfds(name: str, split: str, *, download: bool) -> np.ndarray:
         f"{PREFIX}{name}/{split}: tensorflow_datasets cannot prepare the data set: the Python "
         f"package {e.name} is missing (pip install {e.name}; setup.py requires it); or set "
         f"${DATA_DIR_ENV} to a folder with the data set's files") from e
-  except Exception as e:  # pylint: disable=broad-except  # network / split errors of many kinds
+  except Exception as e:  # network / split errors of many kinds
     raise image_io.ImageInputError(f"{PREFIX}{name}/{split}: {' '.join(str(e).split())[:300]}") from e
   if not isinstance(data, dict) or "image" not in data:
     raise image_io.ImageInputError(f"{PREFIX}{name}/{split} has no 'image' feature")

@@ -130,7 +130,7 @@ def resize_clean(image: np.ndarray, size: int) -> np.ndarray:
 
   image: [H, W, C] uint8 in [0, 255] or float in [0, 1] (scaled by 255) -> float32 [size, size, C].
   """
-  from PIL import Image  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from PIL import Image
   image = np.asarray(image)
   values = image.astype(np.float32) if image.dtype == np.uint8 else (
       image.astype(np.float32) * np.float32(255.0))

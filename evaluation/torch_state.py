@@ -19,7 +19,7 @@ class TorchStateDictError(ValueError):
 def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   """A PyTorch .pth state dict as {name: numpy array}; imports torch only here."""
   try:
-    import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    import torch
   except ImportError as e:
     raise RuntimeError("the LPIPS converter reads the official .pth files with PyTorch, which is "
                        "not installed here; run it where `import torch` works (pip install torch "

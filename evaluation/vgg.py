@@ -215,5 +215,5 @@ def convert_torchvision_state_dict(state: Mapping[str, np.ndarray], *,
 
 def read_torchvision_weights(path: str) -> dict[str, list[np.ndarray]]:
   """Reads torchvision's `vgg16-397923af.pth` (needs PyTorch) and converts it."""
-  from evaluation import torch_state  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from evaluation import torch_state
   return convert_torchvision_state_dict(torch_state.read_torch_state_dict(path), source=path)

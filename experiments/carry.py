@@ -81,7 +81,7 @@ def finished_weights(run: str) -> str | None:
 def _weights_only(folder: str) -> bool:
   """Whether the newest checkpoint in `folder` holds no optimizer state (best/ of runs written
   before the harness kept weights only there held whole checkpoints)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only for finished runs)
+  import tensorflow as tf  # only for finished runs
   path = os.path.join(folder, newest_checkpoint(folder))
   return not any(name.startswith("optimizer/")
                  for name in tf.train.load_checkpoint(path).get_variable_to_shape_map())

@@ -135,7 +135,7 @@ def _read_amat_lines(path: str) -> np.ndarray:
 
 def read_frey_mat(path: str) -> np.ndarray:
   """Reads `frey_rawface.mat` (variable `ff`, uint8 [560, 1965], one face per column) -> uint8 [N, 28, 20, 1]."""
-  import scipy.io  # pylint: disable=g-import-not-at-top
+  import scipy.io
   try:
     ff = scipy.io.loadmat(path)["ff"]
   except Exception as e:  # scipy raises many kinds for a bad file
@@ -224,7 +224,7 @@ def _read_remote(name, split):
       urllib.request.urlretrieve(FREY_FACES_URL, cache + ".part")
       os.replace(cache + ".part", cache)
     return _frey_split(read_frey_mat(cache), split), None
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
   tfds_split = {"valid": "validation"}.get(split, split)
   arrays = tfds.as_numpy(tfds.load(_spec(name).tfds_name, split=tfds_split, batch_size=-1))
   images = arrays["image"].astype(np.float32)

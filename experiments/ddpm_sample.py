@@ -50,7 +50,7 @@ def define_flags():
 def _checkpoint_path(path: str) -> str:
   """A checkpoint prefix from a prefix or a folder (its latest checkpoint)."""
   if os.path.isdir(path):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
       raise ValueError(f"--official_checkpoint {path} is a folder without a TF checkpoint")

@@ -11,7 +11,7 @@ import math
 import os
 import shlex
 import sys
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from absl import app
 from absl import flags
@@ -20,6 +20,9 @@ from absl import logging
 from evaluation.networks import WeightsUnavailableError
 from experiments import data
 from experiments import harness
+
+if TYPE_CHECKING:  # for the annotations only (TensorFlow is imported by harness)
+  import tensorflow as tf
 
 flags.DEFINE_string("logdir", None, "Directory for checkpoints, TensorBoard logs, samples and the "
                     "JSON results row. A run that finds checkpoints here resumes from the latest. "
@@ -166,7 +169,7 @@ def exit_now(code: int):
   barrier) would print tracebacks or wait for the peer that is gone."""
   sys.stdout.flush()
   sys.stderr.flush()
-  os._exit(code)  # pylint: disable=protected-access
+  os._exit(code)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

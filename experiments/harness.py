@@ -219,7 +219,7 @@ def code_commit() -> str | None:
   """The git commit of the code that is running (None outside a git checkout): read once per
   process (a `Trainer` reads it when built), so a checkout updated under a long run does not
   relabel the code that run has loaded."""
-  import subprocess  # pylint: disable=g-import-not-at-top
+  import subprocess
   try:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(__file__),
                          capture_output=True, text=True, timeout=10)
@@ -258,7 +258,7 @@ def lost_peer(error: Exception, cluster: Mapping[str, list] | None = None, *,
   heartbeats): /job:worker/replica:0/task:1"; other errors name the peer in
   "Error reported from /job:worker/task:1" or only as an address. `own` (job, index) is skipped.
   """
-  import re  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import re
   text = str(getattr(error, "message", None) or error)
   tail = text.split("unhealthy", 1)[1] if "unhealthy" in text else text
   for job, index in re.findall(r"/job:(\w+)(?:/replica:\d+)?/task:(\d+)", tail):
@@ -308,7 +308,7 @@ def _disable_optimizer_all_reduce(optimizer: keras.optimizers.Optimizer):
   if not hasattr(optimizer, "_all_reduce_sum_gradients"):
     raise RuntimeError(f"{type(optimizer).__name__} has no _all_reduce_sum_gradients: this Keras "
                        "version aggregates gradients differently; update experiments/harness.py")
-  optimizer._all_reduce_sum_gradients = lambda grads_and_vars: grads_and_vars  # pylint: disable=protected-access
+  optimizer._all_reduce_sum_gradients = lambda grads_and_vars: grads_and_vars
 
 
 class Trainer:
@@ -654,7 +654,7 @@ class Trainer:
     os.replace(path + ".tmp", path)
 
   def _log_hparams(self):
-    from tensorboard.plugins.hparams import api as hp  # pylint: disable=g-import-not-at-top
+    from tensorboard.plugins.hparams import api as hp
     values = {k: (v if isinstance(v, (bool, int, float, str)) else str(v))
               for k, v in dict(self.config.hparams).items()}
     if values and self.is_chief:

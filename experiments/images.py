@@ -24,7 +24,7 @@ def image_grid(images, columns: int = 8) -> np.ndarray:
 
 def save_grid(path: str, images, columns: int = 8) -> np.ndarray:
   """Writes `image_grid(images)` as a PNG (grey or RGB); returns the uint8 grid."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import Image
   grid = image_grid(images, columns)
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)

@@ -151,7 +151,7 @@ def main(argv):
     output_dir = FLAGS.output_dir or os.path.join(FLAGS.logdir, "evaluate")
     dataset = s.dataset if not FLAGS["dataset"].present else FLAGS.dataset
   else:
-    from nvae_tf import official  # pylint: disable=g-import-not-at-top
+    from nvae_tf import official
     try:
       model, info = official.load_checkpoint(FLAGS.official_checkpoint, seed=FLAGS.seed)
     except official.CheckpointError as e:

@@ -49,7 +49,7 @@ def define_flags():
 def load_lpips(weights_path: str | None):
   """(LPIPS-VGG network, None) or (None, reason) when its weights are not given; a malformed
   weights file is an error (ValueError), not 'unavailable'."""
-  from evaluation import lpips, networks  # pylint: disable=g-import-not-at-top
+  from evaluation import lpips, networks
   try:
     return lpips.lpips_vgg_network(weights_path), None
   except networks.WeightsUnavailableError as e:

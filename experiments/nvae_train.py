@@ -568,7 +568,7 @@ def generate_samples(model, num_samples: int, *, temperature: float = 1.0) -> np
 def fid_from_features(network, samples, reference, *, label: str = "inception-2015") -> dict:
   """FID between [N, H, W, C] images in [0, 1] through `network` ({'pool_3': [B, 2048]}), as
   `results.metric(value, protocol record of the samples)`."""
-  from evaluation import features, fid  # pylint: disable=g-import-not-at-top
+  from evaluation import features, fid
   fake, real, record = features.extract_samples_and_reference(
       network, samples, reference, label=label, feature="pool_3", progress=False)
   value = fid.frechet_distance(*fid.feature_statistics(fake), *fid.feature_statistics(real))
@@ -579,7 +579,7 @@ def precision_recall_from_features(network, samples, reference, *,
                                    label: str = "vgg16-keras") -> tuple[dict, dict]:
   """Improved precision / recall (k = 3) of images in [0, 1] through `network` ({'fc2': ...}), each
   as `results.metric(value, protocol record)`."""
-  from evaluation import features, precision_recall  # pylint: disable=g-import-not-at-top
+  from evaluation import features, precision_recall
   fake, real, record = features.extract_samples_and_reference(
       network, samples, reference, label=label, feature="fc2", progress=False)
   precision, recall = precision_recall.precision_recall(real, fake, k=3)
@@ -588,7 +588,7 @@ def precision_recall_from_features(network, samples, reference, *,
 
 def load_network(kind: str, *, path: str | None, download: bool):
   """(network, None) or (None, reason) for kind 'inception' / 'vgg16'; never fakes a network."""
-  from evaluation import networks  # pylint: disable=g-import-not-at-top
+  from evaluation import networks
   loader = {"inception": networks.inception_network, "vgg16": networks.vgg16_network}[kind]
   try:
     return loader(path, download=download), None
@@ -686,9 +686,9 @@ def plot_validation_curves(rows: list[dict], path: str) -> bool:
   curves = validation_curves(rows)
   if not curves:
     return False
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
   fig, (by_time, by_step) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
   for label, c in curves.items():
     by_time.plot(c["minutes"], c["nll"], "o-", label=label)

@@ -32,14 +32,14 @@ from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import flags  # pylint: disable=wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
+from absl import flags
+import numpy as np
 
-from evaluation import cli  # pylint: disable=wrong-import-position
-from evaluation import networks  # pylint: disable=wrong-import-position
-from evaluation import ppl  # pylint: disable=wrong-import-position
-from evaluation import protocol as protocol_lib  # pylint: disable=wrong-import-position
-from experiments import results  # pylint: disable=wrong-import-position
+from evaluation import cli
+from evaluation import networks
+from evaluation import ppl
+from evaluation import protocol as protocol_lib
+from experiments import results
 
 DISTANCES = ("lpips", "vgg16")
 NETWORK_LABELS = {"lpips": "lpips-vgg-v0.1", "vgg16": "vgg16-{vgg}"}
@@ -100,7 +100,7 @@ class Generator:
 
 def nvae_generator(logdir: str, which: str, *, seed: int, temperature: float) -> Generator:
   """NVAE of an experiments.nvae_mnist run; latent = all groups' standard-normal noise."""
-  from experiments import nvae_train  # pylint: disable=import-outside-toplevel
+  from experiments import nvae_train
   s = nvae_train.load_run_settings(logdir)
   model, path = nvae_train.restore_run(logdir, "latest" if which == "auto" else which, s,
                                        seed=seed)
@@ -112,10 +112,10 @@ def nvae_generator(logdir: str, which: str, *, seed: int, temperature: float) ->
 
 def vae_generator(logdir: str, which: str, *, seed: int, data_dir: str | None) -> Generator:
   """One-level VAE of an experiments.vampprior run; latent = z, drawn from the run's prior."""
-  import keras  # pylint: disable=import-outside-toplevel
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from experiments import data  # pylint: disable=import-outside-toplevel
-  from experiments import vampprior_train  # pylint: disable=import-outside-toplevel
+  import keras
+  import tensorflow as tf
+  from experiments import data
+  from experiments import vampprior_train
   row = results.read_json(os.path.join(logdir, "results.json"))
   s = vampprior_train.settings_from_row(row)
   if s.model != "vae":
@@ -145,7 +145,7 @@ def load_generator(fv) -> Generator:
   logdir = fv.logdir
   if not os.path.isdir(logdir):
     raise FileNotFoundError(f"--logdir {logdir} is not a directory")
-  from experiments import nvae_train  # pylint: disable=import-outside-toplevel
+  from experiments import nvae_train
   row_file = os.path.join(logdir, "results.json")
   row = results.read_json(row_file) if os.path.exists(row_file) else {}
   if os.path.exists(os.path.join(logdir, nvae_train.SETTINGS_FILE)) or "settings" in row:
@@ -160,7 +160,7 @@ def resolve_weights(fv):
   """The weights file of the distance; WeightsUnavailableError (before any model is restored)
   when it is missing."""
   if fv.distance == "lpips":
-    from evaluation import lpips  # pylint: disable=import-outside-toplevel
+    from evaluation import lpips
     return lpips.resolve_weights_path(fv.lpips_path)
   if fv.vgg == "torch-fidelity":
     return networks.resolve_vgg16_torch_weights(fv.vgg16_path, download=fv.download)
@@ -174,7 +174,7 @@ def distance_network(fv, weights) -> tuple:
   key = (fv.distance, fv.vgg, str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
   if key not in _BUILT:
     if fv.distance == "lpips":
-      from evaluation import lpips  # pylint: disable=import-outside-toplevel
+      from evaluation import lpips
       network = lpips.lpips_vgg_network(weights)
       built = network, ppl.lpips_distance(network)
     else:
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
   except ValueError as e:
     return cli.fail(e)
   cli.import_tensorflow_quietly()
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf
   try:
     row = measure(fv)
   except (ValueError, OSError, RuntimeError, tf.errors.OpError) as e:  # incl. WeightsUnavailable

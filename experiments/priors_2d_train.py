@@ -335,8 +335,8 @@ def summarize(rows, prior_names):
     r = [row for row in rows if row["prior"] == name and row.get("status") == "finished"]
     all_runs = [row for row in rows if row["prior"] == name]
     elbo, iwae = np.array([x["elbo"] for x in r]), np.array([x["iwae"] for x in r])
-    mean = lambda a: float(a.mean()) if len(a) else None  # noqa: E731
-    std = lambda a: float(a.std(ddof=1)) if len(a) > 1 else None  # noqa: E731
+    mean = lambda a: float(a.mean()) if len(a) else None
+    std = lambda a: float(a.std(ddof=1)) if len(a) > 1 else None
     table.append({
         "prior": name, "elbo": (mean(elbo), std(elbo)) if len(r) > 1 else mean(elbo),
         "iwae": (mean(iwae), std(iwae)) if len(r) > 1 else mean(iwae),
@@ -372,10 +372,10 @@ def density_images(plot: dict):
 def write_aggregate_posterior_png(plot: dict, path: str, title: str) -> int:
   """Prior density | aggregate posterior density (same axes, same log colour scale, prior contours
   over the posterior) [| the samples coloured by digit, when labels exist]. Returns the panels."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
   matplotlib.use("Agg")
-  from matplotlib import colors  # pylint: disable=g-import-not-at-top
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import colors
+  import matplotlib.pyplot as plt
   prior, posterior = density_images(plot)
   labels = plot.get("labels")
   panels = 3 if labels is not None else 2
@@ -574,7 +574,7 @@ def run(study: StudySettings, *, strategy) -> list[dict]:
       f.write(study.command + "\n")
   train_command = open(command_path).read().strip() if os.path.exists(command_path) else None
   s0 = study.runs[0]
-  data_fn = lambda: load_study_data(s0.dataset, study.data_dir,  # noqa: E731
+  data_fn = lambda: load_study_data(s0.dataset, study.data_dir,
                                     train_examples=s0.train_examples,
                                     test_examples=s0.test_examples)
   rows = run_study(list(study.runs), base_logdir=base, data_fn=data_fn, strategy=strategy,

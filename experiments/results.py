@@ -189,7 +189,7 @@ def row_cpus(rows: Iterable[Mapping[str, Any]]) -> list[str]:
 def partial_evaluation_hosts(logdir: str) -> list[str]:
   """The hosts that ran the batches of the partial test-NLL evaluations in `logdir` (the resume
   files of `evaluation.likelihood`; `likelihood.UNRECORDED_HOST` for batches of older files)."""
-  from evaluation import likelihood  # pylint: disable=g-import-not-at-top  (TensorFlow: only here)
+  from evaluation import likelihood  # TensorFlow: only here
   hosts = []
   for name in partial_evaluations(logdir):
     hosts = host.merge_in_order(hosts, likelihood.resume_file_hosts(os.path.join(logdir, name)))

@@ -157,7 +157,7 @@ def load_splits(dataset: str, *, data_dir=None, train_examples=None, eval_exampl
   if spec.dynamic:
     valid = data.binarize_once(valid, seed=DYNAMIC_EVAL_SEED)
     test = data.binarize_once(test, seed=DYNAMIC_EVAL_SEED + 1)
-    epoch_transform = lambda ds, seed: data.dynamic_binarization(ds, seed=seed)  # noqa: E731
+    epoch_transform = lambda ds, seed: data.dynamic_binarization(ds, seed=seed)
   return tf.data.Dataset.from_tensor_slices(train), valid, test, epoch_transform
 
 

@@ -199,7 +199,7 @@ def official_modules(model: NVAE) -> list[tuple[str, Any]]:
            for g, flows in enumerate(model.flows) for n, flow in enumerate(flows)]
   t, group = 0, 0
   for s, num_groups in enumerate(model.groups_dec):   # official init_decoder_tower
-    for g in range(num_groups):
+    for _ in range(num_groups):
       for cell in model.decoder_cells[group]:
         mods.append((f"dec_tower.{t}", cell))
         t += 1
@@ -301,7 +301,7 @@ def read_checkpoint(path: str) -> dict:
   tensors and plain containers, so a checkpoint cannot run code while loading.
   """
   try:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
   except ImportError as e:
     raise CheckpointError("reading an official checkpoint.pt needs torch (pip install -e .[reference])") from e
   try:
@@ -309,7 +309,7 @@ def read_checkpoint(path: str) -> dict:
       checkpoint = torch.load(path, map_location="cpu", weights_only=True)
   except FileNotFoundError as e:
     raise CheckpointError(f"no checkpoint at {path}") from e
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise CheckpointError(f"cannot read {path} as an official NVAE checkpoint: {str(e)[:300]}") from e
   if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint or "args" not in checkpoint:
     raise CheckpointError(f"{path} is not an official NVAE checkpoint (no 'state_dict' / 'args')")

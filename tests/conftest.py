@@ -9,10 +9,10 @@ _SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..
 if "GENMODELS_DATA_DIR" not in os.environ and os.path.isdir(_SHARED_DATA):
   os.environ["GENMODELS_DATA_DIR"] = _SHARED_DATA
 
-from common_tf import host  # pylint: disable=g-import-not-at-top
+from common_tf import host
 host.prefer_bfc_cpu_allocator()  # TensorFlow's BFC host allocator, as the scripts use
 
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import tensorflow as tf
 
 # Must run before TensorFlow initialises its devices, hence here, at collection time.
 _cpus = tf.config.list_physical_devices("CPU")
@@ -43,7 +43,7 @@ def two_cpu_strategy() -> tf.distribute.MirroredStrategy:
   return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
 
 
-def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+def pytest_collection_modifyitems(config, items):
   """Files holding a test marked `slow` are collected first, the rest keep their order.
 
   pytest-xdist (`--dist loadfile`) hands whole files to its workers in collection order; a long
@@ -55,7 +55,7 @@ def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argu
   items.sort(key=lambda item: item.path not in slow_files)  # stable: ties keep their order
 
 
-def pytest_collection_finish(session):  # pylint: disable=unused-argument
+def pytest_collection_finish(session):
   """Python's cyclic GC, tuned for a process that builds and traces hundreds of models.
 
   After collection TensorFlow, Keras and every test module are imported (PyTorch only later, by

@@ -68,7 +68,7 @@ def _group_norm_stub(tf):
 
 def import_official_unet(path: str):
   """The official diffusion_tf.models.unet, imported as official_diffusion_tf.models.unet."""
-  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow.compat.v1 as tf
   package_dir = os.path.join(os.path.abspath(path), "diffusion_tf")
   if not os.path.isfile(os.path.join(package_dir, "models", "unet.py")):
     raise SystemExit(f"error: no hojonathanho/diffusion diffusion_tf/models/unet.py in {path}")
@@ -94,7 +94,7 @@ def official_commit(path: str) -> str:
 
 def build_graph(unet, cfg: dict, batch: int):
   """The official model graph plus the training variables, as run_training creates them."""
-  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow.compat.v1 as tf
   s = cfg["size"]
   x = tf.placeholder(tf.float32, [batch, s, s, 3])
   t = tf.placeholder(tf.int32, [batch])
@@ -125,9 +125,9 @@ def main(argv=None):
                       help="write every checkpoint variable name and shape to this JSON file")
   flags = parser.parse_args(argv)
 
-  import tensorflow as tf2  # pylint: disable=g-import-not-at-top
-  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
-  from diffusion_tf import layers, official_checkpoint as oc  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf2
+  import tensorflow.compat.v1 as tf
+  from diffusion_tf import layers, official_checkpoint as oc
 
   cfg = CONFIGS[flags.config]
   unet = import_official_unet(flags.official_path)

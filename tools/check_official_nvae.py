@@ -47,7 +47,7 @@ MNIST_README_ARGS = dict(
 
 def config_args(name: str) -> dict:
   if name == "tiny":
-    from tests.nvae_tf import official_tiny  # pylint: disable=g-import-not-at-top
+    from tests.nvae_tf import official_tiny
     return dict(official_tiny.ARGS)
   if name == "mnist":
     return dict(MNIST_README_ARGS)
@@ -56,22 +56,22 @@ def config_args(name: str) -> dict:
 
 def import_official(path: str):
   """Imports the official model.py / utils.py / distributions.py from `path`, patched for the CPU."""
-  import torch  # pylint: disable=g-import-not-at-top
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  import torch
+  import torch.nn.functional as F
   if not os.path.isfile(os.path.join(path, "model.py")):
     raise SystemExit(f"error: no NVlabs/NVAE model.py in {path}")
   sys.path.insert(0, os.path.abspath(path))
   try:
-    import tensorboardX  # pylint: disable=g-import-not-at-top,unused-import
+    import tensorboardX  # noqa: F401  # only whether it is installed (else the stub below)
   except ImportError:
     stub = types.ModuleType("tensorboardX")
     stub.SummaryWriter = object
     sys.modules["tensorboardX"] = stub
   torch.Tensor.cuda = lambda self, *args, **kwargs: self
-  import distributions  # pylint: disable=g-import-not-at-top
-  import model as official_model  # pylint: disable=g-import-not-at-top
-  import utils  # pylint: disable=g-import-not-at-top
-  from thirdparty import inplaced_sync_batchnorm  # pylint: disable=g-import-not-at-top
+  import distributions
+  import model as official_model
+  import utils
+  from thirdparty import inplaced_sync_batchnorm
 
   def bn_swish_cpu(self, x):
     assert not self.training, "only eval mode is patched for the CPU"
@@ -84,7 +84,7 @@ def import_official(path: str):
 
 def build_official(official, args: dict, *, seed: int):
   """The official AutoEncoder as evaluate.py builds it, with random BN statistics and affines."""
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
   torch.manual_seed(seed)
   namespace = argparse.Namespace(**args)
   model = official.model.AutoEncoder(namespace, None,
@@ -125,9 +125,9 @@ def main(argv=None):
                       help="write the official state-dict key names and shapes to this JSON file")
   flags = parser.parse_args(argv)
 
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
-  from nvae_tf import official as ours  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  import torch
+  from nvae_tf import official as ours
 
   official = import_official(flags.official_path)
   args = config_args(flags.config)
@@ -164,7 +164,7 @@ def main(argv=None):
   with torch.no_grad():
     logits, log_q, log_p, kl_all, _ = model(torch.from_numpy(np.transpose(x32, (0, 3, 1, 2))))
   queue = [np.transpose(n, (0, 2, 3, 1)) for n in noises]
-  mine._noise = lambda like: tf.constant(queue.pop(0))  # pylint: disable=protected-access
+  mine._noise = lambda like: tf.constant(queue.pop(0))
   out = mine(tf.constant(x), training=False)
   assert not queue, "our model drew fewer noises than the official one"
 

@@ -39,9 +39,9 @@ print("returned", request.signum, flush=True)
 
 def run_child(iterations: int, signals: int) -> tuple[int, str, float]:
   """The child's exit code, output and seconds from the first signal to its exit."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
+  import subprocess
+  import sys
+  import time
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   child = subprocess.Popen([sys.executable, "-c", CHILD, str(iterations)], cwd=root, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)

@@ -108,7 +108,7 @@ def _numpy_kid(real, fake, subsets):
   for real_idx, fake_idx in subsets:
     x, y = real[real_idx].astype(np.float64), fake[fake_idx].astype(np.float64)
     m, d = x.shape
-    k = lambda a, b: (a @ b.T / d + 1.0) ** 3
+    k = lambda a, b, d=d: (a @ b.T / d + 1.0) ** 3
     kxx, kyy = k(x, x), k(y, y)
     values.append((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
                   - 2 * k(x, y).mean())

@@ -111,7 +111,7 @@ def test_evaluate_over_batches_and_compiled():
   again = likelihood.evaluate_log_likelihood(fn, batches, num_samples=20, chunk_size=6,
                                              num_dims=1, progress=False)
   assert again.nll == pytest.approx(summary.nll, abs=1e-4)
-  compiled = likelihood._compiled_estimator(fn, 20, 6, False)  # pylint: disable=protected-access
+  compiled = likelihood._compiled_estimator(fn, 20, 6, False)
   assert compiled.experimental_get_tracing_count() == 1  # the second pass reused the first trace
 
 
@@ -187,11 +187,11 @@ def test_sigterm_finishes_and_saves_the_batch_in_hand_then_resumes_exactly(tmp_p
   `Preempted` (the scripts' one line, exit 143) instead of dying, and the rerun gives the
   uninterrupted numbers. The evaluation time is summed over the two calls (a clock that advances
   1 s per reading: 1 s per batch)."""
-  import itertools  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  import signal  # pylint: disable=g-import-not-at-top
-  import types  # pylint: disable=g-import-not-at-top
-  from common_tf import preemption  # pylint: disable=g-import-not-at-top
+  import itertools
+  import os
+  import signal
+  import types
+  from common_tf import preemption
   clock = itertools.count()
   monkeypatch.setattr(likelihood, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
 
@@ -234,7 +234,7 @@ def test_resumed_evaluation_names_the_host_of_every_batch(tmp_path, monkeypatch)
   """Batches computed on one machine and resumed on another (a carried resume file): the summary
   counts the batches of each host, also through a second resume; a resume file written before
   hosts were recorded counts its batches under `UNRECORDED_HOST`."""
-  from common_tf import host  # pylint: disable=g-import-not-at-top
+  from common_tf import host
   batches = [X[i:i + 16] for i in range(0, 64, 16)]
   path = str(tmp_path / "nll_partial.npz")
 

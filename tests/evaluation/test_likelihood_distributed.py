@@ -67,7 +67,7 @@ def _evaluate_twice_and_forget():
   for _ in range(2):
     likelihood.evaluate_log_likelihood(model.log_weights, [x], num_samples=3, num_dims=1,
                                        progress=False)
-  compiled = likelihood._compiled_estimator(model.log_weights, 3, None, False)  # pylint: disable=protected-access
+  compiled = likelihood._compiled_estimator(model.log_weights, 3, None, False)
   assert compiled.experimental_get_tracing_count() == 1  # the second pass reused the trace
   return weakref.ref(model)
 

@@ -148,7 +148,7 @@ def test_loader_maps_every_tensor(network, weights_file):
   _, lin_state, vgg_state = weights_file
   convs = [conv for block in network.block_convs for conv in block]
   assert len(convs) == 13 and len(network.weights) == 13 * 2 + 5
-  for i, (conv, j) in enumerate(zip(convs, TORCH_CONV_INDICES)):
+  for conv, j in zip(convs, TORCH_CONV_INDICES):
     np.testing.assert_array_equal(conv.kernel.numpy(),
                                   vgg_state[f"features.{j}.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(conv.bias.numpy(), vgg_state[f"features.{j}.bias"])

@@ -94,7 +94,7 @@ def test_all_metrics_print_the_single_commands_lines(tmp_path, capsys):
 
 
 def _sqrtm(matrix):
-  from scipy import linalg  # pylint: disable=g-import-not-at-top
+  from scipy import linalg
   return linalg.sqrtm(matrix).real
 
 
@@ -227,7 +227,7 @@ def test_messages_for_garbage_arrays_missing_weights_and_tfds_imports(tmp_path, 
       "weights-inception-2015-12-05-6726825d.pth (pytorch-fid / torch-fidelity), or a folder "
       "holding one\n")
   # tensorflow_datasets failing on a module it imports lazily when preparing a data set.
-  from evaluation import references  # pylint: disable=g-import-not-at-top
+  from evaluation import references
 
   class Builder:
     data_dir = str(tmp_path / "tfds")

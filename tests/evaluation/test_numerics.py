@@ -15,10 +15,10 @@ def test_exact_float32_turns_tf32_off_and_restores_it():
 
 
 def test_precision_recall_distances_run_with_tf32_off(monkeypatch):
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from evaluation import precision_recall  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  from evaluation import precision_recall
   seen = []
-  blocks = precision_recall._blocks()  # pylint: disable=protected-access
+  blocks = precision_recall._blocks()
   original = blocks.kth_neighbour
 
   def spy(*args):

@@ -23,7 +23,6 @@ from evaluation import kid
 from evaluation import networks
 from evaluation import precision_recall
 from evaluation import protocol
-from evaluation import resize
 from tests.evaluation import graphs
 
 

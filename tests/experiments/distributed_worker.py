@@ -17,11 +17,13 @@ import os
 import signal
 import sys
 
-from experiments import harness  # first: TensorFlow starts up as in the scripts (experiments/__init__.py)
+# First, so that TensorFlow starts up as in the scripts (experiments/__init__.py):
+from experiments import harness
 
-import keras  # pylint: disable=g-import-not-at-top,wrong-import-order
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-order
-import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-order
+# isort: split
+import keras
+import numpy as np
+import tensorflow as tf
 
 GLOBAL_BATCH = 16
 NUM_EXAMPLES = 64
@@ -60,9 +62,9 @@ def toy_task():
 
 def vampprior_task():
   """The VampPrior experiment's real loss (KL warm-up) and AdamNormGrad on a tiny HVAE."""
-  from experiments import vampprior_train as vampprior_experiment  # pylint: disable=g-import-not-at-top
-  from vampprior_tf import distributions, optim, priors  # pylint: disable=g-import-not-at-top
-  from vampprior_tf import model as models  # pylint: disable=g-import-not-at-top
+  from experiments import vampprior_train as vampprior_experiment
+  from vampprior_tf import distributions, optim, priors
+  from vampprior_tf import model as models
   shape = (4, 4, 1)
   prior = priors.VampPrior(num_components=3, image_shape=shape, init_mean=0.05, init_std=0.01)
   model = models.HVAE2Level(image_shape=shape, observation=distributions.Bernoulli(), prior=prior,
@@ -140,28 +142,30 @@ def main(argv=None):
                               loss_fn=loss_fn, train_data=data, grad_transform=grad_transform,
                               epoch_end_fn=hook[0] if hook else None)
     if args.kill_at_step is not None:
-      step_fn = trainer._train_step  # pylint: disable=protected-access
+      step_fn = trainer._train_step
 
       def step_then_maybe_die(batch):
-        out = step_fn(batch)
-        if int(trainer.step.numpy()) == args.kill_at_step:
+        # The closures below run within this iteration of the task loop.
+        out = step_fn(batch)  # noqa: B023
+        if int(trainer.step.numpy()) == args.kill_at_step:  # noqa: B023
           os.kill(os.getpid(), signal.SIGKILL)
         return out
-      trainer._train_step = step_then_maybe_die  # pylint: disable=protected-access
+      trainer._train_step = step_then_maybe_die
     try:
       trainer.fit()
     except harness.Preempted as e:  # as the scripts report it (experiments.flags.run)
       print(str(e), file=sys.stderr)
       sys.exit(128 + e.signum)
     except harness.WorkerLost as e:
-      from experiments import flags as common  # pylint: disable=g-import-not-at-top
+      from experiments import flags as common
       command = " ".join(["python -m tests.experiments.distributed_worker",
                           *(argv if argv is not None else sys.argv[1:])])
       common.exit_now(common.report_worker_lost(e, command))
     if trainer.is_chief:
       np.savez(os.path.join(logdir, "weights.npz"), *[v.numpy() for v in model.weights])
       if hook:  # the whole resume state: model variables (RNG state, data witness), slots, step
-        state = lambda: [v.numpy() for v in [*model.variables, *optimizer.variables, trainer.step]]
+        def state(model=model, optimizer=optimizer, trainer=trainer):
+          return [v.numpy() for v in [*model.variables, *optimizer.variables, trainer.step]]
         np.savez(os.path.join(logdir, "state.npz"), *state())
         trainer.restore_best()
         np.savez(os.path.join(logdir, "best.npz"), *state())
@@ -187,7 +191,7 @@ PRELOAD = ["tests.experiments.distributed_worker", "experiments.vampprior_train"
 
 def start(argv, *, env, log_path):
   """Starts `child` in a new process forked from a server that has imported `PRELOAD` once."""
-  import multiprocessing  # pylint: disable=g-import-not-at-top
+  import multiprocessing
   context = multiprocessing.get_context("forkserver")
   context.set_forkserver_preload(PRELOAD)
   process = context.Process(target=child, args=(argv, env, str(log_path)))

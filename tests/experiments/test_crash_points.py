@@ -93,7 +93,7 @@ def runs(tmp_path_factory):
 def _disk_state(logdir):
   """What a crashed run left: the newest checkpoint TensorFlow recorded, and the step and
   checkpoint of status.json (the manifest a rerun resumes from)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import tensorflow as tf
   latest = tf.train.latest_checkpoint(str(logdir / "checkpoints"))
   status_path = logdir / "status.json"
   status = json.loads(status_path.read_text()) if status_path.exists() else {}

@@ -202,7 +202,7 @@ def test_binarized_mnist_test_file_is_sorted_by_class():
 def test_named_reference_reads_the_loaders_files(data_dir, monkeypatch):
   """`--reference tfds:mnist/test` (evaluation.references) finds and reads the same files as the
   training loader, with the same reader: same images, also unzipped, same error messages."""
-  from evaluation import image_io, references  # pylint: disable=import-outside-toplevel
+  from evaluation import image_io, references
   assert references.DATA_DIR_ENV == data.DATA_DIR_ENV == "GENMODELS_DATA_DIR"
   monkeypatch.setenv(data.DATA_DIR_ENV, str(data_dir))
   images, _ = data.load_arrays("mnist", "test")

@@ -49,7 +49,7 @@ def test_numeric_flags_and_logdir_are_checked(parse, tmp_path):
   (tmp_path / "file").write_text("x")
   parse(f"--logdir={tmp_path / 'file'}")
   with pytest.raises(ValueError, match="is a file, not a directory"):
-    common._check_numeric_flags()  # pylint: disable=protected-access
+    common._check_numeric_flags()
   with pytest.raises(flags.IllegalFlagValueError, match="batch_size"):
     parse("--batch_size=0")
 

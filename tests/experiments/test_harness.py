@@ -111,7 +111,7 @@ def test_replica_count_gives_same_loss_and_gradients(tmp_path):
   for a, b in zip(weights(one.model), weights(two.model)):
     np.testing.assert_array_equal(a, b)
   batch = next(iter(make_data().batch(16)))
-  out_one = one._train_step(batch)  # pylint: disable=protected-access
+  out_one = one._train_step(batch)
   out_two = two._train_step(two.strategy.experimental_distribute_values_from_function(
       lambda ctx: batch[ctx.replica_id_in_sync_group * 8:(ctx.replica_id_in_sync_group + 1) * 8]))
   np.testing.assert_allclose(out_one["loss"].numpy(), out_two["loss"].numpy(), rtol=1e-5)
@@ -370,7 +370,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
 def test_restore_uses_the_checkpoint_status_json_names(tmp_path, capsys):
   """status.json is written last in a save: a newer checkpoint is from a save cut short (not
   used); a named checkpoint that is gone (a carried run holds only the newest) is no manifest."""
-  import json  # pylint: disable=g-import-not-at-top
+  import json
   make_trainer(tmp_path, max_steps=8).fit()  # checkpoints at steps 4 and 8
   status_path = tmp_path / "status.json"
   status = json.loads(status_path.read_text())
@@ -408,7 +408,7 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
 
 
 def test_sigterm_writes_a_checkpoint_and_the_resumed_run_is_exact(tmp_path, full_weights):
-  import signal  # pylint: disable=g-import-not-at-top
+  import signal
 
   def terminate_at_step_6(model, batch, ctx):
     out = tiny_loss(model, batch, ctx)
@@ -452,8 +452,8 @@ def test_logdir_naming_a_file_is_one_clear_error(tmp_path):
 
 
 def test_status_file_says_how_far_the_run_got(tmp_path, monkeypatch):
-  import json  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
+  import json
+  import subprocess
   values = iter([5.0, 3.0, 4.0, 4.0])
 
   harness.code_commit.cache_clear()
@@ -480,8 +480,8 @@ def test_status_file_names_every_cpu_the_run_trained_on(tmp_path, monkeypatch):
   """A run resumed on other machines (a carried checkpoint): status.json's `cpus` names each CPU
   once, oldest first, and `cpu` the newest; a file written before `cpus` existed contributes its
   single `cpu`."""
-  import json  # pylint: disable=g-import-not-at-top
-  from common_tf import host  # pylint: disable=g-import-not-at-top
+  import json
+  from common_tf import host
   path = tmp_path / "status.json"
   monkeypatch.setattr(host, "cpu_model", lambda: "Xeon, AVX-512")
   make_trainer(tmp_path, max_steps=2).fit()
@@ -502,7 +502,7 @@ def test_status_file_names_every_cpu_the_run_trained_on(tmp_path, monkeypatch):
 
 def test_carried_state_resumes_on_another_machine_to_the_uninterrupted_weights(tmp_path, full_weights):
   """`experiments.carry`: the packed state (newest checkpoint, JSON files) is all a resume needs."""
-  from experiments import carry  # pylint: disable=g-import-not-at-top
+  from experiments import carry
   first = make_trainer(tmp_path / "runs" / "row", max_steps=5)
   first.fit()  # checkpoints at steps 4 (epoch end) and 5
   (tmp_path / "runs" / "row" / "samples.png").write_bytes(b"png")

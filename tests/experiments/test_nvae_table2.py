@@ -52,11 +52,11 @@ def test_ppl_lpips_column_is_unavailable_without_weights_and_a_number_with_them(
 def test_rows_and_page_record_the_data_set_and_its_binarization(tmp_path, monkeypatch):
   """main() without feature weights: nothing is measured, the rows and page say which data the
   Table 1 models were trained on (training itself is stubbed out: the Splits it would return)."""
-  import json  # pylint: disable=g-import-not-at-top
-  import types  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from experiments import nvae_train  # pylint: disable=g-import-not-at-top
-  from tests import scripts  # pylint: disable=g-import-not-at-top
+  import json
+  import types
+  import tensorflow as tf
+  from experiments import nvae_train
+  from tests import scripts
   monkeypatch.delenv(lpips.LPIPS_PATH_ENV, raising=False)
   monkeypatch.setattr(nvae_train, "load_network", lambda kind, **kw: (None, f"no {kind} (test)"))
   splits = nvae_train.Splits(dataset="mnist", dynamic=True, train=None,

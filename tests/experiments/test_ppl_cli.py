@@ -105,8 +105,8 @@ def test_ppl_of_an_nvae_run_with_lpips(nvae_run, lpips_file, tmp_path, capsys):
 
 def test_ppl_of_a_vampprior_vae_run(tmp_path, lpips_file, capsys):
   """A finished experiments.vampprior --model=vae run: results.json settings + best/ checkpoint."""
-  from experiments import data  # pylint: disable=import-outside-toplevel
-  from experiments import vampprior_train  # pylint: disable=import-outside-toplevel
+  from experiments import data
+  from experiments import vampprior_train
   s = vampprior_train.RunSettings(model="vae", prior="standard", dataset="static_mnist",
                                   likelihood="bernoulli", num_components=2,
                                   learn_prior_weights=False, warmup=1, lr=1e-3, early_stopping=0,
@@ -123,7 +123,7 @@ def test_ppl_of_a_vampprior_vae_run(tmp_path, lpips_file, capsys):
   value = float(capsys.readouterr().out.split("PPL:")[1].split()[0])
   # lerp between two standard-normal z (the standard prior's draws of keras SeedGenerator(0)) is
   # the decoder's path: recomputed here with the saved model and that draw.
-  import keras  # pylint: disable=import-outside-toplevel
+  import keras
   seeds = keras.random.SeedGenerator(0)
   network = lpips.lpips_vgg_network(lpips_file)
   want = ppl.perceptual_path_length(

@@ -94,7 +94,7 @@ def test_finished_runs_are_reused_not_retrained_or_reevaluated(tmp_path, monkeyp
   settings = [tiny_settings("standard", 0)]
   strategy = tf.distribute.get_strategy()
   loads = []
-  data_fn = lambda: loads.append(1) or tiny_study()  # noqa: E731
+  data_fn = lambda: loads.append(1) or tiny_study()
   (first,) = priors_2d_train.run_study(settings, base_logdir=str(tmp_path), data_fn=data_fn,
                                  strategy=strategy)
   logdir = tmp_path / "standard-seed0"

@@ -41,8 +41,7 @@ def started(tmp_path_factory):
           "-m", "experiments.vampprior", f"--data_dir={a_file}.missing", f"--logdir={a_file}.run"],
       ("ppl", "--no_such_flag=1"): ["-m", "experiments.ppl", "--no_such_flag=1"],
       ("run_status", "--no_such_flag=1"): ["-m", "experiments.run_status", "--no_such_flag=1"],
-      IMPORT_ALL: ["-c", "import importlib\nfor s in %r: importlib.import_module('experiments.' + s)"
-                   % (SCRIPTS,)],
+      IMPORT_ALL: ["-c", f"import importlib\nfor s in {SCRIPTS!r}: importlib.import_module('experiments.' + s)"],
   }
   procs = {case: subprocess.Popen([sys.executable, *args], cwd=ROOT, env=_user_env(),
                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -79,13 +78,13 @@ def test_importing_every_script_writes_nothing_to_stderr(started):
 
 def test_a_failed_tensorflow_import_shows_what_tensorflow_wrote(capfd):
   """Muting must not hide why an import failed: the held output comes back before the error."""
-  from common_tf import host  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from common_tf import host
 
   class Failing:
-    def exec_module(self, module):  # pylint: disable=unused-argument
+    def exec_module(self, module):
       os.write(2, b"F0000 cpu_feature_guard: this CPU lacks AVX\n")
       raise ImportError("boom")
 
   with pytest.raises(ImportError, match="boom"):
-    host._MutedLoader(Failing()).exec_module(None)  # pylint: disable=protected-access
+    host._MutedLoader(Failing()).exec_module(None)
   assert capfd.readouterr().err == "F0000 cpu_feature_guard: this CPU lacks AVX\n"

@@ -64,9 +64,9 @@ def test_vampprior_hvae_loss_with_adamnormgrad(tmp_path):
 
 @pytest.mark.slow
 def test_ddpm_loss_with_global_norm_clipping(tmp_path):
-  from diffusion_tf import diffusion, layers  # pylint: disable=g-import-not-at-top
-  from diffusion_tf import model as diffusion_models  # pylint: disable=g-import-not-at-top
-  from experiments import sample_quality_train  # pylint: disable=g-import-not-at-top
+  from diffusion_tf import diffusion, layers
+  from diffusion_tf import model as diffusion_models
+  from experiments import sample_quality_train
   # One level (attention in the middle block only), dropout on: every piece of the step, few ops.
   unet = layers.UNetConfig(channels=8, channel_mult=(1,), num_res_blocks=1,
                            attention_resolutions=(), dropout=0.2, num_groups=2)

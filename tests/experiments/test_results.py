@@ -58,8 +58,8 @@ def _record(**changes):
 def test_metric_values_carry_their_protocol_and_the_table_prints_it(tmp_path):
   """A protocol record next to every metric value, printed with the table; values of
   one column made under different protocols are refused, bare metric numbers detected."""
-  import pytest  # pylint: disable=import-outside-toplevel
-  from evaluation import protocol  # pylint: disable=import-outside-toplevel
+  import pytest
+  from evaluation import protocol
   path = str(tmp_path / "rows.json")
   results.append_row(path, {"model": "a", "fid": results.metric(12.3456, _record()),
                             "nll": 85.0})

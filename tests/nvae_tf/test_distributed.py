@@ -72,7 +72,7 @@ def test_two_replicas_equal_one_device(tmp_path, digits):
 
 def test_kl_balancing_and_active_units_use_global_batch_statistics():
   """Shards with very different KLs: every replica gets the gammas of the whole batch."""
-  from nvae_tf import losses  # pylint: disable=g-import-not-at-top
+  from nvae_tf import losses
   kl = np.array([[1.0, 5.0, 0.0], [3.0, 7.0, 0.0], [40.0, 0.0, 2.0], [20.0, 1.0, 6.0]], np.float32)
   alphas = tf.constant([1.0, 1.0, 2.0])
   per_channel = np.stack([kl, kl / 100.0], axis=-1)  # [B, G, 2]: second channel below 0.1 nats

@@ -34,7 +34,7 @@ def test_paper_structure_shapes_at_every_scale():
                          + [(8, 8, 16)]):
     h = cell(h)
     assert h.shape[1:] == shape
-  top, features = model._encode(x, training=False)  # pylint: disable=protected-access
+  top, features = model._encode(x, training=False)
   assert top.shape == (2, 4, 4, 32)
   assert [f.shape[1:] for f in features] == [(4, 4, 32)] * 4 + [(8, 8, 16)] * 10
   out = model(x, training=False)

@@ -27,7 +27,7 @@ def requires(*packages: str) -> pytest.MarkDecorator:
   return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)}")
 
 
-class lazy:  # pylint: disable=invalid-name
+class lazy:
   """`torch = lazy("torch")`: the module, imported at its first public attribute access (pytest
   probes every module global for private attributes while collecting: those do not import)."""
 

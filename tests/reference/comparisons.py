@@ -47,7 +47,7 @@ def random_inception_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
   """A random state dict in pytorch-fid's `pt_inception-2015-12-05-*.pth` layout (torchvision
   `Inception3(num_classes=1008, aux_logits=False)` names), scaled so activations neither vanish
   nor explode through the 94 conv + batch-norm units."""
-  import torchvision  # pylint: disable=import-outside-toplevel
+  import torchvision
   model = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008,
                                           init_weights=False)
   generator = torch.Generator().manual_seed(seed)
@@ -86,7 +86,7 @@ def write_inception_pth(path, seed: int = 0) -> dict[str, torch.Tensor]:
 def pytorch_fid_with_weights(path) -> Iterator[None]:
   """pytorch-fid's `fid_inception_v3` loads FID_WEIGHTS_URL through `load_state_dict_from_url`;
   this points that one call at a local file instead (no download)."""
-  import pytorch_fid.inception as pf  # pylint: disable=import-outside-toplevel
+  import pytorch_fid.inception as pf
   original = pf.load_state_dict_from_url
   pf.load_state_dict_from_url = lambda url, progress=True: torch.load(path, weights_only=True)
   try:
@@ -125,9 +125,9 @@ def inception_cross_check(pth_path, *, sizes=INCEPTION_SIZES, count: int = 1,
   Returns rows {reference, size, channels, output, max_rel_diff}. `ours`: our network of
   `pth_path` when already built.
   """
-  import pytorch_fid.inception as pf  # pylint: disable=import-outside-toplevel
-  from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3  # pylint: disable=import-outside-toplevel
-  from evaluation import networks  # pylint: disable=import-outside-toplevel
+  import pytorch_fid.inception as pf
+  from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+  from evaluation import networks
   ours = ours or networks.inception_network(str(pth_path), download=False)
   fidelity = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                          feature_extractor_weights_path=str(pth_path))
@@ -163,9 +163,9 @@ def pytorch_fid_protocol_difference(pth_path, *, size: int = 64, count: int = 2,
   x / 255 * 2 - 1. TTUR's graph: TF1 legacy `ResizeBilinear` (no half-pixel centres) and
   (x - 128) / 128. Returns max relative differences of the resized images and of pool_3.
   """
-  import pytorch_fid.inception as pf  # pylint: disable=import-outside-toplevel
-  import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
-  from evaluation import networks  # pylint: disable=import-outside-toplevel
+  import pytorch_fid.inception as pf
+  import torch.nn.functional as F
+  from evaluation import networks
   images = inception_images(size, 3, count)
   x = torch.from_numpy(_nchw_rgb(images)).float()
   theirs_resized = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
@@ -194,7 +194,7 @@ def write_random_vgg16_pth(path, seed: int = 0, *, features_only: bool = False
   """torchvision `vgg16(weights=None)` with its default random init, saved like
   `vgg16-397923af.pth` (the file LPIPS and torch-fidelity load). features_only: only the conv
   part `features.*` (all LPIPS reads; 59 MB instead of 528 MB)."""
-  import torchvision  # pylint: disable=import-outside-toplevel
+  import torchvision
   torch.manual_seed(seed)
   if features_only:
     features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])  # vgg16's
@@ -207,7 +207,7 @@ def write_random_vgg16_pth(path, seed: int = 0, *, features_only: bool = False
 
 def lpips_lin_weights_file() -> pathlib.Path:
   """The real LPIPS v0.1 VGG lin weights shipped inside the lpips wheel."""
-  import lpips as lpips_package  # pylint: disable=import-outside-toplevel
+  import lpips as lpips_package
   return pathlib.Path(lpips_package.__file__).parent / "weights" / "v0.1" / "vgg.pth"
 
 
@@ -215,8 +215,8 @@ def lpips_cross_check(tmp_dir, *, shape=(3, 32, 48, 3), seed: int = 0) -> dict:
   """Our LPIPS-VGG (weights made by our converter command from the lpips wheel's real v0.1 lin
   weights and a random torchvision VGG-16 file) vs `lpips.LPIPS(net='vgg', pnet_rand=True)` with
   the same VGG weights copied in. Images in [0, 1] (normalize=True). Returns rel diffs."""
-  import lpips as lpips_package  # pylint: disable=import-outside-toplevel
-  from evaluation import lpips as ours_lpips  # pylint: disable=import-outside-toplevel
+  import lpips as lpips_package
+  from evaluation import lpips as ours_lpips
   tmp_dir = pathlib.Path(tmp_dir)
   vgg_path = tmp_dir / "vgg16-random.pth"
   vgg_state = write_random_vgg16_pth(vgg_path, seed, features_only=True)
@@ -230,7 +230,7 @@ def lpips_cross_check(tmp_dir, *, shape=(3, 32, 48, 3), seed: int = 0) -> dict:
                                   verbose=False).eval()
   # lpips' vgg16 slices keep torchvision's `features` indices as module names.
   slice_state = {}
-  for key, value in reference.net.state_dict().items():
+  for key in reference.net.state_dict():
     index_and_param = key.split(".", 1)[1]  # "slice2.5.weight" -> "5.weight"
     slice_state[key] = vgg_state[f"features.{index_and_param}"]
   reference.net.load_state_dict(slice_state)
@@ -261,9 +261,9 @@ def random_features(seed: int = 0, n_real: int = 120, n_fake: int = 100, dim: in
 def kid_cross_check(*, num_subsets: int = 10, subset_size: int = 50, seed: int = 2020) -> dict:
   """Our KID with the reference's own subset draws (same RandomState stream) vs clean-fid's
   `kernel_distance` and torch-fidelity's `kid_features_to_metric`."""
-  from cleanfid import fid as cleanfid_fid  # pylint: disable=import-outside-toplevel
-  from torch_fidelity import metric_kid  # pylint: disable=import-outside-toplevel
-  from evaluation import kid  # pylint: disable=import-outside-toplevel
+  from cleanfid import fid as cleanfid_fid
+  from torch_fidelity import metric_kid
+  from evaluation import kid
   real, fake = random_features(1)
   real, fake = real.astype(np.float64), fake.astype(np.float64)
   # torch-fidelity: input_1 = generated, input_2 = real; RandomState(rng_seed) draws 1 then 2.
@@ -291,8 +291,8 @@ def kid_cross_check(*, num_subsets: int = 10, subset_size: int = 50, seed: int =
 def is_cross_check(*, n: int = 200, splits: int = 10, seed: int = 3) -> dict:
   """Our Inception Score vs torch-fidelity's `isc_features_to_metric` on the same logits:
   consecutive splits (shuffle=False), and its default shuffle with the permutation applied first."""
-  from torch_fidelity import metric_isc  # pylint: disable=import-outside-toplevel
-  from evaluation import inception_score  # pylint: disable=import-outside-toplevel
+  from torch_fidelity import metric_isc
+  from evaluation import inception_score
   logits = np.random.default_rng(seed).normal(0, 3, (n, 1008))
   theirs = metric_isc.isc_features_to_metric(torch.from_numpy(logits), splits=splits, shuffle=False)
   ours = inception_score.inception_score(logits, splits=splits)
@@ -329,8 +329,8 @@ def kynkaat_precision_recall_counts(real: np.ndarray, fake: np.ndarray, k: int =
 
 def precision_recall_cross_check(*, k: int = 3) -> dict:
   """Counts of ours vs the kynkaat port and torch-fidelity's `prc_features_to_metric`."""
-  from torch_fidelity import metric_prc  # pylint: disable=import-outside-toplevel
-  from evaluation import precision_recall  # pylint: disable=import-outside-toplevel
+  from torch_fidelity import metric_prc
+  from evaluation import precision_recall
   real, fake = random_features(2, n_real=150, n_fake=130, dim=16)
   precision, recall = precision_recall.precision_recall(real, fake, k=k)
   ours = (round(precision * len(fake)), round(recall * len(real)))

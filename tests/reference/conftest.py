@@ -14,7 +14,7 @@ def _one_torch_thread():
   if importlib.util.find_spec("torch") is None:
     yield
     return
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
   threads = torch.get_num_threads()
   torch.set_num_threads(1)
   yield

@@ -88,15 +88,15 @@ def test_ddpm_step_equals_diffusers(variance, clip):
                       generator=torch.Generator().manual_seed(generator_seed))
     # The noise diffusers drew (randn_tensor on CPU = torch.randn with that generator).
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(generator_seed)).numpy()
-    p = ours.p_mean_variance(lambda x, tt: tf.constant(eps), tf.constant(x_t), _t(t),
+    p = ours.p_mean_variance(lambda x, tt, eps=eps: tf.constant(eps), tf.constant(x_t), _t(t),
                              clip_denoised=clip)
     assert_close(p.pred_x0, out.pred_original_sample, f"x0_hat at t={t}", scale=_x0_scale(x_t, t))
-    sample = ours.p_sample(lambda x, tt: tf.constant(eps), tf.constant(x_t), _t(t),
+    sample = ours.p_sample(lambda x, tt, eps=eps: tf.constant(eps), tf.constant(x_t), _t(t),
                            tf.constant(noise), clip_denoised=clip)
     assert_close(sample, out.prev_sample, f"x_(t-1) at t={t}")
     if t > 0:  # the variance of the step (diffusers adds no noise at t = 0, nor do we)
       np.testing.assert_allclose(p.variance.numpy()[:, 0, 0, 0],
-                                 float(theirs._get_variance(t)), rtol=1e-5)  # pylint: disable=protected-access
+                                 float(theirs._get_variance(t)), rtol=1e-5)
 
 
 def test_fixed_small_and_large_variances_differ_as_diffusers_says():
@@ -104,7 +104,7 @@ def test_fixed_small_and_large_variances_differ_as_diffusers_says():
   small = _exact(diffusers.DDPMScheduler(num_train_timesteps=T, variance_type="fixed_small"))
   large = _exact(diffusers.DDPMScheduler(num_train_timesteps=T, variance_type="fixed_large"))
   t = 1
-  ratio = float(large._get_variance(t)) / float(small._get_variance(t))  # pylint: disable=protected-access
+  ratio = float(large._get_variance(t)) / float(small._get_variance(t))
   ours = _ours(diffusion.Variance.FIXED_LARGE).model_variance[t] / _ours(
       diffusion.Variance.FIXED_SMALL).model_variance[t]
   assert ratio > 2 and ours == pytest.approx(ratio, rel=1e-6)
@@ -150,7 +150,7 @@ def test_ddim_step_equals_diffusers(eta, clip):
     x_t, eps, noise = _arrays(10 + i)
     out = theirs.step(torch.from_numpy(eps), t, torch.from_numpy(x_t), eta=eta,
                       use_clipped_model_output=clip, variance_noise=torch.from_numpy(noise))
-    mean, std = ours.ddim_mean_std(lambda x, tt: tf.constant(eps), tf.constant(x_t), _t(t),
+    mean, std = ours.ddim_mean_std(lambda x, tt, eps=eps: tf.constant(eps), tf.constant(x_t), _t(t),
                                    _t(int(previous[t])), eta=eta, clip_denoised=clip)
     assert_close(mean + std * noise, out.prev_sample, f"DDIM x_prev at t={t}")
     if eta == 1.0 and t > 0:  # the step is stochastic: the noise must enter
@@ -194,7 +194,7 @@ def report() -> list[tuple[str, float]]:
       out = theirs.step(torch.from_numpy(eps), t, torch.from_numpy(x_t),
                         generator=torch.Generator().manual_seed(100 + i))
       noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(100 + i)).numpy()
-      sample = ours.p_sample(lambda x, tt: tf.constant(eps), tf.constant(x_t), _t(t),
+      sample = ours.p_sample(lambda x, tt, eps=eps: tf.constant(eps), tf.constant(x_t), _t(t),
                              tf.constant(noise), clip_denoised=False)
       err = max(err, float(np.abs(sample.numpy() - out.prev_sample.numpy()).max()))
     rows.append((f"DDPMScheduler {variance}: one step x_(t-1), t in {TIMESTEPS}", err))
@@ -207,7 +207,7 @@ def report() -> list[tuple[str, float]]:
       x_t, eps, noise = _arrays(i)
       out = theirs.step(torch.from_numpy(eps), t, torch.from_numpy(x_t), eta=eta,
                         variance_noise=torch.from_numpy(noise))
-      mean, std = ours.ddim_mean_std(lambda x, tt: tf.constant(eps), tf.constant(x_t), _t(t),
+      mean, std = ours.ddim_mean_std(lambda x, tt, eps=eps: tf.constant(eps), tf.constant(x_t), _t(t),
                                      _t(int(previous[t])), eta=eta, clip_denoised=False)
       err = max(err, float(np.abs((mean + std * noise).numpy() - out.prev_sample.numpy()).max()))
     rows.append((f"DDIMScheduler eta={eta:g}: one step at each of the 50 timesteps", err))

@@ -64,7 +64,7 @@ def test_pytorch_fid_default_input_pipeline_is_not_ttur(pth, ours):
 def _narrow_pth(path, width_divisor=16):
   """A narrow random file in the .pth layout (names from the converter's map; the names
   themselves are checked at full width against torchvision above)."""
-  import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import torch
   model = inception.build_inception_2015(width_divisor=width_divisor)
   rng = np.random.default_rng(1)
   state = {}
@@ -105,7 +105,7 @@ def test_fid_command_reads_a_pth(tmp_path, capsys):
 
 
 def test_a_damaged_pth_is_a_clear_error(tmp_path, pth):
-  import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import torch
   state = torch.load(pth, weights_only=True)
   state["Mixed_6b.branch7x7_2.conv.weight"] = state["Mixed_6b.branch7x7_2.conv.weight"].transpose(2, 3)
   bad = tmp_path / "bad.pth"
@@ -120,9 +120,9 @@ def test_a_damaged_pth_is_a_clear_error(tmp_path, pth):
 def test_pytorch_fid_resize_equals_torch_interpolate():
   """`resize_pytorch_fid` against `F.interpolate(bilinear, align_corners=False)` of x / 255, for
   up- and downscaling, square and not, uint8 and float input."""
-  import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from evaluation import resize  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import torch
+  import torch.nn.functional as F
+  from evaluation import resize
   rng = np.random.default_rng(0)
   for shape in ((28, 28, 1), (64, 48, 3), (400, 333, 3), (299, 299, 3)):
     image = rng.integers(0, 256, shape).astype(np.uint8)
@@ -138,9 +138,9 @@ def test_pytorch_fid_resize_equals_torch_interpolate():
 def test_resize_pytorch_fid_equals_pytorch_fids_own_path(pth, ours):
   """features.extract(resize="pytorch-fid") = pytorch-fid's InceptionV3([3]) on x / 255 (its
   defaults resize_input=True, normalize_input=True), same random weights, pool_3."""
-  import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  import pytorch_fid.inception as pf  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from evaluation import features  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import torch
+  import pytorch_fid.inception as pf
+  from evaluation import features
   with comparisons.pytorch_fid_with_weights(pth):
     model = pf.InceptionV3([3]).eval()
   for size, channels in ((64, 3), (28, 1)):
@@ -159,10 +159,10 @@ def test_resize_pytorch_fid_equals_pytorch_fids_own_path(pth, ours):
 def test_dims_features_equal_pytorch_fids_blocks(pth, ours):
   """pytorch-fid `--dims 64/192/768/2048`: its blocks 0-3 with adaptive average pooling to 1x1
   (`get_activations`) = our "block_64", "block_192", "block_768", "pool_3" (resize pytorch-fid)."""
-  import torch  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  import pytorch_fid.inception as pf  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from evaluation import features  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import torch
+  import torch.nn.functional as F
+  import pytorch_fid.inception as pf
+  from evaluation import features
   dims = (64, 192, 768, 2048)
   with comparisons.pytorch_fid_with_weights(pth):
     model = pf.InceptionV3([pf.InceptionV3.BLOCK_INDEX_BY_DIM[d] for d in dims]).eval()

@@ -179,8 +179,8 @@ def test_loaded_model_runs_and_bad_checkpoints_fail_clearly(checkpoint, tmp_path
 
 def test_nvae_evaluate_runs_on_an_official_checkpoint(checkpoint, tmp_path):
   """The nvae_evaluate command line (in this process: tests/scripts.py) on the official file."""
-  import json  # pylint: disable=g-import-not-at-top
-  from tests import scripts  # pylint: disable=g-import-not-at-top
+  import json
+  from tests import scripts
   path = checkpoint[0]
   out = tmp_path / "ev"
   proc = scripts.run_script("nvae_evaluate", [

@@ -52,7 +52,7 @@ def torch_fidelity_features(extractor, images_nhwc: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def networks_pair(tmp_path_factory):
   """(ours, torch-fidelity's) built from one random file; our conversion cached in a temp dir."""
-  from torch_fidelity.feature_extractor_vgg16 import FeatureExtractorVGG16  # pylint: disable=import-outside-toplevel
+  from torch_fidelity.feature_extractor_vgg16 import FeatureExtractorVGG16
   folder = tmp_path_factory.mktemp("vgg")
   path = folder / networks.VGG16_TORCH_FILE
   write_random_vgg16_pth(path)

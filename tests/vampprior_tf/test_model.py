@@ -63,7 +63,7 @@ def exact_log_px(model, x, extent=7.0, n=301):
 
 def test_iwae_recovers_the_exact_log_px_and_increases_in_k(trained_vae):
   model, x = trained_vae
-  fn = lambda images, k: model.log_weights(images, k)  # noqa: E731
+  fn = lambda images, k: model.log_weights(images, k)
   exact = exact_log_px(model, x)
   bounds = {}
   for k in (1, 10, 100, 2000):
