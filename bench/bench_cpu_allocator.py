@@ -34,9 +34,12 @@ def timed(fn, x, repeats: int) -> dict:
   for _ in range(repeats):
     out = fn(x).numpy()
   after = resource.getrusage(resource.RUSAGE_SELF)
-  return dict(seconds=(time.perf_counter() - start) / repeats,
-              sys_seconds=(after.ru_stime - before.ru_stime) / repeats,
-              minor_faults=(after.ru_minflt - before.ru_minflt) / repeats, out=out)
+  return dict(
+    seconds=(time.perf_counter() - start) / repeats,
+    sys_seconds=(after.ru_stime - before.ru_stime) / repeats,
+    minor_faults=(after.ru_minflt - before.ru_minflt) / repeats,
+    out=out,
+  )
 
 
 def child(args) -> None:
@@ -44,18 +47,32 @@ def child(args) -> None:
   import keras
   import numpy as np
   import tensorflow as tf
+
   from experiments import nvae_train, vampprior_train
   from nvae_tf import NVAE
+
   keras.utils.set_random_seed(0)
-  binary = lambda n: tf.constant((np.random.default_rng(0).random((n, 28, 28, 1)) < 0.2)
-                                 .astype(np.float32))
+  binary = lambda n: tf.constant(
+    (np.random.default_rng(0).random((n, 28, 28, 1)) < 0.2).astype(np.float32)
+  )
   model = NVAE(nvae_train.PRESETS[args.preset].model, seed=0)
   x = binary(args.images)
   nvae = timed(tf.function(lambda xb: model.log_weights(xb, args.samples)), x, args.repeats)
   s = vampprior_train.RunSettings(
-      model="vae", prior="vampprior", dataset="static_mnist", likelihood="bernoulli",
-      num_components=500, learn_prior_weights=False, warmup=100, lr=5e-4, early_stopping=50,
-      test_samples=5000, train_examples=None, eval_examples=None, image_every=0)
+    model="vae",
+    prior="vampprior",
+    dataset="static_mnist",
+    likelihood="bernoulli",
+    num_components=500,
+    learn_prior_weights=False,
+    warmup=100,
+    lr=5e-4,
+    early_stopping=50,
+    test_samples=5000,
+    train_examples=None,
+    eval_examples=None,
+    image_every=0,
+  )
   vae = vampprior_train.build_model(s, image_shape=(28, 28, 1), seed=0)
   optimizer = keras.optimizers.Adam(5e-4)
   batch = binary(100)  # the paper's batch size
@@ -64,14 +81,23 @@ def child(args) -> None:
   def train_step(xb):
     with tf.GradientTape() as tape:
       loss = -tf.reduce_mean(vae(xb).elbo)
-    optimizer.apply_gradients(zip(tape.gradient(loss, vae.trainable_variables),
-                                  vae.trainable_variables))
+    optimizer.apply_gradients(
+      zip(tape.gradient(loss, vae.trainable_variables), vae.trainable_variables)
+    )
     return loss
+
   step = timed(train_step, batch, args.repeats * 20)
-  print(json.dumps(dict(
-      allocator=os.environ.get("TF_CPU_ALLOCATOR_USE_BFC"), nvae={k: v for k, v in nvae.items() if k != "out"},
-      nvae_out=nvae["out"].tolist(), vae_step={k: v for k, v in step.items() if k != "out"},
-      max_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)))
+  print(
+    json.dumps(
+      dict(
+        allocator=os.environ.get("TF_CPU_ALLOCATOR_USE_BFC"),
+        nvae={k: v for k, v in nvae.items() if k != "out"},
+        nvae_out=nvae["out"].tolist(),
+        vae_step={k: v for k, v in step.items() if k != "out"},
+        max_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+      )
+    )
+  )
 
 
 def main():
@@ -86,27 +112,41 @@ def main():
     child(args)
     return
   from common_tf import host
-  print(f"host: {host.cpu_model()}; load average {os.getloadavg()[0]:.1f}; NVAE {args.preset}: "
-        f"{args.images} images x K = {args.samples} per call; VampPrior VAE (paper sizes, "
-        "500 pseudo-inputs): a training step on 100 images", flush=True)
+
+  print(
+    f"host: {host.cpu_model()}; load average {os.getloadavg()[0]:.1f}; NVAE {args.preset}: "
+    f"{args.images} images x K = {args.samples} per call; VampPrior VAE (paper sizes, "
+    "500 pseudo-inputs): a training step on 100 images",
+    flush=True,
+  )
   runs = {}
   for value in ("false", "true"):
-    out = subprocess.run([sys.executable, __file__, "--child"] + sys.argv[1:], check=True,
-                         capture_output=True, text=True,
-                         env=dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC=value))
+    out = subprocess.run(
+      [sys.executable, __file__, "--child"] + sys.argv[1:],
+      check=True,
+      capture_output=True,
+      text=True,
+      env=dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC=value),
+    )
     runs[value] = r = json.loads(out.stdout.strip().splitlines()[-1])
     name = "BFC" if value == "true" else "malloc"
     for part, label in (("nvae", "NVAE log_weights"), ("vae_step", "VAE train step")):
       m = r[part]
-      print(f"{name:6s} {label}: {m['seconds']:.3f} s/call, kernel CPU {m['sys_seconds']:.3f} s/call, "
-            f"{m['minor_faults']:,.0f} minor faults/call", flush=True)
+      print(
+        f"{name:6s} {label}: {m['seconds']:.3f} s/call, kernel CPU {m['sys_seconds']:.3f} s/call, "
+        f"{m['minor_faults']:,.0f} minor faults/call",
+        flush=True,
+      )
     print(f"{name:6s} peak resident memory {r['max_rss_gib']:.2f} GiB", flush=True)
   import numpy as np
+
   a, b = np.array(runs["false"]["nvae_out"]), np.array(runs["true"]["nvae_out"])
-  print(f"malloc / BFC time: NVAE log_weights {runs['false']['nvae']['seconds'] / runs['true']['nvae']['seconds']:.2f}, "
-        f"VAE train step {runs['false']['vae_step']['seconds'] / runs['true']['vae_step']['seconds']:.2f}; "
-        f"NVAE log-weights max |malloc - BFC| = {np.abs(a - b).max():.3g} (values up to "
-        f"{np.abs(a).max():.3g})")
+  print(
+    f"malloc / BFC time: NVAE log_weights {runs['false']['nvae']['seconds'] / runs['true']['nvae']['seconds']:.2f}, "
+    f"VAE train step {runs['false']['vae_step']['seconds'] / runs['true']['vae_step']['seconds']:.2f}; "
+    f"NVAE log-weights max |malloc - BFC| = {np.abs(a - b).max():.3g} (values up to "
+    f"{np.abs(a).max():.3g})"
+  )
 
 
 if __name__ == "__main__":

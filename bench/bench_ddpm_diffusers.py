@@ -25,37 +25,63 @@ import peer  # noqa: E402
 LEARNING_RATE, EMA_DECAY, CLIP = 2e-4, 0.9999, 1.0  # DDPM paper, Appendix B
 # The configuration of google/ddpm-cifar10-32 (diffusers' conversion of the official checkpoint).
 DIFFUSERS_CIFAR10 = dict(
-    sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
-    block_out_channels=(128, 256, 256, 256),
-    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    attention_head_dim=None, norm_num_groups=32, norm_eps=1e-6, act_fn="silu",
-    downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, dropout=0.1)
+  sample_size=32,
+  in_channels=3,
+  out_channels=3,
+  layers_per_block=2,
+  block_out_channels=(128, 256, 256, 256),
+  down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+  up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+  attention_head_dim=None,
+  norm_num_groups=32,
+  norm_eps=1e-6,
+  act_fn="silu",
+  downsample_padding=0,
+  flip_sin_to_cos=False,
+  freq_shift=1,
+  dropout=0.1,
+)
 
 
 def images(batch: int):
   import numpy as np
+
   return np.random.RandomState(0).randint(0, 256, (batch, 32, 32, 3)).astype(np.float32) / 255.0
 
 
 def ours_train(batch: int, precision: str):
   import tempfile
+
   import keras
   import tensorflow as tf
-  from diffusion_tf import diffusion, layers, model as models, optim
+
+  from diffusion_tf import diffusion, layers, optim
+  from diffusion_tf import model as models
   from experiments import harness
   from experiments.sample_quality_train import clip_by_global_norm
+
   keras.mixed_precision.set_global_policy(precision)
-  ddpm = models.DDPM(image_shape=(32, 32, 3), unet=layers.UNetConfig(),
-                     diffusion=diffusion.GaussianDiffusion.linear(), seed=0)
+  ddpm = models.DDPM(
+    image_shape=(32, 32, 3),
+    unet=layers.UNetConfig(),
+    diffusion=diffusion.GaussianDiffusion.linear(),
+    seed=0,
+  )
   optimizer = optim.ddpm_adam(learning_rate=LEARNING_RATE, warmup_steps=1, ema_decay=EMA_DECAY)
   x = images(batch)
   trainer = harness.Trainer(
-      config=harness.TrainConfig(logdir=tempfile.mkdtemp(), batch_size=batch, epochs=10,
-                                 progress=False),
-      strategy=tf.distribute.get_strategy(), model=ddpm, optimizer=optimizer,
-      loss_fn=lambda m, xb, ctx: harness.LossOutput(per_example=m.loss_terms(xb, training=True).simple),
-      train_data=tf.data.Dataset.from_tensor_slices(x), grad_transform=clip_by_global_norm(CLIP))
+    config=harness.TrainConfig(
+      logdir=tempfile.mkdtemp(), batch_size=batch, epochs=10, progress=False
+    ),
+    strategy=tf.distribute.get_strategy(),
+    model=ddpm,
+    optimizer=optimizer,
+    loss_fn=lambda m, xb, ctx: harness.LossOutput(
+      per_example=m.loss_terms(xb, training=True).simple
+    ),
+    train_data=tf.data.Dataset.from_tensor_slices(x),
+    grad_transform=clip_by_global_norm(CLIP),
+  )
   print(f"    ours: {ddpm.unet.count_params():,} U-Net parameters", flush=True)
   x = tf.constant(x)
   return lambda: trainer._train_step(x)["loss"].numpy()
@@ -63,9 +89,16 @@ def ours_train(batch: int, precision: str):
 
 def ours_sample(batch: int):
   import tensorflow as tf
-  from diffusion_tf import diffusion, layers, model as models
-  ddpm = models.DDPM(image_shape=(32, 32, 3), unet=layers.UNetConfig(),
-                     diffusion=diffusion.GaussianDiffusion.linear(), seed=0)
+
+  from diffusion_tf import diffusion, layers
+  from diffusion_tf import model as models
+
+  ddpm = models.DDPM(
+    image_shape=(32, 32, 3),
+    unet=layers.UNetConfig(),
+    diffusion=diffusion.GaussianDiffusion.linear(),
+    seed=0,
+  )
   gd = ddpm.diffusion
   x = tf.random.normal([batch, 32, 32, 3], seed=0)
   t = tf.fill([batch], 500)
@@ -73,20 +106,26 @@ def ours_sample(batch: int):
   @tf.function
   def step(x_t, t):  # DDPM Algorithm 2, one step (the noise drawn here, as diffusers' step does)
     return gd.p_sample(ddpm._eps_fn, x_t, t, tf.random.normal(tf.shape(x_t)))
+
   return lambda: step(x, t).numpy()
 
 
 def diffusers_train(batch: int, threads: int, precision: str):
   import copy
-  import torch
+
   import diffusers
+  import torch
   from diffusers.training_utils import EMAModel
+
   torch.set_num_threads(threads)
   torch.manual_seed(0)
   unet = diffusers.UNet2DModel(**DIFFUSERS_CIFAR10)
   unet.train()
-  print(f"    diffusers {diffusers.__version__}: "
-        f"{sum(p.numel() for p in unet.parameters()):,} U-Net parameters", flush=True)
+  print(
+    f"    diffusers {diffusers.__version__}: "
+    f"{sum(p.numel() for p in unet.parameters()):,} U-Net parameters",
+    flush=True,
+  )
   scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
   optimizer = torch.optim.Adam(unet.parameters(), lr=LEARNING_RATE, eps=1e-8)
   ema = EMAModel(copy.deepcopy(unet).parameters(), decay=EMA_DECAY)
@@ -106,12 +145,14 @@ def diffusers_train(batch: int, threads: int, precision: str):
     optimizer.zero_grad()
     ema.step(unet.parameters())
     return loss.item()
+
   return step
 
 
 def diffusers_sample(batch: int, threads: int):
-  import torch
   import diffusers
+  import torch
+
   torch.set_num_threads(threads)
   torch.manual_seed(0)
   unet = diffusers.UNet2DModel(**DIFFUSERS_CIFAR10).eval()
@@ -122,13 +163,17 @@ def diffusers_sample(batch: int, threads: int):
   @torch.no_grad()
   def step():
     return scheduler.step(unet(x, 500).sample, 500, x).prev_sample.numpy()
+
   return step
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--cores", default="0", help="cores to pin both sides to, e.g. 0 or 0,1; "
-                      "'all' leaves the affinity as it is")
+  parser.add_argument(
+    "--cores",
+    default="0",
+    help="cores to pin both sides to, e.g. 0 or 0,1; 'all' leaves the affinity as it is",
+  )
   parser.add_argument("--threads", type=int, default=1, help="threads of each side")
   parser.add_argument("--batch", type=int, default=8, help="training batch")
   parser.add_argument("--sample_batch", type=int, default=64, help="sampling batch")
@@ -136,26 +181,53 @@ def main():
   parser.add_argument("--rounds", type=int, default=4, help="timed rounds per side (alternating)")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
   parser.add_argument("--parts", default="train,sample", help="train and/or sample")
-  parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"],
-                      help="training precision of both sides (ours: the Keras policy; diffusers: "
-                      "torch.autocast to bfloat16 around the U-Net)")
+  parser.add_argument(
+    "--precision",
+    default="float32",
+    choices=["float32", "mixed_bfloat16"],
+    help="training precision of both sides (ours: the Keras policy; diffusers: "
+    "torch.autocast to bfloat16 around the U-Net)",
+  )
   args = parser.parse_args()
   cores = None if args.cores == "all" else [int(c) for c in args.cores.split(",")]
-  common = dict(cores=cores, threads=args.threads, steps=args.steps, rounds=args.rounds,
-                warmup=args.warmup)
+  common = dict(
+    cores=cores, threads=args.threads, steps=args.steps, rounds=args.rounds, warmup=args.warmup
+  )
   if "train" in args.parts:
     timings = peer.alternate(
-        {"ours": (ours_train, (args.batch, args.precision)),
-         "diffusers": (diffusers_train, (args.batch, args.threads, args.precision))}, **common)
-    print(peer.report(f"DDPM CIFAR-10 train step, batch {args.batch}, {args.precision} (Adam, "
-                      f"clip 1, EMA {EMA_DECAY})", timings, ours="ours", peer="diffusers"),
-          flush=True)
+      {
+        "ours": (ours_train, (args.batch, args.precision)),
+        "diffusers": (diffusers_train, (args.batch, args.threads, args.precision)),
+      },
+      **common,
+    )
+    print(
+      peer.report(
+        f"DDPM CIFAR-10 train step, batch {args.batch}, {args.precision} (Adam, "
+        f"clip 1, EMA {EMA_DECAY})",
+        timings,
+        ours="ours",
+        peer="diffusers",
+      ),
+      flush=True,
+    )
   if "sample" in args.parts:
-    timings = peer.alternate({"ours": (ours_sample, (args.sample_batch,)),
-                              "diffusers": (diffusers_sample, (args.sample_batch, args.threads))},
-                             **common)
-    print(peer.report(f"DDPM CIFAR-10 sampling step, batch {args.sample_batch}", timings,
-                      ours="ours", peer="diffusers"), flush=True)
+    timings = peer.alternate(
+      {
+        "ours": (ours_sample, (args.sample_batch,)),
+        "diffusers": (diffusers_sample, (args.sample_batch, args.threads)),
+      },
+      **common,
+    )
+    print(
+      peer.report(
+        f"DDPM CIFAR-10 sampling step, batch {args.sample_batch}",
+        timings,
+        ours="ours",
+        peer="diffusers",
+      ),
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from diffusion_tf import diffusion
-from diffusion_tf import layers
+from diffusion_tf import diffusion, layers
 from diffusion_tf import model as models
 from experiments import harness
 
@@ -44,11 +43,22 @@ def timed(fn, repeats: int = 1, warmup=None) -> float:
 def train_throughput(model, loss_fn, images, *, batch_size: int, steps: int) -> float:
   """Examples/s of the harness's compiled train step over the last `steps` steps (compile excluded)."""
   with tempfile.TemporaryDirectory() as logdir:
-    config = harness.TrainConfig(logdir=logdir, batch_size=batch_size, epochs=1000,
-                                 max_steps=2 * steps, log_every=steps, progress=False)
-    trainer = harness.Trainer(config=config, strategy=tf.distribute.get_strategy(), model=model,
-                              optimizer=keras.optimizers.Adam(1e-4), loss_fn=loss_fn,
-                              train_data=tf.data.Dataset.from_tensor_slices(images))
+    config = harness.TrainConfig(
+      logdir=logdir,
+      batch_size=batch_size,
+      epochs=1000,
+      max_steps=2 * steps,
+      log_every=steps,
+      progress=False,
+    )
+    trainer = harness.Trainer(
+      config=config,
+      strategy=tf.distribute.get_strategy(),
+      model=model,
+      optimizer=keras.optimizers.Adam(1e-4),
+      loss_fn=loss_fn,
+      train_data=tf.data.Dataset.from_tensor_slices(images),
+    )
     return trainer.fit()["examples_per_s"]
 
 
@@ -62,11 +72,18 @@ def main():
   parser.add_argument("--train_steps", type=int, default=20, help="timed train steps")
   args = parser.parse_args()
 
-  print(f"devices: {[d.name for d in tf.config.list_logical_devices()]}; "
-        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-  unet = layers.UNetConfig(channels=args.channels, channel_mult=(1, 2, 2, 2),
-                           num_res_blocks=args.res_blocks, attention_resolutions=(8,), dropout=0.1,
-                           num_groups=8)
+  print(
+    f"devices: {[d.name for d in tf.config.list_logical_devices()]}; "
+    f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+  )
+  unet = layers.UNetConfig(
+    channels=args.channels,
+    channel_mult=(1, 2, 2, 2),
+    num_res_blocks=args.res_blocks,
+    attention_resolutions=(8,),
+    dropout=0.1,
+    num_groups=8,
+  )
   gd = diffusion.GaussianDiffusion.linear(args.timesteps)
   ddpm = models.DDPM(image_shape=(28, 28, 1), unet=unet, diffusion=gd, padded_size=32)
   shape = (args.batch,) + ddpm.padded_shape
@@ -77,8 +94,10 @@ def main():
   for name, jit in (("Python loop of XLA steps", True), ("Python loop of graph steps", False)):
     step = tf.function(lambda x, i, s: gd.ancestral_step(ddpm._eps_fn, x, i, s), jit_compile=jit)
     x_T = gd.initial_noise(shape, seed)
-    results[f"ancestral, {name}"] = timed(lambda step=step, x_T=x_T: gd.p_sample_loop_stepwise(step, x_T, seed=seed),
-                                          warmup=lambda step=step, x_T=x_T: step(x_T, tf.constant(0), seed))
+    results[f"ancestral, {name}"] = timed(
+      lambda step=step, x_T=x_T: gd.p_sample_loop_stepwise(step, x_T, seed=seed),
+      warmup=lambda step=step, x_T=x_T: step(x_T, tf.constant(0), seed),
+    )
   ddim = timed(lambda: ddpm.sample_ddim(args.batch, seed=0, num_steps=50), repeats=2)
   results["DDIM 50 steps, compiled (XLA)"] = ddim
 
@@ -89,16 +108,26 @@ def main():
   images = np.random.default_rng(0).integers(0, 256, (4 * args.train_batch, 28, 28, 1)) / 255.0
   images = images.astype(np.float32)
   unet_eps = train_throughput(
-      ddpm, lambda m, x, ctx: harness.LossOutput(per_example=m.loss_terms(x).simple), images,
-      batch_size=args.train_batch, steps=args.train_steps)
+    ddpm,
+    lambda m, x, ctx: harness.LossOutput(per_example=m.loss_terms(x).simple),
+    images,
+    batch_size=args.train_batch,
+    steps=args.train_steps,
+  )
   flow = models.FlowModel(image_shape=(28, 28, 1), num_couplings=20, hidden_units=256)
   flow_eps = train_throughput(
-      flow, lambda m, x, ctx: harness.LossOutput(per_example=m.loss_terms(x).nll), images,
-      batch_size=args.train_batch, steps=args.train_steps)
+    flow,
+    lambda m, x, ctx: harness.LossOutput(per_example=m.loss_terms(x).nll),
+    images,
+    batch_size=args.train_batch,
+    steps=args.train_steps,
+  )
   print(f"\nTrain step, batch {args.train_batch} (harness, graph mode, compile excluded):")
   print(f"  {'U-Net DDPM (ch=' + str(args.channels) + ')':30s} {unet_eps:10.1f} examples/s")
-  print(f"  {'RealNVP flow (20 x 256)':30s} {flow_eps:10.1f} examples/s   "
-        f"({flow_eps / unet_eps:.2f} x the U-Net)")
+  print(
+    f"  {'RealNVP flow (20 x 256)':30s} {flow_eps:10.1f} examples/s   "
+    f"({flow_eps / unet_eps:.2f} x the U-Net)"
+  )
 
 
 if __name__ == "__main__":

@@ -18,14 +18,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from evaluation import features
-from evaluation import inception
-from evaluation import vgg
+from evaluation import features, inception, vgg
 
 
 def images_per_second(network, images, batch_size, jit_compile):
-  features.extract(network, images[:batch_size], batch_size=batch_size, progress=False,
-                   jit_compile=jit_compile)  # warm-up: trace + compile
+  features.extract(
+    network, images[:batch_size], batch_size=batch_size, progress=False, jit_compile=jit_compile
+  )  # warm-up: trace + compile
   start = time.perf_counter()
   features.extract(network, images, batch_size=batch_size, progress=False, jit_compile=jit_compile)
   return len(images) / (time.perf_counter() - start)
@@ -38,12 +37,17 @@ def main():
   parser.add_argument("--size", type=int, default=64, help="input image side")
   parser.add_argument("--bf16", action="store_true", help="also time mixed_bfloat16 (GPU)")
   args = parser.parse_args()
-  images = np.random.default_rng(0).integers(0, 256, (args.num_images, args.size, args.size, 3),
-                                             dtype=np.uint8)
-  builders = {"Inception-2015 (pool_3 + logits)": inception.build_inception_2015,
-              "VGG-16 fc2": vgg.build_vgg16_fc2}
-  print(f"{args.num_images} images {args.size}x{args.size}, batch {args.batch_size}, "
-        f"{os.cpu_count()} CPUs, random weights")
+  images = np.random.default_rng(0).integers(
+    0, 256, (args.num_images, args.size, args.size, 3), dtype=np.uint8
+  )
+  builders = {
+    "Inception-2015 (pool_3 + logits)": inception.build_inception_2015,
+    "VGG-16 fc2": vgg.build_vgg16_fc2,
+  }
+  print(
+    f"{args.num_images} images {args.size}x{args.size}, batch {args.batch_size}, "
+    f"{os.cpu_count()} CPUs, random weights"
+  )
   for name, build in builders.items():
     policies = [None, "mixed_bfloat16"] if args.bf16 else [None]
     for policy in policies:

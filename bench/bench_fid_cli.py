@@ -31,8 +31,7 @@ from PIL import Image
 from evaluation import cli
 
 cli.import_tensorflow_quietly()
-from evaluation import fid
-from evaluation import networks
+from evaluation import fid, networks
 from tests.reference import comparisons  # hides Triton, imports torch
 
 
@@ -44,8 +43,20 @@ def write_folder(path: pathlib.Path, count: int, size: int, seed: int) -> None:
 
 
 def ours(a, b, pth, batch_size, workers) -> float:
-  argv = ["--samples", str(a), "--reference", str(b), "--inception_path", str(pth), "--nocache",
-          "--noprogress", "--batch_size", str(batch_size), "--workers", str(workers)]
+  argv = [
+    "--samples",
+    str(a),
+    "--reference",
+    str(b),
+    "--inception_path",
+    str(pth),
+    "--nocache",
+    "--noprogress",
+    "--batch_size",
+    str(batch_size),
+    "--workers",
+    str(workers),
+  ]
   start = time.perf_counter()
   if fid.main(argv) != 0:
     raise SystemExit("our FID command failed")
@@ -54,10 +65,12 @@ def ours(a, b, pth, batch_size, workers) -> float:
 
 def pytorch_fid(a, b, pth, batch_size, workers) -> float:
   from pytorch_fid import fid_score
+
   start = time.perf_counter()
   with comparisons.pytorch_fid_with_weights(pth):
-    value = fid_score.calculate_fid_given_paths([str(a), str(b)], batch_size, "cpu", 2048,
-                                                num_workers=workers)
+    value = fid_score.calculate_fid_given_paths(
+      [str(a), str(b)], batch_size, "cpu", 2048, num_workers=workers
+    )
   print(f"pytorch-fid FID: {value:.6f}")
   return time.perf_counter() - start
 
@@ -67,11 +80,16 @@ def main():
   parser.add_argument("--num_images", type=int, default=50, help="images per folder")
   parser.add_argument("--size", type=int, default=32, help="image side (resized to 299 inside)")
   parser.add_argument("--batch_size", type=int, default=50)
-  parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                      help="decoding threads (ours) / DataLoader workers (pytorch-fid)")
+  parser.add_argument(
+    "--workers",
+    type=int,
+    default=min(8, os.cpu_count() or 1),
+    help="decoding threads (ours) / DataLoader workers (pytorch-fid)",
+  )
   parser.add_argument("--repeats", type=int, default=2)
   args = parser.parse_args()
   import torch
+
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
     os.environ[networks.CACHE_DIR_ENV] = str(tmp / "cache")
@@ -85,16 +103,20 @@ def main():
     for _ in range(args.repeats):
       times["ours"].append(ours(a, b, pth, args.batch_size, args.workers))
       times["pytorch-fid"].append(pytorch_fid(a, b, pth, args.batch_size, args.workers))
-  print(f"\n2 folders x {args.num_images} PNGs {args.size}x{args.size}x3, batch {args.batch_size}, "
-        f"workers {args.workers}, {os.cpu_count()} CPUs (torch threads {torch.get_num_threads()})")
+  print(
+    f"\n2 folders x {args.num_images} PNGs {args.size}x{args.size}x3, batch {args.batch_size}, "
+    f"workers {args.workers}, {os.cpu_count()} CPUs (torch threads {torch.get_num_threads()})"
+  )
   rates = {}
   for name, values in times.items():
     cold = total / values[0]
     warm = total / min(values[1:]) if len(values) > 1 else float("nan")
     rates[name] = (cold, warm)
     print(f"  {name:12s} cold {cold:6.2f} img/s | warm {warm:6.2f} img/s")
-  print(f"  ours / pytorch-fid: cold x{rates['ours'][0] / rates['pytorch-fid'][0]:.2f} | "
-        f"warm x{rates['ours'][1] / rates['pytorch-fid'][1]:.2f}")
+  print(
+    f"  ours / pytorch-fid: cold x{rates['ours'][0] / rates['pytorch-fid'][0]:.2f} | "
+    f"warm x{rates['ours'][1] / rates['pytorch-fid'][1]:.2f}"
+  )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = {"default": None, "AVX2": "AVX2"}
-_PROBE = ("import tensorflow as tf; "
-          "tf.nn.conv2d(tf.ones([1, 8, 8, 4]), tf.ones([3, 3, 4, 4]), 1, 'SAME')")
+_PROBE = (
+  "import tensorflow as tf; tf.nn.conv2d(tf.ones([1, 8, 8, 4]), tf.ones([3, 3, 4, 4]), 1, 'SAME')"
+)
 
 
 def _env(isa: str | None, **extra: str) -> dict[str, str]:
@@ -38,16 +39,27 @@ def _env(isa: str | None, **extra: str) -> dict[str, str]:
 
 def onednn_isa(isa: str | None) -> str:
   """The instruction set oneDNN reports it uses under this setting."""
-  out = subprocess.run([sys.executable, "-c", _PROBE], env=_env(isa, ONEDNN_VERBOSE="1"),
-                       capture_output=True, text=True, check=True)
+  out = subprocess.run(
+    [sys.executable, "-c", _PROBE],
+    env=_env(isa, ONEDNN_VERBOSE="1"),
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   match = re.search(r"info,cpu,isa:(.*)", out.stdout + out.stderr)
   return match.group(1).strip() if match else "not reported"
 
 
 def nvae_examples_per_s(isa: str | None, steps: int) -> float:
   """examples/s of the NVAE quick preset's harness train step (bench_nvae.py, float32, XLA off)."""
-  cmd = [sys.executable, os.path.join(ROOT, "bench", "bench_nvae.py"), "--configs=quick",
-         f"--steps={steps}", "--xla=off", "--precisions=float32"]
+  cmd = [
+    sys.executable,
+    os.path.join(ROOT, "bench", "bench_nvae.py"),
+    "--configs=quick",
+    f"--steps={steps}",
+    "--xla=off",
+    "--precisions=float32",
+  ]
   out = subprocess.run(cmd, env=_env(isa), capture_output=True, text=True, check=True).stdout
   row = next(line for line in out.splitlines() if re.match(r"quick\s+\d+\s", line))
   return float(row.split()[4])  # config, batch, xla, precision, examples/s, wall s
@@ -56,25 +68,39 @@ def nvae_examples_per_s(isa: str | None, steps: int) -> float:
 def tests_seconds(isa: str | None, paths: list[str]) -> float:
   """Wall seconds of `pytest <paths>` in one process."""
   start = time.perf_counter()
-  subprocess.run([sys.executable, "-m", "pytest", *paths, "-q", "-p", "no:cacheprovider"],
-                 env=_env(isa), cwd=ROOT, capture_output=True, check=True)
+  subprocess.run(
+    [sys.executable, "-m", "pytest", *paths, "-q", "-p", "no:cacheprovider"],
+    env=_env(isa),
+    cwd=ROOT,
+    capture_output=True,
+    check=True,
+  )
   return time.perf_counter() - start
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workloads", default="nvae,tests", help="comma list of: nvae, tests")
-  parser.add_argument("--steps", type=int, default=20, help="NVAE: timed steps (after as many to trace)")
-  parser.add_argument("--tests", default="tests/nvae_tf/test_layers.py,tests/vampprior_tf,tests/diffusion_tf/test_diffusion.py",
-                      help="comma list of test paths for the 'tests' workload")
+  parser.add_argument(
+    "--steps", type=int, default=20, help="NVAE: timed steps (after as many to trace)"
+  )
+  parser.add_argument(
+    "--tests",
+    default="tests/nvae_tf/test_layers.py,tests/vampprior_tf,tests/diffusion_tf/test_diffusion.py",
+    help="comma list of test paths for the 'tests' workload",
+  )
   args = parser.parse_args()
   workloads = args.workloads.split(",")
   unknown = set(workloads) - {"nvae", "tests"}
   if unknown:
     parser.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
 
-  cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True,
-                       text=True).stdout.strip() or "unknown"
+  cpu = (
+    subprocess.run(
+      ["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True
+    ).stdout.strip()
+    or "unknown"
+  )
   print(f"CPU: {cpu}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
   results: dict[str, dict[str, float]] = {}
   for name, isa in SETTINGS.items():

@@ -27,8 +27,10 @@ def peak_gib() -> float:
 def one_chunk(preset: str, images: int, chunk: int) -> None:
   import numpy as np
   import tensorflow as tf
+
   from experiments import nvae_train
   from nvae_tf import NVAE
+
   model = NVAE(nvae_train.PRESETS[preset].model, seed=0)
   x = tf.constant((np.random.default_rng(0).random((images, 28, 28, 1)) < 0.2).astype(np.float32))
   model(x[:2])
@@ -36,8 +38,11 @@ def one_chunk(preset: str, images: int, chunk: int) -> None:
   log_weights = tf.function(lambda xb: model.log_weights(xb, chunk))
   for _ in range(2):
     log_weights(x).numpy()
-  print(f"NVAE {preset}: {images} images x chunk {chunk}: peak RSS {peak_gib():.2f} GiB "
-        f"(model built: {built:.2f} GiB)", flush=True)
+  print(
+    f"NVAE {preset}: {images} images x chunk {chunk}: peak RSS {peak_gib():.2f} GiB "
+    f"(model built: {built:.2f} GiB)",
+    flush=True,
+  )
 
 
 def main():
@@ -51,10 +56,19 @@ def main():
     one_chunk(args.preset, args.images, args.one)
     return
   from common_tf import host
+
   print(f"host: {host.cpu_model()}", flush=True)
   for chunk in (int(c) for c in args.chunks.split(",")):
-    subprocess.run([sys.executable, __file__, f"--preset={args.preset}", f"--images={args.images}",
-                    f"--one={chunk}"], check=True)
+    subprocess.run(
+      [
+        sys.executable,
+        __file__,
+        f"--preset={args.preset}",
+        f"--images={args.images}",
+        f"--one={chunk}",
+      ],
+      check=True,
+    )
 
 
 if __name__ == "__main__":

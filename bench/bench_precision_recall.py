@@ -26,10 +26,12 @@ def numpy_floor(real, fake, k):
   def sq(a, b):
     d = (a * a).sum(1)[:, None] - 2.0 * (a @ b.T) + (b * b).sum(1)[None, :]
     return np.maximum(d, 0.0, out=d)
+
   def radii(x):
     d = sq(x, x)
     np.fill_diagonal(d, np.inf)
     return np.partition(d, k - 1, axis=1)[:, k - 1]
+
   r_real, r_fake = radii(real), radii(fake)
   d = sq(fake, real)
   return (d <= r_real[None, :]).any(1).mean(), (d <= r_fake[:, None]).any(0).mean()
@@ -57,8 +59,12 @@ def main():
   assert ours == ours_first
   print(f"precision/recall {args.n} vs {args.n}, {args.dim}-d, k={args.k}, {os.cpu_count()} CPUs")
   print(f"  ours  (XLA, first call incl. compile): {t_first:8.2f} s")
-  print(f"  ours  (XLA, steady state)            : {t_ours:8.2f} s   -> P={ours[0]:.4f} R={ours[1]:.4f}")
-  print(f"  NumPy floor (3 GEMMs + partition)    : {t_floor:8.2f} s   -> P={floor[0]:.4f} R={floor[1]:.4f}")
+  print(
+    f"  ours  (XLA, steady state)            : {t_ours:8.2f} s   -> P={ours[0]:.4f} R={ours[1]:.4f}"
+  )
+  print(
+    f"  NumPy floor (3 GEMMs + partition)    : {t_floor:8.2f} s   -> P={floor[0]:.4f} R={floor[1]:.4f}"
+  )
   print(f"  ratio ours / floor: {t_ours / t_floor:.2f}x (first call {t_first / t_floor:.2f}x)")
 
 

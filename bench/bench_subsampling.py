@@ -23,8 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from evaluation import fid
-from evaluation import kid
+from evaluation import fid, kid
 
 
 def cpu_model() -> str:
@@ -66,28 +65,48 @@ def main() -> None:
   mu2, sigma2 = fid.feature_statistics(yd)
   factor2 = fid._factor(sigma2)
   cases = (
-      ("FID, both sets subsampled", lambda: fid.replicate_distance(
-          *fid.feature_statistics(xd[index()]), *fid.feature_statistics(yd[index()]))),
-      ("FID, reference statistics", lambda: fid.replicate_distance(
-          *fid.feature_statistics(xd[index()]), mu2, sigma2, factor2=factor2)),
-      ("(FID by frechet_distance, for comparison)", lambda: fid.frechet_distance(
-          *fid.feature_statistics(xd[index()]), *fid.feature_statistics(yd[index()]))))
+    (
+      "FID, both sets subsampled",
+      lambda: fid.replicate_distance(
+        *fid.feature_statistics(xd[index()]), *fid.feature_statistics(yd[index()])
+      ),
+    ),
+    (
+      "FID, reference statistics",
+      lambda: fid.replicate_distance(
+        *fid.feature_statistics(xd[index()]), mu2, sigma2, factor2=factor2
+      ),
+    ),
+    (
+      "(FID by frechet_distance, for comparison)",
+      lambda: fid.frechet_distance(
+        *fid.feature_statistics(xd[index()]), *fid.feature_statistics(yd[index()])
+      ),
+    ),
+  )
   times = {name: [] for name, _ in cases}
   for _ in range(args.replicates):  # interleaved, so a change of load hits every case alike
     for name, call in cases:
       times[name] += times_of(call, 1)
   for name, _ in cases:
-    print(f"{name}: {np.median(times[name]):.3g} s per replicate, fastest {min(times[name]):.3g} s "
-          f"(n={args.n}, b={b}, d={args.dims}; {args.replicates} replicates)")
+    print(
+      f"{name}: {np.median(times[name]):.3g} s per replicate, fastest {min(times[name]):.3g} s "
+      f"(n={args.n}, b={b}, d={args.dims}; {args.replicates} replicates)"
+    )
   xs, ys = x[:b].astype(np.float64), y[:b].astype(np.float64)
   # kid.subsample_interval: subsets of round(rate * 1000) rows when 1000 < n (else all b rows).
   m = int(np.floor(args.rate * 1000 + 0.5)) if 1000 < args.n else b
-  seconds = median_time(lambda: kid.kernel_inception_distance(
-      xs, ys, num_subsets=args.kid_subsets, subset_size=m), 1)
-  print(f"KID (100 subsets of {m} of the b rows): {seconds * 100 / args.kid_subsets:.3g} s per "
-        f"replicate (timed on {args.kid_subsets} subsets)")
-  print(f"cpu: {cpu_model()}, {os.cpu_count()} logical CPUs, load average "
-        f"{os.getloadavg()[0]:.1f} (other processes share the CPUs when it exceeds their count)")
+  seconds = median_time(
+    lambda: kid.kernel_inception_distance(xs, ys, num_subsets=args.kid_subsets, subset_size=m), 1
+  )
+  print(
+    f"KID (100 subsets of {m} of the b rows): {seconds * 100 / args.kid_subsets:.3g} s per "
+    f"replicate (timed on {args.kid_subsets} subsets)"
+  )
+  print(
+    f"cpu: {cpu_model()}, {os.cpu_count()} logical CPUs, load average "
+    f"{os.getloadavg()[0]:.1f} (other processes share the CPUs when it exceeds their count)"
+  )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ OFFICIAL_MODULES = {"vae": "VAE", "hvae_2level": "HVAE_2level"}
 
 def batch():
   import numpy as np
+
   return (np.random.RandomState(0).rand(BATCH, 28, 28) > 0.8).astype(np.float32)
 
 
@@ -39,27 +40,42 @@ def ours(model_name: str, threads: int):
   del threads  # TensorFlow's: set by peer.pin through the environment
   images = batch()
   import tempfile
+
   import keras
   import tensorflow as tf
+
   from experiments import harness, vampprior_train
   from vampprior_tf import optim
+
   settings = vampprior_train.RunSettings(
-      model=model_name, prior="vampprior", dataset="static_mnist", likelihood="bernoulli",
-      num_components=COMPONENTS, learn_prior_weights=False, warmup=100, lr=5e-4,
-      early_stopping=50, test_samples=5000, train_examples=None, eval_examples=None,
-      image_every=10)
+    model=model_name,
+    prior="vampprior",
+    dataset="static_mnist",
+    likelihood="bernoulli",
+    num_components=COMPONENTS,
+    learn_prior_weights=False,
+    warmup=100,
+    lr=5e-4,
+    early_stopping=50,
+    test_samples=5000,
+    train_examples=None,
+    eval_examples=None,
+    image_every=10,
+  )
   keras.utils.set_random_seed(0)
   model = vampprior_train.build_model(settings, image_shape=(28, 28, 1), seed=0)
   x = tf.constant(images.reshape(-1, 28, 28, 1))
   model(x[:2])
   logdir = tempfile.mkdtemp()
   trainer = harness.Trainer(
-      config=harness.TrainConfig(logdir=logdir, batch_size=BATCH, epochs=1000, progress=False),
-      strategy=tf.distribute.get_strategy(), model=model,
-      optimizer=keras.optimizers.Adam(settings.lr, epsilon=vampprior_train.ADAM_EPSILON),
-      loss_fn=vampprior_train.make_loss_fn(settings.warmup),
-      train_data=tf.data.Dataset.from_tensor_slices(images[:BATCH]),
-      grad_transform=optim.normalize_gradients)
+    config=harness.TrainConfig(logdir=logdir, batch_size=BATCH, epochs=1000, progress=False),
+    strategy=tf.distribute.get_strategy(),
+    model=model,
+    optimizer=keras.optimizers.Adam(settings.lr, epsilon=vampprior_train.ADAM_EPSILON),
+    loss_fn=vampprior_train.make_loss_fn(settings.warmup),
+    train_data=tf.data.Dataset.from_tensor_slices(images[:BATCH]),
+    grad_transform=optim.normalize_gradients,
+  )
   return lambda: trainer._train_step(x)["loss"].numpy()
 
 
@@ -67,21 +83,32 @@ def official(model_name: str, threads: int, path: str):
   """One step of the official code from a checkout at `path`: its model and AdamNormGrad."""
   images = batch()
   import importlib
-  import scipy.special
+
   import scipy.misc
+  import scipy.special
   import torch
+
   # The official code imports scipy.misc.logsumexp (moved to scipy.special in SciPy 1.0) and
   # matplotlib plots it does not call while training; both are shimmed here, at run time.
   scipy.misc.logsumexp = scipy.special.logsumexp
-  sys.modules.setdefault("utils.visual_evaluation",
-                         types.SimpleNamespace(plot_histogram=None, plot_images=None))
+  sys.modules.setdefault(
+    "utils.visual_evaluation", types.SimpleNamespace(plot_histogram=None, plot_images=None)
+  )
   sys.path[:0] = [path, os.path.join(path, "models")]  # HVAE_2level.py: `from Model import Model`
   module = importlib.import_module(f"models.{OFFICIAL_MODULES[model_name]}")
   optimizer_module = importlib.import_module("utils.optimizer")
   args = argparse.Namespace(  # official experiment.py's defaults for static MNIST + VampPrior
-      input_size=[1, 28, 28], z1_size=40, z2_size=40, prior="vampprior",
-      number_components=COMPONENTS, input_type="binary", cuda=False,
-      use_training_data_init=False, pseudoinputs_mean=0.05, pseudoinputs_std=0.01)
+    input_size=[1, 28, 28],
+    z1_size=40,
+    z2_size=40,
+    prior="vampprior",
+    number_components=COMPONENTS,
+    input_type="binary",
+    cuda=False,
+    use_training_data_init=False,
+    pseudoinputs_mean=0.05,
+    pseudoinputs_std=0.01,
+  )
   torch.set_num_threads(threads)
   torch.manual_seed(0)
   model = module.VAE(args)
@@ -96,40 +123,69 @@ def official(model_name: str, threads: int, path: str):
     loss.backward()
     optimizer.step()
     return float(loss)
+
   return step
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--official_path", default=os.environ.get("GENMODELS_VAMPPRIOR_OFFICIAL"),
-                      help="a checkout of github.com/jmtomczak/vae_vampprior (needs torch; "
-                      "default $GENMODELS_VAMPPRIOR_OFFICIAL); without it only our step is timed")
-  parser.add_argument("--models", default="vae,hvae_2level", help="comma-separated: vae, hvae_2level")
-  parser.add_argument("--cores", default="0", help="cores to pin both sides to, e.g. 0 or 0,1; "
-                      "'all' leaves the affinity as it is")
-  parser.add_argument("--threads", type=int, default=1, help="threads of each side (TensorFlow "
-                      "intra/inter-op, torch.set_num_threads)")
+  parser.add_argument(
+    "--official_path",
+    default=os.environ.get("GENMODELS_VAMPPRIOR_OFFICIAL"),
+    help="a checkout of github.com/jmtomczak/vae_vampprior (needs torch; "
+    "default $GENMODELS_VAMPPRIOR_OFFICIAL); without it only our step is timed",
+  )
+  parser.add_argument(
+    "--models", default="vae,hvae_2level", help="comma-separated: vae, hvae_2level"
+  )
+  parser.add_argument(
+    "--cores",
+    default="0",
+    help="cores to pin both sides to, e.g. 0 or 0,1; 'all' leaves the affinity as it is",
+  )
+  parser.add_argument(
+    "--threads",
+    type=int,
+    default=1,
+    help="threads of each side (TensorFlow intra/inter-op, torch.set_num_threads)",
+  )
   parser.add_argument("--steps", type=int, default=20, help="steps per timed round")
   parser.add_argument("--rounds", type=int, default=5, help="timed rounds per side (alternating)")
   parser.add_argument("--warmup", type=int, default=10, help="untimed steps per side first")
   args = parser.parse_args()
   cores = None if args.cores == "all" else [int(c) for c in args.cores.split(",")]
-  print(f"batch {BATCH}, K = {COMPONENTS} pseudo-inputs, static MNIST shapes, {args.rounds} rounds "
-        f"of {args.steps} steps per side after {args.warmup} warm-up steps, each side in its own "
-        "process")
+  print(
+    f"batch {BATCH}, K = {COMPONENTS} pseudo-inputs, static MNIST shapes, {args.rounds} rounds "
+    f"of {args.steps} steps per side after {args.warmup} warm-up steps, each side in its own "
+    "process"
+  )
   for name in args.models.split(","):
     sides = {f"ours ({name})": (ours, (name, args.threads))}
     if args.official_path:
       sides[f"official PyTorch ({name})"] = (official, (name, args.threads, args.official_path))
-    timings = peer.alternate(sides, cores=cores, threads=args.threads, steps=args.steps,
-                             rounds=args.rounds, warmup=args.warmup)
+    timings = peer.alternate(
+      sides,
+      cores=cores,
+      threads=args.threads,
+      steps=args.steps,
+      rounds=args.rounds,
+      warmup=args.warmup,
+    )
     if args.official_path:
-      print(peer.report(f"{name} + VampPrior train step", timings, ours=f"ours ({name})",
-                        peer=f"official PyTorch ({name})"), flush=True)
+      print(
+        peer.report(
+          f"{name} + VampPrior train step",
+          timings,
+          ours=f"ours ({name})",
+          peer=f"official PyTorch ({name})",
+        ),
+        flush=True,
+      )
     else:
       wall, cpu = timings[f"ours ({name})"].median_ms()
-      print(f"{name} + VampPrior train step: wall {wall:.1f} ms/step, CPU {cpu:.1f} ms/step",
-            flush=True)
+      print(
+        f"{name} + VampPrior train step: wall {wall:.1f} ms/step, CPU {cpu:.1f} ms/step", flush=True
+      )
 
 
 if __name__ == "__main__":

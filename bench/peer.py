@@ -19,7 +19,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -42,14 +42,17 @@ def header(threads: int) -> str:
   """One line: CPU model, the cores this process may run on, thread counts, load average."""
   torch = sys.modules.get("torch")
   torch_threads = f", torch threads {torch.get_num_threads()}" if torch is not None else ""
-  return (f"CPU: {host.cpu_model()}; affinity {sorted(os.sched_getaffinity(0))} "
-          f"({len(os.sched_getaffinity(0))} of {os.cpu_count()} cores); TensorFlow intra/inter-op "
-          f"threads {threads}/{threads}{torch_threads}; load average {os.getloadavg()[0]:.1f}")
+  return (
+    f"CPU: {host.cpu_model()}; affinity {sorted(os.sched_getaffinity(0))} "
+    f"({len(os.sched_getaffinity(0))} of {os.cpu_count()} cores); TensorFlow intra/inter-op "
+    f"threads {threads}/{threads}{torch_threads}; load average {os.getloadavg()[0]:.1f}"
+  )
 
 
 @dataclasses.dataclass
 class Timing:
   """Per-step seconds of each timed round."""
+
   wall: list[float] = dataclasses.field(default_factory=list)
   cpu: list[float] = dataclasses.field(default_factory=list)
 
@@ -70,8 +73,15 @@ def _serve(conn, factory, args, cores, threads):
     conn.send(((time.perf_counter() - wall) / n, (time.process_time() - cpu) / n))
 
 
-def alternate(sides: dict[str, tuple[Callable, tuple]], *, cores: list[int] | None,
-              threads: int, steps: int, rounds: int, warmup: int) -> dict[str, Timing]:
+def alternate(
+  sides: dict[str, tuple[Callable, tuple]],
+  *,
+  cores: list[int] | None,
+  threads: int,
+  steps: int,
+  rounds: int,
+  warmup: int,
+) -> dict[str, Timing]:
   """Starts one child per side (`{name: (factory, args)}`), runs each side's step `warmup` times
   (compilation, allocator), then `rounds` rounds of `steps` steps per side, the sides
   alternating; returns the per-step times of every round. Prints each child's `header`."""
@@ -80,8 +90,9 @@ def alternate(sides: dict[str, tuple[Callable, tuple]], *, cores: list[int] | No
   try:
     for name, (factory, args) in sides.items():
       parent, child = context.Pipe()
-      process = context.Process(target=_serve, args=(child, factory, args, cores, threads),
-                                daemon=True)
+      process = context.Process(
+        target=_serve, args=(child, factory, args, cores, threads), daemon=True
+      )
       process.start()
       children[name] = (process, parent)
       print(f"  {name}: {parent.recv()}", flush=True)  # built: its host line
@@ -109,9 +120,11 @@ def report(title: str, timings: dict[str, Timing], *, ours: str, peer: str) -> s
   lines = [title]
   for name, t in timings.items():
     wall, cpu = t.median_ms()
-    lines.append(f"  {name:34s} wall {wall:8.1f} ms/step ({1e3 * min(t.wall):.1f}-"
-                 f"{1e3 * max(t.wall):.1f})   CPU {cpu:8.1f} ms/step ({1e3 * min(t.cpu):.1f}-"
-                 f"{1e3 * max(t.cpu):.1f})")
+    lines.append(
+      f"  {name:34s} wall {wall:8.1f} ms/step ({1e3 * min(t.wall):.1f}-"
+      f"{1e3 * max(t.wall):.1f})   CPU {cpu:8.1f} ms/step ({1e3 * min(t.cpu):.1f}-"
+      f"{1e3 * max(t.cpu):.1f})"
+    )
   (ow, oc), (pw, pc) = timings[ours].median_ms(), timings[peer].median_ms()
   lines.append(f"  ours / peer: wall {ow / pw:.2f}x, CPU {oc / pc:.2f}x")
   return "\n".join(lines)

@@ -56,16 +56,19 @@ def read_idx(path: str | os.PathLike, *, expect_magic: int) -> np.ndarray:
   magic = struct.unpack(">I", raw[:4])[0]
   if magic != expect_magic:
     raise IDXError(
-        f"corrupt IDX file {path}: magic number {magic:#010x}, expected {expect_magic:#010x}")
+      f"corrupt IDX file {path}: magic number {magic:#010x}, expected {expect_magic:#010x}"
+    )
   ndim = magic & 0xFF
   header = 4 + 4 * ndim
   if len(raw) < header:
-    raise IDXError(f"corrupt IDX file {path}: only {len(raw)} bytes, the header of a "
-                   f"{ndim}-dimensional array needs {header}")
+    raise IDXError(
+      f"corrupt IDX file {path}: only {len(raw)} bytes, the header of a "
+      f"{ndim}-dimensional array needs {header}"
+    )
   dims = struct.unpack(f">{ndim}I", raw[4:header])
   count = int(np.prod(dims))
   if len(raw) - header != count:
     raise IDXError(
-        f"corrupt IDX file {path}: header says {dims} ({count} bytes), "
-        f"file holds {len(raw) - header}")
+      f"corrupt IDX file {path}: header says {dims} ({count} bytes), file holds {len(raw) - header}"
+    )
   return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)

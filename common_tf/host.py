@@ -10,7 +10,7 @@ train and be evaluated on several of them (resumed from a carried checkpoint). T
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def cpu_model() -> str:
@@ -21,10 +21,14 @@ def cpu_model() -> str:
       info = f.read()
   except OSError:
     import platform
+
     return platform.processor() or "unknown"
-  name = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")),
-              "unknown")
-  flags = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
+  name = next(
+    (l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "unknown"
+  )
+  flags = set(
+    next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), [])
+  )
   vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
   return f"{name}, {vector}, {os.cpu_count()} cores"
 
@@ -68,7 +72,10 @@ def mute_tensorflow_start_up() -> None:
   when TensorFlow is already imported.
   """
   import sys
-  if "tensorflow" in sys.modules or any(isinstance(f, _MutedTensorFlowFinder) for f in sys.meta_path):
+
+  if "tensorflow" in sys.modules or any(
+    isinstance(f, _MutedTensorFlowFinder) for f in sys.meta_path
+  ):
     return
   sys.meta_path.insert(0, _MutedTensorFlowFinder())
 
@@ -82,6 +89,7 @@ class _MutedTensorFlowFinder:
       return None
     import importlib.util
     import sys
+
     sys.meta_path.remove(self)
     spec = importlib.util.find_spec(name)
     if spec is not None and spec.loader is not None:
@@ -101,6 +109,7 @@ class _MutedLoader:
   def exec_module(self, module):
     import sys
     import tempfile
+
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as held:  # what TensorFlow wrote, shown if the import fails
@@ -126,5 +135,6 @@ class _MutedLoader:
 def peak_rss_gib() -> float:
   """This process's peak resident memory so far, GiB (Linux `ru_maxrss`, KiB): what a results row
   records of the memory its command needed (training and evaluation in one process)."""
-  import resource  # pylint: disable=g-import-not-at-top  (POSIX only)
+  import resource  # POSIX only
+
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

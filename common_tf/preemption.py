@@ -30,7 +30,7 @@ import dataclasses
 import os
 import signal
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class Preempted(RuntimeError):
@@ -44,6 +44,7 @@ class Preempted(RuntimeError):
 @dataclasses.dataclass
 class StopRequest:
   """Which signal asked to stop (None until one arrives)."""
+
   signum: int | None = None
 
   @property

@@ -18,7 +18,7 @@ is its r-th block of B rows).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf
@@ -38,22 +38,25 @@ def global_batch_draw(draw: Callable[[tf.Tensor], tf.Tensor], shape) -> tf.Tenso
   local = shape[0]
   full = draw(tf.concat([[local * replicas], shape[1:]], 0))
   start = tf.cast(replica, tf.int32) * local
-  return full[start:start + local]
+  return full[start : start + local]
 
 
 def normal(shape, *, seed, mean=0.0, stddev=1.0, dtype="float32") -> tf.Tensor:
   """N(mean, stddev^2) of `shape` ([B, ...]), the same per example for any replica count."""
   return global_batch_draw(
-      lambda s: keras.random.normal(s, mean=mean, stddev=stddev, dtype=dtype, seed=seed), shape)
+    lambda s: keras.random.normal(s, mean=mean, stddev=stddev, dtype=dtype, seed=seed), shape
+  )
 
 
 def uniform(shape, *, seed, minval=0.0, maxval=1.0, dtype="float32") -> tf.Tensor:
   """U[minval, maxval) of `shape` ([B, ...]), the same per example for any replica count."""
   return global_batch_draw(
-      lambda s: keras.random.uniform(s, minval=minval, maxval=maxval, dtype=dtype, seed=seed), shape)
+    lambda s: keras.random.uniform(s, minval=minval, maxval=maxval, dtype=dtype, seed=seed), shape
+  )
 
 
 def randint(shape, *, seed, minval, maxval, dtype="int32") -> tf.Tensor:
   """Integers in [minval, maxval) of `shape` ([B, ...]), the same per example for any replica count."""
   return global_batch_draw(
-      lambda s: keras.random.randint(s, minval, maxval, dtype=dtype, seed=seed), shape)
+    lambda s: keras.random.randint(s, minval, maxval, dtype=dtype, seed=seed), shape
+  )

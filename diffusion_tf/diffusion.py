@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -37,14 +37,22 @@ DDIM_SPACINGS = ("uniform", "quad", "leading", "trailing", "linspace")
 DDIM_QUAD_FRACTION = 0.8
 
 
-def linear_beta_schedule(num_timesteps: int = NUM_TIMESTEPS, *, beta_start: float = LINEAR_BETA_START,
-                         beta_end: float = LINEAR_BETA_END) -> np.ndarray:
+def linear_beta_schedule(
+  num_timesteps: int = NUM_TIMESTEPS,
+  *,
+  beta_start: float = LINEAR_BETA_START,
+  beta_end: float = LINEAR_BETA_END,
+) -> np.ndarray:
   """beta_t linear from beta_start to beta_end (DDPM Sec. 4), float64 [T]."""
   return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
 
 
-def cosine_beta_schedule(num_timesteps: int = NUM_TIMESTEPS, *, offset: float = COSINE_OFFSET,
-                         max_beta: float = COSINE_MAX_BETA) -> np.ndarray:
+def cosine_beta_schedule(
+  num_timesteps: int = NUM_TIMESTEPS,
+  *,
+  offset: float = COSINE_OFFSET,
+  max_beta: float = COSINE_MAX_BETA,
+) -> np.ndarray:
   """abar(t) = cos^2(((t/T + s) / (1 + s)) pi/2), beta_t = min(1 - abar(t+1)/abar(t), max_beta), float64 [T]."""
   steps = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
   alpha_bar = np.cos((steps + offset) / (1.0 + offset) * math.pi / 2.0) ** 2
@@ -53,6 +61,7 @@ def cosine_beta_schedule(num_timesteps: int = NUM_TIMESTEPS, *, offset: float = 
 
 class Variance(enum.Enum):
   """Fixed reverse-process variances sigma_t^2 of DDPM Sec. 3.2."""
+
   FIXED_LARGE = "fixed_large"  # sigma_t^2 = beta_t
   FIXED_SMALL = "fixed_small"  # sigma_t^2 = beta~_t, the posterior variance
 
@@ -60,6 +69,7 @@ class Variance(enum.Enum):
 @dataclasses.dataclass(frozen=True)
 class MeanVariance:
   """A diagonal Gaussian over x_{t-1} and the x_0 prediction it came from, all [B, H, W, C]."""
+
   mean: tf.Tensor
   variance: tf.Tensor
   log_variance: tf.Tensor
@@ -69,10 +79,11 @@ class MeanVariance:
 @dataclasses.dataclass(frozen=True)
 class VariationalBound:
   """Negative VLB terms in nats per example [B]: total = prior + sum_{t>=1} kl + decoder."""
+
   total: tf.Tensor
-  prior: tf.Tensor     # KL(q(x_T | x_0) || N(0, I))
+  prior: tf.Tensor  # KL(q(x_T | x_0) || N(0, I))
   diffusion: tf.Tensor  # sum over t = 1 .. T-1 of KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))
-  decoder: tf.Tensor    # -log p(x_0 | x_1), discretized Gaussian
+  decoder: tf.Tensor  # -log p(x_0 | x_1), discretized Gaussian
 
 
 class GaussianDiffusion:
@@ -102,10 +113,14 @@ class GaussianDiffusion:
     self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
     # beta~_0 = 0: the log is clipped by repeating beta~_1 (official code).
     self.posterior_log_variance_clipped = np.log(
-        np.append(self.posterior_variance[1], self.posterior_variance[1:]))
-    self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-    self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (
-        1.0 - self.alphas_cumprod)
+      np.append(self.posterior_variance[1], self.posterior_variance[1:])
+    )
+    self.posterior_mean_coef1 = (
+      betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+    )
+    self.posterior_mean_coef2 = (
+      (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+    )
     if self.variance is Variance.FIXED_LARGE:
       # Official code: the first log-variance is beta~_1 for a better decoder likelihood.
       self.model_variance = betas
@@ -115,11 +130,11 @@ class GaussianDiffusion:
       self.model_log_variance = self.posterior_log_variance_clipped
 
   @classmethod
-  def linear(cls, num_timesteps: int = NUM_TIMESTEPS, **kwargs) -> "GaussianDiffusion":
+  def linear(cls, num_timesteps: int = NUM_TIMESTEPS, **kwargs) -> GaussianDiffusion:
     return cls(betas=linear_beta_schedule(num_timesteps), **kwargs)
 
   @classmethod
-  def cosine(cls, num_timesteps: int = NUM_TIMESTEPS, **kwargs) -> "GaussianDiffusion":
+  def cosine(cls, num_timesteps: int = NUM_TIMESTEPS, **kwargs) -> GaussianDiffusion:
     return cls(betas=cosine_beta_schedule(num_timesteps), **kwargs)
 
   # --------------------------------------------------------------------------- helpers
@@ -141,21 +156,27 @@ class GaussianDiffusion:
 
   def q_sample(self, x0, t, noise):
     """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps   (DDPM eq. 4)."""
-    return (self._extract(self.sqrt_alphas_cumprod, t, x0) * x0
-            + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+    return (
+      self._extract(self.sqrt_alphas_cumprod, t, x0) * x0
+      + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+    )
 
   def q_posterior_mean_variance(self, x0, x_t, t):
     """q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t I) (DDPM eq. 6-7): (mean, variance, log_variance)."""
-    mean = (self._extract(self.posterior_mean_coef1, t, x_t) * x0
-            + self._extract(self.posterior_mean_coef2, t, x_t) * x_t)
+    mean = (
+      self._extract(self.posterior_mean_coef1, t, x_t) * x0
+      + self._extract(self.posterior_mean_coef2, t, x_t) * x_t
+    )
     variance = self._extract(self.posterior_variance, t, x_t) * tf.ones_like(x_t)
     log_variance = self._extract(self.posterior_log_variance_clipped, t, x_t) * tf.ones_like(x_t)
     return mean, variance, log_variance
 
   def predict_x0_from_eps(self, x_t, t, eps):
     """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
-    return (self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-            - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
+    return (
+      self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+      - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+    )
 
   # --------------------------------------------------------------------------- reverse process
 
@@ -183,9 +204,13 @@ class GaussianDiffusion:
     true_mean, _, true_log_variance = self.q_posterior_mean_variance(x0, x_t, t)
     p = self.p_mean_variance(eps_fn, x_t, t, clip_denoised=clip_denoised)
     kl = distributions.sum_over_pixels(
-        distributions.normal_kl(true_mean, true_log_variance, p.mean, p.log_variance))
-    decoder_nll = -distributions.sum_over_pixels(distributions.discretized_gaussian_log_likelihood(
-        x0, means=p.mean, log_scales=0.5 * p.log_variance))
+      distributions.normal_kl(true_mean, true_log_variance, p.mean, p.log_variance)
+    )
+    decoder_nll = -distributions.sum_over_pixels(
+      distributions.discretized_gaussian_log_likelihood(
+        x0, means=p.mean, log_scales=0.5 * p.log_variance
+      )
+    )
     return tf.where(tf.equal(t, 0), decoder_nll, kl)
 
   def prior_kl(self, x0):
@@ -194,8 +219,9 @@ class GaussianDiffusion:
     mean, _, log_variance = self.q_mean_variance(x0, t)
     return distributions.sum_over_pixels(distributions.normal_kl(mean, log_variance, 0.0, 0.0))
 
-  def variational_bound(self, eps_fn: EpsFn, x0, *, seed, clip_denoised: bool = True
-                        ) -> VariationalBound:
+  def variational_bound(
+    self, eps_fn: EpsFn, x0, *, seed, clip_denoised: bool = True
+  ) -> VariationalBound:
     """-log p(x_0) <= L_T + sum_{t=1}^{T-1} L_t + L_0 (DDPM eq. 5), all T terms, one while loop.
 
     x0: 8-bit data in [-1, 1] [B, H, W, C]; seed: int32 [2] stateless seed for the x_t draws.
@@ -211,15 +237,20 @@ class GaussianDiffusion:
       noise = _normal(tf.shape(x0), seed=_fold_in(seed, i))
       term = self.vlb_term(eps_fn, x0, self.q_sample(x0, t, noise), t, clip_denoised=clip_denoised)
       is_decoder = tf.equal(i, 0)
-      return (i - 1, kl_sum + tf.where(is_decoder, tf.zeros_like(term), term),
-              tf.where(is_decoder, term, decoder))
+      return (
+        i - 1,
+        kl_sum + tf.where(is_decoder, tf.zeros_like(term), term),
+        tf.where(is_decoder, term, decoder),
+      )
 
     zeros = tf.zeros(batch, tf.float32)
     _, kl_sum, decoder = tf.while_loop(
-        lambda i, *_: i >= 0, body, (tf.constant(self.num_timesteps - 1), zeros, zeros))
+      lambda i, *_: i >= 0, body, (tf.constant(self.num_timesteps - 1), zeros, zeros)
+    )
     prior = self.prior_kl(x0)
-    return VariationalBound(total=prior + kl_sum + decoder, prior=prior, diffusion=kl_sum,
-                            decoder=decoder)
+    return VariationalBound(
+      total=prior + kl_sum + decoder, prior=prior, diffusion=kl_sum, decoder=decoder
+    )
 
   # --------------------------------------------------------------------------- ancestral sampling
 
@@ -232,8 +263,9 @@ class GaussianDiffusion:
   def ancestral_step(self, eps_fn: EpsFn, x_t, i, seed, *, clip_denoised: bool = True):
     """Loop step i (t = i for the whole batch); the noise is a fixed function of (seed, i)."""
     noise = _normal(tf.shape(x_t), seed=_fold_in(seed, i))
-    return self.p_sample(eps_fn, x_t, tf.fill(tf.shape(x_t)[:1], i), noise,
-                         clip_denoised=clip_denoised)
+    return self.p_sample(
+      eps_fn, x_t, tf.fill(tf.shape(x_t)[:1], i), noise, clip_denoised=clip_denoised
+    )
 
   def initial_noise(self, shape, seed):
     """x_T ~ N(0, I) for the samplers, from (seed, T)."""
@@ -244,10 +276,15 @@ class GaussianDiffusion:
 
     shape: [B, H, W, C]; seed: int32 [2]. Equals `p_sample_loop_stepwise` for the same seed.
     """
+
     def body(i, x):
       return i - 1, self.ancestral_step(eps_fn, x, i, seed, clip_denoised=clip_denoised)
-    _, x0 = tf.while_loop(lambda i, _: i >= 0, body,
-                          (tf.constant(self.num_timesteps - 1), self.initial_noise(shape, seed)))
+
+    _, x0 = tf.while_loop(
+      lambda i, _: i >= 0,
+      body,
+      (tf.constant(self.num_timesteps - 1), self.initial_noise(shape, seed)),
+    )
     return x0
 
   def p_sample_loop_stepwise(self, step_fn, x_T, *, seed):
@@ -262,18 +299,18 @@ class GaussianDiffusion:
   def ddim_timesteps(self, num_steps: int, *, spacing: str = "uniform") -> np.ndarray:
     """Respaced DDIM timesteps tau (ascending int64), by `spacing` (one of `DDIM_SPACINGS`):
 
-      uniform  (official DDIM, ermongroup/ddim `skip_type="uniform"`): range(0, T, T // S). It has
-               ceil(T / (T // S)) steps, i.e. more than S when T // S does not divide T
-               (T = 1000, S = 30 gives 31 steps 0, 33, ..., 990);
-      quad     (official DDIM `skip_type="quad"`, its CIFAR-10 choice): int(linspace(0, sqrt(0.8 T),
-               S) ** 2), truncated as the official `int(s)`: S steps from 0 to 0.8 T (800 for
-               T = 1000), dense near the data end; small S / T ratios repeat early steps (S = 100:
-               0, 0, 0, 0, 1, ...), kept as the official list keeps them (a repeated step is a
-               network call whose DDIM update leaves x unchanged);
-      leading  (diffusers `timestep_spacing="leading"`, steps_offset 0): k (T // S), k = 0 .. S-1;
-               the same as uniform whenever S divides T;
-      trailing (diffusers "trailing"): round(T - k T / S) - 1, k = 0 .. S-1;
-      linspace (diffusers "linspace"): round(linspace(0, T - 1, S)).
+    uniform  (official DDIM, ermongroup/ddim `skip_type="uniform"`): range(0, T, T // S). It has
+             ceil(T / (T // S)) steps, i.e. more than S when T // S does not divide T
+             (T = 1000, S = 30 gives 31 steps 0, 33, ..., 990);
+    quad     (official DDIM `skip_type="quad"`, its CIFAR-10 choice): int(linspace(0, sqrt(0.8 T),
+             S) ** 2), truncated as the official `int(s)`: S steps from 0 to 0.8 T (800 for
+             T = 1000), dense near the data end; small S / T ratios repeat early steps (S = 100:
+             0, 0, 0, 0, 1, ...), kept as the official list keeps them (a repeated step is a
+             network call whose DDIM update leaves x unchanged);
+    leading  (diffusers `timestep_spacing="leading"`, steps_offset 0): k (T // S), k = 0 .. S-1;
+             the same as uniform whenever S divides T;
+    trailing (diffusers "trailing"): round(T - k T / S) - 1, k = 0 .. S-1;
+    linspace (diffusers "linspace"): round(linspace(0, T - 1, S)).
     """
     T = self.num_timesteps
     if not 1 <= num_steps <= T:
@@ -311,12 +348,23 @@ class GaussianDiffusion:
       pred_x0 = tf.clip_by_value(pred_x0, -1.0, 1.0)
       eps = (x_t - f32(tf.sqrt(a_t)) * pred_x0) / f32(tf.sqrt(1.0 - a_t))
     sigma = eta * tf.sqrt((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev))
-    mean = (f32(tf.sqrt(a_prev)) * pred_x0
-            + f32(tf.sqrt(tf.maximum(1.0 - a_prev - sigma ** 2, 0.0))) * eps)
+    mean = (
+      f32(tf.sqrt(a_prev)) * pred_x0 + f32(tf.sqrt(tf.maximum(1.0 - a_prev - sigma**2, 0.0))) * eps
+    )
     return mean, f32(sigma)
 
-  def ddim_sample_loop(self, eps_fn: EpsFn, shape, *, seed, num_steps: int, eta: float = 0.0,
-                       clip_denoised: bool = False, spacing: str = "uniform", x_T=None):
+  def ddim_sample_loop(
+    self,
+    eps_fn: EpsFn,
+    shape,
+    *,
+    seed,
+    num_steps: int,
+    eta: float = 0.0,
+    clip_denoised: bool = False,
+    spacing: str = "uniform",
+    x_T=None,
+  ):
     """DDIM over `ddim_timesteps(num_steps, spacing=spacing)` as one `tf.while_loop`; eta = 0 is
     deterministic. `clip_denoised=False` is the official DDIM sampler (ermongroup
     `generalized_steps` does not clip x0_hat); True clips x0_hat to [-1, 1] and recomputes eps_hat
@@ -346,8 +394,9 @@ RNG_ALG = "philox"
 
 def _fold_in(seed, data):
   """A new stateless seed [2] from (seed [2], integer data)."""
-  return tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int32), tf.cast(data, tf.int32),
-                                                  alg=RNG_ALG)
+  return tf.random.experimental.stateless_fold_in(
+    tf.cast(seed, tf.int32), tf.cast(data, tf.int32), alg=RNG_ALG
+  )
 
 
 def _normal(shape, seed):

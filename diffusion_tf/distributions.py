@@ -23,10 +23,15 @@ MIN_PROB = 1e-12
 def normal_kl(mean1, logvar1, mean2, logvar2):
   """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise:
 
-      0.5 * (-1 + logvar2 - logvar1 + e^(logvar1 - logvar2) + (mean1 - mean2)^2 e^-logvar2).
+  0.5 * (-1 + logvar2 - logvar1 + e^(logvar1 - logvar2) + (mean1 - mean2)^2 e^-logvar2).
   """
-  return 0.5 * (-1.0 + logvar2 - logvar1 + tf.exp(logvar1 - logvar2)
-                + tf.square(mean1 - mean2) * tf.exp(-logvar2))
+  return 0.5 * (
+    -1.0
+    + logvar2
+    - logvar1
+    + tf.exp(logvar1 - logvar2)
+    + tf.square(mean1 - mean2) * tf.exp(-logvar2)
+  )
 
 
 def approx_standard_normal_cdf(x):

@@ -25,7 +25,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-
 tfb = tfp.bijectors
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -38,11 +37,15 @@ def checkerboard_masks(height: int, width: int, channels: int, num_couplings: in
   transformed every other layer (RealNVP Sec. 3.4, Fig. 3 left).
   """
   if min(height, width, channels, num_couplings) < 1 or height * width < 2:
-    raise ValueError(f"checkerboard masks need H*W >= 2 and positive sizes, got "
-                     f"{(height, width, channels, num_couplings)}")
+    raise ValueError(
+      f"checkerboard masks need H*W >= 2 and positive sizes, got "
+      f"{(height, width, channels, num_couplings)}"
+    )
   i, j = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-  masks = [np.repeat(((i + j + k) % 2)[:, :, None], channels, axis=2).reshape(-1)
-           for k in range(num_couplings)]
+  masks = [
+    np.repeat(((i + j + k) % 2)[:, :, None], channels, axis=2).reshape(-1)
+    for k in range(num_couplings)
+  ]
   return np.stack(masks).astype(np.float32)
 
 
@@ -66,23 +69,31 @@ class _ShiftAndLogScale(keras.layers.Layer):
     policy = self.dtype_policy
     self.num_out = num_out
     self.hidden_units = hidden_units
-    self.shift_hidden = keras.layers.Dense(hidden_units, activation="relu", dtype=policy,
-                                           name="shift_hidden")
-    self.shift_out = keras.layers.Dense(num_out, kernel_initializer="zeros", dtype=policy,
-                                        name="shift_out")
-    self.scale_hidden = keras.layers.Dense(hidden_units, activation="relu", dtype=policy,
-                                           name="scale_hidden")
-    self.scale_out = keras.layers.Dense(num_out, kernel_initializer="zeros", dtype=policy,
-                                        name="scale_out")
+    self.shift_hidden = keras.layers.Dense(
+      hidden_units, activation="relu", dtype=policy, name="shift_hidden"
+    )
+    self.shift_out = keras.layers.Dense(
+      num_out, kernel_initializer="zeros", dtype=policy, name="shift_out"
+    )
+    self.scale_hidden = keras.layers.Dense(
+      hidden_units, activation="relu", dtype=policy, name="scale_hidden"
+    )
+    self.scale_out = keras.layers.Dense(
+      num_out, kernel_initializer="zeros", dtype=policy, name="scale_out"
+    )
 
   def build(self, input_shape):
-    for dense, shape in ((self.shift_hidden, input_shape), (self.scale_hidden, input_shape),
-                         (self.shift_out, (None, self.hidden_units)),
-                         (self.scale_out, (None, self.hidden_units))):
+    for dense, shape in (
+      (self.shift_hidden, input_shape),
+      (self.scale_hidden, input_shape),
+      (self.shift_out, (None, self.hidden_units)),
+      (self.scale_out, (None, self.hidden_units)),
+    ):
       dense.build(shape)
     # RealNVP official code: log-scale = scale * tanh(raw), `scale` learned, initialised to 1.
-    self.log_scale_bound = self.add_weight(shape=(self.num_out,), initializer="ones",
-                                           name="log_scale_bound")
+    self.log_scale_bound = self.add_weight(
+      shape=(self.num_out,), initializer="ones", name="log_scale_bound"
+    )
 
   def call(self, x0, training=False):
     shift = self.shift_out(self.shift_hidden(x0, training=training), training=training)
@@ -107,17 +118,27 @@ class RealNVPFlow(keras.layers.Layer):
   maps data -> base; the data-side coupling (mask 0) is applied first by `inverse`.
   """
 
-  def __init__(self, *, event_dim: int, num_couplings: int, hidden_units: int,
-               masks: np.ndarray | None = None, **kwargs):
+  def __init__(
+    self,
+    *,
+    event_dim: int,
+    num_couplings: int,
+    hidden_units: int,
+    masks: np.ndarray | None = None,
+    **kwargs,
+  ):
     kwargs.setdefault("dtype", "float32")
     super().__init__(**kwargs)
     if num_couplings < 1 or hidden_units < 1:
-      raise ValueError(f"num_couplings and hidden_units must be >= 1, got "
-                       f"{num_couplings}, {hidden_units}")
+      raise ValueError(
+        f"num_couplings and hidden_units must be >= 1, got {num_couplings}, {hidden_units}"
+      )
     masks = alternating_masks(event_dim, num_couplings) if masks is None else np.asarray(masks)
     if masks.shape != (num_couplings, event_dim):
-      raise ValueError(f"masks must have shape [num_couplings, event_dim] = "
-                       f"{[num_couplings, event_dim]}, got {list(masks.shape)}")
+      raise ValueError(
+        f"masks must have shape [num_couplings, event_dim] = "
+        f"{[num_couplings, event_dim]}, got {list(masks.shape)}"
+      )
     if not np.all((masks == 0) | (masks == 1)):
       raise ValueError("masks must hold only 0 and 1")
     kept = masks.sum(axis=1)
@@ -144,21 +165,28 @@ class RealNVPFlow(keras.layers.Layer):
     """Coupling k: (its nets, Permute (kept first) -> tfb.RealNVP -> Permute back)."""
     kept_idx, moved_idx = np.flatnonzero(mask == 1), np.flatnonzero(mask == 0)
     perm = np.concatenate([kept_idx, moved_idx]).astype(np.int32)
-    net = _ShiftAndLogScale(num_out=len(moved_idx), hidden_units=hidden_units,
-                            dtype=self.dtype_policy, name=f"coupling_{k}")
+    net = _ShiftAndLogScale(
+      num_out=len(moved_idx),
+      hidden_units=hidden_units,
+      dtype=self.dtype_policy,
+      name=f"coupling_{k}",
+    )
     net.build((None, len(kept_idx)))
-    coupling = tfb.RealNVP(num_masked=len(kept_idx),
-                           shift_and_log_scale_fn=self._net_fn(net),
-                           name=f"real_nvp_{k}")
+    coupling = tfb.RealNVP(
+      num_masked=len(kept_idx), shift_and_log_scale_fn=self._net_fn(net), name=f"real_nvp_{k}"
+    )
     # Permute(perm) gathers x[..., perm]: kept coordinates first, as tfb.RealNVP expects.
-    return net, tfb.Chain([tfb.Permute(np.argsort(perm).astype(np.int32)), coupling,
-                           tfb.Permute(perm)], name=f"coupling_{k}")
+    return net, tfb.Chain(
+      [tfb.Permute(np.argsort(perm).astype(np.int32)), coupling, tfb.Permute(perm)],
+      name=f"coupling_{k}",
+    )
 
   @staticmethod
   def _net_fn(net):
     def fn(x0, output_units, **unused_condition_kwargs):
       del output_units  # fixed by the net's construction
       return net(x0)
+
     return fn
 
   @property
@@ -192,8 +220,11 @@ class RealNVPFlow(keras.layers.Layer):
 
   def sample(self, num_samples: int, *, seed=None):
     """x = f(z), z ~ N(0, I): [num_samples, D]. `seed` None uses the layer's SeedGenerator."""
-    z = keras.random.normal((num_samples, self.event_dim), dtype=self.compute_dtype,
-                            seed=self.seed_generator if seed is None else seed)
+    z = keras.random.normal(
+      (num_samples, self.event_dim),
+      dtype=self.compute_dtype,
+      seed=self.seed_generator if seed is None else seed,
+    )
     return self.forward(z)
 
   def call(self, x, training=False):
@@ -201,8 +232,12 @@ class RealNVPFlow(keras.layers.Layer):
 
   def get_config(self):
     config = super().get_config()
-    config.update(event_dim=self.event_dim, num_couplings=self.num_couplings,
-                  hidden_units=self.hidden_units, masks=self.masks.tolist())
+    config.update(
+      event_dim=self.event_dim,
+      num_couplings=self.num_couplings,
+      hidden_units=self.hidden_units,
+      masks=self.masks.tolist(),
+    )
     return config
 
 
@@ -221,5 +256,7 @@ def logit_bijector(alpha: float) -> tfb.Bijector:
   """
   if not 0.0 <= alpha < 0.5:
     raise ValueError(f"logit alpha must be in [0, 0.5), got {alpha}")
-  return tfb.Chain([tfb.Scale(1.0 / (1.0 - 2.0 * alpha)), tfb.Shift(-alpha), tfb.Sigmoid()],
-                   name="logit_pre_transform")
+  return tfb.Chain(
+    [tfb.Scale(1.0 / (1.0 - 2.0 * alpha)), tfb.Shift(-alpha), tfb.Sigmoid()],
+    name="logit_pre_transform",
+  )

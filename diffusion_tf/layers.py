@@ -10,7 +10,6 @@ import tensorflow as tf
 
 from common_tf import layers as common_layers
 
-
 # ----------------------------------------------------------------------------- DDPM U-Net
 # Architecture facts from the official DDPM code (hojonathanho/diffusion, models/unet.py): swish,
 # GroupNorm, timestep embedding of width 4*ch added in every residual block, zero-initialised
@@ -35,8 +34,9 @@ def timestep_embedding(t, dim: int):
 @dataclasses.dataclass(frozen=True)
 class UNetConfig:
   """U-Net hyper-parameters (defaults: DDPM CIFAR-10, official code / paper Appendix B)."""
+
   channels: int = 128
-  channel_mult: tuple[int, ...] = (1, 2, 2, 2)   # four levels on 32x32: 32, 16, 8, 4
+  channel_mult: tuple[int, ...] = (1, 2, 2, 2)  # four levels on 32x32: 32, 16, 8, 4
   num_res_blocks: int = 2
   attention_resolutions: tuple[int, ...] = (16,)
   dropout: float = 0.1
@@ -45,8 +45,9 @@ class UNetConfig:
 
 def _group_norm(groups: int, name: str):
   # Normalisation statistics in float32 under mixed precision.
-  return keras.layers.GroupNormalization(groups=groups, epsilon=GROUP_NORM_EPSILON, dtype="float32",
-                                         name=name)
+  return keras.layers.GroupNormalization(
+    groups=groups, epsilon=GROUP_NORM_EPSILON, dtype="float32", name=name
+  )
 
 
 class ResBlock(keras.layers.Layer):
@@ -60,8 +61,9 @@ class ResBlock(keras.layers.Layer):
     self.temb_proj = keras.layers.Dense(out_channels, name="temb_proj")
     self.norm2 = _group_norm(num_groups, "norm2")
     self.dropout = common_layers.Dropout(dropout)  # the same mask per example on any replica count
-    self.conv2 = keras.layers.Conv2D(out_channels, 3, padding="same", kernel_initializer="zeros",
-                                     name="conv2")
+    self.conv2 = keras.layers.Conv2D(
+      out_channels, 3, padding="same", kernel_initializer="zeros", name="conv2"
+    )
     self.skip = None
 
   def build(self, input_shape):
@@ -95,22 +97,28 @@ class AttentionBlock(keras.layers.Layer):
     shape = tf.shape(x)
     c = x.shape[-1]
     h = tf.cast(self.norm(x, training=training), self.compute_dtype)
-    h = tf.reshape(h, [shape[0], shape[1] * shape[2], c])            # [B, HW, C]
-    q, k, v = self.q(h, training=training), self.k(h, training=training), self.v(h, training=training)
-    logits = tf.matmul(q, k, transpose_b=True) * (c ** -0.5)         # [B, HW, HW]
+    h = tf.reshape(h, [shape[0], shape[1] * shape[2], c])  # [B, HW, C]
+    q, k, v = (
+      self.q(h, training=training),
+      self.k(h, training=training),
+      self.v(h, training=training),
+    )
+    logits = tf.matmul(q, k, transpose_b=True) * (c**-0.5)  # [B, HW, HW]
     weights = tf.cast(tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1), self.compute_dtype)
-    out = self.proj_out(tf.matmul(weights, v), training=training)    # [B, HW, C]
+    out = self.proj_out(tf.matmul(weights, v), training=training)  # [B, HW, C]
     return x + tf.reshape(out, shape)
 
 
 class ResAttnBlock(keras.layers.Layer):
   """A residual block, followed by self-attention when `attention` is set."""
 
-  def __init__(self, *, out_channels: int, attention: bool, dropout: float, num_groups: int,
-               **kwargs):
+  def __init__(
+    self, *, out_channels: int, attention: bool, dropout: float, num_groups: int, **kwargs
+  ):
     super().__init__(**kwargs)
-    self.res = ResBlock(out_channels=out_channels, dropout=dropout, num_groups=num_groups,
-                        name="res")
+    self.res = ResBlock(
+      out_channels=out_channels, dropout=dropout, num_groups=num_groups, name="res"
+    )
     self.attn = AttentionBlock(num_groups=num_groups, name="attn") if attention else None
 
   def call(self, x, temb, training=False):
@@ -156,13 +164,19 @@ class UNet(keras.layers.Layer):
     c = config
     levels = len(c.channel_mult)
     if image_size % 2 ** (levels - 1):
-      raise ValueError(f"image size {image_size} is not divisible by 2^{levels - 1} "
-                       f"({levels} U-Net levels); pad the images")
+      raise ValueError(
+        f"image size {image_size} is not divisible by 2^{levels - 1} "
+        f"({levels} U-Net levels); pad the images"
+      )
     self.config = config
     ch = c.channels
     block = lambda out, res, name: ResAttnBlock(
-        out_channels=out, attention=res in c.attention_resolutions, dropout=c.dropout,
-        num_groups=c.num_groups, name=name)
+      out_channels=out,
+      attention=res in c.attention_resolutions,
+      dropout=c.dropout,
+      num_groups=c.num_groups,
+      name=name,
+    )
     self.temb_dense0 = keras.layers.Dense(4 * ch, name="temb_dense0")
     self.temb_dense1 = keras.layers.Dense(4 * ch, name="temb_dense1")
     self.conv_in = keras.layers.Conv2D(ch, 3, padding="same", name="conv_in")
@@ -174,10 +188,20 @@ class UNet(keras.layers.Layer):
       if level != levels - 1:
         down.append(Downsample(name=f"down_{level}_downsample"))
         res //= 2
-    self.mid1 = ResAttnBlock(out_channels=ch * c.channel_mult[-1], attention=True,
-                             dropout=c.dropout, num_groups=c.num_groups, name="mid_1")
-    self.mid2 = ResAttnBlock(out_channels=ch * c.channel_mult[-1], attention=False,
-                             dropout=c.dropout, num_groups=c.num_groups, name="mid_2")
+    self.mid1 = ResAttnBlock(
+      out_channels=ch * c.channel_mult[-1],
+      attention=True,
+      dropout=c.dropout,
+      num_groups=c.num_groups,
+      name="mid_1",
+    )
+    self.mid2 = ResAttnBlock(
+      out_channels=ch * c.channel_mult[-1],
+      attention=False,
+      dropout=c.dropout,
+      num_groups=c.num_groups,
+      name="mid_2",
+    )
     for level in reversed(range(levels)):
       for b in range(c.num_res_blocks + 1):  # one more: also consumes the level's input skip
         up.append(block(ch * c.channel_mult[level], res, f"up_{level}_block_{b}"))
@@ -187,14 +211,15 @@ class UNet(keras.layers.Layer):
     self.down_blocks = down
     self.up_blocks = up
     self.norm_out = _group_norm(c.num_groups, "norm_out")
-    self.conv_out = keras.layers.Conv2D(out_channels, 3, padding="same", kernel_initializer="zeros",
-                                        name="conv_out")
+    self.conv_out = keras.layers.Conv2D(
+      out_channels, 3, padding="same", kernel_initializer="zeros", name="conv_out"
+    )
 
   def call(self, x, t, training=False):
     ch = self.config.channels
     temb = self.temb_dense0(timestep_embedding(t, ch), training=training)  # [B, 4ch]
     temb = self.temb_dense1(tf.nn.silu(temb), training=training)
-    hs = [self.conv_in(x, training=training)]                               # skips
+    hs = [self.conv_in(x, training=training)]  # skips
     for layer in self.down_blocks:
       hs.append(layer(hs[-1], temb, training=training))
     h = self.mid2(self.mid1(hs[-1], temb, training=training), temb, training=training)

@@ -15,8 +15,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from common_tf import random as common_random
-from diffusion_tf import distributions
-from diffusion_tf import flows
+from diffusion_tf import distributions, flows
 from diffusion_tf.diffusion import GaussianDiffusion, VariationalBound
 from diffusion_tf.layers import UNet, UNetConfig
 from evaluation import likelihood
@@ -60,6 +59,7 @@ def ema_weights(optimizer: keras.optimizers.Optimizer, variables):
 @dataclasses.dataclass(frozen=True)
 class DDPMLoss:
   """simple: [B] mean-over-pixels epsilon MSE (DDPM eq. 14); t: [B] the sampled timesteps."""
+
   simple: tf.Tensor
   t: tf.Tensor
 
@@ -86,9 +86,19 @@ class DDPM(keras.Model):
       run_celebahq.py and run_lsun.py); off by default (digits are not mirror-symmetric).
   """
 
-  def __init__(self, *, image_shape: tuple[int, int, int], unet: UNetConfig,
-               diffusion: GaussianDiffusion, padded_size: int = 32, jit_sampling: bool = True,
-               seed: int = 0, dequantize: bool = False, random_flip: bool = False, **kwargs):
+  def __init__(
+    self,
+    *,
+    image_shape: tuple[int, int, int],
+    unet: UNetConfig,
+    diffusion: GaussianDiffusion,
+    padded_size: int = 32,
+    jit_sampling: bool = True,
+    seed: int = 0,
+    dequantize: bool = False,
+    random_flip: bool = False,
+    **kwargs,
+  ):
     super().__init__(**kwargs)
     h, w, c = image_shape
     self.dequantize = bool(dequantize)
@@ -100,8 +110,12 @@ class DDPM(keras.Model):
     self.diffusion = diffusion  # NumPy float64 tables: constants, not variables
     self.unet = UNet(config=unet, image_size=padded_size, out_channels=c, name="unet")
     self.seed_generator = keras.random.SeedGenerator(seed, name="ddpm_noise")
-    self._pads = [[0, 0], [(padded_size - h) // 2, padded_size - h - (padded_size - h) // 2],
-                  [(padded_size - w) // 2, padded_size - w - (padded_size - w) // 2], [0, 0]]
+    self._pads = [
+      [0, 0],
+      [(padded_size - h) // 2, padded_size - h - (padded_size - h) // 2],
+      [(padded_size - w) // 2, padded_size - w - (padded_size - w) // 2],
+      [0, 0],
+    ]
     self.unet(tf.zeros([1, padded_size, padded_size, c]), tf.zeros([1], tf.int32))  # build
     self._ancestral = tf.function(self._ancestral_impl, jit_compile=jit_sampling)
     self._ddim = tf.function(self._ddim_impl, jit_compile=jit_sampling)
@@ -121,7 +135,7 @@ class DDPM(keras.Model):
     """[-1, 1] [B, S, S, C] -> the [H, W] crop in [0, 1]."""
     (_, _), (top, _), (left, _), _ = self._pads
     h, w, _ = self.image_shape
-    return tf.clip_by_value((x[:, top:top + h, left:left + w, :] + 1.0) / 2.0, 0.0, 1.0)
+    return tf.clip_by_value((x[:, top : top + h, left : left + w, :] + 1.0) / 2.0, 0.0, 1.0)
 
   def eps(self, x_t, t, training=False):
     """epsilon_theta(x_t, t) in float32 [B, S, S, C]."""
@@ -151,11 +165,17 @@ class DDPM(keras.Model):
     x0 = self.training_data(x01)
     batch = tf.shape(x0)[0]
     # common_tf.random: each example gets one device's t and eps on any number of replicas.
-    t = common_random.randint([batch], seed=self.seed_generator, minval=0,
-                              maxval=self.diffusion.num_timesteps, dtype="int32")
+    t = common_random.randint(
+      [batch],
+      seed=self.seed_generator,
+      minval=0,
+      maxval=self.diffusion.num_timesteps,
+      dtype="int32",
+    )
     noise = common_random.normal(tf.shape(x0), seed=self.seed_generator)
-    simple = self.diffusion.simple_loss(lambda x, tt: self.eps(x, tt, training=training), x0, t,
-                                        noise)
+    simple = self.diffusion.simple_loss(
+      lambda x, tt: self.eps(x, tt, training=training), x0, t, noise
+    )
     return DDPMLoss(simple=simple, t=t)
 
   # --------------------------------------------------------------------------- sampling
@@ -167,23 +187,46 @@ class DDPM(keras.Model):
     shape = (num_samples,) + self.padded_shape
     return self.to_image_space(self.diffusion.p_sample_loop(self._eps_fn, shape, seed=seed))
 
-  def _ddim_impl(self, num_samples: int, seed, num_steps: int, eta: float, spacing: str,
-                 clip_denoised: bool):
+  def _ddim_impl(
+    self, num_samples: int, seed, num_steps: int, eta: float, spacing: str, clip_denoised: bool
+  ):
     shape = (num_samples,) + self.padded_shape
-    return self.to_image_space(self.diffusion.ddim_sample_loop(
-        self._eps_fn, shape, seed=seed, num_steps=num_steps, eta=eta, spacing=spacing,
-        clip_denoised=clip_denoised))
+    return self.to_image_space(
+      self.diffusion.ddim_sample_loop(
+        self._eps_fn,
+        shape,
+        seed=seed,
+        num_steps=num_steps,
+        eta=eta,
+        spacing=spacing,
+        clip_denoised=clip_denoised,
+      )
+    )
 
   def sample(self, num_samples: int, *, seed: int = 0):
     """Ancestral sampling, all T steps in one compiled while loop: [N, H, W, C] in [0, 1]."""
     return self._ancestral(num_samples, tf.constant([seed, 0], tf.int32))
 
-  def sample_ddim(self, num_samples: int, *, seed: int = 0, num_steps: int = 50, eta: float = 0.0,
-                  spacing: str = "uniform", clip_denoised: bool = False):
+  def sample_ddim(
+    self,
+    num_samples: int,
+    *,
+    seed: int = 0,
+    num_steps: int = 50,
+    eta: float = 0.0,
+    spacing: str = "uniform",
+    clip_denoised: bool = False,
+  ):
     """DDIM over `diffusion.ddim_timesteps(num_steps, spacing=spacing)` (one compiled while loop):
     [N, H, W, C] in [0, 1]. Defaults as the official DDIM code (uniform skip, x0_hat not clipped)."""
-    return self._ddim(num_samples, tf.constant([seed, 0], tf.int32), num_steps, float(eta), spacing,
-                      bool(clip_denoised))
+    return self._ddim(
+      num_samples,
+      tf.constant([seed, 0], tf.int32),
+      num_steps,
+      float(eta),
+      spacing,
+      bool(clip_denoised),
+    )
 
   # --------------------------------------------------------------------------- likelihood
 
@@ -192,13 +235,15 @@ class DDPM(keras.Model):
     vb = self.diffusion.variational_bound(self._eps_fn, x0, seed=seed, clip_denoised=clip_denoised)
     return vb.total, vb.prior, vb.diffusion, vb.decoder
 
-  def variational_bound(self, x01, *, seed: int = 0, clip_denoised: bool = True
-                        ) -> VariationalBound:
+  def variational_bound(
+    self, x01, *, seed: int = 0, clip_denoised: bool = True
+  ) -> VariationalBound:
     """The negative VLB (all T terms) of the padded 8-bit images, nats [B]. Since the padding is
     known, it also bounds -log p(crop | padding) of the H*W*C real pixels. `clip_denoised`: as the
     official `calc_bpd_loop` (True) or the unclipped bound (False)."""
-    total, prior, kl, decoder = self._bound(x01, tf.constant([seed, 1], tf.int32),
-                                            bool(clip_denoised))
+    total, prior, kl, decoder = self._bound(
+      x01, tf.constant([seed, 1], tf.int32), bool(clip_denoised)
+    )
     return VariationalBound(total=total, prior=prior, diffusion=kl, decoder=decoder)
 
 
@@ -208,6 +253,7 @@ class DDPM(keras.Model):
 @dataclasses.dataclass(frozen=True)
 class FlowDensity:
   """log p(x) of x in [0, 1]^D = log p_flow(logit-space y) + log|dy/dx|, nats [B]."""
+
   log_prob: tf.Tensor
   log_prob_logit_space: tf.Tensor
   logit_log_det: tf.Tensor
@@ -217,6 +263,7 @@ class FlowDensity:
 class FlowLoss:
   """nll: -log p(dequantized x) in nats [B] (density on [0, 1]^D); bits_per_dim: for 8-bit data,
   nll / (D ln 2) + 8 [B]."""
+
   nll: tf.Tensor
   bits_per_dim: tf.Tensor
 
@@ -231,15 +278,26 @@ class FlowModel(keras.Model):
     seed: seed of the dequantization-noise generator.
   """
 
-  def __init__(self, *, image_shape: tuple[int, int, int], num_couplings: int = 20,
-               hidden_units: int = 256, logit_alpha: float = MNIST_LOGIT_ALPHA, seed: int = 0,
-               **kwargs):
+  def __init__(
+    self,
+    *,
+    image_shape: tuple[int, int, int],
+    num_couplings: int = 20,
+    hidden_units: int = 256,
+    logit_alpha: float = MNIST_LOGIT_ALPHA,
+    seed: int = 0,
+    **kwargs,
+  ):
     super().__init__(**kwargs)
     self.image_shape = tuple(image_shape)
     self.num_dims = int(np.prod(image_shape))
     self.flow = flows.RealNVPFlow(
-        event_dim=self.num_dims, num_couplings=num_couplings, hidden_units=hidden_units,
-        masks=flows.checkerboard_masks(*image_shape, num_couplings), name="realnvp")
+      event_dim=self.num_dims,
+      num_couplings=num_couplings,
+      hidden_units=hidden_units,
+      masks=flows.checkerboard_masks(*image_shape, num_couplings),
+      name="realnvp",
+    )
     self.pre_transform = flows.logit_bijector(logit_alpha)
     self.seed_generator = keras.random.SeedGenerator(seed, name="dequantization")
 
@@ -249,14 +307,20 @@ class FlowModel(keras.Model):
     y = self.pre_transform.inverse(x)
     logit_log_det = self.pre_transform.inverse_log_det_jacobian(x, event_ndims=1)
     log_prob_y = self.flow.log_prob(y, training=training)
-    return FlowDensity(log_prob=log_prob_y + logit_log_det, log_prob_logit_space=log_prob_y,
-                       logit_log_det=logit_log_det)
+    return FlowDensity(
+      log_prob=log_prob_y + logit_log_det,
+      log_prob_logit_space=log_prob_y,
+      logit_log_det=logit_log_det,
+    )
 
   def loss_terms(self, x01, training=True) -> FlowLoss:
-    density = self.log_prob(distributions.uniform_dequantize(x01, seed=self.seed_generator),
-                            training=training)
+    density = self.log_prob(
+      distributions.uniform_dequantize(x01, seed=self.seed_generator), training=training
+    )
     nll = -density.log_prob
-    return FlowLoss(nll=nll, bits_per_dim=likelihood.bits_per_dim(nll, self.num_dims, offset_bits=8.0))
+    return FlowLoss(
+      nll=nll, bits_per_dim=likelihood.bits_per_dim(nll, self.num_dims, offset_bits=8.0)
+    )
 
   def call(self, x01, training=False):
     return self.loss_terms(x01, training=training).nll
@@ -274,9 +338,10 @@ class FlowModel(keras.Model):
 @dataclasses.dataclass(frozen=True)
 class VAELoss:
   """One-sample ELBO pieces in nats [B]: negative_elbo = reconstruction + kl."""
+
   negative_elbo: tf.Tensor
   reconstruction: tf.Tensor  # -log p(x | z), continuous Bernoulli
-  kl: tf.Tensor              # log q(z | x) - log p_flow(z), single-sample estimate
+  kl: tf.Tensor  # log q(z | x) - log p_flow(z), single-sample estimate
 
 
 class FlowPriorVAE(keras.Model):
@@ -286,23 +351,39 @@ class FlowPriorVAE(keras.Model):
   Trained on uniformly dequantized 8-bit data, so -log p(x) in bits/dim + 8 bounds the discrete NLL.
   """
 
-  def __init__(self, *, image_shape: tuple[int, int, int], latent_dim: int = 32,
-               hidden_units: tuple[int, ...] = (512, 256), prior_couplings: int = 8,
-               prior_hidden_units: int = 256, seed: int = 0, **kwargs):
+  def __init__(
+    self,
+    *,
+    image_shape: tuple[int, int, int],
+    latent_dim: int = 32,
+    hidden_units: tuple[int, ...] = (512, 256),
+    prior_couplings: int = 8,
+    prior_hidden_units: int = 256,
+    seed: int = 0,
+    **kwargs,
+  ):
     super().__init__(**kwargs)
     self.image_shape = tuple(image_shape)
     self.num_dims = int(np.prod(image_shape))
     self.latent_dim = latent_dim
     self.encoder = keras.Sequential(
-        [keras.Input((self.num_dims,))]
-        + [keras.layers.Dense(u, activation="relu") for u in hidden_units]
-        + [keras.layers.Dense(2 * latent_dim)], name="encoder")
+      [keras.Input((self.num_dims,))]
+      + [keras.layers.Dense(u, activation="relu") for u in hidden_units]
+      + [keras.layers.Dense(2 * latent_dim)],
+      name="encoder",
+    )
     self.decoder = keras.Sequential(
-        [keras.Input((latent_dim,))]
-        + [keras.layers.Dense(u, activation="relu") for u in reversed(hidden_units)]
-        + [keras.layers.Dense(self.num_dims)], name="decoder")
-    self.prior = flows.RealNVPFlow(event_dim=latent_dim, num_couplings=prior_couplings,
-                                   hidden_units=prior_hidden_units, name="flow_prior")
+      [keras.Input((latent_dim,))]
+      + [keras.layers.Dense(u, activation="relu") for u in reversed(hidden_units)]
+      + [keras.layers.Dense(self.num_dims)],
+      name="decoder",
+    )
+    self.prior = flows.RealNVPFlow(
+      event_dim=latent_dim,
+      num_couplings=prior_couplings,
+      hidden_units=prior_hidden_units,
+      name="flow_prior",
+    )
     self.seed_generator = keras.random.SeedGenerator(seed, name="vae_noise")
 
   def encode(self, x, training=False) -> tfd.Distribution:
@@ -327,18 +408,20 @@ class FlowPriorVAE(keras.Model):
     """log p(x, z_k) - log q(z_k | x), z_k ~ q(z | x): [K, B] (for evaluation.likelihood)."""
     x = tf.reshape(tf.cast(x, tf.float32), [-1, self.num_dims])
     q = self.encode(x, training=training)
-    eps = keras.random.normal(tf.concat([[num_samples], tf.shape(q.loc)], 0),
-                              seed=self.seed_generator)
-    z = q.loc + q.scale.diag * eps                                           # [K, B, L]
-    log_px_z = self.decode(z, training=training).log_prob(x)                 # [K, B]
+    eps = keras.random.normal(
+      tf.concat([[num_samples], tf.shape(q.loc)], 0), seed=self.seed_generator
+    )
+    z = q.loc + q.scale.diag * eps  # [K, B, L]
+    log_px_z = self.decode(z, training=training).log_prob(x)  # [K, B]
     return log_px_z + self.prior_log_prob(z, training=training) - q.log_prob(z)
 
   def loss_terms(self, x01, training=True) -> VAELoss:
-    x = tf.reshape(distributions.uniform_dequantize(x01, seed=self.seed_generator),
-                   [-1, self.num_dims])
+    x = tf.reshape(
+      distributions.uniform_dequantize(x01, seed=self.seed_generator), [-1, self.num_dims]
+    )
     q = self.encode(x, training=training)
     eps = common_random.normal(tf.shape(q.loc), seed=self.seed_generator)
-    z = q.loc + q.scale.diag * eps                                           # [B, L]
+    z = q.loc + q.scale.diag * eps  # [B, L]
     reconstruction = -self.decode(z, training=training).log_prob(x)
     kl = q.log_prob(z) - self.prior.log_prob(z, training=training)
     return VAELoss(negative_elbo=reconstruction + kl, reconstruction=reconstruction, kl=kl)

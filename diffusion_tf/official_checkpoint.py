@@ -34,13 +34,14 @@ from diffusion_tf import layers
 from diffusion_tf import model as model_lib
 
 EMA_SUFFIX = "/ExponentialMovingAverage"  # tf.train.ExponentialMovingAverage slot name
-SCOPE = "model"                           # official: unet.model(..., name='model')
-OFFICIAL_NUM_GROUPS = 32                  # tf.contrib.layers.group_norm default groups
+SCOPE = "model"  # official: unet.model(..., name='model')
+OFFICIAL_NUM_GROUPS = 32  # tf.contrib.layers.group_norm default groups
 
 
 @dataclasses.dataclass(frozen=True)
 class OfficialConfig:
   """An official DDPM configuration: the U-Net, the image size and the reverse variance."""
+
   unet: layers.UNetConfig
   image_size: int
   variance: diffusion_lib.Variance
@@ -52,18 +53,42 @@ class OfficialConfig:
 # scripts/run_celebahq.py and run_lsun.py (model 'unet2d16b2c112244', diffusion_utils.GaussianDiffusion,
 # whose reverse variance is the posterior variance = fixed small; dropout only matters in training).
 OFFICIAL_CONFIGS = {
-    "cifar10": OfficialConfig(
-        unet=layers.UNetConfig(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
-                               attention_resolutions=(16,), dropout=0.1, num_groups=32),
-        image_size=32, variance=diffusion_lib.Variance.FIXED_LARGE),
-    "celebahq": OfficialConfig(
-        unet=layers.UNetConfig(channels=128, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
-                               attention_resolutions=(16,), dropout=0.0, num_groups=32),
-        image_size=256, variance=diffusion_lib.Variance.FIXED_SMALL),
-    "lsun": OfficialConfig(
-        unet=layers.UNetConfig(channels=128, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
-                               attention_resolutions=(16,), dropout=0.0, num_groups=32),
-        image_size=256, variance=diffusion_lib.Variance.FIXED_SMALL),
+  "cifar10": OfficialConfig(
+    unet=layers.UNetConfig(
+      channels=128,
+      channel_mult=(1, 2, 2, 2),
+      num_res_blocks=2,
+      attention_resolutions=(16,),
+      dropout=0.1,
+      num_groups=32,
+    ),
+    image_size=32,
+    variance=diffusion_lib.Variance.FIXED_LARGE,
+  ),
+  "celebahq": OfficialConfig(
+    unet=layers.UNetConfig(
+      channels=128,
+      channel_mult=(1, 1, 2, 2, 4, 4),
+      num_res_blocks=2,
+      attention_resolutions=(16,),
+      dropout=0.0,
+      num_groups=32,
+    ),
+    image_size=256,
+    variance=diffusion_lib.Variance.FIXED_SMALL,
+  ),
+  "lsun": OfficialConfig(
+    unet=layers.UNetConfig(
+      channels=128,
+      channel_mult=(1, 1, 2, 2, 4, 4),
+      num_res_blocks=2,
+      attention_resolutions=(16,),
+      dropout=0.0,
+      num_groups=32,
+    ),
+    image_size=256,
+    variance=diffusion_lib.Variance.FIXED_SMALL,
+  ),
 }
 
 
@@ -125,6 +150,7 @@ def variable_map(unet: layers.UNet) -> dict[str, tf.Variable]:
 @dataclasses.dataclass(frozen=True)
 class LoadReport:
   """What `load_into_unet` did: the checkpoint keys read (in variable_map order), EMA or raw."""
+
   keys: tuple[str, ...]
   ema: bool
 
@@ -138,8 +164,10 @@ def load_into_unet(unet: layers.UNet, path: str, *, ema: bool | None = None) -> 
   different configuration).
   """
   if unet.config.num_groups != OFFICIAL_NUM_GROUPS:
-    raise ValueError(f"official checkpoints use {OFFICIAL_NUM_GROUPS} GroupNorm groups, the U-Net "
-                     f"has {unet.config.num_groups}")
+    raise ValueError(
+      f"official checkpoints use {OFFICIAL_NUM_GROUPS} GroupNorm groups, the U-Net "
+      f"has {unet.config.num_groups}"
+    )
   try:
     reader = tf.train.load_checkpoint(path)
   except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
@@ -152,39 +180,68 @@ def load_into_unet(unet: layers.UNet, path: str, *, ema: bool | None = None) -> 
   missing = [k for k in keys.values() if k not in shapes]
   if missing:
     raw_complete = ema and all(name in shapes for name in mapping)
-    hint = ("the checkpoint has no EMA weights: load the raw ones (ema=False, --noema)"
-            if raw_complete else "a checkpoint of another configuration?")
-    raise ValueError(f"{len(missing)} tensors of this U-Net configuration are not in {path!r}, "
-                     f"e.g. {missing[:3]} ({hint})")
-  wrong = [(k, tuple(shapes[k]), tuple(v.shape)) for n, v in mapping.items()
-           for k in [keys[n]] if tuple(shapes[k]) != tuple(v.shape)]
+    hint = (
+      "the checkpoint has no EMA weights: load the raw ones (ema=False, --noema)"
+      if raw_complete
+      else "a checkpoint of another configuration?"
+    )
+    raise ValueError(
+      f"{len(missing)} tensors of this U-Net configuration are not in {path!r}, "
+      f"e.g. {missing[:3]} ({hint})"
+    )
+  wrong = [
+    (k, tuple(shapes[k]), tuple(v.shape))
+    for n, v in mapping.items()
+    for k in [keys[n]]
+    if tuple(shapes[k]) != tuple(v.shape)
+  ]
   if wrong:
-    raise ValueError(f"shape mismatch (checkpoint, ours) for {len(wrong)} tensors, e.g. {wrong[:3]}")
-  weights = {n.removesuffix(EMA_SUFFIX) for n in shapes if n.startswith(SCOPE + "/")
-             and not re.search(r"/(Adam|Adam_1|Momentum|RMSProp)(_\d+)?$", n)}
+    raise ValueError(
+      f"shape mismatch (checkpoint, ours) for {len(wrong)} tensors, e.g. {wrong[:3]}"
+    )
+  weights = {
+    n.removesuffix(EMA_SUFFIX)
+    for n in shapes
+    if n.startswith(SCOPE + "/") and not re.search(r"/(Adam|Adam_1|Momentum|RMSProp)(_\d+)?$", n)
+  }
   extra = sorted(weights - set(mapping))
   if extra:
-    raise ValueError(f"{len(extra)} U-Net weights in {path!r} have no place in this configuration, "
-                     f"e.g. {extra[:3]}")
+    raise ValueError(
+      f"{len(extra)} U-Net weights in {path!r} have no place in this configuration, "
+      f"e.g. {extra[:3]}"
+    )
   for name, variable in mapping.items():
     variable.assign(reader.get_tensor(keys[name]).astype(np.float32))
   return LoadReport(keys=tuple(keys[n] for n in mapping), ema=ema)
 
 
-def build_official_ddpm(path: str, *, config: str = "cifar10", ema: bool | None = None,
-                        jit_sampling: bool = True) -> tuple[model_lib.DDPM, LoadReport]:
+def build_official_ddpm(
+  path: str, *, config: str = "cifar10", ema: bool | None = None, jit_sampling: bool = True
+) -> tuple[model_lib.DDPM, LoadReport]:
   """A `DDPM` with the official configuration `config` (key of OFFICIAL_CONFIGS) and the weights
   of the checkpoint at `path`; samples in [0, 1] with our ancestral and DDIM samplers."""
   if config not in OFFICIAL_CONFIGS:
     raise ValueError(f"unknown official config {config!r}; one of {sorted(OFFICIAL_CONFIGS)}")
   c = OFFICIAL_CONFIGS[config]
-  gd = diffusion_lib.GaussianDiffusion(betas=diffusion_lib.linear_beta_schedule(c.num_timesteps),
-                                       variance=c.variance)
-  model = model_lib.DDPM(image_shape=(c.image_size, c.image_size, 3), unet=c.unet, diffusion=gd,
-                         padded_size=c.image_size, jit_sampling=jit_sampling,
-                         random_flip=c.random_flip)
+  gd = diffusion_lib.GaussianDiffusion(
+    betas=diffusion_lib.linear_beta_schedule(c.num_timesteps), variance=c.variance
+  )
+  model = model_lib.DDPM(
+    image_shape=(c.image_size, c.image_size, 3),
+    unet=c.unet,
+    diffusion=gd,
+    padded_size=c.image_size,
+    jit_sampling=jit_sampling,
+    random_flip=c.random_flip,
+  )
   return model, load_into_unet(model.unet, path, ema=ema)
 
 
-__all__ = ["OFFICIAL_CONFIGS", "OfficialConfig", "LoadReport", "build_official_ddpm",
-           "load_into_unet", "variable_map"]
+__all__ = [
+  "OFFICIAL_CONFIGS",
+  "OfficialConfig",
+  "LoadReport",
+  "build_official_ddpm",
+  "load_into_unet",
+  "variable_map",
+]

@@ -36,9 +36,11 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
     return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
 
 
-def ddpm_adam(*, learning_rate: float, warmup_steps: int, ema_decay: float | None = None
-              ) -> keras.optimizers.Adam:
+def ddpm_adam(
+  *, learning_rate: float, warmup_steps: int, ema_decay: float | None = None
+) -> keras.optimizers.Adam:
   """Adam(lr warmed up linearly, epsilon 1e-8), with a weight EMA of `ema_decay` if given."""
   kwargs = {} if ema_decay is None else {"use_ema": True, "ema_momentum": ema_decay}
-  return keras.optimizers.Adam(LinearWarmup(learning_rate, warmup_steps), epsilon=ADAM_EPSILON,
-                               **kwargs)
+  return keras.optimizers.Adam(
+    LinearWarmup(learning_rate, warmup_steps), epsilon=ADAM_EPSILON, **kwargs
+  )

@@ -23,26 +23,38 @@ METRICS = ("fid", "kid", "isc", "prc")
 
 def _define_flags(fv) -> None:
   from absl import flags
+
   from evaluation import cli
+
   cli.define_common_flags(fv, network="both", reference=True)
   flags.DEFINE_bool("fid", False, "Frechet Inception Distance (pool_3).", flag_values=fv)
   flags.DEFINE_bool("kid", False, "Kernel Inception Distance (pool_3).", flag_values=fv)
-  flags.DEFINE_bool("isc", False, "Inception Score of the samples (logits; no reference used).",
-                    flag_values=fv)
+  flags.DEFINE_bool(
+    "isc", False, "Inception Score of the samples (logits; no reference used).", flag_values=fv
+  )
   flags.DEFINE_bool("prc", False, "Improved precision and recall (VGG-16 fc2).", flag_values=fv)
-  flags.DEFINE_integer("num_subsets", 100, "KID: number of random subsets.", lower_bound=1,
-                       flag_values=fv)
-  flags.DEFINE_integer("subset_size", 1000, "KID: samples per subset (clipped to the smaller "
-                       "set).", lower_bound=2, flag_values=fv)
+  flags.DEFINE_integer(
+    "num_subsets", 100, "KID: number of random subsets.", lower_bound=1, flag_values=fv
+  )
+  flags.DEFINE_integer(
+    "subset_size",
+    1000,
+    "KID: samples per subset (clipped to the smaller set).",
+    lower_bound=2,
+    flag_values=fv,
+  )
   flags.DEFINE_integer("seed", 0, "KID: seed of the subset sampling.", flag_values=fv)
-  flags.DEFINE_integer("splits", 10, "IS: number of consecutive splits.", lower_bound=1,
-                       flag_values=fv)
-  flags.DEFINE_integer("k", 3, "Precision/recall: neighbourhood size.", lower_bound=1,
-                       flag_values=fv)
+  flags.DEFINE_integer(
+    "splits", 10, "IS: number of consecutive splits.", lower_bound=1, flag_values=fv
+  )
+  flags.DEFINE_integer(
+    "k", 3, "Precision/recall: neighbourhood size.", lower_bound=1, flag_values=fv
+  )
 
 
 def main(argv=None) -> int:
   from evaluation import cli
+
   fv, _, code = cli.parse_command(argv, doc=__doc__, define_flags=_define_flags)
   if code is not None:
     return code
@@ -59,6 +71,7 @@ def main(argv=None) -> int:
     return cli.fail(e)
   cli.import_tensorflow_quietly()
   from google.protobuf.message import DecodeError
+
   try:
     _run(fv, wanted)
   except (ValueError, OSError, RuntimeError, DecodeError) as e:
@@ -66,43 +79,67 @@ def main(argv=None) -> int:
   return 0
 
 
-def _open(fv, flag: str, kinds: list[str], opened: dict, *, min_count: int,
-          allow_stats: bool = False, cacheable: bool = False) -> None:
+def _open(
+  fv,
+  flag: str,
+  kinds: list[str],
+  opened: dict,
+  *,
+  min_count: int,
+  allow_stats: bool = False,
+  cacheable: bool = False,
+) -> None:
   """Adds {kind: Source} of one input to `opened`: an image input is opened (and its files
   checked) once, its other kinds share its images; a features .npz is read once per key."""
   from evaluation import cli
+
   path = getattr(fv, flag.lstrip("-"))
   for kind in kinds:
     images = next((s for s in opened.values() if s.images is not None), None)
     if images is not None:
       opened[kind] = images.sibling(kind)
     else:
-      opened[kind] = cli.open_source(path, flag, kind=kind, min_count=min_count,
-                                     allow_stats=allow_stats, cacheable=cacheable)
+      opened[kind] = cli.open_source(
+        path, flag, kind=kind, min_count=min_count, allow_stats=allow_stats, cacheable=cacheable
+      )
 
 
 def _run(fv, wanted: list[str]) -> None:
-  from evaluation import cli
-  from evaluation import fid
-  from evaluation import inception_score
-  from evaluation import kid
-  from evaluation import precision_recall
+  from evaluation import cli, fid, inception_score, kid, precision_recall
+
   inception_kinds = (["pool_3"] if {"fid", "kid"} & set(wanted) else []) + (
-      ["logits"] if "isc" in wanted else [])
+    ["logits"] if "isc" in wanted else []
+  )
   # Open and check every input before any network work.
   samples, reference = {}, {}
-  min_count = max([2] + ([fv.splits] if "isc" in wanted else [])
-                  + ([fv.k + 1] if "prc" in wanted else []))
-  _open(fv, "--samples", inception_kinds + (["fc2"] if "prc" in wanted else []), samples,
-        min_count=min_count)
-  _open(fv, "--reference", (["pool_3"] if "pool_3" in inception_kinds else [])
-        + (["fc2"] if "prc" in wanted else []), reference, min_count=min_count,
-        allow_stats="kid" not in wanted and "prc" not in wanted, cacheable=fv.cache)
+  min_count = max(
+    [2] + ([fv.splits] if "isc" in wanted else []) + ([fv.k + 1] if "prc" in wanted else [])
+  )
+  _open(
+    fv,
+    "--samples",
+    inception_kinds + (["fc2"] if "prc" in wanted else []),
+    samples,
+    min_count=min_count,
+  )
+  _open(
+    fv,
+    "--reference",
+    (["pool_3"] if "pool_3" in inception_kinds else []) + (["fc2"] if "prc" in wanted else []),
+    reference,
+    min_count=min_count,
+    allow_stats="kid" not in wanted and "prc" not in wanted,
+    cacheable=fv.cache,
+  )
   # Resolve (and build) both networks before extracting anything.
   inception = vgg = None
   if inception_kinds:
-    inception = cli.feature_network(fv, "inception", [samples[k] for k in inception_kinds]
-                                    + ([reference["pool_3"]] if "pool_3" in reference else []))
+    inception = cli.feature_network(
+      fv,
+      "inception",
+      [samples[k] for k in inception_kinds]
+      + ([reference["pool_3"]] if "pool_3" in reference else []),
+    )
   if "prc" in wanted:
     vgg = cli.feature_network(fv, "vgg16", [samples["fc2"], reference["fc2"]])
   if "pool_3" in reference:
@@ -115,23 +152,32 @@ def _run(fv, wanted: list[str]) -> None:
     result = fid.compute_from_sources(samples["pool_3"], reference["pool_3"], inception, fv)
     values.append(cli.Value("FID", "fid", result["value"], result["interval"]))
   if "kid" in wanted:
-    result = kid.compute_from_sources(samples["pool_3"], reference["pool_3"], inception, fv,
-                                      num_subsets=fv.num_subsets, subset_size=fv.subset_size,
-                                      seed=fv.seed)
-    values.append(cli.Value("KID", "kid", result["value"], result["interval"], std=result["std"],
-                            digits=".6g"))
+    result = kid.compute_from_sources(
+      samples["pool_3"],
+      reference["pool_3"],
+      inception,
+      fv,
+      num_subsets=fv.num_subsets,
+      subset_size=fv.subset_size,
+      seed=fv.seed,
+    )
+    values.append(
+      cli.Value("KID", "kid", result["value"], result["interval"], std=result["std"], digits=".6g")
+    )
   if "pool_3" in samples:
     groups.append([samples["pool_3"], reference["pool_3"]])
   if "isc" in wanted:
     if "pool_3" in samples:  # the pool_3 pass gave the logits too
       cli.share_outputs(samples["pool_3"], samples["logits"])
-    result = inception_score.compute_from_sources(samples["logits"], inception, fv,
-                                                  splits=fv.splits)
+    result = inception_score.compute_from_sources(
+      samples["logits"], inception, fv, splits=fv.splits
+    )
     values.append(cli.Value("IS", "is", result["value"], result["interval"], std=result["std"]))
     groups.append([samples["logits"]])
   if "prc" in wanted:
-    result = precision_recall.compute_from_sources(samples["fc2"], reference["fc2"], vgg, fv,
-                                                   k=fv.k)
+    result = precision_recall.compute_from_sources(
+      samples["fc2"], reference["fc2"], vgg, fv, k=fv.k
+    )
     values.extend(precision_recall.values(result))
     groups.append([samples["fc2"], reference["fc2"]])
   for network in (inception, vgg):

@@ -25,17 +25,15 @@ import os
 import pathlib
 import sys
 import zipfile
-from typing import Callable
+from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ logs off stderr
 
-from absl import flags
 import numpy as np
+from absl import flags
 
-from evaluation import image_io
-from evaluation import networks
+from evaluation import image_io, networks, references
 from evaluation import protocol as protocol_lib
-from evaluation import references
 from evaluation.quiet_tf import import_tensorflow_quietly  # also cli.import_tensorflow_quietly
 
 EXIT_BAD_INPUT = 2
@@ -47,6 +45,7 @@ CACHE_VERSION = "2"  # bump when the cached content changes (2: protocol record,
 @dataclasses.dataclass
 class Options:
   """The settings of a feature extraction (the common flags; the Python API builds one)."""
+
   inception_path: str | None = None
   vgg16_path: str | None = None
   vgg: str = "keras"
@@ -69,84 +68,164 @@ class Options:
 
 def define_common_flags(fv: flags.FlagValues, *, network: str, reference: bool) -> None:
   """--samples, --reference, --batch_size, weights, cache, progress flags."""
-  flags.DEFINE_string("samples", None, "Generated images: a folder (searched recursively) or a "
-                      ".zip of PNG/JPEG/WebP/BMP/TIFF files, a .npy array "
-                      "or a .npz holding one array ('images'); uint8 [N,H,W,C] or float in [0,1], "
-                      "C in {1,3}. A .npz of precomputed features (key 'pool_3', 'logits' or 'fc2' "
-                      "as the metric needs) is accepted too.", flag_values=fv)
+  flags.DEFINE_string(
+    "samples",
+    None,
+    "Generated images: a folder (searched recursively) or a "
+    ".zip of PNG/JPEG/WebP/BMP/TIFF files, a .npy array "
+    "or a .npz holding one array ('images'); uint8 [N,H,W,C] or float in [0,1], "
+    "C in {1,3}. A .npz of precomputed features (key 'pool_3', 'logits' or 'fc2' "
+    "as the metric needs) is accepted too.",
+    flag_values=fv,
+  )
   if reference:
-    flags.DEFINE_string("reference", None, "Real images, same formats as --samples, or a data "
-                        "set by name (tfds:mnist/test), or cached features / statistics. Their "
-                        "features are cached, see --cache.",
-                        flag_values=fv)
-    flags.DEFINE_bool("cache", True, "Cache the reference features under "
-                      "$GENMODELS_CACHE_DIR/reference_features (default ~/.cache/genmodels).",
-                      flag_values=fv)
-  flags.DEFINE_integer("batch_size", 50, "Images per XLA-compiled feature step (memory bound; does "
-                       "not change the result).", lower_bound=1, flag_values=fv)
+    flags.DEFINE_string(
+      "reference",
+      None,
+      "Real images, same formats as --samples, or a data "
+      "set by name (tfds:mnist/test), or cached features / statistics. Their "
+      "features are cached, see --cache.",
+      flag_values=fv,
+    )
+    flags.DEFINE_bool(
+      "cache",
+      True,
+      "Cache the reference features under "
+      "$GENMODELS_CACHE_DIR/reference_features (default ~/.cache/genmodels).",
+      flag_values=fv,
+    )
+  flags.DEFINE_integer(
+    "batch_size",
+    50,
+    "Images per XLA-compiled feature step (memory bound; does not change the result).",
+    lower_bound=1,
+    flag_values=fv,
+  )
   if network in ("inception", "both"):
-    flags.DEFINE_string("inception_path", None, "TTUR's classify_image_graph_def.pb or "
-                        "inception-2015-12-05.tgz, or pytorch-fid's pt_inception-2015-12-05-"
-                        "6726825d.pth / torch-fidelity's weights-inception-2015-12-05-6726825d.pth "
-                        "(needs PyTorch once), or a folder with one. Default: "
-                        f"${networks.INCEPTION_PATH_ENV}, then the cache folder, then a download.",
-                        flag_values=fv)
+    flags.DEFINE_string(
+      "inception_path",
+      None,
+      "TTUR's classify_image_graph_def.pb or "
+      "inception-2015-12-05.tgz, or pytorch-fid's pt_inception-2015-12-05-"
+      "6726825d.pth / torch-fidelity's weights-inception-2015-12-05-6726825d.pth "
+      "(needs PyTorch once), or a folder with one. Default: "
+      f"${networks.INCEPTION_PATH_ENV}, then the cache folder, then a download.",
+      flag_values=fv,
+    )
   if network in ("vgg16", "both"):
-    flags.DEFINE_string("vgg16_path", None, "Keras's vgg16_weights_tf_dim_ordering_tf_kernels.h5 "
-                        f"(or its folder). Default: ${networks.VGG16_PATH_ENV}, then "
-                        "~/.keras/models, then a download.", flag_values=fv)
-  flags.DEFINE_bool("download", True, "Download missing weights (needs a network connection).",
-                    flag_values=fv)
-  flags.DEFINE_bool("progress", True, "Show a progress bar while extracting features.",
-                    flag_values=fv)
+    flags.DEFINE_string(
+      "vgg16_path",
+      None,
+      "Keras's vgg16_weights_tf_dim_ordering_tf_kernels.h5 "
+      f"(or its folder). Default: ${networks.VGG16_PATH_ENV}, then "
+      "~/.keras/models, then a download.",
+      flag_values=fv,
+    )
+  flags.DEFINE_bool(
+    "download", True, "Download missing weights (needs a network connection).", flag_values=fv
+  )
+  flags.DEFINE_bool(
+    "progress", True, "Show a progress bar while extracting features.", flag_values=fv
+  )
   flags.DEFINE_bool("jit_compile", True, "Compile the feature step with XLA.", flag_values=fv)
   if network in ("vgg16", "both"):
-    flags.DEFINE_enum("vgg", "keras", list(networks.VGG_VARIANTS), "VGG-16 for the features: "
-                      "'keras' (Keras' Caffe VGG-16 .h5, BGR mean-only input) or 'torch-fidelity' "
-                      "(torchvision's vgg16-397923af.pth as torch-fidelity uses it, RGB mean/std; "
-                      "PyTorch needed once to convert it). --vgg16_path points at the file of "
-                      "the chosen variant.", flag_values=fv)
-  flags.DEFINE_enum("resize", "tf1", ["tf1", "clean", "pytorch-fid"], "Resize to the network's "
-                    "input size: 'tf1' (TF1 legacy bilinear, as TTUR / torch-fidelity; default), "
-                    "'clean' (PIL bicubic antialias, as clean-fid) or 'pytorch-fid' (pytorch-fid's "
-                    "own pipeline: x / 255, half-pixel bilinear to 299, 2 x - 1; Inception only).",
-                    flag_values=fv)
-  flags.DEFINE_enum("precision", "float32", list(PRECISIONS), "Compute dtype of the network "
-                    "('bfloat16' = Keras mixed_bfloat16; values differ from float32 ones and are "
-                    "recorded as such).", flag_values=fv)
-  flags.DEFINE_string("device", None, "TensorFlow device for the network, e.g. 'cpu', 'gpu:0' "
-                      "(default: TensorFlow's choice).", flag_values=fv)
-  flags.DEFINE_integer("workers", image_io.DEFAULT_WORKERS, "Threads decoding images.",
-                       lower_bound=1, flag_values=fv)
-  flags.DEFINE_bool("strict_protocol", True, "Refuse to compare inputs whose protocol records "
-                    "differ (network, weights, layer, resize, precision, image size).",
-                    flag_values=fv)
-  flags.DEFINE_integer("subsamples", 0, "Replicates of a confidence interval for the population "
-                       "value (0: none), printed as `value [lo, hi]`: each replicate recomputes the "
-                       "metric on round(rate * n) distinct rows of every set (subsampling without "
-                       "replacement, Politis-Romano-Wolf interval with finite-population factor "
-                       "sqrt(rate / (1 - rate)); valid for biased metrics such as FID, whose "
-                       "interval may lie below the finite-sample value). See docs/evaluation.md.",
-                       lower_bound=0, flag_values=fv)
-  flags.DEFINE_float("subsample_rate", 0.5, "Fraction of every set drawn per subsample replicate "
-                     "(0.5, half-sampling, also removes FID's O(1/n) bias; other rates are valid "
-                     "for unbiased metrics such as KID).", lower_bound=0.05, upper_bound=0.95,
-                     flag_values=fv)
+    flags.DEFINE_enum(
+      "vgg",
+      "keras",
+      list(networks.VGG_VARIANTS),
+      "VGG-16 for the features: "
+      "'keras' (Keras' Caffe VGG-16 .h5, BGR mean-only input) or 'torch-fidelity' "
+      "(torchvision's vgg16-397923af.pth as torch-fidelity uses it, RGB mean/std; "
+      "PyTorch needed once to convert it). --vgg16_path points at the file of "
+      "the chosen variant.",
+      flag_values=fv,
+    )
+  flags.DEFINE_enum(
+    "resize",
+    "tf1",
+    ["tf1", "clean", "pytorch-fid"],
+    "Resize to the network's "
+    "input size: 'tf1' (TF1 legacy bilinear, as TTUR / torch-fidelity; default), "
+    "'clean' (PIL bicubic antialias, as clean-fid) or 'pytorch-fid' (pytorch-fid's "
+    "own pipeline: x / 255, half-pixel bilinear to 299, 2 x - 1; Inception only).",
+    flag_values=fv,
+  )
+  flags.DEFINE_enum(
+    "precision",
+    "float32",
+    list(PRECISIONS),
+    "Compute dtype of the network "
+    "('bfloat16' = Keras mixed_bfloat16; values differ from float32 ones and are "
+    "recorded as such).",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    "device",
+    None,
+    "TensorFlow device for the network, e.g. 'cpu', 'gpu:0' (default: TensorFlow's choice).",
+    flag_values=fv,
+  )
+  flags.DEFINE_integer(
+    "workers", image_io.DEFAULT_WORKERS, "Threads decoding images.", lower_bound=1, flag_values=fv
+  )
+  flags.DEFINE_bool(
+    "strict_protocol",
+    True,
+    "Refuse to compare inputs whose protocol records "
+    "differ (network, weights, layer, resize, precision, image size).",
+    flag_values=fv,
+  )
+  flags.DEFINE_integer(
+    "subsamples",
+    0,
+    "Replicates of a confidence interval for the population "
+    "value (0: none), printed as `value [lo, hi]`: each replicate recomputes the "
+    "metric on round(rate * n) distinct rows of every set (subsampling without "
+    "replacement, Politis-Romano-Wolf interval with finite-population factor "
+    "sqrt(rate / (1 - rate)); valid for biased metrics such as FID, whose "
+    "interval may lie below the finite-sample value). See docs/evaluation.md.",
+    lower_bound=0,
+    flag_values=fv,
+  )
+  flags.DEFINE_float(
+    "subsample_rate",
+    0.5,
+    "Fraction of every set drawn per subsample replicate "
+    "(0.5, half-sampling, also removes FID's O(1/n) bias; other rates are valid "
+    "for unbiased metrics such as KID).",
+    lower_bound=0.05,
+    upper_bound=0.95,
+    flag_values=fv,
+  )
   flags.DEFINE_integer("subsample_seed", 0, "Seed of the subsample draws.", flag_values=fv)
-  flags.DEFINE_float("confidence", 0.95, "Confidence level of the --subsamples interval.",
-                     lower_bound=0.5, upper_bound=0.999, flag_values=fv)
-  flags.DEFINE_integer("bootstrap", None, "Removed: resampling with replacement biases FID and "
-                       "KID; use --subsamples N.", flag_values=fv)
+  flags.DEFINE_float(
+    "confidence",
+    0.95,
+    "Confidence level of the --subsamples interval.",
+    lower_bound=0.5,
+    upper_bound=0.999,
+    flag_values=fv,
+  )
+  flags.DEFINE_integer(
+    "bootstrap",
+    None,
+    "Removed: resampling with replacement biases FID and KID; use --subsamples N.",
+    flag_values=fv,
+  )
   flags.DEFINE_integer("bootstrap_seed", None, "Removed: use --subsample_seed.", flag_values=fv)
-  flags.DEFINE_bool("json", False, "Print one JSON object (values, intervals, protocol records) "
-                    "instead of the text lines.", flag_values=fv)
+  flags.DEFINE_bool(
+    "json",
+    False,
+    "Print one JSON object (values, intervals, protocol records) instead of the text lines.",
+    flag_values=fv,
+  )
 
 
 REMOVED_FLAGS = {
-    "bootstrap": "--bootstrap was removed: resampling with replacement duplicates images, which "
-                 "inflates FID and breaks KID's unbiased estimate; use --subsamples N "
-                 "(subsampling without replacement, see docs/evaluation.md)",
-    "bootstrap_seed": "--bootstrap_seed was removed; use --subsample_seed",
+  "bootstrap": "--bootstrap was removed: resampling with replacement duplicates images, which "
+  "inflates FID and breaks KID's unbiased estimate; use --subsamples N "
+  "(subsampling without replacement, see docs/evaluation.md)",
+  "bootstrap_seed": "--bootstrap_seed was removed; use --subsample_seed",
 }
 
 
@@ -157,14 +236,27 @@ def check_removed_flags(fv) -> None:
       raise ValueError(message)
 
 
-def run(argv: list[str] | None, *, doc: str, network: str, define_flags: Callable, body: Callable,
-        reference: bool) -> int:
+def run(
+  argv: list[str] | None,
+  *,
+  doc: str,
+  network: str,
+  define_flags: Callable,
+  body: Callable,
+  reference: bool,
+) -> int:
   """Parses `argv` (without the program name), runs `body(flag_values)`, maps errors to exit 2."""
+
   def define_all(fv):
     define_common_flags(fv, network=network, reference=reference)
     define_flags(fv)
-  fv, _, code = parse_command(argv, doc=doc, define_flags=define_all,
-                              required=("samples", "reference") if reference else ("samples",))
+
+  fv, _, code = parse_command(
+    argv,
+    doc=doc,
+    define_flags=define_all,
+    required=("samples", "reference") if reference else ("samples",),
+  )
   if code is not None:
     return code
   try:
@@ -173,6 +265,7 @@ def run(argv: list[str] | None, *, doc: str, network: str, define_flags: Callabl
     return fail(e)
   import_tensorflow_quietly()
   from google.protobuf.message import DecodeError
+
   try:
     body(fv)
   except (ValueError, OSError, RuntimeError, DecodeError) as e:  # incl. WeightsUnavailableError
@@ -180,8 +273,9 @@ def run(argv: list[str] | None, *, doc: str, network: str, define_flags: Callabl
   return 0
 
 
-def parse_command(argv: list[str] | None, *, doc: str, define_flags: Callable,
-                  required: tuple[str, ...] = ()) -> tuple[flags.FlagValues, list[str], int | None]:
+def parse_command(
+  argv: list[str] | None, *, doc: str, define_flags: Callable, required: tuple[str, ...] = ()
+) -> tuple[flags.FlagValues, list[str], int | None]:
   """A command's flags: `define_flags(fv)` on fresh FlagValues, parsed from `argv` (None:
   sys.argv[1:]). Returns (the flag values, the arguments, `parse_args`'s code: None to run)."""
   args = list(sys.argv[1:] if argv is None else argv)
@@ -190,8 +284,9 @@ def parse_command(argv: list[str] | None, *, doc: str, define_flags: Callable,
   return fv, args, parse_args(fv, args, doc=doc, required=required)
 
 
-def parse_args(fv: flags.FlagValues, args: list[str], *, doc: str,
-               required: tuple[str, ...] = ()) -> int | None:
+def parse_args(
+  fv: flags.FlagValues, args: list[str], *, doc: str, required: tuple[str, ...] = ()
+) -> int | None:
   """Parses `args` into `fv`. Returns 0 after printing the help (-h/--help), 2 after one `error:`
   line (bad or missing flags), None when the command should run."""
   if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in args):
@@ -230,6 +325,7 @@ def check_output_path(path: str | None) -> None:
 @dataclasses.dataclass
 class Source:
   """One --samples / --reference input after its checks."""
+
   flag: str
   kind: str
   images: image_io.ImageFolder | np.ndarray | None = None
@@ -241,11 +337,12 @@ class Source:
   num_samples: int | None = None  # for a generator function
   outputs: dict | None = None  # every output of the network, once extracted here
 
-  def sibling(self, kind: str) -> "Source":
+  def sibling(self, kind: str) -> Source:
     """The same input read for another output of the same network (e.g. logits next to
     pool_3): shares the images; `features_of` on either fills both (`share_outputs`)."""
-    return dataclasses.replace(self, kind=kind, features=None, stats=None, cache_file=None,
-                               protocol=None, outputs=None)
+    return dataclasses.replace(
+      self, kind=kind, features=None, stats=None, cache_file=None, protocol=None, outputs=None
+    )
 
   @property
   def needs_network(self) -> bool:
@@ -261,12 +358,20 @@ def _files_fingerprint(path: pathlib.Path, source) -> str:
   return digest.hexdigest()
 
 
-def open_source(path: str, flag: str, *, kind: str, min_count: int, allow_stats: bool = False,
-                cacheable: bool = False) -> Source:
+def open_source(
+  path: str,
+  flag: str,
+  *,
+  kind: str,
+  min_count: int,
+  allow_stats: bool = False,
+  cacheable: bool = False,
+) -> Source:
   """Opens and checks an input: images, a features .npz (key `kind`) or TTUR statistics."""
   if isinstance(path, str) and path.startswith(references.PREFIX):
-    source = Source(flag=flag, kind=kind, images=references.NamedReference(path),
-                    fingerprint=f"name|{path}")
+    source = Source(
+      flag=flag, kind=kind, images=references.NamedReference(path), fingerprint=f"name|{path}"
+    )
     return source
   file = pathlib.Path(path)
   source = Source(flag=flag, kind=kind)
@@ -277,16 +382,19 @@ def open_source(path: str, flag: str, *, kind: str, min_count: int, allow_stats:
         keys = set(data.files)
         if {"mu", "sigma"} <= keys:
           if not allow_stats:
-            raise image_io.ImageInputError(f"{flag} {file} holds FID statistics (mu, sigma); this "
-                                           "metric needs images or features")
+            raise image_io.ImageInputError(
+              f"{flag} {file} holds FID statistics (mu, sigma); this "
+              "metric needs images or features"
+            )
           source.stats = (data["mu"], data["sigma"])
           source.protocol = protocol_lib.from_npz(data)
           return source
         if kind in keys:
           features = np.asarray(data[kind], np.float32)
           if features.ndim != 2:
-            raise image_io.ImageInputError(f"{flag} {file}: features '{kind}' must be [N, D], got "
-                                           f"shape {features.shape}")
+            raise image_io.ImageInputError(
+              f"{flag} {file}: features '{kind}' must be [N, D], got shape {features.shape}"
+            )
           source.features = features
           source.protocol = protocol_lib.with_feature(protocol_lib.from_npz(data), kind)
     except (OSError, ValueError) as e:
@@ -306,20 +414,30 @@ def open_source(path: str, flag: str, *, kind: str, min_count: int, allow_stats:
   return source
 
 
-def source_from_object(obj, flag: str, *, kind: str, min_count: int, allow_stats: bool = False,
-                       num_samples: int | None = None, cacheable: bool = False) -> Source:
+def source_from_object(
+  obj,
+  flag: str,
+  *,
+  kind: str,
+  min_count: int,
+  allow_stats: bool = False,
+  num_samples: int | None = None,
+  cacheable: bool = False,
+) -> Source:
   """A Source for the Python API: a path or `tfds:` name (as `open_source`), an image array, a
   `tf.data.Dataset`, a generator function `fn(n) -> images` (with `num_samples`), or FID
   statistics given as a (mu, sigma) tuple."""
   if isinstance(obj, (str, os.PathLike)):
-    return open_source(str(obj), flag, kind=kind, min_count=min_count, allow_stats=allow_stats,
-                       cacheable=cacheable)
+    return open_source(
+      str(obj), flag, kind=kind, min_count=min_count, allow_stats=allow_stats, cacheable=cacheable
+    )
   if isinstance(obj, tuple) and len(obj) == 2 and allow_stats:
     return Source(flag=flag, kind=kind, stats=(np.asarray(obj[0]), np.asarray(obj[1])))
   if callable(obj) and not hasattr(obj, "element_spec"):
     if num_samples is None or num_samples < min_count:
-      raise image_io.ImageInputError(f"{flag}: a generator function needs num_samples >= "
-                                     f"{min_count}, got {num_samples}")
+      raise image_io.ImageInputError(
+        f"{flag}: a generator function needs num_samples >= {min_count}, got {num_samples}"
+      )
     return Source(flag=flag, kind=kind, images=obj, num_samples=num_samples)
   if hasattr(obj, "element_spec"):  # tf.data.Dataset (count known after extraction)
     return Source(flag=flag, kind=kind, images=obj)
@@ -345,7 +463,9 @@ def network_label(name: str, fv) -> str:
 def _device_scope(device: str | None):
   """tf.device(device) after checking that such a device exists (ValueError otherwise)."""
   import contextlib
+
   import tensorflow as tf
+
   if not device:
     return contextlib.nullcontext()
   wanted = device.strip("/").lower().replace("device:", "")
@@ -364,8 +484,9 @@ def feature_network(fv, name: str, sources: list[Source]) -> Network:
 
   Also looks the cacheable sources up in the reference-feature cache.
   """
-  network = Network(name=name, model=None, pending_cache=[], label=network_label(name, fv),
-                    options=fv)
+  network = Network(
+    name=name, model=None, pending_cache=[], label=network_label(name, fv), options=fv
+  )
   needing = [s for s in sources if s.needs_network]
   if not needing:
     return network
@@ -400,11 +521,11 @@ def feature_network(fv, name: str, sources: list[Source]) -> Network:
     if network.model is None:
       with _device_scope(device):
         if name == "inception":
-          network.model = networks.inception_network(weights, download=False,
-                                                     dtype_policy=policy)
+          network.model = networks.inception_network(weights, download=False, dtype_policy=policy)
         else:
-          network.model = networks.vgg16_network(weights, download=False, dtype_policy=policy,
-                                                 variant=variant)
+          network.model = networks.vgg16_network(
+            weights, download=False, dtype_policy=policy, variant=variant
+          )
       _BUILT.clear()  # keep one network alive (VGG-16 is 0.5 GB)
       _BUILT[key] = network.model
   return network
@@ -421,27 +542,46 @@ def features_of(source: Source, network: Network, fv) -> np.ndarray:
     return source.features
   from evaluation import features as features_lib
   from evaluation import resize as resize_lib
+
   images = source.images
   if isinstance(images, references.NamedReference):
     images = images.load(download=fv.download)
   info: dict = {}
   with _device_scope(getattr(fv, "device", None)):
-    outputs = features_lib.extract(network.model, images, batch_size=fv.batch_size,
-                                   progress=fv.progress, jit_compile=fv.jit_compile,
-                                   num_samples=source.num_samples, resize=fv.resize,
-                                   workers=getattr(fv, "workers", image_io.DEFAULT_WORKERS),
-                                   info=info)
-  record = protocol_lib.record(network=network.label,
-                               weights_sha=protocol_lib.weights_sha256(network.model),
-                               feature=source.kind, resize=resize_lib.describe_resize(fv.resize),
-                               precision=fv.precision, info=info)
+    outputs = features_lib.extract(
+      network.model,
+      images,
+      batch_size=fv.batch_size,
+      progress=fv.progress,
+      jit_compile=fv.jit_compile,
+      num_samples=source.num_samples,
+      resize=fv.resize,
+      workers=getattr(fv, "workers", image_io.DEFAULT_WORKERS),
+      info=info,
+    )
+  record = protocol_lib.record(
+    network=network.label,
+    weights_sha=protocol_lib.weights_sha256(network.model),
+    feature=source.kind,
+    resize=resize_lib.describe_resize(fv.resize),
+    precision=fv.precision,
+    info=info,
+  )
   source.features = outputs[source.kind]
   source.protocol = record
   source.outputs = outputs
   if source.cache_file is not None:
-    network.pending_cache.append((source.cache_file, {
-        **outputs, protocol_lib.NPZ_KEY: np.str_(protocol_lib.to_json(
-            {k: v for k, v in record.items() if k != "feature"}))}))
+    network.pending_cache.append(
+      (
+        source.cache_file,
+        {
+          **outputs,
+          protocol_lib.NPZ_KEY: np.str_(
+            protocol_lib.to_json({k: v for k, v in record.items() if k != "feature"})
+          ),
+        },
+      )
+    )
   return source.features
 
 
@@ -453,8 +593,12 @@ def share_outputs(source: Source, sibling: Source) -> None:
 
 
 def check_protocols(first: Source, second: Source, fv) -> None:
-  protocol_lib.check_compatible(first.protocol, second.protocol, names=(first.flag, second.flag),
-                                strict=getattr(fv, "strict_protocol", True))
+  protocol_lib.check_compatible(
+    first.protocol,
+    second.protocol,
+    names=(first.flag, second.flag),
+    strict=getattr(fv, "strict_protocol", True),
+  )
 
 
 def expected_protocol(source: Source, network: Network, fv) -> dict | None:
@@ -465,9 +609,14 @@ def expected_protocol(source: Source, network: Network, fv) -> dict | None:
   if network.model is None:
     return None
   from evaluation import resize as resize_lib
-  return {"network": network.label, "weights_sha256": protocol_lib.weights_sha256(network.model),
-          "feature": source.kind, "resize": resize_lib.describe_resize(fv.resize),
-          "precision": fv.precision}
+
+  return {
+    "network": network.label,
+    "weights_sha256": protocol_lib.weights_sha256(network.model),
+    "feature": source.kind,
+    "resize": resize_lib.describe_resize(fv.resize),
+    "precision": fv.precision,
+  }
 
 
 def check_protocols_early(first: Source, second: Source, network: Network, fv) -> None:
@@ -482,8 +631,12 @@ def check_protocols_early(first: Source, second: Source, network: Network, fv) -
   common = set(a) & set(b)
   if any(a.get(key) != b.get(key) for key in protocol_lib.COMPARED if key in common):
     if getattr(fv, "strict_protocol", True):
-      protocol_lib.check_compatible({k: a[k] for k in common}, {k: b[k] for k in common},
-                                    names=(first.flag, second.flag), strict=True)
+      protocol_lib.check_compatible(
+        {k: a[k] for k in common},
+        {k: b[k] for k in common},
+        names=(first.flag, second.flag),
+        strict=True,
+      )
 
 
 def warn_singular(features: np.ndarray, flag: str, *, what: str = "FID") -> None:
@@ -491,9 +644,12 @@ def warn_singular(features: np.ndarray, flag: str, *, what: str = "FID") -> None
   then dominated by rounding in the null space; pytorch-fid warns too)."""
   n, d = features.shape
   if n < d:
-    print(f"warning: {flag.lstrip('-')} has {n} feature vectors for {d} dimensions: the covariance "
-          f"is singular and {what} unreliable (two identical sets can give a small negative "
-          f"value); use at least {d} images", file=sys.stderr)
+    print(
+      f"warning: {flag.lstrip('-')} has {n} feature vectors for {d} dimensions: the covariance "
+      f"is singular and {what} unreliable (two identical sets can give a small negative "
+      f"value); use at least {d} images",
+      file=sys.stderr,
+    )
 
 
 def print_protocol(*sources: Source) -> None:
@@ -516,6 +672,7 @@ def commit_cache(network: Network) -> None:
 @dataclasses.dataclass
 class Value:
   """One printed metric value: `name: value [lo, hi] +- std` (interval, std optional)."""
+
   name: str  # as printed, e.g. "FID", "precision"
   key: str  # JSON key, e.g. "fid"
   value: float
@@ -526,14 +683,17 @@ class Value:
 
   def text(self) -> str:
     from evaluation import subsampling
+
     line = f"{self.name}: {subsampling.format_value(self.value, self.interval, digits=self.digits)}"
     if self.std is not None:
       line += f" +- {self.std:{self.digits}}"
     return line
 
   def as_json(self) -> dict:
-    out = {"value": float(self.value),
-           "interval": None if self.interval is None else [float(v) for v in self.interval]}
+    out = {
+      "value": float(self.value),
+      "interval": None if self.interval is None else [float(v) for v in self.interval],
+    }
     if self.std is not None:
       out["std"] = float(self.std)
     out.update(self.extra)
@@ -544,11 +704,15 @@ def interval_record(fv) -> dict | None:
   """How the intervals were made (JSON), None without --subsamples."""
   if not getattr(fv, "subsamples", 0):
     return None
-  return {"method": "subsampling without replacement (Politis-Romano-Wolf interval, "
-                    "finite-population factor sqrt(rate / (1 - rate)))",
-          "target": "population value", "replicates": int(fv.subsamples),
-          "rate": float(fv.subsample_rate), "seed": int(fv.subsample_seed),
-          "confidence": float(fv.confidence)}
+  return {
+    "method": "subsampling without replacement (Politis-Romano-Wolf interval, "
+    "finite-population factor sqrt(rate / (1 - rate)))",
+    "target": "population value",
+    "replicates": int(fv.subsamples),
+    "rate": float(fv.subsample_rate),
+    "seed": int(fv.subsample_seed),
+    "confidence": float(fv.confidence),
+  }
 
 
 def print_results(fv, values: list[Value], sources: list, *, by_kind: bool = False) -> None:
@@ -559,15 +723,19 @@ def print_results(fv, values: list[Value], sources: list, *, by_kind: bool = Fal
   per feature kind: then one protocol line per group, and "protocol" maps each group's feature
   kind to its records."""
   from evaluation import subsampling
+
   groups = sources if by_kind else [sources]
   records = lambda group: {s.flag.lstrip("-"): s.protocol for s in group}
   if getattr(fv, "json", False):
     import json
-    payload = {"metrics": {v.key: v.as_json() for v in values},
-               "interval": interval_record(fv) if any(v.interval is not None for v in values)
-               else None,
-               "protocol": {group[0].kind: records(group) for group in groups} if by_kind
-                           else records(groups[0])}
+
+    payload = {
+      "metrics": {v.key: v.as_json() for v in values},
+      "interval": interval_record(fv) if any(v.interval is not None for v in values) else None,
+      "protocol": {group[0].kind: records(group) for group in groups}
+      if by_kind
+      else records(groups[0]),
+    }
     print(json.dumps(payload, indent=2, sort_keys=True))
     return
   for v in values:

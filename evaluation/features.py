@@ -28,25 +28,24 @@ import os
 import queue
 import threading
 import weakref
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from evaluation import image_io
-from evaluation import numerics
-from evaluation import protocol
+from evaluation import image_io, numerics, protocol
 from evaluation import resize as resize_lib
 
 # Input size of each feature network (its model name), the target of the "clean" resize.
 NETWORK_INPUT_SIZES = {"inception_2015": 299, "vgg16_fc2": 224}  # TTUR graph; Keras/torchvision VGG
 
-_STEPS: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
+_STEPS: weakref.WeakKeyDictionary[keras.Model, dict] = weakref.WeakKeyDictionary()
 
 
-def feature_step(network: keras.Model, *, jit_compile: bool = True,
-                 strategy: tf.distribute.Strategy | None = None):
+def feature_step(
+  network: keras.Model, *, jit_compile: bool = True, strategy: tf.distribute.Strategy | None = None
+):
   """The compiled `images [B, H, W, C] float32 in [0, 255] -> {name: [B, D] float32}` step.
 
   Under a strategy with several replicas (or workers) each replica takes its contiguous slice of
@@ -56,6 +55,7 @@ def feature_step(network: keras.Model, *, jit_compile: bool = True,
   replicas = strategy.num_replicas_in_sync if strategy is not None else 1
   key = (jit_compile, id(strategy) if replicas > 1 else None)
   if key not in steps:
+
     @tf.function(jit_compile=jit_compile)
     def step(images):
       outputs = network(images, training=False)
@@ -67,12 +67,13 @@ def feature_step(network: keras.Model, *, jit_compile: bool = True,
       def replica_step(images):
         i = tf.distribute.get_replica_context().replica_id_in_sync_group
         size = tf.shape(images)[0] // replicas
-        return local_step(images[i * size:(i + 1) * size])
+        return local_step(images[i * size : (i + 1) * size])
 
       @tf.function
       def step(images):
         outputs = strategy.run(replica_step, args=(images,))
         return tf.nest.map_structure(lambda t: strategy.gather(t, axis=0), outputs)
+
     steps[key] = step
   return steps[key]
 
@@ -89,8 +90,9 @@ def _dataset_arrays(dataset: tf.data.Dataset) -> Iterator[np.ndarray]:
     yield image_io.check_image_array(element, what="dataset element")
 
 
-def _generated_arrays(generate_fn: Callable, num_samples: int,
-                      batch_size: int) -> Iterator[np.ndarray]:
+def _generated_arrays(
+  generate_fn: Callable, num_samples: int, batch_size: int
+) -> Iterator[np.ndarray]:
   """generate_fn(n) for n = batch_size, ..., the remainder; each result checked."""
   done = 0
   while done < num_samples:
@@ -105,8 +107,14 @@ def _generated_arrays(generate_fn: Callable, num_samples: int,
     yield images
 
 
-def _source_arrays(images, batch_size: int, *, num_samples: int | None = None, workers: int = 1,
-                   transform: Callable | None = None) -> tuple[Iterator[np.ndarray], int | None]:
+def _source_arrays(
+  images,
+  batch_size: int,
+  *,
+  num_samples: int | None = None,
+  workers: int = 1,
+  transform: Callable | None = None,
+) -> tuple[Iterator[np.ndarray], int | None]:
   """Chunks of images (any leading size) and the total count when known."""
   if isinstance(images, (str, os.PathLike)):
     images = image_io.open_images(images)
@@ -120,7 +128,7 @@ def _source_arrays(images, batch_size: int, *, num_samples: int | None = None, w
     chunks, total = _generated_arrays(images, num_samples, batch_size), num_samples
   else:
     array = image_io.check_image_array(images)
-    chunks = (array[i:i + batch_size] for i in range(0, len(array), batch_size))
+    chunks = (array[i : i + batch_size] for i in range(0, len(array), batch_size))
     total = len(array)
   if transform is not None:
     chunks = (np.stack([transform(image) for image in chunk]) for chunk in chunks)
@@ -169,8 +177,10 @@ def clean_resizer(network: keras.Model, mode: str = "clean") -> Callable[[np.nda
   """Per-image host-side "clean" (or "pytorch-fid") resize to the network's input size."""
   size = NETWORK_INPUT_SIZES.get(network.name)
   if size is None:
-    raise ValueError(f"the {mode} resize needs the input size of network {network.name!r}; "
-                     f"known: {sorted(NETWORK_INPUT_SIZES)}")
+    raise ValueError(
+      f"the {mode} resize needs the input size of network {network.name!r}; "
+      f"known: {sorted(NETWORK_INPUT_SIZES)}"
+    )
   if mode == "pytorch-fid":
     if size != 299:
       raise ValueError("the pytorch-fid resize is for the Inception network (299 x 299 input)")
@@ -184,8 +194,8 @@ def _rebatch(chunks: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarr
   count = 0
   for chunk in chunks:
     while len(chunk):
-      take = chunk[:batch_size - count]
-      chunk = chunk[len(take):]
+      take = chunk[: batch_size - count]
+      chunk = chunk[len(take) :]
       pending.append(take)
       count += len(take)
       if count == batch_size:
@@ -195,11 +205,21 @@ def _rebatch(chunks: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarr
     yield np.concatenate(pending)
 
 
-def extract(network: keras.Model, images, *, batch_size: int = 50, progress: bool = True,
-            jit_compile: bool = True, strategy: tf.distribute.Strategy | None = None,
-            allow_tf32: bool = False, num_samples: int | None = None, resize: str = "tf1",
-            workers: int = image_io.DEFAULT_WORKERS, prefetch: int = 2,
-            info: dict | None = None) -> dict[str, np.ndarray]:
+def extract(
+  network: keras.Model,
+  images,
+  *,
+  batch_size: int = 50,
+  progress: bool = True,
+  jit_compile: bool = True,
+  strategy: tf.distribute.Strategy | None = None,
+  allow_tf32: bool = False,
+  num_samples: int | None = None,
+  resize: str = "tf1",
+  workers: int = image_io.DEFAULT_WORKERS,
+  prefetch: int = 2,
+  info: dict | None = None,
+) -> dict[str, np.ndarray]:
   """Features of every image, in input order.
 
   Args:
@@ -236,15 +256,21 @@ def extract(network: keras.Model, images, *, batch_size: int = 50, progress: boo
   transform = clean_resizer(network, resize) if resize in ("clean", "pytorch-fid") else None
   if transform is not None:  # the original size is recorded, not the resized one
     transform = _recording(transform, info)
-  chunks, total = _source_arrays(images, batch_size, num_samples=num_samples, workers=workers,
-                                 transform=transform)
+  chunks, total = _source_arrays(
+    images, batch_size, num_samples=num_samples, workers=workers, transform=transform
+  )
   if total is not None and 0 < total < batch_size:  # fewer images than a batch: no padding work
     batch_size = -(-total // replicas) * replicas
   with numerics.exact_float32(not allow_tf32):
-    return _extract(_background(_rebatch(chunks, batch_size), prefetch), total,
-                    batch_size=batch_size, progress=progress, info=info,
-                    prescaled=transform is not None,
-                    step=feature_step(network, jit_compile=jit_compile, strategy=strategy))
+    return _extract(
+      _background(_rebatch(chunks, batch_size), prefetch),
+      total,
+      batch_size=batch_size,
+      progress=progress,
+      info=info,
+      prescaled=transform is not None,
+      step=feature_step(network, jit_compile=jit_compile, strategy=strategy),
+    )
 
 
 def _recording(transform: Callable, info: dict) -> Callable:
@@ -252,11 +278,13 @@ def _recording(transform: Callable, info: dict) -> Callable:
     info.setdefault("original_shape", tuple(image.shape))
     info.setdefault("input_dtype", str(image.dtype))
     return transform(image)
+
   return wrapped
 
 
-def _extract(batches, total, *, batch_size, progress, step, info,
-             prescaled: bool) -> dict[str, np.ndarray]:
+def _extract(
+  batches, total, *, batch_size, progress, step, info, prescaled: bool
+) -> dict[str, np.ndarray]:
   bar = keras.utils.Progbar(total, unit_name="image") if progress else None
   outputs: dict[str, list[np.ndarray]] = {}
   seen = 0
@@ -286,26 +314,40 @@ def _extract(batches, total, *, batch_size, progress, step, info,
   return {name: np.concatenate(values) for name, values in outputs.items()}
 
 
-def extract_with_record(network: keras.Model, images, *, label: str, feature: str,
-                        resize: str = "tf1", precision: str = "float32",
-                        **kwargs) -> tuple[np.ndarray, dict]:
+def extract_with_record(
+  network: keras.Model,
+  images,
+  *,
+  label: str,
+  feature: str,
+  resize: str = "tf1",
+  precision: str = "float32",
+  **kwargs,
+) -> tuple[np.ndarray, dict]:
   """(`extract(network, images, ...)[feature]`, its protocol record): for scripts that store a
   metric value with `experiments.results.metric(value, record)`. `label` names the network as the
   metric commands do ("inception-2015", "vgg16-keras", "vgg16-torch-fidelity")."""
   info: dict = {}
   out = extract(network, images, resize=resize, info=info, **kwargs)[feature]
-  record = protocol.record(network=label, weights_sha=protocol.weights_sha256(network),
-                           feature=feature, resize=resize_lib.describe_resize(resize),
-                           precision=precision, info=info)
+  record = protocol.record(
+    network=label,
+    weights_sha=protocol.weights_sha256(network),
+    feature=feature,
+    resize=resize_lib.describe_resize(resize),
+    precision=precision,
+    info=info,
+  )
   return out, record
 
 
-def extract_samples_and_reference(network: keras.Model, samples, reference, *, label: str,
-                                  feature: str, **kwargs) -> tuple[np.ndarray, np.ndarray, dict]:
+def extract_samples_and_reference(
+  network: keras.Model, samples, reference, *, label: str, feature: str, **kwargs
+) -> tuple[np.ndarray, np.ndarray, dict]:
   """(sample features, reference features, the samples' protocol record), the two records checked
   to agree (`protocol.check_compatible`); what a script needs for one FID / KID / PR value."""
   fake, record = extract_with_record(network, samples, label=label, feature=feature, **kwargs)
-  real, real_record = extract_with_record(network, reference, label=label, feature=feature,
-                                          **kwargs)
+  real, real_record = extract_with_record(
+    network, reference, label=label, feature=feature, **kwargs
+  )
   protocol.check_compatible(record, real_record)
   return fake, real, record

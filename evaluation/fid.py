@@ -68,39 +68,53 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
   d = mu1.shape[0]
   if mu1.ndim != 1 or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
-    raise ValueError(f"mismatched statistics: mu1 {mu1.shape}, sigma1 {sigma1.shape}, "
-                     f"mu2 {mu2.shape}, sigma2 {sigma2.shape}")
+    raise ValueError(
+      f"mismatched statistics: mu1 {mu1.shape}, sigma1 {sigma1.shape}, "
+      f"mu2 {mu2.shape}, sigma2 {sigma2.shape}"
+    )
   for name, value in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
     if not np.isfinite(value).all():
       raise ValueError(f"{name} contains NaN or inf")
   diff = mu1 - mu2
-  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
-               - 2.0 * trace_sqrt_product(sigma1, sigma2))
+  return float(
+    diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2)
+  )
 
 
-def subsample_interval(samples, reference, *, reference_stats=None, num: int,
-                       rate: float = 0.5, seed: int = 0,
-                       confidence: float = 0.95) -> tuple[float, float]:
+def subsample_interval(
+  samples,
+  reference,
+  *,
+  reference_stats=None,
+  num: int,
+  rate: float = 0.5,
+  seed: int = 0,
+  confidence: float = 0.95,
+) -> tuple[float, float]:
   """Subsampling interval of the population FID (`evaluation.subsampling`): both feature sets
   subsampled without replacement per replicate (only the samples when the reference is given as
   statistics, which are then taken as exact). Replicates use `replicate_distance`."""
   from evaluation import subsampling
+
   samples = np.asarray(samples, np.float64)
   if reference_stats is not None:
     mu2, sigma2 = (np.asarray(v, np.float64) for v in reference_stats)
     factor2 = _factor(sigma2)  # once for all replicates
-    statistic = lambda i: replicate_distance(*feature_statistics(samples[i]), mu2, sigma2,
-                                             factor2=factor2)
+    statistic = lambda i: replicate_distance(
+      *feature_statistics(samples[i]), mu2, sigma2, factor2=factor2
+    )
     sizes = (len(samples),)
     estimate = frechet_distance(*feature_statistics(samples), mu2, sigma2)
   else:
     reference = np.asarray(reference, np.float64)
-    statistic = lambda i, j: replicate_distance(*feature_statistics(samples[i]),
-                                                *feature_statistics(reference[j]))
+    statistic = lambda i, j: replicate_distance(
+      *feature_statistics(samples[i]), *feature_statistics(reference[j])
+    )
     sizes = (len(samples), len(reference))
     estimate = frechet_distance(*feature_statistics(samples), *feature_statistics(reference))
-  low, high = subsampling.interval(statistic, sizes, estimate=estimate, num=num, rate=rate,
-                                   seed=seed, confidence=confidence)
+  low, high = subsampling.interval(
+    statistic, sizes, estimate=estimate, num=num, rate=rate, seed=seed, confidence=confidence
+  )
   return float(low), float(high)
 
 
@@ -120,8 +134,12 @@ def replicate_distance(mu1, sigma1, mu2, sigma2, *, factor2=None) -> float:
   product = factor2.T @ sigma1 @ factor2
   eigenvalues = np.linalg.eigvalsh((product + product.T) / 2)
   diff = mu1 - mu2
-  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
-               - 2.0 * np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
+  return float(
+    diff @ diff
+    + np.trace(sigma1)
+    + np.trace(sigma2)
+    - 2.0 * np.sqrt(np.clip(eigenvalues, 0.0, None)).sum()
+  )
 
 
 def save_statistics(path, mu, sigma, protocol: dict | None = None) -> None:
@@ -135,6 +153,7 @@ def save_statistics(path, mu, sigma, protocol: dict | None = None) -> None:
   extra = {}
   if protocol is not None:
     from evaluation import protocol as protocol_lib
+
     extra[protocol_lib.NPZ_KEY] = np.str_(protocol_lib.to_json(protocol))
   with open(path, "wb") as f:
     np.savez(f, mu=mu, sigma=sigma, **extra)
@@ -147,6 +166,7 @@ def compute_from_sources(samples, reference, network, options) -> dict:
   "protocols"}; raises ProtocolMismatchError before computing if the records differ.
   """
   from evaluation import cli
+
   cli.check_protocols_early(samples, reference, network, options)
   real = None if reference.stats is not None else cli.features_of(reference, network, options)
   cli.check_protocols_early(samples, reference, network, options)
@@ -158,18 +178,32 @@ def compute_from_sources(samples, reference, network, options) -> dict:
   if options.subsamples:
     b = int(np.floor(options.subsample_rate * len(fake) + 0.5))
     if b < fake.shape[1]:
-      print(f"warning: a subsample has {b} of {len(fake)} samples for {fake.shape[1]} "
-            "dimensions: singular covariances in every replicate", file=sys.stderr)
+      print(
+        f"warning: a subsample has {b} of {len(fake)} samples for {fake.shape[1]} "
+        "dimensions: singular covariances in every replicate",
+        file=sys.stderr,
+      )
   mu1, sigma1 = feature_statistics(fake)
   mu2, sigma2 = reference.stats if real is None else feature_statistics(real)
   value = frechet_distance(mu1, sigma1, mu2, sigma2)
   interval = None
   if options.subsamples:
-    interval = subsample_interval(fake, real, reference_stats=reference.stats if real is None
-                                  else None, num=options.subsamples, rate=options.subsample_rate,
-                                  seed=options.subsample_seed, confidence=options.confidence)
-  return {"value": value, "interval": interval, "mu": mu2, "sigma": sigma2,
-          "protocols": {"samples": samples.protocol, "reference": reference.protocol}}
+    interval = subsample_interval(
+      fake,
+      real,
+      reference_stats=reference.stats if real is None else None,
+      num=options.subsamples,
+      rate=options.subsample_rate,
+      seed=options.subsample_seed,
+      confidence=options.confidence,
+    )
+  return {
+    "value": value,
+    "interval": interval,
+    "mu": mu2,
+    "sigma": sigma2,
+    "protocols": {"samples": samples.protocol, "reference": reference.protocol},
+  }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,43 +216,60 @@ DIMS_FEATURE = {64: "block_64", 192: "block_192", 768: "block_768", 2048: "pool_
 def feature_for_dims(dims: int) -> str:
   """pytorch-fid's `--dims` -> our Inception output (ValueError for other values)."""
   if dims not in DIMS_FEATURE:
-    raise ValueError(f"dims must be one of {sorted(DIMS_FEATURE)} (pytorch-fid's blocks), got "
-                     f"{dims}")
+    raise ValueError(
+      f"dims must be one of {sorted(DIMS_FEATURE)} (pytorch-fid's blocks), got {dims}"
+    )
   return DIMS_FEATURE[dims]
 
 
 def _define_flags(fv) -> None:
   from absl import flags
-  flags.DEFINE_enum("dims", "2048", [str(d) for d in DIMS_FEATURE], "Inception features, as "
-                    "pytorch-fid's --dims: 2048 (pool_3, the standard FID), or 64 / 192 / 768 (the "
-                    "spatial mean after the stem's first / second max pool / after Mixed_6e). "
-                    "Recorded as the protocol's feature.", flag_values=fv)
-  flags.DEFINE_string("save_stats", None, "Write the reference statistics (TTUR format: .npz with "
-                      "'mu' and 'sigma') to exactly this file (no suffix added), for later use as "
-                      "--reference.",
-                      flag_values=fv)
+
+  flags.DEFINE_enum(
+    "dims",
+    "2048",
+    [str(d) for d in DIMS_FEATURE],
+    "Inception features, as "
+    "pytorch-fid's --dims: 2048 (pool_3, the standard FID), or 64 / 192 / 768 (the "
+    "spatial mean after the stem's first / second max pool / after Mixed_6e). "
+    "Recorded as the protocol's feature.",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    "save_stats",
+    None,
+    "Write the reference statistics (TTUR format: .npz with "
+    "'mu' and 'sigma') to exactly this file (no suffix added), for later use as "
+    "--reference.",
+    flag_values=fv,
+  )
 
 
 def _run(fv) -> None:
   from evaluation import cli
+
   cli.check_output_path(fv.save_stats)
   kind = feature_for_dims(int(fv.dims))
   samples = cli.open_source(fv.samples, "--samples", kind=kind, min_count=2)
-  reference = cli.open_source(fv.reference, "--reference", kind=kind, min_count=2,
-                              allow_stats=True, cacheable=fv.cache)
+  reference = cli.open_source(
+    fv.reference, "--reference", kind=kind, min_count=2, allow_stats=True, cacheable=fv.cache
+  )
   network = cli.feature_network(fv, "inception", [samples, reference])
   result = compute_from_sources(samples, reference, network, fv)
   cli.commit_cache(network)
   if fv.save_stats:
     save_statistics(fv.save_stats, result["mu"], result["sigma"], protocol=reference.protocol)
-  cli.print_results(fv, [cli.Value("FID", "fid", result["value"], result["interval"])],
-                    [samples, reference])
+  cli.print_results(
+    fv, [cli.Value("FID", "fid", result["value"], result["interval"])], [samples, reference]
+  )
 
 
 def main(argv=None) -> int:
   from evaluation import cli
-  return cli.run(argv, doc=__doc__, network="inception", define_flags=_define_flags, body=_run,
-                 reference=True)
+
+  return cli.run(
+    argv, doc=__doc__, network="inception", define_flags=_define_flags, body=_run, reference=True
+  )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import os
 import pathlib
 import threading
 import zipfile
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -52,8 +52,9 @@ def check_image_array(images: np.ndarray, *, what: str = "images") -> np.ndarray
   if images.ndim == 3:
     images = images[..., None]  # [N, H, W] grey
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
-    raise ImageInputError(f"{what}: expected an array [N, H, W, C] with C in {{1, 3}}, got shape "
-                          f"{images.shape}")
+    raise ImageInputError(
+      f"{what}: expected an array [N, H, W, C] with C in {{1, 3}}, got shape {images.shape}"
+    )
   if images.dtype == np.uint8:
     return images
   if not np.issubdtype(images.dtype, np.floating):
@@ -63,7 +64,9 @@ def check_image_array(images: np.ndarray, *, what: str = "images") -> np.ndarray
     if not (np.isfinite(low) and np.isfinite(high)):
       raise ImageInputError(f"{what}: images contain NaN or inf")
     if low < 0.0 or high > 1.0:
-      raise ImageInputError(f"{what}: float images must lie in [0, 1], found [{low:.4g}, {high:.4g}]")
+      raise ImageInputError(
+        f"{what}: float images must lie in [0, 1], found [{low:.4g}, {high:.4g}]"
+      )
   return images
 
 
@@ -78,6 +81,7 @@ def to_float255(batch: np.ndarray) -> np.ndarray:
 class ImageFolder:
   """A checked folder (or .zip archive) of images; `batches` decodes lazily so memory stays
   bounded. `files` are paths, or member names when `archive` is set."""
+
   path: pathlib.Path
   files: list
   height: int
@@ -115,13 +119,20 @@ class ImageFolder:
     except (OSError, ValueError, SyntaxError, zipfile.BadZipFile) as e:
       raise ImageInputError(f"cannot decode image {where}: {e}") from e
     if array.shape[:2] != (self.height, self.width):
-      raise ImageInputError(f"image {where} is {array.shape[1]}x{array.shape[0]}, the folder's "
-                            f"first image is {self.width}x{self.height}")
+      raise ImageInputError(
+        f"image {where} is {array.shape[1]}x{array.shape[0]}, the folder's "
+        f"first image is {self.width}x{self.height}"
+      )
     return array.reshape(self.height, self.width, self.channels)
 
-  def batches(self, batch_size: int, *, workers: int = DEFAULT_WORKERS, prefetch: int = 2,
-              transform: Callable[[np.ndarray], np.ndarray] | None = None
-              ) -> Iterator[np.ndarray]:
+  def batches(
+    self,
+    batch_size: int,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    prefetch: int = 2,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+  ) -> Iterator[np.ndarray]:
     """Batches in file order: uint8 [B, H, W, C], or float32 in [0, 1] when the folder holds
     16-bit files (or whatever `transform`, applied per image in the workers, returns).
 
@@ -132,14 +143,14 @@ class ImageFolder:
     starts = range(0, len(self.files), batch_size)
     if workers <= 1:
       for start in starts:
-        yield np.stack([read(f) for f in self.files[start:start + batch_size]])
+        yield np.stack([read(f) for f in self.files[start : start + batch_size]])
       return
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
       pending: collections.deque = collections.deque()
       queued = iter(starts)
       try:
         for start in queued:
-          pending.append([pool.submit(read, f) for f in self.files[start:start + batch_size]])
+          pending.append([pool.submit(read, f) for f in self.files[start : start + batch_size]])
           if len(pending) > prefetch:
             yield np.stack([future.result() for future in pending.popleft()])
         while pending:
@@ -157,8 +168,10 @@ def read_deep_grey(image: Image.Image) -> np.ndarray:
   """
   array = np.asarray(image).astype(np.float64)
   if array.size and (array.min() < 0 or array.max() > _DEEP_MAX):
-    raise ValueError(f"{image.mode} image values span [{array.min():.0f}, {array.max():.0f}], "
-                     "outside 16-bit [0, 65535]")
+    raise ValueError(
+      f"{image.mode} image values span [{array.min():.0f}, {array.max():.0f}], "
+      "outside 16-bit [0, 65535]"
+    )
   return (array / _DEEP_MAX).astype(np.float32)
 
 
@@ -168,6 +181,7 @@ def _is_image_name(name: str) -> bool:
 
 def _check_headers(folder: ImageFolder, *, workers: int = DEFAULT_WORKERS) -> ImageFolder:
   """Reads every header (in parallel): one size for all, channels and 16-bit depth noted."""
+
   def header(file):
     where = file if folder.archive is None else f"{folder.archive}:{file}"
     try:
@@ -186,9 +200,11 @@ def _check_headers(folder: ImageFolder, *, workers: int = DEFAULT_WORKERS) -> Im
   for file, (file_size, mode) in zip(folder.files, headers):
     if file_size != size:
       first = pathlib.PurePath(str(folder.files[0])).name
-      raise ImageInputError(f"mixed image sizes in {folder.path}: {first} is "
-                            f"{size[0]}x{size[1]}, {pathlib.PurePath(str(file)).name} is "
-                            f"{file_size[0]}x{file_size[1]}")
+      raise ImageInputError(
+        f"mixed image sizes in {folder.path}: {first} is "
+        f"{size[0]}x{size[1]}, {pathlib.PurePath(str(file)).name} is "
+        f"{file_size[0]}x{file_size[1]}"
+      )
     if mode not in _GREY_MODES:
       channels = 3
     deep = deep or mode in _DEEP_MODES
@@ -204,12 +220,13 @@ def open_image_folder(path: str | os.PathLike, *, workers: int = DEFAULT_WORKERS
     raise ImageInputError(f"image folder {folder} does not exist")
   if not folder.is_dir():
     raise ImageInputError(f"{folder} is not a folder")
-  files = sorted((f for f in folder.rglob("*") if f.is_file() and _is_image_name(f.name)),
-                 key=lambda f: f.relative_to(folder).as_posix())
+  files = sorted(
+    (f for f in folder.rglob("*") if f.is_file() and _is_image_name(f.name)),
+    key=lambda f: f.relative_to(folder).as_posix(),
+  )
   if not files:
     raise ImageInputError(f"image folder {folder} holds no {'/'.join(IMAGE_EXTENSIONS)} files")
-  return _check_headers(ImageFolder(folder, files, height=0, width=0, channels=1),
-                        workers=workers)
+  return _check_headers(ImageFolder(folder, files, height=0, width=0, channels=1), workers=workers)
 
 
 def open_image_zip(path: str | os.PathLike, *, workers: int = DEFAULT_WORKERS) -> ImageFolder:
@@ -219,15 +236,20 @@ def open_image_zip(path: str | os.PathLike, *, workers: int = DEFAULT_WORKERS) -
     raise ImageInputError(f"{archive} does not exist")
   try:
     with zipfile.ZipFile(archive) as handle:
-      names = sorted(info.filename for info in handle.infolist()
-                     if not info.is_dir() and _is_image_name(info.filename)
-                     and not pathlib.PurePosixPath(info.filename).name.startswith("._"))
+      names = sorted(
+        info.filename
+        for info in handle.infolist()
+        if not info.is_dir()
+        and _is_image_name(info.filename)
+        and not pathlib.PurePosixPath(info.filename).name.startswith("._")
+      )
   except (OSError, zipfile.BadZipFile) as e:
     raise ImageInputError(f"cannot read archive {archive}: {e}") from e
   if not names:
     raise ImageInputError(f"archive {archive} holds no {'/'.join(IMAGE_EXTENSIONS)} files")
-  return _check_headers(ImageFolder(archive, names, height=0, width=0, channels=1,
-                                    archive=archive), workers=workers)
+  return _check_headers(
+    ImageFolder(archive, names, height=0, width=0, channels=1, archive=archive), workers=workers
+  )
 
 
 def load_image_array(path: str | os.PathLike) -> np.ndarray:
@@ -245,13 +267,15 @@ def load_image_array(path: str | os.PathLike) -> np.ndarray:
         elif len(data.files) == 1:
           images = data[data.files[0]]
         else:
-          raise ImageInputError(f"{path}: expected one array or an array named 'images', found "
-                                f"{data.files}")
+          raise ImageInputError(
+            f"{path}: expected one array or an array named 'images', found {data.files}"
+          )
   except (OSError, ValueError) as e:
     if isinstance(e, ImageInputError):
       raise
-    raise ImageInputError(f"{path} is not a valid image or feature array ({_npy_reason(path, e)})"
-                          ) from e
+    raise ImageInputError(
+      f"{path} is not a valid image or feature array ({_npy_reason(path, e)})"
+    ) from e
   return check_image_array(images, what=str(path))
 
 
@@ -276,4 +300,3 @@ def open_images(path: str | os.PathLike) -> ImageFolder | np.ndarray:
   if path.suffix.lower() == ".zip" or (path.is_file() and zipfile.is_zipfile(path)):
     return open_image_zip(path)
   return open_image_folder(path)
-

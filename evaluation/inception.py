@@ -23,7 +23,7 @@ scaling) before a single weight is used, so a mismatch fails loudly instead of g
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from collections.abc import Mapping
 
 import keras
 import numpy as np
@@ -42,6 +42,7 @@ POOL3_DIM = 2048
 @dataclasses.dataclass(frozen=True)
 class Conv:
   """One `<scope>/conv2d_params` + `<scope>/batchnorm` + ReLU unit of the graph."""
+
   scope: str
   filters: int
   kernel: tuple[int, int]
@@ -52,6 +53,7 @@ class Conv:
 @dataclasses.dataclass(frozen=True)
 class Pool:
   """A `MaxPool` / `AvgPool` node (3x3 unless stated)."""
+
   scope: str
   kind: str  # "max" | "avg"
   size: int = 3
@@ -70,75 +72,128 @@ class Split:
 @dataclasses.dataclass(frozen=True)
 class Block:
   """A `mixed*` block: branches concatenated in order by `<scope>/join`."""
+
   scope: str
   branches: tuple[tuple[Conv | Pool | Split, ...], ...]
 
 
 def _block_a(scope: str, pool_features: int) -> Block:  # 35x35 blocks (torchvision InceptionA)
-  return Block(scope, (
+  return Block(
+    scope,
+    (
       (Conv(f"{scope}/conv", 64, (1, 1)),),
       (Conv(f"{scope}/tower/conv", 48, (1, 1)), Conv(f"{scope}/tower/conv_1", 64, (5, 5))),
-      (Conv(f"{scope}/tower_1/conv", 64, (1, 1)), Conv(f"{scope}/tower_1/conv_1", 96, (3, 3)),
-       Conv(f"{scope}/tower_1/conv_2", 96, (3, 3))),
+      (
+        Conv(f"{scope}/tower_1/conv", 64, (1, 1)),
+        Conv(f"{scope}/tower_1/conv_1", 96, (3, 3)),
+        Conv(f"{scope}/tower_1/conv_2", 96, (3, 3)),
+      ),
       (Pool(f"{scope}/tower_2/pool", "avg"), Conv(f"{scope}/tower_2/conv", pool_features, (1, 1))),
-  ))
+    ),
+  )
 
 
 def _block_c(scope: str, c7: int) -> Block:  # 17x17 blocks (InceptionC)
-  return Block(scope, (
+  return Block(
+    scope,
+    (
       (Conv(f"{scope}/conv", 192, (1, 1)),),
-      (Conv(f"{scope}/tower/conv", c7, (1, 1)), Conv(f"{scope}/tower/conv_1", c7, (1, 7)),
-       Conv(f"{scope}/tower/conv_2", 192, (7, 1))),
-      (Conv(f"{scope}/tower_1/conv", c7, (1, 1)), Conv(f"{scope}/tower_1/conv_1", c7, (7, 1)),
-       Conv(f"{scope}/tower_1/conv_2", c7, (1, 7)), Conv(f"{scope}/tower_1/conv_3", c7, (7, 1)),
-       Conv(f"{scope}/tower_1/conv_4", 192, (1, 7))),
+      (
+        Conv(f"{scope}/tower/conv", c7, (1, 1)),
+        Conv(f"{scope}/tower/conv_1", c7, (1, 7)),
+        Conv(f"{scope}/tower/conv_2", 192, (7, 1)),
+      ),
+      (
+        Conv(f"{scope}/tower_1/conv", c7, (1, 1)),
+        Conv(f"{scope}/tower_1/conv_1", c7, (7, 1)),
+        Conv(f"{scope}/tower_1/conv_2", c7, (1, 7)),
+        Conv(f"{scope}/tower_1/conv_3", c7, (7, 1)),
+        Conv(f"{scope}/tower_1/conv_4", 192, (1, 7)),
+      ),
       (Pool(f"{scope}/tower_2/pool", "avg"), Conv(f"{scope}/tower_2/conv", 192, (1, 1))),
-  ))
+    ),
+  )
 
 
 def _block_e(scope: str, pool_kind: str) -> Block:  # 8x8 blocks (InceptionE)
-  return Block(scope, (
+  return Block(
+    scope,
+    (
       (Conv(f"{scope}/conv", 320, (1, 1)),),
-      (Conv(f"{scope}/tower/conv", 384, (1, 1)),
-       Split(f"{scope}/tower/mixed", (Conv(f"{scope}/tower/mixed/conv", 384, (1, 3)),
-                                      Conv(f"{scope}/tower/mixed/conv_1", 384, (3, 1))))),
-      (Conv(f"{scope}/tower_1/conv", 448, (1, 1)), Conv(f"{scope}/tower_1/conv_1", 384, (3, 3)),
-       Split(f"{scope}/tower_1/mixed", (Conv(f"{scope}/tower_1/mixed/conv", 384, (1, 3)),
-                                        Conv(f"{scope}/tower_1/mixed/conv_1", 384, (3, 1))))),
+      (
+        Conv(f"{scope}/tower/conv", 384, (1, 1)),
+        Split(
+          f"{scope}/tower/mixed",
+          (
+            Conv(f"{scope}/tower/mixed/conv", 384, (1, 3)),
+            Conv(f"{scope}/tower/mixed/conv_1", 384, (3, 1)),
+          ),
+        ),
+      ),
+      (
+        Conv(f"{scope}/tower_1/conv", 448, (1, 1)),
+        Conv(f"{scope}/tower_1/conv_1", 384, (3, 3)),
+        Split(
+          f"{scope}/tower_1/mixed",
+          (
+            Conv(f"{scope}/tower_1/mixed/conv", 384, (1, 3)),
+            Conv(f"{scope}/tower_1/mixed/conv_1", 384, (3, 1)),
+          ),
+        ),
+      ),
       (Pool(f"{scope}/tower_2/pool", pool_kind), Conv(f"{scope}/tower_2/conv", 192, (1, 1))),
-  ))
+    ),
+  )
 
 
 STEM: tuple[Conv | Pool, ...] = (
-    Conv("conv", 32, (3, 3), strides=2, padding="VALID"),
-    Conv("conv_1", 32, (3, 3), padding="VALID"),
-    Conv("conv_2", 64, (3, 3)),
-    Pool("pool", "max", strides=2, padding="VALID"),
-    Conv("conv_3", 80, (1, 1), padding="VALID"),
-    Conv("conv_4", 192, (3, 3), padding="VALID"),
-    Pool("pool_1", "max", strides=2, padding="VALID"),
+  Conv("conv", 32, (3, 3), strides=2, padding="VALID"),
+  Conv("conv_1", 32, (3, 3), padding="VALID"),
+  Conv("conv_2", 64, (3, 3)),
+  Pool("pool", "max", strides=2, padding="VALID"),
+  Conv("conv_3", 80, (1, 1), padding="VALID"),
+  Conv("conv_4", 192, (3, 3), padding="VALID"),
+  Pool("pool_1", "max", strides=2, padding="VALID"),
 )
 
 BLOCKS: tuple[Block, ...] = (
-    _block_a("mixed", 32), _block_a("mixed_1", 64), _block_a("mixed_2", 64),
-    Block("mixed_3", (  # 35 -> 17 reduction (InceptionB)
-        (Conv("mixed_3/conv", 384, (3, 3), strides=2, padding="VALID"),),
-        (Conv("mixed_3/tower/conv", 64, (1, 1)), Conv("mixed_3/tower/conv_1", 96, (3, 3)),
-         Conv("mixed_3/tower/conv_2", 96, (3, 3), strides=2, padding="VALID")),
-        (Pool("mixed_3/pool", "max", strides=2, padding="VALID"),),
-    )),
-    _block_c("mixed_4", 128), _block_c("mixed_5", 160), _block_c("mixed_6", 160),
-    _block_c("mixed_7", 192),
-    Block("mixed_8", (  # 17 -> 8 reduction (InceptionD)
-        (Conv("mixed_8/tower/conv", 192, (1, 1)),
-         Conv("mixed_8/tower/conv_1", 320, (3, 3), strides=2, padding="VALID")),
-        (Conv("mixed_8/tower_1/conv", 192, (1, 1)), Conv("mixed_8/tower_1/conv_1", 192, (1, 7)),
-         Conv("mixed_8/tower_1/conv_2", 192, (7, 1)),
-         Conv("mixed_8/tower_1/conv_3", 192, (3, 3), strides=2, padding="VALID")),
-        (Pool("mixed_8/pool", "max", strides=2, padding="VALID"),),
-    )),
-    _block_e("mixed_9", "avg"),
-    _block_e("mixed_10", "max"),  # TTUR graph quirk: max pool in the last block's pool branch
+  _block_a("mixed", 32),
+  _block_a("mixed_1", 64),
+  _block_a("mixed_2", 64),
+  Block(
+    "mixed_3",
+    (  # 35 -> 17 reduction (InceptionB)
+      (Conv("mixed_3/conv", 384, (3, 3), strides=2, padding="VALID"),),
+      (
+        Conv("mixed_3/tower/conv", 64, (1, 1)),
+        Conv("mixed_3/tower/conv_1", 96, (3, 3)),
+        Conv("mixed_3/tower/conv_2", 96, (3, 3), strides=2, padding="VALID"),
+      ),
+      (Pool("mixed_3/pool", "max", strides=2, padding="VALID"),),
+    ),
+  ),
+  _block_c("mixed_4", 128),
+  _block_c("mixed_5", 160),
+  _block_c("mixed_6", 160),
+  _block_c("mixed_7", 192),
+  Block(
+    "mixed_8",
+    (  # 17 -> 8 reduction (InceptionD)
+      (
+        Conv("mixed_8/tower/conv", 192, (1, 1)),
+        Conv("mixed_8/tower/conv_1", 320, (3, 3), strides=2, padding="VALID"),
+      ),
+      (
+        Conv("mixed_8/tower_1/conv", 192, (1, 1)),
+        Conv("mixed_8/tower_1/conv_1", 192, (1, 7)),
+        Conv("mixed_8/tower_1/conv_2", 192, (7, 1)),
+        Conv("mixed_8/tower_1/conv_3", 192, (3, 3), strides=2, padding="VALID"),
+      ),
+      (Pool("mixed_8/pool", "max", strides=2, padding="VALID"),),
+    ),
+  ),
+  _block_e("mixed_9", "avg"),
+  _block_e("mixed_10", "max"),  # TTUR graph quirk: max pool in the last block's pool branch
 )
 
 POOL3 = Pool("pool_3", "avg", size=8, padding="VALID")
@@ -198,19 +253,31 @@ def _scaled(filters: int, width_divisor: int) -> int:
 
 def _apply_conv(x, unit: Conv, width_divisor: int, dtype):
   name = layer_name(unit.scope)
-  x = keras.layers.Conv2D(_scaled(unit.filters, width_divisor), unit.kernel, strides=unit.strides,
-                          padding=unit.padding.lower(), use_bias=False, name=name + ".conv",
-                          dtype=dtype)(x)
-  x = keras.layers.BatchNormalization(epsilon=BATCHNORM_EPSILON, name=name + ".batchnorm",
-                                      dtype=dtype)(x)
+  x = keras.layers.Conv2D(
+    _scaled(unit.filters, width_divisor),
+    unit.kernel,
+    strides=unit.strides,
+    padding=unit.padding.lower(),
+    use_bias=False,
+    name=name + ".conv",
+    dtype=dtype,
+  )(x)
+  x = keras.layers.BatchNormalization(
+    epsilon=BATCHNORM_EPSILON, name=name + ".batchnorm", dtype=dtype
+  )(x)
   return keras.layers.ReLU(name=name, dtype=dtype)(x)
 
 
 def _apply_pool(x, unit: Pool, dtype):
   pool_cls = keras.layers.MaxPooling2D if unit.kind == "max" else keras.layers.AveragePooling2D
   # Keras/TF 'same' average pooling divides by the number of *valid* inputs, as the 2015 graph.
-  return pool_cls(unit.size, strides=unit.strides, padding=unit.padding.lower(),
-                  name=layer_name(unit.scope), dtype=dtype)(x)
+  return pool_cls(
+    unit.size,
+    strides=unit.strides,
+    padding=unit.padding.lower(),
+    name=layer_name(unit.scope),
+    dtype=dtype,
+  )(x)
 
 
 def _apply_chain(x, chain, width_divisor: int, dtype):
@@ -253,16 +320,17 @@ def build_inception_2015(*, width_divisor: int = 1, dtype_policy: str | None = N
   blocks["block_192"] = mean("block_192", x)
   for block in BLOCKS:
     outputs = [_apply_chain(x, branch, width_divisor, dtype_policy) for branch in block.branches]
-    x = keras.layers.Concatenate(axis=-1, name=layer_name(block.scope + "/join"),
-                                 dtype=dtype_policy)(outputs)
+    x = keras.layers.Concatenate(
+      axis=-1, name=layer_name(block.scope + "/join"), dtype=dtype_policy
+    )(outputs)
     if block.scope == "mixed_7":
       blocks["block_768"] = mean("block_768", x)
   x = _apply_pool(x, POOL3, dtype_policy)  # [B, 1, 1, 2048]
   pool3 = keras.layers.Flatten(name="pool_3._reshape", dtype="float32")(x)  # [B, 2048]
-  logits = keras.layers.Dense(NUM_LOGITS, use_bias=False, name="softmax.logits",
-                              dtype="float32")(pool3)  # [B, 1008] = pool_3 @ W, no bias
-  return keras.Model(images, {"pool_3": pool3, "logits": logits, **blocks},
-                     name="inception_2015")
+  logits = keras.layers.Dense(NUM_LOGITS, use_bias=False, name="softmax.logits", dtype="float32")(
+    pool3
+  )  # [B, 1008] = pool_3 @ W, no bias
+  return keras.Model(images, {"pool_3": pool3, "logits": logits, **blocks}, name="inception_2015")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -292,11 +360,15 @@ def _check_join(join_name: str, branch_prefixes: list[str], nodes) -> None:
   if join_name not in nodes:
     return
   inputs = _non_const_inputs(nodes[join_name], nodes)
-  _check(len(inputs) == len(branch_prefixes),
-         f"{join_name} concatenates {len(inputs)} tensors, expected {len(branch_prefixes)}")
+  _check(
+    len(inputs) == len(branch_prefixes),
+    f"{join_name} concatenates {len(inputs)} tensors, expected {len(branch_prefixes)}",
+  )
   for got, prefix in zip(inputs, branch_prefixes):
-    _check(got == prefix or got.startswith(prefix + "/"),
-           f"{join_name}: input {got!r} where the branch {prefix!r} was expected (concat order)")
+    _check(
+      got == prefix or got.startswith(prefix + "/"),
+      f"{join_name}: input {got!r} where the branch {prefix!r} was expected (concat order)",
+    )
 
 
 def _branch_head(branch) -> str:
@@ -307,7 +379,9 @@ def _branch_head(branch) -> str:
   return "/".join(parts[:2]) if len(parts) > 2 else scope
 
 
-def read_graph_def_weights(path: str, *, width_divisor: int | None = None) -> tuple[dict[str, np.ndarray], int]:
+def read_graph_def_weights(
+  path: str, *, width_divisor: int | None = None
+) -> tuple[dict[str, np.ndarray], int]:
   """Reads and checks the weights of `classify_image_graph_def.pb`.
 
   The file is parsed with `tf.compat.v1.GraphDef` (TensorFlow's protobuf parser). Every
@@ -341,17 +415,21 @@ def read_graph_def_weights(path: str, *, width_divisor: int | None = None) -> tu
 
   first = tensor("conv/conv2d_params")
   if width_divisor is None:
-    _check(first.ndim == 4 and first.shape[-1] >= 1 and 32 % first.shape[-1] == 0,
-           f"conv/conv2d_params has shape {first.shape}, expected [3, 3, 3, 32]")
+    _check(
+      first.ndim == 4 and first.shape[-1] >= 1 and 32 % first.shape[-1] == 0,
+      f"conv/conv2d_params has shape {first.shape}, expected [3, 3, 3, 32]",
+    )
     width_divisor = 32 // first.shape[-1]
 
   weights: dict[str, np.ndarray] = {}
   for unit in conv_units():
     kernel = tensor(unit.scope + "/conv2d_params")
     filters = _scaled(unit.filters, width_divisor)
-    _check(kernel.ndim == 4 and tuple(kernel.shape[:2]) == unit.kernel and kernel.shape[3] == filters,
-           f"{unit.scope}/conv2d_params has shape {kernel.shape}, expected "
-           f"[{unit.kernel[0]}, {unit.kernel[1]}, C_in, {filters}]")
+    _check(
+      kernel.ndim == 4 and tuple(kernel.shape[:2]) == unit.kernel and kernel.shape[3] == filters,
+      f"{unit.scope}/conv2d_params has shape {kernel.shape}, expected "
+      f"[{unit.kernel[0]}, {unit.kernel[1]}, C_in, {filters}]",
+    )
     weights[unit.scope + "/conv2d_params"] = kernel.astype(np.float32)
     for part in ("beta", "gamma", "moving_mean", "moving_variance"):
       name = f"{unit.scope}/batchnorm/{part}"
@@ -360,17 +438,23 @@ def read_graph_def_weights(path: str, *, width_divisor: int | None = None) -> tu
       weights[name] = value.astype(np.float32)
     conv_node = nodes.get(unit.scope + "/Conv2D")
     if conv_node is not None:
-      _check(_attr_ints(conv_node, "strides") == [1, unit.strides, unit.strides, 1],
-             f"{unit.scope}/Conv2D strides {_attr_ints(conv_node, 'strides')} != stride {unit.strides}")
+      _check(
+        _attr_ints(conv_node, "strides") == [1, unit.strides, unit.strides, 1],
+        f"{unit.scope}/Conv2D strides {_attr_ints(conv_node, 'strides')} != stride {unit.strides}",
+      )
       padding = conv_node.attr["padding"].s.decode()
       _check(padding == unit.padding, f"{unit.scope}/Conv2D padding {padding} != {unit.padding}")
     bn_node = nodes.get(unit.scope + "/batchnorm")
     if bn_node is not None:
       eps = bn_node.attr["variance_epsilon"].f
-      _check(abs(eps - BATCHNORM_EPSILON) < 1e-9,
-             f"{unit.scope}/batchnorm variance_epsilon {eps} != {BATCHNORM_EPSILON}")
-      _check(bn_node.attr["scale_after_normalization"].b,
-             f"{unit.scope}/batchnorm does not apply gamma (scale_after_normalization=False)")
+      _check(
+        abs(eps - BATCHNORM_EPSILON) < 1e-9,
+        f"{unit.scope}/batchnorm variance_epsilon {eps} != {BATCHNORM_EPSILON}",
+      )
+      _check(
+        bn_node.attr["scale_after_normalization"].b,
+        f"{unit.scope}/batchnorm does not apply gamma (scale_after_normalization=False)",
+      )
 
   for unit in pool_units():
     node = nodes.get(unit.scope)
@@ -378,10 +462,12 @@ def read_graph_def_weights(path: str, *, width_divisor: int | None = None) -> tu
       continue
     expected_op = "MaxPool" if unit.kind == "max" else "AvgPool"
     _check(node.op == expected_op, f"{unit.scope} is {node.op}, expected {expected_op}")
-    _check(_attr_ints(node, "ksize") == [1, unit.size, unit.size, 1]
-           and _attr_ints(node, "strides") == [1, unit.strides, unit.strides, 1]
-           and node.attr["padding"].s.decode() == unit.padding,
-           f"{unit.scope}: ksize/strides/padding differ from {unit}")
+    _check(
+      _attr_ints(node, "ksize") == [1, unit.size, unit.size, 1]
+      and _attr_ints(node, "strides") == [1, unit.strides, unit.strides, 1]
+      and node.attr["padding"].s.decode() == unit.padding,
+      f"{unit.scope}: ksize/strides/padding differ from {unit}",
+    )
 
   for block in BLOCKS:
     _check_join(block.scope + "/join", [_branch_head(branch) for branch in block.branches], nodes)
@@ -392,8 +478,10 @@ def read_graph_def_weights(path: str, *, width_divisor: int | None = None) -> tu
 
   softmax = tensor(SOFTMAX_WEIGHTS)
   pool3_dim = _scaled(POOL3_DIM, width_divisor)
-  _check(softmax.shape == (pool3_dim, NUM_LOGITS),
-         f"{SOFTMAX_WEIGHTS} has shape {softmax.shape}, expected ({pool3_dim}, {NUM_LOGITS})")
+  _check(
+    softmax.shape == (pool3_dim, NUM_LOGITS),
+    f"{SOFTMAX_WEIGHTS} has shape {softmax.shape}, expected ({pool3_dim}, {NUM_LOGITS})",
+  )
   weights[SOFTMAX_WEIGHTS] = softmax.astype(np.float32)
 
   for name, expected in (("Sub/y", INPUT_SHIFT), ("Mul/y", INPUT_SCALE)):
@@ -418,11 +506,15 @@ def assign_weights(model: keras.Model, weights: Mapping[str, np.ndarray]) -> Non
     name = layer_name(unit.scope)
     kernel_name = unit.scope + "/conv2d_params"
     model.get_layer(name + ".conv").set_weights([weights[kernel_name]])
-    bn = [weights[f"{unit.scope}/batchnorm/{part}"]
-          for part in ("gamma", "beta", "moving_mean", "moving_variance")]  # Keras order
+    bn = [
+      weights[f"{unit.scope}/batchnorm/{part}"]
+      for part in ("gamma", "beta", "moving_mean", "moving_variance")
+    ]  # Keras order
     model.get_layer(name + ".batchnorm").set_weights(bn)
-    unused -= {kernel_name, *(f"{unit.scope}/batchnorm/{p}" for p in
-                              ("gamma", "beta", "moving_mean", "moving_variance"))}
+    unused -= {
+      kernel_name,
+      *(f"{unit.scope}/batchnorm/{p}" for p in ("gamma", "beta", "moving_mean", "moving_variance")),
+    }
   model.get_layer("softmax.logits").set_weights([weights[SOFTMAX_WEIGHTS]])
   unused.discard(SOFTMAX_WEIGHTS)
   if unused:
@@ -435,35 +527,88 @@ def assign_weights(model: keras.Model, weights: Mapping[str, np.ndarray]) -> Non
 # `Inception3` module names: `Mixed_5b.branch1x1.conv.weight`, `...bn.running_var`, `fc.weight`).
 
 # Graph block scope -> torchvision module (pytorch_fid/inception.py `fid_inception_v3`).
-_TORCH_BLOCKS = {"mixed": "Mixed_5b", "mixed_1": "Mixed_5c", "mixed_2": "Mixed_5d",
-                 "mixed_3": "Mixed_6a", "mixed_4": "Mixed_6b", "mixed_5": "Mixed_6c",
-                 "mixed_6": "Mixed_6d", "mixed_7": "Mixed_6e", "mixed_8": "Mixed_7a",
-                 "mixed_9": "Mixed_7b", "mixed_10": "Mixed_7c"}
-_TORCH_STEM = {"conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3",
-               "conv_3": "Conv2d_3b_1x1", "conv_4": "Conv2d_4a_3x3"}
+_TORCH_BLOCKS = {
+  "mixed": "Mixed_5b",
+  "mixed_1": "Mixed_5c",
+  "mixed_2": "Mixed_5d",
+  "mixed_3": "Mixed_6a",
+  "mixed_4": "Mixed_6b",
+  "mixed_5": "Mixed_6c",
+  "mixed_6": "Mixed_6d",
+  "mixed_7": "Mixed_6e",
+  "mixed_8": "Mixed_7a",
+  "mixed_9": "Mixed_7b",
+  "mixed_10": "Mixed_7c",
+}
+_TORCH_STEM = {
+  "conv": "Conv2d_1a_3x3",
+  "conv_1": "Conv2d_2a_3x3",
+  "conv_2": "Conv2d_2b_3x3",
+  "conv_3": "Conv2d_3b_1x1",
+  "conv_4": "Conv2d_4a_3x3",
+}
 # Unit scope inside a block -> torchvision branch, per block kind (torchvision InceptionA..E).
 _TORCH_BRANCHES = {
-    "A": {"conv": "branch1x1", "tower/conv": "branch5x5_1", "tower/conv_1": "branch5x5_2",
-          "tower_1/conv": "branch3x3dbl_1", "tower_1/conv_1": "branch3x3dbl_2",
-          "tower_1/conv_2": "branch3x3dbl_3", "tower_2/conv": "branch_pool"},
-    "B": {"conv": "branch3x3", "tower/conv": "branch3x3dbl_1", "tower/conv_1": "branch3x3dbl_2",
-          "tower/conv_2": "branch3x3dbl_3"},
-    "C": {"conv": "branch1x1", "tower/conv": "branch7x7_1", "tower/conv_1": "branch7x7_2",
-          "tower/conv_2": "branch7x7_3", "tower_1/conv": "branch7x7dbl_1",
-          "tower_1/conv_1": "branch7x7dbl_2", "tower_1/conv_2": "branch7x7dbl_3",
-          "tower_1/conv_3": "branch7x7dbl_4", "tower_1/conv_4": "branch7x7dbl_5",
-          "tower_2/conv": "branch_pool"},
-    "D": {"tower/conv": "branch3x3_1", "tower/conv_1": "branch3x3_2",
-          "tower_1/conv": "branch7x7x3_1", "tower_1/conv_1": "branch7x7x3_2",
-          "tower_1/conv_2": "branch7x7x3_3", "tower_1/conv_3": "branch7x7x3_4"},
-    "E": {"conv": "branch1x1", "tower/conv": "branch3x3_1", "tower/mixed/conv": "branch3x3_2a",
-          "tower/mixed/conv_1": "branch3x3_2b", "tower_1/conv": "branch3x3dbl_1",
-          "tower_1/conv_1": "branch3x3dbl_2", "tower_1/mixed/conv": "branch3x3dbl_3a",
-          "tower_1/mixed/conv_1": "branch3x3dbl_3b", "tower_2/conv": "branch_pool"},
+  "A": {
+    "conv": "branch1x1",
+    "tower/conv": "branch5x5_1",
+    "tower/conv_1": "branch5x5_2",
+    "tower_1/conv": "branch3x3dbl_1",
+    "tower_1/conv_1": "branch3x3dbl_2",
+    "tower_1/conv_2": "branch3x3dbl_3",
+    "tower_2/conv": "branch_pool",
+  },
+  "B": {
+    "conv": "branch3x3",
+    "tower/conv": "branch3x3dbl_1",
+    "tower/conv_1": "branch3x3dbl_2",
+    "tower/conv_2": "branch3x3dbl_3",
+  },
+  "C": {
+    "conv": "branch1x1",
+    "tower/conv": "branch7x7_1",
+    "tower/conv_1": "branch7x7_2",
+    "tower/conv_2": "branch7x7_3",
+    "tower_1/conv": "branch7x7dbl_1",
+    "tower_1/conv_1": "branch7x7dbl_2",
+    "tower_1/conv_2": "branch7x7dbl_3",
+    "tower_1/conv_3": "branch7x7dbl_4",
+    "tower_1/conv_4": "branch7x7dbl_5",
+    "tower_2/conv": "branch_pool",
+  },
+  "D": {
+    "tower/conv": "branch3x3_1",
+    "tower/conv_1": "branch3x3_2",
+    "tower_1/conv": "branch7x7x3_1",
+    "tower_1/conv_1": "branch7x7x3_2",
+    "tower_1/conv_2": "branch7x7x3_3",
+    "tower_1/conv_3": "branch7x7x3_4",
+  },
+  "E": {
+    "conv": "branch1x1",
+    "tower/conv": "branch3x3_1",
+    "tower/mixed/conv": "branch3x3_2a",
+    "tower/mixed/conv_1": "branch3x3_2b",
+    "tower_1/conv": "branch3x3dbl_1",
+    "tower_1/conv_1": "branch3x3dbl_2",
+    "tower_1/mixed/conv": "branch3x3dbl_3a",
+    "tower_1/mixed/conv_1": "branch3x3dbl_3b",
+    "tower_2/conv": "branch_pool",
+  },
 }
-_BLOCK_KIND = {"mixed": "A", "mixed_1": "A", "mixed_2": "A", "mixed_3": "B", "mixed_4": "C",
-               "mixed_5": "C", "mixed_6": "C", "mixed_7": "C", "mixed_8": "D", "mixed_9": "E",
-               "mixed_10": "E"}
+_BLOCK_KIND = {
+  "mixed": "A",
+  "mixed_1": "A",
+  "mixed_2": "A",
+  "mixed_3": "B",
+  "mixed_4": "C",
+  "mixed_5": "C",
+  "mixed_6": "C",
+  "mixed_7": "C",
+  "mixed_8": "D",
+  "mixed_9": "E",
+  "mixed_10": "E",
+}
 # Entries of the state dict that the features and the 1008 logits (no bias) do not use.
 _TORCH_UNUSED = ("fc.bias",)
 
@@ -477,8 +622,9 @@ def torch_module_name(scope: str) -> str:
   return f"{_TORCH_BLOCKS[block]}.{_TORCH_BRANCHES[_BLOCK_KIND[block]][unit]}"
 
 
-def convert_torch_state_dict(state: Mapping[str, np.ndarray], *,
-                             source: str = "state dict") -> tuple[dict[str, np.ndarray], int]:
+def convert_torch_state_dict(
+  state: Mapping[str, np.ndarray], *, source: str = "state dict"
+) -> tuple[dict[str, np.ndarray], int]:
   """pytorch-fid / torch-fidelity Inception state dict (numpy arrays) -> graph tensors.
 
   Per conv unit: `<module>.conv.weight` [O, I, kh, kw] -> `<scope>/conv2d_params` [kh, kw, I, O];
@@ -495,10 +641,11 @@ def convert_torch_state_dict(state: Mapping[str, np.ndarray], *,
     GraphDefMismatchError: missing/unexpected entries or wrong shapes (the message names one).
   """
   first = state.get("Conv2d_1a_3x3.conv.weight")
-  _check(first is not None and np.ndim(first) == 4 and first.shape[0] >= 1
-         and 32 % first.shape[0] == 0,
-         f"{source} has no Conv2d_1a_3x3.conv.weight [32, 3, 3, 3]: not a pytorch-fid / "
-         f"torch-fidelity Inception state dict (keys start {sorted(state)[:3]})")
+  _check(
+    first is not None and np.ndim(first) == 4 and first.shape[0] >= 1 and 32 % first.shape[0] == 0,
+    f"{source} has no Conv2d_1a_3x3.conv.weight [32, 3, 3, 3]: not a pytorch-fid / "
+    f"torch-fidelity Inception state dict (keys start {sorted(state)[:3]})",
+  )
   width_divisor = 32 // first.shape[0]
   weights: dict[str, np.ndarray] = {}
   used = set(_TORCH_UNUSED)
@@ -508,24 +655,34 @@ def convert_torch_state_dict(state: Mapping[str, np.ndarray], *,
     key = module + ".conv.weight"
     _check(key in state, f"{source} has no {key!r}")
     kernel = np.asarray(state[key], np.float32)
-    _check(kernel.ndim == 4 and kernel.shape[0] == filters and tuple(kernel.shape[2:]) == unit.kernel,
-           f"{source}: {key} has shape {kernel.shape}, expected [{filters}, C_in, "
-           f"{unit.kernel[0]}, {unit.kernel[1]}]")
+    _check(
+      kernel.ndim == 4 and kernel.shape[0] == filters and tuple(kernel.shape[2:]) == unit.kernel,
+      f"{source}: {key} has shape {kernel.shape}, expected [{filters}, C_in, "
+      f"{unit.kernel[0]}, {unit.kernel[1]}]",
+    )
     weights[unit.scope + "/conv2d_params"] = kernel.transpose(2, 3, 1, 0)  # OIHW -> HWIO
     used.add(key)
-    for ours, theirs in (("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean"),
-                         ("moving_variance", "running_var")):
+    for ours, theirs in (
+      ("gamma", "weight"),
+      ("beta", "bias"),
+      ("moving_mean", "running_mean"),
+      ("moving_variance", "running_var"),
+    ):
       key = f"{module}.bn.{theirs}"
       _check(key in state, f"{source} has no {key!r}")
       value = np.asarray(state[key], np.float32)
-      _check(value.shape == (filters,), f"{source}: {key} has shape {value.shape}, expected ({filters},)")
+      _check(
+        value.shape == (filters,), f"{source}: {key} has shape {value.shape}, expected ({filters},)"
+      )
       weights[f"{unit.scope}/batchnorm/{ours}"] = value
       used.add(key)
   _check("fc.weight" in state, f"{source} has no 'fc.weight' (the 1008-way head)")
   fc = np.asarray(state["fc.weight"], np.float32)
   pool3_dim = _scaled(POOL3_DIM, width_divisor)
-  _check(fc.shape == (NUM_LOGITS, pool3_dim),
-         f"{source}: fc.weight has shape {fc.shape}, expected ({NUM_LOGITS}, {pool3_dim})")
+  _check(
+    fc.shape == (NUM_LOGITS, pool3_dim),
+    f"{source}: fc.weight has shape {fc.shape}, expected ({NUM_LOGITS}, {pool3_dim})",
+  )
   weights[SOFTMAX_WEIGHTS] = fc.T.copy()
   used.add("fc.weight")
   unexpected = sorted(k for k in state if k not in used and not k.endswith(".num_batches_tracked"))
@@ -539,14 +696,17 @@ def read_torch_weights(path: str) -> tuple[dict[str, np.ndarray], int]:
     import torch
   except ImportError as e:
     raise GraphDefMismatchError(
-        f"{path} is a PyTorch file; reading it needs PyTorch (pip install torch --index-url "
-        "https://download.pytorch.org/whl/cpu), or pass TTUR's classify_image_graph_def.pb") from e
+      f"{path} is a PyTorch file; reading it needs PyTorch (pip install torch --index-url "
+      "https://download.pytorch.org/whl/cpu), or pass TTUR's classify_image_graph_def.pb"
+    ) from e
   try:
     state = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises pickle/zip/runtime errors
     raise GraphDefMismatchError(f"cannot read {path} with torch.load: {e}") from e
   if not isinstance(state, Mapping):
     raise GraphDefMismatchError(f"{path} does not hold a state dict (got {type(state).__name__})")
-  state = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
-           for k, v in state.items()}
+  state = {
+    k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
+    for k, v in state.items()
+  }
   return convert_torch_state_dict(state, source=path)

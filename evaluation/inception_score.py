@@ -36,7 +36,7 @@ def inception_score(logits, *, splits: int = 10) -> tuple[float, float]:
   log_p = special.log_softmax(logits, axis=1)  # [N, C] log p(y|x)
   scores = []
   for i in range(splits):
-    part = log_p[i * n // splits:(i + 1) * n // splits]
+    part = log_p[i * n // splits : (i + 1) * n // splits]
     log_marginal = special.logsumexp(part, axis=0) - np.log(part.shape[0])  # [C] log p(y)
     kl = np.sum(np.exp(part) * (part - log_marginal), axis=1)  # [n_i]
     scores.append(np.exp(kl.mean()))
@@ -49,28 +49,36 @@ def inception_score(logits, *, splits: int = 10) -> tuple[float, float]:
 
 def _define_flags(fv) -> None:
   from absl import flags
-  flags.DEFINE_integer("splits", 10, "Number of consecutive splits (original: 10).", lower_bound=1,
-                       flag_values=fv)
+
+  flags.DEFINE_integer(
+    "splits", 10, "Number of consecutive splits (original: 10).", lower_bound=1, flag_values=fv
+  )
 
 
 def _run(fv) -> None:
   from evaluation import cli
+
   samples = cli.open_source(fv.samples, "--samples", kind="logits", min_count=max(2, fv.splits))
   network = cli.feature_network(fv, "inception", [samples])
   result = compute_from_sources(samples, network, fv, splits=fv.splits)
-  cli.print_results(fv, [cli.Value("IS", "is", result["value"], result["interval"],
-                                   std=result["std"])], [samples])
+  cli.print_results(
+    fv, [cli.Value("IS", "is", result["value"], result["interval"], std=result["std"])], [samples]
+  )
 
 
 def compute_from_sources(samples, network, options, *, splits: int = 10) -> dict:
   """IS of a checked `evaluation.cli.Source` (logits): {"value" (mean over splits), "std",
   "interval" (None without --subsamples), "protocols"}."""
   from evaluation import cli
+
   logits = cli.features_of(samples, network, options)
   mean, std = inception_score(logits, splits=splits)
-  return {"value": mean, "std": std, "interval": interval(logits, mean, splits=splits,
-                                                          options=options),
-          "protocols": {"samples": samples.protocol}}
+  return {
+    "value": mean,
+    "std": std,
+    "interval": interval(logits, mean, splits=splits, options=options),
+    "protocols": {"samples": samples.protocol},
+  }
 
 
 def interval(logits, mean, *, splits: int, options):
@@ -79,17 +87,26 @@ def interval(logits, mean, *, splits: int, options):
   if not options.subsamples:
     return None
   from evaluation import subsampling
+
   low, high = subsampling.interval(
-      lambda i: inception_score(logits[np.sort(i)], splits=splits)[0], (len(logits),),
-      estimate=mean, num=options.subsamples, rate=options.subsample_rate,
-      seed=options.subsample_seed, confidence=options.confidence, min_size=max(2, splits))
+    lambda i: inception_score(logits[np.sort(i)], splits=splits)[0],
+    (len(logits),),
+    estimate=mean,
+    num=options.subsamples,
+    rate=options.subsample_rate,
+    seed=options.subsample_seed,
+    confidence=options.confidence,
+    min_size=max(2, splits),
+  )
   return float(low), float(high)
 
 
 def main(argv=None) -> int:
   from evaluation import cli
-  return cli.run(argv, doc=__doc__, network="inception", define_flags=_define_flags, body=_run,
-                 reference=False)
+
+  return cli.run(
+    argv, doc=__doc__, network="inception", define_flags=_define_flags, body=_run, reference=False
+  )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ import math
 import os
 import time
 import weakref
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -51,13 +52,15 @@ def bits_per_dim(nats, num_dims: int, *, offset_bits: float = 0.0):
 @dataclasses.dataclass(frozen=True)
 class LikelihoodEstimate:
   """Per-example estimates [B] for one batch, in nats."""
+
   log_likelihood: tf.Tensor  # IWAE_K, the importance-weighted estimate of log p(x)
-  elbo: tf.Tensor            # mean over the K samples of log w_k (unbiased ELBO estimate)
-  samples_drawn: tf.Tensor   # int32 scalar: how many log-weights `log_weight_fn` really returned
+  elbo: tf.Tensor  # mean over the K samples of log w_k (unbiased ELBO estimate)
+  samples_drawn: tf.Tensor  # int32 scalar: how many log-weights `log_weight_fn` really returned
 
 
-def importance_weighted_log_likelihood(log_weight_fn: LogWeightFn, x, *, num_samples: int,
-                                       chunk_size: int | None = None) -> LikelihoodEstimate:
+def importance_weighted_log_likelihood(
+  log_weight_fn: LogWeightFn, x, *, num_samples: int, chunk_size: int | None = None
+) -> LikelihoodEstimate:
   """log p(x) ~= logsumexp_k(log w_k) - log K, drawing the K samples `chunk_size` at a time.
 
   Chunks are combined with a running (max, sum of exp) pair: memory grows with `chunk_size`,
@@ -76,15 +79,27 @@ def importance_weighted_log_likelihood(log_weight_fn: LogWeightFn, x, *, num_sam
     new_max = tf.maximum(running_max, tf.reduce_max(log_w, axis=0))
     # Guard -inf - -inf; a -inf weight contributes exp(-inf) = 0.
     safe_max = tf.where(tf.math.is_finite(new_max), new_max, tf.zeros_like(new_max))
-    running_sum = (running_sum * tf.exp(running_max - safe_max)
-                   + tf.reduce_sum(tf.exp(log_w - safe_max), axis=0))
-    return (safe_max, running_sum, sum_log_w + tf.reduce_sum(log_w, axis=0),
-            drawn + tf.shape(log_w)[0])
+    running_sum = running_sum * tf.exp(running_max - safe_max) + tf.reduce_sum(
+      tf.exp(log_w - safe_max), axis=0
+    )
+    return (
+      safe_max,
+      running_sum,
+      sum_log_w + tf.reduce_sum(log_w, axis=0),
+      drawn + tf.shape(log_w)[0],
+    )
 
   first = tf.cast(log_weight_fn(x, chunk), tf.float64)  # [chunk, B]
   batch = tf.shape(first)[1:]
-  state = combine((tf.fill(batch, tf.constant(-np.inf, tf.float64)), tf.zeros(batch, tf.float64),
-                   tf.zeros(batch, tf.float64), tf.constant(0, tf.int32)), first)
+  state = combine(
+    (
+      tf.fill(batch, tf.constant(-np.inf, tf.float64)),
+      tf.zeros(batch, tf.float64),
+      tf.zeros(batch, tf.float64),
+      tf.constant(0, tf.int32),
+    ),
+    first,
+  )
   for _ in tf.range(full_chunks - 1):
     state = combine(state, log_weight_fn(x, chunk))
   if remainder:
@@ -98,16 +113,19 @@ def importance_weighted_log_likelihood(log_weight_fn: LogWeightFn, x, *, num_sam
 @dataclasses.dataclass(frozen=True)
 class LikelihoodSummary:
   """Test-set summary in nats per example (NLL = -log p(x))."""
-  nll: float                 # mean of -IWAE_K
-  nll_sem: float             # standard error of that mean over examples
-  negative_elbo: float       # mean of -ELBO
-  bits_per_dim: float        # nll in bits/dim (no offset)
+
+  nll: float  # mean of -IWAE_K
+  nll_sem: float  # standard error of that mean over examples
+  negative_elbo: float  # mean of -ELBO
+  bits_per_dim: float  # nll in bits/dim (no offset)
   num_examples: int
-  num_samples: int           # K the estimator actually used (counted, equal to the request)
+  num_samples: int  # K the estimator actually used (counted, equal to the request)
   per_example_log_likelihood: np.ndarray  # [N]
   per_example_elbo: np.ndarray | None = None  # [N]
-  batches_evaluated: int = 0  # batches computed by this call (the others were read from a resume file)
-  seconds: float = 0.0       # wall time of the batches, over resumed calls too (in the resume file)
+  batches_evaluated: int = (
+    0  # batches computed by this call (the others were read from a resume file)
+  )
+  seconds: float = 0.0  # wall time of the batches, over resumed calls too (in the resume file)
   # {host (`common_tf.host.cpu_model`): batches it computed}, over resumed calls too
   hosts: dict = dataclasses.field(default_factory=dict)
 
@@ -131,11 +149,16 @@ def resume_file_hosts(path: str) -> list[str]:
 
 # Compiled estimators per owner of `log_weight_fn` (the model of a bound method): weakly keyed,
 # so the cache never keeps a model alive, and repeated test passes do not retrace.
-_ESTIMATORS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+_ESTIMATORS: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
 
 
-def _compiled_estimator(log_weight_fn: LogWeightFn, num_samples: int, chunk_size: int | None,
-                        jit_compile: bool, strategy: tf.distribute.Strategy | None = None):
+def _compiled_estimator(
+  log_weight_fn: LogWeightFn,
+  num_samples: int,
+  chunk_size: int | None,
+  jit_compile: bool,
+  strategy: tf.distribute.Strategy | None = None,
+):
   """`x [B, ...] -> (log_likelihood [B], elbo [B], samples_drawn)`, compiled once per settings.
 
   Under a strategy with several replicas (or workers) each replica takes its contiguous slice of
@@ -149,14 +172,20 @@ def _compiled_estimator(log_weight_fn: LogWeightFn, num_samples: int, chunk_size
   else:
     ref = weakref.WeakMethod(log_weight_fn)
   table = _ESTIMATORS.setdefault(owner, {})
-  key = (getattr(log_weight_fn, "__func__", None), num_samples, chunk_size, jit_compile,
-         id(strategy) if strategy is not None else None)
+  key = (
+    getattr(log_weight_fn, "__func__", None),
+    num_samples,
+    chunk_size,
+    jit_compile,
+    id(strategy) if strategy is not None else None,
+  )
   if key in table:
     return table[key]
 
   def estimate(x):
-    result = importance_weighted_log_likelihood(ref(), x, num_samples=num_samples,
-                                                chunk_size=chunk_size)
+    result = importance_weighted_log_likelihood(
+      ref(), x, num_samples=num_samples, chunk_size=chunk_size
+    )
     return result.log_likelihood, result.elbo, result.samples_drawn
 
   if strategy is None or strategy.num_replicas_in_sync == 1:
@@ -167,13 +196,19 @@ def _compiled_estimator(log_weight_fn: LogWeightFn, num_samples: int, chunk_size
     def replica_estimate(x):
       ctx = tf.distribute.get_replica_context()
       size = tf.shape(x)[0] // replicas
-      return estimate(x[ctx.replica_id_in_sync_group * size:(ctx.replica_id_in_sync_group + 1) * size])
+      return estimate(
+        x[ctx.replica_id_in_sync_group * size : (ctx.replica_id_in_sync_group + 1) * size]
+      )
 
     @tf.function
     def compiled(x):
       log_px, elbo, drawn = strategy.run(replica_estimate, args=(x,))
-      return (strategy.gather(log_px, axis=0), strategy.gather(elbo, axis=0),
-              strategy.experimental_local_results(drawn)[0])
+      return (
+        strategy.gather(log_px, axis=0),
+        strategy.gather(elbo, axis=0),
+        strategy.experimental_local_results(drawn)[0],
+      )
+
   table[key] = compiled
   return compiled
 
@@ -184,12 +219,20 @@ def seed_generator_states(model) -> list:
   return [v for v in model.variables if "seed_generator_state" in v.path]
 
 
-def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, num_samples: int,
-                            num_dims: int, chunk_size: int | None = None,
-                            progress: bool = True, jit_compile: bool = False,
-                            strategy: tf.distribute.Strategy | None = None,
-                            resume_path: str | None = None, resume_key: Any = None,
-                            rng_variables: Iterable[tf.Variable] = ()) -> LikelihoodSummary:
+def evaluate_log_likelihood(
+  log_weight_fn: LogWeightFn,
+  batches: Iterable,
+  *,
+  num_samples: int,
+  num_dims: int,
+  chunk_size: int | None = None,
+  progress: bool = True,
+  jit_compile: bool = False,
+  strategy: tf.distribute.Strategy | None = None,
+  resume_path: str | None = None,
+  resume_key: Any = None,
+  rng_variables: Iterable[tf.Variable] = (),
+) -> LikelihoodSummary:
   """Runs `importance_weighted_log_likelihood` over batches of x (a tf.data dataset or arrays).
 
   Each batch is one compiled call; `num_dims` is D of one example, for bits/dim. With a
@@ -226,30 +269,39 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
         for i, v in enumerate(rng_variables):
           v.assign(f[f"rng_{i}"])
         left = f", {total - done} to go (the progress bar counts these)" if total > 0 else ""
-        print(f"Resumed the likelihood evaluation from {resume_path}: {done} batches "
-              f"({len(f['log_px'])} examples) done{left}")
+        print(
+          f"Resumed the likelihood evaluation from {resume_path}: {done} batches "
+          f"({len(f['log_px'])} examples) done{left}"
+        )
       else:
         print(f"warning: {resume_path} belongs to another evaluation; starting afresh")
   bar = None
   if progress:
     import keras
+
     # The bar counts this call's batches only: Progbar's time per batch is its elapsed time over
     # its count, so counting the resumed batches too made it (and the ETA) look many times faster.
     # "nll" is the running -mean log p(x) over every example done, resumed ones included (as a
     # Progbar average it weighted the first batch after a resume by the batches skipped).
-    bar = keras.utils.Progbar(total - done if total > 0 else None, unit_name="batch",
-                              stateful_metrics=["nll"])
-  stops = preemption.deferred_signals() if resume_path is not None else contextlib.nullcontext(
-      preemption.StopRequest())
+    bar = keras.utils.Progbar(
+      total - done if total > 0 else None, unit_name="batch", stateful_metrics=["nll"]
+    )
+  stops = (
+    preemption.deferred_signals()
+    if resume_path is not None
+    else contextlib.nullcontext(preemption.StopRequest())
+  )
   with stops as stop_request:  # with a resume file: finish and save the batch in hand, then stop
     for i, x in enumerate(batches):
       if i < done:
         continue
       if stop_request.signum is not None:  # the batches before i are in the resume file
         raise preemption.Preempted(
-            f"preempted by {stop_request.name} after {i} batches of the likelihood evaluation "
-            f"({sum(len(a) for a in log_px)} examples): saved to {resume_path}; rerun the same "
-            "command to resume", stop_request.signum)
+          f"preempted by {stop_request.name} after {i} batches of the likelihood evaluation "
+          f"({sum(len(a) for a in log_px)} examples): saved to {resume_path}; rerun the same "
+          "command to resume",
+          stop_request.signum,
+        )
       start = time.perf_counter()
       x = tf.convert_to_tensor(x)
       size = int(x.shape[0])
@@ -257,8 +309,10 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
         x = tf.concat([x, tf.repeat(x[-1:], replicas - size % replicas, axis=0)], axis=0)
       ll, e, drawn = estimate(x)
       if int(drawn) != num_samples:
-        raise ValueError(f"the log-weight function returned {int(drawn)} importance samples per "
-                         f"example, not the {num_samples} asked for")
+        raise ValueError(
+          f"the log-weight function returned {int(drawn)} importance samples per "
+          f"example, not the {num_samples} asked for"
+        )
       log_px.append(ll.numpy()[:size])
       elbo.append(e.numpy()[:size])
       evaluated += 1
@@ -267,9 +321,17 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
       if resume_path is not None:
         log_px, elbo = [np.concatenate(log_px)], [np.concatenate(elbo)]
         tmp = resume_path + ".tmp.npz"
-        np.savez(tmp, key=key, batches_done=i + 1, log_px=log_px[0], elbo=elbo[0],
-                 num_rng=len(rng_variables), seconds=seconds, hosts=json.dumps(hosts),
-                 **{f"rng_{j}": v.numpy() for j, v in enumerate(rng_variables)})
+        np.savez(
+          tmp,
+          key=key,
+          batches_done=i + 1,
+          log_px=log_px[0],
+          elbo=elbo[0],
+          num_rng=len(rng_variables),
+          seconds=seconds,
+          hosts=json.dumps(hosts),
+          **{f"rng_{j}": v.numpy() for j, v in enumerate(rng_variables)},
+        )
         os.replace(tmp, resume_path)
       if bar is not None:
         bar.update(i + 1 - done, [("nll", -float(np.mean(np.concatenate(log_px))))])
@@ -281,8 +343,16 @@ def evaluate_log_likelihood(log_weight_fn: LogWeightFn, batches: Iterable, *, nu
   if resume_path is not None and os.path.exists(resume_path):
     os.remove(resume_path)
   nll = float(-log_px.mean())
-  return LikelihoodSummary(batches_evaluated=evaluated, seconds=seconds, hosts=hosts,
-      nll=nll, nll_sem=float(log_px.std(ddof=1) / np.sqrt(len(log_px))) if len(log_px) > 1 else 0.0,
-      negative_elbo=float(-elbo.mean()), bits_per_dim=float(bits_per_dim(nll, num_dims)),
-      num_examples=len(log_px), num_samples=num_samples, per_example_log_likelihood=log_px,
-      per_example_elbo=elbo)
+  return LikelihoodSummary(
+    batches_evaluated=evaluated,
+    seconds=seconds,
+    hosts=hosts,
+    nll=nll,
+    nll_sem=float(log_px.std(ddof=1) / np.sqrt(len(log_px))) if len(log_px) > 1 else 0.0,
+    negative_elbo=float(-elbo.mean()),
+    bits_per_dim=float(bits_per_dim(nll, num_dims)),
+    num_examples=len(log_px),
+    num_samples=num_samples,
+    per_example_log_likelihood=log_px,
+    per_example_elbo=elbo,
+  )

@@ -35,7 +35,8 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -49,14 +50,20 @@ INCEPTION_PATH_ENV = "GENMODELS_INCEPTION_PATH"
 VGG16_PATH_ENV = "GENMODELS_VGG16_PATH"
 CACHE_DIR_ENV = "GENMODELS_CACHE_DIR"
 INCEPTION_SHA256_ENV = "GENMODELS_INCEPTION_SHA256"
-INCEPTION_URL = "http://download.tensorflow.org/models/image/imagenet/inception-2015-12-05.tgz"  # TTUR fid.py
+INCEPTION_URL = (
+  "http://download.tensorflow.org/models/image/imagenet/inception-2015-12-05.tgz"  # TTUR fid.py
+)
 INCEPTION_PB = "classify_image_graph_def.pb"
 # pytorch_fid/inception.py FID_WEIGHTS_URL; torch_fidelity/feature_extractor_inceptionv3.py
-INCEPTION_TORCH_FILES = ("pt_inception-2015-12-05-6726825d.pth",
-                         "weights-inception-2015-12-05-6726825d.pth")
+INCEPTION_TORCH_FILES = (
+  "pt_inception-2015-12-05-6726825d.pth",
+  "weights-inception-2015-12-05-6726825d.pth",
+)
 TORCH_SUFFIXES = (".pth", ".pt")
-VGG16_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
-             "vgg16_weights_tf_dim_ordering_tf_kernels.h5")  # keras/src/applications/vgg16.py
+VGG16_URL = (
+  "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
+  "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
+)  # keras/src/applications/vgg16.py
 VGG16_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
 VGG16_MD5 = "64373286793e3c8b2b4e3219cbf3544b"  # file_hash in keras/src/applications/vgg16.py
 # torch-fidelity's VGG-16 = torchvision's IMAGENET1K_V1 weights (torchvision/models/vgg.py)
@@ -72,8 +79,9 @@ class WeightsUnavailableError(RuntimeError):
 
 
 def cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get(CACHE_DIR_ENV) or
-                      pathlib.Path.home() / ".cache" / "genmodels").expanduser()
+  return pathlib.Path(
+    os.environ.get(CACHE_DIR_ENV) or pathlib.Path.home() / ".cache" / "genmodels"
+  ).expanduser()
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -101,17 +109,23 @@ def _local_inception_pb(path: pathlib.Path) -> pathlib.Path:
   """A .pb for a user-given .pb / .tgz / folder path."""
   if not path.exists():
     raise WeightsUnavailableError(
-        f"Inception weights not found at {path}: expected TTUR's {INCEPTION_PB} or "
-        f"inception-2015-12-05.tgz (from {INCEPTION_URL}), or the PyTorch port "
-        f"{' / '.join(INCEPTION_TORCH_FILES)} (pytorch-fid / torch-fidelity), or a folder "
-        "holding one")
+      f"Inception weights not found at {path}: expected TTUR's {INCEPTION_PB} or "
+      f"inception-2015-12-05.tgz (from {INCEPTION_URL}), or the PyTorch port "
+      f"{' / '.join(INCEPTION_TORCH_FILES)} (pytorch-fid / torch-fidelity), or a folder "
+      "holding one"
+    )
   if path.is_dir():
-    for candidate in (path / INCEPTION_PB, path / "inception-2015-12-05.tgz",
-                      *(path / name for name in INCEPTION_TORCH_FILES)):
+    for candidate in (
+      path / INCEPTION_PB,
+      path / "inception-2015-12-05.tgz",
+      *(path / name for name in INCEPTION_TORCH_FILES),
+    ):
       if candidate.exists():
         return _local_inception_pb(candidate)
-    raise WeightsUnavailableError(f"{path} holds neither {INCEPTION_PB}, inception-2015-12-05.tgz "
-                                  f"nor {' / '.join(INCEPTION_TORCH_FILES)}")
+    raise WeightsUnavailableError(
+      f"{path} holds neither {INCEPTION_PB}, inception-2015-12-05.tgz "
+      f"nor {' / '.join(INCEPTION_TORCH_FILES)}"
+    )
   if path.suffix in (".tgz", ".gz", ".tar"):
     return _extract_pb(path, cache_dir() / "inception-2015-12-05")
   return path
@@ -119,8 +133,10 @@ def _local_inception_pb(path: pathlib.Path) -> pathlib.Path:
 
 def torch_hub_checkpoints() -> pathlib.Path:
   """PyTorch's download cache: $TORCH_HOME/hub/checkpoints (torch.hub default ~/.cache/torch)."""
-  torch_home = os.environ.get("TORCH_HOME") or pathlib.Path(
-      os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "torch"
+  torch_home = (
+    os.environ.get("TORCH_HOME")
+    or pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "torch"
+  )
   return pathlib.Path(torch_home).expanduser() / "hub" / "checkpoints"
 
 
@@ -128,20 +144,25 @@ def _download_inception(target_dir: pathlib.Path) -> pathlib.Path:
   print(f"Downloading {INCEPTION_URL}", file=sys.stderr)
   with tempfile.TemporaryDirectory() as tmp:
     tgz = pathlib.Path(tmp) / "inception-2015-12-05.tgz"
-    with urllib.request.urlopen(INCEPTION_URL, timeout=_DOWNLOAD_TIMEOUT_S) as response, \
-        open(tgz, "wb") as f:
+    with (
+      urllib.request.urlopen(INCEPTION_URL, timeout=_DOWNLOAD_TIMEOUT_S) as response,
+      open(tgz, "wb") as f,
+    ):
       shutil.copyfileobj(response, f)
     digest = _sha256(tgz)
     expected = os.environ.get(INCEPTION_SHA256_ENV)
     if expected and digest != expected.lower():
-      raise WeightsUnavailableError(f"downloaded {INCEPTION_URL} has SHA-256 {digest}, expected "
-                                    f"{expected} (${INCEPTION_SHA256_ENV})")
+      raise WeightsUnavailableError(
+        f"downloaded {INCEPTION_URL} has SHA-256 {digest}, expected "
+        f"{expected} (${INCEPTION_SHA256_ENV})"
+      )
     print(f"inception-2015-12-05.tgz SHA-256 {digest}", file=sys.stderr)
     return _extract_pb(tgz, target_dir)
 
 
-def resolve_inception_graph_def(weights_path: str | os.PathLike | None = None, *,
-                                download: bool = True) -> pathlib.Path:
+def resolve_inception_graph_def(
+  weights_path: str | os.PathLike | None = None, *, download: bool = True
+) -> pathlib.Path:
   """Path of `classify_image_graph_def.pb`, following the lookup order of this module."""
   given = weights_path or os.environ.get(INCEPTION_PATH_ENV)
   if given:
@@ -153,21 +174,25 @@ def resolve_inception_graph_def(weights_path: str | os.PathLike | None = None, *
   for name in INCEPTION_TORCH_FILES:
     if (torch_hub / name).exists():
       return torch_hub / name
-  hint = (f"Put {INCEPTION_PB} (inside {INCEPTION_URL}) at {cached}, or set "
-          f"${INCEPTION_PATH_ENV} / pass --inception_path to the .pb, .tgz or "
-          f"{' / '.join(INCEPTION_TORCH_FILES)}")
+  hint = (
+    f"Put {INCEPTION_PB} (inside {INCEPTION_URL}) at {cached}, or set "
+    f"${INCEPTION_PATH_ENV} / pass --inception_path to the .pb, .tgz or "
+    f"{' / '.join(INCEPTION_TORCH_FILES)}"
+  )
   if not download:
     raise WeightsUnavailableError(f"Inception-2015 weights unavailable offline. {hint}.")
   try:
     return _download_inception(cached.parent)
   except (OSError, tarfile.TarError) as e:  # URLError is an OSError
-    raise WeightsUnavailableError(f"Inception-2015 weights unavailable (download failed: {e}). "
-                                  f"{hint}.") from e
+    raise WeightsUnavailableError(
+      f"Inception-2015 weights unavailable (download failed: {e}). {hint}."
+    ) from e
 
 
 def load_inception_weights(pb_path: pathlib.Path) -> tuple[dict[str, np.ndarray], int]:
   """Checked graph tensors of a .pb (or a PyTorch .pth), converted once and cached as .npz."""
   from evaluation import inception
+
   digest = _sha256(pb_path)
   converted = cache_dir() / f"inception_2015_{digest[:16]}.npz"
   if converted.exists():
@@ -188,8 +213,12 @@ def load_inception_weights(pb_path: pathlib.Path) -> tuple[dict[str, np.ndarray]
   return weights, width_divisor
 
 
-def inception_network(weights_path: str | os.PathLike | None = None, *, download: bool = True,
-                      dtype_policy: str | None = None) -> "keras.Model":
+def inception_network(
+  weights_path: str | os.PathLike | None = None,
+  *,
+  download: bool = True,
+  dtype_policy: str | None = None,
+) -> keras.Model:
   """The FID Inception-2015 network with TTUR's weights, or `WeightsUnavailableError`.
 
   Returns the model of `evaluation.inception.build_inception_2015`: float [B, H, W, 1|3] in
@@ -197,11 +226,15 @@ def inception_network(weights_path: str | os.PathLike | None = None, *, download
   graph (tests) gives the matching narrow network, announced on stderr.
   """
   from evaluation import inception
+
   pb_path = resolve_inception_graph_def(weights_path, download=download)
   weights, width_divisor = load_inception_weights(pb_path)
   if width_divisor != 1:
-    print(f"note: {pb_path} is a narrow (1/{width_divisor}) variant of the Inception-2015 graph; "
-          "its values are not comparable with published FID/KID/IS.", file=sys.stderr)
+    print(
+      f"note: {pb_path} is a narrow (1/{width_divisor}) variant of the Inception-2015 graph; "
+      "its values are not comparable with published FID/KID/IS.",
+      file=sys.stderr,
+    )
   model = inception.build_inception_2015(width_divisor=width_divisor, dtype_policy=dtype_policy)
   inception.assign_weights(model, weights)
   return model
@@ -210,11 +243,12 @@ def inception_network(weights_path: str | os.PathLike | None = None, *, download
 @dataclasses.dataclass(frozen=True)
 class _WeightsFile:
   """One downloadable weights file and where it is looked for (see the module docstring)."""
-  label: str                                        # "VGG-16", "VGG-16 (torch-fidelity)"
+
+  label: str  # "VGG-16", "VGG-16 (torch-fidelity)"
   file: str
   url: str
   env: str
-  cached: Callable[[], pathlib.Path]                # the cache location (step 3)
+  cached: Callable[[], pathlib.Path]  # the cache location (step 3)
   download: Callable[[pathlib.Path], pathlib.Path]  # cache location -> downloaded file
 
 
@@ -226,8 +260,9 @@ def _resolve_weights_file(spec: _WeightsFile, weights_path, *, download: bool) -
     if path.is_dir():
       path = path / spec.file
     if not path.exists():
-      raise WeightsUnavailableError(f"{spec.label} weights not found at {path}: expected "
-                                    f"{spec.file} (from {spec.url})")
+      raise WeightsUnavailableError(
+        f"{spec.label} weights not found at {path}: expected {spec.file} (from {spec.url})"
+      )
     return path
   cached = spec.cached()
   if cached.exists():
@@ -238,50 +273,69 @@ def _resolve_weights_file(spec: _WeightsFile, weights_path, *, download: bool) -
   try:
     return spec.download(cached)
   except Exception as e:  # keras' get_file raises plain Exception
-    raise WeightsUnavailableError(f"{spec.label} weights unavailable (download failed: {e}). "
-                                  f"{hint}.") from e
+    raise WeightsUnavailableError(
+      f"{spec.label} weights unavailable (download failed: {e}). {hint}."
+    ) from e
 
 
 def _keras_vgg16_cache() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("KERAS_HOME", pathlib.Path.home() / ".keras")) / "models" / VGG16_FILE
+  return (
+    pathlib.Path(os.environ.get("KERAS_HOME", pathlib.Path.home() / ".keras"))
+    / "models"
+    / VGG16_FILE
+  )
 
 
 def _download_keras_vgg16(cached: pathlib.Path) -> pathlib.Path:
   del cached  # keras.utils.get_file keeps it in its own cache (the same place)
   import keras
-  return pathlib.Path(keras.utils.get_file(VGG16_FILE, VGG16_URL, cache_subdir="models",
-                                           file_hash=VGG16_MD5))
+
+  return pathlib.Path(
+    keras.utils.get_file(VGG16_FILE, VGG16_URL, cache_subdir="models", file_hash=VGG16_MD5)
+  )
 
 
 def _download_url(url: str) -> Callable[[pathlib.Path], pathlib.Path]:
   def download(target: pathlib.Path) -> pathlib.Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".part")
-    with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response, \
-        open(tmp, "wb") as f:
+    with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response, open(tmp, "wb") as f:
       shutil.copyfileobj(response, f)
     os.replace(tmp, target)
     return target
+
   return download
 
 
-_VGG16_KERAS = _WeightsFile(label="VGG-16", file=VGG16_FILE, url=VGG16_URL, env=VGG16_PATH_ENV,
-                            cached=_keras_vgg16_cache, download=_download_keras_vgg16)
-_VGG16_TORCH = _WeightsFile(label="VGG-16 (torch-fidelity)", file=VGG16_TORCH_FILE,
-                            url=VGG16_TORCH_URL, env=VGG16_TORCH_PATH_ENV,
-                            cached=lambda: torch_hub_checkpoints() / VGG16_TORCH_FILE,
-                            download=_download_url(VGG16_TORCH_URL))
+_VGG16_KERAS = _WeightsFile(
+  label="VGG-16",
+  file=VGG16_FILE,
+  url=VGG16_URL,
+  env=VGG16_PATH_ENV,
+  cached=_keras_vgg16_cache,
+  download=_download_keras_vgg16,
+)
+_VGG16_TORCH = _WeightsFile(
+  label="VGG-16 (torch-fidelity)",
+  file=VGG16_TORCH_FILE,
+  url=VGG16_TORCH_URL,
+  env=VGG16_TORCH_PATH_ENV,
+  cached=lambda: torch_hub_checkpoints() / VGG16_TORCH_FILE,
+  download=_download_url(VGG16_TORCH_URL),
+)
 
 
-def resolve_vgg16_weights(weights_path: str | os.PathLike | None = None, *,
-                          download: bool = True) -> pathlib.Path:
+def resolve_vgg16_weights(
+  weights_path: str | os.PathLike | None = None, *, download: bool = True
+) -> pathlib.Path:
   """Path of `vgg16_weights_tf_dim_ordering_tf_kernels.h5`: the argument, $GENMODELS_VGG16_PATH,
   Keras' cache (~/.keras/models, $KERAS_HOME), then `keras.utils.get_file` with its MD5 check."""
   return _resolve_weights_file(_VGG16_KERAS, weights_path, download=download)
 
 
-def resolve_vgg16_torch_weights(weights_path: str | os.PathLike | None = None, *,
-                                download: bool = True) -> pathlib.Path:
+def resolve_vgg16_torch_weights(
+  weights_path: str | os.PathLike | None = None, *, download: bool = True
+) -> pathlib.Path:
   """Path of torchvision's `vgg16-397923af.pth` (torch-fidelity's VGG-16): the argument,
   $GENMODELS_VGG16_TORCH_PATH, PyTorch's hub cache, then a download."""
   return _resolve_weights_file(_VGG16_TORCH, weights_path, download=download)
@@ -290,6 +344,7 @@ def resolve_vgg16_torch_weights(weights_path: str | os.PathLike | None = None, *
 def load_vgg16_torch_weights(path: pathlib.Path) -> dict[str, list[np.ndarray]]:
   """Converted torchvision VGG-16 weights (PyTorch needed once; cached as .npz by SHA-256)."""
   from evaluation import vgg
+
   converted = cache_dir() / f"vgg16_torchvision_{_sha256(path)[:16]}.npz"
   if converted.exists():
     with np.load(converted) as data:
@@ -302,16 +357,22 @@ def load_vgg16_torch_weights(path: pathlib.Path) -> dict[str, list[np.ndarray]]:
   try:
     converted.parent.mkdir(parents=True, exist_ok=True)
     tmp = converted.with_suffix(".tmp.npz")
-    np.savez(tmp, **{f"{layer}/{i}": a for layer, arrays in weights.items()
-                     for i, a in enumerate(arrays)})
+    np.savez(
+      tmp, **{f"{layer}/{i}": a for layer, arrays in weights.items() for i, a in enumerate(arrays)}
+    )
     os.replace(tmp, converted)
   except OSError as e:
     print(f"note: could not cache converted VGG-16 weights at {converted}: {e}", file=sys.stderr)
   return weights
 
 
-def vgg16_network(weights_path: str | os.PathLike | None = None, *, download: bool = True,
-                  dtype_policy: str | None = None, variant: str = "keras") -> "keras.Model":
+def vgg16_network(
+  weights_path: str | os.PathLike | None = None,
+  *,
+  download: bool = True,
+  dtype_policy: str | None = None,
+  variant: str = "keras",
+) -> keras.Model:
   """VGG-16 fc2 with ImageNet weights, or `WeightsUnavailableError`.
 
   variant "keras": Keras's Caffe VGG-16 (.h5; BGR, mean only); "torch-fidelity": torchvision's
@@ -319,6 +380,7 @@ def vgg16_network(weights_path: str | os.PathLike | None = None, *, download: bo
   Float [B, H, W, 1|3] in [0, 255] -> {"fc2": [B, 4096]} (after ReLU).
   """
   from evaluation import vgg
+
   if variant not in VGG_VARIANTS:
     raise ValueError(f"VGG-16 variant must be one of {VGG_VARIANTS}, got {variant!r}")
   if variant == "torch-fidelity":
@@ -332,7 +394,10 @@ def vgg16_network(weights_path: str | os.PathLike | None = None, *, download: bo
   if fc1 is not None and fc1[0].shape[-1] != vgg.FC_WIDTH:
     width_divisor = vgg.FC_WIDTH // max(1, fc1[0].shape[-1])
     print(f"note: {path} is a narrow (1/{width_divisor}) VGG-16 variant.", file=sys.stderr)
-  model = vgg.build_vgg16_fc2(width_divisor=width_divisor, dtype_policy=dtype_policy,
-                              preprocessing="caffe" if variant == "keras" else "torchvision")
+  model = vgg.build_vgg16_fc2(
+    width_divisor=width_divisor,
+    dtype_policy=dtype_policy,
+    preprocessing="caffe" if variant == "keras" else "torchvision",
+  )
   vgg.load_vgg16_weights(model, weights, source=str(path))
   return model

@@ -22,7 +22,7 @@ Both built-in distances run in one `tf.function(jit_compile=True)` per image sha
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -78,6 +78,7 @@ def vgg16_feature_distance(network, *, feature: str = "fc2") -> Callable:
     features = tf.cast(network(both, training=False)[feature], tf.float32)
     fa, fb = tf.split(features, 2, axis=0)
     return tf.reduce_sum(tf.square(fa - fb), axis=1)  # [B]
+
   return _numpy_distance(distance)
 
 
@@ -92,14 +93,17 @@ def lpips_distance(network) -> Callable:
   @tf.function(jit_compile=True)
   def distance(images_a, images_b):
     return tf.cast(network((images_a, images_b), training=False), tf.float32)  # [B]
+
   return _numpy_distance(distance)
 
 
 def _numpy_distance(compiled: Callable) -> Callable:
   """Wraps a compiled `(a, b) -> [B]` TF distance as a numpy float32-in, numpy-out callable."""
   import tensorflow as tf
-  return lambda a, b: np.asarray(compiled(tf.convert_to_tensor(a, tf.float32),
-                                          tf.convert_to_tensor(b, tf.float32)))
+
+  return lambda a, b: np.asarray(
+    compiled(tf.convert_to_tensor(a, tf.float32), tf.convert_to_tensor(b, tf.float32))
+  )
 
 
 def path_positions(rng: np.random.Generator, batch: int, sampling: str) -> np.ndarray:
@@ -111,13 +115,22 @@ def path_positions(rng: np.random.Generator, batch: int, sampling: str) -> np.nd
 def crop_face(images: np.ndarray) -> np.ndarray:
   """StyleGAN's FFHQ face crop: rows [3c, 7c), columns [2c, 6c) with c = H // 8; [B, H, W, C]."""
   c = images.shape[1] // 8
-  return images[:, c * 3:c * 7, c * 2:c * 6, :]
+  return images[:, c * 3 : c * 7, c * 2 : c * 6, :]
 
 
-def path_length_samples(generate: Callable, *, latent_sampler: Callable, num_samples: int,
-                        distance: Callable, epsilon: float = 1e-4, interpolation: str = "slerp",
-                        crop: bool = False, batch_size: int = 32, seed: int = 0,
-                        sampling: str = "full") -> np.ndarray:
+def path_length_samples(
+  generate: Callable,
+  *,
+  latent_sampler: Callable,
+  num_samples: int,
+  distance: Callable,
+  epsilon: float = 1e-4,
+  interpolation: str = "slerp",
+  crop: bool = False,
+  batch_size: int = 32,
+  seed: int = 0,
+  sampling: str = "full",
+) -> np.ndarray:
   """The unfiltered per-sample values d_i = distance(G(z(t_i)), G(z(t_i + eps))) / eps^2 [N].
 
   Args:
@@ -133,7 +146,9 @@ def path_length_samples(generate: Callable, *, latent_sampler: Callable, num_sam
     sampling: "full" (t ~ U(0, 1), StyleGAN's ppl_*full) or "end" (t = 0, ppl_*end).
   """
   if interpolation not in INTERPOLATIONS:
-    raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {interpolation!r}")
+    raise ValueError(
+      f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {interpolation!r}"
+    )
   if sampling not in SAMPLINGS:
     raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
   if num_samples < 1 or epsilon <= 0:
@@ -150,7 +165,7 @@ def path_length_samples(generate: Callable, *, latent_sampler: Callable, num_sam
     if crop:
       images = crop_face(images)
     d = np.asarray(distance(images[:b], images[b:]), np.float64)  # [B]
-    values.append(d / epsilon ** 2)
+    values.append(d / epsilon**2)
   return np.concatenate(values)
 
 
@@ -162,12 +177,31 @@ def filtered_mean(values: np.ndarray) -> float:
   return float(values[(values >= low) & (values <= high)].mean())
 
 
-def perceptual_path_length(generate: Callable, *, latent_sampler: Callable, num_samples: int,
-                           distance: Callable, epsilon: float = 1e-4, interpolation: str = "slerp",
-                           crop: bool = False, batch_size: int = 32, seed: int = 0,
-                           sampling: str = "full") -> float:
+def perceptual_path_length(
+  generate: Callable,
+  *,
+  latent_sampler: Callable,
+  num_samples: int,
+  distance: Callable,
+  epsilon: float = 1e-4,
+  interpolation: str = "slerp",
+  crop: bool = False,
+  batch_size: int = 32,
+  seed: int = 0,
+  sampling: str = "full",
+) -> float:
   """PPL = filtered_mean(path_length_samples(...)); arguments as `path_length_samples`."""
-  return filtered_mean(path_length_samples(
-      generate, latent_sampler=latent_sampler, num_samples=num_samples, distance=distance,
-      epsilon=epsilon, interpolation=interpolation, crop=crop, batch_size=batch_size, seed=seed,
-      sampling=sampling))
+  return filtered_mean(
+    path_length_samples(
+      generate,
+      latent_sampler=latent_sampler,
+      num_samples=num_samples,
+      distance=distance,
+      epsilon=epsilon,
+      interpolation=interpolation,
+      crop=crop,
+      batch_size=batch_size,
+      seed=seed,
+      sampling=sampling,
+    )
+  )

@@ -25,7 +25,6 @@ Command line (prints `precision: <p>` and `recall: <r>`, each followed by `[<lo>
 from __future__ import annotations
 
 import functools
-
 import sys
 
 import numpy as np
@@ -37,6 +36,7 @@ REALISM_RADIUS_PERCENTILE = 50.0  # official realism: radii above the median are
 
 def _tf():
   import tensorflow as tf
+
   return tf
 
 
@@ -52,8 +52,9 @@ def _check_features(real, fake, k: int) -> tuple[np.ndarray, np.ndarray]:
   if k < 1:
     raise ValueError(f"k must be >= 1, got {k}")
   if min(real.shape[0], fake.shape[0]) <= k:
-    raise ValueError(f"need more than k={k} samples per set, got {real.shape[0]} real and "
-                     f"{fake.shape[0]} fake")
+    raise ValueError(
+      f"need more than k={k} samples per set, got {real.shape[0]} real and {fake.shape[0]} fake"
+    )
   if not (np.isfinite(real).all() and np.isfinite(fake).all()):
     raise ValueError("features contain NaN or inf")
   return real, fake
@@ -110,18 +111,21 @@ def _blocks() -> _Blocks:
 
 def _exact_float32(fn):
   """Runs `fn` with TF32 off (exact float32 distances on Ampere+ GPUs; see evaluation.numerics)."""
+
   @functools.wraps(fn)
   def wrapper(*args, **kwargs):
     from evaluation import numerics
+
     with numerics.exact_float32():
       return fn(*args, **kwargs)
+
   return wrapper
 
 
 def _row_blocks(rows: np.ndarray, batch_size: int, pad_value: float = 0.0):
   """(start, count, padded block [batch_size, ...]) so every block has one compiled shape."""
   for start in range(0, rows.shape[0], batch_size):
-    block = rows[start:start + batch_size]
+    block = rows[start : start + batch_size]
     count = block.shape[0]
     if count < batch_size:
       pad = np.full((batch_size - count,) + block.shape[1:], pad_value, block.dtype)
@@ -130,8 +134,7 @@ def _row_blocks(rows: np.ndarray, batch_size: int, pad_value: float = 0.0):
 
 
 @_exact_float32
-def manifold_radii(features, *, k: int = 3, batch_size: int | None = None,
-                   ids=None) -> np.ndarray:
+def manifold_radii(features, *, k: int = 3, batch_size: int | None = None, ids=None) -> np.ndarray:
   """Squared distance of every sample to its k-th nearest neighbour in the same set (self
   excluded), float32 [N]; `batch_size` rows at a time against the whole set.
 
@@ -153,15 +156,31 @@ def manifold_radii(features, *, k: int = 3, batch_size: int | None = None,
   padded_ids = np.concatenate([ids, np.full(batch_size, -1, np.int32)])
   radii = np.empty(n, np.float32)
   for start, count, block in _row_blocks(features, batch_size):
-    radii[start:start + count] = _blocks().kth_neighbour(
-        tf.constant(block), tf.constant(padded_ids[start:start + batch_size]), columns,
-        column_ids, sqnorms, k).numpy()[:count]
+    radii[start : start + count] = (
+      _blocks()
+      .kth_neighbour(
+        tf.constant(block),
+        tf.constant(padded_ids[start : start + batch_size]),
+        columns,
+        column_ids,
+        sqnorms,
+        k,
+      )
+      .numpy()[:count]
+    )
   return radii
 
 
 @_exact_float32
-def precision_recall(real_features, fake_features, *, k: int = 3, batch_size: int | None = None,
-                     real_ids=None, fake_ids=None) -> tuple[float, float]:
+def precision_recall(
+  real_features,
+  fake_features,
+  *,
+  k: int = 3,
+  batch_size: int | None = None,
+  real_ids=None,
+  fake_ids=None,
+) -> tuple[float, float]:
   """Improved precision and recall of generated features against real features.
 
   precision = (1/M) sum_i 1[exists j: |f_i - r_j|^2 <= R_k(r_j)^2]   (fake inside real manifold)
@@ -193,17 +212,26 @@ def precision_recall(real_features, fake_features, *, k: int = 3, batch_size: in
   padded_radii = np.concatenate([fake_radii, np.full(rows, -1.0, np.float32)])
   for start, count, block in _row_blocks(fake, rows):
     block_inside, block_covered = _blocks().cross(
-        tf.constant(block), tf.constant(padded_radii[start:start + rows]), real_t, real_sqnorms,
-        real_radii_t)
-    inside[start:start + count] = block_inside.numpy()[:count]
+      tf.constant(block),
+      tf.constant(padded_radii[start : start + rows]),
+      real_t,
+      real_sqnorms,
+      real_radii_t,
+    )
+    inside[start : start + count] = block_inside.numpy()[:count]
     covered |= block_covered.numpy()
   return float(inside.mean()), float(covered.mean())
 
 
 @_exact_float32
-def realism_score(real_features, fake_features, *, k: int = 3,
-                  radius_percentile: float = REALISM_RADIUS_PERCENTILE,
-                  batch_size: int | None = None) -> np.ndarray:
+def realism_score(
+  real_features,
+  fake_features,
+  *,
+  k: int = 3,
+  radius_percentile: float = REALISM_RADIUS_PERCENTILE,
+  batch_size: int | None = None,
+) -> np.ndarray:
   """Realism score of every generated sample (Kynkaanniemi et al. 2019, Sec. 5).
 
   R(f) = max_j R_k(r_j)^2 / (|f - r_j|^2 + 1e-5) over real samples whose radius is at most the
@@ -223,9 +251,17 @@ def realism_score(real_features, fake_features, *, k: int = 3,
   real_sqnorms = tf.reduce_sum(tf.square(real_t), axis=1)
   scores = np.empty(fake.shape[0], np.float32)
   for start, count, block in _row_blocks(fake, rows):
-    scores[start:start + count] = _blocks().realism(
-        tf.constant(block), real_t, real_sqnorms, tf.constant(radii),
-        tf.constant(REALISM_EPS, tf.float32)).numpy()[:count]
+    scores[start : start + count] = (
+      _blocks()
+      .realism(
+        tf.constant(block),
+        real_t,
+        real_sqnorms,
+        tf.constant(radii),
+        tf.constant(REALISM_EPS, tf.float32),
+      )
+      .numpy()[:count]
+    )
   return scores
 
 
@@ -235,20 +271,30 @@ def realism_score(real_features, fake_features, *, k: int = 3,
 
 def _define_flags(fv) -> None:
   from absl import flags
-  flags.DEFINE_integer("k", 3, "Neighbourhood size of the manifold balls (paper: 3).",
-                       lower_bound=1, flag_values=fv)
-  flags.DEFINE_integer("distance_batch_size", None, "Rows per distance block (default: blocks of "
-                       "128 MiB).", lower_bound=1, flag_values=fv)
+
+  flags.DEFINE_integer(
+    "k", 3, "Neighbourhood size of the manifold balls (paper: 3).", lower_bound=1, flag_values=fv
+  )
+  flags.DEFINE_integer(
+    "distance_batch_size",
+    None,
+    "Rows per distance block (default: blocks of 128 MiB).",
+    lower_bound=1,
+    flag_values=fv,
+  )
 
 
 def _run(fv) -> None:
   from evaluation import cli
+
   samples = cli.open_source(fv.samples, "--samples", kind="fc2", min_count=fv.k + 1)
-  reference = cli.open_source(fv.reference, "--reference", kind="fc2", min_count=fv.k + 1,
-                              cacheable=fv.cache)
+  reference = cli.open_source(
+    fv.reference, "--reference", kind="fc2", min_count=fv.k + 1, cacheable=fv.cache
+  )
   network = cli.feature_network(fv, "vgg16", [samples, reference])
-  result = compute_from_sources(samples, reference, network, fv, k=fv.k,
-                                batch_size=fv.distance_batch_size)
+  result = compute_from_sources(
+    samples, reference, network, fv, k=fv.k, batch_size=fv.distance_batch_size
+  )
   cli.commit_cache(network)
   cli.print_results(fv, values(result), [samples, reference])
 
@@ -256,22 +302,26 @@ def _run(fv) -> None:
 def values(result: dict) -> list:
   """The two printed values (`evaluation.cli.Value`) of a `compute_from_sources` result."""
   from evaluation import cli
+
   out = []
   for i, name in enumerate(("precision", "recall")):
-    bounds = None if result["interval"] is None else (result["interval"][0][i],
-                                                      result["interval"][1][i])
+    bounds = (
+      None if result["interval"] is None else (result["interval"][0][i], result["interval"][1][i])
+    )
     out.append(cli.Value(name, name, result[name], bounds))
   return out
 
 
-def compute_from_sources(samples, reference, network, options, *, k: int = 3,
-                         batch_size: int | None = None) -> dict:
+def compute_from_sources(
+  samples, reference, network, options, *, k: int = 3, batch_size: int | None = None
+) -> dict:
   """Precision/recall of two checked `evaluation.cli.Source`s: {"precision", "recall",
   "interval" (None or ([lo_p, lo_r], [hi_p, hi_r])), "protocols"}. --subsamples replicates draw
   rows of both sets without replacement (`evaluation.subsampling`); the k-NN radii are then those
   of the smaller sets, so the interval extrapolates to large sets as for FID (not checked by
   simulation for precision/recall)."""
   from evaluation import cli
+
   cli.check_protocols_early(samples, reference, network, options)
   real = cli.features_of(reference, network, options)
   cli.check_protocols_early(samples, reference, network, options)
@@ -281,21 +331,33 @@ def compute_from_sources(samples, reference, network, options, *, k: int = 3,
   interval = None
   if options.subsamples:
     from evaluation import subsampling
+
     statistic = lambda i, j: precision_recall(real[j], fake[i], k=k, batch_size=batch_size)
-    low, high = subsampling.interval(statistic, (len(fake), len(real)),
-                                     estimate=np.array([precision, recall]),
-                                     num=options.subsamples, rate=options.subsample_rate,
-                                     seed=options.subsample_seed, confidence=options.confidence,
-                                     min_size=k + 1)
+    low, high = subsampling.interval(
+      statistic,
+      (len(fake), len(real)),
+      estimate=np.array([precision, recall]),
+      num=options.subsamples,
+      rate=options.subsample_rate,
+      seed=options.subsample_seed,
+      confidence=options.confidence,
+      min_size=k + 1,
+    )
     interval = (low.tolist(), high.tolist())
-  return {"precision": precision, "recall": recall, "interval": interval,
-          "protocols": {"samples": samples.protocol, "reference": reference.protocol}}
+  return {
+    "precision": precision,
+    "recall": recall,
+    "interval": interval,
+    "protocols": {"samples": samples.protocol, "reference": reference.protocol},
+  }
 
 
 def main(argv=None) -> int:
   from evaluation import cli
-  return cli.run(argv, doc=__doc__, network="vgg16", define_flags=_define_flags, body=_run,
-                 reference=True)
+
+  return cli.run(
+    argv, doc=__doc__, network="vgg16", define_flags=_define_flags, body=_run, reference=True
+  )
 
 
 if __name__ == "__main__":

@@ -33,10 +33,22 @@ import weakref
 
 import numpy as np
 
-COMPARED = ("metric", "network", "weights_sha256", "feature", "resize", "precision", "image_size_hw",
-            "epsilon", "space", "interpolation", "sampling", "crop")  # absent on both sides = equal
+COMPARED = (
+  "metric",
+  "network",
+  "weights_sha256",
+  "feature",
+  "resize",
+  "precision",
+  "image_size_hw",
+  "epsilon",
+  "space",
+  "interpolation",
+  "sampling",
+  "crop",
+)  # absent on both sides = equal
 NPZ_KEY = "protocol"
-_SHA_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_SHA_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class ProtocolMismatchError(ValueError):
@@ -46,6 +58,7 @@ class ProtocolMismatchError(ValueError):
 def package_version() -> str:
   try:
     from importlib import metadata
+
     return f"genmodels-tf=={metadata.version('genmodels-tf')}"
   except Exception:  # not installed as a distribution
     return "genmodels-tf==unknown"
@@ -68,29 +81,58 @@ def weights_sha256(model) -> str:
   return value
 
 
-def record(*, network: str, weights_sha: str, feature: str, resize: str, precision: str,
-           info: dict) -> dict:
+def record(
+  *, network: str, weights_sha: str, feature: str, resize: str, precision: str, info: dict
+) -> dict:
   """A protocol record (module docstring) from the extraction `info` of `features.extract`."""
   return {
-      "network": network, "weights_sha256": weights_sha, "feature": feature, "resize": resize,
-      "precision": precision, "image_count": int(info["count"]),
-      "image_size": f"{info['height']}x{info['width']}x{info['channels']}",
-      "image_size_hw": f"{info['height']}x{info['width']}",
-      "input_dtype": str(info.get("input_dtype", "unknown")), "version": package_version(),
+    "network": network,
+    "weights_sha256": weights_sha,
+    "feature": feature,
+    "resize": resize,
+    "precision": precision,
+    "image_count": int(info["count"]),
+    "image_size": f"{info['height']}x{info['width']}x{info['channels']}",
+    "image_size_hw": f"{info['height']}x{info['width']}",
+    "input_dtype": str(info.get("input_dtype", "unknown")),
+    "version": package_version(),
   }
 
 
-def ppl_record(*, network: str, weights_sha: str, feature: str, image_shape, epsilon: float,
-               space: str, interpolation: str, sampling: str, crop: bool, num_samples: int,
-               seed: int, precision: str = "float32") -> dict:
+def ppl_record(
+  *,
+  network: str,
+  weights_sha: str,
+  feature: str,
+  image_shape,
+  epsilon: float,
+  space: str,
+  interpolation: str,
+  sampling: str,
+  crop: bool,
+  num_samples: int,
+  seed: int,
+  precision: str = "float32",
+) -> dict:
   """The record of a perceptual path length (`evaluation.ppl`); image_shape (H, W, C) as scored."""
   height, width, channels = (int(v) for v in image_shape)
   return {
-      "metric": "ppl", "network": network, "weights_sha256": weights_sha, "feature": feature,
-      "resize": "none", "precision": precision, "image_size": f"{height}x{width}x{channels}",
-      "image_size_hw": f"{height}x{width}", "epsilon": float(epsilon), "space": space,
-      "interpolation": interpolation, "sampling": sampling, "crop": bool(crop),
-      "num_samples": int(num_samples), "seed": int(seed), "version": package_version(),
+    "metric": "ppl",
+    "network": network,
+    "weights_sha256": weights_sha,
+    "feature": feature,
+    "resize": "none",
+    "precision": precision,
+    "image_size": f"{height}x{width}x{channels}",
+    "image_size_hw": f"{height}x{width}",
+    "epsilon": float(epsilon),
+    "space": space,
+    "interpolation": interpolation,
+    "sampling": sampling,
+    "crop": bool(crop),
+    "num_samples": int(num_samples),
+    "seed": int(seed),
+    "version": package_version(),
   }
 
 
@@ -98,8 +140,9 @@ def describe_record(protocol: dict | None) -> str:
   """One line `protocol: key=value ...` of a single record, every field (sorted), or unknown."""
   if not protocol:
     return "protocol: unknown"
-  return "protocol: " + " ".join(f"{key}={protocol[key]}" for key in sorted(protocol)
-                                 if key != "image_size_hw")
+  return "protocol: " + " ".join(
+    f"{key}={protocol[key]}" for key in sorted(protocol) if key != "image_size_hw"
+  )
 
 
 def with_feature(protocol: dict | None, feature: str) -> dict | None:
@@ -123,19 +166,30 @@ def from_npz(data) -> dict | None:
   return value
 
 
-def check_compatible(first: dict | None, second: dict | None, *, names=("--samples", "--reference"),
-                     strict: bool = True) -> None:
+def check_compatible(
+  first: dict | None,
+  second: dict | None,
+  *,
+  names=("--samples", "--reference"),
+  strict: bool = True,
+) -> None:
   """Raises ProtocolMismatchError if both records exist and differ in a COMPARED field."""
   if first is None or second is None:
     missing = names[0] if first is None else names[1]
-    print(f"note: {missing} carries no protocol record; cannot check that both were made the "
-          "same way", file=sys.stderr)
+    print(
+      f"note: {missing} carries no protocol record; cannot check that both were made the same way",
+      file=sys.stderr,
+    )
     return
-  differences = [f"{key} {first.get(key)} vs {second.get(key)}" for key in COMPARED
-                 if first.get(key) != second.get(key)]
+  differences = [
+    f"{key} {first.get(key)} vs {second.get(key)}"
+    for key in COMPARED
+    if first.get(key) != second.get(key)
+  ]
   if differences:
-    message = (f"{names[0]} and {names[1]} were made under different protocols: "
-               + "; ".join(differences))
+    message = f"{names[0]} and {names[1]} were made under different protocols: " + "; ".join(
+      differences
+    )
     if strict:
       raise ProtocolMismatchError(message + " (pass --nostrict_protocol to compare anyway)")
     print(f"warning: {message}", file=sys.stderr)
@@ -147,9 +201,13 @@ def describe(protocols: dict[str, dict | None]) -> str:
   if not known:
     return "protocol: unknown"
   first = next(iter(known.values()))
-  shared = [f"{key}={first.get(key)}" for key in ("network", "weights_sha256", "feature", "resize",
-                                                  "precision", "version")]
-  per_input = [f"{name}={p.get('image_count')}x{p.get('image_size')}:{p.get('input_dtype')}"
-               for name, p in known.items()]
+  shared = [
+    f"{key}={first.get(key)}"
+    for key in ("network", "weights_sha256", "feature", "resize", "precision", "version")
+  ]
+  per_input = [
+    f"{name}={p.get('image_count')}x{p.get('image_size')}:{p.get('input_dtype')}"
+    for name, p in known.items()
+  ]
   unknown = [f"{name}=unknown" for name, p in protocols.items() if p is None]
   return "protocol: " + " ".join(shared + per_input + unknown)

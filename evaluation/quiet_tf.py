@@ -21,6 +21,7 @@ def import_tensorflow_quietly() -> None:
   os.dup2(devnull, 2)
   try:
     import tensorflow
+
     tensorflow.config.list_physical_devices()  # device probing logs (cuInit ...) happen here
   finally:
     os.dup2(saved, 2)

@@ -31,11 +31,12 @@ _IDX_SETS = ("mnist", "fashion_mnist")
 
 def parse(spec: str) -> tuple[str, str]:
   """'tfds:mnist/test' -> ('mnist', 'test'); ImageInputError if malformed."""
-  body = spec[len(PREFIX):] if spec.startswith(PREFIX) else spec
+  body = spec[len(PREFIX) :] if spec.startswith(PREFIX) else spec
   name, _, split = body.partition("/")
   if not name or not split or "/" in split:
-    raise image_io.ImageInputError(f"reference name {spec!r} must look like tfds:<name>/<split>, "
-                                   "e.g. tfds:mnist/test")
+    raise image_io.ImageInputError(
+      f"reference name {spec!r} must look like tfds:<name>/<split>, e.g. tfds:mnist/test"
+    )
   return name, split
 
 
@@ -61,8 +62,9 @@ def _tfds_builder(name: str, split: str, *, download: bool):
   try:
     import tensorflow_datasets as tfds
   except ImportError as e:
-    raise image_io.ImageInputError(f"{PREFIX}{name}/{split}: tensorflow_datasets is not "
-                                   "installed") from e
+    raise image_io.ImageInputError(
+      f"{PREFIX}{name}/{split}: tensorflow_datasets is not installed"
+    ) from e
   try:
     builder = tfds.builder(name)
   except Exception as e:  # tfds raises DatasetNotFoundError etc.
@@ -70,9 +72,10 @@ def _tfds_builder(name: str, split: str, *, download: bool):
   prepared = pathlib.Path(builder.data_dir, "dataset_info.json").exists()
   if not prepared and not download:
     raise image_io.ImageInputError(
-        f"{PREFIX}{name}/{split} is not available offline: no local copy (set ${DATA_DIR_ENV} to "
-        f"the suite's data folder), and tensorflow_datasets has not prepared it under "
-        f"{builder.data_dir} (run once with --download where there is a network)")
+      f"{PREFIX}{name}/{split} is not available offline: no local copy (set ${DATA_DIR_ENV} to "
+      f"the suite's data folder), and tensorflow_datasets has not prepared it under "
+      f"{builder.data_dir} (run once with --download where there is a network)"
+    )
   return tfds, builder, prepared
 
 
@@ -84,11 +87,14 @@ def _tfds(name: str, split: str, *, download: bool) -> np.ndarray:
     data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
   except ModuleNotFoundError as e:  # tfds imports its download helpers lazily
     raise image_io.ImageInputError(
-        f"{PREFIX}{name}/{split}: tensorflow_datasets cannot prepare the data set: the Python "
-        f"package {e.name} is missing (pip install {e.name}; setup.py requires it); or set "
-        f"${DATA_DIR_ENV} to a folder with the data set's files") from e
+      f"{PREFIX}{name}/{split}: tensorflow_datasets cannot prepare the data set: the Python "
+      f"package {e.name} is missing (pip install {e.name}; setup.py requires it); or set "
+      f"${DATA_DIR_ENV} to a folder with the data set's files"
+    ) from e
   except Exception as e:  # network / split errors of many kinds
-    raise image_io.ImageInputError(f"{PREFIX}{name}/{split}: {' '.join(str(e).split())[:300]}") from e
+    raise image_io.ImageInputError(
+      f"{PREFIX}{name}/{split}: {' '.join(str(e).split())[:300]}"
+    ) from e
   if not isinstance(data, dict) or "image" not in data:
     raise image_io.ImageInputError(f"{PREFIX}{name}/{split} has no 'image' feature")
   return data["image"]
@@ -97,6 +103,7 @@ def _tfds(name: str, split: str, *, download: bool) -> np.ndarray:
 @dataclasses.dataclass
 class NamedReference:
   """A `tfds:<name>/<split>` reference, loaded on first use."""
+
   spec: str
 
   def __post_init__(self):

@@ -22,7 +22,9 @@ import numpy as np
 import tensorflow as tf
 
 
-def tf1_interpolation_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def tf1_interpolation_weights(
+  in_size: int, out_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Source indices and weights of TF1's legacy bilinear scaler along one axis.
 
   `scale = in_size / out_size` (float32), `src_i = float32(i) * scale`, `lower = floor(src_i)`,
@@ -54,8 +56,9 @@ def resize_bilinear_tf1(images: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
   images = tf.cast(images, tf.float32)  # [B, H, W, C]
   in_h, in_w = images.shape[1], images.shape[2]
   if in_h is None or in_w is None:
-    raise ValueError("resize_bilinear_tf1 needs static image height and width, got shape "
-                     f"{images.shape}")
+    raise ValueError(
+      f"resize_bilinear_tf1 needs static image height and width, got shape {images.shape}"
+    )
   out_h, out_w = int(size[0]), int(size[1])
   if (in_h, in_w) == (out_h, out_w):
     return images
@@ -79,8 +82,11 @@ RESIZE_MODES = ("tf1", "clean", "pytorch-fid")  # protocol names: see `describe_
 
 def describe_resize(mode: str) -> str:
   """The resize mode's name in the protocol record."""
-  return {"tf1": "tf1-legacy-bilinear", "clean": "clean-pil-bicubic-antialias",
-          "pytorch-fid": "pytorch-fid-bilinear-half-pixel"}[mode]
+  return {
+    "tf1": "tf1-legacy-bilinear",
+    "clean": "clean-pil-bicubic-antialias",
+    "pytorch-fid": "pytorch-fid-bilinear-half-pixel",
+  }[mode]
 
 
 def half_pixel_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -89,8 +95,10 @@ def half_pixel_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndar
   `upper = min(lower + 1, in - 1)`, `lerp = src - lower` (ATen's `area_pixel_compute_source_index`
   and `compute_indices_weights_linear`)."""
   scale = np.float32(in_size) / np.float32(out_size)
-  src = np.maximum((np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale
-                   - np.float32(0.5), np.float32(0.0))
+  src = np.maximum(
+    (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5),
+    np.float32(0.0),
+  )
   lower = np.floor(src).astype(np.int64)
   lower = np.minimum(lower, in_size - 1)
   upper = np.minimum(lower + 1, in_size - 1)
@@ -111,8 +119,11 @@ def resize_pytorch_fid(image: np.ndarray, size: int) -> np.ndarray:
   image: [H, W, C] uint8, or float in [0, 1] -> float32 [size, size, C].
   """
   image = np.asarray(image)
-  r = image.astype(np.float32) / np.float32(255.0) if image.dtype == np.uint8 else (
-      image.astype(np.float32))
+  r = (
+    image.astype(np.float32) / np.float32(255.0)
+    if image.dtype == np.uint8
+    else (image.astype(np.float32))
+  )
   y_lo, y_hi, y_lerp = half_pixel_weights(r.shape[0], size)
   x_lo, x_hi, x_lerp = half_pixel_weights(r.shape[1], size)
   x_lerp, y_lerp = x_lerp[None, :, None], y_lerp[:, None, None]
@@ -131,9 +142,17 @@ def resize_clean(image: np.ndarray, size: int) -> np.ndarray:
   image: [H, W, C] uint8 in [0, 255] or float in [0, 1] (scaled by 255) -> float32 [size, size, C].
   """
   from PIL import Image
+
   image = np.asarray(image)
-  values = image.astype(np.float32) if image.dtype == np.uint8 else (
-      image.astype(np.float32) * np.float32(255.0))
-  channels = [np.asarray(Image.fromarray(values[..., c], mode="F").resize(
-      (size, size), resample=Image.BICUBIC)).clip(0, 255) for c in range(values.shape[-1])]
+  values = (
+    image.astype(np.float32)
+    if image.dtype == np.uint8
+    else (image.astype(np.float32) * np.float32(255.0))
+  )
+  channels = [
+    np.asarray(
+      Image.fromarray(values[..., c], mode="F").resize((size, size), resample=Image.BICUBIC)
+    ).clip(0, 255)
+    for c in range(values.shape[-1])
+  ]
   return np.stack(channels, axis=-1).astype(np.float32)

@@ -39,7 +39,7 @@ Cost: N evaluations of the metric on cached features (docs/evaluation.md, "Uncer
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -65,8 +65,15 @@ def scale(sizes: Sequence[int], subsizes: Sequence[int]) -> float:
   return float(np.sqrt(r / (1.0 - r)))
 
 
-def replicates(statistic: Callable, sizes: Sequence[int], *, num: int, rate: float = DEFAULT_RATE,
-               seed: int = 0, min_size: int = 2) -> np.ndarray:
+def replicates(
+  statistic: Callable,
+  sizes: Sequence[int],
+  *,
+  num: int,
+  rate: float = DEFAULT_RATE,
+  seed: int = 0,
+  min_size: int = 2,
+) -> np.ndarray:
   """statistic(*index_arrays) for `num` draws; index array i holds b_i distinct rows of
   range(sizes[i]) (`rng.choice(n_i, b_i, replace=False)`, sets in order, rng =
   numpy.random.default_rng(seed)). Returns [num] or [num, K] (K outputs per call)."""
@@ -81,8 +88,9 @@ def replicates(statistic: Callable, sizes: Sequence[int], *, num: int, rate: flo
   return np.asarray(values, np.float64)
 
 
-def interval_from_replicates(estimate, values, *, k: float, confidence: float = 0.95,
-                             center: str = "estimate"):
+def interval_from_replicates(
+  estimate, values, *, k: float, confidence: float = 0.95, center: str = "estimate"
+):
   """[theta_n - k q_{(1+c)/2}, theta_n - k q_{(1-c)/2}], q of the deviations values - estimate
   (center="estimate") or values - mean(values) (center="mean": for an unbiased statistic whose
   estimate carries Monte Carlo noise of its own, see `interval`)."""
@@ -93,14 +101,24 @@ def interval_from_replicates(estimate, values, *, k: float, confidence: float = 
   estimate = np.asarray(estimate, np.float64)
   values = np.asarray(values, np.float64)
   deviations = values - (estimate if center == "estimate" else values.mean(axis=0))
-  q_low, q_high = np.quantile(deviations, [0.5 * (1.0 - confidence), 0.5 * (1.0 + confidence)],
-                              axis=0)
+  q_low, q_high = np.quantile(
+    deviations, [0.5 * (1.0 - confidence), 0.5 * (1.0 + confidence)], axis=0
+  )
   return estimate - k * q_high, estimate - k * q_low
 
 
-def interval(statistic: Callable, sizes: Sequence[int], *, estimate, num: int,
-             rate: float = DEFAULT_RATE, seed: int = 0, confidence: float = 0.95,
-             min_size: int = 2, center: str = "estimate"):
+def interval(
+  statistic: Callable,
+  sizes: Sequence[int],
+  *,
+  estimate,
+  num: int,
+  rate: float = DEFAULT_RATE,
+  seed: int = 0,
+  confidence: float = 0.95,
+  min_size: int = 2,
+  center: str = "estimate",
+):
   """Subsampling interval (module docstring) of `statistic`, whose value on all rows is
   `estimate`: (lo, hi), each a float or an array with one entry per output.
 
@@ -111,8 +129,9 @@ def interval(statistic: Callable, sizes: Sequence[int], *, estimate, num: int,
   full-sample value, so the replicate mean is the right centre."""
   values = replicates(statistic, sizes, num=num, rate=rate, seed=seed, min_size=min_size)
   subsizes = subsample_sizes(sizes, rate=rate, min_size=min_size)
-  return interval_from_replicates(estimate, values, k=scale(sizes, subsizes),
-                                  confidence=confidence, center=center)
+  return interval_from_replicates(
+    estimate, values, k=scale(sizes, subsizes), confidence=confidence, center=center
+  )
 
 
 def describe(options) -> str | None:
@@ -120,9 +139,11 @@ def describe(options) -> str | None:
   num = getattr(options, "subsamples", 0)
   if not num:
     return None
-  return (f"interval: {100 * options.confidence:g}% for the population value, {num} subsamples "
-          f"without replacement at rate {options.subsample_rate:g} (Politis-Romano-Wolf, "
-          f"finite-population corrected), seed {options.subsample_seed}")
+  return (
+    f"interval: {100 * options.confidence:g}% for the population value, {num} subsamples "
+    f"without replacement at rate {options.subsample_rate:g} (Politis-Romano-Wolf, "
+    f"finite-population corrected), seed {options.subsample_seed}"
+  )
 
 
 def format_value(value: float, bounds=None, *, digits: str = ".6f") -> str:

@@ -7,7 +7,7 @@ Shared by the VGG-16 of torch-fidelity (`vgg.read_torchvision_weights`) and the 
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -21,13 +21,17 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   try:
     import torch
   except ImportError as e:
-    raise RuntimeError("the LPIPS converter reads the official .pth files with PyTorch, which is "
-                       "not installed here; run it where `import torch` works (pip install torch "
-                       "--index-url https://download.pytorch.org/whl/cpu) and copy the .npz back") from e
+    raise RuntimeError(
+      "the LPIPS converter reads the official .pth files with PyTorch, which is "
+      "not installed here; run it where `import torch` works (pip install torch "
+      "--index-url https://download.pytorch.org/whl/cpu) and copy the .npz back"
+    ) from e
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} does not exist")
   state = torch.load(path, map_location="cpu", weights_only=True)
   if not isinstance(state, Mapping):
     raise TorchStateDictError(f"{path} does not hold a state dict (got {type(state).__name__})")
-  return {key: (value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value))
-          for key, value in state.items()}
+  return {
+    key: (value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value))
+    for key, value in state.items()
+  }

@@ -24,7 +24,7 @@ close to, not identical with, numbers computed with NVIDIA's network.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import h5py
 import keras
@@ -78,8 +78,9 @@ class TorchvisionInput(VGGInput):
     return (images - mean) / std
 
 
-def build_vgg16_fc2(*, width_divisor: int = 1, dtype_policy: str | None = None,
-                    preprocessing: str = "caffe") -> keras.Model:
+def build_vgg16_fc2(
+  *, width_divisor: int = 1, dtype_policy: str | None = None, preprocessing: str = "caffe"
+) -> keras.Model:
   """Builds the (randomly initialised) VGG-16 fc2 feature network.
 
   Args:
@@ -102,8 +103,14 @@ def build_vgg16_fc2(*, width_divisor: int = 1, dtype_policy: str | None = None,
     x = TorchvisionInput(name="torchvision_input")(images)  # [B, 224, 224, 3]
   for block, (width, depth) in enumerate(zip(BLOCK_WIDTHS, BLOCK_DEPTHS), start=1):
     for i in range(1, depth + 1):
-      x = keras.layers.Conv2D(max(1, width // width_divisor), 3, padding="same", activation="relu",
-                              name=f"block{block}_conv{i}", dtype=dtype_policy)(x)
+      x = keras.layers.Conv2D(
+        max(1, width // width_divisor),
+        3,
+        padding="same",
+        activation="relu",
+        name=f"block{block}_conv{i}",
+        dtype=dtype_policy,
+      )(x)
     x = keras.layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool", dtype=dtype_policy)(x)
   x = keras.layers.Flatten(name="flatten", dtype=dtype_policy)(x)  # [B, 7 * 7 * 512], NHWC order
   fc_width = max(1, FC_WIDTH // width_divisor)
@@ -139,8 +146,9 @@ def read_keras_h5_weights(path: str) -> dict[str, list[np.ndarray]]:
   return weights
 
 
-def load_vgg16_weights(model: keras.Model, weights: Mapping[str, list[np.ndarray]], *,
-                       source: str = "weights") -> None:
+def load_vgg16_weights(
+  model: keras.Model, weights: Mapping[str, list[np.ndarray]], *, source: str = "weights"
+) -> None:
   """Assigns weights read by `read_keras_h5_weights` (the Keras VGG-16 file layout) by layer name.
 
   Every conv/dense layer of `model` must get its kernel and bias with matching shapes; the only
@@ -155,8 +163,10 @@ def load_vgg16_weights(model: keras.Model, weights: Mapping[str, list[np.ndarray
     arrays = weights[layer.name]
     expected = [tuple(w.shape) for w in layer.weights]
     if [a.shape for a in arrays] != expected:
-      raise WeightsFileMismatchError(f"{source}: layer {layer.name!r} has shapes "
-                                     f"{[a.shape for a in arrays]}, expected {expected}")
+      raise WeightsFileMismatchError(
+        f"{source}: layer {layer.name!r} has shapes "
+        f"{[a.shape for a in arrays]}, expected {expected}"
+      )
     layer.set_weights(arrays)
     unused.discard(layer.name)
   if unused:
@@ -169,14 +179,16 @@ def torchvision_fc1_kernel(weight: np.ndarray) -> np.ndarray:
   out_width, in_width = weight.shape
   channels = in_width // (POOLED_SIZE * POOLED_SIZE)
   if channels * POOLED_SIZE * POOLED_SIZE != in_width:
-    raise WeightsFileMismatchError(f"classifier.0.weight has {in_width} inputs, not a multiple "
-                                   f"of {POOLED_SIZE}x{POOLED_SIZE}")
+    raise WeightsFileMismatchError(
+      f"classifier.0.weight has {in_width} inputs, not a multiple of {POOLED_SIZE}x{POOLED_SIZE}"
+    )
   kernel = weight.reshape(out_width, channels, POOLED_SIZE, POOLED_SIZE)  # [O, C, H, W]
   return kernel.transpose(2, 3, 1, 0).reshape(in_width, out_width)  # [H, W, C, O] -> [HWC, O]
 
 
-def convert_torchvision_state_dict(state: Mapping[str, np.ndarray], *,
-                                   source: str = "state dict") -> dict[str, list[np.ndarray]]:
+def convert_torchvision_state_dict(
+  state: Mapping[str, np.ndarray], *, source: str = "state dict"
+) -> dict[str, list[np.ndarray]]:
   """torchvision VGG-16 state dict (`vgg16-397923af.pth`, numpy values) -> {Keras layer: [kernel,
   bias]} in the layout of `read_keras_h5_weights`, for `load_vgg16_weights`.
 
@@ -185,22 +197,27 @@ def convert_torchvision_state_dict(state: Mapping[str, np.ndarray], *,
   (the 1000-way head) -> predictions (transposed; unused by the fc2 features).
   """
   weights: dict[str, list[np.ndarray]] = {}
-  names = [f"block{b}_conv{i}" for b, depth in enumerate(BLOCK_DEPTHS, start=1)
-           for i in range(1, depth + 1)]
+  names = [
+    f"block{b}_conv{i}"
+    for b, depth in enumerate(BLOCK_DEPTHS, start=1)
+    for i in range(1, depth + 1)
+  ]
   position, index = 0, 0
   for depth in BLOCK_DEPTHS:  # torchvision `features`: (Conv2d, ReLU) per conv, MaxPool per block
     for _ in range(depth):
       keys = (f"features.{position}.weight", f"features.{position}.bias")
       for key in keys:
         if key not in state:
-          raise WeightsFileMismatchError(f"{source} has no {key!r} (is it torchvision's "
-                                         f"vgg16-397923af.pth? keys start {sorted(state)[:3]})")
+          raise WeightsFileMismatchError(
+            f"{source} has no {key!r} (is it torchvision's "
+            f"vgg16-397923af.pth? keys start {sorted(state)[:3]})"
+          )
       kernel = np.asarray(state[keys[0]], np.float32)
       if kernel.ndim != 4:
-        raise WeightsFileMismatchError(f"{source}: {keys[0]} has shape {kernel.shape}, expected "
-                                       "4-d OIHW")
-      weights[names[index]] = [kernel.transpose(2, 3, 1, 0),
-                               np.asarray(state[keys[1]], np.float32)]
+        raise WeightsFileMismatchError(
+          f"{source}: {keys[0]} has shape {kernel.shape}, expected 4-d OIHW"
+        )
+      weights[names[index]] = [kernel.transpose(2, 3, 1, 0), np.asarray(state[keys[1]], np.float32)]
       position, index = position + 2, index + 1
     position += 1
   for layer, j in (("fc1", 0), ("fc2", 3), (CLASSIFIER_LAYER, 6)):
@@ -216,4 +233,5 @@ def convert_torchvision_state_dict(state: Mapping[str, np.ndarray], *,
 def read_torchvision_weights(path: str) -> dict[str, list[np.ndarray]]:
   """Reads torchvision's `vgg16-397923af.pth` (needs PyTorch) and converts it."""
   from evaluation import torch_state
+
   return convert_torchvision_state_dict(torch_state.read_torch_state_dict(path), source=path)

@@ -35,22 +35,34 @@ import sys
 from absl import flags
 
 from evaluation import cli
-from experiments import results
-from experiments import run_status
+from experiments import results, run_status
 
 CHECKPOINT_STATE = "checkpoint"  # tf.train.CheckpointManager's state file (a text CheckpointState)
-_SKIPPED_SUFFIXES = (".png",)    # sample grids: outputs, not state
+_SKIPPED_SUFFIXES = (".png",)  # sample grids: outputs, not state
 _SKIPPED_PREFIXES = ("events.out.tfevents.",)  # TensorBoard history
 
 
 def define_flags(fv: flags.FlagValues) -> None:
-  flags.DEFINE_string("logdir", None, "Run directory, or a folder whose sub-folders (two levels "
-                      "deep) are run directories, as the runs' own commands name it.",
-                      flag_values=fv)
-  flags.DEFINE_string("carry_dir", None, "Folder that holds the carried state (created when "
-                      "packing), one sub-folder per run, mirroring --logdir.", flag_values=fv)
-  flags.DEFINE_boolean("unpack", False, "Copy the carried state back into --logdir (default: "
-                       "pack --logdir into --carry_dir).", flag_values=fv)
+  flags.DEFINE_string(
+    "logdir",
+    None,
+    "Run directory, or a folder whose sub-folders (two levels "
+    "deep) are run directories, as the runs' own commands name it.",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    "carry_dir",
+    None,
+    "Folder that holds the carried state (created when "
+    "packing), one sub-folder per run, mirroring --logdir.",
+    flag_values=fv,
+  )
+  flags.DEFINE_boolean(
+    "unpack",
+    False,
+    "Copy the carried state back into --logdir (default: pack --logdir into --carry_dir).",
+    flag_values=fv,
+  )
 
 
 def newest_checkpoint(folder: str) -> str | None:
@@ -69,8 +81,10 @@ def finished_weights(run: str) -> str | None:
   exists, and it has weights-only checkpoints (`harness.Trainer.weights`). The weights evaluated
   are best/'s when early stopping kept one, else final/'s."""
   status = results.read_status(run) or {}
-  if not ((status.get("finished") or status.get("stopped_early"))
-          and os.path.exists(os.path.join(run, "results.json"))):
+  if not (
+    (status.get("finished") or status.get("stopped_early"))
+    and os.path.exists(os.path.join(run, "results.json"))
+  ):
     return None
   for name in (results.BEST_DIR, results.FINAL_DIR):
     if newest_checkpoint(os.path.join(run, name)) and _weights_only(os.path.join(run, name)):
@@ -82,9 +96,12 @@ def _weights_only(folder: str) -> bool:
   """Whether the newest checkpoint in `folder` holds no optimizer state (best/ of runs written
   before the harness kept weights only there held whole checkpoints)."""
   import tensorflow as tf  # only for finished runs
+
   path = os.path.join(folder, newest_checkpoint(folder))
-  return not any(name.startswith("optimizer/")
-                 for name in tf.train.load_checkpoint(path).get_variable_to_shape_map())
+  return not any(
+    name.startswith("optimizer/")
+    for name in tf.train.load_checkpoint(path).get_variable_to_shape_map()
+  )
 
 
 def state_files(run: str) -> list[str]:
@@ -101,8 +118,7 @@ def state_files(run: str) -> list[str]:
     for name in sorted(filenames):
       if name.endswith(_SKIPPED_SUFFIXES) or name.startswith(_SKIPPED_PREFIXES):
         continue
-      if newest is not None and name != CHECKPOINT_STATE and not (
-          name.startswith(newest + ".")):
+      if newest is not None and name != CHECKPOINT_STATE and not (name.startswith(newest + ".")):
         continue  # an older checkpoint's index/data shard
       keep.append(os.path.relpath(os.path.join(dirpath, name), run))
   return keep
@@ -181,9 +197,11 @@ def carry(logdir: str, carry_dir: str, *, unpack: bool) -> list[str]:
       for name in results.partial_evaluations(destination):
         os.remove(os.path.join(destination, name))
       size = copy_run(source, destination, replace=not unpack)
-      lines.append(f"{destination}: finished at step {carried}, its {finished_weights(source)}/ "
-                   f"weights and results from {source} ({size / 2**20:.1f} MiB"
-                   f"{'' if unpack else '; resume state removed'})")
+      lines.append(
+        f"{destination}: finished at step {carried}, its {finished_weights(source)}/ "
+        f"weights and results from {source} ({size / 2**20:.1f} MiB"
+        f"{'' if unpack else '; resume state removed'})"
+      )
       continue
     if have == carried:  # both hold a status.json: the run is at the same training step
       finished = _finished_outputs(source, destination)
@@ -193,13 +211,16 @@ def carry(logdir: str, carry_dir: str, *, unpack: bool) -> list[str]:
         for name in finished:  # the checkpoint is the same one (same step): not copied again
           os.makedirs(os.path.dirname(os.path.join(destination, name)), exist_ok=True)
           shutil.copy2(os.path.join(source, name), os.path.join(destination, name))
-        lines.append(f"{destination}: step {have} kept, evaluated in {source}: "
-                     + ", ".join(finished))
+        lines.append(
+          f"{destination}: step {have} kept, evaluated in {source}: " + ", ".join(finished)
+        )
         continue
       newer = _newer_partial_evaluations(source, destination)
       if newer:  # same training step, its test-NLL evaluation further on
-        lines.append(f"{destination}: step {have} kept, partial test NLL from {source}: "
-                     + ", ".join(f"{n} ({done:,} test examples)" for n, done in newer.items()))
+        lines.append(
+          f"{destination}: step {have} kept, partial test NLL from {source}: "
+          + ", ".join(f"{n} ({done:,} test examples)" for n, done in newer.items())
+        )
         continue
     if have >= carried:
       lines.append(f"{destination}: kept (it is at step {have}, {source} at step {carried})")
@@ -211,8 +232,9 @@ def carry(logdir: str, carry_dir: str, *, unpack: bool) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
   """`python -m experiments.carry ...`; returns the exit code (2 on bad input)."""
-  fv, _, code = cli.parse_command(argv, doc=__doc__, define_flags=define_flags,
-                                  required=("logdir", "carry_dir"))
+  fv, _, code = cli.parse_command(
+    argv, doc=__doc__, define_flags=define_flags, required=("logdir", "carry_dir")
+  )
   if code is not None:
     return code
   try:
@@ -220,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
       raise ValueError(f"--carry_dir {fv.carry_dir} is a file")
     a, b = os.path.realpath(fv.logdir), os.path.realpath(fv.carry_dir)
     if os.path.commonpath([a, b]) in (a, b):  # packing replaces folders in --carry_dir
-      raise ValueError(f"--logdir {fv.logdir} and --carry_dir {fv.carry_dir} must not contain each other")
+      raise ValueError(
+        f"--logdir {fv.logdir} and --carry_dir {fv.carry_dir} must not contain each other"
+      )
     lines = carry(fv.logdir, fv.carry_dir, unpack=fv.unpack)
   except (ValueError, OSError, KeyError) as e:
     return cli.fail(e)

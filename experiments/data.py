@@ -51,19 +51,24 @@ class _Spec:
 
 
 _IDX_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+  "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 _SPECS = {
-    "mnist": _Spec((28, 28, 1), ("train", "test"), _IDX_FILES, "mnist"),
-    "fashion_mnist": _Spec((28, 28, 1), ("train", "test"), _IDX_FILES, "fashion_mnist"),
-    "binarized_mnist": _Spec(
-        (28, 28, 1), ("train", "valid", "test"),
-        {s: (f"binarized_mnist_{s}.amat",) for s in ("train", "valid", "test")},
-        "binarized_mnist"),
-    "frey_faces": _Spec(
-        (28, 20, 1), ("train", "valid", "test"),
-        {s: ("frey_rawface.mat",) for s in ("train", "valid", "test")}, None),
+  "mnist": _Spec((28, 28, 1), ("train", "test"), _IDX_FILES, "mnist"),
+  "fashion_mnist": _Spec((28, 28, 1), ("train", "test"), _IDX_FILES, "fashion_mnist"),
+  "binarized_mnist": _Spec(
+    (28, 28, 1),
+    ("train", "valid", "test"),
+    {s: (f"binarized_mnist_{s}.amat",) for s in ("train", "valid", "test")},
+    "binarized_mnist",
+  ),
+  "frey_faces": _Spec(
+    (28, 20, 1),
+    ("train", "valid", "test"),
+    {s: ("frey_rawface.mat",) for s in ("train", "valid", "test")},
+    None,
+  ),
 }
 NAMES = tuple(_SPECS)
 
@@ -122,8 +127,9 @@ def _read_amat_lines(path: str) -> np.ndarray:
       if not values:
         continue
       if len(values) != 784:
-        raise DataError(f"corrupt .amat file {path}: line {line_no} has {len(values)} values, "
-                        "expected 784")
+        raise DataError(
+          f"corrupt .amat file {path}: line {line_no} has {len(values)} values, expected 784"
+        )
       rows.append(values)
   if not rows:
     raise DataError(f"empty .amat file {path}")
@@ -136,6 +142,7 @@ def _read_amat_lines(path: str) -> np.ndarray:
 def read_frey_mat(path: str) -> np.ndarray:
   """Reads `frey_rawface.mat` (variable `ff`, uint8 [560, 1965], one face per column) -> uint8 [N, 28, 20, 1]."""
   import scipy.io
+
   try:
     ff = scipy.io.loadmat(path)["ff"]
   except Exception as e:  # scipy raises many kinds for a bad file
@@ -154,10 +161,15 @@ def resolve_data_dir(data_dir: str | None) -> str | None:
 
 
 def _missing_error(name: str, split: str, files, data_dir: str | None, cause=None) -> DataError:
-  where = (f"looked in {os.path.join(data_dir, name)} and {data_dir}" if data_dir
-           else f"no data directory given and ${DATA_DIR_ENV} is not set")
-  msg = (f"data set {name!r} split {split!r} not found: expected {', '.join(files)}; {where}. "
-         f"Put the standard files in <dir>/{name}/ and pass --data_dir=<dir> or set {DATA_DIR_ENV}")
+  where = (
+    f"looked in {os.path.join(data_dir, name)} and {data_dir}"
+    if data_dir
+    else f"no data directory given and ${DATA_DIR_ENV} is not set"
+  )
+  msg = (
+    f"data set {name!r} split {split!r} not found: expected {', '.join(files)}; {where}. "
+    f"Put the standard files in <dir>/{name}/ and pass --data_dir=<dir> or set {DATA_DIR_ENV}"
+  )
   if cause is not None:
     msg += f" (the network fallback failed too: {type(cause).__name__}: {str(cause)[:200]})"
   return DataError(msg)
@@ -210,8 +222,11 @@ def _frey_split(faces: np.ndarray, split: str) -> np.ndarray:
     # A smaller file (e.g. a test fixture): keep the same proportions.
     n_valid = n_test = max(1, round(len(faces) * FREY_NUM_VALID / 1965))
     n_train = len(faces) - n_valid - n_test
-  index = {"train": order[:n_train], "valid": order[n_train:n_train + n_valid],
-           "test": order[n_train + n_valid:]}[split]
+  index = {
+    "train": order[:n_train],
+    "valid": order[n_train : n_train + n_valid],
+    "test": order[n_train + n_valid :],
+  }[split]
   return faces[np.sort(index)].astype(np.float32) / 255.0
 
 
@@ -225,6 +240,7 @@ def _read_remote(name, split):
       os.replace(cache + ".part", cache)
     return _frey_split(read_frey_mat(cache), split), None
   import tensorflow_datasets as tfds
+
   tfds_split = {"valid": "validation"}.get(split, split)
   arrays = tfds.as_numpy(tfds.load(_spec(name).tfds_name, split=tfds_split, batch_size=-1))
   images = arrays["image"].astype(np.float32)
@@ -236,7 +252,9 @@ def _read_remote(name, split):
 # ----------------------------------------------------------------------------- tf.data
 
 
-def load(name: str, split: str, data_dir: str | None = None, with_labels: bool = False) -> tf.data.Dataset:
+def load(
+  name: str, split: str, data_dir: str | None = None, with_labels: bool = False
+) -> tf.data.Dataset:
   """Unbatched dataset of float32 images [H, W, C] in [0, 1] (or `(image, label)` pairs).
 
   Args:
@@ -260,6 +278,7 @@ def dynamic_binarization(dataset: tf.data.Dataset, *, seed: int) -> tf.data.Data
   same (seed, position) gives the same draw (exact resume) and a new seed per epoch gives new draws.
   Works on images or `(image, label)` pairs.
   """
+
   def binarize(element_seed, element):
     image = element[0] if isinstance(element, tuple) else element
     seed_pair = tf.stack([element_seed, tf.constant(0, tf.int64)])
@@ -269,7 +288,8 @@ def dynamic_binarization(dataset: tf.data.Dataset, *, seed: int) -> tf.data.Data
 
   seeds = tf.data.Dataset.random(seed=seed)
   return tf.data.Dataset.zip((seeds, dataset)).map(
-      lambda s, e: binarize(s, e), num_parallel_calls=tf.data.AUTOTUNE)
+    lambda s, e: binarize(s, e), num_parallel_calls=tf.data.AUTOTUNE
+  )
 
 
 def binarize_once(images: np.ndarray, *, seed: int) -> np.ndarray:

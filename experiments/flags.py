@@ -11,57 +11,113 @@ import math
 import os
 import shlex
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 
 from evaluation.networks import WeightsUnavailableError
-from experiments import data
-from experiments import harness
+from experiments import data, harness
 
 if TYPE_CHECKING:  # for the annotations only (TensorFlow is imported by harness)
   import tensorflow as tf
 
-flags.DEFINE_string("logdir", None, "Directory for checkpoints, TensorBoard logs, samples and the "
-                    "JSON results row. A run that finds checkpoints here resumes from the latest. "
-                    "Default: runs/<script>/<settings>.")
-flags.DEFINE_string("data_dir", None, "Folder with the standard data files (see README, 'Data'); "
-                    f"default ${data.DATA_DIR_ENV}, else tfds / download (needs a network).")
-flags.DEFINE_integer("seed", 0, "Random seed: weight init, data order, binarization, sampling.",
-                     lower_bound=0)
-flags.DEFINE_integer("batch_size", None, "Global batch size (split over replicas). "
-                     "Default: the preset's.", lower_bound=1)
-flags.DEFINE_integer("epochs", None, "Number of training epochs (schedules are laid out over them). "
-                     "Default: the preset's.", lower_bound=1)
-flags.DEFINE_integer("max_steps", None, "Stop after this many optimizer steps (smoke runs); the "
-                     "schedules still assume --epochs. A smoke run writes its results pages under "
-                     "<logdir>/results unless --results_dir is given.", lower_bound=1)
-flags.DEFINE_string("results_dir", None, "Folder for results pages (Markdown) and their PNGs. "
-                    "Default: results/ for full runs; <logdir>/results for --max_steps smoke runs, "
-                    "so a smoke run never rewrites the committed results.")
-flags.DEFINE_bool("deterministic", False, "Deterministic kernels "
-                  "(tf.config.experimental.enable_op_determinism) and seeded Python/NumPy/TF: two runs "
-                  "with the same flags, and an interrupted-and-resumed run, end bit-identical. Slower.")
-flags.DEFINE_enum("preset", "quick", ["quick", "paper"], "'quick' fits a CPU in minutes; 'paper' is "
-                  "the published configuration.")
-flags.DEFINE_enum("strategy", "default", list(harness.STRATEGIES), "tf.distribute strategy: default "
-                  "(one device), mirrored (all local GPUs), multi_worker (reads TF_CONFIG).")
-flags.DEFINE_enum("precision", "float32", list(harness.PRECISIONS), "Keras mixed-precision policy; "
-                  "losses, softmax and normalisation statistics stay float32.")
+flags.DEFINE_string(
+  "logdir",
+  None,
+  "Directory for checkpoints, TensorBoard logs, samples and the "
+  "JSON results row. A run that finds checkpoints here resumes from the latest. "
+  "Default: runs/<script>/<settings>.",
+)
+flags.DEFINE_string(
+  "data_dir",
+  None,
+  "Folder with the standard data files (see README, 'Data'); "
+  f"default ${data.DATA_DIR_ENV}, else tfds / download (needs a network).",
+)
+flags.DEFINE_integer(
+  "seed", 0, "Random seed: weight init, data order, binarization, sampling.", lower_bound=0
+)
+flags.DEFINE_integer(
+  "batch_size",
+  None,
+  "Global batch size (split over replicas). Default: the preset's.",
+  lower_bound=1,
+)
+flags.DEFINE_integer(
+  "epochs",
+  None,
+  "Number of training epochs (schedules are laid out over them). Default: the preset's.",
+  lower_bound=1,
+)
+flags.DEFINE_integer(
+  "max_steps",
+  None,
+  "Stop after this many optimizer steps (smoke runs); the "
+  "schedules still assume --epochs. A smoke run writes its results pages under "
+  "<logdir>/results unless --results_dir is given.",
+  lower_bound=1,
+)
+flags.DEFINE_string(
+  "results_dir",
+  None,
+  "Folder for results pages (Markdown) and their PNGs. "
+  "Default: results/ for full runs; <logdir>/results for --max_steps smoke runs, "
+  "so a smoke run never rewrites the committed results.",
+)
+flags.DEFINE_bool(
+  "deterministic",
+  False,
+  "Deterministic kernels "
+  "(tf.config.experimental.enable_op_determinism) and seeded Python/NumPy/TF: two runs "
+  "with the same flags, and an interrupted-and-resumed run, end bit-identical. Slower.",
+)
+flags.DEFINE_enum(
+  "preset",
+  "quick",
+  ["quick", "paper"],
+  "'quick' fits a CPU in minutes; 'paper' is the published configuration.",
+)
+flags.DEFINE_enum(
+  "strategy",
+  "default",
+  list(harness.STRATEGIES),
+  "tf.distribute strategy: default "
+  "(one device), mirrored (all local GPUs), multi_worker (reads TF_CONFIG).",
+)
+flags.DEFINE_enum(
+  "precision",
+  "float32",
+  list(harness.PRECISIONS),
+  "Keras mixed-precision policy; losses, softmax and normalisation statistics stay float32.",
+)
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
-flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard scalars, progress-bar updates and "
-                     "NaN checks.", lower_bound=1)
-flags.DEFINE_bool("allow_tf32", True, "Allow TensorFloat-32 matmuls/convolutions on Ampere+ GPUs "
-                  "during training (faster, ~1e-3 relative error; no effect on CPUs). Evaluation "
-                  "metrics always run in exact float32.")
+flags.DEFINE_integer(
+  "log_every",
+  50,
+  "Steps between TensorBoard scalars, progress-bar updates and NaN checks.",
+  lower_bound=1,
+)
+flags.DEFINE_bool(
+  "allow_tf32",
+  True,
+  "Allow TensorFloat-32 matmuls/convolutions on Ampere+ GPUs "
+  "during training (faster, ~1e-3 relative error; no effect on CPUs). Evaluation "
+  "metrics always run in exact float32.",
+)
 
 FLAGS = flags.FLAGS
 
 # Errors that mean "bad input or bad state", reported as one line and exit code 2.
-USER_ERRORS = (data.DataError, harness.NonFiniteLossError, WeightsUnavailableError, ValueError,
-               FileNotFoundError, NotADirectoryError, IsADirectoryError)
+USER_ERRORS = (
+  data.DataError,
+  harness.NonFiniteLossError,
+  WeightsUnavailableError,
+  ValueError,
+  FileNotFoundError,
+  NotADirectoryError,
+  IsADirectoryError,
+)
 
 
 def command_line() -> str:
@@ -94,11 +150,15 @@ def flag_or(name: str, preset_value: Any) -> Any:
   return preset_value if value is None else value
 
 
-def setup_runtime() -> "tf.distribute.Strategy":
+def setup_runtime() -> tf.distribute.Strategy:
   """`harness.setup_runtime` from the common flags (strategy, precision, determinism, TF32)."""
-  return harness.setup_runtime(strategy=FLAGS.strategy, precision=FLAGS.precision,
-                               deterministic=FLAGS.deterministic, seed=FLAGS.seed,
-                               allow_tf32=FLAGS.allow_tf32)
+  return harness.setup_runtime(
+    strategy=FLAGS.strategy,
+    precision=FLAGS.precision,
+    deterministic=FLAGS.deterministic,
+    seed=FLAGS.seed,
+    allow_tf32=FLAGS.allow_tf32,
+  )
 
 
 def is_smoke_run() -> bool:
@@ -124,20 +184,27 @@ def results_file(flag_name: str, *, logdir: str) -> str:
   return os.path.join(results_dir(logdir), os.path.basename(FLAGS[flag_name].value))
 
 
-def train_config(*, logdir: str, batch_size: int, epochs: int,
-                 hparams: Mapping[str, Any] | None = None, **overrides) -> harness.TrainConfig:
+def train_config(
+  *,
+  logdir: str,
+  batch_size: int,
+  epochs: int,
+  hparams: Mapping[str, Any] | None = None,
+  **overrides,
+) -> harness.TrainConfig:
   """A `TrainConfig` from the common flags; the preset supplies batch size and epochs defaults."""
   return harness.TrainConfig(
-      logdir=FLAGS.logdir or logdir,
-      batch_size=flag_or("batch_size", batch_size),
-      epochs=flag_or("epochs", epochs),
-      max_steps=FLAGS.max_steps,
-      seed=FLAGS.seed,
-      jit_compile=FLAGS.jit_compile,
-      log_every=FLAGS.log_every,
-      progress=sys.stderr.isatty() or not os.environ.get("CI"),
-      hparams=dict(hparams or {}),
-      **overrides)
+    logdir=FLAGS.logdir or logdir,
+    batch_size=flag_or("batch_size", batch_size),
+    epochs=flag_or("epochs", epochs),
+    max_steps=FLAGS.max_steps,
+    seed=FLAGS.seed,
+    jit_compile=FLAGS.jit_compile,
+    log_every=FLAGS.log_every,
+    progress=sys.stderr.isatty() or not os.environ.get("CI"),
+    hparams=dict(hparams or {}),
+    **overrides,
+  )
 
 
 def _check_numeric_flags():
@@ -155,11 +222,13 @@ def _check_numeric_flags():
     raise ValueError(f"--logdir {FLAGS.logdir} is a file, not a directory")
 
 
-def report_worker_lost(error: "harness.WorkerLost", command: str | None = None) -> int:
+def report_worker_lost(error: harness.WorkerLost, command: str | None = None) -> int:
   """Prints the one line of a lost multi-worker peer (with the command that resumes the run);
   returns the exit code, `harness.EXIT_WORKER_LOST`."""
-  print(f"error: {error}; to resume, restart every worker with: {command or command_line()}",
-        file=sys.stderr)
+  print(
+    f"error: {error}; to resume, restart every worker with: {command or command_line()}",
+    file=sys.stderr,
+  )
   return harness.EXIT_WORKER_LOST
 
 
@@ -190,6 +259,7 @@ def run(main: Callable[[list[str]], Any]):
   naming it and the command to restart on every worker, and exits with 75
   (`harness.EXIT_WORKER_LOST`).
   """
+
   def wrapped(argv):
     if not FLAGS["verbosity"].present:  # absl defaults to INFO: keep TF's info chatter off stderr
       logging.set_verbosity(logging.WARNING)
@@ -204,4 +274,5 @@ def run(main: Callable[[list[str]], Any]):
     except USER_ERRORS as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
+
   app.run(wrapped, flags_parser=_parse_flags)

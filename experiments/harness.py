@@ -60,7 +60,8 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import keras
 import numpy as np
@@ -73,7 +74,7 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 # Keras' LossScaleOptimizer defaults.
-INITIAL_LOSS_SCALE = 2.0 ** 15
+INITIAL_LOSS_SCALE = 2.0**15
 LOSS_SCALE_GROWTH_STEPS = 2000
 
 
@@ -88,13 +89,13 @@ Preempted = preemption.Preempted
 # `CRASH_POINTS`, docs/harness.md "Crash points"), as a power cut or the OOM killer would.
 CRASH_ENV = "GENMODELS_CRASH_AT"
 CRASH_POINTS = (
-    "step",                   # an update applied in memory, nothing else done for it
-    "epoch_end_fn",           # the epoch-end hook ran (its random draws), no early-stopping update
-    "best_checkpoint_files",  # best/ checkpoint files written, best/checkpoint not yet naming them
-    "best_checkpoint",        # best/ checkpoint recorded, the regular checkpoint not yet written
-    "checkpoint_files",       # checkpoint files written, checkpoints/checkpoint not yet naming them
-    "checkpoint",             # checkpoint recorded, status.json not yet rewritten
-    "status",                 # status.json rewritten: the save is complete
+  "step",  # an update applied in memory, nothing else done for it
+  "epoch_end_fn",  # the epoch-end hook ran (its random draws), no early-stopping update
+  "best_checkpoint_files",  # best/ checkpoint files written, best/checkpoint not yet naming them
+  "best_checkpoint",  # best/ checkpoint recorded, the regular checkpoint not yet written
+  "checkpoint_files",  # checkpoint files written, checkpoints/checkpoint not yet naming them
+  "checkpoint",  # checkpoint recorded, status.json not yet rewritten
+  "status",  # status.json rewritten: the save is complete
 )
 
 
@@ -130,6 +131,7 @@ class LossOutput:
   regularizer: scalar added once to the global loss (weight decay, spectral terms, ...).
   metrics: scalars to log (means over the shard); averaged over replicas.
   """
+
   per_example: tf.Tensor
   regularizer: tf.Tensor | float = 0.0
   metrics: Mapping[str, tf.Tensor] = dataclasses.field(default_factory=dict)
@@ -138,8 +140,9 @@ class LossOutput:
 @dataclasses.dataclass(frozen=True)
 class StepContext:
   """Schedule position handed to the loss function (tensors inside the compiled step)."""
-  step: tf.Tensor          # int64, number of updates done before this one
-  epoch: tf.Tensor         # int64, 0-based epoch of this step
+
+  step: tf.Tensor  # int64, number of updates done before this one
+  epoch: tf.Tensor  # int64, 0-based epoch of this step
   steps_per_epoch: int
   total_steps: int
   total_epochs: int
@@ -150,18 +153,21 @@ class StepContext:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Settings of one training run (experiments build it from the common flags)."""
+
   logdir: str
-  batch_size: int                 # global batch, split over replicas
+  batch_size: int  # global batch, split over replicas
   epochs: int
-  max_steps: int | None = None    # stop after this many updates (smoke runs); schedules still use epochs
+  max_steps: int | None = (
+    None  # stop after this many updates (smoke runs); schedules still use epochs
+  )
   seed: int = 0
   jit_compile: bool = False
-  log_every: int = 50             # steps between TensorBoard scalars / progress-bar updates / NaN checks
+  log_every: int = 50  # steps between TensorBoard scalars / progress-bar updates / NaN checks
   checkpoint_every: int | None = None  # steps; None = at the end of every epoch
   keep_checkpoints: int = 3
   early_stopping_metric: str | None = None  # a key returned by `epoch_end_fn`, lower is better
   early_stopping_patience: int | None = None  # stop once MORE than this many epochs did not improve
-  early_stopping_start_epoch: int = 0       # epochs before this do not count (e.g. KL warm-up)
+  early_stopping_start_epoch: int = 0  # epochs before this do not count (e.g. KL warm-up)
   progress: bool = True
   hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -170,7 +176,9 @@ class TrainConfig:
       check_positive(name, getattr(self, name))
     for name in ("max_steps", "checkpoint_every", "early_stopping_patience"):
       if getattr(self, name) is not None:
-        check_positive(name, getattr(self, name), minimum=0 if name == "early_stopping_patience" else 1)
+        check_positive(
+          name, getattr(self, name), minimum=0 if name == "early_stopping_patience" else 1
+        )
     if self.seed < 0:
       raise ValueError(f"--seed must be >= 0, got {self.seed}")
     if not self.logdir:
@@ -185,9 +193,14 @@ def check_positive(name: str, value, *, minimum: int = 1):
     raise ValueError(f"--{name} must be >= {minimum}, got {value}")
 
 
-def setup_runtime(*, strategy: str = "default", precision: str = "float32",
-                  deterministic: bool = False, seed: int | None = None,
-                  allow_tf32: bool = True) -> tf.distribute.Strategy:
+def setup_runtime(
+  *,
+  strategy: str = "default",
+  precision: str = "float32",
+  deterministic: bool = False,
+  seed: int | None = None,
+  allow_tf32: bool = True,
+) -> tf.distribute.Strategy:
   """Sets the Keras mixed-precision policy, determinism and TF32; returns the strategy.
 
   `multi_worker` reads the cluster from TF_CONFIG. `deterministic` turns on
@@ -220,9 +233,15 @@ def code_commit() -> str | None:
   process (a `Trainer` reads it when built), so a checkout updated under a long run does not
   relabel the code that run has loaded."""
   import subprocess
+
   try:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(__file__),
-                         capture_output=True, text=True, timeout=10)
+    out = subprocess.run(
+      ["git", "rev-parse", "--short", "HEAD"],
+      cwd=os.path.dirname(__file__),
+      capture_output=True,
+      text=True,
+      timeout=10,
+    )
   except (OSError, subprocess.SubprocessError):
     return None
   return out.stdout.strip() or None if out.returncode == 0 else None
@@ -250,8 +269,9 @@ def _cluster(strategy) -> dict:
   return resolver.cluster_spec().as_dict() if resolver is not None else {}
 
 
-def lost_peer(error: Exception, cluster: Mapping[str, list] | None = None, *,
-              own: tuple[str, int] | None = None) -> str:
+def lost_peer(
+  error: Exception, cluster: Mapping[str, list] | None = None, *, own: tuple[str, int] | None = None
+) -> str:
   """The worker a collective error names as gone, e.g. "worker 1 (127.0.0.1:4242)".
 
   TensorFlow's coordination service reports "The following tasks are unhealthy (stopped sending
@@ -259,6 +279,7 @@ def lost_peer(error: Exception, cluster: Mapping[str, list] | None = None, *,
   "Error reported from /job:worker/task:1" or only as an address. `own` (job, index) is skipped.
   """
   import re
+
   text = str(getattr(error, "message", None) or error)
   tail = text.split("unhealthy", 1)[1] if "unhealthy" in text else text
   for job, index in re.findall(r"/job:(\w+)(?:/replica:\d+)?/task:(\d+)", tail):
@@ -280,12 +301,19 @@ class _LossScale:
   def __init__(self, enabled: bool):
     self.enabled = enabled
     agg = tf.VariableAggregation.ONLY_FIRST_REPLICA
-    self.scale = tf.Variable(INITIAL_LOSS_SCALE if enabled else 1.0, dtype=tf.float32,
-                             trainable=False, name="loss_scale", aggregation=agg)
-    self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="loss_scale_good_steps",
-                                  aggregation=agg)
-    self.overflow_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="overflow_steps",
-                                      aggregation=agg)
+    self.scale = tf.Variable(
+      INITIAL_LOSS_SCALE if enabled else 1.0,
+      dtype=tf.float32,
+      trainable=False,
+      name="loss_scale",
+      aggregation=agg,
+    )
+    self.good_steps = tf.Variable(
+      0, dtype=tf.int64, trainable=False, name="loss_scale_good_steps", aggregation=agg
+    )
+    self.overflow_steps = tf.Variable(
+      0, dtype=tf.int64, trainable=False, name="overflow_steps", aggregation=agg
+    )
 
   def after_finite_step(self):
     if not self.enabled:
@@ -306,8 +334,10 @@ def _disable_optimizer_all_reduce(optimizer: keras.optimizers.Optimizer):
   if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
     raise ValueError("pass the plain optimizer: the Trainer does float16 loss scaling itself")
   if not hasattr(optimizer, "_all_reduce_sum_gradients"):
-    raise RuntimeError(f"{type(optimizer).__name__} has no _all_reduce_sum_gradients: this Keras "
-                       "version aggregates gradients differently; update experiments/harness.py")
+    raise RuntimeError(
+      f"{type(optimizer).__name__} has no _all_reduce_sum_gradients: this Keras "
+      "version aggregates gradients differently; update experiments/harness.py"
+    )
   optimizer._all_reduce_sum_gradients = lambda grads_and_vars: grads_and_vars
 
 
@@ -331,13 +361,19 @@ class Trainer:
       unscaled) gradient, in replica context (identical on every replica).
   """
 
-  def __init__(self, *, config: TrainConfig, strategy: tf.distribute.Strategy, model: keras.Model,
-               optimizer: keras.optimizers.Optimizer,
-               loss_fn: Callable[[keras.Model, Any, StepContext], LossOutput],
-               train_data: tf.data.Dataset,
-               epoch_transform: Callable[[tf.data.Dataset, int], tf.data.Dataset] | None = None,
-               epoch_end_fn: Callable[[keras.Model, int], Mapping[str, float]] | None = None,
-               grad_transform: Callable[[list, list], list] | None = None):
+  def __init__(
+    self,
+    *,
+    config: TrainConfig,
+    strategy: tf.distribute.Strategy,
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    loss_fn: Callable[[keras.Model, Any, StepContext], LossOutput],
+    train_data: tf.data.Dataset,
+    epoch_transform: Callable[[tf.data.Dataset, int], tf.data.Dataset] | None = None,
+    epoch_end_fn: Callable[[keras.Model, int], Mapping[str, float]] | None = None,
+    grad_transform: Callable[[list, list], list] | None = None,
+  ):
     self.config = config
     self.strategy = strategy
     self.model = model
@@ -350,14 +386,17 @@ class Trainer:
     self.num_replicas = strategy.num_replicas_in_sync
     self.is_chief = is_chief(strategy)
     if config.batch_size % self.num_replicas:
-      raise ValueError(f"global batch {config.batch_size} is not divisible by "
-                       f"{self.num_replicas} replicas")
+      raise ValueError(
+        f"global batch {config.batch_size} is not divisible by {self.num_replicas} replicas"
+      )
     num_train = int(train_data.cardinality())
     if num_train < 0:
       num_train = sum(1 for _ in train_data)
     self.steps_per_epoch = num_train // config.batch_size
     if self.steps_per_epoch == 0:
-      raise ValueError(f"{num_train} training examples are fewer than one batch of {config.batch_size}")
+      raise ValueError(
+        f"{num_train} training examples are fewer than one batch of {config.batch_size}"
+      )
     self.total_steps = self.steps_per_epoch * config.epochs
     self.stop_step = min(self.total_steps, config.max_steps or self.total_steps)
     self.float16 = keras.mixed_precision.global_policy().name == "mixed_float16"
@@ -376,28 +415,46 @@ class Trainer:
     # but not in TF's object graph: checkpoint that ordered list explicitly (its order is fixed
     # by the model's code, unlike the auto-generated layer names in variable paths).
     self.checkpoint = tf.train.Checkpoint(
-        model=model, model_variables=[v.value for v in model.variables], optimizer=optimizer,
-        step=self.step, best_metric=self.best_metric, bad_epochs=self.bad_epochs,
-        best_step=self.best_step, train_seconds=self.train_seconds, loss_scale=self.loss_scale.scale, loss_scale_good_steps=self.loss_scale.good_steps,
-        overflow_steps=self.loss_scale.overflow_steps)
+      model=model,
+      model_variables=[v.value for v in model.variables],
+      optimizer=optimizer,
+      step=self.step,
+      best_metric=self.best_metric,
+      bad_epochs=self.bad_epochs,
+      best_step=self.best_step,
+      train_seconds=self.train_seconds,
+      loss_scale=self.loss_scale.scale,
+      loss_scale_good_steps=self.loss_scale.good_steps,
+      overflow_steps=self.loss_scale.overflow_steps,
+    )
     # Every worker saves (saving may run collectives); only the chief's copy is the run's.
-    own_dir = config.logdir if self.is_chief else os.path.join(
-        config.logdir, f".worker-{_worker_id(strategy)}")
+    own_dir = (
+      config.logdir
+      if self.is_chief
+      else os.path.join(config.logdir, f".worker-{_worker_id(strategy)}")
+    )
     self.manager = tf.train.CheckpointManager(
-        self.checkpoint, os.path.join(own_dir, "checkpoints"), config.keep_checkpoints)
+      self.checkpoint, os.path.join(own_dir, "checkpoints"), config.keep_checkpoints
+    )
     # The weights alone (no optimizer slots, no counters): what is evaluated and kept of a run.
     # best/ (early stopping) holds them, and final/ those of a finished run (`write_final`).
-    self.weights = tf.train.Checkpoint(model=model,
-                                       model_variables=[v.value for v in model.variables])
+    self.weights = tf.train.Checkpoint(
+      model=model, model_variables=[v.value for v in model.variables]
+    )
     self.best_manager = tf.train.CheckpointManager(
-        self.weights, os.path.join(own_dir, BEST_DIR), max_to_keep=1)
+      self.weights, os.path.join(own_dir, BEST_DIR), max_to_keep=1
+    )
     self.final_manager = tf.train.CheckpointManager(
-        self.weights, os.path.join(own_dir, FINAL_DIR), max_to_keep=1)
+      self.weights, os.path.join(own_dir, FINAL_DIR), max_to_keep=1
+    )
     self._restore_dir = os.path.join(config.logdir, "checkpoints")
     self._best_dir = os.path.join(config.logdir, BEST_DIR)
     self._final_dir = os.path.join(config.logdir, FINAL_DIR)
-    self.writer = (tf.summary.create_file_writer(config.logdir) if self.is_chief
-                   else tf.summary.create_noop_writer())
+    self.writer = (
+      tf.summary.create_file_writer(config.logdir)
+      if self.is_chief
+      else tf.summary.create_noop_writer()
+    )
     self._train_step = self._make_train_step()
 
   # --------------------------------------------------------------------------- compiled step
@@ -407,9 +464,15 @@ class Trainer:
     variables = model.trainable_variables
 
     def replica_step(batch, step, epoch, scale):
-      ctx = StepContext(step=step, epoch=epoch, steps_per_epoch=self.steps_per_epoch,
-                        total_steps=self.total_steps, total_epochs=cfg.epochs,
-                        global_batch_size=cfg.batch_size, num_replicas=self.num_replicas)
+      ctx = StepContext(
+        step=step,
+        epoch=epoch,
+        steps_per_epoch=self.steps_per_epoch,
+        total_steps=self.total_steps,
+        total_epochs=cfg.epochs,
+        global_batch_size=cfg.batch_size,
+        num_replicas=self.num_replicas,
+      )
       with tf.GradientTape() as tape:
         out = self.loss_fn(model, batch, ctx)
         per_example = tf.cast(out.per_example, tf.float32)
@@ -417,7 +480,9 @@ class Trainer:
         loss = tf.reduce_sum(per_example) / cfg.batch_size + regularizer / self.num_replicas
         scaled = loss * scale if self.float16 else loss
       grads = tape.gradient(scaled, variables)
-      grads = [tf.zeros_like(v) if g is None else tf.cast(g, v.dtype) for g, v in zip(grads, variables)]
+      grads = [
+        tf.zeros_like(v) if g is None else tf.cast(g, v.dtype) for g, v in zip(grads, variables)
+      ]
       replica_ctx = tf.distribute.get_replica_context()
       if self.num_replicas > 1:  # the one cross-replica sum (see module docstring)
         grads = replica_ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
@@ -431,7 +496,9 @@ class Trainer:
       if self.grad_transform is not None:
         grads = self.grad_transform(grads, variables)
       metrics = {k: tf.cast(v, tf.float32) for k, v in out.metrics.items()}
-      metrics = {k: replica_ctx.all_reduce(tf.distribute.ReduceOp.MEAN, v) for k, v in metrics.items()}
+      metrics = {
+        k: replica_ctx.all_reduce(tf.distribute.ReduceOp.MEAN, v) for k, v in metrics.items()
+      }
       metrics["loss"] = total_loss
       metrics["grad_norm"] = grad_norm
       return grads, finite, metrics
@@ -497,8 +564,11 @@ class Trainer:
     if named is not None and tf.io.gfile.exists(named + ".index"):  # else: e.g. carried without it
       newer = [p for p in paths if _checkpoint_number(p) > _checkpoint_number(named)]
       if newer:
-        print(f"note: {', '.join(newer)} not used: written by a save that did not finish "
-              f"(status.json names {named})", file=sys.stderr)
+        print(
+          f"note: {', '.join(newer)} not used: written by a save that did not finish "
+          f"(status.json names {named})",
+          file=sys.stderr,
+        )
       paths = [p for p in paths if _checkpoint_number(p) < _checkpoint_number(named)] + [named]
     if not paths:
       return self._restore_finished()
@@ -509,7 +579,9 @@ class Trainer:
       try:
         self._restore(path)
       except _DamagedCheckpoint as e:
-        print(f"warning: checkpoint {path} is damaged ({e}); trying the previous one", file=sys.stderr)
+        print(
+          f"warning: checkpoint {path} is damaged ({e}); trying the previous one", file=sys.stderr
+        )
         continue
       print(f"Resumed from {path} at step {int(self.step.numpy())}", file=sys.stderr)
       return int(self.step.numpy())
@@ -523,8 +595,9 @@ class Trainer:
     records, so that `fit` has nothing to do and the run is evaluated as it ended. Returns the step
     (0 when the folder holds no such run)."""
     status = results.read_status(self.config.logdir) or {}
-    weights = (tf.train.latest_checkpoint(self._final_dir)
-               or tf.train.latest_checkpoint(self._best_dir))
+    weights = tf.train.latest_checkpoint(self._final_dir) or tf.train.latest_checkpoint(
+      self._best_dir
+    )
     if not (weights and (status.get("finished") or status.get("stopped_early"))):
       return 0
     self.weights.restore(weights).expect_partial()
@@ -536,8 +609,11 @@ class Trainer:
     if status.get("stopped_early") and self.config.early_stopping_patience is not None:
       self.bad_epochs.assign(self.config.early_stopping_patience + 1)
     self.train_seconds.assign(float(status.get("train_seconds") or 0.0))
-    print(f"Restored the finished run's weights from {weights} (step {int(status['step'])}; no "
-          "optimizer state: nothing left to train)", file=sys.stderr)
+    print(
+      f"Restored the finished run's weights from {weights} (step {int(status['step'])}; no "
+      "optimizer state: nothing left to train)",
+      file=sys.stderr,
+    )
     return int(self.step.numpy())
 
   def write_final(self) -> str | None:
@@ -568,8 +644,10 @@ class Trainer:
     try:
       self.checkpoint.restore(path).assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as e:
-      raise ValueError(f"checkpoint {path} does not match this model/optimizer (was --logdir "
-                       f"used by another configuration?): {str(e).splitlines()[0][:300]}") from e
+      raise ValueError(
+        f"checkpoint {path} does not match this model/optimizer (was --logdir "
+        f"used by another configuration?): {str(e).splitlines()[0][:300]}"
+      ) from e
 
   def restore_best(self) -> str | None:
     """Loads the weights of the best checkpoint (early stopping) if one was written; returns its
@@ -580,8 +658,9 @@ class Trainer:
       try:
         self.weights.restore(path).expect_partial().assert_existing_objects_matched()
       except (AssertionError, ValueError, tf.errors.OpError) as e:
-        raise ValueError(f"checkpoint {path} does not match this model: "
-                         f"{str(e).splitlines()[0][:300]}") from e
+        raise ValueError(
+          f"checkpoint {path} does not match this model: {str(e).splitlines()[0][:300]}"
+        ) from e
     return path
 
   def _check_finite_weights(self, step: int):
@@ -590,8 +669,9 @@ class Trainer:
     if not bool(finite):
       bad = [v.path for v in values if not np.all(np.isfinite(v.value.numpy()))]
       raise NonFiniteLossError(
-          f"non-finite weights at step {step} ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
-          f"not saved; last good checkpoint kept: {self.manager.latest_checkpoint or 'none written yet'}")
+        f"non-finite weights at step {step} ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
+        f"not saved; last good checkpoint kept: {self.manager.latest_checkpoint or 'none written yet'}"
+      )
 
   def elapsed_train_seconds(self) -> float:
     """Training seconds so far: the checkpointed `train_seconds` (which spans resumed invocations)
@@ -614,7 +694,8 @@ class Trainer:
     kind = "best_checkpoint" if manager is self.best_manager else "checkpoint"
     # The manager records the checkpoint (its `checkpoint` file) in a write callback: ours runs first.
     options = tf.train.CheckpointOptions(
-        experimental_write_callbacks=[lambda *_: crash_point(f"{kind}_files", step)])
+      experimental_write_callbacks=[lambda *_: crash_point(f"{kind}_files", step)]
+    )
     path = (manager or self.manager).save(checkpoint_number=step, options=options)
     crash_point(kind, step)
     if kind == "checkpoint":
@@ -626,14 +707,25 @@ class Trainer:
     """`logdir/status.json`: how far the run got (for results pages of long, resumed runs), and
     the checkpoint a rerun resumes from (`restore`): written last, by rename, after an fsync."""
     status = dict(
-        step=step, epoch=step / self.steps_per_epoch, steps_per_epoch=self.steps_per_epoch,
-        total_steps=self.total_steps, total_epochs=self.config.epochs,
-        finished=step >= self.total_steps, train_seconds=float(self.train_seconds.numpy()),
-        best_metric=(float(self.best_metric.numpy())
-                     if math.isfinite(float(self.best_metric.numpy())) else None),
-        best_epoch=(int(self.best_step.numpy()) // self.steps_per_epoch
-                    if self.config.early_stopping_metric else None),
-        cpu=host.cpu_model(), updated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), **extra)
+      step=step,
+      epoch=step / self.steps_per_epoch,
+      steps_per_epoch=self.steps_per_epoch,
+      total_steps=self.total_steps,
+      total_epochs=self.config.epochs,
+      finished=step >= self.total_steps,
+      train_seconds=float(self.train_seconds.numpy()),
+      best_metric=(
+        float(self.best_metric.numpy()) if math.isfinite(float(self.best_metric.numpy())) else None
+      ),
+      best_epoch=(
+        int(self.best_step.numpy()) // self.steps_per_epoch
+        if self.config.early_stopping_metric
+        else None
+      ),
+      cpu=host.cpu_model(),
+      updated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+      **extra,
+    )
     status.setdefault("checkpoint", self.manager.latest_checkpoint)
     path = os.path.join(self.config.logdir, results.STATUS_FILE)
     earlier = {}
@@ -655,8 +747,11 @@ class Trainer:
 
   def _log_hparams(self):
     from tensorboard.plugins.hparams import api as hp
-    values = {k: (v if isinstance(v, (bool, int, float, str)) else str(v))
-              for k, v in dict(self.config.hparams).items()}
+
+    values = {
+      k: (v if isinstance(v, (bool, int, float, str)) else str(v))
+      for k, v in dict(self.config.hparams).items()
+    }
     if values and self.is_chief:
       with self.writer.as_default():
         hp.hparams(values)
@@ -681,9 +776,10 @@ class Trainer:
       resolver = self.strategy.cluster_resolver
       peer = lost_peer(e, cluster, own=(resolver.task_type, int(resolver.task_id or 0)))
       raise WorkerLost(
-          f"lost {peer} of the multi-worker cluster at step {int(self.step.numpy())}; newest "
-          f"checkpoint: {self._manifest_checkpoint() or 'none written yet'}",
-          peer) from None
+        f"lost {peer} of the multi-worker cluster at step {int(self.step.numpy())}; newest "
+        f"checkpoint: {self._manifest_checkpoint() or 'none written yet'}",
+        peer,
+      ) from None
 
   def _fit(self) -> dict[str, float]:
     cfg = self.config
@@ -692,22 +788,29 @@ class Trainer:
     if start == 0:
       self._log_hparams()
     if start >= self.stop_step:
-      print(f"Nothing to do: step {start} already reached the target {self.stop_step}", file=sys.stderr)
+      print(
+        f"Nothing to do: step {start} already reached the target {self.stop_step}", file=sys.stderr
+      )
       self.write_final()  # a run finished before final/ was written
       return {}
     if self.stopped_early():
-      print(f"Nothing to do: the run stopped early at step {start} (no improvement of "
-            f"{cfg.early_stopping_metric} for more than {cfg.early_stopping_patience} epochs)",
-            file=sys.stderr)
+      print(
+        f"Nothing to do: the run stopped early at step {start} (no improvement of "
+        f"{cfg.early_stopping_metric} for more than {cfg.early_stopping_patience} epochs)",
+        file=sys.stderr,
+      )
       return {}
-    progbar = keras.utils.Progbar(self.stop_step - start, verbose=1 if cfg.progress else 0,
-                                  unit_name="step")
+    progbar = keras.utils.Progbar(
+      self.stop_step - start, verbose=1 if cfg.progress else 0, unit_name="step"
+    )
     last = {}
     window, window_start, window_time = [], start, time.perf_counter()
     step = start
     stopped_early = False
     self._clock = time.perf_counter()  # elapsed_train_seconds() counts from here
-    with preemption.deferred_signals() as stop_request:  # checkpoint and stop after the current step
+    with (
+      preemption.deferred_signals() as stop_request
+    ):  # checkpoint and stop after the current step
       while step < self.stop_step and not stopped_early:
         epoch = step // self.steps_per_epoch
         for batch in self.epoch_dataset(epoch, skip=step % self.steps_per_epoch):
@@ -715,23 +818,37 @@ class Trainer:
           step += 1
           crash_point("step", step)
           at_epoch_end = step % self.steps_per_epoch == 0
-          at_checkpoint = (step % cfg.checkpoint_every == 0) if cfg.checkpoint_every else at_epoch_end
+          at_checkpoint = (
+            (step % cfg.checkpoint_every == 0) if cfg.checkpoint_every else at_epoch_end
+          )
           preempted = stop_request.signum is not None
-          if (step % cfg.log_every == 0 or at_checkpoint or at_epoch_end or step == self.stop_step
-              or preempted):
+          if (
+            step % cfg.log_every == 0
+            or at_checkpoint
+            or at_epoch_end
+            or step == self.stop_step
+            or preempted
+          ):
             last = self._flush(window, step, window_start, window_time)
             progbar.update(step - start, [(k, last[k]) for k in ("loss", "examples_per_s")])
             window, window_start, window_time = [], step, time.perf_counter()
           if at_epoch_end:  # before the checkpoint: the hook's random draws are part of the state
             stopped_early = self._end_epoch(epoch, step)
-          if at_checkpoint or step == self.stop_step or stopped_early or preempted or (
-              at_epoch_end and cfg.early_stopping_metric is not None):
+          if (
+            at_checkpoint
+            or step == self.stop_step
+            or stopped_early
+            or preempted
+            or (at_epoch_end and cfg.early_stopping_metric is not None)
+          ):
             self._save(step)
           if preempted:
             self.writer.flush()
-            raise Preempted(f"preempted by {stop_request.name} at step {step}: checkpoint written "
-                            f"to {self.manager.latest_checkpoint}; rerun the same command to resume",
-                            stop_request.signum)
+            raise Preempted(
+              f"preempted by {stop_request.name} at step {step}: checkpoint written "
+              f"to {self.manager.latest_checkpoint}; rerun the same command to resume",
+              stop_request.signum,
+            )
           if step >= self.stop_step or stopped_early:
             break
     if stopped_early and self.is_chief:
@@ -752,16 +869,23 @@ class Trainer:
       value = values["loss" if what == "loss" else "grad_norm"][bad][0]
       kept = self.manager.latest_checkpoint or "none written yet"
       raise NonFiniteLossError(
-          f"non-finite {what} ({value}) at step {first_bad}; the step was not applied and training "
-          f"stopped; last good checkpoint kept: {kept}")
+        f"non-finite {what} ({value}) at step {first_bad}; the step was not applied and training "
+        f"stopped; last good checkpoint kept: {kept}"
+      )
     if self.float16 and float(values["loss_scale"][-1]) < 1.0:
-      raise NonFiniteLossError(f"float16 gradients overflow even at loss scale "
-                               f"{values['loss_scale'][-1]} (step {step}); try mixed_bfloat16")
+      raise NonFiniteLossError(
+        f"float16 gradients overflow even at loss scale "
+        f"{values['loss_scale'][-1]} (step {step}); try mixed_bfloat16"
+      )
     elapsed = max(time.perf_counter() - window_time, 1e-9)
-    means = {k: float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
-             for k, v in values.items()}
+    means = {
+      k: float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
+      for k, v in values.items()
+    }
     means["examples_per_s"] = len(window) * self.config.batch_size / elapsed
-    means["learning_rate"] = float(np.asarray(keras.ops.convert_to_numpy(self.optimizer.learning_rate)))
+    means["learning_rate"] = float(
+      np.asarray(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+    )
     means["overflow_steps"] = float(self.loss_scale.overflow_steps.numpy())
     with self.writer.as_default(step=step):
       for k, v in means.items():
@@ -771,8 +895,11 @@ class Trainer:
   def stopped_early(self) -> bool:
     """True when the restored state already met the early-stopping rule (a finished run)."""
     patience = self.config.early_stopping_patience
-    return (self.config.early_stopping_metric is not None and patience is not None
-            and int(self.bad_epochs.numpy()) > patience)
+    return (
+      self.config.early_stopping_metric is not None
+      and patience is not None
+      and int(self.bad_epochs.numpy()) > patience
+    )
 
   def _end_epoch(self, epoch: int, step: int) -> bool:
     """Runs `epoch_end_fn`; handles early stopping. Returns True to stop."""
@@ -797,8 +924,11 @@ class Trainer:
     elif epoch + 1 > cfg.early_stopping_start_epoch:
       self.bad_epochs.assign_add(1)
     if self.stopped_early():
-      print(f"Early stopping after epoch {epoch + 1}: no improvement of {cfg.early_stopping_metric} "
-            f"for more than {cfg.early_stopping_patience} epochs", file=sys.stderr)
+      print(
+        f"Early stopping after epoch {epoch + 1}: no improvement of {cfg.early_stopping_metric} "
+        f"for more than {cfg.early_stopping_patience} epochs",
+        file=sys.stderr,
+      )
       return True
     return False
 

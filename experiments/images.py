@@ -18,13 +18,14 @@ def image_grid(images, columns: int = 8) -> np.ndarray:
   grid = np.zeros((rows * h, columns * w, c), np.float32)
   for i in range(n):
     r, col = divmod(i, columns)
-    grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = images[i]
+    grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = images[i]
   return (np.clip(grid, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def save_grid(path: str, images, columns: int = 8) -> np.ndarray:
   """Writes `image_grid(images)` as a PNG (grey or RGB); returns the uint8 grid."""
   from PIL import Image
+
   grid = image_grid(images, columns)
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)

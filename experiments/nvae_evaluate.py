@@ -22,47 +22,87 @@ import dataclasses
 import os
 import sys
 
-from absl import flags
 import numpy as np
+from absl import flags
 
 from evaluation import protocol
 from experiments import flags as common
-from experiments import nvae_train
-from experiments import results
+from experiments import nvae_train, results
 from experiments.images import save_grid, save_samples
 
 FLAGS = flags.FLAGS
 
 
 def define_flags():
-  flags.DEFINE_string("official_checkpoint", None, "An official NVlabs/NVAE checkpoint.pt to evaluate "
-                      "instead of --logdir (architecture from its saved args; needs torch).")
-  flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Which checkpoint of --logdir: the "
-                    "latest, or the best one kept by early stopping.")
-  flags.DEFINE_string("output_dir", None, "Folder for evaluate.json and the sample grids. Default: "
-                      "<logdir>/evaluate, or evaluate/ next to --official_checkpoint.")
-  flags.DEFINE_enum("dataset", "auto", list(nvae_train.DATASETS), "Test images and their "
-                    "binarization, as in experiments.nvae_mnist (mnist: grey, a fresh Bernoulli draw "
-                    "per pass; binarized_mnist: static). Default: the run's data set (auto for "
-                    "official checkpoints).")
-  flags.DEFINE_integer("num_iw_samples", 1000, "Importance samples K of the test NLL (official 1000); "
-                       "0 = skip the NLL.")
-  flags.DEFINE_integer("iw_chunk", 100, "Importance samples per network call (memory bound only).",
-                       lower_bound=1)
+  flags.DEFINE_string(
+    "official_checkpoint",
+    None,
+    "An official NVlabs/NVAE checkpoint.pt to evaluate "
+    "instead of --logdir (architecture from its saved args; needs torch).",
+  )
+  flags.DEFINE_enum(
+    "checkpoint",
+    "latest",
+    ["latest", "best"],
+    "Which checkpoint of --logdir: the latest, or the best one kept by early stopping.",
+  )
+  flags.DEFINE_string(
+    "output_dir",
+    None,
+    "Folder for evaluate.json and the sample grids. Default: "
+    "<logdir>/evaluate, or evaluate/ next to --official_checkpoint.",
+  )
+  flags.DEFINE_enum(
+    "dataset",
+    "auto",
+    list(nvae_train.DATASETS),
+    "Test images and their "
+    "binarization, as in experiments.nvae_mnist (mnist: grey, a fresh Bernoulli draw "
+    "per pass; binarized_mnist: static). Default: the run's data set (auto for "
+    "official checkpoints).",
+  )
+  flags.DEFINE_integer(
+    "num_iw_samples",
+    1000,
+    "Importance samples K of the test NLL (official 1000); 0 = skip the NLL.",
+  )
+  flags.DEFINE_integer(
+    "iw_chunk", 100, "Importance samples per network call (memory bound only).", lower_bound=1
+  )
   flags.DEFINE_integer("eval_batch_size", 50, "Test images per NLL batch.", lower_bound=1)
-  flags.DEFINE_integer("test_examples", 0, "Evaluate on a fixed random subset of N test images (0 = all).", lower_bound=0)
-  flags.DEFINE_integer("num_test_passes", 1, "Independent NLL passes (mean and std reported).",
-                       lower_bound=1)
-  flags.DEFINE_list("temperature", ["0.6", "0.8", "1.0"], "Sampling temperatures (comma-separated).")
-  flags.DEFINE_integer("readjust_bn_steps", 500, "Sample batches of 16 used to re-estimate the BN "
-                       "statistics at each temperature before sampling (official 500); 0 = keep the "
-                       "training statistics.")
+  flags.DEFINE_integer(
+    "test_examples",
+    0,
+    "Evaluate on a fixed random subset of N test images (0 = all).",
+    lower_bound=0,
+  )
+  flags.DEFINE_integer(
+    "num_test_passes", 1, "Independent NLL passes (mean and std reported).", lower_bound=1
+  )
+  flags.DEFINE_list(
+    "temperature", ["0.6", "0.8", "1.0"], "Sampling temperatures (comma-separated)."
+  )
+  flags.DEFINE_integer(
+    "readjust_bn_steps",
+    500,
+    "Sample batches of 16 used to re-estimate the BN "
+    "statistics at each temperature before sampling (official 500); 0 = keep the "
+    "training statistics.",
+  )
   flags.DEFINE_integer("num_grid_images", 64, "Images per sample grid.", lower_bound=1)
-  flags.DEFINE_integer("fid_samples", 10_000, "Samples per temperature for FID / precision / recall "
-                       "(at most the number of test images).", lower_bound=1)
-  flags.DEFINE_string("inception_path", None, "Inception-2015 weights for FID (see evaluation/networks.py).")
+  flags.DEFINE_integer(
+    "fid_samples",
+    10_000,
+    "Samples per temperature for FID / precision / recall (at most the number of test images).",
+    lower_bound=1,
+  )
+  flags.DEFINE_string(
+    "inception_path", None, "Inception-2015 weights for FID (see evaluation/networks.py)."
+  )
   flags.DEFINE_string("vgg16_path", None, "VGG-16 Keras weights for precision / recall.")
-  flags.DEFINE_bool("download_weights", False, "Try to download missing Inception / VGG-16 weights.")
+  flags.DEFINE_bool(
+    "download_weights", False, "Try to download missing Inception / VGG-16 weights."
+  )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -78,7 +118,9 @@ def parse_temperatures(values) -> tuple[float, ...]:
   try:
     temps = tuple(float(v) for v in values)
   except ValueError as e:
-    raise ValueError(f"--temperature must be comma-separated numbers, got {','.join(values)}") from e
+    raise ValueError(
+      f"--temperature must be comma-separated numbers, got {','.join(values)}"
+    ) from e
   if not temps or any(not np.isfinite(t) or t <= 0 for t in temps):
     raise ValueError(f"--temperature values must be finite and > 0, got {','.join(values)}")
   return temps
@@ -100,17 +142,31 @@ def set_bn_statistics(model, stats) -> None:
 def feature_networks(*, inception_path: str | None, vgg16_path: str | None, download: bool):
   """((inception, None) or (None, reason), same for VGG-16); one line per missing network."""
   out = []
-  for kind, name, path in (("inception", "Inception", inception_path), ("vgg16", "VGG-16", vgg16_path)):
+  for kind, name, path in (
+    ("inception", "Inception", inception_path),
+    ("vgg16", "VGG-16", vgg16_path),
+  ):
     network, reason = nvae_train.load_network(kind, path=path, download=download)
     if network is None:
-      print(f"note: {name} weights unavailable, its metrics are marked unavailable: {reason}",
-            file=sys.stderr)
+      print(
+        f"note: {name} weights unavailable, its metrics are marked unavailable: {reason}",
+        file=sys.stderr,
+      )
     out.append((network, reason))
   return tuple(out)
 
 
-def evaluate(model, s: nvae_train.RunSettings, splits: nvae_train.Splits, settings: EvalSettings, *,
-             output_dir: str, seed: int, networks=None, progress: bool = True) -> dict:
+def evaluate(
+  model,
+  s: nvae_train.RunSettings,
+  splits: nvae_train.Splits,
+  settings: EvalSettings,
+  *,
+  output_dir: str,
+  seed: int,
+  networks=None,
+  progress: bool = True,
+) -> dict:
   """NLL (training BN statistics), then per temperature: BN re-estimation, grid, FID / PR."""
   row = {}
   if settings.num_iw_samples:
@@ -128,8 +184,9 @@ def evaluate(model, s: nvae_train.RunSettings, splits: nvae_train.Splits, settin
     save_grid(stem + ".png", samples)
     save_samples(stem + ".npz", samples)
     num = min(settings.fid_samples, len(reference))
-    metrics = nvae_train.sample_metrics(model, reference, num_samples=num, inception=inception,
-                                        vgg16=vgg16, temperature=t)
+    metrics = nvae_train.sample_metrics(
+      model, reference, num_samples=num, inception=inception, vgg16=vgg16, temperature=t
+    )
     per_temperature[f"{t:g}"] = dict(metrics, samples=stem + ".png", fid_samples=num)
   set_bn_statistics(model, trained_bn)
   row["temperatures"] = per_temperature
@@ -141,9 +198,13 @@ def main(argv):
   del argv
   if bool(FLAGS.logdir) == bool(FLAGS.official_checkpoint):
     raise ValueError("pass exactly one of --logdir (a nvae_mnist run) and --official_checkpoint")
-  settings = EvalSettings(temperatures=parse_temperatures(FLAGS.temperature),
-                          num_iw_samples=FLAGS.num_iw_samples, readjust_bn_steps=FLAGS.readjust_bn_steps,
-                          num_grid_images=FLAGS.num_grid_images, fid_samples=FLAGS.fid_samples)
+  settings = EvalSettings(
+    temperatures=parse_temperatures(FLAGS.temperature),
+    num_iw_samples=FLAGS.num_iw_samples,
+    readjust_bn_steps=FLAGS.readjust_bn_steps,
+    num_grid_images=FLAGS.num_grid_images,
+    fid_samples=FLAGS.fid_samples,
+  )
   common.setup_runtime()
   if FLAGS.logdir:
     s = nvae_train.load_run_settings(FLAGS.logdir)
@@ -152,6 +213,7 @@ def main(argv):
     dataset = s.dataset if not FLAGS["dataset"].present else FLAGS.dataset
   else:
     from nvae_tf import official
+
     try:
       model, info = official.load_checkpoint(FLAGS.official_checkpoint, seed=FLAGS.seed)
     except official.CheckpointError as e:
@@ -159,29 +221,55 @@ def main(argv):
     s = nvae_train.RunSettings(model=model.config, preset="official")
     source = f"{FLAGS.official_checkpoint} (official, epoch {info['epoch']})"
     output_dir = FLAGS.output_dir or os.path.join(
-        os.path.dirname(os.path.abspath(FLAGS.official_checkpoint)), "evaluate")
+      os.path.dirname(os.path.abspath(FLAGS.official_checkpoint)), "evaluate"
+    )
     dataset = FLAGS.dataset
   if os.path.exists(output_dir) and not os.path.isdir(output_dir):
     raise ValueError(f"--output_dir {output_dir} is a file, not a directory")
-  s = dataclasses.replace(s, num_iw_samples=max(FLAGS.num_iw_samples, 1), iw_chunk=FLAGS.iw_chunk,
-                          eval_batch_size=FLAGS.eval_batch_size, num_test_passes=FLAGS.num_test_passes)
+  s = dataclasses.replace(
+    s,
+    num_iw_samples=max(FLAGS.num_iw_samples, 1),
+    iw_chunk=FLAGS.iw_chunk,
+    eval_batch_size=FLAGS.eval_batch_size,
+    num_test_passes=FLAGS.num_test_passes,
+  )
   splits = nvae_train.test_splits(dataset, FLAGS.test_examples, FLAGS.data_dir)
-  networks = feature_networks(inception_path=FLAGS.inception_path, vgg16_path=FLAGS.vgg16_path,
-                              download=FLAGS.download_weights)
-  row = evaluate(model, s, splits, settings, output_dir=output_dir, seed=FLAGS.seed,
-                 networks=networks, progress=True)
-  row.update(script="nvae_evaluate", command=common.command_line(), checkpoint=source,
-             dataset=splits.dataset, binarization=splits.binarization,
-             test_examples=len(splits.test), seed=FLAGS.seed)
+  networks = feature_networks(
+    inception_path=FLAGS.inception_path,
+    vgg16_path=FLAGS.vgg16_path,
+    download=FLAGS.download_weights,
+  )
+  row = evaluate(
+    model,
+    s,
+    splits,
+    settings,
+    output_dir=output_dir,
+    seed=FLAGS.seed,
+    networks=networks,
+    progress=True,
+  )
+  row.update(
+    script="nvae_evaluate",
+    command=common.command_line(),
+    checkpoint=source,
+    dataset=splits.dataset,
+    binarization=splits.binarization,
+    test_examples=len(splits.test),
+    seed=FLAGS.seed,
+  )
   results.write_json(os.path.join(output_dir, "evaluate.json"), row)
   if "nll" in row:
-    print(f"test NLL {row['nll']:.2f} nats ({row['bits_per_dim']:.4f} bits/dim), -ELBO "
-          f"{row['neg_elbo']:.2f}, K={s.num_iw_samples}, {row['test_examples']} images of "
-          f"{nvae_train.data_description(splits.dataset)}")
+    print(
+      f"test NLL {row['nll']:.2f} nats ({row['bits_per_dim']:.4f} bits/dim), -ELBO "
+      f"{row['neg_elbo']:.2f}, K={s.num_iw_samples}, {row['test_examples']} images of "
+      f"{nvae_train.data_description(splits.dataset)}"
+    )
   for t, m in row["temperatures"].items():
     fid, precision, recall = (results.format_value(m[k], 4) for k in ("fid", "precision", "recall"))
-    print(f"temperature {t}: FID {fid}, precision {precision}, recall {recall}; "
-          f"samples {m['samples']}")
+    print(
+      f"temperature {t}: FID {fid}, precision {precision}, recall {recall}; samples {m['samples']}"
+    )
     for k in ("fid", "precision"):
       if results.is_metric(m[k]):
         print(f"  {k} {protocol.describe_record(m[k]['protocol'])}")

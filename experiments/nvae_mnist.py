@@ -25,8 +25,7 @@ from __future__ import annotations
 from absl import flags
 
 from experiments import flags as common
-from experiments import nvae_flags
-from experiments import nvae_train
+from experiments import nvae_flags, nvae_train
 
 FLAGS = flags.FLAGS
 
@@ -41,8 +40,13 @@ def main(argv):
   del argv
   strategy = common.setup_runtime()
   s = nvae_flags.settings_from_flags()
-  nvae_train.train_and_evaluate(s, nvae_flags.train_config(s), strategy=strategy,
-                                data_dir=FLAGS.data_dir, command=common.command_line())
+  nvae_train.train_and_evaluate(
+    s,
+    nvae_flags.train_config(s),
+    strategy=strategy,
+    data_dir=FLAGS.data_dir,
+    command=common.command_line(),
+  )
 
 
 if __name__ == "__main__":

@@ -24,15 +24,11 @@ import os
 import sys
 
 import numpy as np
-
 from absl import flags
 
 from common_tf import host
 from experiments import flags as common
-from experiments import harness
-from experiments import nvae_flags
-from experiments import nvae_train
-from experiments import results
+from experiments import harness, nvae_flags, nvae_train, results
 
 FLAGS = flags.FLAGS
 
@@ -41,25 +37,40 @@ def define_flags():
   """The table flags (`nvae_flags.define_table_flags`), shown in --help."""
   nvae_flags.define_table_flags()
   flags.adopt_module_key_flags(nvae_flags)
-  flags.DEFINE_bool("report_only", False, "Train and evaluate nothing: write the page from what the "
-                    "rows' folders hold (an evaluated row's numbers; else how far its training got "
-                    "and its validation NLL so far).")
+  flags.DEFINE_bool(
+    "report_only",
+    False,
+    "Train and evaluate nothing: write the page from what the "
+    "rows' folders hold (an evaluated row's numbers; else how far its training got "
+    "and its validation NLL so far).",
+  )
 
 
-COLUMNS = [("row", "Warm-up + spectral"), ("nll", "NLL (nats)"),
-           ("nll_sem", "± s.e. over test images"), ("passes_cell", "std over passes"),
-           ("bits_per_dim", "bits/dim"),
-           ("neg_elbo", "-ELBO (nats)"), ("fid", "FID"),
-           ("precision", "Precision"), ("recall", "Recall"), ("train_minutes", "Train time (min)"),
-           ("steps", "Steps"), ("epochs_reached", "Epochs reached"),
-           ("peak_rss_gib", "Peak RSS (GiB)"), ("per_example", "per-image values")]
+COLUMNS = [
+  ("row", "Warm-up + spectral"),
+  ("nll", "NLL (nats)"),
+  ("nll_sem", "± s.e. over test images"),
+  ("passes_cell", "std over passes"),
+  ("bits_per_dim", "bits/dim"),
+  ("neg_elbo", "-ELBO (nats)"),
+  ("fid", "FID"),
+  ("precision", "Precision"),
+  ("recall", "Recall"),
+  ("train_minutes", "Train time (min)"),
+  ("steps", "Steps"),
+  ("epochs_reached", "Epochs reached"),
+  ("peak_rss_gib", "Peak RSS (GiB)"),
+  ("per_example", "per-image values"),
+]
 
 
 # The paired comparisons of the ablation: (row a, row b, what a - b measures).
-PAIRS = (("step_sr", "step_sn", "SR - SN, per-step warm-up"),
-         ("epoch_sr", "epoch_sn", "SR - SN, per-epoch warm-up"),
-         ("step_sr", "epoch_sr", "per-step - per-epoch warm-up, SR"),
-         ("step_sn", "epoch_sn", "per-step - per-epoch warm-up, SN"))
+PAIRS = (
+  ("step_sr", "step_sn", "SR - SN, per-step warm-up"),
+  ("epoch_sr", "epoch_sn", "SR - SN, per-epoch warm-up"),
+  ("step_sr", "epoch_sr", "per-step - per-epoch warm-up, SR"),
+  ("step_sn", "epoch_sn", "per-step - per-epoch warm-up, SN"),
+)
 # NVAE paper (Vahdat & Kautz 2020), Table 1: MNIST test NLL 78.01 nats, dynamically binarized;
 # official README's MNIST command: 400 epochs, batch 200, no flows; 33,363,134 parameters when
 # its model is built with those arguments (tools/check_official_nvae.py --config mnist).
@@ -73,10 +84,13 @@ def paired_differences(rows: list[dict], page: str) -> list[str]:
   lines = []
   for a, b, what in PAIRS:
     if a in names and b in names:
-      d, se = results.paired_difference(results.published_per_example_path(page, a),
-                                        results.published_per_example_path(page, b))
-      lines.append(f"- {what}: test NLL difference {d:+.2f} ± {se:.2f} nats (paired standard "
-                   "error over the same test images; negative: the first is better).")
+      d, se = results.paired_difference(
+        results.published_per_example_path(page, a), results.published_per_example_path(page, b)
+      )
+      lines.append(
+        f"- {what}: test NLL difference {d:+.2f} ± {se:.2f} nats (paired standard "
+        "error over the same test images; negative: the first is better)."
+      )
   return lines
 
 
@@ -87,20 +101,28 @@ def comparability(rows: list[dict], preset: str) -> str:
     return ""
   r = next((u for u in rows if "parameters" in u), rows[0])
   size = f"a {r['parameters'] / 1e6:.1f}M-parameter model" if "parameters" in r else "a small model"
-  return (f"- Not comparable with the paper's {PAPER_MNIST_NLL} nats (NVAE Table 1, MNIST): here "
-          f"{nvae_train.data_description(r['dataset'])}, {size} trained {r['epochs']} epochs; the "
-          f"paper binarizes the grey images dynamically (a Bernoulli draw, test set included) "
-          f"and trains {PAPER_PARAMETERS / 1e6:.1f}M parameters for {PAPER_EPOCHS} epochs. The "
-          "rows compare with each other: same data, model, schedule and test images.")
+  return (
+    f"- Not comparable with the paper's {PAPER_MNIST_NLL} nats (NVAE Table 1, MNIST): here "
+    f"{nvae_train.data_description(r['dataset'])}, {size} trained {r['epochs']} epochs; the "
+    f"paper binarizes the grey images dynamically (a Bernoulli draw, test set included) "
+    f"and trains {PAPER_PARAMETERS / 1e6:.1f}M parameters for {PAPER_EPOCHS} epochs. The "
+    "rows compare with each other: same data, model, schedule and test images."
+  )
 
 
 def table_notes(rows: list[dict], preset: str, missing: list[str], page: str) -> str:
   r = rows[0]
-  lines = [
-      f"**{preset} preset.**" + (" These are quick-preset numbers from a small CPU run (a reduced "
-                                 "architecture, a few hundred steps, a test subset and few importance "
-                                 "samples): they check the pipeline and are not comparable with the "
-                                 "paper." if preset == "quick" else ""),
+  lines = (
+    [
+      f"**{preset} preset.**"
+      + (
+        " These are quick-preset numbers from a small CPU run (a reduced "
+        "architecture, a few hundred steps, a test subset and few importance "
+        "samples): they check the pipeline and are not comparable with the "
+        "paper."
+        if preset == "quick"
+        else ""
+      ),
       f"- Data: {nvae_train.data_description(r['dataset'])}; global batch "
       f"{r['global_batch_size']}, {r['epochs']} epochs, {r['parameters']:,} parameters; precision "
       f"{r['precision_policy']}.",
@@ -123,14 +145,23 @@ def table_notes(rows: list[dict], preset: str, missing: list[str], page: str) ->
       "(per row in `<row logdir>/table1_row.json`: `cpus`, and `eval_hosts`, the test-NLL "
       "batches per host); training ran at commit(s) "
       f"{', '.join(sorted({c for u in rows for c in u.get('code_commits') or []})) or 'unknown'}.",
-  ] + [f"- {format_row(u)['row']} is a partial run ({u['epochs_reached']:.2f} of {u['epochs']} "
-       "epochs): rerun the command to resume it." for u in rows if not u["finished"]] + [
-      f"- {reason}" for reason in missing] + [comparability(rows, preset)] + paired_differences(
-          rows, page)
+    ]
+    + [
+      f"- {format_row(u)['row']} is a partial run ({u['epochs_reached']:.2f} of {u['epochs']} "
+      "epochs): rerun the command to resume it."
+      for u in rows
+      if not u["finished"]
+    ]
+    + [f"- {reason}" for reason in missing]
+    + [comparability(rows, preset)]
+    + paired_differences(rows, page)
+  )
   return "\n".join(lines) + "\n"
 
 
-ROW_FILE = "table1_row.json"  # <row logdir>/table1_row.json: the evaluated row with its sample metrics
+ROW_FILE = (
+  "table1_row.json"  # <row logdir>/table1_row.json: the evaluated row with its sample metrics
+)
 
 
 def format_row(row: dict) -> dict:
@@ -139,11 +170,13 @@ def format_row(row: dict) -> dict:
   out["row"] = nvae_train.table_row_label(row["kl_warmup"], row["spectral"])
   if "nll" in row:
     passes = len(row.get("nll_passes") or [row["nll"]])
-    out["passes_cell"] = (f"{row['nll_std_over_passes']:.2f} ({passes} passes)" if passes > 1
-                          else "one pass")
+    out["passes_cell"] = (
+      f"{row['nll_std_over_passes']:.2f} ({passes} passes)" if passes > 1 else "one pass"
+    )
     out["bits_per_dim"] = f"{row['bits_per_dim']:.4f}"
-    out["per_example"] = (f"[{row['per_example']}]({row['per_example']})" if row.get("per_example")
-                          else "not kept")
+    out["per_example"] = (
+      f"[{row['per_example']}]({row['per_example']})" if row.get("per_example") else "not kept"
+    )
   if row.get("train_seconds") is not None:
     out["train_minutes"] = row["train_seconds"] / 60.0
   return out
@@ -155,8 +188,8 @@ def with_per_example_numbers(row: dict, page: str) -> dict:
   if "nll" not in row:
     return row
   row = results.with_per_example_numbers(
-      row, page, nvae_train.row_name(row["kl_warmup"], row["spectral"]),
-      num_dims=row.get("num_dims"))
+    row, page, nvae_train.row_name(row["kl_warmup"], row["spectral"]), num_dims=row.get("num_dims")
+  )
   if row["per_example"] and len(row["nll_passes"]) > 1:
     row["nll_std_over_passes"] = float(np.std(row["nll_passes"], ddof=1))
   return row
@@ -172,31 +205,50 @@ def report_row(s: nvae_train.RunSettings, logdir: str, *, epochs: int) -> dict:
   path = os.path.join(logdir, ROW_FILE)
   if status and os.path.exists(path):
     row = results.read_json(path)
-    if row.get("steps") == status["step"] and nvae_train.same_measurement(row.get("settings"),
-                                                                          settings):
+    if row.get("steps") == status["step"] and nvae_train.same_measurement(
+      row.get("settings"), settings
+    ):
       return dict(row, status="evaluated")
   validation = nvae_train.ValidationHistory(os.path.join(logdir, nvae_train.VALIDATION_FILE)).rows()
-  row = dict(kl_warmup=s.kl_warmup, spectral=s.model.spectral, epochs=epochs, settings=settings,
-             test_examples=s.test_examples, status="not started", validation=validation)
+  row = dict(
+    kl_warmup=s.kl_warmup,
+    spectral=s.model.spectral,
+    epochs=epochs,
+    settings=settings,
+    test_examples=s.test_examples,
+    status="not started",
+    validation=validation,
+  )
   if status:
-    row.update(steps=status["step"], epochs_reached=status["epoch"],
-               train_seconds=nvae_train.training_seconds(status["train_seconds"], validation),
-               cpus=host.merge_in_order(results.status_cpus(status),
-                                        results.partial_evaluation_hosts(logdir)),
-               code_commits=status.get("code_commits", []),
-               status=(f"training: epoch {status['epoch']:.2f} of {status['total_epochs']}"
-                       if not status["finished"] else evaluation_progress(logdir, s)))
+    row.update(
+      steps=status["step"],
+      epochs_reached=status["epoch"],
+      train_seconds=nvae_train.training_seconds(status["train_seconds"], validation),
+      cpus=host.merge_in_order(
+        results.status_cpus(status), results.partial_evaluation_hosts(logdir)
+      ),
+      code_commits=status.get("code_commits", []),
+      status=(
+        f"training: epoch {status['epoch']:.2f} of {status['total_epochs']}"
+        if not status["finished"]
+        else evaluation_progress(logdir, s)
+      ),
+    )
   return row
 
 
 def evaluation_progress(logdir: str, s: nvae_train.RunSettings) -> str:
   """Status of a trained row whose test NLL is not finished: how many test images the first
   pass has done (its resumable partial file, `nvae_train.evaluate_nll`); no partial numbers."""
-  done = results.partial_evaluations(logdir).get(os.path.basename(nvae_train.partial_nll_path(logdir, 0)))
+  done = results.partial_evaluations(logdir).get(
+    os.path.basename(nvae_train.partial_nll_path(logdir, 0))
+  )
   if done is None:
     return "trained, test NLL not evaluated yet"
-  return (f"trained; test NLL (K = {s.num_iw_samples}) in progress: {done:,} test images done "
-          "(rerun to resume)")
+  return (
+    f"trained; test NLL (K = {s.num_iw_samples}) in progress: {done:,} test images done "
+    "(rerun to resume)"
+  )
 
 
 def curve_figure(formatted_rows: list[dict], page: str) -> str:
@@ -215,30 +267,35 @@ def write_report(rows: list[dict], *, table: nvae_flags.TableSettings, command: 
   commits = sorted({c for r in rows for c in r.get("code_commits") or []})
   cpus = results.row_cpus(rows)
   notes = [
-      f"**{s.preset} preset, written with --report_only: runs in progress.** A row whose status is "
-      "not 'evaluated' has no test numbers and is not converged; rerunning the command without "
-      f"--report_only resumes it (training, then the K = {s.num_iw_samples} test NLL, both resume).",
-      f"- Test NLL when a row is evaluated: importance-weighted bound with K = {s.num_iw_samples} on "
-      f"{s.test_examples or 'all'} test images{' (a fixed random subset)' if s.test_examples else ''}, "
-      f"{s.num_test_passes} pass(es). FID / precision / "
-      "recall need the Inception / VGG-16 weights (--inception_path / --vgg16_path); without them "
-      "an evaluated row shows them as unavailable.",
-      "- Train time: wall clock of training only, summed over resumed invocations; on a shared "
-      "host it includes the time the process waited for the CPU or was paused.",
-      f"- Data: {nvae_train.data_description(rows[0]['dataset'])}"
-      + (" (--dataset=auto as it resolves on this host)" if s.dataset == "auto" else "") + ".",
-      f"- Host: {'; '.join(cpus) or 'n/a'}; training ran at commit(s) {', '.join(commits) or 'n/a'}; "
-      f"this page at commit {harness.code_commit() or 'unknown'}.",
-      comparability(rows, s.preset),
+    f"**{s.preset} preset, written with --report_only: runs in progress.** A row whose status is "
+    "not 'evaluated' has no test numbers and is not converged; rerunning the command without "
+    f"--report_only resumes it (training, then the K = {s.num_iw_samples} test NLL, both resume).",
+    f"- Test NLL when a row is evaluated: importance-weighted bound with K = {s.num_iw_samples} on "
+    f"{s.test_examples or 'all'} test images{' (a fixed random subset)' if s.test_examples else ''}, "
+    f"{s.num_test_passes} pass(es). FID / precision / "
+    "recall need the Inception / VGG-16 weights (--inception_path / --vgg16_path); without them "
+    "an evaluated row shows them as unavailable.",
+    "- Train time: wall clock of training only, summed over resumed invocations; on a shared "
+    "host it includes the time the process waited for the CPU or was paused.",
+    f"- Data: {nvae_train.data_description(rows[0]['dataset'])}"
+    + (" (--dataset=auto as it resolves on this host)" if s.dataset == "auto" else "")
+    + ".",
+    f"- Host: {'; '.join(cpus) or 'n/a'}; training ran at commit(s) {', '.join(commits) or 'n/a'}; "
+    f"this page at commit {harness.code_commit() or 'unknown'}.",
+    comparability(rows, s.preset),
   ] + paired_differences(rows, table.output)
   results.write_json(results.rows_path(table.output), rows)
   formatted = [format_row(r) for r in rows]
   results.write_markdown(
-      table.output,
-      title=f"NVAE on binary MNIST: warm-up x spectral ablation ({s.preset} preset, in progress)",
-      command=command, table=results.markdown_table(formatted, COLUMNS + [("status", "Status")]),
-      notes="\n".join(notes) + "\n\n" + curve_figure(formatted, table.output)
-      + nvae_train.validation_table(formatted))
+    table.output,
+    title=f"NVAE on binary MNIST: warm-up x spectral ablation ({s.preset} preset, in progress)",
+    command=command,
+    table=results.markdown_table(formatted, COLUMNS + [("status", "Status")]),
+    notes="\n".join(notes)
+    + "\n\n"
+    + curve_figure(formatted, table.output)
+    + nvae_train.validation_table(formatted),
+  )
 
 
 def main(argv):
@@ -258,35 +315,49 @@ def main(argv):
     write_report(rows, table=table, command=command)
     print(f"wrote {table.output}")
     return
-  inception = nvae_train.load_network("inception", path=table.inception_path,
-                                      download=table.download_weights)
+  inception = nvae_train.load_network(
+    "inception", path=table.inception_path, download=table.download_weights
+  )
   vgg16 = nvae_train.load_network("vgg16", path=table.vgg16_path, download=table.download_weights)
   for name, (net, reason) in (("Inception", inception), ("VGG-16", vgg16)):
     if net is None:
-      print(f"note: {name} weights unavailable, its metrics will be marked so: {reason}",
-            file=sys.stderr)
+      print(
+        f"note: {name} weights unavailable, its metrics will be marked so: {reason}",
+        file=sys.stderr,
+      )
   rows = []
   for kl_warmup, spectral in table.rows:
     s, config = table.row(kl_warmup, spectral)
-    row, trained = nvae_train.train_and_evaluate(s, config, strategy=strategy,
-                                                 data_dir=FLAGS.data_dir, command=command)
+    row, trained = nvae_train.train_and_evaluate(
+      s, config, strategy=strategy, data_dir=FLAGS.data_dir, command=command
+    )
     reference = trained.splits.test
     num_fid = min(table.fid_samples, len(reference))
-    row.update(nvae_train.sample_metrics(trained.model, reference, num_samples=num_fid,
-                                         inception=inception, vgg16=vgg16))
+    row.update(
+      nvae_train.sample_metrics(
+        trained.model, reference, num_samples=num_fid, inception=inception, vgg16=vgg16
+      )
+    )
     row["fid_samples"] = num_fid
     results.write_json(os.path.join(config.logdir, ROW_FILE), row)
-    results.publish_per_example(config.logdir, table.output, nvae_train.row_name(kl_warmup, spectral))
+    results.publish_per_example(
+      config.logdir, table.output, nvae_train.row_name(kl_warmup, spectral)
+    )
     rows.append(with_per_example_numbers(row, table.output))
   results.write_json(os.path.join(table.root, "table1.json"), rows)
   formatted = [format_row(r) for r in rows]
   results.write_markdown(
-      table.output,
-      title=f"NVAE on binary MNIST: warm-up x spectral ablation ({table.base.preset} preset)",
-      command=command, table=results.markdown_table(formatted, COLUMNS),
-      notes=table_notes(rows, table.base.preset, [r for net, r in (inception, vgg16) if net is None],
-                        table.output)
-      + "\n" + curve_figure(formatted, table.output) + nvae_train.validation_table(formatted))
+    table.output,
+    title=f"NVAE on binary MNIST: warm-up x spectral ablation ({table.base.preset} preset)",
+    command=command,
+    table=results.markdown_table(formatted, COLUMNS),
+    notes=table_notes(
+      rows, table.base.preset, [r for net, r in (inception, vgg16) if net is None], table.output
+    )
+    + "\n"
+    + curve_figure(formatted, table.output)
+    + nvae_train.validation_table(formatted),
+  )
   print(f"wrote {table.output}")
 
 

@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from absl import flags
 
-from evaluation import ppl
-from evaluation import protocol
+from evaluation import ppl, protocol
 from experiments import flags as common
-from experiments import nvae_flags
-from experiments import nvae_train
-from experiments import results
+from experiments import nvae_flags, nvae_train, results
 
 PPL_SAMPLES = {"paper": 100_000, "quick": 200, "cpu": 10_000}  # StyleGAN: 100k path segments
-PPL_EPSILON = 1e-4                              # StyleGAN metrics/perceptual_path_length.py
+PPL_EPSILON = 1e-4  # StyleGAN metrics/perceptual_path_length.py
 
 FLAGS = flags.FLAGS
 
@@ -37,12 +34,20 @@ FLAGS = flags.FLAGS
 def define_flags():
   nvae_flags.define_table_flags()
   flags.adopt_module_key_flags(nvae_flags)
-  flags.DEFINE_integer("ppl_samples", None, "PPL path segments. Default: 100000 (paper), 10000 "
-                       "(cpu), 200 (quick).", lower_bound=1)
-  flags.DEFINE_string("lpips_path", None, "LPIPS-VGG v0.1 weights (.npz made once with `python -m "
-                      "evaluation.lpips --convert ...`, see evaluation/lpips.py) for the PPL-LPIPS "
-                      "column; default $GENMODELS_LPIPS_PATH. Without them that column says "
-                      "'unavailable'.")
+  flags.DEFINE_integer(
+    "ppl_samples",
+    None,
+    "PPL path segments. Default: 100000 (paper), 10000 (cpu), 200 (quick).",
+    lower_bound=1,
+  )
+  flags.DEFINE_string(
+    "lpips_path",
+    None,
+    "LPIPS-VGG v0.1 weights (.npz made once with `python -m "
+    "evaluation.lpips --convert ...`, see evaluation/lpips.py) for the PPL-LPIPS "
+    "column; default $GENMODELS_LPIPS_PATH. Without them that column says "
+    "'unavailable'.",
+  )
   FLAGS.set_default("table_output", "results/nvae_table2.md")
 
 
@@ -50,14 +55,25 @@ def load_lpips(weights_path: str | None):
   """(LPIPS-VGG network, None) or (None, reason) when its weights are not given; a malformed
   weights file is an error (ValueError), not 'unavailable'."""
   from evaluation import lpips, networks
+
   try:
     return lpips.lpips_vgg_network(weights_path), None
   except networks.WeightsUnavailableError as e:
     return None, str(e)
 
 
-def path_length(model, network, *, make_distance: Callable, missing: str, num_samples: int,
-                temperature: float, seed: int, label: str, feature: str):
+def path_length(
+  model,
+  network,
+  *,
+  make_distance: Callable,
+  missing: str,
+  num_samples: int,
+  temperature: float,
+  seed: int,
+  label: str,
+  feature: str,
+):
   """PPL as `results.metric(value, its protocol record)`, or 'unavailable (<missing>)' when the
   distance's network is missing.
 
@@ -70,19 +86,38 @@ def path_length(model, network, *, make_distance: Callable, missing: str, num_sa
   if net is None:
     return nvae_train.unavailable(missing)
   generate, latent_sampler, _ = nvae_train.make_generator(model, temperature=temperature)
-  value = ppl.perceptual_path_length(generate, latent_sampler=latent_sampler,
-                                     num_samples=num_samples, distance=make_distance(net),
-                                     epsilon=PPL_EPSILON, interpolation="slerp", seed=seed)
+  value = ppl.perceptual_path_length(
+    generate,
+    latent_sampler=latent_sampler,
+    num_samples=num_samples,
+    distance=make_distance(net),
+    epsilon=PPL_EPSILON,
+    interpolation="slerp",
+    seed=seed,
+  )
   record = protocol.ppl_record(
-      network=label, weights_sha=protocol.weights_sha256(net), feature=feature,
-      image_shape=generate(latent_sampler(1)).shape[1:], epsilon=PPL_EPSILON, space="z",
-      interpolation="slerp", sampling="full", crop=False, num_samples=num_samples, seed=seed)
+    network=label,
+    weights_sha=protocol.weights_sha256(net),
+    feature=feature,
+    image_shape=generate(latent_sampler(1)).shape[1:],
+    epsilon=PPL_EPSILON,
+    space="z",
+    interpolation="slerp",
+    sampling="full",
+    crop=False,
+    num_samples=num_samples,
+    seed=seed,
+  )
   return results.metric(value, record)
 
 
-COLUMNS = [("row", "Warm-up + spectral"), ("ppl", "PPL (VGG-16 fc2, slerp, eps 1e-4)"),
-           ("ppl_lpips", "PPL (LPIPS-VGG v0.1, slerp, eps 1e-4)"),
-           ("nll", "NLL (nats, from Table 1 run)"), ("steps", "Steps")]
+COLUMNS = [
+  ("row", "Warm-up + spectral"),
+  ("ppl", "PPL (VGG-16 fc2, slerp, eps 1e-4)"),
+  ("ppl_lpips", "PPL (LPIPS-VGG v0.1, slerp, eps 1e-4)"),
+  ("nll", "NLL (nats, from Table 1 run)"),
+  ("steps", "Steps"),
+]
 
 
 def main(argv):
@@ -96,45 +131,77 @@ def main(argv):
     print(f"note: VGG-16 weights unavailable, PPL will be marked so: {vgg16[1]}", file=sys.stderr)
   lpips_net = load_lpips(FLAGS.lpips_path)
   if lpips_net[0] is None:
-    print(f"note: LPIPS-VGG weights unavailable, PPL-LPIPS will be marked so: {lpips_net[1]}",
-          file=sys.stderr)
+    print(
+      f"note: LPIPS-VGG weights unavailable, PPL-LPIPS will be marked so: {lpips_net[1]}",
+      file=sys.stderr,
+    )
   rows = []
   for kl_warmup, spectral in table.rows:
     s, config = table.row(kl_warmup, spectral)
     trained = nvae_train.train(s, config, strategy=strategy, data_dir=FLAGS.data_dir)
     table1_row = os.path.join(config.logdir, "results.json")
     nll = results.read_json(table1_row)["nll"] if os.path.exists(table1_row) else None
-    rows.append({
-        "row": nvae_train.table_row_label(kl_warmup, spectral), "nll": nll,
-        "dataset": trained.splits.dataset, "binarization": trained.splits.binarization,
+    rows.append(
+      {
+        "row": nvae_train.table_row_label(kl_warmup, spectral),
+        "nll": nll,
+        "dataset": trained.splits.dataset,
+        "binarization": trained.splits.binarization,
         "steps": int(trained.trainer.step.numpy()),
-        "ppl": path_length(trained.model, vgg16, make_distance=ppl.vgg16_feature_distance,
-                           missing="no VGG-16 weights: pass --vgg16_path", num_samples=num_samples,
-                           temperature=s.temperature, seed=config.seed, label="vgg16-keras",
-                           feature="fc2"),
-        "ppl_lpips": path_length(trained.model, lpips_net, make_distance=ppl.lpips_distance,
-                                 missing="no LPIPS-VGG weights: pass --lpips_path",
-                                 num_samples=num_samples, temperature=s.temperature,
-                                 seed=config.seed, label="lpips-vgg-v0.1", feature="lpips")})
+        "ppl": path_length(
+          trained.model,
+          vgg16,
+          make_distance=ppl.vgg16_feature_distance,
+          missing="no VGG-16 weights: pass --vgg16_path",
+          num_samples=num_samples,
+          temperature=s.temperature,
+          seed=config.seed,
+          label="vgg16-keras",
+          feature="fc2",
+        ),
+        "ppl_lpips": path_length(
+          trained.model,
+          lpips_net,
+          make_distance=ppl.lpips_distance,
+          missing="no LPIPS-VGG weights: pass --lpips_path",
+          num_samples=num_samples,
+          temperature=s.temperature,
+          seed=config.seed,
+          label="lpips-vgg-v0.1",
+          feature="lpips",
+        ),
+      }
+    )
   results.write_json(os.path.join(table.root, "table2.json"), rows)
-  notes = (f"**{preset} preset.**" + (
-      " Quick-preset models (small CPU runs); not comparable with the paper." if preset == "quick"
-      else "") + f"\n- PPL over {num_samples} path segments at temperature {table.base.temperature}. "
-      "Unavailable entries need VGG-16 weights: pass --vgg16_path (or set GENMODELS_VGG16_PATH, or "
-      "--download_weights with a network); PPL-LPIPS needs LPIPS-VGG weights: pass --lpips_path "
-      "(or set GENMODELS_LPIPS_PATH; the .npz is made by `python -m evaluation.lpips --convert`). "
-      "LPIPS runs at the native image size (no crop, no resize).\n- Models: the Table 1 runs in "
-      f"{table.root} (restored, trained first if missing), trained on "
-      f"{nvae_train.data_description(rows[0]['dataset'])}.\n"
-      + (f"- {vgg16[1]}\n" if vgg16[0] is None else "")
-      + (f"- {lpips_net[1]}\n" if lpips_net[0] is None else "")
-      + ("- PPL-LPIPS used a NARROW test network (1/{}): not LPIPS values.\n".format(
-          lpips_net[0].width_divisor) if lpips_net[0] is not None and lpips_net[0].width_divisor != 1
-         else ""))
-  results.write_markdown(table.output,
-                         title=f"NVAE on binary MNIST: perceptual path length ({preset} preset)",
-                         command=common.command_line(),
-                         table=results.markdown_table(rows, COLUMNS), notes=notes)
+  notes = (
+    f"**{preset} preset.**"
+    + (
+      " Quick-preset models (small CPU runs); not comparable with the paper."
+      if preset == "quick"
+      else ""
+    )
+    + f"\n- PPL over {num_samples} path segments at temperature {table.base.temperature}. "
+    "Unavailable entries need VGG-16 weights: pass --vgg16_path (or set GENMODELS_VGG16_PATH, or "
+    "--download_weights with a network); PPL-LPIPS needs LPIPS-VGG weights: pass --lpips_path "
+    "(or set GENMODELS_LPIPS_PATH; the .npz is made by `python -m evaluation.lpips --convert`). "
+    "LPIPS runs at the native image size (no crop, no resize).\n- Models: the Table 1 runs in "
+    f"{table.root} (restored, trained first if missing), trained on "
+    f"{nvae_train.data_description(rows[0]['dataset'])}.\n"
+    + (f"- {vgg16[1]}\n" if vgg16[0] is None else "")
+    + (f"- {lpips_net[1]}\n" if lpips_net[0] is None else "")
+    + (
+      f"- PPL-LPIPS used a NARROW test network (1/{lpips_net[0].width_divisor}): not LPIPS values.\n"
+      if lpips_net[0] is not None and lpips_net[0].width_divisor != 1
+      else ""
+    )
+  )
+  results.write_markdown(
+    table.output,
+    title=f"NVAE on binary MNIST: perceptual path length ({preset} preset)",
+    command=common.command_line(),
+    table=results.markdown_table(rows, COLUMNS),
+    notes=notes,
+  )
   print(f"wrote {table.output}")
 
 

@@ -21,20 +21,19 @@ import tensorflow as tf
 
 from common_tf import host
 from evaluation import likelihood
-from experiments import data
-from experiments import harness
-from experiments import results
+from experiments import data, harness, results
 from experiments.images import save_grid, save_samples
-from nvae_tf import losses
-from nvae_tf import optim
-from nvae_tf.model import NVAE, NVAEConfig, Spectral
+from nvae_tf import losses, optim
 from nvae_tf.losses import WarmupClock
+from nvae_tf.model import NVAE, NVAEConfig, Spectral
 
 SAMPLE_TEMPERATURES = (0.7, 1.0)  # official train.py logs grids at 0.7, 0.8, 0.9, 1.0
 NUM_GRID_IMAGES = 64
 SAMPLE_BATCH = 100
-SETTINGS_FILE = "settings.json"        # RunSettings of a run (read by `load_run_settings`)
-VALIDATION_FILE = "validation.json"    # [{epoch, step, train_seconds, val_neg_log_p, ...}] per validation
+SETTINGS_FILE = "settings.json"  # RunSettings of a run (read by `load_run_settings`)
+VALIDATION_FILE = (
+  "validation.json"  # [{epoch, step, train_seconds, val_neg_log_p, ...}] per validation
+)
 DATASETS = ("auto", "mnist", "binarized_mnist")
 TEST_SUBSET_SEED = 2020  # the fixed random choice of --test_examples images (`data.subset`)
 
@@ -42,11 +41,11 @@ TEST_SUBSET_SEED = 2020  # the fixed random choice of --test_examples images (`d
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Preset:
   model: NVAEConfig
-  batch_size: int       # global batch
+  batch_size: int  # global batch
   epochs: int
   warmup_epochs: int
-  train_examples: int   # 0 = all
-  test_examples: int    # 0 = all
+  train_examples: int  # 0 = all
+  test_examples: int  # 0 = all
   num_iw_samples: int
   iw_chunk: int
   eval_batch_size: int
@@ -54,37 +53,75 @@ class Preset:
 
 
 PRESETS = {
-    # NVlabs/NVAE README, MNIST: batch 200 per GPU on 2 GPUs (global 400), 400 epochs, 2 scales,
-    # 10 groups (ada: [10, 5]), 20 latents/group, 2 cells per group, 32 channels, lambda 1e-2.
-    "paper": Preset(model=NVAEConfig(), batch_size=400, epochs=400, warmup_epochs=5,
-                    train_examples=0, test_examples=0, num_iw_samples=1000, iw_chunk=100,
-                    eval_batch_size=50),
-    # CPU-sized: the paper's two latent scales (4x4 then 8x8) with 2 + 1 groups, 1 cell per group,
-    # 1 pre/post cell per block, 8 channels; 10 epochs of 4k images (400 steps, so that the per-epoch
-    # warm-up takes 3 epochs to reach beta = 1, as the per-step one takes 120 steps), NLL with K = 50
-    # on 500 test images.
-    "quick": Preset(model=NVAEConfig(num_channels_enc=8, num_channels_dec=8, num_groups_per_scale=2,
-                                     num_cell_per_cond_enc=1, num_cell_per_cond_dec=1,
-                                     num_preprocess_cells=1, num_postprocess_cells=1),
-                    batch_size=100, epochs=10, warmup_epochs=1, train_examples=4_000,
-                    test_examples=500, num_iw_samples=50, iw_chunk=50, eval_batch_size=50),
-    # Meant as about two hours of training (measured since: 4.1 and 5.3 h per row on a 2-core
-    # Xeon, results/nvae_cpu.md), full 50k static binarized MNIST: 16
-    # channels, groups [4, 2], 1 cell per group, 16 epochs of 500 steps; chosen from the
-    # measured cost per step of candidate configs (docs/nvae.md, "The cpu preset").
-    # K = 1000 on all 10k test images at the end (official evaluate.py); validation NLL (K = 10) on
-    # the test images every 2 epochs gives the NLL-vs-wall-time curve.
-    "cpu": Preset(model=NVAEConfig(num_channels_enc=16, num_channels_dec=16, num_groups_per_scale=4,
-                                   num_cell_per_cond_enc=1, num_cell_per_cond_dec=1,
-                                   num_preprocess_cells=1, num_postprocess_cells=1),
-                  batch_size=100, epochs=16, warmup_epochs=1, train_examples=0, test_examples=0,
-                  num_iw_samples=1000, iw_chunk=100, eval_batch_size=50, val_every_epochs=2),
+  # NVlabs/NVAE README, MNIST: batch 200 per GPU on 2 GPUs (global 400), 400 epochs, 2 scales,
+  # 10 groups (ada: [10, 5]), 20 latents/group, 2 cells per group, 32 channels, lambda 1e-2.
+  "paper": Preset(
+    model=NVAEConfig(),
+    batch_size=400,
+    epochs=400,
+    warmup_epochs=5,
+    train_examples=0,
+    test_examples=0,
+    num_iw_samples=1000,
+    iw_chunk=100,
+    eval_batch_size=50,
+  ),
+  # CPU-sized: the paper's two latent scales (4x4 then 8x8) with 2 + 1 groups, 1 cell per group,
+  # 1 pre/post cell per block, 8 channels; 10 epochs of 4k images (400 steps, so that the per-epoch
+  # warm-up takes 3 epochs to reach beta = 1, as the per-step one takes 120 steps), NLL with K = 50
+  # on 500 test images.
+  "quick": Preset(
+    model=NVAEConfig(
+      num_channels_enc=8,
+      num_channels_dec=8,
+      num_groups_per_scale=2,
+      num_cell_per_cond_enc=1,
+      num_cell_per_cond_dec=1,
+      num_preprocess_cells=1,
+      num_postprocess_cells=1,
+    ),
+    batch_size=100,
+    epochs=10,
+    warmup_epochs=1,
+    train_examples=4_000,
+    test_examples=500,
+    num_iw_samples=50,
+    iw_chunk=50,
+    eval_batch_size=50,
+  ),
+  # Meant as about two hours of training (measured since: 4.1 and 5.3 h per row on a 2-core
+  # Xeon, results/nvae_cpu.md), full 50k static binarized MNIST: 16
+  # channels, groups [4, 2], 1 cell per group, 16 epochs of 500 steps; chosen from the
+  # measured cost per step of candidate configs (docs/nvae.md, "The cpu preset").
+  # K = 1000 on all 10k test images at the end (official evaluate.py); validation NLL (K = 10) on
+  # the test images every 2 epochs gives the NLL-vs-wall-time curve.
+  "cpu": Preset(
+    model=NVAEConfig(
+      num_channels_enc=16,
+      num_channels_dec=16,
+      num_groups_per_scale=4,
+      num_cell_per_cond_enc=1,
+      num_cell_per_cond_dec=1,
+      num_preprocess_cells=1,
+      num_postprocess_cells=1,
+    ),
+    batch_size=100,
+    epochs=16,
+    warmup_epochs=1,
+    train_examples=0,
+    test_examples=0,
+    num_iw_samples=1000,
+    iw_chunk=100,
+    eval_batch_size=50,
+    val_every_epochs=2,
+  ),
 }
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunSettings:
   """Everything that defines one run besides the common TrainConfig."""
+
   model: NVAEConfig
   preset: str = "custom"
   kl_warmup: WarmupClock = WarmupClock.STEP
@@ -99,7 +136,7 @@ class RunSettings:
   temperature: float = 1.0
   readjust_bn_steps: int = 0
   val_every_epochs: int | None = None  # None: official rule (1 if epochs <= 50 else 20); 0 = off
-  val_num_iw_samples: int = 10         # official train.py: test(..., num_samples=10)
+  val_num_iw_samples: int = 10  # official train.py: test(..., num_samples=10)
 
   def __post_init__(self):
     if self.kl_warmup not in tuple(WarmupClock):
@@ -107,8 +144,13 @@ class RunSettings:
     object.__setattr__(self, "kl_warmup", WarmupClock(self.kl_warmup))  # strings from settings.json
     if self.dataset not in DATASETS:
       raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
-    for name in ("num_iw_samples", "iw_chunk", "eval_batch_size", "num_test_passes",
-                 "val_num_iw_samples"):
+    for name in (
+      "num_iw_samples",
+      "iw_chunk",
+      "eval_batch_size",
+      "num_test_passes",
+      "val_num_iw_samples",
+    ):
       if getattr(self, name) < 1:
         raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
     if self.val_every_epochs is not None and self.val_every_epochs < 0:
@@ -132,8 +174,10 @@ MEMORY_ONLY_SETTINGS = ("iw_chunk",)
 def same_measurement(recorded: dict | None, settings: dict) -> bool:
   """Whether a row's recorded `settings` (its `hparams`, as JSON) describe the run `settings` do,
   ignoring `MEMORY_ONLY_SETTINGS`."""
+
   def drop(d):
     return {k: v for k, v in (d or {}).items() if k not in MEMORY_ONLY_SETTINGS}
+
   return recorded is not None and drop(recorded) == drop(settings)
 
 
@@ -151,7 +195,7 @@ def load_run_settings(logdir: str) -> RunSettings:
   elif os.path.exists(older):
     flat = results.read_json(older)["settings"]
     values = {k: v for k, v in flat.items() if not k.startswith("model.")}
-    values["model"] = {k[len("model."):]: v for k, v in flat.items() if k.startswith("model.")}
+    values["model"] = {k[len("model.") :]: v for k, v in flat.items() if k.startswith("model.")}
   else:
     raise FileNotFoundError(f"{path} not found: --logdir must be a run of experiments.nvae_mnist")
   fields = {f.name for f in dataclasses.fields(RunSettings)}
@@ -166,11 +210,11 @@ def load_run_settings(logdir: str) -> RunSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
-  dataset: str                  # the data set actually used (auto resolved)
-  dynamic: bool                 # dynamic binarization of grey images
+  dataset: str  # the data set actually used (auto resolved)
+  dynamic: bool  # dynamic binarization of grey images
   train: tf.data.Dataset | None  # unbatched [H, W, C] float32 in [0, 1]; None: evaluation only
-  test: np.ndarray              # [N, H, W, C] grey (dynamic) or binary (static)
-  test_subset: str = "all"      # which test images: "all" or "random N of M (seed S)"
+  test: np.ndarray  # [N, H, W, C] grey (dynamic) or binary (static)
+  test_subset: str = "all"  # which test images: "all" or "random N of M (seed S)"
 
   @property
   def image_shape(self) -> tuple[int, ...]:
@@ -218,9 +262,11 @@ def resolve_dataset(name: str, data_dir=None) -> str:
     data.load_arrays("mnist", "train", data_dir)
     return "mnist"
   except data.DataError as e:
-    print(f"--dataset=auto: grey MNIST training images unavailable ({str(e)[:120]}...); using the "
-          "static binarized_mnist (Larochelle & Murray) instead of dynamic binarization.",
-          file=sys.stderr)
+    print(
+      f"--dataset=auto: grey MNIST training images unavailable ({str(e)[:120]}...); using the "
+      "static binarized_mnist (Larochelle & Murray) instead of dynamic binarization.",
+      file=sys.stderr,
+    )
     return "binarized_mnist"
 
 
@@ -230,9 +276,15 @@ def test_splits(dataset: str, test_examples: int, data_dir=None) -> Splits:
   name = resolve_dataset(dataset, data_dir)
   test, _ = data.load_arrays(name, "test", data_dir)
   chosen = data.subset(test, test_examples, seed=TEST_SUBSET_SEED)
-  return Splits(dataset=name, dynamic=name == "mnist", train=None, test=chosen,
-                test_subset="all" if len(chosen) == len(test) else
-                f"random {len(chosen)} of {len(test)} (seed {TEST_SUBSET_SEED})")
+  return Splits(
+    dataset=name,
+    dynamic=name == "mnist",
+    train=None,
+    test=chosen,
+    test_subset="all"
+    if len(chosen) == len(test)
+    else f"random {len(chosen)} of {len(test)} (seed {TEST_SUBSET_SEED})",
+  )
 
 
 def load_splits(s: RunSettings, data_dir=None) -> Splits:
@@ -240,36 +292,55 @@ def load_splits(s: RunSettings, data_dir=None) -> Splits:
   evaluation_only = test_splits(s.dataset, s.test_examples, data_dir)
   train, _ = data.load_arrays(evaluation_only.dataset, "train", data_dir)
   if s.train_examples:
-    train = train[:s.train_examples]
-  print(f"data: {evaluation_only.dataset} ({'dynamic' if evaluation_only.dynamic else 'static'} "
-        f"binarization), {len(train)} train / {len(evaluation_only.test)} test images", file=sys.stderr)
+    train = train[: s.train_examples]
+  print(
+    f"data: {evaluation_only.dataset} ({'dynamic' if evaluation_only.dynamic else 'static'} "
+    f"binarization), {len(train)} train / {len(evaluation_only.test)} test images",
+    file=sys.stderr,
+  )
   return dataclasses.replace(evaluation_only, train=tf.data.Dataset.from_tensor_slices(train))
 
 
 # ----------------------------------------------------------------------------- model and loss
 
 
-def build(s: RunSettings, *, strategy, steps_per_epoch: int, epochs: int, seed: int,
-          image_shape: tuple[int, ...]):
+def build(
+  s: RunSettings,
+  *,
+  strategy,
+  steps_per_epoch: int,
+  epochs: int,
+  seed: int,
+  image_shape: tuple[int, ...],
+):
   """(model, optimizer) built inside `strategy.scope()` (model called once on a dummy batch)."""
   keras.utils.set_random_seed(seed)
   with strategy.scope():
     model = NVAE(s.model, seed=seed)
     model(tf.zeros((1,) + tuple(image_shape)), training=False)
-    schedule = optim.WarmupCosine(steps_per_epoch=steps_per_epoch, epochs=epochs,
-                                  warmup_epochs=s.warmup_epochs)
+    schedule = optim.WarmupCosine(
+      steps_per_epoch=steps_per_epoch, epochs=epochs, warmup_epochs=s.warmup_epochs
+    )
     optimizer = optim.CoupledAdamax(schedule)  # the harness does float16 loss scaling itself
   return model, optimizer
 
 
 def make_loss_fn(s: RunSettings):
   """Wires the harness to `NVAE.loss_terms` (the objective lives in nvae_tf) with the warm-up clock."""
+
   def loss_fn(model, batch, ctx: harness.StepContext) -> harness.LossOutput:
-    beta = losses.kl_warmup_beta_on_clock(s.kl_warmup, step=ctx.step, total_steps=ctx.total_steps,
-                                          epoch=ctx.epoch, total_epochs=ctx.total_epochs)
+    beta = losses.kl_warmup_beta_on_clock(
+      s.kl_warmup,
+      step=ctx.step,
+      total_steps=ctx.total_steps,
+      epoch=ctx.epoch,
+      total_epochs=ctx.total_epochs,
+    )
     terms = model.loss_terms(batch, beta=beta)
-    return harness.LossOutput(per_example=terms.per_example, regularizer=terms.regularizer,
-                              metrics=terms.metrics())
+    return harness.LossOutput(
+      per_example=terms.per_example, regularizer=terms.regularizer, metrics=terms.metrics()
+    )
+
   return loss_fn
 
 
@@ -287,21 +358,35 @@ def validation_nll(model: NVAE, images: np.ndarray, *, num_samples: int, batch_s
   """IW NLL with K = `num_samples` (official train.py: `test(valid_queue, num_samples=10)`)."""
   num_dims = int(np.prod(images.shape[1:]))
   batches = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
-  r = likelihood.evaluate_log_likelihood(model.log_weights, batches, num_samples=num_samples,
-                                         num_dims=num_dims, progress=False)
-  return dict(val_neg_log_p=float(r.nll), val_nelbo=float(r.negative_elbo),
-              val_bpd_log_p=float(likelihood.bits_per_dim(r.nll, num_dims)))
+  r = likelihood.evaluate_log_likelihood(
+    model.log_weights, batches, num_samples=num_samples, num_dims=num_dims, progress=False
+  )
+  return dict(
+    val_neg_log_p=float(r.nll),
+    val_nelbo=float(r.negative_elbo),
+    val_bpd_log_p=float(likelihood.bits_per_dim(r.nll, num_dims)),
+  )
 
 
-def make_epoch_end_fn(test_batch: np.ndarray, *, val_images: np.ndarray | None = None,
-                      val_every: int = 0, val_num_iw_samples: int = 10, epochs: int = 1,
-                      eval_batch_size: int = 50, on_validation=None):
+def make_epoch_end_fn(
+  test_batch: np.ndarray,
+  *,
+  val_images: np.ndarray | None = None,
+  val_every: int = 0,
+  val_num_iw_samples: int = 10,
+  epochs: int = 1,
+  eval_batch_size: int = 50,
+  on_validation=None,
+):
   """Per epoch: sample grids, reconstructions of fixed test images, -ELBO on them (BN in eval);
   every `val_every` epochs and after the last one, `validation_nll` on `val_images`, also passed to
   `on_validation(epoch, values, val_seconds=...)` (e.g. a `ValidationHistory`)."""
+
   def epoch_end_fn(model, epoch):
     for t in SAMPLE_TEMPERATURES:
-      tf.summary.image(f"samples/temperature_{t:.1f}", model.sample(16, temperature=t), max_outputs=16)
+      tf.summary.image(
+        f"samples/temperature_{t:.1f}", model.sample(16, temperature=t), max_outputs=16
+      )
     out = model(test_batch, training=False)
     pairs = tf.concat([tf.constant(test_batch), model.probabilities(out.logits)], axis=2)
     tf.summary.image("reconstructions", pairs, max_outputs=8)
@@ -309,11 +394,15 @@ def make_epoch_end_fn(test_batch: np.ndarray, *, val_images: np.ndarray | None =
     values = {"test_batch_neg_elbo": float(neg_elbo)}
     if val_images is not None and val_every and (epoch % val_every == 0 or epoch == epochs - 1):
       start = time.perf_counter()
-      values.update(validation_nll(model, val_images, num_samples=val_num_iw_samples,
-                                   batch_size=eval_batch_size))
+      values.update(
+        validation_nll(
+          model, val_images, num_samples=val_num_iw_samples, batch_size=eval_batch_size
+        )
+      )
       if on_validation is not None:
         on_validation(epoch, dict(values), val_seconds=time.perf_counter() - start)
     return values
+
   return epoch_end_fn
 
 
@@ -343,8 +432,14 @@ class ValidationHistory:
       seconds = trainer.elapsed_train_seconds() - val_seconds
       no_val = training_seconds(seconds, earlier)  # nor the earlier ones
       step = int(trainer.step.numpy())
-    row = dict(epoch=epoch + 1, step=step, train_seconds=seconds, val_seconds=val_seconds,
-               train_seconds_no_val=no_val, **values)
+    row = dict(
+      epoch=epoch + 1,
+      step=step,
+      train_seconds=seconds,
+      val_seconds=val_seconds,
+      train_seconds_no_val=no_val,
+      **values,
+    )
     results.write_json(self.path, earlier + [row])
 
 
@@ -357,7 +452,7 @@ class Trained:
   splits: Splits
   trainer: harness.Trainer
   train_seconds: float  # `training_seconds`: over resumed invocations, validation passes excluded
-  validation: list      # rows of <logdir>/validation.json
+  validation: list  # rows of <logdir>/validation.json
 
 
 def train(s: RunSettings, config: harness.TrainConfig, *, strategy, data_dir=None) -> Trained:
@@ -367,23 +462,46 @@ def train(s: RunSettings, config: harness.TrainConfig, *, strategy, data_dir=Non
   steps_per_epoch = num_train // config.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f"{num_train} training images are fewer than one batch of {config.batch_size}")
-  model, optimizer = build(s, strategy=strategy, steps_per_epoch=steps_per_epoch,
-                           epochs=config.epochs, seed=config.seed, image_shape=splits.image_shape)
+  model, optimizer = build(
+    s,
+    strategy=strategy,
+    steps_per_epoch=steps_per_epoch,
+    epochs=config.epochs,
+    seed=config.seed,
+    image_shape=splits.image_shape,
+  )
   test_images = splits.binary_test(config.seed)
   results.write_json(os.path.join(config.logdir, SETTINGS_FILE), jsonable(dataclasses.asdict(s)))
   history = ValidationHistory(os.path.join(config.logdir, VALIDATION_FILE))
   epoch_end = make_epoch_end_fn(
-      test_images[:8], val_images=test_images, val_every=validation_period(s, config.epochs),
-      val_num_iw_samples=s.val_num_iw_samples, epochs=config.epochs,
-      eval_batch_size=s.eval_batch_size, on_validation=history)
-  trainer = harness.Trainer(config=config, strategy=strategy, model=model, optimizer=optimizer,
-                            loss_fn=make_loss_fn(s), train_data=splits.train,
-                            epoch_transform=splits.epoch_transform(), epoch_end_fn=epoch_end)
+    test_images[:8],
+    val_images=test_images,
+    val_every=validation_period(s, config.epochs),
+    val_num_iw_samples=s.val_num_iw_samples,
+    epochs=config.epochs,
+    eval_batch_size=s.eval_batch_size,
+    on_validation=history,
+  )
+  trainer = harness.Trainer(
+    config=config,
+    strategy=strategy,
+    model=model,
+    optimizer=optimizer,
+    loss_fn=make_loss_fn(s),
+    train_data=splits.train,
+    epoch_transform=splits.epoch_transform(),
+    epoch_end_fn=epoch_end,
+  )
   history.trainer = trainer
   trainer.fit()
   validation = history.rows()
-  return Trained(model=model, splits=splits, trainer=trainer, validation=validation,
-                 train_seconds=training_seconds(float(trainer.train_seconds.numpy()), validation))
+  return Trained(
+    model=model,
+    splits=splits,
+    trainer=trainer,
+    validation=validation,
+    train_seconds=training_seconds(float(trainer.train_seconds.numpy()), validation),
+  )
 
 
 def training_seconds(clock_seconds: float, validation: list[dict]) -> float:
@@ -398,9 +516,17 @@ def partial_nll_path(logdir: str, test_pass: int) -> str:
   return os.path.join(logdir, f"nll_partial_pass{test_pass}.npz")
 
 
-def evaluate_nll(s: RunSettings, model: NVAE, splits: Splits, *, seed: int, progress: bool = True,
-                 resume_dir: str | None = None, checkpoint: str | None = None,
-                 per_example_path: str | None = None):
+def evaluate_nll(
+  s: RunSettings,
+  model: NVAE,
+  splits: Splits,
+  *,
+  seed: int,
+  progress: bool = True,
+  resume_dir: str | None = None,
+  checkpoint: str | None = None,
+  per_example_path: str | None = None,
+):
   """Importance-weighted test NLL (evaluation.likelihood), `num_test_passes` independent passes.
 
   With `resume_dir`, each pass saves its partial results after every batch in
@@ -415,53 +541,90 @@ def evaluate_nll(s: RunSettings, model: NVAE, splits: Splits, *, seed: int, prog
     images = splits.binary_test(seed * 1000 + p)
     # Said before it starts: at the paper and cpu presets' K = 1000 this takes hours on a CPU,
     # --max_steps or not.
-    where = (f", resumable (partial results: {partial_nll_path(resume_dir, p)})"
-             if resume_dir else "")
-    print(f"test NLL, pass {p + 1} of {s.num_test_passes}: K = {s.num_iw_samples} importance "
-          f"samples on {len(images):,} test images{where}; --num_iw_samples / --test_examples make "
-          "it smaller", file=sys.stderr)
+    where = (
+      f", resumable (partial results: {partial_nll_path(resume_dir, p)})" if resume_dir else ""
+    )
+    print(
+      f"test NLL, pass {p + 1} of {s.num_test_passes}: K = {s.num_iw_samples} importance "
+      f"samples on {len(images):,} test images{where}; --num_iw_samples / --test_examples make "
+      "it smaller",
+      file=sys.stderr,
+    )
     batches = tf.data.Dataset.from_tensor_slices(images).batch(s.eval_batch_size)
-    passes.append(likelihood.evaluate_log_likelihood(
-        model.log_weights, batches, num_samples=s.num_iw_samples, num_dims=splits.num_dims,
-        chunk_size=s.iw_chunk, progress=progress,
+    passes.append(
+      likelihood.evaluate_log_likelihood(
+        model.log_weights,
+        batches,
+        num_samples=s.num_iw_samples,
+        num_dims=splits.num_dims,
+        chunk_size=s.iw_chunk,
+        progress=progress,
         resume_path=resume_dir and partial_nll_path(resume_dir, p),
-        resume_key=dict(checkpoint=checkpoint, num_iw_samples=s.num_iw_samples,
-                        test_examples=len(images), seed=seed, test_pass=p,
-                        eval_batch_size=s.eval_batch_size,
-                        # which images, when not all (a key without it: the whole test set)
-                        **({} if splits.test_subset == "all" else
-                           {"test_subset": splits.test_subset})),
-        rng_variables=rng_variables))
+        resume_key=dict(
+          checkpoint=checkpoint,
+          num_iw_samples=s.num_iw_samples,
+          test_examples=len(images),
+          seed=seed,
+          test_pass=p,
+          eval_batch_size=s.eval_batch_size,
+          # which images, when not all (a key without it: the whole test set)
+          **({} if splits.test_subset == "all" else {"test_subset": splits.test_subset}),
+        ),
+        rng_variables=rng_variables,
+      )
+    )
   nll = np.array([r.nll for r in passes])
   if per_example_path:
     results.write_per_example(
-        per_example_path, log_likelihood=[r.per_example_log_likelihood for r in passes],
-        elbo=[r.per_example_elbo for r in passes], what="NVAE test log p(x) (IWAE_K) and ELBO, "
-        "nats per image", num_iw_samples=s.num_iw_samples, checkpoint=checkpoint, seed=seed,
-        test_subset=splits.test_subset, dataset=splits.dataset,
-        binarization=splits.binarization)
+      per_example_path,
+      log_likelihood=[r.per_example_log_likelihood for r in passes],
+      elbo=[r.per_example_elbo for r in passes],
+      what="NVAE test log p(x) (IWAE_K) and ELBO, nats per image",
+      num_iw_samples=s.num_iw_samples,
+      checkpoint=checkpoint,
+      seed=seed,
+      test_subset=splits.test_subset,
+      dataset=splits.dataset,
+      binarization=splits.binarization,
+    )
   return {
-      "nll": float(nll.mean()),
-      "nll_std_over_passes": float(nll.std(ddof=1)) if len(nll) > 1 else 0.0,
-      "nll_sem": float(np.mean([r.nll_sem for r in passes])),
-      "neg_elbo": float(np.mean([r.negative_elbo for r in passes])),
-      "bits_per_dim": float(likelihood.bits_per_dim(nll.mean(), splits.num_dims)),
-      "nll_passes": nll.tolist(), "test_examples": passes[0].num_examples,
-      "test_subset": splits.test_subset,
-      "num_iw_samples": s.num_iw_samples, "num_dims": splits.num_dims,
-      "iw_chunk_used": s.iw_chunk,  # memory only; settings.iw_chunk is the newest invocation's
-      "eval_hosts": {h: sum(r.hosts.get(h, 0) for r in passes)  # {host: test-NLL batches}
-                     for h in host.merge_in_order(*(r.hosts for r in passes))},
+    "nll": float(nll.mean()),
+    "nll_std_over_passes": float(nll.std(ddof=1)) if len(nll) > 1 else 0.0,
+    "nll_sem": float(np.mean([r.nll_sem for r in passes])),
+    "neg_elbo": float(np.mean([r.negative_elbo for r in passes])),
+    "bits_per_dim": float(likelihood.bits_per_dim(nll.mean(), splits.num_dims)),
+    "nll_passes": nll.tolist(),
+    "test_examples": passes[0].num_examples,
+    "test_subset": splits.test_subset,
+    "num_iw_samples": s.num_iw_samples,
+    "num_dims": splits.num_dims,
+    "iw_chunk_used": s.iw_chunk,  # memory only; settings.iw_chunk is the newest invocation's
+    "eval_hosts": {
+      h: sum(r.hosts.get(h, 0) for r in passes)  # {host: test-NLL batches}
+      for h in host.merge_in_order(*(r.hosts for r in passes))
+    },
   }
 
 
-NLL_KEYS = ("nll", "nll_std_over_passes", "nll_sem", "neg_elbo", "bits_per_dim", "nll_passes",
-            "test_examples", "test_subset", "num_iw_samples", "num_dims", "iw_chunk_used",
-            "eval_hosts")
+NLL_KEYS = (
+  "nll",
+  "nll_std_over_passes",
+  "nll_sem",
+  "neg_elbo",
+  "bits_per_dim",
+  "nll_passes",
+  "test_examples",
+  "test_subset",
+  "num_iw_samples",
+  "num_dims",
+  "iw_chunk_used",
+  "eval_hosts",
+)
 
 
-def previous_nll(logdir: str, s: RunSettings, *, steps: int, seed: int,
-                 test_subset: str = "all") -> dict | None:
+def previous_nll(
+  logdir: str, s: RunSettings, *, steps: int, seed: int, test_subset: str = "all"
+) -> dict | None:
   """The test NLL of <logdir>/results.json when it was made at the same step with the same K, test
   images, passes and seed (a rerun of a finished run then skips the K = 1000 evaluation).
   `test_subset`: `Splits.test_subset`; a row without one was made on the first N images (all of
@@ -470,32 +633,49 @@ def previous_nll(logdir: str, s: RunSettings, *, steps: int, seed: int,
   if not os.path.exists(path):
     return None
   row = results.read_json(path)
-  recorded = row.get("test_subset",
-                     "all" if not row.get("settings", {}).get("test_examples") else "first N")
-  same = (row.get("steps") == steps and row.get("seed") == seed and recorded == test_subset
-          and row.get("num_iw_samples") == s.num_iw_samples
-          and len(row.get("nll_passes", [])) == s.num_test_passes
-          and row.get("settings", {}).get("test_examples") == s.test_examples
-          and row.get("settings", {}).get("dataset") == s.dataset)
+  recorded = row.get(
+    "test_subset", "all" if not row.get("settings", {}).get("test_examples") else "first N"
+  )
+  same = (
+    row.get("steps") == steps
+    and row.get("seed") == seed
+    and recorded == test_subset
+    and row.get("num_iw_samples") == s.num_iw_samples
+    and len(row.get("nll_passes", [])) == s.num_test_passes
+    and row.get("settings", {}).get("test_examples") == s.test_examples
+    and row.get("settings", {}).get("dataset") == s.dataset
+  )
   return {k: row[k] for k in NLL_KEYS if k in row} if same else None
 
 
-def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy, data_dir=None,
-                       command: str = "") -> tuple[dict, Trained]:
+def train_and_evaluate(
+  s: RunSettings, config: harness.TrainConfig, *, strategy, data_dir=None, command: str = ""
+) -> tuple[dict, Trained]:
   """Train (or resume), NLL (reused from results.json when nothing changed), sample grid,
   results.json; returns (results row, Trained)."""
   trained = train(s, config, strategy=strategy, data_dir=data_dir)
   model = trained.model
   steps = int(trained.trainer.step.numpy())
-  nll = previous_nll(config.logdir, s, steps=steps, seed=config.seed,
-                     test_subset=trained.splits.test_subset)
+  nll = previous_nll(
+    config.logdir, s, steps=steps, seed=config.seed, test_subset=trained.splits.test_subset
+  )
   if nll is not None:
-    print(f"test NLL of step {steps} reused from {os.path.join(config.logdir, 'results.json')} "
-          "(same K, test images, passes and seed)", file=sys.stderr)
+    print(
+      f"test NLL of step {steps} reused from {os.path.join(config.logdir, 'results.json')} "
+      "(same K, test images, passes and seed)",
+      file=sys.stderr,
+    )
   else:
-    nll = evaluate_nll(s, model, trained.splits, seed=config.seed, progress=config.progress,
-                       resume_dir=config.logdir, checkpoint=f"step {steps}",
-                       per_example_path=os.path.join(config.logdir, results.PER_EXAMPLE_FILE))
+    nll = evaluate_nll(
+      s,
+      model,
+      trained.splits,
+      seed=config.seed,
+      progress=config.progress,
+      resume_dir=config.logdir,
+      checkpoint=f"step {steps}",
+      per_example_path=os.path.join(config.logdir, results.PER_EXAMPLE_FILE),
+    )
   if s.readjust_bn_steps:
     model.readjust_bn(num_iterations=s.readjust_bn_steps, temperature=s.temperature)
   samples = model.sample(NUM_GRID_IMAGES, temperature=s.temperature).numpy()
@@ -503,27 +683,40 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
   save_samples(os.path.join(config.logdir, "samples.npz"), samples)
   status = results.read_status(config.logdir) or {}
   row = {
-      "script": "nvae_mnist", "command": command, "preset": s.preset,
-      "dataset": trained.splits.dataset,
-      "binarization": trained.splits.binarization,
-      "spectral": s.model.spectral, "kl_warmup": s.kl_warmup, "num_flows": s.model.num_flows,
-      "global_batch_size": config.batch_size, "epochs": config.epochs, "steps": steps,
-      "epochs_reached": steps / trained.trainer.steps_per_epoch,
-      "finished": steps >= trained.trainer.total_steps,
-      "train_seconds": trained.train_seconds,
-      # the CPUs that trained the row, then those of its test-NLL batches
-      "cpus": host.merge_in_order(results.status_cpus(status) or [host.cpu_model()],
-                                  nll.get("eval_hosts", {})),
-      "code_commits": status.get("code_commits", []),
-      "parameters": model.count_params(), "precision_policy": keras.mixed_precision.global_policy().name,
-      "seed": config.seed, "logdir": config.logdir, **nll, "validation": trained.validation,
-      "peak_rss_gib": host.peak_rss_gib(),  # this invocation's process, evaluation included
-      "settings": jsonable(hparams(s)),
+    "script": "nvae_mnist",
+    "command": command,
+    "preset": s.preset,
+    "dataset": trained.splits.dataset,
+    "binarization": trained.splits.binarization,
+    "spectral": s.model.spectral,
+    "kl_warmup": s.kl_warmup,
+    "num_flows": s.model.num_flows,
+    "global_batch_size": config.batch_size,
+    "epochs": config.epochs,
+    "steps": steps,
+    "epochs_reached": steps / trained.trainer.steps_per_epoch,
+    "finished": steps >= trained.trainer.total_steps,
+    "train_seconds": trained.train_seconds,
+    # the CPUs that trained the row, then those of its test-NLL batches
+    "cpus": host.merge_in_order(
+      results.status_cpus(status) or [host.cpu_model()], nll.get("eval_hosts", {})
+    ),
+    "code_commits": status.get("code_commits", []),
+    "parameters": model.count_params(),
+    "precision_policy": keras.mixed_precision.global_policy().name,
+    "seed": config.seed,
+    "logdir": config.logdir,
+    **nll,
+    "validation": trained.validation,
+    "peak_rss_gib": host.peak_rss_gib(),  # this invocation's process, evaluation included
+    "settings": jsonable(hparams(s)),
   }
   results.write_json(os.path.join(config.logdir, "results.json"), jsonable(row))
-  print(f"test NLL {row['nll']:.2f} nats ({row['bits_per_dim']:.4f} bits/dim), -ELBO "
-        f"{row['neg_elbo']:.2f}, K={s.num_iw_samples}, {row['test_examples']} images; "
-        f"samples: {os.path.join(config.logdir, 'samples.png')}")
+  print(
+    f"test NLL {row['nll']:.2f} nats ({row['bits_per_dim']:.4f} bits/dim), -ELBO "
+    f"{row['neg_elbo']:.2f}, K={s.num_iw_samples}, {row['test_examples']} images; "
+    f"samples: {os.path.join(config.logdir, 'samples.png')}"
+  )
   return row, trained
 
 
@@ -544,8 +737,10 @@ def restore_run(logdir: str, which: str, s: RunSettings, *, seed: int):
   try:
     checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
   except (AssertionError, ValueError, tf.errors.OpError) as e:
-    raise ValueError(f"checkpoint {path} does not match the architecture in settings.json: "
-                     f"{str(e).splitlines()[0][:300]}") from e
+    raise ValueError(
+      f"checkpoint {path} does not match the architecture in settings.json: "
+      f"{str(e).splitlines()[0][:300]}"
+    ) from e
   return model, path
 
 
@@ -560,8 +755,9 @@ def generate_samples(model, num_samples: int, *, temperature: float = 1.0) -> np
   """[N, H, W, C] Bernoulli means in [0, 1], drawn SAMPLE_BATCH at a time."""
   chunks = []
   for start in range(0, num_samples, SAMPLE_BATCH):
-    chunks.append(model.sample(min(SAMPLE_BATCH, num_samples - start),
-                               temperature=temperature).numpy())
+    chunks.append(
+      model.sample(min(SAMPLE_BATCH, num_samples - start), temperature=temperature).numpy()
+    )
   return np.concatenate(chunks)
 
 
@@ -569,19 +765,24 @@ def fid_from_features(network, samples, reference, *, label: str = "inception-20
   """FID between [N, H, W, C] images in [0, 1] through `network` ({'pool_3': [B, 2048]}), as
   `results.metric(value, protocol record of the samples)`."""
   from evaluation import features, fid
+
   fake, real, record = features.extract_samples_and_reference(
-      network, samples, reference, label=label, feature="pool_3", progress=False)
+    network, samples, reference, label=label, feature="pool_3", progress=False
+  )
   value = fid.frechet_distance(*fid.feature_statistics(fake), *fid.feature_statistics(real))
   return results.metric(value, record)
 
 
-def precision_recall_from_features(network, samples, reference, *,
-                                   label: str = "vgg16-keras") -> tuple[dict, dict]:
+def precision_recall_from_features(
+  network, samples, reference, *, label: str = "vgg16-keras"
+) -> tuple[dict, dict]:
   """Improved precision / recall (k = 3) of images in [0, 1] through `network` ({'fc2': ...}), each
   as `results.metric(value, protocol record)`."""
   from evaluation import features, precision_recall
+
   fake, real, record = features.extract_samples_and_reference(
-      network, samples, reference, label=label, feature="fc2", progress=False)
+    network, samples, reference, label=label, feature="fc2", progress=False
+  )
   precision, recall = precision_recall.precision_recall(real, fake, k=3)
   return results.metric(precision, record), results.metric(recall, record)
 
@@ -589,6 +790,7 @@ def precision_recall_from_features(network, samples, reference, *,
 def load_network(kind: str, *, path: str | None, download: bool):
   """(network, None) or (None, reason) for kind 'inception' / 'vgg16'; never fakes a network."""
   from evaluation import networks
+
   loader = {"inception": networks.inception_network, "vgg16": networks.vgg16_network}[kind]
   try:
     return loader(path, download=download), None
@@ -596,8 +798,9 @@ def load_network(kind: str, *, path: str | None, download: bool):
     return None, str(e)
 
 
-def sample_metrics(model, reference: np.ndarray, *, num_samples: int, inception, vgg16,
-                   temperature: float = 1.0) -> dict:
+def sample_metrics(
+  model, reference: np.ndarray, *, num_samples: int, inception, vgg16, temperature: float = 1.0
+) -> dict:
   """FID / precision / recall of samples at `temperature` as `results.metric` values (with their
   protocol records), or 'unavailable (...)' strings (reasons: `load_network`)."""
   inception_net, vgg_net = inception[0], vgg16[0]
@@ -618,8 +821,11 @@ def sample_metrics(model, reference: np.ndarray, *, num_samples: int, inception,
 
 
 # (KL warm-up clock, spectral method) of the Table 1 / Table 2 rows.
-TABLE_ROWS = ((WarmupClock.STEP, Spectral.SN), (WarmupClock.STEP, Spectral.SR),
-              (WarmupClock.EPOCH, Spectral.SN))
+TABLE_ROWS = (
+  (WarmupClock.STEP, Spectral.SN),
+  (WarmupClock.STEP, Spectral.SR),
+  (WarmupClock.EPOCH, Spectral.SN),
+)
 DEFAULT_TABLE_TEST_PASSES = 3
 
 
@@ -640,8 +846,9 @@ def parse_table_rows(names) -> tuple[tuple[WarmupClock, Spectral], ...]:
 
 
 def row_settings(base: RunSettings, kl_warmup: str, spectral: str) -> RunSettings:
-  return dataclasses.replace(base, kl_warmup=kl_warmup,
-                             model=dataclasses.replace(base.model, spectral=spectral))
+  return dataclasses.replace(
+    base, kl_warmup=kl_warmup, model=dataclasses.replace(base.model, spectral=spectral)
+  )
 
 
 def table_row_label(kl_warmup: str, spectral: str) -> str:
@@ -655,15 +862,32 @@ def validation_table(rows: list[dict]) -> str:
     history = row.get("validation") or []
     if not history:
       continue
-    lines.append(f"**{row['row']}** (validation NLL with K = {row['settings']['val_num_iw_samples']} "
-                 f"on {row.get('test_examples') or 'all'} test images, training minutes excluding "
-                 "the validation passes):\n")
-    lines.append(results.markdown_table(
-        [dict(epoch=h["epoch"], step=h["step"], nll=h["val_neg_log_p"], nelbo=h["val_nelbo"],
-              minutes=None if h["train_seconds_no_val"] is None else h["train_seconds_no_val"] / 60.0)
-         for h in history],
-        [("epoch", "Epoch"), ("step", "Step"), ("minutes", "Train time (min)"),
-         ("nll", "Val NLL (nats)"), ("nelbo", "Val -ELBO (nats)")]))
+    lines.append(
+      f"**{row['row']}** (validation NLL with K = {row['settings']['val_num_iw_samples']} "
+      f"on {row.get('test_examples') or 'all'} test images, training minutes excluding "
+      "the validation passes):\n"
+    )
+    lines.append(
+      results.markdown_table(
+        [
+          dict(
+            epoch=h["epoch"],
+            step=h["step"],
+            nll=h["val_neg_log_p"],
+            nelbo=h["val_nelbo"],
+            minutes=None if h["train_seconds_no_val"] is None else h["train_seconds_no_val"] / 60.0,
+          )
+          for h in history
+        ],
+        [
+          ("epoch", "Epoch"),
+          ("step", "Step"),
+          ("minutes", "Train time (min)"),
+          ("nll", "Val NLL (nats)"),
+          ("nelbo", "Val -ELBO (nats)"),
+        ],
+      )
+    )
   return "\n".join(lines)
 
 
@@ -674,9 +898,11 @@ def validation_curves(rows: list[dict]) -> dict[str, dict[str, list]]:
   for row in rows:
     history = [h for h in row.get("validation") or [] if h["train_seconds_no_val"] is not None]
     if history:
-      curves[row["row"]] = dict(step=[h["step"] for h in history],
-                                minutes=[h["train_seconds_no_val"] / 60.0 for h in history],
-                                nll=[h["val_neg_log_p"] for h in history])
+      curves[row["row"]] = dict(
+        step=[h["step"] for h in history],
+        minutes=[h["train_seconds_no_val"] / 60.0 for h in history],
+        nll=[h["val_neg_log_p"] for h in history],
+      )
   return curves
 
 
@@ -687,8 +913,10 @@ def plot_validation_curves(rows: list[dict], path: str) -> bool:
   if not curves:
     return False
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, (by_time, by_step) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
   for label, c in curves.items():
     by_time.plot(c["minutes"], c["nll"], "o-", label=label)
@@ -700,8 +928,10 @@ def plot_validation_curves(rows: list[dict], path: str) -> bool:
   log_scale = min(values) > 0 and max(values) / min(values) > 2
   if log_scale:
     by_time.set_yscale("log")
-  by_time.set(xlabel="training minutes (wall clock, validation passes excluded)",
-              ylabel=f"validation NLL, K = {k} (nats{', log scale' if log_scale else ''})")
+  by_time.set(
+    xlabel="training minutes (wall clock, validation passes excluded)",
+    ylabel=f"validation NLL, K = {k} (nats{', log scale' if log_scale else ''})",
+  )
   by_step.set(xlabel="training step")
   by_time.legend()
   fig.tight_layout()

@@ -32,8 +32,7 @@ from __future__ import annotations
 from absl import flags
 
 from experiments import flags as common
-from experiments import priors_2d_flags
-from experiments import priors_2d_train
+from experiments import priors_2d_flags, priors_2d_train
 
 FLAGS = flags.FLAGS
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -63,12 +64,14 @@ def append_row(path: str, row: Mapping[str, Any]):
   write_json(path, rows)
 
 
-def metric(value: float, protocol: Mapping[str, Any], *, interval: Sequence[float] | None = None
-           ) -> dict:
+def metric(
+  value: float, protocol: Mapping[str, Any], *, interval: Sequence[float] | None = None
+) -> dict:
   """A metric value with its protocol record: {"value", "protocol"[, "interval"]}."""
   if not isinstance(protocol, Mapping) or not protocol:
-    raise ValueError("a metric value needs its protocol record (evaluation.protocol), got "
-                     f"{protocol!r}")
+    raise ValueError(
+      f"a metric value needs its protocol record (evaluation.protocol), got {protocol!r}"
+    )
   out = {"value": float(value), "protocol": dict(protocol)}
   if interval is not None:
     out["interval"] = [float(interval[0]), float(interval[1])]
@@ -87,9 +90,11 @@ def require_protocols(rows: Iterable[Mapping[str, Any]]) -> None:
   """ValueError if a metric key (METRIC_PREFIXES) holds a number without its protocol record."""
   for i, row in enumerate(rows):
     for key, value in row.items():
-      if (is_metric_key(key) and isinstance(value, (int, float)) and not isinstance(value, bool)):
-        raise ValueError(f"row {i}: {key} = {value} carries no protocol record; store it as "
-                         "results.metric(value, protocol)")
+      if is_metric_key(key) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise ValueError(
+          f"row {i}: {key} = {value} carries no protocol record; store it as "
+          "results.metric(value, protocol)"
+        )
 
 
 def _jsonable(value):
@@ -118,8 +123,9 @@ def format_value(value: Any, digits: int = 2) -> str:
   return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def markdown_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[tuple[str, str]],
-                   *, digits: int = 2) -> str:
+def markdown_table(
+  rows: Iterable[Mapping[str, Any]], columns: Sequence[tuple[str, str]], *, digits: int = 2
+) -> str:
   """A Markdown table; `columns` are (row key, header) pairs; missing keys show as `n/a`.
 
   Metric cells (`metric(...)`) show `value (pN)`; the distinct protocol records follow the table as
@@ -127,16 +133,20 @@ def markdown_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[tuple[st
   (`evaluation.protocol.ProtocolMismatchError`).
   """
   rows = list(rows)
-  lines = ["| " + " | ".join(h for _, h in columns) + " |",
-           "| " + " | ".join("---" for _ in columns) + " |"]
+  lines = [
+    "| " + " | ".join(h for _, h in columns) + " |",
+    "| " + " | ".join("---" for _ in columns) + " |",
+  ]
   markers: dict[str, int] = {}
   for key, header in columns:
     cells = [(i, row[key]) for i, row in enumerate(rows, 1) if is_metric(row.get(key))]
     for i, cell in cells[1:]:
       try:
-        protocol_lib.check_compatible(cells[0][1]["protocol"], cell["protocol"],
-                                      names=(f"{header!r} of row {cells[0][0]}",
-                                             f"{header!r} of row {i}"))
+        protocol_lib.check_compatible(
+          cells[0][1]["protocol"],
+          cell["protocol"],
+          names=(f"{header!r} of row {cells[0][0]}", f"{header!r} of row {i}"),
+        )
       except protocol_lib.ProtocolMismatchError as e:  # no --nostrict_protocol for a table
         raise protocol_lib.ProtocolMismatchError(str(e).split(" (pass --")[0]) from None
   for row in rows:
@@ -190,6 +200,7 @@ def partial_evaluation_hosts(logdir: str) -> list[str]:
   """The hosts that ran the batches of the partial test-NLL evaluations in `logdir` (the resume
   files of `evaluation.likelihood`; `likelihood.UNRECORDED_HOST` for batches of older files)."""
   from evaluation import likelihood  # TensorFlow: only here
+
   hosts = []
   for name in partial_evaluations(logdir):
     hosts = host.merge_in_order(hosts, likelihood.resume_file_hosts(os.path.join(logdir, name)))
@@ -200,8 +211,11 @@ def partial_evaluations(logdir: str) -> dict[str, int]:
   """{file name: test examples done} of the resumable test-NLL evaluations part way in `logdir`
   (`evaluation.likelihood.evaluate_log_likelihood`'s `nll_partial*.npz`, deleted when one
   completes); empty when there is none."""
-  names = sorted(n for n in os.listdir(logdir) if n.startswith("nll_partial")
-                 and n.endswith(".npz") and not n.endswith(".tmp.npz"))
+  names = sorted(
+    n
+    for n in os.listdir(logdir)
+    if n.startswith("nll_partial") and n.endswith(".npz") and not n.endswith(".tmp.npz")
+  )
   done = {}
   for name in names:
     with np.load(os.path.join(logdir, name)) as f:
@@ -229,8 +243,10 @@ def write_per_example(path: str, *, log_likelihood, elbo=None, **description) ->
   if elbo is not None:
     arrays["elbo"] = np.asarray(elbo, np.float32)
     if arrays["elbo"].shape != arrays["log_likelihood"].shape:
-      raise ValueError(f"elbo {arrays['elbo'].shape} and log_likelihood "
-                       f"{arrays['log_likelihood'].shape} differ in shape")
+      raise ValueError(
+        f"elbo {arrays['elbo'].shape} and log_likelihood "
+        f"{arrays['log_likelihood'].shape} differ in shape"
+      )
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   tmp = path + ".tmp.npz"
   np.savez(tmp, description=json.dumps(description, sort_keys=True, default=_jsonable), **arrays)
@@ -240,9 +256,11 @@ def write_per_example(path: str, *, log_likelihood, elbo=None, **description) ->
 def read_per_example(path: str) -> dict[str, Any]:
   """{"log_likelihood": float32 array, "elbo": array or None, "description": dict}."""
   with np.load(path) as f:
-    return {"log_likelihood": f["log_likelihood"],
-            "elbo": f["elbo"] if "elbo" in f.files else None,
-            "description": json.loads(str(f["description"]))}
+    return {
+      "log_likelihood": f["log_likelihood"],
+      "elbo": f["elbo"] if "elbo" in f.files else None,
+      "description": json.loads(str(f["description"])),
+    }
 
 
 def mean_and_sem(values) -> tuple[float, float | None]:
@@ -260,9 +278,12 @@ def per_example_numbers(path: str) -> dict[str, Any]:
   ll = np.atleast_2d(np.asarray(values["log_likelihood"], np.float64))  # [passes, N]
   passes = [mean_and_sem(-p) for p in ll]
   sems = [s for _, s in passes if s is not None]
-  out = {"nll": float(np.mean([m for m, _ in passes])),
-         "nll_sem": float(np.mean(sems)) if sems else None,
-         "test_examples": int(ll.shape[1]), "nll_passes": [m for m, _ in passes]}
+  out = {
+    "nll": float(np.mean([m for m, _ in passes])),
+    "nll_sem": float(np.mean(sems)) if sems else None,
+    "test_examples": int(ll.shape[1]),
+    "nll_passes": [m for m, _ in passes],
+  }
   if values["elbo"] is not None:
     out["neg_elbo"] = float(-np.asarray(values["elbo"], np.float64).mean())
   return out
@@ -290,8 +311,9 @@ def publish_per_example(run_dir: str, page: str, row_id: str) -> str | None:
   return target
 
 
-def with_per_example_numbers(row: Mapping[str, Any], page: str, row_id: str, *,
-                             num_dims: int | None = None) -> dict:
+def with_per_example_numbers(
+  row: Mapping[str, Any], page: str, row_id: str, *, num_dims: int | None = None
+) -> dict:
   """`row` with its likelihood numbers replaced by what its published per-example file gives
   (`per_example_numbers`; `bits_per_dim` too when `num_dims` is given), and `per_example` naming
   that file relative to the page's folder; unchanged but for `per_example: None` when the page
@@ -302,18 +324,20 @@ def with_per_example_numbers(row: Mapping[str, Any], page: str, row_id: str, *,
   numbers = per_example_numbers(path)
   if num_dims:
     numbers["bits_per_dim"] = numbers["nll"] / (num_dims * math.log(2.0))
-  return dict(row, **numbers,
-              per_example=os.path.relpath(path, os.path.dirname(page) or "."))
+  return dict(row, **numbers, per_example=os.path.relpath(path, os.path.dirname(page) or "."))
 
 
 def paired_difference(path_a: str, path_b: str) -> tuple[float, float]:
   """NLL(a) - NLL(b), averaged over the same test images, and its paired standard error (the
   standard error of the per-image differences, passes averaged per image first): the two files
   must hold values of the same images in the same order."""
-  a, b = (np.atleast_2d(np.asarray(read_per_example(p)["log_likelihood"], np.float64)).mean(0)
-          for p in (path_a, path_b))
+  a, b = (
+    np.atleast_2d(np.asarray(read_per_example(p)["log_likelihood"], np.float64)).mean(0)
+    for p in (path_a, path_b)
+  )
   if a.shape != b.shape:
-    raise ValueError(f"{path_a} and {path_b} hold {a.shape[0]} and {b.shape[0]} images: not the "
-                     "same test images")
+    raise ValueError(
+      f"{path_a} and {path_b} hold {a.shape[0]} and {b.shape[0]} images: not the same test images"
+    )
   mean, sem = mean_and_sem(b - a)  # -log p(x) of a minus that of b
   return mean, sem

@@ -26,19 +26,34 @@ from common_tf import host
 from evaluation import cli
 from experiments import results
 
-
-COLUMNS = [("run", "run"), ("state", "training"), ("epoch", "epoch"), ("step", "step"),
-           ("best_epoch", "best epoch"), ("train_hours", "train h"), ("cpu", "CPU"),
-           ("updated", "updated"), ("code_commits", "training commits"),
-           ("evaluation", "test NLL evaluation")]
+COLUMNS = [
+  ("run", "run"),
+  ("state", "training"),
+  ("epoch", "epoch"),
+  ("step", "step"),
+  ("best_epoch", "best epoch"),
+  ("train_hours", "train h"),
+  ("cpu", "CPU"),
+  ("updated", "updated"),
+  ("code_commits", "training commits"),
+  ("evaluation", "test NLL evaluation"),
+]
 
 
 def define_flags(fv: flags.FlagValues) -> None:
-  flags.DEFINE_list("logdir", None, "Run directories (comma-separated) holding status.json, or "
-                    "folders whose sub-folders (two levels deep) are run directories.",
-                    flag_values=fv)
-  flags.DEFINE_string("output", None, "Markdown page to write (its folder must exist); without "
-                      "it the table is printed only.", flag_values=fv)
+  flags.DEFINE_list(
+    "logdir",
+    None,
+    "Run directories (comma-separated) holding status.json, or "
+    "folders whose sub-folders (two levels deep) are run directories.",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    "output",
+    None,
+    "Markdown page to write (its folder must exist); without it the table is printed only.",
+    flag_values=fv,
+  )
 
 
 def find_runs(root: str) -> list[str]:
@@ -69,27 +84,37 @@ def status_row(logdir: str) -> dict:
     state = "training (resume: rerun its command)"
   total_epochs, total_steps = s.get("total_epochs"), s.get("total_steps")
   return dict(
-      run=logdir, state=state,
-      epoch=f"{s['epoch']:.2f} of {total_epochs}" if total_epochs else f"{s['epoch']:.2f}",
-      step=f"{s['step']} of {total_steps}" if total_steps else str(s["step"]),
-      best_epoch=s.get("best_epoch"), train_hours=round(s.get("train_seconds", 0.0) / 3600, 2),
-      cpu="; ".join(host.merge_in_order(results.status_cpus(s),
-                                        results.partial_evaluation_hosts(logdir))) or None,
-      updated=s.get("updated"),
-      code_commits=", ".join(s.get("code_commits") or []) or None,
-      evaluation=evaluation_progress(logdir))
+    run=logdir,
+    state=state,
+    epoch=f"{s['epoch']:.2f} of {total_epochs}" if total_epochs else f"{s['epoch']:.2f}",
+    step=f"{s['step']} of {total_steps}" if total_steps else str(s["step"]),
+    best_epoch=s.get("best_epoch"),
+    train_hours=round(s.get("train_seconds", 0.0) / 3600, 2),
+    cpu="; ".join(
+      host.merge_in_order(results.status_cpus(s), results.partial_evaluation_hosts(logdir))
+    )
+    or None,
+    updated=s.get("updated"),
+    code_commits=", ".join(s.get("code_commits") or []) or None,
+    evaluation=evaluation_progress(logdir),
+  )
 
 
 def evaluation_progress(logdir: str) -> str | None:
   """'<n> test images done (<file>)' per partial test-NLL evaluation in the run, or None."""
-  return "; ".join(f"{n:,} test images done ({name})"
-                   for name, n in results.partial_evaluations(logdir).items()) or None
+  return (
+    "; ".join(
+      f"{n:,} test images done ({name})" for name, n in results.partial_evaluations(logdir).items()
+    )
+    or None
+  )
 
 
 def main(argv: list[str] | None = None) -> int:
   """`python -m experiments.run_status ...`; returns the exit code (2 on bad input)."""
-  fv, args, code = cli.parse_command(argv, doc=__doc__, define_flags=define_flags,
-                                 required=("logdir",))
+  fv, args, code = cli.parse_command(
+    argv, doc=__doc__, define_flags=define_flags, required=("logdir",)
+  )
   if code is not None:
     return code
   try:
@@ -105,15 +130,19 @@ def main(argv: list[str] | None = None) -> int:
   if fv.output:
     command = "python -m experiments.run_status " + " ".join(args)
     results.write_markdown(
-        fv.output, title="Long runs: how far they got", command=command, table=table,
-        notes="From each run's status.json (written by experiments.harness at every checkpoint). "
-              "'train h' is the harness's training clock summed over resumed sessions (epoch-end "
-              "hooks such as validation passes included). This page says how far training got, "
-              "and how many test images a resumable test-NLL evaluation has done while it is "
-              "part way; whether a trained run has been evaluated, and its test "
-              "numbers, are on its experiment's own page. Rerunning a run's command resumes it "
-              "from its newest checkpoint on a machine that holds its folder; on another machine, "
-              "first `python -m experiments.carry --unpack` its packed state (docs/harness.md).")
+      fv.output,
+      title="Long runs: how far they got",
+      command=command,
+      table=table,
+      notes="From each run's status.json (written by experiments.harness at every checkpoint). "
+      "'train h' is the harness's training clock summed over resumed sessions (epoch-end "
+      "hooks such as validation passes included). This page says how far training got, "
+      "and how many test images a resumable test-NLL evaluation has done while it is "
+      "part way; whether a trained run has been evaluated, and its test "
+      "numbers, are on its experiment's own page. Rerunning a run's command resumes it "
+      "from its newest checkpoint on a machine that holds its folder; on another machine, "
+      "first `python -m experiments.carry --unpack` its packed state (docs/harness.md).",
+    )
   return 0
 
 

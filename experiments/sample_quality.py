@@ -26,8 +26,7 @@ from __future__ import annotations
 from absl import flags
 
 from experiments import flags as common
-from experiments import sample_quality_flags
-from experiments import sample_quality_train
+from experiments import sample_quality_flags, sample_quality_train
 
 FLAGS = flags.FLAGS
 

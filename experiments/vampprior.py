@@ -20,9 +20,7 @@ import sys
 from absl import flags
 
 from experiments import flags as common
-from experiments import results
-from experiments import vampprior_flags
-from experiments import vampprior_train
+from experiments import results, vampprior_flags, vampprior_train
 
 FLAGS = flags.FLAGS
 
@@ -37,13 +35,17 @@ def main(argv):
   del argv
   s = vampprior_flags.settings_from_flags()
   strategy = common.setup_runtime()
-  row = vampprior_train.train_and_evaluate(s, vampprior_flags.run_config(s), strategy=strategy,
-                                           data_dir=FLAGS.data_dir)
+  row = vampprior_train.train_and_evaluate(
+    s, vampprior_flags.run_config(s), strategy=strategy, data_dir=FLAGS.data_dir
+  )
   row["command"] = common.command_line()
   results.append_row(os.path.join("runs", "vampprior", "results.json"), row)
-  print(f"{s.dataset} {s.model} {s.prior}: test NLL {row['test_nll']:.2f} +- "
-        f"{row['test_nll_sem']:.2f} nats (K={row['importance_samples']}), test -ELBO "
-        f"{row['test_negative_elbo']:.2f}, {row['epochs_run']} epochs", file=sys.stderr)
+  print(
+    f"{s.dataset} {s.model} {s.prior}: test NLL {row['test_nll']:.2f} +- "
+    f"{row['test_nll_sem']:.2f} nats (K={row['importance_samples']}), test -ELBO "
+    f"{row['test_negative_elbo']:.2f}, {row['epochs_run']} epochs",
+    file=sys.stderr,
+  )
 
 
 if __name__ == "__main__":

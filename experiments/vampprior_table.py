@@ -21,10 +21,7 @@ from absl import flags
 
 from common_tf import host
 from experiments import flags as common
-from experiments import harness
-from experiments import results
-from experiments import vampprior_flags
-from experiments import vampprior_train
+from experiments import harness, results, vampprior_flags, vampprior_train
 
 
 def define_flags():
@@ -35,28 +32,42 @@ def define_flags():
 
 # Published test NLL (nats) on static MNIST: Tomczak & Welling 2018, Table 2 (VAE 88.56,
 # VAE + VampPrior 85.57; HVAE 86.05, HVAE + VampPrior 83.19).
-PAPER_NLL = {("static_mnist", "vae", "standard"): 88.56,
-             ("static_mnist", "vae", "vampprior"): 85.57,
-             ("static_mnist", "hvae_2level", "standard"): 86.05,
-             ("static_mnist", "hvae_2level", "vampprior"): 83.19}
+PAPER_NLL = {
+  ("static_mnist", "vae", "standard"): 88.56,
+  ("static_mnist", "vae", "vampprior"): 85.57,
+  ("static_mnist", "hvae_2level", "standard"): 86.05,
+  ("static_mnist", "hvae_2level", "vampprior"): 83.19,
+}
 # No Frey Faces entry: the paper's Frey numbers were not found verbatim in a source that can be
 # cited here (docs/vampprior.md, "Frey Faces at the paper protocol").
 EVALUATED_PART_WAY = "evaluated before training finished (--max_steps)"
 FINISHED_ELSEWHERE = "finished; run folder not on this machine"
-COLUMNS = [("dataset", "data set"), ("model", "model"), ("prior", "prior"),
-           ("likelihood", "p(x|z)"), ("logistic_edges", "logistic edges"),
-           ("epochs_trained", "epochs trained"), ("best_epoch", "best epoch"),
-           ("test_negative_elbo", "test -ELBO"), ("test_nll", "test NLL"),
-           ("test_nll_sem", "± s.e."), ("importance_samples", "K used"),
-           ("paper_nll", "paper NLL"), ("adam_epsilon", "Adam ε"),
-           ("best_val_negative_elbo", "best val -ELBO"),
-           ("train_seconds_total", "train s"), ("eval_time_s", "eval s"),
-           ("peak_rss_gib", "peak RSS GiB"),
-           ("per_example_cell", "per-image values"), ("status", "status")]
+COLUMNS = [
+  ("dataset", "data set"),
+  ("model", "model"),
+  ("prior", "prior"),
+  ("likelihood", "p(x|z)"),
+  ("logistic_edges", "logistic edges"),
+  ("epochs_trained", "epochs trained"),
+  ("best_epoch", "best epoch"),
+  ("test_negative_elbo", "test -ELBO"),
+  ("test_nll", "test NLL"),
+  ("test_nll_sem", "± s.e."),
+  ("importance_samples", "K used"),
+  ("paper_nll", "paper NLL"),
+  ("adam_epsilon", "Adam ε"),
+  ("best_val_negative_elbo", "best val -ELBO"),
+  ("train_seconds_total", "train s"),
+  ("eval_time_s", "eval s"),
+  ("peak_rss_gib", "peak RSS GiB"),
+  ("per_example_cell", "per-image values"),
+  ("status", "status"),
+]
 
 
-def run_grid(cells, *, strategy, data_dir=None, report_only: bool = False,
-             earlier_rows: list[dict] = ()) -> list[dict]:
+def run_grid(
+  cells, *, strategy, data_dir=None, report_only: bool = False, earlier_rows: list[dict] = ()
+) -> list[dict]:
   """Trains and evaluates every cell ((RunSettings, TrainConfig) pairs, e.g.
   `vampprior_flags.TableSettings.cells`; resuming, a finished, evaluated cell is not redone), or
   with `report_only` reads what each cell's logdir holds. A cell whose logdir is not on this
@@ -67,8 +78,9 @@ def run_grid(cells, *, strategy, data_dir=None, report_only: bool = False,
     print(f"== {s.dataset} {s.model} {s.prior}", file=sys.stderr)
     row = finished_row(config.logdir, s) or kept_row(earlier_rows, config.logdir, s)
     if row is None and not report_only:
-      evaluated = vampprior_train.train_and_evaluate(s, config, strategy=strategy,
-                                                     data_dir=data_dir)
+      evaluated = vampprior_train.train_and_evaluate(
+        s, config, strategy=strategy, data_dir=data_dir
+      )
       # Evaluated after training stopped short of its end (--max_steps): no 'finished' status.
       row = finished_row(config.logdir, s) or dict(evaluated, status=EVALUATED_PART_WAY)
     if row is None:
@@ -81,8 +93,9 @@ def run_grid(cells, *, strategy, data_dir=None, report_only: bool = False,
 
 def cell_id(row: dict) -> str:
   """The name of a cell's per-image values beside the page: <dataset>-<model>-<prior>."""
-  return os.path.basename(vampprior_train.cell_logdir("", row["dataset"], row["model"],
-                                                      row["prior"]))
+  return os.path.basename(
+    vampprior_train.cell_logdir("", row["dataset"], row["model"], row["prior"])
+  )
 
 
 def with_per_example_numbers(rows: list[dict], *, page: str, logdirs: list[str]) -> list[dict]:
@@ -98,8 +111,12 @@ def with_per_example_numbers(rows: list[dict], *, page: str, logdirs: list[str])
     results.publish_per_example(logdir, page, cell_id(row))
     row = results.with_per_example_numbers(row, page, cell_id(row))
     if row["per_example"]:
-      row.update(test_nll=row["nll"], test_nll_sem=row["nll_sem"],
-                 test_negative_elbo=row["neg_elbo"], test_examples=row["test_examples"])
+      row.update(
+        test_nll=row["nll"],
+        test_nll_sem=row["nll_sem"],
+        test_negative_elbo=row["neg_elbo"],
+        test_examples=row["test_examples"],
+      )
       for key in ("nll", "nll_sem", "neg_elbo", "nll_passes"):
         row.pop(key)
     out.append(row)
@@ -114,8 +131,11 @@ def finished_row(logdir: str, s) -> dict | None:
     return None
   row = results.read_json(row_path)
   done = status.get("finished") or status.get("stopped_early")
-  return (dict(row, status="finished", **training_progress(status))
-          if done and same_settings(row, s) else None)
+  return (
+    dict(row, status="finished", **training_progress(status))
+    if done and same_settings(row, s)
+    else None
+  )
 
 
 def same_settings(row: dict, s) -> bool:
@@ -149,8 +169,11 @@ def training_progress(status: dict | None) -> dict:
   epoch)."""
   if not status:
     return {}
-  return dict(epochs_trained=int(status["epoch"]), best_epoch=status.get("best_epoch"),
-              code_commits=status.get("code_commits", []))
+  return dict(
+    epochs_trained=int(status["epoch"]),
+    best_epoch=status.get("best_epoch"),
+    code_commits=status.get("code_commits", []),
+  )
 
 
 def unfinished_row(logdir: str, s) -> dict:
@@ -159,17 +182,27 @@ def unfinished_row(logdir: str, s) -> dict:
   status = results.read_status(logdir)
   if status:
     done = sum(results.partial_evaluations(logdir).values())
-    evaluation = (f"test evaluation in progress: {done:,} test images done" if done else
-                  "test evaluation not finished")
-    progress = (f"trained: stopped early at epoch {status['epoch']:.0f}, best validation epoch "
-                f"{status['best_epoch']}; {evaluation}" if status.get("stopped_early")
-                else f"training: epoch {status['epoch']:.2f} of at most {status['total_epochs']}, "
-                f"best validation epoch {status['best_epoch']}")
-    row.update(status=progress, adam_epsilon=vampprior_train.adam_epsilon(logdir),
-               best_val_negative_elbo=status["best_metric"],
-               train_seconds_total=status["train_seconds"],
-               cpus=host.merge_in_order(results.status_cpus(status),
-                                        results.partial_evaluation_hosts(logdir)))
+    evaluation = (
+      f"test evaluation in progress: {done:,} test images done"
+      if done
+      else "test evaluation not finished"
+    )
+    progress = (
+      f"trained: stopped early at epoch {status['epoch']:.0f}, best validation epoch "
+      f"{status['best_epoch']}; {evaluation}"
+      if status.get("stopped_early")
+      else f"training: epoch {status['epoch']:.2f} of at most {status['total_epochs']}, "
+      f"best validation epoch {status['best_epoch']}"
+    )
+    row.update(
+      status=progress,
+      adam_epsilon=vampprior_train.adam_epsilon(logdir),
+      best_val_negative_elbo=status["best_metric"],
+      train_seconds_total=status["train_seconds"],
+      cpus=host.merge_in_order(
+        results.status_cpus(status), results.partial_evaluation_hosts(logdir)
+      ),
+    )
   return row
 
 
@@ -184,67 +217,104 @@ def test_counts(rows) -> str:
 
 def write_table(rows, *, output: str, command: str, preset: str):
   results.write_json(results.rows_path(output), rows)
-  rows = [dict(r, per_example_cell=(f"[{r['per_example']}]({r['per_example']})"
-                                    if r.get("per_example") else
-                                    "not kept" if r.get("test_nll") is not None else None))
-          for r in rows]
+  rows = [
+    dict(
+      r,
+      per_example_cell=(
+        f"[{r['per_example']}]({r['per_example']})"
+        if r.get("per_example")
+        else "not kept"
+        if r.get("test_nll") is not None
+        else None
+      ),
+    )
+    for r in rows
+  ]
   first = rows[0]
   notes = (
-      f"Preset `{preset}`: {vampprior_train.PRESETS[preset].epochs} epochs max, batch "
-      f"{vampprior_train.PRESETS[preset].batch_size}, "
-      f"AdamNormGrad lr {first['lr']}, KL warm-up {first['warmup']} epochs, "
-      f"K = {first['num_components']} pseudo-inputs / mixture components, "
-      f"training subset {first['train_examples'] or 'all'}, validation / test subsets "
-      f"{test_counts(rows)}. Test NLL = -IWAE_K (importance-weighted, "
-      "evaluation.likelihood), ± its standard error over test examples; test -ELBO is the mean "
-      "over the same K samples of -log w. Both in nats per example. 'K used' is the number of "
-      "importance samples per test example the estimator actually drew (counted from the "
-      "log-weights). 'logistic edges' applies to discretized_logistic rows only (official = "
-      "log_Logistic_256, the paper's form). Paper NLLs: Tomczak & "
-      "Welling 2018 with the paper preset (2000 epochs max, early stopping 50, K = 5000).")
-  if any(r.get("adam_epsilon") is None and r.get("status", "").startswith("finished")
-         for r in rows):
-    notes += (" Adam ε: the official AdamNormGrad's 1e-8; a row without one was trained before "
-              f"the suite recorded it, with Keras's default {vampprior_train.KERAS_DEFAULT_ADAM_EPSILON:g} "
-              "(as is a run resumed from then on).")
+    f"Preset `{preset}`: {vampprior_train.PRESETS[preset].epochs} epochs max, batch "
+    f"{vampprior_train.PRESETS[preset].batch_size}, "
+    f"AdamNormGrad lr {first['lr']}, KL warm-up {first['warmup']} epochs, "
+    f"K = {first['num_components']} pseudo-inputs / mixture components, "
+    f"training subset {first['train_examples'] or 'all'}, validation / test subsets "
+    f"{test_counts(rows)}. Test NLL = -IWAE_K (importance-weighted, "
+    "evaluation.likelihood), ± its standard error over test examples; test -ELBO is the mean "
+    "over the same K samples of -log w. Both in nats per example. 'K used' is the number of "
+    "importance samples per test example the estimator actually drew (counted from the "
+    "log-weights). 'logistic edges' applies to discretized_logistic rows only (official = "
+    "log_Logistic_256, the paper's form). Paper NLLs: Tomczak & "
+    "Welling 2018 with the paper preset (2000 epochs max, early stopping 50, K = 5000)."
+  )
+  if any(
+    r.get("adam_epsilon") is None and r.get("status", "").startswith("finished") for r in rows
+  ):
+    notes += (
+      " Adam ε: the official AdamNormGrad's 1e-8; a row without one was trained before "
+      f"the suite recorded it, with Keras's default {vampprior_train.KERAS_DEFAULT_ADAM_EPSILON:g} "
+      "(as is a run resumed from then on)."
+    )
   commits = sorted({c for r in rows for c in r.get("code_commits") or []})
-  notes += (f"\n\nData: {', '.join(sorted({r['dataset'] for r in rows}))} from the standard files "
-            f"(offline copy). Code: this page at commit {harness.code_commit() or 'unknown'}"
-            + (f"; training ran at commit(s) {', '.join(commits)}" if commits else "") + ".")
+  notes += (
+    f"\n\nData: {', '.join(sorted({r['dataset'] for r in rows}))} from the standard files "
+    f"(offline copy). Code: this page at commit {harness.code_commit() or 'unknown'}"
+    + (f"; training ran at commit(s) {', '.join(commits)}" if commits else "")
+    + "."
+  )
   cpus = results.row_cpus(rows)
   if cpus:
-    notes += (f"\n\nCPU: {'; '.join(cpus)}; 'train s' is the training time summed over resumed "
-              "sessions (the harness clock, validation passes included), 'eval s' the time of the "
-              "test-NLL batches, also summed over resumed invocations.")
+    notes += (
+      f"\n\nCPU: {'; '.join(cpus)}; 'train s' is the training time summed over resumed "
+      "sessions (the harness clock, validation passes included), 'eval s' the time of the "
+      "test-NLL batches, also summed over resumed invocations."
+    )
   if any(r.get("status", "").startswith(FINISHED_ELSEWHERE) for r in rows):
-    notes += (f"\n\nA row whose status says '{FINISHED_ELSEWHERE}' was trained and evaluated "
-              "on another machine (the CPU it names); its numbers are kept from "
-              "this page's JSON and the command does not train it again (to redo it, remove its "
-              "row from the JSON).")
-  notes += ("\n\nPer-image values: where a row links them (`results/<page>/<cell>.npz`, float32 "
-            "IWAE_K and ELBO per test example), its test numbers are the ones these arrays give; "
-            "a row marked 'not kept' was evaluated before the suite kept them (rerun its cell to "
-            "make them).")
+    notes += (
+      f"\n\nA row whose status says '{FINISHED_ELSEWHERE}' was trained and evaluated "
+      "on another machine (the CPU it names); its numbers are kept from "
+      "this page's JSON and the command does not train it again (to redo it, remove its "
+      "row from the JSON)."
+    )
+  notes += (
+    "\n\nPer-image values: where a row links them (`results/<page>/<cell>.npz`, float32 "
+    "IWAE_K and ELBO per test example), its test numbers are the ones these arrays give; "
+    "a row marked 'not kept' was evaluated before the suite kept them (rerun its cell to "
+    "make them)."
+  )
   if any(not r.get("status", "").startswith("finished") for r in rows):
-    notes += ("\n\n**Not converged:** a row whose status says 'training' or 'not started' has no test "
-              "numbers yet; rerunning the command without --report_only resumes it from its newest "
-              "checkpoint (or starts it).")
+    notes += (
+      "\n\n**Not converged:** a row whose status says 'training' or 'not started' has no test "
+      "numbers yet; rerunning the command without --report_only resumes it from its newest "
+      "checkpoint (or starts it)."
+    )
   if preset == "quick":
-    notes += ("\n\nThe quick preset is a CPU smoke test of the whole pipeline (minutes, a few "
-              "epochs on a subset): its numbers are far from converged and NOT comparable with "
-              "the paper's.")
-  results.write_markdown(output, title="VampPrior: test negative log-likelihood (nats)", command=command,
-                 table=results.markdown_table(rows, COLUMNS), notes=notes)
+    notes += (
+      "\n\nThe quick preset is a CPU smoke test of the whole pipeline (minutes, a few "
+      "epochs on a subset): its numbers are far from converged and NOT comparable with "
+      "the paper's."
+    )
+  results.write_markdown(
+    output,
+    title="VampPrior: test negative log-likelihood (nats)",
+    command=command,
+    table=results.markdown_table(rows, COLUMNS),
+    notes=notes,
+  )
 
 
 def main(argv):
   del argv
   strategy = common.setup_runtime()
   t = vampprior_flags.table_settings_from_flags()
-  rows = run_grid(t.cells, strategy=strategy, data_dir=t.data_dir, report_only=t.report_only,
-                  earlier_rows=results.read_rows(t.output))
-  rows = with_per_example_numbers(rows, page=t.output,
-                                  logdirs=[config.logdir for _, config in t.cells])
+  rows = run_grid(
+    t.cells,
+    strategy=strategy,
+    data_dir=t.data_dir,
+    report_only=t.report_only,
+    earlier_rows=results.read_rows(t.output),
+  )
+  rows = with_per_example_numbers(
+    rows, page=t.output, logdirs=[config.logdir for _, config in t.cells]
+  )
   write_table(rows, output=t.output, command=common.command_line(), preset=t.preset)
   print(f"wrote {t.output}", file=sys.stderr)
 

@@ -19,32 +19,31 @@ import numpy as np
 import tensorflow as tf
 
 from common_tf import host
-from experiments import data
-from experiments import harness
+from experiments import data, harness, results
 from experiments.images import save_grid, save_samples
-from experiments import results
-from vampprior_tf import distributions
-from vampprior_tf import likelihood
-from vampprior_tf import losses
+from vampprior_tf import distributions, likelihood, losses, optim, priors
 from vampprior_tf import model as models
-from vampprior_tf import optim
-from vampprior_tf import priors
 
-MODELS = {"vae": models.VAE, "hvae_2level": models.HVAE2Level,
-          "convhvae_2level": models.ConvHVAE2Level, "pixelhvae_2level": models.PixelHVAE2Level}
+MODELS = {
+  "vae": models.VAE,
+  "hvae_2level": models.HVAE2Level,
+  "convhvae_2level": models.ConvHVAE2Level,
+  "pixelhvae_2level": models.PixelHVAE2Level,
+}
 PRIORS = priors.PRIORS
 
 
 # The table's grids (experiments.vampprior_table): (datasets, models, priors) per preset.
 GRIDS = {
-    "quick": (("static_mnist", "frey_faces"), ("vae", "hvae_2level"), PRIORS),
-    "paper": (("static_mnist", "dynamic_mnist", "frey_faces"), tuple(MODELS), PRIORS),
+  "quick": (("static_mnist", "frey_faces"), ("vae", "hvae_2level"), PRIORS),
+  "paper": (("static_mnist", "dynamic_mnist", "frey_faces"), tuple(MODELS), PRIORS),
 }
 
 
 def cell_logdir(base_logdir: str, dataset: str, model: str, prior: str) -> str:
   """--logdir names the table's folder, not one run's: each cell gets its own sub-folder."""
   return os.path.join(base_logdir, f"{dataset}-{model}-{prior}")
+
 
 # Official experiment.py: batch 100, lr 5e-4, warm-up 100 epochs, early stopping 50, K = 500
 # pseudo-inputs, 5000 importance samples, up to 2000 epochs.
@@ -57,43 +56,61 @@ class Preset:
   batch_size: int
   lr: float
   warmup: int
-  early_stopping: int          # 0 = off
+  early_stopping: int  # 0 = off
   num_components: int
   test_samples: int
-  train_examples: int | None   # None = all
+  train_examples: int | None  # None = all
   eval_examples: int | None
-  image_every: int             # epochs between TensorBoard images
+  image_every: int  # epochs between TensorBoard images
 
 
 PRESETS = {
-    "paper": Preset(epochs=2000, batch_size=100, lr=5e-4, warmup=100, early_stopping=50,
-                    num_components=500, test_samples=5000, train_examples=None,
-                    eval_examples=None, image_every=10),
-    # CPU in about a minute per model: a 10k-example subset, 5 epochs, short warm-up.
-    "quick": Preset(epochs=5, batch_size=100, lr=5e-4, warmup=2, early_stopping=0,
-                    num_components=100, test_samples=500, train_examples=10000,
-                    eval_examples=500, image_every=1000),
+  "paper": Preset(
+    epochs=2000,
+    batch_size=100,
+    lr=5e-4,
+    warmup=100,
+    early_stopping=50,
+    num_components=500,
+    test_samples=5000,
+    train_examples=None,
+    eval_examples=None,
+    image_every=10,
+  ),
+  # CPU in about a minute per model: a 10k-example subset, 5 epochs, short warm-up.
+  "quick": Preset(
+    epochs=5,
+    batch_size=100,
+    lr=5e-4,
+    warmup=2,
+    early_stopping=0,
+    num_components=100,
+    test_samples=500,
+    train_examples=10000,
+    eval_examples=500,
+    image_every=1000,
+  ),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-  source: str                 # experiments.data name
-  binary: bool                # binary data (Bernoulli decoder by default)
-  dynamic: bool               # binarize the grey training images afresh every epoch
-  pseudo_mean: float          # VampPrior pseudo-input initialisation N(mean, std^2)
+  source: str  # experiments.data name
+  binary: bool  # binary data (Bernoulli decoder by default)
+  dynamic: bool  # binarize the grey training images afresh every epoch
+  pseudo_mean: float  # VampPrior pseudo-input initialisation N(mean, std^2)
   pseudo_std: float
 
 
 DATASETS = {
-    # Official load_data.py: static / dynamic MNIST pseudo-inputs N(0.05, 0.01^2).
-    "static_mnist": DatasetSpec("binarized_mnist", True, False, 0.05, 0.01),
-    "dynamic_mnist": DatasetSpec("mnist", True, True, 0.05, 0.01),
-    # Frey Faces N(0.5, 0.02^2): official load_data.py at HEAD (since 7384e9e, 2017-10-13; earlier
-    # 0.8/0.01 from 9377c5a, and 0.2/0.05 from aa909ef, the oldest). Fashion-MNIST is not in the
-    # official code: same as Frey.
-    "frey_faces": DatasetSpec("frey_faces", False, False, 0.5, 0.02),
-    "fashion_mnist": DatasetSpec("fashion_mnist", False, False, 0.5, 0.02),
+  # Official load_data.py: static / dynamic MNIST pseudo-inputs N(0.05, 0.01^2).
+  "static_mnist": DatasetSpec("binarized_mnist", True, False, 0.05, 0.01),
+  "dynamic_mnist": DatasetSpec("mnist", True, True, 0.05, 0.01),
+  # Frey Faces N(0.5, 0.02^2): official load_data.py at HEAD (since 7384e9e, 2017-10-13; earlier
+  # 0.8/0.01 from 9377c5a, and 0.2/0.05 from aa909ef, the oldest). Fashion-MNIST is not in the
+  # official code: same as Frey.
+  "frey_faces": DatasetSpec("frey_faces", False, False, 0.5, 0.02),
+  "fashion_mnist": DatasetSpec("fashion_mnist", False, False, 0.5, 0.02),
 }
 # Adam's epsilon: the official AdamNormGrad (utils/optimizer.py) defaults to eps=1e-8, as
 # torch.optim.Adam, with the same denominator sqrt(v) + eps as Keras. Runs whose hparams.json was
@@ -101,14 +118,15 @@ DATASETS = {
 # resumed so that they continue exactly (`adam_epsilon`).
 ADAM_EPSILON = 1e-8
 KERAS_DEFAULT_ADAM_EPSILON = 1e-7
-DYNAMIC_EVAL_SEED = 777        # official: np.random.seed(777) before binarizing valid / test
-MNIST_NUM_VALID = 10000        # official: the last 10k training images are the validation set
-SUBSET_SEED = 1234             # fixed choice of the quick preset's example subsets
+DYNAMIC_EVAL_SEED = 777  # official: np.random.seed(777) before binarizing valid / test
+MNIST_NUM_VALID = 10000  # official: the last 10k training images are the validation set
+SUBSET_SEED = 1234  # fixed choice of the quick preset's example subsets
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
   """Everything that defines one run besides the harness `TrainConfig`."""
+
   model: str
   prior: str
   dataset: str
@@ -166,11 +184,17 @@ def load_splits(dataset: str, *, data_dir=None, train_examples=None, eval_exampl
 
 def build_prior(s: RunSettings, *, latent_dim: int, image_shape):
   spec = DATASETS[s.dataset]
-  return priors.build_prior(s.prior, latent_dim=latent_dim, image_shape=image_shape,
-                            num_components=s.num_components, pseudo_mean=spec.pseudo_mean,
-                            pseudo_std=spec.pseudo_std, learn_weights=s.learn_prior_weights,
-                            flow_couplings=s.flow_couplings,
-                            flow_hidden_units=s.flow_hidden_units)
+  return priors.build_prior(
+    s.prior,
+    latent_dim=latent_dim,
+    image_shape=image_shape,
+    num_components=s.num_components,
+    pseudo_mean=spec.pseudo_mean,
+    pseudo_std=spec.pseudo_std,
+    learn_weights=s.learn_prior_weights,
+    flow_couplings=s.flow_couplings,
+    flow_hidden_units=s.flow_hidden_units,
+  )
 
 
 def build_model(s: RunSettings, *, image_shape, seed: int):
@@ -180,20 +204,35 @@ def build_model(s: RunSettings, *, image_shape, seed: int):
     observation = distributions.OBSERVATION_MODELS[s.likelihood]()
   if s.model == "vae":
     prior = build_prior(s, latent_dim=s.z1_dim, image_shape=image_shape)
-    return models.VAE(image_shape=image_shape, observation=observation, prior=prior,
-                      latent_dim=s.z1_dim, hidden_units=s.hidden_units, seed=seed)
+    return models.VAE(
+      image_shape=image_shape,
+      observation=observation,
+      prior=prior,
+      latent_dim=s.z1_dim,
+      hidden_units=s.hidden_units,
+      seed=seed,
+    )
   if s.model not in MODELS:
     raise ValueError(f"unknown model {s.model!r}; known: {', '.join(MODELS)}")
   prior = build_prior(s, latent_dim=s.z2_dim, image_shape=image_shape)
-  return MODELS[s.model](image_shape=image_shape, observation=observation, prior=prior,
-                         z1_dim=s.z1_dim, z2_dim=s.z2_dim, hidden_units=s.hidden_units, seed=seed)
+  return MODELS[s.model](
+    image_shape=image_shape,
+    observation=observation,
+    prior=prior,
+    z1_dim=s.z1_dim,
+    z2_dim=s.z2_dim,
+    hidden_units=s.hidden_units,
+    seed=seed,
+  )
 
 
 def make_loss_fn(warmup: int):
   """The harness loss: `vampprior_tf.losses.warmup_objective` at the step's epoch."""
+
   def loss_fn(model, batch, ctx: harness.StepContext) -> harness.LossOutput:
     per_example, metrics = losses.warmup_objective(model, batch, epoch=ctx.epoch, warmup=warmup)
     return harness.LossOutput(per_example=per_example, metrics=metrics)
+
   return loss_fn
 
 
@@ -204,8 +243,9 @@ def negative_elbo_fn(model):
 
 def negative_elbo(fn, images, batch_size: int = 500) -> float:
   """Mean over `images` of `fn` = `negative_elbo_fn(model)`."""
-  values = [fn(tf.constant(images[i:i + batch_size])).numpy()
-            for i in range(0, len(images), batch_size)]
+  values = [
+    fn(tf.constant(images[i : i + batch_size])).numpy() for i in range(0, len(images), batch_size)
+  ]
   return float(np.mean(np.concatenate(values)))
 
 
@@ -223,17 +263,20 @@ def make_epoch_end_fn(s: RunSettings, valid, total_epochs: int):
       if isinstance(model.prior, priors.VampPrior):
         tf.summary.image("pseudo_inputs", model.prior.pseudo_inputs()[:16], max_outputs=16)
     return {"val_loss": val}
+
   return epoch_end_fn
 
 
 # ----------------------------------------------------------------------------- one run
 
 
-def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
-                       data_dir=None) -> dict:
+def train_and_evaluate(
+  s: RunSettings, config: harness.TrainConfig, *, strategy, data_dir=None
+) -> dict:
   """Trains (resuming from config.logdir), restores the best checkpoint, estimates test log p(x)."""
   train, valid, test, epoch_transform = load_splits(
-      s.dataset, data_dir=data_dir, train_examples=s.train_examples, eval_examples=s.eval_examples)
+    s.dataset, data_dir=data_dir, train_examples=s.train_examples, eval_examples=s.eval_examples
+  )
   image_shape = valid.shape[1:]
   epsilon = adam_epsilon(config.logdir)
   config = dataclasses.replace(config, hparams=dict(config.hparams, adam_epsilon=epsilon))
@@ -243,52 +286,89 @@ def train_and_evaluate(s: RunSettings, config: harness.TrainConfig, *, strategy,
     model(tf.constant(valid[:2]))
     optimizer = keras.optimizers.Adam(s.lr, epsilon=epsilon)
   trainer = harness.Trainer(
-      config=config, strategy=strategy, model=model, optimizer=optimizer,
-      loss_fn=make_loss_fn(s.warmup), train_data=train, epoch_transform=epoch_transform,
-      epoch_end_fn=make_epoch_end_fn(s, valid, config.epochs),
-      grad_transform=optim.normalize_gradients)
+    config=config,
+    strategy=strategy,
+    model=model,
+    optimizer=optimizer,
+    loss_fn=make_loss_fn(s.warmup),
+    train_data=train,
+    epoch_transform=epoch_transform,
+    epoch_end_fn=make_epoch_end_fn(s, valid, config.epochs),
+    grad_transform=optim.normalize_gradients,
+  )
   trainer.fit()
   best = trainer.restore_best()
   if best is None:
     # The best-validation checkpoint is the one the protocol evaluates; only a smoke run cut
     # short by --max_steps before its first validation may fall back to its last weights.
     if config.max_steps is None:
-      raise ValueError(f"{config.logdir}: training ended without a best-validation checkpoint "
-                       f"(best/ is empty), so there are no weights the protocol evaluates")
-    print(f"warning: --max_steps={config.max_steps} stopped before the first validation; "
-          "evaluating the last weights (no best-validation checkpoint)", file=sys.stderr)
+      raise ValueError(
+        f"{config.logdir}: training ended without a best-validation checkpoint "
+        f"(best/ is empty), so there are no weights the protocol evaluates"
+      )
+    print(
+      f"warning: --max_steps={config.max_steps} stopped before the first validation; "
+      "evaluating the last weights (no best-validation checkpoint)",
+      file=sys.stderr,
+    )
   # The epochs behind the evaluated weights: the best checkpoint's step (ckpt-<step>).
-  epochs_run = (int(best.rsplit("-", 1)[1]) if best else int(trainer.step.numpy())
-                ) // trainer.steps_per_epoch
+  epochs_run = (
+    int(best.rsplit("-", 1)[1]) if best else int(trainer.step.numpy())
+  ) // trainer.steps_per_epoch
 
-  counted = likelihood.evaluate_nll(model, test, num_samples=s.test_samples,
-                                    batch_size=s.ll_batch_size, chunk_size=s.ll_chunk,
-                                    progress=config.progress,
-                                    resume_path=os.path.join(config.logdir, "nll_partial.npz"),
-                                    resume_key=dict(checkpoint=best, num_samples=s.test_samples,
-                                                    test_examples=len(test), seed=config.seed,
-                                                    batch_size=s.ll_batch_size))
+  counted = likelihood.evaluate_nll(
+    model,
+    test,
+    num_samples=s.test_samples,
+    batch_size=s.ll_batch_size,
+    chunk_size=s.ll_chunk,
+    progress=config.progress,
+    resume_path=os.path.join(config.logdir, "nll_partial.npz"),
+    resume_key=dict(
+      checkpoint=best,
+      num_samples=s.test_samples,
+      test_examples=len(test),
+      seed=config.seed,
+      batch_size=s.ll_batch_size,
+    ),
+  )
   summary = counted.summary
   results.write_per_example(
-      os.path.join(config.logdir, results.PER_EXAMPLE_FILE),
-      log_likelihood=summary.per_example_log_likelihood, elbo=summary.per_example_elbo,
-      what="test log p(x) (IWAE_K) and ELBO, nats per example", num_samples=s.test_samples,
-      checkpoint=best, dataset=s.dataset, test_examples=len(test))
+    os.path.join(config.logdir, results.PER_EXAMPLE_FILE),
+    log_likelihood=summary.per_example_log_likelihood,
+    elbo=summary.per_example_elbo,
+    what="test log p(x) (IWAE_K) and ELBO, nats per example",
+    num_samples=s.test_samples,
+    checkpoint=best,
+    dataset=s.dataset,
+    test_examples=len(test),
+  )
   eval_time = summary.seconds  # summed over resumed invocations
   samples = model.sample(NUM_SAMPLE_IMAGES).numpy()
   save_samples(os.path.join(config.logdir, "samples.npz"), samples)
   save_grid(os.path.join(config.logdir, "samples.png"), samples)
-  row = dict(dataclasses.asdict(s), epochs_run=epochs_run, best_checkpoint=best,
-             best_val_negative_elbo=float(trainer.best_metric.numpy()),
-             test_nll=summary.nll, test_nll_sem=summary.nll_sem,
-             test_negative_elbo=summary.negative_elbo, test_examples=summary.num_examples,
-             importance_samples=counted.importance_samples,
-             eval_time_s=eval_time, seed=config.seed, adam_epsilon=epsilon,
-             peak_rss_gib=host.peak_rss_gib(),  # this invocation's process
-             train_seconds_total=float(trainer.train_seconds.numpy()),
-             cpus=host.merge_in_order(results.status_cpus(results.read_status(config.logdir)),
-                                      summary.hosts),  # trained on, then evaluated on
-             batch_size=config.batch_size, epochs=config.epochs, logdir=config.logdir)
+  row = dict(
+    dataclasses.asdict(s),
+    epochs_run=epochs_run,
+    best_checkpoint=best,
+    best_val_negative_elbo=float(trainer.best_metric.numpy()),
+    test_nll=summary.nll,
+    test_nll_sem=summary.nll_sem,
+    test_negative_elbo=summary.negative_elbo,
+    test_examples=summary.num_examples,
+    importance_samples=counted.importance_samples,
+    eval_time_s=eval_time,
+    seed=config.seed,
+    adam_epsilon=epsilon,
+    peak_rss_gib=host.peak_rss_gib(),  # this invocation's process
+    train_seconds_total=float(trainer.train_seconds.numpy()),
+    cpus=host.merge_in_order(
+      results.status_cpus(results.read_status(config.logdir)), summary.hosts
+    ),  # trained on, then evaluated on
+    batch_size=config.batch_size,
+    epochs=config.epochs,
+    logdir=config.logdir,
+  )
   results.write_json(os.path.join(config.logdir, "results.json"), row)
   return row
 
@@ -307,8 +387,11 @@ def stopping_config(s: RunSettings) -> dict:
   """The harness `TrainConfig` fields of the official early stopping on the validation -ELBO
   (`vampprior_tf.losses.EarlyStopping.official`: patience counted from epoch `warmup` on)."""
   stopping = losses.EarlyStopping.official(patience=s.early_stopping, warmup=s.warmup)
-  return dict(early_stopping_metric="val_loss", early_stopping_patience=stopping.harness_patience,
-              early_stopping_start_epoch=stopping.start_epoch)
+  return dict(
+    early_stopping_metric="val_loss",
+    early_stopping_patience=stopping.harness_patience,
+    early_stopping_start_epoch=stopping.start_epoch,
+  )
 
 
 def settings_from_row(row: dict) -> RunSettings:

@@ -9,5 +9,12 @@ the official coupled L2 decay, learning-rate warm-up + cosine).
 from nvae_tf.losses import WarmupClock
 from nvae_tf.model import NVAE, NVAEConfig, NVAEOutput, Spectral, SpectralScope, groups_per_scale
 
-__all__ = ["NVAE", "NVAEConfig", "NVAEOutput", "Spectral", "SpectralScope", "WarmupClock",
-           "groups_per_scale"]
+__all__ = [
+  "NVAE",
+  "NVAEConfig",
+  "NVAEOutput",
+  "Spectral",
+  "SpectralScope",
+  "WarmupClock",
+  "groups_per_scale",
+]

@@ -12,7 +12,7 @@ import tensorflow_probability as tfp
 tfd = tfp.distributions
 
 SOFT_CLAMP_LIMIT = 5.0  # NVAE official (distributions.py): soft_clamp5(x) = 5 tanh(x / 5)
-SIGMA_FLOOR = 1e-2      # NVAE official: sigma = exp(log_sigma) + 1e-2
+SIGMA_FLOOR = 1e-2  # NVAE official: sigma = exp(log_sigma) + 1e-2
 
 
 def soft_clamp(x, limit: float = SOFT_CLAMP_LIMIT):
@@ -58,5 +58,6 @@ def analytic_kl(q: tfd.Normal, p: tfd.Normal):
 
 def bernoulli_log_prob(logits, x):
   """log Bernoulli(x | sigmoid(logits)) per element, x in {0, 1} (= -sigmoid cross-entropy)."""
-  return -tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(x, tf.float32),
-                                                  logits=tf.cast(logits, tf.float32))
+  return -tf.nn.sigmoid_cross_entropy_with_logits(
+    labels=tf.cast(x, tf.float32), logits=tf.cast(logits, tf.float32)
+  )

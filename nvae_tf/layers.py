@@ -18,12 +18,12 @@ import tensorflow as tf
 
 from nvae_tf import spectral
 
-BN_MOMENTUM = 0.95   # NVAE official: PyTorch BatchNorm momentum 0.05 == Keras momentum 0.95
-BN_EPSILON = 1e-5    # NVAE official: BN_EPS = 1e-5
-WN_INIT_EPS = 1e-2   # NVAE official Conv2D: log_weight_norm = log(||w|| + 1e-2)
-WN_EPS = 1e-5        # NVAE official normalize_weight: n * w / (||w|| + 1e-5)
+BN_MOMENTUM = 0.95  # NVAE official: PyTorch BatchNorm momentum 0.05 == Keras momentum 0.95
+BN_EPSILON = 1e-5  # NVAE official: BN_EPS = 1e-5
+WN_INIT_EPS = 1e-2  # NVAE official Conv2D: log_weight_norm = log(||w|| + 1e-2)
+WN_EPS = 1e-5  # NVAE official normalize_weight: n * w / (||w|| + 1e-5)
 RESIDUAL_SCALE = 0.1  # NVAE official Cell.forward: skip + 0.1 * cell(s)
-SE_MIN_HIDDEN = 4    # NVAE official SE: max(C_out // 16, 4) hidden units
+SE_MIN_HIDDEN = 4  # NVAE official SE: max(C_out // 16, 4) hidden units
 SE_REDUCTION = 16
 
 
@@ -78,22 +78,44 @@ class Conv2D(keras.layers.Layer):
   padding (k - 1) // 2, so stride-2 outputs align with the official code.
   """
 
-  def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-               depthwise: bool = False, use_bias: bool = True, weight_norm: bool = True,
-               spectral_norm: bool = False, mask: np.ndarray | None = None,
-               weight_norm_scale: float = 1.0, name=None):
+  def __init__(
+    self,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    depthwise: bool = False,
+    use_bias: bool = True,
+    weight_norm: bool = True,
+    spectral_norm: bool = False,
+    mask: np.ndarray | None = None,
+    weight_norm_scale: float = 1.0,
+    name=None,
+  ):
     super().__init__(name=name)
     if depthwise and in_channels != out_channels:
-      raise ValueError(f"a depthwise conv needs in == out channels, got {in_channels}, {out_channels}")
+      raise ValueError(
+        f"a depthwise conv needs in == out channels, got {in_channels}, {out_channels}"
+      )
     self.in_channels, self.out_channels = in_channels, out_channels
     self.kernel_size, self.stride, self.depthwise = kernel_size, stride, depthwise
-    shape = (kernel_size, kernel_size, in_channels, 1) if depthwise else (
-        kernel_size, kernel_size, in_channels, out_channels)
+    shape = (
+      (kernel_size, kernel_size, in_channels, 1)
+      if depthwise
+      else (kernel_size, kernel_size, in_channels, out_channels)
+    )
     fan_in = kernel_size * kernel_size * (1 if depthwise else in_channels)
-    self.kernel = self.add_weight(shape=shape, initializer=_torch_uniform(fan_in), name="kernel",
-                                  autocast=False)
-    self.bias = (self.add_weight(shape=(out_channels,), initializer=_torch_uniform(fan_in),
-                                 name="bias", autocast=False) if use_bias else None)
+    self.kernel = self.add_weight(
+      shape=shape, initializer=_torch_uniform(fan_in), name="kernel", autocast=False
+    )
+    self.bias = (
+      self.add_weight(
+        shape=(out_channels,), initializer=_torch_uniform(fan_in), name="bias", autocast=False
+      )
+      if use_bias
+      else None
+    )
     self.mask = None if mask is None else tf.constant(mask, tf.float32)
     if mask is not None and tuple(mask.shape) != shape:
       raise ValueError(f"mask shape {mask.shape} != kernel shape {shape}")
@@ -102,8 +124,11 @@ class Conv2D(keras.layers.Layer):
       init = tf.math.log(self._channel_norm(self._masked_kernel()) + WN_INIT_EPS)
       init = init + math.log(weight_norm_scale)  # official AR ELUConv: += log(weight_init_coeff)
       self.log_weight_norm = self.add_weight(
-          shape=(out_channels,), initializer=lambda shape, dtype=None: init, name="log_weight_norm",
-          autocast=False)
+        shape=(out_channels,),
+        initializer=lambda shape, dtype=None: init,
+        name="log_weight_norm",
+        autocast=False,
+      )
     self.spectral_state = None
     if spectral_norm:
       self.spectral_state = spectral.PowerIterationState(self.matrix()[None], name="spectral_state")
@@ -143,7 +168,9 @@ class Conv2D(keras.layers.Layer):
     if pad:
       x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
     if self.depthwise:
-      y = tf.nn.depthwise_conv2d(x, kernel, strides=[1, self.stride, self.stride, 1], padding="VALID")
+      y = tf.nn.depthwise_conv2d(
+        x, kernel, strides=[1, self.stride, self.stride, 1], padding="VALID"
+      )
     else:
       y = tf.nn.conv2d(x, kernel, strides=self.stride, padding="VALID")
     if self.bias is not None:
@@ -182,11 +209,12 @@ class FactorizedReduce(keras.layers.Layer):
   def __init__(self, in_channels, out_channels, *, spectral_norm=False, name=None):
     super().__init__(name=name)
     if out_channels % 2:
-      raise ValueError(f"FactorizedReduce needs an even number of output channels, got {out_channels}")
+      raise ValueError(
+        f"FactorizedReduce needs an even number of output channels, got {out_channels}"
+      )
     quarter = out_channels // 4
     sizes = [quarter, quarter, quarter, out_channels - 3 * quarter]
-    self.convs = [
-        Conv2D(in_channels, c, 1, stride=2, spectral_norm=spectral_norm) for c in sizes]
+    self.convs = [Conv2D(in_channels, c, 1, stride=2, spectral_norm=spectral_norm) for c in sizes]
     self.built = True
 
   def call(self, x, training=False):
@@ -200,7 +228,9 @@ class UpsampleSkip(keras.layers.Layer):
 
   def __init__(self, in_channels, *, spectral_norm=False, name=None):
     super().__init__(name=name)
-    self.conv = Conv2D(in_channels, in_channels // 2, 1, use_bias=False, spectral_norm=spectral_norm)
+    self.conv = Conv2D(
+      in_channels, in_channels // 2, 1, use_bias=False, spectral_norm=spectral_norm
+    )
     self.built = True
 
   def call(self, x, training=False):
@@ -213,11 +243,18 @@ class SqueezeExcite(keras.layers.Layer):
   def __init__(self, channels, name=None):
     super().__init__(name=name)
     hidden = max(channels // SE_REDUCTION, SE_MIN_HIDDEN)
-    self.fc1 = keras.layers.Dense(hidden, activation="relu", kernel_initializer=_torch_uniform(channels),
-                                  bias_initializer=_torch_uniform(channels))
-    self.fc2 = keras.layers.Dense(channels, activation="sigmoid",
-                                  kernel_initializer=_torch_uniform(hidden),
-                                  bias_initializer=_torch_uniform(hidden))
+    self.fc1 = keras.layers.Dense(
+      hidden,
+      activation="relu",
+      kernel_initializer=_torch_uniform(channels),
+      bias_initializer=_torch_uniform(channels),
+    )
+    self.fc2 = keras.layers.Dense(
+      channels,
+      activation="sigmoid",
+      kernel_initializer=_torch_uniform(hidden),
+      bias_initializer=_torch_uniform(hidden),
+    )
     self.fc1.build((None, channels))
     self.fc2.build((None, hidden))
     self.built = True
@@ -234,8 +271,17 @@ class InvertedResidual(keras.layers.Layer):
   normalisation nor bias.
   """
 
-  def __init__(self, in_channels, out_channels, *, expansion: int, kernel_size: int = 5,
-               upsample: bool = False, spectral_norm=False, name=None):
+  def __init__(
+    self,
+    in_channels,
+    out_channels,
+    *,
+    expansion: int,
+    kernel_size: int = 5,
+    upsample: bool = False,
+    spectral_norm=False,
+    name=None,
+  ):
     super().__init__(name=name)
     hidden = int(round(in_channels * expansion))
     self.upsample = upsample
@@ -277,8 +323,14 @@ class Cell(keras.layers.Layer):
     return skip + RESIDUAL_SCALE * x
 
 
-def residual_cell(in_channels: int, *, downsample: bool = False, use_se: bool = True,
-                  spectral_norm: bool = False, skip_spectral_norm: bool | None = None) -> Cell:
+def residual_cell(
+  in_channels: int,
+  *,
+  downsample: bool = False,
+  use_se: bool = True,
+  spectral_norm: bool = False,
+  skip_spectral_norm: bool | None = None,
+) -> Cell:
   """Encoder / preprocess cell (`res_bnswish` x 2); a down cell doubles channels and halves H, W.
 
   `spectral_norm` applies to the convs of the cell's ops, `skip_spectral_norm` (default: the same)
@@ -286,15 +338,23 @@ def residual_cell(in_channels: int, *, downsample: bool = False, use_se: bool = 
   """
   skip_sn = spectral_norm if skip_spectral_norm is None else skip_spectral_norm
   out = 2 * in_channels if downsample else in_channels
-  ops = [BNSwishConv(in_channels, out, stride=2 if downsample else 1, spectral_norm=spectral_norm),
-         BNSwishConv(out, out, spectral_norm=spectral_norm)]
+  ops = [
+    BNSwishConv(in_channels, out, stride=2 if downsample else 1, spectral_norm=spectral_norm),
+    BNSwishConv(out, out, spectral_norm=spectral_norm),
+  ]
   skip = FactorizedReduce(in_channels, out, spectral_norm=skip_sn) if downsample else None
   return Cell(ops, skip=skip, se_channels=out if use_se else None)
 
 
-def inverted_residual_cell(in_channels: int, *, expansion: int, upsample: bool = False,
-                           use_se: bool = True, spectral_norm: bool = False,
-                           skip_spectral_norm: bool | None = None) -> Cell:
+def inverted_residual_cell(
+  in_channels: int,
+  *,
+  expansion: int,
+  upsample: bool = False,
+  use_se: bool = True,
+  spectral_norm: bool = False,
+  skip_spectral_norm: bool | None = None,
+) -> Cell:
   """Decoder / postprocess cell (`mconv_e{expansion}k5g0`); an up cell halves channels, doubles H, W.
 
   `spectral_norm` applies to the convs of the cell's op, `skip_spectral_norm` (default: the same)
@@ -302,8 +362,11 @@ def inverted_residual_cell(in_channels: int, *, expansion: int, upsample: bool =
   """
   skip_sn = spectral_norm if skip_spectral_norm is None else skip_spectral_norm
   out = in_channels // 2 if upsample else in_channels
-  ops = [InvertedResidual(in_channels, out, expansion=expansion, upsample=upsample,
-                          spectral_norm=spectral_norm)]
+  ops = [
+    InvertedResidual(
+      in_channels, out, expansion=expansion, upsample=upsample, spectral_norm=spectral_norm
+    )
+  ]
   skip = UpsampleSkip(in_channels, spectral_norm=skip_sn) if upsample else None
   return Cell(ops, skip=skip, se_channels=out if use_se else None)
 
@@ -335,8 +398,15 @@ class DecoderCombiner(keras.layers.Layer):
 # ----------------------------------------------------------------------------- IAF cells
 
 
-def autoregressive_mask(kernel_size: int, in_channels: int, out_channels: int, *,
-                        depthwise: bool = False, zero_diagonal: bool, mirror: bool) -> np.ndarray:
+def autoregressive_mask(
+  kernel_size: int,
+  in_channels: int,
+  out_channels: int,
+  *,
+  depthwise: bool = False,
+  zero_diagonal: bool,
+  mirror: bool,
+) -> np.ndarray:
   """Mask of an autoregressive conv in Keras layout [k, k, C_in, C_out] (depthwise [k, k, C, 1]).
 
   Order: raster order over pixels (rows, then columns), then channels within a pixel. Taps strictly
@@ -350,8 +420,8 @@ def autoregressive_mask(kernel_size: int, in_channels: int, out_channels: int, *
     raise ValueError("a depthwise mask needs in == out channels")
   shape = (k, k, in_channels, 1) if depthwise else (k, k, in_channels, out_channels)
   mask = np.zeros(shape, np.float32)
-  mask[:m, :, :, :] = 1.0       # rows above the centre
-  mask[m, :m, :, :] = 1.0       # same row, left of the centre
+  mask[:m, :, :, :] = 1.0  # rows above the centre
+  mask[m, :m, :, :] = 1.0  # same row, left of the centre
   centre = np.ones(shape[2:], np.float32)
   if depthwise:
     centre[:] = 0.0 if zero_diagonal else 1.0
@@ -359,24 +429,24 @@ def autoregressive_mask(kernel_size: int, in_channels: int, out_channels: int, *
     ratio = out_channels // in_channels
     for i in range(in_channels):
       outs = slice(i * ratio, (i + 1) * ratio)
-      centre[i + 1:, outs] = 0.0
+      centre[i + 1 :, outs] = 0.0
       if zero_diagonal:
         centre[i, outs] = 0.0
   else:
     ratio = in_channels // out_channels
     for i in range(out_channels):
-      centre[(i + 1) * ratio:, i] = 0.0
+      centre[(i + 1) * ratio :, i] = 0.0
       if zero_diagonal:
-        centre[i * ratio:(i + 1) * ratio, i] = 0.0
+        centre[i * ratio : (i + 1) * ratio, i] = 0.0
   mask[m, m] = centre
   if mirror:
     mask = np.ascontiguousarray(mask[::-1, ::-1])
   return mask
 
 
-IAF_EXPANSION = 6         # NVAE official CellAR: ARInvertedResidual(ex=6)
-IAF_KERNEL_SIZE = 5       # official ARInvertedResidual default k=5
-IAF_MU_INIT_SCALE = 0.1   # official: "0.1 helps bring mu closer to 0 initially"
+IAF_EXPANSION = 6  # NVAE official CellAR: ARInvertedResidual(ex=6)
+IAF_KERNEL_SIZE = 5  # official ARInvertedResidual default k=5
+IAF_MU_INIT_SCALE = 0.1  # official: "0.1 helps bring mu closer to 0 initially"
 
 
 class AutoregressiveShift(keras.layers.Layer):
@@ -391,13 +461,31 @@ class AutoregressiveShift(keras.layers.Layer):
     super().__init__(name=name)
     hidden = latent_channels * IAF_EXPANSION
     opts = dict(use_bias=False, spectral_norm=spectral_norm)
-    self.conv_in = Conv2D(latent_channels, hidden, 3, mask=autoregressive_mask(
-        3, latent_channels, hidden, zero_diagonal=True, mirror=mirror), **opts)
-    self.conv_dw = Conv2D(hidden, hidden, IAF_KERNEL_SIZE, depthwise=True, mask=autoregressive_mask(
-        IAF_KERNEL_SIZE, hidden, hidden, depthwise=True, zero_diagonal=False, mirror=mirror), **opts)
-    self.conv_mu = Conv2D(hidden, latent_channels, 1, spectral_norm=spectral_norm,
-                          weight_norm_scale=IAF_MU_INIT_SCALE, mask=autoregressive_mask(
-                              1, hidden, latent_channels, zero_diagonal=False, mirror=mirror))
+    self.conv_in = Conv2D(
+      latent_channels,
+      hidden,
+      3,
+      mask=autoregressive_mask(3, latent_channels, hidden, zero_diagonal=True, mirror=mirror),
+      **opts,
+    )
+    self.conv_dw = Conv2D(
+      hidden,
+      hidden,
+      IAF_KERNEL_SIZE,
+      depthwise=True,
+      mask=autoregressive_mask(
+        IAF_KERNEL_SIZE, hidden, hidden, depthwise=True, zero_diagonal=False, mirror=mirror
+      ),
+      **opts,
+    )
+    self.conv_mu = Conv2D(
+      hidden,
+      latent_channels,
+      1,
+      spectral_norm=spectral_norm,
+      weight_norm_scale=IAF_MU_INIT_SCALE,
+      mask=autoregressive_mask(1, hidden, latent_channels, zero_diagonal=False, mirror=mirror),
+    )
     self.built = True
 
   def call(self, z, training=False):
@@ -412,8 +500,12 @@ class PairedAutoregressiveFlow(keras.layers.Layer):
 
   def __init__(self, latent_channels: int, *, spectral_norm=False, name=None):
     super().__init__(name=name)
-    self.forward_cell = AutoregressiveShift(latent_channels, mirror=False, spectral_norm=spectral_norm)
-    self.mirrored_cell = AutoregressiveShift(latent_channels, mirror=True, spectral_norm=spectral_norm)
+    self.forward_cell = AutoregressiveShift(
+      latent_channels, mirror=False, spectral_norm=spectral_norm
+    )
+    self.mirrored_cell = AutoregressiveShift(
+      latent_channels, mirror=True, spectral_norm=spectral_norm
+    )
     self.built = True
 
   def call(self, z, training=False):

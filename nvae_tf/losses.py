@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-KL_ANNEAL_PORTION = 0.3     # NVAE official --kl_anneal_portion
-KL_CONST_PORTION = 1e-4     # NVAE official --kl_const_portion
-KL_CONST_COEFF = 1e-4       # NVAE official --kl_const_coeff (the floor of beta)
-KL_BALANCE_OFFSET = 0.01    # NVAE official kl_per_group: mean |KL_l| + 0.01
-SPECTRAL_LAMBDA = 1e-2      # NVAE official MNIST --weight_decay_norm
+KL_ANNEAL_PORTION = 0.3  # NVAE official --kl_anneal_portion
+KL_CONST_PORTION = 1e-4  # NVAE official --kl_const_portion
+KL_CONST_COEFF = 1e-4  # NVAE official --kl_const_coeff (the floor of beta)
+KL_BALANCE_OFFSET = 0.01  # NVAE official kl_per_group: mean |KL_l| + 0.01
+SPECTRAL_LAMBDA = 1e-2  # NVAE official MNIST --weight_decay_norm
 
 
 def kl_warmup_beta(progress, total):
@@ -36,6 +36,7 @@ def kl_warmup_beta(progress, total):
 
 class WarmupClock(enum.StrEnum):
   """The counter the KL warm-up runs on: STEP (official) or EPOCH (constant within an epoch)."""
+
   STEP = "step"
   EPOCH = "epoch"
 
@@ -58,7 +59,9 @@ def kl_balance_alphas(groups_per_scale_decoder) -> np.ndarray:
   Scale i (coarsest i = 0) with n_i groups gets (2^i)^2 / n_i, normalised so that min = 1:
   MNIST [5 groups at 4x4, 10 at 8x8] -> 1 for the 4x4 groups, 2 for the 8x8 groups.
   """
-  coeff = np.concatenate([np.full(n, (2 ** i) ** 2 / n) for i, n in enumerate(groups_per_scale_decoder)])
+  coeff = np.concatenate(
+    [np.full(n, (2**i) ** 2 / n) for i, n in enumerate(groups_per_scale_decoder)]
+  )
   return (coeff / coeff.min()).astype(np.float32)
 
 
@@ -113,28 +116,35 @@ def active_units(kl_per_channel, threshold: float = 0.1):
 class LossTerms:
   """The NVAE objective of one batch (shard), from `NVAE.loss_terms`.
 
-      per_example = recon + beta * sum_l gamma_l KL_l        [B]
-      regularizer = lambda * (L_SR + L_BN)                     scalar, added once per step
+  per_example = recon + beta * sum_l gamma_l KL_l        [B]
+  regularizer = lambda * (L_SR + L_BN)                     scalar, added once per step
   """
-  per_example: tf.Tensor   # [B]
-  regularizer: tf.Tensor   # scalar
-  recon: tf.Tensor         # [B] -log p(x | z)
-  kl: tf.Tensor            # [B, G] KL per group
-  gammas: tf.Tensor        # [G] balancing coefficients (1 once beta = 1)
-  beta: tf.Tensor          # scalar
+
+  per_example: tf.Tensor  # [B]
+  regularizer: tf.Tensor  # scalar
+  recon: tf.Tensor  # [B] -log p(x | z)
+  kl: tf.Tensor  # [B, G] KL per group
+  gammas: tf.Tensor  # [G] balancing coefficients (1 once beta = 1)
+  beta: tf.Tensor  # scalar
   spectral_lambda: float
-  l_sr: tf.Tensor | None   # None unless spectral == 'sr'
+  l_sr: tf.Tensor | None  # None unless spectral == 'sr'
   l_bn: tf.Tensor
   active_units: tf.Tensor  # [G]
-  output: Any              # the model's NVAEOutput
+  output: Any  # the model's NVAEOutput
 
   def metrics(self) -> dict[str, tf.Tensor]:
     """Scalars to log: recon, kl, neg_elbo, beta, lambda, l_bn, [l_sr], per-group KL / gamma / AU."""
     kl_groups = tf.reduce_mean(self.kl, axis=0)
     recon = tf.reduce_mean(self.recon)
-    out = {"recon": recon, "kl": tf.reduce_sum(kl_groups), "neg_elbo": recon + tf.reduce_sum(kl_groups),
-           "beta": tf.cast(self.beta, tf.float32), "lambda": tf.constant(self.spectral_lambda, tf.float32),
-           "l_bn": self.l_bn, "active_units/total": tf.reduce_sum(self.active_units)}
+    out = {
+      "recon": recon,
+      "kl": tf.reduce_sum(kl_groups),
+      "neg_elbo": recon + tf.reduce_sum(kl_groups),
+      "beta": tf.cast(self.beta, tf.float32),
+      "lambda": tf.constant(self.spectral_lambda, tf.float32),
+      "l_bn": self.l_bn,
+      "active_units/total": tf.reduce_sum(self.active_units),
+    }
     if self.l_sr is not None:
       out["l_sr"] = self.l_sr
     for g in range(self.kl.shape[1]):

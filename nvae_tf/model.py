@@ -24,18 +24,17 @@ import numpy as np
 import tensorflow as tf
 
 from common_tf import random as common_random
-
 from nvae_tf import distributions as dists
 from nvae_tf import layers as L
-from nvae_tf import losses
-from nvae_tf import spectral
+from nvae_tf import losses, spectral
 
-CHANNEL_MULT = 2       # NVAE official: channels double at every down-sampling
+CHANNEL_MULT = 2  # NVAE official: channels double at every down-sampling
 READJUST_BN_BATCH = 16  # NVAE official evaluate.py: set_bn(model, ..., num_samples=16, iter=500)
 
 
 class Spectral(enum.StrEnum):
   """sr: spectral regularisation (a loss term, official); sn: spectral normalisation; none."""
+
   SR = "sr"
   SN = "sn"
   NONE = "none"
@@ -46,6 +45,7 @@ class SpectralScope(enum.StrEnum):
   Conv2D and ARConv2d, samplers, combiners, skips, stem, image head and IAF included); CELLS: only
   the convs inside the residual cells' ops (the official model.py's commented-out alternative
   `if isinstance(layer, Conv2D) and '_ops' in n:  # only chose those in cell`)."""
+
   ALL = "all"
   CELLS = "cells"
 
@@ -57,6 +57,7 @@ SPECTRAL_SCOPES = tuple(m.value for m in SpectralScope)
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class NVAEConfig:
   """Architecture; the defaults are the official MNIST command of NVlabs/NVAE's README."""
+
   num_channels_enc: int = 32
   num_channels_dec: int = 32
   num_preprocess_blocks: int = 2
@@ -65,27 +66,29 @@ class NVAEConfig:
   num_postprocess_cells: int = 3
   num_latent_scales: int = 2
   num_groups_per_scale: int = 10
-  ada_groups: bool = True          # halve the groups at each coarser scale: [10, 5]
+  ada_groups: bool = True  # halve the groups at each coarser scale: [10, 5]
   min_groups_per_scale: int = 1
   num_latent_per_group: int = 20
   num_cell_per_cond_enc: int = 2
   num_cell_per_cond_dec: int = 2
-  num_flows: int = 0               # paired IAF cells per group (official --num_nf); 0 for MNIST
+  num_flows: int = 0  # paired IAF cells per group (official --num_nf); 0 for MNIST
   use_se: bool = True
   residual_posterior: bool = True  # official --res_dist
   spectral: Spectral = Spectral.SR  # sr: regulariser (loss term); sn: normalisation; none
   spectral_scope: SpectralScope = SpectralScope.ALL  # the convs SR / SN act on (official: all)
-  decoder_expansion: int = 6       # official arch 'res_mbconv': mconv_e6k5g0 decoder cells
-  postprocess_expansion: int = 3   # mconv_e3k5g0 postprocess cells
+  decoder_expansion: int = 6  # official arch 'res_mbconv': mconv_e6k5g0 decoder cells
+  postprocess_expansion: int = 3  # mconv_e3k5g0 postprocess cells
   image_size: int = 28
-  padded_size: int = 32            # official get_input_size('mnist') = 32, crop 2:30
+  padded_size: int = 32  # official get_input_size('mnist') = 32, crop 2:30
   image_channels: int = 1
 
   def __post_init__(self):
     if self.spectral not in SPECTRAL_MODES:
       raise ValueError(f"spectral must be one of {SPECTRAL_MODES}, got {self.spectral!r}")
     if self.spectral_scope not in SPECTRAL_SCOPES:
-      raise ValueError(f"spectral_scope must be one of {SPECTRAL_SCOPES}, got {self.spectral_scope!r}")
+      raise ValueError(
+        f"spectral_scope must be one of {SPECTRAL_SCOPES}, got {self.spectral_scope!r}"
+      )
     # Plain strings (flags, settings.json) become the enums; frozen, hence object.__setattr__.
     object.__setattr__(self, "spectral", Spectral(self.spectral))
     object.__setattr__(self, "spectral_scope", SpectralScope(self.spectral_scope))
@@ -94,9 +97,17 @@ class NVAEConfig:
       raise ValueError(f"padded size {self.padded_size} is not divisible by {reduction}")
     if (self.padded_size - self.image_size) % 2 or self.padded_size < self.image_size:
       raise ValueError(f"cannot centre {self.image_size} in {self.padded_size}")
-    for name in ("num_channels_enc", "num_channels_dec", "num_latent_scales", "num_groups_per_scale",
-                 "num_latent_per_group", "num_preprocess_cells", "num_postprocess_cells",
-                 "num_preprocess_blocks", "num_postprocess_blocks"):
+    for name in (
+      "num_channels_enc",
+      "num_channels_dec",
+      "num_latent_scales",
+      "num_groups_per_scale",
+      "num_latent_per_group",
+      "num_preprocess_cells",
+      "num_postprocess_cells",
+      "num_preprocess_blocks",
+      "num_postprocess_blocks",
+    ):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
     if self.num_flows < 0:
@@ -118,12 +129,13 @@ def groups_per_scale(config: NVAEConfig) -> list[int]:
 @dataclasses.dataclass(frozen=True)
 class NVAEOutput:
   """One forward pass (single posterior sample per example)."""
-  logits: tf.Tensor          # [B, padded, padded, 1] Bernoulli logits of the decoder
+
+  logits: tf.Tensor  # [B, padded, padded, 1] Bernoulli logits of the decoder
   recon_log_prob: tf.Tensor  # [B] log p(x | z) on the cropped 28x28 region (nats)
-  kl: tf.Tensor              # [B, G] KL per group: analytic, or log q - log p with flows
+  kl: tf.Tensor  # [B, G] KL per group: analytic, or log q - log p with flows
   kl_per_channel: tf.Tensor  # [B, G, C_z] the same summed over space only (active units)
-  log_q: tf.Tensor           # [B] log q(z | x) of the sample (flows' log-det included)
-  log_p: tf.Tensor           # [B] log p(z) of the sample
+  log_q: tf.Tensor  # [B] log q(z | x) of the sample (flows' log-det included)
+  log_p: tf.Tensor  # [B] log p(z) of the sample
 
   @property
   def log_weight(self) -> tf.Tensor:
@@ -145,7 +157,7 @@ class NVAE(keras.Model):
     sn = cfg.spectral == Spectral.SN
     sn_all = sn and cfg.spectral_scope == SpectralScope.ALL  # convs outside the cells' ops
     self.seed_generator = keras.random.SeedGenerator(seed)
-    self.groups_enc = groups_per_scale(cfg)            # encoder order (finest first)
+    self.groups_enc = groups_per_scale(cfg)  # encoder order (finest first)
     self.groups_dec = list(reversed(self.groups_enc))  # decoder order (coarsest first)
     self.num_groups = sum(self.groups_enc)
     cz = cfg.num_latent_per_group
@@ -156,8 +168,15 @@ class NVAE(keras.Model):
     for _ in range(cfg.num_preprocess_blocks):
       for c in range(cfg.num_preprocess_cells):
         down = c == cfg.num_preprocess_cells - 1
-        pre.append(L.residual_cell(cfg.num_channels_enc * mult, downsample=down, use_se=cfg.use_se,
-                                   spectral_norm=sn, skip_spectral_norm=sn_all))
+        pre.append(
+          L.residual_cell(
+            cfg.num_channels_enc * mult,
+            downsample=down,
+            use_se=cfg.use_se,
+            spectral_norm=sn,
+            skip_spectral_norm=sn_all,
+          )
+        )
         mult *= CHANNEL_MULT if down else 1
     self.preprocess = pre
 
@@ -165,15 +184,33 @@ class NVAE(keras.Model):
     enc_cells, enc_combiners, enc_down = [], [], []
     for s, num_groups in enumerate(self.groups_enc):
       for g in range(num_groups):
-        enc_cells.append([L.residual_cell(cfg.num_channels_enc * mult, use_se=cfg.use_se,
-                                          spectral_norm=sn, skip_spectral_norm=sn_all)
-                          for _ in range(cfg.num_cell_per_cond_enc)])
+        enc_cells.append(
+          [
+            L.residual_cell(
+              cfg.num_channels_enc * mult,
+              use_se=cfg.use_se,
+              spectral_norm=sn,
+              skip_spectral_norm=sn_all,
+            )
+            for _ in range(cfg.num_cell_per_cond_enc)
+          ]
+        )
         if not (s == cfg.num_latent_scales - 1 and g == num_groups - 1):
-          enc_combiners.append(L.EncoderCombiner(cfg.num_channels_enc * mult,
-                                                 cfg.num_channels_dec * mult, spectral_norm=sn_all))
+          enc_combiners.append(
+            L.EncoderCombiner(
+              cfg.num_channels_enc * mult, cfg.num_channels_dec * mult, spectral_norm=sn_all
+            )
+          )
       if s < cfg.num_latent_scales - 1:
-        enc_down.append(L.residual_cell(cfg.num_channels_enc * mult, downsample=True,
-                                        use_se=cfg.use_se, spectral_norm=sn, skip_spectral_norm=sn_all))
+        enc_down.append(
+          L.residual_cell(
+            cfg.num_channels_enc * mult,
+            downsample=True,
+            use_se=cfg.use_se,
+            spectral_norm=sn,
+            skip_spectral_norm=sn_all,
+          )
+        )
         mult *= CHANNEL_MULT
     self.encoder_cells = enc_cells
     self.encoder_combiners = enc_combiners
@@ -187,10 +224,16 @@ class NVAE(keras.Model):
     dec_mult = mult
     for s, num_groups in enumerate(self.groups_dec):
       for g in range(num_groups):
-        enc_samplers.append(L.Conv2D(cfg.num_channels_enc * dec_mult, 2 * cz, 3, spectral_norm=sn_all))
-        flows.append([L.PairedAutoregressiveFlow(cz, spectral_norm=sn_all) for _ in range(cfg.num_flows)])
+        enc_samplers.append(
+          L.Conv2D(cfg.num_channels_enc * dec_mult, 2 * cz, 3, spectral_norm=sn_all)
+        )
+        flows.append(
+          [L.PairedAutoregressiveFlow(cz, spectral_norm=sn_all) for _ in range(cfg.num_flows)]
+        )
         if not (s == 0 and g == 0):
-          dec_samplers.append(L.ELUConv(cfg.num_channels_dec * dec_mult, 2 * cz, 1, spectral_norm=sn_all))
+          dec_samplers.append(
+            L.ELUConv(cfg.num_channels_dec * dec_mult, 2 * cz, 1, spectral_norm=sn_all)
+          )
       dec_mult //= CHANNEL_MULT
     self.encoder_samplers = enc_samplers
     self.decoder_samplers = dec_samplers
@@ -200,22 +243,43 @@ class NVAE(keras.Model):
     top_size = cfg.padded_size // 2 ** (cfg.num_preprocess_blocks + cfg.num_latent_scales - 1)
     self.top_shape = (top_size, top_size)
     prior_channels = cfg.num_channels_dec * mult
-    self.prior_ftr0 = self.add_weight(shape=(top_size, top_size, prior_channels),
-                                      initializer=keras.initializers.RandomUniform(0.0, 1.0),
-                                      name="prior_ftr0", autocast=False)  # official: torch.rand
+    self.prior_ftr0 = self.add_weight(
+      shape=(top_size, top_size, prior_channels),
+      initializer=keras.initializers.RandomUniform(0.0, 1.0),
+      name="prior_ftr0",
+      autocast=False,
+    )  # official: torch.rand
     dec_cells, dec_combiners, dec_up = [], [], []
     for s, num_groups in enumerate(self.groups_dec):
       c = cfg.num_channels_dec * mult
       for g in range(num_groups):
         first = s == 0 and g == 0
-        dec_cells.append([] if first else [
-            L.inverted_residual_cell(c, expansion=cfg.decoder_expansion, use_se=cfg.use_se,
-                                     spectral_norm=sn, skip_spectral_norm=sn_all)
-            for _ in range(cfg.num_cell_per_cond_dec)])
+        dec_cells.append(
+          []
+          if first
+          else [
+            L.inverted_residual_cell(
+              c,
+              expansion=cfg.decoder_expansion,
+              use_se=cfg.use_se,
+              spectral_norm=sn,
+              skip_spectral_norm=sn_all,
+            )
+            for _ in range(cfg.num_cell_per_cond_dec)
+          ]
+        )
         dec_combiners.append(L.DecoderCombiner(c, cz, spectral_norm=sn_all))
       if s < cfg.num_latent_scales - 1:
-        dec_up.append(L.inverted_residual_cell(c, expansion=cfg.decoder_expansion, upsample=True,
-                                               use_se=cfg.use_se, spectral_norm=sn, skip_spectral_norm=sn_all))
+        dec_up.append(
+          L.inverted_residual_cell(
+            c,
+            expansion=cfg.decoder_expansion,
+            upsample=True,
+            use_se=cfg.use_se,
+            spectral_norm=sn,
+            skip_spectral_norm=sn_all,
+          )
+        )
         mult //= CHANNEL_MULT
     self.decoder_cells = dec_cells
     self.decoder_combiners = dec_combiners
@@ -225,16 +289,30 @@ class NVAE(keras.Model):
     for _ in range(cfg.num_postprocess_blocks):
       for c in range(cfg.num_postprocess_cells):
         up = c == 0
-        post.append(L.inverted_residual_cell(cfg.num_channels_dec * mult,
-                                             expansion=cfg.postprocess_expansion, upsample=up,
-                                             use_se=cfg.use_se, spectral_norm=sn, skip_spectral_norm=sn_all))
+        post.append(
+          L.inverted_residual_cell(
+            cfg.num_channels_dec * mult,
+            expansion=cfg.postprocess_expansion,
+            upsample=up,
+            use_se=cfg.use_se,
+            spectral_norm=sn,
+            skip_spectral_norm=sn_all,
+          )
+        )
         mult //= CHANNEL_MULT if up else 1
     self.postprocess = post
-    self.image_head = L.ELUConv(cfg.num_channels_dec * mult, cfg.image_channels, 3, spectral_norm=sn_all)
+    self.image_head = L.ELUConv(
+      cfg.num_channels_dec * mult, cfg.image_channels, 3, spectral_norm=sn_all
+    )
 
-    self.conv_layers = [l for l in self._flatten_layers(include_self=False) if isinstance(l, L.Conv2D)]
-    self.bn_layers = [l for l in self._flatten_layers(include_self=False)
-                      if isinstance(l, keras.layers.BatchNormalization)]
+    self.conv_layers = [
+      l for l in self._flatten_layers(include_self=False) if isinstance(l, L.Conv2D)
+    ]
+    self.bn_layers = [
+      l
+      for l in self._flatten_layers(include_self=False)
+      if isinstance(l, keras.layers.BatchNormalization)
+    ]
     # Spectral regularisation: one persistent (u, v) stack per weight-matrix shape, as the
     # official `spectral_norm_parallel` (warm-started with 40 iterations on the initial weights).
     self._sr_groups = []
@@ -242,9 +320,13 @@ class NVAE(keras.Model):
       by_shape = {}
       for conv in self.spectral_convs():
         by_shape.setdefault(tuple(conv.matrix().shape), []).append(conv)
-      self._sr_groups = [(convs, spectral.PowerIterationState(
-          tf.stack([c.matrix() for c in convs]), name=f"sr_state_{i}"))
-                         for i, convs in enumerate(by_shape.values())]
+      self._sr_groups = [
+        (
+          convs,
+          spectral.PowerIterationState(tf.stack([c.matrix() for c in convs]), name=f"sr_state_{i}"),
+        )
+        for i, convs in enumerate(by_shape.values())
+      ]
       self.sr_states = [state for _, state in self._sr_groups]
     self.built = True
 
@@ -256,8 +338,13 @@ class NVAE(keras.Model):
     """The convs SR regularises / SN normalises: all of them, or those in the cells' ops."""
     if self.config.spectral_scope == SpectralScope.ALL:
       return list(self.conv_layers)
-    inside = {id(c) for cell in self.cells() for op in cell.ops
-              for c in op._flatten_layers(include_self=True) if isinstance(c, L.Conv2D)}
+    inside = {
+      id(c)
+      for cell in self.cells()
+      for op in cell.ops
+      for c in op._flatten_layers(include_self=True)
+      if isinstance(c, L.Conv2D)
+    }
     return [c for c in self.conv_layers if id(c) in inside]
 
   # --------------------------------------------------------------------------- shapes
@@ -277,7 +364,7 @@ class NVAE(keras.Model):
 
   def _crop(self, y):
     p = (self.config.padded_size - self.config.image_size) // 2
-    return y[:, p:p + self.config.image_size, p:p + self.config.image_size, :]
+    return y[:, p : p + self.config.image_size, p : p + self.config.image_size, :]
 
   def _noise(self, like):
     """eps ~ N(0, 1) shaped like `like`: [B, ...]; under n replicas every example gets the noise
@@ -335,8 +422,10 @@ class NVAE(keras.Model):
     kls.append(log_qs[0] - log_ps[0] if cfg.num_flows else dists.analytic_kl(q, p))
 
     batch = tf.shape(x)[0]
-    s = tf.cast(tf.broadcast_to(self.prior_ftr0, tf.concat([[batch], self.prior_ftr0.shape], 0)),
-                self.compute_dtype)
+    s = tf.cast(
+      tf.broadcast_to(self.prior_ftr0, tf.concat([[batch], self.prior_ftr0.shape], 0)),
+      self.compute_dtype,
+    )
     up_index = 0
     group = 0
     for scale, num_groups in enumerate(self.groups_dec):
@@ -366,12 +455,17 @@ class NVAE(keras.Model):
     logits = self._decode_tail(s, training)
 
     kl_per_channel = tf.stack([tf.reduce_sum(k, axis=[1, 2]) for k in kls], axis=1)  # [B, G, Cz]
-    recon = tf.reduce_sum(self._crop(dists.bernoulli_log_prob(logits, self._pad(x))), axis=[1, 2, 3])
+    recon = tf.reduce_sum(
+      self._crop(dists.bernoulli_log_prob(logits, self._pad(x))), axis=[1, 2, 3]
+    )
     return NVAEOutput(
-        logits=logits, recon_log_prob=recon, kl=tf.reduce_sum(kl_per_channel, axis=-1),
-        kl_per_channel=kl_per_channel,
-        log_q=tf.add_n([tf.reduce_sum(v, axis=[1, 2, 3]) for v in log_qs]),
-        log_p=tf.add_n([tf.reduce_sum(v, axis=[1, 2, 3]) for v in log_ps]))
+      logits=logits,
+      recon_log_prob=recon,
+      kl=tf.reduce_sum(kl_per_channel, axis=-1),
+      kl_per_channel=kl_per_channel,
+      log_q=tf.add_n([tf.reduce_sum(v, axis=[1, 2, 3]) for v in log_qs]),
+      log_p=tf.add_n([tf.reduce_sum(v, axis=[1, 2, 3]) for v in log_ps]),
+    )
 
   def _decode_tail(self, s, training):
     for cell in self.postprocess:
@@ -403,16 +497,20 @@ class NVAE(keras.Model):
       raise ValueError(f"expected noise for {self.num_groups} groups, got {len(noise)}")
     n = tf.shape(noise[0])[0]
     z = dists.sample(dists.standard_prior(tf.shape(noise[0]), temperature=temperature), noise[0])
-    s = tf.cast(tf.broadcast_to(self.prior_ftr0, tf.concat([[n], self.prior_ftr0.shape], 0)),
-                self.compute_dtype)
+    s = tf.cast(
+      tf.broadcast_to(self.prior_ftr0, tf.concat([[n], self.prior_ftr0.shape], 0)),
+      self.compute_dtype,
+    )
     group, up_index = 0, 0
     for scale, num_groups in enumerate(self.groups_dec):
       for _ in range(num_groups):
         if group > 0:
           for cell in self.decoder_cells[group]:
             s = cell(s, training=training)
-          p = dists.normal(*self._split(self.decoder_samplers[group - 1](s, training=training)),
-                           temperature=temperature)
+          p = dists.normal(
+            *self._split(self.decoder_samplers[group - 1](s, training=training)),
+            temperature=temperature,
+          )
           z = dists.sample(p, noise[group])
         s = self.decoder_combiners[group](s, z, training=training)
         group += 1
@@ -422,21 +520,25 @@ class NVAE(keras.Model):
     return self._decode_tail(s, training)
 
   def sample_noise(self, num_samples: int):
-    return [keras.random.normal((num_samples,) + shape, seed=self.seed_generator)
-            for shape in self.latent_shapes()]
+    return [
+      keras.random.normal((num_samples,) + shape, seed=self.seed_generator)
+      for shape in self.latent_shapes()
+    ]
 
   def sample(self, num_samples: int, *, temperature: float = 1.0, training=False):
     """Images [N, 28, 28, 1] in [0, 1]: the Bernoulli means of ancestral samples (as official)."""
-    logits = self.decode_noise(self.sample_noise(num_samples), temperature=temperature,
-                               training=training)
+    logits = self.decode_noise(
+      self.sample_noise(num_samples), temperature=temperature, training=training
+    )
     return self.probabilities(logits)
 
   def probabilities(self, logits):
     """Bernoulli means on the 28x28 region: [N, 28, 28, 1]."""
     return tf.sigmoid(self._crop(logits))
 
-  def readjust_bn(self, *, num_iterations: int, temperature: float,
-                  batch_size: int = READJUST_BN_BATCH):
+  def readjust_bn(
+    self, *, num_iterations: int, temperature: float, batch_size: int = READJUST_BN_BATCH
+  ):
     """Re-estimates BN moving statistics from samples (official `set_bn`, --readjust_bn):
     `num_iterations` sampling passes of `batch_size` images in training mode."""
     step = tf.function(lambda: self.sample(batch_size, temperature=temperature, training=True))
@@ -463,8 +565,9 @@ class NVAE(keras.Model):
     """L_BN = sum over BN layers of max |gamma| (official `batchnorm_loss`)."""
     return tf.add_n([tf.reduce_max(tf.abs(bn.gamma)) for bn in self.bn_layers])
 
-  def loss_terms(self, x, *, beta, spectral_lambda: float = losses.SPECTRAL_LAMBDA,
-                 training: bool = True) -> losses.LossTerms:
+  def loss_terms(
+    self, x, *, beta, spectral_lambda: float = losses.SPECTRAL_LAMBDA, training: bool = True
+  ) -> losses.LossTerms:
     """The NVAE objective (paper eq. 1 with the official warm-up, balancing and regularisers):
 
         loss = recon + beta * sum_l gamma_l KL_l   (per example)   + lambda (L_SR + L_BN)
@@ -481,9 +584,18 @@ class NVAE(keras.Model):
     l_sr = self.spectral_loss(training=training) if self.config.spectral == Spectral.SR else None
     regularizer = spectral_lambda * (l_bn if l_sr is None else l_sr + l_bn)
     return losses.LossTerms(
-        per_example=recon + weighted_kl, regularizer=regularizer, recon=recon, kl=out.kl,
-        gammas=gammas, beta=beta, spectral_lambda=spectral_lambda, l_sr=l_sr, l_bn=l_bn,
-        active_units=losses.active_units(out.kl_per_channel), output=out)
+      per_example=recon + weighted_kl,
+      regularizer=regularizer,
+      recon=recon,
+      kl=out.kl,
+      gammas=gammas,
+      beta=beta,
+      spectral_lambda=spectral_lambda,
+      l_sr=l_sr,
+      l_bn=l_bn,
+      active_units=losses.active_units(out.kl_per_channel),
+      output=out,
+    )
 
   def kl_balance_alphas(self) -> np.ndarray:
     """KL-balancing alpha_l of this model's groups (decoder order), see `losses.kl_balance_alphas`."""

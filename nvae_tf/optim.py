@@ -12,11 +12,11 @@ import math
 import keras
 import tensorflow as tf
 
-LEARNING_RATE = 1e-2      # NVAE official --learning_rate
+LEARNING_RATE = 1e-2  # NVAE official --learning_rate
 LEARNING_RATE_MIN = 1e-4  # NVAE official --learning_rate_min
-WEIGHT_DECAY = 3e-4       # NVAE official --weight_decay (coupled L2, PyTorch semantics)
-EPSILON = 1e-3            # NVAE official Adamax eps
-WARMUP_EPOCHS = 5         # NVAE official --warmup_epochs
+WEIGHT_DECAY = 3e-4  # NVAE official --weight_decay (coupled L2, PyTorch semantics)
+EPSILON = 1e-3  # NVAE official Adamax eps
+WARMUP_EPOCHS = 5  # NVAE official --warmup_epochs
 
 
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
@@ -25,8 +25,15 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
   lr_min + (lr0 - lr_min) (1 + cos(pi k / T)) / 2, constant within an epoch.
   """
 
-  def __init__(self, *, steps_per_epoch: int, epochs: int, warmup_epochs: int = WARMUP_EPOCHS,
-               learning_rate: float = LEARNING_RATE, learning_rate_min: float = LEARNING_RATE_MIN):
+  def __init__(
+    self,
+    *,
+    steps_per_epoch: int,
+    epochs: int,
+    warmup_epochs: int = WARMUP_EPOCHS,
+    learning_rate: float = LEARNING_RATE,
+    learning_rate_min: float = LEARNING_RATE_MIN,
+  ):
     if steps_per_epoch < 1 or epochs < 1:
       raise ValueError(f"need steps_per_epoch, epochs >= 1, got {steps_per_epoch}, {epochs}")
     self.steps_per_epoch = steps_per_epoch
@@ -39,18 +46,24 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     step = tf.cast(step, tf.float32)
     warmup_steps = float(self.warmup_epochs * self.steps_per_epoch)
     cosine_epochs = max(self.epochs - self.warmup_epochs - 1, 1)
-    k = tf.clip_by_value(tf.floor(step / self.steps_per_epoch) - self.warmup_epochs, 0.0,
-                         float(cosine_epochs))
+    k = tf.clip_by_value(
+      tf.floor(step / self.steps_per_epoch) - self.warmup_epochs, 0.0, float(cosine_epochs)
+    )
     cosine = self.learning_rate_min + (self.learning_rate - self.learning_rate_min) * 0.5 * (
-        1.0 + tf.cos(math.pi * k / cosine_epochs))
+      1.0 + tf.cos(math.pi * k / cosine_epochs)
+    )
     if warmup_steps == 0:
       return cosine
     return tf.where(step < warmup_steps, self.learning_rate * step / warmup_steps, cosine)
 
   def get_config(self):
-    return dict(steps_per_epoch=self.steps_per_epoch, epochs=self.epochs,
-                warmup_epochs=self.warmup_epochs, learning_rate=self.learning_rate,
-                learning_rate_min=self.learning_rate_min)
+    return dict(
+      steps_per_epoch=self.steps_per_epoch,
+      epochs=self.epochs,
+      warmup_epochs=self.warmup_epochs,
+      learning_rate=self.learning_rate,
+      learning_rate_min=self.learning_rate_min,
+    )
 
 
 class CoupledAdamax(keras.optimizers.Optimizer):
@@ -63,9 +76,17 @@ class CoupledAdamax(keras.optimizers.Optimizer):
   and in where eps enters (inside the max).
   """
 
-  def __init__(self, learning_rate=LEARNING_RATE, *, beta_1: float = 0.9, beta_2: float = 0.999,
-               epsilon: float = EPSILON, l2_weight_decay: float = WEIGHT_DECAY, name="coupled_adamax",
-               **kwargs):
+  def __init__(
+    self,
+    learning_rate=LEARNING_RATE,
+    *,
+    beta_1: float = 0.9,
+    beta_2: float = 0.999,
+    epsilon: float = EPSILON,
+    l2_weight_decay: float = WEIGHT_DECAY,
+    name="coupled_adamax",
+    **kwargs,
+  ):
     super().__init__(learning_rate=learning_rate, name=name, **kwargs)
     self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
     self.l2_weight_decay = l2_weight_decay
@@ -91,6 +112,10 @@ class CoupledAdamax(keras.optimizers.Optimizer):
 
   def get_config(self):
     config = super().get_config()
-    config.update(beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon,
-                  l2_weight_decay=self.l2_weight_decay)
+    config.update(
+      beta_1=self.beta_1,
+      beta_2=self.beta_2,
+      epsilon=self.epsilon,
+      l2_weight_decay=self.l2_weight_decay,
+    )
     return config

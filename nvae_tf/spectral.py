@@ -15,9 +15,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-NUM_POWER_ITERATIONS = 4           # NVAE official: `self.num_power_iter = 4` per training step
+NUM_POWER_ITERATIONS = 4  # NVAE official: `self.num_power_iter = 4` per training step
 NUM_INITIAL_POWER_ITERATIONS = 40  # NVAE official: 10 * num_power_iter on the first call
-NORMALIZE_EPS = 1e-3               # NVAE official: F.normalize(..., eps=1e-3)
+NORMALIZE_EPS = 1e-3  # NVAE official: F.normalize(..., eps=1e-3)
 
 
 def kernel_matrix(kernel, *, depthwise: bool = False):
@@ -70,10 +70,22 @@ class PowerIterationState(keras.layers.Layer):
     n, r, c = initial_w.shape
     u0 = _normalize(tf.cast(keras.random.normal((n, r)), tf.float32))
     u0, v0 = _warm_start(initial_w, u0)
-    self.u = self.add_weight(shape=(n, r), initializer=lambda shape, dtype=None: u0,
-                             trainable=False, name="u", aggregation="mean", autocast=False)
-    self.v = self.add_weight(shape=(n, c), initializer=lambda shape, dtype=None: v0,
-                             trainable=False, name="v", aggregation="mean", autocast=False)
+    self.u = self.add_weight(
+      shape=(n, r),
+      initializer=lambda shape, dtype=None: u0,
+      trainable=False,
+      name="u",
+      aggregation="mean",
+      autocast=False,
+    )
+    self.v = self.add_weight(
+      shape=(n, c),
+      initializer=lambda shape, dtype=None: v0,
+      trainable=False,
+      name="v",
+      aggregation="mean",
+      autocast=False,
+    )
     self.built = True
 
   def update(self, w):

@@ -5,11 +5,14 @@ import gc
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-_SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+_SHARED_DATA = os.path.abspath(
+  os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+)
 if "GENMODELS_DATA_DIR" not in os.environ and os.path.isdir(_SHARED_DATA):
   os.environ["GENMODELS_DATA_DIR"] = _SHARED_DATA
 
 from common_tf import host
+
 host.prefer_bfc_cpu_allocator()  # TensorFlow's BFC host allocator, as the scripts use
 
 import tensorflow as tf
@@ -17,7 +20,8 @@ import tensorflow as tf
 # Must run before TensorFlow initialises its devices, hence here, at collection time.
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
-    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+  _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
 
 # One TensorFlow thread pool per core: pytest-xdist runs several worker processes, and pools as
 # wide as the machine in each of them spin-wait for each other (whole suite, 2 workers on 2 cores:
@@ -34,7 +38,7 @@ if os.environ.get("GENMODELS_TEST_GRAPPLER") != "1":
   tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def two_cpu_strategy() -> tf.distribute.MirroredStrategy:
   """THE MirroredStrategy over the two logical CPUs, shared by every test of the session: two
   strategies on the same devices in one process collide in their collective instance keys."""

@@ -20,7 +20,7 @@ import dataclasses
 import importlib
 import io
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 from absl import flags
@@ -43,8 +43,10 @@ def defined_flags(define: Callable[[], None]):
   its changes to the common flags, unparses every flag and resets the global Keras policy."""
   before = set(FLAGS)
   # A script may widen a common flag (`experiments.flags.allow_presets` adds its own presets).
-  widened = {name: (FLAGS[name].help, list(getattr(FLAGS[name].parser, "enum_values", None) or []))
-             for name in before}
+  widened = {
+    name: (FLAGS[name].help, list(getattr(FLAGS[name].parser, "enum_values", None) or []))
+    for name in before
+  }
   try:
     define()
     yield FLAGS

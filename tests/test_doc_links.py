@@ -10,8 +10,10 @@ _FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
 def heading_anchors(path: pathlib.Path) -> set[str]:
   """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped, spaces -> '-'."""
   text = _FENCE.sub("", path.read_text(encoding="utf-8"))
-  return {re.sub(r"[^\w\- ]", "", m.strip().lower()).replace(" ", "-")
-          for m in re.findall(r"^#{1,6}\s+(.*)$", text, re.MULTILINE)}
+  return {
+    re.sub(r"[^\w\- ]", "", m.strip().lower()).replace(" ", "-")
+    for m in re.findall(r"^#{1,6}\s+(.*)$", text, re.MULTILINE)
+  }
 
 
 def broken_links(root: pathlib.Path) -> list[str]:
@@ -37,7 +39,10 @@ def test_readme_and_docs_links_resolve():
 def test_a_broken_anchor_is_found(tmp_path):
   (tmp_path / "docs").mkdir()
   (tmp_path / "docs" / "a.md").write_text("# A page\n\n## Host memory: TF's allocator\n")
-  (tmp_path / "README.md").write_text("[ok](docs/a.md#host-memory-tfs-allocator) [bad](docs/a.md#nope) "
-                                      "[gone](docs/b.md)\n")
-  assert broken_links(tmp_path) == ["README.md: docs/a.md#nope (no such heading)",
-                                    "README.md: docs/b.md (no such file)"]
+  (tmp_path / "README.md").write_text(
+    "[ok](docs/a.md#host-memory-tfs-allocator) [bad](docs/a.md#nope) [gone](docs/b.md)\n"
+  )
+  assert broken_links(tmp_path) == [
+    "README.md: docs/a.md#nope (no such heading)",
+    "README.md: docs/b.md (no such file)",
+  ]

@@ -35,5 +35,8 @@ def test_readme_has_an_example_per_family():
 def test_readme_example_runs(block):
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    exec(compile(block, f"README.md ({_first_import(block)} example)", "exec"), {"__name__": "__main__"})
+    exec(
+      compile(block, f"README.md ({_first_import(block)} example)", "exec"),
+      {"__name__": "__main__"},
+    )
   assert out.getvalue().strip(), "every example prints its result"

@@ -42,8 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # cifar10: scripts/run_cifar.py model 'unet2d16b2' (ch 128, ch_mult (1, 2, 2, 2), 2 res blocks,
 # attention at 16x16) on 32x32 images.
 CONFIGS = {
-    "tiny": dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), size=8),
-    "cifar10": dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), size=32),
+  "tiny": dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), size=8),
+  "cifar10": dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), size=32),
 }
 EMA_DECAY = 0.9999  # tpu_utils.run_training default
 ADAM_LR, ADAM_EPSILON = 2e-4, 1e-8  # run_cifar.train lr, utils.make_optimizer epsilon
@@ -51,6 +51,7 @@ ADAM_LR, ADAM_EPSILON = 2e-4, 1e-8  # run_cifar.train lr, utils.make_optimizer e
 
 def _group_norm_stub(tf):
   """tf.contrib.layers.group_norm(x, scope=name) for NHWC x with its defaults."""
+
   def group_norm(inputs, groups=32, epsilon=1e-6, scope=None, **unused):
     if unused:
       raise NotImplementedError(f"group_norm stub: {sorted(unused)}")
@@ -63,12 +64,14 @@ def _group_norm_stub(tf):
       mean, var = tf.nn.moments(x, [1, 2, 4], keepdims=True)
       x = tf.reshape((x - mean) * tf.math.rsqrt(var + epsilon), [b, h, w, c])
       return x * gamma + beta
+
   return group_norm
 
 
 def import_official_unet(path: str):
   """The official diffusion_tf.models.unet, imported as official_diffusion_tf.models.unet."""
   import tensorflow.compat.v1 as tf
+
   package_dir = os.path.join(os.path.abspath(path), "diffusion_tf")
   if not os.path.isfile(os.path.join(package_dir, "models", "unet.py")):
     raise SystemExit(f"error: no hojonathanho/diffusion diffusion_tf/models/unet.py in {path}")
@@ -76,8 +79,10 @@ def import_official_unet(path: str):
   contrib.layers = types.SimpleNamespace(group_norm=_group_norm_stub(tf))
   sys.modules["tensorflow.contrib"] = contrib
   spec = importlib.util.spec_from_file_location(
-      "official_diffusion_tf", os.path.join(package_dir, "__init__.py"),
-      submodule_search_locations=[package_dir])
+    "official_diffusion_tf",
+    os.path.join(package_dir, "__init__.py"),
+    submodule_search_locations=[package_dir],
+  )
   package = importlib.util.module_from_spec(spec)
   sys.modules["official_diffusion_tf"] = package
   spec.loader.exec_module(package)
@@ -86,8 +91,9 @@ def import_official_unet(path: str):
 
 def official_commit(path: str) -> str:
   try:
-    return subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+      ["git", "-C", path, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return "unknown (not a git checkout)"
 
@@ -95,21 +101,32 @@ def official_commit(path: str) -> str:
 def build_graph(unet, cfg: dict, batch: int):
   """The official model graph plus the training variables, as run_training creates them."""
   import tensorflow.compat.v1 as tf
+
   s = cfg["size"]
   x = tf.placeholder(tf.float32, [batch, s, s, 3])
   t = tf.placeholder(tf.int32, [batch])
-  out = unet.model(x, t=t, y=None, name="model", num_classes=1, ch=cfg["ch"], out_ch=3,
-                   ch_mult=cfg["ch_mult"], num_res_blocks=cfg["num_res_blocks"],
-                   attn_resolutions=cfg["attn_resolutions"], dropout=0.0)
+  out = unet.model(
+    x,
+    t=t,
+    y=None,
+    name="model",
+    num_classes=1,
+    ch=cfg["ch"],
+    out_ch=3,
+    ch_mult=cfg["ch_mult"],
+    num_res_blocks=cfg["num_res_blocks"],
+    attn_resolutions=cfg["attn_resolutions"],
+    dropout=0.0,
+  )
   weights = tf.trainable_variables()
   global_step = tf.train.get_or_create_global_step()
   # utils.make_optimizer: AdamOptimizer(lr, epsilon=1e-8).apply_gradients; zero gradients stand in
   # for the loss's (the variables it creates do not depend on them).
   tf.train.AdamOptimizer(learning_rate=ADAM_LR, epsilon=ADAM_EPSILON).apply_gradients(
-      [(tf.zeros_like(v), v) for v in weights], global_step=global_step)
+    [(tf.zeros_like(v), v) for v in weights], global_step=global_step
+  )
   # tpu_utils.make_ema
-  ema = tf.train.ExponentialMovingAverage(
-      decay=tf.where(tf.less(global_step, 1), 1e-10, EMA_DECAY))
+  ema = tf.train.ExponentialMovingAverage(decay=tf.where(tf.less(global_step, 1), 1e-10, EMA_DECAY))
   ema.apply(weights)
   return x, t, out, weights, ema
 
@@ -117,17 +134,26 @@ def build_graph(unet, cfg: dict, batch: int):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--official_path", required=True, help="a checkout of hojonathanho/diffusion")
-  parser.add_argument("--config", default="tiny", choices=sorted(CONFIGS),
-                      help="tiny: the test's U-Net; cifar10: run_cifar.py 'unet2d16b2'")
+  parser.add_argument(
+    "--config",
+    default="tiny",
+    choices=sorted(CONFIGS),
+    help="tiny: the test's U-Net; cifar10: run_cifar.py 'unet2d16b2'",
+  )
   parser.add_argument("--batch", type=int, default=2, help="images in the compared forward pass")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--dump_names", default=None,
-                      help="write every checkpoint variable name and shape to this JSON file")
+  parser.add_argument(
+    "--dump_names",
+    default=None,
+    help="write every checkpoint variable name and shape to this JSON file",
+  )
   flags = parser.parse_args(argv)
 
   import tensorflow as tf2
   import tensorflow.compat.v1 as tf
-  from diffusion_tf import layers, official_checkpoint as oc
+
+  from diffusion_tf import layers
+  from diffusion_tf import official_checkpoint as oc
 
   cfg = CONFIGS[flags.config]
   unet = import_official_unet(flags.official_path)
@@ -141,7 +167,9 @@ def main(argv=None):
       x, t, out, weights, ema = build_graph(unet, cfg, flags.batch)
       n_params = sum(int(np.prod(v.shape.as_list())) for v in weights)
       raw = {}
-      for v in weights:  # fan-in scaled weights, GroupNorm near identity (conv2 / proj_out start at 0)
+      for (
+        v
+      ) in weights:  # fan-in scaled weights, GroupNorm near identity (conv2 / proj_out start at 0)
         shape, name = v.shape.as_list(), v.op.name
         if name.endswith("/W"):
           raw[name] = rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
@@ -163,34 +191,55 @@ def main(argv=None):
         sess.run([v.assign(shadow[v.op.name].astype(np.float32)) for v in weights])
         official[True] = sess.run(out, {x: x_value, t: t_value})
     names = dict(tf2.train.list_variables(prefix))
-    print(f"official {flags.config} U-Net: {len(weights)} weights, {n_params:,} parameters; "
-          f"{len(names)} checkpoint variables")
+    print(
+      f"official {flags.config} U-Net: {len(weights)} weights, {n_params:,} parameters; "
+      f"{len(names)} checkpoint variables"
+    )
     if flags.dump_names:
-      source = (f"hojonathanho/diffusion@{official_commit(flags.official_path)} "
-                f"diffusion_tf/models/unet.py model(..., name='model') in a tf.compat.v1 graph "
-                f"(TF {tf2.__version__}) with run_training's global step, Adam slots and EMA; "
-                f"tf.train.list_variables of its Saver checkpoint (sorted), written by "
-                f"tools/check_official_ddpm.py --config {flags.config} --dump_names")
+      source = (
+        f"hojonathanho/diffusion@{official_commit(flags.official_path)} "
+        f"diffusion_tf/models/unet.py model(..., name='model') in a tf.compat.v1 graph "
+        f"(TF {tf2.__version__}) with run_training's global step, Adam slots and EMA; "
+        f"tf.train.list_variables of its Saver checkpoint (sorted), written by "
+        f"tools/check_official_ddpm.py --config {flags.config} --dump_names"
+      )
       lines = [f"  {json.dumps(k)}: {json.dumps(list(v))}" for k, v in sorted(names.items())]
       with open(flags.dump_names, "w") as f:
-        f.write("{\"source\": " + json.dumps(source) + ",\n\"config\": "
-                + json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()})
-                + ",\n\"variables\": {\n" + ",\n".join(lines) + "\n}}\n")
+        f.write(
+          '{"source": '
+          + json.dumps(source)
+          + ',\n"config": '
+          + json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()})
+          + ',\n"variables": {\n'
+          + ",\n".join(lines)
+          + "\n}}\n"
+        )
       print(f"wrote {flags.dump_names}")
 
     # Eager, outside the v1 graph: our U-Net loads the saved checkpoint.
-    ours = layers.UNet(config=layers.UNetConfig(
-        channels=cfg["ch"], channel_mult=tuple(cfg["ch_mult"]), num_res_blocks=cfg["num_res_blocks"],
-        attention_resolutions=tuple(cfg["attn_resolutions"]), dropout=0.0, num_groups=32),
-        image_size=s, out_channels=3, name="unet")
+    ours = layers.UNet(
+      config=layers.UNetConfig(
+        channels=cfg["ch"],
+        channel_mult=tuple(cfg["ch_mult"]),
+        num_res_blocks=cfg["num_res_blocks"],
+        attention_resolutions=tuple(cfg["attn_resolutions"]),
+        dropout=0.0,
+        num_groups=32,
+      ),
+      image_size=s,
+      out_channels=3,
+      name="unet",
+    )
     ours(tf2.zeros([1, s, s, 3]), tf2.zeros([1], tf2.int32))
     print(f"forward pass on {flags.batch} N(0, 1) images, t = {t_value.tolist()}:")
     for use_ema in (False, True):
       report = oc.load_into_unet(ours, prefix, ema=use_ema)
       mine = ours(tf2.constant(x_value), tf2.constant(t_value)).numpy()
       diff = np.abs(mine - official[use_ema]).max()
-      print(f"  {'EMA' if use_ema else 'raw'} weights ({len(report.keys)} tensors): max |official - "
-            f"ours| {diff:.3g} (max |official| {np.abs(official[use_ema]).max():.3g})")
+      print(
+        f"  {'EMA' if use_ema else 'raw'} weights ({len(report.keys)} tensors): max |official - "
+        f"ours| {diff:.3g} (max |official| {np.abs(official[use_ema]).max():.3g})"
+      )
 
 
 if __name__ == "__main__":

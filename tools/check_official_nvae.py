@@ -37,17 +37,36 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # (train.py --dataset mnist --num_latent_scales 2 --num_groups_per_scale 10 ... --num_nf 0
 # --ada_groups --use_se --res_dist), with train.py's defaults for the arguments it does not give.
 MNIST_README_ARGS = dict(
-    dataset="mnist", arch_instance="res_mbconv", num_channels_enc=32, num_channels_dec=32,
-    num_preprocess_blocks=2, num_preprocess_cells=3, num_postprocess_blocks=2,
-    num_postprocess_cells=3, num_latent_scales=2, num_groups_per_scale=10, ada_groups=True,
-    min_groups_per_scale=1, num_latent_per_group=20, num_cell_per_cond_enc=2,
-    num_cell_per_cond_dec=2, num_nf=0, use_se=True, res_dist=True, weight_decay_norm=1e-2,
-    num_x_bits=8, num_mixture_dec=10, batch_size=200, epochs=400)
+  dataset="mnist",
+  arch_instance="res_mbconv",
+  num_channels_enc=32,
+  num_channels_dec=32,
+  num_preprocess_blocks=2,
+  num_preprocess_cells=3,
+  num_postprocess_blocks=2,
+  num_postprocess_cells=3,
+  num_latent_scales=2,
+  num_groups_per_scale=10,
+  ada_groups=True,
+  min_groups_per_scale=1,
+  num_latent_per_group=20,
+  num_cell_per_cond_enc=2,
+  num_cell_per_cond_dec=2,
+  num_nf=0,
+  use_se=True,
+  res_dist=True,
+  weight_decay_norm=1e-2,
+  num_x_bits=8,
+  num_mixture_dec=10,
+  batch_size=200,
+  epochs=400,
+)
 
 
 def config_args(name: str) -> dict:
   if name == "tiny":
     from tests.nvae_tf import official_tiny
+
     return dict(official_tiny.ARGS)
   if name == "mnist":
     return dict(MNIST_README_ARGS)
@@ -58,6 +77,7 @@ def import_official(path: str):
   """Imports the official model.py / utils.py / distributions.py from `path`, patched for the CPU."""
   import torch
   import torch.nn.functional as F
+
   if not os.path.isfile(os.path.join(path, "model.py")):
     raise SystemExit(f"error: no NVlabs/NVAE model.py in {path}")
   sys.path.insert(0, os.path.abspath(path))
@@ -75,9 +95,11 @@ def import_official(path: str):
 
   def bn_swish_cpu(self, x):
     assert not self.training, "only eval mode is patched for the CPU"
-    out = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0,
-                       self.eps)
+    out = F.batch_norm(
+      x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+    )
     return out * torch.sigmoid(out)
+
   inplaced_sync_batchnorm.SyncBatchNormSwish.forward = bn_swish_cpu
   return types.SimpleNamespace(model=official_model, utils=utils, distributions=distributions)
 
@@ -85,10 +107,12 @@ def import_official(path: str):
 def build_official(official, args: dict, *, seed: int):
   """The official AutoEncoder as evaluate.py builds it, with random BN statistics and affines."""
   import torch
+
   torch.manual_seed(seed)
   namespace = argparse.Namespace(**args)
-  model = official.model.AutoEncoder(namespace, None,
-                                     official.utils.get_arch_cells(namespace.arch_instance))
+  model = official.model.AutoEncoder(
+    namespace, None, official.utils.get_arch_cells(namespace.arch_instance)
+  )
   with torch.no_grad():  # BN at init is the identity in eval mode: make it count
     for name, buf in model.state_dict().items():
       if name.endswith(("running_mean", "bias")) and buf.dim() == 1:
@@ -100,8 +124,9 @@ def build_official(official, args: dict, *, seed: int):
 
 def official_commit(path: str) -> str:
   try:
-    return subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+      ["git", "-C", path, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return "unknown (not a git checkout)"
 
@@ -110,23 +135,38 @@ def write_key_shapes(path: str, state_dict, *, source: str, args: dict) -> None:
   """{"source", "args", "state_dict": {key: shape}} in state_dict() order, one key a line."""
   lines = [f"  {json.dumps(k)}: {json.dumps(list(v.shape))}" for k, v in state_dict.items()]
   with open(path, "w") as f:
-    f.write("{\"source\": " + json.dumps(source) + ",\n\"args\": " + json.dumps(args, sort_keys=True)
-            + ",\n\"state_dict\": {\n" + ",\n".join(lines) + "\n}}\n")
+    f.write(
+      '{"source": '
+      + json.dumps(source)
+      + ',\n"args": '
+      + json.dumps(args, sort_keys=True)
+      + ',\n"state_dict": {\n'
+      + ",\n".join(lines)
+      + "\n}}\n"
+    )
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--official_path", required=True, help="a checkout of NVlabs/NVAE")
-  parser.add_argument("--config", default="tiny", choices=("tiny", "mnist"),
-                      help="tiny: tests/nvae_tf/official_tiny.py; mnist: the README MNIST command")
+  parser.add_argument(
+    "--config",
+    default="tiny",
+    choices=("tiny", "mnist"),
+    help="tiny: tests/nvae_tf/official_tiny.py; mnist: the README MNIST command",
+  )
   parser.add_argument("--batch", type=int, default=4, help="images in the compared forward pass")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--dump_keys", default=None,
-                      help="write the official state-dict key names and shapes to this JSON file")
+  parser.add_argument(
+    "--dump_keys",
+    default=None,
+    help="write the official state-dict key names and shapes to this JSON file",
+  )
   flags = parser.parse_args(argv)
 
   import tensorflow as tf
   import torch
+
   from nvae_tf import official as ours
 
   official = import_official(flags.official_path)
@@ -135,13 +175,21 @@ def main(argv=None):
   state = model.state_dict()
   aliases = [k for k in state if k.endswith(".weight_normalized")]
   n_params = sum(p.numel() for p in model.parameters())
-  print(f"official AutoEncoder ({flags.config}): {len(state)} state-dict keys "
-        f"({len(aliases)} weight_normalized aliases), {n_params:,} parameters")
+  print(
+    f"official AutoEncoder ({flags.config}): {len(state)} state-dict keys "
+    f"({len(aliases)} weight_normalized aliases), {n_params:,} parameters"
+  )
   if flags.dump_keys:
-    write_key_shapes(flags.dump_keys, state, source=(
+    write_key_shapes(
+      flags.dump_keys,
+      state,
+      source=(
         f"NVlabs/NVAE@{official_commit(flags.official_path)} AutoEncoder(args, None, "
         f"get_arch_cells(args.arch_instance)).state_dict() on the CPU with torch {torch.__version__}, "
-        f"written by tools/check_official_nvae.py --config {flags.config} --dump_keys"), args=args)
+        f"written by tools/check_official_nvae.py --config {flags.config} --dump_keys"
+      ),
+      args=args,
+    )
     print(f"wrote {flags.dump_keys}")
 
   with tempfile.TemporaryDirectory() as tmp:
@@ -159,6 +207,7 @@ def main(argv=None):
     eps = torch.randn(self.mu.shape, generator=generator)
     noises.append(eps.numpy())
     return eps * self.sigma + self.mu, eps
+
   generator = torch.Generator().manual_seed(flags.seed)
   official.distributions.Normal.sample = sample
   with torch.no_grad():
@@ -169,18 +218,26 @@ def main(argv=None):
   assert not queue, "our model drew fewer noises than the official one"
 
   diffs = {
-      "decoder logits": np.abs(np.transpose(logits.numpy(), (0, 2, 3, 1)) - out.logits.numpy()),
-      "per-group KL": np.abs(torch.stack(kl_all, 1).numpy() - out.kl.numpy()),
-      "log q": np.abs(log_q.numpy() - out.log_q.numpy()),
-      "log p": np.abs(log_p.numpy() - out.log_p.numpy()),
+    "decoder logits": np.abs(np.transpose(logits.numpy(), (0, 2, 3, 1)) - out.logits.numpy()),
+    "per-group KL": np.abs(torch.stack(kl_all, 1).numpy() - out.kl.numpy()),
+    "log q": np.abs(log_q.numpy() - out.log_q.numpy()),
+    "log p": np.abs(log_p.numpy() - out.log_p.numpy()),
   }
-  magnitudes = {"decoder logits": logits.abs().max(), "per-group KL": torch.stack(kl_all).abs().max(),
-                "log q": log_q.abs().max(), "log p": log_p.abs().max()}
-  print(f"forward pass on {flags.batch} random binary images, {len(kl_all)} groups, "
-        f"{sum(int(np.prod(n.shape[1:])) for n in noises)} latent elements per image:")
+  magnitudes = {
+    "decoder logits": logits.abs().max(),
+    "per-group KL": torch.stack(kl_all).abs().max(),
+    "log q": log_q.abs().max(),
+    "log p": log_p.abs().max(),
+  }
+  print(
+    f"forward pass on {flags.batch} random binary images, {len(kl_all)} groups, "
+    f"{sum(int(np.prod(n.shape[1:])) for n in noises)} latent elements per image:"
+  )
   for name, d in diffs.items():
-    print(f"  max |official - ours| {name}: {d.max():.3g} (max |official| "
-          f"{float(magnitudes[name]):.4g})")
+    print(
+      f"  max |official - ours| {name}: {d.max():.3g} (max |official| "
+      f"{float(magnitudes[name]):.4g})"
+    )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,12 @@ def gaussian_kl(mean_q, log_var_q, mean_p, log_var_p):
   1/2 sum_d [log var_p - log var_q + (var_q + (mean_q - mean_p)^2) / var_p - 1].
   """
   return 0.5 * tf.reduce_sum(
-      log_var_p - log_var_q + (tf.exp(log_var_q) + tf.square(mean_q - mean_p)) * tf.exp(-log_var_p)
-      - 1.0, axis=-1)
+    log_var_p
+    - log_var_q
+    + (tf.exp(log_var_q) + tf.square(mean_q - mean_p)) * tf.exp(-log_var_p)
+    - 1.0,
+    axis=-1,
+  )
 
 
 def mixture_log_prob(z, means, log_vars, log_weights):
@@ -74,8 +78,9 @@ def _logistic_bin_edges(x, mean, log_scale, num_bins):
 
 def _log_cdf_difference(lower, upper):
   """log(sigma(u) - sigma(l)) = log sigma(u) + log sigma(-l) + log(1 - exp(l - u)), no cancellation."""
-  return (-tf.nn.softplus(-upper) - tf.nn.softplus(lower)
-          + tf.math.log(-tf.math.expm1(lower - upper)))
+  return (
+    -tf.nn.softplus(-upper) - tf.nn.softplus(lower) + tf.math.log(-tf.math.expm1(lower - upper))
+  )
 
 
 def discretized_logistic_log_prob_official(x, mean, log_scale, *, num_bins: int = 256):
@@ -98,14 +103,18 @@ def discretized_logistic_log_prob_normalised(x, mean, log_scale, *, num_bins: in
   log-scale -4.5). Per element.
   """
   k, lower, upper = _logistic_bin_edges(x, mean, log_scale, num_bins)
-  log_cdf_upper = -tf.nn.softplus(-upper)     # log sigma(u)
-  log_sf_lower = -tf.nn.softplus(lower)       # log (1 - sigma(l)) = log sigma(-l)
-  return tf.where(k <= 0, log_cdf_upper,
-                  tf.where(k >= num_bins - 1, log_sf_lower, _log_cdf_difference(lower, upper)))
+  log_cdf_upper = -tf.nn.softplus(-upper)  # log sigma(u)
+  log_sf_lower = -tf.nn.softplus(lower)  # log (1 - sigma(l)) = log sigma(-l)
+  return tf.where(
+    k <= 0,
+    log_cdf_upper,
+    tf.where(k >= num_bins - 1, log_sf_lower, _log_cdf_difference(lower, upper)),
+  )
 
 
-def discretized_logistic_log_prob(x, mean, log_scale, *, num_bins: int = 256,
-                                  edges: str = "official"):
+def discretized_logistic_log_prob(
+  x, mean, log_scale, *, num_bins: int = 256, edges: str = "official"
+):
   """log P(x) of a logistic(mean, exp(log_scale)) discretised into `num_bins` bins of [0, 1];
   pixel k (the suite's x = k / (num_bins - 1)) owns [k / num_bins, (k + 1) / num_bins].
 
@@ -143,6 +152,7 @@ def _sum_image(values):
 
 class Bernoulli:
   """p(x | z) = prod_i Bernoulli(x_i; sigmoid(logit_i)), binary images."""
+
   num_params = 1
 
   def log_prob(self, x, params):
@@ -166,6 +176,7 @@ class DiscretizedLogistic:
   Raw parameters -> mean = clip(sigmoid(a), 1/512, 1 - 1/512), log-scale = hardtanh(b, -4.5, 0)
   (official models/*.py: `torch.clamp(x_mean, 1/512, 1-1/512)`, `Hardtanh(-4.5, 0)`).
   """
+
   num_params = 2
   MEAN_MARGIN = 1.0 / 512.0
   LOG_SCALE_MIN, LOG_SCALE_MAX = -4.5, 0.0
@@ -197,6 +208,7 @@ class ContinuousBernoulli:
   """p(x | z) = prod_i CB(x_i; lambda_i) = C(lambda) lambda^x (1 - lambda)^(1 - x), x in [0, 1]
   (Loaiza-Ganem & Cunningham 2019), via tfd.ContinuousBernoulli. Its log-normaliser near
   lambda = 1/2 (Taylor branch) is checked against a float64 integral in the tests."""
+
   num_params = 1
 
   def log_prob(self, x, params):
@@ -210,5 +222,8 @@ class ContinuousBernoulli:
     return tfd.ContinuousBernoulli(logits=params).quantile(u)
 
 
-OBSERVATION_MODELS = {"bernoulli": Bernoulli, "discretized_logistic": DiscretizedLogistic,
-                      "continuous_bernoulli": ContinuousBernoulli}
+OBSERVATION_MODELS = {
+  "bernoulli": Bernoulli,
+  "discretized_logistic": DiscretizedLogistic,
+  "continuous_bernoulli": ContinuousBernoulli,
+}

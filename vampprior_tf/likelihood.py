@@ -18,9 +18,17 @@ class CountedLikelihood:
   importance_samples: float  # log-weight rows drawn per example (int when whole), counted here
 
 
-def evaluate_nll(model, images, *, num_samples: int, batch_size: int, chunk_size: int | None = None,
-                 progress: bool = False, resume_path: str | None = None,
-                 resume_key=None) -> CountedLikelihood:
+def evaluate_nll(
+  model,
+  images,
+  *,
+  num_samples: int,
+  batch_size: int,
+  chunk_size: int | None = None,
+  progress: bool = False,
+  resume_path: str | None = None,
+  resume_key=None,
+) -> CountedLikelihood:
   """-IWAE_K over `images` [N, H, W, C] (K = `num_samples`, `chunk_size` at a time) with
   `model.log_weights`; counts the [k, B] log-weight rows every call returns.
 
@@ -37,14 +45,21 @@ def evaluate_nll(model, images, *, num_samples: int, batch_size: int, chunk_size
     return log_w
 
   summary = likelihood.evaluate_log_likelihood(
-      log_weight_fn, tf.data.Dataset.from_tensor_slices(images).batch(batch_size),
-      num_samples=num_samples, num_dims=int(np.prod(images.shape[1:])), chunk_size=chunk_size,
-      progress=progress, resume_path=resume_path, resume_key=resume_key,
-      rng_variables=likelihood.seed_generator_states(model))
+    log_weight_fn,
+    tf.data.Dataset.from_tensor_slices(images).batch(batch_size),
+    num_samples=num_samples,
+    num_dims=int(np.prod(images.shape[1:])),
+    chunk_size=chunk_size,
+    progress=progress,
+    resume_path=resume_path,
+    resume_key=resume_key,
+    rng_variables=likelihood.seed_generator_states(model),
+  )
   # Batches read back from a resume file drew nothing in this call.
   per_example = int(drawn.numpy()) / max(summary.batches_evaluated, 1)
   # The shared estimator raises when a batch got another K than asked for; the count recorded
   # here is ours, from the log-weight shapes, so a row never just echoes its flag.
-  return CountedLikelihood(summary=summary,
-                           importance_samples=int(per_example) if per_example.is_integer()
-                           else per_example)
+  return CountedLikelihood(
+    summary=summary,
+    importance_samples=int(per_example) if per_example.is_integer() else per_example,
+  )

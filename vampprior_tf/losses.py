@@ -33,8 +33,12 @@ def warmup_objective(model, x, *, epoch, warmup: int):
   """
   beta = kl_warmup_beta(epoch, warmup)
   terms = model(x, training=True)
-  metrics = {"beta": beta, "log_px": tf.reduce_mean(terms.log_px),
-             "kl": tf.reduce_mean(terms.kl), "negative_elbo": -tf.reduce_mean(terms.elbo)}
+  metrics = {
+    "beta": beta,
+    "log_px": tf.reduce_mean(terms.log_px),
+    "kl": tf.reduce_mean(terms.kl),
+    "negative_elbo": -tf.reduce_mean(terms.elbo),
+  }
   for i, kl in enumerate(terms.kl_levels):
     metrics[f"kl_z{i + 1}"] = tf.reduce_mean(kl)
   return terms.loss(beta), metrics
@@ -54,11 +58,11 @@ class EarlyStopping:
   changes its rule, change this mapping (one place; the experiments test checks the pair against
   the official loop).
   """
+
   harness_patience: int | None
   start_epoch: int
 
   @classmethod
-  def official(cls, *, patience: int, warmup: int) -> "EarlyStopping":
+  def official(cls, *, patience: int, warmup: int) -> EarlyStopping:
     """`patience` 0 disables early stopping."""
-    return cls(harness_patience=patience if patience > 0 else None,
-               start_epoch=max(warmup - 1, 0))
+    return cls(harness_patience=patience if patience > 0 else None, start_epoch=max(warmup - 1, 0))

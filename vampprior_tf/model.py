@@ -20,10 +20,15 @@ import numpy as np
 import tensorflow as tf
 
 from common_tf import random as common_random
-
 from vampprior_tf import distributions
-from vampprior_tf.layers import (GatedConv2d, GatedDense, MaskedConv2D, hardtanh, he_normal,
-                                 torch_default_uniform)
+from vampprior_tf.layers import (
+  GatedConv2d,
+  GatedDense,
+  MaskedConv2D,
+  hardtanh,
+  he_normal,
+  torch_default_uniform,
+)
 
 # Official models/*.py: encoder / p(z1|z2) log-variances pass through Hardtanh(-6, 2).
 LOG_VAR_RANGE = (-6.0, 2.0)
@@ -40,6 +45,7 @@ class ELBOTerms:
   kl: log q(z | x) - log p(z), summed over the latent levels (a one-sample estimate of the KL).
   kl_levels: the same per level (z for the VAE; (z1, z2) for HVAEs).
   """
+
   log_px: tf.Tensor
   kl: tf.Tensor
   kl_levels: tuple
@@ -84,8 +90,9 @@ class GaussianHead(keras.layers.Layer):
 def reparameterize(mean, log_var, seed):
   """z = mean + exp(log_var / 2) * eps, eps ~ N(0, I) (the same eps per example on any number of
   replicas: `common_tf.random`)."""
-  return mean + tf.exp(0.5 * log_var) * common_random.normal(tf.shape(mean), seed=seed,
-                                                             dtype=mean.dtype)
+  return mean + tf.exp(0.5 * log_var) * common_random.normal(
+    tf.shape(mean), seed=seed, dtype=mean.dtype
+  )
 
 
 class LatentVariableModel(keras.Model):
@@ -106,7 +113,9 @@ class LatentVariableModel(keras.Model):
   def _check_images(self, x):
     x = tf.convert_to_tensor(x, tf.float32)
     if tuple(x.shape[1:]) != self.image_shape:
-      raise ValueError(f"expected images [B, {', '.join(map(str, self.image_shape))}], got {x.shape}")
+      raise ValueError(
+        f"expected images [B, {', '.join(map(str, self.image_shape))}], got {x.shape}"
+      )
     return x
 
   def log_prior(self, z, training=False):
@@ -133,8 +142,9 @@ class LatentVariableModel(keras.Model):
     `self(repeat_examples(x, K))` with the same noise.
     """
     x = self._check_images(x)
-    x_parts = tf.nest.map_structure(lambda t: repeat_examples(t, num_samples),
-                                    self._encode_x(x, training=training))
+    x_parts = tf.nest.map_structure(
+      lambda t: repeat_examples(t, num_samples), self._encode_x(x, training=training)
+    )
     terms = self._terms(repeat_examples(x, num_samples), x_parts, training=training)
     return split_samples(terms.elbo, num_samples)
 
@@ -162,17 +172,30 @@ class VAE(LatentVariableModel):
   `num_hidden_layers`); `hidden_block` swaps the gated layer for another (e.g. ReLU Dense).
   """
 
-  def __init__(self, *, image_shape, observation, prior, latent_dim: int = 40,
-               hidden_units: int = 300, num_hidden_layers: int = 2, hidden_block=GatedDense,
-               log_var_range=LOG_VAR_RANGE, seed: int = 0, **kwargs):
-    super().__init__(image_shape=image_shape, observation=observation, prior=prior, seed=seed,
-                     **kwargs)
+  def __init__(
+    self,
+    *,
+    image_shape,
+    observation,
+    prior,
+    latent_dim: int = 40,
+    hidden_units: int = 300,
+    num_hidden_layers: int = 2,
+    hidden_block=GatedDense,
+    log_var_range=LOG_VAR_RANGE,
+    seed: int = 0,
+    **kwargs,
+  ):
+    super().__init__(
+      image_shape=image_shape, observation=observation, prior=prior, seed=seed, **kwargs
+    )
     self.latent_dim = latent_dim
     self.encoder_layers = [hidden_block(hidden_units) for _ in range(num_hidden_layers)]
     self.q_z = GaussianHead(latent_dim, log_var_range=log_var_range)
     self.decoder_layers = [hidden_block(hidden_units) for _ in range(num_hidden_layers)]
-    self.p_x = keras.layers.Dense(self.num_pixels * observation.num_params,
-                                  kernel_initializer=he_normal())
+    self.p_x = keras.layers.Dense(
+      self.num_pixels * observation.num_params, kernel_initializer=he_normal()
+    )
 
   def encode_top(self, x, training=False):
     """q(z | x): (mean, log_var) [B, D]."""
@@ -199,8 +222,9 @@ class VAE(LatentVariableModel):
     return ELBOTerms(log_px=log_px, kl=kl, kl_levels=(kl,))
 
   def sample(self, num_samples: int, training=False):
-    z = self.prior.sample(num_samples, encoder=self.encode_top, seed=self.seed_generator,
-                          training=training)
+    z = self.prior.sample(
+      num_samples, encoder=self.encode_top, seed=self.seed_generator, training=training
+    )
     return self.observation.mean(self.decode(z, training=training))
 
   def reconstruct(self, x, training=False):
@@ -212,11 +236,12 @@ class VAE(LatentVariableModel):
 @dataclasses.dataclass(frozen=True)
 class HVAEForward:
   """Everything one pass of a two-level HVAE draws and computes ([B, D] each; params as images)."""
+
   z1: tf.Tensor
   z2: tf.Tensor
-  q_z1: tuple       # (mean, log_var) of q(z1 | x, z2)
-  q_z2: tuple       # (mean, log_var) of q(z2 | x)
-  p_z1: tuple       # (mean, log_var) of p(z1 | z2)
+  q_z1: tuple  # (mean, log_var) of q(z1 | x, z2)
+  q_z2: tuple  # (mean, log_var) of q(z2 | x)
+  p_z1: tuple  # (mean, log_var) of p(z1 | z2)
   x_params: tf.Tensor
 
 
@@ -230,10 +255,21 @@ class HVAE2Level(LatentVariableModel):
   concatenated, GatedDense, Linear. Subclasses replace `_x_features_*` / `decode`.
   """
 
-  def __init__(self, *, image_shape, observation, prior, z1_dim: int = 40, z2_dim: int = 40,
-               hidden_units: int = 300, seed: int = 0, **kwargs):
-    super().__init__(image_shape=image_shape, observation=observation, prior=prior, seed=seed,
-                     **kwargs)
+  def __init__(
+    self,
+    *,
+    image_shape,
+    observation,
+    prior,
+    z1_dim: int = 40,
+    z2_dim: int = 40,
+    hidden_units: int = 300,
+    seed: int = 0,
+    **kwargs,
+  ):
+    super().__init__(
+      image_shape=image_shape, observation=observation, prior=prior, seed=seed, **kwargs
+    )
     self.z1_dim, self.z2_dim, self.hidden_units = z1_dim, z2_dim, hidden_units
     self._build_encoder_features()
     self.q_z2 = GaussianHead(z2_dim)
@@ -263,14 +299,16 @@ class HVAE2Level(LatentVariableModel):
     self.p_x_from_z1 = GatedDense(self.hidden_units)
     self.p_x_from_z2 = GatedDense(self.hidden_units)
     self.p_x_joint = GatedDense(self.hidden_units)
-    self.p_x = keras.layers.Dense(self.num_pixels * self.observation.num_params,
-                                  kernel_initializer=he_normal())
+    self.p_x = keras.layers.Dense(
+      self.num_pixels * self.observation.num_params, kernel_initializer=he_normal()
+    )
 
   def decode(self, x, z1, z2, training=False):
     """Observation parameters [B, H, W, C * P] of p(x | z1, z2) (`x` only used by PixelHVAE)."""
     del x
-    h = tf.concat([self.p_x_from_z1(z1, training=training),
-                   self.p_x_from_z2(z2, training=training)], axis=-1)
+    h = tf.concat(
+      [self.p_x_from_z1(z1, training=training), self.p_x_from_z2(z2, training=training)], axis=-1
+    )
     return self._image_params(self.p_x(self.p_x_joint(h, training=training), training=training))
 
   # ---- distributions
@@ -297,8 +335,7 @@ class HVAE2Level(LatentVariableModel):
 
   def _encode_x(self, x, training=False):
     """(q(z2 | x) as (mean, log_var), the x branch's features of q(z1 | x, z2))."""
-    return (self.encode_top(x, training=training),
-            self._features(self.q_z1_features, x, training))
+    return (self.encode_top(x, training=training), self._features(self.q_z1_features, x, training))
 
   def forward(self, x, training=False) -> HVAEForward:
     """z2 ~ q(z2|x), z1 ~ q(z1|x,z2), and the parameters of p(z1|z2) and p(x|z1,z2)."""
@@ -311,13 +348,21 @@ class HVAE2Level(LatentVariableModel):
     q_z1 = self._q_z1(x_features, z2, training)
     z1 = reparameterize(*q_z1, self.seed_generator)
     p_z1 = self.prior_z1(z2, training=training)
-    return HVAEForward(z1=z1, z2=z2, q_z1=q_z1, q_z2=q_z2, p_z1=p_z1,
-                       x_params=self.decode(x, z1, z2, training=training))
+    return HVAEForward(
+      z1=z1,
+      z2=z2,
+      q_z1=q_z1,
+      q_z2=q_z2,
+      p_z1=p_z1,
+      x_params=self.decode(x, z1, z2, training=training),
+    )
 
   def _terms(self, x, x_parts, training=False):
     f = self._forward(x, x_parts, training)
     log_px = self.observation.log_prob(x, f.x_params)
-    kl_z1 = distributions.log_normal_diag(f.z1, *f.q_z1) - distributions.log_normal_diag(f.z1, *f.p_z1)
+    kl_z1 = distributions.log_normal_diag(f.z1, *f.q_z1) - distributions.log_normal_diag(
+      f.z1, *f.p_z1
+    )
     kl_z2 = distributions.log_normal_diag(f.z2, *f.q_z2) - self.log_prior(f.z2, training=training)
     return ELBOTerms(log_px=log_px, kl=kl_z1 + kl_z2, kl_levels=(kl_z1, kl_z2))
 
@@ -325,8 +370,9 @@ class HVAE2Level(LatentVariableModel):
     return self.observation.mean(self.decode(None, z1, z2, training=training))
 
   def sample(self, num_samples: int, training=False):
-    z2 = self.prior.sample(num_samples, encoder=self.encode_top, seed=self.seed_generator,
-                           training=training)
+    z2 = self.prior.sample(
+      num_samples, encoder=self.encode_top, seed=self.seed_generator, training=training
+    )
     z1 = reparameterize(*self.prior_z1(z2, training=training), self.seed_generator)
     return self._generate_x(z1, z2, training)
 
@@ -349,10 +395,20 @@ class ConvHVAE2Level(HVAE2Level):
     return 6 * math.ceil(math.ceil(h / 2) / 2) * math.ceil(math.ceil(w / 2) / 2)
 
   def _build_encoder_features(self):
-    self.q_z2_features = [GatedConv2d(32, 7), GatedConv2d(32, 3, 2), GatedConv2d(64, 5),
-                          GatedConv2d(64, 3, 2), GatedConv2d(6, 3)]
-    self.q_z1_features = [GatedConv2d(32, 3), GatedConv2d(32, 3, 2), GatedConv2d(64, 3),
-                          GatedConv2d(64, 3, 2), GatedConv2d(6, 3)]
+    self.q_z2_features = [
+      GatedConv2d(32, 7),
+      GatedConv2d(32, 3, 2),
+      GatedConv2d(64, 5),
+      GatedConv2d(64, 3, 2),
+      GatedConv2d(6, 3),
+    ]
+    self.q_z1_features = [
+      GatedConv2d(32, 3),
+      GatedConv2d(32, 3, 2),
+      GatedConv2d(64, 3),
+      GatedConv2d(64, 3, 2),
+      GatedConv2d(6, 3),
+    ]
 
   def _features(self, layers, x, training):
     h = x
@@ -366,13 +422,18 @@ class ConvHVAE2Level(HVAE2Level):
     self.p_x_joint = GatedDense(self.num_pixels)
     self.p_x_convs = [GatedConv2d(64, 3) for _ in range(4)]
     init = torch_default_uniform(64)  # official Conv2d(64, C, 1, 1, 0): PyTorch default init
-    self.p_x = keras.layers.Conv2D(self.image_shape[-1] * self.observation.num_params, 1,
-                                   kernel_initializer=init, bias_initializer=init)
+    self.p_x = keras.layers.Conv2D(
+      self.image_shape[-1] * self.observation.num_params,
+      1,
+      kernel_initializer=init,
+      bias_initializer=init,
+    )
 
   def decode(self, x, z1, z2, training=False):
     del x
-    h = tf.concat([self.p_x_from_z1(z1, training=training),
-                   self.p_x_from_z2(z2, training=training)], axis=-1)
+    h = tf.concat(
+      [self.p_x_from_z1(z1, training=training), self.p_x_from_z2(z2, training=training)], axis=-1
+    )
     h = tf.reshape(self.p_x_joint(h, training=training), (-1,) + self.image_shape)
     for layer in self.p_x_convs:
       h = layer(h, training=training)
@@ -394,19 +455,31 @@ class PixelHVAE2Level(ConvHVAE2Level):
     self.p_x_from_z2 = GatedDense(self.num_pixels)
     self.pixelcnn = []
     for i in range(self.NUM_PIXELCNN_LAYERS):
-      self.pixelcnn += [MaskedConv2D(64, 3, mask_type="A" if i == 0 else "B"),
-                        keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON)]
+      self.pixelcnn += [
+        MaskedConv2D(64, 3, mask_type="A" if i == 0 else "B"),
+        keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON),
+      ]
     # Official output convs: binary `Conv2d(64, 1, 1, 1, 0)` with a bias; gray / continuous
     # `p_x_mean`, `p_x_logvar` with bias=False.
     init = torch_default_uniform(64)  # PyTorch default init of the official 1x1 conv(s)
-    self.p_x = keras.layers.Conv2D(self.image_shape[-1] * self.observation.num_params, 1,
-                                   use_bias=isinstance(self.observation, distributions.Bernoulli),
-                                   kernel_initializer=init, bias_initializer=init)
+    self.p_x = keras.layers.Conv2D(
+      self.image_shape[-1] * self.observation.num_params,
+      1,
+      use_bias=isinstance(self.observation, distributions.Bernoulli),
+      kernel_initializer=init,
+      bias_initializer=init,
+    )
 
   def decode(self, x, z1, z2, training=False):
     shape = (-1,) + self.image_shape
-    h = tf.concat([x, tf.reshape(self.p_x_from_z1(z1, training=training), shape),
-                   tf.reshape(self.p_x_from_z2(z2, training=training), shape)], axis=-1)
+    h = tf.concat(
+      [
+        x,
+        tf.reshape(self.p_x_from_z1(z1, training=training), shape),
+        tf.reshape(self.p_x_from_z2(z2, training=training), shape),
+      ],
+      axis=-1,
+    )
     for i in range(0, len(self.pixelcnn), 2):
       h = self.pixelcnn[i](h, training=training)
       h = tf.nn.relu(self.pixelcnn[i + 1](h, training=training))
@@ -418,8 +491,9 @@ class PixelHVAE2Level(ConvHVAE2Level):
     x = tf.zeros((tf.shape(z1)[0],) + self.image_shape)
     for i in range(height):
       for j in range(width):
-        draw = self.observation.sample(self.decode(x, z1, z2, training=training),
-                                       seed=self.seed_generator)
+        draw = self.observation.sample(
+          self.decode(x, z1, z2, training=training), seed=self.seed_generator
+        )
         pixel = np.zeros(self.image_shape[:2] + (1,), np.float32)
         pixel[i, j] = 1.0
         x = x * (1.0 - pixel) + draw * pixel

@@ -50,14 +50,17 @@ class MixtureOfGaussiansPrior(keras.layers.Layer):
     super().__init__(**kwargs)
     self.latent_dim, self.num_components = latent_dim, num_components
     k, d = num_components, latent_dim
-    self.means = self.add_weight(name="means", shape=(k, d), initializer=keras.initializers.RandomNormal(0.0, 1.0))
+    self.means = self.add_weight(
+      name="means", shape=(k, d), initializer=keras.initializers.RandomNormal(0.0, 1.0)
+    )
     self.log_vars = self.add_weight(name="log_vars", shape=(k, d), initializer="zeros")
     self.logits = self.add_weight(name="logits", shape=(k,), initializer="zeros")
 
   def log_prob(self, z, *, encoder=None, training=False):
     del encoder, training
-    return distributions.mixture_log_prob(z, self.means, self.log_vars,
-                                          tf.nn.log_softmax(self.logits))
+    return distributions.mixture_log_prob(
+      z, self.means, self.log_vars, tf.nn.log_softmax(self.logits)
+    )
 
   def sample(self, n, *, encoder=None, seed=None, training=False):
     del encoder, training
@@ -73,16 +76,27 @@ class VampPrior(keras.layers.Layer):
   1/K (official) unless `learn_weights`, then softmax of learnt logits started at 0.
   """
 
-  def __init__(self, *, num_components: int, image_shape, init_mean: float, init_std: float,
-               learn_weights: bool = False, **kwargs):
+  def __init__(
+    self,
+    *,
+    num_components: int,
+    image_shape,
+    init_mean: float,
+    init_std: float,
+    learn_weights: bool = False,
+    **kwargs,
+  ):
     super().__init__(**kwargs)
     self.num_components, self.image_shape = num_components, tuple(image_shape)
     self.init_mean, self.init_std, self.learn_weights = init_mean, init_std, learn_weights
     self.pseudo_inputs_raw = self.add_weight(
-        name="pseudo_inputs", shape=(self.num_components,) + self.image_shape,
-        initializer=keras.initializers.RandomNormal(self.init_mean, self.init_std))
-    self.logits = self.add_weight(name="logits", shape=(self.num_components,), initializer="zeros",
-                                  trainable=self.learn_weights)
+      name="pseudo_inputs",
+      shape=(self.num_components,) + self.image_shape,
+      initializer=keras.initializers.RandomNormal(self.init_mean, self.init_std),
+    )
+    self.logits = self.add_weight(
+      name="logits", shape=(self.num_components,), initializer="zeros", trainable=self.learn_weights
+    )
 
   def pseudo_inputs(self):
     """u = hardtanh(raw, 0, 1): [K, H, W, C] images."""
@@ -108,8 +122,9 @@ class FlowPrior(keras.layers.Layer):
   def __init__(self, latent_dim: int, *, num_couplings: int, hidden_units: int, **kwargs):
     super().__init__(**kwargs)
     self.latent_dim = latent_dim
-    self.flow = RealNVPFlow(event_dim=latent_dim, num_couplings=num_couplings,
-                            hidden_units=hidden_units)
+    self.flow = RealNVPFlow(
+      event_dim=latent_dim, num_couplings=num_couplings, hidden_units=hidden_units
+    )
 
   def log_prob(self, z, *, encoder=None, training=False):
     del encoder, training
@@ -131,17 +146,26 @@ def check_prior_name(name: str) -> str:
   """`name` if it is in `PRIORS`, else a ValueError naming the known priors (and the new name of a
   renamed one)."""
   if name in RENAMED:
-    raise ValueError(f"prior {name!r} is called {RENAMED[name]!r} now (N(0, I)); known: "
-                     f"{', '.join(PRIORS)}")
+    raise ValueError(
+      f"prior {name!r} is called {RENAMED[name]!r} now (N(0, I)); known: {', '.join(PRIORS)}"
+    )
   if name not in PRIORS:
     raise ValueError(f"unknown prior {name!r}; known: {', '.join(PRIORS)}")
   return name
 
 
-def build_prior(name: str, *, latent_dim: int, image_shape=None, num_components: int | None = None,
-                pseudo_mean: float | None = None, pseudo_std: float | None = None,
-                learn_weights: bool = False, flow_couplings: int = 8,
-                flow_hidden_units: int = 128) -> keras.layers.Layer:
+def build_prior(
+  name: str,
+  *,
+  latent_dim: int,
+  image_shape=None,
+  num_components: int | None = None,
+  pseudo_mean: float | None = None,
+  pseudo_std: float | None = None,
+  learn_weights: bool = False,
+  flow_couplings: int = 8,
+  flow_hidden_units: int = 128,
+) -> keras.layers.Layer:
   """The prior called `name` (one of `PRIORS`) over a `latent_dim` latent.
 
   mog / vampprior need `num_components`; vampprior also `image_shape`, `pseudo_mean`,
@@ -154,6 +178,11 @@ def build_prior(name: str, *, latent_dim: int, image_shape=None, num_components:
   if name == "mog":
     return MixtureOfGaussiansPrior(latent_dim, num_components)
   if name == "vampprior":
-    return VampPrior(num_components=num_components, image_shape=image_shape, init_mean=pseudo_mean,
-                     init_std=pseudo_std, learn_weights=learn_weights)
+    return VampPrior(
+      num_components=num_components,
+      image_shape=image_shape,
+      init_mean=pseudo_mean,
+      init_std=pseudo_std,
+      learn_weights=learn_weights,
+    )
   return FlowPrior(latent_dim, num_couplings=flow_couplings, hidden_units=flow_hidden_units)

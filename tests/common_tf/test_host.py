@@ -27,8 +27,15 @@ def allocator_after_import(package: str, env_value: str | None) -> tuple[str, st
   env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
   if env_value is not None:
     env["TF_CPU_ALLOCATOR_USE_BFC"] = env_value
-  out = subprocess.run([sys.executable, "-c", PROBE.format(package=package)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300, check=True)
+  out = subprocess.run(
+    [sys.executable, "-c", PROBE.format(package=package)],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=True,
+  )
   allocator, variable = out.stdout.split()[-2:]
   return allocator, variable
 

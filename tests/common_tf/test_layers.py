@@ -16,9 +16,11 @@ def _ones_through_dropout_on_two_replicas(make_layer, batch=8, width=32):
   with strategy.scope():
     layer = make_layer()
   data = strategy.experimental_distribute_dataset(
-      tf.data.Dataset.from_tensors(tf.ones((batch, width))))
+    tf.data.Dataset.from_tensors(tf.ones((batch, width)))
+  )
   out = tf.function(lambda x: strategy.run(lambda s: layer(s, training=True), args=(x,)))(
-      next(iter(data)))
+    next(iter(data))
+  )
   return np.concatenate([t.numpy() for t in strategy.experimental_local_results(out)])
 
 
@@ -27,7 +29,9 @@ def test_mask_values_scale_and_single_device_equality():
   one = common_layers.Dropout(RATE, seed=5)(x, training=True).numpy()
   # The mask is u >= rate for u ~ U[0, 1) drawn from the layer's generator, kept values 1 / (1 - rate).
   u = keras.random.uniform((8, 32), seed=keras.random.SeedGenerator(5)).numpy()
-  np.testing.assert_array_equal(one, np.where(u >= RATE, 1.0 / (1.0 - RATE), 0.0).astype(np.float32))
+  np.testing.assert_array_equal(
+    one, np.where(u >= RATE, 1.0 / (1.0 - RATE), 0.0).astype(np.float32)
+  )
   assert 0.15 < (one == 0).mean() < 0.35
   # Two replicas, each with half of the batch: every example gets the one-device mask.
   two = _ones_through_dropout_on_two_replicas(lambda: common_layers.Dropout(RATE, seed=5))

@@ -42,9 +42,15 @@ def run_child(iterations: int, signals: int) -> tuple[int, str, float]:
   import subprocess
   import sys
   import time
+
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  child = subprocess.Popen([sys.executable, "-c", CHILD, str(iterations)], cwd=root, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+  child = subprocess.Popen(
+    [sys.executable, "-c", CHILD, str(iterations)],
+    cwd=root,
+    text=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL,
+  )
   try:
     assert child.stdout.readline().strip() == "ready"
     time.sleep(0.5)  # inside the long call
@@ -64,6 +70,10 @@ def test_a_second_sigterm_stops_a_long_tensorflow_call_at_once():
   waited for the call too: an NVAE test-NLL batch, minutes). 10^8 iterations: far more than a
   minute on these CPUs."""
   code, out, seconds = run_child(10**8, signals=2)
-  assert code == 128 + signal.SIGTERM and "returned" not in out and seconds < 10, (code, out, seconds)
+  assert code == 128 + signal.SIGTERM and "returned" not in out and seconds < 10, (
+    code,
+    out,
+    seconds,
+  )
   code, out, _ = run_child(2 * 10**5, signals=1)  # ~1 s of work after the signal, then returns
   assert code == 0 and out.split() == ["returned", str(int(signal.SIGTERM))], (code, out)

@@ -21,8 +21,9 @@ def test_two_replicas_draw_the_single_device_noise_per_example():
   two = _draw_on_two_replicas(lambda gen: common_random.normal((3, 2), seed=gen))
   np.testing.assert_array_equal(two, one)
   one_t = common_random.randint((6,), seed=keras.random.SeedGenerator(3), minval=0, maxval=1000)
-  two_t = _draw_on_two_replicas(lambda gen: common_random.randint((3,), seed=gen, minval=0,
-                                                                   maxval=1000))
+  two_t = _draw_on_two_replicas(
+    lambda gen: common_random.randint((3,), seed=gen, minval=0, maxval=1000)
+  )
   np.testing.assert_array_equal(two_t, one_t.numpy())
 
 

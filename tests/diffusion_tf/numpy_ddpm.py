@@ -50,9 +50,13 @@ def draws(shape, seed, indices, *, jit: bool):
   indices = [int(i) for i in indices]
 
   def fn(seed_):  # an argument, not a constant: a constant graph would be folded on the CPU
-    return [tf.random.stateless_normal(
-        shape, seed=tf.random.experimental.stateless_fold_in(seed_, i, alg="philox"), alg="philox")
-            for i in indices]
+    return [
+      tf.random.stateless_normal(
+        shape, seed=tf.random.experimental.stateless_fold_in(seed_, i, alg="philox"), alg="philox"
+      )
+      for i in indices
+    ]
+
   out = tf.function(fn, jit_compile=jit)(tf.constant(seed, tf.int32))
   return {i: o.numpy().astype(np.float64) for i, o in zip(indices, out)}
 
@@ -82,14 +86,14 @@ def ddim(schedule, eps_fn, x_T, timesteps, noises, *, eta, clip=False):
       x0 = np.clip(x0, -1.0, 1.0)
       eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
     c1 = eta * math.sqrt((1 - a_t / a_s) * (1 - a_s) / (1 - a_t))
-    c2 = math.sqrt(max(1 - a_s - c1 ** 2, 0.0))
+    c2 = math.sqrt(max(1 - a_s - c1**2, 0.0))
     x = math.sqrt(a_s) * x0 + c1 * noises[t] + c2 * eps
   return x
 
 
 def _phi(x):
   """The official tanh approximation of the standard normal CDF (utils.approx_standard_normal_cdf)."""
-  return 0.5 * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+  return 0.5 * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def discretized_gaussian_log_likelihood(x, mean, log_scale):
@@ -97,9 +101,15 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale):
   inv = math.exp(-log_scale)
   cdf_plus = _phi(inv * (x - mean + 1 / 255))
   cdf_min = _phi(inv * (x - mean - 1 / 255))
-  return np.where(x < -0.999, np.log(np.maximum(cdf_plus, 1e-12)),
-                  np.where(x > 0.999, np.log(np.maximum(1 - cdf_min, 1e-12)),
-                           np.log(np.maximum(cdf_plus - cdf_min, 1e-12))))
+  return np.where(
+    x < -0.999,
+    np.log(np.maximum(cdf_plus, 1e-12)),
+    np.where(
+      x > 0.999,
+      np.log(np.maximum(1 - cdf_min, 1e-12)),
+      np.log(np.maximum(cdf_plus - cdf_min, 1e-12)),
+    ),
+  )
 
 
 def gaussian_kl(m1, logv1, m2, logv2):

@@ -9,15 +9,14 @@ import scipy.stats
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from diffusion_tf import diffusion
-from diffusion_tf import distributions
+from diffusion_tf import diffusion, distributions
 from evaluation.likelihood import bits_per_dim
 from tests.diffusion_tf import numpy_ddpm
 
 SEED = tf.constant([3, 4], tf.int32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_draws(shape, seed, indices, jit):
   return numpy_ddpm.draws(shape, list(seed), indices, jit=jit)
 
@@ -80,8 +79,9 @@ def test_posterior_matches_gaussian_algebra():
   precision = 1 / (1 - a_prev) + alpha / beta
   expected_var = 1 / precision
   b = lambda v: v[:, None, None, None]
-  expected_mean = b(expected_var) * (b(np.sqrt(a_prev) / (1 - a_prev)) * x0.numpy()
-                                     + b(np.sqrt(alpha) / beta) * xt.numpy())
+  expected_mean = b(expected_var) * (
+    b(np.sqrt(a_prev) / (1 - a_prev)) * x0.numpy() + b(np.sqrt(alpha) / beta) * xt.numpy()
+  )
   np.testing.assert_allclose(var.numpy(), np.broadcast_to(b(expected_var), var.shape), rtol=1e-5)
   np.testing.assert_allclose(mean.numpy(), expected_mean, rtol=1e-4, atol=1e-6)
 
@@ -89,13 +89,19 @@ def test_posterior_matches_gaussian_algebra():
 def test_normal_kl_and_discretized_gaussian_against_references():
   m1, l1, m2, l2 = 0.3, -1.2, -0.5, 0.4
   expected = tfp.distributions.kl_divergence(
-      tfp.distributions.Normal(m1, math.exp(0.5 * l1)), tfp.distributions.Normal(m2, math.exp(0.5 * l2)))
+    tfp.distributions.Normal(m1, math.exp(0.5 * l1)),
+    tfp.distributions.Normal(m2, math.exp(0.5 * l2)),
+  )
   assert float(distributions.normal_kl(m1, l1, m2, l2)) == pytest.approx(float(expected), rel=1e-5)
   x = tf.constant([-1.0, -0.2 + 1 / 255, 1.0])
   mu, s = 0.1, 0.6
-  got = distributions.discretized_gaussian_log_likelihood(x, means=mu, log_scales=math.log(s)).numpy()
+  got = distributions.discretized_gaussian_log_likelihood(
+    x, means=mu, log_scales=math.log(s)
+  ).numpy()
   cdf = lambda v: scipy.stats.norm.cdf(v, mu, s)
-  exact = np.log([cdf(-1 + 1 / 255), cdf(x[1] + 1 / 255) - cdf(x[1] - 1 / 255), 1 - cdf(1 - 1 / 255)])
+  exact = np.log(
+    [cdf(-1 + 1 / 255), cdf(x[1] + 1 / 255) - cdf(x[1] - 1 / 255), 1 - cdf(1 - 1 / 255)]
+  )
   np.testing.assert_allclose(got, exact, rtol=5e-3)  # the tanh CDF approximation
 
 
@@ -117,13 +123,16 @@ def test_bits_per_dim_of_a_known_gaussian():
   np.testing.assert_allclose(vlb.diffusion.numpy(), 0.0, atol=5e-3)
   abar_last = np.prod(1 - d.betas)
   prior = 9 * 0.5 * (-1 - np.log(1 - abar_last) + (1 - abar_last)) + 0.5 * abar_last * np.sum(
-      x_star.numpy() ** 2)
+    x_star.numpy() ** 2
+  )
   np.testing.assert_allclose(vlb.prior.numpy(), prior, rtol=1e-4)
   std = math.sqrt(d.posterior_variance[1])
   x = x_star.numpy().ravel()
   upper = np.where(x > 0.999, np.inf, x + 1 / 255)
   lower = np.where(x < -0.999, -np.inf, x - 1 / 255)
-  decoder = -np.sum(np.log(scipy.stats.norm.cdf(upper, x, std) - scipy.stats.norm.cdf(lower, x, std)))
+  decoder = -np.sum(
+    np.log(scipy.stats.norm.cdf(upper, x, std) - scipy.stats.norm.cdf(lower, x, std))
+  )
   np.testing.assert_allclose(vlb.decoder.numpy(), decoder, rtol=2e-3)
   expected_bpd = bits_per_dim(prior + decoder, 9)
   np.testing.assert_allclose(bits_per_dim(vlb.total.numpy(), 9), expected_bpd, rtol=2e-3)
@@ -138,9 +147,14 @@ def test_vlb_of_a_wrong_model_equals_numpy_official_bound(clip):
   eps_tf = lambda x, t: 0.3 * tf.tanh(x) - 0.02 * tf.cast(t, tf.float32)[:, None, None, None]
   vlb = d.variational_bound(eps_tf, x0, seed=SEED, clip_denoised=clip)  # eager: CPU-kernel noise
   noises = _draws(x0.shape, SEED, range(d.num_timesteps), jit=False)
-  total, prior, kl, decoder = numpy_ddpm.vlb(numpy_ddpm.Schedule(d.betas), eps_np,
-                                             x0.numpy().astype(np.float64), noises,
-                                             variance="fixed_large", clip=clip)
+  total, prior, kl, decoder = numpy_ddpm.vlb(
+    numpy_ddpm.Schedule(d.betas),
+    eps_np,
+    x0.numpy().astype(np.float64),
+    noises,
+    variance="fixed_large",
+    clip=clip,
+  )
   np.testing.assert_allclose(vlb.prior.numpy(), prior, rtol=1e-5)
   np.testing.assert_allclose(vlb.diffusion.numpy(), kl, rtol=1e-4)
   np.testing.assert_allclose(vlb.decoder.numpy(), decoder, rtol=1e-4)
@@ -161,9 +175,12 @@ def _oracle(d, x0):
   """The true epsilon of any x_t built from x0: (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)."""
   a = np.sqrt(d.alphas_cumprod)
   s = np.sqrt(1.0 - d.alphas_cumprod)
+
   def eps(x_t, t):
-    return ((x_t - tf.gather(tf.constant(a, tf.float32), t)[:, None, None, None] * x0)
-            / tf.gather(tf.constant(s, tf.float32), t)[:, None, None, None])
+    return (x_t - tf.gather(tf.constant(a, tf.float32), t)[:, None, None, None] * x0) / tf.gather(
+      tf.constant(s, tf.float32), t
+    )[:, None, None, None]
+
   return eps
 
 
@@ -192,7 +209,9 @@ def test_true_epsilon_samplers_return_the_data_point(variance):
   p = d.p_mean_variance(oracle, x_t, tf.constant(t), clip_denoised=False)
   sched = numpy_ddpm.Schedule(d.betas)
   for i, ti in enumerate(t):
-    mean, _ = sched.posterior(x0.numpy()[i].astype(np.float64), x_t.numpy()[i].astype(np.float64), ti)
+    mean, _ = sched.posterior(
+      x0.numpy()[i].astype(np.float64), x_t.numpy()[i].astype(np.float64), ti
+    )
     np.testing.assert_allclose(p.mean.numpy()[i], mean, rtol=1e-4, atol=1e-5)
 
 
@@ -208,12 +227,17 @@ def test_fixed_large_and_small_variance_values():
   small = _small(diffusion.Variance.FIXED_SMALL).p_mean_variance(eps0, x, t, clip_denoised=False)
   # Official: fixedlarge = (betas, log(append(posterior_variance[1], betas[1:]))).
   np.testing.assert_allclose(large.variance.numpy()[:, 0, 0, 0], betas[[0, 1, 5, 11]], rtol=1e-6)
-  np.testing.assert_allclose(large.log_variance.numpy()[:, 0, 0, 0],
-                             np.log([posterior[1], betas[1], betas[5], betas[11]]), rtol=1e-6)
-  np.testing.assert_allclose(small.variance.numpy()[:, 0, 0, 0], posterior[[0, 1, 5, 11]],
-                             rtol=1e-6, atol=1e-12)
-  np.testing.assert_allclose(small.log_variance.numpy()[:, 0, 0, 0],
-                             np.log(posterior[[1, 1, 5, 11]]), rtol=1e-6)
+  np.testing.assert_allclose(
+    large.log_variance.numpy()[:, 0, 0, 0],
+    np.log([posterior[1], betas[1], betas[5], betas[11]]),
+    rtol=1e-6,
+  )
+  np.testing.assert_allclose(
+    small.variance.numpy()[:, 0, 0, 0], posterior[[0, 1, 5, 11]], rtol=1e-6, atol=1e-12
+  )
+  np.testing.assert_allclose(
+    small.log_variance.numpy()[:, 0, 0, 0], np.log(posterior[[1, 1, 5, 11]]), rtol=1e-6
+  )
 
 
 def _toy_eps(x, t):
@@ -235,8 +259,9 @@ def test_compiled_ancestral_sampler_equals_numpy(jit, variance):
   got = sampler(SEED).numpy()
   noises = _draws(shape, SEED, range(d.num_timesteps + 1), jit=jit)
   x_T = noises[d.num_timesteps]
-  expected = numpy_ddpm.ancestral(numpy_ddpm.Schedule(d.betas), _toy_eps_np, x_T, noises,
-                                  variance=variance.value, clip=True)
+  expected = numpy_ddpm.ancestral(
+    numpy_ddpm.Schedule(d.betas), _toy_eps_np, x_T, noises, variance=variance.value, clip=True
+  )
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
   other = sampler(tf.constant([5, 6])).numpy()  # the same compiled loop, another seed
   assert np.abs(other - got).max() > 0.1
@@ -248,12 +273,17 @@ def test_compiled_ddim_sampler_equals_numpy(clip):
   shape = (2, 4, 4, 1)
   steps = d.ddim_timesteps(5)  # 12 // 5 = 2: 0, 2, ..., 10 (six steps, official uniform skip)
   np.testing.assert_array_equal(steps, [0, 2, 4, 6, 8, 10])
-  got = tf.function(lambda: d.ddim_sample_loop(_toy_eps, shape, seed=SEED, num_steps=5, eta=0.5,
-                                               clip_denoised=clip), jit_compile=True)().numpy()
+  got = tf.function(
+    lambda: d.ddim_sample_loop(
+      _toy_eps, shape, seed=SEED, num_steps=5, eta=0.5, clip_denoised=clip
+    ),
+    jit_compile=True,
+  )().numpy()
   noises = _draws(shape, SEED, list(steps) + [d.num_timesteps], jit=True)
   x_T = noises[d.num_timesteps]
-  expected = numpy_ddpm.ddim(numpy_ddpm.Schedule(d.betas), _toy_eps_np, x_T, steps, noises,
-                             eta=0.5, clip=clip)
+  expected = numpy_ddpm.ddim(
+    numpy_ddpm.Schedule(d.betas), _toy_eps_np, x_T, steps, noises, eta=0.5, clip=clip
+  )
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -296,10 +326,14 @@ def official_quad(num_timesteps, num_steps):
 def test_ddim_quad_spacing_is_the_official_formula():
   d = diffusion.GaussianDiffusion.linear()
   for num_steps in (1, 7, 10, 20, 50, 100, 333, 1000):
-    np.testing.assert_array_equal(d.ddim_timesteps(num_steps, spacing="quad"),
-                                  official_quad(1000, num_steps), err_msg=str(num_steps))
-  np.testing.assert_array_equal(d.ddim_timesteps(10, spacing="quad"),
-                                [0, 9, 39, 88, 158, 246, 355, 483, 632, 800])
+    np.testing.assert_array_equal(
+      d.ddim_timesteps(num_steps, spacing="quad"),
+      official_quad(1000, num_steps),
+      err_msg=str(num_steps),
+    )
+  np.testing.assert_array_equal(
+    d.ddim_timesteps(10, spacing="quad"), [0, 9, 39, 88, 158, 246, 355, 483, 632, 800]
+  )
   assert list(d.ddim_timesteps(100, spacing="quad")[:6]) == [0, 0, 0, 0, 1, 2]  # repeats kept
 
 
@@ -309,11 +343,14 @@ def test_compiled_ddim_sampler_follows_the_quad_steps_with_repeats():
   steps = d.ddim_timesteps(5, spacing="quad")
   np.testing.assert_array_equal(steps, official_quad(12, 5))
   np.testing.assert_array_equal(steps, [0, 0, 2, 5, 9])
-  got = tf.function(lambda: d.ddim_sample_loop(_toy_eps, shape, seed=SEED, num_steps=5, eta=0.5,
-                                               spacing="quad"), jit_compile=True)().numpy()
+  got = tf.function(
+    lambda: d.ddim_sample_loop(_toy_eps, shape, seed=SEED, num_steps=5, eta=0.5, spacing="quad"),
+    jit_compile=True,
+  )().numpy()
   noises = _draws(shape, SEED, list(steps) + [d.num_timesteps], jit=True)
-  expected = numpy_ddpm.ddim(numpy_ddpm.Schedule(d.betas), _toy_eps_np, noises[d.num_timesteps],
-                             steps, noises, eta=0.5)
+  expected = numpy_ddpm.ddim(
+    numpy_ddpm.Schedule(d.betas), _toy_eps_np, noises[d.num_timesteps], steps, noises, eta=0.5
+  )
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -322,8 +359,10 @@ def test_simple_loss_is_zero_for_the_true_noise_and_positive_otherwise():
   x0, noise = _x0(), tf.random.stateless_normal((3, 4, 4, 1), seed=SEED)
   t = tf.constant([0, 4, 11])
   x_t = d.q_sample(x0, t, noise)
-  oracle = lambda x, tt: (x - d._extract(d.sqrt_alphas_cumprod, tt, x) * x0) / d._extract(
-      d.sqrt_one_minus_alphas_cumprod, tt, x)
+  oracle = lambda x, tt: (
+    (x - d._extract(d.sqrt_alphas_cumprod, tt, x) * x0)
+    / d._extract(d.sqrt_one_minus_alphas_cumprod, tt, x)
+  )
   np.testing.assert_allclose(d.simple_loss(oracle, x0, t, noise).numpy(), 0.0, atol=1e-4)
   loss = d.simple_loss(lambda x, tt: tf.zeros_like(x), x0, t, noise).numpy()
   np.testing.assert_allclose(loss, np.mean(noise.numpy() ** 2, axis=(1, 2, 3)), rtol=1e-5)

@@ -9,8 +9,9 @@ from diffusion_tf import flows
 
 def _randomized_flow(event_dim=5, num_couplings=4, hidden_units=8, masks=None, seed=0):
   """A flow whose zero-initialised output layers are replaced by random weights (not identity)."""
-  flow = flows.RealNVPFlow(event_dim=event_dim, num_couplings=num_couplings,
-                           hidden_units=hidden_units, masks=masks)
+  flow = flows.RealNVPFlow(
+    event_dim=event_dim, num_couplings=num_couplings, hidden_units=hidden_units, masks=masks
+  )
   rng = np.random.default_rng(seed)
   for v in flow.trainable_variables:
     v.assign(0.5 * rng.standard_normal(v.shape).astype(np.float32))
@@ -120,7 +121,8 @@ def test_logit_pre_transform_log_jacobian():
   p = alpha + (1 - 2 * alpha) * x
   np.testing.assert_allclose(y, np.log(p / (1 - p)), rtol=1e-5)
   expected = np.sum(np.log((1 - 2 * alpha) / (p * (1 - p))))
-  np.testing.assert_allclose(bij.inverse_log_det_jacobian(x, event_ndims=1).numpy(), [expected],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    bij.inverse_log_det_jacobian(x, event_ndims=1).numpy(), [expected], rtol=1e-5
+  )
   with pytest.raises(ValueError):
     flows.logit_bijector(0.5)

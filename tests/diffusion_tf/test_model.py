@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from diffusion_tf import diffusion
-from diffusion_tf import layers
+from diffusion_tf import diffusion, layers
 from diffusion_tf import model as model_lib
 from evaluation import likelihood
 from experiments import harness
@@ -16,8 +15,14 @@ from tests.diffusion_tf import numpy_ddpm
 
 # One level, attention only in the middle block: for tests of what surrounds the U-Net (the
 # U-Net's levels and attention placement are tested on their own below).
-MICRO_UNET = layers.UNetConfig(channels=8, channel_mult=(1,), num_res_blocks=1,
-                               attention_resolutions=(), dropout=0.1, num_groups=2)
+MICRO_UNET = layers.UNetConfig(
+  channels=8,
+  channel_mult=(1,),
+  num_res_blocks=1,
+  attention_resolutions=(),
+  dropout=0.1,
+  num_groups=2,
+)
 
 
 def _ddpm(num_timesteps=6, unet=MICRO_UNET, **kwargs):
@@ -41,7 +46,9 @@ def _images(n=4, shape=(6, 6, 1), seed=0):
 def test_timestep_embedding_closed_form():
   emb = layers.timestep_embedding(tf.constant([0, 7]), 8).numpy()
   freqs = np.exp(-np.log(10000.0) * np.arange(4) / 3)
-  np.testing.assert_allclose(emb[1], np.concatenate([np.sin(7 * freqs), np.cos(7 * freqs)]), rtol=1e-5)
+  np.testing.assert_allclose(
+    emb[1], np.concatenate([np.sin(7 * freqs), np.cos(7 * freqs)]), rtol=1e-5
+  )
   np.testing.assert_allclose(emb[0], [0, 0, 0, 0, 1, 1, 1, 1])
   with pytest.raises(ValueError):
     layers.timestep_embedding(tf.constant([1]), 5)
@@ -49,14 +56,23 @@ def test_timestep_embedding_closed_form():
 
 def test_unet_shapes_attention_placement_and_bad_size():
   # Four levels at 16x16 (resolutions 16, 8, 4, 2): attention at 4 is the third level.
-  config = layers.UNetConfig(channels=8, channel_mult=(1, 2, 2, 2), num_res_blocks=1,
-                             attention_resolutions=(4,), dropout=0.0, num_groups=2)
+  config = layers.UNetConfig(
+    channels=8,
+    channel_mult=(1, 2, 2, 2),
+    num_res_blocks=1,
+    attention_resolutions=(4,),
+    dropout=0.0,
+    num_groups=2,
+  )
   unet = layers.UNet(config=config, image_size=16, out_channels=1)
   out = unet(tf.zeros([2, 16, 16, 1]), tf.constant([0, 999]))
   assert out.shape == (2, 16, 16, 1)
   np.testing.assert_array_equal(out.numpy(), 0.0)  # zero-initialised output convolution
-  with_attention = [b.name for b in unet.down_blocks + unet.up_blocks
-                    if isinstance(b, layers.ResAttnBlock) and b.attn is not None]
+  with_attention = [
+    b.name
+    for b in unet.down_blocks + unet.up_blocks
+    if isinstance(b, layers.ResAttnBlock) and b.attn is not None
+  ]
   assert with_attention == ["down_2_block_0", "up_2_block_0", "up_2_block_1"]  # 16/2^2 = 4
   with pytest.raises(ValueError, match="divisible"):
     layers.UNet(config=config, image_size=20, out_channels=1)  # not divisible by 2^3
@@ -65,7 +81,9 @@ def test_unet_shapes_attention_placement_and_bad_size():
 def test_unet_mixed_precision_keeps_norms_and_output_float32():
   keras.mixed_precision.set_global_policy("mixed_float16")
   try:
-    m = _ddpm(unet=MICRO_UNET)  # res blocks, the middle attention, the output conv: every layer kind
+    m = _ddpm(
+      unet=MICRO_UNET
+    )  # res blocks, the middle attention, the output conv: every layer kind
     _randomize(m)
     block = m.unet.down_blocks[0].res
     assert block.norm1.compute_dtype == "float32" and block.conv1.compute_dtype == "float16"
@@ -102,13 +120,15 @@ def test_compiled_ddpm_samplers_equal_numpy_samplers():
   shape, seed, d = (3, 8, 8, 1), [5, 0], m.diffusion
   noises = numpy_ddpm.draws(shape, seed, range(d.num_timesteps + 1), jit=True)
   x_T = noises[d.num_timesteps]
-  x0 = numpy_ddpm.ancestral(numpy_ddpm.Schedule(d.betas), _np_eps(m), x_T, noises,
-                            variance=d.variance.value, clip=True)
+  x0 = numpy_ddpm.ancestral(
+    numpy_ddpm.Schedule(d.betas), _np_eps(m), x_T, noises, variance=d.variance.value, clip=True
+  )
   np.testing.assert_allclose(samples, np.clip((x0[:, 1:7, 1:7] + 1) / 2, 0, 1), atol=1e-4)
   ddim = m.sample_ddim(3, seed=5, num_steps=3, eta=0.5).numpy()
   steps = d.ddim_timesteps(3)
-  x0 = numpy_ddpm.ddim(numpy_ddpm.Schedule(d.betas), _np_eps(m), x_T, steps, noises, eta=0.5,
-                       clip=False)
+  x0 = numpy_ddpm.ddim(
+    numpy_ddpm.Schedule(d.betas), _np_eps(m), x_T, steps, noises, eta=0.5, clip=False
+  )
   np.testing.assert_allclose(ddim, np.clip((x0[:, 1:7, 1:7] + 1) / 2, 0, 1), atol=1e-4)
 
 
@@ -127,13 +147,14 @@ def test_random_flip_mirrors_about_half_the_images_in_place_and_only_on_request(
   x = _images(n, shape)
   k = np.round(x.numpy() * 255) / 127.5 - 1
   d = diffusion.GaussianDiffusion(betas=np.linspace(1e-3, 0.2, 6))
-  make = lambda **kw: model_lib.DDPM(image_shape=shape, unet=MICRO_UNET, diffusion=d,
-                                     padded_size=8, **kw)
+  make = lambda **kw: model_lib.DDPM(
+    image_shape=shape, unet=MICRO_UNET, diffusion=d, padded_size=8, **kw
+  )
   plain = make().training_data(x).numpy()
   flipping = make(random_flip=True)
   got = flipping.training_data(x).numpy()
   np.testing.assert_array_equal(plain[:, 1:7, 1:6], k)  # official scaling, no flip by default
-  np.testing.assert_array_equal(got[:, :, 0], -1.0)      # the padding stays where it was
+  np.testing.assert_array_equal(got[:, :, 0], -1.0)  # the padding stays where it was
   np.testing.assert_array_equal(got[:, :, 6:], -1.0)
   same = np.all(got[:, 1:7, 1:6] == k, axis=(1, 2, 3))
   mirrored = np.all(got[:, 1:7, 1:6] == k[:, :, ::-1], axis=(1, 2, 3))
@@ -159,8 +180,14 @@ def test_ddpm_loss_and_variational_bound():
   x0 = m.to_model_space(x01).numpy().astype(np.float64)
   noises = numpy_ddpm.draws(x0.shape, [0, 1], range(m.diffusion.num_timesteps), jit=False)
   vb = m.variational_bound(x01, seed=0)
-  total, prior, kl, decoder = numpy_ddpm.vlb(numpy_ddpm.Schedule(m.diffusion.betas), _np_eps(m), x0,
-                                             noises, variance=m.diffusion.variance.value, clip=True)
+  total, prior, kl, decoder = numpy_ddpm.vlb(
+    numpy_ddpm.Schedule(m.diffusion.betas),
+    _np_eps(m),
+    x0,
+    noises,
+    variance=m.diffusion.variance.value,
+    clip=True,
+  )
   np.testing.assert_allclose(vb.prior.numpy(), prior, rtol=1e-5)
   np.testing.assert_allclose(vb.diffusion.numpy(), kl, rtol=1e-4)
   np.testing.assert_allclose(vb.decoder.numpy(), decoder, rtol=1e-4)
@@ -174,8 +201,14 @@ def test_ema_follows_the_weights_and_leaves_schedule_constants_alone(tmp_path):
   data = tf.data.Dataset.from_tensor_slices(_images(8))
   config = harness.TrainConfig(logdir=str(tmp_path), batch_size=4, epochs=1, progress=False)
   loss_fn = lambda model, batch, ctx: harness.LossOutput(per_example=model.loss_terms(batch).simple)
-  trainer = harness.Trainer(config=config, strategy=tf.distribute.get_strategy(), model=m,
-                            optimizer=optimizer, loss_fn=loss_fn, train_data=data)
+  trainer = harness.Trainer(
+    config=config,
+    strategy=tf.distribute.get_strategy(),
+    model=m,
+    optimizer=optimizer,
+    loss_fn=loss_fn,
+    train_data=data,
+  )
   variables = m.trainable_variables
   w0 = [v.numpy() for v in variables]
   trainer._train_step(next(iter(trainer.epoch_dataset(0))))
@@ -219,14 +252,23 @@ def test_flow_model_log_prob_counts_the_logit_jacobian_and_bits_per_dim():
   y = np.log(p / (1 - p))
   logit_log_det = np.sum(np.log((1 - 2 * alpha) / (p * (1 - p))), axis=1)
   np.testing.assert_allclose(density.logit_log_det.numpy(), logit_log_det, rtol=1e-5)
-  np.testing.assert_allclose(density.log_prob_logit_space.numpy(),
-                             m.flow.log_prob(tf.constant(y, tf.float32)).numpy(), rtol=1e-4)
-  np.testing.assert_allclose(density.log_prob.numpy(),
-                             density.log_prob_logit_space.numpy() + logit_log_det, rtol=1e-5)
+  np.testing.assert_allclose(
+    density.log_prob_logit_space.numpy(),
+    m.flow.log_prob(tf.constant(y, tf.float32)).numpy(),
+    rtol=1e-4,
+  )
+  np.testing.assert_allclose(
+    density.log_prob.numpy(), density.log_prob_logit_space.numpy() + logit_log_det, rtol=1e-5
+  )
   loss = m.loss_terms(_images(3, (4, 4, 1)))
-  np.testing.assert_allclose(loss.bits_per_dim.numpy(),
-                             likelihood.bits_per_dim(loss.nll.numpy(), 16, offset_bits=8.0), rtol=1e-6)
-  np.testing.assert_allclose(loss.bits_per_dim.numpy(), loss.nll.numpy() / (16 * math.log(2)) + 8, rtol=1e-6)
+  np.testing.assert_allclose(
+    loss.bits_per_dim.numpy(),
+    likelihood.bits_per_dim(loss.nll.numpy(), 16, offset_bits=8.0),
+    rtol=1e-6,
+  )
+  np.testing.assert_allclose(
+    loss.bits_per_dim.numpy(), loss.nll.numpy() / (16 * math.log(2)) + 8, rtol=1e-6
+  )
   samples = m.sample(5, seed=3)
   assert samples.shape == (5, 4, 4, 1) and samples.numpy().min() >= 0 and samples.numpy().max() <= 1
 
@@ -237,12 +279,22 @@ def test_flow_model_learns_under_the_harness(tmp_path):
   data = tf.data.Dataset.from_tensor_slices(tf.constant(np.round(x * 255) / 255, tf.float32))
   before = float(tf.reduce_mean(m.loss_terms(tf.constant(x, tf.float32)).nll))
   # One checkpoint, at the last of the 60 steps (not one per epoch: saving is not under test).
-  config = harness.TrainConfig(logdir=str(tmp_path), batch_size=16, epochs=15, progress=False,
-                               log_every=1000, checkpoint_every=1000)
-  harness.Trainer(config=config, strategy=tf.distribute.get_strategy(), model=m,
-                  optimizer=keras.optimizers.Adam(1e-2),
-                  loss_fn=lambda model, b, ctx: harness.LossOutput(per_example=model.loss_terms(b).nll),
-                  train_data=data).fit()
+  config = harness.TrainConfig(
+    logdir=str(tmp_path),
+    batch_size=16,
+    epochs=15,
+    progress=False,
+    log_every=1000,
+    checkpoint_every=1000,
+  )
+  harness.Trainer(
+    config=config,
+    strategy=tf.distribute.get_strategy(),
+    model=m,
+    optimizer=keras.optimizers.Adam(1e-2),
+    loss_fn=lambda model, b, ctx: harness.LossOutput(per_example=model.loss_terms(b).nll),
+    train_data=data,
+  ).fit()
   after = float(tf.reduce_mean(m.loss_terms(tf.constant(x, tf.float32)).nll))
   assert after < before - 5.0
 
@@ -251,8 +303,9 @@ def test_flow_model_learns_under_the_harness(tmp_path):
 
 
 def _vae():
-  return model_lib.FlowPriorVAE(image_shape=(4, 4, 1), latent_dim=3, hidden_units=(16,),
-                                prior_couplings=2, prior_hidden_units=8)
+  return model_lib.FlowPriorVAE(
+    image_shape=(4, 4, 1), latent_dim=3, hidden_units=(16,), prior_couplings=2, prior_hidden_units=8
+  )
 
 
 def test_vae_loss_pieces_and_iwae_bound_above_elbo():
@@ -260,11 +313,14 @@ def test_vae_loss_pieces_and_iwae_bound_above_elbo():
   _randomize(m, scale=0.2)
   x = _images(5, (4, 4, 1))
   loss = m.loss_terms(x)
-  np.testing.assert_allclose(loss.negative_elbo.numpy(), (loss.reconstruction + loss.kl).numpy(), rtol=1e-6)
+  np.testing.assert_allclose(
+    loss.negative_elbo.numpy(), (loss.reconstruction + loss.kl).numpy(), rtol=1e-6
+  )
   log_w = m.log_weights(tf.reshape(x, [5, 16]), 7)
   assert log_w.shape == (7, 5)
-  est = likelihood.importance_weighted_log_likelihood(lambda xx, k: m.log_weights(xx, k), x,
-                                                      num_samples=200, chunk_size=50)
+  est = likelihood.importance_weighted_log_likelihood(
+    lambda xx, k: m.log_weights(xx, k), x, num_samples=200, chunk_size=50
+  )
   assert np.all(est.log_likelihood.numpy() >= est.elbo.numpy())
   # The continuous Bernoulli decoder is normalised on [0, 1]: its density integrates to 1.
   z = tf.zeros([1, 3])
@@ -277,6 +333,7 @@ def test_vae_loss_pieces_and_iwae_bound_above_elbo():
 
 def test_vae_prior_is_the_shared_realnvp_flow():
   from diffusion_tf import flows
+
   m = _vae()
   assert isinstance(m.prior, flows.RealNVPFlow)
   prior_vars = {id(v) for v in m.prior.trainable_variables}

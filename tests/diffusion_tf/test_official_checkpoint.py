@@ -22,14 +22,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from diffusion_tf import diffusion
-from diffusion_tf import layers
+from diffusion_tf import diffusion, layers
 from diffusion_tf import official_checkpoint as oc
 
 # Tiny official-format network: official GroupNorm has 32 groups, so ch >= 32.
 CH, CH_MULT, NUM_RES, ATTN, SIZE, IN_CH = 32, (1, 2), 1, (4,), 8, 3
-TINY = layers.UNetConfig(channels=CH, channel_mult=CH_MULT, num_res_blocks=NUM_RES,
-                         attention_resolutions=ATTN, dropout=0.0, num_groups=32)
+TINY = layers.UNetConfig(
+  channels=CH,
+  channel_mult=CH_MULT,
+  num_res_blocks=NUM_RES,
+  attention_resolutions=ATTN,
+  dropout=0.0,
+  num_groups=32,
+)
 
 
 def official_spec(ch_mult=CH_MULT, attn_resolutions=ATTN):
@@ -102,8 +107,11 @@ def official_variables(name):
 
 def official_weights(variables):
   """The U-Net weights among the checkpoint variables (no EMA shadows, optimizer slots, counters)."""
-  return {k: v for k, v in variables.items()
-          if k.startswith("model/") and not re.search(r"/(ExponentialMovingAverage|Adam|Adam_1)$", k)}
+  return {
+    k: v
+    for k, v in variables.items()
+    if k.startswith("model/") and not re.search(r"/(ExponentialMovingAverage|Adam|Adam_1)$", k)
+  }
 
 
 def random_weights(spec, seed):
@@ -135,7 +143,8 @@ def write_official_checkpoint(directory, raw, ema, *, step=1234):
     # The Adam slots and beta powers as minimize(loss) creates them; the update op is never run,
     # so zero gradients stand in for a gradient graph (the saved tensors are the same).
     tf.compat.v1.train.AdamOptimizer(2e-4, epsilon=1e-8).apply_gradients(
-        [(tf.zeros_like(v), v) for v in variables], global_step=global_step)
+      [(tf.zeros_like(v), v) for v in variables], global_step=global_step
+    )
     assigns = [ema_obj.average(v).assign(ema[v.op.name]) for v in variables]
     saver = tf.compat.v1.train.Saver()
     config = tf.compat.v1.ConfigProto()  # no Grappler passes over a graph run twice
@@ -177,11 +186,13 @@ def np_conv(x, w, b, stride=1):
   out_h, out_w = -(-h // stride), -(-wd // stride)
   pad_h = max((out_h - 1) * stride + k - h, 0)
   pad_w = max((out_w - 1) * stride + k - wd, 0)
-  xp = np.pad(x, [(0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)])
+  xp = np.pad(
+    x, [(0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)]
+  )
   out = np.zeros(x.shape[:1] + (out_h, out_w, w.shape[-1]))
   for i in range(k):
     for j in range(k):
-      patch = xp[:, i:i + stride * out_h:stride, j:j + stride * out_w:stride, :]
+      patch = xp[:, i : i + stride * out_h : stride, j : j + stride * out_w : stride, :]
       out += patch @ w[i, j]
   return out + b
 
@@ -200,6 +211,7 @@ def np_upsample_nearest_align_corners(x):
 
 def np_official_unet(p, x, t):
   """Official unet.model(...) forward in float64 from the checkpoint tensors p[name]."""
+
   def dense(name, h):
     return h @ p[f"{name}/W"] + p[f"{name}/b"]
 
@@ -218,7 +230,7 @@ def np_official_unet(p, x, t):
     b, hh, ww, c = h_in.shape
     h = norm(f"{name}/norm", h_in)
     q, k, v = (dense(f"{name}/{n}", h) for n in "qkv")
-    w = np.einsum("bhwc,bHWc->bhwHW", q, k) * c ** -0.5
+    w = np.einsum("bhwc,bHWc->bhwHW", q, k) * c**-0.5
     w = w.reshape(b, hh, ww, hh * ww)
     w = np.exp(w - w.max(-1, keepdims=True))
     w = (w / w.sum(-1, keepdims=True)).reshape(b, hh, ww, hh, ww)
@@ -237,8 +249,14 @@ def np_official_unet(p, x, t):
         h = attn(f"model/down_{i}/attn_{j}", h)
       hs.append(h)
     if i != len(CH_MULT) - 1:
-      hs.append(np_conv(hs[-1], p[f"model/down_{i}/downsample/conv/W"],
-                        p[f"model/down_{i}/downsample/conv/b"], stride=2))
+      hs.append(
+        np_conv(
+          hs[-1],
+          p[f"model/down_{i}/downsample/conv/W"],
+          p[f"model/down_{i}/downsample/conv/b"],
+          stride=2,
+        )
+      )
   h = resnet("model/mid/block_1", hs[-1], temb)
   h = attn("model/mid/attn_1", h)
   h = resnet("model/mid/block_2", h, temb)
@@ -248,8 +266,11 @@ def np_official_unet(p, x, t):
       if h.shape[1] in ATTN:
         h = attn(f"model/up_{i}/attn_{j}", h)
     if i != 0:
-      h = np_conv(np_upsample_nearest_align_corners(h), p[f"model/up_{i}/upsample/conv/W"],
-                  p[f"model/up_{i}/upsample/conv/b"])
+      h = np_conv(
+        np_upsample_nearest_align_corners(h),
+        p[f"model/up_{i}/upsample/conv/W"],
+        p[f"model/up_{i}/upsample/conv/b"],
+      )
   h = swish(norm("model/norm_out", h))
   return np_conv(h, p["model/conv_out/W"], p["model/conv_out/b"])
 
@@ -287,8 +308,9 @@ def unet(built_unet):
 
 def test_hand_written_names_are_the_official_graphs():
   variables, config = official_variables("tiny")
-  assert config == dict(ch=CH, ch_mult=list(CH_MULT), num_res_blocks=NUM_RES,
-                        attn_resolutions=list(ATTN), size=SIZE)
+  assert config == dict(
+    ch=CH, ch_mult=list(CH_MULT), num_res_blocks=NUM_RES, attn_resolutions=list(ATTN), size=SIZE
+  )
   assert official_spec() == official_weights(variables)
   assert len(official_spec()) == 144
 
@@ -321,15 +343,22 @@ def test_forward_pass_equals_numpy_official_unet(checkpoint, unet):
   x = rng.standard_normal((2, SIZE, SIZE, IN_CH)).astype(np.float32)
   t = np.array([3, 917], np.int32)
   ours = unet(tf.constant(x), tf.constant(t)).numpy()
-  expected = np_official_unet({k: v.astype(np.float64) for k, v in ema.items()}, x.astype(np.float64), t)
+  expected = np_official_unet(
+    {k: v.astype(np.float64) for k, v in ema.items()}, x.astype(np.float64), t
+  )
   assert np.abs(expected).mean() > 0.1  # a real signal, not zero-initialised output
   np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
 def test_official_ddpm_samples_with_our_sampler(checkpoint, monkeypatch):
   path, _, _ = checkpoint
-  monkeypatch.setitem(oc.OFFICIAL_CONFIGS, "tiny", oc.OfficialConfig(
-      unet=TINY, image_size=SIZE, variance=diffusion.Variance.FIXED_LARGE, num_timesteps=5))
+  monkeypatch.setitem(
+    oc.OFFICIAL_CONFIGS,
+    "tiny",
+    oc.OfficialConfig(
+      unet=TINY, image_size=SIZE, variance=diffusion.Variance.FIXED_LARGE, num_timesteps=5
+    ),
+  )
   model, report = oc.build_official_ddpm(path, config="tiny", jit_sampling=False)
   assert report.ema and model.diffusion.variance is diffusion.Variance.FIXED_LARGE
   # Official scripts train with randflip=1 (run_cifar.py, run_celebahq.py, run_lsun.py).
@@ -337,8 +366,13 @@ def test_official_ddpm_samples_with_our_sampler(checkpoint, monkeypatch):
   samples = model.sample_ddim(2, seed=1, num_steps=5).numpy()
   assert samples.shape == (2, SIZE, SIZE, IN_CH) and np.all(np.isfinite(samples))
   assert oc.OFFICIAL_CONFIGS["cifar10"].unet == layers.UNetConfig(
-      channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,),
-      dropout=0.1, num_groups=32)
+    channels=128,
+    channel_mult=(1, 2, 2, 2),
+    num_res_blocks=2,
+    attention_resolutions=(16,),
+    dropout=0.1,
+    num_groups=32,
+  )
 
 
 def test_cifar10_preset_names_every_official_weight_with_its_shape():
@@ -358,15 +392,24 @@ def test_cifar10_preset_names_every_official_weight_with_its_shape():
 
 def test_wrong_configuration_or_path_is_a_clear_error(checkpoint, unet, tmp_path):
   path, _, _ = checkpoint
-  other = layers.UNet(config=layers.UNetConfig(channels=32, channel_mult=(1, 1), num_res_blocks=1,
-                                               attention_resolutions=(4,), dropout=0.0,
-                                               num_groups=32),
-                      image_size=SIZE, out_channels=IN_CH)
+  other = layers.UNet(
+    config=layers.UNetConfig(
+      channels=32,
+      channel_mult=(1, 1),
+      num_res_blocks=1,
+      attention_resolutions=(4,),
+      dropout=0.0,
+      num_groups=32,
+    ),
+    image_size=SIZE,
+    out_channels=IN_CH,
+  )
   other(tf.zeros([1, SIZE, SIZE, IN_CH]), tf.zeros([1], tf.int32))
   with pytest.raises(ValueError, match="shape mismatch"):
     oc.load_into_unet(other, path)
-  fewer = layers.UNet(config=dataclasses.replace(TINY, attention_resolutions=()), image_size=SIZE,
-                      out_channels=IN_CH)
+  fewer = layers.UNet(
+    config=dataclasses.replace(TINY, attention_resolutions=()), image_size=SIZE, out_channels=IN_CH
+  )
   fewer(tf.zeros([1, SIZE, SIZE, IN_CH]), tf.zeros([1], tf.int32))
   with pytest.raises(ValueError, match="no place"):
     oc.load_into_unet(fewer, path)
@@ -377,12 +420,15 @@ def test_wrong_configuration_or_path_is_a_clear_error(checkpoint, unet, tmp_path
 def test_checkpoint_without_ema_loads_raw_weights_on_request(checkpoint, unet, tmp_path):
   _, raw, _ = checkpoint
   prefix = str(tmp_path / "model.ckpt-5")
-  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=list(raw), shape_and_slices=[""] * len(raw),
-                    tensors=[tf.constant(v) for v in raw.values()])
+  tf.raw_ops.SaveV2(
+    prefix=prefix,
+    tensor_names=list(raw),
+    shape_and_slices=[""] * len(raw),
+    tensors=[tf.constant(v) for v in raw.values()],
+  )
   with pytest.raises(ValueError, match="no EMA weights"):
     oc.load_into_unet(unet, prefix, ema=True)
   report = oc.load_into_unet(unet, prefix)  # ema=None: the EMA only when present
   assert not report.ema
   by_path = {v.path: v for v in unet.weights}
   np.testing.assert_array_equal(by_path["unet/conv_out/kernel"].numpy(), raw["model/conv_out/W"])
-

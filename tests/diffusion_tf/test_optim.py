@@ -13,8 +13,9 @@ def test_linear_warmup_values():
   schedule = optim.LinearWarmup(2e-4, 5000)
   got = [float(schedule(tf.constant(s))) for s in (0, 1, 2500, 4999, 5000, 10**6)]
   # Official get_warmed_up_lr: max_lr * min(global_step / warmup, 1); the first update has lr 0.
-  np.testing.assert_allclose(got, [0.0, 2e-4 / 5000, 1e-4, 2e-4 * 4999 / 5000, 2e-4, 2e-4],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    got, [0.0, 2e-4 / 5000, 1e-4, 2e-4 * 4999 / 5000, 2e-4, 2e-4], rtol=1e-6
+  )
   assert float(optim.LinearWarmup(3e-4, 0)(tf.constant(0))) == pytest.approx(3e-4)
   with pytest.raises(ValueError):
     optim.LinearWarmup(1e-4, -1)
@@ -35,7 +36,7 @@ def test_ddpm_adam_two_steps_equal_tf1_adam_with_epsilon_1e8():
     m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
     t = step + 1
     lr_step = lr * min(step / warmup, 1.0)  # warm-up on the step count before the update
-    expected -= lr_step * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (math.sqrt(v) + eps)
+    expected -= lr_step * math.sqrt(1 - b2**t) / (1 - b1**t) * m / (math.sqrt(v) + eps)
   np.testing.assert_allclose(w.numpy()[0], expected, rtol=1e-6)
   assert abs(w.numpy()[0] - 1.0) > 1e-4  # the second update moved the weight
   assert opt.epsilon == 1e-8 and not opt.use_ema

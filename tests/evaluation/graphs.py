@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import attr_value_pb2
-from tensorflow.core.framework import graph_pb2
+from tensorflow.core.framework import attr_value_pb2, graph_pb2
 
 from evaluation import inception
 
@@ -30,7 +29,6 @@ _F32 = attr_value_pb2.AttrValue(type=tf.float32.as_datatype_enum)
 
 
 class _Writer:
-
   def __init__(self):
     self.graph = graph_pb2.GraphDef()
     self.graph.versions.producer = 8  # the op set of the 2015 graph
@@ -58,15 +56,21 @@ def _str(value: str):
   return attr_value_pb2.AttrValue(s=value.encode())
 
 
-def write_inception_graph_def(path, *, width_divisor: int = 16, seed: int = 0,
-                              mutate=None) -> dict[str, np.ndarray]:
+def write_inception_graph_def(
+  path, *, width_divisor: int = 16, seed: int = 0, mutate=None
+) -> dict[str, np.ndarray]:
   """Writes the narrow graph; returns its Const tensors. `mutate(writer)` may edit it first."""
   rng = np.random.default_rng(seed)
   w = _Writer()
   w.op("ExpandDims", "Placeholder", [], dtype=_F32)
   size = w.const("ResizeBilinear/size", np.array([299, 299], np.int32))
-  x = w.op("ResizeBilinear", "ResizeBilinear", ["ExpandDims", size], T=_F32,
-           align_corners=attr_value_pb2.AttrValue(b=False))
+  x = w.op(
+    "ResizeBilinear",
+    "ResizeBilinear",
+    ["ExpandDims", size],
+    T=_F32,
+    align_corners=attr_value_pb2.AttrValue(b=False),
+  )
   x = w.op("Sub", "Sub", [x, w.const("Sub/y", np.float32(128.0))], T=_F32)
   x = w.op("Mul", "Mul", [x, w.const("Mul/y", np.float32(1 / 128))], T=_F32)
   channels = {"Mul": 3}
@@ -77,31 +81,52 @@ def write_inception_graph_def(path, *, width_divisor: int = 16, seed: int = 0,
     kernel = rng.normal(0, np.sqrt(2.0 / fan_in), unit.kernel + (channels[x], filters))
     s = unit.scope
     params = w.const(f"{s}/conv2d_params", kernel.astype(np.float32))
-    y = w.op(f"{s}/Conv2D", "Conv2D", [x, params], T=_F32,
-             strides=_ints([1, unit.strides, unit.strides, 1]), padding=_str(unit.padding))
-    bn = [w.const(f"{s}/batchnorm/{part}", value.astype(np.float32)) for part, value in (
+    y = w.op(
+      f"{s}/Conv2D",
+      "Conv2D",
+      [x, params],
+      T=_F32,
+      strides=_ints([1, unit.strides, unit.strides, 1]),
+      padding=_str(unit.padding),
+    )
+    bn = [
+      w.const(f"{s}/batchnorm/{part}", value.astype(np.float32))
+      for part, value in (
         ("moving_mean", rng.normal(0, 0.1, filters)),
         ("moving_variance", rng.uniform(0.5, 1.5, filters)),
-        ("beta", rng.normal(0, 0.1, filters)), ("gamma", rng.uniform(0.5, 1.5, filters)))]
-    y = w.op(f"{s}/batchnorm", "BatchNormWithGlobalNormalization", [y] + bn, T=_F32,
-             variance_epsilon=attr_value_pb2.AttrValue(f=0.001),
-             scale_after_normalization=attr_value_pb2.AttrValue(b=True))
+        ("beta", rng.normal(0, 0.1, filters)),
+        ("gamma", rng.uniform(0.5, 1.5, filters)),
+      )
+    ]
+    y = w.op(
+      f"{s}/batchnorm",
+      "BatchNormWithGlobalNormalization",
+      [y] + bn,
+      T=_F32,
+      variance_epsilon=attr_value_pb2.AttrValue(f=0.001),
+      scale_after_normalization=attr_value_pb2.AttrValue(b=True),
+    )
     y = w.op(f"{s}/CheckNumerics", "CheckNumerics", [y], T=_F32, message=_str("bad"))
     y = w.op(s, "Relu", [y], T=_F32)
     channels[y] = filters
     return y
 
   def pool(x, unit):
-    y = w.op(unit.scope, "MaxPool" if unit.kind == "max" else "AvgPool", [x], T=_F32,
-             ksize=_ints([1, unit.size, unit.size, 1]),
-             strides=_ints([1, unit.strides, unit.strides, 1]), padding=_str(unit.padding))
+    y = w.op(
+      unit.scope,
+      "MaxPool" if unit.kind == "max" else "AvgPool",
+      [x],
+      T=_F32,
+      ksize=_ints([1, unit.size, unit.size, 1]),
+      strides=_ints([1, unit.strides, unit.strides, 1]),
+      padding=_str(unit.padding),
+    )
     channels[y] = channels[x]
     return y
 
   def concat(name, inputs):
     dim = w.const(f"{name}/concat_dim", np.int32(3))
-    y = w.op(name, "Concat", [dim] + inputs, T=_F32,
-             N=attr_value_pb2.AttrValue(i=len(inputs)))
+    y = w.op(name, "Concat", [dim] + inputs, T=_F32, N=attr_value_pb2.AttrValue(i=len(inputs)))
     channels[y] = sum(channels[i] for i in inputs)
     return y
 
@@ -120,12 +145,22 @@ def write_inception_graph_def(path, *, width_divisor: int = 16, seed: int = 0,
     x = concat(f"{block.scope}/join", [chain(x, branch) for branch in block.branches])
   x = pool(x, inception.POOL3)
   dim = channels[x]
-  x = w.op("pool_3/_reshape", "Reshape", [x, w.const("pool_3/_reshape/shape",
-                                                     np.array([-1, dim], np.int32))], T=_F32)
-  weights = w.const("softmax/weights", rng.normal(0, 1 / np.sqrt(dim), (dim, 1008)).astype(np.float32))
+  x = w.op(
+    "pool_3/_reshape",
+    "Reshape",
+    [x, w.const("pool_3/_reshape/shape", np.array([-1, dim], np.int32))],
+    T=_F32,
+  )
+  weights = w.const(
+    "softmax/weights", rng.normal(0, 1 / np.sqrt(dim), (dim, 1008)).astype(np.float32)
+  )
   logits = w.op("softmax/logits/MatMul", "MatMul", [x, weights], T=_F32)
-  logits = w.op("softmax/logits", "BiasAdd", [logits, w.const(
-      "softmax/biases", rng.normal(0, 1, 1008).astype(np.float32))], T=_F32)
+  logits = w.op(
+    "softmax/logits",
+    "BiasAdd",
+    [logits, w.const("softmax/biases", rng.normal(0, 1, 1008).astype(np.float32))],
+    T=_F32,
+  )
   w.op("softmax", "Softmax", [logits], T=_F32)
   if mutate is not None:
     mutate(w.graph)
@@ -155,12 +190,20 @@ def evaluate_graph_def(path, images: np.ndarray, outputs: list[str]) -> list[np.
     if op == "Const":
       out = tf.constant(tf.make_ndarray(node.attr["value"].tensor))
     elif op == "ResizeBilinear":
-      out = tf.compat.v1.image.resize_bilinear(args[0], args[1],
-                                               align_corners=node.attr["align_corners"].b)
+      out = tf.compat.v1.image.resize_bilinear(
+        args[0], args[1], align_corners=node.attr["align_corners"].b
+      )
     elif op in ("Sub", "Mul", "MatMul", "BiasAdd", "Reshape", "Relu", "Softmax", "CheckNumerics"):
-      fn = {"Sub": tf.subtract, "Mul": tf.multiply, "MatMul": tf.matmul, "BiasAdd": tf.add,
-            "Reshape": tf.reshape, "Relu": tf.nn.relu, "Softmax": tf.nn.softmax,
-            "CheckNumerics": tf.identity}[op]
+      fn = {
+        "Sub": tf.subtract,
+        "Mul": tf.multiply,
+        "MatMul": tf.matmul,
+        "BiasAdd": tf.add,
+        "Reshape": tf.reshape,
+        "Relu": tf.nn.relu,
+        "Softmax": tf.nn.softmax,
+        "CheckNumerics": tf.identity,
+      }[op]
       out = fn(*args)
     elif op == "Conv2D":
       out = tf.nn.conv2d(args[0], args[1], ints(node, "strides"), node.attr["padding"].s.decode())

@@ -8,13 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluation import features
-from evaluation import fid
-from evaluation import image_io
-from evaluation import inception_score
-from evaluation import kid
-from evaluation import networks
-from evaluation import precision_recall
+from evaluation import features, fid, image_io, inception_score, kid, networks, precision_recall
 from tests.evaluation import graphs
 from tests.evaluation.test_tool import one_network_per_weights_file
 
@@ -72,8 +66,11 @@ def _protocol(out: str) -> dict:
 
 def _written(tmp_path):
   """Files under tmp_path other than the inputs the test made."""
-  return sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")
-                if p.is_file() and "inputs" not in p.parts)
+  return sorted(
+    p.relative_to(tmp_path).as_posix()
+    for p in tmp_path.rglob("*")
+    if p.is_file() and "inputs" not in p.parts
+  )
 
 
 def test_fid_command_end_to_end(tmp_path, graph_pb, capsys):
@@ -82,8 +79,17 @@ def test_fid_command_end_to_end(tmp_path, graph_pb, capsys):
   samples = _folder(inputs / "samples", _images(6, seed=1))
   reference = _folder(inputs / "reference", _images(6, seed=2))
   stats = str(tmp_path / "reference.stats")  # any name: written exactly there, read back
-  args = ["--samples", samples, "--reference", reference, "--inception_path", graph_pb,
-          "--noprogress", "--batch_size", "4"]
+  args = [
+    "--samples",
+    samples,
+    "--reference",
+    reference,
+    "--inception_path",
+    graph_pb,
+    "--noprogress",
+    "--batch_size",
+    "4",
+  ]
   assert fid.main(args + ["--save_stats", stats]) == 0
   first = _value(capsys.readouterr().out, "FID")
   assert first > 0
@@ -93,11 +99,40 @@ def test_fid_command_end_to_end(tmp_path, graph_pb, capsys):
   # (All with the default XLA step of batch 4, compiled once for the module.)
   assert fid.main(args) == 0
   assert _value(capsys.readouterr().out, "FID") == pytest.approx(first, rel=1e-6)
-  assert fid.main(["--samples", samples, "--reference", stats, "--inception_path", graph_pb,
-                   "--noprogress", "--batch_size", "4"]) == 0
+  assert (
+    fid.main(
+      [
+        "--samples",
+        samples,
+        "--reference",
+        stats,
+        "--inception_path",
+        graph_pb,
+        "--noprogress",
+        "--batch_size",
+        "4",
+      ]
+    )
+    == 0
+  )
   assert _value(capsys.readouterr().out, "FID") == pytest.approx(first, rel=1e-4)
-  assert fid.main(["--samples", samples, "--reference", samples, "--inception_path", graph_pb,
-                   "--noprogress", "--nocache", "--batch_size", "4"]) == 0
+  assert (
+    fid.main(
+      [
+        "--samples",
+        samples,
+        "--reference",
+        samples,
+        "--inception_path",
+        graph_pb,
+        "--noprogress",
+        "--nocache",
+        "--batch_size",
+        "4",
+      ]
+    )
+    == 0
+  )
   assert abs(_value(capsys.readouterr().out, "FID")) < 1e-6
 
 
@@ -110,8 +145,9 @@ def _numpy_kid(real, fake, subsets):
     m, d = x.shape
     k = lambda a, b, d=d: (a @ b.T / d + 1.0) ** 3
     kxx, kyy = k(x, x), k(y, y)
-    values.append((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-                  - 2 * k(x, y).mean())
+    values.append(
+      (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * k(x, y).mean()
+    )
   return np.mean(values), np.std(values)
 
 
@@ -130,16 +166,36 @@ def test_kid_and_inception_score_commands(tmp_path, graph_pb, capsys):
   real_images = _images(8, seed=4).astype(np.float32) / 255.0
   np.save(tmp_path / "a.npy", fake_images)
   np.savez(tmp_path / "b.npz", images=real_images)
-  assert kid.main(["--samples", str(tmp_path / "a.npy"), "--reference", str(tmp_path / "b.npz"),
-                   "--inception_path", graph_pb, "--noprogress", "--num_subsets", "3",
-                   "--subset_size", "5", "--seed", "7", "--batch_size", "4"]) == 0
+  assert (
+    kid.main(
+      [
+        "--samples",
+        str(tmp_path / "a.npy"),
+        "--reference",
+        str(tmp_path / "b.npz"),
+        "--inception_path",
+        graph_pb,
+        "--noprogress",
+        "--num_subsets",
+        "3",
+        "--subset_size",
+        "5",
+        "--seed",
+        "7",
+        "--batch_size",
+        "4",
+      ]
+    )
+    == 0
+  )
   line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("KID:"))
   mean, std = (float(v) for v in line.split("KID:")[1].split("+-"))
   # The same value from the network's features, with the subsets drawn as documented (numpy
   # Generator(seed): real rows, then fake rows, per subset).
   model = networks.inception_network(graph_pb, download=False)
-  extract = lambda images: features.extract(model, images, batch_size=4,
-                                            progress=False)  # as the command runs it
+  extract = lambda images: features.extract(
+    model, images, batch_size=4, progress=False
+  )  # as the command runs it
   fake, real = extract(fake_images)["pool_3"], extract(real_images)["pool_3"]
   rng = np.random.default_rng(7)
   subsets = [(rng.choice(8, 5, replace=False), rng.choice(8, 5, replace=False)) for _ in range(3)]
@@ -161,8 +217,12 @@ def test_precision_recall_command_on_cached_features(tmp_path, capsys):
   np.savez(tmp_path / "real.npz", fc2=rng.normal(size=(40, 8)))
   np.savez(tmp_path / "fake.npz", fc2=rng.normal(size=(30, 8)) * 0.1)
   # Features need no network, so no weights are looked up.
-  assert precision_recall.main(["--samples", str(tmp_path / "fake.npz"),
-                                "--reference", str(tmp_path / "real.npz")]) == 0
+  assert (
+    precision_recall.main(
+      ["--samples", str(tmp_path / "fake.npz"), "--reference", str(tmp_path / "real.npz")]
+    )
+    == 0
+  )
   out = capsys.readouterr().out
   p = float(out.split("precision:")[1].split()[0])
   r = float(out.split("recall:")[1].split()[0])
@@ -185,10 +245,14 @@ def _bad_inputs(tmp_path):
   np.save(inputs / "flat.npy", np.zeros((4, 64), np.uint8))
   np.save(inputs / "range.npy", np.full((4, 8, 8, 3), 3.0, np.float32))
   return {
-      "missing folder": str(inputs / "nope"), "empty folder": str(inputs / "empty"),
-      "corrupt image": str(corrupt), "mixed sizes": str(mixed), "one image": one,
-      "4 channels": str(inputs / "rgba.npy"), "wrong rank": str(inputs / "flat.npy"),
-      "float out of range": str(inputs / "range.npy"),
+    "missing folder": str(inputs / "nope"),
+    "empty folder": str(inputs / "empty"),
+    "corrupt image": str(corrupt),
+    "mixed sizes": str(mixed),
+    "one image": one,
+    "4 channels": str(inputs / "rgba.npy"),
+    "wrong rank": str(inputs / "flat.npy"),
+    "float out of range": str(inputs / "range.npy"),
   }
 
 
@@ -196,10 +260,15 @@ def _bad_inputs(tmp_path):
 def test_bad_input_gives_one_line_exit_2_and_writes_nothing(command, tmp_path, graph_pb, capsys):
   bad = _bad_inputs(tmp_path)
   good = _folder(tmp_path / "inputs" / "good", _images(5))
-  weights = (["--inception_path", graph_pb] if command is not precision_recall
-             else ["--vgg16_path", str(tmp_path / "inputs" / "no_vgg.h5")])
-  extra = {fid: ["--save_stats", str(tmp_path / "stats.npz")], inception_score: ["--splits", "2"]
-          }.get(command, [])
+  weights = (
+    ["--inception_path", graph_pb]
+    if command is not precision_recall
+    else ["--vgg16_path", str(tmp_path / "inputs" / "no_vgg.h5")]
+  )
+  extra = {
+    fid: ["--save_stats", str(tmp_path / "stats.npz")],
+    inception_score: ["--splits", "2"],
+  }.get(command, [])
   for name, path in bad.items():
     if command is inception_score:
       argv = ["--samples", path]
@@ -223,13 +292,26 @@ def test_help_and_subprocess_exit_code(tmp_path, capsys):
   out = capsys.readouterr().out
   for flag in ("--samples", "--reference", "--save_stats", "--inception_path", "--batch_size"):
     assert flag in out
-  bad = subprocess.run([sys.executable, "-m", "evaluation.fid", "--samples", str(tmp_path / "x"),
-                        "--reference", str(tmp_path / "y")], cwd=REPO, capture_output=True,
-                       text=True, timeout=300,
-                       env={**os.environ, networks.CACHE_DIR_ENV: str(tmp_path / "c")})
+  bad = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "evaluation.fid",
+      "--samples",
+      str(tmp_path / "x"),
+      "--reference",
+      str(tmp_path / "y"),
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, networks.CACHE_DIR_ENV: str(tmp_path / "c")},
+  )
   assert bad.returncode == 2
-  assert bad.stderr.strip().splitlines() == [f"error: --samples: image folder {tmp_path / 'x'} "
-                                             "does not exist"]
+  assert bad.stderr.strip().splitlines() == [
+    f"error: --samples: image folder {tmp_path / 'x'} does not exist"
+  ]
 
 
 def test_16_bit_grey_pngs_are_read_at_full_depth(tmp_path, graph_pb, capsys):
@@ -252,7 +334,20 @@ def test_16_bit_grey_pngs_are_read_at_full_depth(tmp_path, graph_pb, capsys):
   np.save(tmp_path / "inputs" / "deep.npy", mixed)
   outputs = []
   for source in (str(folder), str(tmp_path / "inputs" / "deep.npy")):
-    assert inception_score.main(["--samples", source, "--splits", "1", "--inception_path",
-                                 graph_pb, "--noprogress", "--nojit_compile"]) == 0
+    assert (
+      inception_score.main(
+        [
+          "--samples",
+          source,
+          "--splits",
+          "1",
+          "--inception_path",
+          graph_pb,
+          "--noprogress",
+          "--nojit_compile",
+        ]
+      )
+      == 0
+    )
     outputs.append(capsys.readouterr().out)
   assert outputs[0] == outputs[1]

@@ -5,21 +5,24 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from evaluation import features
-from evaluation import image_io
-from evaluation import ppl
-from evaluation import vgg
+from evaluation import features, image_io, ppl, vgg
 from evaluation.resize import resize_bilinear_tf1
 
-SIZES = [(32, 32, 299, 299), (28, 28, 299, 299), (300, 257, 299, 224), (1, 5, 3, 7),
-         (64, 48, 224, 224)]
+SIZES = [
+  (32, 32, 299, 299),
+  (28, 28, 299, 299),
+  (300, 257, 299, 224),
+  (1, 5, 3, 7),
+  (64, 48, 224, 224),
+]
 
 
 @pytest.mark.parametrize("h, w, out_h, out_w", SIZES)
 def test_resize_matches_tf1_resize_bilinear_also_under_xla(h, w, out_h, out_w):
   images = np.random.default_rng(h * w).uniform(0, 255, (2, h, w, 3)).astype(np.float32)
-  reference = tf.compat.v1.image.resize_bilinear(images, (out_h, out_w), align_corners=False,
-                                                 half_pixel_centers=False).numpy()
+  reference = tf.compat.v1.image.resize_bilinear(
+    images, (out_h, out_w), align_corners=False, half_pixel_centers=False
+  ).numpy()
   eager = resize_bilinear_tf1(images, (out_h, out_w)).numpy()
   np.testing.assert_array_equal(eager, reference)  # same arithmetic order: bit-identical
   xla = tf.function(lambda x: resize_bilinear_tf1(x, (out_h, out_w)), jit_compile=True)(images)
@@ -35,8 +38,9 @@ def small_vgg():
 
 def test_extract_is_batch_size_independent_and_keeps_order(small_vgg):
   images = np.random.default_rng(0).integers(0, 256, (7, 24, 24, 3)).astype(np.uint8)
-  outputs = [features.extract(small_vgg, images, batch_size=b, progress=False)["fc2"]
-             for b in (1, 3, 7)]
+  outputs = [
+    features.extract(small_vgg, images, batch_size=b, progress=False)["fc2"] for b in (1, 3, 7)
+  ]
   for other in outputs[1:]:
     np.testing.assert_allclose(other, outputs[0], rtol=1e-5, atol=1e-5 * np.abs(outputs[0]).max())
   single = features.extract(small_vgg, images[4:5], batch_size=1, progress=False)["fc2"]
@@ -52,9 +56,13 @@ def test_extract_sources_agree(small_vgg, tmp_path):
   np.save(tmp_path / "imgs.npy", images)
   want = features.extract(small_vgg, images, batch_size=2, progress=False)["fc2"]
   tol = dict(rtol=1e-5, atol=1e-5 * np.abs(want).max())
-  for source in (str(folder), tmp_path / "imgs.npy", images.astype(np.float32) / 255.0,
-                 tf.data.Dataset.from_tensor_slices(images),
-                 tf.data.Dataset.from_tensor_slices((images, np.arange(5))).batch(3)):
+  for source in (
+    str(folder),
+    tmp_path / "imgs.npy",
+    images.astype(np.float32) / 255.0,
+    tf.data.Dataset.from_tensor_slices(images),
+    tf.data.Dataset.from_tensor_slices((images, np.arange(5))).batch(3),
+  ):
     got = features.extract(small_vgg, source, batch_size=2, progress=False)["fc2"]
     np.testing.assert_allclose(got, want, **tol)
 

@@ -17,8 +17,9 @@ def test_two_replicas_give_the_single_device_features_in_order():
     network = keras.Model(inputs, {"pool": pooled, "logits": keras.layers.Dense(3)(pooled)})
   images = np.random.RandomState(0).randint(0, 256, (13, 8, 8, 1)).astype(np.uint8)  # 13: odd
   one = features.extract(network, images, batch_size=4, progress=False, jit_compile=False)
-  two = features.extract(network, images, batch_size=3, progress=False, jit_compile=False,
-                         strategy=strategy)  # batch rounded up to 4
+  two = features.extract(
+    network, images, batch_size=3, progress=False, jit_compile=False, strategy=strategy
+  )  # batch rounded up to 4
   assert set(two) == {"pool", "logits"} and two["pool"].shape == (13, 4)
   for name in one:
     np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=1e-6)

@@ -30,6 +30,7 @@ def import_graph() -> dict[str, set[str]]:
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
   """One circle through each module that lies on one, as [a, b, ..., a]."""
   cycles, done = [], set()
+
   def visit(start, module, path):
     for other in sorted(graph.get(module, ())):
       if other == start:
@@ -39,6 +40,7 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if visit(start, other, path + [other]):
           return True
     return False
+
   for module in sorted(graph):
     if visit(module, module, [module]):
       done.update(cycles[-1])

@@ -31,6 +31,7 @@ def make_log_weight_fn(q_mean_fn, q_var, seed=0):
     mean = q_mean_fn(x)
     z = mean + tf.sqrt(q_var) * gen.normal([k, tf.shape(x)[0]])
     return log_normal(z, 0.0, 1.0) + log_normal(x, z, S2) - log_normal(z, mean, q_var)
+
   return log_weight_fn
 
 
@@ -48,7 +49,7 @@ def test_exact_when_proposal_is_true_posterior():
 def prior_proposal_elbo(x):
   """ELBO with q(z|x) = p(z) = N(0, 1): KL = 0 and E_z[log N(x; z, s^2)] =
   -log(2 pi s^2) / 2 - (x^2 + 1) / (2 s^2)  (x - z ~ N(x, 1))."""
-  return -0.5 * np.log(2 * np.pi * S2) - (x ** 2 + 1) / (2 * S2)
+  return -0.5 * np.log(2 * np.pi * S2) - (x**2 + 1) / (2 * S2)
 
 
 def test_elbo_and_iwae_values_with_the_prior_as_proposal():
@@ -57,8 +58,10 @@ def test_elbo_and_iwae_values_with_the_prior_as_proposal():
   # The ELBO field is the mean of log w over K samples: the closed form within 5 standard errors
   # (var log w = var((x - z)^2) / (4 s^4) = (2 + 4 x^2) / (4 s^4)).
   est = likelihood.importance_weighted_log_likelihood(fn, X, num_samples=1000, chunk_size=64)
-  standard_error = np.sqrt((2 + 4 * x ** 2) / (4 * S2 ** 2) / 1000)
-  np.testing.assert_array_less(np.abs(est.elbo.numpy() - prior_proposal_elbo(x)), 5 * standard_error)
+  standard_error = np.sqrt((2 + 4 * x**2) / (4 * S2**2) / 1000)
+  np.testing.assert_array_less(
+    np.abs(est.elbo.numpy() - prior_proposal_elbo(x)), 5 * standard_error
+  )
   # IWAE_1000 is within 0.25 nats of the exact log p(x) at every point, while the ELBO is >= 0.45
   # nats below it (the gap KL(p(z) || p(z|x)) = (3 - 1 - ln 3) / 2 = 0.45 nats at x = 0 and grows
   # with |x|).
@@ -84,10 +87,13 @@ def test_chunking_equals_one_pass_for_the_same_samples():
       rows = tf.range(counter, counter + k)
       counter.assign_add(k)
       return tf.sin(tf.cast(rows, tf.float32)[:, None] * 7.0 + x[None, :]) * 40.0 + seed
+
     return fn
 
   one = likelihood.importance_weighted_log_likelihood(stream(0), X, num_samples=50)
-  chunked = likelihood.importance_weighted_log_likelihood(stream(0), X, num_samples=50, chunk_size=8)
+  chunked = likelihood.importance_weighted_log_likelihood(
+    stream(0), X, num_samples=50, chunk_size=8
+  )
   np.testing.assert_allclose(one.log_likelihood.numpy(), chunked.log_likelihood.numpy(), rtol=1e-10)
   np.testing.assert_allclose(one.elbo.numpy(), chunked.elbo.numpy(), rtol=1e-10)
   direct = likelihood.iwae_bound(stream(0)(X, 50))
@@ -96,20 +102,24 @@ def test_chunking_equals_one_pass_for_the_same_samples():
 
 def test_logsumexp_is_over_samples_not_batch():
   log_w = tf.constant([[0.0, -10.0], [math.log(3.0), -10.0]])  # [K=2, B=2]
-  np.testing.assert_allclose(likelihood.iwae_bound(log_w).numpy(), [math.log(2.0), -10.0], atol=1e-6)
+  np.testing.assert_allclose(
+    likelihood.iwae_bound(log_w).numpy(), [math.log(2.0), -10.0], atol=1e-6
+  )
 
 
 def test_evaluate_over_batches_and_compiled():
   fn = make_log_weight_fn(lambda x: x / (1 + S2), S2 / (1 + S2))
   batches = tf.data.Dataset.from_tensor_slices(X).batch(16)
-  summary = likelihood.evaluate_log_likelihood(fn, batches, num_samples=20, chunk_size=6,
-                                               num_dims=1, progress=False)
+  summary = likelihood.evaluate_log_likelihood(
+    fn, batches, num_samples=20, chunk_size=6, num_dims=1, progress=False
+  )
   assert summary.num_examples == 64
   assert summary.nll == pytest.approx(-float(tf.reduce_mean(exact_log_px(X))), abs=1e-4)
   assert summary.negative_elbo == pytest.approx(summary.nll, abs=1e-4)
   assert summary.bits_per_dim == pytest.approx(summary.nll / math.log(2), rel=1e-9)
-  again = likelihood.evaluate_log_likelihood(fn, batches, num_samples=20, chunk_size=6,
-                                             num_dims=1, progress=False)
+  again = likelihood.evaluate_log_likelihood(
+    fn, batches, num_samples=20, chunk_size=6, num_dims=1, progress=False
+  )
   assert again.nll == pytest.approx(summary.nll, abs=1e-4)
   compiled = likelihood._compiled_estimator(fn, 20, 6, False)
   assert compiled.experimental_get_tracing_count() == 1  # the second pass reused the first trace
@@ -121,24 +131,34 @@ def test_bits_per_dim_and_errors():
   with pytest.raises(ValueError):
     likelihood.importance_weighted_log_likelihood(lambda x, k: x, X, num_samples=0)
   with pytest.raises(ValueError, match="no data"):
-    likelihood.evaluate_log_likelihood(lambda x, k: x[None], [], num_samples=1, num_dims=1,
-                                       progress=False)
+    likelihood.evaluate_log_likelihood(
+      lambda x, k: x[None], [], num_samples=1, num_dims=1, progress=False
+    )
 
 
 def test_interrupted_evaluation_resumes_to_the_uninterrupted_numbers(tmp_path, capsys):
   """resume_path: per-example results and the generator state are saved after every batch; a
   rerun with the same key skips the finished batches and draws what an uninterrupted run draws."""
+
   def run(batches, path=None, key="k1", progress=False):
     gen = tf.random.Generator.from_seed(3)  # a fresh model: the generator starts from its seed
 
     def log_weight_fn(x, k):  # the prior as proposal: every draw changes the estimate
       z = gen.normal([k, tf.shape(x)[0]])
       return log_normal(x, z, S2)
-    return likelihood.evaluate_log_likelihood(log_weight_fn, batches, num_samples=5, num_dims=1,
-                                              progress=progress, resume_path=path, resume_key=key,
-                                              rng_variables=[gen.state])
 
-  batches = [X[i:i + 16] for i in range(0, 64, 16)]
+    return likelihood.evaluate_log_likelihood(
+      log_weight_fn,
+      batches,
+      num_samples=5,
+      num_dims=1,
+      progress=progress,
+      resume_path=path,
+      resume_key=key,
+      rng_variables=[gen.state],
+    )
+
+  batches = [X[i : i + 16] for i in range(0, 64, 16)]
   full = run(batches).per_example_log_likelihood
 
   path = str(tmp_path / "nll_partial.npz")
@@ -152,6 +172,7 @@ def test_interrupted_evaluation_resumes_to_the_uninterrupted_numbers(tmp_path, c
       if len(calls) == 3:
         raise KeyboardInterrupt
       savez(*args, **kwargs)
+
     monkeypatch.setattr(np, "savez", save)
 
   with pytest.MonkeyPatch.context() as mp:
@@ -162,7 +183,9 @@ def test_interrupted_evaluation_resumes_to_the_uninterrupted_numbers(tmp_path, c
     assert int(f["batches_done"]) == 2 and f["log_px"].shape == (32,)
   resumed = run(batches, path, progress=True).per_example_log_likelihood
   out = capsys.readouterr().out
-  assert "Resumed the likelihood evaluation" in out and "2 batches (32 examples) done, 2 to go" in out
+  assert (
+    "Resumed the likelihood evaluation" in out and "2 batches (32 examples) done, 2 to go" in out
+  )
   np.testing.assert_array_equal(resumed, full)
   # The bar counts the 2 batches computed now, not 4: its time per batch is elapsed / count.
   counts = re.findall(r"(\d+)/(\d+)\b", re.sub(r"\x1b\[[0-9;]*m", "", out))
@@ -191,7 +214,9 @@ def test_sigterm_finishes_and_saves_the_batch_in_hand_then_resumes_exactly(tmp_p
   import os
   import signal
   import types
+
   from common_tf import preemption
+
   clock = itertools.count()
   monkeypatch.setattr(likelihood, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
 
@@ -209,11 +234,19 @@ def test_sigterm_finishes_and_saves_the_batch_in_hand_then_resumes_exactly(tmp_p
       x = tf.py_function(maybe_kill, [x], tf.float32)
       z = gen.normal([k, 16])
       return log_normal(x, z, S2)
-    return likelihood.evaluate_log_likelihood(log_weight_fn, batches, num_samples=5, num_dims=1,
-                                              progress=False, resume_path=path, resume_key="k",
-                                              rng_variables=[gen.state])
 
-  batches = [X[i:i + 16] for i in range(0, 64, 16)]
+    return likelihood.evaluate_log_likelihood(
+      log_weight_fn,
+      batches,
+      num_samples=5,
+      num_dims=1,
+      progress=False,
+      resume_path=path,
+      resume_key="k",
+      rng_variables=[gen.state],
+    )
+
+  batches = [X[i : i + 16] for i in range(0, 64, 16)]
   uninterrupted = run()
   full = uninterrupted.per_example_log_likelihood
   assert uninterrupted.seconds == 4.0
@@ -235,7 +268,8 @@ def test_resumed_evaluation_names_the_host_of_every_batch(tmp_path, monkeypatch)
   counts the batches of each host, also through a second resume; a resume file written before
   hosts were recorded counts its batches under `UNRECORDED_HOST`."""
   from common_tf import host
-  batches = [X[i:i + 16] for i in range(0, 64, 16)]
+
+  batches = [X[i : i + 16] for i in range(0, 64, 16)]
   path = str(tmp_path / "nll_partial.npz")
 
   def run(cpu, stop_after=None):
@@ -247,9 +281,16 @@ def test_resumed_evaluation_names_the_host_of_every_batch(tmp_path, monkeypatch)
       if len(calls) == stop_after:  # eager (py_function), once per batch: the session ends here
         raise ValueError("stop")
       return log_normal(x, tf.zeros([k, tf.shape(x)[0]]), S2)
+
     return likelihood.evaluate_log_likelihood(
-        lambda x, k: tf.py_function(lambda x: log_weight_fn(x, k), [x], tf.float32),
-        batches, num_samples=5, num_dims=1, progress=False, resume_path=path, resume_key="k")
+      lambda x, k: tf.py_function(lambda x: log_weight_fn(x, k), [x], tf.float32),
+      batches,
+      num_samples=5,
+      num_dims=1,
+      progress=False,
+      resume_path=path,
+      resume_key="k",
+    )
 
   with pytest.raises(Exception, match="stop"):
     run("Xeon, AVX-512", stop_after=2)

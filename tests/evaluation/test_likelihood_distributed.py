@@ -31,16 +31,24 @@ class ExactPosteriorModel:
 
 
 def exact_log_px(x):
-  return -0.5 * (np.log(2 * np.pi * (1 + S2)) + x ** 2 / (1 + S2))
+  return -0.5 * (np.log(2 * np.pi * (1 + S2)) + x**2 / (1 + S2))
 
 
 def test_two_replicas_give_the_exact_single_device_values_in_batch_order():
   x = np.linspace(-2.0, 2.0, 15).astype(np.float32)  # 15: not a multiple of 2 replicas
   model = ExactPosteriorModel()
-  one = likelihood.evaluate_log_likelihood(model.log_weights, [x[:15]], num_samples=10, chunk_size=4,
-                                           num_dims=1, progress=False)
-  two = likelihood.evaluate_log_likelihood(model.log_weights, [x[:15]], num_samples=10, chunk_size=4,
-                                           num_dims=1, progress=False, strategy=two_cpu_strategy())
+  one = likelihood.evaluate_log_likelihood(
+    model.log_weights, [x[:15]], num_samples=10, chunk_size=4, num_dims=1, progress=False
+  )
+  two = likelihood.evaluate_log_likelihood(
+    model.log_weights,
+    [x[:15]],
+    num_samples=10,
+    chunk_size=4,
+    num_dims=1,
+    progress=False,
+    strategy=two_cpu_strategy(),
+  )
   np.testing.assert_allclose(one.per_example_log_likelihood, exact_log_px(x), rtol=1e-5)
   np.testing.assert_allclose(two.per_example_log_likelihood, exact_log_px(x), rtol=1e-5)
   assert two.num_examples == 15 and two.num_samples == 10
@@ -48,13 +56,20 @@ def test_two_replicas_give_the_exact_single_device_values_in_batch_order():
 
 def test_a_log_weight_fn_that_ignores_k_is_caught():
   """The 'four importance samples' trap: K must be what the estimator really averaged over."""
+
   def four_samples(x, k):
     del k
     return tf.zeros([4, tf.shape(x)[0]])
 
   with pytest.raises(ValueError, match="returned 4 importance samples per example, not the 1000"):
-    likelihood.evaluate_log_likelihood(four_samples, [np.zeros(3, np.float32)], num_samples=1000,
-                                       chunk_size=1000, num_dims=1, progress=False)
+    likelihood.evaluate_log_likelihood(
+      four_samples,
+      [np.zeros(3, np.float32)],
+      num_samples=1000,
+      chunk_size=1000,
+      num_dims=1,
+      progress=False,
+    )
   est = likelihood.importance_weighted_log_likelihood(four_samples, tf.zeros(3), num_samples=10)
   assert int(est.samples_drawn) == 4
   np.testing.assert_allclose(est.log_likelihood.numpy(), 0.0)  # logsumexp(0 x 4) - log 4
@@ -65,8 +80,9 @@ def _evaluate_twice_and_forget():
   model = ExactPosteriorModel()
   x = np.zeros(2, np.float32)
   for _ in range(2):
-    likelihood.evaluate_log_likelihood(model.log_weights, [x], num_samples=3, num_dims=1,
-                                       progress=False)
+    likelihood.evaluate_log_likelihood(
+      model.log_weights, [x], num_samples=3, num_dims=1, progress=False
+    )
   compiled = likelihood._compiled_estimator(model.log_weights, 3, None, False)
   assert compiled.experimental_get_tracing_count() == 1  # the second pass reused the trace
   return weakref.ref(model)

@@ -9,9 +9,7 @@ import types
 import numpy as np
 import pytest
 
-from evaluation import lpips
-from evaluation import networks
-from evaluation import ppl
+from evaluation import lpips, networks, ppl
 
 DIVISOR = 16
 TORCH_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)  # torchvision vgg16.features
@@ -33,14 +31,19 @@ def torch_state_dicts(seed=0, *, width_divisor=DIVISOR, positive=False):
     for _ in range(depth):
       j = TORCH_CONV_INDICES[i]
       shape = (width, channels, 3, 3)
-      kernel = (rng.uniform(0, 2 / (9 * channels), shape) if positive else
-                rng.normal(0, np.sqrt(2 / (9 * channels)), shape))
+      kernel = (
+        rng.uniform(0, 2 / (9 * channels), shape)
+        if positive
+        else rng.normal(0, np.sqrt(2 / (9 * channels)), shape)
+      )
       vgg_state[f"features.{j}.weight"] = kernel.astype(np.float32)
       vgg_state[f"features.{j}.bias"] = rng.uniform(0.05, 0.2, width).astype(np.float32)
       channels, i = width, i + 1
   vgg_state["classifier.0.weight"] = np.zeros((2, 2), np.float32)  # ignored by the converter
-  lin_state = {f"lin{k}.model.1.weight": rng.uniform(0, 1, (1, c, 1, 1)).astype(np.float32)
-               for k, c in enumerate(lpips.tap_widths(width_divisor))}
+  lin_state = {
+    f"lin{k}.model.1.weight": rng.uniform(0, 1, (1, c, 1, 1)).astype(np.float32)
+    for k, c in enumerate(lpips.tap_widths(width_divisor))
+  }
   return lin_state, vgg_state
 
 
@@ -66,37 +69,45 @@ def _conv3x3_relu(x, weight, bias):  # x [B, I, H, W], weight [O, I, 3, 3], padd
   out = np.zeros((x.shape[0], weight.shape[0], h, w))
   for dy in range(3):
     for dx in range(3):
-      out += np.einsum("bihw,oi->bohw", padded[:, :, dy:dy + h, dx:dx + w], weight[:, :, dy, dx])
+      out += np.einsum(
+        "bihw,oi->bohw", padded[:, :, dy : dy + h, dx : dx + w], weight[:, :, dy, dx]
+      )
   return np.maximum(out + bias[None, :, None, None], 0.0)
 
 
 def _max_pool(x):  # 2x2 stride 2, floor
   b, c, h, w = x.shape
-  return x[:, :, :h // 2 * 2, :w // 2 * 2].reshape(b, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+  return x[:, :, : h // 2 * 2, : w // 2 * 2].reshape(b, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
 
 
 def numpy_lpips(images_a, images_b, lin_state, vgg_state):
   """images float [B, H, W, 1|3] in [0, 1] -> [B]; follows lpips/lpips.py line by line."""
+
   def taps(images):
     x = np.broadcast_to(images, images.shape[:3] + (3,)).astype(np.float64).transpose(0, 3, 1, 2)
     x = 2 * x - 1  # normalize=True
-    x = (x - np.array([-.030, -.088, -.188])[None, :, None, None]) / np.array(
-        [.458, .448, .450])[None, :, None, None]
+    x = (x - np.array([-0.030, -0.088, -0.188])[None, :, None, None]) / np.array(
+      [0.458, 0.448, 0.450]
+    )[None, :, None, None]
     out, layer = [], 0
     for block, depth in enumerate((2, 2, 3, 3, 3)):
       if block:
         x = _max_pool(x)
       for _ in range(depth):
         j = TORCH_CONV_INDICES[layer]
-        x = _conv3x3_relu(x, vgg_state[f"features.{j}.weight"].astype(np.float64),
-                          vgg_state[f"features.{j}.bias"].astype(np.float64))
+        x = _conv3x3_relu(
+          x,
+          vgg_state[f"features.{j}.weight"].astype(np.float64),
+          vgg_state[f"features.{j}.bias"].astype(np.float64),
+        )
         layer += 1
       out.append(x)
     return out
+
   total = 0.0
   for k, (fa, fb) in enumerate(zip(taps(images_a), taps(images_b))):
-    fa = fa / (np.sqrt((fa ** 2).sum(1, keepdims=True)) + 1e-10)
-    fb = fb / (np.sqrt((fb ** 2).sum(1, keepdims=True)) + 1e-10)
+    fa = fa / (np.sqrt((fa**2).sum(1, keepdims=True)) + 1e-10)
+    fb = fb / (np.sqrt((fb**2).sum(1, keepdims=True)) + 1e-10)
     w = lin_state[f"lin{k}.model.1.weight"].astype(np.float64)[0, :, 0, 0]
     total = total + np.einsum("bchw,c->bhw", (fa - fb) ** 2, w).mean(axis=(1, 2))
   return total
@@ -127,8 +138,9 @@ def test_matches_the_numpy_reference_of_the_official_forward(network, weights_fi
   assert [t.shape[-1] for t in taps] == list(lpips.tap_widths(DIVISOR))
   # Grey input is replicated to RGB.
   grey_a, grey_b = _images(2, (2, 16, 16, 1)), _images(3, (2, 16, 16, 1))
-  np.testing.assert_allclose(network((grey_a, grey_b)).numpy(),
-                             numpy_lpips(grey_a, grey_b, lin_state, vgg_state), rtol=2e-4)
+  np.testing.assert_allclose(
+    network((grey_a, grey_b)).numpy(), numpy_lpips(grey_a, grey_b, lin_state, vgg_state), rtol=2e-4
+  )
 
 
 def test_metric_properties(network):
@@ -149,8 +161,9 @@ def test_loader_maps_every_tensor(network, weights_file):
   convs = [conv for block in network.block_convs for conv in block]
   assert len(convs) == 13 and len(network.weights) == 13 * 2 + 5
   for conv, j in zip(convs, TORCH_CONV_INDICES):
-    np.testing.assert_array_equal(conv.kernel.numpy(),
-                                  vgg_state[f"features.{j}.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(
+      conv.kernel.numpy(), vgg_state[f"features.{j}.weight"].transpose(2, 3, 1, 0)
+    )
     np.testing.assert_array_equal(conv.bias.numpy(), vgg_state[f"features.{j}.bias"])
   for k, variable in enumerate(network.lin_weights):
     np.testing.assert_array_equal(variable.numpy(), lin_state[f"lin{k}.model.1.weight"].ravel())
@@ -162,10 +175,13 @@ def _edit(key, value):
       del weights[key]
     else:
       weights[key] = value
+
   return edit
 
 
-@pytest.mark.parametrize("edit, message", [
+@pytest.mark.parametrize(
+  "edit, message",
+  [
     (_edit("conv5_kernel", np.zeros((3, 3, 8, 17), np.float32)), r"conv5_kernel has shape"),
     (_edit("lin3", np.zeros(31, np.float32)), r"lin3 has shape"),
     (_edit("conv12_bias", None), r"missing keys \['conv12_bias'\]"),
@@ -173,7 +189,8 @@ def _edit(key, value):
     (_edit("lin0", -np.ones(4, np.float32)), "negative"),
     (_edit("conv3_bias", np.full(8, np.nan, np.float32)), "finite"),
     (_edit("conv0_kernel", np.zeros((3, 3, 3, 5), np.float32)), "conv0_kernel"),
-])
+  ],
+)
 def test_malformed_weights_are_a_clear_error(tmp_path, weights_file, edit, message):
   weights, _ = lpips.read_weights(weights_file[0])
   edit(weights)
@@ -213,8 +230,15 @@ def test_missing_weights_raise_weights_unavailable(tmp_path, monkeypatch, weight
 def test_converter_command(tmp_path, monkeypatch, capsys, weights_file):
   _, lin_state, vgg_state = weights_file
   files = {"vgg.pth": lin_state, "vgg16-397923af.pth": vgg_state}
-  argv = ["--convert", "--lin_weights", "vgg.pth", "--vgg_weights", "vgg16-397923af.pth",
-          "--out", str(tmp_path / "out.npz")]
+  argv = [
+    "--convert",
+    "--lin_weights",
+    "vgg.pth",
+    "--vgg_weights",
+    "vgg16-397923af.pth",
+    "--out",
+    str(tmp_path / "out.npz"),
+  ]
   # Without PyTorch: one clear line, exit code 2, nothing written.
   monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
   assert lpips.main(argv) == 2
@@ -249,6 +273,7 @@ def _linear_path(seed):
   def sampler(n):
     drawn.append(rng.normal(size=(n, 4)))
     return drawn[-1]
+
   return (lambda z: (np.asarray(z, np.float32) @ a + 0.75).reshape(-1, 16, 16, 1)), sampler, drawn
 
 
@@ -261,19 +286,37 @@ def test_ppl_with_lpips_is_finite_and_uses_lpips_over_eps_squared(tmp_path):
   distance = ppl.lpips_distance(lpips.lpips_vgg_network(tmp_path / "smooth.npz"))
   eps = 1e-2
   generate, sampler, drawn = _linear_path(0)
-  values = ppl.path_length_samples(generate, latent_sampler=sampler, num_samples=6,
-                                   distance=distance, epsilon=eps, interpolation="lerp", seed=3)
+  values = ppl.path_length_samples(
+    generate,
+    latent_sampler=sampler,
+    num_samples=6,
+    distance=distance,
+    epsilon=eps,
+    interpolation="lerp",
+    seed=3,
+  )
   assert values.shape == (6,) and np.isfinite(values).all() and (values > 0).all()
   assert np.isfinite(ppl.filtered_mean(values))
   # Exactly LPIPS(G(z(t)), G(z(t + eps))) / eps^2: the LPIPS value, not squared again (StyleGAN).
   z0, z1 = drawn
   t = np.random.default_rng(3).uniform(0, 1, 6)
-  want = numpy_lpips(generate(ppl.lerp(z0, z1, t)), generate(ppl.lerp(z0, z1, t + eps)),
-                     lin_state, vgg_state) / eps ** 2
+  want = (
+    numpy_lpips(
+      generate(ppl.lerp(z0, z1, t)), generate(ppl.lerp(z0, z1, t + eps)), lin_state, vgg_state
+    )
+    / eps**2
+  )
   np.testing.assert_allclose(values, want, rtol=2e-3)
   # LPIPS is quadratic in a small image change, so LPIPS / eps^2 hardly depends on eps (its
   # square root would scale as 1/eps, squaring it again as eps^2). Same latents and t, eps / 4:
   generate, sampler, _ = _linear_path(0)
-  smaller = ppl.path_length_samples(generate, latent_sampler=sampler, num_samples=6,
-                                    distance=distance, epsilon=eps / 4, interpolation="lerp", seed=3)
+  smaller = ppl.path_length_samples(
+    generate,
+    latent_sampler=sampler,
+    num_samples=6,
+    distance=distance,
+    epsilon=eps / 4,
+    interpolation="lerp",
+    seed=3,
+  )
   np.testing.assert_allclose(smaller, values, rtol=0.05)

@@ -4,9 +4,7 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from evaluation import fid
-from evaluation import inception_score
-from evaluation import kid
+from evaluation import fid, inception_score, kid
 
 
 def _random_spd(rng, d, rank=None):
@@ -73,7 +71,7 @@ def _kid_direct(x, y):
   xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j)
   yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j)
   xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m))
-  return (xx + yy) / (m * (m - 1)) - 2 * xy / m ** 2
+  return (xx + yy) / (m * (m - 1)) - 2 * xy / m**2
 
 
 def test_kid_equals_direct_pairwise_sum():
@@ -92,10 +90,12 @@ def test_kid_subsets_are_clipped_and_seeded():
   b = kid.kernel_inception_distance(real, fake, num_subsets=5, subset_size=30, seed=3)
   assert a == b  # subset_size 1000 was clipped to 30
   # Unbiased: same distribution gives values scattered around 0, shifted gives clearly > 0.
-  same = kid.kernel_inception_distance(rng.normal(size=(400, 4)), rng.normal(size=(400, 4)),
-                                       num_subsets=20, subset_size=100)
-  shifted = kid.kernel_inception_distance(rng.normal(size=(400, 4)), rng.normal(size=(400, 4)) + 1,
-                                          num_subsets=20, subset_size=100)
+  same = kid.kernel_inception_distance(
+    rng.normal(size=(400, 4)), rng.normal(size=(400, 4)), num_subsets=20, subset_size=100
+  )
+  shifted = kid.kernel_inception_distance(
+    rng.normal(size=(400, 4)), rng.normal(size=(400, 4)) + 1, num_subsets=20, subset_size=100
+  )
   assert abs(same[0]) < 3 * same[1]
   assert shifted[0] > 3 * shifted[1] and shifted[0] > 10 * abs(same[0])
   with pytest.raises(ValueError):

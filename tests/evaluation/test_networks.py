@@ -8,10 +8,7 @@ import numpy as np
 import pytest
 from keras.src.legacy.saving import legacy_h5_format
 
-from evaluation import features
-from evaluation import inception
-from evaluation import networks
-from evaluation import vgg
+from evaluation import features, inception, networks, vgg
 from tests.evaluation import graphs
 
 DIVISOR = 16
@@ -51,30 +48,41 @@ def test_graph_def_loader_maps_every_tensor_and_matches_the_graph(graph_file):
   path, tensors = graph_file
   model = networks.inception_network(path, download=False)
   # Every conv/bn tensor and softmax/weights landed in the model; only non-weights are left.
-  used = {n for n in tensors if n.endswith(("conv2d_params", "beta", "gamma", "moving_mean",
-                                            "moving_variance")) or n == "softmax/weights"}
+  used = {
+    n
+    for n in tensors
+    if n.endswith(("conv2d_params", "beta", "gamma", "moving_mean", "moving_variance"))
+    or n == "softmax/weights"
+  }
   assert len(used) == 94 * 5 + 1
-  np.testing.assert_array_equal(model.get_layer("mixed_8.tower_1.conv_2.conv").kernel.numpy(),
-                                tensors["mixed_8/tower_1/conv_2/conv2d_params"])
-  np.testing.assert_array_equal(model.get_layer("mixed_4.tower.conv.batchnorm").moving_variance.numpy(),
-                                tensors["mixed_4/tower/conv/batchnorm/moving_variance"])
+  np.testing.assert_array_equal(
+    model.get_layer("mixed_8.tower_1.conv_2.conv").kernel.numpy(),
+    tensors["mixed_8/tower_1/conv_2/conv2d_params"],
+  )
+  np.testing.assert_array_equal(
+    model.get_layer("mixed_4.tower.conv.batchnorm").moving_variance.numpy(),
+    tensors["mixed_4/tower/conv/batchnorm/moving_variance"],
+  )
   rng = np.random.default_rng(1)
   rgb = rng.integers(0, 256, (2, 37, 29, 3)).astype(np.float32)
-  ours = features.extract(model, rgb.astype(np.uint8), batch_size=2, progress=False,
-                          jit_compile=False)  # the weight mapping is under test, not XLA
+  ours = features.extract(
+    model, rgb.astype(np.uint8), batch_size=2, progress=False, jit_compile=False
+  )  # the weight mapping is under test, not XLA
   pool3, logits = graphs.evaluate_graph_def(path, rgb, ["pool_3/_reshape", "softmax/logits/MatMul"])
   np.testing.assert_allclose(ours["pool_3"], pool3, rtol=1e-4, atol=1e-4 * np.abs(pool3).max())
   np.testing.assert_allclose(ours["logits"], logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
   # Grey input is replicated to RGB.
   grey = rng.integers(0, 256, (2, 20, 20, 1)).astype(np.float32)
-  np.testing.assert_allclose(model(grey)["pool_3"].numpy(),
-                             model(np.repeat(grey, 3, -1))["pool_3"].numpy(), rtol=1e-6)
+  np.testing.assert_allclose(
+    model(grey)["pool_3"].numpy(), model(np.repeat(grey, 3, -1))["pool_3"].numpy(), rtol=1e-6
+  )
   # Converted once: a cached .npz now exists and is used by the next call.
   cached = list(networks.cache_dir().glob("inception_2015_*.npz"))
   assert len(cached) == 1
   again = networks.inception_network(path, download=False)
-  np.testing.assert_array_equal(again.get_layer("softmax.logits").kernel.numpy(),
-                                tensors["softmax/weights"])
+  np.testing.assert_array_equal(
+    again.get_layer("softmax.logits").kernel.numpy(), tensors["softmax/weights"]
+  )
 
 
 def test_inception_accepts_the_tgz(graph_file, tmp_path):
@@ -83,8 +91,9 @@ def test_inception_accepts_the_tgz(graph_file, tmp_path):
   with tarfile.open(tgz, "w:gz") as archive:
     archive.add(path, arcname=networks.INCEPTION_PB)
   model = networks.inception_network(str(tgz), download=False)
-  np.testing.assert_array_equal(model.get_layer("conv.conv").kernel.numpy(),
-                                tensors["conv/conv2d_params"])
+  np.testing.assert_array_equal(
+    model.get_layer("conv.conv").kernel.numpy(), tensors["conv/conv2d_params"]
+  )
 
 
 def _swap_join_inputs(graph):
@@ -97,7 +106,9 @@ def _avg_pool_in_last_block(graph):
 
 
 def _drop_tensor(graph):
-  index = next(i for i, n in enumerate(graph.node) if n.name == "mixed_7/tower/conv_1/conv2d_params")
+  index = next(
+    i for i, n in enumerate(graph.node) if n.name == "mixed_7/tower/conv_1/conv2d_params"
+  )
   del graph.node[index]
 
 
@@ -105,9 +116,15 @@ def _other_epsilon(graph):
   next(n for n in graph.node if n.name == "conv_2/batchnorm").attr["variance_epsilon"].f = 1e-5
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (_swap_join_inputs, "concat order"), (_avg_pool_in_last_block, "expected MaxPool"),
-    (_drop_tensor, "missing"), (_other_epsilon, "variance_epsilon")])
+@pytest.mark.parametrize(
+  "mutate, message",
+  [
+    (_swap_join_inputs, "concat order"),
+    (_avg_pool_in_last_block, "expected MaxPool"),
+    (_drop_tensor, "missing"),
+    (_other_epsilon, "variance_epsilon"),
+  ],
+)
 def test_graph_def_mismatch_is_an_error(tmp_path, mutate, message):
   path = tmp_path / "bad.pb"
   graphs.write_inception_graph_def(path, width_divisor=32, mutate=mutate)

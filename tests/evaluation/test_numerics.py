@@ -16,7 +16,9 @@ def test_exact_float32_turns_tf32_off_and_restores_it():
 
 def test_precision_recall_distances_run_with_tf32_off(monkeypatch):
   import numpy as np
+
   from evaluation import precision_recall
+
   seen = []
   blocks = precision_recall._blocks()
   original = blocks.kth_neighbour

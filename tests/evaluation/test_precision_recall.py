@@ -8,12 +8,15 @@ from evaluation import precision_recall as pr
 
 def _brute_force(real, fake, k):
   """Full distance matrices in float64, self excluded by deleting the diagonal."""
+
   def sq(a, b):
     return ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+
   def radii(x):
     d = sq(x, x)
     np.fill_diagonal(d, np.inf)
     return np.sort(d, axis=1)[:, k - 1]
+
   r_real, r_fake = radii(real), radii(fake)
   d = sq(fake, real)  # [M, N]
   precision = (d <= r_real[None, :]).any(axis=1).mean()

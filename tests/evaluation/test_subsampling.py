@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from evaluation import fid
-from evaluation import kid
-from evaluation import subsampling
+from evaluation import fid, kid, subsampling
 
 DATASETS = 200  # simulated data sets per case
 REPLICATES = 100  # subsamples per interval
@@ -22,8 +20,12 @@ REPLICATES = 100  # subsamples per interval
 def _gaussians(d, seed):
   rng = np.random.default_rng(seed)
   a, b = rng.normal(size=(d, d)) / np.sqrt(d), rng.normal(size=(d, d)) / np.sqrt(d)
-  return (np.zeros(d), a @ a.T + 0.5 * np.eye(d), rng.normal(size=d) * 0.3,
-          b @ b.T + 0.5 * np.eye(d))
+  return (
+    np.zeros(d),
+    a @ a.T + 0.5 * np.eye(d),
+    rng.normal(size=d) * 0.3,
+    b @ b.T + 0.5 * np.eye(d),
+  )
 
 
 def _draw(rng, mu, sigma, n):
@@ -38,8 +40,12 @@ def population_fid(mu1, s1, mu2, s2):
 def _moments(mu, sigma):
   """E[x], E[x x^T], E[x x x] (3-tensor) of N(mu, sigma)."""
   second = sigma + np.outer(mu, mu)
-  third = (np.einsum("i,j,k->ijk", mu, mu, mu) + np.einsum("i,jk->ijk", mu, sigma)
-           + np.einsum("j,ik->ijk", mu, sigma) + np.einsum("k,ij->ijk", mu, sigma))
+  third = (
+    np.einsum("i,j,k->ijk", mu, mu, mu)
+    + np.einsum("i,jk->ijk", mu, sigma)
+    + np.einsum("j,ik->ijk", mu, sigma)
+    + np.einsum("k,ij->ijk", mu, sigma)
+  )
   return mu, second, third
 
 
@@ -49,8 +55,12 @@ def population_kid(mu1, s1, mu2, s2):
   k = sum_j C(3, j) d^-j <x^(x)j, y^(x)j>, so MMD^2 = sum_{j=1..3} C(3, j) d^-j |E x^(x)j - E y^(x)j|^2
   with the Gaussian moment tensors (Isserlis)."""
   d = len(mu1)
-  return float(sum(c * d ** -j * ((m1 - m2) ** 2).sum() for j, c, m1, m2 in
-                   zip((1, 2, 3), (3, 3, 1), _moments(mu1, s1), _moments(mu2, s2))))
+  return float(
+    sum(
+      c * d**-j * ((m1 - m2) ** 2).sum()
+      for j, c, m1, m2 in zip((1, 2, 3), (3, 3, 1), _moments(mu1, s1), _moments(mu2, s2))
+    )
+  )
 
 
 def _coverage(simulate, target):
@@ -75,8 +85,10 @@ def test_fid_interval_covers_the_population_fid(d, n_samples, n_reference):
     return estimate, fid.subsample_interval(x, y, num=REPLICATES, seed=dataset)
 
   coverage, own, mean_estimate = _coverage(simulate, target)
-  print(f"FID d={d} n={n_samples}/{n_reference}: population {target:.4f}, mean estimate "
-        f"{mean_estimate:.4f}, coverage {coverage:.3f}, holds own estimate {own:.3f}")
+  print(
+    f"FID d={d} n={n_samples}/{n_reference}: population {target:.4f}, mean estimate "
+    f"{mean_estimate:.4f}, coverage {coverage:.3f}, holds own estimate {own:.3f}"
+  )
   assert mean_estimate > target + 0.05 * target  # the estimate is visibly biased
   assert 0.90 <= coverage <= 0.99
 
@@ -90,12 +102,15 @@ def test_fid_interval_against_reference_statistics_covers_the_population_fid():
   def simulate(rng, dataset):
     x = _draw(rng, mu1, s1, n)
     estimate = fid.frechet_distance(*fid.feature_statistics(x), mu2, s2)
-    return estimate, fid.subsample_interval(x, None, reference_stats=(mu2, s2), num=REPLICATES,
-                                            seed=dataset)
+    return estimate, fid.subsample_interval(
+      x, None, reference_stats=(mu2, s2), num=REPLICATES, seed=dataset
+    )
 
   coverage, own, mean_estimate = _coverage(simulate, target)
-  print(f"FID vs statistics d={d} n={n}: population {target:.4f}, mean estimate "
-        f"{mean_estimate:.4f}, coverage {coverage:.3f}, holds own estimate {own:.3f}")
+  print(
+    f"FID vs statistics d={d} n={n}: population {target:.4f}, mean estimate "
+    f"{mean_estimate:.4f}, coverage {coverage:.3f}, holds own estimate {own:.3f}"
+  )
   assert 0.90 <= coverage <= 0.99
 
 
@@ -109,16 +124,23 @@ def test_kid_interval_covers_the_population_kid(num_subsets, subset_size):
 
   def simulate(rng, dataset):
     x, y = _draw(rng, mu1, s1, n), _draw(rng, mu2, s2, n)
-    mean, _ = kid.kernel_inception_distance(x, y, num_subsets=num_subsets,
-                                            subset_size=subset_size)
-    return mean, kid.subsample_interval(x, y, mean, num_subsets=num_subsets,
-                                        subset_size=subset_size, num=REPLICATES,
-                                        subsample_seed=dataset)
+    mean, _ = kid.kernel_inception_distance(x, y, num_subsets=num_subsets, subset_size=subset_size)
+    return mean, kid.subsample_interval(
+      x,
+      y,
+      mean,
+      num_subsets=num_subsets,
+      subset_size=subset_size,
+      num=REPLICATES,
+      subsample_seed=dataset,
+    )
 
   coverage, own, mean_estimate = _coverage(simulate, target)
-  print(f"KID d={d} n={n} {num_subsets} subsets of {subset_size}: population {target:.5f}, "
-        f"mean estimate {mean_estimate:.5f}, coverage {coverage:.3f}, holds own estimate "
-        f"{own:.3f}")
+  print(
+    f"KID d={d} n={n} {num_subsets} subsets of {subset_size}: population {target:.5f}, "
+    f"mean estimate {mean_estimate:.5f}, coverage {coverage:.3f}, holds own estimate "
+    f"{own:.3f}"
+  )
   # The estimator is unbiased: its mean over the data sets checks the closed form too.
   assert mean_estimate == pytest.approx(target, rel=0.05)
   assert 0.90 <= coverage <= 0.99
@@ -132,8 +154,7 @@ def test_population_kid_closed_form_against_a_large_sample():
   k = lambda a, b: (a @ b.T / d + 1) ** 3
   n = len(x)
   kxx, kyy = k(x, x), k(y, y)
-  u = ((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-       - 2 * k(x, y).mean())
+  u = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * k(x, y).mean()
   assert u == pytest.approx(population_kid(mu1, s1, mu2, s2), rel=0.05)
 
 
@@ -148,8 +169,9 @@ def test_interval_formula_sizes_and_draws():
     i = rng.choice(40, 20, replace=False)
     assert len(set(i)) == 20
     values.append(data[i].var())
-  low, high = subsampling.interval(statistic, (40,), estimate=data.var(), num=30, seed=4,
-                                   confidence=0.9)
+  low, high = subsampling.interval(
+    statistic, (40,), estimate=data.var(), num=30, seed=4, confidence=0.9
+  )
   q05, q95 = np.quantile(values, [0.05, 0.95])
   assert (low, high) == pytest.approx((2 * data.var() - q95, 2 * data.var() - q05))
   # Rate 0.2: k = sqrt(0.2 / 0.8) = 0.5 times the deviations.
@@ -172,6 +194,7 @@ def test_replicate_distance_equals_frechet_distance():
     stats = fid.feature_statistics(x) + fid.feature_statistics(y)
     # (rounding in a singular covariance's null space is amplified by the square root)
     assert fid.replicate_distance(*stats) == pytest.approx(
-        fid.frechet_distance(*stats), rel=1e-9 if n2 > 8 else 1e-7)
+      fid.frechet_distance(*stats), rel=1e-9 if n2 > 8 else 1e-7
+    )
     if n2 > 8:  # SciPy's sqrtm of a singular product is itself inexact
       assert fid.replicate_distance(*stats) == pytest.approx(population_fid(*stats), rel=1e-6)

@@ -14,15 +14,17 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from evaluation import api
-from evaluation import features
-from evaluation import fid
-from evaluation import image_io
-from evaluation import inception_score
-from evaluation import kid
-from evaluation import networks
-from evaluation import precision_recall
-from evaluation import protocol
+from evaluation import (
+  api,
+  features,
+  fid,
+  image_io,
+  inception_score,
+  kid,
+  networks,
+  precision_recall,
+  protocol,
+)
 from tests.evaluation import graphs
 
 
@@ -72,8 +74,12 @@ def _env(tmp_path, monkeypatch):
   monkeypatch.setenv(networks.CACHE_DIR_ENV, str(tmp_path / "cache"))
   monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
   monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-  for name in (networks.INCEPTION_PATH_ENV, networks.VGG16_PATH_ENV,
-               networks.VGG16_TORCH_PATH_ENV, "GENMODELS_DATA_DIR"):
+  for name in (
+    networks.INCEPTION_PATH_ENV,
+    networks.VGG16_PATH_ENV,
+    networks.VGG16_TORCH_PATH_ENV,
+    "GENMODELS_DATA_DIR",
+  ):
     monkeypatch.delenv(name, raising=False)
 
 
@@ -82,8 +88,9 @@ def _images(n, size=16, channels=3, seed=0):
 
 
 def _pool3(model, images, **kwargs):
-  return features.extract(model, images, batch_size=4, progress=False, jit_compile=False,
-                          **kwargs)["pool_3"]
+  return features.extract(model, images, batch_size=4, progress=False, jit_compile=False, **kwargs)[
+    "pool_3"
+  ]
 
 
 def _value(out: str, name: str) -> tuple[float, list[float] | None]:
@@ -117,8 +124,11 @@ def test_nested_folders_zip_and_other_formats_read_the_same_pixels(tmp_path):
   names = ["a/0.png", "a/b/1.webp", "2.bmp", "c/3.tiff", "c/4.tif", "c/d/e/5.jpeg"]
   for image, name in zip(images, names):
     (root / name).parent.mkdir(parents=True, exist_ok=True)
-    kwargs = {"lossless": True} if name.endswith(".webp") else (
-        {"quality": 100, "subsampling": 0} if name.endswith(".jpeg") else {})
+    kwargs = (
+      {"lossless": True}
+      if name.endswith(".webp")
+      else ({"quality": 100, "subsampling": 0} if name.endswith(".jpeg") else {})
+    )
     Image.fromarray(image).save(root / name, **kwargs)
   (root / "notes.txt").write_text("not an image")  # ignored
   folder = image_io.open_images(root)
@@ -151,22 +161,53 @@ def test_bad_archives_and_generators_give_one_line_errors(tmp_path, graph_pb, ca
   good = tmp_path / "good.npy"
   np.save(good, _images(4))
   for bad, words in ((empty, "holds no"), (corrupt, "cannot read image")):
-    assert fid.main(["--samples", str(good), "--reference", str(bad), "--inception_path",
-                     graph_pb, "--noprogress"]) == 2
+    assert (
+      fid.main(
+        [
+          "--samples",
+          str(good),
+          "--reference",
+          str(bad),
+          "--inception_path",
+          graph_pb,
+          "--noprogress",
+        ]
+      )
+      == 2
+    )
     assert words in _one_error_line(capsys)
   with pytest.raises(image_io.ImageInputError, match="returned 3 images"):
-    api.compute_fid(lambda n: _images(3), 8, reference=str(good), inception_path=graph_pb,
-                    batch_size=4, jit_compile=False)
+    api.compute_fid(
+      lambda n: _images(3),
+      8,
+      reference=str(good),
+      inception_path=graph_pb,
+      batch_size=4,
+      jit_compile=False,
+    )
   with pytest.raises(image_io.ImageInputError, match="num_samples"):
-    api.compute_fid(lambda n: _images(n), None, reference=str(good), inception_path=graph_pb,
-                    batch_size=4, jit_compile=False)
+    api.compute_fid(
+      lambda n: _images(n),
+      None,
+      reference=str(good),
+      inception_path=graph_pb,
+      batch_size=4,
+      jit_compile=False,
+    )
   with pytest.raises(image_io.ImageInputError, match=r"\[0, 1\]"):
-    api.compute_fid(lambda n: np.full((n, 8, 8, 3), 2.0, np.float32), 4, reference=str(good),
-                    inception_path=graph_pb, batch_size=4, jit_compile=False)
+    api.compute_fid(
+      lambda n: np.full((n, 8, 8, 3), 2.0, np.float32),
+      4,
+      reference=str(good),
+      inception_path=graph_pb,
+      batch_size=4,
+      jit_compile=False,
+    )
 
 
-def test_generator_function_and_dataset_equal_the_command_on_pngs(tmp_path, graph_pb, model,
-                                                                   capsys):
+def test_generator_function_and_dataset_equal_the_command_on_pngs(
+  tmp_path, graph_pb, model, capsys
+):
   samples = _images(10, seed=2)
   reference = _images(8, seed=3)
   for folder, images in (("samples", samples), ("reference", reference)):
@@ -175,26 +216,46 @@ def test_generator_function_and_dataset_equal_the_command_on_pngs(tmp_path, grap
       Image.fromarray(image).save(tmp_path / folder / f"{i:02d}.png")
   # The folders of PNGs, as the command reads them (the narrow random graph gives tiny FIDs,
   # so compare full-precision values, not the printed 6 decimals).
-  command = api.compute_fid(str(tmp_path / "samples"), reference=str(tmp_path / "reference"),
-                            inception_path=graph_pb, batch_size=4, cache=False,
-                            jit_compile=False).value
-  want = fid.frechet_distance(*fid.feature_statistics(_pool3(model, samples)),
-                              *fid.feature_statistics(_pool3(model, reference)))
+  command = api.compute_fid(
+    str(tmp_path / "samples"),
+    reference=str(tmp_path / "reference"),
+    inception_path=graph_pb,
+    batch_size=4,
+    cache=False,
+    jit_compile=False,
+  ).value
+  want = fid.frechet_distance(
+    *fid.feature_statistics(_pool3(model, samples)),
+    *fid.feature_statistics(_pool3(model, reference)),
+  )
   assert command == pytest.approx(want, rel=1e-4) and command > 0
   calls = []
 
   def generate(n):  # float [0, 1], as models return them; drawn in order
     start = sum(calls)
     calls.append(n)
-    return tf.constant(samples[start:start + n].astype(np.float32) / 255.0)
+    return tf.constant(samples[start : start + n].astype(np.float32) / 255.0)
 
-  result = api.compute_fid(generate, 10, reference=str(tmp_path / "reference"),
-                           inception_path=graph_pb, batch_size=4, cache=False, jit_compile=False)
+  result = api.compute_fid(
+    generate,
+    10,
+    reference=str(tmp_path / "reference"),
+    inception_path=graph_pb,
+    batch_size=4,
+    cache=False,
+    jit_compile=False,
+  )
   assert calls == [4, 4, 2]
   assert result.value == pytest.approx(command, rel=1e-5)
   dataset = tf.data.Dataset.from_tensor_slices(samples).batch(3)  # rebatched to 4
-  from_dataset = api.compute_fid(dataset, reference=reference, inception_path=graph_pb, batch_size=4,
-                                 cache=False, jit_compile=False)
+  from_dataset = api.compute_fid(
+    dataset,
+    reference=reference,
+    inception_path=graph_pb,
+    batch_size=4,
+    cache=False,
+    jit_compile=False,
+  )
   assert from_dataset.value == pytest.approx(command, rel=1e-5)
   assert from_dataset.protocols["samples"]["image_count"] == 10
   assert str(from_dataset).startswith("FID: ")
@@ -210,8 +271,12 @@ def test_protocol_is_stored_printed_and_checked(tmp_path, graph_pb, model, capsy
   stats = tmp_path / "ref.stats"
   # Batches of 4 (the last padded): one traced shape per image size for 5 and 6 images.
   base = ["--inception_path", graph_pb, "--noprogress", "--nojit_compile", "--batch_size", "4"]
-  assert fid.main(["--samples", str(samples), "--reference", str(reference),
-                   "--save_stats", str(stats)] + base) == 0
+  assert (
+    fid.main(
+      ["--samples", str(samples), "--reference", str(reference), "--save_stats", str(stats)] + base
+    )
+    == 0
+  )
   out = capsys.readouterr().out
   printed = _protocol_line(out)
   sha = protocol.weights_sha256(model)
@@ -224,8 +289,22 @@ def test_protocol_is_stored_printed_and_checked(tmp_path, graph_pb, model, capsy
   assert stored["feature"] == "pool_3" and stored["resize"] == "tf1-legacy-bilinear"
   # Statistics made with the clean resize cannot be compared with tf1-resized samples...
   clean_stats = tmp_path / "clean.stats"
-  assert fid.main(["--samples", str(samples), "--reference", str(reference), "--resize", "clean",
-                   "--save_stats", str(clean_stats)] + base) == 0
+  assert (
+    fid.main(
+      [
+        "--samples",
+        str(samples),
+        "--reference",
+        str(reference),
+        "--resize",
+        "clean",
+        "--save_stats",
+        str(clean_stats),
+      ]
+      + base
+    )
+    == 0
+  )
   assert _protocol_line(capsys.readouterr().out)["resize"] == "clean-pil-bicubic-antialias"
   assert fid.main(["--samples", str(samples), "--reference", str(clean_stats)] + base) == 2
   assert "different protocols: resize tf1-legacy-bilinear vs clean" in _one_error_line(capsys)
@@ -237,52 +316,105 @@ def test_protocol_is_stored_printed_and_checked(tmp_path, graph_pb, model, capsy
   other = tmp_path / "other" / networks.INCEPTION_PB
   other.parent.mkdir()
   graphs.write_inception_graph_def(other, width_divisor=32, seed=1)
-  assert fid.main(["--samples", str(samples), "--reference", str(stats), "--inception_path",
-                   str(other), "--noprogress", "--nojit_compile", "--batch_size", "4"]) == 2
+  assert (
+    fid.main(
+      [
+        "--samples",
+        str(samples),
+        "--reference",
+        str(stats),
+        "--inception_path",
+        str(other),
+        "--noprogress",
+        "--nojit_compile",
+        "--batch_size",
+        "4",
+      ]
+    )
+    == 2
+  )
   assert "weights_sha256" in _one_error_line(capsys)
   # --nostrict_protocol compares anyway, with a warning; the same protocol compares silently.
-  assert fid.main(["--samples", str(samples), "--reference", str(clean_stats),
-                   "--nostrict_protocol"] + base) == 0
+  assert (
+    fid.main(
+      ["--samples", str(samples), "--reference", str(clean_stats), "--nostrict_protocol"] + base
+    )
+    == 0
+  )
   assert "warning: --samples and --reference were made under different" in capsys.readouterr().err
   assert fid.main(["--samples", str(samples), "--reference", str(stats)] + base) == 0
-  assert _value(capsys.readouterr().out, "FID")[0] == pytest.approx(
-      _value(out, "FID")[0], rel=1e-6)
+  assert _value(capsys.readouterr().out, "FID")[0] == pytest.approx(_value(out, "FID")[0], rel=1e-6)
   # TTUR's own statistics files carry no record: accepted with a note.
   with np.load(stats) as data:
     np.savez(tmp_path / "ttur.npz", mu=data["mu"], sigma=data["sigma"])
-  assert fid.main(["--samples", str(samples), "--reference", str(tmp_path / "ttur.npz")]
-                  + base) == 0
+  assert (
+    fid.main(["--samples", str(samples), "--reference", str(tmp_path / "ttur.npz")] + base) == 0
+  )
   assert "carries no protocol record" in capsys.readouterr().err
 
 
-def test_protocol_mismatch_is_found_before_the_samples_are_extracted(tmp_path, graph_pb,
-                                                                     monkeypatch, capsys):
+def test_protocol_mismatch_is_found_before_the_samples_are_extracted(
+  tmp_path, graph_pb, monkeypatch, capsys
+):
   samples, reference = tmp_path / "s.npy", tmp_path / "r.npy"
   np.save(samples, _images(5, seed=4))
   np.save(reference, _images(6, seed=5))
   base = ["--inception_path", graph_pb, "--noprogress", "--nojit_compile", "--batch_size", "4"]
   clean_stats = tmp_path / "clean.stats"
-  assert fid.main(["--samples", str(reference), "--reference", str(reference), "--resize",
-                   "clean", "--save_stats", str(clean_stats)] + base) == 0
+  assert (
+    fid.main(
+      [
+        "--samples",
+        str(reference),
+        "--reference",
+        str(reference),
+        "--resize",
+        "clean",
+        "--save_stats",
+        str(clean_stats),
+      ]
+      + base
+    )
+    == 0
+  )
   capsys.readouterr()
   extracted = []
   real_extract = features.extract
-  monkeypatch.setattr(features, "extract",
-                      lambda *a, **k: extracted.append(1) or real_extract(*a, **k))
+  monkeypatch.setattr(
+    features, "extract", lambda *a, **k: extracted.append(1) or real_extract(*a, **k)
+  )
   assert fid.main(["--samples", str(samples), "--reference", str(clean_stats)] + base) == 2
   assert _one_error_line(capsys) == (
-      "error: --samples and --reference were made under different protocols: resize "
-      "tf1-legacy-bilinear vs clean-pil-bicubic-antialias (pass --nostrict_protocol to compare "
-      "anyway)")
+    "error: --samples and --reference were made under different protocols: resize "
+    "tf1-legacy-bilinear vs clean-pil-bicubic-antialias (pass --nostrict_protocol to compare "
+    "anyway)"
+  )
   assert not extracted  # refused before any image went through the network
   # Cached reference features of the clean resize against tf1 samples: the same, for KID too.
-  np.savez(tmp_path / "clean_features.npz", pool_3=np.zeros((6, 64), np.float32),
-           protocol=np.str_(json.dumps({**protocol.record(
-               network="inception-2015", weights_sha="x" * 64, feature="pool_3",
-               resize="clean-pil-bicubic-antialias", precision="float32",
-               info={"count": 6, "height": 16, "width": 16, "channels": 3})})))
-  assert kid.main(["--samples", str(samples), "--reference",
-                   str(tmp_path / "clean_features.npz")] + base) == 2
+  np.savez(
+    tmp_path / "clean_features.npz",
+    pool_3=np.zeros((6, 64), np.float32),
+    protocol=np.str_(
+      json.dumps(
+        {
+          **protocol.record(
+            network="inception-2015",
+            weights_sha="x" * 64,
+            feature="pool_3",
+            resize="clean-pil-bicubic-antialias",
+            precision="float32",
+            info={"count": 6, "height": 16, "width": 16, "channels": 3},
+          )
+        }
+      )
+    ),
+  )
+  assert (
+    kid.main(
+      ["--samples", str(samples), "--reference", str(tmp_path / "clean_features.npz")] + base
+    )
+    == 2
+  )
   assert "different protocols: weights_sha256" in _one_error_line(capsys)
   assert not extracted
 
@@ -291,14 +423,27 @@ def test_fewer_samples_than_feature_dimensions_warn(tmp_path, graph_pb, capsys):
   """The narrow graph's pool_3 has 64 dimensions: 10 images give a singular covariance."""
   samples = tmp_path / "s.npy"
   np.save(samples, _images(10, seed=4))
-  args = ["--samples", str(samples), "--reference", str(samples), "--inception_path", graph_pb,
-          "--noprogress", "--nojit_compile", "--batch_size", "5", "--nocache"]
+  args = [
+    "--samples",
+    str(samples),
+    "--reference",
+    str(samples),
+    "--inception_path",
+    graph_pb,
+    "--noprogress",
+    "--nojit_compile",
+    "--batch_size",
+    "5",
+    "--nocache",
+  ]
   assert fid.main(args) == 0
   captured = capsys.readouterr()
   assert captured.out.splitlines()[0].startswith("FID: ")
-  warning = ("warning: {} has 10 feature vectors for 64 dimensions: the covariance is singular "
-             "and FID unreliable (two identical sets can give a small negative value); use at "
-             "least 64 images")
+  warning = (
+    "warning: {} has 10 feature vectors for 64 dimensions: the covariance is singular "
+    "and FID unreliable (two identical sets can give a small negative value); use at "
+    "least 64 images"
+  )
   err = [l for l in captured.err.splitlines() if not l.startswith("note: ")]
   assert err == [warning.format("samples"), warning.format("reference")]
 
@@ -306,22 +451,37 @@ def test_fewer_samples_than_feature_dimensions_warn(tmp_path, graph_pb, capsys):
 def test_compute_inception_score_equals_the_command(tmp_path, graph_pb, model, capsys):
   images = _images(12, seed=21)
   np.save(tmp_path / "s.npy", images)
-  result = api.compute_inception_score(images, splits=3, inception_path=graph_pb, batch_size=4,
-                                       jit_compile=False)
-  logits = features.extract(model, images, batch_size=4, progress=False,
-                            jit_compile=False)["logits"].astype(np.float64)
+  result = api.compute_inception_score(
+    images, splits=3, inception_path=graph_pb, batch_size=4, jit_compile=False
+  )
+  logits = features.extract(model, images, batch_size=4, progress=False, jit_compile=False)[
+    "logits"
+  ].astype(np.float64)
   # By hand: softmax, per consecutive third exp(mean KL(p(y|x) || mean p(y|x))).
   p = np.exp(logits - logits.max(1, keepdims=True))
   p /= p.sum(1, keepdims=True)
-  scores = [np.exp((q * (np.log(q) - np.log(q.mean(0)))).sum(1).mean())
-            for q in np.split(p, 3)]
+  scores = [np.exp((q * (np.log(q) - np.log(q.mean(0)))).sum(1).mean()) for q in np.split(p, 3)]
   assert result.name == "IS"
   assert result.value == pytest.approx(np.mean(scores), rel=1e-5)
   assert result.extra["std"] == pytest.approx(np.std(scores), rel=1e-3, abs=1e-9)
   assert result.protocols["samples"]["feature"] == "logits"
-  assert inception_score.main(["--samples", str(tmp_path / "s.npy"), "--splits", "3",
-                               "--inception_path", graph_pb, "--noprogress", "--nojit_compile",
-                               "--batch_size", "4"]) == 0
+  assert (
+    inception_score.main(
+      [
+        "--samples",
+        str(tmp_path / "s.npy"),
+        "--splits",
+        "3",
+        "--inception_path",
+        graph_pb,
+        "--noprogress",
+        "--nojit_compile",
+        "--batch_size",
+        "4",
+      ]
+    )
+    == 0
+  )
   line = capsys.readouterr().out.splitlines()[0]
   assert line == f"IS: {result.value:.6f} +- {result.extra['std']:.6f}"
 
@@ -330,8 +490,16 @@ def test_reference_cache_keeps_the_protocol_and_depends_on_resize(tmp_path, grap
   samples, reference = tmp_path / "s.npy", tmp_path / "r.npy"
   np.save(samples, _images(4, seed=7))
   np.save(reference, _images(4, seed=8))
-  args = ["--samples", str(samples), "--reference", str(reference), "--inception_path", graph_pb,
-          "--noprogress", "--nojit_compile"]
+  args = [
+    "--samples",
+    str(samples),
+    "--reference",
+    str(reference),
+    "--inception_path",
+    graph_pb,
+    "--noprogress",
+    "--nojit_compile",
+  ]
   assert kid.main(args + ["--num_subsets", "2"]) == 0
   first = capsys.readouterr().out
   assert kid.main(args + ["--num_subsets", "2"]) == 0  # reference from the cache
@@ -351,9 +519,22 @@ def test_clean_resize_is_clean_fids_pil_bicubic_before_the_network(model):
   clean = _pool3(model, images, resize="clean")
   # By hand: PIL bicubic per channel in float mode to 299, clipped, then the network (whose TF1
   # resize is then the identity).
-  by_hand = np.stack([np.stack([np.asarray(Image.fromarray(
-      image[..., c].astype(np.float32), mode="F").resize((299, 299), Image.BICUBIC)).clip(0, 255)
-      for c in range(3)], -1) for image in images])
+  by_hand = np.stack(
+    [
+      np.stack(
+        [
+          np.asarray(
+            Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(
+              (299, 299), Image.BICUBIC
+            )
+          ).clip(0, 255)
+          for c in range(3)
+        ],
+        -1,
+      )
+      for image in images
+    ]
+  )
   want = model(by_hand.astype(np.float32))["pool_3"].numpy()
   np.testing.assert_allclose(clean, want, rtol=1e-4, atol=1e-5)
   tf1 = _pool3(model, images)
@@ -369,8 +550,11 @@ def _subsample_interval(estimate, values, rates, confidence=0.95, center=None):
   """[theta_n - k q_hi, theta_n - k q_lo] of the deviations values - theta_n (or values - center),
   with k = sqrt(r / (1 - r)), r the mean of the realised rates b_i / n_i."""
   estimate = np.asarray(estimate)
-  low, high = np.quantile(np.asarray(values) - (estimate if center is None else center),
-                          [(1 - confidence) / 2, (1 + confidence) / 2], axis=0)
+  low, high = np.quantile(
+    np.asarray(values) - (estimate if center is None else center),
+    [(1 - confidence) / 2, (1 + confidence) / 2],
+    axis=0,
+  )
   r = np.mean(rates)
   k = np.sqrt(r / (1 - r))
   return estimate - k * high, estimate - k * low
@@ -382,36 +566,56 @@ def test_fid_subsample_interval_equals_the_documented_draws(tmp_path, graph_pb, 
   real = (rng.normal(size=(9, 3)) * 1.5 + 0.5).astype(np.float32)
   np.savez(tmp_path / "f.npz", pool_3=fake)
   np.savez(tmp_path / "r.npz", pool_3=real)
-  result = api.compute_fid(str(tmp_path / "f.npz"), reference=str(tmp_path / "r.npz"),
-                           subsamples=20, subsample_seed=3, confidence=0.9)
+  result = api.compute_fid(
+    str(tmp_path / "f.npz"),
+    reference=str(tmp_path / "r.npz"),
+    subsamples=20,
+    subsample_seed=3,
+    confidence=0.9,
+  )
   draws = np.random.default_rng(3)
   values = []
   for _ in range(20):  # per replicate: 4 of 8 sample rows, then 5 of 9 reference rows, distinct
     i, j = draws.choice(8, 4, replace=False), draws.choice(9, 5, replace=False)
-    values.append(fid.frechet_distance(*fid.feature_statistics(fake[i]),
-                                       *fid.feature_statistics(real[j])))
+    values.append(
+      fid.frechet_distance(*fid.feature_statistics(fake[i]), *fid.feature_statistics(real[j]))
+    )
   estimate = fid.frechet_distance(*fid.feature_statistics(fake), *fid.feature_statistics(real))
   assert result.value == pytest.approx(estimate, rel=1e-6)
   low, high = result.interval
-  assert (low, high) == pytest.approx(_subsample_interval(estimate, values, (4 / 8, 5 / 9), confidence=0.9),
-                                      rel=1e-6)
+  assert (low, high) == pytest.approx(
+    _subsample_interval(estimate, values, (4 / 8, 5 / 9), confidence=0.9), rel=1e-6
+  )
   # The command prints `value [lo, hi]` with the same numbers (6 decimals) and the method.
-  args = ["--samples", str(tmp_path / "f.npz"), "--reference", str(tmp_path / "r.npz"),
-          "--inception_path", graph_pb, "--noprogress", "--nojit_compile", "--batch_size", "4"]
-  assert fid.main(args + ["--subsamples", "20", "--subsample_seed", "3",
-                          "--confidence", "0.9"]) == 0
+  args = [
+    "--samples",
+    str(tmp_path / "f.npz"),
+    "--reference",
+    str(tmp_path / "r.npz"),
+    "--inception_path",
+    graph_pb,
+    "--noprogress",
+    "--nojit_compile",
+    "--batch_size",
+    "4",
+  ]
+  assert (
+    fid.main(args + ["--subsamples", "20", "--subsample_seed", "3", "--confidence", "0.9"]) == 0
+  )
   lines = capsys.readouterr().out.splitlines()
   assert lines == [
-      f"FID: {result.value:.6f} [{low:.6f}, {high:.6f}]",
-      "interval: 90% for the population value, 20 subsamples without replacement at rate 0.5 "
-      "(Politis-Romano-Wolf, finite-population corrected), seed 3",
-      "protocol: unknown"]
+    f"FID: {result.value:.6f} [{low:.6f}, {high:.6f}]",
+    "interval: 90% for the population value, 20 subsamples without replacement at rate 0.5 "
+    "(Politis-Romano-Wolf, finite-population corrected), seed 3",
+    "protocol: unknown",
+  ]
   # The removed flag and option say what replaces them.
   assert fid.main(args + ["--bootstrap", "20"]) == 2
   assert _one_error_line(capsys) == (
-      "error: --bootstrap was removed: resampling with replacement duplicates images, which "
-      "inflates FID and breaks KID's unbiased estimate; use --subsamples N (subsampling without "
-      "replacement, see docs/evaluation.md)")
+    "error: --bootstrap was removed: resampling with replacement duplicates images, which "
+    "inflates FID and breaks KID's unbiased estimate; use --subsamples N (subsampling without "
+    "replacement, see docs/evaluation.md)"
+  )
   with pytest.raises(TypeError, match="bootstrap was removed.*subsamples=N"):
     api.compute_fid(str(tmp_path / "f.npz"), reference=str(tmp_path / "r.npz"), bootstrap=20)
 
@@ -422,11 +626,16 @@ def test_fid_subsample_interval_against_statistics(tmp_path):
   rng = np.random.default_rng(2)
   fake = rng.normal(size=(12, 3))
   mu, sigma = rng.normal(size=3), np.cov(rng.normal(size=(20, 3)), rowvar=False)
-  low, high = fid.subsample_interval(fake, None, reference_stats=(mu, sigma), num=15, seed=1,
-                                     rate=0.25)
+  low, high = fid.subsample_interval(
+    fake, None, reference_stats=(mu, sigma), num=15, seed=1, rate=0.25
+  )
   draws = np.random.default_rng(1)
-  values = [fid.frechet_distance(*fid.feature_statistics(fake[draws.choice(12, 3, replace=False)]),
-                                 mu, sigma) for _ in range(15)]
+  values = [
+    fid.frechet_distance(
+      *fid.feature_statistics(fake[draws.choice(12, 3, replace=False)]), mu, sigma
+    )
+    for _ in range(15)
+  ]
   estimate = fid.frechet_distance(*fid.feature_statistics(fake), mu, sigma)
   q_lo, q_hi = np.quantile(np.asarray(values) - estimate, [0.025, 0.975])
   k = np.sqrt(0.25 / 0.75)
@@ -435,10 +644,12 @@ def test_fid_subsample_interval_against_statistics(tmp_path):
 
 def _numpy_precision_recall(real, fake, real_ids, fake_ids, k):
   """kynkaat's equations with bootstrap copies (same id) excluded from each other's k-NN."""
+
   def radii(x, ids):
     d = ((x[:, None] - x[None]) ** 2).sum(-1)
     d[ids[:, None] == ids[None, :]] = np.inf
     return np.sort(d, axis=1)[:, k - 1]
+
   rr, rf = radii(real, real_ids), radii(fake, fake_ids)
   d = ((fake[:, None] - real[None]) ** 2).sum(-1)  # [M, N]
   return (d <= rr[None]).any(1).mean(), (d <= rf[:, None]).any(0).mean()
@@ -467,18 +678,31 @@ def test_precision_recall_subsample_interval(capsys, tmp_path):
   fake = (rng.normal(size=(25, 5)) * 0.8 + 0.3).astype(np.float32)
   np.savez(tmp_path / "real.npz", fc2=real)
   np.savez(tmp_path / "fake.npz", fc2=fake)
-  assert precision_recall.main(["--samples", str(tmp_path / "fake.npz"), "--reference",
-                                str(tmp_path / "real.npz"), "--subsamples", "10"]) == 0
+  assert (
+    precision_recall.main(
+      [
+        "--samples",
+        str(tmp_path / "fake.npz"),
+        "--reference",
+        str(tmp_path / "real.npz"),
+        "--subsamples",
+        "10",
+      ]
+    )
+    == 0
+  )
   out = capsys.readouterr().out
   ids = lambda n: np.arange(n)
-  estimate = _numpy_precision_recall(real.astype(np.float64), fake.astype(np.float64), ids(30),
-                                     ids(25), 3)
+  estimate = _numpy_precision_recall(
+    real.astype(np.float64), fake.astype(np.float64), ids(30), ids(25), 3
+  )
   draws = np.random.default_rng(0)
   values = []
   for _ in range(10):
     fi, rj = draws.choice(25, 13, replace=False), draws.choice(30, 15, replace=False)
-    values.append(_numpy_precision_recall(real[rj].astype(np.float64),
-                                          fake[fi].astype(np.float64), rj, fi, 3))
+    values.append(
+      _numpy_precision_recall(real[rj].astype(np.float64), fake[fi].astype(np.float64), rj, fi, 3)
+    )
   want_low, want_high = _subsample_interval(estimate, values, (13 / 25, 15 / 30))
   for column, name in enumerate(("precision", "recall")):
     value, (low, high) = _value(out, name)
@@ -493,9 +717,23 @@ def test_kid_subsample_interval(tmp_path, capsys):
   real, fake = rng.normal(size=(12, 4)), rng.normal(size=(10, 4)) + 0.5
   np.savez(tmp_path / "real.npz", pool_3=real)
   np.savez(tmp_path / "fake.npz", pool_3=fake)
-  assert kid.main(["--samples", str(tmp_path / "fake.npz"), "--reference",
-                   str(tmp_path / "real.npz"), "--subsamples", "8", "--num_subsets", "3",
-                   "--subset_size", "5"]) == 0
+  assert (
+    kid.main(
+      [
+        "--samples",
+        str(tmp_path / "fake.npz"),
+        "--reference",
+        str(tmp_path / "real.npz"),
+        "--subsamples",
+        "8",
+        "--num_subsets",
+        "3",
+        "--subset_size",
+        "5",
+      ]
+    )
+    == 0
+  )
   value, (low, high) = _value(capsys.readouterr().out, "KID")
   estimate = kid.kernel_inception_distance(real, fake, num_subsets=3, subset_size=5)[0]
   assert value == pytest.approx(estimate, rel=1e-5)
@@ -503,11 +741,11 @@ def test_kid_subsample_interval(tmp_path, capsys):
   values = []
   for _ in range(8):  # subsets of 5 of >= 10 rows: of round(0.5 * 5) = 3 of the half-samples
     i, j = draws.choice(10, 5, replace=False), draws.choice(12, 6, replace=False)
-    values.append(kid.kernel_inception_distance(real[j], fake[i], num_subsets=3,
-                                                subset_size=3)[0])
+    values.append(kid.kernel_inception_distance(real[j], fake[i], num_subsets=3, subset_size=3)[0])
   # KID is unbiased: deviations from the replicates' mean (the estimate's own subsets aside).
-  assert (low, high) == pytest.approx(_subsample_interval(estimate, values, (5 / 10, 6 / 12),
-                                                          center=np.mean(values)), rel=1e-5)
+  assert (low, high) == pytest.approx(
+    _subsample_interval(estimate, values, (5 / 10, 6 / 12), center=np.mean(values)), rel=1e-5
+  )
 
 
 # --------------------------------------------------------------------------- named references
@@ -519,19 +757,35 @@ def _write_idx(path, images):
     f.write(struct.pack(">4I", 2051, *images.shape[:3]) + images.tobytes())
 
 
-def test_tfds_reference_reads_the_local_copy_once_and_caches(tmp_path, graph_pb, model, capsys,
-                                                            monkeypatch):
+def test_tfds_reference_reads_the_local_copy_once_and_caches(
+  tmp_path, graph_pb, model, capsys, monkeypatch
+):
   digits = _images(6, size=28, channels=1, seed=12)
   _write_idx(tmp_path / "data" / "mnist" / "t10k-images-idx3-ubyte.gz", digits[..., 0])
   monkeypatch.setenv("GENMODELS_DATA_DIR", str(tmp_path / "data"))
   samples = tmp_path / "s.npy"
   np.save(samples, _images(5, size=28, channels=1, seed=13))
-  args = ["--samples", str(samples), "--reference", "tfds:mnist/test", "--inception_path",
-          graph_pb, "--noprogress", "--nojit_compile"]
-  result = api.compute_fid(str(samples), reference="tfds:mnist/test", inception_path=graph_pb,
-                           batch_size=4, jit_compile=False)
-  want = fid.frechet_distance(*fid.feature_statistics(_pool3(model, np.load(samples))),
-                              *fid.feature_statistics(_pool3(model, digits)))
+  args = [
+    "--samples",
+    str(samples),
+    "--reference",
+    "tfds:mnist/test",
+    "--inception_path",
+    graph_pb,
+    "--noprogress",
+    "--nojit_compile",
+  ]
+  result = api.compute_fid(
+    str(samples),
+    reference="tfds:mnist/test",
+    inception_path=graph_pb,
+    batch_size=4,
+    jit_compile=False,
+  )
+  want = fid.frechet_distance(
+    *fid.feature_statistics(_pool3(model, np.load(samples))),
+    *fid.feature_statistics(_pool3(model, digits)),
+  )
   assert result.value == pytest.approx(want, rel=1e-4)
   assert result.protocols["reference"]["image_count"] == 6
   os.remove(tmp_path / "data" / "mnist" / "t10k-images-idx3-ubyte.gz")
@@ -541,11 +795,26 @@ def test_tfds_reference_reads_the_local_copy_once_and_caches(tmp_path, graph_pb,
   assert _protocol_line(out)["reference"] == "6x28x28x1:uint8"
   # Offline, nothing local, nothing prepared: one line, exit 2.
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
-  assert fid.main(["--samples", str(samples), "--reference", "tfds:mnist/train", "--nodownload",
-                   "--inception_path", graph_pb, "--noprogress"]) == 2
+  assert (
+    fid.main(
+      [
+        "--samples",
+        str(samples),
+        "--reference",
+        "tfds:mnist/train",
+        "--nodownload",
+        "--inception_path",
+        graph_pb,
+        "--noprogress",
+      ]
+    )
+    == 2
+  )
   assert "not available offline" in _one_error_line(capsys)
-  assert fid.main(["--samples", str(samples), "--reference", "tfds:mnist", "--inception_path",
-                   graph_pb]) == 2
+  assert (
+    fid.main(["--samples", str(samples), "--reference", "tfds:mnist", "--inception_path", graph_pb])
+    == 2
+  )
   assert "tfds:<name>/<split>" in _one_error_line(capsys)
 
 
@@ -555,8 +824,17 @@ def test_tfds_reference_reads_the_local_copy_once_and_caches(tmp_path, graph_pb,
 def test_device_precision_and_vgg_flags(tmp_path, graph_pb, capsys):
   samples = tmp_path / "s.npy"
   np.save(samples, _images(4, seed=14))
-  base = ["--samples", str(samples), "--reference", str(samples), "--inception_path", graph_pb,
-          "--noprogress", "--nocache", "--nojit_compile"]
+  base = [
+    "--samples",
+    str(samples),
+    "--reference",
+    str(samples),
+    "--inception_path",
+    graph_pb,
+    "--noprogress",
+    "--nocache",
+    "--nojit_compile",
+  ]
   assert fid.main(base + ["--device", "tpu:7"]) == 2
   assert "--device tpu:7: no such device" in _one_error_line(capsys)
   assert fid.main(base + ["--precision", "float16"]) == 2
@@ -566,9 +844,25 @@ def test_device_precision_and_vgg_flags(tmp_path, graph_pb, capsys):
   assert _protocol_line(out)["precision"] == "bfloat16"
   assert abs(_value(out, "FID")[0]) < 1e-3
   # The torch-fidelity VGG-16 is looked up (and reported missing) on its own path.
-  assert precision_recall.main(["--samples", str(samples), "--reference", str(samples),
-                                "--vgg", "torch-fidelity", "--nodownload"]) == 2
+  assert (
+    precision_recall.main(
+      [
+        "--samples",
+        str(samples),
+        "--reference",
+        str(samples),
+        "--vgg",
+        "torch-fidelity",
+        "--nodownload",
+      ]
+    )
+    == 2
+  )
   assert "vgg16-397923af.pth" in _one_error_line(capsys)
-  assert precision_recall.main(["--samples", str(samples), "--reference", str(samples),
-                                "--vgg", "caffe"]) == 2
+  assert (
+    precision_recall.main(
+      ["--samples", str(samples), "--reference", str(samples), "--vgg", "caffe"]
+    )
+    == 2
+  )
   _one_error_line(capsys)

@@ -50,8 +50,9 @@ def toy_task():
   def loss_fn(model, batch, ctx):
     pred = model(batch, training=True)
     reg = 1e-2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in model.trainable_variables])
-    return harness.LossOutput(per_example=tf.reduce_sum(tf.square(pred - batch), axis=-1),
-                              regularizer=reg)
+    return harness.LossOutput(
+      per_example=tf.reduce_sum(tf.square(pred - batch), axis=-1), regularizer=reg
+    )
 
   def clip(grads, variables):
     return tf.clip_by_global_norm(grads, 1.0)[0]
@@ -65,14 +66,26 @@ def vampprior_task():
   from experiments import vampprior_train as vampprior_experiment
   from vampprior_tf import distributions, optim, priors
   from vampprior_tf import model as models
+
   shape = (4, 4, 1)
   prior = priors.VampPrior(num_components=3, image_shape=shape, init_mean=0.05, init_std=0.01)
-  model = models.HVAE2Level(image_shape=shape, observation=distributions.Bernoulli(), prior=prior,
-                            z1_dim=2, z2_dim=2, hidden_units=8, seed=5)
+  model = models.HVAE2Level(
+    image_shape=shape,
+    observation=distributions.Bernoulli(),
+    prior=prior,
+    z1_dim=2,
+    z2_dim=2,
+    hidden_units=8,
+    seed=5,
+  )
   model(tf.zeros((2,) + shape))
   data = (np.random.RandomState(0).rand(NUM_EXAMPLES, *shape) > 0.5).astype(np.float32)
-  return (model, vampprior_experiment.make_loss_fn(warmup=2), optim.normalize_gradients,
-          tf.data.Dataset.from_tensor_slices(data))
+  return (
+    model,
+    vampprior_experiment.make_loss_fn(warmup=2),
+    optim.normalize_gradients,
+    tf.data.Dataset.from_tensor_slices(data),
+  )
 
 
 class NoisyNet(keras.Model):
@@ -87,8 +100,9 @@ class NoisyNet(keras.Model):
     self.seen = self.add_weight(shape=(6,), initializer="zeros", trainable=False, name="seen")
 
   def call(self, x, training=False):
-    return self.out(self.hidden(x + keras.random.normal(tf.shape(x), stddev=0.1,
-                                                        seed=self.seed_generator)))
+    return self.out(
+      self.hidden(x + keras.random.normal(tf.shape(x), stddev=0.1, seed=self.seed_generator))
+    )
 
 
 HOOK_DRAWS = 15  # random draws of the epoch-end hook (as NVAE's sample grids and reconstructions)
@@ -125,22 +139,40 @@ def main(argv=None):
   parser.add_argument("--kill_at_step", type=int, default=None)
   parser.add_argument("--checkpoint_every", type=int, default=2, help="0: at epoch ends")
   args = parser.parse_args(argv)
-  strategy = harness.setup_runtime(strategy="multi_worker" if "TF_CONFIG" in os.environ else "default",
-                                   deterministic=True, seed=1)
+  strategy = harness.setup_runtime(
+    strategy="multi_worker" if "TF_CONFIG" in os.environ else "default", deterministic=True, seed=1
+  )
   for task in args.tasks.split(","):
     keras.utils.set_random_seed(1)
     with strategy.scope():
       model, loss_fn, grad_transform, data, *hook = TASKS[task]()
-      optimizer = (keras.optimizers.Adam(0.01) if hook  # slots (moments) to compare too
-                   else keras.optimizers.SGD(0.1))
+      optimizer = (
+        keras.optimizers.Adam(0.01)
+        if hook  # slots (moments) to compare too
+        else keras.optimizers.SGD(0.1)
+      )
     logdir = os.path.join(args.logdir, task)
     early = dict(early_stopping_metric="val", early_stopping_patience=100) if hook else {}
-    config = harness.TrainConfig(logdir=logdir, batch_size=GLOBAL_BATCH, epochs=args.epochs, seed=5,
-                                 log_every=1, checkpoint_every=args.checkpoint_every or None,
-                                 progress=False, **early)
-    trainer = harness.Trainer(config=config, strategy=strategy, model=model, optimizer=optimizer,
-                              loss_fn=loss_fn, train_data=data, grad_transform=grad_transform,
-                              epoch_end_fn=hook[0] if hook else None)
+    config = harness.TrainConfig(
+      logdir=logdir,
+      batch_size=GLOBAL_BATCH,
+      epochs=args.epochs,
+      seed=5,
+      log_every=1,
+      checkpoint_every=args.checkpoint_every or None,
+      progress=False,
+      **early,
+    )
+    trainer = harness.Trainer(
+      config=config,
+      strategy=strategy,
+      model=model,
+      optimizer=optimizer,
+      loss_fn=loss_fn,
+      train_data=data,
+      grad_transform=grad_transform,
+      epoch_end_fn=hook[0] if hook else None,
+    )
     if args.kill_at_step is not None:
       step_fn = trainer._train_step
 
@@ -150,6 +182,7 @@ def main(argv=None):
         if int(trainer.step.numpy()) == args.kill_at_step:  # noqa: B023
           os.kill(os.getpid(), signal.SIGKILL)
         return out
+
       trainer._train_step = step_then_maybe_die
     try:
       trainer.fit()
@@ -158,14 +191,21 @@ def main(argv=None):
       sys.exit(128 + e.signum)
     except harness.WorkerLost as e:
       from experiments import flags as common
-      command = " ".join(["python -m tests.experiments.distributed_worker",
-                          *(argv if argv is not None else sys.argv[1:])])
+
+      command = " ".join(
+        [
+          "python -m tests.experiments.distributed_worker",
+          *(argv if argv is not None else sys.argv[1:]),
+        ]
+      )
       common.exit_now(common.report_worker_lost(e, command))
     if trainer.is_chief:
       np.savez(os.path.join(logdir, "weights.npz"), *[v.numpy() for v in model.weights])
       if hook:  # the whole resume state: model variables (RNG state, data witness), slots, step
+
         def state(model=model, optimizer=optimizer, trainer=trainer):
           return [v.numpy() for v in [*model.variables, *optimizer.variables, trainer.step]]
+
         np.savez(os.path.join(logdir, "state.npz"), *state())
         trainer.restore_best()
         np.savez(os.path.join(logdir, "best.npz"), *state())
@@ -186,12 +226,17 @@ def child(argv, env, log_path):
 # What the fork server imports once: this module (TensorFlow, Keras, the harness) and the VampPrior
 # task's modules. Every process forked from it still builds its own TensorFlow runtime, cluster and
 # model; only the 3 s interpreter start and import per process are shared.
-PRELOAD = ["tests.experiments.distributed_worker", "experiments.vampprior_train", "vampprior_tf.model"]
+PRELOAD = [
+  "tests.experiments.distributed_worker",
+  "experiments.vampprior_train",
+  "vampprior_tf.model",
+]
 
 
 def start(argv, *, env, log_path):
   """Starts `child` in a new process forked from a server that has imported `PRELOAD` once."""
   import multiprocessing
+
   context = multiprocessing.get_context("forkserver")
   context.set_forkserver_preload(PRELOAD)
   process = context.Process(target=child, args=(argv, env, str(log_path)))

@@ -20,7 +20,8 @@ def test_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys):
   for logdir, carry_dir in [(runs, runs), (runs, runs / "carried"), (runs / "row", runs)]:
     assert carry.main([f"--logdir={logdir}", f"--carry_dir={carry_dir}"]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: --logdir {logdir} and --carry_dir {carry_dir} must not contain each other")
+      f"error: --logdir {logdir} and --carry_dir {carry_dir} must not contain each other"
+    )
   assert (runs / "row" / "status.json").exists()
   assert carry.main([f"--logdir={runs}"]) == 2  # --carry_dir is required
   assert capsys.readouterr().err.strip() == "error: --carry_dir is required"

@@ -27,21 +27,34 @@ pytestmark = pytest.mark.slow  # 33 small training processes: ~65 s on a busy 2-
 TIMEOUT = 300
 EPOCH_END = 8  # the end of epoch 2 (4 steps per epoch)
 CASES = [  # (point, step, --checkpoint_every; 0 = at epoch ends)
-    ("step", 6, 0),  # mid-epoch: back to the epoch-1 checkpoint
-    ("step", EPOCH_END, 0),  # the epoch's last update, before its hook
-    *[(point, EPOCH_END, 0) for point in harness.CRASH_POINTS if point != "step"],
-    ("checkpoint_files", 6, 3),  # a mid-epoch checkpoint (every 3 steps)
-    ("checkpoint", 9, 3),
-    ("epoch_end_fn", EPOCH_END, 3),  # at an epoch end that is no multiple of 3
+  ("step", 6, 0),  # mid-epoch: back to the epoch-1 checkpoint
+  ("step", EPOCH_END, 0),  # the epoch's last update, before its hook
+  *[(point, EPOCH_END, 0) for point in harness.CRASH_POINTS if point != "step"],
+  ("checkpoint_files", 6, 3),  # a mid-epoch checkpoint (every 3 steps)
+  ("checkpoint", 9, 3),
+  ("epoch_end_fn", EPOCH_END, 3),  # at an epoch end that is no multiple of 3
 ]
 # A SIGTERM arriving at these points: the run saves after the step in hand and exits 128 + 15.
-TERM_CASES = [("step", 6, 0), ("epoch_end_fn", EPOCH_END, 0), ("best_checkpoint", EPOCH_END, 0),
-              ("checkpoint_files", EPOCH_END, 0), ("epoch_end_fn", EPOCH_END, 3)]
+TERM_CASES = [
+  ("step", 6, 0),
+  ("epoch_end_fn", EPOCH_END, 0),
+  ("best_checkpoint", EPOCH_END, 0),
+  ("checkpoint_files", EPOCH_END, 0),
+  ("epoch_end_fn", EPOCH_END, 3),
+]
 
 
 def _run(logdir, *, checkpoint_every=0, crash_at=None):
-  argv = ["--logdir", str(logdir), "--tasks", "hooked", "--epochs", "3",
-          "--checkpoint_every", str(checkpoint_every)]
+  argv = [
+    "--logdir",
+    str(logdir),
+    "--tasks",
+    "hooked",
+    "--epochs",
+    "3",
+    "--checkpoint_every",
+    str(checkpoint_every),
+  ]
   env = {"TF_CPP_MIN_LOG_LEVEL": "2", harness.CRASH_ENV: crash_at or ""}
   os.makedirs(logdir, exist_ok=True)
   log = f"{logdir}.log" if crash_at is None else f"{logdir}-crash.log"
@@ -72,9 +85,14 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("crash")
   cases = CASES + [(*case, "SIGTERM") for case in TERM_CASES]
   reference = _run(root / "reference")
-  crashed = {case: _run(root / _name(case), checkpoint_every=case[2],
-                        crash_at=f"{case[0]}@{case[1]}" + (f":{case[3]}" if len(case) > 3 else ""))
-             for case in cases}
+  crashed = {
+    case: _run(
+      root / _name(case),
+      checkpoint_every=case[2],
+      crash_at=f"{case[0]}@{case[1]}" + (f":{case[3]}" if len(case) > 3 else ""),
+    )
+    for case in cases
+  }
   after_crash = {}
   for case, started in crashed.items():
     code = _wait(started)
@@ -86,19 +104,26 @@ def runs(tmp_path_factory):
     code = _wait(started)
     with open(started[1]) as f:
       assert code == 0, f.read()[-3000:]
-  return ({case: root / _name(case) / "hooked" for case in cases}, root / "reference" / "hooked",
-          after_crash)
+  return (
+    {case: root / _name(case) / "hooked" for case in cases},
+    root / "reference" / "hooked",
+    after_crash,
+  )
 
 
 def _disk_state(logdir):
   """What a crashed run left: the newest checkpoint TensorFlow recorded, and the step and
   checkpoint of status.json (the manifest a rerun resumes from)."""
   import tensorflow as tf
+
   latest = tf.train.latest_checkpoint(str(logdir / "checkpoints"))
   status_path = logdir / "status.json"
   status = json.loads(status_path.read_text()) if status_path.exists() else {}
-  return dict(newest=int(latest.rsplit("-", 1)[1]) if latest else None, status=status.get("step"),
-              manifest=os.path.basename(status.get("checkpoint") or ""))
+  return dict(
+    newest=int(latest.rsplit("-", 1)[1]) if latest else None,
+    status=status.get("step"),
+    manifest=os.path.basename(status.get("checkpoint") or ""),
+  )
 
 
 def _resumed_from(logdir) -> str:
@@ -109,23 +134,23 @@ def _resumed_from(logdir) -> str:
 # Where each crash leaves the run: the step of the last save that completed (status.json written),
 # and the newest checkpoint files TensorFlow recorded (a save cut short before its status.json).
 AFTER_CRASH = {
-    ("step", 6, 0): (4, 4),
-    ("step", EPOCH_END, 0): (4, 4),
-    ("epoch_end_fn", EPOCH_END, 0): (4, 4),
-    ("best_checkpoint_files", EPOCH_END, 0): (4, 4),
-    ("best_checkpoint", EPOCH_END, 0): (4, 4),
-    ("checkpoint_files", EPOCH_END, 0): (4, 4),
-    ("checkpoint", EPOCH_END, 0): (4, EPOCH_END),
-    ("status", EPOCH_END, 0): (EPOCH_END, EPOCH_END),
-    ("checkpoint_files", 6, 3): (4, 4),
-    ("checkpoint", 9, 3): (EPOCH_END, 9),
-    ("epoch_end_fn", EPOCH_END, 3): (6, 6),
-    # SIGTERM: the step in hand (and the epoch end's hook and checkpoint) done, then a save.
-    ("step", 6, 0, "SIGTERM"): (6, 6),
-    ("epoch_end_fn", EPOCH_END, 0, "SIGTERM"): (9, 9),
-    ("best_checkpoint", EPOCH_END, 0, "SIGTERM"): (9, 9),
-    ("checkpoint_files", EPOCH_END, 0, "SIGTERM"): (9, 9),
-    ("epoch_end_fn", EPOCH_END, 3, "SIGTERM"): (9, 9),
+  ("step", 6, 0): (4, 4),
+  ("step", EPOCH_END, 0): (4, 4),
+  ("epoch_end_fn", EPOCH_END, 0): (4, 4),
+  ("best_checkpoint_files", EPOCH_END, 0): (4, 4),
+  ("best_checkpoint", EPOCH_END, 0): (4, 4),
+  ("checkpoint_files", EPOCH_END, 0): (4, 4),
+  ("checkpoint", EPOCH_END, 0): (4, EPOCH_END),
+  ("status", EPOCH_END, 0): (EPOCH_END, EPOCH_END),
+  ("checkpoint_files", 6, 3): (4, 4),
+  ("checkpoint", 9, 3): (EPOCH_END, 9),
+  ("epoch_end_fn", EPOCH_END, 3): (6, 6),
+  # SIGTERM: the step in hand (and the epoch end's hook and checkpoint) done, then a save.
+  ("step", 6, 0, "SIGTERM"): (6, 6),
+  ("epoch_end_fn", EPOCH_END, 0, "SIGTERM"): (9, 9),
+  ("best_checkpoint", EPOCH_END, 0, "SIGTERM"): (9, 9),
+  ("checkpoint_files", EPOCH_END, 0, "SIGTERM"): (9, 9),
+  ("epoch_end_fn", EPOCH_END, 3, "SIGTERM"): (9, 9),
 }
 
 
@@ -137,11 +162,11 @@ def test_status_json_names_what_a_rerun_resumes_from(runs):
   for case, (saved, newest) in AFTER_CRASH.items():
     assert after_crash[case] == dict(newest=newest, status=saved, manifest=f"ckpt-{saved}"), case
     assert _resumed_from(logdirs[case]).startswith(
-        f"Resumed from {logdirs[case] / 'checkpoints' / f'ckpt-{saved}'} at step {saved}"), case
+      f"Resumed from {logdirs[case] / 'checkpoints' / f'ckpt-{saved}'} at step {saved}"
+    ), case
 
 
-@pytest.mark.parametrize("case", CASES + [(*c, "SIGTERM") for c in TERM_CASES],
-                         ids=_name)
+@pytest.mark.parametrize("case", CASES + [(*c, "SIGTERM") for c in TERM_CASES], ids=_name)
 def test_killed_and_rerun_equals_uninterrupted(runs, case):
   logdirs, reference, _ = runs
   for name in ("state.npz", "best.npz"):

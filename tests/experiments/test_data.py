@@ -32,11 +32,13 @@ def data_dir(tmp_path):
   for split, n in (("train", 6), ("valid", 3), ("test", 2)):
     rows = RNG.randint(0, 2, (n, 784))
     (binarized / f"binarized_mnist_{split}.amat").write_text(
-        "\n".join(" ".join(map(str, r)) for r in rows) + "\n")
+      "\n".join(" ".join(map(str, r)) for r in rows) + "\n"
+    )
   frey = tmp_path / "frey_faces"
   frey.mkdir()
-  scipy.io.savemat(frey / "frey_rawface.mat",
-                   {"ff": RNG.randint(8, 239, (560, 40)).astype(np.uint8)})
+  scipy.io.savemat(
+    frey / "frey_rawface.mat", {"ff": RNG.randint(8, 239, (560, 40)).astype(np.uint8)}
+  )
   return tmp_path
 
 
@@ -48,7 +50,9 @@ def test_mnist_idx(data_dir):
   images = as_array(data.load("mnist", "train", data_dir=str(data_dir)))
   assert images.shape == (12, 28, 28, 1) and images.dtype == np.float32
   assert 0.0 <= images.min() and images.max() <= 1.0
-  raw = np.frombuffer(gzip.open(data_dir / "mnist" / "train-images-idx3-ubyte.gz").read()[16:], np.uint8)
+  raw = np.frombuffer(
+    gzip.open(data_dir / "mnist" / "train-images-idx3-ubyte.gz").read()[16:], np.uint8
+  )
   np.testing.assert_allclose(images.reshape(-1), raw / 255.0, atol=1e-7)
   pairs = list(data.load("mnist", "test", data_dir=str(data_dir), with_labels=True))
   assert len(pairs) == 5 and [int(l) for _, l in pairs] == [0, 1, 2, 3, 4]
@@ -70,8 +74,11 @@ def test_amat_reader_values_and_layouts(data_dir, tmp_path):
   expected = np.loadtxt(path, dtype=np.float32).reshape(-1, 28, 28, 1)
   np.testing.assert_array_equal(data.read_amat(str(path)), expected)
   text = path.read_text()
-  for name, variant in (("crlf", text.replace("\n", "\r\n")), ("no_final_newline", text.rstrip()),
-                        ("floats", text.replace("1", "1.0"))):
+  for name, variant in (
+    ("crlf", text.replace("\n", "\r\n")),
+    ("no_final_newline", text.rstrip()),
+    ("floats", text.replace("1", "1.0")),
+  ):
     (tmp_path / name).write_text(variant)
     np.testing.assert_array_equal(data.read_amat(str(tmp_path / name)), expected, err_msg=name)
   (tmp_path / "two").write_text(text.replace("1", "2"))
@@ -84,8 +91,10 @@ def test_amat_reader_values_and_layouts(data_dir, tmp_path):
 
 
 def test_frey_faces_fixed_split(data_dir):
-  splits = {s: as_array(data.load("frey_faces", s, data_dir=str(data_dir)))
-            for s in ("train", "valid", "test")}
+  splits = {
+    s: as_array(data.load("frey_faces", s, data_dir=str(data_dir)))
+    for s in ("train", "valid", "test")
+  }
   assert sum(len(v) for v in splits.values()) == 40
   assert splits["train"].shape[1:] == (28, 20, 1)
   faces = scipy.io.loadmat(data_dir / "frey_faces" / "frey_rawface.mat")["ff"].T.astype(int)
@@ -118,7 +127,8 @@ def test_dynamic_binarization_fresh_and_reproducible():
   assert not np.array_equal(a, c)
   assert abs(a.mean() - 0.3) < 0.03  # Bernoulli(0.3)
   pairs = data.dynamic_binarization(
-      tf.data.Dataset.from_tensor_slices((np.ones((3, 2, 2, 1), np.float32), np.arange(3))), seed=0)
+    tf.data.Dataset.from_tensor_slices((np.ones((3, 2, 2, 1), np.float32), np.arange(3))), seed=0
+  )
   assert [int(l) for _, l in pairs] == [0, 1, 2]
 
 
@@ -148,8 +158,9 @@ def test_missing_and_corrupt_files(data_dir, tmp_path, monkeypatch):
   path = data_dir / "mnist" / "t10k-images-idx3-ubyte.gz"
   with pytest.raises(data.DataError) as error:
     data.load("mnist", "test", data_dir=str(data_dir))
-  assert str(error.value) == (f"corrupt IDX file {path}: only 12 bytes, the header of a "
-                              "3-dimensional array needs 16")
+  assert str(error.value) == (
+    f"corrupt IDX file {path}: only 12 bytes, the header of a 3-dimensional array needs 16"
+  )
   (data_dir / "binarized_mnist" / "binarized_mnist_test.amat").write_text("0 1 0\n")
   with pytest.raises(data.DataError, match="line 1 has 3 values"):
     data.load("binarized_mnist", "test", data_dir=str(data_dir))
@@ -158,8 +169,10 @@ def test_missing_and_corrupt_files(data_dir, tmp_path, monkeypatch):
 SHARED = os.environ.get(data.DATA_DIR_ENV)
 
 
-@pytest.mark.skipif(not SHARED or not os.path.isdir(os.path.join(SHARED or "", "binarized_mnist")),
-                    reason="offline data copy not present (set GENMODELS_DATA_DIR)")
+@pytest.mark.skipif(
+  not SHARED or not os.path.isdir(os.path.join(SHARED or "", "binarized_mnist")),
+  reason="offline data copy not present (set GENMODELS_DATA_DIR)",
+)
 def test_real_offline_files():
   counts = {"train": 50_000, "valid": 10_000, "test": 10_000}
   for split, n in counts.items():
@@ -177,9 +190,12 @@ def test_real_offline_files():
     data.load("mnist", "train")  # not in the offline copy: clear error
 
 
-@pytest.mark.skipif(not SHARED or not os.path.isdir(os.path.join(SHARED or "", "binarized_mnist"))
-                    or not os.path.isdir(os.path.join(SHARED or "", "mnist")),
-                    reason="offline data copy not present (set GENMODELS_DATA_DIR)")
+@pytest.mark.skipif(
+  not SHARED
+  or not os.path.isdir(os.path.join(SHARED or "", "binarized_mnist"))
+  or not os.path.isdir(os.path.join(SHARED or "", "mnist")),
+  reason="offline data copy not present (set GENMODELS_DATA_DIR)",
+)
 def test_binarized_mnist_test_file_is_sorted_by_class():
   """Why test subsets are random (`data.subset`), never the first N: the label of every 100th image
   of the static binarized MNIST test file, read off its nearest grey MNIST test image (Hamming
@@ -188,8 +204,10 @@ def test_binarized_mnist_test_file_is_sorted_by_class():
   binary, _ = data.load_arrays("binarized_mnist", "test")
   grey, labels = data.load_arrays("mnist", "test")
   grey = grey.reshape(len(grey), -1) > 0.5
+
   def label(image):
     return int(labels[np.argmin((grey != (image.ravel() > 0.5)).sum(axis=1))])
+
   every_100th = [label(binary[i]) for i in range(0, 10_000, 100)]
   assert every_100th == sorted(every_100th)
   starts = np.concatenate([[0], np.cumsum(np.bincount(labels))[:-1]])  # 0, 980, 2115, ...
@@ -203,6 +221,7 @@ def test_named_reference_reads_the_loaders_files(data_dir, monkeypatch):
   """`--reference tfds:mnist/test` (evaluation.references) finds and reads the same files as the
   training loader, with the same reader: same images, also unzipped, same error messages."""
   from evaluation import image_io, references
+
   assert references.DATA_DIR_ENV == data.DATA_DIR_ENV == "GENMODELS_DATA_DIR"
   monkeypatch.setenv(data.DATA_DIR_ENV, str(data_dir))
   images, _ = data.load_arrays("mnist", "test")
@@ -213,7 +232,8 @@ def test_named_reference_reads_the_loaders_files(data_dir, monkeypatch):
   (data_dir / "mnist" / "t10k-images-idx3-ubyte").write_bytes(gzip.open(gz).read())
   gz.unlink()
   np.testing.assert_array_equal(
-      references.NamedReference("tfds:mnist/test").load(download=False), named)
+    references.NamedReference("tfds:mnist/test").load(download=False), named
+  )
   np.testing.assert_array_equal(data.load_arrays("mnist", "test")[0], images)
   labels_header = struct.pack(">II", 2049, 3)  # a labels file under the images file's name
   (data_dir / "mnist" / "t10k-images-idx3-ubyte").write_bytes(labels_header + bytes(3))
@@ -221,6 +241,11 @@ def test_named_reference_reads_the_loaders_files(data_dir, monkeypatch):
     data.load_arrays("mnist", "test")
   with pytest.raises(image_io.ImageInputError) as from_reference:
     references.NamedReference("tfds:mnist/test").load(download=False)
-  assert str(from_reference.value) == str(from_loader.value) == (
+  assert (
+    str(from_reference.value)
+    == str(from_loader.value)
+    == (
       f"corrupt IDX file {data_dir / 'mnist' / 't10k-images-idx3-ubyte'}: magic number "
-      "0x00000801, expected 0x00000803")
+      "0x00000801, expected 0x00000803"
+    )
+  )

@@ -40,7 +40,9 @@ class _Process:
     if tf_config is not None:
       env["TF_CONFIG"] = json.dumps(tf_config)
     os.makedirs(logdir, exist_ok=True)
-    self.log = os.path.join(os.path.dirname(logdir), f"{os.path.basename(logdir)}-{_Process.count}.log")
+    self.log = os.path.join(
+      os.path.dirname(logdir), f"{os.path.basename(logdir)}-{_Process.count}.log"
+    )
     _Process.count += 1
     self.process = distributed_worker.start(argv, env=env, log_path=self.log)
 
@@ -65,9 +67,15 @@ def _finish(proc):
 def _cluster(logdir, *, kill_worker_at_step=None, tasks="toy"):
   ports = _free_ports(2)
   workers = [f"127.0.0.1:{p}" for p in ports]
-  procs = [_Process(logdir, tasks=tasks,
-                  tf_config={"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}},
-                  kill_at_step=kill_worker_at_step if i == 1 else None) for i in range(2)]
+  procs = [
+    _Process(
+      logdir,
+      tasks=tasks,
+      tf_config={"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}},
+      kill_at_step=kill_worker_at_step if i == 1 else None,
+    )
+    for i in range(2)
+  ]
   return procs
 
 
@@ -105,5 +113,7 @@ def test_two_workers_equal_one_process_and_resume_after_a_lost_worker(tmp_path):
   # Two workers (killed and resumed in the toy task) == one uninterrupted process.
   for a, b in zip(_weights(tmp_path / "single"), _weights(tmp_path / "two")):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  for a, b in zip(_weights(tmp_path / "single", "vampprior"), _weights(tmp_path / "two", "vampprior")):
+  for a, b in zip(
+    _weights(tmp_path / "single", "vampprior"), _weights(tmp_path / "two", "vampprior")
+  ):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)

@@ -20,6 +20,7 @@ def parse():
   def _parse(*args):
     FLAGS.unparse_flags()
     FLAGS(["prog"] + list(args))
+
   yield _parse
   FLAGS.unparse_flags()
 
@@ -27,13 +28,18 @@ def parse():
 def test_full_run_writes_results_and_smoke_run_writes_under_its_logdir(parse, tmp_path):
   parse()
   assert common.results_dir("runs/x") == "results"
-  assert common.results_file("test_page", logdir="runs/x") == os.path.join("results", "test_page.md")
+  assert common.results_file("test_page", logdir="runs/x") == os.path.join(
+    "results", "test_page.md"
+  )
   parse("--max_steps=3")
   assert common.results_dir("runs/x") == os.path.join("runs/x", "results")
-  assert common.results_file("test_page", logdir="runs/x") == os.path.join("runs/x", "results",
-                                                                           "test_page.md")
+  assert common.results_file("test_page", logdir="runs/x") == os.path.join(
+    "runs/x", "results", "test_page.md"
+  )
   parse("--max_steps=3", f"--results_dir={tmp_path}")  # asked for explicitly
-  assert common.results_file("test_page", logdir="runs/x") == os.path.join(str(tmp_path), "test_page.md")
+  assert common.results_file("test_page", logdir="runs/x") == os.path.join(
+    str(tmp_path), "test_page.md"
+  )
   parse("--max_steps=3", "--test_page=elsewhere/page.md")
   assert common.results_file("test_page", logdir="runs/x") == "elsewhere/page.md"
 
@@ -55,10 +61,16 @@ def test_numeric_flags_and_logdir_are_checked(parse, tmp_path):
 
 
 def test_bad_flag_is_one_error_line_and_exit_2():
-  out = subprocess.run([sys.executable, "-m", "experiments.vampprior", "--batch_size=0"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  out = subprocess.run(
+    [sys.executable, "-m", "experiments.vampprior", "--batch_size=0"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+  )
   assert out.returncode == 2
   lines = [l for l in out.stderr.splitlines() if l.startswith("error:")]
   assert lines == ["error: flag --batch_size=0: 0 is not >= 1"] or (
-      len(lines) == 1 and "--batch_size" in lines[0]), out.stderr[-2000:]
+    len(lines) == 1 and "--batch_size" in lines[0]
+  ), out.stderr[-2000:]

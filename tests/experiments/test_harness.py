@@ -29,7 +29,11 @@ class TinyModel(keras.Model):
     noise = keras.random.normal(tf.shape(x), stddev=0.1, dtype=x.dtype, seed=self.seed_generator)
     h = self.hidden(x + noise)
     for block in self.blocks:
-      h = block(h, training=training) if isinstance(block, keras.layers.BatchNormalization) else block(h)
+      h = (
+        block(h, training=training)
+        if isinstance(block, keras.layers.BatchNormalization)
+        else block(h)
+      )
     return self.out(h)
 
 
@@ -38,8 +42,9 @@ def tiny_loss(model, batch, ctx):
   per_example = tf.reduce_sum(tf.square(pred - batch), axis=-1)
   weight_decay = 1e-3 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in model.trainable_variables])
   beta = tf.cast(ctx.step, tf.float32) / ctx.total_steps
-  return harness.LossOutput(per_example=per_example, regularizer=weight_decay,
-                            metrics={"beta": beta})
+  return harness.LossOutput(
+    per_example=per_example, regularizer=weight_decay, metrics={"beta": beta}
+  )
 
 
 def make_data(n=64):
@@ -54,10 +59,24 @@ def make_trainer(logdir, *, strategy=None, epochs=3, max_steps=None, loss_fn=tin
     model = TinyModel()
     model(tf.zeros((1, DIM)))
     optimizer = keras.optimizers.Adam(1e-2)
-  config = harness.TrainConfig(logdir=str(logdir), batch_size=16, epochs=epochs, max_steps=max_steps,
-                               seed=3, log_every=2, progress=False, **cfg)
-  return harness.Trainer(config=config, strategy=strategy, model=model, optimizer=optimizer,
-                         loss_fn=loss_fn, train_data=make_data())
+  config = harness.TrainConfig(
+    logdir=str(logdir),
+    batch_size=16,
+    epochs=epochs,
+    max_steps=max_steps,
+    seed=3,
+    log_every=2,
+    progress=False,
+    **cfg,
+  )
+  return harness.Trainer(
+    config=config,
+    strategy=strategy,
+    model=model,
+    optimizer=optimizer,
+    loss_fn=loss_fn,
+    train_data=make_data(),
+  )
 
 
 def weights(model):
@@ -99,6 +118,7 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path, full_weight
 
 def test_replica_count_gives_same_loss_and_gradients(tmp_path):
   """MirroredStrategy over 2 logical CPUs == one device, for the same global batch."""
+
   def deterministic_loss(model, batch, ctx):
     pred = model.out(model.blocks[1](model.hidden(batch)))  # no noise / BN: replicas would differ
     per_example = tf.reduce_sum(tf.square(pred - batch), axis=-1)
@@ -106,14 +126,16 @@ def test_replica_count_gives_same_loss_and_gradients(tmp_path):
     return harness.LossOutput(per_example=per_example, regularizer=reg)
 
   one = make_trainer(tmp_path / "one", epochs=1, loss_fn=deterministic_loss)
-  two = make_trainer(tmp_path / "two", epochs=1, loss_fn=deterministic_loss,
-                     strategy=_two_cpus())
+  two = make_trainer(tmp_path / "two", epochs=1, loss_fn=deterministic_loss, strategy=_two_cpus())
   for a, b in zip(weights(one.model), weights(two.model)):
     np.testing.assert_array_equal(a, b)
   batch = next(iter(make_data().batch(16)))
   out_one = one._train_step(batch)
-  out_two = two._train_step(two.strategy.experimental_distribute_values_from_function(
-      lambda ctx: batch[ctx.replica_id_in_sync_group * 8:(ctx.replica_id_in_sync_group + 1) * 8]))
+  out_two = two._train_step(
+    two.strategy.experimental_distribute_values_from_function(
+      lambda ctx: batch[ctx.replica_id_in_sync_group * 8 : (ctx.replica_id_in_sync_group + 1) * 8]
+    )
+  )
   np.testing.assert_allclose(out_one["loss"].numpy(), out_two["loss"].numpy(), rtol=1e-5)
   np.testing.assert_allclose(out_one["grad_norm"].numpy(), out_two["grad_norm"].numpy(), rtol=1e-5)
   for a, b in zip(weights(one.model), weights(two.model)):  # same update applied
@@ -142,28 +164,35 @@ def test_early_stopping_and_best_checkpoint(tmp_path):
   def epoch_end(model, epoch):
     return {"val_loss": next(values)}
 
-  trainer = make_trainer(tmp_path, epochs=6, early_stopping_metric="val_loss",
-                         early_stopping_patience=2)
+  trainer = make_trainer(
+    tmp_path, epochs=6, early_stopping_metric="val_loss", early_stopping_patience=2
+  )
   trainer.epoch_end_fn = epoch_end
   trainer.fit()
   # Official VampPrior rule: stop once MORE than `patience` epochs did not improve: epochs 3, 4, 5.
   assert int(trainer.step.numpy()) == 5 * 4
   assert trainer.best_manager.latest_checkpoint.endswith("ckpt-8")
   # best/ holds the weights alone: no optimizer slots, no counters.
-  best_keys = tf.train.load_checkpoint(trainer.best_manager.latest_checkpoint).get_variable_to_shape_map()
+  best_keys = tf.train.load_checkpoint(
+    trainer.best_manager.latest_checkpoint
+  ).get_variable_to_shape_map()
   assert not [k for k in best_keys if k.startswith(("optimizer/", "step/", "best"))], best_keys
   last = weights(trainer.model)
   assert trainer.restore_best().endswith("ckpt-8")
   best = weights(trainer.model)
-  assert int(trainer.step.numpy()) == 20 and not all(np.array_equal(a, b) for a, b in zip(last, best))
-  rerun = make_trainer(tmp_path, epochs=6, early_stopping_metric="val_loss",
-                       early_stopping_patience=2)
+  assert int(trainer.step.numpy()) == 20 and not all(
+    np.array_equal(a, b) for a, b in zip(last, best)
+  )
+  rerun = make_trainer(
+    tmp_path, epochs=6, early_stopping_metric="val_loss", early_stopping_patience=2
+  )
   rerun.epoch_end_fn = epoch_end
   assert rerun.fit() == {} and int(rerun.step.numpy()) == 5 * 4  # a stopped run stays stopped
   # Kept as its best weights alone (how a finished run travels): still stopped, the same weights.
   shutil.rmtree(tmp_path / "checkpoints")
-  again = make_trainer(tmp_path, epochs=6, early_stopping_metric="val_loss",
-                       early_stopping_patience=2)
+  again = make_trainer(
+    tmp_path, epochs=6, early_stopping_metric="val_loss", early_stopping_patience=2
+  )
   assert again.fit() == {} and int(again.step.numpy()) == 20
   assert again.restore_best().endswith("ckpt-8")
   for a, b in zip(best, weights(again.model), strict=True):
@@ -187,9 +216,13 @@ def test_bad_runtime_settings():
     harness.setup_runtime(strategy="tpu_pod")
   with pytest.raises(ValueError, match="fewer than one batch"):
     make_trainer("/tmp/unused", epochs=1).__class__(
-        config=harness.TrainConfig(logdir="/tmp/unused", batch_size=1000, epochs=1),
-        strategy=tf.distribute.get_strategy(), model=TinyModel(), optimizer=keras.optimizers.Adam(),
-        loss_fn=tiny_loss, train_data=make_data())
+      config=harness.TrainConfig(logdir="/tmp/unused", batch_size=1000, epochs=1),
+      strategy=tf.distribute.get_strategy(),
+      model=TinyModel(),
+      optimizer=keras.optimizers.Adam(),
+      loss_fn=tiny_loss,
+      train_data=make_data(),
+    )
 
 
 def test_xla_and_mixed_precision_steps_run(tmp_path):
@@ -217,15 +250,20 @@ def test_multi_worker_needs_tf_config(monkeypatch):
 def test_checkpoint_holds_listed_layers_and_rejects_other_models(one_epoch_run):
   tmp_path, trainer = one_epoch_run
   names = [name for name, _ in tf.train.list_variables(trainer.manager.latest_checkpoint)]
-  stored = {tuple(tf.train.load_variable(trainer.manager.latest_checkpoint, n).shape)
-            for n in names if n.startswith("model_variables/")}
+  stored = {
+    tuple(tf.train.load_variable(trainer.manager.latest_checkpoint, n).shape)
+    for n in names
+    if n.startswith("model_variables/")
+  }
   assert len([n for n in names if n.startswith("model_variables/")]) == len(trainer.model.variables)
   assert (8, 8) in stored  # the Dense inside the list
   moving_mean = trainer.model.blocks[0].moving_mean.numpy()
   assert not np.allclose(moving_mean, 0.0)  # BN statistics moved ...
   fresh = make_trainer(tmp_path, epochs=2)
   fresh.restore()
-  np.testing.assert_array_equal(fresh.model.blocks[0].moving_mean.numpy(), moving_mean)  # ... and came back
+  np.testing.assert_array_equal(
+    fresh.model.blocks[0].moving_mean.numpy(), moving_mean
+  )  # ... and came back
 
   class Wider(TinyModel):
     def __init__(self):
@@ -235,8 +273,14 @@ def test_checkpoint_holds_listed_layers_and_rejects_other_models(one_epoch_run):
   with tf.distribute.get_strategy().scope():
     model = Wider()
     model(tf.zeros((1, DIM)))
-  other = harness.Trainer(config=fresh.config, strategy=tf.distribute.get_strategy(), model=model,
-                          optimizer=keras.optimizers.Adam(), loss_fn=tiny_loss, train_data=make_data())
+  other = harness.Trainer(
+    config=fresh.config,
+    strategy=tf.distribute.get_strategy(),
+    model=model,
+    optimizer=keras.optimizers.Adam(),
+    loss_fn=tiny_loss,
+    train_data=make_data(),
+  )
   with pytest.raises(ValueError, match="does not match"):
     other.restore()
 
@@ -244,8 +288,17 @@ def test_checkpoint_holds_listed_layers_and_rejects_other_models(one_epoch_run):
 # --------------------------------------------------------------------------- at scale
 
 
-def _sgd_trainer(logdir, *, strategy=None, loss_fn, grad_transform=None, batch_size=16, lr=1.0,
-                 num_examples=None, **cfg):
+def _sgd_trainer(
+  logdir,
+  *,
+  strategy=None,
+  loss_fn,
+  grad_transform=None,
+  batch_size=16,
+  lr=1.0,
+  num_examples=None,
+  **cfg,
+):
   """One scalar weight w = 1 trained by plain SGD: every gradient-scale error shows in w."""
   strategy = strategy or tf.distribute.get_strategy()
 
@@ -260,11 +313,19 @@ def _sgd_trainer(logdir, *, strategy=None, loss_fn, grad_transform=None, batch_s
   with strategy.scope():
     model = Scalar()
     optimizer = keras.optimizers.SGD(lr)
-  config = harness.TrainConfig(logdir=str(logdir), batch_size=batch_size, epochs=1,
-                               seed=3, log_every=1, progress=False, **cfg)
+  config = harness.TrainConfig(
+    logdir=str(logdir), batch_size=batch_size, epochs=1, seed=3, log_every=1, progress=False, **cfg
+  )
   data = tf.data.Dataset.from_tensor_slices(np.ones((num_examples or batch_size, 1), np.float32))
-  return harness.Trainer(config=config, strategy=strategy, model=model, optimizer=optimizer,
-                         loss_fn=loss_fn, train_data=data, grad_transform=grad_transform)
+  return harness.Trainer(
+    config=config,
+    strategy=strategy,
+    model=model,
+    optimizer=optimizer,
+    loss_fn=loss_fn,
+    train_data=data,
+    grad_transform=grad_transform,
+  )
 
 
 def _half_square(model, batch, ctx):
@@ -286,13 +347,15 @@ def test_sgd_step_moves_the_same_on_one_and_two_replicas(tmp_path):
 
 def test_grad_transform_sees_the_global_gradient_on_two_replicas(tmp_path):
   """Clipping to norm 0.25 of the global gradient (w = 1): w -> 0.75 on any replica count."""
+
   def clip(grads, variables):
     del variables
     return [tf.clip_by_norm(g, 0.25) for g in grads]
 
   for name, strategy in (("one", None), ("two", _two_cpus())):
-    trainer = _sgd_trainer(tmp_path / name, strategy=strategy, loss_fn=_half_square,
-                           grad_transform=clip)
+    trainer = _sgd_trainer(
+      tmp_path / name, strategy=strategy, loss_fn=_half_square, grad_transform=clip
+    )
     out = trainer.fit()
     assert float(trainer.model.w.numpy()) == 0.75, name
     assert out["grad_norm"] == 1.0  # logged before the transform, global (not per replica)
@@ -306,13 +369,20 @@ def test_float16_gradients_are_unscaled_before_grad_transform_and_overflow_is_sk
   def overflow_at_step_1(model, batch, ctx):
     y = model(batch)[:, 0]
     blow = tf.where(tf.equal(ctx.step, 1), np.inf, 0.0)  # finite loss, infinite gradient at step 1
-    return harness.LossOutput(per_example=0.5 * tf.square(tf.cast(y, tf.float32)) + _inf_grad(
-        tf.cast(y, tf.float32), blow))
+    return harness.LossOutput(
+      per_example=0.5 * tf.square(tf.cast(y, tf.float32)) + _inf_grad(tf.cast(y, tf.float32), blow)
+    )
 
   try:
     harness.setup_runtime(precision="mixed_float16")
-    trainer = _sgd_trainer(tmp_path, loss_fn=overflow_at_step_1, grad_transform=record, lr=1.0,
-                           batch_size=4, num_examples=12)
+    trainer = _sgd_trainer(
+      tmp_path,
+      loss_fn=overflow_at_step_1,
+      grad_transform=record,
+      lr=1.0,
+      batch_size=4,
+      num_examples=12,
+    )
     out = trainer.fit()
   finally:
     harness.setup_runtime(precision="float32")
@@ -328,8 +398,10 @@ def test_float16_gradients_are_unscaled_before_grad_transform_and_overflow_is_sk
 @tf.custom_gradient
 def _inf_grad(y, blow):
   """Value 0; gradient `blow` (inf at the chosen step) with respect to y."""
+
   def grad(upstream):
     return upstream * blow, tf.zeros_like(blow)
+
   return tf.zeros_like(y), grad
 
 
@@ -356,7 +428,9 @@ def test_resume_is_exact_when_the_epoch_end_hook_draws_random_numbers(tmp_path):
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, full_weights):
   first = make_trainer(tmp_path / "run", max_steps=8)
   first.fit()  # checkpoints at steps 4 and 8
-  data_file = [f for f in os.listdir(tmp_path / "run" / "checkpoints") if f.startswith("ckpt-8.data")][0]
+  data_file = [
+    f for f in os.listdir(tmp_path / "run" / "checkpoints") if f.startswith("ckpt-8.data")
+  ][0]
   path = tmp_path / "run" / "checkpoints" / data_file
   path.write_bytes(path.read_bytes()[:100])  # truncated, as by a full disk or a kill mid-write
   second = make_trainer(tmp_path / "run")
@@ -371,6 +445,7 @@ def test_restore_uses_the_checkpoint_status_json_names(tmp_path, capsys):
   """status.json is written last in a save: a newer checkpoint is from a save cut short (not
   used); a named checkpoint that is gone (a carried run holds only the newest) is no manifest."""
   import json
+
   make_trainer(tmp_path, max_steps=8).fit()  # checkpoints at steps 4 and 8
   status_path = tmp_path / "status.json"
   status = json.loads(status_path.read_text())
@@ -389,8 +464,9 @@ def test_nan_gradient_with_finite_loss_is_never_applied_nor_saved(tmp_path):
     out = tiny_loss(model, batch, ctx)
     pred = model.out(model.hidden(batch))
     blow = tf.where(ctx.step >= 5, np.nan, 0.0)
-    return harness.LossOutput(per_example=out.per_example + _inf_grad(pred[:, 0], blow),
-                              regularizer=out.regularizer)
+    return harness.LossOutput(
+      per_example=out.per_example + _inf_grad(pred[:, 0], blow), regularizer=out.regularizer
+    )
 
   trainer = make_trainer(tmp_path, loss_fn=nan_gradient_from_step_5, checkpoint_every=4)
   with pytest.raises(harness.NonFiniteLossError, match="gradient norm.*step 6"):
@@ -412,10 +488,12 @@ def test_sigterm_writes_a_checkpoint_and_the_resumed_run_is_exact(tmp_path, full
 
   def terminate_at_step_6(model, batch, ctx):
     out = tiny_loss(model, batch, ctx)
+
     def maybe_kill(step):
       if int(step) == 5:
         os.kill(os.getpid(), signal.SIGTERM)
       return step
+
     tf.py_function(maybe_kill, [ctx.step], tf.int64)
     return out
 
@@ -431,12 +509,15 @@ def test_sigterm_writes_a_checkpoint_and_the_resumed_run_is_exact(tmp_path, full
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("field, value, message", [
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
     ("batch_size", 0, "--batch_size must be >= 1, got 0"),
     ("epochs", -1, "--epochs must be >= 1"),
     ("max_steps", 0, "--max_steps must be >= 1"),
     ("log_every", 0, "--log_every must be >= 1"),
-])
+  ],
+)
 def test_bad_train_config_is_one_clear_error(tmp_path, field, value, message):
   settings = dict(logdir=str(tmp_path), batch_size=16, epochs=1)
   settings[field] = value
@@ -454,15 +535,20 @@ def test_logdir_naming_a_file_is_one_clear_error(tmp_path):
 def test_status_file_says_how_far_the_run_got(tmp_path, monkeypatch):
   import json
   import subprocess
+
   values = iter([5.0, 3.0, 4.0, 4.0])
 
   harness.code_commit.cache_clear()
-  trainer = make_trainer(tmp_path, epochs=4, max_steps=14, early_stopping_metric="val_loss",
-                         early_stopping_patience=5)
+  trainer = make_trainer(
+    tmp_path, epochs=4, max_steps=14, early_stopping_metric="val_loss", early_stopping_patience=5
+  )
   # The checkout moves on while the run trains (`git pull` beside a long run): its status keeps
   # the commit of the code it loaded.
-  monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
-      a, 0, stdout="fffffff\n", stderr=""))
+  monkeypatch.setattr(
+    subprocess,
+    "run",
+    lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout="fffffff\n", stderr=""),
+  )
   trainer.epoch_end_fn = lambda model, epoch: {"val_loss": next(values)}
   trainer.fit()
   status = json.loads((tmp_path / "status.json").read_text())
@@ -471,8 +557,13 @@ def test_status_file_says_how_far_the_run_got(tmp_path, monkeypatch):
   assert status["total_epochs"] == 4 and status["train_seconds"] > 0
   assert status["checkpoint"].endswith("ckpt-14") and status["cpu"]
   monkeypatch.undo()
-  head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(harness.__file__),
-                        capture_output=True, text=True, check=True).stdout.strip()
+  head = subprocess.run(
+    ["git", "rev-parse", "--short", "HEAD"],
+    cwd=os.path.dirname(harness.__file__),
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout.strip()
   assert status["code_commits"] == [head]
 
 
@@ -481,7 +572,9 @@ def test_status_file_names_every_cpu_the_run_trained_on(tmp_path, monkeypatch):
   once, oldest first, and `cpu` the newest; a file written before `cpus` existed contributes its
   single `cpu`."""
   import json
+
   from common_tf import host
+
   path = tmp_path / "status.json"
   monkeypatch.setattr(host, "cpu_model", lambda: "Xeon, AVX-512")
   make_trainer(tmp_path, max_steps=2).fit()
@@ -500,23 +593,35 @@ def test_status_file_names_every_cpu_the_run_trained_on(tmp_path, monkeypatch):
   assert status["cpu"] == "Xeon, AVX-512"
 
 
-def test_carried_state_resumes_on_another_machine_to_the_uninterrupted_weights(tmp_path, full_weights):
+def test_carried_state_resumes_on_another_machine_to_the_uninterrupted_weights(
+  tmp_path, full_weights
+):
   """`experiments.carry`: the packed state (newest checkpoint, JSON files) is all a resume needs."""
   from experiments import carry
+
   first = make_trainer(tmp_path / "runs" / "row", max_steps=5)
   first.fit()  # checkpoints at steps 4 (epoch end) and 5
   (tmp_path / "runs" / "row" / "samples.png").write_bytes(b"png")
   assert carry.main([f"--logdir={tmp_path / 'runs'}", f"--carry_dir={tmp_path / 'carried'}"]) == 0
-  packed = sorted(str(p.relative_to(tmp_path / "carried")) for p in (tmp_path / "carried").rglob("*")
-                  if p.is_file())
+  packed = sorted(
+    str(p.relative_to(tmp_path / "carried"))
+    for p in (tmp_path / "carried").rglob("*")
+    if p.is_file()
+  )
   assert [p for p in packed if p.startswith("row/checkpoints/")] == [
-      "row/checkpoints/checkpoint", "row/checkpoints/ckpt-5.data-00000-of-00001",
-      "row/checkpoints/ckpt-5.index"]
+    "row/checkpoints/checkpoint",
+    "row/checkpoints/ckpt-5.data-00000-of-00001",
+    "row/checkpoints/ckpt-5.index",
+  ]
   assert "row/status.json" in packed and "row/hparams.json" in packed
   assert not [p for p in packed if p.endswith(".png") or "tfevents" in p]
   # A new machine: nothing but the carried folder.
-  assert carry.main([f"--logdir={tmp_path / 'new_runs'}", f"--carry_dir={tmp_path / 'carried'}",
-                     "--unpack"]) == 0
+  assert (
+    carry.main(
+      [f"--logdir={tmp_path / 'new_runs'}", f"--carry_dir={tmp_path / 'carried'}", "--unpack"]
+    )
+    == 0
+  )
   second = make_trainer(tmp_path / "new_runs" / "row")
   assert second.restore() == 5
   second.fit()
@@ -524,55 +629,97 @@ def test_carried_state_resumes_on_another_machine_to_the_uninterrupted_weights(t
   for a, b in zip(full_weights, weights(second.model), strict=True):
     np.testing.assert_array_equal(a, b)
   # Packing the finished run replaces the carried state; its older checkpoints stay behind.
-  assert carry.main([f"--logdir={tmp_path / 'new_runs'}", f"--carry_dir={tmp_path / 'carried'}"]) == 0
+  assert (
+    carry.main([f"--logdir={tmp_path / 'new_runs'}", f"--carry_dir={tmp_path / 'carried'}"]) == 0
+  )
   assert sorted(p.name for p in (tmp_path / "carried" / "row" / "checkpoints").iterdir()) == [
-      "checkpoint", "ckpt-12.data-00000-of-00001", "ckpt-12.index"]
+    "checkpoint",
+    "ckpt-12.data-00000-of-00001",
+    "ckpt-12.index",
+  ]
   # Never backwards: the step-5 run packed again leaves the carried step-12 state alone.
   assert carry.carry(str(tmp_path / "runs"), str(tmp_path / "carried"), unpack=False) == [
-      f"{tmp_path / 'carried' / 'row'}: kept (it is at step 12, {tmp_path / 'runs' / 'row'} at step 5)"]
+    f"{tmp_path / 'carried' / 'row'}: kept (it is at step 12, {tmp_path / 'runs' / 'row'} at step 5)"
+  ]
   assert (tmp_path / "carried" / "row" / "checkpoints" / "ckpt-12.index").exists()
+
   # Same step, its test-NLL evaluation further on: the partial file is carried, never a shorter one.
   def partial(run, done):
-    np.savez(tmp_path / run / "row" / "nll_partial_pass0.npz", log_px=np.zeros(done),
-             elbo=np.zeros(done))
+    np.savez(
+      tmp_path / run / "row" / "nll_partial_pass0.npz", log_px=np.zeros(done), elbo=np.zeros(done)
+    )
+
   partial("new_runs", 8)
   assert carry.carry(str(tmp_path / "new_runs"), str(tmp_path / "carried"), unpack=False) == [
-      f"{tmp_path / 'carried' / 'row'}: step 12 kept, partial test NLL from "
-      f"{tmp_path / 'new_runs' / 'row'}: nll_partial_pass0.npz (8 test examples)"]
+    f"{tmp_path / 'carried' / 'row'}: step 12 kept, partial test NLL from "
+    f"{tmp_path / 'new_runs' / 'row'}: nll_partial_pass0.npz (8 test examples)"
+  ]
   partial("new_runs", 4)
   kept = carry.carry(str(tmp_path / "new_runs"), str(tmp_path / "carried"), unpack=False)
-  assert kept == [f"{tmp_path / 'carried' / 'row'}: kept (it is at step 12, "
-                  f"{tmp_path / 'new_runs' / 'row'} at step 12)"]
+  assert kept == [
+    f"{tmp_path / 'carried' / 'row'}: kept (it is at step 12, "
+    f"{tmp_path / 'new_runs' / 'row'} at step 12)"
+  ]
   assert len(np.load(tmp_path / "carried" / "row" / "nll_partial_pass0.npz")["log_px"]) == 8
   # A third machine resumes that evaluation; the first finishes it (partial file gone, results
   # written): packing then carries the results, and unpacking them on the third replaces its partial.
-  assert carry.main([f"--logdir={tmp_path / 'third'}", f"--carry_dir={tmp_path / 'carried'}",
-                     "--unpack"]) == 0
+  assert (
+    carry.main(
+      [f"--logdir={tmp_path / 'third'}", f"--carry_dir={tmp_path / 'carried'}", "--unpack"]
+    )
+    == 0
+  )
   assert len(np.load(tmp_path / "third" / "row" / "nll_partial_pass0.npz")["log_px"]) == 8
   (tmp_path / "new_runs" / "row" / "nll_partial_pass0.npz").unlink()
   (tmp_path / "new_runs" / "row" / "results.json").write_text('{"nll": 80.0}')
   # Finished and evaluated: it travels as its weights (final/, no optimizer slots) and results;
   # the carried resume state is removed.
-  assert carry.carry(str(tmp_path / "new_runs"), str(tmp_path / "carried"), unpack=False)[0].startswith(
-      f"{tmp_path / 'carried' / 'row'}: finished at step 12, its final/ weights and results from "
-      f"{tmp_path / 'new_runs' / 'row'} (")
-  packed = sorted(str(p.relative_to(tmp_path / "carried" / "row"))
-                  for p in (tmp_path / "carried" / "row").rglob("*") if p.is_file())
-  assert packed == ["final/checkpoint", "final/ckpt-12.data-00000-of-00001", "final/ckpt-12.index",
-                    "hparams.json", "results.json", "status.json"]
-  assert not [k for k in tf.train.load_checkpoint(str(tmp_path / "carried" / "row" / "final" / "ckpt-12"))
-              .get_variable_to_shape_map() if k.startswith("optimizer/")]
-  assert carry.main([f"--logdir={tmp_path / 'third'}", f"--carry_dir={tmp_path / 'carried'}",
-                     "--unpack"]) == 0
+  assert carry.carry(str(tmp_path / "new_runs"), str(tmp_path / "carried"), unpack=False)[
+    0
+  ].startswith(
+    f"{tmp_path / 'carried' / 'row'}: finished at step 12, its final/ weights and results from "
+    f"{tmp_path / 'new_runs' / 'row'} ("
+  )
+  packed = sorted(
+    str(p.relative_to(tmp_path / "carried" / "row"))
+    for p in (tmp_path / "carried" / "row").rglob("*")
+    if p.is_file()
+  )
+  assert packed == [
+    "final/checkpoint",
+    "final/ckpt-12.data-00000-of-00001",
+    "final/ckpt-12.index",
+    "hparams.json",
+    "results.json",
+    "status.json",
+  ]
+  assert not [
+    k
+    for k in tf.train.load_checkpoint(
+      str(tmp_path / "carried" / "row" / "final" / "ckpt-12")
+    ).get_variable_to_shape_map()
+    if k.startswith("optimizer/")
+  ]
+  assert (
+    carry.main(
+      [f"--logdir={tmp_path / 'third'}", f"--carry_dir={tmp_path / 'carried'}", "--unpack"]
+    )
+    == 0
+  )
   assert (tmp_path / "third" / "row" / "results.json").read_text() == '{"nll": 80.0}'
   assert not (tmp_path / "third" / "row" / "nll_partial_pass0.npz").exists()
   # Nothing further on either way now.
   assert carry.carry(str(tmp_path / "third"), str(tmp_path / "carried"), unpack=False) == [
-      f"{tmp_path / 'carried' / 'row'}: kept (it is at step 12, {tmp_path / 'third' / 'row'} at step 12)"]
+    f"{tmp_path / 'carried' / 'row'}: kept (it is at step 12, {tmp_path / 'third' / 'row'} at step 12)"
+  ]
   # A machine with nothing but the finished run's weights: restored, nothing to train, the
   # uninterrupted run's weights.
-  assert carry.main([f"--logdir={tmp_path / 'fourth'}", f"--carry_dir={tmp_path / 'carried'}",
-                     "--unpack"]) == 0
+  assert (
+    carry.main(
+      [f"--logdir={tmp_path / 'fourth'}", f"--carry_dir={tmp_path / 'carried'}", "--unpack"]
+    )
+    == 0
+  )
   fourth = make_trainer(tmp_path / "fourth" / "row")
   assert fourth.fit() == {} and int(fourth.step.numpy()) == 12
   for a, b in zip(full_weights, weights(fourth.model), strict=True):

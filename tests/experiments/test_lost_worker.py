@@ -27,32 +27,51 @@ def test_survivor_reports_the_lost_worker_in_one_line(tmp_path, lost):
   procs = []
   for i in range(2):
     tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "tests.experiments.distributed_worker", *args,
-         *(["--kill_at_step", "3"] if i == lost else [])],
-        cwd=ROOT, env=dict(env, TF_CONFIG=json.dumps(tf_config)), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    procs.append(
+      subprocess.Popen(
+        [
+          sys.executable,
+          "-m",
+          "tests.experiments.distributed_worker",
+          *args,
+          *(["--kill_at_step", "3"] if i == lost else []),
+        ],
+        cwd=ROOT,
+        env=dict(env, TF_CONFIG=json.dumps(tf_config)),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+    )
   outs = [p.communicate(timeout=300) for p in procs]
   assert procs[lost].returncode == -9, outs[lost][1][-2000:]
   stdout, stderr = outs[survivor]
   assert procs[survivor].returncode == harness.EXIT_WORKER_LOST == 75, stderr[-3000:]
   checkpoint = re.escape(str(tmp_path / "run" / "toy" / "checkpoints" / "ckpt-2"))
   assert re.fullmatch(
-      rf"error: lost worker {lost} \({re.escape(workers[lost])}\) of the multi-worker cluster at "
-      rf"step 3; "
-      rf"newest checkpoint: {checkpoint}; to resume, restart every worker with: "
-      rf"python -m tests.experiments.distributed_worker {re.escape(' '.join(args))}\n", stderr), stderr
+    rf"error: lost worker {lost} \({re.escape(workers[lost])}\) of the multi-worker cluster at "
+    rf"step 3; "
+    rf"newest checkpoint: {checkpoint}; to resume, restart every worker with: "
+    rf"python -m tests.experiments.distributed_worker {re.escape(' '.join(args))}\n",
+    stderr,
+  ), stderr
   assert stdout == ""
 
 
 def test_lost_peer_is_read_from_tensorflow_messages():
   cluster = {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}
-  coordination = ("{{function_node __wrapped__CollectiveReduceV2_device_/job:worker/replica:0/task:0"
-                  "/device:CPU:0}} Collective ops is aborted by: Error reported from "
-                  "/job:worker/task:1: The following tasks are unhealthy (stopped sending "
-                  "heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed.")
+  coordination = (
+    "{{function_node __wrapped__CollectiveReduceV2_device_/job:worker/replica:0/task:0"
+    "/device:CPU:0}} Collective ops is aborted by: Error reported from "
+    "/job:worker/task:1: The following tasks are unhealthy (stopped sending "
+    "heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed."
+  )
   assert harness.lost_peer(Exception(coordination), cluster, own=("worker", 0)) == (
-      "worker 1 (10.0.0.2:2222)")
-  assert harness.lost_peer(Exception("connect to 10.0.0.1:2222 failed"), cluster,
-                           own=("worker", 1)) == "10.0.0.1:2222"
+    "worker 1 (10.0.0.2:2222)"
+  )
+  assert (
+    harness.lost_peer(Exception("connect to 10.0.0.1:2222 failed"), cluster, own=("worker", 1))
+    == "10.0.0.1:2222"
+  )
   assert harness.lost_peer(Exception("socket closed"), cluster) == "a peer"

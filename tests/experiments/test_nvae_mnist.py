@@ -15,11 +15,7 @@ import tensorflow as tf
 
 from common_tf import host
 from evaluation import protocol
-from experiments import data
-from experiments import harness
-from experiments import nvae_evaluate
-from experiments import nvae_train
-from experiments import results
+from experiments import data, harness, nvae_evaluate, nvae_train, results
 from nvae_tf import NVAE, Spectral, WarmupClock
 from nvae_tf import model as nvae_model
 from tests import scripts
@@ -47,16 +43,31 @@ def untrained():
 
 
 def tiny_settings(**changes):
-  values = dict(model=one_scale_config(spectral="sr"), dataset="binarized_mnist", warmup_epochs=1,
-                train_examples=64, test_examples=8, num_iw_samples=4, iw_chunk=4, eval_batch_size=8,
-                num_test_passes=1)
+  values = dict(
+    model=one_scale_config(spectral="sr"),
+    dataset="binarized_mnist",
+    warmup_epochs=1,
+    train_examples=64,
+    test_examples=8,
+    num_iw_samples=4,
+    iw_chunk=4,
+    eval_batch_size=8,
+    num_test_passes=1,
+  )
   values.update(changes)
   return nvae_train.RunSettings(**values)
 
 
 def tiny_train_config(logdir, max_steps):
-  return harness.TrainConfig(logdir=str(logdir), batch_size=32, epochs=2, max_steps=max_steps,
-                             seed=0, log_every=1, progress=False)
+  return harness.TrainConfig(
+    logdir=str(logdir),
+    batch_size=32,
+    epochs=2,
+    max_steps=max_steps,
+    seed=0,
+    log_every=1,
+    progress=False,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +76,13 @@ def run(tmp_path_factory, data_dir):
   settings, results row and Trained."""
   logdir = tmp_path_factory.mktemp("nvae_run")
   s = tiny_settings()
-  row, trained = nvae_train.train_and_evaluate(s, tiny_train_config(logdir, 2), data_dir=data_dir,
-                                               strategy=tf.distribute.get_strategy(), command="cmd")
+  row, trained = nvae_train.train_and_evaluate(
+    s,
+    tiny_train_config(logdir, 2),
+    data_dir=data_dir,
+    strategy=tf.distribute.get_strategy(),
+    command="cmd",
+  )
   return logdir, s, row, trained, data_dir
 
 
@@ -85,7 +101,9 @@ def test_run_writes_the_results_row_samples_and_settings(run):
   assert saved["nll"] == pytest.approx(row["nll"]) and saved["kl_warmup"] == "step"
   assert saved["cpus"] == [host.cpu_model()]  # trained and evaluated here
   assert saved["eval_hosts"] == {host.cpu_model(): 1}  # batches of the test NLL
-  assert 0 < saved["peak_rss_gib"] <= host.peak_rss_gib()  # the process's peak when it wrote the row
+  assert (
+    0 < saved["peak_rss_gib"] <= host.peak_rss_gib()
+  )  # the process's peak when it wrote the row
   # The per-image values stay in the run folder (float32 IWAE_K and ELBO, [passes, images]) and
   # give the row's numbers.
   values = results.read_per_example(str(logdir / results.PER_EXAMPLE_FILE))
@@ -117,12 +135,15 @@ def test_validation_history_has_the_nll_and_training_time(run):
   # The row's training time is the checkpointed harness clock (so it spans preempted invocations)
   # without the validation pass.
   assert row["train_seconds"] == pytest.approx(
-      float(trained.trainer.train_seconds.numpy()) - h["val_seconds"], rel=1e-12)
+    float(trained.trainer.train_seconds.numpy()) - h["val_seconds"], rel=1e-12
+  )
   assert s.val_num_iw_samples == 10
 
 
 @pytest.mark.slow
-def test_resumed_run_restores_every_variable_and_nvae_evaluate_restores_the_weights(run, monkeypatch):
+def test_resumed_run_restores_every_variable_and_nvae_evaluate_restores_the_weights(
+  run, monkeypatch
+):
   """A second invocation restores step, optimizer, weights, BN statistics and the SR power-iteration
   vectors (the harness checkpoint) and reuses the test NLL of results.json (nothing changed);
   nvae_train.restore_run rebuilds the same model from settings.json + the latest checkpoint.
@@ -131,17 +152,31 @@ def test_resumed_run_restores_every_variable_and_nvae_evaluate_restores_the_weig
 
   def no_evaluation(*args, **kwargs):
     raise AssertionError("the NLL of an unchanged finished run must be reused")
+
   monkeypatch.setattr(nvae_train, "evaluate_nll", no_evaluation)
-  row, resumed = nvae_train.train_and_evaluate(s, tiny_train_config(logdir, 2), data_dir=data_dir,
-                                               strategy=tf.distribute.get_strategy(), command="cmd")
+  row, resumed = nvae_train.train_and_evaluate(
+    s,
+    tiny_train_config(logdir, 2),
+    data_dir=data_dir,
+    strategy=tf.distribute.get_strategy(),
+    command="cmd",
+  )
   assert row["nll"] == first_row["nll"] and row["nll_passes"] == first_row["nll_passes"]
   assert nvae_train.previous_nll(str(logdir), s, steps=2, seed=0)["nll"] == first_row["nll"]
-  for changed, steps, seed in ((dataclasses.replace(s, num_iw_samples=5), 2, 0), (s, 3, 0), (s, 2, 1),
-                               (dataclasses.replace(s, num_test_passes=2), 2, 0)):
+  for changed, steps, seed in (
+    (dataclasses.replace(s, num_iw_samples=5), 2, 0),
+    (s, 3, 0),
+    (s, 2, 1),
+    (dataclasses.replace(s, num_test_passes=2), 2, 0),
+  ):
     assert nvae_train.previous_nll(str(logdir), changed, steps=steps, seed=seed) is None
   # Another choice of test images (results.json holds all 8: the test_subset "all").
-  assert nvae_train.previous_nll(str(logdir), s, steps=2, seed=0,
-                                 test_subset="random 4 of 8 (seed 2020)") is None
+  assert (
+    nvae_train.previous_nll(
+      str(logdir), s, steps=2, seed=0, test_subset="random 4 of 8 (seed 2020)"
+    )
+    is None
+  )
   assert int(resumed.trainer.step.numpy()) == 2
   assert int(resumed.trainer.optimizer.iterations.numpy()) == 2
   model, path = nvae_train.restore_run(str(logdir), "latest", s, seed=0)
@@ -151,8 +186,9 @@ def test_resumed_run_restores_every_variable_and_nvae_evaluate_restores_the_weig
   assert any("sr_state" in n and n.endswith("/u") for n in names)
   reader = tf.train.load_checkpoint(path)  # the harness saves the ordered model.variables list
   moved = 0
-  for i, (ours, theirs, trained_v, init) in enumerate(zip(
-      model.variables, resumed.model.variables, trained.model.variables, fresh.variables)):
+  for i, (ours, theirs, trained_v, init) in enumerate(
+    zip(model.variables, resumed.model.variables, trained.model.variables, fresh.variables)
+  ):
     saved = reader.get_tensor(f"model_variables/{i}/.ATTRIBUTES/VARIABLE_VALUE")
     np.testing.assert_array_equal(ours.numpy(), saved, err_msg=ours.path)  # seed states included
     if "seed_generator" not in ours.path:  # sampling after training advanced those
@@ -163,8 +199,9 @@ def test_resumed_run_restores_every_variable_and_nvae_evaluate_restores_the_weig
 
 
 @pytest.mark.slow
-def test_interrupted_test_nll_resumes_to_the_uninterrupted_numbers(run, tmp_path, monkeypatch,
-                                                                   capsys):
+def test_interrupted_test_nll_resumes_to_the_uninterrupted_numbers(
+  run, tmp_path, monkeypatch, capsys
+):
   """evaluate_nll(resume_dir=...): a K-sample evaluation interrupted after its first batch and rerun
   from the same checkpoint state gives the uninterrupted per-pass NLL exactly (the partial file
   holds the finished batches and the model's generator states)."""
@@ -188,21 +225,31 @@ def test_interrupted_test_nll_resumes_to_the_uninterrupted_numbers(run, tmp_path
     if len(calls) == 2:
       raise KeyboardInterrupt
     savez(*args, **kwargs)
+
   monkeypatch.setattr(np, "savez", save_then_stop)
   with pytest.raises(KeyboardInterrupt):
-    nvae_train.evaluate_nll(s, model, trained.splits, seed=0, progress=False,
-                            resume_dir=str(tmp_path), checkpoint="step 2")
+    nvae_train.evaluate_nll(
+      s,
+      model,
+      trained.splits,
+      seed=0,
+      progress=False,
+      resume_dir=str(tmp_path),
+      checkpoint="step 2",
+    )
   monkeypatch.setattr(np, "savez", savez)
   assert (tmp_path / "nll_partial_pass0.npz").exists()
   restore_checkpoint_state()  # a new process restores the checkpoint
   capsys.readouterr()
-  resumed = nvae_train.evaluate_nll(s, model, trained.splits, seed=0, progress=False,
-                                    resume_dir=str(tmp_path), checkpoint="step 2")
+  resumed = nvae_train.evaluate_nll(
+    s, model, trained.splits, seed=0, progress=False, resume_dir=str(tmp_path), checkpoint="step 2"
+  )
   # Its size is said before it starts (a smoke run of a preset still evaluates at the preset's K).
   assert capsys.readouterr().err.splitlines()[0] == (
-      f"test NLL, pass 1 of 1: K = 3 importance samples on 8 test images, resumable (partial "
-      f"results: {tmp_path / 'nll_partial_pass0.npz'}); --num_iw_samples / --test_examples make "
-      "it smaller")
+    f"test NLL, pass 1 of 1: K = 3 importance samples on 8 test images, resumable (partial "
+    f"results: {tmp_path / 'nll_partial_pass0.npz'}); --num_iw_samples / --test_examples make "
+    "it smaller"
+  )
   assert resumed["nll_passes"] == full["nll_passes"] and resumed["neg_elbo"] == full["neg_elbo"]
   assert not (tmp_path / "nll_partial_pass0.npz").exists()
 
@@ -219,8 +266,9 @@ def test_validation_history_logs_a_repeated_epoch_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_readjusts_bn_per_temperature_from_the_trained_statistics(run, tmp_path, digits,
-                                                                           monkeypatch):
+def test_evaluate_readjusts_bn_per_temperature_from_the_trained_statistics(
+  run, tmp_path, digits, monkeypatch
+):
   """nvae_evaluate.evaluate: NLL with the training BN statistics, then per temperature a fresh
   re-estimation (official set_bn, 16-sample batches) starting from them, restored at the end.
   On the module's trained model (its NLL estimator is already compiled); the last user of `run`
@@ -231,24 +279,35 @@ def test_evaluate_readjusts_bn_per_temperature_from_the_trained_statistics(run, 
   try:
     for bn in model.bn_layers:  # distinct "trained" statistics
       bn.moving_variance.assign(bn.moving_variance + 0.5)
-    splits = nvae_train.Splits(dataset="binarized_mnist", dynamic=False, train=None, test=digits[:8])
+    splits = nvae_train.Splits(
+      dataset="binarized_mnist", dynamic=False, train=None, test=digits[:8]
+    )
     trained_bn = nvae_evaluate.bn_statistics(model)
-    settings = nvae_evaluate.EvalSettings(temperatures=(0.6, 1.0), num_iw_samples=4,
-                                          readjust_bn_steps=2, num_grid_images=4, fid_samples=4)
+    settings = nvae_evaluate.EvalSettings(
+      temperatures=(0.6, 1.0),
+      num_iw_samples=4,
+      readjust_bn_steps=2,
+      num_grid_images=4,
+      fid_samples=4,
+    )
     seen = []
     original = model.readjust_bn
 
     def readjust(**kwargs):  # records the BN statistics each re-estimation starts from
       seen.append((kwargs, nvae_evaluate.bn_statistics(model)))
       original(**kwargs)
+
     monkeypatch.setattr(model, "readjust_bn", readjust)
-    out = nvae_evaluate.evaluate(model, s, splits, settings, output_dir=str(tmp_path / "ev"), seed=0,
-                                 progress=False)
+    out = nvae_evaluate.evaluate(
+      model, s, splits, settings, output_dir=str(tmp_path / "ev"), seed=0, progress=False
+    )
     after = nvae_evaluate.bn_statistics(model)
   finally:
     nvae_evaluate.set_bn_statistics(model, before)
-  assert [k for k, _ in seen] == [dict(num_iterations=2, temperature=0.6),
-                                  dict(num_iterations=2, temperature=1.0)]
+  assert [k for k, _ in seen] == [
+    dict(num_iterations=2, temperature=0.6),
+    dict(num_iterations=2, temperature=1.0),
+  ]
   for stats in [start for _, start in seen] + [after]:
     for (mean, var), (mean0, var0) in zip(stats, trained_bn):
       np.testing.assert_array_equal(mean, mean0)
@@ -271,9 +330,15 @@ def test_validation_nll_period_and_values(digits, untrained):
   assert nvae_train.validation_period(tiny_settings(val_every_epochs=0), 400) == 0
   assert nvae_train.PRESETS["cpu"].val_every_epochs == 2
   calls = []
-  fn = nvae_train.make_epoch_end_fn(digits[:2], val_images=digits[:4], val_every=2,
-                                    val_num_iw_samples=3, epochs=4, eval_batch_size=4,
-                                    on_validation=lambda e, v, val_seconds: calls.append((e, v)))
+  fn = nvae_train.make_epoch_end_fn(
+    digits[:2],
+    val_images=digits[:4],
+    val_every=2,
+    val_num_iw_samples=3,
+    epochs=4,
+    eval_batch_size=4,
+    on_validation=lambda e, v, val_seconds: calls.append((e, v)),
+  )
   with tf.summary.create_noop_writer().as_default(step=0):
     logged = [fn(untrained, epoch) for epoch in range(4)]
   with_val = sorted(["test_batch_neg_elbo", "val_bpd_log_p", "val_nelbo", "val_neg_log_p"])
@@ -286,9 +351,15 @@ def test_validation_nll_period_and_values(digits, untrained):
 
 
 def fake_context(step, epoch):
-  return harness.StepContext(step=tf.constant(step, tf.int64), epoch=tf.constant(epoch, tf.int64),
-                             steps_per_epoch=10, total_steps=100, total_epochs=10,
-                             global_batch_size=8, num_replicas=1)
+  return harness.StepContext(
+    step=tf.constant(step, tf.int64),
+    epoch=tf.constant(epoch, tf.int64),
+    steps_per_epoch=10,
+    total_steps=100,
+    total_epochs=10,
+    global_batch_size=8,
+    num_replicas=1,
+  )
 
 
 @pytest.mark.parametrize("clock", ["step", "epoch"])
@@ -297,18 +368,23 @@ def test_loss_fn_warmup_clock(clock, digits, untrained):
   assert s.kl_warmup is WarmupClock(clock)
   loss_fn = nvae_train.make_loss_fn(s)
   x = tf.constant(digits[:4])
-  betas = [float(loss_fn(untrained, x, fake_context(step, step // 10)).metrics["beta"])
-           for step in (21, 28, 99)]
-  if clock == "step":   # (t - 0.01) / 30 on the step counter
+  betas = [
+    float(loss_fn(untrained, x, fake_context(step, step // 10)).metrics["beta"])
+    for step in (21, 28, 99)
+  ]
+  if clock == "step":  # (t - 0.01) / 30 on the step counter
     assert betas[0] == pytest.approx((21 - 0.01) / 30) and betas[1] > betas[0]
-  else:                 # (e - 0.001) / 3 on the epoch counter: constant within epoch 2
+  else:  # (e - 0.001) / 3 on the epoch counter: constant within epoch 2
     assert betas[0] == betas[1] == pytest.approx((2 - 0.001) / 3)
   assert betas[2] == 1.0
   out = loss_fn(untrained, x, fake_context(0, 0))
   assert out.per_example.shape == (4,)
   assert float(out.regularizer) == pytest.approx(1e-2 * float(untrained.batchnorm_loss()), rel=1e-5)
-  np.testing.assert_allclose(np.mean([float(out.metrics[f"kl_gamma/group_{g:02d}"])
-                                      for g in range(untrained.num_groups)]), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(
+    np.mean([float(out.metrics[f"kl_gamma/group_{g:02d}"]) for g in range(untrained.num_groups)]),
+    1.0,
+    rtol=1e-5,
+  )
 
 
 def test_test_examples_are_a_fixed_random_subset(data_dir, digits):
@@ -334,9 +410,15 @@ def test_bad_data_dir_is_a_data_error(tmp_path):
 
 
 def test_command_line_accepts_the_cpu_preset_and_reports_bad_data_dir_in_one_line(tmp_path):
-  proc = scripts.run_script("nvae_mnist", [
-      "--preset=cpu", f"--data_dir={tmp_path / 'missing'}", "--dataset=binarized_mnist",
-      f"--logdir={tmp_path / 'run'}"])
+  proc = scripts.run_script(
+    "nvae_mnist",
+    [
+      "--preset=cpu",
+      f"--data_dir={tmp_path / 'missing'}",
+      "--dataset=binarized_mnist",
+      f"--logdir={tmp_path / 'run'}",
+    ],
+  )
   assert proc.returncode == 2
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "does not exist" in errors[0], proc.stderr[-2000:]
@@ -345,18 +427,46 @@ def test_command_line_accepts_the_cpu_preset_and_reports_bad_data_dir_in_one_lin
 def test_table_rows_names_settings_and_validation_table():
   rows = nvae_train.parse_table_rows(["step_sr", "epoch_sr"])
   assert rows == ((WarmupClock.STEP, Spectral.SR), (WarmupClock.EPOCH, Spectral.SR))
-  assert [nvae_train.row_name(*r) for r in nvae_train.TABLE_ROWS] == ["step_sn", "step_sr", "epoch_sn"]
+  assert [nvae_train.row_name(*r) for r in nvae_train.TABLE_ROWS] == [
+    "step_sn",
+    "step_sr",
+    "epoch_sn",
+  ]
   with pytest.raises(ValueError, match="table_rows"):
     nvae_train.parse_table_rows(["step_sx"])
   s = nvae_train.row_settings(tiny_settings(), "epoch", "sn")
   assert s.kl_warmup is WarmupClock.EPOCH and s.model.spectral is Spectral.SN
   assert nvae_train.table_row_label("epoch", "sn") == "Epoch + SN"
-  history = [dict(epoch=2, step=20, train_seconds=130.0, val_seconds=10.0, train_seconds_no_val=120.0,
-                  val_neg_log_p=95.25, val_nelbo=99.0),
-             dict(epoch=4, step=40, train_seconds=250.0, val_seconds=10.0, train_seconds_no_val=230.0,
-                  val_neg_log_p=90.5, val_nelbo=94.0)]
-  text = nvae_train.validation_table([dict(row="Step + SR", validation=history, test_examples=10000,
-                                           settings={"val_num_iw_samples": 10})])
+  history = [
+    dict(
+      epoch=2,
+      step=20,
+      train_seconds=130.0,
+      val_seconds=10.0,
+      train_seconds_no_val=120.0,
+      val_neg_log_p=95.25,
+      val_nelbo=99.0,
+    ),
+    dict(
+      epoch=4,
+      step=40,
+      train_seconds=250.0,
+      val_seconds=10.0,
+      train_seconds_no_val=230.0,
+      val_neg_log_p=90.5,
+      val_nelbo=94.0,
+    ),
+  ]
+  text = nvae_train.validation_table(
+    [
+      dict(
+        row="Step + SR",
+        validation=history,
+        test_examples=10000,
+        settings={"val_num_iw_samples": 10},
+      )
+    ]
+  )
   assert "**Step + SR**" in text and "K = 10" in text
   assert "| 2 | 20 | 2.00 | 95.25 | 99.00 |" in text and "| 4 | 40 | 3.83 | 90.50 | 94.00 |" in text
 
@@ -367,23 +477,28 @@ def test_validation_times_leave_out_every_validation_pass(tmp_path):
   status clock (270 s after the second pass) gives the same 240 s the row reports."""
   clock = {"now": 100.0}
   history = nvae_train.ValidationHistory(str(tmp_path / "validation.json"))
-  history.trainer = types.SimpleNamespace(strategy=tf.distribute.get_strategy(),
-                                          elapsed_train_seconds=lambda: clock["now"],
-                                          step=tf.constant(10))
+  history.trainer = types.SimpleNamespace(
+    strategy=tf.distribute.get_strategy(),
+    elapsed_train_seconds=lambda: clock["now"],
+    step=tf.constant(10),
+  )
   history(0, {"val_neg_log_p": 100.0}, val_seconds=10.0)
   clock["now"] = 250.0
   history(2, {"val_neg_log_p": 90.0}, val_seconds=20.0)
   rows = history.rows()
-  assert [(r["train_seconds"], r["train_seconds_no_val"]) for r in rows] == [(90.0, 90.0),
-                                                                            (230.0, 220.0)]
+  assert [(r["train_seconds"], r["train_seconds_no_val"]) for r in rows] == [
+    (90.0, 90.0),
+    (230.0, 220.0),
+  ]
   assert nvae_train.training_seconds(270.0, rows) == 240.0
 
 
 def test_table_metrics_are_unavailable_without_weights_and_computed_with_a_network(untrained):
   reference = np.random.RandomState(0).uniform(size=(20,) + IMAGE_SHAPE).astype(np.float32)
   missing = (None, "no weights here")
-  out = nvae_train.sample_metrics(untrained, reference, num_samples=20, inception=missing,
-                                  vgg16=missing)
+  out = nvae_train.sample_metrics(
+    untrained, reference, num_samples=20, inception=missing, vgg16=missing
+  )
   assert all(str(out[k]).startswith("unavailable (no ") for k in ("fid", "precision", "recall"))
 
   # A small stand-in feature network exercises the FID path (never used for reported numbers).
@@ -397,7 +512,10 @@ def test_table_metrics_are_unavailable_without_weights_and_computed_with_a_netwo
   # The value carries its protocol record (network, weights hash, feature, resize, image count).
   record = shifted["protocol"]
   assert (record["network"], record["feature"], record["resize"]) == (
-      "inception-2015", "pool_3", "tf1-legacy-bilinear")
+    "inception-2015",
+    "pool_3",
+    "tf1-legacy-bilinear",
+  )
   assert record["image_count"] == 20 and record["image_size"] == "28x28x1"
   assert record["weights_sha256"] == protocol.weights_sha256(network)
   results.require_protocols([{"fid": shifted}])
@@ -407,12 +525,17 @@ def test_table_metrics_are_unavailable_without_weights_and_computed_with_a_netwo
 def test_fewer_samples_than_test_images_compare_with_a_random_subset(untrained, monkeypatch):
   """FID with N samples uses N test images chosen at random, not the first N (one digit)."""
   seen = []
-  monkeypatch.setattr(nvae_train, "fid_from_features",
-                      lambda network, samples, reference: seen.append(reference) or 0.0)
-  reference = np.arange(20, dtype=np.float32)[:, None, None, None] * np.ones((1,) + IMAGE_SHAPE,
-                                                                          np.float32)
-  nvae_train.sample_metrics(untrained, reference, num_samples=5, inception=("network", ""),
-                            vgg16=(None, "no weights here"))
+  monkeypatch.setattr(
+    nvae_train,
+    "fid_from_features",
+    lambda network, samples, reference: seen.append(reference) or 0.0,
+  )
+  reference = np.arange(20, dtype=np.float32)[:, None, None, None] * np.ones(
+    (1,) + IMAGE_SHAPE, np.float32
+  )
+  nvae_train.sample_metrics(
+    untrained, reference, num_samples=5, inception=("network", ""), vgg16=(None, "no weights here")
+  )
   chosen = seen[0][:, 0, 0, 0]
   assert len(chosen) == 5 and chosen.tolist() != [0, 1, 2, 3, 4] and chosen.max() >= 10
   assert np.all(np.diff(chosen) > 0)

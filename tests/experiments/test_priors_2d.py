@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments import priors_2d_train
-from experiments import results
+from experiments import priors_2d_train, results
 from tests import scripts
+
 
 def write_amat_dir(root, *, num_train=256, num_test=40):
   """A tiny binarized_mnist folder whose rows are grouped like the offline copy's: the first half
@@ -21,7 +21,7 @@ def write_amat_dir(root, *, num_train=256, num_test=40):
   folder.mkdir(parents=True)
   for split, n in (("train", num_train), ("valid", 4), ("test", num_test)):
     rows = np.zeros((n, 784), np.int64)
-    rows[n // 2:] = 1
+    rows[n // 2 :] = 1
     rows[:, 0] = np.arange(n) % 2  # makes rows distinguishable without changing the halves much
     np.savetxt(folder / f"binarized_mnist_{split}.amat", rows, fmt="%d")
   return root
@@ -29,10 +29,14 @@ def write_amat_dir(root, *, num_train=256, num_test=40):
 
 def test_paper_preset_is_the_report_protocol():
   assert priors_2d_train.PRESETS["paper"] == priors_2d_train.Preset(
-      dataset="binarized_mnist", epochs=20, batch_size=128, lr=1e-3, iw_samples=1000, seeds=10)
+    dataset="binarized_mnist", epochs=20, batch_size=128, lr=1e-3, iw_samples=1000, seeds=10
+  )
   assert priors_2d_train.PRESETS["quick"].dataset == "mnist_test"
-  assert (priors_2d_train.NUM_COMPONENTS, priors_2d_train.FLOW_COUPLINGS,
-          priors_2d_train.FLOW_HIDDEN_UNITS) == (16, 10, 8)
+  assert (
+    priors_2d_train.NUM_COMPONENTS,
+    priors_2d_train.FLOW_COUPLINGS,
+    priors_2d_train.FLOW_HIDDEN_UNITS,
+  ) == (16, 10, 8)
 
 
 def test_split_uses_disjoint_labelled_mnist_test_images():
@@ -50,7 +54,9 @@ def test_static_mnist_data_and_subsets_mix_the_class_grouped_rows(tmp_path):
   full = priors_2d_train.load_study_data("binarized_mnist", str(root))
   assert full.train.shape == (256, 28, 28, 1) and full.test.shape == (40, 28, 28, 1)
   assert full.test_labels is None and full.binary_train
-  sub = priors_2d_train.load_study_data("binarized_mnist", str(root), train_examples=20, test_examples=10)
+  sub = priors_2d_train.load_study_data(
+    "binarized_mnist", str(root), train_examples=20, test_examples=10
+  )
   assert sub.train.shape == (20, 28, 28, 1) and sub.test.shape == (10, 28, 28, 1)
   # A prefix would hold only the first (blank) group; the fixed random subset holds both.
   assert 0 < sub.train[:, 5, 5, 0].sum() < 20 and 0 < sub.test[:, 5, 5, 0].sum() < 10
@@ -61,15 +67,26 @@ def test_static_mnist_data_and_subsets_mix_the_class_grouped_rows(tmp_path):
 
 
 def row(prior, seed, elbo, iwae, status="finished"):
-  return {"prior": prior, "seed": seed, "elbo": elbo, "iwae": iwae, "status": status,
-          "iw_samples_used": 4, "train_seconds": 10.0 * (seed + 1), "eval_seconds": 1.0}
+  return {
+    "prior": prior,
+    "seed": seed,
+    "elbo": elbo,
+    "iwae": iwae,
+    "status": status,
+    "iw_samples_used": 4,
+    "train_seconds": 10.0 * (seed + 1),
+    "eval_seconds": 1.0,
+  }
 
 
 def test_summary_is_mean_and_std_over_finished_seeds_only():
-  rows = [row("mog", 0, -100.0, -98.0), row("mog", 1, -102.0, -99.0),
-          {"prior": "mog", "seed": 2, "status": "training: epoch 3.0 of 20", "epochs_run": 3.0},
-          dict(row("mog", 3, -150.0, -140.0), status="smoke: stopped at epoch 0.10 of 20"),
-          {"prior": "flow", "seed": 0, "status": "not started"}]
+  rows = [
+    row("mog", 0, -100.0, -98.0),
+    row("mog", 1, -102.0, -99.0),
+    {"prior": "mog", "seed": 2, "status": "training: epoch 3.0 of 20", "epochs_run": 3.0},
+    dict(row("mog", 3, -150.0, -140.0), status="smoke: stopped at epoch 0.10 of 20"),
+    {"prior": "flow", "seed": 0, "status": "not started"},
+  ]
   mog, flow = priors_2d_train.summarize(rows, ["mog", "flow"])
   assert mog["elbo"] == (-101.0, np.std([-100.0, -102.0], ddof=1))
   assert mog["iwae"] == (-98.5, np.std([-98.0, -99.0], ddof=1))
@@ -78,16 +95,25 @@ def test_summary_is_mean_and_std_over_finished_seeds_only():
 
 
 def tiny_settings(prior, seed, **kw):
-  return priors_2d_train.Settings(prior=prior, seed=seed, dataset="binarized_mnist", epochs=1,
-                            batch_size=16, lr=1e-3, iw_samples=3, **kw)
+  return priors_2d_train.Settings(
+    prior=prior,
+    seed=seed,
+    dataset="binarized_mnist",
+    epochs=1,
+    batch_size=16,
+    lr=1e-3,
+    iw_samples=3,
+    **kw,
+  )
 
 
 def tiny_study():
   rng = np.random.RandomState(0)
   images = (rng.uniform(size=(52, 28, 28, 1)) < 0.3).astype(np.float32)
   labels = np.arange(20) % 10
-  return priors_2d_train.StudyData(train=images[:32], test=images[32:], test_labels=labels,
-                             binary_train=True)
+  return priors_2d_train.StudyData(
+    train=images[:32], test=images[32:], test_labels=labels, binary_train=True
+  )
 
 
 def test_finished_runs_are_reused_not_retrained_or_reevaluated(tmp_path, monkeypatch):
@@ -95,8 +121,9 @@ def test_finished_runs_are_reused_not_retrained_or_reevaluated(tmp_path, monkeyp
   strategy = tf.distribute.get_strategy()
   loads = []
   data_fn = lambda: loads.append(1) or tiny_study()
-  (first,) = priors_2d_train.run_study(settings, base_logdir=str(tmp_path), data_fn=data_fn,
-                                 strategy=strategy)
+  (first,) = priors_2d_train.run_study(
+    settings, base_logdir=str(tmp_path), data_fn=data_fn, strategy=strategy
+  )
   logdir = tmp_path / "standard-seed0"
   assert first["status"] == "finished" and first["epochs_run"] == 1.0
   assert first["iw_samples_used"] == 3 and first["test_images"] == 20
@@ -107,19 +134,26 @@ def test_finished_runs_are_reused_not_retrained_or_reevaluated(tmp_path, monkeyp
 
   def fail(*args, **kwargs):
     raise AssertionError("a finished, evaluated run was trained or evaluated again")
+
   monkeypatch.setattr(priors_2d_train, "train_and_evaluate", fail)
-  (again,) = priors_2d_train.run_study(settings, base_logdir=str(tmp_path), data_fn=data_fn,
-                                 strategy=strategy)
+  (again,) = priors_2d_train.run_study(
+    settings, base_logdir=str(tmp_path), data_fn=data_fn, strategy=strategy
+  )
   assert again == json.loads(json.dumps(first)) and len(loads) == 1  # no data load either
   # Other settings (here K) do not reuse the stored row: the run is evaluated again.
   with pytest.raises(AssertionError, match="trained or evaluated again"):
-    priors_2d_train.run_study([priors_2d_train.Settings(**dict(vars(settings[0]), iw_samples=5))],
-                        base_logdir=str(tmp_path), data_fn=data_fn, strategy=strategy)
+    priors_2d_train.run_study(
+      [priors_2d_train.Settings(**dict(vars(settings[0]), iw_samples=5))],
+      base_logdir=str(tmp_path),
+      data_fn=data_fn,
+      strategy=strategy,
+    )
   # A run whose training has not finished (status.json says so) is not reused.
   status = json.load(open(logdir / "status.json"))
   json.dump(dict(status, finished=False, epoch=0.5), open(logdir / "status.json", "w"))
-  (report,) = priors_2d_train.run_study(settings, base_logdir=str(tmp_path), data_fn=data_fn,
-                                  strategy=strategy, report_only=True)
+  (report,) = priors_2d_train.run_study(
+    settings, base_logdir=str(tmp_path), data_fn=data_fn, strategy=strategy, report_only=True
+  )
   assert report["status"] == "training: epoch 0.5 of 1" and "elbo" not in report
 
 
@@ -127,11 +161,12 @@ def test_density_images_are_normalised_densities():
   edges = np.linspace(-2.0, 2.0, priors_2d_train.PLOT_GRID + 1)
   centres = 0.5 * (edges[1:] + edges[:-1])
   u, v = np.meshgrid(centres, centres, indexing="ij")
-  log_p = -0.5 * (u ** 2 + v ** 2) - np.log(2 * np.pi)
+  log_p = -0.5 * (u**2 + v**2) - np.log(2 * np.pi)
   # 3 samples in one histogram cell, 1 outside the window.
   z = np.array([[0.01, 0.01], [0.02, 0.03], [0.03, 0.02], [5.0, 5.0]], np.float32)
   prior, posterior = priors_2d_train.density_images(
-      dict(z=z, edges_x=edges, edges_y=edges, log_prior=log_p))
+    dict(z=z, edges_x=edges, edges_y=edges, log_prior=log_p)
+  )
   np.testing.assert_allclose(prior, np.exp(log_p))
   cell = (4.0 / priors_2d_train.HIST_BINS) ** 2
   assert posterior.shape == (priors_2d_train.HIST_BINS, priors_2d_train.HIST_BINS)
@@ -140,14 +175,17 @@ def test_density_images_are_normalised_densities():
   assert posterior.sum() * cell == pytest.approx(0.75)  # mass inside the window
   # N(0, I) mass in [-2, 2]^2 = erf(2 / sqrt 2)^2.
   assert prior.sum() * (4.0 / priors_2d_train.PLOT_GRID) ** 2 == pytest.approx(
-      math.erf(2 / math.sqrt(2)) ** 2, abs=1e-3)
+    math.erf(2 / math.sqrt(2)) ** 2, abs=1e-3
+  )
 
 
 def test_plot_writer_draws_prior_and_posterior_and_digits_when_labelled(tmp_path):
   rng = np.random.RandomState(0)
   z = rng.standard_normal((500, 2)).astype(np.float32)
   lo, hi = priors_2d_train.plot_window(z, 2 * z)
-  assert np.all(lo < np.percentile(2 * z, 1, axis=0)) and np.all(hi > np.percentile(2 * z, 99, axis=0))
+  assert np.all(lo < np.percentile(2 * z, 1, axis=0)) and np.all(
+    hi > np.percentile(2 * z, 99, axis=0)
+  )
   edges = np.linspace(-4, 4, priors_2d_train.PLOT_GRID + 1)
   c = 0.5 * (edges[1:] + edges[:-1])
   log_p = -0.5 * (c[:, None] ** 2 + c[None, :] ** 2)
@@ -165,30 +203,48 @@ def run_cli(args):
 def test_study_cli_and_report_only_page(tmp_path):
   root = write_amat_dir(tmp_path / "data")
   out, runs = tmp_path / "priors_2d.md", tmp_path / "runs"
-  common = ["--preset=paper", f"--data_dir={root}", "--epochs=1", "--batch_size=64",
-            "--iw_samples=4", f"--logdir={runs}"]
+  common = [
+    "--preset=paper",
+    f"--data_dir={root}",
+    "--epochs=1",
+    "--batch_size=64",
+    "--iw_samples=4",
+    f"--logdir={runs}",
+  ]
   proc = run_cli(common + ["--seeds=1", "--compare_priors=standard", f"--study_output={out}"])
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert (tmp_path / "priors_2d_standard.png").stat().st_size > 5000
   rows = json.load(open(tmp_path / "priors_2d.json"))
   assert [(r["prior"], r["status"], r["iw_samples_used"], r["train_images"]) for r in rows] == [
-      ("standard", "finished", 4, 256)]
+    ("standard", "finished", 4, 256)
+  ]
 
   # Seed 1 of standard part-trained (a status.json as the harness writes it); vampprior never
   # started. A stale PNG of a prior without a finished run is removed.
   (runs / "standard-seed1").mkdir()
-  (runs / "standard-seed1" / "status.json").write_text(json.dumps(dict(
-      epoch=3.0, total_epochs=20, finished=False, train_seconds=7.0, cpu="test CPU")))
+  (runs / "standard-seed1" / "status.json").write_text(
+    json.dumps(dict(epoch=3.0, total_epochs=20, finished=False, train_seconds=7.0, cpu="test CPU"))
+  )
   (tmp_path / "report_vampprior.png").write_bytes(b"stale")
   report = tmp_path / "report.md"
-  proc = run_cli(common + ["--seeds=2", "--compare_priors=standard,vampprior", "--report_only",
-                           f"--study_output={report}"])
+  proc = run_cli(
+    common
+    + [
+      "--seeds=2",
+      "--compare_priors=standard,vampprior",
+      "--report_only",
+      f"--study_output={report}",
+    ]
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "== " not in proc.stderr  # nothing trained or evaluated
   rows2 = json.load(open(tmp_path / "report.json"))
   assert [(r["prior"], r["seed"], r["status"]) for r in rows2] == [
-      ("standard", 0, "finished"), ("vampprior", 0, "not started"),
-      ("standard", 1, "training: epoch 3.0 of 20"), ("vampprior", 1, "not started")]
+    ("standard", 0, "finished"),
+    ("vampprior", 0, "not started"),
+    ("standard", 1, "training: epoch 3.0 of 20"),
+    ("vampprior", 1, "not started"),
+  ]
   assert rows2[0]["iwae"] == rows[0]["iwae"]
   text = report.read_text()
   assert "--report_only" in text.split("```")[1]  # the page names the command that wrote it
@@ -206,9 +262,17 @@ def test_page_numbers_are_what_the_kept_per_image_values_give(tmp_path):
   without them says so instead of inventing them."""
   root = write_amat_dir(tmp_path / "data")
   out, runs = tmp_path / "page.md", tmp_path / "runs"
-  args = ["--preset=paper", f"--data_dir={root}", "--epochs=1", "--batch_size=64",
-          "--iw_samples=4", f"--logdir={runs}", "--seeds=2", "--compare_priors=standard",
-          f"--study_output={out}"]
+  args = [
+    "--preset=paper",
+    f"--data_dir={root}",
+    "--epochs=1",
+    "--batch_size=64",
+    "--iw_samples=4",
+    f"--logdir={runs}",
+    "--seeds=2",
+    "--compare_priors=standard",
+    f"--study_output={out}",
+  ]
   proc = run_cli(args)
   assert proc.returncode == 0, proc.stderr[-2000:]
 

@@ -16,8 +16,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = sorted(
-    os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
-    if 'if __name__ == "__main__":' in open(p, encoding="utf-8").read())
+  os.path.basename(p)[:-3]
+  for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
+  if 'if __name__ == "__main__":' in open(p, encoding="utf-8").read()
+)
 IMPORT_ALL = "import_every_script"
 
 
@@ -34,19 +36,34 @@ def started(tmp_path_factory):
   a_file = tmp_path_factory.mktemp("quiet") / "not_a_dir"
   a_file.write_text("x")
   commands = {
-      ("vampprior", "--batch_size=0"): ["-m", "experiments.vampprior", "--batch_size=0"],
-      ("vampprior", "--seed=-1"): ["-m", "experiments.vampprior", "--seed=-1"],
-      ("nvae_mnist", "--logdir=<a file>"): ["-m", "experiments.nvae_mnist", f"--logdir={a_file}"],
-      ("vampprior", "--data_dir=<missing>"): [  # raised in main, after TensorFlow's runtime started
-          "-m", "experiments.vampprior", f"--data_dir={a_file}.missing", f"--logdir={a_file}.run"],
-      ("ppl", "--no_such_flag=1"): ["-m", "experiments.ppl", "--no_such_flag=1"],
-      ("run_status", "--no_such_flag=1"): ["-m", "experiments.run_status", "--no_such_flag=1"],
-      IMPORT_ALL: ["-c", f"import importlib\nfor s in {SCRIPTS!r}: importlib.import_module('experiments.' + s)"],
+    ("vampprior", "--batch_size=0"): ["-m", "experiments.vampprior", "--batch_size=0"],
+    ("vampprior", "--seed=-1"): ["-m", "experiments.vampprior", "--seed=-1"],
+    ("nvae_mnist", "--logdir=<a file>"): ["-m", "experiments.nvae_mnist", f"--logdir={a_file}"],
+    ("vampprior", "--data_dir=<missing>"): [  # raised in main, after TensorFlow's runtime started
+      "-m",
+      "experiments.vampprior",
+      f"--data_dir={a_file}.missing",
+      f"--logdir={a_file}.run",
+    ],
+    ("ppl", "--no_such_flag=1"): ["-m", "experiments.ppl", "--no_such_flag=1"],
+    ("run_status", "--no_such_flag=1"): ["-m", "experiments.run_status", "--no_such_flag=1"],
+    IMPORT_ALL: [
+      "-c",
+      f"import importlib\nfor s in {SCRIPTS!r}: importlib.import_module('experiments.' + s)",
+    ],
   }
-  procs = {case: subprocess.Popen([sys.executable, *args], cwd=ROOT, env=_user_env(),
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
-           for case, args in commands.items()}
+  procs = {
+    case: subprocess.Popen(
+      [sys.executable, *args],
+      cwd=ROOT,
+      env=_user_env(),
+      stdin=subprocess.DEVNULL,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for case, args in commands.items()
+  }
   out = {case: proc.communicate(timeout=600) for case, proc in procs.items()}
   return {case: (procs[case].returncode, *out[case]) for case in procs}, str(a_file)
 
@@ -58,16 +75,33 @@ def test_scripts_are_found():
 def test_bad_flags_and_values_are_one_stderr_line_and_exit_2(started):
   results, a_file = started
   assert {case: r for case, r in results.items() if case != IMPORT_ALL} == {
-      ("vampprior", "--batch_size=0"): (
-          2, "", "error: flag --batch_size=0: 0 is not a positive integer\n"),
-      ("vampprior", "--seed=-1"): (2, "", "error: flag --seed=-1: -1 is not a non-negative integer\n"),
-      ("nvae_mnist", "--logdir=<a file>"): (
-          2, "", f"error: --logdir {a_file} is a file, not a directory\n"),
-      ("vampprior", "--data_dir=<missing>"): (
-          2, "", f"error: data directory {a_file}.missing does not exist (from --data_dir or "
-                 "$GENMODELS_DATA_DIR)\n"),
-      ("ppl", "--no_such_flag=1"): (2, "", "error: Unknown command line flag 'no_such_flag'\n"),
-      ("run_status", "--no_such_flag=1"): (2, "", "error: Unknown command line flag 'no_such_flag'\n"),
+    ("vampprior", "--batch_size=0"): (
+      2,
+      "",
+      "error: flag --batch_size=0: 0 is not a positive integer\n",
+    ),
+    ("vampprior", "--seed=-1"): (
+      2,
+      "",
+      "error: flag --seed=-1: -1 is not a non-negative integer\n",
+    ),
+    ("nvae_mnist", "--logdir=<a file>"): (
+      2,
+      "",
+      f"error: --logdir {a_file} is a file, not a directory\n",
+    ),
+    ("vampprior", "--data_dir=<missing>"): (
+      2,
+      "",
+      f"error: data directory {a_file}.missing does not exist (from --data_dir or "
+      "$GENMODELS_DATA_DIR)\n",
+    ),
+    ("ppl", "--no_such_flag=1"): (2, "", "error: Unknown command line flag 'no_such_flag'\n"),
+    ("run_status", "--no_such_flag=1"): (
+      2,
+      "",
+      "error: Unknown command line flag 'no_such_flag'\n",
+    ),
   }
 
 

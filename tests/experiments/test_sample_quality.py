@@ -17,8 +17,7 @@ from absl import flags
 
 from diffusion_tf import layers
 from evaluation import protocol
-from experiments import harness
-from experiments import results
+from experiments import harness, results
 from experiments import sample_quality as script
 from experiments import sample_quality_train as sq
 from tests import scripts
@@ -28,19 +27,52 @@ RUN = sq.run  # the real one; tests wrap it to see the settings `main` passes
 SIDE = 12  # stand-in images: not MNIST's 28, so a literal 784 / (28, 28, 1) anywhere breaks the run
 NUM_EVAL = 10
 TINY = sq.Preset(
-    flow=sq.FlowPreset(batch_size=32, epochs=1, learning_rate=1e-4, num_couplings=2, hidden_units=8),
-    vae=sq.VAEPreset(batch_size=32, epochs=1, learning_rate=1e-3, latent_dim=2, hidden_units=(8,),
-                     prior_couplings=2, prior_hidden_units=4, iw_samples=3),
-    ddpm=sq.DDPMPreset(batch_size=8, epochs=1, learning_rate=1e-4, warmup_steps=2, ema_decay=0.9,
-                       unet=layers.UNetConfig(channels=8, channel_mult=(1,),
-                                              num_res_blocks=1, attention_resolutions=(8,),
-                                              dropout=0.0, num_groups=2),
-                       vlb_examples=2, padded_size=16),
-    fid_samples=8, data="test data", offline_split=True)
-ARGS = ["--max_steps=2", "--num_timesteps=4", "--grid_samples=4", "--ddim_steps=2",
-        "--vlb_examples=3", "--vlb_unclipped", "--ddpm_dequantize", "--ddpm_random_flip",
-        "--ddim_spacing=trailing",
-        "--ddim_clip_x0", "--ddim_eta=0.5", "--iw_samples=2"]
+  flow=sq.FlowPreset(batch_size=32, epochs=1, learning_rate=1e-4, num_couplings=2, hidden_units=8),
+  vae=sq.VAEPreset(
+    batch_size=32,
+    epochs=1,
+    learning_rate=1e-3,
+    latent_dim=2,
+    hidden_units=(8,),
+    prior_couplings=2,
+    prior_hidden_units=4,
+    iw_samples=3,
+  ),
+  ddpm=sq.DDPMPreset(
+    batch_size=8,
+    epochs=1,
+    learning_rate=1e-4,
+    warmup_steps=2,
+    ema_decay=0.9,
+    unet=layers.UNetConfig(
+      channels=8,
+      channel_mult=(1,),
+      num_res_blocks=1,
+      attention_resolutions=(8,),
+      dropout=0.0,
+      num_groups=2,
+    ),
+    vlb_examples=2,
+    padded_size=16,
+  ),
+  fid_samples=8,
+  data="test data",
+  offline_split=True,
+)
+ARGS = [
+  "--max_steps=2",
+  "--num_timesteps=4",
+  "--grid_samples=4",
+  "--ddim_steps=2",
+  "--vlb_examples=3",
+  "--vlb_unclipped",
+  "--ddpm_dequantize",
+  "--ddpm_random_flip",
+  "--ddim_spacing=trailing",
+  "--ddim_clip_x0",
+  "--ddim_eta=0.5",
+  "--iw_samples=2",
+]
 
 
 def _fake_mnist(name, split, data_dir=None):
@@ -57,8 +89,13 @@ def _main(monkeypatch, tmp_path, *args):
   monkeypatch.delenv("GENMODELS_INCEPTION_PATH", raising=False)
   monkeypatch.setenv("GENMODELS_CACHE_DIR", str(tmp_path / "cache"))
   seen = {}
-  monkeypatch.setattr(sq, "run", lambda settings, **kw: seen.setdefault("rows", RUN(
-      seen.setdefault("settings", settings), **kw)))
+  monkeypatch.setattr(
+    sq,
+    "run",
+    lambda settings, **kw: seen.setdefault(
+      "rows", RUN(seen.setdefault("settings", settings), **kw)
+    ),
+  )
   with scripts.defined_flags(script.define_flags) as fv:  # the script's flags, in this process
     fv(["sample_quality", f"--logdir={tmp_path / 'runs'}"] + list(args))
     assert script.main([]) == 0
@@ -83,9 +120,13 @@ def tiny_run(tmp_path_factory):
   with pytest.MonkeyPatch.context() as monkeypatch:
     monkeypatch.setattr(sq.models, "DDPM", SpyDDPM)
     settings = _main(monkeypatch, tmp_path, "--models=vae,flow,ddpm", *ARGS)
-  return dict(tmp_path=tmp_path, settings=settings, seen=seen,
-              rows=json.loads((tmp_path / "runs" / "results.json").read_text()),
-              page=(tmp_path / "runs" / "results" / "sample_quality.md").read_text())
+  return dict(
+    tmp_path=tmp_path,
+    settings=settings,
+    seen=seen,
+    rows=json.loads((tmp_path / "runs" / "results.json").read_text()),
+    page=(tmp_path / "runs" / "results" / "sample_quality.md").read_text(),
+  )
 
 
 @pytest.mark.slow
@@ -99,11 +140,15 @@ def test_tiny_run_writes_the_page_grids_and_rows_without_faking_fid(tiny_run):
     batch = getattr(TINY, row["model"]).batch_size
     assert row["train_steps"] == 2 and row["train_epochs"] == round(2 / (9000 // batch), 2)
     # A --max_steps smoke run: pages and grids under <logdir>/results, never results/.
-    assert row["grid"].startswith(str(tmp_path / "runs" / "results")) and os.path.exists(row["grid"])
+    assert row["grid"].startswith(str(tmp_path / "runs" / "results")) and os.path.exists(
+      row["grid"]
+    )
   # No FID/KID columns full of "unavailable": the page says why once.
   assert "Produced by:" in page and page.count("unavailable (no Inception weights") == 1
   assert "| FID" not in page and "| KID" not in page
-  assert "| ddpm | ddpm_ancestral4 |" in page and "CPU:" in page and f"D = {SIDE * SIDE} pixels" in page
+  assert (
+    "| ddpm | ddpm_ancestral4 |" in page and "CPU:" in page and f"D = {SIDE * SIDE} pixels" in page
+  )
   assert "IWAE (K=2)" in rows[0]["bits_per_dim_kind"]  # --iw_samples overrides the preset's 3
   for name in ("vae", "flow", "ddpm"):
     assert (tmp_path / "runs" / name / "checkpoints").is_dir()
@@ -116,11 +161,19 @@ def test_ddpm_flags_reach_the_model_the_sampler_and_the_bound(tiny_run):
   assert seen["ddpm"]["random_flip"] is True
   assert seen["ddpm"]["diffusion"].num_timesteps == 4
   assert {k: seen["ddim"][k] for k in ("num_steps", "eta", "spacing", "clip_denoised")} == {
-      "num_steps": 2, "eta": 0.5, "spacing": "trailing", "clip_denoised": True}
+    "num_steps": 2,
+    "eta": 0.5,
+    "spacing": "trailing",
+    "clip_denoised": True,
+  }
   for row in rows[2:]:  # the DDPM bound: --vlb_examples=3 (the preset says 2), clipped and not
     assert row["vlb_images"] == 3 and np.isfinite(row["bits_per_dim_se"])
-    assert "x0_hat clipped" in row["bits_per_dim_kind"] and "over 3 held-out" in row["bits_per_dim_kind"]
-    assert np.isfinite(row["bits_per_dim_unclipped"]) and np.isfinite(row["bits_per_dim_unclipped_se"])
+    assert (
+      "x0_hat clipped" in row["bits_per_dim_kind"] and "over 3 held-out" in row["bits_per_dim_kind"]
+    )
+    assert np.isfinite(row["bits_per_dim_unclipped"]) and np.isfinite(
+      row["bits_per_dim_unclipped_se"]
+    )
     assert row["bits_per_dim_unclipped"] != row["bits_per_dim"]
 
 
@@ -128,15 +181,18 @@ def test_ddpm_flags_reach_the_model_the_sampler_and_the_bound(tiny_run):
 def test_main_resolves_every_flag_once_into_the_settings(tiny_run):
   s = tiny_run["settings"]
   runs = str(tiny_run["tmp_path"] / "runs")
-  assert s.preset.ddpm == dataclasses.replace(TINY.ddpm, vlb_examples=3, num_timesteps=4,
-                                               dequantize=True, random_flip=True)
+  assert s.preset.ddpm == dataclasses.replace(
+    TINY.ddpm, vlb_examples=3, num_timesteps=4, dequantize=True, random_flip=True
+  )
   assert s.preset.vae.iw_samples == 2 and s.preset.fid_samples == TINY.fid_samples
   assert s.ddim == sq.ddim_flags.DDIMSettings(steps=2, eta=0.5, spacing="trailing", clip_x0=True)
   assert s.models == ("vae", "flow", "ddpm") and s.vlb_unclipped is True and s.grid_samples == 4
   assert s.results_dir == os.path.join(runs, "results")
   assert {m: (c.logdir, c.batch_size, c.max_steps) for m, c in s.train.items()} == {
-      "vae": (os.path.join(runs, "vae"), 32, 2), "flow": (os.path.join(runs, "flow"), 32, 2),
-      "ddpm": (os.path.join(runs, "ddpm"), 8, 2)}
+    "vae": (os.path.join(runs, "vae"), 32, 2),
+    "flow": (os.path.join(runs, "flow"), 32, 2),
+    "ddpm": (os.path.join(runs, "ddpm"), 8, 2),
+  }
 
 
 def kept_bits(path):
@@ -169,8 +225,9 @@ def test_page_bits_per_dim_are_what_the_kept_per_image_values_give(tiny_run):
 
 
 @pytest.mark.slow
-def test_rerun_page_follows_an_altered_per_image_value_without_evaluating_again(tiny_run,
-                                                                                monkeypatch):
+def test_rerun_page_follows_an_altered_per_image_value_without_evaluating_again(
+  tiny_run, monkeypatch
+):
   """The same command again finds the VAE finished and its values kept (same step, images, K):
   it evaluates nothing and the page prints what the (here altered) values give."""
   tmp_path = tiny_run["tmp_path"]
@@ -183,6 +240,7 @@ def test_rerun_page_follows_an_altered_per_image_value_without_evaluating_again(
 
   def evaluate(*args, **kwargs):
     raise AssertionError("a finished model with kept values was evaluated again")
+
   monkeypatch.setattr(sq.likelihood, "evaluate_log_likelihood", evaluate)
   _main(monkeypatch, tmp_path, "--models=vae", *ARGS)
   (row,) = json.loads((tmp_path / "runs" / "results.json").read_text())
@@ -198,7 +256,9 @@ def test_rerun_does_not_retrain_a_finished_model_and_resumes_a_longer_one(tiny_r
   """The same command again: the flow restores step 2 and trains nothing; --max_steps=3 resumes."""
   restored, fitted = [], []
   restore, fit = harness.Trainer.restore, harness.Trainer.fit
-  monkeypatch.setattr(harness.Trainer, "restore", lambda self: restored.append(restore(self)) or restored[-1])
+  monkeypatch.setattr(
+    harness.Trainer, "restore", lambda self: restored.append(restore(self)) or restored[-1]
+  )
   monkeypatch.setattr(harness.Trainer, "fit", lambda self: fitted.append(fit(self)) or fitted[-1])
   tmp_path = tiny_run["tmp_path"]
   flow_args = [a for a in ARGS if a != "--max_steps=2"]
@@ -263,8 +323,9 @@ def test_vlb_bits_per_dim_is_the_mean_and_standard_error_over_all_images():
     def variational_bound(self, x, *, seed, clip_denoised):
       assert clip_denoised is True
       seeds.append(seed)
-      return sq.models.VariationalBound(total=tf.constant(nats_of(x)), prior=None, diffusion=None,
-                                        decoder=None)
+      return sq.models.VariationalBound(
+        total=tf.constant(nats_of(x)), prior=None, diffusion=None, decoder=None
+      )
 
   images = np.random.default_rng(0).uniform(size=(250, 28, 28, 1)).astype(np.float32)
   optimizer = keras.optimizers.Adam(use_ema=True)
@@ -290,15 +351,23 @@ def test_vlb_cache_resumes_an_interrupted_bound_and_skips_a_finished_one(tmp_pat
         raise KeyboardInterrupt
       calls.append(seed)
       nats = 784 * np.log(2) * (1.0 + x.reshape(len(x), -1)[:, 0] + seed * 1e-4)
-      return sq.models.VariationalBound(total=tf.constant(nats), prior=None, diffusion=None,
-                                        decoder=None)
+      return sq.models.VariationalBound(
+        total=tf.constant(nats), prior=None, diffusion=None, decoder=None
+      )
 
   images = np.random.default_rng(0).uniform(size=(250, 28, 28, 1)).astype(np.float32)
   optimizer = keras.optimizers.Adam(use_ema=True)
   cache = str(tmp_path / "vlb.npz")
   bound = lambda model, step=7: sq.vlb_bits_per_dim(
-      model, optimizer, images, clip_denoised=True, seed=3, progress=False, cache_path=cache,
-      cache_key={"step": step})
+    model,
+    optimizer,
+    images,
+    clip_denoised=True,
+    seed=3,
+    progress=False,
+    cache_path=cache,
+    cache_key={"step": step},
+  )
   want = sq.vlb_bits_per_dim(Model(), optimizer, images, clip_denoised=True, seed=3, progress=False)
   seeds = list(calls)
   calls.clear()

@@ -12,12 +12,28 @@ from experiments import flags as common  # noqa: F401  (the common flags every t
 from tests import scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SHARED_MODULES = {"__init__", "data", "ddim_flags", "flags", "harness", "images", "nvae_flags",
-                  "nvae_train", "priors_2d_flags", "priors_2d_train", "results",
-                  "sample_quality_flags", "sample_quality_train", "vampprior_flags",
-                  "vampprior_train"}
-SCRIPTS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
-                 if os.path.basename(p)[:-3] not in SHARED_MODULES)
+SHARED_MODULES = {
+  "__init__",
+  "data",
+  "ddim_flags",
+  "flags",
+  "harness",
+  "images",
+  "nvae_flags",
+  "nvae_train",
+  "priors_2d_flags",
+  "priors_2d_train",
+  "results",
+  "sample_quality_flags",
+  "sample_quality_train",
+  "vampprior_flags",
+  "vampprior_train",
+}
+SCRIPTS = sorted(
+  os.path.basename(p)[:-3]
+  for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
+  if os.path.basename(p)[:-3] not in SHARED_MODULES
+)
 
 
 def script_help(script: str) -> dict:
@@ -37,8 +53,13 @@ def script_help(script: str) -> dict:
 
 
 def _describe(fv, *, own: bool) -> dict:
-  bad = [f.name for m, fs in fv.flags_by_module_dict().items() if m.startswith("experiments.")
-         for f in fs if len((f.help or "").strip()) < 15]
+  bad = [
+    f.name
+    for m, fs in fv.flags_by_module_dict().items()
+    if m.startswith("experiments.")
+    for f in fs
+    if len((f.help or "").strip()) < 15
+  ]
   return {"undocumented": bad, "own": own, "help": fv.get_help(include_special_flags=False)}
 
 

@@ -10,34 +10,60 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments import data
-from experiments import harness
-from experiments import vampprior_train
-from vampprior_tf import losses
+from experiments import data, harness, vampprior_train
 from tests import scripts
 from tests.nvae_tf.conftest import write_binarized_mnist_head
+from vampprior_tf import losses
+
 
 def tiny_settings(**overrides):
-  base = dict(model="vae", prior="vampprior", dataset="static_mnist", likelihood="bernoulli",
-              num_components=10, learn_prior_weights=False, warmup=1, lr=3e-3, early_stopping=0,
-              test_samples=30, train_examples=300, eval_examples=40, image_every=1, z1_dim=8,
-              z2_dim=6, hidden_units=32, flow_couplings=2, flow_hidden_units=16,
-              ll_batch_size=20, ll_chunk=20)
+  base = dict(
+    model="vae",
+    prior="vampprior",
+    dataset="static_mnist",
+    likelihood="bernoulli",
+    num_components=10,
+    learn_prior_weights=False,
+    warmup=1,
+    lr=3e-3,
+    early_stopping=0,
+    test_samples=30,
+    train_examples=300,
+    eval_examples=40,
+    image_every=1,
+    z1_dim=8,
+    z2_dim=6,
+    hidden_units=32,
+    flow_couplings=2,
+    flow_hidden_units=16,
+    ll_batch_size=20,
+    ll_chunk=20,
+  )
   base.update(overrides)
   return vampprior_train.RunSettings(**base)
 
 
 def tiny_config(logdir, epochs=2, **overrides):
-  return harness.TrainConfig(logdir=str(logdir), batch_size=50, epochs=epochs, seed=0,
-                             progress=False, early_stopping_metric="val_loss", **overrides)
+  return harness.TrainConfig(
+    logdir=str(logdir),
+    batch_size=50,
+    epochs=epochs,
+    seed=0,
+    progress=False,
+    early_stopping_metric="val_loss",
+    **overrides,
+  )
 
 
 def test_vae_vampprior_static_mnist_end_to_end(tmp_path):
   # The first lines of the offline files (reading all 70k takes seconds; test_data reads them).
   data_dir = write_binarized_mnist_head(tmp_path / "data", train=300, valid=40, test=40)
-  row = vampprior_train.train_and_evaluate(tiny_settings(),
-                                           tiny_config(tmp_path / "run"),
-                                           strategy=tf.distribute.get_strategy(), data_dir=data_dir)
+  row = vampprior_train.train_and_evaluate(
+    tiny_settings(),
+    tiny_config(tmp_path / "run"),
+    strategy=tf.distribute.get_strategy(),
+    data_dir=data_dir,
+  )
   assert row["epochs_run"] == 2 and row["test_examples"] == 40
   # Trained: better than 784 fair coin flips.
   assert np.isfinite(row["test_nll"]) and 0 < row["test_nll"] < 784 * np.log(2)
@@ -57,9 +83,9 @@ def test_vae_vampprior_static_mnist_end_to_end(tmp_path):
 
 
 def test_adam_epsilon_of_a_run_started_before_it_was_recorded_stays_the_keras_default(tmp_path):
-  assert vampprior_train.adam_epsilon(str(tmp_path)) == 1e-8        # a new run
+  assert vampprior_train.adam_epsilon(str(tmp_path)) == 1e-8  # a new run
   (tmp_path / "hparams.json").write_text(json.dumps({"model": "vae"}))
-  assert vampprior_train.adam_epsilon(str(tmp_path)) == 1e-7        # resumes as it was trained
+  assert vampprior_train.adam_epsilon(str(tmp_path)) == 1e-7  # resumes as it was trained
   (tmp_path / "hparams.json").write_text(json.dumps({"model": "vae", "adam_epsilon": 1e-8}))
   assert vampprior_train.adam_epsilon(str(tmp_path)) == 1e-8
 
@@ -68,24 +94,38 @@ def test_evaluating_without_a_best_checkpoint_is_an_error(tmp_path):
   """Training that ends with an empty best/ (here: no early-stopping metric, so nothing is ever
   written there) must not evaluate its last weights in silence."""
   data_dir = write_binarized_mnist_head(tmp_path / "data", train=100, valid=20, test=20)
-  config = harness.TrainConfig(logdir=str(tmp_path / "run"), batch_size=50, epochs=1, seed=0,
-                               progress=False)
+  config = harness.TrainConfig(
+    logdir=str(tmp_path / "run"), batch_size=50, epochs=1, seed=0, progress=False
+  )
   with pytest.raises(ValueError) as e:
-    vampprior_train.train_and_evaluate(tiny_settings(train_examples=100, eval_examples=20),
-                                       config, strategy=tf.distribute.get_strategy(),
-                                       data_dir=data_dir)
-  assert str(e.value) == (f"{tmp_path / 'run'}: training ended without a best-validation "
-                          "checkpoint (best/ is empty), so there are no weights the protocol "
-                          "evaluates")
+    vampprior_train.train_and_evaluate(
+      tiny_settings(train_examples=100, eval_examples=20),
+      config,
+      strategy=tf.distribute.get_strategy(),
+      data_dir=data_dir,
+    )
+  assert str(e.value) == (
+    f"{tmp_path / 'run'}: training ended without a best-validation "
+    "checkpoint (best/ is empty), so there are no weights the protocol "
+    "evaluates"
+  )
   assert not (tmp_path / "run" / "results.json").exists()
 
 
 def test_hvae_flow_prior_frey_faces_grey_end_to_end(tmp_path):
-  settings = tiny_settings(model="hvae_2level", prior="flow", dataset="frey_faces",
-                           likelihood="discretized_logistic", train_examples=100, eval_examples=20,
-                           test_samples=10, ll_chunk=10)
-  row = vampprior_train.train_and_evaluate(settings, tiny_config(tmp_path, epochs=1),
-                                           strategy=tf.distribute.get_strategy())
+  settings = tiny_settings(
+    model="hvae_2level",
+    prior="flow",
+    dataset="frey_faces",
+    likelihood="discretized_logistic",
+    train_examples=100,
+    eval_examples=20,
+    test_samples=10,
+    ll_chunk=10,
+  )
+  row = vampprior_train.train_and_evaluate(
+    settings, tiny_config(tmp_path, epochs=1), strategy=tf.distribute.get_strategy()
+  )
   # Discretized logistic on 560 pixels (official edges by default): probabilities <= 1, NLL > 0.
   assert row["test_nll"] > 0 and row["logistic_edges"] == "official"
   assert row["importance_samples"] == 10
@@ -97,14 +137,19 @@ def test_loss_fn_uses_the_official_warmup_beta_from_the_first_epoch():
   s = tiny_settings(test_samples=2)
   model = vampprior_train.build_model(s, image_shape=(28, 28, 1), seed=0)
   x = tf.constant((np.random.RandomState(0).rand(4, 28, 28, 1) > 0.5).astype(np.float32))
-  ctx = harness.StepContext(step=tf.constant(0, tf.int64), epoch=tf.constant(0, tf.int64),
-                            steps_per_epoch=1, total_steps=1, total_epochs=1,
-                            global_batch_size=4, num_replicas=1)
+  ctx = harness.StepContext(
+    step=tf.constant(0, tf.int64),
+    epoch=tf.constant(0, tf.int64),
+    steps_per_epoch=1,
+    total_steps=1,
+    total_epochs=1,
+    global_batch_size=4,
+    num_replicas=1,
+  )
   out = vampprior_train.make_loss_fn(4)(model, x, ctx)
   assert float(out.metrics["beta"]) == 0.25
   log_px, kl = float(out.metrics["log_px"]), float(out.metrics["kl"])
-  np.testing.assert_allclose(float(tf.reduce_mean(out.per_example)), -log_px + 0.25 * kl,
-                             rtol=1e-5)
+  np.testing.assert_allclose(float(tf.reduce_mean(out.per_example)), -log_px + 0.25 * kl, rtol=1e-5)
 
 
 def official_stop_epoch(val_losses, *, patience, warmup):
@@ -132,26 +177,38 @@ class Linear(keras.Model):
     return self.dense(x)
 
 
-@pytest.mark.parametrize("val_losses,patience,warmup", [
-    ([9, 8, 8.5, 8.6, 8.7, 8.8, 8.9, 9, 9, 9], 2, 4),      # last improvement inside warm-up
-    ([9, 8, 7, 6, 5, 4.5, 5, 5, 5, 5, 5, 5], 2, 4),        # last improvement after warm-up
-    ([5, 4, 3, 3.5, 3.5, 3.5, 3.5, 3.5], 1, 0),            # no warm-up
-])
+@pytest.mark.parametrize(
+  "val_losses,patience,warmup",
+  [
+    ([9, 8, 8.5, 8.6, 8.7, 8.8, 8.9, 9, 9, 9], 2, 4),  # last improvement inside warm-up
+    ([9, 8, 7, 6, 5, 4.5, 5, 5, 5, 5, 5, 5], 2, 4),  # last improvement after warm-up
+    ([5, 4, 3, 3.5, 3.5, 3.5, 3.5, 3.5], 1, 0),  # no warm-up
+  ],
+)
 def test_official_early_stopping_through_the_real_harness(tmp_path, val_losses, patience, warmup):
   """The harness with `losses.EarlyStopping.official` stops after the epoch the official loop does."""
   stopping = losses.EarlyStopping.official(patience=patience, warmup=warmup)
   config = harness.TrainConfig(
-      logdir=str(tmp_path), batch_size=4, epochs=len(val_losses), seed=0, progress=False,
-      early_stopping_metric="val_loss", early_stopping_patience=stopping.harness_patience,
-      early_stopping_start_epoch=stopping.start_epoch)
+    logdir=str(tmp_path),
+    batch_size=4,
+    epochs=len(val_losses),
+    seed=0,
+    progress=False,
+    early_stopping_metric="val_loss",
+    early_stopping_patience=stopping.harness_patience,
+    early_stopping_start_epoch=stopping.start_epoch,
+  )
   model = Linear()
   model(tf.zeros((1, 2)))
   trainer = harness.Trainer(
-      config=config, strategy=tf.distribute.get_strategy(), model=model,
-      optimizer=keras.optimizers.SGD(0.0),
-      loss_fn=lambda m, b, ctx: harness.LossOutput(per_example=tf.reduce_sum(m(b), -1)),
-      train_data=tf.data.Dataset.from_tensor_slices(np.zeros((4, 2), np.float32)),
-      epoch_end_fn=lambda m, epoch: {"val_loss": float(val_losses[epoch])})
+    config=config,
+    strategy=tf.distribute.get_strategy(),
+    model=model,
+    optimizer=keras.optimizers.SGD(0.0),
+    loss_fn=lambda m, b, ctx: harness.LossOutput(per_example=tf.reduce_sum(m(b), -1)),
+    train_data=tf.data.Dataset.from_tensor_slices(np.zeros((4, 2), np.float32)),
+    epoch_end_fn=lambda m, epoch: {"val_loss": float(val_losses[epoch])},
+  )
   trainer.fit()
   expected = official_stop_epoch(val_losses, patience=patience, warmup=warmup)
   assert expected < len(val_losses)  # every case stops early
@@ -161,7 +218,13 @@ def test_official_early_stopping_through_the_real_harness(tmp_path, val_losses, 
 def test_paper_preset_is_the_official_setting():
   p = vampprior_train.PRESETS["paper"]
   assert (p.batch_size, p.lr, p.warmup, p.early_stopping, p.num_components, p.test_samples) == (
-      100, 5e-4, 100, 50, 500, 5000)
+    100,
+    5e-4,
+    100,
+    50,
+    500,
+    5000,
+  )
   assert (p.train_examples, p.eval_examples) == (None, None)
   assert vampprior_train.DATASETS["static_mnist"].pseudo_mean == 0.05
   assert vampprior_train.default_likelihood("frey_faces") == "discretized_logistic"
@@ -177,8 +240,10 @@ def test_dynamic_mnist_binarizes_eval_sets_once_and_needs_train_images(tmp_path)
 
 
 def test_cli_reports_missing_data_in_one_line(tmp_path):
-  proc = scripts.run_script("vampprior", [
-      "--dataset=fashion_mnist", f"--data_dir={tmp_path}", f"--logdir={tmp_path / 'run'}"])
+  proc = scripts.run_script(
+    "vampprior",
+    ["--dataset=fashion_mnist", f"--data_dir={tmp_path}", f"--logdir={tmp_path / 'run'}"],
+  )
   assert proc.returncode == 2
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "fashion_mnist" in errors[0]

@@ -13,8 +13,10 @@ from experiments import vampprior_train
 from tests import scripts
 
 # zalandoresearch/fashion-mnist, data/fashion: the file names of the official distribution.
-FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-         "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+FILES = {
+  "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
 # The experiment keeps the last 10,000 training images for validation (as the official code does
 # for MNIST), so a training file needs more than that; 60,000 in the real one.
 NUM_TRAIN = vampprior_train.MNIST_NUM_VALID + 200
@@ -23,8 +25,11 @@ NUM_TEST = 100
 
 def write_idx(path, array, magic):
   with gzip.open(path, "wb") as f:
-    f.write(struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
-            + array.astype(np.uint8).tobytes())
+    f.write(
+      struct.pack(">I", magic)
+      + struct.pack(f">{array.ndim}I", *array.shape)
+      + array.astype(np.uint8).tobytes()
+    )
 
 
 def write_fashion_mnist(data_dir):
@@ -37,7 +42,7 @@ def write_fashion_mnist(data_dir):
     labels = np.arange(n) % 10
     images = rng.randint(0, 30, (n, 28, 28))
     for i, label in enumerate(labels):
-      images[i, 4:6 + 2 * label, 6:22] = rng.randint(150, 256, (2 + 2 * label, 16))
+      images[i, 4 : 6 + 2 * label, 6:22] = rng.randint(150, 256, (2 + 2 * label, 16))
     write_idx(folder / FILES[split][0], images, 2051)
     write_idx(folder / FILES[split][1], labels, 2049)
   return data_dir
@@ -47,24 +52,45 @@ def test_paper_preset_on_fashion_mnist_through_the_cli(tmp_path, monkeypatch):
   data_dir = write_fashion_mnist(tmp_path / "data")
   monkeypatch.chdir(tmp_path)  # the script appends its row to runs/vampprior/results.json
   logdir = tmp_path / "run"
-  proc = scripts.run_script("vampprior", [
-      "--dataset=fashion_mnist", "--preset=paper", f"--data_dir={data_dir}", f"--logdir={logdir}",
+  proc = scripts.run_script(
+    "vampprior",
+    [
+      "--dataset=fashion_mnist",
+      "--preset=paper",
+      f"--data_dir={data_dir}",
+      f"--logdir={logdir}",
       # The paper preset, shrunk: 3 steps of 100 (one epoch of 200 examples and one step), K = 10
       # pseudo-inputs, 8 importance samples on 20 test examples, a narrow network.
-      "--max_steps=3", "--train_examples=200", "--eval_examples=20", "--test_samples=8",
-      "--ll_chunk=8", "--num_components=10", "--hidden_units=16", "--z1_dim=4"])
+      "--max_steps=3",
+      "--train_examples=200",
+      "--eval_examples=20",
+      "--test_samples=8",
+      "--ll_chunk=8",
+      "--num_components=10",
+      "--hidden_units=16",
+      "--z1_dim=4",
+    ],
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "error" not in proc.stderr.lower(), proc.stderr[-3000:]
   last = proc.stderr.strip().splitlines()[-1]
-  assert re.fullmatch(r"fashion_mnist vae vampprior: test NLL [0-9.]+ \+- [0-9.]+ nats \(K=8\), "
-                      r"test -ELBO [0-9.]+, 1 epochs", last), proc.stderr[-3000:]
+  assert re.fullmatch(
+    r"fashion_mnist vae vampprior: test NLL [0-9.]+ \+- [0-9.]+ nats \(K=8\), "
+    r"test -ELBO [0-9.]+, 1 epochs",
+    last,
+  ), proc.stderr[-3000:]
 
   row = json.load(open(logdir / "results.json"))
   assert (row["dataset"], row["model"], row["prior"]) == ("fashion_mnist", "vae", "vampprior")
   # Grey images: the discretized logistic decoder; the paper preset's schedule, shrunk by flags.
   assert row["likelihood"] == "discretized_logistic"
   assert (row["batch_size"], row["epochs"], row["warmup"], row["early_stopping"], row["lr"]) == (
-      100, 2000, 100, 50, 5e-4)
+    100,
+    2000,
+    100,
+    50,
+    5e-4,
+  )
   assert (row["num_components"], row["train_examples"], row["eval_examples"]) == (10, 200, 20)
   assert row["test_examples"] == 20 and row["importance_samples"] == row["test_samples"] == 8
   assert row["epochs_run"] == 1 and row["best_checkpoint"] is not None
@@ -76,7 +102,8 @@ def test_paper_preset_on_fashion_mnist_through_the_cli(tmp_path, monkeypatch):
   assert len(appended) == 1 and appended[0]["dataset"] == "fashion_mnist"
   assert appended[0]["test_nll"] == row["test_nll"]
   assert appended[0]["command"].startswith(
-      "python -m experiments.vampprior --dataset=fashion_mnist --preset=paper")
+    "python -m experiments.vampprior --dataset=fashion_mnist --preset=paper"
+  )
   hparams = json.load(open(logdir / "hparams.json"))
   assert hparams["dataset"] == "fashion_mnist" and hparams["likelihood"] == "discretized_logistic"
   with np.load(logdir / "samples.npz") as samples:
@@ -92,13 +119,20 @@ def test_files_in_the_wrong_folder_are_one_error_line(tmp_path, monkeypatch):
   data_dir = write_fashion_mnist(tmp_path / "data")
   (data_dir / "fashion_mnist").rename(data_dir / "fashion")
   monkeypatch.chdir(tmp_path)
-  proc = scripts.run_script("vampprior", [
-      "--dataset=fashion_mnist", "--preset=paper", f"--data_dir={data_dir}",
-      f"--logdir={tmp_path / 'run'}"])
+  proc = scripts.run_script(
+    "vampprior",
+    [
+      "--dataset=fashion_mnist",
+      "--preset=paper",
+      f"--data_dir={data_dir}",
+      f"--logdir={tmp_path / 'run'}",
+    ],
+  )
   assert proc.returncode == 2
   assert proc.stderr == (
-      "error: data set 'fashion_mnist' split 'train' not found: expected "
-      "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz; looked in "
-      f"{data_dir / 'fashion_mnist'} and {data_dir}. Put the standard files in "
-      "<dir>/fashion_mnist/ and pass --data_dir=<dir> or set GENMODELS_DATA_DIR\n")
+    "error: data set 'fashion_mnist' split 'train' not found: expected "
+    "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz; looked in "
+    f"{data_dir / 'fashion_mnist'} and {data_dir}. Put the standard files in "
+    "<dir>/fashion_mnist/ and pass --data_dir=<dir> or set GENMODELS_DATA_DIR\n"
+  )
   assert proc.stdout == "" and not (tmp_path / "runs").exists()

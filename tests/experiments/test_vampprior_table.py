@@ -7,19 +7,31 @@ import shutil
 import numpy as np
 import pytest
 
-from experiments import vampprior_table
-from experiments import results
+from experiments import results, vampprior_table
 from tests import scripts
 
 
 def test_table_cli_runs_a_tiny_grid(tmp_path):
   out = tmp_path / "table.md"
-  proc = scripts.run_script("vampprior_table", [
-       "--preset=quick",
-       "--datasets=frey_faces", "--models=vae", "--priors=standard,vampprior", "--epochs=1",
-       "--train_examples=100", "--eval_examples=10", "--test_samples=8", "--ll_chunk=8",
-       "--num_components=5", "--hidden_units=16", "--z1_dim=4", f"--logdir={tmp_path / 'runs'}",
-       f"--table_output={out}"])
+  proc = scripts.run_script(
+    "vampprior_table",
+    [
+      "--preset=quick",
+      "--datasets=frey_faces",
+      "--models=vae",
+      "--priors=standard,vampprior",
+      "--epochs=1",
+      "--train_examples=100",
+      "--eval_examples=10",
+      "--test_samples=8",
+      "--ll_chunk=8",
+      "--num_components=5",
+      "--hidden_units=16",
+      "--z1_dim=4",
+      f"--logdir={tmp_path / 'runs'}",
+      f"--table_output={out}",
+    ],
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   text = out.read_text()
   assert "python -m experiments.vampprior_table" in text
@@ -40,7 +52,9 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
   assert os.path.isdir(tmp_path / "runs" / "frey_faces-vae-vampprior" / "checkpoints")
   # Per-image values beside the page; the rows' numbers are what they give.
   for row in saved:
-    values = results.read_per_example(str(tmp_path / "table" / f"frey_faces-vae-{row['prior']}.npz"))
+    values = results.read_per_example(
+      str(tmp_path / "table" / f"frey_faces-vae-{row['prior']}.npz")
+    )
     nll = -values["log_likelihood"].astype(np.float64)
     assert values["log_likelihood"].shape == (10,) and values["log_likelihood"].dtype == np.float32
     assert row["test_nll"] == nll.mean() and row["test_examples"] == 10
@@ -54,82 +68,177 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
   # cell says how far it got, a cell never started says so; no test numbers are invented.
   mog = tmp_path / "runs" / "frey_faces-vae-mog"
   mog.mkdir()
-  (mog / "status.json").write_text(json.dumps(dict(
-      epoch=3.5, total_epochs=2000, best_epoch=2, best_metric=101.5, train_seconds=7.0,
-      cpu="test CPU", finished=False, code_commits=["abc1234"])))
+  (mog / "status.json").write_text(
+    json.dumps(
+      dict(
+        epoch=3.5,
+        total_epochs=2000,
+        best_epoch=2,
+        best_metric=101.5,
+        train_seconds=7.0,
+        cpu="test CPU",
+        finished=False,
+        code_commits=["abc1234"],
+      )
+    )
+  )
   flow = tmp_path / "runs" / "frey_faces-vae-flow"  # early-stopped, its evaluation interrupted
   flow.mkdir()
-  (flow / "status.json").write_text(json.dumps(dict(
-      epoch=9.0, total_epochs=2000, best_epoch=4, best_metric=99.0, train_seconds=9.0,
-      cpu="test CPU", finished=False, stopped_early=True)))
+  (flow / "status.json").write_text(
+    json.dumps(
+      dict(
+        epoch=9.0,
+        total_epochs=2000,
+        best_epoch=4,
+        best_metric=99.0,
+        train_seconds=9.0,
+        cpu="test CPU",
+        finished=False,
+        stopped_early=True,
+      )
+    )
+  )
   np.savez(flow / "nll_partial.npz", log_px=np.zeros(6), elbo=np.zeros(6))  # 6 images evaluated
   report = tmp_path / "report.md"
-  proc = scripts.run_script("vampprior_table", [
-       "--preset=quick", "--report_only",
-       "--datasets=frey_faces", "--models=vae", "--priors=standard,vampprior,mog,flow",
-       "--epochs=1", "--train_examples=100", "--eval_examples=10", "--test_samples=8",
-       "--ll_chunk=8", "--num_components=5", "--hidden_units=16", "--z1_dim=4",
-       f"--logdir={tmp_path / 'runs'}", f"--table_output={report}"])
+  proc = scripts.run_script(
+    "vampprior_table",
+    [
+      "--preset=quick",
+      "--report_only",
+      "--datasets=frey_faces",
+      "--models=vae",
+      "--priors=standard,vampprior,mog,flow",
+      "--epochs=1",
+      "--train_examples=100",
+      "--eval_examples=10",
+      "--test_samples=8",
+      "--ll_chunk=8",
+      "--num_components=5",
+      "--hidden_units=16",
+      "--z1_dim=4",
+      f"--logdir={tmp_path / 'runs'}",
+      f"--table_output={report}",
+    ],
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "Resumed from" not in proc.stderr
   rows = json.load(open(tmp_path / "report.json"))
   assert [r["status"] for r in rows] == [
-      "finished", "finished", "training: epoch 3.50 of at most 2000, best validation epoch 2",
-      "trained: stopped early at epoch 9, best validation epoch 4; test evaluation in progress: "
-      "6 test images done"]
+    "finished",
+    "finished",
+    "training: epoch 3.50 of at most 2000, best validation epoch 2",
+    "trained: stopped early at epoch 9, best validation epoch 4; test evaluation in progress: "
+    "6 test images done",
+  ]
   assert [r.get("test_nll") for r in rows[:2]] == [r["test_nll"] for r in saved]
   # One value of a published array altered: --report_only prints what the arrays now give.
   values = results.read_per_example(str(tmp_path / "report" / "frey_faces-vae-standard.npz"))
   values["log_likelihood"][0] -= 100.0
   altered = tmp_path / "altered.md"
-  results.write_per_example(str(tmp_path / "altered" / "frey_faces-vae-standard.npz"),
-                            log_likelihood=values["log_likelihood"], elbo=values["elbo"])
+  results.write_per_example(
+    str(tmp_path / "altered" / "frey_faces-vae-standard.npz"),
+    log_likelihood=values["log_likelihood"],
+    elbo=values["elbo"],
+  )
   os.remove(tmp_path / "runs" / "frey_faces-vae-standard" / results.PER_EXAMPLE_FILE)
-  proc = scripts.run_script("vampprior_table", [
-       "--preset=quick", "--report_only", "--datasets=frey_faces", "--models=vae",
-       "--priors=standard", "--epochs=1", "--train_examples=100", "--eval_examples=10",
-       "--test_samples=8", "--ll_chunk=8", "--num_components=5", "--hidden_units=16",
-       "--z1_dim=4", f"--logdir={tmp_path / 'runs'}", f"--table_output={altered}"])
+  proc = scripts.run_script(
+    "vampprior_table",
+    [
+      "--preset=quick",
+      "--report_only",
+      "--datasets=frey_faces",
+      "--models=vae",
+      "--priors=standard",
+      "--epochs=1",
+      "--train_examples=100",
+      "--eval_examples=10",
+      "--test_samples=8",
+      "--ll_chunk=8",
+      "--num_components=5",
+      "--hidden_units=16",
+      "--z1_dim=4",
+      f"--logdir={tmp_path / 'runs'}",
+      f"--table_output={altered}",
+    ],
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert json.load(open(tmp_path / "altered.json"))[0]["test_nll"] == pytest.approx(
-      saved[0]["test_nll"] + 10.0, abs=1e-4)
+    saved[0]["test_nll"] + 10.0, abs=1e-4
+  )
   assert rows[2].get("test_nll") is None and rows[3].get("test_nll") is None
   # Completed epochs and the best (evaluated) epoch come from status.json, for every kind of row
   # (the mog run is half way through its 4th epoch: 3 completed, its status says 3.50).
   assert [(r.get("epochs_trained"), r.get("best_epoch")) for r in rows] == [
-      (1, 1), (1, 1), (3, 2), (9, 4)]
+    (1, 1),
+    (1, 1),
+    (3, 2),
+    (9, 4),
+  ]
   assert "| epochs trained | best epoch |" in report.read_text()
   assert "**Not converged:**" in report.read_text()
-  commits_line = next(l for l in report.read_text().splitlines() if "training ran at commit(s)" in l)
+  commits_line = next(
+    l for l in report.read_text().splitlines() if "training ran at commit(s)" in l
+  )
   assert "abc1234" in commits_line  # the unfinished mog run's status, beside the finished rows'
 
   # A finished cell whose run folder is not on this machine (a new machine, the folder gone)
   # keeps its row from the page's JSON and is not trained again; the page says so.
   shutil.rmtree(tmp_path / "runs" / "frey_faces-vae-standard")
-  proc = scripts.run_script("vampprior_table", [
-       "--preset=quick", "--datasets=frey_faces", "--models=vae", "--priors=standard",
-       "--epochs=1", "--train_examples=100", "--eval_examples=10", "--test_samples=8",
-       "--ll_chunk=8", "--num_components=5", "--hidden_units=16", "--z1_dim=4",
-       f"--logdir={tmp_path / 'runs'}", f"--table_output={out}"])
+  proc = scripts.run_script(
+    "vampprior_table",
+    [
+      "--preset=quick",
+      "--datasets=frey_faces",
+      "--models=vae",
+      "--priors=standard",
+      "--epochs=1",
+      "--train_examples=100",
+      "--eval_examples=10",
+      "--test_samples=8",
+      "--ll_chunk=8",
+      "--num_components=5",
+      "--hidden_units=16",
+      "--z1_dim=4",
+      f"--logdir={tmp_path / 'runs'}",
+      f"--table_output={out}",
+    ],
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert not os.path.exists(tmp_path / "runs" / "frey_faces-vae-standard")
   kept = json.load(open(tmp_path / "table.json"))
   assert [r["status"] for r in kept] == [
-      "finished; run folder not on this machine (row kept from the page's JSON)"]
+    "finished; run folder not on this machine (row kept from the page's JSON)"
+  ]
   assert kept[0]["test_nll"] == saved[0]["test_nll"]
   assert "was trained and evaluated on another machine" in out.read_text()
   assert "**Not converged:**" not in out.read_text()
 
   # A smoke run (--max_steps) is evaluated part way through its training: never 'finished'.
   smoke = tmp_path / "smoke.md"
-  proc = scripts.run_script("vampprior_table", [
-       "--preset=quick", "--datasets=frey_faces", "--models=vae", "--priors=standard",
-       "--epochs=2", "--max_steps=1", "--train_examples=100", "--eval_examples=10",
-       "--test_samples=8", "--ll_chunk=8", "--num_components=5", "--hidden_units=16",
-       "--z1_dim=4", f"--logdir={tmp_path / 'smoke'}", f"--table_output={smoke}"])
+  proc = scripts.run_script(
+    "vampprior_table",
+    [
+      "--preset=quick",
+      "--datasets=frey_faces",
+      "--models=vae",
+      "--priors=standard",
+      "--epochs=2",
+      "--max_steps=1",
+      "--train_examples=100",
+      "--eval_examples=10",
+      "--test_samples=8",
+      "--ll_chunk=8",
+      "--num_components=5",
+      "--hidden_units=16",
+      "--z1_dim=4",
+      f"--logdir={tmp_path / 'smoke'}",
+      f"--table_output={smoke}",
+    ],
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert [r["status"] for r in json.load(open(tmp_path / "smoke.json"))] == [
-      "evaluated before training finished (--max_steps)"]
+    "evaluated before training finished (--max_steps)"
+  ]
   assert "**Not converged:**" in smoke.read_text()
 
 

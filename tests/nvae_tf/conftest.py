@@ -13,10 +13,19 @@ from nvae_tf import NVAEConfig
 
 def tiny_config(**changes) -> NVAEConfig:
   """Two latent scales (4x4 then 8x8) with groups [2, 1], 4 channels, 4 latents per group."""
-  values = dict(num_channels_enc=4, num_channels_dec=4, num_groups_per_scale=2,
-                num_latent_per_group=4, num_cell_per_cond_enc=1, num_cell_per_cond_dec=1,
-                num_preprocess_cells=1, num_postprocess_cells=1, decoder_expansion=2,
-                postprocess_expansion=2, spectral="none")
+  values = dict(
+    num_channels_enc=4,
+    num_channels_dec=4,
+    num_groups_per_scale=2,
+    num_latent_per_group=4,
+    num_cell_per_cond_enc=1,
+    num_cell_per_cond_dec=1,
+    num_preprocess_cells=1,
+    num_postprocess_cells=1,
+    decoder_expansion=2,
+    postprocess_expansion=2,
+    spectral="none",
+  )
   values.update(changes)
   return NVAEConfig(**values)
 
@@ -25,8 +34,9 @@ def one_scale_config(**changes) -> NVAEConfig:
   """tiny_config with one latent scale (8x8, groups [2]) and one pre/post block: the smallest NVAE
   that still has every kind of layer (cells, combiners, samplers, SE, SR / SN state), so it builds
   and traces fastest."""
-  return dataclasses.replace(tiny_config(**changes), num_latent_scales=1, num_preprocess_blocks=1,
-                             num_postprocess_blocks=1)
+  return dataclasses.replace(
+    tiny_config(**changes), num_latent_scales=1, num_preprocess_blocks=1, num_postprocess_blocks=1
+  )
 
 
 def _amat_path(split: str) -> str | None:
@@ -66,4 +76,3 @@ def digits(small_data_dir) -> np.ndarray:
   """64 statically binarized MNIST test digits [64, 28, 28, 1] in {0, 1}."""
   images, _ = data.load_arrays("binarized_mnist", "test", small_data_dir)
   return images
-

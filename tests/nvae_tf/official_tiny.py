@@ -14,12 +14,31 @@ checkout at 9fc1a28> --config tiny --dump_keys tests/nvae_tf/official_state_dict
 
 import argparse
 
-ARGS = dict(dataset="mnist", arch_instance="res_mbconv", num_channels_enc=4, num_channels_dec=4,
-            num_preprocess_blocks=1, num_preprocess_cells=1, num_postprocess_blocks=1,
-            num_postprocess_cells=1, num_latent_scales=1, num_groups_per_scale=3, ada_groups=True,
-            min_groups_per_scale=1, num_latent_per_group=2, num_cell_per_cond_enc=1,
-            num_cell_per_cond_dec=1, num_nf=1, use_se=True, res_dist=True, weight_decay_norm=1e-2,
-            num_x_bits=8, num_mixture_dec=10, batch_size=4, epochs=1)
+ARGS = dict(
+  dataset="mnist",
+  arch_instance="res_mbconv",
+  num_channels_enc=4,
+  num_channels_dec=4,
+  num_preprocess_blocks=1,
+  num_preprocess_cells=1,
+  num_postprocess_blocks=1,
+  num_postprocess_cells=1,
+  num_latent_scales=1,
+  num_groups_per_scale=3,
+  ada_groups=True,
+  min_groups_per_scale=1,
+  num_latent_per_group=2,
+  num_cell_per_cond_enc=1,
+  num_cell_per_cond_dec=1,
+  num_nf=1,
+  use_se=True,
+  res_dist=True,
+  weight_decay_norm=1e-2,
+  num_x_bits=8,
+  num_mixture_dec=10,
+  batch_size=4,
+  epochs=1,
+)
 
 
 def args() -> argparse.Namespace:
@@ -45,15 +64,24 @@ def conv(name, c_out, c_in, k, *, bias=True, weight_norm=True, groups=1):
 
 def bn(name, c):
   """nn.BatchNorm2d / SyncBatchNorm / SyncBatchNormSwish buffers and affine parameters."""
-  return {f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
-          f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()}
+  return {
+    f"{name}.weight": (c,),
+    f"{name}.bias": (c,),
+    f"{name}.running_mean": (c,),
+    f"{name}.running_var": (c,),
+    f"{name}.num_batches_tracked": (),
+  }
 
 
 def se(name, c):
   """SE(C, C): Linear(C, max(C // 16, 4)), ReLU, Linear(., C), Sigmoid."""
   h = max(c // 16, 4)
-  return {f"{name}.se.se.0.weight": (h, c), f"{name}.se.se.0.bias": (h,),
-          f"{name}.se.se.2.weight": (c, h), f"{name}.se.se.2.bias": (c,)}
+  return {
+    f"{name}.se.se.0.weight": (h, c),
+    f"{name}.se.se.0.bias": (h,),
+    f"{name}.se.se.2.weight": (c, h),
+    f"{name}.se.se.2.bias": (c,),
+  }
 
 
 def res_bnswish_cell(name, c_in, c_out, *, down):
@@ -75,9 +103,9 @@ def mbconv_cell(name, c_in, c_out, *, ex, up):
   """Cell with arch ['mconv_e{ex}k5g0']: InvertedResidual's nn.Sequential `conv`; up: UpSample + 1x1 skip."""
   out, o, hid = {}, 1 if up else 0, c_in * ex
   base = f"{name}._ops.0.conv"
-  out.update(bn(f"{base}.{o}.bn", c_in))                                  # get_batchnorm -> SyncBatchNorm
+  out.update(bn(f"{base}.{o}.bn", c_in))  # get_batchnorm -> SyncBatchNorm
   out.update(conv(f"{base}.{o + 1}.conv.0", hid, c_in, 1, bias=False, weight_norm=False))
-  out.update(bn(f"{base}.{o + 1}.conv.1", hid))                           # SyncBatchNormSwish
+  out.update(bn(f"{base}.{o + 1}.conv.1", hid))  # SyncBatchNormSwish
   out.update(conv(f"{base}.{o + 2}.conv.0", hid, hid, 5, bias=False, weight_norm=False, groups=hid))
   out.update(bn(f"{base}.{o + 2}.conv.1", hid))
   out.update(conv(f"{base}.{o + 3}", c_out, hid, 1, bias=False, weight_norm=False))
@@ -129,17 +157,40 @@ def state_dict_shapes() -> dict[str, tuple]:
 
 def conv_layer_names() -> list[str]:
   """Official `all_conv_layers` (every Conv2D and ARConv2d module) for ARGS: the set L_SR covers."""
-  return sorted(k[:-len(".weight")] for k, shape in state_dict_shapes().items()
-                if k.endswith(".weight") and len(shape) == 4)
+  return sorted(
+    k[: -len(".weight")]
+    for k, shape in state_dict_shapes().items()
+    if k.endswith(".weight") and len(shape) == 4
+  )
 
 
 # Official forward() call order of the top-level modules (encoder, then the top-down pass with the
 # encoder combiners taken in reverse: decoder group 1 uses enc_tower.3 on the output of enc_tower.2,
 # group 2 uses enc_tower.1 on the output of enc_tower.0).
 FORWARD_ORDER = [
-    "stem", "pre_process.0", "enc_tower.0", "enc_tower.2", "enc_tower.4", "enc0.1", "enc_sampler.0",
-    "nf_cells.0", "dec_tower.0", "dec_tower.1", "dec_sampler.0.1", "enc_tower.3", "enc_sampler.1",
-    "nf_cells.1", "dec_tower.2", "dec_tower.3", "dec_sampler.1.1", "enc_tower.1", "enc_sampler.2",
-    "nf_cells.2", "dec_tower.4", "post_process.0", "image_conditional.1"]
+  "stem",
+  "pre_process.0",
+  "enc_tower.0",
+  "enc_tower.2",
+  "enc_tower.4",
+  "enc0.1",
+  "enc_sampler.0",
+  "nf_cells.0",
+  "dec_tower.0",
+  "dec_tower.1",
+  "dec_sampler.0.1",
+  "enc_tower.3",
+  "enc_sampler.1",
+  "nf_cells.1",
+  "dec_tower.2",
+  "dec_tower.3",
+  "dec_sampler.1.1",
+  "enc_tower.1",
+  "enc_sampler.2",
+  "nf_cells.2",
+  "dec_tower.4",
+  "post_process.0",
+  "image_conditional.1",
+]
 # (combiner, the encoder module whose output it combines)
 COMBINER_INPUTS = {"enc_tower.3": "enc_tower.2", "enc_tower.1": "enc_tower.0"}

@@ -9,10 +9,9 @@ cost is tracing (two replica graphs), not arithmetic (grappler is off in the tes
 
 import dataclasses
 
-import pytest
-
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from experiments import harness
@@ -27,28 +26,40 @@ BETA = 0.5  # inside the warm-up, so the balancing coefficients gamma_l are used
 def loss_fn(model, batch, ctx):
   del ctx
   terms = model.loss_terms(batch, beta=BETA)
-  return harness.LossOutput(per_example=terms.per_example, regularizer=terms.regularizer,
-                            metrics={"gamma_0": terms.gammas[0], "l_sr": terms.l_sr})
+  return harness.LossOutput(
+    per_example=terms.per_example,
+    regularizer=terms.regularizer,
+    metrics={"gamma_0": terms.gammas[0], "l_sr": terms.l_sr},
+  )
 
 
 CONFIG = dataclasses.replace(
-    one_scale_config(spectral="sr", num_channels_enc=2, num_channels_dec=2, num_latent_per_group=2),
-    image_size=8, padded_size=12)
+  one_scale_config(spectral="sr", num_channels_enc=2, num_channels_dec=2, num_latent_per_group=2),
+  image_size=8,
+  padded_size=12,
+)
 
 
 def train_one_step(tmp_path, strategy, images, initial):
   config = CONFIG
   with strategy.scope():
     model = NVAE(config, seed=0)
-    optimizer = keras.optimizers.SGD(learning_rate=0.01)  # float32 roundoff of the gradient x lr << 1e-5
+    optimizer = keras.optimizers.SGD(
+      learning_rate=0.01
+    )  # float32 roundoff of the gradient x lr << 1e-5
   if initial is not None:
     for v, value in zip(model.variables, initial):
       v.assign(value)
   trainer = harness.Trainer(
-      config=harness.TrainConfig(logdir=str(tmp_path), batch_size=GLOBAL_BATCH, epochs=1, seed=0,
-                                 log_every=1, progress=False),
-      strategy=strategy, model=model, optimizer=optimizer, loss_fn=loss_fn,
-      train_data=tf.data.Dataset.from_tensor_slices(images))
+    config=harness.TrainConfig(
+      logdir=str(tmp_path), batch_size=GLOBAL_BATCH, epochs=1, seed=0, log_every=1, progress=False
+    ),
+    strategy=strategy,
+    model=model,
+    optimizer=optimizer,
+    loss_fn=loss_fn,
+    train_data=tf.data.Dataset.from_tensor_slices(images),
+  )
   before = [v.numpy() for v in model.variables]
   out = trainer.fit()
   return model, before, out
@@ -57,7 +68,9 @@ def train_one_step(tmp_path, strategy, images, initial):
 @pytest.mark.slow
 def test_two_replicas_equal_one_device(tmp_path, digits):
   images = digits[:GLOBAL_BATCH, 10:18, 10:18]  # the digits' centres: 8x8, binary
-  one, initial, out_one = train_one_step(tmp_path / "one", tf.distribute.get_strategy(), images, None)
+  one, initial, out_one = train_one_step(
+    tmp_path / "one", tf.distribute.get_strategy(), images, None
+  )
   two, before_two, out_two = train_one_step(tmp_path / "two", two_cpu_strategy(), images, initial)
   for a, b in zip(initial, before_two):
     np.testing.assert_array_equal(a, b)
@@ -73,15 +86,20 @@ def test_two_replicas_equal_one_device(tmp_path, digits):
 def test_kl_balancing_and_active_units_use_global_batch_statistics():
   """Shards with very different KLs: every replica gets the gammas of the whole batch."""
   from nvae_tf import losses
+
   kl = np.array([[1.0, 5.0, 0.0], [3.0, 7.0, 0.0], [40.0, 0.0, 2.0], [20.0, 1.0, 6.0]], np.float32)
   alphas = tf.constant([1.0, 1.0, 2.0])
   per_channel = np.stack([kl, kl / 100.0], axis=-1)  # [B, G, 2]: second channel below 0.1 nats
   strategy = two_cpu_strategy()
   shards = strategy.experimental_distribute_values_from_function(
-      lambda ctx: (kl[2 * ctx.replica_id_in_sync_group:2 * ctx.replica_id_in_sync_group + 2],
-                   per_channel[2 * ctx.replica_id_in_sync_group:2 * ctx.replica_id_in_sync_group + 2]))
+    lambda ctx: (
+      kl[2 * ctx.replica_id_in_sync_group : 2 * ctx.replica_id_in_sync_group + 2],
+      per_channel[2 * ctx.replica_id_in_sync_group : 2 * ctx.replica_id_in_sync_group + 2],
+    )
+  )
   gammas, active = strategy.run(
-      lambda x: (losses.kl_balance(x[0], alphas), losses.active_units(x[1])), args=(shards,))
+    lambda x: (losses.kl_balance(x[0], alphas), losses.active_units(x[1])), args=(shards,)
+  )
   raw = (np.abs(kl).mean(axis=0) + 0.01) / np.array([1.0, 1.0, 2.0])
   for g in strategy.experimental_local_results(gammas):
     np.testing.assert_allclose(g.numpy(), raw / raw.mean(), rtol=1e-6)

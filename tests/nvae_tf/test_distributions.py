@@ -32,7 +32,9 @@ def test_residual_posterior_adds_offsets_before_the_clamp():
   np.testing.assert_allclose(q.scale.numpy(), ref.scale.numpy())
   # Zero offsets give q == p, hence KL 0.
   same = dists.residual_normal(mu_p, ls_p, tf.zeros(2), tf.zeros(2))
-  np.testing.assert_allclose(dists.analytic_kl(same, dists.normal(mu_p, ls_p)).numpy(), 0.0, atol=1e-6)
+  np.testing.assert_allclose(
+    dists.analytic_kl(same, dists.normal(mu_p, ls_p)).numpy(), 0.0, atol=1e-6
+  )
 
 
 def test_analytic_kl_matches_closed_form_and_monte_carlo():
@@ -53,7 +55,9 @@ def test_analytic_kl_matches_closed_form_and_monte_carlo():
 def test_top_prior_is_the_official_floored_standard_normal():
   p = dists.standard_prior((3,))
   np.testing.assert_allclose(p.scale.numpy(), 1.01, rtol=1e-6)  # exp(0) + 1e-2
-  np.testing.assert_allclose(dists.standard_prior((3,), temperature=0.5).scale.numpy(), 0.505, rtol=1e-6)
+  np.testing.assert_allclose(
+    dists.standard_prior((3,), temperature=0.5).scale.numpy(), 0.505, rtol=1e-6
+  )
 
 
 def test_bernoulli_log_prob():

@@ -36,8 +36,9 @@ def test_batch_norm_settings_everywhere():
 def test_weight_norm_sets_channel_norms_and_torch_padding():
   conv = L.Conv2D(3, 5, 3, stride=2)
   w = conv.weight().numpy()
-  np.testing.assert_allclose(np.sqrt((w ** 2).sum(axis=(0, 1, 2))),
-                             np.exp(conv.log_weight_norm.numpy()), rtol=1e-3)
+  np.testing.assert_allclose(
+    np.sqrt((w**2).sum(axis=(0, 1, 2))), np.exp(conv.log_weight_norm.numpy()), rtol=1e-3
+  )
   x = tf.random.normal((1, 8, 8, 3))
   # PyTorch padding=1, stride 2: pad 1 on every side, then a VALID conv.
   ref = tf.nn.conv2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), w, 2, "VALID") + conv.bias
@@ -86,8 +87,8 @@ def test_iaf_cell_is_autoregressive_with_unit_diagonal(mirror):
   order = raster_index(3, 4, 3, mirror)
   permuted = jac[np.argsort(order)][:, np.argsort(order)]  # rows/cols in autoregressive order
   np.testing.assert_allclose(np.triu(permuted, 1), 0.0, atol=1e-7)  # no dependence on later dims
-  np.testing.assert_allclose(np.diag(permuted), 1.0, atol=1e-7)     # z' = z - mu(z_<)
-  assert np.abs(np.tril(permuted, -1)).max() > 1e-3                 # and it is not trivial
+  np.testing.assert_allclose(np.diag(permuted), 1.0, atol=1e-7)  # z' = z - mu(z_<)
+  assert np.abs(np.tril(permuted, -1)).max() > 1e-3  # and it is not trivial
 
 
 def test_paired_iaf_is_volume_preserving():

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nvae_tf import losses
-from nvae_tf import optim
+from nvae_tf import losses, optim
 
 
 @pytest.mark.parametrize("total", [10_000, 150 * 400])
@@ -15,7 +14,7 @@ def test_step_warmup_reaches_one_at_30_percent_and_respects_the_floor(total):
   values = losses.kl_warmup_beta(np.arange(total), total).numpy()
   assert values[0] == pytest.approx(1e-4) and values[1] == pytest.approx(1e-4)  # the floor
   first_one = int(np.argmax(values >= 1.0))
-  assert first_one == round(0.3001 * total)               # t - 1e-4 T = 0.3 T: 30.01% of training
+  assert first_one == round(0.3001 * total)  # t - 1e-4 T = 0.3 T: 30.01% of training
   assert values[first_one - 1] < 1.0 and values[-1] == 1.0
   assert np.all(np.diff(values) >= 0)
   t = total // 10
@@ -50,7 +49,9 @@ def test_balanced_kl_uses_gammas_only_during_warmup():
   kl = tf.constant([[1.0, 5.0], [3.0, 7.0]])
   alphas = tf.constant([1.0, 2.0])
   weighted, gammas = losses.balanced_kl(kl, alphas, tf.constant(0.5))
-  np.testing.assert_allclose(weighted.numpy(), 0.5 * (kl.numpy() * gammas.numpy()).sum(1), rtol=1e-6)
+  np.testing.assert_allclose(
+    weighted.numpy(), 0.5 * (kl.numpy() * gammas.numpy()).sum(1), rtol=1e-6
+  )
   weighted, gammas = losses.balanced_kl(kl, alphas, tf.constant(1.0))
   np.testing.assert_allclose(gammas.numpy(), [1.0, 1.0])
   np.testing.assert_allclose(weighted.numpy(), kl.numpy().sum(1))
@@ -63,9 +64,9 @@ def test_alphas_of_the_official_mnist_groups():
 
 def test_active_units():
   kl = np.zeros((4, 2, 3), np.float32)
-  kl[:, 0, 0] = 0.5   # active
+  kl[:, 0, 0] = 0.5  # active
   kl[:, 1, 2] = 0.05  # below 0.1: inactive
-  kl[0, 1, 1] = 1.0   # batch mean 0.25: active
+  kl[0, 1, 1] = 1.0  # batch mean 0.25: active
   np.testing.assert_array_equal(losses.active_units(tf.constant(kl)).numpy(), [1.0, 1.0])
 
 
@@ -74,11 +75,11 @@ def test_learning_rate_warmup_then_cosine_to_minimum():
   value = lambda step: float(lr(step))
   assert value(0) == 0.0
   assert value(25) == pytest.approx(0.5e-2)
-  assert value(50) == pytest.approx(1e-2)                   # first epoch after warm-up
-  assert value(60) == value(69) < 1e-2                       # constant within an epoch
+  assert value(50) == pytest.approx(1e-2)  # first epoch after warm-up
+  assert value(60) == value(69) < 1e-2  # constant within an epoch
   k = 7 - 5
   assert value(70) == pytest.approx(1e-4 + (1e-2 - 1e-4) * 0.5 * (1 + math.cos(math.pi * k / 14)))
-  assert value(199) == pytest.approx(1e-4)                   # last epoch: eta_min
+  assert value(199) == pytest.approx(1e-4)  # last epoch: eta_min
 
 
 def test_coupled_adamax_matches_the_pytorch_update():
@@ -91,5 +92,5 @@ def test_coupled_adamax_matches_the_pytorch_update():
     g = g + 0.01 * theta
     m = 0.9 * m + 0.1 * g
     u = np.maximum(0.999 * u, np.abs(g) + 1e-3)
-    theta = theta - 0.1 / (1 - 0.9 ** t) * m / u
+    theta = theta - 0.1 / (1 - 0.9**t) * m / u
   np.testing.assert_allclose(var.numpy(), theta, rtol=1e-5)

@@ -6,18 +6,25 @@ import pytest
 import tensorflow as tf
 
 from evaluation import likelihood
-from nvae_tf import NVAE, groups_per_scale
-from nvae_tf import optim
+from nvae_tf import NVAE, groups_per_scale, optim
 from tests.nvae_tf.conftest import one_scale_config, tiny_config
 
 
 def test_paper_structure_shapes_at_every_scale():
   """The official MNIST structure (2 pre/post blocks x 3 cells, [10, 5] groups, 2 cells per group,
   20 latents) with 4 channels instead of 32 so that it builds quickly."""
-  config = tiny_config(num_channels_enc=4, num_channels_dec=4, num_groups_per_scale=10,
-                       num_latent_per_group=20, num_cell_per_cond_enc=2, num_cell_per_cond_dec=2,
-                       num_preprocess_cells=3, num_postprocess_cells=3, decoder_expansion=6,
-                       postprocess_expansion=3)
+  config = tiny_config(
+    num_channels_enc=4,
+    num_channels_dec=4,
+    num_groups_per_scale=10,
+    num_latent_per_group=20,
+    num_cell_per_cond_enc=2,
+    num_cell_per_cond_dec=2,
+    num_preprocess_cells=3,
+    num_postprocess_cells=3,
+    decoder_expansion=6,
+    postprocess_expansion=3,
+  )
   assert groups_per_scale(config) == [10, 5]
   model = NVAE(config)
   assert model.groups_dec == [5, 10] and model.num_groups == 15
@@ -30,8 +37,9 @@ def test_paper_structure_shapes_at_every_scale():
   x = tf.cast(tf.random.uniform((2, 28, 28, 1)) < 0.5, tf.float32)
   h = model.stem(tf.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]]))
   assert h.shape == (2, 32, 32, 4)
-  for cell, shape in zip(model.preprocess, [(32, 32, 4)] * 2 + [(16, 16, 8)] + [(16, 16, 8)] * 2
-                         + [(8, 8, 16)]):
+  for cell, shape in zip(
+    model.preprocess, [(32, 32, 4)] * 2 + [(16, 16, 8)] + [(16, 16, 8)] * 2 + [(8, 8, 16)]
+  ):
     h = cell(h)
     assert h.shape[1:] == shape
   top, features = model._encode(x, training=False)
@@ -93,18 +101,22 @@ def test_log_weights_keep_examples_apart(digits):
 
 def test_batch_norm_moving_statistics_change_in_training_only(digits):
   model = NVAE(tiny_config())
-  stats = lambda: [(bn.moving_mean.numpy().copy(), bn.moving_variance.numpy().copy())
-                   for bn in model.bn_layers]
+  stats = lambda: [
+    (bn.moving_mean.numpy().copy(), bn.moving_variance.numpy().copy()) for bn in model.bn_layers
+  ]
   before = stats()
   model(tf.constant(digits[:8]), training=False)
-  assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
-             for a, b in zip(before, stats()))
+  assert all(
+    np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(before, stats())
+  )
   model(tf.constant(digits[:8]), training=True)
   # Every BN layer runs in training mode: its moving variance moves (a BN after a bias-free 1x1
   # conv of BN output sees batch means of exactly 0, so its moving mean may stay at 0).
   moved = [not np.allclose(a[1], b[1]) for a, b in zip(before, stats())]
   assert all(moved), f"{moved.count(False)} of {len(moved)} BN layers did not update"
-  assert sum(not np.allclose(a[0], b[0], atol=1e-6) for a, b in zip(before, stats())) > len(moved) // 2
+  assert (
+    sum(not np.allclose(a[0], b[0], atol=1e-6) for a, b in zip(before, stats())) > len(moved) // 2
+  )
 
 
 def test_readjust_bn_moves_decoder_statistics_only(digits):
@@ -114,7 +126,9 @@ def test_readjust_bn_moves_decoder_statistics_only(digits):
   weights = [w.numpy().copy() for w in model.trainable_weights]
   variances = [bn.moving_variance.numpy().copy() for bn in model.bn_layers]
   model.readjust_bn(num_iterations=2, batch_size=4, temperature=0.8)
-  moved = [not np.allclose(v, bn.moving_variance.numpy()) for v, bn in zip(variances, model.bn_layers)]
+  moved = [
+    not np.allclose(v, bn.moving_variance.numpy()) for v, bn in zip(variances, model.bn_layers)
+  ]
   assert any(moved) and not all(moved)  # decoder-side BN layers move; encoder ones see no data
   assert all(np.array_equal(w, v.numpy()) for w, v in zip(weights, model.trainable_weights))
 
@@ -123,8 +137,9 @@ def test_flows_use_the_single_sample_kl(digits):
   model = NVAE(tiny_config(num_flows=1), seed=3)
   assert len(model.flows[0]) == 1
   out = model(tf.constant(digits[:3]), training=True)
-  np.testing.assert_allclose(tf.reduce_sum(out.kl, 1).numpy(), (out.log_q - out.log_p).numpy(),
-                             rtol=1e-4, atol=1e-2)
+  np.testing.assert_allclose(
+    tf.reduce_sum(out.kl, 1).numpy(), (out.log_q - out.log_p).numpy(), rtol=1e-4, atol=1e-2
+  )
   assert np.all(np.isfinite(model.log_weights(tf.constant(digits[:2]), 3).numpy()))
 
 
@@ -151,8 +166,9 @@ def test_tiny_model_overfits_64_digits(digits):
     with tf.GradientTape() as tape:
       out = model(x, training=True)
       loss = tf.reduce_mean(-out.recon_log_prob + tf.reduce_sum(out.kl, axis=1))
-    optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
-                                  model.trainable_variables))
+    optimizer.apply_gradients(
+      zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+    )
     return loss
 
   losses = [float(step()) for _ in range(30)]  # ~716 -> ~313 nats on this setup

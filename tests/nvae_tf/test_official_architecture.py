@@ -13,11 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nvae_tf import NVAE
+from nvae_tf import NVAE, official
 from nvae_tf import layers as L
-from nvae_tf import official
 from tests.nvae_tf import official_tiny
-
 
 ALIAS = official.ALIAS_SUFFIX
 
@@ -46,10 +44,13 @@ def test_readme_mnist_model_names_every_official_key_and_aliases_only_plain_conv
   dumped = official_state_dict("mnist")
   model = NVAE(official.config_from_args(dumped["args"]), seed=0)
   params = official.official_parameters(model)
-  weights = {k: v for k, v in dumped["state_dict"].items()
-             if not k.endswith(official.IGNORED_SUFFIXES + (ALIAS,))}
+  weights = {
+    k: v
+    for k, v in dumped["state_dict"].items()
+    if not k.endswith(official.IGNORED_SUFFIXES + (ALIAS,))
+  }
   assert {k: p.torch_shape for k, p in params.items()} == weights
-  aliases = [k[:-len(ALIAS)] for k in dumped["state_dict"] if k.endswith(ALIAS)]
+  aliases = [k[: -len(ALIAS)] for k in dumped["state_dict"] if k.endswith(ALIAS)]
   assert len(aliases) == 105 and len(dumped["state_dict"]) == 2016
   for conv in aliases:  # the convs without weight norm, whose alias is the weight Parameter itself
     assert dumped["state_dict"][f"{conv}{ALIAS}"] == weights[f"{conv}.weight"]
@@ -58,8 +59,11 @@ def test_readme_mnist_model_names_every_official_key_and_aliases_only_plain_conv
 
 def test_every_official_parameter_has_a_variable_of_the_same_size():
   model = tiny_model()
-  expected = {k: v for k, v in official_tiny.state_dict_shapes().items()
-              if not k.endswith(("num_batches_tracked", ALIAS))}
+  expected = {
+    k: v
+    for k, v in official_tiny.state_dict_shapes().items()
+    if not k.endswith(("num_batches_tracked", ALIAS))
+  }
   params = official.official_parameters(model)
   assert sorted(params) == sorted(expected)
   for key, shape in expected.items():
@@ -86,6 +90,7 @@ def test_forward_pass_visits_modules_in_official_order_with_official_combiner_pa
       out = _original(*args, **kwargs)
       outputs[_name] = out
       return out
+
     layer.call = recorder
   model(tf.constant(digits[:2]), training=False)
   assert calls == official_tiny.FORWARD_ORDER
@@ -95,8 +100,11 @@ def test_forward_pass_visits_modules_in_official_order_with_official_combiner_pa
 
 
 def _conv_names(model):
-  by_kernel = {id(p.variable): key[:-len(".weight")]
-               for key, p in official.official_parameters(model).items() if key.endswith(".weight")}
+  by_kernel = {
+    id(p.variable): key[: -len(".weight")]
+    for key, p in official.official_parameters(model).items()
+    if key.endswith(".weight")
+  }
   return lambda convs: sorted(by_kernel[id(c.kernel)] for c in convs)
 
 
@@ -107,8 +115,9 @@ def test_spectral_regularisation_covers_the_official_conv_set_grouped_by_matrix_
   assert names(model.spectral_convs()) == expected
   # One power-iteration stack per matrix shape (official `weight.view(C_out, -1)` grouping).
   shapes = official_tiny.state_dict_shapes()
-  want = collections.Counter((s[0], int(np.prod(s[1:]))) for s in
-                             (shapes[f"{n}.weight"] for n in expected))
+  want = collections.Counter(
+    (s[0], int(np.prod(s[1:]))) for s in (shapes[f"{n}.weight"] for n in expected)
+  )
   got = collections.Counter()
   for state in model.sr_states:
     n, r = state.u.shape
@@ -125,8 +134,10 @@ def test_cells_scope_keeps_only_the_convs_of_the_cells_ops():
   normalised = [c for c in sn.conv_layers if c.spectral_state is not None]
   assert _conv_names(sn)(normalised) == expected
   sn_all = tiny_model(spectral="sn")
-  assert _conv_names(sn_all)([c for c in sn_all.conv_layers if c.spectral_state is not None]) == \
-      official_tiny.conv_layer_names()
+  assert (
+    _conv_names(sn_all)([c for c in sn_all.conv_layers if c.spectral_state is not None])
+    == official_tiny.conv_layer_names()
+  )
 
 
 def test_config_from_args_rejects_unsupported_checkpoints():
@@ -147,7 +158,7 @@ def numpy_state_dict(seed=0):
   out = {}
   for key, shape in official_tiny.state_dict_shapes().items():
     if key.endswith(ALIAS):
-      out[key] = out[key[:-len(ALIAS)] + ".weight"]
+      out[key] = out[key[: -len(ALIAS)] + ".weight"]
     elif key.endswith("running_var"):
       out[key] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
     else:
@@ -167,16 +178,22 @@ def test_loader_accepts_the_official_aliases_and_refuses_any_other():
     with pytest.raises(official.CheckpointError, match=match):
       official.load_state_dict(tiny_model(), {**state, **changes})
 
-  refused(f"{conv}{ALIAS} is not the normalised {conv}.weight",
-          **{f"{conv}{ALIAS}": state[f"{conv}.weight"] + 1e-4})
-  refused(rf"{conv}{ALIAS}: shape \(48, 8\)", **{f"{conv}{ALIAS}": state[f"{conv}.weight"][..., 0, 0]})
+  refused(
+    f"{conv}{ALIAS} is not the normalised {conv}.weight",
+    **{f"{conv}{ALIAS}": state[f"{conv}.weight"] + 1e-4},
+  )
+  refused(
+    rf"{conv}{ALIAS}: shape \(48, 8\)", **{f"{conv}{ALIAS}": state[f"{conv}.weight"][..., 0, 0]}
+  )
   # Beside a weight-normalised conv an alias must be exp(log_n) w / (||w|| + 1e-5) (official
   # normalize_weight_jit), not the raw weight.
   w, log_n = state["stem.weight"], state["stem.log_weight_norm"]
-  normalised = np.exp(log_n) * w / (np.sqrt((w ** 2).sum(axis=(1, 2, 3), keepdims=True)) + 1e-5)
+  normalised = np.exp(log_n) * w / (np.sqrt((w**2).sum(axis=(1, 2, 3), keepdims=True)) + 1e-5)
   official.load_state_dict(tiny_model(), {**state, f"stem{ALIAS}": normalised})
   refused(f"stem{ALIAS} is not the normalised stem.weight", **{f"stem{ALIAS}": w})
   # Not an alias of a conv weight: unexpected, as any unknown key.
-  refused(r"1 unexpected \(e.g. \['enc_tower.0.se.se.0.weight_normalized'\]\)",
-          **{f"enc_tower.0.se.se.0{ALIAS}": state["enc_tower.0.se.se.0.weight"]})
+  refused(
+    r"1 unexpected \(e.g. \['enc_tower.0.se.se.0.weight_normalized'\]\)",
+    **{f"enc_tower.0.se.se.0{ALIAS}": state["enc_tower.0.se.se.0.weight"]},
+  )
   refused(r"1 unexpected \(e.g. \['stem.conv.weight_normalized'\]\)", **{f"stem.conv{ALIAS}": w})

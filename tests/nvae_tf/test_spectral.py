@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nvae_tf import NVAE
-from nvae_tf import spectral
+from nvae_tf import NVAE, spectral
 from tests.nvae_tf.conftest import one_scale_config
 
 
@@ -40,12 +39,13 @@ def test_new_state_is_warm_started_with_the_official_40_iterations():
 
 def test_kernel_matrix_has_the_singular_values_of_pytorch_layout():
   rng = np.random.RandomState(1)
-  kernel = rng.randn(3, 3, 5, 7).astype(np.float32)   # Keras [kh, kw, C_in, C_out]
+  kernel = rng.randn(3, 3, 5, 7).astype(np.float32)  # Keras [kh, kw, C_in, C_out]
   torch_layout = kernel.transpose(3, 2, 0, 1).reshape(7, -1)  # (C_out, C_in*kh*kw)
   ours = spectral.kernel_matrix(tf.constant(kernel)).numpy()
   assert ours.shape == (7, 45)
-  np.testing.assert_allclose(np.linalg.svd(ours, compute_uv=False),
-                             np.linalg.svd(torch_layout, compute_uv=False), rtol=1e-5)
+  np.testing.assert_allclose(
+    np.linalg.svd(ours, compute_uv=False), np.linalg.svd(torch_layout, compute_uv=False), rtol=1e-5
+  )
   depthwise = rng.randn(5, 5, 6, 1).astype(np.float32)
   assert spectral.kernel_matrix(tf.constant(depthwise), depthwise=True).shape == (6, 25)
 
@@ -91,8 +91,9 @@ def test_spectral_normalisation_keeps_top_singular_value_near_one(digits):
     with tf.GradientTape() as tape:
       out = model(x, training=True)
       loss = tf.reduce_mean(-out.recon_log_prob + tf.reduce_sum(out.kl, axis=1))
-    optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
-                                  model.trainable_variables))
+    optimizer.apply_gradients(
+      zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+    )
 
   for _ in range(6):
     step()

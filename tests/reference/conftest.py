@@ -15,6 +15,7 @@ def _one_torch_thread():
     yield
     return
   import torch
+
   threads = torch.get_num_threads()
   torch.set_num_threads(1)
   yield

@@ -12,9 +12,8 @@ formulas rather than float32 rounding, each scheduler is handed our float64 abar
 (`alphas_cumprod`, the only table its step reads); its own float32 table is compared separately.
 """
 
-import pytest
-
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from diffusion_tf import diffusion
@@ -49,8 +48,9 @@ def _exact(scheduler):
 
 
 def test_diffusers_float32_schedule_equals_ours():
-  theirs = diffusers.DDPMScheduler(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02,
-                         beta_schedule="linear").alphas_cumprod.numpy()
+  theirs = diffusers.DDPMScheduler(
+    num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear"
+  ).alphas_cumprod.numpy()
   ours = _ours(diffusion.Variance.FIXED_SMALL).alphas_cumprod
   np.testing.assert_allclose(theirs, ours, rtol=2e-5)  # float32 cumprod over 1000 factors
 
@@ -78,25 +78,44 @@ def _t(t):
 @pytest.mark.parametrize("clip", [False, True])
 def test_ddpm_step_equals_diffusers(variance, clip):
   ours = _ours(diffusion.Variance(variance))
-  theirs = _exact(diffusers.DDPMScheduler(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02,
-                                beta_schedule="linear", variance_type=variance, clip_sample=clip,
-                                prediction_type="epsilon"))
+  theirs = _exact(
+    diffusers.DDPMScheduler(
+      num_train_timesteps=T,
+      beta_start=1e-4,
+      beta_end=0.02,
+      beta_schedule="linear",
+      variance_type=variance,
+      clip_sample=clip,
+      prediction_type="epsilon",
+    )
+  )
   for i, t in enumerate(TIMESTEPS):
     x_t, eps, _ = _arrays(i)
     generator_seed = 100 + i
-    out = theirs.step(torch.from_numpy(eps), t, torch.from_numpy(x_t),
-                      generator=torch.Generator().manual_seed(generator_seed))
+    out = theirs.step(
+      torch.from_numpy(eps),
+      t,
+      torch.from_numpy(x_t),
+      generator=torch.Generator().manual_seed(generator_seed),
+    )
     # The noise diffusers drew (randn_tensor on CPU = torch.randn with that generator).
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(generator_seed)).numpy()
-    p = ours.p_mean_variance(lambda x, tt, eps=eps: tf.constant(eps), tf.constant(x_t), _t(t),
-                             clip_denoised=clip)
+    p = ours.p_mean_variance(
+      lambda x, tt, eps=eps: tf.constant(eps), tf.constant(x_t), _t(t), clip_denoised=clip
+    )
     assert_close(p.pred_x0, out.pred_original_sample, f"x0_hat at t={t}", scale=_x0_scale(x_t, t))
-    sample = ours.p_sample(lambda x, tt, eps=eps: tf.constant(eps), tf.constant(x_t), _t(t),
-                           tf.constant(noise), clip_denoised=clip)
+    sample = ours.p_sample(
+      lambda x, tt, eps=eps: tf.constant(eps),
+      tf.constant(x_t),
+      _t(t),
+      tf.constant(noise),
+      clip_denoised=clip,
+    )
     assert_close(sample, out.prev_sample, f"x_(t-1) at t={t}")
     if t > 0:  # the variance of the step (diffusers adds no noise at t = 0, nor do we)
-      np.testing.assert_allclose(p.variance.numpy()[:, 0, 0, 0],
-                                 float(theirs._get_variance(t)), rtol=1e-5)
+      np.testing.assert_allclose(
+        p.variance.numpy()[:, 0, 0, 0], float(theirs._get_variance(t)), rtol=1e-5
+      )
 
 
 def test_fixed_small_and_large_variances_differ_as_diffusers_says():
@@ -105,8 +124,10 @@ def test_fixed_small_and_large_variances_differ_as_diffusers_says():
   large = _exact(diffusers.DDPMScheduler(num_train_timesteps=T, variance_type="fixed_large"))
   t = 1
   ratio = float(large._get_variance(t)) / float(small._get_variance(t))
-  ours = _ours(diffusion.Variance.FIXED_LARGE).model_variance[t] / _ours(
-      diffusion.Variance.FIXED_SMALL).model_variance[t]
+  ours = (
+    _ours(diffusion.Variance.FIXED_LARGE).model_variance[t]
+    / _ours(diffusion.Variance.FIXED_SMALL).model_variance[t]
+  )
   assert ratio > 2 and ours == pytest.approx(ratio, rel=1e-6)
 
 
@@ -114,9 +135,17 @@ def test_fixed_small_and_large_variances_differ_as_diffusers_says():
 
 
 def _ddim(num_steps, spacing, clip=False):
-  scheduler = diffusers.DDIMScheduler(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02,
-                            beta_schedule="linear", clip_sample=clip, set_alpha_to_one=True,
-                            steps_offset=0, timestep_spacing=spacing, prediction_type="epsilon")
+  scheduler = diffusers.DDIMScheduler(
+    num_train_timesteps=T,
+    beta_start=1e-4,
+    beta_end=0.02,
+    beta_schedule="linear",
+    clip_sample=clip,
+    set_alpha_to_one=True,
+    steps_offset=0,
+    timestep_spacing=spacing,
+    prediction_type="epsilon",
+  )
   scheduler.set_timesteps(num_steps)
   return _exact(scheduler)
 
@@ -148,10 +177,22 @@ def test_ddim_step_equals_diffusers(eta, clip):
   previous = dict(zip(steps, np.append(-1, steps[:-1])))
   for i, t in enumerate([int(steps[-1]), int(steps[25]), int(steps[1]), int(steps[0])]):
     x_t, eps, noise = _arrays(10 + i)
-    out = theirs.step(torch.from_numpy(eps), t, torch.from_numpy(x_t), eta=eta,
-                      use_clipped_model_output=clip, variance_noise=torch.from_numpy(noise))
-    mean, std = ours.ddim_mean_std(lambda x, tt, eps=eps: tf.constant(eps), tf.constant(x_t), _t(t),
-                                   _t(int(previous[t])), eta=eta, clip_denoised=clip)
+    out = theirs.step(
+      torch.from_numpy(eps),
+      t,
+      torch.from_numpy(x_t),
+      eta=eta,
+      use_clipped_model_output=clip,
+      variance_noise=torch.from_numpy(noise),
+    )
+    mean, std = ours.ddim_mean_std(
+      lambda x, tt, eps=eps: tf.constant(eps),
+      tf.constant(x_t),
+      _t(t),
+      _t(int(previous[t])),
+      eta=eta,
+      clip_denoised=clip,
+    )
     assert_close(mean + std * noise, out.prev_sample, f"DDIM x_prev at t={t}")
     if eta == 1.0 and t > 0:  # the step is stochastic: the noise must enter
       assert float(np.min(std.numpy())) > 1e-3
@@ -169,8 +210,9 @@ def test_ddim_chain_equals_diffusers_loop():
   def eps_torch(x, t):
     return 0.5 * torch.tanh(x) + 1e-4 * float(t)
 
-  got = ours.ddim_sample_loop(eps_tf, SHAPE, seed=tf.constant([0, 0]), num_steps=50, eta=0.0,
-                              x_T=tf.constant(x_T)).numpy()
+  got = ours.ddim_sample_loop(
+    eps_tf, SHAPE, seed=tf.constant([0, 0]), num_steps=50, eta=0.0, x_T=tf.constant(x_T)
+  ).numpy()
   x = torch.from_numpy(x_T)
   for t in theirs.timesteps:
     x = theirs.step(eps_torch(x, int(t)), int(t), x, eta=0.0).prev_sample
@@ -187,15 +229,26 @@ def report() -> list[tuple[str, float]]:
   rows = []
   for variance in ("fixed_small", "fixed_large"):
     ours = _ours(diffusion.Variance(variance))
-    theirs = _exact(diffusers.DDPMScheduler(num_train_timesteps=T, variance_type=variance, clip_sample=False))
+    theirs = _exact(
+      diffusers.DDPMScheduler(num_train_timesteps=T, variance_type=variance, clip_sample=False)
+    )
     err = 0.0
     for i, t in enumerate(TIMESTEPS):
       x_t, eps, _ = _arrays(i)
-      out = theirs.step(torch.from_numpy(eps), t, torch.from_numpy(x_t),
-                        generator=torch.Generator().manual_seed(100 + i))
+      out = theirs.step(
+        torch.from_numpy(eps),
+        t,
+        torch.from_numpy(x_t),
+        generator=torch.Generator().manual_seed(100 + i),
+      )
       noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(100 + i)).numpy()
-      sample = ours.p_sample(lambda x, tt, eps=eps: tf.constant(eps), tf.constant(x_t), _t(t),
-                             tf.constant(noise), clip_denoised=False)
+      sample = ours.p_sample(
+        lambda x, tt, eps=eps: tf.constant(eps),
+        tf.constant(x_t),
+        _t(t),
+        tf.constant(noise),
+        clip_denoised=False,
+      )
       err = max(err, float(np.abs(sample.numpy() - out.prev_sample.numpy()).max()))
     rows.append((f"DDPMScheduler {variance}: one step x_(t-1), t in {TIMESTEPS}", err))
   ours = _ours(diffusion.Variance.FIXED_SMALL)
@@ -205,16 +258,34 @@ def report() -> list[tuple[str, float]]:
     theirs, err = _ddim(50, "leading"), 0.0
     for i, t in enumerate(int(s) for s in steps):
       x_t, eps, noise = _arrays(i)
-      out = theirs.step(torch.from_numpy(eps), t, torch.from_numpy(x_t), eta=eta,
-                        variance_noise=torch.from_numpy(noise))
-      mean, std = ours.ddim_mean_std(lambda x, tt, eps=eps: tf.constant(eps), tf.constant(x_t), _t(t),
-                                     _t(int(previous[t])), eta=eta, clip_denoised=False)
+      out = theirs.step(
+        torch.from_numpy(eps),
+        t,
+        torch.from_numpy(x_t),
+        eta=eta,
+        variance_noise=torch.from_numpy(noise),
+      )
+      mean, std = ours.ddim_mean_std(
+        lambda x, tt, eps=eps: tf.constant(eps),
+        tf.constant(x_t),
+        _t(t),
+        _t(int(previous[t])),
+        eta=eta,
+        clip_denoised=False,
+      )
       err = max(err, float(np.abs((mean + std * noise).numpy() - out.prev_sample.numpy()).max()))
     rows.append((f"DDIMScheduler eta={eta:g}: one step at each of the 50 timesteps", err))
-  same = all(np.array_equal(ours.ddim_timesteps(s, spacing=sp)[::-1], _ddim(s, sp).timesteps.numpy())
-             for sp in ("leading", "trailing", "linspace") for s in (50, 30, 7))
-  rows.append(("DDIM timestep lists (leading, trailing, linspace; S = 50, 30, 7): identical",
-               0.0 if same else float("nan")))
+  same = all(
+    np.array_equal(ours.ddim_timesteps(s, spacing=sp)[::-1], _ddim(s, sp).timesteps.numpy())
+    for sp in ("leading", "trailing", "linspace")
+    for s in (50, 30, 7)
+  )
+  rows.append(
+    (
+      "DDIM timestep lists (leading, trailing, linspace; S = 50, 30, 7): identical",
+      0.0 if same else float("nan"),
+    )
+  )
   return rows
 
 

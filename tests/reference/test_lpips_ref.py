@@ -1,8 +1,7 @@
 """Our LPIPS-VGG vs the `lpips` package: the wheel's real v0.1 lin weights and one random
 torchvision VGG-16 file, converted by our converter command, distances within 1e-4."""
 
-from tests.reference import comparisons
-from tests.reference import requires
+from tests.reference import comparisons, requires
 
 pytestmark = requires("torch", "torchvision", "lpips")
 

@@ -1,8 +1,7 @@
 """KID, Inception Score and precision/recall formulas against clean-fid, torch-fidelity and a
 NumPy port of kynkaat's equations, on the same random features (same subsets, same splits)."""
 
-from tests.reference import comparisons
-from tests.reference import requires
+from tests.reference import comparisons, requires
 
 pytestmark = requires("torch", "torch_fidelity", "cleanfid")
 

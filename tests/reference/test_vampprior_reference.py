@@ -6,10 +6,9 @@
 - nn.BatchNorm2d(64) defaults (momentum 0.1, eps 1e-5) against our Keras BatchNormalization.
 """
 
-import pytest
-
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests.reference import lazy, requires
@@ -29,8 +28,10 @@ def nchw(x):
   return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
-@pytest.mark.parametrize("in_ch,out_ch,k,stride", [(1, 32, 7, 1), (32, 32, 3, 2), (32, 64, 5, 1),
-                                                   (64, 64, 3, 2), (64, 6, 3, 1)])
+@pytest.mark.parametrize(
+  "in_ch,out_ch,k,stride",
+  [(1, 32, 7, 1), (32, 32, 3, 2), (32, 64, 5, 1), (64, 64, 3, 2), (64, 6, 3, 1)],
+)
 def test_gated_conv_equals_torch_conv_pair_with_official_padding(in_ch, out_ch, k, stride):
   """The q(z2|x) layers of convHVAE_2level on Frey-sized maps (28 x 20 and the halved sizes)."""
   torch.manual_seed(0)
@@ -55,7 +56,7 @@ def test_masked_conv_equals_torch_conv_with_the_official_mask(mask_type):
   conv = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
   unmasked = conv.weight.detach().clone()
   mask = torch.ones_like(conv.weight)  # official MaskedConv2d: zero right of / below the centre
-  mask[:, :, 1, 1 + (mask_type == "B"):] = 0
+  mask[:, :, 1, 1 + (mask_type == "B") :] = 0
   mask[:, :, 2:] = 0
   with torch.no_grad():
     conv.weight *= mask
@@ -74,16 +75,21 @@ def test_pixelhvae_batchnorm_equals_torch_batchnorm2d_defaults():
   ref = torch.nn.BatchNorm2d(8)  # official: nn.BatchNorm2d(64), defaults
   ours = keras.layers.BatchNormalization(momentum=models.BN_MOMENTUM, epsilon=models.BN_EPSILON)
   rng = np.random.RandomState(2)
-  batches = [(rng.randn(5, 20, 20, 8) * 0.1 + 1).astype(np.float32) for _ in range(3)]  # var 0.01: eps shows
+  batches = [
+    (rng.randn(5, 20, 20, 8) * 0.1 + 1).astype(np.float32) for _ in range(3)
+  ]  # var 0.01: eps shows
   for x in batches:  # training mode: normalised by the batch statistics (eps shows here)
     expected = ref.train()(nchw(x)).detach().numpy().transpose(0, 2, 3, 1)
-    np.testing.assert_allclose(ours(tf.constant(x), training=True).numpy(), expected, rtol=1e-4,
-                               atol=1e-4)
-  np.testing.assert_allclose(ours.moving_mean.numpy(), ref.running_mean.numpy(), rtol=1e-5,
-                             atol=1e-6)
+    np.testing.assert_allclose(
+      ours(tf.constant(x), training=True).numpy(), expected, rtol=1e-4, atol=1e-4
+    )
+  np.testing.assert_allclose(
+    ours.moving_mean.numpy(), ref.running_mean.numpy(), rtol=1e-5, atol=1e-6
+  )
   n = 5 * 20 * 20
   np.testing.assert_allclose(ours.moving_variance.numpy(), ref.running_var.numpy(), rtol=1.2 / n)
   x = batches[0]
   expected = ref.eval()(nchw(x)).detach().numpy().transpose(0, 2, 3, 1)
-  np.testing.assert_allclose(ours(tf.constant(x), training=False).numpy(), expected, rtol=1e-3,
-                             atol=1e-3)
+  np.testing.assert_allclose(
+    ours(tf.constant(x), training=False).numpy(), expected, rtol=1e-3, atol=1e-3
+  )

@@ -6,9 +6,7 @@ within 1e-4 relative on uint8 images of several sizes (its TF1 resize to 224, RG
 import numpy as np
 import pytest
 
-from evaluation import features
-from evaluation import networks
-from evaluation import vgg
+from evaluation import features, networks, vgg
 from tests.reference import lazy, requires
 
 pytestmark = requires("torch", "torchvision", "torch_fidelity")
@@ -53,13 +51,16 @@ def torch_fidelity_features(extractor, images_nhwc: np.ndarray) -> np.ndarray:
 def networks_pair(tmp_path_factory):
   """(ours, torch-fidelity's) built from one random file; our conversion cached in a temp dir."""
   from torch_fidelity.feature_extractor_vgg16 import FeatureExtractorVGG16
+
   folder = tmp_path_factory.mktemp("vgg")
   path = folder / networks.VGG16_TORCH_FILE
   write_random_vgg16_pth(path)
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv(networks.CACHE_DIR_ENV, str(folder / "cache"))
     ours = networks.vgg16_network(path, download=False, variant="torch-fidelity")
-  theirs = FeatureExtractorVGG16("vgg16-fc2", ["fc2_relu"], feature_extractor_weights_path=str(path))
+  theirs = FeatureExtractorVGG16(
+    "vgg16-fc2", ["fc2_relu"], feature_extractor_weights_path=str(path)
+  )
   return ours, theirs
 
 
@@ -67,8 +68,9 @@ def networks_pair(tmp_path_factory):
 def test_fc2_relu_equals_torch_fidelity(networks_pair, shape):
   ours_net, theirs_net = networks_pair
   images = np.random.default_rng(sum(shape)).integers(0, 256, shape).astype(np.uint8)
-  ours = features.extract(ours_net, images, batch_size=4, progress=False,
-                          jit_compile=False)["fc2"]  # the network, not XLA, is under test
+  ours = features.extract(ours_net, images, batch_size=4, progress=False, jit_compile=False)[
+    "fc2"
+  ]  # the network, not XLA, is under test
   theirs = torch_fidelity_features(theirs_net, images)
   assert (theirs > 0).mean() > 0.2  # the ReLU output is not degenerate
   assert max_relative_difference(ours, theirs) <= 1e-4

@@ -35,8 +35,8 @@ def test_masked_conv_sees_only_earlier_pixels(mask_type):
   grad = np.abs(tape.gradient(out, x).numpy()[0]).sum(-1)  # [5, 5]
   visible = grad > 0
   expected = np.zeros((5, 5), bool)
-  expected[1, 1:4] = True        # the row above (3x3 kernel)
-  expected[2, 1] = True          # left neighbour
+  expected[1, 1:4] = True  # the row above (3x3 kernel)
+  expected[2, 1] = True  # left neighbour
   expected[2, 2] = mask_type == "B"
   np.testing.assert_array_equal(visible, expected)
 
@@ -73,9 +73,12 @@ def test_convolutions_start_as_pytorch_default_init():
   layer(tf.zeros((1, 8, 8, 3)))
   masked = layers.MaskedConv2D(64, 5, mask_type="B", use_bias=True)
   masked(tf.zeros((1, 8, 8, 3)))
-  for kernel, bias in ((layer.h.kernel, layer.h.bias), (layer.g.kernel, layer.g.bias),
-                       (masked.kernel, masked.bias)):
+  for kernel, bias in (
+    (layer.h.kernel, layer.h.bias),
+    (layer.g.kernel, layer.g.bias),
+    (masked.kernel, masked.bias),
+  ):
     w, b = kernel.numpy(), bias.numpy()
     assert np.abs(w).max() <= 0.11547 and np.abs(b).max() <= 0.11547
-    np.testing.assert_allclose(w.std(), 0.06667, rtol=0.05)   # 4800 draws: s.e. of the std ~1%
-    np.testing.assert_allclose(b.std(), 0.06667, rtol=0.3)    # 64 draws
+    np.testing.assert_allclose(w.std(), 0.06667, rtol=0.05)  # 4800 draws: s.e. of the std ~1%
+    np.testing.assert_allclose(b.std(), 0.06667, rtol=0.3)  # 64 draws

@@ -6,10 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vampprior_tf import likelihood
-from vampprior_tf import losses
-from vampprior_tf import optim
-from vampprior_tf import priors
+from vampprior_tf import likelihood, losses, optim, priors
 
 
 def test_kl_warmup_beta_matches_the_official_one_based_schedule():
@@ -17,8 +14,11 @@ def test_kl_warmup_beta_matches_the_official_one_based_schedule():
   0-based, so our epoch 0 (official epoch 1) already has beta = 1 / warmup."""
   betas = [float(losses.kl_warmup_beta(e, 4)) for e in range(6)]
   assert betas == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-  np.testing.assert_allclose([float(losses.kl_warmup_beta(e, 100)) for e in (0, 24, 98, 99, 150)],
-                             [0.01, 0.25, 0.99, 1.0, 1.0], rtol=1e-6)
+  np.testing.assert_allclose(
+    [float(losses.kl_warmup_beta(e, 100)) for e in (0, 24, 98, 99, 150)],
+    [0.01, 0.25, 0.99, 1.0, 1.0],
+    rtol=1e-6,
+  )
   assert float(losses.kl_warmup_beta(0, 0)) == 1.0  # warmup 0: beta = 1 from the start
 
 
@@ -31,8 +31,9 @@ def test_warmup_objective_weights_the_kl_by_beta():
     def loss(self, beta):
       return -self.log_px + beta * self.kl
 
-  per_example, metrics = losses.warmup_objective(lambda x, training: Terms(), None, epoch=1,
-                                                 warmup=4)
+  per_example, metrics = losses.warmup_objective(
+    lambda x, training: Terms(), None, epoch=1, warmup=4
+  )
   np.testing.assert_allclose(per_example.numpy(), [10.0 + 0.5 * 4.0, 20.0 + 0.5 * 8.0])
   assert float(metrics["beta"]) == 0.5 and float(metrics["negative_elbo"]) == 21.0
 
@@ -44,25 +45,39 @@ def test_normalize_gradients_gives_unit_norm_tensors():
   np.testing.assert_allclose([float(tf.norm(g)) for g in out], norms / (norms + 1e-7), rtol=1e-5)
   np.testing.assert_allclose(out[0].numpy(), [0.6, 0.8], rtol=1e-6)
   # The official epsilon 1e-7 shows on a tiny gradient: 1e-7 / (1e-7 + 1e-7) = 0.5.
-  np.testing.assert_allclose(optim.normalize_gradients([tf.constant([1e-7])])[0].numpy(), [0.5],
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+    optim.normalize_gradients([tf.constant([1e-7])])[0].numpy(), [0.5], rtol=1e-4
+  )
 
 
 def test_official_early_stopping_in_harness_terms():
   assert losses.EarlyStopping.official(patience=50, warmup=100) == losses.EarlyStopping(
-      harness_patience=50, start_epoch=99)
+    harness_patience=50, start_epoch=99
+  )
   assert losses.EarlyStopping.official(patience=0, warmup=5).harness_patience is None
   assert losses.EarlyStopping.official(patience=3, warmup=0).start_epoch == 0
 
 
 def test_prior_registry_has_one_name_per_prior():
-  built = {name: priors.build_prior(name, latent_dim=2, image_shape=(4, 4, 1), num_components=3,
-                                    pseudo_mean=0.5, pseudo_std=0.1, flow_couplings=2,
-                                    flow_hidden_units=4)
-           for name in priors.PRIORS}
+  built = {
+    name: priors.build_prior(
+      name,
+      latent_dim=2,
+      image_shape=(4, 4, 1),
+      num_components=3,
+      pseudo_mean=0.5,
+      pseudo_std=0.1,
+      flow_couplings=2,
+      flow_hidden_units=4,
+    )
+    for name in priors.PRIORS
+  }
   assert {n: type(p).__name__ for n, p in built.items()} == {
-      "standard": "StandardPrior", "mog": "MixtureOfGaussiansPrior", "vampprior": "VampPrior",
-      "flow": "FlowPrior"}
+    "standard": "StandardPrior",
+    "mog": "MixtureOfGaussiansPrior",
+    "vampprior": "VampPrior",
+    "flow": "FlowPrior",
+  }
   with pytest.raises(ValueError, match="'gaussian' is called 'standard'"):
     priors.build_prior("gaussian", latent_dim=2)
   with pytest.raises(ValueError, match="unknown prior 'normal'"):
@@ -85,20 +100,22 @@ class KnownWeights(keras.Model):
 
 def test_evaluate_nll_counts_the_samples_the_estimator_drew():
   images = np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1)  # pixel sums 0..4
-  counted = likelihood.evaluate_nll(KnownWeights(), images, num_samples=7, batch_size=2,
-                                    chunk_size=3)  # calls of 3 + 3 + 1 rows; batches 2 + 2 + 1
+  counted = likelihood.evaluate_nll(
+    KnownWeights(), images, num_samples=7, batch_size=2, chunk_size=3
+  )  # calls of 3 + 3 + 1 rows; batches 2 + 2 + 1
   assert counted.importance_samples == 7
   # The 7 weights are exp(index) * (1, 2, 3, 1, 2, 3, 1): IWAE_7 = index + log(13 / 7),
   # ELBO = index + (2 log 2 + 2 log 3) / 7.
-  np.testing.assert_allclose(counted.summary.per_example_log_likelihood,
-                             np.arange(5) + np.log(13 / 7), rtol=1e-6)
-  np.testing.assert_allclose(counted.summary.negative_elbo,
-                             -(2.0 + (2 * np.log(2) + 2 * np.log(3)) / 7), rtol=1e-6)
+  np.testing.assert_allclose(
+    counted.summary.per_example_log_likelihood, np.arange(5) + np.log(13 / 7), rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    counted.summary.negative_elbo, -(2.0 + (2 * np.log(2) + 2 * np.log(3)) / 7), rtol=1e-6
+  )
   assert counted.summary.num_samples == 7  # the shared estimator's own count agrees
   # The trap: a log-weight function that returns 4 rows whatever K is asked for is refused.
   with pytest.raises(ValueError, match="4 importance samples per example, not the 7"):
-    likelihood.evaluate_nll(KnownWeights(rows=4), images, num_samples=7, batch_size=2,
-                            chunk_size=7)
+    likelihood.evaluate_nll(KnownWeights(rows=4), images, num_samples=7, batch_size=2, chunk_size=7)
 
 
 def test_evaluate_nll_resumed_counts_only_the_batches_it_ran(tmp_path):
@@ -110,14 +127,29 @@ def test_evaluate_nll_resumed_counts_only_the_batches_it_ran(tmp_path):
   # Interrupt after the first two batches: evaluate 4 images under the same key, keep the file.
   key = {"checkpoint": "ckpt-1", "K": 7}
   with pytest.raises(ValueError):  # the 5th image makes the third batch of the first call fail
-    likelihood.evaluate_nll(_FailOnThirdBatch(), images, num_samples=7, batch_size=2,
-                            chunk_size=3, resume_path=path, resume_key=key)
-  resumed = likelihood.evaluate_nll(KnownWeights(), images, num_samples=7, batch_size=2,
-                                    chunk_size=3, resume_path=path, resume_key=key)
+    likelihood.evaluate_nll(
+      _FailOnThirdBatch(),
+      images,
+      num_samples=7,
+      batch_size=2,
+      chunk_size=3,
+      resume_path=path,
+      resume_key=key,
+    )
+  resumed = likelihood.evaluate_nll(
+    KnownWeights(),
+    images,
+    num_samples=7,
+    batch_size=2,
+    chunk_size=3,
+    resume_path=path,
+    resume_key=key,
+  )
   assert resumed.summary.batches_evaluated == 1
   assert resumed.importance_samples == 7
-  np.testing.assert_array_equal(resumed.summary.per_example_log_likelihood,
-                                full.summary.per_example_log_likelihood)
+  np.testing.assert_array_equal(
+    resumed.summary.per_example_log_likelihood, full.summary.per_example_log_likelihood
+  )
 
 
 class _FailOnThirdBatch(KnownWeights):

@@ -7,9 +7,8 @@ import pytest
 import tensorflow as tf
 
 from evaluation import likelihood
-from vampprior_tf import distributions
+from vampprior_tf import distributions, priors
 from vampprior_tf import model as models
-from vampprior_tf import priors
 
 SHAPE = (6, 6, 1)
 
@@ -28,8 +27,14 @@ def trained_vae():
   """A VAE with a 2-D latent and a VampPrior, trained for a few hundred steps."""
   keras.utils.set_random_seed(0)
   prior = priors.VampPrior(num_components=5, image_shape=SHAPE, init_mean=0.5, init_std=0.1)
-  model = models.VAE(image_shape=SHAPE, observation=distributions.Bernoulli(), prior=prior,
-                     latent_dim=2, hidden_units=32, seed=0)
+  model = models.VAE(
+    image_shape=SHAPE,
+    observation=distributions.Bernoulli(),
+    prior=prior,
+    latent_dim=2,
+    hidden_units=32,
+    seed=0,
+  )
   data = toy_binary_images(512)
   model(data[:2])
   optimizer = keras.optimizers.Adam(3e-3)
@@ -39,12 +44,13 @@ def trained_vae():
   def step(x):
     with tf.GradientTape() as tape:
       loss = tf.reduce_mean(model(x, training=True).loss(1.0))
-    optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
-                                  model.trainable_variables))
+    optimizer.apply_gradients(
+      zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+    )
     return loss
 
   for i in range(400):
-    step(data[(i % 8) * 64:(i % 8 + 1) * 64])
+    step(data[(i % 8) * 64 : (i % 8 + 1) * 64])
   return model, toy_binary_images(64, seed=1)
 
 
@@ -67,8 +73,9 @@ def test_iwae_recovers_the_exact_log_px_and_increases_in_k(trained_vae):
   exact = exact_log_px(model, x)
   bounds = {}
   for k in (1, 10, 100, 2000):
-    est = likelihood.importance_weighted_log_likelihood(fn, tf.constant(x), num_samples=k,
-                                                        chunk_size=500)
+    est = likelihood.importance_weighted_log_likelihood(
+      fn, tf.constant(x), num_samples=k, chunk_size=500
+    )
     bounds[k] = est.log_likelihood.numpy().mean()
   assert bounds[1] < bounds[10] < bounds[100] <= bounds[2000] + 0.02
   # Values against the exact log p(x) of the grid integral (measured: exact -8.5553, IWAE_2000
@@ -81,14 +88,16 @@ def test_log_weights_keep_examples_and_samples_apart(trained_vae):
   model, x = trained_vae
   k = np.arange(3 * 4, dtype=np.float32).reshape(3, 4)  # layout of the helpers
   flat = models.repeat_examples(tf.constant(np.arange(4, dtype=np.float32)), 3)
-  np.testing.assert_array_equal(models.split_samples(flat, 3).numpy(), np.tile(np.arange(4), (3, 1)))
+  np.testing.assert_array_equal(
+    models.split_samples(flat, 3).numpy(), np.tile(np.arange(4), (3, 1))
+  )
   np.testing.assert_array_equal(models.split_samples(tf.reshape(k, [-1]), 3).numpy(), k)
   # Column b of the [K, B] weights is example b: compare with each example evaluated alone.
   batch = np.concatenate([x[:1], 1 - x[:1], x[1:2]])
   together = model.log_weights(batch, 1500).numpy()
   assert together.shape == (1500, 3)
   for b in range(3):
-    alone = model.log_weights(batch[b:b + 1], 1500).numpy()[:, 0]
+    alone = model.log_weights(batch[b : b + 1], 1500).numpy()[:, 0]
     se = np.sqrt(together[:, b].var() / 1500 + alone.var() / 1500)
     assert abs(together[:, b].mean() - alone.mean()) < 5 * se + 1e-3
   # The inverted image is far less likely: mixing columns would blur this difference.
@@ -98,21 +107,34 @@ def test_log_weights_keep_examples_and_samples_apart(trained_vae):
 
 def tiny_hvae(cls=models.HVAE2Level, prior=None, observation=None, shape=SHAPE, seed=0):
   keras.utils.set_random_seed(seed)
-  return cls(image_shape=shape, observation=observation or distributions.Bernoulli(),
-             prior=prior or priors.StandardPrior(5), z1_dim=3, z2_dim=5, hidden_units=16,
-             seed=seed)
+  return cls(
+    image_shape=shape,
+    observation=observation or distributions.Bernoulli(),
+    prior=prior or priors.StandardPrior(5),
+    z1_dim=3,
+    z2_dim=5,
+    hidden_units=16,
+    seed=seed,
+  )
 
 
-@pytest.mark.parametrize("cls", [models.VAE, models.HVAE2Level, models.ConvHVAE2Level,
-                                 models.PixelHVAE2Level])
+@pytest.mark.parametrize(
+  "cls", [models.VAE, models.HVAE2Level, models.ConvHVAE2Level, models.PixelHVAE2Level]
+)
 def test_log_weights_encode_x_once_and_equal_the_model_on_repeated_images(cls):
   """log_weights runs q's networks on x once and repeats their outputs: the same log-weights as
   the whole model on the images repeated K times, from the same noise-generator state."""
   prior = priors.VampPrior(num_components=3, image_shape=SHAPE, init_mean=0.5, init_std=0.1)
   if cls is models.VAE:
     keras.utils.set_random_seed(0)
-    model = models.VAE(image_shape=SHAPE, observation=distributions.Bernoulli(), prior=prior,
-                       latent_dim=4, hidden_units=16, seed=0)
+    model = models.VAE(
+      image_shape=SHAPE,
+      observation=distributions.Bernoulli(),
+      prior=prior,
+      latent_dim=4,
+      hidden_units=16,
+      seed=0,
+    )
   else:
     model = tiny_hvae(cls, prior=prior)
   x = toy_binary_images(3)
@@ -216,8 +238,9 @@ def test_pixelhvae_batchnorm_and_output_bias_follow_pytorch_official():
   moving mean is 0.1 * the batch mean. Output 1x1 conv: bias for binary data only (official
   `p_x_mean` / `p_x_logvar` of gray data have bias=False)."""
   shape = (4, 4, 1)
-  grey = tiny_hvae(models.PixelHVAE2Level, observation=distributions.DiscretizedLogistic(),
-                   shape=shape)
+  grey = tiny_hvae(
+    models.PixelHVAE2Level, observation=distributions.DiscretizedLogistic(), shape=shape
+  )
   binary = tiny_hvae(models.PixelHVAE2Level, shape=shape)
   x = np.random.RandomState(0).randint(0, 256, (8,) + shape).astype(np.float32) / 255
   grey(x)
@@ -230,8 +253,14 @@ def test_pixelhvae_batchnorm_and_output_bias_follow_pytorch_official():
   assert bn.epsilon == 1e-5
   # One training call: the first BN's moving mean moves 10% of the way to the batch mean.
   f = grey.forward(tf.constant(x))
-  h = tf.concat([tf.constant(x), tf.reshape(grey.p_x_from_z1(f.z1), (-1,) + shape),
-                 tf.reshape(grey.p_x_from_z2(f.z2), (-1,) + shape)], axis=-1)
+  h = tf.concat(
+    [
+      tf.constant(x),
+      tf.reshape(grey.p_x_from_z1(f.z1), (-1,) + shape),
+      tf.reshape(grey.p_x_from_z2(f.z2), (-1,) + shape),
+    ],
+    axis=-1,
+  )
   batch_mean = tf.reduce_mean(grey.pixelcnn[0](h), axis=[0, 1, 2]).numpy()
   bn(grey.pixelcnn[0](h), training=True)
   np.testing.assert_allclose(bn.moving_mean.numpy(), 0.1 * batch_mean, rtol=1e-4, atol=1e-6)

@@ -2,8 +2,8 @@
 
 import keras
 import numpy as np
-from scipy import special
 import tensorflow as tf
+from scipy import special
 
 from tests.vampprior_tf.test_distributions import brute_force_mixture
 from vampprior_tf import priors
@@ -26,8 +26,9 @@ class TinyEncoder(keras.layers.Layer):
 
 def vampprior(**kwargs):
   keras.utils.set_random_seed(0)
-  return priors.VampPrior(num_components=6, image_shape=IMAGE_SHAPE, init_mean=0.5, init_std=0.3,
-                          **kwargs)
+  return priors.VampPrior(
+    num_components=6, image_shape=IMAGE_SHAPE, init_mean=0.5, init_std=0.3, **kwargs
+  )
 
 
 def test_vampprior_log_prob_equals_brute_force_mixture_of_encoded_pseudo_inputs():
@@ -47,8 +48,9 @@ def test_mog_log_prob_equals_brute_force_with_learnt_weights():
   prior.logits.assign([0.5, -1.0, 2.0, 0.0])
   prior.log_vars.assign(np.random.RandomState(1).randn(4, 3).astype(np.float32) * 0.3)
   z = np.random.RandomState(2).randn(5, 3).astype(np.float32)
-  expected = brute_force_mixture(z, prior.means.numpy(), prior.log_vars.numpy(),
-                                 special.log_softmax([0.5, -1.0, 2.0, 0.0]))
+  expected = brute_force_mixture(
+    z, prior.means.numpy(), prior.log_vars.numpy(), special.log_softmax([0.5, -1.0, 2.0, 0.0])
+  )
   np.testing.assert_allclose(prior.log_prob(z).numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
