@@ -8,7 +8,8 @@ config's parameter count.
 Each combination trains through `experiments.harness.Trainer.fit` (data pipeline, loss with
 SR / L_BN / KL balancing, optimizer) on random binary images for 2 x `--steps` steps; the rate is
 that of the second window (the first one includes tracing / XLA compilation). Ratios are formed
-from numbers measured in this one run.
+from numbers measured in this one run. The cpu preset's step against the official NVlabs/NVAE code:
+bench/bench_nvae_official.py.
 """
 
 from __future__ import annotations
