@@ -32,6 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def images(batch: int, size: int):
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   channels = 1 if size <= 28 else 3  # 28: grey (MNIST), otherwise RGB
   return np.random.default_rng(size).integers(0, 256, (batch, size, size, channels), dtype=np.uint8)
 
@@ -43,16 +44,22 @@ def write_weights(directory: str) -> None:
   sys.path.insert(0, ROOT)
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+
   from tests.reference import comparisons  # pylint: disable=g-import-not-at-top
+
   state = comparisons.write_inception_pth(os.path.join(directory, "inception.pth"), seed=0)
-  np.savez(os.path.join(directory, "inception.npz"),
-           **{k: v.numpy() for k, v in state.items() if v.dtype == torch.float32})
+  np.savez(
+    os.path.join(directory, "inception.npz"),
+    **{k: v.numpy() for k, v in state.items() if v.dtype == torch.float32},
+  )
 
 
 def ours(batch: int, size: int, directory: str):
   sys.path.insert(0, ROOT)
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from evaluation import features, inception  # pylint: disable=g-import-not-at-top
+
   with np.load(os.path.join(directory, "inception.npz")) as data:
     weights, width_divisor = inception.convert_torch_state_dict(dict(data))
   network = inception.build_inception_2015(width_divisor=width_divisor)
@@ -63,12 +70,14 @@ def ours(batch: int, size: int, directory: str):
 
 def pytorch_fid(batch: int, size: int, directory: str, threads: int):
   import numpy as np  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
   import pytorch_fid.inception as pf  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+
   torch.set_num_threads(threads)
   original = pf.load_state_dict_from_url  # as comparisons.pytorch_fid_with_weights (no download)
   pf.load_state_dict_from_url = lambda url, progress=True: torch.load(
-      os.path.join(directory, "inception.pth"), weights_only=True)
+    os.path.join(directory, "inception.pth"), weights_only=True
+  )
   try:
     model = pf.InceptionV3([pf.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
   finally:
@@ -79,20 +88,27 @@ def pytorch_fid(batch: int, size: int, directory: str, threads: int):
   @torch.no_grad()
   def step():  # pytorch_fid.fid_score.get_activations, one batch
     return model(torch.from_numpy(x).float() / 255.0)[0].squeeze(3).squeeze(2).numpy()
+
   return step
 
 
 def have_peer() -> bool:
-  return all(importlib.util.find_spec(m) is not None for m in ("torch", "torchvision", "pytorch_fid"))
+  return all(
+    importlib.util.find_spec(m) is not None for m in ("torch", "torchvision", "pytorch_fid")
+  )
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--cores", default="0", help="cores to pin both sides to, e.g. 0 or 0,1; "
-                      "'all' leaves the affinity as it is")
+  parser.add_argument(
+    "--cores",
+    default="0",
+    help="cores to pin both sides to, e.g. 0 or 0,1; 'all' leaves the affinity as it is",
+  )
   parser.add_argument("--threads", type=int, default=1, help="threads of each side")
-  parser.add_argument("--batch", type=int, default=50, help="images per batch (pytorch-fid's "
-                      "default --batch-size)")
+  parser.add_argument(
+    "--batch", type=int, default=50, help="images per batch (pytorch-fid's default --batch-size)"
+  )
   parser.add_argument("--sizes", default="299,28", help="image sides; 28 is grey, others RGB")
   parser.add_argument("--steps", type=int, default=1, help="batches per timed round")
   parser.add_argument("--rounds", type=int, default=3, help="timed rounds per side (alternating)")
@@ -100,9 +116,11 @@ def main():
   args = parser.parse_args()
   cores = None if args.cores == "all" else [int(c) for c in args.cores.split(",")]
   with_peer = have_peer()
-  print(f"Inception-2015 pool_3, batch {args.batch}, random weights, {args.rounds} rounds of "
-        f"{args.steps} batches per side after {args.warmup} warm-up batches, each side in its own "
-        "process" + ("" if with_peer else "; torch / pytorch-fid missing: ours only"))
+  print(
+    f"Inception-2015 pool_3, batch {args.batch}, random weights, {args.rounds} rounds of "
+    f"{args.steps} batches per side after {args.warmup} warm-up batches, each side in its own "
+    "process" + ("" if with_peer else "; torch / pytorch-fid missing: ours only")
+  )
   with tempfile.TemporaryDirectory() as directory:
     if with_peer:
       writer = multiprocessing.get_context("spawn").Process(target=write_weights, args=(directory,))
@@ -114,26 +132,38 @@ def main():
       directory = None
     for size in [int(s) for s in args.sizes.split(",")]:
       shape = images(1, size).shape[1:]
-      sides = {"ours": (ours, (args.batch, size, directory))} if directory else {
-          "ours": (ours_random, (args.batch, size))}
+      sides = (
+        {"ours": (ours, (args.batch, size, directory))}
+        if directory
+        else {"ours": (ours_random, (args.batch, size))}
+      )
       if with_peer:
         sides["pytorch-fid"] = (pytorch_fid, (args.batch, size, directory, args.threads))
-      timings = peer.alternate(sides, cores=cores, threads=args.threads, steps=args.steps,
-                               rounds=args.rounds, warmup=args.warmup)
+      timings = peer.alternate(
+        sides,
+        cores=cores,
+        threads=args.threads,
+        steps=args.steps,
+        rounds=args.rounds,
+        warmup=args.warmup,
+      )
       title = f"Inception-2015 pool_3 of {args.batch} images {'x'.join(map(str, shape))} per batch"
       if with_peer:
         print(peer.report(title, timings, ours="ours", peer="pytorch-fid"), flush=True)
       for name, t in timings.items():
         wall, cpu = t.median_ms()
-        print(f"  {name}: {1e3 * args.batch / wall:.1f} images/s (wall), "
-              f"{1e3 * args.batch / cpu:.1f} images per CPU second, CPU {cpu / 1e3:.2f} s per batch",
-              flush=True)
+        print(
+          f"  {name}: {1e3 * args.batch / wall:.1f} images/s (wall), "
+          f"{1e3 * args.batch / cpu:.1f} images per CPU second, CPU {cpu / 1e3:.2f} s per batch",
+          flush=True,
+        )
 
 
 def ours_random(batch: int, size: int):
   """Ours without a weights file (no torch here): the network's initial random weights."""
   sys.path.insert(0, ROOT)
   from evaluation import features, inception  # pylint: disable=g-import-not-at-top
+
   network = inception.build_inception_2015()
   x = images(batch, size)
   return lambda: features.extract(network, x, batch_size=batch, progress=False)["pool_3"]

@@ -32,13 +32,14 @@ import peer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = "cpu"
-BATCH = 100           # the cpu preset's batch
+BATCH = 100  # the cpu preset's batch
 STEPS_PER_EPOCH = 500  # the cpu preset: 50k images / 100
 EPOCHS = 16
 
 
 def batch():
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   return (np.random.RandomState(0).uniform(size=(BATCH, 28, 28, 1)) < 0.2).astype(np.float32)
 
 
@@ -47,21 +48,35 @@ def ours(threads: int):
   del threads  # TensorFlow's: set by peer.pin through the environment
   sys.path.insert(0, ROOT)
   import tempfile  # pylint: disable=g-import-not-at-top
+
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   from experiments import harness, nvae_train  # pylint: disable=g-import-not-at-top
+
   images = batch()
   preset = nvae_train.PRESETS[PRESET]
   check_preset_args(preset.model)
   s = nvae_train.RunSettings(model=preset.model, preset=PRESET, warmup_epochs=preset.warmup_epochs)
   strategy = tf.distribute.get_strategy()
-  model, optimizer = nvae_train.build(s, strategy=strategy, steps_per_epoch=STEPS_PER_EPOCH,
-                                      epochs=EPOCHS, seed=0, image_shape=images.shape[1:])
+  model, optimizer = nvae_train.build(
+    s,
+    strategy=strategy,
+    steps_per_epoch=STEPS_PER_EPOCH,
+    epochs=EPOCHS,
+    seed=0,
+    image_shape=images.shape[1:],
+  )
   print(f"    ours: {model.count_params():,} parameters", flush=True)
   trainer = harness.Trainer(
-      config=harness.TrainConfig(logdir=tempfile.mkdtemp(), batch_size=BATCH, epochs=EPOCHS,
-                                 progress=False),
-      strategy=strategy, model=model, optimizer=optimizer, loss_fn=nvae_train.make_loss_fn(s),
-      train_data=tf.data.Dataset.from_tensor_slices(images))
+    config=harness.TrainConfig(
+      logdir=tempfile.mkdtemp(), batch_size=BATCH, epochs=EPOCHS, progress=False
+    ),
+    strategy=strategy,
+    model=model,
+    optimizer=optimizer,
+    loss_fn=nvae_train.make_loss_fn(s),
+    train_data=tf.data.Dataset.from_tensor_slices(images),
+  )
   x = tf.constant(images)
   return lambda: trainer._train_step(x)["loss"].numpy()  # pylint: disable=protected-access
 
@@ -70,17 +85,33 @@ def ours(threads: int):
 # argument names; written out because the official side's process must not import TensorFlow
 # (`ours` checks that the preset still matches).
 CPU_PRESET_ARGS = dict(
-    num_channels_enc=16, num_channels_dec=16, num_preprocess_blocks=2, num_preprocess_cells=1,
-    num_postprocess_blocks=2, num_postprocess_cells=1, num_latent_scales=2, num_groups_per_scale=4,
-    ada_groups=True, min_groups_per_scale=1, num_latent_per_group=20, num_cell_per_cond_enc=1,
-    num_cell_per_cond_dec=1, use_se=True, num_nf=0, res_dist=True)
+  num_channels_enc=16,
+  num_channels_dec=16,
+  num_preprocess_blocks=2,
+  num_preprocess_cells=1,
+  num_postprocess_blocks=2,
+  num_postprocess_cells=1,
+  num_latent_scales=2,
+  num_groups_per_scale=4,
+  ada_groups=True,
+  min_groups_per_scale=1,
+  num_latent_per_group=20,
+  num_cell_per_cond_enc=1,
+  num_cell_per_cond_dec=1,
+  use_se=True,
+  num_nf=0,
+  res_dist=True,
+)
 
 
 def check_preset_args(config) -> None:
   """Raises if the cpu preset's `NVAEConfig` differs from CPU_PRESET_ARGS."""
   names = {"num_nf": "num_flows", "res_dist": "residual_posterior"}
-  differ = {k: (v, getattr(config, names.get(k, k))) for k, v in CPU_PRESET_ARGS.items()
-            if getattr(config, names.get(k, k)) != v}
+  differ = {
+    k: (v, getattr(config, names.get(k, k)))
+    for k, v in CPU_PRESET_ARGS.items()
+    if getattr(config, names.get(k, k)) != v
+  }
   if differ:
     raise SystemExit(f"bench_nvae_official.CPU_PRESET_ARGS is out of date: {differ}")
 
@@ -89,11 +120,21 @@ def official_args() -> dict:
   """The README's MNIST command with the cpu preset's sizes (and train.py's step settings)."""
   sys.path.insert(0, ROOT)
   from tools import check_official_nvae  # pylint: disable=g-import-not-at-top
+
   args = dict(check_official_nvae.MNIST_README_ARGS)
-  args.update(CPU_PRESET_ARGS, batch_size=BATCH, epochs=EPOCHS,
-              # train.py's defaults (the README command does not set them)
-              learning_rate=1e-2, weight_decay=3e-4, warmup_epochs=5, kl_anneal_portion=0.3,
-              kl_const_portion=1e-4, kl_const_coeff=1e-4, weight_decay_norm_anneal=False)
+  args.update(
+    CPU_PRESET_ARGS,
+    batch_size=BATCH,
+    epochs=EPOCHS,
+    # train.py's defaults (the README command does not set them)
+    learning_rate=1e-2,
+    weight_decay=3e-4,
+    warmup_epochs=5,
+    kl_anneal_portion=0.3,
+    kl_const_portion=1e-4,
+    kl_const_coeff=1e-4,
+    weight_decay_norm_anneal=False,
+  )
   return args
 
 
@@ -103,38 +144,56 @@ def official(threads: int, path: str):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+
   from tools import check_official_nvae  # pylint: disable=g-import-not-at-top
+
   torch.set_num_threads(threads)
   official = check_official_nvae.import_official(path)
   import neural_operations  # pylint: disable=g-import-not-at-top  (the checkout's, on sys.path now)
   from thirdparty import inplaced_sync_batchnorm, swish  # pylint: disable=g-import-not-at-top
   from thirdparty.adamax import Adamax  # pylint: disable=g-import-not-at-top
+
   neural_operations.SYNC_BN = False
 
   def bn_swish_train(self, x):  # its one-process fallback, without the is_cuda refusal
     factor = self.momentum
     if self.training and self.track_running_stats:
       self.num_batches_tracked = self.num_batches_tracked + 1
-    out = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                       self.training or not self.track_running_stats, factor, self.eps)
+    out = F.batch_norm(
+      x,
+      self.running_mean,
+      self.running_var,
+      self.weight,
+      self.bias,
+      self.training or not self.track_running_stats,
+      factor,
+      self.eps,
+    )
     return swish.Swish.apply(out)
+
   inplaced_sync_batchnorm.SyncBatchNormSwish.forward = bn_swish_train
 
   args = official_args()
   model, namespace = check_official_nvae.build_official(official, args, seed=0)
   model.train()
   utils = official.utils
-  print(f"    official NVlabs/NVAE@{check_official_nvae.official_commit(path)[:12]}: "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
-  optimizer = Adamax(model.parameters(), namespace.learning_rate,
-                     weight_decay=namespace.weight_decay, eps=1e-3)  # --fast_adamax
+  print(
+    f"    official NVlabs/NVAE@{check_official_nvae.official_commit(path)[:12]}: "
+    f"{sum(p.numel() for p in model.parameters()):,} parameters",
+    flush=True,
+  )
+  optimizer = Adamax(
+    model.parameters(), namespace.learning_rate, weight_decay=namespace.weight_decay, eps=1e-3
+  )  # --fast_adamax
   num_total_iter = STEPS_PER_EPOCH * namespace.epochs
   warmup_iters = STEPS_PER_EPOCH * namespace.warmup_epochs
-  alpha_i = utils.kl_balancer_coeff(num_scales=model.num_latent_scales,
-                                    groups_per_scale=model.groups_per_scale, fun="square")
+  alpha_i = utils.kl_balancer_coeff(
+    num_scales=model.num_latent_scales, groups_per_scale=model.groups_per_scale, fun="square"
+  )
   x28 = np.transpose(batch(), (0, 3, 1, 2))
-  x = utils.pre_process(torch.from_numpy(np.pad(x28, [(0, 0), (0, 0), (2, 2), (2, 2)])),
-                        namespace.num_x_bits)  # official mnist transform: Pad(2)
+  x = utils.pre_process(
+    torch.from_numpy(np.pad(x28, [(0, 0), (0, 0), (2, 2), (2, 2)])), namespace.num_x_bits
+  )  # official mnist transform: Pad(2)
   global_step = [0]
 
   def step():
@@ -144,8 +203,12 @@ def official(threads: int, path: str):
     optimizer.zero_grad()
     logits, _, _, kl_all, _ = model(x)
     output = model.decoder_output(logits)
-    kl_coeff = utils.kl_coeff(global_step[0], namespace.kl_anneal_portion * num_total_iter,
-                              namespace.kl_const_portion * num_total_iter, namespace.kl_const_coeff)
+    kl_coeff = utils.kl_coeff(
+      global_step[0],
+      namespace.kl_anneal_portion * num_total_iter,
+      namespace.kl_const_portion * num_total_iter,
+      namespace.kl_const_coeff,
+    )
     recon_loss = utils.reconstruction_loss(output, x, crop=model.crop_output)
     balanced_kl, _, _ = utils.kl_balancer(kl_all, kl_coeff, kl_balance=True, alpha_i=alpha_i)
     loss = torch.mean(recon_loss + balanced_kl)
@@ -156,38 +219,60 @@ def official(threads: int, path: str):
     optimizer.step()
     global_step[0] += 1
     return loss.item()
+
   return step
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--official_path", default=os.environ.get("GENMODELS_NVAE_OFFICIAL"),
-                      help="a checkout of github.com/NVlabs/NVAE (needs torch; default "
-                      "$GENMODELS_NVAE_OFFICIAL); without it only our step is timed")
-  parser.add_argument("--cores", default="0", help="cores to pin both sides to, e.g. 0 or 0,1; "
-                      "'all' leaves the affinity as it is")
-  parser.add_argument("--threads", type=int, default=1, help="threads of each side (TensorFlow "
-                      "intra/inter-op, torch.set_num_threads)")
+  parser.add_argument(
+    "--official_path",
+    default=os.environ.get("GENMODELS_NVAE_OFFICIAL"),
+    help="a checkout of github.com/NVlabs/NVAE (needs torch; default "
+    "$GENMODELS_NVAE_OFFICIAL); without it only our step is timed",
+  )
+  parser.add_argument(
+    "--cores",
+    default="0",
+    help="cores to pin both sides to, e.g. 0 or 0,1; 'all' leaves the affinity as it is",
+  )
+  parser.add_argument(
+    "--threads",
+    type=int,
+    default=1,
+    help="threads of each side (TensorFlow intra/inter-op, torch.set_num_threads)",
+  )
   parser.add_argument("--steps", type=int, default=3, help="steps per timed round")
   parser.add_argument("--rounds", type=int, default=4, help="timed rounds per side (alternating)")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
   args = parser.parse_args()
   cores = None if args.cores == "all" else [int(c) for c in args.cores.split(",")]
-  print(f"NVAE {PRESET} preset, batch {BATCH}, binary 28x28 images, float32, {args.rounds} rounds "
-        f"of {args.steps} steps per side after {args.warmup} warm-up steps, each side in its own "
-        "process")
+  print(
+    f"NVAE {PRESET} preset, batch {BATCH}, binary 28x28 images, float32, {args.rounds} rounds "
+    f"of {args.steps} steps per side after {args.warmup} warm-up steps, each side in its own "
+    "process"
+  )
   sides = {"ours": (ours, (args.threads,))}
   if args.official_path:
     sides["official NVAE"] = (official, (args.threads, args.official_path))
-  timings = peer.alternate(sides, cores=cores, threads=args.threads, steps=args.steps,
-                           rounds=args.rounds, warmup=args.warmup)
+  timings = peer.alternate(
+    sides,
+    cores=cores,
+    threads=args.threads,
+    steps=args.steps,
+    rounds=args.rounds,
+    warmup=args.warmup,
+  )
   if args.official_path:
-    print(peer.report(f"NVAE {PRESET}-preset train step", timings, ours="ours",
-                      peer="official NVAE"), flush=True)
+    print(
+      peer.report(f"NVAE {PRESET}-preset train step", timings, ours="ours", peer="official NVAE"),
+      flush=True,
+    )
   else:
     wall, cpu = timings["ours"].median_ms()
-    print(f"NVAE {PRESET}-preset train step: wall {wall:.1f} ms/step, CPU {cpu:.1f} ms/step",
-          flush=True)
+    print(
+      f"NVAE {PRESET}-preset train step: wall {wall:.1f} ms/step, CPU {cpu:.1f} ms/step", flush=True
+    )
 
 
 if __name__ == "__main__":

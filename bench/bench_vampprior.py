@@ -8,7 +8,7 @@ Ours is the harness's compiled train step, the one `experiments.vampprior` train
 AdamNormGrad, the step counter), called on a fixed batch. The peer is the official model class and
 its AdamNormGrad (`utils/optimizer.py`), built from a checkout the user gives (never vendored),
 stepped as its `utils/training.py` does (zero_grad, calculate_loss(average=True), backward, step).
-Both run in this process on the same cores and thread counts, alternately (bench/peer.py); the
+Each runs in its own process, pinned to the same cores and thread counts, alternately (bench/peer.py); the
 ratio ours / peer is printed in wall and CPU time. Without --official_path only our times print.
 """
 
