@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def images(batch: int, size: int):
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
 
   channels = 1 if size <= 28 else 3  # 28: grey (MNIST), otherwise RGB
   return np.random.default_rng(size).integers(0, 256, (batch, size, size, channels), dtype=np.uint8)
@@ -42,10 +42,10 @@ def write_weights(directory: str) -> None:
   numpy arrays (`.npz`, for ours: its process then never imports torch). Run in a process of its
   own (it imports TensorFlow and torch)."""
   sys.path.insert(0, ROOT)
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  import torch
 
-  from tests.reference import comparisons  # pylint: disable=g-import-not-at-top
+  from tests.reference import comparisons
 
   state = comparisons.write_inception_pth(os.path.join(directory, "inception.pth"), seed=0)
   np.savez(
@@ -56,9 +56,9 @@ def write_weights(directory: str) -> None:
 
 def ours(batch: int, size: int, directory: str):
   sys.path.insert(0, ROOT)
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
 
-  from evaluation import features, inception  # pylint: disable=g-import-not-at-top
+  from evaluation import features, inception
 
   with np.load(os.path.join(directory, "inception.npz")) as data:
     weights, width_divisor = inception.convert_torch_state_dict(dict(data))
@@ -69,9 +69,9 @@ def ours(batch: int, size: int, directory: str):
 
 
 def pytorch_fid(batch: int, size: int, directory: str, threads: int):
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import pytorch_fid.inception as pf  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  import pytorch_fid.inception as pf
+  import torch
 
   torch.set_num_threads(threads)
   original = pf.load_state_dict_from_url  # as comparisons.pytorch_fid_with_weights (no download)
@@ -162,7 +162,7 @@ def main():
 def ours_random(batch: int, size: int):
   """Ours without a weights file (no torch here): the network's initial random weights."""
   sys.path.insert(0, ROOT)
-  from evaluation import features, inception  # pylint: disable=g-import-not-at-top
+  from evaluation import features, inception
 
   network = inception.build_inception_2015()
   x = images(batch, size)

@@ -38,7 +38,7 @@ EPOCHS = 16
 
 
 def batch():
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
 
   return (np.random.RandomState(0).uniform(size=(BATCH, 28, 28, 1)) < 0.2).astype(np.float32)
 
@@ -47,11 +47,11 @@ def ours(threads: int):
   """A no-argument function running one of our training steps (experiments.nvae_train's)."""
   del threads  # TensorFlow's: set by peer.pin through the environment
   sys.path.insert(0, ROOT)
-  import tempfile  # pylint: disable=g-import-not-at-top
+  import tempfile
 
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
 
-  from experiments import harness, nvae_train  # pylint: disable=g-import-not-at-top
+  from experiments import harness, nvae_train
 
   images = batch()
   preset = nvae_train.PRESETS[PRESET]
@@ -78,7 +78,7 @@ def ours(threads: int):
     train_data=tf.data.Dataset.from_tensor_slices(images),
   )
   x = tf.constant(images)
-  return lambda: trainer._train_step(x)["loss"].numpy()  # pylint: disable=protected-access
+  return lambda: trainer._train_step(x)["loss"].numpy()
 
 
 # The cpu preset's architecture (experiments.nvae_train.PRESETS["cpu"].model) in the official
@@ -119,7 +119,7 @@ def check_preset_args(config) -> None:
 def official_args() -> dict:
   """The README's MNIST command with the cpu preset's sizes (and train.py's step settings)."""
   sys.path.insert(0, ROOT)
-  from tools import check_official_nvae  # pylint: disable=g-import-not-at-top
+  from tools import check_official_nvae
 
   args = dict(check_official_nvae.MNIST_README_ARGS)
   args.update(
@@ -141,17 +141,17 @@ def official_args() -> dict:
 def official(threads: int, path: str):
   """One step of the official train.py `train` loop (fp32, CPU) from a checkout at `path`."""
   sys.path.insert(0, ROOT)
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  import torch
+  import torch.nn.functional as F
 
-  from tools import check_official_nvae  # pylint: disable=g-import-not-at-top
+  from tools import check_official_nvae
 
   torch.set_num_threads(threads)
   official = check_official_nvae.import_official(path)
-  import neural_operations  # pylint: disable=g-import-not-at-top  (the checkout's, on sys.path now)
-  from thirdparty import inplaced_sync_batchnorm, swish  # pylint: disable=g-import-not-at-top
-  from thirdparty.adamax import Adamax  # pylint: disable=g-import-not-at-top
+  import neural_operations  (the checkout's, on sys.path now)
+  from thirdparty import inplaced_sync_batchnorm, swish
+  from thirdparty.adamax import Adamax
 
   neural_operations.SYNC_BN = False
 
