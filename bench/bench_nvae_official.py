@@ -149,7 +149,7 @@ def official(threads: int, path: str):
 
   torch.set_num_threads(threads)
   official = check_official_nvae.import_official(path)
-  import neural_operations  (the checkout's, on sys.path now)
+  import neural_operations  # the checkout's, on sys.path now
   from thirdparty import inplaced_sync_batchnorm, swish
   from thirdparty.adamax import Adamax
 
