@@ -936,6 +936,37 @@ class Trainer:
 BEST_DIR, FINAL_DIR = results.BEST_DIR, results.FINAL_DIR
 
 
+def restore_weights(
+  model: keras.Model, logdir: str, which: str = "latest", *, settings_file: str = "its settings"
+) -> str:
+  """Loads a run's weights into a built `model` and returns the checkpoint's path: the ordered
+  `model.variables` the Trainer checkpoints as `model_variables` (weights, normalisation
+  statistics, random-generator states), nothing of the optimizer. The one way the evaluation,
+  sampling and PPL commands load a trained run.
+
+  which: "latest" (checkpoints/, or final/ of a finished run kept as its weights alone) or "best"
+  (best/, the early-stopping checkpoint). A checkpoint of another architecture is a ValueError
+  that names `settings_file`, the record the model was built from.
+  """
+  folders = [BEST_DIR] if which == "best" else ["checkpoints", FINAL_DIR]
+  path = None
+  for name in folders:
+    path = tf.train.latest_checkpoint(os.path.join(logdir, name))
+    if path:
+      break
+  if not path:
+    raise FileNotFoundError(f"no checkpoint in {os.path.join(logdir, folders[0])}")
+  checkpoint = tf.train.Checkpoint(model_variables=[v.value for v in model.variables])
+  try:
+    checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
+  except (AssertionError, ValueError, tf.errors.OpError) as e:
+    raise ValueError(
+      f"checkpoint {path} does not match the architecture in {settings_file}: "
+      f"{str(e).splitlines()[0][:300]}"
+    ) from e
+  return path
+
+
 def _checkpoint_number(path: str) -> int:
   """N of a CheckpointManager path `.../ckpt-N`."""
   return int(path.rsplit("-", 1)[1])

@@ -721,27 +721,10 @@ def train_and_evaluate(
 
 
 def restore_run(logdir: str, which: str, s: RunSettings, *, seed: int):
-  """The run's NVAE with the weights (and BN statistics) of its latest / best checkpoint. "latest"
-  of a finished run kept as its weights alone (final/, no checkpoints/: a pretrained run) reads
-  final/."""
-  folder = os.path.join(logdir, "checkpoints" if which == "latest" else harness.BEST_DIR)
-  path = tf.train.latest_checkpoint(folder)
-  if not path and which == "latest":
-    folder = os.path.join(logdir, harness.FINAL_DIR)
-    path = tf.train.latest_checkpoint(folder)
-  if not path:
-    raise FileNotFoundError(f"no checkpoint in {folder}")
+  """The run's NVAE with the weights (and BN statistics) of its latest / best checkpoint
+  (`harness.restore_weights`: "latest" of a finished run kept as its weights alone reads final/)."""
   model = NVAE(s.model, seed=seed)
-  # The harness saves the ordered `model.variables` list as `model_variables`; restore only that.
-  checkpoint = tf.train.Checkpoint(model_variables=[v.value for v in model.variables])
-  try:
-    checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
-  except (AssertionError, ValueError, tf.errors.OpError) as e:
-    raise ValueError(
-      f"checkpoint {path} does not match the architecture in settings.json: "
-      f"{str(e).splitlines()[0][:300]}"
-    ) from e
-  return model, path
+  return model, harness.restore_weights(model, logdir, which, settings_file="settings.json")
 
 
 # ----------------------------------------------------------------------------- sample metrics

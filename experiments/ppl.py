@@ -179,7 +179,7 @@ def vae_generator(logdir: str, which: str, *, seed: int, data_dir: str | None) -
   import keras
   import tensorflow as tf
 
-  from experiments import data, vampprior_train
+  from experiments import data, harness, vampprior_train
 
   row = results.read_json(os.path.join(logdir, "results.json"))
   s = vampprior_train.settings_from_row(row)
@@ -191,19 +191,9 @@ def vae_generator(logdir: str, which: str, *, seed: int, data_dir: str | None) -
   images = data.load_arrays(vampprior_train.DATASETS[s.dataset].source, "test", data_dir)[0][:2]
   model = vampprior_train.build_model(s, image_shape=images.shape[1:], seed=seed)
   model(tf.constant(images, tf.float32))  # creates every variable (harness checkpoint order)
-  folder = os.path.join(logdir, "best" if which in ("auto", "best") else "checkpoints")
-  path = tf.train.latest_checkpoint(folder)
-  if not path:
-    raise FileNotFoundError(f"no checkpoint in {folder}")
-  try:
-    tf.train.Checkpoint(model_variables=[v.value for v in model.variables]).restore(
-      path
-    ).expect_partial().assert_existing_objects_matched()
-  except (AssertionError, ValueError, tf.errors.OpError) as e:
-    raise ValueError(
-      f"checkpoint {path} does not match the run's results.json settings: "
-      f"{str(e).splitlines()[0][:300]}"
-    ) from e
+  path = harness.restore_weights(
+    model, logdir, "best" if which in ("auto", "best") else "latest", settings_file="results.json"
+  )
   seeds = keras.random.SeedGenerator(seed)
   decode = tf.function(lambda z: model.observation.mean(model.decode(z)))
   return Generator(

@@ -724,3 +724,10 @@ def test_carried_state_resumes_on_another_machine_to_the_uninterrupted_weights(
   assert fourth.fit() == {} and int(fourth.step.numpy()) == 12
   for a, b in zip(full_weights, weights(fourth.model), strict=True):
     np.testing.assert_array_equal(a, b)
+  # The evaluation and sampling commands load it the same way (`harness.restore_weights`).
+  model = make_trainer(tmp_path / "elsewhere").model
+  assert harness.restore_weights(model, str(tmp_path / "fourth" / "row")).endswith("final/ckpt-12")
+  for a, b in zip(full_weights, weights(model), strict=True):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(FileNotFoundError, match="no checkpoint in .*fourth/row/best"):
+    harness.restore_weights(model, str(tmp_path / "fourth" / "row"), "best")
