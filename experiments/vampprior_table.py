@@ -227,6 +227,7 @@ def write_table(rows, *, output: str, command: str, preset: str):
         if r.get("test_nll") is not None
         else None
       ),
+      adam_epsilon=f"{r['adam_epsilon']:g}" if r.get("adam_epsilon") is not None else None,
     )
     for r in rows
   ]

@@ -63,6 +63,7 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
     assert row["per_example"] == f"table/frey_faces-vae-{row['prior']}.npz"
   assert "[table/frey_faces-vae-standard.npz](table/frey_faces-vae-standard.npz)" in text
   assert "validation / test subsets frey_faces 10." in text
+  assert [r["adam_epsilon"] for r in saved] == [1e-8, 1e-8] and " | 1e-08 | " in rows[0]
 
   # --report_only: finished cells are read back (not retrained, not re-evaluated), an unfinished
   # cell says how far it got, a cell never started says so; no test numbers are invented.
