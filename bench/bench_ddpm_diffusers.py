@@ -169,17 +169,9 @@ def diffusers_sample(batch: int, threads: int):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument(
-    "--cores",
-    default="0",
-    help="cores to pin both sides to, e.g. 0 or 0,1; 'all' leaves the affinity as it is",
-  )
-  parser.add_argument("--threads", type=int, default=1, help="threads of each side")
+  peer.add_timing_flags(parser, steps=3, rounds=4, warmup=2)
   parser.add_argument("--batch", type=int, default=8, help="training batch")
   parser.add_argument("--sample_batch", type=int, default=64, help="sampling batch")
-  parser.add_argument("--steps", type=int, default=3, help="steps per timed round")
-  parser.add_argument("--rounds", type=int, default=4, help="timed rounds per side (alternating)")
-  parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
   parser.add_argument("--parts", default="train,sample", help="train and/or sample")
   parser.add_argument(
     "--precision",
@@ -189,7 +181,7 @@ def main():
     "torch.autocast to bfloat16 around the U-Net)",
   )
   args = parser.parse_args()
-  cores = None if args.cores == "all" else [int(c) for c in args.cores.split(",")]
+  cores = peer.cores_from(args)
   common = dict(
     cores=cores, threads=args.threads, steps=args.steps, rounds=args.rounds, warmup=args.warmup
   )

@@ -100,21 +100,13 @@ def have_peer() -> bool:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument(
-    "--cores",
-    default="0",
-    help="cores to pin both sides to, e.g. 0 or 0,1; 'all' leaves the affinity as it is",
-  )
-  parser.add_argument("--threads", type=int, default=1, help="threads of each side")
+  peer.add_timing_flags(parser, steps=1, rounds=3, warmup=1)  # steps: batches of --batch images
   parser.add_argument(
     "--batch", type=int, default=50, help="images per batch (pytorch-fid's default --batch-size)"
   )
   parser.add_argument("--sizes", default="299,28", help="image sides; 28 is grey, others RGB")
-  parser.add_argument("--steps", type=int, default=1, help="batches per timed round")
-  parser.add_argument("--rounds", type=int, default=3, help="timed rounds per side (alternating)")
-  parser.add_argument("--warmup", type=int, default=1, help="untimed batches per side first")
   args = parser.parse_args()
-  cores = None if args.cores == "all" else [int(c) for c in args.cores.split(",")]
+  cores = peer.cores_from(args)
   with_peer = have_peer()
   print(
     f"Inception-2015 pool_3, batch {args.batch}, random weights, {args.rounds} rounds of "

@@ -231,22 +231,9 @@ def main():
     help="a checkout of github.com/NVlabs/NVAE (needs torch; default "
     "$GENMODELS_NVAE_OFFICIAL); without it only our step is timed",
   )
-  parser.add_argument(
-    "--cores",
-    default="0",
-    help="cores to pin both sides to, e.g. 0 or 0,1; 'all' leaves the affinity as it is",
-  )
-  parser.add_argument(
-    "--threads",
-    type=int,
-    default=1,
-    help="threads of each side (TensorFlow intra/inter-op, torch.set_num_threads)",
-  )
-  parser.add_argument("--steps", type=int, default=3, help="steps per timed round")
-  parser.add_argument("--rounds", type=int, default=4, help="timed rounds per side (alternating)")
-  parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
+  peer.add_timing_flags(parser, steps=3, rounds=4, warmup=2)
   args = parser.parse_args()
-  cores = None if args.cores == "all" else [int(c) for c in args.cores.split(",")]
+  cores = peer.cores_from(args)
   print(
     f"NVAE {PRESET} preset, batch {BATCH}, binary 28x28 images, float32, {args.rounds} rounds "
     f"of {args.steps} steps per side after {args.warmup} warm-up steps, each side in its own "

@@ -138,22 +138,9 @@ def main():
   parser.add_argument(
     "--models", default="vae,hvae_2level", help="comma-separated: vae, hvae_2level"
   )
-  parser.add_argument(
-    "--cores",
-    default="0",
-    help="cores to pin both sides to, e.g. 0 or 0,1; 'all' leaves the affinity as it is",
-  )
-  parser.add_argument(
-    "--threads",
-    type=int,
-    default=1,
-    help="threads of each side (TensorFlow intra/inter-op, torch.set_num_threads)",
-  )
-  parser.add_argument("--steps", type=int, default=20, help="steps per timed round")
-  parser.add_argument("--rounds", type=int, default=5, help="timed rounds per side (alternating)")
-  parser.add_argument("--warmup", type=int, default=10, help="untimed steps per side first")
+  peer.add_timing_flags(parser, steps=20, rounds=5, warmup=10)
   args = parser.parse_args()
-  cores = None if args.cores == "all" else [int(c) for c in args.cores.split(",")]
+  cores = peer.cores_from(args)
   print(
     f"batch {BATCH}, K = {COMPONENTS} pseudo-inputs, static MNIST shapes, {args.rounds} rounds "
     f"of {args.steps} steps per side after {args.warmup} warm-up steps, each side in its own "

@@ -13,6 +13,7 @@ inherit the affinity and TensorFlow reads its thread counts from the environment
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import multiprocessing
 import os
@@ -128,3 +129,30 @@ def report(title: str, timings: dict[str, Timing], *, ours: str, peer: str) -> s
   (ow, oc), (pw, pc) = timings[ours].median_ms(), timings[peer].median_ms()
   lines.append(f"  ours / peer: wall {ow / pw:.2f}x, CPU {oc / pc:.2f}x")
   return "\n".join(lines)
+
+
+def add_timing_flags(
+  parser: argparse.ArgumentParser, *, steps: int, rounds: int, warmup: int
+) -> None:
+  """The flags every peer bench takes: --cores, --threads, --steps, --rounds, --warmup."""
+  parser.add_argument(
+    "--cores",
+    default="0",
+    help="cores to pin both sides to, e.g. 0 or 0,1; 'all' leaves the affinity as it is",
+  )
+  parser.add_argument(
+    "--threads",
+    type=int,
+    default=1,
+    help="threads of each side (TensorFlow intra/inter-op, torch.set_num_threads)",
+  )
+  parser.add_argument("--steps", type=int, default=steps, help="steps per timed round")
+  parser.add_argument(
+    "--rounds", type=int, default=rounds, help="timed rounds per side (alternating)"
+  )
+  parser.add_argument("--warmup", type=int, default=warmup, help="untimed steps per side first")
+
+
+def cores_from(args: argparse.Namespace) -> list[int] | None:
+  """--cores as a list of core numbers (None for 'all': the affinity as it is)."""
+  return None if args.cores == "all" else [int(c) for c in args.cores.split(",")]
