@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -303,10 +304,7 @@ def publish_per_example(run_dir: str, page: str, row_id: str) -> str | None:
     return None
   target = published_per_example_path(page, row_id)
   os.makedirs(os.path.dirname(target), exist_ok=True)
-  with open(source, "rb") as f:
-    data = f.read()
-  with open(target + ".tmp", "wb") as f:
-    f.write(data)
+  shutil.copyfile(source, target + ".tmp")
   os.replace(target + ".tmp", target)
   return target
 

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from common_tf import host
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -50,3 +52,12 @@ def test_scripts_and_the_evaluation_cli_use_the_bfc_host_allocator_unless_told_o
 
 def test_merge_keeps_first_appearances_once():
   assert host.merge_in_order(["a", "b"], [None, "b", "c", ""], ["a"]) == ["a", "b", "c"]
+
+
+def test_peak_rss_is_the_kernels_high_water_mark():
+  """host.peak_rss_gib (getrusage) against /proc/self/status VmHWM, read independently."""
+  block = bytearray(64 * 2**20)  # touch 64 MiB so the peak is well above the interpreter's
+  block[::4096] = b"x" * len(block[::4096])
+  with open("/proc/self/status") as f:
+    vm_hwm_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+  assert host.peak_rss_gib() == pytest.approx(vm_hwm_kib / 2**20, rel=0.02)
