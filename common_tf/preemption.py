@@ -17,9 +17,8 @@ thread, so a signal that arrives during a long TensorFlow call (an NVAE test-NLL
 seen when that call returns; the first one is meant to wait for it. A second one stops the process
 at once, also in the middle of such a call: Python's C-level handler writes every signal number to
 the wakeup file descriptor (`signal.set_wakeup_fd`) whatever the main thread is doing, and a
-watcher thread that reads it ends the process with `os._exit(128 + signal)` on the second. (Before
-2026-12-02 the handlers in place before the block were reinstalled by the first handler, which runs
-only after the call: a second SIGTERM during a batch waited for it too.) Nothing saved is lost:
+watcher thread that reads it ends the process with `os._exit(128 + signal)` on the second. Nothing
+saved is lost:
 checkpoints and resume files are written atomically, and the interrupted unit is done again.
 """
 

@@ -11,6 +11,10 @@ checkpoint (and the newest of `best/` where early stopping keeps one), its JSON 
 copies exactly those into `--carry_dir`, replacing what that folder held for the run; unpacking
 copies them back, after which rerunning the run's own command resumes it.
 
+A run in progress whose newest checkpoint is at its best validation step (stopped with SIGUSR1 at
+the end of an epoch that improved: `experiments.harness`) is packed without best/: those are the
+checkpoint's weights, and the harness writes best/ again when it resumes.
+
 A finished run (its training finished or stopped early, `results.json` written) is packed as its
 weights alone: `best/` (early stopping) or `final/` (`harness.Trainer.weights`: no optimizer
 slots), its JSON files and per-image test values; packing it replaces its carried resume state.
@@ -104,6 +108,19 @@ def _weights_only(folder: str) -> bool:
   )
 
 
+def best_in_checkpoint(run: str) -> bool:
+  """Whether the run is in progress and its best weights (early stopping) are its newest
+  checkpoint's: status.json's best epoch ends at its step (epochs counted from 1). best/ need
+  not travel then; `harness.Trainer.restore` writes it again."""
+  status = results.read_status(run) or {}
+  return (
+    not (status.get("finished") or status.get("stopped_early"))
+    and status.get("best_metric") is not None
+    and status.get("best_epoch") is not None
+    and int(status["best_epoch"]) * int(status["steps_per_epoch"]) == int(status["step"])
+  )
+
+
 def state_files(run: str) -> list[str]:
   """Paths, relative to `run`, of what resuming it needs (see the module docstring); for a
   finished, evaluated run (`finished_weights`) only its weights, JSON files and per-image values:
@@ -114,6 +131,10 @@ def state_files(run: str) -> list[str]:
     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # .worker-N: not the chief's
     if weights and dirpath == run:
       dirnames[:] = [weights]
+    elif dirpath == run and best_in_checkpoint(run):
+      best = newest_checkpoint(os.path.join(run, results.BEST_DIR))
+      if best is None or best == f"ckpt-{_step(run)}":  # else: left as it is
+        dirnames[:] = [d for d in dirnames if d != results.BEST_DIR]
     newest = newest_checkpoint(dirpath)
     for name in sorted(filenames):
       if name.endswith(_SKIPPED_SUFFIXES) or name.startswith(_SKIPPED_PREFIXES):
@@ -138,7 +159,10 @@ def copy_run(source: str, destination: str, *, replace: bool) -> int:
     shutil.rmtree(destination, ignore_errors=True)
   elif os.path.isdir(destination):
     # Checkpoint folders are replaced whole: no shard may outlive the state file naming it.
-    for name in {os.path.dirname(f) for f in files if os.path.basename(f) == CHECKPOINT_STATE}:
+    replaced = {os.path.dirname(f) for f in files if os.path.basename(f) == CHECKPOINT_STATE}
+    if best_in_checkpoint(source):  # an older best/ would not be written again on resume
+      replaced.add(results.BEST_DIR)
+    for name in replaced:
       shutil.rmtree(os.path.join(destination, name), ignore_errors=True)
   size = 0
   for name in files:
@@ -226,7 +250,13 @@ def carry(logdir: str, carry_dir: str, *, unpack: bool) -> list[str]:
       lines.append(f"{destination}: kept (it is at step {have}, {source} at step {carried})")
       continue
     size = copy_run(source, destination, replace=not unpack)
-    lines.append(f"{destination}: step {carried} from {source} ({size / 2**20:.1f} MiB)")
+    best = (
+      "; best/ = the checkpoint's weights, written again on resume"
+      if best_in_checkpoint(source)
+      and not any(f.startswith(results.BEST_DIR + os.sep) for f in state_files(source))
+      else ""
+    )
+    lines.append(f"{destination}: step {carried} from {source} ({size / 2**20:.1f} MiB{best})")
   return lines
 
 

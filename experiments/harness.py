@@ -40,7 +40,10 @@ written last in every save (write-then-rename), names the checkpoint a rerun res
 **Preemption.** SIGTERM or SIGINT during `fit` finishes the current step, writes a checkpoint and
 raises `Preempted` (scripts print one line and exit 128 + signal); rerunning the command resumes.
 A second signal stops the process at once with 128 + signal, also in the middle of a long TensorFlow
-call (`common_tf.preemption.deferred_signals`).
+call (`common_tf.preemption.deferred_signals`). SIGUSR1 asks for the same stop at the end of the
+current epoch (after `epoch_end_fn` and the best checkpoint), exit 128 + 10: a run stopped there
+whose last epoch was its best has its best weights in its checkpoint, so `experiments.carry` need
+not carry best/ (`restore` writes it again).
 Under `multi_worker` each process handles its own signal; a lost worker makes the others fail in
 their next collective: `fit` raises `WorkerLost` naming the peer (scripts print one line with the
 command to restart on every worker and exit with `EXIT_WORKER_LOST`, 75), and restarting all of
@@ -84,6 +87,9 @@ class NonFiniteLossError(RuntimeError):
 
 # SIGTERM/SIGINT arrived during `fit`; a checkpoint was written. Rerun the command to resume.
 Preempted = preemption.Preempted
+# What `fit` takes as a request to stop: SIGTERM / SIGINT after the step in hand, SIGUSR1 at the end
+# of the epoch in hand.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 # Tests only: "<point>@<step>" makes the process SIGKILL itself at that point of `fit` (see
 # `CRASH_POINTS`, docs/harness.md "Crash points"), as a power cut or the OOM killer would.
@@ -584,6 +590,7 @@ class Trainer:
         )
         continue
       print(f"Resumed from {path} at step {int(self.step.numpy())}", file=sys.stderr)
+      self._recreate_best(path)
       return int(self.step.numpy())
     if paths:
       print("warning: no readable checkpoint; starting from scratch", file=sys.stderr)
@@ -615,6 +622,24 @@ class Trainer:
       file=sys.stderr,
     )
     return int(self.step.numpy())
+
+  def _recreate_best(self, path: str) -> None:
+    """Writes best/ again from the checkpoint just restored when best/ is missing and that
+    checkpoint is at the best validation step (the same weights): `experiments.carry` leaves best/
+    out of such a run."""
+    step = int(self.step.numpy())
+    if (
+      self.config.early_stopping_metric is None
+      or not math.isfinite(float(self.best_metric.numpy()))
+      or int(self.best_step.numpy()) != step
+      or tf.train.latest_checkpoint(self._best_dir)
+    ):
+      return
+    self.best_manager.save(checkpoint_number=step)
+    print(
+      f"best/ written again from {path} (step {step} is the best validation step)",
+      file=sys.stderr,
+    )
 
   def write_final(self) -> str | None:
     """Writes final/: the weights of a finished run (no optimizer slots), unless it has them or
@@ -808,9 +833,8 @@ class Trainer:
     step = start
     stopped_early = False
     self._clock = time.perf_counter()  # elapsed_train_seconds() counts from here
-    with (
-      preemption.deferred_signals() as stop_request
-    ):  # checkpoint and stop after the current step
+    # Checkpoint and stop after the current step (SIGUSR1: after the current epoch).
+    with preemption.deferred_signals(STOP_SIGNALS) as stop_request:
       while step < self.stop_step and not stopped_early:
         epoch = step // self.steps_per_epoch
         for batch in self.epoch_dataset(epoch, skip=step % self.steps_per_epoch):
@@ -821,7 +845,9 @@ class Trainer:
           at_checkpoint = (
             (step % cfg.checkpoint_every == 0) if cfg.checkpoint_every else at_epoch_end
           )
-          preempted = stop_request.signum is not None
+          preempted = stop_request.signum is not None and (
+            stop_request.signum != signal.SIGUSR1 or at_epoch_end
+          )
           if (
             step % cfg.log_every == 0
             or at_checkpoint
@@ -844,8 +870,13 @@ class Trainer:
             self._save(step)
           if preempted:
             self.writer.flush()
+            where = f"step {step}" + (
+              f" (the end of epoch {step // self.steps_per_epoch})"
+              if stop_request.signum == signal.SIGUSR1
+              else ""
+            )
             raise Preempted(
-              f"preempted by {stop_request.name} at step {step}: checkpoint written "
+              f"preempted by {stop_request.name} at {where}: checkpoint written "
               f"to {self.manager.latest_checkpoint}; rerun the same command to resume",
               stop_request.signum,
             )

@@ -15,6 +15,7 @@ TensorFlow once, all crashed runs at once.
 
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -41,6 +42,7 @@ TERM_CASES = [
   ("best_checkpoint", EPOCH_END, 0),
   ("checkpoint_files", EPOCH_END, 0),
   ("epoch_end_fn", EPOCH_END, 3),
+  ("step", 6, 0, "SIGUSR1"),  # stop at the end of the epoch in hand
 ]
 
 
@@ -73,17 +75,22 @@ def _arrays(path):
     return [f[k] for k in sorted(f.files, key=lambda k: int(k.split("_")[1]))]
 
 
+def _signalled(case):
+  """A case of TERM_CASES as (point, step, every, signal name); SIGTERM unless it names one."""
+  return case if len(case) > 3 else (*case, "SIGTERM")
+
+
 def _name(case) -> str:
   point, step, every, *term = case
-  return f"{point}@{step}-every{every}" + ("-term" if term else "")
+  return f"{point}@{step}-every{every}" + (f"-{term[0].lower()}" if term else "")
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """{case: logdir} of the crashed-then-resumed runs, the logdir of the uninterrupted one, and
-  {case: what was on disk after the crash}. A case of TERM_CASES is (point, step, every, "SIGTERM")."""
+  {case: what was on disk after the crash}. A case of TERM_CASES is (point, step, every, signal name)."""
   root = tmp_path_factory.mktemp("crash")
-  cases = CASES + [(*case, "SIGTERM") for case in TERM_CASES]
+  cases = CASES + [_signalled(case) for case in TERM_CASES]
   reference = _run(root / "reference")
   crashed = {
     case: _run(
@@ -97,7 +104,8 @@ def runs(tmp_path_factory):
   for case, started in crashed.items():
     code = _wait(started)
     with open(started[1]) as f:
-      assert code == (143 if len(case) > 3 else -9), f"{case}: exit {code}\n{f.read()[-3000:]}"
+      want = 128 + signal.Signals[case[3]] if len(case) > 3 else -9
+      assert code == want, f"{case}: exit {code}\n{f.read()[-3000:]}"
     after_crash[case] = _disk_state(root / _name(case) / "hooked")
   resumed = {case: _run(root / _name(case), checkpoint_every=case[2]) for case in cases}
   for started in [reference, *resumed.values()]:
@@ -151,6 +159,8 @@ AFTER_CRASH = {
   ("best_checkpoint", EPOCH_END, 0, "SIGTERM"): (9, 9),
   ("checkpoint_files", EPOCH_END, 0, "SIGTERM"): (9, 9),
   ("epoch_end_fn", EPOCH_END, 3, "SIGTERM"): (9, 9),
+  # SIGUSR1: the rest of the epoch, its hook and checkpoint, then a stop.
+  ("step", 6, 0, "SIGUSR1"): (EPOCH_END, EPOCH_END),
 }
 
 
@@ -158,7 +168,7 @@ def test_status_json_names_what_a_rerun_resumes_from(runs):
   """After a kill at any point status.json (step and checkpoint) describes exactly the state the
   rerun resumed from, never a step it did not reach nor a save cut short."""
   logdirs, _, after_crash = runs
-  assert set(AFTER_CRASH) == set(CASES + [(*c, "SIGTERM") for c in TERM_CASES])
+  assert set(AFTER_CRASH) == set(CASES + [_signalled(c) for c in TERM_CASES])
   for case, (saved, newest) in AFTER_CRASH.items():
     assert after_crash[case] == dict(newest=newest, status=saved, manifest=f"ckpt-{saved}"), case
     assert _resumed_from(logdirs[case]).startswith(
@@ -166,7 +176,7 @@ def test_status_json_names_what_a_rerun_resumes_from(runs):
     ), case
 
 
-@pytest.mark.parametrize("case", CASES + [(*c, "SIGTERM") for c in TERM_CASES], ids=_name)
+@pytest.mark.parametrize("case", CASES + [_signalled(c) for c in TERM_CASES], ids=_name)
 def test_killed_and_rerun_equals_uninterrupted(runs, case):
   logdirs, reference, _ = runs
   for name in ("state.npz", "best.npz"):

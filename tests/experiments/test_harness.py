@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 
 import keras
 import numpy as np
@@ -731,3 +732,64 @@ def test_carried_state_resumes_on_another_machine_to_the_uninterrupted_weights(
     np.testing.assert_array_equal(a, b)
   with pytest.raises(FileNotFoundError, match="no checkpoint in .*fourth/row/best"):
     harness.restore_weights(model, str(tmp_path / "fourth" / "row"), "best")
+
+
+def test_sigusr1_stops_at_the_epoch_end_and_best_travels_in_the_checkpoint(
+  tmp_path, monkeypatch, capsys, full_weights
+):
+  """SIGUSR1 mid-epoch: the run finishes the epoch (hook, best checkpoint), saves and stops. Its
+  last epoch being its best, `experiments.carry` packs it without best/; the resumed run writes
+  best/ again, equal to the original, and ends at the uninterrupted run's weights."""
+  from experiments import carry
+
+  early = dict(epochs=3, early_stopping_metric="val_loss", early_stopping_patience=5)
+
+  def trainer_at(logdir):
+    values = iter([3.0, 2.0, 1.0])
+    trainer = make_trainer(logdir, **early)
+    trainer.epoch_end_fn = lambda model, epoch: {"val_loss": next(values)}
+    return trainer
+
+  monkeypatch.setenv(harness.CRASH_ENV, "step@6:SIGUSR1")
+  first = trainer_at(tmp_path / "runs" / "row")
+  with pytest.raises(harness.Preempted) as stopped:
+    first.fit()
+  monkeypatch.delenv(harness.CRASH_ENV)
+  assert stopped.value.signum == signal.SIGUSR1
+  assert str(stopped.value) == (
+    "preempted by SIGUSR1 at step 8 (the end of epoch 2): checkpoint written to "
+    f"{tmp_path / 'runs' / 'row' / 'checkpoints' / 'ckpt-8'}; rerun the same command to resume"
+  )
+  best_path = str(tmp_path / "runs" / "row" / "best" / "ckpt-8")
+  reader = tf.train.load_checkpoint(best_path)
+  best = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()}
+  # A machine that ran the first epoch itself (its best/ at step 4) then unpacks the carry.
+  older = make_trainer(tmp_path / "new_runs" / "row", max_steps=4, **early)
+  older.epoch_end_fn = lambda model, epoch: {"val_loss": 3.0}
+  older.fit()
+  assert (tmp_path / "new_runs" / "row" / "best" / "ckpt-4.index").exists()
+  assert carry.carry(str(tmp_path / "runs"), str(tmp_path / "carried"), unpack=False) == [
+    f"{tmp_path / 'carried' / 'row'}: step 8 from {tmp_path / 'runs' / 'row'} (0.0 MiB; best/ = "
+    "the checkpoint's weights, written again on resume)"
+  ]
+  assert not (tmp_path / "carried" / "row" / "best").exists()
+  carry.carry(str(tmp_path / "new_runs"), str(tmp_path / "carried"), unpack=True)
+  assert not (tmp_path / "new_runs" / "row" / "best").exists()
+  capsys.readouterr()
+  resumed = trainer_at(tmp_path / "new_runs" / "row")
+  assert resumed.restore() == 8
+  new_best = tmp_path / "new_runs" / "row" / "best" / "ckpt-8"
+  assert capsys.readouterr().err.splitlines()[-1] == (
+    f"best/ written again from {tmp_path / 'new_runs' / 'row' / 'checkpoints' / 'ckpt-8'} "
+    "(step 8 is the best validation step)"
+  )
+  reader = tf.train.load_checkpoint(str(new_best))
+  assert sorted(reader.get_variable_to_shape_map()) == sorted(best)
+  del best["save_counter/.ATTRIBUTES/VARIABLE_VALUE"]  # saves by this process, not a weight
+  del best["_CHECKPOINTABLE_OBJECT_GRAPH"]  # names Keras gave the layers in this process
+  assert len(best) == 15  # the 11 model variables, the 4 weights again under model/
+  for k, v in best.items():
+    np.testing.assert_array_equal(reader.get_tensor(k), v, err_msg=k)
+  resumed.fit()
+  for a, b in zip(full_weights, weights(resumed.model), strict=True):
+    np.testing.assert_array_equal(a, b)
