@@ -41,9 +41,10 @@ written last in every save (write-then-rename), names the checkpoint a rerun res
 raises `Preempted` (scripts print one line and exit 128 + signal); rerunning the command resumes.
 A second signal stops the process at once with 128 + signal, also in the middle of a long TensorFlow
 call (`common_tf.preemption.deferred_signals`). SIGUSR1 asks for the same stop at the end of the
-current epoch (after `epoch_end_fn` and the best checkpoint), exit 128 + 10: a run stopped there
-whose last epoch was its best has its best weights in its checkpoint, so `experiments.carry` need
-not carry best/ (`restore` writes it again).
+current epoch (after `epoch_end_fn` and the best checkpoint), exit 128 + 10; SIGUSR2 at the end of
+the next epoch that is a new best (early stopping), exit 128 + 12. A run stopped at its best epoch
+has its best weights in its checkpoint, so `experiments.carry` need not carry best/ (`restore`
+writes it again).
 Under `multi_worker` each process handles its own signal; a lost worker makes the others fail in
 their next collective: `fit` raises `WorkerLost` naming the peer (scripts print one line with the
 command to restart on every worker and exit with `EXIT_WORKER_LOST`, 75), and restarting all of
@@ -55,6 +56,7 @@ workers write their (identical) checkpoints to `logdir/.worker-<id>` and no logs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -62,6 +64,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -90,6 +93,23 @@ Preempted = preemption.Preempted
 # What `fit` takes as a request to stop: SIGTERM / SIGINT after the step in hand, SIGUSR1 at the end
 # of the epoch in hand.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+@contextlib.contextmanager
+def _stop_at_best_request():
+  """In the block SIGUSR2 asks `fit` to stop at the end of the next epoch whose validation
+  metric is a new best (early stopping; its best/ weights are then the checkpoint's). A list that
+  is non-empty once the signal arrived; outside the main thread it stays empty."""
+  request = []
+  if threading.current_thread() is not threading.main_thread():
+    yield request
+    return
+  previous = signal.signal(signal.SIGUSR2, lambda *_: request.append(True))
+  try:
+    yield request
+  finally:
+    signal.signal(signal.SIGUSR2, previous)
+
 
 # Tests only: "<point>@<step>" makes the process SIGKILL itself at that point of `fit` (see
 # `CRASH_POINTS`, docs/harness.md "Crash points"), as a power cut or the OOM killer would.
@@ -833,8 +853,12 @@ class Trainer:
     step = start
     stopped_early = False
     self._clock = time.perf_counter()  # elapsed_train_seconds() counts from here
-    # Checkpoint and stop after the current step (SIGUSR1: after the current epoch).
-    with preemption.deferred_signals(STOP_SIGNALS) as stop_request:
+    # Checkpoint and stop after the current step (SIGUSR1: after the current epoch; SIGUSR2: after
+    # the next epoch that is a new best, while any of the others still stops as it would).
+    with (
+      preemption.deferred_signals(STOP_SIGNALS) as stop_request,
+      _stop_at_best_request() as stop_at_best,
+    ):
       while step < self.stop_step and not stopped_early:
         epoch = step // self.steps_per_epoch
         for batch in self.epoch_dataset(epoch, skip=step % self.steps_per_epoch):
@@ -860,6 +884,8 @@ class Trainer:
             window, window_start, window_time = [], step, time.perf_counter()
           if at_epoch_end:  # before the checkpoint: the hook's random draws are part of the state
             stopped_early = self._end_epoch(epoch, step)
+            if stop_at_best and not preempted and int(self.best_step.numpy()) == step:
+              preempted, stop_request.signum = True, signal.SIGUSR2
           if (
             at_checkpoint
             or step == self.stop_step
@@ -870,11 +896,10 @@ class Trainer:
             self._save(step)
           if preempted:
             self.writer.flush()
-            where = f"step {step}" + (
-              f" (the end of epoch {step // self.steps_per_epoch})"
-              if stop_request.signum == signal.SIGUSR1
-              else ""
-            )
+            where = f"step {step}" + {
+              signal.SIGUSR1: f" (the end of epoch {step // self.steps_per_epoch})",
+              signal.SIGUSR2: f" (the end of epoch {step // self.steps_per_epoch}, the best)",
+            }.get(stop_request.signum, "")
             raise Preempted(
               f"preempted by {stop_request.name} at {where}: checkpoint written "
               f"to {self.manager.latest_checkpoint}; rerun the same command to resume",

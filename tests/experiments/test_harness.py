@@ -793,3 +793,25 @@ def test_sigusr1_stops_at_the_epoch_end_and_best_travels_in_the_checkpoint(
   resumed.fit()
   for a, b in zip(full_weights, weights(resumed.model), strict=True):
     np.testing.assert_array_equal(a, b)
+
+
+def test_sigusr2_stops_at_the_end_of_the_next_best_epoch(tmp_path, monkeypatch):
+  """SIGUSR2 mid-epoch 2: epoch 2 is no new best, so the run goes on; epoch 3 is, and the run
+  stops at its end with best/ and the checkpoint at the same step."""
+  from experiments import carry
+
+  values = iter([3.0, 4.0, 2.0, 1.0])
+  trainer = make_trainer(
+    tmp_path, epochs=4, early_stopping_metric="val_loss", early_stopping_patience=5
+  )
+  trainer.epoch_end_fn = lambda model, epoch: {"val_loss": next(values)}
+  monkeypatch.setenv(harness.CRASH_ENV, "step@6:SIGUSR2")
+  with pytest.raises(harness.Preempted) as stopped:
+    trainer.fit()
+  assert stopped.value.signum == signal.SIGUSR2
+  assert str(stopped.value) == (
+    "preempted by SIGUSR2 at step 12 (the end of epoch 3, the best): checkpoint written to "
+    f"{tmp_path / 'checkpoints' / 'ckpt-12'}; rerun the same command to resume"
+  )
+  assert trainer.best_manager.latest_checkpoint.endswith("ckpt-12")
+  assert carry.best_in_checkpoint(str(tmp_path))
