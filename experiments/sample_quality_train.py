@@ -42,8 +42,6 @@ BETA_SCHEDULES = {
   "linear": diffusion_lib.linear_beta_schedule,
   "cosine": diffusion_lib.cosine_beta_schedule,
 }
-# The presets of the script (experiments.flags.allow_presets adds cpu to the common --preset).
-PRESET_NAMES = ("quick", "cpu", "paper")
 
 
 # The seed's small-sample protocol: FID/KID between 256 generated and 256 real images.

@@ -17,7 +17,7 @@ from absl import flags
 
 from diffusion_tf import layers
 from evaluation import protocol
-from experiments import harness, results
+from experiments import harness, results, vampprior
 from experiments import sample_quality as script
 from experiments import sample_quality_train as sq
 from tests import scripts
@@ -276,14 +276,14 @@ def test_unknown_model_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_cpu_preset_is_selectable_and_bounds_all_held_out_images(tmp_path, monkeypatch):
-  """--preset=cpu (not in the shared enum), offline data, VLB over all 1,000
+  """--preset=cpu (this script's own preset), offline data, VLB over all 1,000
   held-out images with all T = 1000 terms."""
   with scripts.defined_flags(script.define_flags) as fv:
     fv(["sample_quality", "--preset=cpu"])
     assert fv.preset == "cpu"
-  with pytest.raises(flags.IllegalFlagValueError):  # other scripts keep rejecting it
-    flags.FLAGS(["vampprior", "--preset=cpu"])
-  flags.FLAGS.unparse_flags()
+  with scripts.defined_flags(vampprior.define_flags) as fv:  # other scripts keep rejecting it
+    with pytest.raises(flags.IllegalFlagValueError):
+      fv(["vampprior", "--preset=cpu"])
   cpu = sq.PRESETS["cpu"]
   assert cpu.offline_split and cpu.ddpm.vlb_examples is None and cpu.ddpm.num_timesteps == 1000
 
