@@ -14,11 +14,8 @@ Everything is in nats per example, summed over data dimensions; `bits_per_dim` c
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import math
-import os
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -27,7 +24,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from common_tf import host, preemption
+from evaluation import resume_cache
+from evaluation.resume_cache import UNRECORDED_HOST, resume_file_hosts  # noqa: F401  (re-exported)
 
 # `log_weight_fn(x, k)` returns log p(x, z) - log q(z | x) for k fresh samples: [k, B].
 LogWeightFn = Callable[[tf.Tensor, int], tf.Tensor]
@@ -128,23 +126,6 @@ class LikelihoodSummary:
   seconds: float = 0.0  # wall time of the batches, over resumed calls too (in the resume file)
   # {host (`common_tf.host.cpu_model`): batches it computed}, over resumed calls too
   hosts: dict = dataclasses.field(default_factory=dict)
-
-
-# The host of batches read from a resume file written before hosts were recorded (2026-12-02).
-UNRECORDED_HOST = "host not recorded (resume files of before 2026-12-02)"
-
-
-def _read_hosts(f, batches_done: int) -> dict[str, int]:
-  """{host: batches} of an open resume file (`evaluate_log_likelihood`)."""
-  if "hosts" in f.files:
-    return json.loads(str(f["hosts"]))
-  return {UNRECORDED_HOST: batches_done} if batches_done else {}
-
-
-def resume_file_hosts(path: str) -> list[str]:
-  """The hosts that computed the batches of a resume file of `evaluate_log_likelihood`."""
-  with np.load(path) as f:
-    return list(_read_hosts(f, int(f["batches_done"]) if "batches_done" in f.files else 0))
 
 
 # Compiled estimators per owner of `log_weight_fn` (the model of a bound method): weakly keyed,
@@ -250,31 +231,17 @@ def evaluate_log_likelihood(
   (and replaced); the file is deleted when the evaluation completes. With `resume_path`, SIGTERM /
   SIGINT finish the batch in hand (a second signal stops at once), write it and raise
   `common_tf.preemption.Preempted`: the scripts print one line and exit with 128 + the signal.
+  The file is an `evaluation.resume_cache.BatchCache` (arrays `log_px`, `elbo`).
   """
   estimate = _compiled_estimator(log_weight_fn, num_samples, chunk_size, jit_compile, strategy)
   replicas = strategy.num_replicas_in_sync if strategy is not None else 1
   batches = list(batches) if not isinstance(batches, tf.data.Dataset) else batches
   total = len(batches) if isinstance(batches, list) else int(batches.cardinality())
   rng_variables = list(rng_variables)
-  key = json.dumps(resume_key, sort_keys=True, default=str)
-  log_px, elbo, done, evaluated, seconds, hosts = [], [], 0, 0, 0.0, {}
-  this_host = host.cpu_model()
-  if resume_path is not None and os.path.exists(resume_path):
-    with np.load(resume_path) as f:
-      if str(f["key"]) == key and int(f["num_rng"]) == len(rng_variables):
-        done = int(f["batches_done"])
-        log_px, elbo = [f["log_px"]], [f["elbo"]]
-        seconds = float(f["seconds"]) if "seconds" in f.files else 0.0  # files of before 2026-12-01
-        hosts = _read_hosts(f, done)
-        for i, v in enumerate(rng_variables):
-          v.assign(f[f"rng_{i}"])
-        left = f", {total - done} to go (the progress bar counts these)" if total > 0 else ""
-        print(
-          f"Resumed the likelihood evaluation from {resume_path}: {done} batches "
-          f"({len(f['log_px'])} examples) done{left}"
-        )
-      else:
-        print(f"warning: {resume_path} belongs to another evaluation; starting afresh")
+  cache = resume_cache.BatchCache(
+    resume_path, key=resume_key, rng_variables=rng_variables, what="the likelihood evaluation"
+  )
+  done, evaluated = cache.restore(total), 0
   bar = None
   if progress:
     import keras
@@ -286,22 +253,12 @@ def evaluate_log_likelihood(
     bar = keras.utils.Progbar(
       total - done if total > 0 else None, unit_name="batch", stateful_metrics=["nll"]
     )
-  stops = (
-    preemption.deferred_signals()
-    if resume_path is not None
-    else contextlib.nullcontext(preemption.StopRequest())
-  )
-  with stops as stop_request:  # with a resume file: finish and save the batch in hand, then stop
+  # With a resume file: finish and save the batch in hand, then stop.
+  with cache.stop_requests() as stop_request:
     for i, x in enumerate(batches):
       if i < done:
         continue
-      if stop_request.signum is not None:  # the batches before i are in the resume file
-        raise preemption.Preempted(
-          f"preempted by {stop_request.name} after {i} batches of the likelihood evaluation "
-          f"({sum(len(a) for a in log_px)} examples): saved to {resume_path}; rerun the same "
-          "command to resume",
-          stop_request.signum,
-        )
+      cache.stop_if_requested(stop_request, i)  # the batches before i are in the resume file
       start = time.perf_counter()
       x = tf.convert_to_tensor(x)
       size = int(x.shape[0])
@@ -313,40 +270,22 @@ def evaluate_log_likelihood(
           f"the log-weight function returned {int(drawn)} importance samples per "
           f"example, not the {num_samples} asked for"
         )
-      log_px.append(ll.numpy()[:size])
-      elbo.append(e.numpy()[:size])
       evaluated += 1
-      seconds += time.perf_counter() - start
-      hosts[this_host] = hosts.get(this_host, 0) + 1
-      if resume_path is not None:
-        log_px, elbo = [np.concatenate(log_px)], [np.concatenate(elbo)]
-        tmp = resume_path + ".tmp.npz"
-        np.savez(
-          tmp,
-          key=key,
-          batches_done=i + 1,
-          log_px=log_px[0],
-          elbo=elbo[0],
-          num_rng=len(rng_variables),
-          seconds=seconds,
-          hosts=json.dumps(hosts),
-          **{f"rng_{j}": v.numpy() for j, v in enumerate(rng_variables)},
-        )
-        os.replace(tmp, resume_path)
+      seconds = time.perf_counter() - start
+      cache.add(seconds=seconds, log_px=ll.numpy()[:size], elbo=e.numpy()[:size])
       if bar is not None:
-        bar.update(i + 1 - done, [("nll", -float(np.mean(np.concatenate(log_px))))])
-  if not log_px:
+        bar.update(i + 1 - done, [("nll", -float(np.mean(cache.array("log_px"))))])
+  if not cache.batches_done:
     raise ValueError("no data to evaluate the likelihood on")
-  log_px, elbo = np.concatenate(log_px), np.concatenate(elbo)
+  log_px, elbo = cache.array("log_px"), cache.array("elbo")
   if not np.all(np.isfinite(log_px)):
     raise FloatingPointError(f"{int(np.sum(~np.isfinite(log_px)))} non-finite log-likelihoods")
-  if resume_path is not None and os.path.exists(resume_path):
-    os.remove(resume_path)
+  cache.complete()
   nll = float(-log_px.mean())
   return LikelihoodSummary(
     batches_evaluated=evaluated,
-    seconds=seconds,
-    hosts=hosts,
+    seconds=cache.seconds,
+    hosts=cache.hosts,
     nll=nll,
     nll_sem=float(log_px.std(ddof=1) / np.sqrt(len(log_px))) if len(log_px) > 1 else 0.0,
     negative_elbo=float(-elbo.mean()),

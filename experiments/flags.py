@@ -1,8 +1,21 @@
 """absl flags shared by every experiment script, and the `main` wrapper that turns errors into
 one clear line on stderr with exit code 2.
 
-Importing this module defines the flags once; a script adds its own flags and calls
-`experiments.flags.run(main)`.
+How a script defines its flags and presets (one way for every script on the global FLAGS):
+
+- The common flags below (--logdir, --seed, --batch_size, --strategy, ...) are defined once, when
+  this module is first imported; every script and test in a process shares them.
+- Everything else a script defines itself, in its flags module's `define_*flags()` functions,
+  called by the script's `define_flags()` under `if __name__ == "__main__"` (tests:
+  `tests.scripts.run_script` / `defined_flags`, which delete them again afterwards). That includes
+  its `--preset`: `define_preset_flag(PRESETS, help=...)` defines the enum with exactly the names of
+  the script's presets (frozen dataclass instances in its `*_train` library), so no flag is
+  changed after it is defined and scripts never see each other's presets. A script without presets
+  has no `--preset`.
+- `main` reads the flags once (`<script>_flags.settings_from_flags()`, preset values unless a flag
+  is set: `flag_or`) into a frozen settings object and passes it down; the libraries read no flags.
+
+A script ends with `experiments.flags.run(main)`.
 """
 
 from __future__ import annotations
@@ -73,12 +86,6 @@ flags.DEFINE_bool(
   "with the same flags, and an interrupted-and-resumed run, end bit-identical. Slower.",
 )
 flags.DEFINE_enum(
-  "preset",
-  "quick",
-  ["quick", "paper"],
-  "'quick' fits a CPU in minutes; 'paper' is the published configuration.",
-)
-flags.DEFINE_enum(
   "strategy",
   "default",
   list(harness.STRATEGIES),
@@ -132,16 +139,27 @@ def default_logdir(script: str, **settings: Any) -> str:
   return os.path.join("runs", script, name)
 
 
-def allow_presets(names, *, note: str = "") -> None:
-  """Lets the common `--preset` (quick | paper) also take this script's own presets (e.g. `cpu`),
-  before the command line is parsed; `note` is added to the flag's help. Scripts without such a
-  preset keep rejecting the name."""
-  flag = FLAGS["preset"]
-  old = "<" + "|".join(flag.parser.enum_values) + ">"
-  flag.parser.enum_values = list(dict.fromkeys([*flag.parser.enum_values, *names]))
-  flag.help = flag.help.replace(old, "<" + "|".join(flag.parser.enum_values) + ">")
-  if note:
-    flag.help += " " + note
+# The first sentence of most scripts' --preset help.
+QUICK_AND_PAPER = "'quick' fits a CPU in minutes; 'paper' is the published configuration."
+
+
+def define_preset_flag(presets: Mapping[str, Any], *, help: str, default: str = "quick") -> None:
+  """Defines the calling script's `--preset`: an enum of exactly the names of `presets`.
+
+  presets: {name: preset}, each a frozen dataclass instance (the script's `*_train.PRESETS`).
+  help: what the presets are, for --help.
+
+  The flag is registered as defined by the calling module (the script's flags module), so the
+  script's --help lists it with its own flags (`flags.adopt_module_key_flags`).
+  """
+  for name, preset in presets.items():
+    params = getattr(preset, "__dataclass_params__", None)
+    if isinstance(preset, type) or params is None or not params.frozen:
+      raise TypeError(f"preset {name!r} must be a frozen dataclass instance, got {preset!r}")
+  if default not in presets:
+    raise ValueError(f"default preset {default!r} is not one of {list(presets)}")
+  caller = sys._getframe(1).f_globals["__name__"]
+  flags.DEFINE_enum("preset", default, list(presets), help, module_name=caller)
 
 
 def flag_or(name: str, preset_value: Any) -> Any:

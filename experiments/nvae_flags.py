@@ -23,10 +23,10 @@ FLAGS = flags.FLAGS
 
 def define_run_flags():
   """Flags of one NVAE run (experiments.nvae_mnist; the tables reuse them for every row)."""
-  common.allow_presets(
+  common.define_preset_flag(
     nvae_train.PRESETS,
-    note="NVAE: 'cpu' is 16 epochs on the full static binarized "
-    "MNIST, 4-5 h of training on a 2-core CPU (results/nvae_cpu.md, Train time).",
+    help=f"{common.QUICK_AND_PAPER} 'cpu' is 16 epochs on the full static binarized MNIST, "
+    "4-5 h of training on a 2-core CPU (results/nvae_cpu.md, Train time).",
   )
   flags.DEFINE_enum(
     "spectral",

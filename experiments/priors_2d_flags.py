@@ -19,6 +19,10 @@ PRIORS, DATASETS = priors_2d_train.PRIORS, priors_2d_train.DATASETS
 
 def define_flags():
   """Defines the study's flags (on top of the common flags of experiments.flags)."""
+  common.define_preset_flag(
+    priors_2d_train.PRESETS,
+    help="'quick' fits a CPU in minutes; 'paper' is the report's protocol (docs/priors_2d.md).",
+  )
   flags.DEFINE_integer(
     "seeds",
     None,

@@ -21,10 +21,10 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """Defines the script's flags (on top of the common flags of experiments.flags)."""
-  common.allow_presets(
-    sample_quality_train.PRESET_NAMES,
-    note="sample_quality: 'cpu' is about two CPU-hours of "
-    "training on the offline grey MNIST (docs/diffusion.md).",
+  common.define_preset_flag(
+    sample_quality_train.PRESETS,
+    help=f"{common.QUICK_AND_PAPER} 'cpu' is about two CPU-hours of training on the offline "
+    "grey MNIST (docs/diffusion.md).",
   )
   flags.DEFINE_list(
     "models",

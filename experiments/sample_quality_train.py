@@ -33,7 +33,7 @@ from common_tf import host
 from diffusion_tf import diffusion as diffusion_lib
 from diffusion_tf import distributions, layers, optim
 from diffusion_tf import model as models
-from evaluation import features, fid, kid, likelihood, networks
+from evaluation import features, fid, kid, likelihood, networks, resume_cache
 from experiments import data, ddim_flags, harness, results
 from experiments.images import save_grid
 
@@ -42,8 +42,6 @@ BETA_SCHEDULES = {
   "linear": diffusion_lib.linear_beta_schedule,
   "cosine": diffusion_lib.cosine_beta_schedule,
 }
-# The presets of the script (experiments.flags.allow_presets adds cpu to the common --preset).
-PRESET_NAMES = ("quick", "cpu", "paper")
 
 
 # The seed's small-sample protocol: FID/KID between 256 generated and 256 real images.
@@ -649,46 +647,43 @@ def vlb_nats(
   per batch on a CPU).
 
   `cache_path`: the per-image bounds (nats) of the finished batches are written there after
-  every batch, under `cache_key` (JSON-able: checkpoint step, clipping, seed, images...). A call
-  with the same key computes only the batches still missing, so an interrupted bound resumes and
-  rerunning a finished run (to rewrite its page) costs nothing; since a batch's noise depends
-  only on its index, the numbers equal an uninterrupted call's. A file with another key is
-  replaced.
+  every batch, under `cache_key` (JSON-able: checkpoint step, clipping, seed, images...), and kept
+  when the bound is complete (`evaluation.resume_cache.BatchCache` with keep=True). A call with the
+  same key computes only the batches still missing, so an interrupted bound resumes and rerunning
+  a finished run (to rewrite its page) costs nothing; since a batch's noise depends only on its
+  index, the numbers equal an uninterrupted call's. A file with another key is replaced. With a
+  cache, SIGTERM / SIGINT finish and save the batch in hand, then raise
+  `common_tf.preemption.Preempted` (the script prints one line and exits with 128 + the signal).
   """
-  key = json.dumps(
-    dict(
-      cache_key or {},
-      clip_denoised=bool(clip_denoised),
-      seed=seed,
-      num_images=len(images),
-      eval_batch=EVAL_BATCH,
-    ),
-    sort_keys=True,
+  key = dict(
+    cache_key or {},
+    clip_denoised=bool(clip_denoised),
+    seed=seed,
+    num_images=len(images),
+    eval_batch=EVAL_BATCH,
   )
-  nats = []
-  if cache_path is not None and os.path.exists(cache_path):
-    with np.load(cache_path) as f:
-      if str(f["key"]) == key:
-        nats = [f["nats"][i : i + EVAL_BATCH] for i in range(0, len(f["nats"]), EVAL_BATCH)]
-        print(f"The bound's first {len(f['nats'])} images come from {cache_path}", file=sys.stderr)
-      else:
-        print(f"warning: {cache_path} holds another bound; computing afresh", file=sys.stderr)
-  todo = batches(images)[len(nats) :]
-  bar = keras.utils.Progbar(len(images), unit_name="image") if progress and todo else None
-  with models.ema_weights(optimizer, model.trainable_variables):
-    for i, b in enumerate(todo, start=len(nats)):
-      nats.append(
-        model.variational_bound(
-          b, seed=seed * 100_003 + i * EVAL_BATCH, clip_denoised=clip_denoised
-        ).total.numpy()
-      )
-      if cache_path is not None:
-        tmp = cache_path + ".tmp.npz"
-        np.savez(tmp, key=key, nats=np.concatenate(nats))
-        os.replace(tmp, cache_path)
+  cache = resume_cache.BatchCache(
+    cache_path, key=key, keep=True, what="the DDPM bound", examples_per_batch=EVAL_BATCH
+  )
+  todo = batches(images)
+  done = cache.restore(len(todo))
+  bar = (
+    keras.utils.Progbar(len(images), unit_name="image") if progress and done < len(todo) else None
+  )
+  with models.ema_weights(optimizer, model.trainable_variables), cache.stop_requests() as stop:
+    for i, b in enumerate(todo):
+      if i < done:
+        continue
+      cache.stop_if_requested(stop, i)
+      start = time.perf_counter()
+      nats = model.variational_bound(
+        b, seed=seed * 100_003 + i * EVAL_BATCH, clip_denoised=clip_denoised
+      ).total.numpy()
+      cache.add(seconds=time.perf_counter() - start, nats=nats)
       if bar is not None:
         bar.update(min((i + 1) * EVAL_BATCH, len(images)))
-  return np.concatenate(nats)
+  cache.complete()
+  return cache.array("nats")
 
 
 RUNNERS = {"flow": run_flow, "vae": run_vae, "ddpm": run_ddpm}

@@ -23,6 +23,7 @@ FLAGS = flags.FLAGS
 
 def define_run_flags():
   """Flags of one VampPrior run (experiments.vampprior; the table reuses them for every cell)."""
+  common.define_preset_flag(vampprior_train.PRESETS, help=common.QUICK_AND_PAPER)
   flags.DEFINE_enum(
     "model",
     "vae",

@@ -9,8 +9,10 @@ is the process boundary itself (the `__main__` block, the interpreter's exit sta
 `tests/experiments/test_quiet_start.py` checks the whole stderr of real subprocesses (TensorFlow's
 start-up logs, which no in-process test sees).
 
-Afterwards the flags the script defined are deleted, every flag is unparsed, and the global Keras
-policy is float32 again, so the next script starts from the common flags only.
+Afterwards the flags the script defined (its own `--preset` among them) are deleted, every flag is
+unparsed, and the global Keras policy is float32 again, so the next script starts from the common
+flags only. Scripts change no flag they did not define (`experiments.flags`), so nothing else needs
+undoing.
 """
 
 from __future__ import annotations
@@ -39,24 +41,15 @@ class Completed:
 
 @contextlib.contextmanager
 def defined_flags(define: Callable[[], None]):
-  """Defines a script's flags on the global FLAGS for the `with` block, then deletes them, undoes
-  its changes to the common flags, unparses every flag and resets the global Keras policy."""
+  """Defines a script's flags on the global FLAGS for the `with` block, then deletes them,
+  unparses every flag and resets the global Keras policy."""
   before = set(FLAGS)
-  # A script may widen a common flag (`experiments.flags.allow_presets` adds its own presets).
-  widened = {
-    name: (FLAGS[name].help, list(getattr(FLAGS[name].parser, "enum_values", None) or []))
-    for name in before
-  }
   try:
     define()
     yield FLAGS
   finally:
     for name in set(FLAGS) - before:
       delattr(FLAGS, name)
-    for name, (help_text, enum_values) in widened.items():
-      FLAGS[name].help = help_text
-      if enum_values:
-        FLAGS[name].parser.enum_values = enum_values
     FLAGS.unparse_flags()
     keras.mixed_precision.set_global_policy("float32")
 

@@ -51,7 +51,6 @@ def test_common_flags_documented():
     "batch_size",
     "epochs",
     "max_steps",
-    "preset",
     "strategy",
     "precision",
     "jit_compile",

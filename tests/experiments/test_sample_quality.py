@@ -17,7 +17,7 @@ from absl import flags
 
 from diffusion_tf import layers
 from evaluation import protocol
-from experiments import harness, results
+from experiments import harness, results, vampprior
 from experiments import sample_quality as script
 from experiments import sample_quality_train as sq
 from tests import scripts
@@ -276,14 +276,14 @@ def test_unknown_model_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_cpu_preset_is_selectable_and_bounds_all_held_out_images(tmp_path, monkeypatch):
-  """--preset=cpu (not in the shared enum), offline data, VLB over all 1,000
+  """--preset=cpu (this script's own preset), offline data, VLB over all 1,000
   held-out images with all T = 1000 terms."""
   with scripts.defined_flags(script.define_flags) as fv:
     fv(["sample_quality", "--preset=cpu"])
     assert fv.preset == "cpu"
-  with pytest.raises(flags.IllegalFlagValueError):  # other scripts keep rejecting it
-    flags.FLAGS(["vampprior", "--preset=cpu"])
-  flags.FLAGS.unparse_flags()
+  with scripts.defined_flags(vampprior.define_flags) as fv:  # other scripts keep rejecting it
+    with pytest.raises(flags.IllegalFlagValueError):
+      fv(["vampprior", "--preset=cpu"])
   cpu = sq.PRESETS["cpu"]
   assert cpu.offline_split and cpu.ddpm.vlb_examples is None and cpu.ddpm.num_timesteps == 1000
 
@@ -383,6 +383,50 @@ def test_vlb_cache_resumes_an_interrupted_bound_and_skips_a_finished_one(tmp_pat
   assert bound(Model()) == want and calls == []
   bound(Model(), step=8)
   assert calls == seeds
+
+
+def test_sigterm_during_the_bound_saves_the_batch_in_hand_then_resumes_exactly(tmp_path):
+  """A scheduler's SIGTERM during the second of three batches: that batch is finished and cached,
+  `Preempted` is raised (the script's one line and exit 143), and the rerun computes only the third
+  batch and gives the uninterrupted numbers (`evaluation.resume_cache`)."""
+  import signal
+
+  from common_tf import preemption
+
+  calls = []
+
+  class Model:
+    trainable_variables = []
+    kill_at = None
+
+    def variational_bound(self, x, *, seed, clip_denoised):
+      calls.append(seed)
+      if len(calls) == self.kill_at:
+        os.kill(os.getpid(), signal.SIGTERM)
+      nats = 784 * np.log(2) * (1.0 + x.reshape(len(x), -1)[:, 0] + seed * 1e-4)
+      return sq.models.VariationalBound(
+        total=tf.constant(nats), prior=None, diffusion=None, decoder=None
+      )
+
+  images = np.random.default_rng(0).uniform(size=(250, 28, 28, 1)).astype(np.float32)
+  optimizer = keras.optimizers.Adam(use_ema=True)
+  bound = lambda model, cache=None: sq.vlb_nats(
+    model, optimizer, images, clip_denoised=True, seed=3, progress=False, cache_path=cache
+  )
+  want = bound(Model())
+  seeds = list(calls)
+  calls.clear()
+  cache = str(tmp_path / "vlb.npz")
+  killed = Model()
+  killed.kill_at = 2
+  with pytest.raises(preemption.Preempted, match="SIGTERM after 2 batches of the DDPM bound"):
+    bound(killed, cache)
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+  with np.load(cache) as f:
+    assert int(f["batches_done"]) == 2 and f["nats"].shape == (200,)
+  calls.clear()
+  np.testing.assert_array_equal(bound(Model(), cache), want)
+  assert calls == seeds[2:]
 
 
 def test_an_interrupted_run_writes_no_grid_into_the_results_folder(tmp_path, monkeypatch):
