@@ -199,12 +199,12 @@ def row_cpus(rows: Iterable[Mapping[str, Any]]) -> list[str]:
 
 def partial_evaluation_hosts(logdir: str) -> list[str]:
   """The hosts that ran the batches of the partial test-NLL evaluations in `logdir` (the resume
-  files of `evaluation.likelihood`; `likelihood.UNRECORDED_HOST` for batches of older files)."""
-  from evaluation import likelihood  # TensorFlow: only here
+  files of `evaluation.likelihood`; `resume_cache.UNRECORDED_HOST` for batches of older files)."""
+  from evaluation import resume_cache
 
   hosts = []
   for name in partial_evaluations(logdir):
-    hosts = host.merge_in_order(hosts, likelihood.resume_file_hosts(os.path.join(logdir, name)))
+    hosts = host.merge_in_order(hosts, resume_cache.resume_file_hosts(os.path.join(logdir, name)))
   return hosts
 
 
