@@ -1,6 +1,7 @@
 """A feature extractor of one's own (`evaluation.features.register_extractor`): FID and KID through
-`evaluation.api` and through the commands equal NumPy/SciPy on that network's features; the
-protocol record names the extractor, so statistics of two extractors are never compared."""
+`evaluation.api` and through the commands, and precision/recall through the API, equal NumPy/SciPy
+on that network's features; the protocol record names the extractor, so statistics of two
+extractors are never compared."""
 
 import json
 import textwrap
@@ -67,6 +68,22 @@ def numpy_kid(x, y):
   )
 
 
+def numpy_precision_recall(real, fake, *, k):
+  """Share of fake rows inside some real k-NN ball, and of real rows inside some fake one."""
+  d = lambda a, b: ((a[:, None] - b[None]) ** 2).sum(-1)
+
+  def radii(a):
+    within = d(a, a)
+    np.fill_diagonal(within, np.inf)
+    return np.sort(within, axis=1)[:, k - 1]
+
+  cross = d(fake, real)
+  return (
+    float((cross <= radii(real)[None]).any(1).mean()),
+    float((cross <= radii(fake)[:, None]).any(0).mean()),
+  )
+
+
 def _value(out, key):
   """The value of metric `key` in the --json output."""
   return json.loads(out)["metrics"][key]["value"]
@@ -94,6 +111,9 @@ def test_registered_extractor_through_the_api(images):
   assert record["resize"] == "none" and result.protocols["reference"]["network"] == "tiny-api"
   result = api.compute_kid(fake, reference=real, num_subsets=1, subset_size=N, **options)
   assert result.value == pytest.approx(numpy_kid(x, y), rel=1e-6)
+  result = api.compute_precision_recall(fake, reference=real, k=3, **options)
+  assert result.value == pytest.approx(numpy_precision_recall(y, x, k=3), abs=1e-12)
+  assert result.protocols["reference"]["network"] == "tiny-api"
   # --resize clean: PIL bicubic to input_size (12 -> 12 is not the identity for PIL's filter,
   # but the network sees 12 x 12 images either way and the record says which resize ran).
   clean = api.compute_fid(fake, reference=real, resize="clean", **options)
