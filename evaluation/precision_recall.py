@@ -17,7 +17,8 @@ squared-distance matrices (real-real, fake-fake, real-fake), as the NumPy floor 
 bench/bench_precision_recall.py.
 
 Command line (prints `precision: <p>` and `recall: <r>`, each followed by `[<lo>, <hi>]` with
---subsamples N, then a `protocol: ...` line naming the VGG-16 used):
+--subsamples N -- an interval for the expected value at these set sizes and k, see
+`subsample_interval` -- then a `protocol: ...` line naming the VGG-16 used):
     python -m evaluation.precision_recall --samples DIR_OR_NPY --reference DIR_OR_NPZ [--k 3] \
         [--vgg keras|torch-fidelity]
 """
