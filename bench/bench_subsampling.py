@@ -8,8 +8,11 @@ rows, one Cholesky factorisation and one symmetric eigenvalue solve, 2048 x 2048
 `fid.replicate_distance`), FID against a statistics file (one covariance, one eigenvalue solve),
 the same with `fid.frechet_distance` (a full eigendecomposition more), and KID's subset estimator
 as a replicate runs it (100 subsets of round(rate * 1000) rows: 3 kernel matrices each; timed on
---kid_subsets subsets and scaled to 100). Prints seconds per replicate (median and fastest of the
-timed replicates, the cases interleaved) and the CPU.
+--kid_subsets subsets and scaled to 100), the Inception Score of round(rate * --is_n) rows of
+1008-class logits in 10 splits, and precision/recall (k = 3) of round(rate * --pr_n) rows of
+both --pr_dims-d sets (three squared-distance matrices, `precision_recall.precision_recall`).
+Prints seconds per replicate (median and fastest of the timed replicates, the cases
+interleaved) and the CPU.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from evaluation import fid, kid
+from evaluation import fid, inception_score, kid, precision_recall
 
 
 def cpu_model() -> str:
@@ -54,6 +57,9 @@ def main() -> None:
   parser.add_argument("--rate", type=float, default=0.5)
   parser.add_argument("--replicates", type=int, default=3)
   parser.add_argument("--kid_subsets", type=int, default=5)
+  parser.add_argument("--is_n", type=int, default=50000)
+  parser.add_argument("--pr_n", type=int, default=10000)
+  parser.add_argument("--pr_dims", type=int, default=4096)
   args = parser.parse_args()
   rng = np.random.default_rng(0)
   x = rng.normal(size=(args.n, args.dims)).astype(np.float32)
@@ -64,6 +70,12 @@ def main() -> None:
   xd, yd = x.astype(np.float64), y.astype(np.float64)  # as fid.subsample_interval holds them
   mu2, sigma2 = fid.feature_statistics(yd)
   factor2 = fid._factor(sigma2)
+  logits = rng.normal(0, 3, size=(args.is_n, 1008))
+  b_is = int(np.floor(args.rate * args.is_n + 0.5))
+  real_pr = rng.normal(size=(args.pr_n, args.pr_dims)).astype(np.float32)
+  fake_pr = (rng.normal(size=(args.pr_n, args.pr_dims)) + 0.05).astype(np.float32)
+  b_pr = int(np.floor(args.rate * args.pr_n + 0.5))
+  precision_recall.precision_recall(real_pr[:b_pr], fake_pr[:b_pr])  # compile outside the timing
   cases = (
     (
       "FID, both sets subsampled",
@@ -83,6 +95,19 @@ def main() -> None:
         *fid.feature_statistics(xd[index()]), *fid.feature_statistics(yd[index()])
       ),
     ),
+    (
+      f"IS, {b_is} of {args.is_n} rows of 1008 logits, 10 splits",
+      lambda: inception_score.inception_score(
+        logits[np.sort(draws.choice(args.is_n, b_is, replace=False))], splits=10
+      ),
+    ),
+    (
+      f"precision/recall, {b_pr} of {args.pr_n} rows per set, {args.pr_dims}-d",
+      lambda: precision_recall.precision_recall(
+        real_pr[draws.choice(args.pr_n, b_pr, replace=False)],
+        fake_pr[draws.choice(args.pr_n, b_pr, replace=False)],
+      ),
+    ),
   )
   times = {name: [] for name, _ in cases}
   for _ in range(args.replicates):  # interleaved, so a change of load hits every case alike
@@ -91,7 +116,8 @@ def main() -> None:
   for name, _ in cases:
     print(
       f"{name}: {np.median(times[name]):.3g} s per replicate, fastest {min(times[name]):.3g} s "
-      f"(n={args.n}, b={b}, d={args.dims}; {args.replicates} replicates)"
+      f"({'' if name.startswith(('IS', 'precision')) else f'n={args.n}, b={b}, d={args.dims}; '}"
+      f"{args.replicates} replicates)"
     )
   xs, ys = x[:b].astype(np.float64), y[:b].astype(np.float64)
   # kid.subsample_interval: subsets of round(rate * 1000) rows when 1000 < n (else all b rows).

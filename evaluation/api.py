@@ -13,8 +13,11 @@ or batches, an image array, a folder / .zip / .npy / .npz path, a `tfds:<name>/<
 (FID reference only) statistics as a path or a (mu, sigma) tuple. Settings are the command-line
 flags as keyword arguments (`evaluation.cli.Options`): inception_path, vgg16_path, vgg,
 download, cache, batch_size, progress, jit_compile, resize, precision, device, workers,
-strict_protocol, subsamples, subsample_rate, subsample_seed, confidence. Errors are `ValueError`s (bad input,
-protocol mismatch) or `WeightsUnavailableError`, with the same one-line messages as the commands.
+strict_protocol, subsamples, subsample_rate, subsample_seed, confidence, and (FID, KID,
+precision/recall) features="NAME": a feature extractor registered with
+`evaluation.features.register_extractor` instead of Inception / VGG-16. Errors are `ValueError`s
+(bad input, protocol mismatch, unknown extractor) or `WeightsUnavailableError`, with the same
+one-line messages as the commands.
 """
 
 from __future__ import annotations
@@ -95,16 +98,18 @@ def compute_fid(
   **options,
 ) -> Result:
   """FID of `samples` against `reference` (see the module docstring); `dims` as pytorch-fid's
-  (2048: pool_3; 64, 192, 768: earlier blocks)."""
+  (2048: pool_3; 64, 192, 768: earlier blocks; Inception only)."""
   from evaluation import fid
 
   opts = _options(options)
+  if opts.features and dims != 2048:
+    raise ValueError("dims selects an Inception block; it does not apply to features=")
   fake, real = _sources(
     samples,
     reference,
     num_samples,
     reference_num_samples,
-    kind=fid.feature_for_dims(dims),
+    kind=cli.feature_kind(opts, fid.feature_for_dims(dims)),
     min_count=2,
     allow_stats=True,
     options=opts,
@@ -137,7 +142,7 @@ def compute_kid(
     reference,
     num_samples,
     reference_num_samples,
-    kind="pool_3",
+    kind=cli.feature_kind(opts, "pool_3"),
     min_count=2,
     allow_stats=False,
     options=opts,
@@ -157,6 +162,8 @@ def compute_inception_score(
   from evaluation import inception_score
 
   opts = _options(options)
+  if opts.features or opts.extractor_module:
+    raise ValueError("the Inception Score needs Inception's class logits; features= is not offered")
   fake = cli.source_from_object(
     samples, "samples", kind="logits", min_count=max(2, splits), num_samples=num_samples
   )
@@ -183,7 +190,7 @@ def compute_precision_recall(
     reference,
     num_samples,
     reference_num_samples,
-    kind="fc2",
+    kind=cli.feature_kind(opts, "fc2"),
     min_count=k + 1,
     allow_stats=False,
     options=opts,

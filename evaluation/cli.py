@@ -32,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ logs
 import numpy as np
 from absl import flags
 
-from evaluation import image_io, networks, references
+from evaluation import extractors, image_io, networks, references
 from evaluation import protocol as protocol_lib
 from evaluation.quiet_tf import import_tensorflow_quietly  # also cli.import_tensorflow_quietly
 
@@ -64,6 +64,8 @@ class Options:
   subsample_seed: int = 0
   confidence: float = 0.95
   json: bool = False
+  features: str | None = None  # a registered feature extractor (`evaluation.extractors`)
+  extractor_module: str | None = None
 
 
 def define_common_flags(fv: flags.FlagValues, *, network: str, reference: bool) -> None:
@@ -183,7 +185,8 @@ def define_common_flags(fv: flags.FlagValues, *, network: str, reference: bool) 
     "metric on round(rate * n) distinct rows of every set (subsampling without "
     "replacement, Politis-Romano-Wolf interval with finite-population factor "
     "sqrt(rate / (1 - rate)); valid for biased metrics such as FID, whose "
-    "interval may lie below the finite-sample value). See docs/evaluation.md.",
+    "interval may lie below the finite-sample value; precision/recall: the expected value at "
+    "the given set sizes). See docs/evaluation.md.",
     lower_bound=0,
     flag_values=fv,
   )
@@ -219,6 +222,44 @@ def define_common_flags(fv: flags.FlagValues, *, network: str, reference: bool) 
     "Print one JSON object (values, intervals, protocol records) instead of the text lines.",
     flag_values=fv,
   )
+
+
+def define_extractor_flags(fv: flags.FlagValues) -> None:
+  """--features NAME and --extractor_module MODULE (FID, KID, precision/recall)."""
+  flags.DEFINE_string(
+    "features",
+    None,
+    "A feature extractor registered with evaluation.features.register_extractor, used "
+    "instead of the built-in network (recorded as the protocol's network).",
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    "extractor_module",
+    None,
+    "A module (dotted name, or a .py file) imported first; its register_extractor calls "
+    "make --features names available.",
+    flag_values=fv,
+  )
+
+
+def extractor_of(fv) -> extractors.Extractor | None:
+  """The registered extractor named by --features / features= (loading --extractor_module
+  first), None when the built-in network is used. UnknownExtractorError for an unknown name."""
+  module = getattr(fv, "extractor_module", None)
+  name = getattr(fv, "features", None)
+  if module and not name:
+    raise ValueError("--extractor_module is given without --features NAME")
+  if not name:
+    return None
+  if module:
+    extractors.load_module(module)
+  return extractors.get_extractor(name)
+
+
+def feature_kind(fv, default: str) -> str:
+  """The output a metric reads: the registered extractor's (--features), else `default`."""
+  extractor = extractor_of(fv)
+  return default if extractor is None else extractor.feature
 
 
 REMOVED_FLAGS = {
@@ -454,6 +495,15 @@ class Network:
   pending_cache: list[tuple[pathlib.Path, dict[str, np.ndarray]]]
   label: str = ""  # protocol name, e.g. "inception-2015", "vgg16-torch-fidelity"
   options: object | None = None
+  extractor: extractors.Extractor | None = None  # a registered extractor (--features)
+
+  def resize_name(self, mode: str) -> str:
+    """The protocol's resize: a registered extractor takes the images as given under "tf1"."""
+    from evaluation import resize as resize_lib
+
+    if self.extractor is not None and mode == "tf1":
+      return "none"
+    return resize_lib.describe_resize(mode)
 
 
 def network_label(name: str, fv) -> str:
@@ -482,8 +532,12 @@ def _device_scope(device: str | None):
 def feature_network(fv, name: str, sources: list[Source]) -> Network:
   """Resolves weights (raising `WeightsUnavailableError`) only if an input still needs features.
 
-  Also looks the cacheable sources up in the reference-feature cache.
+  Also looks the cacheable sources up in the reference-feature cache. With --features NAME the
+  registered extractor replaces the built-in network `name`.
   """
+  extractor = extractor_of(fv)
+  if extractor is not None:
+    return _extractor_network(fv, extractor, sources)
   network = Network(
     name=name, model=None, pending_cache=[], label=network_label(name, fv), options=fv
   )
@@ -499,17 +553,7 @@ def feature_network(fv, name: str, sources: list[Source]) -> Network:
     weights = networks.resolve_vgg16_weights(fv.vgg16_path, download=fv.download)
   stat = weights.stat()
   weights_file = f"{network.label}|{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-  weights_id = f"v{CACHE_VERSION}|{weights_file}|{fv.resize}|{fv.precision}"
-  use_cache = getattr(fv, "cache", False)
-  for source in needing:
-    if use_cache and source.fingerprint is not None:
-      key = hashlib.sha256(f"{weights_id}|{source.kind}|{source.fingerprint}".encode()).hexdigest()
-      source.cache_file = networks.cache_dir() / "reference_features" / f"{key[:32]}.npz"
-      if source.cache_file.exists():
-        with np.load(source.cache_file) as data:
-          if source.kind in data.files:
-            source.features = data[source.kind]
-            source.protocol = protocol_lib.with_feature(protocol_lib.from_npz(data), source.kind)
+  _look_up_cache(fv, f"v{CACHE_VERSION}|{weights_file}|{fv.resize}|{fv.precision}", needing)
   for source in needing:  # a named reference not cached must be loadable before any work
     if source.needs_network and isinstance(source.images, references.NamedReference):
       source.images.check(download=fv.download)
@@ -531,6 +575,60 @@ def feature_network(fv, name: str, sources: list[Source]) -> Network:
   return network
 
 
+def _look_up_cache(fv, weights_id: str, needing: list[Source]) -> None:
+  """Reads the cached features of the cacheable sources (key: weights_id, kind, files)."""
+  if not getattr(fv, "cache", False):
+    return
+  for source in needing:
+    if source.fingerprint is None:
+      continue
+    key = hashlib.sha256(f"{weights_id}|{source.kind}|{source.fingerprint}".encode()).hexdigest()
+    source.cache_file = networks.cache_dir() / "reference_features" / f"{key[:32]}.npz"
+    if source.cache_file.exists():
+      with np.load(source.cache_file) as data:
+        if source.kind in data.files:
+          source.features = data[source.kind]
+          source.protocol = protocol_lib.with_feature(protocol_lib.from_npz(data), source.kind)
+
+
+def _extractor_network(fv, extractor: extractors.Extractor, sources: list[Source]) -> Network:
+  """`feature_network` for a registered extractor: built (once per process) when an input needs
+  features; the cache key holds the extractor's name and the SHA-256 of its weights."""
+  if fv.precision != "float32":
+    raise ValueError(
+      f"--precision {fv.precision}: a registered feature extractor runs in its own dtype "
+      "(build it with the dtype policy you want); leave --precision at float32"
+    )
+  if fv.resize == "pytorch-fid":
+    raise ValueError("--resize pytorch-fid is for the Inception network, not --features")
+  if fv.resize == "clean" and extractor.input_size is None:
+    raise ValueError(
+      f"--resize clean needs the input size of feature extractor {extractor.name!r} "
+      "(register it with input_size=)"
+    )
+  network = Network(
+    name=extractor.name,
+    model=None,
+    pending_cache=[],
+    label=extractor.name,
+    options=fv,
+    extractor=extractor,
+  )
+  needing = [s for s in sources if s.needs_network]
+  if not needing:
+    return network
+  with _device_scope(getattr(fv, "device", None)):
+    network.model = extractors.build(extractor)
+  sha = protocol_lib.weights_sha256(network.model)
+  _look_up_cache(
+    fv, f"v{CACHE_VERSION}|extractor|{extractor.name}|{sha}|{fv.resize}|{fv.precision}", needing
+  )
+  for source in needing:
+    if source.needs_network and isinstance(source.images, references.NamedReference):
+      source.images.check(download=fv.download)
+  return network
+
+
 # The last network built, by (label + weights file identity, dtype policy, device): repeated calls
 # in one process (the Python API, tests) reuse it and its compiled step.
 _BUILT: dict = {}
@@ -541,7 +639,6 @@ def features_of(source: Source, network: Network, fv) -> np.ndarray:
   if source.features is not None:
     return source.features
   from evaluation import features as features_lib
-  from evaluation import resize as resize_lib
 
   images = source.images
   if isinstance(images, references.NamedReference):
@@ -558,12 +655,15 @@ def features_of(source: Source, network: Network, fv) -> np.ndarray:
       resize=fv.resize,
       workers=getattr(fv, "workers", image_io.DEFAULT_WORKERS),
       info=info,
+      input_size=None if network.extractor is None else network.extractor.input_size,
     )
+  if network.extractor is not None:
+    extractors.select(network.extractor, outputs)
   record = protocol_lib.record(
     network=network.label,
     weights_sha=protocol_lib.weights_sha256(network.model),
     feature=source.kind,
-    resize=resize_lib.describe_resize(fv.resize),
+    resize=network.resize_name(fv.resize),
     precision=fv.precision,
     info=info,
   )
@@ -608,13 +708,11 @@ def expected_protocol(source: Source, network: Network, fv) -> dict | None:
     return source.protocol
   if network.model is None:
     return None
-  from evaluation import resize as resize_lib
-
   return {
     "network": network.label,
     "weights_sha256": protocol_lib.weights_sha256(network.model),
     "feature": source.kind,
-    "resize": resize_lib.describe_resize(fv.resize),
+    "resize": network.resize_name(fv.resize),
     "precision": fv.precision,
   }
 
@@ -700,14 +798,16 @@ class Value:
     return out
 
 
-def interval_record(fv) -> dict | None:
-  """How the intervals were made (JSON), None without --subsamples."""
+def interval_record(fv, keys=()) -> dict | None:
+  """How the intervals (of the metrics `keys`) were made (JSON), None without --subsamples."""
+  from evaluation import subsampling
+
   if not getattr(fv, "subsamples", 0):
     return None
   return {
     "method": "subsampling without replacement (Politis-Romano-Wolf interval, "
     "finite-population factor sqrt(rate / (1 - rate)))",
-    "target": "population value",
+    "target": subsampling.target(keys),
     "replicates": int(fv.subsamples),
     "rate": float(fv.subsample_rate),
     "seed": int(fv.subsample_seed),
@@ -726,12 +826,13 @@ def print_results(fv, values: list[Value], sources: list, *, by_kind: bool = Fal
 
   groups = sources if by_kind else [sources]
   records = lambda group: {s.flag.lstrip("-"): s.protocol for s in group}
+  keys = [v.key for v in values if v.interval is not None]
   if getattr(fv, "json", False):
     import json
 
     payload = {
       "metrics": {v.key: v.as_json() for v in values},
-      "interval": interval_record(fv) if any(v.interval is not None for v in values) else None,
+      "interval": interval_record(fv, keys) if keys else None,
       "protocol": {group[0].kind: records(group) for group in groups}
       if by_kind
       else records(groups[0]),
@@ -740,8 +841,8 @@ def print_results(fv, values: list[Value], sources: list, *, by_kind: bool = Fal
     return
   for v in values:
     print(v.text())
-  line = subsampling.describe(fv)
-  if line and any(v.interval is not None for v in values):
+  line = subsampling.describe(fv, keys)
+  if line and keys:
     print(line)
   for group in groups:
     print_protocol(*group)

@@ -18,6 +18,10 @@ the network's own resize is then the identity). Every batch is converted to floa
 sees one shape per image size, and the padding rows are dropped again: results do not depend on
 `batch_size` (up to float rounding, checked to 1e-5 relative in tests).
 
+Your own network (CLIP-like features, ...): `register_extractor(name, build_fn, input_size=...,
+dims=...)` (`evaluation.extractors`), then `features="name"` in `evaluation.api` or `--features
+name` on the FID / KID / precision-recall commands.
+
 Mixed precision: build the network with `dtype_policy="mixed_bfloat16"` (see
 `evaluation.networks`); the step casts every output to float32.
 """
@@ -36,6 +40,7 @@ import tensorflow as tf
 
 from evaluation import image_io, numerics, protocol
 from evaluation import resize as resize_lib
+from evaluation.extractors import register_extractor  # noqa: F401  (the public name; see there)
 
 # Input size of each feature network (its model name), the target of the "clean" resize.
 NETWORK_INPUT_SIZES = {"inception_2015": 299, "vgg16_fc2": 224}  # TTUR graph; Keras/torchvision VGG
@@ -173,9 +178,12 @@ def _background(iterator: Iterator, prefetch: int) -> Iterator:
     stop.set()
 
 
-def clean_resizer(network: keras.Model, mode: str = "clean") -> Callable[[np.ndarray], np.ndarray]:
-  """Per-image host-side "clean" (or "pytorch-fid") resize to the network's input size."""
-  size = NETWORK_INPUT_SIZES.get(network.name)
+def clean_resizer(
+  network: keras.Model, mode: str = "clean", *, size: int | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
+  """Per-image host-side "clean" (or "pytorch-fid") resize to the network's input size (`size`,
+  else looked up by the network's name)."""
+  size = size or NETWORK_INPUT_SIZES.get(network.name)
   if size is None:
     raise ValueError(
       f"the {mode} resize needs the input size of network {network.name!r}; "
@@ -219,6 +227,7 @@ def extract(
   workers: int = image_io.DEFAULT_WORKERS,
   prefetch: int = 2,
   info: dict | None = None,
+  input_size: int | None = None,
 ) -> dict[str, np.ndarray]:
   """Features of every image, in input order.
 
@@ -239,6 +248,8 @@ def extract(
     prefetch: batches prepared ahead of the compiled step by a background thread (0: inline).
     info: if given, filled with {"count", "height", "width", "channels", "input_dtype"} of the
       images seen (for the protocol record).
+    input_size: the network's square input side for the "clean" resize (default: known for the
+      built-in networks by their name).
 
   Returns:
     {output name: float32 [N, D]}.
@@ -253,7 +264,9 @@ def extract(
   replicas = strategy.num_replicas_in_sync if strategy is not None else 1
   batch_size = -(-batch_size // replicas) * replicas
   info = {} if info is None else info
-  transform = clean_resizer(network, resize) if resize in ("clean", "pytorch-fid") else None
+  transform = (
+    clean_resizer(network, resize, size=input_size) if resize in ("clean", "pytorch-fid") else None
+  )
   if transform is not None:  # the original size is recorded, not the resized one
     transform = _recording(transform, info)
   chunks, total = _source_arrays(

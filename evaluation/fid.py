@@ -225,6 +225,9 @@ def feature_for_dims(dims: int) -> str:
 def _define_flags(fv) -> None:
   from absl import flags
 
+  from evaluation import cli
+
+  cli.define_extractor_flags(fv)
   flags.DEFINE_enum(
     "dims",
     "2048",
@@ -249,7 +252,9 @@ def _run(fv) -> None:
   from evaluation import cli
 
   cli.check_output_path(fv.save_stats)
-  kind = feature_for_dims(int(fv.dims))
+  if fv.features and fv.dims != "2048":
+    raise ValueError("--dims selects an Inception block; it does not apply to --features")
+  kind = cli.feature_kind(fv, feature_for_dims(int(fv.dims)))
   samples = cli.open_source(fv.samples, "--samples", kind=kind, min_count=2)
   reference = cli.open_source(
     fv.reference, "--reference", kind=kind, min_count=2, allow_stats=True, cacheable=fv.cache

@@ -129,6 +129,9 @@ def subsample_interval(
 def _define_flags(fv) -> None:
   from absl import flags
 
+  from evaluation import cli
+
+  cli.define_extractor_flags(fv)
   flags.DEFINE_integer(
     "num_subsets", 100, "Number of random subsets.", lower_bound=1, flag_values=fv
   )
@@ -145,9 +148,10 @@ def _define_flags(fv) -> None:
 def _run(fv) -> None:
   from evaluation import cli
 
-  samples = cli.open_source(fv.samples, "--samples", kind="pool_3", min_count=2)
+  kind = cli.feature_kind(fv, "pool_3")
+  samples = cli.open_source(fv.samples, "--samples", kind=kind, min_count=2)
   reference = cli.open_source(
-    fv.reference, "--reference", kind="pool_3", min_count=2, cacheable=fv.cache
+    fv.reference, "--reference", kind=kind, min_count=2, cacheable=fv.cache
   )
   network = cli.feature_network(fv, "inception", [samples, reference])
   result = compute_from_sources(

@@ -17,7 +17,8 @@ squared-distance matrices (real-real, fake-fake, real-fake), as the NumPy floor 
 bench/bench_precision_recall.py.
 
 Command line (prints `precision: <p>` and `recall: <r>`, each followed by `[<lo>, <hi>]` with
---subsamples N, then a `protocol: ...` line naming the VGG-16 used):
+--subsamples N -- an interval for the expected value at these set sizes and k, see
+`subsample_interval` -- then a `protocol: ...` line naming the VGG-16 used):
     python -m evaluation.precision_recall --samples DIR_OR_NPY --reference DIR_OR_NPZ [--k 3] \
         [--vgg keras|torch-fidelity]
 """
@@ -272,6 +273,9 @@ def realism_score(
 def _define_flags(fv) -> None:
   from absl import flags
 
+  from evaluation import cli
+
+  cli.define_extractor_flags(fv)
   flags.DEFINE_integer(
     "k", 3, "Neighbourhood size of the manifold balls (paper: 3).", lower_bound=1, flag_values=fv
   )
@@ -287,9 +291,10 @@ def _define_flags(fv) -> None:
 def _run(fv) -> None:
   from evaluation import cli
 
-  samples = cli.open_source(fv.samples, "--samples", kind="fc2", min_count=fv.k + 1)
+  kind = cli.feature_kind(fv, "fc2")
+  samples = cli.open_source(fv.samples, "--samples", kind=kind, min_count=fv.k + 1)
   reference = cli.open_source(
-    fv.reference, "--reference", kind="fc2", min_count=fv.k + 1, cacheable=fv.cache
+    fv.reference, "--reference", kind=kind, min_count=fv.k + 1, cacheable=fv.cache
   )
   network = cli.feature_network(fv, "vgg16", [samples, reference])
   result = compute_from_sources(
@@ -312,14 +317,59 @@ def values(result: dict) -> list:
   return out
 
 
+def subsample_interval(
+  real_features,
+  fake_features,
+  estimate,
+  *,
+  k: int = 3,
+  num: int,
+  rate: float = 0.5,
+  seed: int = 0,
+  confidence: float = 0.95,
+  batch_size: int | None = None,
+) -> tuple[list[float], list[float]]:
+  """Subsampling interval ([lo_p, lo_r], [hi_p, hi_r]) of the *expected* precision and recall at
+  these set sizes and k, `estimate` being `precision_recall(real, fake, k=k)`.
+
+  Per replicate, round(rate * M) rows of the samples and round(rate * N) of the reference are
+  drawn without replacement (`evaluation.subsampling.replicates`) and precision/recall recomputed
+  on them, radii included. The deviations are taken from the replicates' mean
+  (`subsampling.interval(center="mean")`), so the interval is centred on `estimate` with the
+  spread sqrt(rate / (1 - rate)) (q - mean):
+
+    [theta_n - k_r (q_{(1+c)/2} - mean), theta_n - k_r (q_{(1-c)/2} - mean)].
+
+  Why not the population value as for FID: the k-NN radii shrink as the sets grow, so the
+  large-set limit is the overlap of the supports (1 for two distributions with densities on one
+  support), approached slowly (a few hundredths per doubling of both sets, not as 1/n), and the
+  half-sample shift that removes FID's 1/n bias has no such target here. Measured by simulation
+  (tests/evaluation/test_subsampling.py): this interval covers the expected value at the given
+  sizes at the nominal rate; the population-value construction covers it at 80% / 69%.
+  """
+  from evaluation import subsampling
+
+  real, fake = np.asarray(real_features), np.asarray(fake_features)
+  low, high = subsampling.interval(
+    lambda i, j: precision_recall(real[j], fake[i], k=k, batch_size=batch_size),
+    (len(fake), len(real)),
+    estimate=np.asarray(estimate, np.float64),
+    num=num,
+    rate=rate,
+    seed=seed,
+    confidence=confidence,
+    min_size=k + 1,
+    center="mean",
+  )
+  return low.tolist(), high.tolist()
+
+
 def compute_from_sources(
   samples, reference, network, options, *, k: int = 3, batch_size: int | None = None
 ) -> dict:
   """Precision/recall of two checked `evaluation.cli.Source`s: {"precision", "recall",
-  "interval" (None or ([lo_p, lo_r], [hi_p, hi_r])), "protocols"}. --subsamples replicates draw
-  rows of both sets without replacement (`evaluation.subsampling`); the k-NN radii are then those
-  of the smaller sets, so the interval extrapolates to large sets as for FID (not checked by
-  simulation for precision/recall)."""
+  "interval" (None or ([lo_p, lo_r], [hi_p, hi_r])), "protocols"}. The --subsamples interval is
+  for the expected precision/recall at these set sizes (`subsample_interval`)."""
   from evaluation import cli
 
   cli.check_protocols_early(samples, reference, network, options)
@@ -330,20 +380,17 @@ def compute_from_sources(
   precision, recall = precision_recall(real, fake, k=k, batch_size=batch_size)
   interval = None
   if options.subsamples:
-    from evaluation import subsampling
-
-    statistic = lambda i, j: precision_recall(real[j], fake[i], k=k, batch_size=batch_size)
-    low, high = subsampling.interval(
-      statistic,
-      (len(fake), len(real)),
-      estimate=np.array([precision, recall]),
+    interval = subsample_interval(
+      real,
+      fake,
+      (precision, recall),
+      k=k,
       num=options.subsamples,
       rate=options.subsample_rate,
       seed=options.subsample_seed,
       confidence=options.confidence,
-      min_size=k + 1,
+      batch_size=batch_size,
     )
-    interval = (low.tolist(), high.tolist())
   return {
     "precision": precision,
     "recall": recall,

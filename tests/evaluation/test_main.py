@@ -145,6 +145,12 @@ def test_json_output_of_every_command(tmp_path, capsys):
   assert json.loads(out)["metrics"]["is"]["interval"] is None
   code, out, _ = _run(precision_recall.main, io, capsys)
   assert code == 0 and sorted(json.loads(out)["metrics"]) == ["precision", "recall"]
+  # With intervals: FID's is for the population value, precision/recall's for the expected value
+  # at these set sizes (their large-set limit is the supports' overlap, see docs/evaluation.md).
+  code, out, _ = _run(evaluation_main.main, io + ["--fid", "--prc", "--subsamples", "5"], capsys)
+  assert code == 0 and json.loads(out)["interval"]["target"] == (
+    "population value (precision, recall: the expected value at these set sizes)"
+  )
   code, out, _ = _run(evaluation_main.main, io + ["--fid", "--isc", "--splits", "3"], capsys)
   payload = json.loads(out)
   assert code == 0 and sorted(payload["metrics"]) == ["fid", "is"]

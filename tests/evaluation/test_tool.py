@@ -703,13 +703,20 @@ def test_precision_recall_subsample_interval(capsys, tmp_path):
     values.append(
       _numpy_precision_recall(real[rj].astype(np.float64), fake[fi].astype(np.float64), rj, fi, 3)
     )
-  want_low, want_high = _subsample_interval(estimate, values, (13 / 25, 15 / 30))
+  # Precision/recall: deviations from the replicates' mean (the expected value at these sizes).
+  want_low, want_high = _subsample_interval(
+    estimate, values, (13 / 25, 15 / 30), center=np.mean(values, axis=0)
+  )
   for column, name in enumerate(("precision", "recall")):
     value, (low, high) = _value(out, name)
     assert value == pytest.approx(estimate[column], abs=6e-7)
     assert low == pytest.approx(want_low[column], abs=6e-7)  # 6 decimals
     assert high == pytest.approx(want_high[column], abs=6e-7)
   assert "protocol: unknown" in out  # features without a record
+  assert (
+    "interval: 95% for the expected value at these set sizes, 10 subsamples without replacement "
+    "at rate 0.5 (Politis-Romano-Wolf, finite-population corrected), seed 0\n" in out
+  )
 
 
 def test_kid_subsample_interval(tmp_path, capsys):
