@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import sys
 import time
 
@@ -356,15 +357,18 @@ def run_study(
   data_fn,
   strategy,
   report_only: bool = False,
+  earlier_rows: list[dict] = (),
   **train_kwargs,
 ) -> list[dict]:
-  """Rows of every run in `settings` order: a finished, evaluated run's stored row; else (with
-  `report_only`) how far it got; else it is trained (resuming) and evaluated (`train_kwargs`:
-  max_steps, jit_compile, log_every). `data_fn()` loads the data once, only when a run needs it."""
+  """Rows of every run in `settings` order: a finished, evaluated run's stored row; else, for a
+  run with no folder on this machine, its finished row from `earlier_rows` (the page's own JSON,
+  `results.kept_row`: its status says so); else (with `report_only`) how far it got; else it is
+  trained (resuming) and evaluated (`train_kwargs`: max_steps, jit_compile, log_every).
+  `data_fn()` loads the data once, only when a run needs it."""
   rows, study = [], None
   for s in settings:
     logdir = run_logdir(base_logdir, s.prior, s.seed)
-    row = finished_row(logdir, s)
+    row = finished_row(logdir, s) or results.kept_row(earlier_rows, logdir, dataclasses.asdict(s))
     if row is None and report_only:
       row = unfinished_row(logdir, s)
     elif row is None:
@@ -411,11 +415,12 @@ def with_per_example_numbers(rows: list[dict], *, page: str, base_logdir: str) -
 
 
 def summarize(rows, prior_names):
-  """Per prior: mean ± std (ddof 1) of ELBO and IWAE over its FINISHED runs only (the rows' numbers:
-  from their per-image values when kept, `with_per_example_numbers`)."""
+  """Per prior: mean ± std (ddof 1) of ELBO and IWAE over its FINISHED runs only (those kept from
+  the page's JSON included; the rows' numbers: from their per-image values when kept,
+  `with_per_example_numbers`)."""
   table = []
   for name in prior_names:
-    r = [row for row in rows if row["prior"] == name and row.get("status") == "finished"]
+    r = [row for row in rows if row["prior"] == name and results.is_finished(row)]
     all_runs = [row for row in rows if row["prior"] == name]
     elbo, iwae = np.array([x["elbo"] for x in r]), np.array([x["iwae"] for x in r])
     mean = lambda a: float(a.mean()) if len(a) else None
@@ -560,27 +565,39 @@ def write_page(
   settings: list[Settings],
   base_logdir: str,
 ) -> list[str]:
-  """The results page, its JSON rows and one PNG per prior (from the lowest finished seed; a
-  prior without a finished run gets no PNG, and a stale one is removed). Returns the PNGs."""
+  """The results page, its JSON rows and one PNG per prior (from the lowest finished seed whose run
+  folder is on this machine; a prior whose finished runs are all kept from the page's JSON keeps
+  its PNG as drawn; a prior without a finished run gets no PNG, and a stale one is removed).
+  Returns the PNGs written or kept."""
   stem = os.path.splitext(output)[0]
   os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
   results.write_json(stem + ".json", rows)
   s0 = settings[0]
-  finished = [r for r in rows if r.get("status") == "finished"]
+  finished = [r for r in rows if results.is_finished(r)]
+  kept = [r for r in rows if r.get("status") == results.KEPT_STATUS]
   pngs, plotted = [], []
   for name in prior_names:
     path = f"{stem}_{name}.png"
     done = sorted((r for r in finished if r["prior"] == name), key=lambda r: r["seed"])
-    if not done:
-      if os.path.exists(path):
-        os.remove(path)
-      continue
-    plot = dict(np.load(os.path.join(run_logdir(base_logdir, name, done[0]["seed"]), PLOT_FILE)))
-    write_aggregate_posterior_png(
-      plot, path, f"{name} prior (seed {done[0]['seed']}), {s0.dataset} test set"
-    )
-    pngs.append(path)
-    plotted.append(f"`{os.path.basename(path)}` (seed {done[0]['seed']})")
+    plot_files = [os.path.join(run_logdir(base_logdir, name, r["seed"]), PLOT_FILE) for r in done]
+    local = [(r, f) for r, f in zip(done, plot_files) if os.path.exists(f)]
+    if local:
+      (r, plot_file), *_ = local
+      write_aggregate_posterior_png(
+        dict(np.load(plot_file)), path, f"{name} prior (seed {r['seed']}), {s0.dataset} test set"
+      )
+      pngs.append(path)
+      plotted.append(f"`{os.path.basename(path)}` (seed {r['seed']})")
+    elif done and os.path.exists(path):  # the runs are kept rows: the PNG stays as drawn
+      pngs.append(path)
+      plotted.append(
+        f"`{os.path.basename(path)}` (seed {done[0]['seed']}; kept as drawn, the run folder is "
+        "not on this machine)"
+      )
+    elif done:
+      plotted.append(f"{name}: no plot (its run folders are not on this machine)")
+    elif os.path.exists(path):
+      os.remove(path)
 
   epochs = [float(r.get("epochs_run") or 0) for r in rows]
   train_total = sum(float(r.get("train_seconds") or 0) for r in rows)
@@ -617,7 +634,8 @@ def write_page(
       f"{s0.test_examples or 'all'} test images."
     )
   notes = "\n\n".join(
-    [
+    part
+    for part in [
       state + ".",
       f"Protocol: 2-D latent VAE, encoder 784-512-512-(2+2), decoder 2-512-512-784 (ReLU, "
       f"Bernoulli), {s0.epochs} epochs, batch {s0.batch_size} (the last partial batch of each "
@@ -662,12 +680,23 @@ def write_page(
       + (f"; the finished runs were evaluated at {', '.join(commits)}" if commits else "")
       + ".",
       (
+        f"{len(kept)} of the finished runs say '{results.KEPT_STATUS}': they were trained "
+        "and evaluated on another machine (the CPU and commits above include theirs); their rows "
+        "are kept from this page's JSON with the numbers they were evaluated with, their "
+        "per-image values are not on this machine, and the command does not train them again "
+        "(a local run of the same settings replaces its kept row; to redo one, remove its row "
+        "from the JSON)."
+        if kept
+        else ""
+      ),
+      (
         "Training command (resumes unfinished runs; finished ones are reused, not redone):\n\n"
         f"```\n{train_command}\n```"
         if train_command
         else ""
       ),
     ]
+    if part
   )
   shown = [
     dict(
@@ -756,16 +785,29 @@ def study_runs(
   )
 
 
+def training_command(command: str) -> str:
+  """The training command of a page written with `command` when the logdir does not hold the one
+  that trained it (its command.txt): `command` without --report_only."""
+  report_only = ("--report_only", "--report_only=true", "--report_only=True")
+  return shlex.join(a for a in shlex.split(command) if a not in report_only)
+
+
 def run(study: StudySettings, *, strategy) -> list[dict]:
-  """Trains and evaluates the runs still to do (none with `report_only`), then writes the page
-  from every run's row, its numbers from the runs' per-image values; returns the page's rows."""
+  """Trains and evaluates the runs still to do (none with `report_only`; none whose run folder is
+  not on this machine but whose finished row is in the page's JSON: that row is kept), then
+  writes the page from every run's row, its numbers from the runs' per-image values; returns the
+  page's rows."""
   base = study.base_logdir
-  os.makedirs(base, exist_ok=True)
   command_path = os.path.join(base, "command.txt")
   if not study.report_only:
+    os.makedirs(base, exist_ok=True)
     with open(command_path, "w") as f:
       f.write(study.command + "\n")
-  train_command = open(command_path).read().strip() if os.path.exists(command_path) else None
+  train_command = (
+    open(command_path).read().strip()
+    if os.path.exists(command_path)
+    else training_command(study.command)
+  )
   s0 = study.runs[0]
   data_fn = lambda: load_study_data(
     s0.dataset, study.data_dir, train_examples=s0.train_examples, test_examples=s0.test_examples
@@ -776,6 +818,7 @@ def run(study: StudySettings, *, strategy) -> list[dict]:
     data_fn=data_fn,
     strategy=strategy,
     report_only=study.report_only,
+    earlier_rows=results.read_rows(study.output),
     max_steps=study.max_steps,
     jit_compile=study.jit_compile,
     log_every=study.log_every,

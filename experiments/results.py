@@ -58,6 +58,38 @@ def read_rows(page: str) -> list[dict]:
   return read_json(path) if os.path.exists(path) else []
 
 
+# The status of a finished row whose run folder is not on this machine, kept from the page's JSON
+# (`kept_row`).
+FINISHED_ELSEWHERE = "finished; run folder not on this machine"
+KEPT_STATUS = f"{FINISHED_ELSEWHERE} (row kept from the page's JSON)"
+
+
+def is_finished(row: Mapping[str, Any]) -> bool:
+  """Whether a page row is a finished run's: its status is 'finished', or says it was kept
+  (`KEPT_STATUS`)."""
+  return str(row.get("status") or "").startswith("finished")
+
+
+def kept_row(
+  earlier_rows: Iterable[Mapping[str, Any]], logdir: str, settings: Mapping[str, Any]
+) -> dict | None:
+  """The finished row of an earlier writing of a page (`earlier_rows`, its JSON: `read_rows`) made
+  with `settings` (every key equal), for a run with no folder on this machine (no status.json in
+  `logdir`), its status saying so (`KEPT_STATUS`); None otherwise.
+
+  A finished run's numbers are on the page, but its run folder stays on the machine that ran it:
+  on a new machine the folder is gone, and the page's command would otherwise lose the row (with
+  --report_only) or train and evaluate the run again. The kept row keeps the numbers, commits and
+  CPU it was made with; a local run of the same settings, started or finished, replaces it.
+  """
+  if read_status(logdir):
+    return None
+  for row in earlier_rows:
+    if is_finished(row) and all(row.get(k) == v for k, v in settings.items()):
+      return dict(row, status=KEPT_STATUS)
+  return None
+
+
 def append_row(path: str, row: Mapping[str, Any]):
   """Appends one row to a JSON list file (created if missing)."""
   rows = read_json(path) if os.path.exists(path) else []

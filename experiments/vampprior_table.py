@@ -41,7 +41,7 @@ PAPER_NLL = {
 # No Frey Faces entry: the paper's Frey numbers were not found verbatim in a source that can be
 # cited here (docs/vampprior.md, "Frey Faces at the paper protocol").
 EVALUATED_PART_WAY = "evaluated before training finished (--max_steps)"
-FINISHED_ELSEWHERE = "finished; run folder not on this machine"
+FINISHED_ELSEWHERE = results.FINISHED_ELSEWHERE
 COLUMNS = [
   ("dataset", "data set"),
   ("model", "model"),
@@ -145,20 +145,15 @@ def same_settings(row: dict, s) -> bool:
 
 def kept_row(earlier_rows: list[dict], logdir: str, s) -> dict | None:
   """The finished row, made with these settings, of an earlier writing of the page
-  (`earlier_rows`, its JSON) for a cell with no run on this machine (no status.json in `logdir`);
-  None otherwise.
+  (`earlier_rows`, its JSON) for a cell with no run on this machine (`results.kept_row`: no
+  status.json in `logdir`); None otherwise.
 
   A finished cell's numbers are on the page, but its run folder stays on the machine that ran
   it: on a new machine the folder is gone and the grid would otherwise train and evaluate the
   cell again (hours each at the paper preset) before reaching the unfinished ones. A row kept
   this way says so in its status; a local run of the cell, started or finished, replaces it.
   """
-  if results.read_status(logdir):
-    return None
-  for row in earlier_rows:
-    if row.get("status", "").startswith("finished") and same_settings(row, s):
-      return dict(row, status=f"{FINISHED_ELSEWHERE} (row kept from the page's JSON)")
-  return None
+  return results.kept_row(earlier_rows, logdir, dataclasses.asdict(s))
 
 
 def training_progress(status: dict | None) -> dict:
