@@ -2,9 +2,11 @@
 options, reuse of finished runs, the summary over finished seeds, the aggregate-posterior plot
 writer, --report_only and the per-image values through the real CLI."""
 
+import dataclasses
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -323,3 +325,168 @@ def test_page_numbers_are_what_the_kept_per_image_values_give(tmp_path):
   assert old["per_example"] is None and old["iwae"] == recorded["iwae"]
   text = out.read_text()
   assert "| per-image values not kept |" in text and "| kept for 1 of 2 runs |" in text
+
+
+REPO = os.path.join(os.path.dirname(__file__), "..", "..")
+
+
+def paper_runs(prior_names, seeds):
+  preset = priors_2d_train.PRESETS["paper"]
+  return priors_2d_train.study_runs(
+    preset,
+    prior_names=prior_names,
+    first_seed=0,
+    seeds=seeds,
+    dataset=None,
+    epochs=preset.epochs,
+    batch_size=preset.batch_size,
+    iw_samples=preset.iw_samples,
+    train_examples=None,
+    test_examples=None,
+  )
+
+
+def rebuild(tmp_path, runs, prior_names, *, page="page.md"):
+  """The page writer with --report_only and no run folders (`tmp_path/runs` is never made)."""
+  study = priors_2d_train.StudySettings(
+    runs=tuple(runs),
+    prior_names=tuple(prior_names),
+    base_logdir=str(tmp_path / "runs"),
+    report_only=True,
+    data_dir=None,
+    output=str(tmp_path / page),
+    command="python -m experiments.priors_2d --preset=paper --logdir=runs --report_only",
+  )
+  return priors_2d_train.run(study, strategy=tf.distribute.get_strategy())
+
+
+def page_tables(text):
+  """{first header: [{header: cell}, ...]} of every Markdown table of a page."""
+  tables, lines = {}, text.splitlines()
+  for i, line in enumerate(lines):
+    if line.startswith("| ") and i + 1 < len(lines) and lines[i + 1].startswith("| ---"):
+      headers = [c.strip() for c in line.strip("|").split("|")]
+      rows = []
+      for body in lines[i + 2 :]:
+        if not body.startswith("| "):
+          break
+        rows.append(dict(zip(headers, (c.strip() for c in body.strip("|").split("|")))))
+      tables[" ".join(headers[:3])] = rows
+  return tables
+
+
+def test_report_only_keeps_the_rows_of_runs_not_on_this_machine(tmp_path):
+  """A (prior, seed) whose run folder is absent keeps its finished row from the page's JSON (its
+  status says so, its per-image values are 'not kept'); the means over seeds are those of the kept
+  rows; a row altered in the JSON changes the page; a local run of the same settings replaces the
+  kept row; a JSON row made with other settings is not kept."""
+  names = ("standard", "mog")
+  runs = paper_runs(names, 3)
+  rng = np.random.RandomState(5)
+  earlier = []
+  for s in runs:
+    elbo = float(-143.0 + rng.normal())
+    earlier.append(
+      dict(
+        dataclasses.asdict(s),
+        status="finished",
+        elbo=elbo,
+        iwae=elbo + 3.5 + float(rng.uniform()),
+        iwae_sem=0.48,
+        iw_samples_used=1000,
+        test_images=10000,
+        train_images=50000,
+        epochs_run=20.0,
+        train_seconds=float(rng.uniform(100, 900)),
+        eval_seconds=float(rng.uniform(100, 900)),
+        cpu="Test CPU, 2 cores",
+        git_commit=f"abc{s.seed}",
+        evaluated="2026-11-30 06:10:22 UTC",
+      )
+    )
+  earlier[-1]["iw_samples"] = 500  # mog seed 2: evaluated with another K, so not this run's row
+  (tmp_path / "page.json").write_text(json.dumps(earlier))
+  (tmp_path / "page_standard.png").write_bytes(b"drawn on the machine that ran it")
+
+  rows = rebuild(tmp_path, runs, names)
+  assert not (tmp_path / "runs").exists()
+  assert [r["status"] for r in rows] == [results.KEPT_STATUS] * 5 + ["not started"]
+  assert results.KEPT_STATUS == (
+    "finished; run folder not on this machine (row kept from the page's JSON)"
+  )
+  for r, e in zip(rows[:5], earlier):
+    assert dict(r, status="finished", per_example=None) == dict(e, per_example=None)
+    assert r["per_example"] is None
+  assert json.load(open(tmp_path / "page.json")) == json.loads(json.dumps(rows))
+
+  def summary_cells(json_rows, prior):
+    finished = [r for r in json_rows if r["prior"] == prior and r["iw_samples"] == 1000]
+    elbo, iwae = (np.array([r[k] for r in finished]) for k in ("elbo", "iwae"))
+    return (
+      f"{elbo.mean():.2f} ± {elbo.std(ddof=1):.2f}",
+      f"{iwae.mean():.2f} ± {iwae.std(ddof=1):.2f}",
+      f"{len(finished)} of 3",
+    )
+
+  def page_summary():
+    table = page_tables((tmp_path / "page.md").read_text())["prior test ELBO test IWAE"]
+    return {
+      r["prior"]: (r["test ELBO"], r["test IWAE"], r["finished seeds"], r["per-image values"])
+      for r in table
+    }
+
+  expected = {p: summary_cells(earlier, p) + ("per-image values not kept",) for p in names}
+  assert page_summary() == expected
+  text = (tmp_path / "page.md").read_text()
+  per_run = page_tables(text)["prior seed status"]
+  assert [(r["seed"], r["test IWAE"], r["per-image values"]) for r in per_run[:2]] == [
+    ("0", f"{earlier[0]['iwae']:.2f}", "per-image values not kept"),
+    ("0", f"{earlier[1]['iwae']:.2f}", "per-image values not kept"),
+  ]
+  assert "**5 of 6 runs finished and evaluated**" in text and "CPU Test CPU, 2 cores" in text
+  assert "evaluated at abc0, abc1, abc2." in text
+  assert "5 of the finished runs say 'finished; run folder not on this machine" in text
+  # The PNG of a prior whose runs are all kept stays as drawn; a prior without one gets none.
+  assert (tmp_path / "page_standard.png").read_bytes() == b"drawn on the machine that ran it"
+  assert "`page_standard.png` (seed 0; kept as drawn" in text
+  assert "mog: no plot (its run folders are not on this machine)" in text
+  assert "```\npython -m experiments.priors_2d --preset=paper --logdir=runs\n```" in text
+
+  # A row altered in the page's JSON changes the page: the means follow the kept rows.
+  altered = json.load(open(tmp_path / "page.json"))
+  altered[2]["iwae"] -= 10.0  # standard, seed 1
+  (tmp_path / "page.json").write_text(json.dumps(altered))
+  rows = rebuild(tmp_path, runs, names)
+  assert rows[2]["iwae"] == earlier[2]["iwae"] - 10.0
+  assert page_summary()["standard"][:3] == summary_cells(altered, "standard")
+  assert page_summary()["standard"][1] != expected["standard"][1]
+
+  # A local run of the same settings (here part-trained) replaces the kept row.
+  (tmp_path / "runs" / "standard-seed0").mkdir(parents=True)
+  (tmp_path / "runs" / "standard-seed0" / "status.json").write_text(
+    json.dumps(dict(epoch=3.0, total_epochs=20, finished=False, train_seconds=7.0, cpu="CPU B"))
+  )
+  rows = rebuild(tmp_path, runs, names)
+  assert rows[0]["status"] == "training: epoch 3.0 of 20" and "iwae" not in rows[0]
+  # standard seeds 1 and 2 are the finished ones left
+  assert page_summary()["standard"][:3] == summary_cells(altered[2:5:2], "standard")
+
+
+def test_the_committed_page_rebuilds_from_its_json_without_the_runs(tmp_path):
+  """results/priors_2d.md rebuilt from results/priors_2d.json alone (its 40 run folders are not
+  on this machine): every number of both tables is the committed page's."""
+  committed = open(os.path.join(REPO, "results", "priors_2d.md")).read()
+  shutil.copy(os.path.join(REPO, "results", "priors_2d.json"), tmp_path / "priors_2d.json")
+  rows = rebuild(
+    tmp_path, paper_runs(priors_2d_train.PRIORS, 10), priors_2d_train.PRIORS, page="priors_2d.md"
+  )
+  assert len(rows) == 40 and all(r["status"] == results.KEPT_STATUS for r in rows)
+  old, new = page_tables(committed), page_tables((tmp_path / "priors_2d.md").read_text())
+  assert old.keys() == new.keys() == {"prior test ELBO test IWAE", "prior seed status"}
+  for name, old_rows in old.items():
+    numbers = [h for h in old_rows[0] if h not in ("status", "per-image values")]
+    assert len(numbers) >= 7
+    assert [[r[h] for h in numbers] for r in new[name]] == [
+      [r[h] for h in numbers] for r in old_rows
+    ]
+  assert "**40 of 40 runs finished and evaluated**" in (tmp_path / "priors_2d.md").read_text()
