@@ -6,7 +6,8 @@ prior's density on the same axes.
 
   # the report's protocol: static binarized MNIST 50k / 10k, 20 epochs, 10 seeds, K = 1000
   python -m experiments.priors_2d --preset=paper --logdir=runs/priors_2d_report
-  # the page from what the logdirs hold (finished runs, how far the others got); trains nothing
+  # the page from what the logdirs hold (finished runs, how far the others got; a run whose folder
+  # is not on this machine keeps its finished row from the page's JSON); trains nothing
   python -m experiments.priors_2d --preset=paper --logdir=runs/priors_2d_report --report_only
   # CPU smoke test on the labelled grey MNIST test images
   python -m experiments.priors_2d --preset=quick

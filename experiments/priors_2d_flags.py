@@ -60,7 +60,8 @@ def define_flags():
     False,
     "Train and evaluate nothing: write the page from what "
     "the runs' logdirs hold (evaluated runs, and how far unfinished runs got, "
-    "from their status.json). For a study that spans several sessions.",
+    "from their status.json; a run whose folder is not on this machine keeps its finished row "
+    "from the page's JSON). For a study that spans several sessions.",
   )
   flags.DEFINE_string(
     "study_output",
