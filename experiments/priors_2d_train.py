@@ -681,9 +681,10 @@ def write_page(
       + ".",
       (
         f"{len(kept)} of the finished runs say '{results.KEPT_STATUS}': they were trained "
-        "and evaluated on another machine (the CPU and commits above include theirs); their rows "
-        "are kept from this page's JSON with the numbers they were evaluated with, their "
-        "per-image values are not on this machine, and the command does not train them again "
+        "and evaluated on another machine or in an earlier session whose run folders are gone "
+        "(the CPU and commits above include theirs); their rows are kept from this page's JSON "
+        "with the numbers they were evaluated with, their per-image values are not on this "
+        "machine, and the command does not train them again "
         "(a local run of the same settings replaces its kept row; to redo one, remove its row "
         "from the JSON)."
         if kept
