@@ -32,6 +32,7 @@ COLUMNS = [
   ("epoch", "epoch"),
   ("step", "step"),
   ("best_epoch", "best epoch"),
+  ("best_metric", "best validation value"),
   ("train_hours", "train h"),
   ("cpu", "CPU"),
   ("updated", "updated"),
@@ -89,6 +90,7 @@ def status_row(logdir: str) -> dict:
     epoch=f"{s['epoch']:.2f} of {total_epochs}" if total_epochs else f"{s['epoch']:.2f}",
     step=f"{s['step']} of {total_steps}" if total_steps else str(s["step"]),
     best_epoch=s.get("best_epoch"),
+    best_metric=None if s.get("best_metric") is None else f"{s['best_metric']:.2f}",
     train_hours=round(s.get("train_seconds", 0.0) / 3600, 2),
     cpu="; ".join(
       host.merge_in_order(results.status_cpus(s), results.partial_evaluation_hosts(logdir))
@@ -135,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
       command=command,
       table=table,
       notes="From each run's status.json (written by experiments.harness at every checkpoint). "
-      "'train h' is the harness's training clock summed over resumed sessions (epoch-end "
+      "'best validation value' is the early-stopping metric at the best epoch (VampPrior: "
+      "validation -ELBO, nats). 'train h' is the harness's training clock summed over resumed sessions (epoch-end "
       "hooks such as validation passes included). This page says how far training got, "
       "and how many test images a resumable test-NLL evaluation has done while it is "
       "part way; whether a trained run has been evaluated, and its test "

@@ -38,6 +38,7 @@ def test_page_lists_finished_stopped_and_training_runs(tmp_path, capsys):
     finished=False,
     stopped_early=True,
     best_epoch=3,
+    best_metric=91.2349,
   )
   _status(runs / "nvae", step=66, epoch=1.32, train_seconds=90.0, finished=False)
   (runs / "nvae" / "checkpoints").mkdir()
@@ -49,11 +50,11 @@ def test_page_lists_finished_stopped_and_training_runs(tmp_path, capsys):
   text = page.read_text()
   rows = [l for l in text.splitlines() if l.startswith(f"| {runs}")]
   assert rows == [
-    f"| {runs}/nvae | training (resume: rerun its command) | 1.32 of 16 | 66 of 800 | n/a | 0.03 "
+    f"| {runs}/nvae | training (resume: rerun its command) | 1.32 of 16 | 66 of 800 | n/a | n/a | 0.03 "
     "| test CPU | 2026-11-30 12:00:00 UTC | abc1234 | n/a |",
-    f"| {runs}/table/hvae | stopped early (training done) | 6.00 of 16 | 300 of 800 | 3 | 0.50 "
+    f"| {runs}/table/hvae | stopped early (training done) | 6.00 of 16 | 300 of 800 | 3 | 91.23 | 0.50 "
     "| test CPU | 2026-11-30 12:00:00 UTC | abc1234 | n/a |",
-    f"| {runs}/table/vae | finished | 16.00 of 16 | 800 of 800 | n/a | 2.00 | test CPU "
+    f"| {runs}/table/vae | finished | 16.00 of 16 | 800 of 800 | n/a | n/a | 2.00 | test CPU "
     "| 2026-11-30 12:00:00 UTC | abc1234 | 1,200 test images done (nll_partial.npz) |",
   ]
   assert f"python -m experiments.run_status --logdir={runs}" in text
