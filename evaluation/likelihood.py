@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from common_tf import host, preemption
+from common_tf import random as common_random
 
 # `log_weight_fn(x, k)` returns log p(x, z) - log q(z | x) for k fresh samples: [k, B].
 LogWeightFn = Callable[[tf.Tensor, int], tf.Tensor]
@@ -59,7 +60,12 @@ class LikelihoodEstimate:
 
 
 def importance_weighted_log_likelihood(
-  log_weight_fn: LogWeightFn, x, *, num_samples: int, chunk_size: int | None = None
+  log_weight_fn: LogWeightFn,
+  x,
+  *,
+  num_samples: int,
+  chunk_size: int | None = None,
+  rng_variables: Iterable[tf.Variable] = (),
 ) -> LikelihoodEstimate:
   """log p(x) ~= logsumexp_k(log w_k) - log K, drawing the K samples `chunk_size` at a time.
 
@@ -67,11 +73,29 @@ def importance_weighted_log_likelihood(
   not with `num_samples`. K in the formula is the number of log-weights actually returned
   (`samples_drawn`), which callers compare with what they asked for. Call inside a
   `tf.function` for speed; works eagerly too.
+
+  With `rng_variables` (the state variables of the model's `SeedGenerator`s,
+  `seed_generator_states`) the result does not depend on `chunk_size`: every chunk starts from the
+  generator states of the first, and the draws of `common_tf.random` inside are keyed by the
+  index of the importance sample (`common_tf.random.sample_indexed`), so sample j gets the same
+  noise whether it is drawn in a chunk of 10 or of 1000. The states end where one call for all K
+  samples would leave them.
   """
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
   chunk = min(chunk_size or num_samples, num_samples)
   full_chunks, remainder = divmod(num_samples, chunk)
+  rng_variables = list(rng_variables)
+  starts = [tf.identity(tf.convert_to_tensor(v)) for v in rng_variables]
+  examples = tf.shape(x)[0]
+
+  def draw(first, k):  # log-weights of samples first .. first + k - 1
+    if not rng_variables:
+      return log_weight_fn(x, k)
+    for v, start in zip(rng_variables, starts):
+      v.assign(start)
+    with common_random.sample_indexed(first, examples):
+      return log_weight_fn(x, k)
 
   def combine(state, log_w):  # log_w: [k, B]
     running_max, running_sum, sum_log_w, drawn = state
@@ -89,7 +113,7 @@ def importance_weighted_log_likelihood(
       drawn + tf.shape(log_w)[0],
     )
 
-  first = tf.cast(log_weight_fn(x, chunk), tf.float64)  # [chunk, B]
+  first = tf.cast(draw(0, chunk), tf.float64)  # [chunk, B]
   batch = tf.shape(first)[1:]
   state = combine(
     (
@@ -101,9 +125,9 @@ def importance_weighted_log_likelihood(
     first,
   )
   for _ in tf.range(full_chunks - 1):
-    state = combine(state, log_weight_fn(x, chunk))
+    state = combine(state, draw(state[3], chunk))
   if remainder:
-    state = combine(state, log_weight_fn(x, remainder))
+    state = combine(state, draw(state[3], remainder))
   running_max, running_sum, sum_log_w, drawn = state
   k = tf.cast(drawn, tf.float64)
   log_likelihood = running_max + tf.math.log(running_sum) - tf.math.log(k)
@@ -158,6 +182,7 @@ def _compiled_estimator(
   chunk_size: int | None,
   jit_compile: bool,
   strategy: tf.distribute.Strategy | None = None,
+  rng_variables: Iterable[tf.Variable] = (),
 ):
   """`x [B, ...] -> (log_likelihood [B], elbo [B], samples_drawn)`, compiled once per settings.
 
@@ -178,13 +203,19 @@ def _compiled_estimator(
     chunk_size,
     jit_compile,
     id(strategy) if strategy is not None else None,
+    tuple(id(v) for v in rng_variables),
   )
   if key in table:
     return table[key]
+  rng_refs = [weakref.ref(v) for v in rng_variables]  # the cache keeps no model alive
 
   def estimate(x):
     result = importance_weighted_log_likelihood(
-      ref(), x, num_samples=num_samples, chunk_size=chunk_size
+      ref(),
+      x,
+      num_samples=num_samples,
+      chunk_size=chunk_size,
+      rng_variables=[r() for r in rng_refs],
     )
     return result.log_likelihood, result.elbo, result.samples_drawn
 
@@ -232,6 +263,7 @@ def evaluate_log_likelihood(
   resume_path: str | None = None,
   resume_key: Any = None,
   rng_variables: Iterable[tf.Variable] = (),
+  chief: bool = True,
 ) -> LikelihoodSummary:
   """Runs `importance_weighted_log_likelihood` over batches of x (a tf.data dataset or arrays).
 
@@ -250,12 +282,20 @@ def evaluate_log_likelihood(
   (and replaced); the file is deleted when the evaluation completes. With `resume_path`, SIGTERM /
   SIGINT finish the batch in hand (a second signal stops at once), write it and raise
   `common_tf.preemption.Preempted`: the scripts print one line and exit with 128 + the signal.
+  Under several workers every worker reads the resume file (in the shared run directory) and only
+  the chief (`chief=True`) writes and deletes it; the others pass `chief=False`.
+
+  With `rng_variables` the estimate does not depend on `chunk_size`
+  (`importance_weighted_log_likelihood`), so a chunk chosen from a memory budget
+  (`choose_chunk`) changes the memory, not the numbers.
   """
-  estimate = _compiled_estimator(log_weight_fn, num_samples, chunk_size, jit_compile, strategy)
+  rng_variables = list(rng_variables)
+  estimate = _compiled_estimator(
+    log_weight_fn, num_samples, chunk_size, jit_compile, strategy, rng_variables
+  )
   replicas = strategy.num_replicas_in_sync if strategy is not None else 1
   batches = list(batches) if not isinstance(batches, tf.data.Dataset) else batches
   total = len(batches) if isinstance(batches, list) else int(batches.cardinality())
-  rng_variables = list(rng_variables)
   key = json.dumps(resume_key, sort_keys=True, default=str)
   log_px, elbo, done, evaluated, seconds, hosts = [], [], 0, 0, 0.0, {}
   this_host = host.cpu_model()
@@ -318,7 +358,7 @@ def evaluate_log_likelihood(
       evaluated += 1
       seconds += time.perf_counter() - start
       hosts[this_host] = hosts.get(this_host, 0) + 1
-      if resume_path is not None:
+      if resume_path is not None and chief:
         log_px, elbo = [np.concatenate(log_px)], [np.concatenate(elbo)]
         tmp = resume_path + ".tmp.npz"
         np.savez(
@@ -340,7 +380,7 @@ def evaluate_log_likelihood(
   log_px, elbo = np.concatenate(log_px), np.concatenate(elbo)
   if not np.all(np.isfinite(log_px)):
     raise FloatingPointError(f"{int(np.sum(~np.isfinite(log_px)))} non-finite log-likelihoods")
-  if resume_path is not None and os.path.exists(resume_path):
+  if resume_path is not None and chief and os.path.exists(resume_path):
     os.remove(resume_path)
   nll = float(-log_px.mean())
   return LikelihoodSummary(
@@ -355,4 +395,141 @@ def evaluate_log_likelihood(
     num_samples=num_samples,
     per_example_log_likelihood=log_px,
     per_example_elbo=elbo,
+  )
+
+
+# ----------------------------------------------------------------------------- memory budget
+
+GIB = 2**30
+# Resident memory per byte the allocator has in use at the peak of a compiled call, beyond the
+# resident memory before the evaluation: TensorFlow's BFC host allocator reserves regions in
+# doubling sizes and keeps them, so the process can hold up to about twice its peak in use.
+# Calibrated with bench/bench_nll_memory.py (docs/evaluation.md, "Memory budget").
+POOL_FACTOR = 2.0
+PROBE_CHUNKS = (2, 4)  # importance samples of the two probe calls
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkChoice:
+  """The chunk `choose_chunk` picked and the measurements it came from (bytes)."""
+
+  chunk: int
+  budget_bytes: int
+  resident_bytes: int  # the process's resident memory before the evaluation (VmRSS)
+  fixed_bytes: float  # allocator bytes of a call besides the samples (the probes' intercept)
+  per_sample_bytes: float  # allocator bytes per importance sample of the batch (the slope)
+
+  def predicted_peak_bytes(self, chunk: int | None = None) -> float:
+    """resident + POOL_FACTOR * (fixed + chunk * per_sample): the peak RSS expected at `chunk`."""
+    c = self.chunk if chunk is None else chunk
+    return self.resident_bytes + POOL_FACTOR * (self.fixed_bytes + c * self.per_sample_bytes)
+
+  def describe(self) -> str:
+    """One line for the log: the chunk and the arithmetic behind it."""
+    g = lambda b: f"{b / GIB:.2f} GiB"  # noqa: E731
+    return (
+      f"likelihood chunk {self.chunk} importance samples per call for a budget of "
+      f"{g(self.budget_bytes)}: resident {g(self.resident_bytes)} + {POOL_FACTOR:g} x "
+      f"({g(self.fixed_bytes)} + {self.chunk} x {self.per_sample_bytes / 2**20:.1f} MiB per sample) "
+      f"= {g(self.predicted_peak_bytes())} predicted peak"
+    )
+
+
+def chunk_for_budget(
+  *,
+  budget_bytes: float,
+  resident_bytes: float,
+  fixed_bytes: float,
+  per_sample_bytes: float,
+  num_samples: int,
+) -> int:
+  """The largest chunk c in [1, num_samples] with
+  resident + POOL_FACTOR * (fixed + c * per_sample) <= budget (1 when none fits)."""
+  room = (budget_bytes - resident_bytes) / POOL_FACTOR - fixed_bytes
+  if per_sample_bytes <= 0:
+    return num_samples
+  return int(min(max(math.floor(room / per_sample_bytes), 1), num_samples))
+
+
+def resident_bytes() -> int:
+  """The process's resident memory now (VmRSS of /proc/self/status), bytes."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmRSS:"):
+        return int(line.split()[1]) * 1024
+  raise OSError("no VmRSS in /proc/self/status")
+
+
+def _call_bytes(fn, device: str) -> int:
+  """Peak bytes the TensorFlow allocator of `device` held during `fn()`, beyond those before."""
+  tf.config.experimental.reset_memory_stats(device)
+  before = tf.config.experimental.get_memory_info(device)["current"]
+  fn()
+  return tf.config.experimental.get_memory_info(device)["peak"] - before
+
+
+def choose_chunk(
+  log_weight_fn: LogWeightFn,
+  x,
+  *,
+  num_samples: int,
+  memory_gib: float,
+  rng_variables: Iterable[tf.Variable] = (),
+  replicas: int = 1,
+  device: str = "CPU:0",
+) -> ChunkChoice:
+  """The chunk (importance samples per compiled call) whose peak resident memory fits
+  `memory_gib`, from two probe calls of `log_weight_fn` on `x` (one evaluation batch; under
+  `replicas` replicas each takes its share) with `PROBE_CHUNKS` samples: the allocator's peak bytes
+  of each give the bytes per sample (slope) and the rest (intercept), and `chunk_for_budget` solves
+  for the chunk. The generator states (`rng_variables`) are restored afterwards, so the probes
+  change no number of the evaluation; with them the estimate does not depend on the chunk
+  (`importance_weighted_log_likelihood`).
+
+  Needs the allocator's statistics (`tf.config.experimental.get_memory_info`: TensorFlow's BFC
+  host allocator, which `common_tf.host.prefer_bfc_cpu_allocator` selects).
+  """
+  rng_variables = list(rng_variables)
+  saved = [v.numpy() for v in rng_variables]
+  x = tf.convert_to_tensor(x)
+  x = x[: -(-int(x.shape[0]) // replicas)]
+  try:
+    tf.config.experimental.get_memory_info(device)
+  except ValueError as e:
+    raise ValueError(
+      f"the memory budget needs TensorFlow's allocator statistics on {device} ({e}); "
+      "give the chunk explicitly instead"
+    ) from e
+  resident = resident_bytes()
+  sizes = []
+  try:
+    for k in PROBE_CHUNKS:  # one chunk of the estimator, as `evaluate_log_likelihood` runs it
+
+      def call(xb, k=k):
+        return importance_weighted_log_likelihood(
+          log_weight_fn, xb, num_samples=k, rng_variables=rng_variables
+        ).log_likelihood
+
+      call = tf.function(call)
+      call.get_concrete_function(x)  # tracing is not the call's memory
+      sizes.append(_call_bytes(lambda call=call: call(x).numpy(), device))
+  finally:
+    for v, value in zip(rng_variables, saved):
+      v.assign(value)
+  (k1, k2), (b1, b2) = PROBE_CHUNKS, sizes
+  per_sample = max((b2 - b1) / (k2 - k1), 0.0)
+  fixed = max(b1 - k1 * per_sample, 0.0)
+  budget = int(memory_gib * GIB)
+  return ChunkChoice(
+    chunk=chunk_for_budget(
+      budget_bytes=budget,
+      resident_bytes=resident,
+      fixed_bytes=fixed,
+      per_sample_bytes=per_sample,
+      num_samples=num_samples,
+    ),
+    budget_bytes=budget,
+    resident_bytes=resident,
+    fixed_bytes=fixed,
+    per_sample_bytes=per_sample,
   )
