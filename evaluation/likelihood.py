@@ -403,10 +403,15 @@ def evaluate_log_likelihood(
 GIB = 2**30
 # Resident memory per byte the allocator has in use at the peak of a compiled call, beyond the
 # resident memory before the evaluation: TensorFlow's BFC host allocator reserves regions in
-# doubling sizes and keeps them, so the process can hold up to about twice its peak in use.
-# Calibrated with bench/bench_nll_memory.py (docs/evaluation.md, "Memory budget").
-POOL_FACTOR = 2.0
-PROBE_CHUNKS = (2, 4)  # importance samples of the two probe calls
+# doubling sizes and keeps them, so the process holds more than its peak in use. Calibrated with
+# bench/bench_nll_memory.py (docs/evaluation_api.md, "Memory budget"): the resident memory per
+# sample was 1.2-1.5x the probe's bytes per sample for a VampPrior HVAE, 1.5-2.2x for NVAE.
+POOL_FACTOR = 2.5
+# Resident memory of the evaluation that the probe calls do not see (the compiled estimator's own
+# buffers and loop, the first call's allocations): the measured peaks of small chunks were up to
+# 0.3 GiB above resident + POOL_FACTOR x the probe's bytes.
+RUNTIME_BYTES = GIB // 2
+PROBE_CHUNKS = (4, 8)  # importance samples of the two probe calls
 
 
 @dataclasses.dataclass(frozen=True)
@@ -420,16 +425,22 @@ class ChunkChoice:
   per_sample_bytes: float  # allocator bytes per importance sample of the batch (the slope)
 
   def predicted_peak_bytes(self, chunk: int | None = None) -> float:
-    """resident + POOL_FACTOR * (fixed + chunk * per_sample): the peak RSS expected at `chunk`."""
+    """resident + RUNTIME_BYTES + POOL_FACTOR * (fixed + chunk * per_sample): the peak RSS
+    expected at `chunk`."""
     c = self.chunk if chunk is None else chunk
-    return self.resident_bytes + POOL_FACTOR * (self.fixed_bytes + c * self.per_sample_bytes)
+    return (
+      self.resident_bytes
+      + RUNTIME_BYTES
+      + POOL_FACTOR * (self.fixed_bytes + c * self.per_sample_bytes)
+    )
 
   def describe(self) -> str:
     """One line for the log: the chunk and the arithmetic behind it."""
     g = lambda b: f"{b / GIB:.2f} GiB"  # noqa: E731
     return (
       f"likelihood chunk {self.chunk} importance samples per call for a budget of "
-      f"{g(self.budget_bytes)}: resident {g(self.resident_bytes)} + {POOL_FACTOR:g} x "
+      f"{g(self.budget_bytes)}: resident {g(self.resident_bytes)} + {g(RUNTIME_BYTES)} + "
+      f"{POOL_FACTOR:g} x "
       f"({g(self.fixed_bytes)} + {self.chunk} x {self.per_sample_bytes / 2**20:.1f} MiB per sample) "
       f"= {g(self.predicted_peak_bytes())} predicted peak"
     )
@@ -444,8 +455,8 @@ def chunk_for_budget(
   num_samples: int,
 ) -> int:
   """The largest chunk c in [1, num_samples] with
-  resident + POOL_FACTOR * (fixed + c * per_sample) <= budget (1 when none fits)."""
-  room = (budget_bytes - resident_bytes) / POOL_FACTOR - fixed_bytes
+  resident + RUNTIME_BYTES + POOL_FACTOR * (fixed + c * per_sample) <= budget (1 when none fits)."""
+  room = (budget_bytes - resident_bytes - RUNTIME_BYTES) / POOL_FACTOR - fixed_bytes
   if per_sample_bytes <= 0:
     return num_samples
   return int(min(max(math.floor(room / per_sample_bytes), 1), num_samples))
@@ -517,7 +528,9 @@ def choose_chunk(
     for v, value in zip(rng_variables, saved):
       v.assign(value)
   (k1, k2), (b1, b2) = PROBE_CHUNKS, sizes
-  per_sample = max((b2 - b1) / (k2 - k1), 0.0)
+  # The slope, or the bytes per sample of the larger probe when more (the allocator's peaks of
+  # small calls vary by some MiB from call to call).
+  per_sample = max((b2 - b1) / (k2 - k1), b2 / k2, 0.0)
   fixed = max(b1 - k1 * per_sample, 0.0)
   budget = int(memory_gib * GIB)
   return ChunkChoice(

@@ -125,10 +125,10 @@ def test_a_vampprior_model_gives_the_same_nll_at_two_chunks():
 
 def test_chunk_for_budget_by_hand():
   mib = 2**20
-  # (8192 - 1024) / 2 - 512 = 3072 MiB for the samples: 30 of 100 MiB (30.72 rounded down).
-  assert likelihood.POOL_FACTOR == 2.0
+  # (8192 - 1024 - 512) / 2.5 - 512 = 2150.4 MiB for the samples: 21 of 100 MiB.
+  assert likelihood.POOL_FACTOR == 2.5 and likelihood.RUNTIME_BYTES == 512 * mib
   args = dict(budget_bytes=8192 * mib, resident_bytes=1024 * mib, fixed_bytes=512 * mib)
-  assert likelihood.chunk_for_budget(**args, per_sample_bytes=100 * mib, num_samples=1000) == 30
+  assert likelihood.chunk_for_budget(**args, per_sample_bytes=100 * mib, num_samples=1000) == 21
   assert likelihood.chunk_for_budget(**args, per_sample_bytes=100 * mib, num_samples=20) == 20
   assert likelihood.chunk_for_budget(**args, per_sample_bytes=4000 * mib, num_samples=1000) == 1
 
