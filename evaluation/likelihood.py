@@ -422,7 +422,8 @@ class ChunkChoice:
   budget_bytes: int
   resident_bytes: int  # the process's resident memory before the evaluation (VmRSS)
   fixed_bytes: float  # allocator bytes of a call besides the samples (the probes' intercept)
-  per_sample_bytes: float  # allocator bytes per importance sample of the batch (the slope)
+  per_sample_bytes: float  # allocator bytes per importance sample of the batch
+  probe_bytes: tuple[int, ...] = ()  # the allocator's peak bytes of the probe calls (PROBE_CHUNKS)
 
   def predicted_peak_bytes(self, chunk: int | None = None) -> float:
     """resident + RUNTIME_BYTES + POOL_FACTOR * (fixed + chunk * per_sample): the peak RSS
@@ -545,4 +546,5 @@ def choose_chunk(
     resident_bytes=resident,
     fixed_bytes=fixed,
     per_sample_bytes=per_sample,
+    probe_bytes=tuple(sizes),
   )

@@ -155,7 +155,11 @@ def test_choose_chunk_measures_the_bytes_per_sample_and_changes_no_number():
   choice = likelihood.choose_chunk(
     model.log_weights, x, num_samples=1000, memory_gib=2.0, rng_variables=states
   )
-  np.testing.assert_allclose(choice.per_sample_bytes, 2 * 4 * 4 * WideDraws.D, rtol=1e-3)
+  (k1, k2), (b1, b2) = likelihood.PROBE_CHUNKS, choice.probe_bytes
+  # The probes' slope is the two buffers' bytes per sample of the 4 examples (the other buffers of
+  # a call are much smaller); the bytes per sample taken are the slope or b2 / k2 when more.
+  np.testing.assert_allclose((b2 - b1) / (k2 - k1), 2 * 4 * 4 * WideDraws.D, rtol=1e-3)
+  assert choice.per_sample_bytes == max((b2 - b1) / (k2 - k1), b2 / k2)
   assert choice.chunk == likelihood.chunk_for_budget(
     budget_bytes=2 * 2**30,
     resident_bytes=choice.resident_bytes,
