@@ -456,11 +456,14 @@ def chunk_for_budget(
   num_samples: int,
 ) -> int:
   """The largest chunk c in [1, num_samples] with
-  resident + RUNTIME_BYTES + POOL_FACTOR * (fixed + c * per_sample) <= budget (1 when none fits)."""
+  resident + RUNTIME_BYTES + POOL_FACTOR * (fixed + c * per_sample) <= budget (1 when none fits),
+  lowered to the largest divisor of num_samples not below c / 2 if there is one: then every call
+  has the same shape (one trace, no remainder call with its own buffers)."""
   room = (budget_bytes - resident_bytes - RUNTIME_BYTES) / POOL_FACTOR - fixed_bytes
   if per_sample_bytes <= 0:
     return num_samples
-  return int(min(max(math.floor(room / per_sample_bytes), 1), num_samples))
+  c = int(min(max(math.floor(room / per_sample_bytes), 1), num_samples))
+  return next((d for d in range(c, (c + 1) // 2 - 1, -1) if num_samples % d == 0), c)
 
 
 def resident_bytes() -> int:
