@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from common_tf import random as common_random
 from evaluation import resume_cache
 from evaluation.resume_cache import UNRECORDED_HOST, resume_file_hosts  # noqa: F401  (re-exported)
 
@@ -57,7 +58,12 @@ class LikelihoodEstimate:
 
 
 def importance_weighted_log_likelihood(
-  log_weight_fn: LogWeightFn, x, *, num_samples: int, chunk_size: int | None = None
+  log_weight_fn: LogWeightFn,
+  x,
+  *,
+  num_samples: int,
+  chunk_size: int | None = None,
+  rng_variables: Iterable[tf.Variable] = (),
 ) -> LikelihoodEstimate:
   """log p(x) ~= logsumexp_k(log w_k) - log K, drawing the K samples `chunk_size` at a time.
 
@@ -65,11 +71,29 @@ def importance_weighted_log_likelihood(
   not with `num_samples`. K in the formula is the number of log-weights actually returned
   (`samples_drawn`), which callers compare with what they asked for. Call inside a
   `tf.function` for speed; works eagerly too.
+
+  With `rng_variables` (the state variables of the model's `SeedGenerator`s,
+  `seed_generator_states`) the result does not depend on `chunk_size`: every chunk starts from the
+  generator states of the first, and the draws of `common_tf.random` inside are keyed by the
+  index of the importance sample (`common_tf.random.sample_indexed`), so sample j gets the same
+  noise whether it is drawn in a chunk of 10 or of 1000. The states end where one call for all K
+  samples would leave them.
   """
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
   chunk = min(chunk_size or num_samples, num_samples)
   full_chunks, remainder = divmod(num_samples, chunk)
+  rng_variables = list(rng_variables)
+  starts = [tf.identity(tf.convert_to_tensor(v)) for v in rng_variables]
+  examples = tf.shape(x)[0]
+
+  def draw(first, k):  # log-weights of samples first .. first + k - 1
+    if not rng_variables:
+      return log_weight_fn(x, k)
+    for v, start in zip(rng_variables, starts):
+      v.assign(start)
+    with common_random.sample_indexed(first, examples):
+      return log_weight_fn(x, k)
 
   def combine(state, log_w):  # log_w: [k, B]
     running_max, running_sum, sum_log_w, drawn = state
@@ -87,7 +111,7 @@ def importance_weighted_log_likelihood(
       drawn + tf.shape(log_w)[0],
     )
 
-  first = tf.cast(log_weight_fn(x, chunk), tf.float64)  # [chunk, B]
+  first = tf.cast(draw(0, chunk), tf.float64)  # [chunk, B]
   batch = tf.shape(first)[1:]
   state = combine(
     (
@@ -99,9 +123,9 @@ def importance_weighted_log_likelihood(
     first,
   )
   for _ in tf.range(full_chunks - 1):
-    state = combine(state, log_weight_fn(x, chunk))
+    state = combine(state, draw(state[3], chunk))
   if remainder:
-    state = combine(state, log_weight_fn(x, remainder))
+    state = combine(state, draw(state[3], remainder))
   running_max, running_sum, sum_log_w, drawn = state
   k = tf.cast(drawn, tf.float64)
   log_likelihood = running_max + tf.math.log(running_sum) - tf.math.log(k)
@@ -139,6 +163,7 @@ def _compiled_estimator(
   chunk_size: int | None,
   jit_compile: bool,
   strategy: tf.distribute.Strategy | None = None,
+  rng_variables: Iterable[tf.Variable] = (),
 ):
   """`x [B, ...] -> (log_likelihood [B], elbo [B], samples_drawn)`, compiled once per settings.
 
@@ -159,13 +184,19 @@ def _compiled_estimator(
     chunk_size,
     jit_compile,
     id(strategy) if strategy is not None else None,
+    tuple(id(v) for v in rng_variables),
   )
   if key in table:
     return table[key]
+  rng_refs = [weakref.ref(v) for v in rng_variables]  # the cache keeps no model alive
 
   def estimate(x):
     result = importance_weighted_log_likelihood(
-      ref(), x, num_samples=num_samples, chunk_size=chunk_size
+      ref(),
+      x,
+      num_samples=num_samples,
+      chunk_size=chunk_size,
+      rng_variables=[r() for r in rng_refs],
     )
     return result.log_likelihood, result.elbo, result.samples_drawn
 
@@ -200,6 +231,16 @@ def seed_generator_states(model) -> list:
   return [v for v in model.variables if "seed_generator_state" in v.path]
 
 
+# How the importance samples are drawn (`importance_weighted_log_likelihood`): each keyed by its
+# index, so that a resume file of another scheme is never continued with this one.
+SAMPLING = "indexed"
+
+
+def _resume_key(resume_key: Any, rng_variables: list) -> Any:
+  """The caller's key, with the sampling scheme when the estimator draws from `rng_variables`."""
+  return {"evaluation": resume_key, "sampling": SAMPLING} if rng_variables else resume_key
+
+
 def evaluate_log_likelihood(
   log_weight_fn: LogWeightFn,
   batches: Iterable,
@@ -213,6 +254,7 @@ def evaluate_log_likelihood(
   resume_path: str | None = None,
   resume_key: Any = None,
   rng_variables: Iterable[tf.Variable] = (),
+  chief: bool = True,
 ) -> LikelihoodSummary:
   """Runs `importance_weighted_log_likelihood` over batches of x (a tf.data dataset or arrays).
 
@@ -231,15 +273,28 @@ def evaluate_log_likelihood(
   (and replaced); the file is deleted when the evaluation completes. With `resume_path`, SIGTERM /
   SIGINT finish the batch in hand (a second signal stops at once), write it and raise
   `common_tf.preemption.Preempted`: the scripts print one line and exit with 128 + the signal.
-  The file is an `evaluation.resume_cache.BatchCache` (arrays `log_px`, `elbo`).
+  The file is an `evaluation.resume_cache.BatchCache` (arrays `log_px`, `elbo`); its key names the
+  sampling scheme too (`SAMPLING`), so a file written by an earlier scheme starts afresh.
+  Under several workers every worker reads the resume file (in the shared run directory) and only
+  the chief (`chief=True`) writes and deletes it; the others pass `chief=False`.
+
+  With `rng_variables` the estimate does not depend on `chunk_size`
+  (`importance_weighted_log_likelihood`), so a chunk chosen from a memory budget
+  (`choose_chunk`) changes the memory, not the numbers.
   """
-  estimate = _compiled_estimator(log_weight_fn, num_samples, chunk_size, jit_compile, strategy)
+  rng_variables = list(rng_variables)
+  estimate = _compiled_estimator(
+    log_weight_fn, num_samples, chunk_size, jit_compile, strategy, rng_variables
+  )
   replicas = strategy.num_replicas_in_sync if strategy is not None else 1
   batches = list(batches) if not isinstance(batches, tf.data.Dataset) else batches
   total = len(batches) if isinstance(batches, list) else int(batches.cardinality())
-  rng_variables = list(rng_variables)
   cache = resume_cache.BatchCache(
-    resume_path, key=resume_key, rng_variables=rng_variables, what="the likelihood evaluation"
+    resume_path,
+    key=_resume_key(resume_key, rng_variables),
+    rng_variables=rng_variables,
+    what="the likelihood evaluation",
+    writer=chief,
   )
   done, evaluated = cache.restore(total), 0
   bar = None
@@ -294,4 +349,159 @@ def evaluate_log_likelihood(
     num_samples=num_samples,
     per_example_log_likelihood=log_px,
     per_example_elbo=elbo,
+  )
+
+
+# ----------------------------------------------------------------------------- memory budget
+
+GIB = 2**30
+# Resident memory per byte the allocator has in use at the peak of a compiled call, beyond the
+# resident memory before the evaluation: TensorFlow's BFC host allocator reserves regions in
+# doubling sizes and keeps them, so the process holds more than its peak in use. Calibrated with
+# bench/bench_nll_memory.py (docs/evaluation_api.md, "Memory budget"): the resident memory per
+# sample was 1.2-1.5x the probe's bytes per sample for a VampPrior HVAE, 1.5-2.2x for NVAE.
+POOL_FACTOR = 2.5
+# Resident memory of the evaluation that the probe calls do not see (the compiled estimator's own
+# buffers and loop, the first call's allocations): the measured peaks of small chunks were up to
+# 0.3 GiB above resident + POOL_FACTOR x the probe's bytes.
+RUNTIME_BYTES = GIB // 2
+PROBE_CHUNKS = (4, 8)  # importance samples of the two probe calls
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkChoice:
+  """The chunk `choose_chunk` picked and the measurements it came from (bytes)."""
+
+  chunk: int
+  budget_bytes: int
+  resident_bytes: int  # the process's resident memory before the evaluation (VmRSS)
+  fixed_bytes: float  # allocator bytes of a call besides the samples (the probes' intercept)
+  per_sample_bytes: float  # allocator bytes per importance sample of the batch
+  probe_bytes: tuple[int, ...] = ()  # the allocator's peak bytes of the probe calls (PROBE_CHUNKS)
+
+  def predicted_peak_bytes(self, chunk: int | None = None) -> float:
+    """resident + RUNTIME_BYTES + POOL_FACTOR * (fixed + chunk * per_sample): the peak RSS
+    expected at `chunk`."""
+    c = self.chunk if chunk is None else chunk
+    return (
+      self.resident_bytes
+      + RUNTIME_BYTES
+      + POOL_FACTOR * (self.fixed_bytes + c * self.per_sample_bytes)
+    )
+
+  def describe(self) -> str:
+    """One line for the log: the chunk and the arithmetic behind it."""
+    g = lambda b: f"{b / GIB:.2f} GiB"  # noqa: E731
+    return (
+      f"likelihood chunk {self.chunk} importance samples per call for a budget of "
+      f"{g(self.budget_bytes)}: resident {g(self.resident_bytes)} + {g(RUNTIME_BYTES)} + "
+      f"{POOL_FACTOR:g} x "
+      f"({g(self.fixed_bytes)} + {self.chunk} x {self.per_sample_bytes / 2**20:.1f} MiB per sample) "
+      f"= {g(self.predicted_peak_bytes())} predicted peak"
+    )
+
+
+def chunk_for_budget(
+  *,
+  budget_bytes: float,
+  resident_bytes: float,
+  fixed_bytes: float,
+  per_sample_bytes: float,
+  num_samples: int,
+) -> int:
+  """The largest chunk c in [1, num_samples] with
+  resident + RUNTIME_BYTES + POOL_FACTOR * (fixed + c * per_sample) <= budget (1 when none fits),
+  lowered to the largest divisor of num_samples not below c / 2 if there is one: then every call
+  has the same shape (one trace, no remainder call with its own buffers)."""
+  room = (budget_bytes - resident_bytes - RUNTIME_BYTES) / POOL_FACTOR - fixed_bytes
+  if per_sample_bytes <= 0:
+    return num_samples
+  c = int(min(max(math.floor(room / per_sample_bytes), 1), num_samples))
+  return next((d for d in range(c, (c + 1) // 2 - 1, -1) if num_samples % d == 0), c)
+
+
+def resident_bytes() -> int:
+  """The process's resident memory now (VmRSS of /proc/self/status), bytes."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmRSS:"):
+        return int(line.split()[1]) * 1024
+  raise OSError("no VmRSS in /proc/self/status")
+
+
+def _call_bytes(fn, device: str) -> int:
+  """Peak bytes the TensorFlow allocator of `device` held during `fn()`, beyond those before."""
+  tf.config.experimental.reset_memory_stats(device)
+  before = tf.config.experimental.get_memory_info(device)["current"]
+  fn()
+  return tf.config.experimental.get_memory_info(device)["peak"] - before
+
+
+def choose_chunk(
+  log_weight_fn: LogWeightFn,
+  x,
+  *,
+  num_samples: int,
+  memory_gib: float,
+  rng_variables: Iterable[tf.Variable] = (),
+  replicas: int = 1,
+  device: str = "CPU:0",
+) -> ChunkChoice:
+  """The chunk (importance samples per compiled call) whose peak resident memory fits
+  `memory_gib`, from two probe calls of `log_weight_fn` on `x` (one evaluation batch; under
+  `replicas` replicas each takes its share) with `PROBE_CHUNKS` samples: the allocator's peak bytes
+  of each give the bytes per sample (slope) and the rest (intercept), and `chunk_for_budget` solves
+  for the chunk. The generator states (`rng_variables`) are restored afterwards, so the probes
+  change no number of the evaluation; with them the estimate does not depend on the chunk
+  (`importance_weighted_log_likelihood`).
+
+  Needs the allocator's statistics (`tf.config.experimental.get_memory_info`: TensorFlow's BFC
+  host allocator, which `common_tf.host.prefer_bfc_cpu_allocator` selects).
+  """
+  rng_variables = list(rng_variables)
+  saved = [v.numpy() for v in rng_variables]
+  x = tf.convert_to_tensor(x)
+  x = x[: -(-int(x.shape[0]) // replicas)]
+  try:
+    tf.config.experimental.get_memory_info(device)
+  except ValueError as e:
+    raise ValueError(
+      f"the memory budget needs TensorFlow's allocator statistics on {device} ({e}); "
+      "give the chunk explicitly instead"
+    ) from e
+  resident = resident_bytes()
+  sizes = []
+  try:
+    for k in PROBE_CHUNKS:  # one chunk of the estimator, as `evaluate_log_likelihood` runs it
+
+      def call(xb, k=k):
+        return importance_weighted_log_likelihood(
+          log_weight_fn, xb, num_samples=k, rng_variables=rng_variables
+        ).log_likelihood
+
+      call = tf.function(call)
+      call.get_concrete_function(x)  # tracing is not the call's memory
+      sizes.append(_call_bytes(lambda call=call: call(x).numpy(), device))
+  finally:
+    for v, value in zip(rng_variables, saved):
+      v.assign(value)
+  (k1, k2), (b1, b2) = PROBE_CHUNKS, sizes
+  # The slope, or the bytes per sample of the larger probe when more (the allocator's peaks of
+  # small calls vary by some MiB from call to call).
+  per_sample = max((b2 - b1) / (k2 - k1), b2 / k2, 0.0)
+  fixed = max(b1 - k1 * per_sample, 0.0)
+  budget = int(memory_gib * GIB)
+  return ChunkChoice(
+    chunk=chunk_for_budget(
+      budget_bytes=budget,
+      resident_bytes=resident,
+      fixed_bytes=fixed,
+      per_sample_bytes=per_sample,
+      num_samples=num_samples,
+    ),
+    budget_bytes=budget,
+    resident_bytes=resident,
+    fixed_bytes=fixed,
+    per_sample_bytes=per_sample,
+    probe_bytes=tuple(sizes),
   )

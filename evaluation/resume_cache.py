@@ -70,6 +70,8 @@ class BatchCache:
   rng_variables: variables holding random-generator states (saved after every batch, restored).
   keep: keep the file when the evaluation completes (a rerun then computes nothing); else delete it.
   what: the evaluation's name in the messages ("the likelihood evaluation").
+  writer: whether this process writes and deletes the file (under several workers only the chief
+    does; every worker reads it).
   examples_per_batch: for files that do not record their number of batches (the DDPM bound's of
     before 2026-12-05: key and values only), that number is ceil(examples / examples_per_batch).
   """
@@ -83,6 +85,7 @@ class BatchCache:
     keep: bool = False,
     what: str = "the evaluation",
     examples_per_batch: int | None = None,
+    writer: bool = True,
   ):
     self.path = path
     self.key = json.dumps(key, sort_keys=True, default=str)
@@ -90,6 +93,7 @@ class BatchCache:
     self.keep = keep
     self.what = what
     self.examples_per_batch = examples_per_batch
+    self.writer = writer
     self.batches_done = 0  # batches restored + added
     self.seconds = 0.0  # wall time of those batches, over resumed calls too
     self.hosts: dict[str, int] = {}  # {host (`common_tf.host.cpu_model`): batches it computed}
@@ -165,9 +169,9 @@ class BatchCache:
     self.seconds += seconds
     this_host = host.cpu_model()
     self.hosts[this_host] = self.hosts.get(this_host, 0) + 1
-    if self.path is None:
-      return
     self._arrays = {n: [np.concatenate(a)] for n, a in self._arrays.items()}
+    if self.path is None or not self.writer:
+      return
     tmp = self.path + ".tmp.npz"
     np.savez(
       tmp,
@@ -193,5 +197,5 @@ class BatchCache:
 
   def complete(self) -> None:
     """The evaluation is done: deletes the file, unless `keep`."""
-    if self.path is not None and not self.keep and os.path.exists(self.path):
+    if self.path is not None and self.writer and not self.keep and os.path.exists(self.path):
       os.remove(self.path)

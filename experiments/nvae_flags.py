@@ -124,6 +124,14 @@ def define_run_flags():
   flags.DEFINE_integer(
     "eval_batch_size", None, "Test images per NLL batch. Default: the preset's.", lower_bound=1
   )
+  flags.DEFINE_float(
+    "eval_memory_gib",
+    8.0,
+    "Memory budget of the test NLL, GiB of peak resident memory: the importance samples per "
+    "network call are chosen to fit it (measured by two probe calls; the estimate does not "
+    "depend on them). An explicit --iw_chunk wins.",
+    lower_bound=0.1,
+  )
   flags.DEFINE_integer(
     "num_test_passes",
     1,
@@ -195,6 +203,7 @@ def settings_from_flags(**overrides) -> nvae_train.RunSettings:
     readjust_bn_steps=FLAGS.readjust_bn_steps,
     val_every_epochs=common.flag_or("val_every_epochs", preset.val_every_epochs),
     val_num_iw_samples=FLAGS.val_num_iw_samples,
+    eval_memory_gib=None if FLAGS.iw_chunk is not None else FLAGS.eval_memory_gib,
   )
   values.update(overrides)
   return nvae_train.RunSettings(**values)

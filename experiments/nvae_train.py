@@ -137,6 +137,9 @@ class RunSettings:
   readjust_bn_steps: int = 0
   val_every_epochs: int | None = None  # None: official rule (1 if epochs <= 50 else 20); 0 = off
   val_num_iw_samples: int = 10  # official train.py: test(..., num_samples=10)
+  # The test NLL's memory budget (peak resident GiB): when set, the chunk (importance samples per
+  # call) is chosen from it (`likelihood.choose_chunk`) instead of `iw_chunk`. Memory only.
+  eval_memory_gib: float | None = None
 
   def __post_init__(self):
     if self.kl_warmup not in tuple(WarmupClock):
@@ -157,6 +160,8 @@ class RunSettings:
       raise ValueError(f"--val_every_epochs must be >= 0, got {self.val_every_epochs}")
     if self.temperature <= 0:
       raise ValueError(f"--temperature must be > 0, got {self.temperature}")
+    if self.eval_memory_gib is not None and self.eval_memory_gib <= 0:
+      raise ValueError(f"--eval_memory_gib must be > 0, got {self.eval_memory_gib}")
 
 
 def hparams(s: RunSettings) -> dict:
@@ -168,7 +173,7 @@ def hparams(s: RunSettings) -> dict:
 
 # Settings that bound memory only: a row made with another value is the same measurement (the
 # likelihood resume key and `previous_nll` leave them out too).
-MEMORY_ONLY_SETTINGS = ("iw_chunk",)
+MEMORY_ONLY_SETTINGS = ("iw_chunk", "eval_memory_gib")
 
 
 def same_measurement(recorded: dict | None, settings: dict) -> bool:
@@ -199,7 +204,8 @@ def load_run_settings(logdir: str) -> RunSettings:
   else:
     raise FileNotFoundError(f"{path} not found: --logdir must be a run of experiments.nvae_mnist")
   fields = {f.name for f in dataclasses.fields(RunSettings)}
-  values = {k: v for k, v in values.items() if k in fields}
+  # The memory budget is the invocation's, not the run's: a restored run uses its own flags'.
+  values = {k: v for k, v in values.items() if k in fields and k != "eval_memory_gib"}
   model_fields = {f.name for f in dataclasses.fields(NVAEConfig)}
   values["model"] = NVAEConfig(**{k: v for k, v in values["model"].items() if k in model_fields})
   return RunSettings(**values)
@@ -471,7 +477,8 @@ def train(s: RunSettings, config: harness.TrainConfig, *, strategy, data_dir=Non
     image_shape=splits.image_shape,
   )
   test_images = splits.binary_test(config.seed)
-  results.write_json(os.path.join(config.logdir, SETTINGS_FILE), jsonable(dataclasses.asdict(s)))
+  if harness.is_chief(strategy):
+    results.write_json(os.path.join(config.logdir, SETTINGS_FILE), jsonable(dataclasses.asdict(s)))
   history = ValidationHistory(os.path.join(config.logdir, VALIDATION_FILE))
   epoch_end = make_epoch_end_fn(
     test_images[:8],
@@ -526,8 +533,14 @@ def evaluate_nll(
   resume_dir: str | None = None,
   checkpoint: str | None = None,
   per_example_path: str | None = None,
+  strategy: tf.distribute.Strategy | None = None,
 ):
   """Importance-weighted test NLL (evaluation.likelihood), `num_test_passes` independent passes.
+
+  The chunk (importance samples per compiled call) is `s.iw_chunk`, or with `s.eval_memory_gib`
+  the largest that fits that budget (`likelihood.choose_chunk`, probed on the first batch); the
+  numbers do not depend on it. Under a `strategy` of several workers each batch is split over
+  them, and only the chief writes the partial and per-example files.
 
   With `resume_dir`, each pass saves its partial results after every batch in
   `<resume_dir>/nll_partial_pass<p>.npz` (keyed by `checkpoint`, K, test images and seed), so an
@@ -537,6 +550,8 @@ def evaluate_nll(
   """
   passes = []
   rng_variables = likelihood.seed_generator_states(model)
+  chief = strategy is None or harness.is_chief(strategy)
+  chunk, choice = s.iw_chunk, None
   for p in range(s.num_test_passes):
     images = splits.binary_test(seed * 1000 + p)
     # Said before it starts: at the paper and cpu presets' K = 1000 this takes hours on a CPU,
@@ -551,14 +566,27 @@ def evaluate_nll(
       file=sys.stderr,
     )
     batches = tf.data.Dataset.from_tensor_slices(images).batch(s.eval_batch_size)
+    if s.eval_memory_gib is not None and choice is None:
+      choice = likelihood.choose_chunk(
+        model.log_weights,
+        images[: s.eval_batch_size],
+        num_samples=s.num_iw_samples,
+        memory_gib=s.eval_memory_gib,
+        rng_variables=rng_variables,
+        replicas=strategy.num_replicas_in_sync if strategy is not None else 1,
+      )
+      chunk = choice.chunk
+      print(choice.describe(), file=sys.stderr)
     passes.append(
       likelihood.evaluate_log_likelihood(
         model.log_weights,
         batches,
         num_samples=s.num_iw_samples,
         num_dims=splits.num_dims,
-        chunk_size=s.iw_chunk,
-        progress=progress,
+        chunk_size=chunk,
+        progress=progress and chief,
+        strategy=strategy,
+        chief=chief,
         resume_path=resume_dir and partial_nll_path(resume_dir, p),
         resume_key=dict(
           checkpoint=checkpoint,
@@ -574,7 +602,7 @@ def evaluate_nll(
       )
     )
   nll = np.array([r.nll for r in passes])
-  if per_example_path:
+  if per_example_path and chief:
     results.write_per_example(
       per_example_path,
       log_likelihood=[r.per_example_log_likelihood for r in passes],
@@ -598,7 +626,11 @@ def evaluate_nll(
     "test_subset": splits.test_subset,
     "num_iw_samples": s.num_iw_samples,
     "num_dims": splits.num_dims,
-    "iw_chunk_used": s.iw_chunk,  # memory only; settings.iw_chunk is the newest invocation's
+    "iw_chunk_used": chunk,  # memory only; settings.iw_chunk is the newest invocation's
+    # the budget the chunk was chosen from (None: --iw_chunk given) and the peak it predicted
+    "eval_memory_gib": s.eval_memory_gib,
+    "eval_memory_predicted_gib": choice
+    and round(choice.predicted_peak_bytes() / likelihood.GIB, 2),
     "eval_hosts": {
       h: sum(r.hosts.get(h, 0) for r in passes)  # {host: test-NLL batches}
       for h in host.merge_in_order(*(r.hosts for r in passes))
@@ -618,6 +650,8 @@ NLL_KEYS = (
   "num_iw_samples",
   "num_dims",
   "iw_chunk_used",
+  "eval_memory_gib",
+  "eval_memory_predicted_gib",
   "eval_hosts",
 )
 
@@ -675,12 +709,15 @@ def train_and_evaluate(
       resume_dir=config.logdir,
       checkpoint=f"step {steps}",
       per_example_path=os.path.join(config.logdir, results.PER_EXAMPLE_FILE),
+      strategy=strategy,
     )
   if s.readjust_bn_steps:
     model.readjust_bn(num_iterations=s.readjust_bn_steps, temperature=s.temperature)
   samples = model.sample(NUM_GRID_IMAGES, temperature=s.temperature).numpy()
-  save_grid(os.path.join(config.logdir, "samples.png"), samples)
-  save_samples(os.path.join(config.logdir, "samples.npz"), samples)
+  chief = harness.is_chief(strategy)  # under several workers only the chief writes files
+  if chief:
+    save_grid(os.path.join(config.logdir, "samples.png"), samples)
+    save_samples(os.path.join(config.logdir, "samples.npz"), samples)
   status = results.read_status(config.logdir) or {}
   row = {
     "script": "nvae_mnist",
@@ -711,7 +748,8 @@ def train_and_evaluate(
     "peak_rss_gib": host.peak_rss_gib(),  # this invocation's process, evaluation included
     "settings": jsonable(hparams(s)),
   }
-  results.write_json(os.path.join(config.logdir, "results.json"), jsonable(row))
+  if chief:
+    results.write_json(os.path.join(config.logdir, "results.json"), jsonable(row))
   print(
     f"test NLL {row['nll']:.2f} nats ({row['bits_per_dim']:.4f} bits/dim), -ELBO "
     f"{row['neg_elbo']:.2f}, K={s.num_iw_samples}, {row['test_examples']} images; "

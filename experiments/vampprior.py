@@ -20,7 +20,7 @@ import sys
 from absl import flags
 
 from experiments import flags as common
-from experiments import results, vampprior_flags, vampprior_train
+from experiments import harness, results, vampprior_flags, vampprior_train
 
 FLAGS = flags.FLAGS
 
@@ -36,10 +36,15 @@ def main(argv):
   s = vampprior_flags.settings_from_flags()
   strategy = common.setup_runtime()
   row = vampprior_train.train_and_evaluate(
-    s, vampprior_flags.run_config(s), strategy=strategy, data_dir=FLAGS.data_dir
+    s,
+    vampprior_flags.run_config(s),
+    strategy=strategy,
+    data_dir=FLAGS.data_dir,
+    eval_memory_gib=None if FLAGS["ll_chunk"].present else FLAGS.eval_memory_gib,
   )
   row["command"] = common.command_line()
-  results.append_row(os.path.join("runs", "vampprior", "results.json"), row)
+  if harness.is_chief(strategy):
+    results.append_row(os.path.join("runs", "vampprior", "results.json"), row)
   print(
     f"{s.dataset} {s.model} {s.prior}: test NLL {row['test_nll']:.2f} +- "
     f"{row['test_nll_sem']:.2f} nats (K={row['importance_samples']}), test -ELBO "

@@ -125,7 +125,19 @@ def define_run_flags():
     "ll_batch_size", 20, "Test examples per compiled likelihood call.", lower_bound=1
   )
   flags.DEFINE_integer(
-    "ll_chunk", 250, "Importance samples drawn at once per example (memory).", lower_bound=1
+    "ll_chunk",
+    250,
+    "Importance samples drawn at once per example (memory), when given; by default "
+    "experiments.vampprior chooses them from --eval_memory_gib.",
+    lower_bound=1,
+  )
+  flags.DEFINE_float(
+    "eval_memory_gib",
+    8.0,
+    "Memory budget of the test NLL, GiB of peak resident memory: the importance samples per "
+    "network call are chosen to fit it (measured by two probe calls; the estimate does not "
+    "depend on them). An explicit --ll_chunk wins.",
+    lower_bound=0.1,
   )
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from common_tf import host
+from evaluation import likelihood as evaluation_likelihood
 from experiments import data, harness, results
 from experiments.images import save_grid, save_samples
 from vampprior_tf import distributions, likelihood, losses, optim, priors
@@ -271,9 +272,19 @@ def make_epoch_end_fn(s: RunSettings, valid, total_epochs: int):
 
 
 def train_and_evaluate(
-  s: RunSettings, config: harness.TrainConfig, *, strategy, data_dir=None
+  s: RunSettings,
+  config: harness.TrainConfig,
+  *,
+  strategy,
+  data_dir=None,
+  eval_memory_gib: float | None = None,
 ) -> dict:
-  """Trains (resuming from config.logdir), restores the best checkpoint, estimates test log p(x)."""
+  """Trains (resuming from config.logdir), restores the best checkpoint, estimates test log p(x).
+
+  The test NLL draws `s.ll_chunk` importance samples per call, or with `eval_memory_gib` the
+  largest chunk that fits that peak resident memory (`evaluation.likelihood.choose_chunk`); the
+  numbers do not depend on it. Under several workers the test NLL is split over them and only the
+  chief writes files (results.json, the per-example values, the partial file, samples)."""
   train, valid, test, epoch_transform = load_splits(
     s.dataset, data_dir=data_dir, train_examples=s.train_examples, eval_examples=s.eval_examples
   )
@@ -316,13 +327,28 @@ def train_and_evaluate(
     int(best.rsplit("-", 1)[1]) if best else int(trainer.step.numpy())
   ) // trainer.steps_per_epoch
 
+  chief = harness.is_chief(strategy)
+  chunk, choice = s.ll_chunk, None
+  if eval_memory_gib is not None:
+    choice = evaluation_likelihood.choose_chunk(
+      lambda x, k: model.log_weights(x, k, training=False),
+      test[: s.ll_batch_size],
+      num_samples=s.test_samples,
+      memory_gib=eval_memory_gib,
+      rng_variables=evaluation_likelihood.seed_generator_states(model),
+      replicas=strategy.num_replicas_in_sync,
+    )
+    chunk = choice.chunk
+    print(choice.describe(), file=sys.stderr)
   counted = likelihood.evaluate_nll(
     model,
     test,
     num_samples=s.test_samples,
     batch_size=s.ll_batch_size,
-    chunk_size=s.ll_chunk,
-    progress=config.progress,
+    chunk_size=chunk,
+    strategy=strategy,
+    chief=chief,
+    progress=config.progress and chief,
     resume_path=os.path.join(config.logdir, "nll_partial.npz"),
     resume_key=dict(
       checkpoint=best,
@@ -333,20 +359,7 @@ def train_and_evaluate(
     ),
   )
   summary = counted.summary
-  results.write_per_example(
-    os.path.join(config.logdir, results.PER_EXAMPLE_FILE),
-    log_likelihood=summary.per_example_log_likelihood,
-    elbo=summary.per_example_elbo,
-    what="test log p(x) (IWAE_K) and ELBO, nats per example",
-    num_samples=s.test_samples,
-    checkpoint=best,
-    dataset=s.dataset,
-    test_examples=len(test),
-  )
-  eval_time = summary.seconds  # summed over resumed invocations
   samples = model.sample(NUM_SAMPLE_IMAGES).numpy()
-  save_samples(os.path.join(config.logdir, "samples.npz"), samples)
-  save_grid(os.path.join(config.logdir, "samples.png"), samples)
   row = dict(
     dataclasses.asdict(s),
     epochs_run=epochs_run,
@@ -357,7 +370,9 @@ def train_and_evaluate(
     test_negative_elbo=summary.negative_elbo,
     test_examples=summary.num_examples,
     importance_samples=counted.importance_samples,
-    eval_time_s=eval_time,
+    ll_chunk_used=chunk,  # memory only: the numbers do not depend on it
+    eval_memory_gib=eval_memory_gib,  # the budget it was chosen from (None: ll_chunk)
+    eval_time_s=summary.seconds,  # summed over resumed invocations
     seed=config.seed,
     adam_epsilon=epsilon,
     peak_rss_gib=host.peak_rss_gib(),  # this invocation's process
@@ -369,6 +384,20 @@ def train_and_evaluate(
     epochs=config.epochs,
     logdir=config.logdir,
   )
+  if not chief:  # under several workers only the chief writes files
+    return row
+  results.write_per_example(
+    os.path.join(config.logdir, results.PER_EXAMPLE_FILE),
+    log_likelihood=summary.per_example_log_likelihood,
+    elbo=summary.per_example_elbo,
+    what="test log p(x) (IWAE_K) and ELBO, nats per example",
+    num_samples=s.test_samples,
+    checkpoint=best,
+    dataset=s.dataset,
+    test_examples=len(test),
+  )
+  save_samples(os.path.join(config.logdir, "samples.npz"), samples)
+  save_grid(os.path.join(config.logdir, "samples.png"), samples)
   results.write_json(os.path.join(config.logdir, "results.json"), row)
   return row
 

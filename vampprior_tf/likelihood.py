@@ -28,13 +28,17 @@ def evaluate_nll(
   progress: bool = False,
   resume_path: str | None = None,
   resume_key=None,
+  strategy=None,
+  chief: bool = True,
 ) -> CountedLikelihood:
   """-IWAE_K over `images` [N, H, W, C] (K = `num_samples`, `chunk_size` at a time) with
   `model.log_weights`; counts the [k, B] log-weight rows every call returns.
 
   `evaluation.likelihood` raises a ValueError when a batch got another K than asked for. With
   `resume_path` (and a `resume_key` naming checkpoint, K and data) the evaluation saves its partial
-  results after every batch and a rerun continues from them, with the model's random streams.
+  results after every batch and a rerun continues from them, with the model's random streams. With
+  a `strategy` of several replicas or workers each batch is split over them; `chief=False` on the
+  workers that do not write the partial file (`evaluation.likelihood.evaluate_log_likelihood`).
   """
   drawn = tf.Variable(0, dtype=tf.int64, trainable=False)
 
@@ -54,6 +58,8 @@ def evaluate_nll(
     resume_path=resume_path,
     resume_key=resume_key,
     rng_variables=likelihood.seed_generator_states(model),
+    strategy=strategy,
+    chief=chief,
   )
   # Batches read back from a resume file drew nothing in this call.
   per_example = int(drawn.numpy()) / max(summary.batches_evaluated, 1)

@@ -131,6 +131,72 @@ def hooked_task():
 TASKS = {"toy": toy_task, "vampprior": vampprior_task, "hooked": hooked_task}
 
 
+def record_writes(root: str) -> list[str]:
+  """The files under `root` this process opens for writing or renames into place from now on
+  (Python's audit events `open` and `os.rename`; TensorFlow's own C++ writers, checkpoints and
+  summaries, are not seen), as paths relative to `root`, in order."""
+  root = os.path.abspath(root)
+  written: list[str] = []
+
+  def hook(event, args):
+    if event == "open" and isinstance(args[0], str) and isinstance(args[1], str):
+      path, mode = args[0], args[1]
+      if any(c in mode for c in "wax+"):
+        written.append(path)
+    elif event == "os.rename":
+      written.append(os.fsdecode(args[1]))
+
+  sys.addaudithook(hook)
+
+  def relative():
+    paths = (os.path.abspath(p) for p in written)
+    return [os.path.relpath(p, root) for p in paths if p.startswith(root + os.sep)]
+
+  return relative
+
+
+def vampprior_script(args, strategy):
+  """`experiments.vampprior_train.train_and_evaluate` (what `python -m experiments.vampprior`
+  runs) on a tiny VAE + VampPrior: a few steps, 40 test images, K = 30, the chunk chosen from a
+  memory budget. Prints the test NLL and the files this process wrote in the run directory."""
+  import json
+
+  from experiments import vampprior_train
+
+  s = vampprior_train.RunSettings(
+    model="vae",
+    prior="vampprior",
+    dataset="static_mnist",
+    likelihood="bernoulli",
+    num_components=10,
+    learn_prior_weights=False,
+    warmup=1,
+    lr=3e-3,
+    early_stopping=0,
+    test_samples=30,
+    train_examples=200,
+    eval_examples=40,
+    image_every=1,
+    z1_dim=8,
+    hidden_units=32,
+    ll_batch_size=20,
+  )
+  config = harness.TrainConfig(
+    logdir=args.logdir,
+    batch_size=50,
+    epochs=1,
+    seed=0,
+    progress=False,
+    early_stopping_metric="val_loss",
+  )
+  written = record_writes(args.logdir)
+  row = vampprior_train.train_and_evaluate(
+    s, config, strategy=strategy, data_dir=args.data_dir, eval_memory_gib=args.eval_memory_gib
+  )
+  print("ROW " + json.dumps({k: row[k] for k in ("test_nll", "ll_chunk_used")}), flush=True)
+  print("WROTE " + json.dumps(written()), flush=True)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--logdir", required=True)
@@ -138,10 +204,16 @@ def main(argv=None):
   parser.add_argument("--epochs", type=int, default=2)
   parser.add_argument("--kill_at_step", type=int, default=None)
   parser.add_argument("--checkpoint_every", type=int, default=2, help="0: at epoch ends")
+  parser.add_argument("--script", choices=["vampprior"], default=None)
+  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--eval_memory_gib", type=float, default=None)
   args = parser.parse_args(argv)
   strategy = harness.setup_runtime(
     strategy="multi_worker" if "TF_CONFIG" in os.environ else "default", deterministic=True, seed=1
   )
+  if args.script == "vampprior":
+    vampprior_script(args, strategy)
+    return
   for task in args.tasks.split(","):
     keras.utils.set_random_seed(1)
     with strategy.scope():

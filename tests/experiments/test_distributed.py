@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.experiments import distributed_worker
+from tests.nvae_tf.conftest import write_binarized_mnist_head
 
 TIMEOUT = 300
 
@@ -32,8 +33,8 @@ class _Process:
 
   count = 0  # numbers the log files (a logdir is run more than once)
 
-  def __init__(self, logdir, *, tf_config=None, kill_at_step=None, tasks="toy"):
-    argv = ["--logdir", str(logdir), "--tasks", tasks]
+  def __init__(self, logdir, *, tf_config=None, kill_at_step=None, tasks="toy", extra=()):
+    argv = ["--logdir", str(logdir), "--tasks", tasks, *extra]
     if kill_at_step is not None:
       argv += ["--kill_at_step", str(kill_at_step)]
     env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -64,13 +65,14 @@ def _finish(proc):
   return proc.output()
 
 
-def _cluster(logdir, *, kill_worker_at_step=None, tasks="toy"):
+def _cluster(logdir, *, kill_worker_at_step=None, tasks="toy", extra=()):
   ports = _free_ports(2)
   workers = [f"127.0.0.1:{p}" for p in ports]
   procs = [
     _Process(
       logdir,
       tasks=tasks,
+      extra=extra,
       tf_config={"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}},
       kill_at_step=kill_worker_at_step if i == 1 else None,
     )
@@ -117,3 +119,37 @@ def test_two_workers_equal_one_process_and_resume_after_a_lost_worker(tmp_path):
     _weights(tmp_path / "single", "vampprior"), _weights(tmp_path / "two", "vampprior")
   ):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+def _printed(output, tag):
+  """The JSON a worker printed after `tag` (`distributed_worker.vampprior_script`)."""
+  line = next(line for line in output.splitlines() if line.startswith(tag + " "))
+  return json.loads(line[len(tag) + 1 :])
+
+
+@pytest.mark.slow
+def test_two_workers_shard_the_test_nll_of_a_real_script_and_only_the_chief_writes(tmp_path):
+  # experiments.vampprior_train.train_and_evaluate, one process and two workers x 1 CPU on the
+  # same global batch, a tiny VAE + VampPrior: 4 steps, then K = 30 on 40 test images in batches
+  # of 20 (10 per worker), the chunk chosen from a 4 GiB budget.
+  data_dir = write_binarized_mnist_head(tmp_path / "data", train=200, valid=40, test=40)
+  extra = ["--script", "vampprior", "--data_dir", data_dir, "--eval_memory_gib", "4"]
+  single = _Process(tmp_path / "single", extra=extra)
+  outputs = [_finish(proc) for proc in _cluster(tmp_path / "two", extra=extra)]
+  one = _finish(single)
+  nll_one, nll_two = _printed(one, "ROW")["test_nll"], _printed(outputs[0], "ROW")["test_nll"]
+  assert _printed(outputs[1], "ROW")["test_nll"] == nll_two  # gathered: both have every image
+  # Training on two workers equals one process up to float32 roundoff (the test above), and the
+  # test NLL of each image is the one process's: the two workers split each batch.
+  np.testing.assert_allclose(nll_two, nll_one, rtol=2e-5)
+  with np.load(tmp_path / "single" / "test_per_example.npz") as a:
+    with np.load(tmp_path / "two" / "test_per_example.npz") as b:
+      assert a["log_likelihood"].shape == (40,)
+      np.testing.assert_allclose(b["log_likelihood"], a["log_likelihood"], rtol=2e-5)
+  files = ["results.json", "test_per_example.npz", "samples.npz", "samples.png"]
+  chief_wrote, worker_wrote = (_printed(out, "WROTE") for out in outputs)
+  for name in files:
+    assert os.path.exists(tmp_path / "two" / name) and name in chief_wrote
+  assert "nll_partial.npz" in chief_wrote  # the partial file, written per batch by the chief
+  assert not os.path.exists(tmp_path / "two" / "nll_partial.npz")  # and deleted at the end
+  assert [p for p in worker_wrote if not p.startswith(".worker-1")] == []
