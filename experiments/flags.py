@@ -162,6 +162,22 @@ def define_preset_flag(presets: Mapping[str, Any], *, help: str, default: str = 
   flags.DEFINE_enum("preset", default, list(presets), help, module_name=caller)
 
 
+def define_eval_memory_flag(*, chunk_flag: str) -> None:
+  """Defines `--eval_memory_gib`, the test NLL's memory budget, from which the importance samples
+  per network call are chosen unless `--<chunk_flag>` is given
+  (`evaluation.likelihood.choose_chunk`)."""
+  caller = sys._getframe(1).f_globals["__name__"]
+  flags.DEFINE_float(
+    "eval_memory_gib",
+    8.0,
+    "Memory budget of the test NLL, GiB of peak resident memory: the importance samples per "
+    "network call are chosen to fit it (measured by two probe calls; the estimate does not "
+    f"depend on them). An explicit --{chunk_flag} wins.",
+    lower_bound=0.1,
+    module_name=caller,
+  )
+
+
 def flag_or(name: str, preset_value: Any) -> Any:
   """The flag's value when it was set (even to 0 or False), else the preset's value."""
   value = FLAGS[name].value

@@ -67,8 +67,13 @@ def define_flags():
     "Importance samples K of the test NLL (official 1000); 0 = skip the NLL.",
   )
   flags.DEFINE_integer(
-    "iw_chunk", 100, "Importance samples per network call (memory bound only).", lower_bound=1
+    "iw_chunk",
+    None,
+    "Importance samples per network call (memory only: the estimate does not depend on it). "
+    "Default: chosen from --eval_memory_gib.",
+    lower_bound=1,
   )
+  common.define_eval_memory_flag(chunk_flag="iw_chunk")
   flags.DEFINE_integer("eval_batch_size", 50, "Test images per NLL batch.", lower_bound=1)
   flags.DEFINE_integer(
     "test_examples",
@@ -229,7 +234,8 @@ def main(argv):
   s = dataclasses.replace(
     s,
     num_iw_samples=max(FLAGS.num_iw_samples, 1),
-    iw_chunk=FLAGS.iw_chunk,
+    iw_chunk=FLAGS.iw_chunk or s.iw_chunk,
+    eval_memory_gib=None if FLAGS.iw_chunk is not None else FLAGS.eval_memory_gib,
     eval_batch_size=FLAGS.eval_batch_size,
     num_test_passes=FLAGS.num_test_passes,
   )

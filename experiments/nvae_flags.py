@@ -124,14 +124,7 @@ def define_run_flags():
   flags.DEFINE_integer(
     "eval_batch_size", None, "Test images per NLL batch. Default: the preset's.", lower_bound=1
   )
-  flags.DEFINE_float(
-    "eval_memory_gib",
-    8.0,
-    "Memory budget of the test NLL, GiB of peak resident memory: the importance samples per "
-    "network call are chosen to fit it (measured by two probe calls; the estimate does not "
-    "depend on them). An explicit --iw_chunk wins.",
-    lower_bound=0.1,
-  )
+  common.define_eval_memory_flag(chunk_flag="iw_chunk")
   flags.DEFINE_integer(
     "num_test_passes",
     1,

@@ -131,14 +131,7 @@ def define_run_flags():
     "experiments.vampprior chooses them from --eval_memory_gib.",
     lower_bound=1,
   )
-  flags.DEFINE_float(
-    "eval_memory_gib",
-    8.0,
-    "Memory budget of the test NLL, GiB of peak resident memory: the importance samples per "
-    "network call are chosen to fit it (measured by two probe calls; the estimate does not "
-    "depend on them). An explicit --ll_chunk wins.",
-    lower_bound=0.1,
-  )
+  common.define_eval_memory_flag(chunk_flag="ll_chunk")
 
 
 def settings_from_flags(*, model=None, prior=None, dataset=None) -> vampprior_train.RunSettings:
@@ -239,6 +232,7 @@ class TableSettings:
   report_only: bool
   data_dir: str | None
   output: str  # the Markdown page (its JSON rows beside it)
+  eval_memory_gib: float | None  # the test NLL's memory budget (None: --ll_chunk given)
 
 
 def _grid_names(flag: str, default, known) -> tuple:
@@ -276,4 +270,5 @@ def table_settings_from_flags() -> TableSettings:
     data_dir=FLAGS.data_dir,
     # smoke runs (--max_steps): the page goes under the logdir
     output=common.results_file("table_output", logdir=base),
+    eval_memory_gib=None if FLAGS["ll_chunk"].present else FLAGS.eval_memory_gib,
   )

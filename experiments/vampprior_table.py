@@ -66,20 +66,27 @@ COLUMNS = [
 
 
 def run_grid(
-  cells, *, strategy, data_dir=None, report_only: bool = False, earlier_rows: list[dict] = ()
+  cells,
+  *,
+  strategy,
+  data_dir=None,
+  report_only: bool = False,
+  earlier_rows: list[dict] = (),
+  eval_memory_gib: float | None = None,
 ) -> list[dict]:
   """Trains and evaluates every cell ((RunSettings, TrainConfig) pairs, e.g.
   `vampprior_flags.TableSettings.cells`; resuming, a finished, evaluated cell is not redone), or
   with `report_only` reads what each cell's logdir holds. A cell whose logdir is not on this
   machine keeps its finished row from `earlier_rows` (the page's own JSON) instead of training
-  again (`kept_row`)."""
+  again (`kept_row`). `eval_memory_gib`: the test NLL's memory budget
+  (`vampprior_train.train_and_evaluate`; None: each cell's `ll_chunk`)."""
   rows = []
   for s, config in cells:
     print(f"== {s.dataset} {s.model} {s.prior}", file=sys.stderr)
     row = finished_row(config.logdir, s) or kept_row(earlier_rows, config.logdir, s)
     if row is None and not report_only:
       evaluated = vampprior_train.train_and_evaluate(
-        s, config, strategy=strategy, data_dir=data_dir
+        s, config, strategy=strategy, data_dir=data_dir, eval_memory_gib=eval_memory_gib
       )
       # Evaluated after training stopped short of its end (--max_steps): no 'finished' status.
       row = finished_row(config.logdir, s) or dict(evaluated, status=EVALUATED_PART_WAY)
@@ -307,6 +314,7 @@ def main(argv):
     data_dir=t.data_dir,
     report_only=t.report_only,
     earlier_rows=results.read_rows(t.output),
+    eval_memory_gib=t.eval_memory_gib,
   )
   rows = with_per_example_numbers(
     rows, page=t.output, logdirs=[config.logdir for _, config in t.cells]

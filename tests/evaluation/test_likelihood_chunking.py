@@ -155,8 +155,10 @@ def test_choose_chunk_measures_the_bytes_per_sample_and_changes_no_number():
   model = WideDraws()
   states = likelihood.seed_generator_states(model)
   x = np.zeros(4, np.float32)
+  # A budget 1.5 GiB above what the process holds (a test process's resident memory varies).
+  budget = likelihood.resident_bytes() + 1.5 * 2**30
   choice = likelihood.choose_chunk(
-    model.log_weights, x, num_samples=1000, memory_gib=2.0, rng_variables=states
+    model.log_weights, x, num_samples=1000, memory_gib=budget / 2**30, rng_variables=states
   )
   (k1, k2), (b1, b2) = likelihood.PROBE_CHUNKS, choice.probe_bytes
   # The probes' slope is the two buffers' bytes per sample of the 4 examples (the other buffers of
@@ -164,13 +166,14 @@ def test_choose_chunk_measures_the_bytes_per_sample_and_changes_no_number():
   np.testing.assert_allclose((b2 - b1) / (k2 - k1), 2 * 4 * 4 * WideDraws.D, rtol=1e-3)
   assert choice.per_sample_bytes == max((b2 - b1) / (k2 - k1), b2 / k2)
   assert choice.chunk == likelihood.chunk_for_budget(
-    budget_bytes=2 * 2**30,
+    budget_bytes=choice.budget_bytes,
     resident_bytes=choice.resident_bytes,
     fixed_bytes=choice.fixed_bytes,
     per_sample_bytes=choice.per_sample_bytes,
     num_samples=1000,
   )
-  assert choice.predicted_peak_bytes() <= 2 * 2**30 and 1000 % choice.chunk == 0
+  assert abs(choice.budget_bytes - budget) <= 1  # as given, in whole bytes
+  assert choice.predicted_peak_bytes() <= budget and 1000 % choice.chunk == 0
   np.testing.assert_array_equal(states[0].numpy(), [3, 0])  # the probes drew nothing for good
   runs = []
   for chunk in (min(choice.chunk, 10), 3):
