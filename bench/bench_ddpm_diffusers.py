@@ -2,6 +2,7 @@
 the weight EMA) and a sampling step, with the same U-Net configuration and parameter count.
 
   python bench/bench_ddpm_diffusers.py [--cores=0] [--threads=1] [--batch=8] [--sample_batch=64]
+      [--without_speedups]
 
 Ours: `diffusion_tf.DDPM` with the paper's CIFAR-10 U-Net (ch 128, (1, 2, 2, 2), 2 residual
 blocks, attention at 16, dropout 0.1), stepped by the harness's compiled train step with the
@@ -11,6 +12,7 @@ Peer: diffusers' `UNet2DModel` with the configuration of the converted official 
 epsilon, clip_grad_norm_(1), Adam, `EMAModel.step`). Sampling: one reverse step x_t -> x_(t-1)
 (ours: the compiled `p_sample` of `GaussianDiffusion`; diffusers: the U-Net under no_grad then
 `DDPMScheduler.step`). Each side in its own pinned process, alternating (bench/peer.py).
+`--without_speedups` adds our train step without diffusion_tf's CPU speed-ups as a third side.
 """
 
 from __future__ import annotations
@@ -49,7 +51,10 @@ def images(batch: int):
   return np.random.RandomState(0).randint(0, 256, (batch, 32, 32, 3)).astype(np.float32) / 255.0
 
 
-def ours_train(batch: int, precision: str):
+def ours_train(batch: int, precision: str, speedups: bool = True):
+  """`speedups=False`: the step without diffusion_tf's three CPU speed-ups (this process only):
+  upsampling as repeat + 3x3 convolution at every size, GroupNorm differentiated by TensorFlow
+  (Keras' own `call`), and Keras' Adam and EMA instead of `FusedAdam`."""
   import tempfile
 
   import keras
@@ -61,6 +66,10 @@ def ours_train(batch: int, precision: str):
   from experiments.sample_quality_train import clip_by_global_norm
 
   keras.mixed_precision.set_global_policy(precision)
+  if not speedups:
+    layers.UPSAMPLE_PHASES_MIN_PIXELS = float("inf")
+    layers.GroupNorm.call = keras.layers.GroupNormalization.call
+    optim.FusedAdam = keras.optimizers.Adam  # what ddpm_adam builds
   ddpm = models.DDPM(
     image_shape=(32, 32, 3),
     unet=layers.UNetConfig(),
@@ -180,19 +189,23 @@ def main():
     help="training precision of both sides (ours: the Keras policy; diffusers: "
     "torch.autocast to bfloat16 around the U-Net)",
   )
+  parser.add_argument(
+    "--without_speedups",
+    action="store_true",
+    help="also time our train step without diffusion_tf's CPU speed-ups (phase-convolution "
+    "upsampling, GroupNorm's closed-form backward, FusedAdam), a third side in the alternation",
+  )
   args = parser.parse_args()
   cores = peer.cores_from(args)
   common = dict(
     cores=cores, threads=args.threads, steps=args.steps, rounds=args.rounds, warmup=args.warmup
   )
   if "train" in args.parts:
-    timings = peer.alternate(
-      {
-        "ours": (ours_train, (args.batch, args.precision)),
-        "diffusers": (diffusers_train, (args.batch, args.threads, args.precision)),
-      },
-      **common,
-    )
+    sides = {"ours": (ours_train, (args.batch, args.precision))}
+    if args.without_speedups:
+      sides["ours without the speed-ups"] = (ours_train, (args.batch, args.precision, False))
+    sides["diffusers"] = (diffusers_train, (args.batch, args.threads, args.precision))
+    timings = peer.alternate(sides, **common)
     print(
       peer.report(
         f"DDPM CIFAR-10 train step, batch {args.batch}, {args.precision} (Adam, "
