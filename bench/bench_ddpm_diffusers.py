@@ -2,6 +2,7 @@
 the weight EMA) and a sampling step, with the same U-Net configuration and parameter count.
 
   python bench/bench_ddpm_diffusers.py [--cores=0] [--threads=1] [--batch=8] [--sample_batch=64]
+      [--without_speedups] [--op_profile]
 
 Ours: `diffusion_tf.DDPM` with the paper's CIFAR-10 U-Net (ch 128, (1, 2, 2, 2), 2 residual
 blocks, attention at 16, dropout 0.1), stepped by the harness's compiled train step with the
@@ -11,6 +12,8 @@ Peer: diffusers' `UNet2DModel` with the configuration of the converted official 
 epsilon, clip_grad_norm_(1), Adam, `EMAModel.step`). Sampling: one reverse step x_t -> x_(t-1)
 (ours: the compiled `p_sample` of `GaussianDiffusion`; diffusers: the U-Net under no_grad then
 `DDPMScheduler.step`). Each side in its own pinned process, alternating (bench/peer.py).
+`--without_speedups` adds our train step without diffusion_tf's CPU speed-ups as a third side;
+`--op_profile` instead traces our train step and prints where its time goes by kind of op.
 """
 
 from __future__ import annotations
@@ -49,7 +52,10 @@ def images(batch: int):
   return np.random.RandomState(0).randint(0, 256, (batch, 32, 32, 3)).astype(np.float32) / 255.0
 
 
-def ours_train(batch: int, precision: str):
+def ours_train(batch: int, precision: str, speedups: bool = True):
+  """`speedups=False`: the step without diffusion_tf's three CPU speed-ups (this process only):
+  upsampling as repeat + 3x3 convolution at every size, GroupNorm differentiated by TensorFlow
+  (Keras' own `call`), and Keras' Adam and EMA instead of `FusedAdam`."""
   import tempfile
 
   import keras
@@ -61,6 +67,10 @@ def ours_train(batch: int, precision: str):
   from experiments.sample_quality_train import clip_by_global_norm
 
   keras.mixed_precision.set_global_policy(precision)
+  if not speedups:
+    layers.UPSAMPLE_PHASES_MIN_PIXELS = float("inf")
+    layers.GroupNorm.call = keras.layers.GroupNormalization.call
+    optim.FusedAdam = keras.optimizers.Adam  # what ddpm_adam builds
   ddpm = models.DDPM(
     image_shape=(32, 32, 3),
     unet=layers.UNetConfig(),
@@ -85,6 +95,61 @@ def ours_train(batch: int, precision: str):
   print(f"    ours: {ddpm.unet.count_params():,} U-Net parameters", flush=True)
   x = tf.constant(x)
   return lambda: trainer._train_step(x)["loss"].numpy()
+
+
+def _op_kind(name: str, op_type: str) -> str:
+  if "Conv2D" in op_type:
+    return "3x3 convolutions (oneDNN)"
+  if "MatMul" in op_type:
+    return "matrix products (attention, 1x1 shortcuts, timestep MLP)"
+  if op_type.startswith("ResourceApply") or "/fused_adam/" in name or "/adam/" in name:
+    return "Adam + EMA"
+  # GroupNorm's hand-written backward and swish's gradient run under generated names: one kind.
+  return "the rest (GroupNorm, swish, dropout, residual adds, attention softmax, loss, clipping)"
+
+
+def op_profile(batch: int, cores, threads: int):
+  """Our train step traced by the TensorFlow profiler (two steps, after three untimed and three
+  timed ones); prints each kind of operation's share of the traced op time and that share of the
+  step's measured CPU time."""
+  import collections
+  import glob
+  import tempfile
+  import time
+
+  peer.pin(cores, threads)
+  import tensorflow as tf
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+  step = ours_train(batch, "float32")
+  for _ in range(3):
+    step()
+  cpu = time.process_time()
+  for _ in range(3):
+    step()
+  cpu_ms = 1e3 * (time.process_time() - cpu) / 3
+  logdir = tempfile.mkdtemp()
+  tf.profiler.experimental.start(logdir)
+  for _ in range(2):
+    step()
+  tf.profiler.experimental.stop()
+  space = xplane_pb2.XSpace()
+  with open(sorted(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True))[-1], "rb") as f:
+    space.ParseFromString(f.read())
+  kinds = collections.Counter()
+  for plane in space.planes:
+    for line in plane.lines:
+      for event in line.events:
+        label = plane.event_metadata[event.metadata_id].name
+        if ":" not in label or "::" in label or label.startswith(("__inference", "Eager")):
+          continue  # the step's and the executor's own spans, not single ops
+        name, op_type = label.rsplit(":", 1)
+        kinds[_op_kind(name, op_type)] += event.duration_ps
+  total = sum(kinds.values())
+  print(peer.header(threads))
+  print(f"ours, train step batch {batch}: {cpu_ms:.0f} CPU ms/step; traced op time by kind:")
+  for kind, ps in kinds.most_common():
+    print(f"  {kind:80s} {100 * ps / total:5.1f}%  {cpu_ms * ps / total:7.0f} CPU ms/step")
 
 
 def ours_sample(batch: int):
@@ -180,19 +245,31 @@ def main():
     help="training precision of both sides (ours: the Keras policy; diffusers: "
     "torch.autocast to bfloat16 around the U-Net)",
   )
+  parser.add_argument(
+    "--without_speedups",
+    action="store_true",
+    help="also time our train step without diffusion_tf's CPU speed-ups (phase-convolution "
+    "upsampling, GroupNorm's closed-form backward, FusedAdam), a third side in the alternation",
+  )
+  parser.add_argument(
+    "--op_profile",
+    action="store_true",
+    help="only profile our train step (TensorFlow profiler) and print the time by kind of op",
+  )
   args = parser.parse_args()
   cores = peer.cores_from(args)
+  if args.op_profile:
+    op_profile(args.batch, cores, args.threads)
+    return
   common = dict(
     cores=cores, threads=args.threads, steps=args.steps, rounds=args.rounds, warmup=args.warmup
   )
   if "train" in args.parts:
-    timings = peer.alternate(
-      {
-        "ours": (ours_train, (args.batch, args.precision)),
-        "diffusers": (diffusers_train, (args.batch, args.threads, args.precision)),
-      },
-      **common,
-    )
+    sides = {"ours": (ours_train, (args.batch, args.precision))}
+    if args.without_speedups:
+      sides["ours without the speed-ups"] = (ours_train, (args.batch, args.precision, False))
+    sides["diffusers"] = (diffusers_train, (args.batch, args.threads, args.precision))
+    timings = peer.alternate(sides, **common)
     print(
       peer.report(
         f"DDPM CIFAR-10 train step, batch {args.batch}, {args.precision} (Adam, "

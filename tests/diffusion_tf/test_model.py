@@ -78,6 +78,71 @@ def test_unet_shapes_attention_placement_and_bad_size():
     layers.UNet(config=config, image_size=20, out_channels=1)  # not divisible by 2^3
 
 
+def test_group_norm_closed_form_backward_equals_autodiff_and_numpy():
+  """GroupNorm with the hand-written backward == keras.layers.GroupNormalization differentiated by
+  TensorFlow (value; gradients of x, gamma, beta under a random cotangent), and its value ==
+  NumPy's (x - mean) / sqrt(var + eps) * gamma + beta per example and group."""
+  rng = np.random.default_rng(0)
+  b, h, w, c, groups, eps = 3, 4, 5, 6, 3, 1e-6
+  x = tf.constant(rng.standard_normal([b, h, w, c]) * 2.0 + 0.5, tf.float32)
+  dout = tf.constant(rng.standard_normal([b, h, w, c]), tf.float32)
+  gamma = rng.standard_normal(c).astype(np.float32) + 1.0
+  beta = rng.standard_normal(c).astype(np.float32)
+  results = []
+  for cls in (layers.GroupNorm, keras.layers.GroupNormalization):
+    layer = cls(groups=groups, epsilon=eps)
+    layer.build(x.shape)
+    layer.gamma.assign(gamma)
+    layer.beta.assign(beta)
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = layer(x)
+      loss = tf.reduce_sum(y * dout)
+    results.append([y] + tape.gradient(loss, [x, layer.gamma, layer.beta]))
+  for ours, reference, name in zip(*results, ["y", "dx", "dgamma", "dbeta"]):
+    np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-5, atol=1e-5, err_msg=name)
+  xr = x.numpy().astype(np.float64).reshape(b, h * w, groups, c // groups)
+  mean, var = xr.mean(axis=(1, 3), keepdims=True), xr.var(axis=(1, 3), keepdims=True)
+  expected = ((xr - mean) / np.sqrt(var + eps)).reshape(b, h, w, c) * gamma + beta
+  np.testing.assert_allclose(results[0][0].numpy(), expected, rtol=1e-5, atol=1e-5)
+  assert [v.path for v in layers._group_norm(2, "norm").weights] == []  # built on first call
+  assert isinstance(
+    layers.ResBlock(out_channels=4, dropout=0.0, num_groups=2).norm1, layers.GroupNorm
+  )
+
+
+def test_upsample_phase_convolutions_equal_conv_of_the_repeated_input(monkeypatch):
+  """upsample_conv (four 2x2 convolutions on the source) == a 3x3 'same' convolution of the
+  nearest-neighbour x2 input, in value and in the gradients of x, kernel and bias; and the
+  Upsample layer gives the same on either side of its size threshold."""
+  rng = np.random.default_rng(0)
+  x = tf.constant(rng.standard_normal([2, 5, 4, 3]), tf.float32)  # H != W, odd H
+  kernel = tf.constant(rng.standard_normal([3, 3, 3, 6]), tf.float32)
+  bias = tf.constant(rng.standard_normal([6]), tf.float32)
+  dout = tf.constant(rng.standard_normal([2, 10, 8, 6]), tf.float32)
+
+  def plain(x, kernel, bias):
+    up = tf.repeat(tf.repeat(x, 2, axis=1), 2, axis=2)
+    return tf.nn.conv2d(up, kernel, 1, "SAME") + bias
+
+  results = []
+  for fn in (layers.upsample_conv, plain):
+    with tf.GradientTape() as tape:
+      tape.watch([x, kernel, bias])
+      y = fn(x, kernel, bias)
+      loss = tf.reduce_sum(y * dout)
+    results.append([y] + tape.gradient(loss, [x, kernel, bias]))
+  for ours, reference, name in zip(*results, ["y", "dx", "dkernel", "dbias"]):
+    np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-5, atol=1e-5, err_msg=name)
+
+  layer = layers.Upsample()
+  plain_out = layer(x).numpy()  # 20 pixels: below the threshold, the plain path
+  monkeypatch.setattr(layers, "UPSAMPLE_PHASES_MIN_PIXELS", 20)
+  np.testing.assert_allclose(layer(x).numpy(), plain_out, rtol=1e-5, atol=1e-5)
+  assert layer(x).shape == (2, 10, 8, 3)
+  assert [v.path for v in layer.weights] == ["upsample/conv/kernel", "upsample/conv/bias"]
+
+
 def test_unet_mixed_precision_keeps_norms_and_output_float32():
   keras.mixed_precision.set_global_policy("mixed_float16")
   try:

@@ -336,7 +336,12 @@ def test_every_tensor_lands_in_its_place_ema_by_default(checkpoint, unet):
     np.testing.assert_array_equal(by_path[our_path(name)].numpy(), raw[name], err_msg=name)
 
 
-def test_forward_pass_equals_numpy_official_unet(checkpoint, unet):
+@pytest.mark.parametrize("phases", [False, True])
+def test_forward_pass_equals_numpy_official_unet(checkpoint, unet, monkeypatch, phases):
+  """`phases`: the upsampling convolutions as four 2x2 phase convolutions (used on inputs of at
+  least layers.UPSAMPLE_PHASES_MIN_PIXELS pixels; this tiny U-Net upsamples 4x4 inputs)."""
+  if phases:
+    monkeypatch.setattr(layers, "UPSAMPLE_PHASES_MIN_PIXELS", 1)
   path, _, ema = checkpoint
   oc.load_into_unet(unet, path, ema=True)
   rng = np.random.default_rng(3)
