@@ -15,9 +15,10 @@ A run in progress whose newest checkpoint is at its best validation step (stoppe
 the end of an epoch that improved: `experiments.harness`) is packed without best/: those are the
 checkpoint's weights, and the harness writes best/ again when it resumes.
 
-A finished run (its training finished or stopped early, `results.json` written) is packed as its
-weights alone: `best/` (early stopping) or `final/` (`harness.Trainer.weights`: no optimizer
-slots), its JSON files and per-image test values; packing it replaces its carried resume state.
+A run whose training is done (finished, or stopped early) travels as its weights alone: `best/`
+(early stopping) or `final/` (`harness.Trainer.weights`: no optimizer slots), its JSON files and
+its test values, i.e. a partial test-NLL file (its evaluation resumes from it) or the per-image
+values of a completed evaluation; packing it replaces its carried resume state.
 
 Neither direction goes backwards: a run whose destination already holds a state at the same or a
 later step is skipped with a line saying so, so a restarted-from-scratch run cannot overwrite a
@@ -79,21 +80,26 @@ def newest_checkpoint(folder: str) -> str | None:
   return os.path.basename(match.group(1)) if match else None
 
 
-def finished_weights(run: str) -> str | None:
-  """The folder ("best" or "final") holding the weights a finished and evaluated run is kept as,
-  or None when the run is not such a run: its training finished or stopped early, its results.json
-  exists, and it has weights-only checkpoints (`harness.Trainer.weights`). The weights evaluated
-  are best/'s when early stopping kept one, else final/'s."""
+def trained_weights(run: str) -> str | None:
+  """The folder ("best" or "final") holding the weights of a run whose training is done (finished
+  or stopped early) in weights-only checkpoints (`harness.Trainer.weights`), or None. The weights
+  evaluated are best/'s when early stopping kept one, else final/'s. Such a run travels as those
+  weights, its JSON files and its test values (partial or complete): nothing is left to train, so
+  no optimizer state (`harness.Trainer.restore` restores the weights alone)."""
   status = results.read_status(run) or {}
-  if not (
-    (status.get("finished") or status.get("stopped_early"))
-    and os.path.exists(os.path.join(run, "results.json"))
-  ):
+  if not (status.get("finished") or status.get("stopped_early")):
     return None
   for name in (results.BEST_DIR, results.FINAL_DIR):
     if newest_checkpoint(os.path.join(run, name)) and _weights_only(os.path.join(run, name)):
       return name
   return None
+
+
+def finished_weights(run: str) -> str | None:
+  """`trained_weights` of a run that is also evaluated (its results.json exists), else None."""
+  if not os.path.exists(os.path.join(run, "results.json")):
+    return None
+  return trained_weights(run)
 
 
 def _weights_only(folder: str) -> bool:
@@ -122,11 +128,11 @@ def best_in_checkpoint(run: str) -> bool:
 
 
 def state_files(run: str) -> list[str]:
-  """Paths, relative to `run`, of what resuming it needs (see the module docstring); for a
-  finished, evaluated run (`finished_weights`) only its weights, JSON files and per-image values:
-  no optimizer state, nothing to resume."""
+  """Paths, relative to `run`, of what resuming it needs (see the module docstring); for a run
+  whose training is done (`trained_weights`) only its weights, JSON files and test values (a
+  partial test-NLL file, or the per-image values of a completed evaluation): no optimizer state."""
   keep = []
-  weights = finished_weights(run)
+  weights = trained_weights(run)
   for dirpath, dirnames, filenames in os.walk(run):
     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # .worker-N: not the chief's
     if weights and dirpath == run:
@@ -162,6 +168,8 @@ def copy_run(source: str, destination: str, *, replace: bool) -> int:
     replaced = {os.path.dirname(f) for f in files if os.path.basename(f) == CHECKPOINT_STATE}
     if best_in_checkpoint(source):  # an older best/ would not be written again on resume
       replaced.add(results.BEST_DIR)
+    if trained_weights(source):  # training done: an older checkpoint must not be resumed
+      replaced.add("checkpoints")
     for name in replaced:
       shutil.rmtree(os.path.join(destination, name), ignore_errors=True)
   size = 0
@@ -250,10 +258,16 @@ def carry(logdir: str, carry_dir: str, *, unpack: bool) -> list[str]:
       lines.append(f"{destination}: kept (it is at step {have}, {source} at step {carried})")
       continue
     size = copy_run(source, destination, replace=not unpack)
+    done = trained_weights(source)
     best = (
-      "; best/ = the checkpoint's weights, written again on resume"
-      if best_in_checkpoint(source)
-      and not any(f.startswith(results.BEST_DIR + os.sep) for f in state_files(source))
+      f"; training done: its {done}/ weights, no optimizer state"
+      if done
+      else "; best/ = the checkpoint's weights, written again on resume"
+      if done
+      or (
+        best_in_checkpoint(source)
+        and not any(f.startswith(results.BEST_DIR + os.sep) for f in state_files(source))
+      )
       else ""
     )
     lines.append(f"{destination}: step {carried} from {source} ({size / 2**20:.1f} MiB{best})")

@@ -629,11 +629,13 @@ def test_carried_state_resumes_on_another_machine_to_the_uninterrupted_weights(
   assert int(second.step.numpy()) == 12
   for a, b in zip(full_weights, weights(second.model), strict=True):
     np.testing.assert_array_equal(a, b)
-  # Packing the finished run replaces the carried state; its older checkpoints stay behind.
+  # Packing the finished run replaces the carried state: its training done, it travels as its
+  # final/ weights (no optimizer state, no checkpoints/).
   assert (
     carry.main([f"--logdir={tmp_path / 'new_runs'}", f"--carry_dir={tmp_path / 'carried'}"]) == 0
   )
-  assert sorted(p.name for p in (tmp_path / "carried" / "row" / "checkpoints").iterdir()) == [
+  assert not (tmp_path / "carried" / "row" / "checkpoints").exists()
+  assert sorted(p.name for p in (tmp_path / "carried" / "row" / "final").iterdir()) == [
     "checkpoint",
     "ckpt-12.data-00000-of-00001",
     "ckpt-12.index",
@@ -642,7 +644,7 @@ def test_carried_state_resumes_on_another_machine_to_the_uninterrupted_weights(
   assert carry.carry(str(tmp_path / "runs"), str(tmp_path / "carried"), unpack=False) == [
     f"{tmp_path / 'carried' / 'row'}: kept (it is at step 12, {tmp_path / 'runs' / 'row'} at step 5)"
   ]
-  assert (tmp_path / "carried" / "row" / "checkpoints" / "ckpt-12.index").exists()
+  assert (tmp_path / "carried" / "row" / "final" / "ckpt-12.index").exists()
 
   # Same step, its test-NLL evaluation further on: the partial file is carried, never a shorter one.
   def partial(run, done):
@@ -815,3 +817,52 @@ def test_sigusr2_stops_at_the_end_of_the_next_best_epoch(tmp_path, monkeypatch):
   )
   assert trainer.best_manager.latest_checkpoint.endswith("ckpt-12")
   assert carry.best_in_checkpoint(str(tmp_path))
+
+
+def test_a_run_stopped_early_travels_as_its_best_weights_and_partial_evaluation(tmp_path):
+  """Training done, its test NLL part way: packed as best/ (weights only), JSON files and the
+  partial file, no checkpoints/; unpacked over an older copy of the run, the older checkpoints go,
+  and the run has nothing left to train and the same best weights."""
+  from experiments import carry
+
+  early = dict(epochs=6, early_stopping_metric="val_loss", early_stopping_patience=1)
+
+  def trainer_at(logdir, values, **cfg):
+    values = iter(values)
+    trainer = make_trainer(logdir, **{**early, **cfg})
+    trainer.epoch_end_fn = lambda model, epoch: {"val_loss": next(values)}
+    return trainer
+
+  run = tmp_path / "runs" / "row"
+  trainer = trainer_at(run, [3.0, 2.0, 4.0, 4.0, 4.0, 4.0])
+  trainer.fit()
+  assert int(trainer.step.numpy()) == 16  # stopped early after epoch 4
+  trainer.restore_best()
+  best = weights(trainer.model)
+  np.savez(run / "nll_partial.npz", log_px=np.zeros(8), elbo=np.zeros(8))
+  older = trainer_at(tmp_path / "new_runs" / "row", [3.0], max_steps=4)
+  older.fit()
+  assert carry.carry(str(tmp_path / "runs"), str(tmp_path / "carried"), unpack=False)[0] == (
+    f"{tmp_path / 'carried' / 'row'}: step 16 from {run} (0.0 MiB; training done: its best/ "
+    "weights, no optimizer state)"
+  )
+  packed = sorted(
+    str(p.relative_to(tmp_path / "carried" / "row"))
+    for p in (tmp_path / "carried" / "row").rglob("*")
+    if p.is_file()
+  )
+  assert packed == [
+    "best/checkpoint",
+    "best/ckpt-8.data-00000-of-00001",
+    "best/ckpt-8.index",
+    "hparams.json",
+    "nll_partial.npz",
+    "status.json",
+  ]
+  carry.carry(str(tmp_path / "new_runs"), str(tmp_path / "carried"), unpack=True)
+  assert not (tmp_path / "new_runs" / "row" / "checkpoints").exists()
+  again = trainer_at(tmp_path / "new_runs" / "row", [])
+  assert again.fit() == {} and int(again.step.numpy()) == 16
+  assert again.restore_best().endswith("ckpt-8")
+  for a, b in zip(best, weights(again.model), strict=True):
+    np.testing.assert_array_equal(a, b)
