@@ -162,25 +162,9 @@ def vampprior_script(args, strategy):
   import json
 
   from experiments import vampprior_train
+  from tests.experiments.test_vampprior import tiny_settings
 
-  s = vampprior_train.RunSettings(
-    model="vae",
-    prior="vampprior",
-    dataset="static_mnist",
-    likelihood="bernoulli",
-    num_components=10,
-    learn_prior_weights=False,
-    warmup=1,
-    lr=3e-3,
-    early_stopping=0,
-    test_samples=30,
-    train_examples=200,
-    eval_examples=40,
-    image_every=1,
-    z1_dim=8,
-    hidden_units=32,
-    ll_batch_size=20,
-  )
+  s = tiny_settings(train_examples=200)
   config = harness.TrainConfig(
     logdir=args.logdir,
     batch_size=50,
