@@ -131,28 +131,74 @@ def hooked_task():
 TASKS = {"toy": toy_task, "vampprior": vampprior_task, "hooked": hooked_task}
 
 
-def record_writes(root: str) -> list[str]:
-  """The files under `root` this process opens for writing or renames into place from now on
-  (Python's audit events `open` and `os.rename`; TensorFlow's own C++ writers, checkpoints and
-  summaries, are not seen), as paths relative to `root`, in order."""
-  root = os.path.abspath(root)
-  written: list[str] = []
+_RECORDERS: list[list[str]] = []  # the paths each active `record_writes` has seen
 
-  def hook(event, args):
-    if event == "open" and isinstance(args[0], str) and isinstance(args[1], str):
-      path, mode = args[0], args[1]
-      if any(c in mode for c in "wax+"):
-        written.append(path)
-    elif event == "os.rename":
-      written.append(os.fsdecode(args[1]))
 
-  sys.addaudithook(hook)
+def _audit(event, args):
+  if not _RECORDERS:
+    return
+  path = None
+  if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+    mode, flags = args[1], args[2]
+    if (
+      any(c in mode for c in "wax+")
+      if isinstance(mode, str)
+      else mode is None and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)  # os.open
+    ):
+      path = os.fsdecode(args[0])
+  elif event == "os.rename":  # os.rename and os.replace
+    path = os.fsdecode(args[1])
+  if path is not None:
+    for written in _RECORDERS:
+      written.append(path)
 
-  def relative():
-    paths = (os.path.abspath(p) for p in written)
-    return [os.path.relpath(p, root) for p in paths if p.startswith(root + os.sep)]
 
-  return relative
+class record_writes:  # noqa: N801  (used like a function)
+  """The files under `root` this process opens for writing (`open`, `os.open`) or renames into
+  place from now on (Python's audit events; TensorFlow's own C++ writers, checkpoints and
+  summaries, are not seen). Calling it gives them as paths relative to `root`, in order; `stop()`
+  ends the recording (an audit hook cannot be removed: one hook serves every recorder)."""
+
+  _hooked = False
+
+  def __init__(self, root: str):
+    self.root = os.path.abspath(root)
+    self.written: list[str] = []
+    if not record_writes._hooked:
+      sys.addaudithook(_audit)
+      record_writes._hooked = True
+    _RECORDERS.append(self.written)
+
+  def stop(self):
+    if self.written in _RECORDERS:
+      _RECORDERS.remove(self.written)
+
+  def __call__(self) -> list[str]:
+    paths = (os.path.abspath(p) for p in self.written)
+    return [os.path.relpath(p, self.root) for p in paths if p.startswith(self.root + os.sep)]
+
+
+class NonChiefView:
+  """A strategy (default: the default one) as worker 1 of a two-worker cluster sees itself:
+  `harness.is_chief` is False and its scratch folder is `.worker-1`, but the computation is that
+  strategy's, in this one process. What a script writes under it is what its worker 1 writes,
+  without a second process."""
+
+  def __init__(self, strategy=None):
+    self._strategy = strategy or tf.distribute.get_strategy()
+    self.cluster_resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+      tf.train.ClusterSpec({"worker": ["localhost:1", "localhost:2"]}),
+      task_type="worker",
+      task_id=1,
+    )
+
+  def __getattr__(self, name):
+    return getattr(self._strategy, name)
+
+
+def outside_worker_folders(paths: list[str]) -> list[str]:
+  """The paths (relative, from `record_writes`) that are in no `.worker-<id>` folder."""
+  return [p for p in paths if not any(part.startswith(".worker-") for part in p.split(os.sep))]
 
 
 def vampprior_script(args, strategy):
@@ -181,6 +227,28 @@ def vampprior_script(args, strategy):
   print("WROTE " + json.dumps(written()), flush=True)
 
 
+def nvae_script(args, strategy):
+  """`experiments.nvae_train.train_and_evaluate` (what `python -m experiments.nvae_mnist` runs) on
+  a tiny NVAE (`test_nvae_mnist.tiny_settings`): 4 steps of 32 images with a validation NLL per
+  epoch, then K = 8 (chunks of 4) on 10 test images in batches of 4. Prints the test NLL and the
+  files this process wrote in the run directory."""
+  import json
+
+  from experiments import nvae_train
+  from tests.experiments.test_nvae_mnist import tiny_settings, tiny_train_config
+
+  s = tiny_settings(test_examples=10, num_iw_samples=8, iw_chunk=4, eval_batch_size=4)
+  written = record_writes(args.logdir)
+  row, _ = nvae_train.train_and_evaluate(
+    s, tiny_train_config(args.logdir, 4), strategy=strategy, data_dir=args.data_dir
+  )
+  print("ROW " + json.dumps({k: row[k] for k in ("nll", "steps", "test_examples")}), flush=True)
+  print("WROTE " + json.dumps(written()), flush=True)
+
+
+SCRIPTS = {"vampprior": vampprior_script, "nvae": nvae_script}
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--logdir", required=True)
@@ -188,15 +256,15 @@ def main(argv=None):
   parser.add_argument("--epochs", type=int, default=2)
   parser.add_argument("--kill_at_step", type=int, default=None)
   parser.add_argument("--checkpoint_every", type=int, default=2, help="0: at epoch ends")
-  parser.add_argument("--script", choices=["vampprior"], default=None)
+  parser.add_argument("--script", choices=sorted(SCRIPTS), default=None)
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--eval_memory_gib", type=float, default=None)
   args = parser.parse_args(argv)
   strategy = harness.setup_runtime(
     strategy="multi_worker" if "TF_CONFIG" in os.environ else "default", deterministic=True, seed=1
   )
-  if args.script == "vampprior":
-    vampprior_script(args, strategy)
+  if args.script is not None:
+    SCRIPTS[args.script](args, strategy)
     return
   for task in args.tasks.split(","):
     keras.utils.set_random_seed(1)
@@ -286,6 +354,7 @@ PRELOAD = [
   "tests.experiments.distributed_worker",
   "experiments.vampprior_train",
   "vampprior_tf.model",
+  "experiments.nvae_train",
 ]
 
 
