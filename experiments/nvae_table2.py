@@ -23,7 +23,7 @@ from absl import flags
 
 from evaluation import ppl, protocol
 from experiments import flags as common
-from experiments import nvae_flags, nvae_train, results
+from experiments import harness, nvae_flags, nvae_train, results
 
 PPL_SAMPLES = {"paper": 100_000, "quick": 200, "cpu": 10_000}  # StyleGAN: 100k path segments
 PPL_EPSILON = 1e-4  # StyleGAN metrics/perceptual_path_length.py
@@ -172,6 +172,8 @@ def main(argv):
         ),
       }
     )
+  if not harness.is_chief(strategy):  # under several workers only the chief writes the page
+    return
   results.write_json(os.path.join(table.root, "table2.json"), rows)
   notes = (
     f"**{preset} preset.**"

@@ -288,7 +288,11 @@ def train_and_evaluate(
     ),
   )
   trainer.fit()
-  status = results.read_status(logdir)
+  chief = harness.is_chief(strategy)  # under several workers only the chief writes files
+  # How far training got, from the trainer (the same on every worker; the chief's status.json,
+  # read for its record of CPUs, may not be written yet when another worker gets here).
+  step = int(trainer.step.numpy())
+  status = (results.read_status(logdir) if chief else None) or {}
   counted = likelihood.evaluate_nll(
     model,
     study.test,
@@ -297,50 +301,55 @@ def train_and_evaluate(
     chunk_size=min(s.iw_samples, EVAL_CHUNK),
     resume_path=os.path.join(logdir, "nll_partial.npz"),
     resume_key=dict(
-      checkpoint=status.get("checkpoint"),
+      checkpoint=f"step {step}",
       num_samples=s.iw_samples,
       test_examples=len(study.test),
       seed=s.seed,
     ),
+    strategy=strategy,  # each batch split over the workers
+    chief=chief,
   )
   eval_seconds = counted.summary.seconds  # summed over resumed invocations
-  results.write_per_example(
-    os.path.join(logdir, results.PER_EXAMPLE_FILE),
-    log_likelihood=counted.summary.per_example_log_likelihood,
-    elbo=counted.summary.per_example_elbo,
-    what="test IWAE_K (log_likelihood) and ELBO (elbo) of every test image, nats",
-    num_samples=s.iw_samples,
-    checkpoint=status.get("checkpoint"),
-    prior=s.prior,
-    seed=s.seed,
-    dataset=s.dataset,
-    test_examples=len(study.test),
-  )
-  np.savez_compressed(
-    os.path.join(logdir, PLOT_FILE),
-    **aggregate_posterior_data(model, study.test, study.test_labels, seed=s.seed),
-  )
+  if chief:
+    results.write_per_example(
+      os.path.join(logdir, results.PER_EXAMPLE_FILE),
+      log_likelihood=counted.summary.per_example_log_likelihood,
+      elbo=counted.summary.per_example_elbo,
+      what="test IWAE_K (log_likelihood) and ELBO (elbo) of every test image, nats",
+      num_samples=s.iw_samples,
+      checkpoint=status.get("checkpoint"),
+      prior=s.prior,
+      seed=s.seed,
+      dataset=s.dataset,
+      test_examples=len(study.test),
+    )
+    np.savez_compressed(
+      os.path.join(logdir, PLOT_FILE),
+      **aggregate_posterior_data(model, study.test, study.test_labels, seed=s.seed),
+    )
   summary = counted.summary
-  finished = bool(status["finished"])
+  finished = step >= trainer.total_steps
+  epochs_run = step / trainer.steps_per_epoch
   row = dict(
     dataclasses.asdict(s),
     status="finished"
     if finished
-    else f"smoke: stopped at epoch {status['epoch']:.2f} of {s.epochs} (--max_steps)",
+    else f"smoke: stopped at epoch {epochs_run:.2f} of {s.epochs} (--max_steps)",
     elbo=-summary.negative_elbo,
     iwae=-summary.nll,
     iwae_sem=summary.nll_sem,
     iw_samples_used=counted.importance_samples,
     test_images=len(study.test),
     train_images=len(study.train),
-    epochs_run=status["epoch"],
-    train_seconds=status["train_seconds"],
+    epochs_run=epochs_run,
+    train_seconds=float(trainer.train_seconds.numpy()),
     eval_seconds=eval_seconds,
     cpus=host.merge_in_order(results.status_cpus(status), summary.hosts),
     git_commit=harness.code_commit() or "unknown",
     evaluated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
   )
-  results.write_json(os.path.join(logdir, ROW_FILE), row)  # last: a row implies its plot data
+  if chief:
+    results.write_json(os.path.join(logdir, ROW_FILE), row)  # last: a row implies its plot data
   print(
     f"{s.prior} seed {s.seed}: ELBO {row['elbo']:.2f} IWAE {row['iwae']:.2f} "
     f"(train {row['train_seconds']:.0f} s, eval {eval_seconds:.0f} s)",
@@ -797,10 +806,11 @@ def run(study: StudySettings, *, strategy) -> list[dict]:
   """Trains and evaluates the runs still to do (none with `report_only`; none whose run folder is
   not on this machine but whose finished row is in the page's JSON: that row is kept), then
   writes the page from every run's row, its numbers from the runs' per-image values; returns the
-  page's rows."""
+  page's rows. Under several workers only the chief writes (the others return the rows)."""
   base = study.base_logdir
   command_path = os.path.join(base, "command.txt")
-  if not study.report_only:
+  chief = harness.is_chief(strategy)  # under several workers only the chief writes files
+  if not study.report_only and chief:
     os.makedirs(base, exist_ok=True)
     with open(command_path, "w") as f:
       f.write(study.command + "\n")
@@ -824,6 +834,8 @@ def run(study: StudySettings, *, strategy) -> list[dict]:
     jit_compile=study.jit_compile,
     log_every=study.log_every,
   )
+  if not chief:
+    return rows
   rows = with_per_example_numbers(rows, page=study.output, base_logdir=base)
   write_page(
     rows,

@@ -316,6 +316,8 @@ def main(argv):
     earlier_rows=results.read_rows(t.output),
     eval_memory_gib=t.eval_memory_gib,
   )
+  if not harness.is_chief(strategy):  # under several workers only the chief writes the page
+    return
   rows = with_per_example_numbers(
     rows, page=t.output, logdirs=[config.logdir for _, config in t.cells]
   )
