@@ -301,9 +301,12 @@ def write_report(rows: list[dict], *, table: nvae_flags.TableSettings, command: 
 def main(argv):
   del argv
   strategy = common.setup_runtime()
+  chief = harness.is_chief(strategy)  # under several workers only the chief writes files
   table = nvae_flags.table_settings_from_flags()
   command = common.command_line()
   if table.report_only:
+    if not chief:  # nothing to compute: the page is the chief's
+      return
     rows = []
     dataset = nvae_train.resolve_dataset(table.base.dataset, FLAGS.data_dir)
     for kl_warmup, spectral in table.rows:
@@ -316,9 +319,11 @@ def main(argv):
     print(f"wrote {table.output}")
     return
   inception = nvae_train.load_network(
-    "inception", path=table.inception_path, download=table.download_weights
+    "inception", path=table.inception_path, download=table.download_weights, strategy=strategy
   )
-  vgg16 = nvae_train.load_network("vgg16", path=table.vgg16_path, download=table.download_weights)
+  vgg16 = nvae_train.load_network(
+    "vgg16", path=table.vgg16_path, download=table.download_weights, strategy=strategy
+  )
   for name, (net, reason) in (("Inception", inception), ("VGG-16", vgg16)):
     if net is None:
       print(
@@ -335,15 +340,24 @@ def main(argv):
     num_fid = min(table.fid_samples, len(reference))
     row.update(
       nvae_train.sample_metrics(
-        trained.model, reference, num_samples=num_fid, inception=inception, vgg16=vgg16
+        trained.model,
+        reference,
+        num_samples=num_fid,
+        inception=inception,
+        vgg16=vgg16,
+        strategy=strategy,
       )
     )
     row["fid_samples"] = num_fid
+    if not chief:
+      continue
     results.write_json(os.path.join(config.logdir, ROW_FILE), row)
     results.publish_per_example(
       config.logdir, table.output, nvae_train.row_name(kl_warmup, spectral)
     )
     rows.append(with_per_example_numbers(row, table.output))
+  if not chief:
+    return
   results.write_json(os.path.join(table.root, "table1.json"), rows)
   formatted = [format_row(r) for r in rows]
   results.write_markdown(

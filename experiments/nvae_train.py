@@ -9,6 +9,7 @@ flax examples split `main.py` (flags) from `train.py` (the work).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -782,48 +783,65 @@ def generate_samples(model, num_samples: int, *, temperature: float = 1.0) -> np
   return np.concatenate(chunks)
 
 
-def fid_from_features(network, samples, reference, *, label: str = "inception-2015") -> dict:
+def fid_from_features(
+  network, samples, reference, *, label: str = "inception-2015", strategy=None
+) -> dict:
   """FID between [N, H, W, C] images in [0, 1] through `network` ({'pool_3': [B, 2048]}), as
-  `results.metric(value, protocol record of the samples)`."""
+  `results.metric(value, protocol record of the samples)`. Under a `strategy` of several replicas
+  or workers each takes its share of every feature batch (`features.extract`)."""
   from evaluation import features, fid
 
   fake, real, record = features.extract_samples_and_reference(
-    network, samples, reference, label=label, feature="pool_3", progress=False
+    network, samples, reference, label=label, feature="pool_3", progress=False, strategy=strategy
   )
   value = fid.frechet_distance(*fid.feature_statistics(fake), *fid.feature_statistics(real))
   return results.metric(value, record)
 
 
 def precision_recall_from_features(
-  network, samples, reference, *, label: str = "vgg16-keras"
+  network, samples, reference, *, label: str = "vgg16-keras", strategy=None
 ) -> tuple[dict, dict]:
   """Improved precision / recall (k = 3) of images in [0, 1] through `network` ({'fc2': ...}), each
-  as `results.metric(value, protocol record)`."""
+  as `results.metric(value, protocol record)`; `strategy` as in `fid_from_features`."""
   from evaluation import features, precision_recall
 
   fake, real, record = features.extract_samples_and_reference(
-    network, samples, reference, label=label, feature="fc2", progress=False
+    network, samples, reference, label=label, feature="fc2", progress=False, strategy=strategy
   )
   precision, recall = precision_recall.precision_recall(real, fake, k=3)
   return results.metric(precision, record), results.metric(recall, record)
 
 
-def load_network(kind: str, *, path: str | None, download: bool):
-  """(network, None) or (None, reason) for kind 'inception' / 'vgg16'; never fakes a network."""
+def load_network(kind: str, *, path: str | None, download: bool, strategy=None):
+  """(network, None) or (None, reason) for kind 'inception' / 'vgg16'; never fakes a network.
+  With a `strategy` the network is built in its scope (its variables on every replica's device:
+  `sample_metrics` then splits each feature batch over the replicas)."""
   from evaluation import networks
 
   loader = {"inception": networks.inception_network, "vgg16": networks.vgg16_network}[kind]
+  scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
   try:
-    return loader(path, download=download), None
+    with scope:
+      return loader(path, download=download), None
   except networks.WeightsUnavailableError as e:
     return None, str(e)
 
 
 def sample_metrics(
-  model, reference: np.ndarray, *, num_samples: int, inception, vgg16, temperature: float = 1.0
+  model,
+  reference: np.ndarray,
+  *,
+  num_samples: int,
+  inception,
+  vgg16,
+  temperature: float = 1.0,
+  strategy=None,
 ) -> dict:
   """FID / precision / recall of samples at `temperature` as `results.metric` values (with their
-  protocol records), or 'unavailable (...)' strings (reasons: `load_network`)."""
+  protocol records), or 'unavailable (...)' strings (reasons: `load_network`). Under a `strategy`
+  of several replicas or workers (the networks loaded in its scope: `load_network`) every worker
+  draws the same samples and extracts its share of the features of each batch; the gathered
+  features, so the values, are one process's."""
   inception_net, vgg_net = inception[0], vgg16[0]
   out = {"fid": unavailable("no Inception weights: pass --inception_path")}
   out["precision"] = out["recall"] = unavailable("no VGG-16 weights: pass --vgg16_path")
@@ -832,9 +850,11 @@ def sample_metrics(
   samples = generate_samples(model, num_samples, temperature=temperature)
   reference = data.subset(reference, num_samples, seed=TEST_SUBSET_SEED)  # not a one-digit prefix
   if inception_net is not None:
-    out["fid"] = fid_from_features(inception_net, samples, reference)
+    out["fid"] = fid_from_features(inception_net, samples, reference, strategy=strategy)
   if vgg_net is not None:
-    out["precision"], out["recall"] = precision_recall_from_features(vgg_net, samples, reference)
+    out["precision"], out["recall"] = precision_recall_from_features(
+      vgg_net, samples, reference, strategy=strategy
+    )
   return out
 
 

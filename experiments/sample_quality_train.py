@@ -17,6 +17,7 @@ step, images and settings) rather than evaluating again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -244,6 +245,7 @@ def stored_per_example(run_dir: str, key: Mapping) -> dict | None:
 def write_per_example(
   run_dir: str,
   *,
+  strategy,
   log_likelihood,
   key: Mapping,
   what: str,
@@ -252,7 +254,10 @@ def write_per_example(
   elbo=None,
 ) -> None:
   """Keeps the per-image values (nats) of one model in `run_dir`, with what they are, D and the
-  bits/dim offset (bits/dim = -value / (D ln 2) + offset_bits)."""
+  bits/dim offset (bits/dim = -value / (D ln 2) + offset_bits). Under several workers only the
+  chief of `strategy` writes."""
+  if not harness.is_chief(strategy):
+    return
   results.write_per_example(
     os.path.join(run_dir, results.PER_EXAMPLE_FILE),
     log_likelihood=log_likelihood,
@@ -417,6 +422,7 @@ def run_flow(p: FlowPreset, *, settings: Settings, strategy, train_images, eval_
     log_px = np.concatenate([log_prob(tf.constant(b)).numpy() for b in batches(x)])
     write_per_example(
       run_dir,
+      strategy=strategy,
       log_likelihood=log_px,
       key=key,
       num_dims=num_dims,
@@ -486,6 +492,7 @@ def run_vae(p: VAEPreset, *, settings: Settings, strategy, train_images, eval_im
     log_px = summary.per_example_log_likelihood
     write_per_example(
       run_dir,
+      strategy=strategy,
       log_likelihood=log_px,
       elbo=summary.per_example_elbo,
       key=key,
@@ -558,9 +565,11 @@ def run_ddpm(p: DDPMPreset, *, settings: Settings, strategy, train_images, eval_
       seed=settings.seed,
       cache_path=os.path.join(run_dir, f"vlb_clip{int(clip)}.npz"),
       cache_key=key,
+      writer=harness.is_chief(strategy),
     )
     write_per_example(
       run_dir if clip else os.path.join(run_dir, UNCLIPPED_DIR),
+      strategy=strategy,
       log_likelihood=-nats,
       key=dict(key, clip_denoised=clip, seed=settings.seed, images=n_vlb),
       num_dims=num_dims,
@@ -635,6 +644,7 @@ def vlb_nats(
   progress: bool = True,
   cache_path: str | None = None,
   cache_key: dict | None = None,
+  writer: bool = True,
 ) -> np.ndarray:
   """The DDPM bound of every image in nats [N], EMA weights; in bits per real pixel:
 
@@ -651,7 +661,8 @@ def vlb_nats(
   when the bound is complete (`evaluation.resume_cache.BatchCache` with keep=True). A call with the
   same key computes only the batches still missing, so an interrupted bound resumes and rerunning
   a finished run (to rewrite its page) costs nothing; since a batch's noise depends only on its
-  index, the numbers equal an uninterrupted call's. A file with another key is replaced. With a
+  index, the numbers equal an uninterrupted call's. A file with another key is replaced; only a
+  `writer` writes the file (under several workers: the chief; the others read it). With a
   cache, SIGTERM / SIGINT finish and save the batch in hand, then raise
   `common_tf.preemption.Preempted` (the script prints one line and exits with 128 + the signal).
   """
@@ -663,7 +674,12 @@ def vlb_nats(
     eval_batch=EVAL_BATCH,
   )
   cache = resume_cache.BatchCache(
-    cache_path, key=key, keep=True, what="the DDPM bound", examples_per_batch=EVAL_BATCH
+    cache_path,
+    key=key,
+    keep=True,
+    what="the DDPM bound",
+    examples_per_batch=EVAL_BATCH,
+    writer=writer,
   )
   todo = batches(images)
   done = cache.restore(len(todo))
@@ -692,10 +708,14 @@ RUNNERS = {"flow": run_flow, "vae": run_vae, "ddpm": run_ddpm}
 # ============================================================================= FID / KID
 
 
-def inception_or_reason(path: str | None, *, download: bool):
-  """(network, None) or (None, why FID/KID are unavailable)."""
+def inception_or_reason(path: str | None, *, download: bool, strategy=None):
+  """(network, None) or (None, why FID/KID are unavailable). With a `strategy` the network is
+  built in its scope (its variables on every replica's device: `fid_kid` splits each feature
+  batch over the replicas)."""
+  scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
   try:
-    return networks.inception_network(path, download=download), None
+    with scope:
+      return networks.inception_network(path, download=download), None
   except networks.WeightsUnavailableError as e:
     return None, f"unavailable (no Inception weights: {str(e).split('. ')[0]})"
 
@@ -707,11 +727,19 @@ def generate(sample_fn, total: int, *, seed: int, batch: int = 500) -> np.ndarra
   return np.concatenate(chunks)
 
 
-def fid_kid(network, generated, reference, *, seed: int = 0) -> dict:
+def fid_kid(network, generated, reference, *, seed: int = 0, strategy=None) -> dict:
   """FID and KID (mean, std) of `generated` against `reference` (all images, and the first 256 of
-  each), every value as `results.metric(value, protocol record of the generated images)`."""
+  each), every value as `results.metric(value, protocol record of the generated images)`. Under a
+  `strategy` of several replicas or workers each takes its share of every feature batch and the
+  features are gathered (`features.extract`): the values of one process."""
   feats_g, feats_r, record = features.extract_samples_and_reference(
-    network, generated, reference, label="inception-2015", feature="pool_3", progress=False
+    network,
+    generated,
+    reference,
+    label="inception-2015",
+    feature="pool_3",
+    progress=False,
+    strategy=strategy,
   )
   small = dict(record, image_count=min(SMALL_PROTOCOL, len(feats_g)))
   small_g, small_r = feats_g[:SMALL_PROTOCOL], feats_r[:SMALL_PROTOCOL]
@@ -742,12 +770,14 @@ def page_path(settings: Settings) -> str:
 
 def run(settings: Settings, *, strategy) -> list[dict]:
   """Trains/evaluates `settings.models`, writes results.json and the results page (its bits/dim
-  from the models' per-image values, published beside it); returns the rows."""
+  from the models' per-image values, published beside it); returns the rows. Under several
+  workers only the chief writes files (the others return their rows)."""
+  chief = harness.is_chief(strategy)
   keras.utils.set_random_seed(settings.seed)  # weight initialisation
   preset = settings.preset
   train_images, eval_images = load_images(preset, settings.data_dir)
   network, unavailable = inception_or_reason(
-    settings.inception_path, download=settings.download_inception
+    settings.inception_path, download=settings.download_inception, strategy=strategy
   )
   rows, grids = [], {}
   for name in settings.models:
@@ -768,15 +798,20 @@ def run(settings: Settings, *, strategy) -> list[dict]:
       row = dict(
         info, model=name, sampler=sampler_name, grid=png, grid_seconds=round(grid_seconds, 1)
       )
+      samples_path = os.path.join(logdir, f"samples_{sampler_name}.npz")
       if network is None:
         row.update(fid=unavailable, kid=unavailable, fid_256=unavailable, kid_256=unavailable)
-        np.savez_compressed(os.path.join(logdir, f"samples_{sampler_name}.npz"), samples=grid)
+        if chief:
+          np.savez_compressed(samples_path, samples=grid)
       else:
         generated = generate(sample_fn, max(preset.fid_samples, SMALL_PROTOCOL), seed=settings.seed)
-        np.savez_compressed(os.path.join(logdir, f"samples_{sampler_name}.npz"), samples=generated)
-        row.update(fid_kid(network, generated, eval_images, seed=settings.seed))
+        if chief:
+          np.savez_compressed(samples_path, samples=generated)
+        row.update(fid_kid(network, generated, eval_images, seed=settings.seed, strategy=strategy))
       print(f"[{sampler_name}] {row}", file=sys.stderr)
       rows.append(row)
+  if not chief:
+    return rows
   for png, grid in grids.items():
     save_grid(png, grid)
   rows = with_per_example_numbers(

@@ -526,7 +526,7 @@ def test_fewer_samples_than_test_images_compare_with_a_random_subset(untrained, 
   monkeypatch.setattr(
     nvae_train,
     "fid_from_features",
-    lambda network, samples, reference: seen.append(reference) or 0.0,
+    lambda network, samples, reference, **kwargs: seen.append(reference) or 0.0,
   )
   reference = np.arange(20, dtype=np.float32)[:, None, None, None] * np.ones(
     (1,) + IMAGE_SHAPE, np.float32
