@@ -239,11 +239,45 @@ def nvae_script(args, strategy):
 
   s = tiny_settings(test_examples=10, num_iw_samples=8, iw_chunk=4, eval_batch_size=4)
   written = record_writes(args.logdir)
-  row, _ = nvae_train.train_and_evaluate(
+  row, trained = nvae_train.train_and_evaluate(
     s, tiny_train_config(args.logdir, 4), strategy=strategy, data_dir=args.data_dir
   )
   print("ROW " + json.dumps({k: row[k] for k in ("nll", "steps", "test_examples")}), flush=True)
   print("WROTE " + json.dumps(written()), flush=True)
+  print("METRICS " + json.dumps(nvae_sample_metrics(trained, strategy)), flush=True)
+
+
+def nvae_sample_metrics(trained, strategy) -> dict:
+  """FID, precision and recall (`nvae_train.sample_metrics`, 10 samples) through small stand-in
+  networks loaded as `experiments.nvae_table1` loads its own, once with the features split over
+  the workers ("split") and once in this process alone ("alone"), on the same samples."""
+  from evaluation import likelihood, networks
+  from experiments import nvae_train
+  from tests.experiments.feature_stand_ins import stand_in
+
+  networks.inception_network = lambda path, download: stand_in("pool_3")
+  networks.vgg16_network = lambda path, download: stand_in("fc2")
+  inception, vgg16 = (
+    nvae_train.load_network(kind, path=None, download=False, strategy=strategy)
+    for kind in ("inception", "vgg16")
+  )
+  states = likelihood.seed_generator_states(trained.model)
+  start = [v.numpy() for v in states]
+  out = {}
+  for name, split in (("split", strategy), ("alone", None)):
+    for v, value in zip(states, start):
+      v.assign(value)
+    metrics = nvae_train.sample_metrics(
+      trained.model,
+      trained.splits.test,
+      num_samples=10,
+      inception=inception,
+      vgg16=vgg16,
+      strategy=split,
+    )
+    out[name] = {k: float(v["value"]) for k, v in metrics.items()}
+  out["replicas"] = sorted({r for net in (inception[0], vgg16[0]) for r in net.replicas if r})
+  return out
 
 
 SCRIPTS = {"vampprior": vampprior_script, "nvae": nvae_script}

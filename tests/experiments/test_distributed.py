@@ -160,7 +160,8 @@ def test_two_workers_shard_the_test_nll_of_a_real_script_and_only_the_chief_writ
 def test_two_workers_train_and_shard_the_test_nll_of_nvae_and_only_the_chief_writes(tmp_path):
   # experiments.nvae_train.train_and_evaluate, one process and two workers x 1 CPU on the same
   # global batch, a tiny NVAE (synchronised BatchNorm, SR): 4 steps of 32 images, a validation
-  # NLL per epoch, then K = 8 on 10 test images in batches of 4 (2 per worker; the last batch 2).
+  # NLL per epoch, then K = 8 on 10 test images in batches of 4 (2 per worker; the last batch 2),
+  # then FID / precision / recall of 10 samples through small stand-in feature networks.
   data_dir = write_binarized_mnist_head(tmp_path / "data", train=64, test=10)
   extra = ["--script", "nvae", "--data_dir", data_dir]
   single = _Process(tmp_path / "single", extra=extra)
@@ -181,3 +182,11 @@ def test_two_workers_train_and_shard_the_test_nll_of_nvae_and_only_the_chief_wri
   for name in ["settings.json", "validation.json", "nll_partial_pass0.npz"]:
     assert name in chief_wrote
   assert [p for p in worker_wrote if not p.startswith(".worker-1")] == []
+  # FID / precision / recall through stand-in networks (nvae_train.sample_metrics): the features
+  # split over the two workers (a replica context of two) equal those of each worker alone.
+  for out in outputs:
+    metrics = _printed(out, "METRICS")
+    assert metrics["replicas"] == [1, 2]
+    for name, value in metrics["split"].items():
+      assert value == pytest.approx(metrics["alone"][name], rel=1e-5, abs=1e-6), name
+  assert _printed(outputs[1], "METRICS")["split"] == _printed(outputs[0], "METRICS")["split"]

@@ -1,45 +1,20 @@
 """The scripts' sample metrics under a strategy of two replicas: every feature batch is split over
 the replicas (the feature network runs in a replica context of two) and the FID, KID, precision
-and recall are those of one device. Small stand-in networks built here take the place of the
+and recall are those of one device. Small stand-in networks (`feature_stand_ins`) take the place of the
 weights files and are loaded by the scripts' own loaders, in the strategy's scope (never used for
 reported numbers). Loaded outside it, the compiled feature step fails on the second device:
 "Trying to access resource ... located in device CPU:0 from device CPU:1"."""
 
-import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from evaluation import likelihood, networks
 from experiments import nvae_train
 from experiments import sample_quality_train as sq
 from nvae_tf import NVAE
 from tests.conftest import two_cpu_strategy
+from tests.experiments.feature_stand_ins import stand_in
 from tests.nvae_tf.conftest import one_scale_config
-
-
-class StandIn(keras.Model):
-  """A small feature network ({output: [B, 6]}) that records the replica count of each trace."""
-
-  def __init__(self, output: str):
-    super().__init__()
-    self.output_name = output
-    self.conv = keras.layers.Conv2D(6, 3)
-    self.pool = keras.layers.GlobalAveragePooling2D()
-    self.replicas = []  # num_replicas_in_sync of the context of every trace
-
-  def call(self, images, training=False):
-    context = tf.distribute.get_replica_context()  # None when built in a strategy's scope
-    self.replicas.append(context.num_replicas_in_sync if context is not None else None)
-    return {self.output_name: self.pool(self.conv(images / 255.0))}
-
-
-def stand_in(output: str) -> StandIn:
-  keras.utils.set_random_seed(0)
-  network = StandIn(output)
-  network(tf.zeros((1, 28, 28, 1)))
-  network.replicas.clear()
-  return network
 
 
 def values(metrics: dict) -> dict:
