@@ -13,9 +13,10 @@ import sys
 import pytest
 
 # TensorFlow (imported first by tests/conftest.py) and Triton's LLVM-based extension crash the
-# process with a segmentation fault when Triton loads second (triton 3.8 with the TF of this
-# venv; `import tensorflow; import torchvision` is enough). PyTorch on CPU does not use Triton,
-# so it is hidden: torch then reports "no Triton" and never loads it.
+# process with a segmentation fault when Triton loads second (triton 3.8 with the TF 2.21 of this
+# venv: `import tensorflow; import torchvision` is enough, and so is `import tensorflow, triton`;
+# the fault is in loading `triton._C.libtriton`; `import triton, tensorflow` works). PyTorch on CPU
+# does not use Triton, so it is hidden: torch then reports "no Triton" and never loads it.
 if "triton" not in sys.modules:
   sys.modules["triton"] = None
 
