@@ -187,6 +187,7 @@ def test_two_workers_train_and_shard_the_test_nll_of_nvae_and_only_the_chief_wri
   for out in outputs:
     metrics = _printed(out, "METRICS")
     assert metrics["replicas"] == [1, 2]
+    assert metrics["split"]["precision"] > 0 and metrics["split"]["recall"] > 0
     for name, value in metrics["split"].items():
       assert value == pytest.approx(metrics["alone"][name], rel=1e-5, abs=1e-6), name
   assert _printed(outputs[1], "METRICS")["split"] == _printed(outputs[0], "METRICS")["split"]

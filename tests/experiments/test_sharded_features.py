@@ -30,7 +30,9 @@ def test_nvae_sample_metrics_split_every_feature_batch_and_equal_one_device(monk
     for kind in ("inception", "vgg16")
   )
   model = NVAE(one_scale_config(), seed=0)
-  reference = np.random.RandomState(0).uniform(size=(40, 28, 28, 1)).astype(np.float32)
+  # Half other samples of the same model, half noise: recall is neither 0 nor 1.
+  noise = np.random.RandomState(0).uniform(size=(20, 28, 28, 1)).astype(np.float32)
+  reference = np.concatenate([nvae_train.generate_samples(model, 20), noise])
   states = likelihood.seed_generator_states(model)
   start = [v.numpy() for v in states]
 
@@ -47,6 +49,7 @@ def test_nvae_sample_metrics_split_every_feature_batch_and_equal_one_device(monk
   two = metrics(strategy)
   assert set(inception[0].replicas[traced[0] :]) == set(vgg16[0].replicas[traced[1] :]) == {2}
   assert values(one).keys() == {"fid", "precision", "recall"}
+  assert values(one)["precision"] > 0 and 0 < values(one)["recall"] < 1, values(one)
   for name, value in values(two).items():
     assert value == pytest.approx(values(one)[name], rel=1e-5, abs=1e-6), name
   assert two["fid"]["protocol"] == one["fid"]["protocol"]
