@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from experiments import flags as common
-from experiments import priors_2d_train
+from experiments import nvae_train, priors_2d_train
 from tests import scripts
 from tests.experiments import distributed_worker, test_nvae_table1, test_priors_2d
 from tests.experiments import test_sample_quality as sample_quality_test
 from tests.experiments.distributed_worker import NonChiefView, outside_worker_folders
 from tests.experiments.test_sample_quality import RUN, sq
+from tests.nvae_tf.conftest import one_scale_config, write_binarized_mnist_head
 
 
 def written_by(root, run):
@@ -85,6 +86,44 @@ def test_priors_2d_runs_write_only_into_the_worker_folder(tmp_path):
   )
   assert [r["prior"] for r in rows] == ["standard", "vampprior"]
   assert np.isfinite([r["iwae"] for r in rows]).all()
+  assert outside_worker_folders(wrote) == []
+
+
+def test_nvae_table1_rows_write_only_into_the_worker_folder(tmp_path, monkeypatch):
+  # One row of a tiny quick preset (2 steps of 32 images, K = 4 on 8 test images; FID and
+  # precision / recall unavailable without weights) trained and evaluated as worker 1: its row
+  # file, per-image values and the page are the chief's.
+  data_dir = write_binarized_mnist_head(tmp_path / "data", train=64, test=8)
+  tiny = nvae_train.Preset(
+    model=one_scale_config(),
+    batch_size=32,
+    epochs=1,
+    warmup_epochs=1,
+    train_examples=64,
+    test_examples=8,
+    num_iw_samples=4,
+    iw_chunk=4,
+    eval_batch_size=8,
+  )
+  monkeypatch.setitem(nvae_train.PRESETS, "quick", tiny)
+  real = common.setup_runtime
+  monkeypatch.setattr(common, "setup_runtime", lambda: NonChiefView(real()))
+  monkeypatch.delenv("GENMODELS_INCEPTION_PATH", raising=False)
+  monkeypatch.delenv("GENMODELS_VGG16_PATH", raising=False)
+  args = [
+    "--preset=quick",
+    "--table_rows=step_sr",
+    "--num_test_passes=1",
+    "--iw_chunk=4",
+    "--fid_samples=4",
+    f"--data_dir={data_dir}",
+    f"--table_logdir={tmp_path / 'runs'}",
+    f"--table_output={tmp_path / 'page.md'}",
+  ]
+  proc = []
+  wrote = written_by(tmp_path, lambda: proc.append(scripts.run_script("nvae_table1", args)))
+  assert proc[0].returncode == 0, proc[0].stderr[-2000:]
+  assert "test NLL" in proc[0].stdout  # trained and evaluated
   assert outside_worker_folders(wrote) == []
 
 
