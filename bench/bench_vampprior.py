@@ -79,25 +79,11 @@ def ours(model_name: str, threads: int):
   return lambda: trainer._train_step(x)["loss"].numpy()
 
 
-def official(model_name: str, threads: int, path: str):
-  """One step of the official code from a checkout at `path`: its model and AdamNormGrad."""
-  images = batch()
-  import importlib
-
-  import scipy.misc
-  import scipy.special
-  import torch
-
-  # The official code imports scipy.misc.logsumexp (moved to scipy.special in SciPy 1.0) and
-  # matplotlib plots it does not call while training; both are shimmed here, at run time.
-  scipy.misc.logsumexp = scipy.special.logsumexp
-  sys.modules.setdefault(
-    "utils.visual_evaluation", types.SimpleNamespace(plot_histogram=None, plot_images=None)
-  )
-  sys.path[:0] = [path, os.path.join(path, "models")]  # HVAE_2level.py: `from Model import Model`
-  module = importlib.import_module(f"models.{OFFICIAL_MODULES[model_name]}")
-  optimizer_module = importlib.import_module("utils.optimizer")
-  args = argparse.Namespace(  # official experiment.py's defaults for static MNIST + VampPrior
+def official_args(model_name: str = "vae"):
+  """The official experiment.py arguments for static MNIST + VampPrior (its defaults), as the
+  `args` namespace its model classes take."""
+  del model_name  # the same namespace for both models (the VAE reads z1_size only)
+  return argparse.Namespace(
     input_size=[1, 28, 28],
     z1_size=40,
     z2_size=40,
@@ -109,6 +95,39 @@ def official(model_name: str, threads: int, path: str):
     pseudoinputs_mean=0.05,
     pseudoinputs_std=0.01,
   )
+
+
+def import_official(path: str, model_name: str):
+  """The official model module of `model_name` (vae, hvae_2level) from a checkout at `path`.
+
+  The official code imports scipy.misc.logsumexp (moved to scipy.special in SciPy 1.0) and
+  matplotlib plots (utils/visual_evaluation.py); both are shimmed here, at run time: logsumexp
+  is SciPy's, the plots do nothing."""
+  import importlib
+
+  import scipy.misc
+  import scipy.special
+
+  scipy.misc.logsumexp = scipy.special.logsumexp
+  sys.modules.setdefault(
+    "utils.visual_evaluation",
+    types.SimpleNamespace(plot_histogram=lambda *a, **k: None, plot_images=lambda *a, **k: None),
+  )
+  if path not in sys.path:
+    sys.path[:0] = [path, os.path.join(path, "models")]  # HVAE_2level.py: `from Model import Model`
+  return importlib.import_module(f"models.{OFFICIAL_MODULES[model_name]}")
+
+
+def official(model_name: str, threads: int, path: str):
+  """One step of the official code from a checkout at `path`: its model and AdamNormGrad."""
+  images = batch()
+  import importlib
+
+  import torch
+
+  module = import_official(path, model_name)
+  optimizer_module = importlib.import_module("utils.optimizer")
+  args = official_args(model_name)
   torch.set_num_threads(threads)
   torch.manual_seed(0)
   model = module.VAE(args)
