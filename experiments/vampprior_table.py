@@ -200,7 +200,7 @@ def differences_markdown(pairs: list[dict]) -> str:
   if not pairs:
     return "No pair of cells to compare on this page (VampPrior - standard, HVAE - VAE).\n"
   lines = [
-    "| data set | difference (a - b) | NLL(a) - NLL(b) (nats) | paired s.e. | 95% interval | "
+    "| difference (a - b) | data set | NLL(a) - NLL(b) (nats) | paired s.e. | 95% interval | "
     "test images | status |",
     "| --- | --- | --- | --- | --- | --- | --- |",
   ]
@@ -216,7 +216,7 @@ def differences_markdown(pairs: list[dict]) -> str:
       ]
     else:
       cells = ["n/a"] * 4 + [d["status"]]
-    lines.append("| " + " | ".join([d["dataset"], d["what"]] + cells) + " |")
+    lines.append("| " + " | ".join([d["what"], d["dataset"]] + cells) + " |")
   return "\n".join(lines) + "\n"
 
 

@@ -316,7 +316,7 @@ def expected_line(what, ll_a, ll_b) -> str:
   mean, sem = diff.mean(), diff.std(ddof=1) / np.sqrt(len(diff))
   lo, hi = mean - Z95 * sem, mean + Z95 * sem
   return (
-    f"| frey_faces | {what} | {mean:+.2f} | {sem:.2f} | [{lo:+.2f}, {hi:+.2f}] | {len(diff)} | "
+    f"| {what} | frey_faces | {mean:+.2f} | {sem:.2f} | [{lo:+.2f}, {hi:+.2f}] | {len(diff)} | "
     f"{SAME_IMAGES} |"
   )
 
@@ -369,7 +369,14 @@ def test_paired_differences_come_from_the_per_image_values_beside_the_page(tmp_p
   ] == [(what, a, b, "ok", 7) for what, a, b in PAIRS]
   assert data["differences"][0]["difference"] == diff.mean()
   assert data["differences"][0]["sem"] == diff.std(ddof=1) / np.sqrt(7)
-  # The table and notes above the section are the page's own, as before.
+  # The table and notes above the section are the page's own, as before: its rows are the only
+  # lines that start with the data set.
+  assert [l.split(" | ")[1:3] for l in text.splitlines() if l.startswith("| frey_faces")] == [
+    ["vae", "standard"],
+    ["vae", "vampprior"],
+    ["hvae_2level", "standard"],
+    ["hvae_2level", "vampprior"],
+  ]
   assert text.index("| data set | model | prior |") < text.index("Per-image values: where a row")
   assert text.index("Per-image values: where a row") < text.index("## Paired differences")
 
@@ -401,8 +408,8 @@ def test_a_pair_without_both_arrays_says_so_and_prints_no_number(tmp_path):
   assert "| not kept | finished |" in text  # the row of the missing array
   lines = text[text.index("## Paired differences") :].splitlines()
   missing = "no number: vae + standard per-image values not kept"
-  assert f"| frey_faces | {PAIRS[0][0]} | n/a | n/a | n/a | n/a | {missing} |" in lines
-  assert f"| frey_faces | {PAIRS[2][0]} | n/a | n/a | n/a | n/a | {missing} |" in lines
+  assert f"| {PAIRS[0][0]} | frey_faces | n/a | n/a | n/a | n/a | {missing} |" in lines
+  assert f"| {PAIRS[2][0]} | frey_faces | n/a | n/a | n/a | n/a | {missing} |" in lines
   for what, a, b in (PAIRS[1], PAIRS[3]):
     assert expected_line(what, values[a], values[b]) in lines
   pairs = json.load(open(tmp_path / "page.json"))["differences"]
