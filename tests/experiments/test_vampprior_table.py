@@ -415,3 +415,14 @@ def test_a_pair_without_both_arrays_says_so_and_prints_no_number(tmp_path):
   pairs = json.load(open(tmp_path / "page.json"))["differences"]
   assert [d["status"] for d in pairs] == [missing, "ok", missing, "ok"]
   assert all("difference" not in d for d in (pairs[0], pairs[2]))
+
+
+def test_a_page_json_of_rows_alone_is_still_read(tmp_path):
+  # A page's JSON written as the plain list of its rows (before it kept paired differences beside
+  # them) gives the same rows, e.g. for the finished rows a new machine keeps from it.
+  rows = [dict(dataset="frey_faces", model="vae", prior="standard", status="finished")]
+  page = str(tmp_path / "page.md")
+  results.write_json(results.rows_path(page), rows)
+  assert results.read_rows(page) == rows
+  results.write_json(results.rows_path(page), {"rows": rows, "differences": []})
+  assert results.read_rows(page) == rows
