@@ -41,7 +41,7 @@ FLAGS = flags.FLAGS
 
 DEFAULT_OUTPUT = "likelihood_static_mnist.md"
 STATIC_MNIST_TEST_IMAGES = 10_000  # binarized_mnist_test.amat (Larochelle & Murray)
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
+Z95 = results.Z95  # two-sided 95% normal quantile
 FULL_TEST_SET = f"binarized_mnist test, all {STATIC_MNIST_TEST_IMAGES:,} images (file order)"
 
 VAMPPRIOR_PAGE, NVAE_PAGE, PRIORS_PAGE = "vampprior_paper.md", "nvae_cpu.md", "priors_2d.md"

@@ -53,9 +53,12 @@ def rows_path(page: str) -> str:
 
 
 def read_rows(page: str) -> list[dict]:
-  """The JSON rows of the table page at `page` as last written; [] when there are none."""
+  """The JSON rows of the table page at `page` as last written; [] when there are none. The JSON
+  is the list of rows, or an object whose "rows" are that list (beside what else the page keeps,
+  e.g. its paired differences)."""
   path = rows_path(page)
-  return read_json(path) if os.path.exists(path) else []
+  data = read_json(path) if os.path.exists(path) else []
+  return data["rows"] if isinstance(data, dict) else data
 
 
 # The status of a finished row whose run folder is not on this machine, kept from the page's JSON
@@ -355,6 +358,9 @@ def with_per_example_numbers(
   if num_dims:
     numbers["bits_per_dim"] = numbers["nll"] / (num_dims * math.log(2.0))
   return dict(row, **numbers, per_example=os.path.relpath(path, os.path.dirname(page) or "."))
+
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile: a 95% interval is mean ± Z95 s.e.
 
 
 def paired_difference(path_a: str, path_b: str) -> tuple[float, float]:

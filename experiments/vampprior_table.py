@@ -7,7 +7,10 @@
 
 Each cell trains in <logdir>/<dataset>-<model>-<prior> (resumable: re-running a finished grid only
 re-evaluates) and the table is written to --table_output (default results/vampprior_table.md) with its
-JSON rows beside it. The work is done by `experiments.vampprior_train`; the flags are defined and
+JSON beside it (the rows and the paired differences). Below the table, the page's "Paired
+differences" compare the cells of each data set over the same test images, VampPrior - standard
+prior per model and HVAE - VAE per prior, computed only from the per-image values kept beside the
+page (`paired_differences`, `results.paired_difference`). The work is done by `experiments.vampprior_train`; the flags are defined and
 read once by `experiments.vampprior_flags` (`table_settings_from_flags`).
 """
 
@@ -130,6 +133,93 @@ def with_per_example_numbers(rows: list[dict], *, page: str, logdirs: list[str])
   return out
 
 
+# The page's paired comparisons within a data set, (a, b) for NLL(a) - NLL(b): the VampPrior
+# against the standard prior for each model, the two-level HVAE against the VAE for each prior.
+PRIOR_PAIR = ("vampprior", "standard")
+MODEL_PAIR = ("hvae_2level", "vae")
+SAME_IMAGES = "paired over the same test images"
+
+
+def paired_differences(rows: list[dict], page: str) -> list[dict]:
+  """For each data set of the page, VampPrior - standard prior for every model and HVAE - VAE for
+  every prior whose two cells are on the page: NLL(a) - NLL(b), the mean of the per-image
+  differences over the same test images, and its paired standard error, computed only from the
+  per-image values beside `page` (`results.paired_difference`), with its 95% interval and number
+  of images. A pair without both arrays, or whose arrays hold different test images, has no
+  number and says why in its status."""
+  cells = {(r["dataset"], r["model"], r["prior"]): r for r in rows}
+  wanted = []
+  for dataset in dict.fromkeys(r["dataset"] for r in rows):
+    for model in dict.fromkeys(r["model"] for r in rows):
+      a, b = PRIOR_PAIR
+      wanted.append((dataset, f"{a} - {b}, model {model}", (model, a), (model, b)))
+    for prior in dict.fromkeys(r["prior"] for r in rows):
+      a, b = MODEL_PAIR
+      wanted.append((dataset, f"{a} - {b}, prior {prior}", (a, prior), (b, prior)))
+  out = []
+  for dataset, what, a, b in wanted:
+    ra, rb = cells.get((dataset, *a)), cells.get((dataset, *b))
+    if ra is None or rb is None:
+      continue  # a cell of the pair is not in this page's grid
+    d = dict(dataset=dataset, what=what, a=cell_id(ra), b=cell_id(rb))
+    without = [
+      f"{r['model']} + {r['prior']} "
+      + ("per-image values not kept" if r.get("test_nll") is not None else "not evaluated yet")
+      for r in (ra, rb)
+      if not r.get("per_example")
+    ]
+    if without:
+      d["status"] = "no number: " + "; ".join(without)
+    elif ra.get("test_examples") != rb.get("test_examples") or ra.get("eval_examples") != rb.get(
+      "eval_examples"
+    ):
+      d["status"] = (
+        f"not paired: different test images ({ra.get('test_examples')} and "
+        f"{rb.get('test_examples')} images)"
+      )
+    else:
+      diff, sem = results.paired_difference(
+        results.published_per_example_path(page, d["a"]),
+        results.published_per_example_path(page, d["b"]),
+      )
+      d.update(
+        status="ok",
+        difference=diff,
+        sem=sem,
+        interval_95=[diff - results.Z95 * sem, diff + results.Z95 * sem]
+        if sem is not None
+        else None,
+        test_images=ra["test_examples"],
+      )
+    out.append(d)
+  return out
+
+
+def differences_markdown(pairs: list[dict]) -> str:
+  """The "Paired differences" section of the page: its table, or a line saying there is no pair."""
+  if not pairs:
+    return "No pair of cells to compare on this page (VampPrior - standard, HVAE - VAE).\n"
+  lines = [
+    "| difference (a - b) | data set | NLL(a) - NLL(b) (nats) | paired s.e. | 95% interval | "
+    "test images | status |",
+    "| --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  for d in pairs:
+    if d["status"] == "ok":
+      lo_hi = d["interval_95"]
+      cells = [
+        f"{d['difference']:+.2f}",
+        "n/a" if d["sem"] is None else f"{d['sem']:.2f}",
+        f"[{lo_hi[0]:+.2f}, {lo_hi[1]:+.2f}]" if lo_hi else "n/a",
+        f"{d['test_images']:,}",
+        SAME_IMAGES,
+      ]
+    else:
+      cells = ["n/a"] * 4 + [d["status"]]
+    lines.append("| " + " | ".join([d["what"], d["dataset"]] + cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def finished_row(logdir: str, s) -> dict | None:
   """The cell's evaluated row when its training had finished (or stopped early) and the row was
   made with these settings; None otherwise."""
@@ -218,7 +308,8 @@ def test_counts(rows) -> str:
 
 
 def write_table(rows, *, output: str, command: str, preset: str):
-  results.write_json(results.rows_path(output), rows)
+  pairs = paired_differences(rows, output)
+  results.write_json(results.rows_path(output), {"rows": rows, "differences": pairs})
   rows = [
     dict(
       r,
@@ -295,6 +386,15 @@ def write_table(rows, *, output: str, command: str, preset: str):
       "epochs on a subset): its numbers are far from converged and NOT comparable with "
       "the paper's."
     )
+  notes += (
+    "\n\n## Paired differences\n\n"
+    "NLL(a) - NLL(b) in nats (negative: a is better): the mean over the same test images of the "
+    "per-image differences of the test NLL, computed only from the per-image values linked in "
+    "the table (`results.paired_difference`); paired s.e.: the standard error of those "
+    "differences (ddof = 1); 95% interval: the difference ± 1.96 paired s.e. (normal "
+    "approximation). A pair whose arrays are not both kept gives no number; its status says "
+    "which is missing.\n\n" + differences_markdown(pairs)
+  )
   results.write_markdown(
     output,
     title="VampPrior: test negative log-likelihood (nats)",

@@ -1,5 +1,6 @@
 """experiments.vampprior_table: a one-data-set grid through the real CLI, and the table layout."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -7,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from experiments import results, vampprior_table
+from experiments import results, vampprior_flags, vampprior_table
 from tests import scripts
 
 
@@ -37,7 +38,7 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
   assert "python -m experiments.vampprior_table" in text
   rows = [l for l in text.splitlines() if l.startswith("| frey_faces")]
   assert len(rows) == 2 and "vampprior" in rows[1]
-  saved = json.load(open(tmp_path / "table.json"))
+  saved = json.load(open(tmp_path / "table.json"))["rows"]
   assert [r["prior"] for r in saved] == ["standard", "vampprior"]
   # Trained and evaluated in this run: finished, and the page does not call them unconverged.
   assert [r["status"] for r in saved] == ["finished", "finished"]
@@ -62,6 +63,11 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
     assert row["test_negative_elbo"] == -values["elbo"].astype(np.float64).mean()
     assert row["per_example"] == f"table/frey_faces-vae-{row['prior']}.npz"
   assert "[table/frey_faces-vae-standard.npz](table/frey_faces-vae-standard.npz)" in text
+  # The page's one pair of cells, from those arrays (tested in detail below).
+  pairs = json.load(open(tmp_path / "table.json"))["differences"]
+  assert [(d["what"], d["status"], d["test_images"]) for d in pairs] == [
+    ("vampprior - standard, model vae", "ok", 10)
+  ]
   assert "validation / test subsets frey_faces 10." in text
   assert [r["adam_epsilon"] for r in saved] == [1e-8, 1e-8] and " | 1e-08 | " in rows[0]
 
@@ -123,7 +129,7 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "Resumed from" not in proc.stderr
-  rows = json.load(open(tmp_path / "report.json"))
+  rows = json.load(open(tmp_path / "report.json"))["rows"]
   assert [r["status"] for r in rows] == [
     "finished",
     "finished",
@@ -163,7 +169,7 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
     ],
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert json.load(open(tmp_path / "altered.json"))[0]["test_nll"] == pytest.approx(
+  assert json.load(open(tmp_path / "altered.json"))["rows"][0]["test_nll"] == pytest.approx(
     saved[0]["test_nll"] + 10.0, abs=1e-4
   )
   assert rows[2].get("test_nll") is None and rows[3].get("test_nll") is None
@@ -206,7 +212,7 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert not os.path.exists(tmp_path / "runs" / "frey_faces-vae-standard")
-  kept = json.load(open(tmp_path / "table.json"))
+  kept = json.load(open(tmp_path / "table.json"))["rows"]
   assert [r["status"] for r in kept] == [
     "finished; run folder not on this machine (row kept from the page's JSON)"
   ]
@@ -237,7 +243,7 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
     ],
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert [r["status"] for r in json.load(open(tmp_path / "smoke.json"))] == [
+  assert [r["status"] for r in json.load(open(tmp_path / "smoke.json"))["rows"]] == [
     "evaluated before training finished (--max_steps)"
   ]
   assert "**Not converged:**" in smoke.read_text()
@@ -246,3 +252,177 @@ def test_table_cli_runs_a_tiny_grid(tmp_path):
 def test_paper_numbers_are_only_attached_to_published_cells():
   assert vampprior_table.PAPER_NLL[("static_mnist", "vae", "vampprior")] == 85.57
   assert all(k[0] == "static_mnist" for k in vampprior_table.PAPER_NLL)
+
+
+# A finished 2 x 2 grid on Frey Faces (7 test images), nothing trained: run folders as
+# `experiments.vampprior_train` leaves them, with recorded test numbers the page must not use.
+GRID_ARGS = [
+  "--preset=quick",
+  "--datasets=frey_faces",
+  "--models=vae,hvae_2level",
+  "--priors=standard,vampprior",
+  "--eval_examples=7",
+  "--test_samples=8",
+]
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+SAME_IMAGES = "paired over the same test images"
+
+
+def finished_grid(runs, page) -> dict[str, np.ndarray]:
+  """Run folders of the finished cells under `runs` (status.json, results.json with a recorded test
+  NLL of 999 and no per-image file) and each cell's per-image values beside `page` only; returns
+  {cell id: the float32 log-likelihoods written}."""
+  with scripts.defined_flags(vampprior_table.define_flags) as fv:
+    fv(["vampprior_table", *GRID_ARGS, f"--logdir={runs}", f"--table_output={page}"])
+    cells = vampprior_flags.table_settings_from_flags().cells
+  rng = np.random.default_rng(0)
+  faces = rng.normal(-1800.0, 30.0, 7)  # how hard each test face is, shared by the four cells
+  values = {}
+  for i, (s, config) in enumerate(cells):
+    os.makedirs(config.logdir)
+    status = dict(
+      epoch=5.0,
+      total_epochs=5,
+      best_epoch=4,
+      best_metric=1850.0,
+      train_seconds=1.0,
+      cpu="test CPU",
+      finished=True,
+      code_commits=["abc1234"],
+    )
+    with open(os.path.join(config.logdir, "status.json"), "w") as f:
+      json.dump(status, f)
+    row = dict(
+      dataclasses.asdict(s),
+      test_nll=999.0,
+      test_nll_sem=1.0,
+      test_negative_elbo=1000.0,
+      importance_samples=8,
+    )
+    with open(os.path.join(config.logdir, "results.json"), "w") as f:
+      json.dump(row, f)
+    cell = os.path.basename(config.logdir)
+    ll = (faces - 10.0 * i + rng.normal(0.0, 3.0, 7)).astype(np.float32)
+    results.write_per_example(
+      results.published_per_example_path(str(page), cell), log_likelihood=ll, elbo=ll - 20.0
+    )
+    values[cell] = ll
+  return values
+
+
+def expected_line(what, ll_a, ll_b) -> str:
+  """The page's line of NLL(a) - NLL(b) from the per-image log-likelihoods, in NumPy."""
+  diff = -ll_a.astype(np.float64) - -ll_b.astype(np.float64)
+  mean, sem = diff.mean(), diff.std(ddof=1) / np.sqrt(len(diff))
+  lo, hi = mean - Z95 * sem, mean + Z95 * sem
+  return (
+    f"| {what} | frey_faces | {mean:+.2f} | {sem:.2f} | [{lo:+.2f}, {hi:+.2f}] | {len(diff)} | "
+    f"{SAME_IMAGES} |"
+  )
+
+
+# (what the page calls the pair, cell a, cell b) for NLL(a) - NLL(b).
+PAIRS = [
+  ("vampprior - standard, model vae", "frey_faces-vae-vampprior", "frey_faces-vae-standard"),
+  (
+    "vampprior - standard, model hvae_2level",
+    "frey_faces-hvae_2level-vampprior",
+    "frey_faces-hvae_2level-standard",
+  ),
+  (
+    "hvae_2level - vae, prior standard",
+    "frey_faces-hvae_2level-standard",
+    "frey_faces-vae-standard",
+  ),
+  (
+    "hvae_2level - vae, prior vampprior",
+    "frey_faces-hvae_2level-vampprior",
+    "frey_faces-vae-vampprior",
+  ),
+]
+
+
+def test_paired_differences_come_from_the_per_image_values_beside_the_page(tmp_path):
+  runs, page = tmp_path / "runs", tmp_path / "page.md"
+  values = finished_grid(runs, page)
+  args = [*GRID_ARGS, f"--logdir={runs}", f"--table_output={page}"]
+
+  def section(extra):
+    proc = scripts.run_script("vampprior_table", args + extra)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Resumed from" not in proc.stderr  # nothing trained or evaluated
+    text = page.read_text()
+    return text[text.index("## Paired differences") :], text
+
+  # A normal run of the finished grid and --report_only write the same section: the four pairs,
+  # each the NumPy mean and ddof = 1 standard error of the per-image differences.
+  shown, text = section([])
+  assert shown == section(["--report_only"])[0]
+  for what, a, b in PAIRS:
+    assert expected_line(what, values[a], values[b]) in shown.splitlines()
+  assert "999" not in shown  # the recorded test NLLs are not what the pairs are made from
+  data = json.load(open(tmp_path / "page.json"))
+  assert [r["status"] for r in data["rows"]] == ["finished"] * 4
+  diff = -values[PAIRS[0][1]].astype(np.float64) + values[PAIRS[0][2]].astype(np.float64)
+  assert [
+    (d["what"], d["a"], d["b"], d["status"], d["test_images"]) for d in data["differences"]
+  ] == [(what, a, b, "ok", 7) for what, a, b in PAIRS]
+  assert data["differences"][0]["difference"] == diff.mean()
+  assert data["differences"][0]["sem"] == diff.std(ddof=1) / np.sqrt(7)
+  # The table and notes above the section are the page's own, as before: its rows are the only
+  # lines that start with the data set.
+  assert [l.split(" | ")[1:3] for l in text.splitlines() if l.startswith("| frey_faces")] == [
+    ["vae", "standard"],
+    ["vae", "vampprior"],
+    ["hvae_2level", "standard"],
+    ["hvae_2level", "vampprior"],
+  ]
+  assert text.index("| data set | model | prior |") < text.index("Per-image values: where a row")
+  assert text.index("Per-image values: where a row") < text.index("## Paired differences")
+
+  # One per-image value altered: the pairs with that cell change, the others do not.
+  altered = values["frey_faces-hvae_2level-vampprior"].copy()
+  altered[3] -= 4.0
+  results.write_per_example(
+    results.published_per_example_path(str(page), "frey_faces-hvae_2level-vampprior"),
+    log_likelihood=altered,
+    elbo=altered - 20.0,
+  )
+  values_after = dict(values, **{"frey_faces-hvae_2level-vampprior": altered})
+  after, _ = section(["--report_only"])
+  for what, a, b in PAIRS:
+    line = expected_line(what, values_after[a], values_after[b])
+    assert line in after.splitlines()
+    assert (line in shown.splitlines()) == ("frey_faces-hvae_2level-vampprior" not in (a, b))
+
+
+def test_a_pair_without_both_arrays_says_so_and_prints_no_number(tmp_path):
+  runs, page = tmp_path / "runs", tmp_path / "page.md"
+  values = finished_grid(runs, page)
+  os.remove(results.published_per_example_path(str(page), "frey_faces-vae-standard"))
+  proc = scripts.run_script(
+    "vampprior_table", [*GRID_ARGS, "--report_only", f"--logdir={runs}", f"--table_output={page}"]
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  text = page.read_text()
+  assert "| not kept | finished |" in text  # the row of the missing array
+  lines = text[text.index("## Paired differences") :].splitlines()
+  missing = "no number: vae + standard per-image values not kept"
+  assert f"| {PAIRS[0][0]} | frey_faces | n/a | n/a | n/a | n/a | {missing} |" in lines
+  assert f"| {PAIRS[2][0]} | frey_faces | n/a | n/a | n/a | n/a | {missing} |" in lines
+  for what, a, b in (PAIRS[1], PAIRS[3]):
+    assert expected_line(what, values[a], values[b]) in lines
+  pairs = json.load(open(tmp_path / "page.json"))["differences"]
+  assert [d["status"] for d in pairs] == [missing, "ok", missing, "ok"]
+  assert all("difference" not in d for d in (pairs[0], pairs[2]))
+
+
+def test_a_page_json_of_rows_alone_is_still_read(tmp_path):
+  # A page's JSON written as the plain list of its rows (before it kept paired differences beside
+  # them) gives the same rows, e.g. for the finished rows a new machine keeps from it.
+  rows = [dict(dataset="frey_faces", model="vae", prior="standard", status="finished")]
+  page = str(tmp_path / "page.md")
+  results.write_json(results.rows_path(page), rows)
+  assert results.read_rows(page) == rows
+  results.write_json(results.rows_path(page), {"rows": rows, "differences": []})
+  assert results.read_rows(page) == rows
