@@ -363,23 +363,10 @@ def table_markdown(rows: list[dict], page: str) -> str:
 
 
 def differences_markdown(pairs: list[dict]) -> str:
-  lines = [
-    "| difference (a - b) | NLL(a) - NLL(b) (nats) | paired s.e. | 95% interval | "
-    "test images | status |",
-    "| --- | --- | --- | --- | --- | --- |",
-  ]
+  header = ["difference (a - b)"] + results.PAIRED_HEADER
+  lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
   for d in pairs:
-    if d["status"] == "ok":
-      lo_hi = d["interval_95"]
-      cells = [
-        f"{d['difference']:+.2f}",
-        _num(d["sem"]),
-        f"[{lo_hi[0]:+.2f}, {lo_hi[1]:+.2f}]" if lo_hi else "n/a",
-        f"{d['test_images']:,}",
-        "paired over the same test images",
-      ]
-    else:
-      cells = ["n/a", "n/a", "n/a", "n/a", d["status"]]
+    cells = results.paired_difference_cells(d)
     lines.append("| " + " | ".join([d["what"]] + cells) + " |")
   return "\n".join(lines) + "\n"
 

@@ -363,6 +363,24 @@ def with_per_example_numbers(
 Z95 = 1.959963984540054  # two-sided 95% normal quantile: a 95% interval is mean ± Z95 s.e.
 
 
+PAIRED_HEADER = ["NLL(a) - NLL(b) (nats)", "paired s.e.", "95% interval", "test images", "status"]
+
+
+def paired_difference_cells(d: dict) -> list[str]:
+  """The five table cells of one paired difference (`PAIRED_HEADER`): a pair with status "ok"
+  (`difference`, `sem`, `interval_95`, `test_images`) prints its numbers, any other its status."""
+  if d["status"] != "ok":
+    return ["n/a"] * 4 + [d["status"]]
+  lo_hi = d["interval_95"]
+  return [
+    f"{d['difference']:+.2f}",
+    "n/a" if d["sem"] is None else f"{d['sem']:.2f}",
+    f"[{lo_hi[0]:+.2f}, {lo_hi[1]:+.2f}]" if lo_hi else "n/a",
+    f"{d['test_images']:,}",
+    "paired over the same test images",
+  ]
+
+
 def paired_difference(path_a: str, path_b: str) -> tuple[float, float]:
   """NLL(a) - NLL(b), averaged over the same test images, and its paired standard error (the
   standard error of the per-image differences, passes averaged per image first): the two files

@@ -137,7 +137,6 @@ def with_per_example_numbers(rows: list[dict], *, page: str, logdirs: list[str])
 # against the standard prior for each model, the two-level HVAE against the VAE for each prior.
 PRIOR_PAIR = ("vampprior", "standard")
 MODEL_PAIR = ("hvae_2level", "vae")
-SAME_IMAGES = "paired over the same test images"
 
 
 def paired_differences(rows: list[dict], page: str) -> list[dict]:
@@ -199,23 +198,10 @@ def differences_markdown(pairs: list[dict]) -> str:
   """The "Paired differences" section of the page: its table, or a line saying there is no pair."""
   if not pairs:
     return "No pair of cells to compare on this page (VampPrior - standard, HVAE - VAE).\n"
-  lines = [
-    "| difference (a - b) | data set | NLL(a) - NLL(b) (nats) | paired s.e. | 95% interval | "
-    "test images | status |",
-    "| --- | --- | --- | --- | --- | --- | --- |",
-  ]
+  header = ["difference (a - b)", "data set"] + results.PAIRED_HEADER
+  lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
   for d in pairs:
-    if d["status"] == "ok":
-      lo_hi = d["interval_95"]
-      cells = [
-        f"{d['difference']:+.2f}",
-        "n/a" if d["sem"] is None else f"{d['sem']:.2f}",
-        f"[{lo_hi[0]:+.2f}, {lo_hi[1]:+.2f}]" if lo_hi else "n/a",
-        f"{d['test_images']:,}",
-        SAME_IMAGES,
-      ]
-    else:
-      cells = ["n/a"] * 4 + [d["status"]]
+    cells = results.paired_difference_cells(d)
     lines.append("| " + " | ".join([d["what"], d["dataset"]] + cells) + " |")
   return "\n".join(lines) + "\n"
 
