@@ -2,17 +2,21 @@
 `log_weights` (the networks on x alone, NVAE's bottom-up pass and VampPrior's q(z | x) / x
 branches, run once per image, their outputs repeated K times) against the whole model on the
 images repeated K times (how log_weights worked before; the same numbers:
-tests/nvae_tf/test_model.py, tests/vampprior_tf/test_model.py).
+tests/nvae_tf/test_model.py, tests/vampprior_tf/test_model.py); for NVAE also the inference
+network with batch norm folded into the convolutions (what log_weights runs) against the same
+network with every batch norm applied on its own (`InvertedResidual.fold_batch_norm = False`).
 
   python bench/bench_log_weights.py                    # NVAE cpu preset, VampPrior paper models
+  python bench/bench_log_weights.py --cores=1 --threads=1 --vampprior=  # one core, NVAE only
   python bench/bench_log_weights.py --configs=quick,cpu --vampprior=vae,hvae_2level --repeats=5
   python bench/bench_log_weights.py --configs=paper --images=4 --samples=25 --repeats=1 --vampprior=
 
 One call is one chunk of an evaluation: NVAE `--images` x `--samples` (the presets' eval batch x
 iw_chunk, 50 x 100), VampPrior 20 images x 250 samples (`vampprior_train.RunSettings`'s
 ll_batch_size x ll_chunk) with the paper sizes (300 hidden units, 40-d latents, 500
-pseudo-inputs). Both methods are compiled with tf.function and timed after a warm-up call; each
-ratio is formed from two times measured in this one run.
+pseudo-inputs). Every method is compiled with tf.function and timed after a warm-up call, the
+methods alternating call by call; each prints wall and CPU seconds per call (medians), and each
+ratio is formed from CPU times measured in this one run.
 """
 
 from __future__ import annotations
@@ -26,25 +30,17 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np
-import tensorflow as tf
+import statistics  # noqa: E402
 
-from common_tf import host
-from experiments import nvae_train, vampprior_train
-from nvae_tf import NVAE
-from vampprior_tf import model as vampprior_models
-
-
-def seconds_per_call(fn, x, repeats: int) -> float:
-  fn(x)  # trace
-  start = time.perf_counter()
-  for _ in range(repeats):
-    fn(x).numpy()
-  return (time.perf_counter() - start) / repeats
+import peer  # noqa: E402
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--cores", default="", help="Comma list of cores to run on (default: all).")
+  parser.add_argument(
+    "--threads", type=int, default=0, help="TensorFlow intra/inter-op threads (0: its default)."
+  )
   parser.add_argument(
     "--configs",
     default="cpu",
@@ -60,10 +56,22 @@ def main():
   )
   parser.add_argument("--repeats", type=int, default=3, help="Timed calls per method.")
   args = parser.parse_args()
-  print(
-    f"host: {host.cpu_model()}; {platform.python_version()}, TensorFlow {tf.__version__}; "
-    f"load average {os.getloadavg()[0]:.1f}"
-  )
+  cores = [int(c) for c in args.cores.split(",") if c]
+  peer.pin(cores or None, args.threads)
+  if not args.threads:
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+      del os.environ[name]
+  global np, tf, nvae_train, vampprior_train, NVAE, L, vampprior_models
+  import numpy as np
+  import tensorflow as tf
+
+  from experiments import nvae_train, vampprior_train
+  from nvae_tf import NVAE
+  from nvae_tf import layers as L
+  from vampprior_tf import model as vampprior_models
+
+  print(peer.header(args.threads or tf.config.threading.get_intra_op_parallelism_threads()))
+  print(f"Python {platform.python_version()}, TensorFlow {tf.__version__}")
   binary = lambda n, shape: tf.constant(
     (np.random.default_rng(0).random((n,) + shape) < 0.2).astype(np.float32)
   )
@@ -72,11 +80,20 @@ def main():
     model = NVAE(nvae_train.PRESETS[name].model, seed=0)
     x = binary(args.images, (28, 28, 1))
     model(x[:2])
+
+    def unfolded(xb, m=model, k=k):
+      L.InvertedResidual.fold_batch_norm = False  # read while tracing
+      try:
+        return m.log_weights(xb, k)
+      finally:
+        L.InvertedResidual.fold_batch_norm = True
+
     compare(
       f"NVAE {name}: {args.images} images x K = {k}",
       args.repeats,
       x,
       once=tf.function(lambda xb, m=model, k=k: m.log_weights(xb, k)),
+      once_bn_apart=tf.function(unfolded),
       tiled=tf.function(
         lambda xb, m=model, k=k: tf.reshape(
           m(tf.tile(xb, [k, 1, 1, 1]), training=False).log_weight, [k, -1]
@@ -117,13 +134,28 @@ def main():
     )
 
 
-def compare(label: str, repeats: int, x, *, once, tiled):
-  t_once, t_tiled = seconds_per_call(once, x, repeats), seconds_per_call(tiled, x, repeats)
-  print(
-    f"{label}: log_weights {t_once:.3f} s/call, whole model on repeated images "
-    f"{t_tiled:.3f} s/call; ratio = {t_tiled / t_once:.2f}",
-    flush=True,
-  )
+def compare(label: str, repeats: int, x, **methods):
+  """Times each method (compiled functions of x) `repeats` times, alternating call by call;
+  prints each method's median wall / CPU seconds per call and its CPU time / the first one's."""
+  for fn in methods.values():
+    fn(x).numpy()  # trace and warm up
+  wall = {name: [] for name in methods}
+  cpu = {name: [] for name in methods}
+  for _ in range(repeats):
+    for name, fn in methods.items():
+      w, c = time.perf_counter(), time.process_time()
+      fn(x).numpy()
+      wall[name].append(time.perf_counter() - w)
+      cpu[name].append(time.process_time() - c)
+  first = statistics.median(next(iter(cpu.values())))
+  print(f"{label} (medians of {repeats} calls):")
+  for name in methods:
+    c = statistics.median(cpu[name])
+    print(
+      f"  {name:14s} {statistics.median(wall[name]):8.3f} s wall {c:8.3f} s CPU per call; "
+      f"CPU / {next(iter(methods))} = {c / first:.2f}",
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -157,13 +157,18 @@ class Conv2D(keras.layers.Layer):
     """The weight as the (C_out, kh*kw*C_in) matrix whose top singular value SR/SN use."""
     return spectral.kernel_matrix(self.weight(), depthwise=self.depthwise)
 
-  def call(self, x, training=False):
+  def effective_kernel(self, training=False):
+    """The kernel the convolution applies, float32: weight-normalised, masked and, with spectral
+    normalisation, divided by sigma (in training after this call's power iteration)."""
     kernel = self.weight()
     if self.spectral_state is not None:
       w = spectral.kernel_matrix(kernel, depthwise=self.depthwise)[None]
       sigma = self.spectral_state.update(w) if training else self.spectral_state.sigma(w)
       kernel = kernel / sigma[0]
-    kernel = tf.cast(kernel, x.dtype)
+    return kernel
+
+  def call(self, x, training=False):
+    kernel = tf.cast(self.effective_kernel(training), x.dtype)
     pad = (self.kernel_size - 1) // 2
     if pad:
       x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
@@ -234,6 +239,11 @@ class UpsampleSkip(keras.layers.Layer):
     self.built = True
 
   def call(self, x, training=False):
+    if not training:
+      # The 1x1 convolution (no bias) and the upsampling are linear maps on different axes, so
+      # they commute: at inference the convolution runs on a quarter of the pixels and the
+      # upsampling on half of the channels (the same function up to float32 rounding).
+      return upsample_bilinear(self.conv(x, training=training))
     return self.conv(upsample_bilinear(x), training=training)
 
 
@@ -295,13 +305,61 @@ class InvertedResidual(keras.layers.Layer):
     self.bn_out = batch_norm(out_channels)
     self.built = True
 
+  # Inference runs the folded form (`call_folded`); False runs the layer by layer form in both.
+  fold_batch_norm: bool = True
+
   def call(self, x, training=False):
+    if not training and self.fold_batch_norm:
+      return self.call_folded(x)
     if self.upsample:
       x = upsample_nearest(x)
     x = self.bn_in(x, training=training)
     x = tf.nn.silu(self.bn_expand(self.expand(x, training=training), training=training))
     x = tf.nn.silu(self.bn_depthwise(self.depthwise(x, training=training), training=training))
     return self.bn_out(self.project(x, training=training), training=training)
+
+  def call_folded(self, x):
+    """Inference (BN with its moving statistics, an affine map a * x + c per channel) with every
+    BN folded into the convolution beside it: three convolutions with bias, two Swish.
+
+      expand(a_in * x + c_in) = (a_in W_e) x + c_in W_e              (1x1: no padding to cross)
+      a * conv(x; W) + c = conv(x; a W) + c                          (BN after a convolution)
+
+    The same function as the layer by layer form up to float32 rounding, 1.5x faster for the
+    NVAE cpu preset's test NLL (bench/bench_log_weights.py); the depthwise convolution pads
+    inside the kernel (SAME = symmetric (k - 1) / 2 at stride 1) instead of a separate Pad.
+    """
+    if self.upsample:
+      x = upsample_nearest(x)
+    a_in, c_in = bn_affine(self.bn_in)
+    a_e, c_e = bn_affine(self.bn_expand)
+    a_d, c_d = bn_affine(self.bn_depthwise)
+    a_o, c_o = bn_affine(self.bn_out)
+    w_e = self.expand.effective_kernel()[0, 0]  # [C_in, H]
+    w_e_folded = a_in[:, None] * w_e * a_e  # [C_in, H]
+    b_e = tf.linalg.matvec(w_e, c_in, transpose_a=True) * a_e + c_e  # [H]
+    w_d = self.depthwise.effective_kernel() * a_d[:, None]  # [k, k, H, 1]
+    w_p = self.project.effective_kernel()[0, 0] * a_o  # [H, C_out]
+    cast = lambda t: tf.cast(t, x.dtype)
+    x = _swish(tf.nn.bias_add(tf.nn.conv2d(x, cast(w_e_folded[None, None]), 1, "VALID"), cast(b_e)))
+    x = tf.nn.depthwise_conv2d(x, cast(w_d), strides=[1, 1, 1, 1], padding="SAME")
+    x = _swish(tf.nn.bias_add(x, cast(c_d)))
+    return tf.nn.bias_add(tf.nn.conv2d(x, cast(w_p[None, None]), 1, "VALID"), cast(c_o))
+
+
+def _swish(x):
+  """x * sigmoid(x), written out (`tf.nn.silu` wraps it in a custom gradient, which keeps
+  TensorFlow's graph optimiser from fusing it into the convolution before it)."""
+  return x * tf.sigmoid(x)
+
+
+def bn_affine(bn: keras.layers.BatchNormalization):
+  """Inference batch norm as y = a * x + c per channel, float32 ([C], [C]):
+  a = gamma / sqrt(moving_variance + eps), c = beta - moving_mean * a."""
+  a = tf.convert_to_tensor(bn.gamma) * tf.math.rsqrt(
+    tf.convert_to_tensor(bn.moving_variance) + bn.epsilon
+  )
+  return a, tf.convert_to_tensor(bn.beta) - tf.convert_to_tensor(bn.moving_mean) * a
 
 
 class Cell(keras.layers.Layer):

@@ -100,3 +100,46 @@ def test_paired_iaf_is_volume_preserving():
   assert sign > 0 and abs(logdet) < 1e-4
   _, log_det = flow(z)
   np.testing.assert_array_equal(log_det.numpy(), 0.0)
+
+
+def trained_batch_norms(layer, seed):
+  """Moving statistics, gamma and beta away from their initial values (as after training)."""
+  rng = np.random.default_rng(seed)
+  for v in layer.variables:
+    if v.path.endswith(("moving_mean", "beta")):
+      v.assign(rng.normal(0.0, 0.5, v.shape).astype(np.float32))
+    elif v.path.endswith(("moving_variance", "gamma")):
+      v.assign(rng.uniform(0.3, 3.0, v.shape).astype(np.float32))
+
+
+@pytest.mark.parametrize("upsample", [False, True])
+@pytest.mark.parametrize("spectral_norm", [False, True])
+def test_inference_folds_batch_norm_into_the_convolutions(upsample, spectral_norm):
+  """At inference the inverted residual runs three convolutions with folded BN; the same function
+  as its layers one by one with BN in inference mode: y = gamma (x - mean) / sqrt(var + eps) + beta."""
+  keras.utils.set_random_seed(0)
+  layer = L.InvertedResidual(6, 4, expansion=3, upsample=upsample, spectral_norm=spectral_norm)
+  trained_batch_norms(layer, seed=1)
+  x = tf.random.normal((2, 5, 5, 6))
+
+  def bn(b, h):  # inference batch norm, written out
+    return b.gamma * (h - b.moving_mean) / tf.sqrt(b.moving_variance + 1e-5) + b.beta
+
+  h = L.upsample_nearest(x) if upsample else x
+  h = tf.nn.silu(bn(layer.bn_expand, layer.expand(bn(layer.bn_in, h))))
+  h = tf.nn.silu(bn(layer.bn_depthwise, layer.depthwise(h)))
+  want = bn(layer.bn_out, layer.project(h)).numpy()
+  got = layer(x, training=False).numpy()
+  assert got.shape == ((2, 10, 10, 4) if upsample else (2, 5, 5, 4))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
+  assert np.abs(want).max() > 1.0  # BN statistics and weights that matter
+
+
+def test_upsampling_skip_runs_its_convolution_first_at_inference():
+  """conv1x1(upsample(x)) = upsample(conv1x1(x)) without a bias: the inference order."""
+  keras.utils.set_random_seed(0)
+  skip = L.UpsampleSkip(6)
+  x = tf.random.normal((2, 4, 5, 6))
+  want = skip.conv(L.upsample_bilinear(x)).numpy()
+  np.testing.assert_allclose(skip(x, training=False).numpy(), want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(skip(x, training=True).numpy(), want, rtol=1e-5, atol=1e-6)

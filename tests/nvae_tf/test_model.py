@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from evaluation import likelihood
 from nvae_tf import NVAE, groups_per_scale, optim
+from nvae_tf import layers as L
 from tests.nvae_tf.conftest import one_scale_config, tiny_config
 
 
@@ -174,3 +175,23 @@ def test_tiny_model_overfits_64_digits(digits):
   losses = [float(step()) for _ in range(30)]  # ~716 -> ~313 nats on this setup
   start, end = np.mean(losses[:3]), np.mean(losses[-5:])
   assert end < 0.55 * start, (start, end)
+
+
+def test_log_weights_with_folded_batch_norm_equal_the_layer_by_layer_network(digits, monkeypatch):
+  """The test NLL's network (BN folded into the convolutions) against the same model with every
+  BN applied on its own, from the same noise: equal up to float32 rounding."""
+  model = NVAE(tiny_config(), seed=3)
+  x = tf.constant(digits[:3])
+  model(x)
+  rng = np.random.default_rng(0)
+  for v in model.variables:
+    if v.path.endswith(("moving_mean", "beta")):
+      v.assign(rng.normal(0.0, 0.3, v.shape).astype(np.float32))
+    elif v.path.endswith(("moving_variance", "gamma")):
+      v.assign(rng.uniform(0.5, 2.0, v.shape).astype(np.float32))
+  state = model.seed_generator.state.numpy()
+  folded = model.log_weights(x, 4).numpy()  # [K, B]
+  monkeypatch.setattr(L.InvertedResidual, "fold_batch_norm", False)
+  model.seed_generator.state.assign(state)
+  want = model.log_weights(x, 4).numpy()
+  np.testing.assert_allclose(folded, want, rtol=1e-5, atol=1e-3)
