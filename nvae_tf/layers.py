@@ -157,6 +157,11 @@ class Conv2D(keras.layers.Layer):
     """The weight as the (C_out, kh*kw*C_in) matrix whose top singular value SR/SN use."""
     return spectral.kernel_matrix(self.weight(), depthwise=self.depthwise)
 
+  # Depthwise convolutions at stride 1 pad inside the kernel instead of with a separate Pad op
+  # (the same outputs and gradients: bit for bit on an AVX-512 Xeon; tests/nvae_tf/test_layers.py).
+  # Regular convolutions keep the Pad op: padding inside changes their input gradient's rounding.
+  pad_inside: bool = True
+
   def effective_kernel(self, training=False):
     """The kernel the convolution applies, float32: weight-normalised, masked and, with spectral
     normalisation, divided by sigma (in training after this call's power iteration)."""
@@ -170,14 +175,18 @@ class Conv2D(keras.layers.Layer):
   def call(self, x, training=False):
     kernel = tf.cast(self.effective_kernel(training), x.dtype)
     pad = (self.kernel_size - 1) // 2
-    if pad:
-      x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    if self.depthwise and self.stride == 1 and self.pad_inside:
+      padding = "SAME"  # = symmetric (k - 1) / 2 at stride 1, padded inside the kernel
+    else:
+      padding = "VALID"
+      if pad:
+        x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
     if self.depthwise:
       y = tf.nn.depthwise_conv2d(
-        x, kernel, strides=[1, self.stride, self.stride, 1], padding="VALID"
+        x, kernel, strides=[1, self.stride, self.stride, 1], padding=padding
       )
     else:
-      y = tf.nn.conv2d(x, kernel, strides=self.stride, padding="VALID")
+      y = tf.nn.conv2d(x, kernel, strides=self.stride, padding=padding)
     if self.bias is not None:
       y = y + tf.cast(self.bias, y.dtype)
     return y
