@@ -61,8 +61,7 @@ def main():
   if not args.threads:
     for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
       del os.environ[name]
-  global np, tf, nvae_train, vampprior_train, NVAE, L, vampprior_models
-  import numpy as np
+  import numpy as np  # after pinning: TensorFlow reads the thread counts when imported
   import tensorflow as tf
 
   from experiments import nvae_train, vampprior_train
