@@ -439,10 +439,13 @@ class Trainer:
       optimizer.build(model.trainable_variables)
     # Keras 3 layers held in Python lists, and SeedGenerator states, are in `model.variables`
     # but not in TF's object graph: checkpoint that ordered list explicitly (its order is fixed
-    # by the model's code, unlike the auto-generated layer names in variable paths).
+    # by the model's code, unlike the auto-generated layer names in variable paths). The list
+    # holds the Keras variables themselves, the objects the optimizer also tracks, so each weight
+    # is written once (a list of their `.value`s wrote the trainable weights a second time,
+    # under the optimizer; such checkpoints restore the same).
     self.checkpoint = tf.train.Checkpoint(
       model=model,
-      model_variables=[v.value for v in model.variables],
+      model_variables=list(model.variables),
       optimizer=optimizer,
       step=self.step,
       best_metric=self.best_metric,

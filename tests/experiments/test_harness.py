@@ -248,6 +248,44 @@ def test_multi_worker_needs_tf_config(monkeypatch):
     harness.setup_runtime(strategy="multi_worker")
 
 
+def test_each_weight_is_written_once(one_epoch_run):
+  """The training checkpoint holds every weight once: not again under the optimizer, which
+  tracks the same Keras variables (values compared, so a second copy under any name counts)."""
+  _, trainer = one_epoch_run
+  path = trainer.manager.latest_checkpoint
+  reader = tf.train.load_checkpoint(path)
+  tensors = [
+    reader.get_tensor(n) for n in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in n
+  ]
+  for v in trainer.model.trainable_variables:
+    value = v.numpy()
+    copies = [t for t in tensors if np.shape(t) == value.shape and np.array_equal(t, value)]
+    assert len(copies) == 1, v.path
+
+
+def test_a_checkpoint_with_the_weights_written_twice_restores_the_same(one_epoch_run, tmp_path):
+  """Checkpoints written before each weight was written once (model_variables as the variables'
+  `.value`s, the trainable ones again under the optimizer) restore every weight, slot and counter."""
+  _, trainer = one_epoch_run
+  children = {
+    name: child
+    for name, child in trainer.checkpoint._trackable_children().items()
+    if name != "save_counter"
+  }
+  children["model_variables"] = [v.value for v in trainer.model.variables]
+  old = tf.train.Checkpoint(**children).save(str(tmp_path / "old" / "ckpt"))
+  reader = tf.train.load_checkpoint(old)
+  names = reader.get_variable_to_shape_map()
+  assert any(n.startswith("optimizer/_trainable_variables/") for n in names)  # the old layout
+  fresh = make_trainer(tmp_path / "fresh", epochs=2)
+  fresh._restore(old)
+  assert int(fresh.step.numpy()) == int(trainer.step.numpy()) == 4
+  for a, b in zip(fresh.model.variables, trainer.model.variables, strict=True):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  for a, b in zip(fresh.optimizer.variables, trainer.optimizer.variables, strict=True):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_checkpoint_holds_listed_layers_and_rejects_other_models(one_epoch_run):
   tmp_path, trainer = one_epoch_run
   names = [name for name, _ in tf.train.list_variables(trainer.manager.latest_checkpoint)]
