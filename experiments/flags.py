@@ -275,6 +275,17 @@ def exit_now(code: int):
   os._exit(code)
 
 
+def leave_cluster():
+  """The end of a multi-worker run (nothing outside one): waits until every worker got here
+  (`harness.wait_for_every_worker`). If the chief's wait fails, a peer ended badly after the last
+  step they shared: the chief's results are written, the peer reports its own failure, and the
+  chief prints one warning line. Other workers' waits fail when the chief left first: no line."""
+  error = harness.wait_for_every_worker()
+  if error is not None and harness.is_chief_process():
+    first = (error.message or type(error).__name__).splitlines()[0]
+    print(f"warning: not every worker reached the end of the run: {first}", file=sys.stderr)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with bad values reported as one `error:` line and exit code 2."""
   try:
@@ -291,7 +302,8 @@ def run(main: Callable[[list[str]], Any]):
   `common_tf.preemption`) prints one line and exits with 128 + the signal number, after its
   checkpoint / partial results were written. A multi-worker run that lost a worker prints one line
   naming it and the command to restart on every worker, and exits with 75
-  (`harness.EXIT_WORKER_LOST`).
+  (`harness.EXIT_WORKER_LOST`). A multi-worker run that ends well waits for every worker before
+  it exits (`leave_cluster`).
   """
 
   def wrapped(argv):
@@ -299,7 +311,9 @@ def run(main: Callable[[list[str]], Any]):
       logging.set_verbosity(logging.WARNING)
     try:
       _check_numeric_flags()
-      return main(argv)
+      result = main(argv)
+      leave_cluster()
+      return result
     except harness.Preempted as e:
       print(str(e), file=sys.stderr)
       sys.exit(128 + e.signum)

@@ -51,7 +51,8 @@ command to restart on every worker and exit with `EXIT_WORKER_LOST`, 75), and re
 them resumes from the chief's newest checkpoint.
 
 **Multi-worker.** The chief (task 0) writes checkpoints and TensorBoard logs to `logdir`; other
-workers write their (identical) checkpoints to `logdir/.worker-<id>` and no logs.
+workers write their (identical) checkpoints to `logdir/.worker-<id>` and no logs. A script's
+workers leave together (`wait_for_every_worker`).
 """
 
 from __future__ import annotations
@@ -275,13 +276,54 @@ def code_commit() -> str | None:
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
   """True unless this process is a non-chief worker of a multi-worker cluster."""
-  resolver = getattr(strategy, "cluster_resolver", None)
+  return _resolver_is_chief(getattr(strategy, "cluster_resolver", None))
+
+
+def _resolver_is_chief(resolver) -> bool:
   if resolver is None or not resolver.cluster_spec().as_dict():
     return True
   jobs = resolver.cluster_spec().as_dict()
   if "chief" in jobs:
     return resolver.task_type == "chief"
   return resolver.task_type in (None, "worker") and (resolver.task_id or 0) == 0
+
+
+# How long a worker waits at the end of a multi-worker run for the others (`wait_for_every_worker`):
+# the chief may write results for a long while after the last computation every worker takes part
+# in. A worker that died is noticed sooner, by the coordination service's heartbeats (~10 s).
+END_OF_RUN_TIMEOUT_S = 24 * 3600
+END_OF_RUN_BARRIER = "genmodels/end-of-run"
+
+
+def wait_for_every_worker(*, timeout_s: float = END_OF_RUN_TIMEOUT_S) -> tf.errors.OpError | None:
+  """Blocks until every worker of this process's multi-worker cluster has called this too (a
+  barrier of TensorFlow's coordination service); returns at once outside a multi-worker run.
+
+  A worker's part of a collective can end before its peers have read what it sent (the all-gather
+  of a sharded test NLL: each peer pulls the data over gRPC, and retries); a worker that exited
+  then would fail its peer's read with "Connection refused". The scripts call this after `main`
+  (`experiments.flags.run`), so no worker exits while another may still read from it.
+
+  Returns None, or the error of a failed barrier: a peer died after its last collective, or (seen
+  by the other workers) the chief, which hosts the coordination service, has already passed the
+  barrier and exited.
+  """
+  from tensorflow.python.eager import context  # the public API has no barrier
+
+  if context.context().coordination_service is None:
+    return None
+  try:
+    context.context().wait_at_barrier(END_OF_RUN_BARRIER, int(timeout_s * 1000))
+  except tf.errors.OpError as e:
+    return e
+  return None
+
+
+def is_chief_process() -> bool:
+  """`is_chief` of this process's cluster as TF_CONFIG describes it (True without one)."""
+  if "TF_CONFIG" not in os.environ:
+    return True
+  return _resolver_is_chief(tf.distribute.cluster_resolver.TFConfigClusterResolver())
 
 
 def _worker_id(strategy) -> int:

@@ -16,6 +16,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 
 # First, so that TensorFlow starts up as in the scripts (experiments/__init__.py):
 from experiments import harness
@@ -297,10 +298,26 @@ def main(argv=None):
   parser.add_argument("--script", choices=sorted(SCRIPTS), default=None)
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--eval_memory_gib", type=float, default=None)
+  parser.add_argument(
+    "--chief_end_delay_s", type=float, default=0, help="the chief's extra time before the end"
+  )
   args = parser.parse_args(argv)
   strategy = harness.setup_runtime(
     strategy="multi_worker" if "TF_CONFIG" in os.environ else "default", deterministic=True, seed=1
   )
+  run(args, argv, strategy)
+  # As `experiments.flags.run` ends a script: the times show who waited for whom.
+  from experiments import flags as common
+
+  if harness.is_chief(strategy):
+    time.sleep(args.chief_end_delay_s)
+  print(f"ARRIVED {time.time()}", flush=True)
+  common.leave_cluster()
+  print(f"LEFT {time.time()}", flush=True)
+
+
+def run(args, argv, strategy):
+  """The script or the tasks `args` name."""
   if args.script is not None:
     SCRIPTS[args.script](args, strategy)
     return

@@ -66,6 +66,16 @@ def _finish(proc):
   return proc.output()
 
 
+def _finish_all(procs):
+  """Every worker's output once all have ended with 0; else the end of each one's output."""
+  codes = [proc.wait() for proc in procs]
+  assert codes == [0] * len(procs), "\n".join(
+    f"--- worker {i} (exit {code}):\n{proc.output()[-2000:]}"
+    for i, (proc, code) in enumerate(zip(procs, codes))
+  )
+  return [proc.output() for proc in procs]
+
+
 def _cluster(logdir, *, kill_worker_at_step=None, tasks="toy", extra=()):
   ports = _free_ports(2)
   workers = [f"127.0.0.1:{p}" for p in ports]
@@ -106,7 +116,7 @@ def test_two_workers_equal_one_process_and_resume_after_a_lost_worker(tmp_path):
   chief.kill()
   chief.wait()
   assert not os.path.exists(tmp_path / "two" / "toy" / "weights.npz")  # the cluster did not finish
-  outputs = [_finish(proc) for proc in _cluster(tmp_path / "two", tasks="toy,vampprior")]
+  outputs = _finish_all(_cluster(tmp_path / "two", tasks="toy,vampprior"))
   assert "Resumed from" in outputs[0]
   _finish(resumed)
   _finish(single)
@@ -132,12 +142,17 @@ def _printed(output, tag):
 def test_two_workers_shard_the_test_nll_of_a_real_script_and_only_the_chief_writes(tmp_path):
   # experiments.vampprior_train.train_and_evaluate, one process and two workers x 1 CPU on the
   # same global batch, a tiny VAE + VampPrior: 4 steps, then K = 30 on 40 test images in batches
-  # of 20 (10 per worker), the chunk chosen from a 4 GiB budget.
+  # of 20 (10 per worker), the chunk chosen from a 4 GiB budget. In the cluster the chief takes 3 s
+  # more at the end: worker 1 waits for it (the chief may still be reading worker 1's part of the
+  # last all-gather; a worker that had exited would fail it with "Connection refused").
   data_dir = write_binarized_mnist_head(tmp_path / "data", train=200, valid=40, test=40)
   extra = ["--script", "vampprior", "--data_dir", data_dir, "--eval_memory_gib", "4"]
   single = _Process(tmp_path / "single", extra=extra)
-  outputs = [_finish(proc) for proc in _cluster(tmp_path / "two", extra=extra)]
+  cluster = _cluster(tmp_path / "two", extra=[*extra, "--chief_end_delay_s", "3"])
+  outputs = _finish_all(cluster)
   one = _finish(single)
+  assert _printed(outputs[1], "LEFT") >= _printed(outputs[0], "ARRIVED")
+  assert "warning" not in outputs[0] + outputs[1]
   nll_one, nll_two = _printed(one, "ROW")["test_nll"], _printed(outputs[0], "ROW")["test_nll"]
   assert _printed(outputs[1], "ROW")["test_nll"] == nll_two  # gathered: both have every image
   # Training on two workers equals one process up to float32 roundoff (the test above), and the
@@ -165,7 +180,7 @@ def test_two_workers_train_and_shard_the_test_nll_of_nvae_and_only_the_chief_wri
   data_dir = write_binarized_mnist_head(tmp_path / "data", train=64, test=10)
   extra = ["--script", "nvae", "--data_dir", data_dir]
   single = _Process(tmp_path / "single", extra=extra)
-  outputs = [_finish(proc) for proc in _cluster(tmp_path / "two", extra=extra)]
+  outputs = _finish_all(_cluster(tmp_path / "two", extra=extra))
   one = _finish(single)
   row_one, row_two = _printed(one, "ROW"), _printed(outputs[0], "ROW")
   assert row_two["steps"] == row_one["steps"] == 4 and row_two["test_examples"] == 10

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 from absl import flags
 
 from experiments import flags as common
@@ -74,3 +75,35 @@ def test_bad_flag_is_one_error_line_and_exit_2():
   assert lines == ["error: flag --batch_size=0: 0 is not >= 1"] or (
     len(lines) == 1 and "--batch_size" in lines[0]
   ), out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("chief", [True, False], ids=["chief", "worker"])
+def test_a_script_waits_for_every_worker_before_it_exits(tmp_path, monkeypatch, chief):
+  # experiments.flags.run ends a script with harness.wait_for_every_worker (a coordination-service
+  # barrier; the real one is in test_distributed.py). A failed wait is a peer's failure after the
+  # run's last collective: the chief's results are written; it says so in one line and exits 0.
+  # Another worker's wait fails whenever the chief left first: no line.
+  from experiments import harness
+  from tests import scripts
+
+  waits = []
+
+  def wait(error):
+    waits.append(os.path.exists(tmp_path / "page.md"))  # after main wrote its page
+    return error
+
+  monkeypatch.setattr(harness, "is_chief_process", lambda: chief)
+  # A page of runs in progress (none started): main writes it and returns.
+  args = ["--preset=quick", "--datasets=frey_faces", "--models=vae", "--report_only"]
+  args += [f"--logdir={tmp_path / 'runs'}", f"--table_output={tmp_path / 'page.md'}"]
+  monkeypatch.setattr(harness, "wait_for_every_worker", lambda: wait(None))
+  plain = scripts.run_script("vampprior_table", args)
+  message = "Task /job:worker/task:1 heartbeat timeout.\nThe tasks have crashed."
+  failed = tf.errors.UnavailableError(None, None, message)
+  monkeypatch.setattr(harness, "wait_for_every_worker", lambda: wait(failed))
+  out = scripts.run_script("vampprior_table", args)
+  assert waits == [True, True]
+  assert plain.returncode == out.returncode == 0
+  warning = "warning: not every worker reached the end of the run: Task /job:worker/task:1 "
+  assert out.stderr == plain.stderr + (warning + "heartbeat timeout.\n" if chief else "")
+  assert plain.stderr.endswith(f"wrote {tmp_path / 'page.md'}\n")
