@@ -301,6 +301,9 @@ def main(argv=None):
   parser.add_argument(
     "--chief_end_delay_s", type=float, default=0, help="the chief's extra time before the end"
   )
+  parser.add_argument(
+    "--worker_dies_at_end", action="store_true", help="non-chief workers exit(1) before the end"
+  )
   args = parser.parse_args(argv)
   strategy = harness.setup_runtime(
     strategy="multi_worker" if "TF_CONFIG" in os.environ else "default", deterministic=True, seed=1
@@ -312,6 +315,8 @@ def main(argv=None):
   if harness.is_chief(strategy):
     time.sleep(args.chief_end_delay_s)
   print(f"ARRIVED {time.time()}", flush=True)
+  if args.worker_dies_at_end and not harness.is_chief(strategy):
+    os._exit(1)
   common.leave_cluster()
   print(f"LEFT {time.time()}", flush=True)
 

@@ -206,3 +206,19 @@ def test_two_workers_train_and_shard_the_test_nll_of_nvae_and_only_the_chief_wri
     for name, value in metrics["split"].items():
       assert value == pytest.approx(metrics["alone"][name], rel=1e-5, abs=1e-6), name
   assert _printed(outputs[1], "METRICS")["split"] == _printed(outputs[0], "METRICS")["split"]
+
+
+@pytest.mark.slow
+def test_the_chief_warns_in_one_line_when_a_worker_dies_after_the_last_step(tmp_path):
+  # Worker 1 trains the toy task with the chief, then exits with 1 instead of waiting at the end:
+  # the chief's wait fails when the coordination service misses worker 1's heartbeats (~10 s); its
+  # run is complete, so it says so in one line and exits 0 (worker 1 reports its own failure).
+  chief, worker = _cluster(tmp_path / "two", extra=["--worker_dies_at_end", "--epochs", "1"])
+  assert worker.wait() == 1
+  out = _finish(chief)
+  assert os.path.exists(tmp_path / "two" / "toy" / "weights.npz")
+  lines = [line for line in out.splitlines() if "warning" in line.lower()]
+  assert len(lines) == 1 and lines[0].startswith(
+    "warning: not every worker reached the end of the run: "
+  ), out[-3000:]
+  assert "LEFT" in out
