@@ -292,31 +292,41 @@ def _resolver_is_chief(resolver) -> bool:
 # the chief may write results for a long while after the last computation every worker takes part
 # in. A worker that died is noticed sooner, by the coordination service's heartbeats (~10 s).
 END_OF_RUN_TIMEOUT_S = 24 * 3600
-END_OF_RUN_BARRIER = "genmodels/end-of-run"
+# How long the workers wait for each other's checkpoint writes at the end of `Trainer.fit`.
+FIT_END_TIMEOUT_S = 3600
+
+_barrier_calls: dict[str, int] = {}
 
 
-def wait_for_every_worker(*, timeout_s: float = END_OF_RUN_TIMEOUT_S) -> tf.errors.OpError | None:
-  """Blocks until every worker of this process's multi-worker cluster has called this too (a
-  barrier of TensorFlow's coordination service); returns at once outside a multi-worker run.
-
-  A worker's part of a collective can end before its peers have read what it sent (the all-gather
-  of a sharded test NLL: each peer pulls the data over gRPC, and retries); a worker that exited
-  then would fail its peer's read with "Connection refused". The scripts call this after `main`
-  (`experiments.flags.run`), so no worker exits while another may still read from it.
-
-  Returns None, or the error of a failed barrier: a peer died after its last collective, or (seen
-  by the other workers) the chief, which hosts the coordination service, has already passed the
-  barrier and exited.
-  """
+def barrier(name: str, *, timeout_s: float) -> tf.errors.OpError | None:
+  """Blocks until every worker of this process's multi-worker cluster has reached the barrier
+  `name` as often as this one (a barrier of TensorFlow's coordination service, one id per call);
+  returns at once outside a multi-worker run. Returns None, or the error of a failed barrier (a
+  peer died, or the chief, which hosts the coordination service, is gone)."""
   from tensorflow.python.eager import context  # the public API has no barrier
 
   if context.context().coordination_service is None:
     return None
+  _barrier_calls[name] = _barrier_calls.get(name, 0) + 1
   try:
-    context.context().wait_at_barrier(END_OF_RUN_BARRIER, int(timeout_s * 1000))
+    context.context().wait_at_barrier(
+      f"genmodels/{name}/{_barrier_calls[name]}", int(timeout_s * 1000)
+    )
   except tf.errors.OpError as e:
     return e
   return None
+
+
+def wait_for_every_worker(*, timeout_s: float = END_OF_RUN_TIMEOUT_S) -> tf.errors.OpError | None:
+  """`barrier("end-of-run")`: the scripts call it after `main` (`experiments.flags.run`), so no
+  worker exits while another may still read from it.
+
+  A worker's part of a collective can end before its peers have read what it sent (the all-gather
+  of a sharded test NLL: each peer pulls the data over gRPC, and retries); a worker that exited
+  then would fail its peer's read with "Connection refused". Seen by the other workers, the wait
+  fails when the chief has already passed it and exited.
+  """
+  return barrier("end-of-run", timeout_s=timeout_s)
 
 
 def is_chief_process() -> bool:
@@ -855,21 +865,31 @@ class Trainer:
     """Trains until `epochs` (or `max_steps`); returns the last logged scalars.
 
     Under a multi-worker strategy a lost peer (TensorFlow's `UnavailableError` /
-    `DeadlineExceededError` from a collective) is raised as `WorkerLost`.
+    `DeadlineExceededError` from a collective) is raised as `WorkerLost`, and every worker returns
+    only once all have written their checkpoints (`barrier`): the others then read the chief's.
     """
     cluster = _cluster(self.strategy)
     if sum(len(tasks) for tasks in cluster.values()) < 2:
       return self._fit()
     try:
-      return self._fit()
+      out = self._fit()
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
-      resolver = self.strategy.cluster_resolver
-      peer = lost_peer(e, cluster, own=(resolver.task_type, int(resolver.task_id or 0)))
-      raise WorkerLost(
-        f"lost {peer} of the multi-worker cluster at step {int(self.step.numpy())}; newest "
-        f"checkpoint: {self._manifest_checkpoint() or 'none written yet'}",
-        peer,
-      ) from None
+      raise self._worker_lost(e, cluster) from None
+    # The chief's checkpoints, best/ and status.json are complete before any worker goes on
+    # (`restore_best` reads the chief's best/; a worker that got there first found it empty).
+    error = barrier("fit-end", timeout_s=FIT_END_TIMEOUT_S)
+    if error is not None:
+      raise self._worker_lost(error, cluster) from None
+    return out
+
+  def _worker_lost(self, error: Exception, cluster: dict) -> WorkerLost:
+    resolver = self.strategy.cluster_resolver
+    peer = lost_peer(error, cluster, own=(resolver.task_type, int(resolver.task_id or 0)))
+    return WorkerLost(
+      f"lost {peer} of the multi-worker cluster at step {int(self.step.numpy())}; newest "
+      f"checkpoint: {self._manifest_checkpoint() or 'none written yet'}",
+      peer,
+    )
 
   def _fit(self) -> dict[str, float]:
     cfg = self.config

@@ -304,10 +304,21 @@ def main(argv=None):
   parser.add_argument(
     "--worker_dies_at_end", action="store_true", help="non-chief workers exit(1) before the end"
   )
+  parser.add_argument(
+    "--chief_slow_save_s", type=float, default=0, help="the chief's delay in each checkpoint write"
+  )
   args = parser.parse_args(argv)
   strategy = harness.setup_runtime(
     strategy="multi_worker" if "TF_CONFIG" in os.environ else "default", deterministic=True, seed=1
   )
+  if args.chief_slow_save_s and harness.is_chief(strategy):  # a slow disk under the chief's logdir
+    save = tf.train.CheckpointManager.save
+
+    def slow_save(manager, *a, **k):
+      time.sleep(args.chief_slow_save_s)
+      return save(manager, *a, **k)
+
+    tf.train.CheckpointManager.save = slow_save
   run(args, argv, strategy)
   # As `experiments.flags.run` ends a script: the times show who waited for whom.
   from experiments import flags as common

@@ -143,12 +143,15 @@ def test_two_workers_shard_the_test_nll_of_a_real_script_and_only_the_chief_writ
   # experiments.vampprior_train.train_and_evaluate, one process and two workers x 1 CPU on the
   # same global batch, a tiny VAE + VampPrior: 4 steps, then K = 30 on 40 test images in batches
   # of 20 (10 per worker), the chunk chosen from a 4 GiB budget. In the cluster the chief takes 3 s
-  # more at the end: worker 1 waits for it (the chief may still be reading worker 1's part of the
-  # last all-gather; a worker that had exited would fail it with "Connection refused").
+  # longer to write each checkpoint (best/, checkpoints/, final/): worker 1, which then evaluates
+  # the chief's best/, waits until it is written (it found best/ empty before). The chief also
+  # takes 3 s more at the end: worker 1 waits for it (the chief may still be reading worker 1's
+  # part of the last all-gather; a worker that had exited would fail it: "Connection refused").
   data_dir = write_binarized_mnist_head(tmp_path / "data", train=200, valid=40, test=40)
   extra = ["--script", "vampprior", "--data_dir", data_dir, "--eval_memory_gib", "4"]
   single = _Process(tmp_path / "single", extra=extra)
-  cluster = _cluster(tmp_path / "two", extra=[*extra, "--chief_end_delay_s", "3"])
+  slow_chief = ["--chief_slow_save_s", "3", "--chief_end_delay_s", "3"]
+  cluster = _cluster(tmp_path / "two", extra=[*extra, *slow_chief])
   outputs = _finish_all(cluster)
   one = _finish(single)
   assert _printed(outputs[1], "LEFT") >= _printed(outputs[0], "ARRIVED")
