@@ -51,8 +51,9 @@ command to restart on every worker and exit with `EXIT_WORKER_LOST`, 75), and re
 them resumes from the chief's newest checkpoint.
 
 **Multi-worker.** The chief (task 0) writes checkpoints and TensorBoard logs to `logdir`; other
-workers write their (identical) checkpoints to `logdir/.worker-<id>` and no logs. A script's
-workers leave together (`wait_for_every_worker`).
+workers write their (identical) checkpoints to `logdir/.worker-<id>` and no logs. `fit` returns on
+every worker once all have written their checkpoints (the others then read the chief's), and a
+script's workers leave together (`wait_for_every_worker`).
 """
 
 from __future__ import annotations
