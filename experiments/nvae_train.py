@@ -661,9 +661,10 @@ def previous_nll(
   logdir: str, s: RunSettings, *, steps: int, seed: int, test_subset: str = "all"
 ) -> dict | None:
   """The test NLL of <logdir>/results.json when it was made at the same step with the same K, test
-  images, passes and seed (a rerun of a finished run then skips the K = 1000 evaluation).
-  `test_subset`: `Splits.test_subset`; a row without one was made on the first N images (all of
-  them when its test_examples setting is 0)."""
+  images, passes and seed, and its per-image values are beside it (a rerun of a finished run then
+  skips the K = 1000 evaluation; one evaluated before they were kept is evaluated again, so that
+  its page can publish them). `test_subset`: `Splits.test_subset`; a row without one was made on
+  the first N images (all of them when its test_examples setting is 0)."""
   path = os.path.join(logdir, "results.json")
   if not os.path.exists(path):
     return None
@@ -680,7 +681,16 @@ def previous_nll(
     and row.get("settings", {}).get("test_examples") == s.test_examples
     and row.get("settings", {}).get("dataset") == s.dataset
   )
-  return {k: row[k] for k in NLL_KEYS if k in row} if same else None
+  if not same:
+    return None
+  if not os.path.exists(os.path.join(logdir, results.PER_EXAMPLE_FILE)):
+    print(
+      f"the test NLL of step {steps} in {path} has no per-image values beside it "
+      f"({results.PER_EXAMPLE_FILE}): evaluating it again to keep them",
+      file=sys.stderr,
+    )
+    return None
+  return {k: row[k] for k in NLL_KEYS if k in row}
 
 
 def train_and_evaluate(

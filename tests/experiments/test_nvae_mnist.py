@@ -6,6 +6,7 @@ table's metric plumbing (with small stand-in networks)."""
 import dataclasses
 import json
 import os
+import shutil
 import types
 
 import keras
@@ -197,6 +198,44 @@ def test_resumed_run_restores_every_variable_and_nvae_evaluate_restores_the_weig
       np.testing.assert_array_equal(ours.numpy(), trained_v.numpy(), err_msg=ours.path)
     moved += int(not np.array_equal(ours.numpy(), init.numpy()))
   assert moved > len(model.trainable_variables)  # weights, BN statistics and SR vectors
+
+
+@pytest.mark.slow
+def test_a_finished_run_without_per_image_values_is_evaluated_again_to_the_same_numbers(
+  run, tmp_path, capsys
+):
+  """A results.json whose per-image values are not beside it (an evaluation made before they were
+  kept) is not reused: rerunning the run evaluates its checkpoint again, says why in one line and
+  writes the values, equal to the first evaluation's (the generator states come back with the
+  checkpoint)."""
+  logdir, s, first_row, _, data_dir = run
+  copy = tmp_path / "run"
+  shutil.copytree(logdir, copy)
+  first = results.read_per_example(str(copy / results.PER_EXAMPLE_FILE))
+  os.remove(copy / results.PER_EXAMPLE_FILE)
+  capsys.readouterr()
+  row, _ = nvae_train.train_and_evaluate(
+    s,
+    tiny_train_config(copy, 2),
+    data_dir=data_dir,
+    strategy=tf.distribute.get_strategy(),
+    command="cmd",
+  )
+  assert capsys.readouterr().err.splitlines() == [
+    "data: binarized_mnist (static binarization), 64 train / 8 test images",
+    f"Resumed from {copy / 'checkpoints' / 'ckpt-2'} at step 2",
+    "Nothing to do: step 2 already reached the target 2",
+    f"the test NLL of step 2 in {copy / 'results.json'} has no per-image values beside it "
+    f"({results.PER_EXAMPLE_FILE}): evaluating it again to keep them",
+    f"test NLL, pass 1 of 1: K = 4 importance samples on 8 test images, resumable (partial "
+    f"results: {copy / 'nll_partial_pass0.npz'}); --num_iw_samples / --test_examples make it "
+    "smaller",
+  ]
+  again = results.read_per_example(str(copy / results.PER_EXAMPLE_FILE))
+  np.testing.assert_array_equal(again["log_likelihood"], first["log_likelihood"])
+  np.testing.assert_array_equal(again["elbo"], first["elbo"])
+  assert row["nll_passes"] == first_row["nll_passes"] and row["nll"] == first_row["nll"]
+  assert nvae_train.previous_nll(str(copy), s, steps=2, seed=0)["nll"] == first_row["nll"]
 
 
 @pytest.mark.slow
