@@ -57,11 +57,11 @@ NVAE_COMMAND = (
 )
 PRIORS_COMMAND = "python -m experiments.priors_2d --preset=paper --logdir=../runs/priors_2d_report"
 # What each family's command reuses instead of evaluating again (a row evaluated before the suite
-# kept per-image values gets its file only from a new test evaluation).
+# kept per-image values gets its file only from a new test evaluation). The NVAE commands evaluate
+# such a row again by themselves (`nvae_train.previous_nll`).
 REUSED_RECORD = {
   "VampPrior paper": "the cell's results.json (or, for a cell trained elsewhere, its row in "
   "results/vampprior_paper.json)",
-  "NVAE (cpu preset)": "the row's results.json, whose NLL it reuses",
   "2-D priors study": "the run's row.json",
 }
 PRIORS_STUDY = ("standard", "mog", "flow", "vampprior")
@@ -505,7 +505,8 @@ def write_page(results_dir: str, output: str, *, command: str) -> dict:
     "row). A row already evaluated before per-image values were kept gets its file only from a "
     "new test evaluation: the command reuses the recorded numbers ("
     + "; ".join(f"{f}: {w}" for f, w in REUSED_RECORD.items())
-    + "), so that record has to be moved aside first.",
+    + "), so that record has to be moved aside first; the NVAE commands evaluate such a row "
+    "again by themselves.",
   ]
   seed_lines = priors_notes(rows)
   if seed_lines:
