@@ -14,8 +14,8 @@ temperature 1 against the test set (Inception-2015), improved precision / recall
 k = 3), the training time and epochs reached, and the validation NLL against training time.
 Metrics whose network weights are not on the machine are written as "unavailable (...)" with the
 way to provide them; nothing is estimated without them. With `--report_only` nothing is trained or
-evaluated: an evaluated row is read back, any other says how far its training got, with its
-validation NLL so far, and has no test numbers.
+evaluated: an evaluated row is read back and its per-image values published beside the page,
+any other says how far its training got, with its validation NLL so far, and has no test numbers.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def define_flags():
     "report_only",
     False,
     "Train and evaluate nothing: write the page from what the "
-    "rows' folders hold (an evaluated row's numbers; else how far its training got "
-    "and its validation NLL so far).",
+    "rows' folders hold (an evaluated row's numbers, its per-image values published "
+    "beside the page; else how far its training got and its validation NLL so far).",
   )
 
 
@@ -314,6 +314,10 @@ def main(argv):
       row = report_row(s, config.logdir, epochs=config.epochs)
       if "dataset" not in row:  # an evaluated row keeps the data set it was trained on
         row.update(dataset=dataset, binarization=nvae_train.binarization(dataset))
+      if row["status"] == "evaluated":  # its per-image values, from the evaluation in its folder
+        results.publish_per_example(
+          config.logdir, table.output, nvae_train.row_name(kl_warmup, spectral)
+        )
       rows.append(with_per_example_numbers(row, table.output))
     write_report(rows, table=table, command=command)
     print(f"wrote {table.output}")

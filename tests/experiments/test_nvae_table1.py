@@ -162,11 +162,15 @@ def test_report_only_reads_the_rows_folders_and_trains_nothing(tmp_path):
   assert "training ran at commit(s) abc1234, def5678" in text
   assert "without --report_only resumes it" in text
 
-  # Per-image values beside the page (results/<page>/<row>.npz): the page prints what they give.
+  # The evaluation's per-image values in the row's folder are published beside the page
+  # (<page>/<row>.npz), and the page prints what they give; a row not evaluated publishes nothing.
   log_px = -np.array([80.0, 82.5, 90.25, 84.0], np.float32)
   elbo = log_px - np.float32(3.0)
   results.write_per_example(
-    str(tmp_path / "page" / "step_sn.npz"), log_likelihood=log_px, elbo=elbo
+    str(root / "step_sn" / results.PER_EXAMPLE_FILE), log_likelihood=log_px, elbo=elbo
+  )
+  results.write_per_example(
+    str(root / "epoch_sr" / results.PER_EXAMPLE_FILE), log_likelihood=log_px, elbo=elbo
   )
 
   def step_sn_cells():
@@ -180,10 +184,13 @@ def test_report_only_reads_the_rows_folders_and_trains_nothing(tmp_path):
     f"{nll + 3:.2f} |"
   )
   assert "| [page/step_sn.npz](page/step_sn.npz) | evaluated |" in step_sn_cells()
+  assert sorted(os.listdir(tmp_path / "page")) == ["step_sn.npz"]
+  published = results.read_per_example(str(tmp_path / "page" / "step_sn.npz"))
+  np.testing.assert_array_equal(published["log_likelihood"], log_px)
   assert json.load(open(tmp_path / "page.json"))[2]["nll"] == pytest.approx(84.1875, abs=1e-6)
   log_px[2] = -100.0  # one value altered: the page follows
   results.write_per_example(
-    str(tmp_path / "page" / "step_sn.npz"), log_likelihood=log_px, elbo=elbo
+    str(root / "step_sn" / results.PER_EXAMPLE_FILE), log_likelihood=log_px, elbo=elbo
   )
   assert step_sn_cells().startswith("| Step + SN | 86.62 | 4.53 | one pass |")  # 84.19, 2.18 before
 
