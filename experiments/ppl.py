@@ -137,13 +137,6 @@ def define_flags(fv: flags.FlagValues) -> None:
     "temperature", 1.0, "NVAE sampling temperature.", lower_bound=1e-6, flag_values=fv
   )
   flags.DEFINE_string(
-    "data_dir",
-    None,
-    "Data folder (VampPrior runs: two test images fix the "
-    "model's input shape); default $GENMODELS_DATA_DIR.",
-    flag_values=fv,
-  )
-  flags.DEFINE_string(
     "output",
     None,
     "Append the row (value + protocol record) to this JSON list file.",
@@ -174,25 +167,21 @@ def nvae_generator(logdir: str, which: str, *, seed: int, temperature: float) ->
   )
 
 
-def vae_generator(logdir: str, which: str, *, seed: int, data_dir: str | None) -> Generator:
+def vae_generator(logdir: str, which: str, *, seed: int) -> Generator:
   """One-level VAE of an experiments.vampprior run; latent = z, drawn from the run's prior."""
   import keras
   import tensorflow as tf
 
-  from experiments import data, harness, vampprior_train
+  from experiments import vampprior_train
 
-  row = results.read_json(os.path.join(logdir, "results.json"))
-  s = vampprior_train.settings_from_row(row)
+  s = vampprior_train.run_settings(logdir)
   if s.model != "vae":
     raise ValueError(
       f"--logdir {logdir} is a {s.model} run: PPL needs a decoder of one latent "
       "(--model=vae); the hierarchical models draw z1 given z2 at random"
     )
-  images = data.load_arrays(vampprior_train.DATASETS[s.dataset].source, "test", data_dir)[0][:2]
-  model = vampprior_train.build_model(s, image_shape=images.shape[1:], seed=seed)
-  model(tf.constant(images, tf.float32))  # creates every variable (harness checkpoint order)
-  path = harness.restore_weights(
-    model, logdir, "best" if which in ("auto", "best") else "latest", settings_file="results.json"
+  _, model, path = vampprior_train.restore_run(
+    logdir, "best" if which in ("auto", "best") else "latest", seed=seed
   )
   seeds = keras.random.SeedGenerator(seed)
   decode = tf.function(lambda z: model.observation.mean(model.decode(z)))
@@ -208,17 +197,17 @@ def load_generator(fv) -> Generator:
   logdir = fv.logdir
   if not os.path.isdir(logdir):
     raise FileNotFoundError(f"--logdir {logdir} is not a directory")
-  from experiments import nvae_train
+  from experiments import nvae_train, vampprior_train
 
   row_file = os.path.join(logdir, "results.json")
   row = results.read_json(row_file) if os.path.exists(row_file) else {}
   if os.path.exists(os.path.join(logdir, nvae_train.SETTINGS_FILE)) or "settings" in row:
     return nvae_generator(logdir, fv.checkpoint, seed=fv.seed, temperature=fv.temperature)
-  if "prior" in row:
-    return vae_generator(logdir, fv.checkpoint, seed=fv.seed, data_dir=fv.data_dir)
+  if vampprior_train.is_run(logdir):
+    return vae_generator(logdir, fv.checkpoint, seed=fv.seed)
   raise FileNotFoundError(
     f"--logdir {logdir} holds neither settings.json (experiments.nvae_mnist) "
-    "nor the results.json of a finished experiments.vampprior run"
+    "nor the hparams.json of an experiments.vampprior run"
   )
 
 

@@ -427,3 +427,39 @@ def settings_from_row(row: dict) -> RunSettings:
   """The RunSettings of a run from its results.json row (which holds every field)."""
   fields = {f.name for f in dataclasses.fields(RunSettings)}
   return RunSettings(**{k: v for k, v in row.items() if k in fields})
+
+
+def run_settings(logdir: str) -> RunSettings:
+  """The RunSettings a run was trained with: from its hparams.json (written when training starts,
+  None as "None"; the scripts put the settings there), else from its results.json (a finished
+  run's row)."""
+  for name in ("hparams.json", "results.json"):
+    path = os.path.join(logdir, name)
+    row = results.read_json(path) if os.path.exists(path) else {}
+    if "prior" in row:
+      return settings_from_row({k: (None if v == "None" else v) for k, v in row.items()})
+  raise FileNotFoundError(
+    f"{logdir} is not an experiments.vampprior run: no settings in hparams.json or results.json"
+  )
+
+
+def is_run(logdir: str) -> bool:
+  """Whether `logdir` holds an experiments.vampprior run (its settings name a prior)."""
+  try:
+    return bool(run_settings(logdir).prior)
+  except (FileNotFoundError, TypeError):  # TypeError: the settings of another script
+    return False
+
+
+def restore_run(logdir: str, which: str = "best", *, seed: int = 0):
+  """(settings, model, checkpoint path): the run's model built from its hparams.json with the
+  weights of its best-validation checkpoint (`which="best"`, what the test NLL evaluates) or its
+  latest (`harness.restore_weights`; a finished run kept as its weights alone has best/ or final/).
+
+    s, model, path = vampprior_train.restore_run("carry/vampprior_paper/static_mnist-vae-vampprior")
+  """
+  s = run_settings(logdir)
+  shape = data.image_shape(DATASETS[s.dataset].source)
+  model = build_model(s, image_shape=shape, seed=seed)
+  model(tf.zeros([2, *shape]))  # creates every variable (the harness checkpoints them in order)
+  return s, model, harness.restore_weights(model, logdir, which, settings_file="its settings")

@@ -57,22 +57,16 @@ CLAMP = 1e-5  # official utils/distributions.py min_epsilon / max_epsilon of log
 
 def load_ours(logdir: str, data_dir: str | None):
   """(settings, our model with the run's best weights, test images [N, 28, 28, 1], checkpoint)."""
-  import tensorflow as tf
+  from experiments import vampprior_train
 
-  from experiments import harness, results, vampprior_train
-
-  row = results.read_json(os.path.join(logdir, "hparams.json"))
-  row = {k: (None if v == "None" else v) for k, v in row.items()}
-  s = vampprior_train.settings_from_row(row)
+  s = vampprior_train.run_settings(logdir)
   if s.dataset != "static_mnist" or s.model not in MODELS or s.prior != "vampprior":
     raise SystemExit(
       f"{logdir}: a static_mnist run of {' / '.join(MODELS)} + vampprior is needed, "
       f"got {s.dataset} {s.model} {s.prior}"
     )
   _, _, test, _ = vampprior_train.load_splits(s.dataset, data_dir=data_dir)
-  model = vampprior_train.build_model(s, image_shape=test.shape[1:], seed=0)
-  model(tf.constant(test[:2]))
-  path = harness.restore_weights(model, logdir, "best", settings_file="hparams.json")
+  _, model, path = vampprior_train.restore_run(logdir, "best")
   return s, model, test, path
 
 

@@ -2,6 +2,7 @@
 importance-sample count in the results row, the official warm-up / early-stopping rule through the
 real harness, presets, bad input."""
 
+import dataclasses
 import json
 import os
 
@@ -10,10 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments import data, harness, vampprior_train
+from experiments import data, harness, results, vampprior_train
 from tests import scripts
 from tests.nvae_tf.conftest import write_binarized_mnist_head
-from vampprior_tf import losses
+from vampprior_tf import likelihood, losses
 
 
 def tiny_settings(**overrides):
@@ -60,7 +61,8 @@ def test_vae_vampprior_static_mnist_end_to_end(tmp_path):
   data_dir = write_binarized_mnist_head(tmp_path / "data", train=300, valid=40, test=40)
   row = vampprior_train.train_and_evaluate(
     tiny_settings(),
-    tiny_config(tmp_path / "run"),
+    # the settings in hparams.json, as experiments.vampprior_flags puts them
+    tiny_config(tmp_path / "run", hparams=dataclasses.asdict(tiny_settings())),
     strategy=tf.distribute.get_strategy(),
     data_dir=data_dir,
   )
@@ -80,6 +82,21 @@ def test_vae_vampprior_static_mnist_end_to_end(tmp_path):
   # row and in hparams.json, so that a resumed run keeps it.
   assert row["adam_epsilon"] == 1e-8
   assert json.load(open(run / "hparams.json"))["adam_epsilon"] == 1e-8
+  # The run loads in one line (settings from hparams.json, the best weights and random streams):
+  # its test NLL again gives the per-image values the run kept.
+  os.remove(run / "results.json")  # a run in progress has none
+  s, model, path = vampprior_train.restore_run(str(run))
+  assert s == tiny_settings() and path == row["best_checkpoint"]
+  test = vampprior_train.load_splits(s.dataset, data_dir=data_dir, eval_examples=40)[2]
+  again = likelihood.evaluate_nll(
+    model, test, num_samples=s.test_samples, batch_size=s.ll_batch_size, chunk_size=s.ll_chunk
+  ).summary
+  kept = results.read_per_example(str(run / results.PER_EXAMPLE_FILE))
+  for values, stored in (
+    (again.per_example_log_likelihood, kept["log_likelihood"]),
+    (again.per_example_elbo, kept["elbo"]),
+  ):  # kept as float32
+    np.testing.assert_array_equal(values.astype(np.float32), stored)
 
 
 def test_adam_epsilon_of_a_run_started_before_it_was_recorded_stays_the_keras_default(tmp_path):
