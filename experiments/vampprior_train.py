@@ -452,8 +452,8 @@ def is_run(logdir: str) -> bool:
 
 
 def restore_run(logdir: str, which: str = "best", *, seed: int = 0):
-  """(settings, model, checkpoint path): the run's model built from its hparams.json with the
-  weights of its best-validation checkpoint (`which="best"`, what the test NLL evaluates) or its
+  """(settings, model, checkpoint path): the run's model built from its settings (`run_settings`)
+  with the weights of its best-validation checkpoint (`which="best"`, what the test NLL evaluates) or its
   latest (`harness.restore_weights`; a finished run kept as its weights alone has best/ or final/).
 
     s, model, path = vampprior_train.restore_run("carry/vampprior_paper/static_mnist-vae-vampprior")
