@@ -112,15 +112,9 @@ def op_profile(batch: int, cores, threads: int):
   """Our train step traced by the TensorFlow profiler (two steps, after three untimed and three
   timed ones); prints each kind of operation's share of the traced op time and that share of the
   step's measured CPU time."""
-  import collections
-  import glob
-  import tempfile
   import time
 
   peer.pin(cores, threads)
-  import tensorflow as tf
-  from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
   step = ours_train(batch, "float32")
   for _ in range(3):
     step()
@@ -128,28 +122,11 @@ def op_profile(batch: int, cores, threads: int):
   for _ in range(3):
     step()
   cpu_ms = 1e3 * (time.process_time() - cpu) / 3
-  logdir = tempfile.mkdtemp()
-  tf.profiler.experimental.start(logdir)
-  for _ in range(2):
-    step()
-  tf.profiler.experimental.stop()
-  space = xplane_pb2.XSpace()
-  with open(sorted(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True))[-1], "rb") as f:
-    space.ParseFromString(f.read())
-  kinds = collections.Counter()
-  for plane in space.planes:
-    for line in plane.lines:
-      for event in line.events:
-        label = plane.event_metadata[event.metadata_id].name
-        if ":" not in label or "::" in label or label.startswith(("__inference", "Eager")):
-          continue  # the step's and the executor's own spans, not single ops
-        name, op_type = label.rsplit(":", 1)
-        kinds[_op_kind(name, op_type)] += event.duration_ps
-  total = sum(kinds.values())
+  shares = peer.op_time_by_kind(step, _op_kind, calls=2)
   print(peer.header(threads))
   print(f"ours, train step batch {batch}: {cpu_ms:.0f} CPU ms/step; traced op time by kind:")
-  for kind, ps in kinds.most_common():
-    print(f"  {kind:80s} {100 * ps / total:5.1f}%  {cpu_ms * ps / total:7.0f} CPU ms/step")
+  for kind, share in shares.items():
+    print(f"  {kind:80s} {100 * share:5.1f}%  {cpu_ms * share:7.0f} CPU ms/step")
 
 
 def ours_sample(batch: int):

@@ -10,6 +10,7 @@ network with every batch norm applied on its own (`InvertedResidual.fold_batch_n
   python bench/bench_log_weights.py --cores=1 --threads=1 --vampprior=  # one core, NVAE only
   python bench/bench_log_weights.py --configs=quick,cpu --vampprior=vae,hvae_2level --repeats=5
   python bench/bench_log_weights.py --configs=paper --images=4 --samples=25 --repeats=1 --vampprior=
+  python bench/bench_log_weights.py --cores=0 --threads=1 --vampprior= --op_profile  # where it goes
 
 One call is one chunk of an evaluation: NVAE `--images` x `--samples` (the presets' eval batch x
 iw_chunk, 50 x 100), VampPrior 20 images x 250 samples (`vampprior_train.RunSettings`'s
@@ -55,6 +56,12 @@ def main():
     "each with the VampPrior; empty for none.",
   )
   parser.add_argument("--repeats", type=int, default=3, help="Timed calls per method.")
+  parser.add_argument(
+    "--op_profile",
+    action="store_true",
+    help="Instead of comparing, trace NVAE's log_weights (TensorFlow profiler) and print where "
+    "its time goes by kind of op.",
+  )
   args = parser.parse_args()
   cores = [int(c) for c in args.cores.split(",") if c]
   peer.pin(cores or None, args.threads)
@@ -79,6 +86,10 @@ def main():
     model = NVAE(nvae_train.PRESETS[name].model, seed=0)
     x = binary(args.images, (28, 28, 1))
     model(x[:2])
+
+    if args.op_profile:
+      op_profile(f"NVAE {name}: {args.images} images x K = {k}", model, x, k, args.repeats)
+      continue
 
     def unfolded(xb, m=model, k=k):
       L.InvertedResidual.fold_batch_norm = False  # read while tracing
@@ -131,6 +142,41 @@ def main():
         )
       ),
     )
+
+
+def _nvae_op_kind(name: str, op_type: str) -> str:
+  if "Depthwise" in op_type:
+    return "depthwise 5x5 convolutions (bias fused)"
+  if "Conv2D" in op_type:
+    return "convolutions (1x1 and 3x3; bias, padding and the swish after them fused)"
+  if "Swish" in op_type:
+    return "swish after the depthwise convolutions (TensorFlow fuses it into Conv2D only)"
+  if "Einsum" in op_type:
+    return "bilinear upsampling of the up cells' skips (einsum)"
+  if op_type.startswith("StatelessRandom"):
+    return "noise of the K samples"
+  if op_type == "Tile":
+    return "encoder features and images tiled over the K samples"
+  return "the rest (ELU, SE, residual adds, log-densities, Bernoulli log-likelihood)"
+
+
+def op_profile(label: str, model, x, k: int, repeats: int):
+  """NVAE `log_weights` traced by the TensorFlow profiler (one call, after a warm-up call and
+  `repeats` timed ones): each kind of op's share of the traced op time and of the measured CPU
+  time per call."""
+  import tensorflow as tf
+
+  fn = tf.function(lambda xb: model.log_weights(xb, k))
+  step = lambda: fn(x).numpy()
+  step()
+  cpu = time.process_time()
+  for _ in range(repeats):
+    step()
+  cpu_s = (time.process_time() - cpu) / repeats
+  per_sample_ms = 1e3 * cpu_s / (int(x.shape[0]) * k)
+  print(f"{label}: {cpu_s:.2f} CPU s per call ({per_sample_ms:.3f} ms per image-sample)")
+  for kind, share in peer.op_time_by_kind(step, _nvae_op_kind, calls=1).items():
+    print(f"  {kind:85s} {100 * share:5.1f}%  {cpu_s * share:6.2f} CPU s per call")
 
 
 def compare(label: str, repeats: int, x, **methods):

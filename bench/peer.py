@@ -115,6 +115,38 @@ def alternate(
         process.join(timeout=30)
 
 
+def op_time_by_kind(step: Callable, kind: Callable[[str, str], str], *, calls: int) -> dict:
+  """`calls` calls of `step` (already traced and warmed up) under the TensorFlow profiler:
+  {kind: share of the traced op time}, `kind(op name, op type)` naming each op's kind, largest
+  first. The step's own spans and the executor's are left out, so the shares are of single ops."""
+  import collections
+  import glob
+  import tempfile
+
+  import tensorflow as tf
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+  logdir = tempfile.mkdtemp()
+  tf.profiler.experimental.start(logdir)
+  for _ in range(calls):
+    step()
+  tf.profiler.experimental.stop()
+  space = xplane_pb2.XSpace()
+  with open(sorted(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True))[-1], "rb") as f:
+    space.ParseFromString(f.read())
+  kinds = collections.Counter()
+  for plane in space.planes:
+    for line in plane.lines:
+      for event in line.events:
+        label = plane.event_metadata[event.metadata_id].name
+        if ":" not in label or "::" in label or label.startswith(("__inference", "Eager")):
+          continue  # the step's and the executor's own spans, not single ops
+        name, op_type = label.rsplit(":", 1)
+        kinds[kind(name, op_type)] += event.duration_ps
+  total = sum(kinds.values())
+  return {k: ps / total for k, ps in kinds.most_common()}
+
+
 def report(title: str, timings: dict[str, Timing], *, ours: str, peer: str) -> str:
   """Lines: each side's median wall and CPU ms per step (with the rounds' range), then the
   ratios ours / peer."""

@@ -77,21 +77,36 @@ PAIRS = (
 PAPER_MNIST_NLL, PAPER_EPOCHS, PAPER_PARAMETERS = 78.01, 400, 33_363_134
 
 
-def paired_differences(rows: list[dict], page: str) -> list[str]:
-  """Lines "a - b: d ± s.e." for the `PAIRS` whose two rows both have per-image values beside the
-  page (`results.paired_difference`: over the same test images, the paired standard error)."""
+def paired_differences(rows: list[dict], page: str) -> list[dict]:
+  """The `PAIRS` whose two rows both have per-image values beside the page, as the pages' JSON
+  keeps them: {"a", "b", "what", "status": "ok", "difference", "sem"} (`results.paired_difference`:
+  NLL(a) - NLL(b) over the same test images, its paired standard error)."""
   names = {nvae_train.row_name(r["kl_warmup"], r["spectral"]) for r in rows if r.get("per_example")}
-  lines = []
+  pairs = []
   for a, b, what in PAIRS:
     if a in names and b in names:
       d, se = results.paired_difference(
         results.published_per_example_path(page, a), results.published_per_example_path(page, b)
       )
-      lines.append(
-        f"- {what}: test NLL difference {d:+.2f} ± {se:.2f} nats (paired standard "
-        "error over the same test images; negative: the first is better)."
-      )
-  return lines
+      pairs.append(dict(a=a, b=b, what=what, status="ok", difference=d, sem=se))
+  return pairs
+
+
+def difference_lines(pairs: list[dict]) -> list[str]:
+  """A note line "a - b: d ± s.e." per paired difference."""
+  return [
+    f"- {p['what']}: test NLL difference {p['difference']:+.2f} ± {p['sem']:.2f} nats (paired "
+    "standard error over the same test images; negative: the first is better)."
+    for p in pairs
+  ]
+
+
+def write_rows(rows: list[dict], page: str) -> None:
+  """The page's rows and paired differences as JSON beside it (`results.rows_path`): what
+  `tests/test_results.py` checks against the per-image values."""
+  results.write_json(
+    results.rows_path(page), {"rows": rows, "differences": paired_differences(rows, page)}
+  )
 
 
 def comparability(rows: list[dict], preset: str) -> str:
@@ -154,7 +169,7 @@ def table_notes(rows: list[dict], preset: str, missing: list[str], page: str) ->
     ]
     + [f"- {reason}" for reason in missing]
     + [comparability(rows, preset)]
-    + paired_differences(rows, page)
+    + difference_lines(paired_differences(rows, page))
   )
   return "\n".join(lines) + "\n"
 
@@ -283,8 +298,8 @@ def write_report(rows: list[dict], *, table: nvae_flags.TableSettings, command: 
     f"- Host: {'; '.join(cpus) or 'n/a'}; training ran at commit(s) {', '.join(commits) or 'n/a'}; "
     f"this page at commit {harness.code_commit() or 'unknown'}.",
     comparability(rows, s.preset),
-  ] + paired_differences(rows, table.output)
-  results.write_json(results.rows_path(table.output), rows)
+  ] + difference_lines(paired_differences(rows, table.output))
+  write_rows(rows, table.output)
   formatted = [format_row(r) for r in rows]
   results.write_markdown(
     table.output,
@@ -362,7 +377,7 @@ def main(argv):
     rows.append(with_per_example_numbers(row, table.output))
   if not chief:
     return
-  results.write_json(os.path.join(table.root, "table1.json"), rows)
+  write_rows(rows, table.output)
   formatted = [format_row(r) for r in rows]
   results.write_markdown(
     table.output,

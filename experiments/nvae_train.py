@@ -654,6 +654,7 @@ NLL_KEYS = (
   "eval_memory_gib",
   "eval_memory_predicted_gib",
   "eval_hosts",
+  "peak_rss_gib",  # of the process that evaluated it (kept when a rerun reuses the evaluation)
 )
 
 
@@ -756,7 +757,8 @@ def train_and_evaluate(
     "logdir": config.logdir,
     **nll,
     "validation": trained.validation,
-    "peak_rss_gib": host.peak_rss_gib(),  # this invocation's process, evaluation included
+    # this invocation's process, or the one that made a reused evaluation when that peaked higher
+    "peak_rss_gib": max(host.peak_rss_gib(), nll.get("peak_rss_gib") or 0.0),
     "settings": jsonable(hparams(s)),
   }
   if chief:

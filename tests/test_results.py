@@ -15,7 +15,9 @@ RESULTS = os.path.join(ROOT, "results")
 # The row keys of each page format: (path of the arrays, NLL, its s.e., -ELBO); the path is
 # relative to results/ ("per_example") or to the repository ("file").
 VAMPPRIOR_KEYS = ("per_example", "test_nll", "test_nll_sem", "test_negative_elbo")
+NVAE_KEYS = ("per_example", "nll", "nll_sem", "neg_elbo")
 CROSS_FAMILY_KEYS = ("file", "nll", "nll_sem", "neg_elbo")
+PAGE_KEYS = (VAMPPRIOR_KEYS, NVAE_KEYS, CROSS_FAMILY_KEYS)
 
 
 def _pages():
@@ -34,7 +36,7 @@ def _array_path(row, key):
 def _linked_rows():
   for name, page in _pages():
     for row in page["rows"]:
-      for keys in (VAMPPRIOR_KEYS, CROSS_FAMILY_KEYS):
+      for keys in PAGE_KEYS:
         if row.get(keys[0]) and keys[1] in row:
           yield pytest.param(name, row, keys, id=f"{name}:{os.path.basename(row[keys[0]])}")
 
@@ -43,7 +45,7 @@ def _differences():
   for name, page in _pages():
     cells = {}
     for row in page["rows"]:
-      for keys in (VAMPPRIOR_KEYS, CROSS_FAMILY_KEYS):
+      for keys in PAGE_KEYS:
         if row.get(keys[0]):
           cell = row.get("key") or os.path.splitext(os.path.basename(row[keys[0]]))[0]
           cells[cell] = _array_path(row, keys[0])

@@ -236,6 +236,16 @@ def test_a_finished_run_without_per_image_values_is_evaluated_again_to_the_same_
   np.testing.assert_array_equal(again["elbo"], first["elbo"])
   assert row["nll_passes"] == first_row["nll_passes"] and row["nll"] == first_row["nll"]
   assert nvae_train.previous_nll(str(copy), s, steps=2, seed=0)["nll"] == first_row["nll"]
+  # A rerun that reuses the evaluation keeps the peak memory of the process that made it.
+  results.write_json(str(copy / "results.json"), dict(row, peak_rss_gib=99.0))
+  again_row, _ = nvae_train.train_and_evaluate(
+    s,
+    tiny_train_config(copy, 2),
+    data_dir=data_dir,
+    strategy=tf.distribute.get_strategy(),
+    command="cmd",
+  )
+  assert again_row["nll"] == row["nll"] and again_row["peak_rss_gib"] == 99.0
 
 
 @pytest.mark.slow

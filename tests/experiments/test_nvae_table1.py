@@ -89,7 +89,7 @@ def test_report_only_reads_the_rows_folders_and_trains_nothing(tmp_path):
   first = scripts.run_script("nvae_table1", args)
   assert first.returncode == 0, first.stderr[-2000:]
   assert not os.path.exists(root / "step_sr" / "checkpoints")  # nothing trained
-  rows = json.load(open(tmp_path / "page.json"))
+  rows = json.load(open(tmp_path / "page.json"))["rows"]
   assert [r["status"] for r in rows] == [
     "training: epoch 3.00 of 16",
     "trained; test NLL (K = 1000) in progress: 150 test images done (rerun to resume)",
@@ -142,7 +142,7 @@ def test_report_only_reads_the_rows_folders_and_trains_nothing(tmp_path):
   )
   second = scripts.run_script("nvae_table1", args)
   assert second.returncode == 0, second.stderr[-2000:]
-  rows = json.load(open(tmp_path / "page.json"))
+  rows = json.load(open(tmp_path / "page.json"))["rows"]
   assert [r["status"] for r in rows][:3] == [
     "training: epoch 3.00 of 16",
     "trained; test NLL (K = 1000) in progress: 150 test images done (rerun to resume)",
@@ -187,7 +187,9 @@ def test_report_only_reads_the_rows_folders_and_trains_nothing(tmp_path):
   assert sorted(os.listdir(tmp_path / "page")) == ["step_sn.npz"]
   published = results.read_per_example(str(tmp_path / "page" / "step_sn.npz"))
   np.testing.assert_array_equal(published["log_likelihood"], log_px)
-  assert json.load(open(tmp_path / "page.json"))[2]["nll"] == pytest.approx(84.1875, abs=1e-6)
+  assert json.load(open(tmp_path / "page.json"))["rows"][2]["nll"] == pytest.approx(
+    84.1875, abs=1e-6
+  )
   log_px[2] = -100.0  # one value altered: the page follows
   results.write_per_example(
     str(root / "step_sn" / results.PER_EXAMPLE_FILE), log_likelihood=log_px, elbo=elbo
@@ -205,7 +207,18 @@ def test_paired_differences_are_over_the_same_test_images(tmp_path):
     dict(kl_warmup="step", spectral=sp, per_example=f"page/step_{sp}.npz") for sp in ("sr", "sn")
   ]
   d = (-sr.astype(np.float64)) - (-sn.astype(np.float64))
-  assert nvae_table1.paired_differences(rows, page) == [
+  pairs = nvae_table1.paired_differences(rows, page)
+  assert pairs == [
+    dict(
+      a="step_sr",
+      b="step_sn",
+      what="SR - SN, per-step warm-up",
+      status="ok",
+      difference=pytest.approx(d.mean(), abs=1e-12),
+      sem=pytest.approx(d.std(ddof=1) / np.sqrt(50), abs=1e-12),
+    )
+  ]
+  assert nvae_table1.difference_lines(pairs) == [
     f"- SR - SN, per-step warm-up: test NLL difference {d.mean():+.2f} ± "
     f"{d.std(ddof=1) / np.sqrt(50):.2f} nats (paired standard error over the same test images; "
     "negative: the first is better)."
