@@ -101,12 +101,12 @@ def difference_lines(pairs: list[dict]) -> list[str]:
   ]
 
 
-def write_rows(rows: list[dict], page: str) -> None:
-  """The page's rows and paired differences as JSON beside it (`results.rows_path`): what
-  `tests/test_results.py` checks against the per-image values."""
-  results.write_json(
-    results.rows_path(page), {"rows": rows, "differences": paired_differences(rows, page)}
-  )
+def write_rows(rows: list[dict], page: str) -> list[dict]:
+  """The page's rows and paired differences (returned) as JSON beside it (`results.rows_path`):
+  what `tests/test_results.py` checks against the per-image values."""
+  pairs = paired_differences(rows, page)
+  results.write_json(results.rows_path(page), {"rows": rows, "differences": pairs})
+  return pairs
 
 
 def comparability(rows: list[dict], preset: str) -> str:
@@ -125,7 +125,7 @@ def comparability(rows: list[dict], preset: str) -> str:
   )
 
 
-def table_notes(rows: list[dict], preset: str, missing: list[str], page: str) -> str:
+def table_notes(rows: list[dict], preset: str, missing: list[str], pairs: list[dict]) -> str:
   r = rows[0]
   lines = (
     [
@@ -169,7 +169,7 @@ def table_notes(rows: list[dict], preset: str, missing: list[str], page: str) ->
     ]
     + [f"- {reason}" for reason in missing]
     + [comparability(rows, preset)]
-    + difference_lines(paired_differences(rows, page))
+    + difference_lines(pairs)
   )
   return "\n".join(lines) + "\n"
 
@@ -298,8 +298,8 @@ def write_report(rows: list[dict], *, table: nvae_flags.TableSettings, command: 
     f"- Host: {'; '.join(cpus) or 'n/a'}; training ran at commit(s) {', '.join(commits) or 'n/a'}; "
     f"this page at commit {harness.code_commit() or 'unknown'}.",
     comparability(rows, s.preset),
-  ] + difference_lines(paired_differences(rows, table.output))
-  write_rows(rows, table.output)
+  ]
+  notes += difference_lines(write_rows(rows, table.output))
   formatted = [format_row(r) for r in rows]
   results.write_markdown(
     table.output,
@@ -377,7 +377,7 @@ def main(argv):
     rows.append(with_per_example_numbers(row, table.output))
   if not chief:
     return
-  write_rows(rows, table.output)
+  pairs = write_rows(rows, table.output)
   formatted = [format_row(r) for r in rows]
   results.write_markdown(
     table.output,
@@ -385,7 +385,7 @@ def main(argv):
     command=command,
     table=results.markdown_table(formatted, COLUMNS),
     notes=table_notes(
-      rows, table.base.preset, [r for net, r in (inception, vgg16) if net is None], table.output
+      rows, table.base.preset, [r for net, r in (inception, vgg16) if net is None], pairs
     )
     + "\n"
     + curve_figure(formatted, table.output)

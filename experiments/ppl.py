@@ -167,14 +167,14 @@ def nvae_generator(logdir: str, which: str, *, seed: int, temperature: float) ->
   )
 
 
-def vae_generator(logdir: str, which: str, *, seed: int) -> Generator:
-  """One-level VAE of an experiments.vampprior run; latent = z, drawn from the run's prior."""
+def vae_generator(logdir: str, s, which: str, *, seed: int) -> Generator:
+  """One-level VAE of an experiments.vampprior run (settings `s`); latent = z, drawn from the
+  run's prior."""
   import keras
   import tensorflow as tf
 
   from experiments import vampprior_train
 
-  s = vampprior_train.run_settings(logdir)
   if s.model != "vae":
     raise ValueError(
       f"--logdir {logdir} is a {s.model} run: PPL needs a decoder of one latent "
@@ -203,12 +203,14 @@ def load_generator(fv) -> Generator:
   row = results.read_json(row_file) if os.path.exists(row_file) else {}
   if os.path.exists(os.path.join(logdir, nvae_train.SETTINGS_FILE)) or "settings" in row:
     return nvae_generator(logdir, fv.checkpoint, seed=fv.seed, temperature=fv.temperature)
-  if vampprior_train.is_run(logdir):
-    return vae_generator(logdir, fv.checkpoint, seed=fv.seed)
-  raise FileNotFoundError(
-    f"--logdir {logdir} holds neither settings.json (experiments.nvae_mnist) "
-    "nor the hparams.json of an experiments.vampprior run"
-  )
+  try:
+    s = vampprior_train.run_settings(logdir)
+  except FileNotFoundError:
+    raise FileNotFoundError(
+      f"--logdir {logdir} holds neither settings.json (experiments.nvae_mnist) "
+      "nor the hparams.json of an experiments.vampprior run"
+    ) from None
+  return vae_generator(logdir, s, fv.checkpoint, seed=fv.seed)
 
 
 def resolve_weights(fv):

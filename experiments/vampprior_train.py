@@ -432,23 +432,16 @@ def settings_from_row(row: dict) -> RunSettings:
 def run_settings(logdir: str) -> RunSettings:
   """The RunSettings a run was trained with: from its hparams.json (written when training starts,
   None as "None"; the scripts put the settings there), else from its results.json (a finished
-  run's row)."""
+  run's row). FileNotFoundError when neither holds them (not an experiments.vampprior run)."""
+  required = {f.name for f in dataclasses.fields(RunSettings) if f.default is dataclasses.MISSING}
   for name in ("hparams.json", "results.json"):
     path = os.path.join(logdir, name)
     row = results.read_json(path) if os.path.exists(path) else {}
-    if "prior" in row:
+    if required <= row.keys():
       return settings_from_row({k: (None if v == "None" else v) for k, v in row.items()})
   raise FileNotFoundError(
     f"{logdir} is not an experiments.vampprior run: no settings in hparams.json or results.json"
   )
-
-
-def is_run(logdir: str) -> bool:
-  """Whether `logdir` holds an experiments.vampprior run (its settings name a prior)."""
-  try:
-    return bool(run_settings(logdir).prior)
-  except (FileNotFoundError, TypeError):  # TypeError: the settings of another script
-    return False
 
 
 def restore_run(logdir: str, which: str = "best", *, seed: int = 0):

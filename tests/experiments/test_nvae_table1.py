@@ -266,7 +266,7 @@ def test_table_notes_name_every_host_and_commit_of_the_rows(tmp_path):
       code_commits=["abc1234", "def5678"],
     ),
   ]
-  notes = nvae_table1.table_notes(rows, "cpu", [], str(tmp_path / "page.md"))
+  notes = nvae_table1.table_notes(rows, "cpu", [], [])
   assert "- Host(s) that trained or evaluated the rows: EPYC, AVX2; Xeon, AVX-512 (per row" in notes
   assert "training ran at commit(s) abc1234, def5678." in notes
   assert "- Data: binarized_mnist (static binarization); global batch 32" in notes
